@@ -1,0 +1,47 @@
+// Shared basics for every patchsweep module: error reporting, file reading, hashing.
+// Errors travel up as a ps_error filled once at the point of failure; main() prints it and exits with its code.
+#ifndef PS_COMMON_H
+#define PS_COMMON_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define PS_VERSION "0.1.0"
+
+enum {
+    PS_EXIT_OK = 0,
+    PS_EXIT_RUNTIME = 1,   // something failed that is not the user's input (I/O, out of memory)
+    PS_EXIT_BADINPUT = 2,  // the input (config, weights, tokenizer, dataset) is malformed
+};
+
+#define PS_ERR_MAX 2048
+typedef struct {
+    int code;               // PS_EXIT_BADINPUT or PS_EXIT_RUNTIME; 0 while no error
+    char msg[PS_ERR_MAX];   // one line: "FILE: field or byte offset: what is wrong"
+} ps_error;
+
+// Fills e (if non-NULL and still empty) and returns -1, so callers write `return ps_fail(e, 2, ...)`.
+int ps_fail(ps_error *e, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+// Reads a whole file into a malloc'd, NUL-terminated buffer; the caller frees it.
+char *ps_read_file(const char *path, size_t *len, ps_error *e);
+
+// Hex sha256 of a file's bytes (hex must hold 65 chars).
+int ps_sha256_file(const char *path, char hex[65], ps_error *e);
+
+// 0 when s[0..n) is valid UTF-8; else -1 and *bad_offset = offset of the first invalid byte.
+int ps_utf8_check(const char *s, size_t n, size_t *bad_offset);
+
+// Line and column (1-based) of byte offset off in text, for JSON syntax errors.
+void ps_line_col(const char *text, size_t off, int *line, int *col);
+
+// Levenshtein distance, for "did you mean" suggestions on unknown keys.
+int ps_edit_distance(const char *a, const char *b);
+
+// Joins a and b with '/' unless b is absolute; result is malloc'd.
+char *ps_path_join(const char *a, const char *b);
+
+// Directory part of a path (malloc'd; "." when there is none).
+char *ps_dirname(const char *path);
+
+#endif

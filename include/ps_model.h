@@ -1,0 +1,72 @@
+// A transformer's configuration and its fp32 weights in the layout the CPU backend computes with.
+// Weights live in one allocation whose size comes from the tensor-spec table in model.c.
+#ifndef PS_MODEL_H
+#define PS_MODEL_H
+
+#include "ps_common.h"
+
+typedef enum { PS_ARCH_GPT2 = 0, PS_ARCH_LLAMA = 1 } ps_arch;
+typedef enum { PS_ACT_GELU_NEW = 0, PS_ACT_GELU = 1, PS_ACT_RELU = 2, PS_ACT_SILU = 3 } ps_act;
+
+typedef struct {
+    ps_arch arch;
+    int64_t n_layers;   // L
+    int64_t d_model;    // C
+    int64_t n_heads;    // H
+    int64_t n_kv_heads; // Hkv (== H for GPT-2)
+    int64_t d_head;     // D = C / H
+    int64_t d_mlp;      // M
+    int64_t d_vocab;    // V
+    int64_t n_ctx;      // longest sequence
+    float eps;          // layer_norm_epsilon / rms_norm_eps
+    ps_act act;
+    float rope_theta;   // Llama only
+    int64_t bos_id, eos_id; // -1 when unknown
+} ps_model_config;
+
+// All matrices are row-major with the input dimension first, so y = x @ W (x: (T, in)).
+typedef struct {
+    float *wte;     // (V, C) token embedding
+    float *wpe;     // (n_ctx, C) learned positions, GPT-2 only
+    float *ln1_w;   // (L, C)
+    float *ln1_b;   // (L, C) GPT-2 only
+    float *w_q;     // (L, C, H*D)   head h = columns [h*D, (h+1)*D)
+    float *w_k;     // (L, C, Hkv*D)
+    float *w_v;     // (L, C, Hkv*D)
+    float *b_q;     // (L, H*D)   GPT-2 only
+    float *b_k;     // (L, Hkv*D) GPT-2 only
+    float *b_v;     // (L, Hkv*D) GPT-2 only
+    float *w_o;     // (L, H*D, C)
+    float *b_o;     // (L, C) GPT-2 only
+    float *ln2_w;   // (L, C)
+    float *ln2_b;   // (L, C) GPT-2 only
+    float *w_in;    // (L, C, M) GPT-2 c_fc; Llama gate_proj
+    float *w_up;    // (L, C, M) Llama up_proj only
+    float *b_in;    // (L, M) GPT-2 only
+    float *w_out;   // (L, M, C)
+    float *b_out;   // (L, C) GPT-2 only
+    float *lnf_w;   // (C)
+    float *lnf_b;   // (C) GPT-2 only
+    float *w_u;     // (V, C) unembedding rows; == wte when tied
+    float *b_u;     // (V) zeros for GPT-2 (TransformerLens's b_U)
+} ps_weights;
+
+typedef struct {
+    ps_model_config cfg;
+    ps_weights w;
+    float *memory;            // owns every weight above
+    size_t n_floats;
+    char *dir;                // checkpoint directory (owned)
+    char weights_sha256[65];  // of model.safetensors, or of the index file for shards
+    char file_dtype[16];      // dtype of the checkpoint's tensors, e.g. "float32"
+} ps_model;
+
+// Reads dir/config.json (every size comes from it) and the safetensors weights.
+// GPT-2: names with or without "transformer.", Conv1D (in, out) layout, tied unembedding.
+int ps_model_load(ps_model *m, const char *dir, ps_error *e);
+void ps_model_free(ps_model *m);
+
+// Parses only config.json (used by the loader and by dry runs).
+int ps_model_config_load(ps_model_config *cfg, const char *config_json_path, ps_error *e);
+
+#endif

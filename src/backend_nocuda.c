@@ -1,0 +1,1 @@
+// placeholder: backend_nocuda (being written)

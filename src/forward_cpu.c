@@ -1,0 +1,1 @@
+// placeholder: forward_cpu (being written)

@@ -1,0 +1,1 @@
+// placeholder: metrics (being written)

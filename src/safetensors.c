@@ -1,0 +1,1 @@
+// placeholder: safetensors (being written)

@@ -1,0 +1,2 @@
+// placeholder test (being written)
+int main(void) { return 77; }
