@@ -1,1 +1,9 @@
-// placeholder: backend_nocuda (being written)
+// Stand-in for the CUDA backend in builds without nvcc: says so instead of running.
+#include "ps_backend.h"
+
+int ps_cuda_built(void) { return 0; }
+
+int ps_cuda_backend_init(ps_backend *b, ps_precision prec, const ps_model *m, ps_error *e) {
+    (void)b; (void)prec; (void)m;
+    return ps_fail(e, PS_EXIT_RUNTIME, "this patchsweep was built without CUDA (meson option cuda=disabled or no nvcc)");
+}

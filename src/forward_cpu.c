@@ -1,1 +1,511 @@
-// placeholder: forward_cpu (being written)
+// The reference forward pass: plain fp32 C, OpenBLAS GEMMs over every row's tokens at once,
+// OpenMP over (row, head) for attention. Every faster path is checked against this file.
+#include "ps_forward.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+// ---------------------------------------------------------------------------------------------
+// Caches
+
+int ps_cache_init(ps_cache *c, const ps_model_config *cfg, int64_t T, unsigned flags, ps_error *e) {
+    memset(c, 0, sizeof *c);
+    c->T = T;
+    const int64_t L = cfg->n_layers, C = cfg->d_model, H = cfg->n_heads, Hkv = cfg->n_kv_heads, D = cfg->d_head,
+                  M = cfg->d_mlp, V = cfg->d_vocab;
+    const int llama = cfg->arch == PS_ARCH_LLAMA;
+    // One table of (slot, size); the sizes drive the single allocation below.
+    struct { float **slot; size_t n; } spec[] = {
+        {&c->embed, (size_t)(T * C)},
+        {&c->pos_embed, llama ? 0 : (size_t)(T * C)},
+        {&c->resid_pre, (size_t)(L * T * C)},
+        {&c->ln1_scale, (size_t)(L * T)},
+        {&c->q, (size_t)(L * T * H * D)},
+        {&c->k, (size_t)(L * T * Hkv * D)},
+        {&c->v, (size_t)(L * T * Hkv * D)},
+        {&c->rot_q, llama ? (size_t)(L * T * H * D) : 0},
+        {&c->rot_k, llama ? (size_t)(L * T * Hkv * D) : 0},
+        {&c->attn_scores, (flags & PS_CACHE_SCORES) ? (size_t)(L * H * T * T) : 0},
+        {&c->pattern, (size_t)(L * H * T * T)},
+        {&c->z, (size_t)(L * T * H * D)},
+        {&c->result, (flags & PS_CACHE_RESULT) ? (size_t)(L * T * H * C) : 0},
+        {&c->attn_out, (size_t)(L * T * C)},
+        {&c->resid_mid, (size_t)(L * T * C)},
+        {&c->ln2_scale, (size_t)(L * T)},
+        {&c->mlp_pre, (size_t)(L * T * M)},
+        {&c->mlp_pre_linear, llama ? (size_t)(L * T * M) : 0},
+        {&c->mlp_post, (size_t)(L * T * M)},
+        {&c->mlp_out, (size_t)(L * T * C)},
+        {&c->resid_post, (size_t)(L * T * C)},
+        {&c->lnf_scale, (size_t)T},
+        {&c->logits, (flags & PS_CACHE_LOGITS) ? (size_t)(T * V) : 0},
+    };
+    size_t total = 0;
+    for (size_t i = 0; i < sizeof spec / sizeof spec[0]; i++) total += spec[i].n;
+    c->memory = calloc(total ? total : 1, sizeof(float));
+    if (!c->memory) return ps_fail(e, PS_EXIT_RUNTIME, "activation cache: out of memory (%zu floats, T=%lld)", total, (long long)T);
+    c->n_floats = total;
+    size_t at = 0;
+    for (size_t i = 0; i < sizeof spec / sizeof spec[0]; i++) {
+        *spec[i].slot = spec[i].n ? c->memory + at : NULL;
+        at += spec[i].n;
+    }
+    return 0;
+}
+
+void ps_cache_free(ps_cache *c) {
+    if (!c) return;
+    free(c->memory);
+    memset(c, 0, sizeof *c);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Building blocks (also the references for the CUDA kernels' tests)
+
+void ps_cpu_layernorm(float *out, float *scale, const float *x, const float *w, const float *b, int64_t N, int64_t C, float eps) {
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < N; i++) {
+        const float *xi = x + i * C;
+        double mean = 0;
+        for (int64_t c = 0; c < C; c++) mean += xi[c];
+        mean /= (double)C;
+        double var = 0;
+        for (int64_t c = 0; c < C; c++) { double d = xi[c] - mean; var += d * d; }
+        var /= (double)C;
+        float s = (float)sqrt(var + eps);
+        if (scale) scale[i] = s;
+        for (int64_t c = 0; c < C; c++) out[i * C + c] = (float)((xi[c] - mean) / s) * w[c] + b[c];
+    }
+}
+
+void ps_cpu_rmsnorm(float *out, float *scale, const float *x, const float *w, int64_t N, int64_t C, float eps) {
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < N; i++) {
+        const float *xi = x + i * C;
+        double ss = 0;
+        for (int64_t c = 0; c < C; c++) ss += (double)xi[c] * xi[c];
+        float s = (float)sqrt(ss / (double)C + eps);
+        if (scale) scale[i] = s;
+        for (int64_t c = 0; c < C; c++) out[i * C + c] = (xi[c] / s) * w[c];
+    }
+}
+
+// Hugging Face's rotate_half layout: pairs (i, i + D/2) of each head, angle pos * theta^(-2i/D).
+void ps_cpu_rotary(float *x, int64_t T, int64_t n_heads, int64_t D, const int64_t *pos, float theta) {
+    const int64_t half = D / 2;
+    for (int64_t t = 0; t < T; t++) {
+        for (int64_t i = 0; i < half; i++) {
+            double inv_freq = pow((double)theta, -(double)(2 * i) / (double)D);
+            double ang = (double)pos[t] * (double)(float)inv_freq;
+            float cs = (float)cos(ang), sn = (float)sin(ang);
+            for (int64_t h = 0; h < n_heads; h++) {
+                float *xh = x + (t * n_heads + h) * D;
+                float a = xh[i], b = xh[i + half];
+                xh[i] = a * cs - b * sn;
+                xh[i + half] = b * cs + a * sn;
+            }
+        }
+    }
+}
+
+float ps_cpu_act(ps_act act, float x) {
+    switch (act) {
+    case PS_ACT_GELU_NEW: return 0.5f * x * (1.0f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x)));
+    case PS_ACT_GELU: return 0.5f * x * (1.0f + erff(x * 0.7071067811865476f));
+    case PS_ACT_RELU: return x > 0 ? x : 0;
+    case PS_ACT_SILU: return x / (1.0f + expf(-x));
+    }
+    return x;
+}
+
+// y (N, out) = x (N, in) @ W (in, out) [+ bias]
+static void linear(float *y, const float *x, const float *W, const float *bias, int64_t N, int64_t in, int64_t out) {
+    if (N <= 0) return;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)N, (int)out, (int)in, 1.0f, x, (int)in, W, (int)out,
+                0.0f, y, (int)out);
+    if (bias) {
+#pragma omp parallel for schedule(static)
+        for (int64_t i = 0; i < N; i++)
+            for (int64_t j = 0; j < out; j++) y[i * out + j] += bias[j];
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The batched forward
+
+typedef struct {
+    ps_row *row;
+    int64_t off;   // first token of this row in the workspace buffers
+    int64_t n;     // tokens computed: T - start_pos
+} row_slot;
+
+// Copies the patched slice of a (T, width)-per-position site from src into the row's buffer.
+// width = n_units * unit; unit_sel = -1 selects all units (heads or neurons), pos_sel = -1 all positions.
+static void patch_rows(float *buf, int64_t ld, const row_slot *rs, const float *src_layer, int64_t n_units, int64_t unit,
+                       int64_t unit_sel, int64_t pos_sel) {
+    const int64_t s = rs->row->start_pos, T = rs->row->T;
+    int64_t t0 = pos_sel < 0 ? s : pos_sel, t1 = pos_sel < 0 ? T : pos_sel + 1;
+    if (t0 < s) t0 = s;
+    int64_t u0 = unit_sel < 0 ? 0 : unit_sel, u1 = unit_sel < 0 ? n_units : unit_sel + 1;
+    for (int64_t t = t0; t < t1; t++) {
+        float *dst = buf + (rs->off + t - s) * ld;
+        const float *sp = src_layer + t * n_units * unit;
+        memcpy(dst + u0 * unit, sp + u0 * unit, (size_t)((u1 - u0) * unit) * sizeof(float));
+    }
+}
+
+// Applies every patch of the active rows at (site, layer) to buf, whose per-token stride is ld.
+static void apply_patches(ps_site site, int64_t l, float *buf, int64_t ld, const row_slot *slots, int64_t n_active,
+                          const ps_model_config *cfg) {
+    const int64_t L = cfg->n_layers, C = cfg->d_model, H = cfg->n_heads, Hkv = cfg->n_kv_heads, D = cfg->d_head,
+                  M = cfg->d_mlp;
+    (void)L;
+    for (int64_t r = 0; r < n_active; r++) {
+        const ps_row *row = slots[r].row;
+        for (int64_t p = 0; p < row->n_patches; p++) {
+            const ps_patch *pt = &row->patches[p];
+            if (pt->site != site || pt->layer != l) continue;
+            const ps_cache *src = pt->src;
+            const int64_t T = row->T;
+            switch (site) {
+            case PS_SITE_RESID_PRE: patch_rows(buf, ld, &slots[r], src->resid_pre + l * T * C, 1, C, -1, pt->pos); break;
+            case PS_SITE_RESID_MID: patch_rows(buf, ld, &slots[r], src->resid_mid + l * T * C, 1, C, -1, pt->pos); break;
+            case PS_SITE_RESID_POST: patch_rows(buf, ld, &slots[r], src->resid_post + l * T * C, 1, C, -1, pt->pos); break;
+            case PS_SITE_ATTN_OUT: patch_rows(buf, ld, &slots[r], src->attn_out + l * T * C, 1, C, -1, pt->pos); break;
+            case PS_SITE_MLP_OUT: patch_rows(buf, ld, &slots[r], src->mlp_out + l * T * C, 1, C, -1, pt->pos); break;
+            case PS_SITE_Q: patch_rows(buf, ld, &slots[r], src->q + l * T * H * D, H, D, pt->head, pt->pos); break;
+            case PS_SITE_K: patch_rows(buf, ld, &slots[r], src->k + l * T * Hkv * D, Hkv, D, pt->head, pt->pos); break;
+            case PS_SITE_V: patch_rows(buf, ld, &slots[r], src->v + l * T * Hkv * D, Hkv, D, pt->head, pt->pos); break;
+            case PS_SITE_Z: patch_rows(buf, ld, &slots[r], src->z + l * T * H * D, H, D, pt->head, pt->pos); break;
+            case PS_SITE_MLP_POST: patch_rows(buf, ld, &slots[r], src->mlp_post + l * T * M, M, 1, pt->neuron, pt->pos); break;
+            case PS_SITE_PATTERN: break; // applied inside attention
+            default: break;
+            }
+        }
+    }
+}
+
+// Copies a row's freshly computed (n, width) slice into its cache array for layer l (cache rows start at 0).
+static void store(float *cache_arr, int64_t l, const row_slot *rs, const float *buf, int64_t width) {
+    if (!cache_arr) return;
+    const int64_t T = rs->row->T;
+    memcpy(cache_arr + l * T * width, buf + rs->off * width, (size_t)(rs->n * width) * sizeof(float));
+}
+
+static int cmp_start_layer(const void *a, const void *b) {
+    const row_slot *x = a, *y = b;
+    if (x->row->start_layer != y->row->start_layer) return x->row->start_layer < y->row->start_layer ? -1 : 1;
+    return x->row < y->row ? -1 : (x->row > y->row);
+}
+
+int ps_cpu_forward(const ps_model *m, ps_row *rows, int64_t n_rows, ps_error *e) {
+    const ps_model_config *cfg = &m->cfg;
+    const ps_weights *w = &m->w;
+    const int64_t L = cfg->n_layers, C = cfg->d_model, H = cfg->n_heads, Hkv = cfg->n_kv_heads, D = cfg->d_head,
+                  M = cfg->d_mlp, V = cfg->d_vocab;
+    const int llama = cfg->arch == PS_ARCH_LLAMA;
+    const int64_t QD = H * D, KD = Hkv * D, group = H / Hkv;
+    if (n_rows <= 0) return 0;
+
+    // Rows ordered by start layer, so the rows active at layer l are a prefix of the buffers.
+    row_slot *slots = calloc((size_t)n_rows, sizeof *slots);
+    if (!slots) return ps_fail(e, PS_EXIT_RUNTIME, "forward: out of memory");
+    for (int64_t r = 0; r < n_rows; r++) {
+        ps_row *row = &rows[r];
+        if (row->T <= 0 || row->T > cfg->n_ctx || row->start_pos < 0 || row->start_pos >= row->T ||
+            row->start_layer < 0 || row->start_layer > L ||
+            ((row->start_layer > 0 || row->start_pos > 0) && !row->base) ||
+            (row->cache && (row->start_layer || row->start_pos))) {
+            free(slots);
+            return ps_fail(e, PS_EXIT_RUNTIME, "forward: row %lld is inconsistent (T=%lld start_layer=%lld start_pos=%lld)",
+                           (long long)r, (long long)row->T, (long long)row->start_layer, (long long)row->start_pos);
+        }
+        for (int64_t i = 0; i < row->T; i++)
+            if (row->tokens[i] < 0 || row->tokens[i] >= V) {
+                free(slots);
+                return ps_fail(e, PS_EXIT_BADINPUT, "forward: token id %d at position %lld is outside the vocabulary (%lld)",
+                               row->tokens[i], (long long)i, (long long)V);
+            }
+        slots[r].row = row;
+    }
+    qsort(slots, (size_t)n_rows, sizeof *slots, cmp_start_layer);
+    int64_t N = 0, T_max = 0;
+    for (int64_t r = 0; r < n_rows; r++) {
+        slots[r].off = N;
+        slots[r].n = slots[r].row->T - slots[r].row->start_pos;
+        N += slots[r].n;
+        if (slots[r].row->T > T_max) T_max = slots[r].row->T;
+    }
+
+    // One workspace for this batch: every per-token buffer.
+    const int64_t Mw = llama ? 3 * M : 2 * M;
+    size_t ws_n = (size_t)N * (size_t)(3 * C + QD + 2 * KD + QD + Mw) + (size_t)N;
+    float *ws = malloc(ws_n * sizeof(float));
+    int64_t *posbuf = malloc((size_t)N * sizeof(int64_t));
+    if (!ws || !posbuf) {
+        free(slots); free(ws); free(posbuf);
+        return ps_fail(e, PS_EXIT_RUNTIME, "forward: out of memory for %lld tokens", (long long)N);
+    }
+    float *x = ws;                 // (N, C) residual stream
+    float *xn = x + N * C;         // (N, C) normalized / scratch
+    float *y = xn + N * C;         // (N, C) attn_out / mlp_out
+    float *q = y + N * C;          // (N, H*D)
+    float *k = q + N * QD;         // (N, Hkv*D)
+    float *v = k + N * KD;         // (N, Hkv*D)
+    float *z = v + N * KD;         // (N, H*D)
+    float *h1 = z + N * QD;        // (N, M) mlp pre
+    float *h2 = h1 + N * M;        // (N, M) mlp post
+    float *h3 = llama ? h2 + N * M : NULL; // (N, M) Llama up projection
+    float *scale = h2 + N * M + (llama ? N * M : 0); // (N)
+    for (int64_t r = 0; r < n_rows; r++)
+        for (int64_t i = 0; i < slots[r].n; i++) posbuf[slots[r].off + i] = slots[r].row->start_pos + i;
+
+    int64_t n_active = 0, N_active = 0;
+    for (int64_t l = 0; l < L; l++) {
+        // Rows joining at this layer start from the base run's residual stream (or the embedding).
+        int64_t first_new = n_active;
+        while (n_active < n_rows && slots[n_active].row->start_layer <= l) n_active++;
+        N_active = n_active ? slots[n_active - 1].off + slots[n_active - 1].n : 0;
+        for (int64_t r = first_new; r < n_active; r++) {
+            const row_slot *rs = &slots[r];
+            const ps_row *row = rs->row;
+            float *xr = x + rs->off * C;
+            if (row->base && (row->start_layer > 0 || row->start_pos > 0)) {
+                memcpy(xr, row->base->resid_pre + (l * row->T + row->start_pos) * C, (size_t)(rs->n * C) * sizeof(float));
+            } else {
+                for (int64_t i = 0; i < rs->n; i++) {
+                    int64_t t = row->start_pos + i;
+                    const float *te = w->wte + (int64_t)row->tokens[t] * C;
+                    for (int64_t c = 0; c < C; c++) xr[i * C + c] = te[c];
+                    if (row->cache) memcpy(row->cache->embed + t * C, te, (size_t)C * sizeof(float));
+                    if (!llama) {
+                        const float *pe = w->wpe + t * C;
+                        for (int64_t c = 0; c < C; c++) xr[i * C + c] += pe[c];
+                        if (row->cache) memcpy(row->cache->pos_embed + t * C, pe, (size_t)C * sizeof(float));
+                    }
+                }
+            }
+        }
+        if (N_active == 0) continue;
+        const int64_t NA = N_active;
+
+        apply_patches(PS_SITE_RESID_PRE, l, x, C, slots, n_active, cfg);
+        for (int64_t r = 0; r < n_active; r++)
+            if (slots[r].row->cache) store(slots[r].row->cache->resid_pre, l, &slots[r], x, C);
+
+        // Attention block
+        if (llama) ps_cpu_rmsnorm(xn, scale, x, w->ln1_w + l * C, NA, C, cfg->eps);
+        else ps_cpu_layernorm(xn, scale, x, w->ln1_w + l * C, w->ln1_b + l * C, NA, C, cfg->eps);
+        for (int64_t r = 0; r < n_active; r++)
+            if (slots[r].row->cache) store(slots[r].row->cache->ln1_scale, l, &slots[r], scale, 1);
+        linear(q, xn, w->w_q + l * C * QD, w->b_q ? w->b_q + l * QD : NULL, NA, C, QD);
+        linear(k, xn, w->w_k + l * C * KD, w->b_k ? w->b_k + l * KD : NULL, NA, C, KD);
+        linear(v, xn, w->w_v + l * C * KD, w->b_v ? w->b_v + l * KD : NULL, NA, C, KD);
+        apply_patches(PS_SITE_Q, l, q, QD, slots, n_active, cfg);
+        apply_patches(PS_SITE_K, l, k, KD, slots, n_active, cfg);
+        apply_patches(PS_SITE_V, l, v, KD, slots, n_active, cfg);
+        for (int64_t r = 0; r < n_active; r++) {
+            ps_cache *cc = slots[r].row->cache;
+            if (!cc) continue;
+            store(cc->q, l, &slots[r], q, QD);
+            store(cc->k, l, &slots[r], k, KD);
+            store(cc->v, l, &slots[r], v, KD);
+        }
+        if (llama) {
+            for (int64_t r = 0; r < n_active; r++) {
+                const row_slot *rs = &slots[r];
+                ps_cpu_rotary(q + rs->off * QD, rs->n, H, D, posbuf + rs->off, cfg->rope_theta);
+                ps_cpu_rotary(k + rs->off * KD, rs->n, Hkv, D, posbuf + rs->off, cfg->rope_theta);
+                ps_cache *cc = rs->row->cache;
+                if (cc) {
+                    store(cc->rot_q, l, rs, q, QD);
+                    store(cc->rot_k, l, rs, k, KD);
+                }
+            }
+        }
+
+        // Causal attention per (row, head): keys before start_pos come from the base run's cache.
+        const float inv_sqrt_d = 1.0f / sqrtf((float)D);
+#pragma omp parallel
+        {
+            float *sc = malloc((size_t)T_max * sizeof(float));
+#pragma omp for schedule(dynamic, 1) collapse(2)
+            for (int64_t r = 0; r < n_active; r++) {
+                for (int64_t h = 0; h < H; h++) {
+                    const row_slot *rs = &slots[r];
+                    const ps_row *row = rs->row;
+                    const int64_t T = row->T, s = row->start_pos, g = h / group;
+                    const float *kbase = NULL, *vbase = NULL;
+                    if (s > 0) {
+                        kbase = (llama ? row->base->rot_k : row->base->k) + l * T * KD;
+                        vbase = row->base->v + l * T * KD;
+                    }
+                    const ps_patch *pp = NULL; // pattern patches for this (layer, head)
+                    for (int64_t t = s; t < T; t++) {
+                        const float *qt = q + (rs->off + t - s) * QD + h * D;
+                        for (int64_t j = 0; j <= t; j++) {
+                            const float *kj = j < s ? kbase + j * KD + g * D : k + (rs->off + j - s) * KD + g * D;
+                            float acc = 0;
+                            for (int64_t d = 0; d < D; d++) acc += qt[d] * kj[d];
+                            sc[j] = acc * inv_sqrt_d;
+                        }
+                        ps_cache *cc = row->cache;
+                        if (cc && cc->attn_scores) {
+                            float *dst = cc->attn_scores + ((l * H + h) * T + t) * T;
+                            for (int64_t j = 0; j < T; j++) dst[j] = j <= t ? sc[j] : -INFINITY;
+                        }
+                        float mx = sc[0];
+                        for (int64_t j = 1; j <= t; j++) mx = sc[j] > mx ? sc[j] : mx;
+                        double sum = 0;
+                        for (int64_t j = 0; j <= t; j++) { sc[j] = expf(sc[j] - mx); sum += sc[j]; }
+                        for (int64_t j = 0; j <= t; j++) sc[j] = (float)(sc[j] / sum);
+                        for (int64_t p = 0; p < row->n_patches; p++) {
+                            pp = &row->patches[p];
+                            if (pp->site != PS_SITE_PATTERN || pp->layer != l) continue;
+                            if ((pp->head >= 0 && pp->head != h) || (pp->pos >= 0 && pp->pos != t)) continue;
+                            memcpy(sc, pp->src->pattern + ((l * H + h) * T + t) * T, (size_t)(t + 1) * sizeof(float));
+                        }
+                        if (cc) {
+                            float *dst = cc->pattern + ((l * H + h) * T + t) * T;
+                            for (int64_t j = 0; j < T; j++) dst[j] = j <= t ? sc[j] : 0.0f;
+                        }
+                        float *zt = z + (rs->off + t - s) * QD + h * D;
+                        for (int64_t d = 0; d < D; d++) zt[d] = 0;
+                        for (int64_t j = 0; j <= t; j++) {
+                            const float *vj = j < s ? vbase + j * KD + g * D : v + (rs->off + j - s) * KD + g * D;
+                            const float pj = sc[j];
+                            for (int64_t d = 0; d < D; d++) zt[d] += pj * vj[d];
+                        }
+                    }
+                }
+            }
+            free(sc);
+        }
+        apply_patches(PS_SITE_Z, l, z, QD, slots, n_active, cfg);
+        for (int64_t r = 0; r < n_active; r++) {
+            ps_cache *cc = slots[r].row->cache;
+            if (!cc) continue;
+            store(cc->z, l, &slots[r], z, QD);
+            if (cc->result) {
+                // result[t, h, :] = z[t, h, :] @ W_O[h]  (TransformerLens's per-head output, no bias)
+                const int64_t T = slots[r].row->T;
+                for (int64_t h = 0; h < H; h++)
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)T, (int)C, (int)D, 1.0f,
+                                z + slots[r].off * QD + h * D, (int)QD, w->w_o + l * QD * C + h * D * C, (int)C, 0.0f,
+                                cc->result + (l * T * H + h) * C, (int)(H * C));
+            }
+        }
+        linear(y, z, w->w_o + l * QD * C, w->b_o ? w->b_o + l * C : NULL, NA, QD, C);
+        apply_patches(PS_SITE_ATTN_OUT, l, y, C, slots, n_active, cfg);
+        for (int64_t r = 0; r < n_active; r++)
+            if (slots[r].row->cache) store(slots[r].row->cache->attn_out, l, &slots[r], y, C);
+        for (int64_t i = 0; i < NA * C; i++) x[i] += y[i];
+        apply_patches(PS_SITE_RESID_MID, l, x, C, slots, n_active, cfg);
+        for (int64_t r = 0; r < n_active; r++)
+            if (slots[r].row->cache) store(slots[r].row->cache->resid_mid, l, &slots[r], x, C);
+
+        // MLP block
+        if (llama) ps_cpu_rmsnorm(xn, scale, x, w->ln2_w + l * C, NA, C, cfg->eps);
+        else ps_cpu_layernorm(xn, scale, x, w->ln2_w + l * C, w->ln2_b + l * C, NA, C, cfg->eps);
+        for (int64_t r = 0; r < n_active; r++)
+            if (slots[r].row->cache) store(slots[r].row->cache->ln2_scale, l, &slots[r], scale, 1);
+        linear(h1, xn, w->w_in + l * C * M, w->b_in ? w->b_in + l * M : NULL, NA, C, M);
+        if (llama) linear(h3, xn, w->w_up + l * C * M, NULL, NA, C, M);
+#pragma omp parallel for schedule(static)
+        for (int64_t i = 0; i < NA * M; i++) {
+            float a = ps_cpu_act(cfg->act, h1[i]);
+            h2[i] = llama ? a * h3[i] : a;
+        }
+        apply_patches(PS_SITE_MLP_POST, l, h2, M, slots, n_active, cfg);
+        for (int64_t r = 0; r < n_active; r++) {
+            ps_cache *cc = slots[r].row->cache;
+            if (!cc) continue;
+            store(cc->mlp_pre, l, &slots[r], h1, M);
+            if (llama) store(cc->mlp_pre_linear, l, &slots[r], h3, M);
+            store(cc->mlp_post, l, &slots[r], h2, M);
+        }
+        linear(y, h2, w->w_out + l * M * C, w->b_out ? w->b_out + l * C : NULL, NA, M, C);
+        apply_patches(PS_SITE_MLP_OUT, l, y, C, slots, n_active, cfg);
+        for (int64_t r = 0; r < n_active; r++)
+            if (slots[r].row->cache) store(slots[r].row->cache->mlp_out, l, &slots[r], y, C);
+        for (int64_t i = 0; i < NA * C; i++) x[i] += y[i];
+        apply_patches(PS_SITE_RESID_POST, l, x, C, slots, n_active, cfg);
+        for (int64_t r = 0; r < n_active; r++)
+            if (slots[r].row->cache) store(slots[r].row->cache->resid_post, l, &slots[r], x, C);
+    }
+    // Rows that start past the last layer (a patch of the final resid_post) take the base's final state.
+    for (int64_t r = n_active; r < n_rows; r++) {
+        const row_slot *rs = &slots[r];
+        memcpy(x + rs->off * C, rs->row->base->resid_post + ((L - 1) * rs->row->T + rs->row->start_pos) * C,
+               (size_t)(rs->n * C) * sizeof(float));
+        apply_patches(PS_SITE_RESID_POST, L - 1, x, C, rs, 1, cfg);
+    }
+
+    // Final norm and unembedding, only at the positions asked for (all of them for cache rows).
+    int64_t n_out_total = 0;
+    for (int64_t r = 0; r < n_rows; r++) n_out_total += slots[r].row->n_out;
+    float *xo = malloc((size_t)(n_out_total ? n_out_total : 1) * (size_t)C * sizeof(float));
+    if (!xo) {
+        free(slots); free(ws); free(posbuf);
+        return ps_fail(e, PS_EXIT_RUNTIME, "forward: out of memory");
+    }
+    int64_t at = 0;
+    for (int64_t r = 0; r < n_rows; r++) {
+        const row_slot *rs = &slots[r];
+        ps_row *row = rs->row;
+        if (row->cache) {
+            // Cache rows: final norm and logits at every position.
+            float *xr = x + rs->off * C;
+            if (llama) ps_cpu_rmsnorm(xn, row->cache->lnf_scale, xr, w->lnf_w, row->T, C, cfg->eps);
+            else ps_cpu_layernorm(xn, row->cache->lnf_scale, xr, w->lnf_w, w->lnf_b, row->T, C, cfg->eps);
+            if (row->cache->logits) {
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)row->T, (int)V, (int)C, 1.0f, xn, (int)C, w->w_u,
+                            (int)C, 0.0f, row->cache->logits, (int)V);
+                if (w->b_u)
+                    for (int64_t t = 0; t < row->T; t++)
+                        for (int64_t j = 0; j < V; j++) row->cache->logits[t * V + j] += w->b_u[j];
+            }
+        }
+        for (int64_t o = 0; o < row->n_out; o++) {
+            int64_t t = row->out_pos[o];
+            if (t < row->start_pos || t >= row->T) {
+                free(slots); free(ws); free(posbuf); free(xo);
+                return ps_fail(e, PS_EXIT_RUNTIME, "forward: output position %lld outside [%lld, %lld)", (long long)t,
+                               (long long)row->start_pos, (long long)row->T);
+            }
+            memcpy(xo + (at + o) * C, x + (rs->off + t - row->start_pos) * C, (size_t)C * sizeof(float));
+        }
+        at += row->n_out;
+    }
+    if (llama) ps_cpu_rmsnorm(xo, NULL, xo, w->lnf_w, n_out_total, C, cfg->eps);
+    else ps_cpu_layernorm(xo, NULL, xo, w->lnf_w, w->lnf_b, n_out_total, C, cfg->eps);
+    at = 0;
+    for (int64_t r = 0; r < n_rows; r++) {
+        ps_row *row = slots[r].row;
+        if (!row->n_out) continue;
+        if (!row->cols) {
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)row->n_out, (int)V, (int)C, 1.0f, xo + at * C, (int)C,
+                        w->w_u, (int)C, 0.0f, row->logits, (int)V);
+            if (w->b_u)
+                for (int64_t o = 0; o < row->n_out; o++)
+                    for (int64_t j = 0; j < V; j++) row->logits[o * V + j] += w->b_u[j];
+        } else {
+            for (int64_t o = 0; o < row->n_out; o++)
+                for (int64_t c = 0; c < row->n_cols; c++) {
+                    const float *wu = w->w_u + (int64_t)row->cols[c] * C;
+                    const float *xv = xo + (at + o) * C;
+                    float acc = 0;
+                    for (int64_t d = 0; d < C; d++) acc += xv[d] * wu[d];
+                    row->logits[o * row->n_cols + c] = acc + (w->b_u ? w->b_u[row->cols[c]] : 0.0f);
+                }
+        }
+        at += row->n_out;
+    }
+    free(xo);
+    free(slots);
+    free(ws);
+    free(posbuf);
+    return 0;
+}

@@ -1,1 +1,354 @@
-int main(void){return 0;}
+// patchsweep's command line: run an experiment config, tokenize text, inspect a results file, generate text.
+// Every failure prints one line and exits 1 (runtime) or 2 (bad input).
+#include "ps_backend.h"
+#include "ps_config.h"
+#include "ps_engine.h"
+#include "ps_model.h"
+#include "ps_store.h"
+#include "ps_tokenizer.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "patchsweep %s: batch activation patching for transformer interpretability\n"
+            "\n"
+            "usage:\n"
+            "  patchsweep run CONFIG.json [-o OUT.h5] [--progress|--quiet] [--naive]\n"
+            "  patchsweep tokenize (--model DIR | --tokenizer FILE) [--ids] [--bos] TEXT\n"
+            "  patchsweep inspect RESULTS.h5\n"
+            "  patchsweep generate --model DIR [--max-new-tokens N] [--no-bos] [PROMPT]\n"
+            "  patchsweep version\n"
+            "\n"
+            "run:       runs the config's baseline and sweeps and writes one HDF5 file (default: the config's \"output\").\n"
+            "           --naive runs every patch as a full forward pass (the slow oracle the fast engine is tested against).\n"
+            "tokenize:  shows each token's id and string (why \" 5\" and \"5\" differ); --ids prints only the ids.\n"
+            "           No BOS is prepended unless --bos (TransformerLens prepends one by default).\n"
+            "Exit status: 0 ok, 1 runtime failure, 2 bad input (the message names the file and the field or byte offset).\n",
+            PS_VERSION);
+}
+
+static int die(const ps_error *e) {
+    fprintf(stderr, "patchsweep: %s\n", e->msg[0] ? e->msg : "unknown error");
+    return e->code ? e->code : PS_EXIT_RUNTIME;
+}
+
+static int bad_usage(const char *msg) {
+    fprintf(stderr, "patchsweep: %s (see patchsweep --help)\n", msg);
+    return PS_EXIT_BADINPUT;
+}
+
+// The tokenizer for a model directory: tokenizer.json, else vocab.json + merges.txt (the loader decides).
+static int load_tokenizer(ps_tokenizer **tok, const char *path, ps_error *e) { return ps_tokenizer_load(tok, path, e); }
+
+// ---------------------------------------------------------------------------------------------
+
+static int cmd_tokenize(int argc, char **argv) {
+    const char *model = NULL, *tokfile = NULL, *text = NULL;
+    int ids_only = 0, bos = 0;
+    for (int i = 0; i < argc; i++) {
+        if (!strcmp(argv[i], "--model") && i + 1 < argc) model = argv[++i];
+        else if (!strcmp(argv[i], "--tokenizer") && i + 1 < argc) tokfile = argv[++i];
+        else if (!strcmp(argv[i], "--ids")) ids_only = 1;
+        else if (!strcmp(argv[i], "--bos")) bos = 1;
+        else if (!strcmp(argv[i], "--")) { if (i + 1 < argc) text = argv[i + 1]; break; }
+        else if (argv[i][0] == '-' && argv[i][1] == '-') return bad_usage("tokenize: unknown option");
+        else text = argv[i];
+    }
+    if (!model && !tokfile) return bad_usage("tokenize needs --model DIR or --tokenizer FILE");
+    if (!text) return bad_usage("tokenize needs TEXT");
+    ps_error e = {0};
+    ps_tokenizer *tok = NULL;
+    if (load_tokenizer(&tok, tokfile ? tokfile : model, &e) != 0) return die(&e);
+    int32_t *ids = NULL;
+    int64_t n = 0;
+    if (ps_tokenizer_encode(tok, text, &ids, &n, &e) != 0) {
+        ps_tokenizer_free(tok);
+        return die(&e);
+    }
+    int32_t b = bos ? ps_tokenizer_bos_id(tok) : -1;
+    if (bos && b < 0) fprintf(stderr, "patchsweep: this tokenizer has no BOS token; none prepended\n");
+    if (ids_only) {
+        int first = 1;
+        if (b >= 0) { printf("%d", b); first = 0; }
+        for (int64_t i = 0; i < n; i++) printf(first && i == 0 ? "%d" : " %d", ids[i]);
+        printf("\n");
+    } else {
+        int64_t pos = 0;
+        printf("%-5s %-7s %s\n", "pos", "id", "token");
+        if (b >= 0) {
+            char *s = ps_tokenizer_token_text(tok, b);
+            printf("%-5lld %-7d \"%s\"  (BOS)\n", (long long)pos++, b, s ? s : "");
+            free(s);
+        }
+        for (int64_t i = 0; i < n; i++) {
+            char *s = ps_tokenizer_token_text(tok, ids[i]);
+            printf("%-5lld %-7d \"", (long long)pos++, ids[i]);
+            for (const char *c = s ? s : ""; *c; c++) {
+                if (*c == '\n') fputs("\\n", stdout);
+                else if (*c == '\t') fputs("\\t", stdout);
+                else if (*c == '"') fputs("\\\"", stdout);
+                else putchar(*c);
+            }
+            printf("\"\n");
+            free(s);
+        }
+        printf("%lld tokens%s\n", (long long)(n + (b >= 0)), b >= 0 ? " (BOS included)" : "");
+    }
+    free(ids);
+    ps_tokenizer_free(tok);
+    return 0;
+}
+
+// ---------------------------------------------------------------------------------------------
+
+static char **token_strings(const ps_tokenizer *tok, const ps_prompt_set *ps, int corrupted) {
+    const int64_t n = ps->n, T = ps->T_max;
+    char **s = calloc((size_t)(n * T), sizeof(char *));
+    for (int64_t i = 0; i < n; i++)
+        for (int64_t t = 0; t < T; t++) {
+            const ps_prompt *p = &ps->p[i];
+            s[i * T + t] = t < p->T ? ps_tokenizer_token_text(tok, corrupted ? p->corrupted[t] : p->clean[t]) : strdup("");
+            if (!s[i * T + t]) s[i * T + t] = strdup("");
+        }
+    return s;
+}
+
+static void free_strings(char **s, int64_t n) {
+    if (!s) return;
+    for (int64_t i = 0; i < n; i++) free(s[i]);
+    free(s);
+}
+
+static int write_results(const char *out_path, const ps_config *cfg, const ps_model *m, const ps_tokenizer *tok,
+                         const char *tok_sha, const ps_backend *be, int threads, const ps_prompt_set *ps,
+                         const ps_run_results *rr, ps_error *e) {
+    ps_store *st = NULL;
+    if (ps_store_open(&st, out_path, e) != 0) return -1;
+    const int64_t n = ps->n, T = ps->T_max;
+    ps_run_info ri = {
+        .config_text = cfg->text, .config_path = cfg->path, .version = PS_VERSION, .model_dir = m->dir,
+        .weights_sha256 = m->weights_sha256, .tokenizer_path = ps_tokenizer_path(tok), .tokenizer_sha256 = tok_sha,
+        .backend = be->name, .precision = ps_precision_name(be->precision), .weights_dtype = m->file_dtype,
+        .threads = threads, .prepend_bos = cfg->prepend_bos,
+        .bos_id = cfg->prepend_bos ? (ps_tokenizer_bos_id(tok) >= 0 ? ps_tokenizer_bos_id(tok) : m->cfg.bos_id) : -1,
+        .metric = ps_metric_name(cfg->metric),
+    };
+    int rc = ps_store_write_run(st, &ri, e);
+
+    int64_t *len = calloc((size_t)n, sizeof(int64_t)), *plen = calloc((size_t)n, sizeof(int64_t));
+    int32_t *cid = malloc((size_t)(n * T) * sizeof(int32_t)), *xid = malloc((size_t)(n * T) * sizeof(int32_t));
+    int32_t *aid = malloc((size_t)n * sizeof(int32_t)), *wid = malloc((size_t)n * sizeof(int32_t));
+    const char **ct = malloc((size_t)n * sizeof(char *)), **xt = malloc((size_t)n * sizeof(char *));
+    const char **at = malloc((size_t)n * sizeof(char *)), **wt = malloc((size_t)n * sizeof(char *));
+    for (int64_t i = 0; i < n; i++) {
+        const ps_prompt *p = &ps->p[i];
+        len[i] = p->T;
+        plen[i] = p->T_prompt;
+        for (int64_t t = 0; t < T; t++) {
+            cid[i * T + t] = t < p->T ? p->clean[t] : -1;
+            xid[i * T + t] = t < p->T ? p->corrupted[t] : -1;
+        }
+        aid[i] = p->answer_id;
+        wid[i] = p->wrong_id;
+        ct[i] = cfg->items[i].clean; xt[i] = cfg->items[i].corrupted;
+        at[i] = cfg->items[i].answer; wt[i] = cfg->items[i].wrong;
+    }
+    char **cs = token_strings(tok, ps, 0), **xs = token_strings(tok, ps, 1);
+    ps_prompts_info pi = {
+        .n_prompts = n, .T_max = T, .length = len, .prompt_length = plen, .clean_ids = cid, .corrupted_ids = xid,
+        .clean_str = (const char *const *)cs, .corrupted_str = (const char *const *)xs, .clean_text = ct,
+        .corrupted_text = xt, .answer_text = at, .wrong_text = wt, .answer_id = aid, .wrong_id = wid,
+    };
+    if (rc == 0) rc = ps_store_write_prompts(st, &pi, e);
+    ps_baseline_info bi = {
+        .n_prompts = n, .clean = rr->base.clean, .corrupted = rr->base.corrupted,
+        .clean_answer_logit = rr->base.clean_answer_logit, .clean_wrong_logit = rr->base.clean_wrong_logit,
+        .corrupted_answer_logit = rr->base.corrupted_answer_logit, .corrupted_wrong_logit = rr->base.corrupted_wrong_logit,
+    };
+    if (rc == 0) rc = ps_store_write_baseline(st, &bi, e);
+    for (int64_t s = 0; rc == 0 && s < rr->n_sweeps; s++) {
+        const ps_sweep *sw = &rr->sweeps[s];
+        ps_result_info r = {
+            .name = sw->ex->name, .site = ps_site_name(sw->ex->site), .layout = ps_layout_name(sw->ex->layout),
+            .direction = ps_direction_name(sw->ex->direction), .metric = ps_metric_name(cfg->metric),
+            .n_axes = sw->n_axes, .pos_tokens = (const char *const *)cs, .values = sw->values, .normalized = sw->normalized,
+            .mean = sw->mean, .mean_normalized = sw->mean_normalized, .n_prompts = n, .patches_run = sw->patches_run,
+            .patches_skipped = sw->patches_skipped,
+        };
+        // Position labels: the tokens of prompt 0 at each labelled position.
+        char **ptok = NULL;
+        for (int a = 0; a < sw->n_axes; a++) {
+            r.axis_name[a] = sw->axis_name[a];
+            r.axis_len[a] = sw->axis_len[a];
+            r.axis_value[a] = sw->axis_value[a];
+            if (!strcmp(sw->axis_name[a], "pos")) {
+                ptok = calloc((size_t)sw->axis_len[a], sizeof(char *));
+                for (int64_t k = 0; k < sw->axis_len[a]; k++) {
+                    int64_t pos = sw->axis_value[a][k];
+                    if (sw->ex->positions && pos < 0) pos += ps->p[0].T_prompt;
+                    ptok[k] = (pos >= 0 && pos < ps->p[0].T) ? cs[pos] : "";
+                }
+                r.pos_tokens = (const char *const *)ptok;
+            }
+        }
+        rc = ps_store_write_result(st, &r, e);
+        free(ptok);
+    }
+    free_strings(cs, n * T);
+    free_strings(xs, n * T);
+    free(len); free(plen); free(cid); free(xid); free(aid); free(wid);
+    free(ct); free(xt); free(at); free(wt);
+    ps_error ce = {0};
+    if (ps_store_close(st, rc == 0, rc == 0 ? e : &ce) != 0) rc = -1;
+    return rc;
+}
+
+static int cmd_run(int argc, char **argv) {
+    const char *cfg_path = NULL, *out = NULL;
+    int prog = isatty(2), naive = 0;
+    for (int i = 0; i < argc; i++) {
+        if (!strcmp(argv[i], "-o") && i + 1 < argc) out = argv[++i];
+        else if (!strcmp(argv[i], "--progress")) prog = 1;
+        else if (!strcmp(argv[i], "--quiet")) prog = 0;
+        else if (!strcmp(argv[i], "--naive")) naive = 1;
+        else if (argv[i][0] == '-') return bad_usage("run: unknown option");
+        else if (!cfg_path) cfg_path = argv[i];
+        else return bad_usage("run takes one CONFIG");
+    }
+    if (!cfg_path) return bad_usage("run needs CONFIG.json");
+    ps_error e = {0};
+    ps_config cfg;
+    if (ps_config_load(&cfg, cfg_path, &e) != 0) return die(&e);
+    if (!out) out = cfg.output;
+
+    ps_model m;
+    memset(&m, 0, sizeof m);
+    ps_tokenizer *tok = NULL;
+    ps_backend be;
+    memset(&be, 0, sizeof be);
+    ps_prompt_set ps;
+    memset(&ps, 0, sizeof ps);
+    ps_run_results rr;
+    memset(&rr, 0, sizeof rr);
+    char tok_sha[65] = "";
+    int rc = 0;
+    if (load_tokenizer(&tok, cfg.tokenizer ? cfg.tokenizer : cfg.model, &e) != 0) rc = -1;
+    if (rc == 0 && ps_sha256_file(ps_tokenizer_path(tok), tok_sha, &e) != 0) rc = -1;
+    if (rc == 0 && ps_model_load(&m, cfg.model, &e) != 0) rc = -1;
+    if (rc == 0 && ps_backend_init(&be, cfg.backend, cfg.precision, cfg.threads, &m, &e) != 0) rc = -1;
+    if (rc == 0 && ps_prompts_build(&ps, &cfg, tok, &m.cfg, &e) != 0) rc = -1;
+    if (rc == 0) {
+        if (prog)
+            fprintf(stderr, "patchsweep: %lld prompts, %lld experiments, model %s (%lld layers), backend %s\n", (long long)ps.n,
+                    (long long)cfg.n_experiments, cfg.model, (long long)m.cfg.n_layers, be.device);
+        ps_engine_opts o = {.naive = naive, .batch_rows = cfg.batch_rows, .progress = prog};
+        if (ps_engine_run(&m, &be, &ps, cfg.experiments, cfg.n_experiments, cfg.metric, &o, &rr, &e) != 0) rc = -1;
+    }
+    if (rc == 0) {
+        int threads = 1;
+        const char *paren = strchr(be.device, '(');
+        if (paren) threads = atoi(paren + 1);
+        if (write_results(out, &cfg, &m, tok, tok_sha, &be, threads, &ps, &rr, &e) != 0) rc = -1;
+    }
+    if (rc == 0) {
+        double mc = 0, mx = 0;
+        for (int64_t i = 0; i < ps.n; i++) { mc += rr.base.clean[i]; mx += rr.base.corrupted[i]; }
+        fprintf(stderr, "patchsweep: wrote %s (%lld prompts; mean %s clean %.4f, corrupted %.4f)\n", out, (long long)ps.n,
+                ps_metric_name(cfg.metric), mc / (double)ps.n, mx / (double)ps.n);
+    }
+    ps_run_results_free(&rr);
+    ps_prompt_set_free(&ps);
+    ps_backend_free(&be);
+    ps_model_free(&m);
+    ps_tokenizer_free(tok);
+    ps_config_free(&cfg);
+    return rc == 0 ? 0 : die(&e);
+}
+
+// ---------------------------------------------------------------------------------------------
+
+static int cmd_generate(int argc, char **argv) {
+    const char *model = NULL, *prompt = "";
+    int64_t max_new = 64;
+    int bos = 1;
+    for (int i = 0; i < argc; i++) {
+        if (!strcmp(argv[i], "--model") && i + 1 < argc) model = argv[++i];
+        else if (!strcmp(argv[i], "--max-new-tokens") && i + 1 < argc) max_new = atoll(argv[++i]);
+        else if (!strcmp(argv[i], "--no-bos")) bos = 0;
+        else if (argv[i][0] == '-' && argv[i][1] == '-') return bad_usage("generate: unknown option");
+        else prompt = argv[i];
+    }
+    if (!model) return bad_usage("generate needs --model DIR");
+    ps_error e = {0};
+    ps_tokenizer *tok = NULL;
+    ps_model m;
+    memset(&m, 0, sizeof m);
+    if (load_tokenizer(&tok, model, &e) != 0) return die(&e);
+    if (ps_model_load(&m, model, &e) != 0) { ps_tokenizer_free(tok); return die(&e); }
+    int32_t *ids = NULL;
+    int64_t n = 0;
+    if (ps_tokenizer_encode(tok, prompt, &ids, &n, &e) != 0) { ps_model_free(&m); ps_tokenizer_free(tok); return die(&e); }
+    const int64_t cap = m.cfg.n_ctx;
+    int32_t *seq = malloc((size_t)cap * sizeof(int32_t));
+    int64_t T = 0;
+    int32_t b = bos ? ps_tokenizer_bos_id(tok) : -1;
+    if (b < 0 && bos) b = (int32_t)m.cfg.bos_id;
+    if (b >= 0) seq[T++] = b;
+    for (int64_t i = 0; i < n && T < cap; i++) seq[T++] = ids[i];
+    free(ids);
+    if (T == 0) { free(seq); ps_model_free(&m); ps_tokenizer_free(tok); return bad_usage("generate: empty prompt and no BOS"); }
+    float *logits = malloc((size_t)m.cfg.d_vocab * sizeof(float));
+    int64_t start = T;
+    int rc = 0;
+    // Greedy decoding, one full forward per token: a checking tool, not a fast path.
+    for (int64_t step = 0; step < max_new && T < cap; step++) {
+        int64_t last = T - 1;
+        ps_row row = {.tokens = seq, .T = T, .out_pos = &last, .n_out = 1, .logits = logits};
+        if (ps_cpu_forward(&m, &row, 1, &e) != 0) { rc = -1; break; }
+        int32_t best = 0;
+        for (int64_t j = 1; j < m.cfg.d_vocab; j++)
+            if (logits[j] > logits[best]) best = (int32_t)j;
+        if (best == m.cfg.eos_id && best != b) break;
+        if (best == b && b >= 0 && m.cfg.arch == PS_ARCH_LLAMA) break;
+        seq[T++] = best;
+    }
+    if (rc == 0) {
+        char *all = ps_tokenizer_decode(tok, seq + (b >= 0 ? 1 : 0), T - (b >= 0 ? 1 : 0));
+        printf("%s\n", all ? all : "");
+        free(all);
+        fprintf(stderr, "patchsweep: %lld tokens generated\n", (long long)(T - start));
+    }
+    free(logits);
+    free(seq);
+    ps_model_free(&m);
+    ps_tokenizer_free(tok);
+    return rc == 0 ? 0 : die(&e);
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+        usage(argc < 2 ? stderr : stdout);
+        return argc < 2 ? PS_EXIT_BADINPUT : 0;
+    }
+    const char *cmd = argv[1];
+    if (!strcmp(cmd, "run")) return cmd_run(argc - 2, argv + 2);
+    if (!strcmp(cmd, "tokenize")) return cmd_tokenize(argc - 2, argv + 2);
+    if (!strcmp(cmd, "generate")) return cmd_generate(argc - 2, argv + 2);
+    if (!strcmp(cmd, "inspect")) {
+        if (argc != 3) return bad_usage("inspect takes one RESULTS.h5");
+        ps_error e = {0};
+        return ps_store_inspect(argv[2], &e) == 0 ? 0 : die(&e);
+    }
+    if (!strcmp(cmd, "version") || !strcmp(cmd, "--version")) {
+        printf("patchsweep %s\n", PS_VERSION);
+        return 0;
+    }
+    fprintf(stderr, "patchsweep: unknown command '%s' (see patchsweep --help)\n", cmd);
+    return PS_EXIT_BADINPUT;
+}

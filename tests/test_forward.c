@@ -1,2 +1,139 @@
-// placeholder test (being written)
-int main(void) { return 77; }
+// The CPU forward pass against TransformerLens: every hooked activation and the logits of every tiny model
+// (tests/data/*/golden_forward.safetensors, made by tests/golden/make_goldens.py), at 1e-4.
+// Also: a ragged batch of all prompts gives each prompt the numbers it gets alone.
+#include "golden_util.h"
+#include "ps_forward.h"
+#include "testutil.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    const char *hook;              // TransformerLens name after "blocks.<l>." (or the whole name, per_layer = 0)
+    size_t field;                  // offsetof the array in ps_cache
+    int per_layer;
+} hook_map;
+
+#define F(x) offsetof(ps_cache, x)
+static const hook_map HOOKS[] = {
+    {"hook_embed", F(embed), 0},
+    {"hook_pos_embed", F(pos_embed), 0},
+    {"hook_resid_pre", F(resid_pre), 1},
+    {"ln1.hook_scale", F(ln1_scale), 1},
+    {"attn.hook_q", F(q), 1},
+    {"attn.hook_k", F(k), 1},
+    {"attn.hook_v", F(v), 1},
+    {"attn.hook_rot_q", F(rot_q), 1},
+    {"attn.hook_rot_k", F(rot_k), 1},
+    {"attn.hook_attn_scores", F(attn_scores), 1},
+    {"attn.hook_pattern", F(pattern), 1},
+    {"attn.hook_z", F(z), 1},
+    {"attn.hook_result", F(result), 1},
+    {"hook_attn_out", F(attn_out), 1},
+    {"hook_resid_mid", F(resid_mid), 1},
+    {"ln2.hook_scale", F(ln2_scale), 1},
+    {"mlp.hook_pre", F(mlp_pre), 1},
+    {"mlp.hook_pre_linear", F(mlp_pre_linear), 1},
+    {"mlp.hook_post", F(mlp_post), 1},
+    {"hook_mlp_out", F(mlp_out), 1},
+    {"hook_resid_post", F(resid_post), 1},
+    {"ln_final.hook_scale", F(lnf_scale), 0},
+    {"logits", F(logits), 0},
+};
+#undef F
+
+static float *field(ps_cache *c, size_t off) { return *(float **)((char *)c + off); }
+
+// Compares every golden activation of one prompt; returns how many hooks were compared.
+static int compare_prompt(const char *model, int p, const ps_safetensors *g, ps_cache *c, const ps_model_config *cfg) {
+    int compared = 0;
+    for (size_t h = 0; h < sizeof HOOKS / sizeof HOOKS[0]; h++) {
+        int64_t layers = HOOKS[h].per_layer ? cfg->n_layers : 1;
+        for (int64_t l = 0; l < layers; l++) {
+            char key[256], name[320];
+            if (HOOKS[h].per_layer) snprintf(key, sizeof key, "p%d.blocks.%lld.%s", p, (long long)l, HOOKS[h].hook);
+            else snprintf(key, sizeof key, "p%d.%s", p, HOOKS[h].hook);
+            int64_t n = 0;
+            float *want = gu_f32(g, key, &n);
+            if (!want) continue;
+            float *arr = field(c, HOOKS[h].field);
+            snprintf(name, sizeof name, "%s %s", model, key);
+            if (!arr) {
+                TU_CHECK(0, "%s: golden exists but the cache has no such array", name);
+            } else {
+                tu_close(name, arr + l * n, want, n, 1e-4f, 1e-4f);
+                compared++;
+            }
+            free(want);
+        }
+    }
+    return compared;
+}
+
+static void test_model(const char *name) {
+    char dir[512], gpath[600];
+    snprintf(dir, sizeof dir, "%s", tu_src("tests/data"));
+    strncat(dir, "/", sizeof dir - strlen(dir) - 1);
+    strncat(dir, name, sizeof dir - strlen(dir) - 1);
+    snprintf(gpath, sizeof gpath, "%s/golden_forward.safetensors", dir);
+    ps_error e = {0};
+    ps_model m;
+    if (ps_model_load(&m, dir, &e) != 0) { TU_CHECK(0, "%s: load: %s", name, e.msg); return; }
+    ps_safetensors g;
+    if (ps_safetensors_open(&g, gpath, &e) != 0) { TU_CHECK(0, "%s: goldens: %s", name, e.msg); ps_model_free(&m); return; }
+
+    enum { MAXP = 16 };
+    int32_t *tok[MAXP] = {0};
+    int64_t T[MAXP] = {0};
+    ps_cache solo[MAXP], batched[MAXP];
+    int np = 0;
+    for (; np < MAXP; np++) {
+        char key[64];
+        snprintf(key, sizeof key, "p%d.tokens", np);
+        if (!(tok[np] = gu_i32(&g, key, &T[np]))) break;
+    }
+    TU_CHECK(np > 0, "%s: no prompts in the goldens", name);
+    int hooks = 0;
+    for (int p = 0; p < np; p++) {
+        ps_cache_init(&solo[p], &m.cfg, T[p], PS_CACHE_ALL, &e);
+        ps_row row = {.tokens = tok[p], .T = T[p], .cache = &solo[p]};
+        if (ps_cpu_forward(&m, &row, 1, &e) != 0) { TU_CHECK(0, "%s: forward: %s", name, e.msg); continue; }
+        hooks += compare_prompt(name, p, &g, &solo[p], &m.cfg);
+    }
+    TU_CHECK(hooks >= np * (int)m.cfg.n_layers * 14, "%s: only %d hooks compared", name, hooks);
+
+    // All prompts in one ragged batch: each must get exactly its solo numbers (no padding artefacts).
+    ps_row rows[MAXP];
+    memset(rows, 0, sizeof rows);
+    for (int p = 0; p < np; p++) {
+        ps_cache_init(&batched[p], &m.cfg, T[p], PS_CACHE_ALL, &e);
+        rows[p] = (ps_row){.tokens = tok[p], .T = T[p], .cache = &batched[p]};
+    }
+    if (ps_cpu_forward(&m, rows, np, &e) != 0) TU_CHECK(0, "%s: batched forward: %s", name, e.msg);
+    for (int p = 0; p < np; p++) {
+        char nm[128];
+        snprintf(nm, sizeof nm, "%s p%d batched vs alone (all activations)", name, p);
+        tu_close(nm, batched[p].memory, solo[p].memory, (int64_t)solo[p].n_floats, 1e-5f, 1e-5f);
+    }
+    for (int p = 0; p < np; p++) {
+        ps_cache_free(&solo[p]);
+        ps_cache_free(&batched[p]);
+        free(tok[p]);
+    }
+    ps_safetensors_free(&g);
+    ps_model_free(&m);
+}
+
+int main(void) {
+    int tested = 0;
+    for (int i = 0; i < gu_n_models; i++) {
+        if (!gu_model_present(gu_models[i])) {
+            TU_CHECK(strncmp(gu_models[i], "gpt2", 4) != 0, "%s: tiny model missing", gu_models[i]);
+            continue;
+        }
+        test_model(gu_models[i]);
+        tested++;
+    }
+    printf("%d models compared with TransformerLens\n", tested);
+    return tu_done("forward");
+}

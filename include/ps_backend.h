@@ -1,0 +1,27 @@
+// The backend interface: the one thing the engine asks of a device is to run a batch of rows.
+// Everything about what to run, what to skip and what to patch lives above it, in engine.c.
+#ifndef PS_BACKEND_H
+#define PS_BACKEND_H
+
+#include "ps_forward.h"
+
+typedef struct ps_backend {
+    ps_backend_kind kind;     // PS_BACKEND_CPU or PS_BACKEND_CUDA once initialised
+    ps_precision precision;
+    const char *name;         // "cpu", "cuda"
+    char device[128];         // e.g. "CPU (2 threads)", "NVIDIA H100 80GB HBM3"
+    int (*forward)(struct ps_backend *b, const ps_model *m, ps_row *rows, int64_t n_rows, ps_error *e);
+    void (*free)(struct ps_backend *b);
+    void *impl;               // backend-owned state (device weights, streams)
+} ps_backend;
+
+// kind AUTO picks CUDA when a GPU is usable and otherwise says on stderr that it falls back to the CPU.
+// threads: CPU threads for OpenMP and OpenBLAS (0 = all cores).
+int ps_backend_init(ps_backend *b, ps_backend_kind kind, ps_precision prec, int threads, const ps_model *m, ps_error *e);
+void ps_backend_free(ps_backend *b);
+
+// Provided by kernels/ (CUDA builds) or src/backend_nocuda.c: 0 when a CUDA device can run the model.
+int ps_cuda_backend_init(ps_backend *b, ps_precision prec, const ps_model *m, ps_error *e);
+int ps_cuda_built(void);
+
+#endif

@@ -1,0 +1,84 @@
+// The experiment engine: tokenized prompts, baseline runs, and patch sweeps planned as batches of rows.
+// A sweep reuses the base run's cache below the patched layer and before the first position the patch
+// changes, skips patches that change nothing, and unembeds only what the metric reads.
+#ifndef PS_ENGINE_H
+#define PS_ENGINE_H
+
+#include "ps_backend.h"
+#include "ps_config.h"
+#include "ps_tokenizer.h"
+
+// One dataset item, tokenized. Sequences hold the prompt and the teacher-forced answer prefix.
+typedef struct {
+    int32_t *clean, *corrupted;  // (T)
+    int64_t T;                   // sequence length (prompt + teacher-forced answer tokens)
+    int64_t T_prompt;            // tokens of the prompt alone (BOS included)
+    int64_t score_pos;           // position whose next-token distribution the metric reads
+    int32_t answer_id, wrong_id; // tokens compared at score_pos (first tokens where answer and wrong differ)
+    int64_t n_lp;                // logprob metric: the answer tokens, teacher-forced
+    int64_t *lp_pos;             // (n_lp) positions
+    int32_t *lp_tok;             // (n_lp) target tokens
+} ps_prompt;
+
+typedef struct {
+    ps_prompt *p; int64_t n;     // owned
+    int64_t T_max;
+} ps_prompt_set;
+
+// Tokenizes the config's dataset (BOS per cfg->prepend_bos). Prompts whose clean and corrupted
+// versions differ in length are an error that shows both tokenizations.
+int ps_prompts_build(ps_prompt_set *ps, const ps_config *cfg, const ps_tokenizer *tok, const ps_model_config *mc, ps_error *e);
+void ps_prompt_set_free(ps_prompt_set *ps);
+
+// Metric-side view of a row's logits.
+typedef struct {
+    int64_t n_out; int64_t out_pos[64];
+    int64_t n_cols; int32_t cols[2];   // n_cols 0 = all V columns
+} ps_metric_request;
+
+void ps_metric_request_for(ps_metric_kind kind, const ps_prompt *p, ps_metric_request *rq);
+// logits laid out as the request asked; clean_logprobs: (V) log-softmax of the clean run at score_pos (KL only).
+double ps_metric_value(ps_metric_kind kind, const ps_prompt *p, const ps_metric_request *rq, const float *logits,
+                       int64_t V, const float *clean_logprobs);
+
+typedef struct {
+    int naive;           // oracle mode: every patch a full forward from the embedding, nothing skipped or reused
+    int64_t batch_rows;  // rows per backend call (0: 64)
+    int progress;        // 1: progress lines on stderr
+    size_t cache_budget; // bytes of activation caches held at once (0: 2 GiB)
+} ps_engine_opts;
+
+// Baseline metrics, per prompt.
+typedef struct {
+    int64_t n;
+    float *clean, *corrupted;                       // (n)
+    float *clean_answer_logit, *clean_wrong_logit;  // (n)
+    float *corrupted_answer_logit, *corrupted_wrong_logit; // (n)
+} ps_baseline;
+
+// One experiment's results. Axes after the prompt axis, in order (layer, [pos], [head|neuron]).
+typedef struct {
+    const ps_experiment *ex;
+    int n_axes;
+    const char *axis_name[3];
+    int64_t axis_len[3];
+    int64_t *axis_value[3];     // owned labels
+    int64_t n_cells;            // product of axis_len
+    float *values;              // (n_prompts, cells), NaN where a prompt has no such position
+    float *normalized;          // (n_prompts, cells)
+    float *mean, *mean_normalized; // (cells)
+    int64_t patches_run, patches_skipped;
+} ps_sweep;
+
+typedef struct {
+    ps_baseline base;
+    ps_sweep *sweeps; int64_t n_sweeps;
+} ps_run_results;
+
+// Runs the baseline and every experiment over all prompts. Validates the experiments' layers, heads,
+// neurons and positions against the model (bad input: exit status 2, naming the experiment and field).
+int ps_engine_run(const ps_model *m, ps_backend *be, const ps_prompt_set *ps, const ps_experiment *exps, int64_t n_exps,
+                  ps_metric_kind metric, const ps_engine_opts *o, ps_run_results *out, ps_error *e);
+void ps_run_results_free(ps_run_results *r);
+
+#endif

@@ -1,0 +1,77 @@
+// The forward pass as the engine sees it: activation caches, patches as masks, and batches of rows.
+// A row is one prompt run from a cached state (start layer, start position) with a list of patches;
+// the backend computes only what the row asks for. The CPU backend (forward_cpu.c) is the reference.
+#ifndef PS_FORWARD_H
+#define PS_FORWARD_H
+
+#include "ps_config.h"
+#include "ps_model.h"
+
+// Every activation of one run of one prompt, with TransformerLens's names and shapes (batch dim dropped).
+// One allocation (memory); arrays not requested by the flags are NULL.
+typedef struct {
+    int64_t T;           // tokens in the sequence
+    float *embed;        // (T, C)          hook_embed
+    float *pos_embed;    // (T, C)          hook_pos_embed (GPT-2)
+    float *resid_pre;    // (L, T, C)       blocks.l.hook_resid_pre
+    float *ln1_scale;    // (L, T)          blocks.l.ln1.hook_scale
+    float *q;            // (L, T, H, D)    blocks.l.attn.hook_q (before rotary)
+    float *k;            // (L, T, Hkv, D)  blocks.l.attn.hook_k
+    float *v;            // (L, T, Hkv, D)  blocks.l.attn.hook_v
+    float *rot_q;        // (L, T, H, D)    blocks.l.attn.hook_rot_q (Llama)
+    float *rot_k;        // (L, T, Hkv, D)  blocks.l.attn.hook_rot_k (Llama)
+    float *attn_scores;  // (L, H, T, T)    blocks.l.attn.hook_attn_scores (masked: -inf)   [PS_CACHE_SCORES]
+    float *pattern;      // (L, H, T, T)    blocks.l.attn.hook_pattern
+    float *z;            // (L, T, H, D)    blocks.l.attn.hook_z
+    float *result;       // (L, T, H, C)    blocks.l.attn.hook_result                         [PS_CACHE_RESULT]
+    float *attn_out;     // (L, T, C)       blocks.l.hook_attn_out
+    float *resid_mid;    // (L, T, C)       blocks.l.hook_resid_mid
+    float *ln2_scale;    // (L, T)          blocks.l.ln2.hook_scale
+    float *mlp_pre;      // (L, T, M)       blocks.l.mlp.hook_pre
+    float *mlp_pre_linear; // (L, T, M)     blocks.l.mlp.hook_pre_linear (Llama)
+    float *mlp_post;     // (L, T, M)       blocks.l.mlp.hook_post
+    float *mlp_out;      // (L, T, C)       blocks.l.hook_mlp_out
+    float *resid_post;   // (L, T, C)       blocks.l.hook_resid_post
+    float *lnf_scale;    // (T)             ln_final.hook_scale
+    float *logits;       // (T, V)                                                            [PS_CACHE_LOGITS]
+    float *memory;       // owns all of the above
+    size_t n_floats;
+} ps_cache;
+
+enum { PS_CACHE_SCORES = 1, PS_CACHE_RESULT = 2, PS_CACHE_LOGITS = 4, PS_CACHE_ALL = 7 };
+
+int ps_cache_init(ps_cache *c, const ps_model_config *cfg, int64_t T, unsigned flags, ps_error *e);
+void ps_cache_free(ps_cache *c);
+
+// One patch: at hook (site, layer), the selected slice takes its value from src (same T as the row).
+// head/pos/neuron -1 = all. For resid_*/attn_out/mlp_out head and neuron are ignored.
+typedef struct {
+    ps_site site;
+    int64_t layer, head, pos, neuron;
+    const ps_cache *src;
+} ps_patch;
+
+// One row of a batch. Positions before start_pos and layers before start_layer are read from base:
+// the caller guarantees the patches cannot change them (causality; patches act at layers >= start_layer).
+typedef struct {
+    const int32_t *tokens; int64_t T;
+    const ps_cache *base;          // required when start_layer > 0 or start_pos > 0
+    int64_t start_layer, start_pos;
+    const ps_patch *patches; int64_t n_patches;
+    ps_cache *cache;               // optional: receives every activation (needs start_layer = start_pos = 0)
+    const int64_t *out_pos; int64_t n_out;   // positions whose logits are wanted (each >= start_pos)
+    const int32_t *cols; int64_t n_cols;     // vocabulary columns wanted; NULL = all V
+    float *logits;                 // (n_out, n_cols or V), written by the backend
+} ps_row;
+
+// The reference forward pass: fp32, OpenBLAS GEMMs over all rows' tokens at once, OpenMP attention.
+// A row's numbers never depend on the other rows of the batch (no padding).
+int ps_cpu_forward(const ps_model *m, ps_row *rows, int64_t n_rows, ps_error *e);
+
+// Small building blocks the CUDA kernels are tested against (same arithmetic, fp32).
+void ps_cpu_layernorm(float *out, float *scale, const float *x, const float *w, const float *b, int64_t N, int64_t C, float eps);
+void ps_cpu_rmsnorm(float *out, float *scale, const float *x, const float *w, int64_t N, int64_t C, float eps);
+void ps_cpu_rotary(float *x, int64_t T, int64_t n_heads, int64_t D, const int64_t *pos, float theta);
+float ps_cpu_act(ps_act act, float x);
+
+#endif

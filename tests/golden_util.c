@@ -1,0 +1,41 @@
+// Reading golden tensors for the tests: copies out of the mapped safetensors file, with dtype checks.
+#include "golden_util.h"
+
+#include "testutil.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+const char *const gu_models[] = {"gpt2-tiny-a", "gpt2-tiny-b", "gpt2-tiny-c", "llama-tiny-a", "llama-tiny-b", "llama-tiny-c"};
+const int gu_n_models = 6;
+
+int gu_model_present(const char *name) {
+    char rel[256];
+    snprintf(rel, sizeof rel, "tests/data/%s/model.safetensors", name);
+    struct stat st;
+    return stat(tu_src(rel), &st) == 0;
+}
+
+float *gu_f32(const ps_safetensors *st, const char *key, int64_t *n) {
+    const ps_tensor *t = ps_safetensors_find(st, key);
+    if (!t) return NULL;
+    float *out = malloc((size_t)(t->numel ? t->numel : 1) * sizeof(float));
+    ps_error e = {0};
+    if (ps_tensor_to_f32(t, out, &e) != 0) {
+        fprintf(stderr, "golden %s: %s\n", key, e.msg);
+        free(out);
+        return NULL;
+    }
+    *n = t->numel;
+    return out;
+}
+
+int32_t *gu_i32(const ps_safetensors *st, const char *key, int64_t *n) {
+    const ps_tensor *t = ps_safetensors_find(st, key);
+    if (!t || t->dtype != PS_DT_I32) return NULL;
+    int32_t *out = malloc((size_t)(t->numel ? t->numel : 1) * sizeof(int32_t));
+    memcpy(out, t->data, (size_t)t->numel * sizeof(int32_t));
+    *n = t->numel;
+    return out;
+}

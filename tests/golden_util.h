@@ -1,0 +1,17 @@
+// Helpers for tests that read the TransformerLens goldens (safetensors files under tests/data/<model>/).
+#ifndef PS_GOLDEN_UTIL_H
+#define PS_GOLDEN_UTIL_H
+
+#include "ps_safetensors.h"
+
+// The tiny models with goldens, in order; gu_model_present says whether its folder exists.
+extern const char *const gu_models[];
+extern const int gu_n_models;
+int gu_model_present(const char *name);
+
+// fp32 copy of a golden tensor (malloc'd) or NULL when absent; *n gets its element count.
+float *gu_f32(const ps_safetensors *st, const char *key, int64_t *n);
+// int32 copy of a golden tensor (malloc'd) or NULL when absent.
+int32_t *gu_i32(const ps_safetensors *st, const char *key, int64_t *n);
+
+#endif
