@@ -1,5 +1,39 @@
 // The experiment config: a JSON file read once, every field type-checked, into the plain structs below.
-// Nothing outside config.c sees cJSON. Errors name the file and the JSON path (e.g. experiments[2].site).
+// Nothing outside config.c and dataset.c sees cJSON. Errors name the file and the JSON path (e.g. experiments[2].site).
+//
+// Format (keys exactly these; any other key is an error that suggests the nearest valid one):
+//   {
+//     "model": "dir",               required; Hugging Face checkpoint directory
+//     "tokenizer": "file-or-dir",   optional; default: the model directory's tokenizer
+//     "backend": "cpu",             cpu | cuda | auto                       (default cpu)
+//     "precision": "fp32",          fp32 | fp16 | bf16                      (default fp32)
+//     "threads": 0,                 >= 0; 0 = all cores                     (default 0)
+//     "prepend_bos": true,          TransformerLens's default               (default true)
+//     "output": "results/x.h5",     default results/<config basename without .json>.h5
+//     "metric": "logit_diff",       logit_diff | prob_diff | logprob | kl   (default logit_diff)
+//     "multi_token": "first_diff",  first_diff | sum_logprob                (default first_diff)
+//     "align": "error",             error                                   (default error)
+//     "batch_rows": 0,              >= 0; planner hint, 0 = planner's choice
+//     "dataset": <dataset>,         required (see ps_dataset.h for the file formats)
+//     "experiments": [ ... ]        optional, may be empty (baseline only)
+//   }
+//   <dataset> is either an array of {"clean", "corrupted", "answer", "wrong"} (all non-empty strings), or
+//     {"path": "f.jsonl|f.csv|f.json", "format": "jsonl|csv|json" (default: from the extension),
+//      "fields": {"clean": "text", "answer": "corr", ...}   (names in the file; default: the item keys),
+//      "corrupted": {"path": "g.jsonl", "field": "text", "format": ..., "offset": 0},  (optional)
+//      "offset": 0, "limit": 0}                              (records [offset, offset+limit); limit 0 = all)
+//   <experiment> is {"name": "[A-Za-z0-9_.-]+" (required, unique), "site": see ps_site (required),
+//      "by": see ps_layout (default from the site), "direction": "denoise|noise" (default denoise),
+//      "layers": [..], "heads": [..], "neurons": [..] (non-negative ints; absent = all),
+//      "positions": [ints or "end"] (negative counts from the end; "end" = -1; absent = all)}.
+//   heads is accepted only by layer_head/layer_pos_head, neurons only by layer_neuron, positions only by
+//   layer_pos/layer_pos_head; lists may not be empty or repeat a value. Indices are checked against the
+//   model by the engine, not here.
+//
+// Relative paths: model, tokenizer, dataset.path and dataset.corrupted.path are relative to the directory
+// of the config file (so a config and its data move together); output is relative to the current working
+// directory (results land where the run was started, like -o). The loader stores model/tokenizer already
+// joined with the config's directory; output is stored as written.
 #ifndef PS_CONFIG_H
 #define PS_CONFIG_H
 
@@ -10,7 +44,7 @@ typedef enum { PS_PREC_FP32 = 0, PS_PREC_FP16 = 1, PS_PREC_BF16 = 2 } ps_precisi
 typedef enum { PS_METRIC_LOGIT_DIFF = 0, PS_METRIC_PROB_DIFF, PS_METRIC_LOGPROB, PS_METRIC_KL } ps_metric_kind;
 typedef enum { PS_DIR_DENOISE = 0, PS_DIR_NOISE = 1 } ps_direction;
 
-// Hook sites, with TransformerLens's names (see ps_site_name in forward.c).
+// Hook sites, with TransformerLens's names (see ps_site_name).
 typedef enum {
     PS_SITE_RESID_PRE = 0, PS_SITE_RESID_MID, PS_SITE_RESID_POST,
     PS_SITE_ATTN_OUT, PS_SITE_MLP_OUT,
@@ -20,12 +54,15 @@ typedef enum {
 } ps_site;
 
 // How a sweep is laid out: which axes it runs over (layer always first).
+// The default for a site: layer_pos for resid_*/attn_out/mlp_out, layer_head for z/q/k/v/pattern,
+// layer_neuron for mlp_post.
 typedef enum {
     PS_BY_LAYER_POS = 0,      // resid_*, attn_out, mlp_out; z/q/k/v: every head at once
     PS_BY_LAYER_HEAD,         // z, q, k, v, pattern over all positions
-    PS_BY_LAYER_POS_HEAD,     // z, q, k, v by position
+    PS_BY_LAYER_POS_HEAD,     // z, q, k, v, pattern by position (pattern: destination position)
     PS_BY_LAYER_NEURON,       // mlp_post over all positions
     PS_BY_LAYER,              // resid_*, attn_out, mlp_out over all positions
+    PS_BY_COUNT
 } ps_layout;
 
 // How positions of clean and corrupted prompts that tokenize to different lengths line up.
@@ -34,7 +71,7 @@ typedef enum { PS_ALIGN_ERROR = 0 } ps_align;
 typedef enum { PS_SCORE_FIRST_DIFF = 0, PS_SCORE_SUM_LOGPROB = 1 } ps_multitoken;
 
 typedef struct {
-    char *clean, *corrupted, *answer, *wrong;   // UTF-8 text, owned
+    char *clean, *corrupted, *answer, *wrong;   // UTF-8 text, owned, never NULL or empty
 } ps_item;
 
 typedef struct {
@@ -52,29 +89,44 @@ typedef struct {
     char *path;              // the config file (owned)
     char *text;              // the config verbatim (owned), stored in the results file
     char *model;             // checkpoint directory, resolved relative to the config file's directory
-    char *tokenizer;         // NULL: the model directory's tokenizer.json / vocab.json
+    char *tokenizer;         // NULL: the model directory's tokenizer.json / vocab.json; else resolved like model
     ps_backend_kind backend;
     ps_precision precision;
     int threads;             // 0: all cores
     int prepend_bos;         // 1: prepend the tokenizer's BOS (TransformerLens's default)
-    char *output;            // results path, resolved like model; -o overrides
+    char *output;            // results path as written (relative to the current directory) or the default; -o overrides
     ps_metric_kind metric;
     ps_multitoken multitoken;
     ps_align align;
     int64_t batch_rows;      // 0: planner's choice
-    ps_item *items; int64_t n_items;       // the dataset, however it was given
+    ps_item *items; int64_t n_items;       // the dataset, however it was given (>= 1 item)
     ps_experiment *experiments; int64_t n_experiments;
+    char *dataset_path;      // resolved dataset file, NULL when the items were inline (for the results file)
+    char *corrupted_path;    // resolved file of corrupted prompts, NULL when they came with the items
 } ps_config;
 
-// Reads and validates path. Unknown keys are errors that suggest the nearest valid key.
+// Reads and validates path into c (which needs no initialisation). On error returns -1 with e filled
+// (PS_EXIT_BADINPUT for bad input) and c zeroed, owning nothing. ps_config_free may be called on a
+// zeroed or loaded config, and twice.
 int ps_config_load(ps_config *c, const char *path, ps_error *e);
 void ps_config_free(ps_config *c);
 
+// Frees n items and the array (NULL is fine).
+void ps_items_free(ps_item *items, int64_t n);
+
+// Names as written in the config (static strings; "?" for out-of-range values).
 const char *ps_site_name(ps_site s);          // "resid_pre", ..., "mlp_post"
 const char *ps_layout_name(ps_layout l);      // "layer_pos", "layer_head", ...
 const char *ps_metric_name(ps_metric_kind m); // "logit_diff", ...
 const char *ps_direction_name(ps_direction d);
 const char *ps_backend_name(ps_backend_kind b);
 const char *ps_precision_name(ps_precision p);
+const char *ps_multitoken_name(ps_multitoken m);   // "first_diff", "sum_logprob"
+const char *ps_align_name(ps_align a);             // "error"
+
+// The layout used when an experiment gives no "by".
+ps_layout ps_default_layout(ps_site s);
+// 1 when a sweep of layout l can be run at site s.
+int ps_layout_fits(ps_site s, ps_layout l);
 
 #endif

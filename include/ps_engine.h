@@ -68,12 +68,18 @@ typedef struct {
     float *normalized;          // (n_prompts, cells)
     float *mean, *mean_normalized; // (cells)
     int64_t patches_run, patches_skipped;
+    double flops;               // multiply-adds x 2 of the rows this sweep ran (GEMMs, attention, unembedding)
 } ps_sweep;
 
 typedef struct {
     ps_baseline base;
     ps_sweep *sweeps; int64_t n_sweeps;
+    double baseline_flops;      // the clean and corrupted runs
+    double seconds;             // wall time of ps_engine_run
 } ps_run_results;
+
+// FLOPs a row costs on the reference backend: every GEMM, attention and the unembedding it asks for.
+double ps_row_flops(const ps_model_config *mc, const ps_row *row);
 
 // Runs the baseline and every experiment over all prompts. Validates the experiments' layers, heads,
 // neurons and positions against the model (bad input: exit status 2, naming the experiment and field).

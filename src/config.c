@@ -1,1 +1,561 @@
-// placeholder: config (being written)
+// The experiment config: JSON file -> ps_config, with every key and value checked and errors naming the JSON path.
+// Dataset files are read by dataset.c; the format is described in ps_config.h.
+#include "ps_config.h"
+#include "ps_dataset.h"
+
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+// ---- names ----
+
+static const char *const site_names[PS_SITE_COUNT] = {
+    "resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "q", "k", "v", "pattern", "z", "mlp_post"};
+// The order the config documentation lists them in (enum order differs).
+static const int site_order[PS_SITE_COUNT] = {
+    PS_SITE_RESID_PRE, PS_SITE_RESID_MID, PS_SITE_RESID_POST, PS_SITE_ATTN_OUT, PS_SITE_MLP_OUT,
+    PS_SITE_Z, PS_SITE_Q, PS_SITE_K, PS_SITE_V, PS_SITE_PATTERN, PS_SITE_MLP_POST};
+static const char *const layout_names[PS_BY_COUNT] = {"layer_pos", "layer_head", "layer_pos_head", "layer_neuron", "layer"};
+static const char *const metric_names[] = {"logit_diff", "prob_diff", "logprob", "kl"};
+static const char *const direction_names[] = {"denoise", "noise"};
+static const char *const backend_names[] = {"cpu", "cuda", "auto"};
+static const char *const precision_names[] = {"fp32", "fp16", "bf16"};
+static const char *const multitoken_names[] = {"first_diff", "sum_logprob"};
+static const char *const align_names[] = {"error"};
+static const char *const format_names[] = {"jsonl", "csv", "json"};
+
+#define COUNT(a) ((int)(sizeof(a) / sizeof((a)[0])))
+
+const char *ps_site_name(ps_site s) { return (unsigned)s < PS_SITE_COUNT ? site_names[s] : "?"; }
+const char *ps_layout_name(ps_layout l) { return (unsigned)l < PS_BY_COUNT ? layout_names[l] : "?"; }
+const char *ps_metric_name(ps_metric_kind m) { return (unsigned)m < COUNT(metric_names) ? metric_names[m] : "?"; }
+const char *ps_direction_name(ps_direction d) { return (unsigned)d < COUNT(direction_names) ? direction_names[d] : "?"; }
+const char *ps_backend_name(ps_backend_kind b) { return (unsigned)b < COUNT(backend_names) ? backend_names[b] : "?"; }
+const char *ps_precision_name(ps_precision p) { return (unsigned)p < COUNT(precision_names) ? precision_names[p] : "?"; }
+const char *ps_multitoken_name(ps_multitoken m) { return (unsigned)m < COUNT(multitoken_names) ? multitoken_names[m] : "?"; }
+const char *ps_align_name(ps_align a) { return (unsigned)a < COUNT(align_names) ? align_names[a] : "?"; }
+
+static int is_resid_like(ps_site s) {
+    return s == PS_SITE_RESID_PRE || s == PS_SITE_RESID_MID || s == PS_SITE_RESID_POST || s == PS_SITE_ATTN_OUT ||
+           s == PS_SITE_MLP_OUT;
+}
+static int is_head_site(ps_site s) {
+    return s == PS_SITE_Z || s == PS_SITE_Q || s == PS_SITE_K || s == PS_SITE_V || s == PS_SITE_PATTERN;
+}
+
+ps_layout ps_default_layout(ps_site s) {
+    if (is_head_site(s)) return PS_BY_LAYER_HEAD;
+    if (s == PS_SITE_MLP_POST) return PS_BY_LAYER_NEURON;
+    return PS_BY_LAYER_POS;
+}
+
+int ps_layout_fits(ps_site s, ps_layout l) {
+    switch (l) {
+    case PS_BY_LAYER_POS: return is_resid_like(s) || (is_head_site(s) && s != PS_SITE_PATTERN);
+    case PS_BY_LAYER_HEAD:
+    case PS_BY_LAYER_POS_HEAD: return is_head_site(s);
+    case PS_BY_LAYER_NEURON: return s == PS_SITE_MLP_POST;
+    case PS_BY_LAYER: return is_resid_like(s);
+    default: return 0;
+    }
+}
+
+// ---- freeing ----
+
+static void experiment_free(ps_experiment *x) {
+    free(x->name);
+    free(x->layers);
+    free(x->heads);
+    free(x->neurons);
+    free(x->positions);
+}
+
+void ps_config_free(ps_config *c) {
+    if (!c) return;
+    free(c->path);
+    free(c->text);
+    free(c->model);
+    free(c->tokenizer);
+    free(c->output);
+    ps_items_free(c->items, c->n_items);
+    for (int64_t i = 0; i < c->n_experiments; i++) experiment_free(&c->experiments[i]);
+    free(c->experiments);
+    free(c->dataset_path);
+    free(c->corrupted_path);
+    memset(c, 0, sizeof *c);
+}
+
+// ---- checking values ----
+
+typedef struct {
+    const char *file;   // the config path, as given
+    char *dir;          // its directory, for relative paths (owned)
+    ps_error *e;
+} ctx;
+
+#define PATH_MAX_LEN 512
+
+static int bad(ctx *x, const char *path, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int bad(ctx *x, const char *path, const char *fmt, ...) {
+    char msg[PS_ERR_MAX];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    if (path && path[0]) return ps_fail(x->e, PS_EXIT_BADINPUT, "%s: %s: %s", x->file, path, msg);
+    return ps_fail(x->e, PS_EXIT_BADINPUT, "%s: %s", x->file, msg);
+}
+
+static int nomem(ctx *x) { return ps_fail(x->e, PS_EXIT_RUNTIME, "%s: out of memory", x->file); }
+
+// JSON paths are cut at PATH_MAX_LEN; only absurdly deep or long keys get there, and a cut path still reads fine.
+static void key_path(char *out, const char *parent, const char *key) {
+    char esc[200];
+    ps_text_escape(key, esc, sizeof esc, 60);
+    if (parent[0]) snprintf(out, PATH_MAX_LEN, "%.300s.%s", parent, esc);
+    else snprintf(out, PATH_MAX_LEN, "%s", esc);
+}
+
+static void index_path(char *out, const char *parent, int64_t i) {
+    snprintf(out, PATH_MAX_LEN, "%.480s[%lld]", parent, (long long)i);
+}
+
+// Every key of obj must be one of keys, at most once.
+static int check_keys(ctx *x, const cJSON *obj, const char *path, const char *const *keys, int nkeys) {
+    for (const cJSON *it = obj->child; it; it = it->next) {
+        char p[PATH_MAX_LEN], esc[200];
+        key_path(p, path, it->string);
+        ps_text_escape(it->string, esc, sizeof esc, 60);
+        int best = -1, bestd = 1 << 30;
+        for (int k = 0; k < nkeys; k++) {
+            if (strcmp(it->string, keys[k]) == 0) { best = k; bestd = 0; break; }
+            int d = ps_edit_distance(it->string, keys[k]);
+            if (d < bestd) { bestd = d; best = k; }
+        }
+        if (bestd != 0) {
+            int len = (int)strlen(it->string);
+            if (best >= 0 && bestd <= (len / 3 > 2 ? len / 3 : 2))
+                return bad(x, p, "unknown key '%s' (did you mean '%s'?)", esc, keys[best]);
+            char all[512];
+            size_t o = 0;
+            for (int k = 0; k < nkeys; k++) o += (size_t)snprintf(all + o, sizeof all - o, "%s%s", k ? ", " : "", keys[k]);
+            return bad(x, p, "unknown key '%s' (valid keys: %s)", esc, all);
+        }
+        for (const cJSON *jt = obj->child; jt != it; jt = jt->next)
+            if (strcmp(jt->string, it->string) == 0) return bad(x, p, "key '%s' appears twice", esc);
+    }
+    return 0;
+}
+
+static const cJSON *member(const cJSON *obj, const char *key) { return cJSON_GetObjectItemCaseSensitive(obj, key); }
+
+// A non-empty string; absent leaves *out alone unless required.
+static int get_str(ctx *x, const cJSON *obj, const char *key, const char *path, int required, char **out) {
+    char p[PATH_MAX_LEN];
+    key_path(p, path, key);
+    const cJSON *v = member(obj, key);
+    if (!v) return required ? bad(x, p, "required key missing") : 0;
+    char got[200];
+    ps_json_describe(v, got, sizeof got);
+    if (!cJSON_IsString(v)) return bad(x, p, "expected a string, got %s", got);
+    if (!v->valuestring[0]) return bad(x, p, "empty string");
+    free(*out);
+    *out = strdup(v->valuestring);
+    return *out ? 0 : nomem(x);
+}
+
+// A path relative to the config's directory, stored joined with it.
+static int get_path(ctx *x, const cJSON *obj, const char *key, const char *path, int required, char **out) {
+    char *s = NULL;
+    if (get_str(x, obj, key, path, required, &s)) return -1;
+    if (!s) return 0;
+    free(*out);
+    *out = ps_path_join(x->dir, s);
+    free(s);
+    return *out ? 0 : nomem(x);
+}
+
+static int pick(ctx *x, const cJSON *v, const char *p, const char *const *names, const int *order, int n, int *out) {
+    if (cJSON_IsString(v))
+        for (int i = 0; i < n; i++)
+            if (strcmp(v->valuestring, names[i]) == 0) { *out = i; return 0; }
+    char list[512], got[200];
+    size_t o = 0;
+    for (int i = 0; i < n; i++) o += (size_t)snprintf(list + o, sizeof list - o, "%s, ", names[order ? order[i] : i]);
+    ps_json_describe(v, got, sizeof got);
+    return bad(x, p, "expected one of %sgot %s", list, got);
+}
+
+static int get_enum(ctx *x, const cJSON *obj, const char *key, const char *path, const char *const *names, int n, int *out) {
+    const cJSON *v = member(obj, key);
+    if (!v) return 0;
+    char p[PATH_MAX_LEN];
+    key_path(p, path, key);
+    return pick(x, v, p, names, NULL, n, out);
+}
+
+// Integers arrive as doubles; only exact integers within +-2^53 are accepted.
+static int as_int(const cJSON *v, int64_t *out) {
+    if (!cJSON_IsNumber(v)) return -1;
+    double d = v->valuedouble;
+    if (!isfinite(d) || d != floor(d) || fabs(d) > 9007199254740992.0) return -1;
+    *out = (int64_t)d;
+    return 0;
+}
+
+static int get_int(ctx *x, const cJSON *obj, const char *key, const char *path, int64_t lo, int64_t hi, int64_t *out) {
+    const cJSON *v = member(obj, key);
+    if (!v) return 0;
+    char p[PATH_MAX_LEN], got[200];
+    key_path(p, path, key);
+    int64_t i;
+    if (as_int(v, &i) || i < lo || i > hi) {
+        ps_json_describe(v, got, sizeof got);
+        if (hi == INT64_MAX) return bad(x, p, "expected an integer >= %lld, got %s", (long long)lo, got);
+        return bad(x, p, "expected an integer from %lld to %lld, got %s", (long long)lo, (long long)hi, got);
+    }
+    *out = i;
+    return 0;
+}
+
+static int get_bool(ctx *x, const cJSON *obj, const char *key, const char *path, int *out) {
+    const cJSON *v = member(obj, key);
+    if (!v) return 0;
+    char p[PATH_MAX_LEN], got[200];
+    key_path(p, path, key);
+    if (!cJSON_IsBool(v)) {
+        ps_json_describe(v, got, sizeof got);
+        return bad(x, p, "expected true or false, got %s", got);
+    }
+    *out = cJSON_IsTrue(v) ? 1 : 0;
+    return 0;
+}
+
+// An index list: non-negative integers, or (positions) any integer or "end". Absent: NULL, all.
+static int get_list(ctx *x, const cJSON *obj, const char *key, const char *path, int positions, int64_t **out, int64_t *n) {
+    const cJSON *v = member(obj, key);
+    if (!v) return 0;
+    char p[PATH_MAX_LEN], got[200];
+    key_path(p, path, key);
+    const char *want = positions ? "integers or \"end\"" : "non-negative integers";
+    if (!cJSON_IsArray(v)) {
+        ps_json_describe(v, got, sizeof got);
+        return bad(x, p, "expected an array of %s, got %s", want, got);
+    }
+    int count = cJSON_GetArraySize(v);
+    if (count == 0) return bad(x, p, "empty list (leave the key out to sweep all)");
+    int64_t *a = malloc((size_t)count * sizeof *a);
+    if (!a) return nomem(x);
+    int i = 0;
+    for (const cJSON *it = v->child; it; it = it->next, i++) {
+        char ip[PATH_MAX_LEN];
+        index_path(ip, p, i);
+        int64_t val;
+        if (positions && cJSON_IsString(it) && strcmp(it->valuestring, "end") == 0) val = -1;
+        else if (as_int(it, &val) || (!positions && val < 0)) {
+            ps_json_describe(it, got, sizeof got);
+            free(a);
+            return bad(x, ip, "expected %s, got %s", positions ? "an integer or \"end\"" : "a non-negative integer", got);
+        }
+        for (int j = 0; j < i; j++)
+            if (a[j] == val) {
+                free(a);
+                return bad(x, ip, "%lld appears twice in the list", (long long)val);
+            }
+        a[i] = val;
+    }
+    *out = a;
+    *n = count;
+    return 0;
+}
+
+// ---- sections ----
+
+static const char *const item_keys[] = {"clean", "corrupted", "answer", "wrong"};
+
+static int load_inline_items(ctx *x, const cJSON *arr, ps_config *c) {
+    int n = cJSON_GetArraySize(arr);
+    if (n == 0) return bad(x, "dataset", "empty dataset (no items)");
+    c->items = calloc((size_t)n, sizeof *c->items);
+    if (!c->items) return nomem(x);
+    c->n_items = n;   // calloc'd, so ps_config_free can free a partly filled array
+    int i = 0;
+    for (const cJSON *it = arr->child; it; it = it->next, i++) {
+        char p[PATH_MAX_LEN], got[200];
+        index_path(p, "dataset", i);
+        if (!cJSON_IsObject(it)) {
+            ps_json_describe(it, got, sizeof got);
+            return bad(x, p, "expected an object with clean, corrupted, answer, wrong, got %s", got);
+        }
+        if (check_keys(x, it, p, item_keys, COUNT(item_keys))) return -1;
+        ps_item *d = &c->items[i];
+        if (get_str(x, it, "clean", p, 1, &d->clean) || get_str(x, it, "corrupted", p, 1, &d->corrupted) ||
+            get_str(x, it, "answer", p, 1, &d->answer) || get_str(x, it, "wrong", p, 1, &d->wrong))
+            return -1;
+    }
+    return 0;
+}
+
+static int format_value(ctx *x, const cJSON *obj, const char *path, ps_data_format *out) {
+    int f = -1;
+    if (get_enum(x, obj, "format", path, format_names, COUNT(format_names), &f)) return -1;
+    if (f >= 0) *out = (ps_data_format)(PS_DATA_JSONL + f);
+    return 0;
+}
+
+static int load_dataset_file(ctx *x, const cJSON *obj, ps_config *c) {
+    static const char *const keys[] = {"path", "format", "fields", "corrupted", "offset", "limit"};
+    static const char *const corrupted_keys[] = {"path", "field", "format", "offset"};
+    if (check_keys(x, obj, "dataset", keys, COUNT(keys))) return -1;
+    ps_dataset_spec s;
+    memset(&s, 0, sizeof s);
+    char *names[4] = {0}, *cfield = NULL;
+    int rc = -1;
+    if (get_path(x, obj, "path", "dataset", 1, &c->dataset_path)) goto out;
+    s.path = c->dataset_path;
+    if (format_value(x, obj, "dataset", &s.format)) goto out;
+    if (get_int(x, obj, "offset", "dataset", 0, INT64_MAX, &s.offset)) goto out;
+    if (get_int(x, obj, "limit", "dataset", 0, INT64_MAX, &s.limit)) goto out;
+    const cJSON *f = member(obj, "fields");
+    if (f) {
+        char got[200];
+        if (!cJSON_IsObject(f)) {
+            ps_json_describe(f, got, sizeof got);
+            bad(x, "dataset.fields", "expected an object mapping clean, corrupted, answer, wrong to names in the file, got %s", got);
+            goto out;
+        }
+        if (check_keys(x, f, "dataset.fields", item_keys, COUNT(item_keys))) goto out;
+        for (int k = 0; k < 4; k++)
+            if (get_str(x, f, item_keys[k], "dataset.fields", 0, &names[k])) goto out;
+    }
+    s.clean = names[0];
+    s.corrupted = names[1];
+    s.answer = names[2];
+    s.wrong = names[3];
+    const cJSON *cor = member(obj, "corrupted");
+    if (cor) {
+        char got[200];
+        if (!cJSON_IsObject(cor)) {
+            ps_json_describe(cor, got, sizeof got);
+            bad(x, "dataset.corrupted", "expected an object {\"path\", \"field\", \"offset\"}, got %s", got);
+            goto out;
+        }
+        if (names[1]) {
+            bad(x, "dataset.fields.corrupted", "corrupted prompts come from dataset.corrupted.path; drop one of the two");
+            goto out;
+        }
+        if (check_keys(x, cor, "dataset.corrupted", corrupted_keys, COUNT(corrupted_keys))) goto out;
+        if (get_path(x, cor, "path", "dataset.corrupted", 1, &c->corrupted_path)) goto out;
+        if (get_str(x, cor, "field", "dataset.corrupted", 0, &cfield)) goto out;
+        if (format_value(x, cor, "dataset.corrupted", &s.corrupted_format)) goto out;
+        if (get_int(x, cor, "offset", "dataset.corrupted", 0, INT64_MAX, &s.corrupted_offset)) goto out;
+        s.corrupted_path = c->corrupted_path;
+        s.corrupted_field = cfield;
+    }
+    char origin[PATH_MAX_LEN + 16];
+    snprintf(origin, sizeof origin, "%s: dataset", x->file);
+    s.origin = origin;
+    rc = ps_dataset_load(&s, &c->items, &c->n_items, x->e);
+out:
+    for (int k = 0; k < 4; k++) free(names[k]);
+    free(cfield);
+    return rc;
+}
+
+static int name_ok(const char *s) {
+    if (strcmp(s, ".") == 0 || strcmp(s, "..") == 0) return 0;   // would be HDF5/file-system paths
+    for (; *s; s++)
+        if (!((*s >= 'A' && *s <= 'Z') || (*s >= 'a' && *s <= 'z') || (*s >= '0' && *s <= '9') || *s == '_' ||
+              *s == '.' || *s == '-'))
+            return 0;
+    return 1;
+}
+
+static int load_experiment(ctx *x, const cJSON *obj, const char *p, ps_config *c, int64_t idx) {
+    static const char *const keys[] = {"name", "site", "by", "direction", "layers", "heads", "neurons", "positions"};
+    char got[200], kp[PATH_MAX_LEN];
+    if (!cJSON_IsObject(obj)) {
+        ps_json_describe(obj, got, sizeof got);
+        return bad(x, p, "expected an experiment object, got %s", got);
+    }
+    if (check_keys(x, obj, p, keys, COUNT(keys))) return -1;
+    ps_experiment *ex = &c->experiments[idx];
+    if (get_str(x, obj, "name", p, 1, &ex->name)) return -1;
+    key_path(kp, p, "name");
+    if (strlen(ex->name) > 128) return bad(x, kp, "name longer than 128 characters");
+    if (!name_ok(ex->name)) {
+        char esc[200];
+        ps_text_escape(ex->name, esc, sizeof esc, 60);
+        return bad(x, kp, "\"%s\": names use only A-Z a-z 0-9 _ . - (they become HDF5 group names)", esc);
+    }
+    for (int64_t j = 0; j < idx; j++)
+        if (strcmp(c->experiments[j].name, ex->name) == 0)
+            return bad(x, kp, "\"%s\" is already the name of experiments[%lld]", ex->name, (long long)j);
+
+    const cJSON *sv = member(obj, "site");
+    key_path(kp, p, "site");
+    if (!sv) return bad(x, kp, "required key missing");
+    int site = 0;
+    if (pick(x, sv, kp, site_names, site_order, PS_SITE_COUNT, &site)) return -1;
+    ex->site = (ps_site)site;
+
+    int layout = (int)ps_default_layout(ex->site);
+    const cJSON *bv = member(obj, "by");
+    key_path(kp, p, "by");
+    if (bv && pick(x, bv, kp, layout_names, NULL, PS_BY_COUNT, &layout)) return -1;
+    ex->layout = (ps_layout)layout;
+    if (!ps_layout_fits(ex->site, ex->layout)) {
+        char list[256];
+        size_t o = 0;
+        for (int l = 0; l < PS_BY_COUNT; l++)
+            if (ps_layout_fits(ex->site, (ps_layout)l))
+                o += (size_t)snprintf(list + o, sizeof list - o, "%s%s", o ? " or " : "", layout_names[l]);
+        return bad(x, kp, "%s does not fit site %s (use %s)", layout_names[layout], site_names[site], list);
+    }
+
+    int dir = PS_DIR_DENOISE;
+    if (get_enum(x, obj, "direction", p, direction_names, COUNT(direction_names), &dir)) return -1;
+    ex->direction = (ps_direction)dir;
+
+    if (get_list(x, obj, "layers", p, 0, &ex->layers, &ex->n_layers) ||
+        get_list(x, obj, "heads", p, 0, &ex->heads, &ex->n_heads) ||
+        get_list(x, obj, "neurons", p, 0, &ex->neurons, &ex->n_neurons) ||
+        get_list(x, obj, "positions", p, 1, &ex->positions, &ex->n_positions))
+        return -1;
+    // Lists the layout does not sweep would be silently ignored; say so instead.
+    int by_head = ex->layout == PS_BY_LAYER_HEAD || ex->layout == PS_BY_LAYER_POS_HEAD;
+    int by_pos = ex->layout == PS_BY_LAYER_POS || ex->layout == PS_BY_LAYER_POS_HEAD;
+    const char *lname = layout_names[ex->layout];
+    if (ex->heads && !by_head) {
+        key_path(kp, p, "heads");
+        return bad(x, kp, "only used with by layer_head or layer_pos_head (this sweep is %s)", lname);
+    }
+    if (ex->neurons && ex->layout != PS_BY_LAYER_NEURON) {
+        key_path(kp, p, "neurons");
+        return bad(x, kp, "only used with by layer_neuron (this sweep is %s)", lname);
+    }
+    if (ex->positions && !by_pos) {
+        key_path(kp, p, "positions");
+        return bad(x, kp, "only used with by layer_pos or layer_pos_head (this sweep is %s, over all positions)", lname);
+    }
+    return 0;
+}
+
+static char *default_output(const char *config_path) {
+    const char *base = strrchr(config_path, '/');
+    base = base ? base + 1 : config_path;
+    size_t n = strlen(base);
+    if (n > 5 && strcmp(base + n - 5, ".json") == 0) n -= 5;
+    size_t len = n + sizeof "results/.h5";
+    char *out = malloc(len);
+    if (out) snprintf(out, len, "results/%.*s.h5", (int)n, base);
+    return out;
+}
+
+static int load_root(ctx *x, const cJSON *root, ps_config *c) {
+    static const char *const keys[] = {"model", "tokenizer", "backend", "precision", "threads", "prepend_bos", "output",
+                                       "metric", "multi_token", "align", "batch_rows", "dataset", "experiments"};
+    char got[200];
+    if (!cJSON_IsObject(root)) {
+        ps_json_describe(root, got, sizeof got);
+        return bad(x, NULL, "expected a JSON object at the top level, got %s", got);
+    }
+    if (check_keys(x, root, "", keys, COUNT(keys))) return -1;
+    if (get_path(x, root, "model", "", 1, &c->model)) return -1;
+    if (get_path(x, root, "tokenizer", "", 0, &c->tokenizer)) return -1;
+    int v;
+    v = c->backend;
+    if (get_enum(x, root, "backend", "", backend_names, COUNT(backend_names), &v)) return -1;
+    c->backend = (ps_backend_kind)v;
+    v = c->precision;
+    if (get_enum(x, root, "precision", "", precision_names, COUNT(precision_names), &v)) return -1;
+    c->precision = (ps_precision)v;
+    int64_t threads = 0;
+    if (get_int(x, root, "threads", "", 0, 65536, &threads)) return -1;
+    c->threads = (int)threads;
+    if (get_bool(x, root, "prepend_bos", "", &c->prepend_bos)) return -1;
+    if (get_str(x, root, "output", "", 0, &c->output)) return -1;
+    if (!c->output && !(c->output = default_output(x->file))) return nomem(x);
+    v = c->metric;
+    if (get_enum(x, root, "metric", "", metric_names, COUNT(metric_names), &v)) return -1;
+    c->metric = (ps_metric_kind)v;
+    v = c->multitoken;
+    if (get_enum(x, root, "multi_token", "", multitoken_names, COUNT(multitoken_names), &v)) return -1;
+    c->multitoken = (ps_multitoken)v;
+    v = c->align;
+    if (get_enum(x, root, "align", "", align_names, COUNT(align_names), &v)) return -1;
+    c->align = (ps_align)v;
+    if (get_int(x, root, "batch_rows", "", 0, INT64_MAX, &c->batch_rows)) return -1;
+
+    const cJSON *ds = member(root, "dataset");
+    if (!ds) return bad(x, "dataset", "required key missing");
+    if (cJSON_IsArray(ds)) {
+        if (load_inline_items(x, ds, c)) return -1;
+    } else if (cJSON_IsObject(ds)) {
+        if (load_dataset_file(x, ds, c)) return -1;
+    } else {
+        ps_json_describe(ds, got, sizeof got);
+        return bad(x, "dataset", "expected an array of items or an object with a \"path\", got %s", got);
+    }
+
+    const cJSON *exs = member(root, "experiments");
+    if (exs) {
+        if (!cJSON_IsArray(exs)) {
+            ps_json_describe(exs, got, sizeof got);
+            return bad(x, "experiments", "expected an array of experiments, got %s", got);
+        }
+        int n = cJSON_GetArraySize(exs);
+        if (n > 0) {
+            c->experiments = calloc((size_t)n, sizeof *c->experiments);
+            if (!c->experiments) return nomem(x);
+            c->n_experiments = n;
+        }
+        int i = 0;
+        for (const cJSON *it = exs->child; it; it = it->next, i++) {
+            char p[PATH_MAX_LEN];
+            index_path(p, "experiments", i);
+            if (load_experiment(x, it, p, c, i)) return -1;
+        }
+    }
+    return 0;
+}
+
+int ps_config_load(ps_config *c, const char *path, ps_error *e) {
+    memset(c, 0, sizeof *c);
+    c->prepend_bos = 1;
+    ctx x = {path, NULL, e};
+    cJSON *root = NULL;
+    int rc = -1;
+    size_t len = 0;
+    c->path = strdup(path);
+    x.dir = ps_dirname(path);
+    if (!c->path || !x.dir) { nomem(&x); goto out; }
+    c->text = ps_read_file(path, &len, e);
+    if (!c->text) goto out;
+    if (strlen(c->text) != len) {
+        size_t off = strlen(c->text);
+        int line, col;
+        ps_line_col(c->text, off, &line, &col);
+        ps_fail(e, PS_EXIT_BADINPUT, "%s: byte %zu (line %d, column %d): NUL byte in the config", path, off, line, col);
+        goto out;
+    }
+    size_t badoff;
+    if (ps_utf8_check(c->text, len, &badoff) != 0) {
+        int line, col;
+        ps_line_col(c->text, badoff, &line, &col);
+        ps_fail(e, PS_EXIT_BADINPUT, "%s: byte %zu (line %d, column %d): invalid UTF-8", path, badoff, line, col);
+        goto out;
+    }
+    size_t body = len >= 3 && memcmp(c->text, "\xEF\xBB\xBF", 3) == 0 ? 3 : 0;   // editors on Windows add a BOM
+    root = ps_json_parse(c->text + body, len - body, path, e);
+    if (!root) goto out;
+    rc = load_root(&x, root, c);
+out:
+    cJSON_Delete(root);
+    free(x.dir);
+    if (rc) ps_config_free(c);
+    return rc;
+}

@@ -332,8 +332,21 @@ static void progress(run_ctx *c, int final) {
     fflush(stderr);
 }
 
+double ps_row_flops(const ps_model_config *mc, const ps_row *row) {
+    const double C = (double)mc->d_model, QD = (double)(mc->n_heads * mc->d_head), KD = (double)(mc->n_kv_heads * mc->d_head),
+                 M = (double)mc->d_mlp, n = (double)(row->T - row->start_pos);
+    const double mlp_mats = mc->arch == PS_ARCH_LLAMA ? 3 : 2;
+    // Attention: each new query reads every key up to itself, for scores and for the weighted sum.
+    double keys = 0;
+    for (int64_t t = row->start_pos; t < row->T; t++) keys += (double)(t + 1);
+    const double per_layer = 2 * n * C * (QD + 2 * KD) + 2 * n * QD * C + 2 * n * C * M * mlp_mats + 4 * keys * QD;
+    const double cols = row->cols ? (double)row->n_cols : (double)mc->d_vocab;
+    return per_layer * (double)(mc->n_layers - row->start_layer) + 2 * (double)row->n_out * C * cols;
+}
+
 static int batch_flush(run_ctx *c, batch *b, ps_error *e) {
     if (b->n == 0) return 0;
+    for (int64_t r = 0; r < b->n; r++) c->out->sweeps[b->tags[r].sweep].flops += ps_row_flops(&c->m->cfg, &b->rows[r]);
     if (c->be->forward(c->be, c->m, b->rows, b->n, e) != 0) return -1;
     const int64_t V = c->m->cfg.d_vocab;
     for (int64_t r = 0; r < b->n; r++) {
@@ -427,6 +440,7 @@ int ps_engine_run(const ps_model *m, ps_backend *be, const ps_prompt_set *ps, co
                 r->logits = bl_logits + (2 * i + k) * max_out * V;
             }
         }
+        for (int64_t i = 0; rc == 0 && i < 2 * nc; i++) out->baseline_flops += ps_row_flops(mc, &brow[i]);
         if (rc == 0) rc = be->forward(be, m, brow, 2 * nc, e);
         for (int64_t i = 0; rc == 0 && i < nc; i++) {
             const ps_prompt *p = &ps->p[c0 + i];
@@ -526,12 +540,10 @@ int ps_engine_run(const ps_model *m, ps_backend *be, const ps_prompt_set *ps, co
     }
     batch_free(&b);
     progress(&c, 1);
+    out->seconds = now_s() - c.t_start;
     if (rc != 0) return -1;
 
     // Normalized values: (x - corrupted) / (clean - corrupted), per prompt and from the means.
-    double mc_sum = 0, mx_sum = 0;
-    for (int64_t i = 0; i < n; i++) { mc_sum += bl->clean[i]; mx_sum += bl->corrupted[i]; }
-    const double mean_clean = mc_sum / (double)n, mean_corr = mx_sum / (double)n;
     for (int64_t s = 0; s < n_exps; s++) {
         ps_sweep *sw = &out->sweeps[s];
         for (int64_t cell = 0; cell < sw->n_cells; cell++) {
@@ -549,7 +561,6 @@ int ps_engine_run(const ps_model *m, ps_backend *be, const ps_prompt_set *ps, co
                 cnt ? (float)((sum / (double)cnt - sum_x / (double)cnt) / (sum_c / (double)cnt - sum_x / (double)cnt)) : NAN;
         }
     }
-    (void)mean_clean; (void)mean_corr;
     return 0;
 }
 

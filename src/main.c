@@ -7,7 +7,9 @@
 #include "ps_store.h"
 #include "ps_tokenizer.h"
 
+#include <cblas.h>
 #include <math.h>
+#include <time.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,6 +25,7 @@ static void usage(FILE *f) {
             "  patchsweep tokenize (--model DIR | --tokenizer FILE) [--ids] [--bos] TEXT\n"
             "  patchsweep inspect RESULTS.h5\n"
             "  patchsweep generate --model DIR [--max-new-tokens N] [--no-bos] [PROMPT]\n"
+            "  patchsweep bench-gemm [M K N]\n"
             "  patchsweep version\n"
             "\n"
             "run:       runs the config's baseline and sweeps and writes one HDF5 file (default: the config's \"output\").\n"
@@ -259,8 +262,17 @@ static int cmd_run(int argc, char **argv) {
     if (rc == 0) {
         double mc = 0, mx = 0;
         for (int64_t i = 0; i < ps.n; i++) { mc += rr.base.clean[i]; mx += rr.base.corrupted[i]; }
+        double fl = rr.baseline_flops;
+        int64_t run = 0, skipped = 0;
+        for (int64_t s = 0; s < rr.n_sweeps; s++) {
+            fl += rr.sweeps[s].flops;
+            run += rr.sweeps[s].patches_run;
+            skipped += rr.sweeps[s].patches_skipped;
+        }
         fprintf(stderr, "patchsweep: wrote %s (%lld prompts; mean %s clean %.4f, corrupted %.4f)\n", out, (long long)ps.n,
                 ps_metric_name(cfg.metric), mc / (double)ps.n, mx / (double)ps.n);
+        fprintf(stderr, "patchsweep: compute %.3f s, %.3f GFLOP (%.2f GFLOP/s), %lld patches run, %lld known without running\n",
+                rr.seconds, fl * 1e-9, rr.seconds > 0 ? fl * 1e-9 / rr.seconds : 0.0, (long long)run, (long long)skipped);
     }
     ps_run_results_free(&rr);
     ps_prompt_set_free(&ps);
@@ -331,6 +343,30 @@ static int cmd_generate(int argc, char **argv) {
     return rc == 0 ? 0 : die(&e);
 }
 
+// The machine's fp32 GEMM rate through the same OpenBLAS the CPU backend uses: the floor of benchmarks.
+static int cmd_bench_gemm(int argc, char **argv) {
+    int64_t M = argc > 0 ? atoll(argv[0]) : 512, K = argc > 1 ? atoll(argv[1]) : 768, N = argc > 2 ? atoll(argv[2]) : 3072;
+    if (M <= 0 || K <= 0 || N <= 0) return bad_usage("bench-gemm M K N: positive sizes");
+    float *a = malloc((size_t)(M * K) * sizeof(float)), *b = malloc((size_t)(K * N) * sizeof(float)),
+          *c = malloc((size_t)(M * N) * sizeof(float));
+    for (int64_t i = 0; i < M * K; i++) a[i] = (float)(i % 7) * 0.1f;
+    for (int64_t i = 0; i < K * N; i++) b[i] = (float)(i % 5) * 0.1f;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)M, (int)N, (int)K, 1.0f, a, (int)K, b, (int)N, 0.0f, c, (int)N);
+    struct timespec t0, t1;
+    int reps = 0;
+    double el = 0;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    while (el < 1.0) {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)M, (int)N, (int)K, 1.0f, a, (int)K, b, (int)N, 0.0f, c, (int)N);
+        reps++;
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        el = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
+    }
+    printf("gemm %lldx%lldx%lld: %.2f GFLOP/s\n", (long long)M, (long long)K, (long long)N, 2.0 * (double)(M * N * K) * reps / el * 1e-9);
+    free(a); free(b); free(c);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
         usage(argc < 2 ? stderr : stdout);
@@ -345,6 +381,7 @@ int main(int argc, char **argv) {
         ps_error e = {0};
         return ps_store_inspect(argv[2], &e) == 0 ? 0 : die(&e);
     }
+    if (!strcmp(cmd, "bench-gemm")) return cmd_bench_gemm(argc - 2, argv + 2);
     if (!strcmp(cmd, "version") || !strcmp(cmd, "--version")) {
         printf("patchsweep %s\n", PS_VERSION);
         return 0;

@@ -1,3 +1,122 @@
 #!/usr/bin/env bash
-# placeholder
-exit 77
+# End to end through the patchsweep binary: tokenize, run, inspect, naive vs fast, plot, and bad input
+# (one line naming the file and field, exit status 2, no results file that looks complete).
+set -u
+bin=${PS_BIN:?PS_BIN must point at the patchsweep binary}
+src=${PS_SRC:?}
+shared=${PS_SHARED:-$src/../shared/data}
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+fails=0
+fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
+pass() { echo "ok: $*"; }
+
+# expect_bad NAME CONFIG_OR_ARGS... : exit status 2, one line on stderr containing PATTERN, no output file
+expect_status() {
+    local want=$1 pattern=$2 name=$3; shift 3
+    local out
+    out=$("$@" 2>&1 >/dev/null)
+    local rc=$?
+    if [ "$rc" -ne "$want" ]; then fail "$name: exit $rc, want $want: $out"; return; fi
+    if ! grep -qF -- "$pattern" <<<"$out"; then fail "$name: message lacks '$pattern': $out"; return; fi
+    if [ "$(printf '%s\n' "$out" | wc -l)" -ne 1 ]; then fail "$name: message is not one line: $out"; return; fi
+    pass "$name ($out)"
+}
+
+py=python3
+[ -x /usr/bin/python3 ] && py=/usr/bin/python3
+
+# --- tokenize with the real GPT-2 tokenizer -------------------------------------------------------
+tokjson=$shared/gpt2-tokenizer/tokenizer.json
+if [ -f "$tokjson" ]; then
+    [ "$("$bin" tokenize --tokenizer "$tokjson" --ids " 5")" = "642" ] && pass "tokenize ' 5' = 642" || fail "tokenize ' 5'"
+    [ "$("$bin" tokenize --tokenizer "$tokjson" --ids "5")" = "20" ] && pass "tokenize '5' = 20" || fail "tokenize '5'"
+    [ "$("$bin" tokenize --tokenizer "$tokjson" --ids --bos " 5")" = "50256 642" ] && pass "tokenize --bos" || fail "tokenize --bos"
+    "$bin" tokenize --tokenizer "$shared/gpt2-tokenizer" "1 2 3 4" | grep -q '" 4"' && pass "tokenize shows token strings" \
+        || fail "tokenize table"
+elif [ "${CI:-}" = "true" ]; then
+    fail "shared GPT-2 tokenizer missing with CI=true"
+fi
+
+# --- a run on the demo model ------------------------------------------------------------------------
+demo=$src/models/demo
+if [ ! -f "$demo/model.safetensors" ]; then
+    fail "demo model missing at $demo"
+    exit 1
+fi
+cat >"$tmp/run.json" <<EOF
+{
+  "model": "$demo",
+  "metric": "logit_diff",
+  "dataset": [
+    {"clean": "1 2 3 4", "corrupted": "1 2 3 3", "answer": " 5", "wrong": " 4"},
+    {"clean": "January February March", "corrupted": "January February February", "answer": " April", "wrong": " March"},
+    {"clean": "Monday Tuesday Wednesday Thursday", "corrupted": "Monday Tuesday Wednesday Wednesday", "answer": " Friday", "wrong": " Thursday"}
+  ],
+  "experiments": [
+    {"name": "resid_pre", "site": "resid_pre", "by": "layer_pos"},
+    {"name": "heads", "site": "z", "by": "layer_head"},
+    {"name": "heads_noise", "site": "z", "by": "layer_head", "direction": "noise"},
+    {"name": "neurons", "site": "mlp_post", "by": "layer_neuron", "layers": [0], "neurons": [0, 1, 2, 3, 4, 5, 6, 7]}
+  ]
+}
+EOF
+if "$bin" run "$tmp/run.json" -o "$tmp/fast.h5" --quiet 2>"$tmp/err"; then pass "run"; else fail "run: $(cat "$tmp/err")"; fi
+[ -f "$tmp/fast.h5" ] && [ ! -e "$tmp/fast.h5.partial" ] && pass "results file complete, no .partial" || fail "results file"
+"$bin" inspect "$tmp/fast.h5" >"$tmp/inspect" 2>&1 && grep -q "resid_pre" "$tmp/inspect" && pass "inspect" || fail "inspect: $(head -5 "$tmp/inspect")"
+"$bin" run "$tmp/run.json" -o "$tmp/naive.h5" --quiet --naive 2>"$tmp/err" || fail "naive run: $(cat "$tmp/err")"
+
+if $py -c 'import h5py, numpy' 2>/dev/null; then
+    $py - "$tmp/fast.h5" "$tmp/naive.h5" <<'EOF' && pass "fast engine equals naive engine; file schema" || fail "fast vs naive / schema"
+import sys, h5py, numpy as np
+a, b = h5py.File(sys.argv[1], "r"), h5py.File(sys.argv[2], "r")
+assert a["run"].attrs["status"] in (b"complete", "complete"), a["run"].attrs["status"]
+assert "config" in a["run"], "config text missing"
+for name in a["results"]:
+    x, y = a["results"][name]["values"][...], b["results"][name]["values"][...]
+    assert x.shape == y.shape, (name, x.shape, y.shape)
+    d = np.nanmax(np.abs(x - y))
+    assert np.array_equal(np.isnan(x), np.isnan(y)) and d <= 1e-4, (name, d)
+    print(f"  {name}: shape {x.shape}, max |fast - naive| = {d:.2e}")
+v = a["results"]["resid_pre"]["values"]
+assert [d.label for d in v.dims] == ["prompt", "layer", "pos"], [d.label for d in v.dims]
+# Denoising resid_pre at the last layer, last position restores the clean metric exactly.
+vals, clean = v[...], a["baseline"]["clean_metric"][...]
+L = vals.shape[1]
+for i in range(vals.shape[0]):
+    T = int(a["prompts"]["length"][i])
+    assert abs(vals[i, L - 1, T - 1] - clean[i]) < 1e-3, (i, vals[i, L - 1, T - 1], clean[i])
+EOF
+    if $py -c 'import matplotlib' 2>/dev/null; then
+        $py "$src/experiments/plot.py" "$tmp/fast.h5" -o "$tmp/png" >/dev/null 2>"$tmp/err" && [ -s "$tmp/png/resid_pre.png" ] \
+            && pass "plot.py draws PNGs" || fail "plot.py: $(cat "$tmp/err")"
+    fi
+elif [ "${CI:-}" = "true" ]; then
+    fail "h5py missing with CI=true (scripts/setup.sh installs python3-h5py)"
+fi
+
+# --- bad input ---------------------------------------------------------------------------------------
+bad() { # NAME PATTERN JSON
+    printf '%s' "$3" >"$tmp/bad.json"
+    rm -f "$tmp/bad.h5" "$tmp/bad.h5.partial"
+    expect_status 2 "$2" "$1" "$bin" run "$tmp/bad.json" -o "$tmp/bad.h5"
+    if [ -e "$tmp/bad.h5" ]; then fail "$1: left a results file"; fi
+}
+item='{"clean": "1 2 3 4", "corrupted": "1 2 3 3", "answer": " 5", "wrong": " 4"}'
+bad "unknown key suggests" "did you mean 'model'" "{\"modle\": \"$demo\", \"dataset\": [$item]}"
+bad "JSON syntax error has line:col" "bad.json:3:" "{\"model\": \"$demo\",
+  \"dataset\": [$item],
+  \"experiments\": [,]}"
+bad "wrong type names the path" "threads" "{\"model\": \"$demo\", \"threads\": \"many\", \"dataset\": [$item]}"
+bad "empty dataset" "dataset" "{\"model\": \"$demo\", \"dataset\": []}"
+bad "missing model dir" "nonexistent" "{\"model\": \"$tmp/nonexistent\", \"dataset\": [$item]}"
+bad "lengths differ: both tokenizations shown" "corrupted: [" "{\"model\": \"$demo\", \"dataset\": [{\"clean\": \"1 2 3 4\", \"corrupted\": \"1 2 3 3 3\", \"answer\": \" 5\", \"wrong\": \" 4\"}]}"
+bad "layer out of range" "layers[0] = 99" "{\"model\": \"$demo\", \"dataset\": [$item], \"experiments\": [{\"name\": \"x\", \"site\": \"resid_pre\", \"layers\": [99]}]}"
+bad "cuda without a GPU or build" "cuda" "{\"model\": \"$demo\", \"backend\": \"cuda\", \"dataset\": [$item]}"
+printf '{"model": "%s", "dataset": [{"clean": "1 2 \xff", "corrupted": "1 2 3", "answer": " 5", "wrong": " 4"}]}' "$demo" >"$tmp/bad.json"
+expect_status 2 "byte" "invalid UTF-8 names the byte offset" "$bin" run "$tmp/bad.json" -o "$tmp/bad.h5"
+expect_status 2 "nope.h5" "inspect of a missing file" "$bin" inspect "$tmp/nope.h5"
+expect_status 2 "unknown command" "unknown command" "$bin" frobnicate
+
+if [ "$fails" -ne 0 ]; then echo "cli: $fails failure(s)"; exit 1; fi
+echo "cli: all passed"
