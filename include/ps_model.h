@@ -21,7 +21,9 @@ typedef struct {
     float eps;          // layer_norm_epsilon / rms_norm_eps
     ps_act act;
     float rope_theta;   // Llama only
-    int64_t bos_id, eos_id; // -1 when unknown
+    int64_t bos_id, eos_id; // -1 when unknown or outside the vocabulary (HF only warns about that)
+    int tie_word_embeddings; // config.json's flag (default: 1 for GPT-2, 0 for Llama)
+    char dtype[16];     // config.json's "dtype"/"torch_dtype" ("float32", ...); "" when it names none
 } ps_model_config;
 
 // All matrices are row-major with the input dimension first, so y = x @ W (x: (T, in)).
@@ -30,7 +32,7 @@ typedef struct {
     float *wpe;     // (n_ctx, C) learned positions, GPT-2 only
     float *ln1_w;   // (L, C)
     float *ln1_b;   // (L, C) GPT-2 only
-    float *w_q;     // (L, C, H*D)   head h = columns [h*D, (h+1)*D)
+    float *w_q;     // (L, C, H*D)   head h = columns [h*D, (h+1)*D); Llama keeps HF's rotate-half order within a head
     float *w_k;     // (L, C, Hkv*D)
     float *w_v;     // (L, C, Hkv*D)
     float *b_q;     // (L, H*D)   GPT-2 only
@@ -58,15 +60,21 @@ typedef struct {
     size_t n_floats;
     char *dir;                // checkpoint directory (owned)
     char weights_sha256[65];  // of model.safetensors, or of the index file for shards
-    char file_dtype[16];      // dtype of the checkpoint's tensors, e.g. "float32"
+    char file_dtype[16];      // dtype of the checkpoint's tensors, e.g. "float32"; "mixed" when they differ
 } ps_model;
 
 // Reads dir/config.json (every size comes from it) and the safetensors weights.
 // GPT-2: names with or without "transformer.", Conv1D (in, out) layout, tied unembedding.
+// Llama: names with or without "model."; HF Linear (out, in) weights are transposed to (in, out).
+// Errors (missing or extra tensors, shapes or dtypes that disagree with config.json, lm_head.weight
+// differing from the embedding while tie_word_embeddings is set) name the file and the tensor.
+// On failure m is left zeroed; on success the caller frees it with ps_model_free.
 int ps_model_load(ps_model *m, const char *dir, ps_error *e);
 void ps_model_free(ps_model *m);
 
-// Parses only config.json (used by the loader and by dry runs).
+// Parses only config.json (used by the loader and by dry runs). Sizes are required; other fields take
+// the HF defaults. Settings the engine cannot compute (rope scaling, attention/MLP biases for Llama,
+// other activations) are errors naming the field rather than silently different results.
 int ps_model_config_load(ps_model_config *cfg, const char *config_json_path, ps_error *e);
 
 #endif

@@ -7,7 +7,8 @@
 
 typedef enum { PS_DT_F32, PS_DT_F16, PS_DT_BF16, PS_DT_F64, PS_DT_I64, PS_DT_I32, PS_DT_I16, PS_DT_I8, PS_DT_U8, PS_DT_BOOL } ps_dtype;
 
-const char *ps_dtype_name(ps_dtype dt);
+const char *ps_dtype_name(ps_dtype dt);        // safetensors' spelling: "F32", "F16", "BF16", ...
+const char *ps_dtype_torch_name(ps_dtype dt);  // PyTorch's spelling: "float32", "float16", "bfloat16", ...
 size_t ps_dtype_size(ps_dtype dt);
 
 #define PS_MAX_DIMS 8
@@ -42,6 +43,10 @@ void ps_safetensors_free(ps_safetensors *st);
 const ps_tensor *ps_safetensors_find(const ps_safetensors *st, const char *name);
 
 // Converts any float dtype (f32, f16, bf16, f64) to fp32; out holds t->numel floats.
+// Tensor data is read as little-endian (the format's byte order; this reader assumes a little-endian host).
 int ps_tensor_to_f32(const ps_tensor *t, float *out, ps_error *e);
+// Same for elements [start, start + count) of the flattened tensor; out holds count floats.
+// Lets callers convert a big matrix a few rows at a time (e.g. while transposing it).
+int ps_tensor_to_f32_range(const ps_tensor *t, int64_t start, int64_t count, float *out, ps_error *e);
 
 #endif
