@@ -12,6 +12,8 @@ typedef struct ps_backend {
     char device[128];         // e.g. "CPU (2 threads)", "NVIDIA H100 80GB HBM3"
     int (*forward)(struct ps_backend *b, const ps_model *m, ps_row *rows, int64_t n_rows, ps_error *e);
     void (*free)(struct ps_backend *b);
+    // Optional: the engine is about to free or reuse this cache; a device copy of it must be dropped.
+    void (*release_cache)(struct ps_backend *b, const ps_cache *c);
     void *impl;               // backend-owned state (device weights, streams)
 } ps_backend;
 

@@ -29,6 +29,9 @@ char *ps_read_file(const char *path, size_t *len, ps_error *e);
 // Hex sha256 of a file's bytes (hex must hold 65 chars).
 int ps_sha256_file(const char *path, char hex[65], ps_error *e);
 
+// Hex sha256 of a buffer (hex must hold 65 chars).
+void ps_sha256_hex(const void *data, size_t n, char hex[65]);
+
 // 0 when s[0..n) is valid UTF-8; else -1 and *bad_offset = offset of the first invalid byte.
 int ps_utf8_check(const char *s, size_t n, size_t *bad_offset);
 

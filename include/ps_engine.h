@@ -41,11 +41,24 @@ void ps_metric_request_for(ps_metric_kind kind, const ps_prompt *p, ps_metric_re
 double ps_metric_value(ps_metric_kind kind, const ps_prompt *p, const ps_metric_request *rq, const float *logits,
                        int64_t V, const float *clean_logprobs);
 
+struct ps_run_results;
+
+// Called after each chunk of prompts is complete (its baseline and every sweep's values are final),
+// so the caller can commit them; a non-zero return stops the run with that error.
+typedef int (*ps_chunk_fn)(void *ctx, const int64_t *prompts, int64_t n, const struct ps_run_results *rr, ps_error *e);
+
 typedef struct {
     int naive;           // oracle mode: every patch a full forward from the embedding, nothing skipped or reused
     int64_t batch_rows;  // rows per backend call (0: 64)
     int progress;        // 1: progress lines on stderr
     size_t cache_budget; // bytes of activation caches held at once (0: 2 GiB)
+    int64_t chunk_prompts; // at most this many prompts per chunk (0: as many as the cache budget allows)
+    const int64_t *todo; int64_t n_todo; // prompts this run owns (NULL: all); the others stay NaN
+    const uint8_t *skip; // (n_prompts) or NULL: owned prompts already done (resume); chunks are still formed over
+                         // todo, so a resumed run computes exactly the batches an uninterrupted one does
+    int dry_run;         // run the baselines, plan every sweep row, count FLOPs, but run no sweep row
+    volatile int *stop;  // when it becomes non-zero the run stops at the next batch (signals)
+    ps_chunk_fn on_chunk; void *chunk_ctx;
 } ps_engine_opts;
 
 // Baseline metrics, per prompt.
@@ -71,9 +84,11 @@ typedef struct {
     double flops;               // multiply-adds x 2 of the rows this sweep ran (GEMMs, attention, unembedding)
 } ps_sweep;
 
-typedef struct {
+typedef struct ps_run_results {
     ps_baseline base;
     ps_sweep *sweeps; int64_t n_sweeps;
+    int64_t rows_planned;       // sweep rows the engine ran (or, in a dry run, would run)
+    size_t peak_cache_bytes;    // activation caches held at once
     double baseline_flops;      // the clean and corrupted runs
     double seconds;             // wall time of ps_engine_run
 } ps_run_results;
@@ -81,10 +96,18 @@ typedef struct {
 // FLOPs a row costs on the reference backend: every GEMM, attention and the unembedding it asks for.
 double ps_row_flops(const ps_model_config *mc, const ps_row *row);
 
-// Runs the baseline and every experiment over all prompts. Validates the experiments' layers, heads,
-// neurons and positions against the model (bad input: exit status 2, naming the experiment and field).
+// Runs the baseline and every experiment over the prompts in o->todo (all by default), then computes the
+// normalized values and the means (ps_engine_finish). Validates the experiments' layers, heads, neurons
+// and positions against the model (bad input: exit status 2, naming the experiment and field).
+// A stop request returns -1 with e->code = PS_EXIT_RUNTIME and "interrupted" in the message.
 int ps_engine_run(const ps_model *m, ps_backend *be, const ps_prompt_set *ps, const ps_experiment *exps, int64_t n_exps,
                   ps_metric_kind metric, const ps_engine_opts *o, ps_run_results *out, ps_error *e);
+
+// Allocates out for these experiments (values NaN) without running anything: merge and resume fill it.
+int ps_run_results_init(ps_run_results *out, const ps_model_config *mc, const ps_prompt_set *ps, const ps_experiment *exps,
+                        int64_t n_exps, ps_error *e);
+// Normalized values per prompt and the means over the prompts that have values.
+void ps_engine_finish(ps_run_results *out);
 void ps_run_results_free(ps_run_results *r);
 
 #endif

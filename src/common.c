@@ -63,6 +63,14 @@ int ps_sha256_file(const char *path, char hex[65], ps_error *e) {
     return 0;
 }
 
+void ps_sha256_hex(const void *data, size_t n, char hex[65]) {
+    unsigned char md[32];
+    unsigned int mdlen = 0;
+    EVP_Digest(data, n, md, &mdlen, EVP_sha256(), NULL);
+    for (int i = 0; i < 32; i++) sprintf(hex + 2 * i, "%02x", md[i]);
+    hex[64] = 0;
+}
+
 int ps_utf8_check(const char *s, size_t n, size_t *bad_offset) {
     const unsigned char *u = (const unsigned char *)s;
     size_t i = 0;

@@ -274,7 +274,7 @@ static int64_t first_change(const ps_model_config *mc, const ps_patch *pt, const
 // Batches
 
 typedef struct {
-    int64_t sweep, prompt, cell;
+    int64_t sweep, prompt, local, cell;  // local: index of the prompt within the chunk
     ps_metric_request rq;
     size_t logit_off;
 } row_tag;
@@ -308,8 +308,7 @@ typedef struct {
     ps_metric_kind metric;
     ps_run_results *out;
     const float *clean_lp;  // (chunk prompts, V) clean log-probs at score_pos, KL only
-    int64_t chunk0;
-    int progress;
+    const ps_engine_opts *o;
     int64_t done, total;
     double t_start, t_last;
 } run_ctx;
@@ -321,7 +320,7 @@ static double now_s(void) {
 }
 
 static void progress(run_ctx *c, int final) {
-    if (!c->progress) return;
+    if (!c->o->progress) return;
     double t = now_s();
     if (!final && t - c->t_last < 0.5) return;
     c->t_last = t;
@@ -330,6 +329,11 @@ static void progress(run_ctx *c, int final) {
     fprintf(stderr, "\r  patches %lld/%lld  %.1f/s  elapsed %.0fs  eta %.0fs   %s", (long long)c->done, (long long)c->total, rate,
             el, eta, final ? "\n" : "");
     fflush(stderr);
+}
+
+static int stopped(const run_ctx *c, ps_error *e) {
+    if (c->o->stop && *c->o->stop) return ps_fail(e, PS_EXIT_RUNTIME, "interrupted");
+    return 0;
 }
 
 double ps_row_flops(const ps_model_config *mc, const ps_row *row) {
@@ -347,15 +351,19 @@ double ps_row_flops(const ps_model_config *mc, const ps_row *row) {
 static int batch_flush(run_ctx *c, batch *b, ps_error *e) {
     if (b->n == 0) return 0;
     for (int64_t r = 0; r < b->n; r++) c->out->sweeps[b->tags[r].sweep].flops += ps_row_flops(&c->m->cfg, &b->rows[r]);
-    if (c->be->forward(c->be, c->m, b->rows, b->n, e) != 0) return -1;
-    const int64_t V = c->m->cfg.d_vocab;
-    for (int64_t r = 0; r < b->n; r++) {
-        const row_tag *tg = &b->tags[r];
-        const ps_prompt *p = &c->ps->p[tg->prompt];
-        const float *lp = c->clean_lp ? c->clean_lp + (tg->prompt - c->chunk0) * V : NULL;
-        double v = ps_metric_value(c->metric, p, &tg->rq, b->logits + tg->logit_off, V, lp);
-        ps_sweep *sw = &c->out->sweeps[tg->sweep];
-        sw->values[tg->prompt * sw->n_cells + tg->cell] = (float)v;
+    c->out->rows_planned += b->n;
+    if (!c->o->dry_run) {
+        if (stopped(c, e)) return -1;
+        if (c->be->forward(c->be, c->m, b->rows, b->n, e) != 0) return -1;
+        const int64_t V = c->m->cfg.d_vocab;
+        for (int64_t r = 0; r < b->n; r++) {
+            const row_tag *tg = &b->tags[r];
+            const ps_prompt *p = &c->ps->p[tg->prompt];
+            const float *lp = c->clean_lp ? c->clean_lp + tg->local * V : NULL;
+            double v = ps_metric_value(c->metric, p, &tg->rq, b->logits + tg->logit_off, V, lp);
+            ps_sweep *sw = &c->out->sweeps[tg->sweep];
+            sw->values[tg->prompt * sw->n_cells + tg->cell] = (float)v;
+        }
     }
     c->done += b->n;
     progress(c, 0);
@@ -374,25 +382,169 @@ static size_t cache_floats(const ps_model_config *mc, int64_t T) {
                     (llama ? L * T * (H + Hkv) * D : 0) + T);
 }
 
-int ps_engine_run(const ps_model *m, ps_backend *be, const ps_prompt_set *ps, const ps_experiment *exps, int64_t n_exps,
-                  ps_metric_kind metric, const ps_engine_opts *o, ps_run_results *out, ps_error *e) {
-    const ps_model_config *mc = &m->cfg;
-    const int64_t V = mc->d_vocab, n = ps->n;
+int ps_run_results_init(ps_run_results *out, const ps_model_config *mc, const ps_prompt_set *ps, const ps_experiment *exps,
+                        int64_t n_exps, ps_error *e) {
+    const int64_t n = ps->n;
     memset(out, 0, sizeof *out);
     ps_baseline *bl = &out->base;
     bl->n = n;
     float *blk = malloc((size_t)(6 * n) * sizeof(float));
-    if (!blk) return ps_fail(e, PS_EXIT_RUNTIME, "out of memory");
+    out->sweeps = calloc((size_t)(n_exps ? n_exps : 1), sizeof *out->sweeps);
+    if (!blk || !out->sweeps) { free(blk); return ps_fail(e, PS_EXIT_RUNTIME, "out of memory"); }
+    for (int64_t i = 0; i < 6 * n; i++) blk[i] = NAN;
     bl->clean = blk; bl->corrupted = blk + n;
     bl->clean_answer_logit = blk + 2 * n; bl->clean_wrong_logit = blk + 3 * n;
     bl->corrupted_answer_logit = blk + 4 * n; bl->corrupted_wrong_logit = blk + 5 * n;
-    out->sweeps = calloc((size_t)(n_exps ? n_exps : 1), sizeof *out->sweeps);
     out->n_sweeps = n_exps;
     for (int64_t i = 0; i < n_exps; i++)
         if (sweep_init(&out->sweeps[i], &exps[i], i, mc, ps, e) != 0) return -1;
+    return 0;
+}
 
-    run_ctx c = {.m = m, .be = be, .ps = ps, .metric = metric, .out = out, .progress = o->progress};
-    for (int64_t s = 0; s < n_exps; s++) c.total += out->sweeps[s].n_cells * n;
+// Runs the clean and corrupted baselines of a chunk with every activation cached.
+static int run_baselines(run_ctx *c, const int64_t *chunk, int64_t nc, ps_cache *clean, ps_cache *corr, float *clean_lp,
+                         ps_error *e) {
+    const ps_model_config *mc = &c->m->cfg;
+    const int64_t V = mc->d_vocab;
+    const ps_prompt_set *ps = c->ps;
+    ps_baseline *bl = &c->out->base;
+    const int64_t max_out = 64;
+    float *bl_logits = malloc((size_t)(2 * nc * max_out * V) * sizeof(float));
+    ps_row *brow = calloc((size_t)(2 * nc), sizeof *brow);
+    ps_metric_request *brq = calloc((size_t)nc, sizeof *brq);
+    int rc = 0;
+    if (!bl_logits || !brow || !brq) rc = ps_fail(e, PS_EXIT_RUNTIME, "out of memory for %lld prompts' baselines", (long long)nc);
+    for (int64_t i = 0; rc == 0 && i < nc; i++) {
+        const ps_prompt *p = &ps->p[chunk[i]];
+        if (ps_cache_init(&clean[i], mc, p->T, 0, e) || ps_cache_init(&corr[i], mc, p->T, 0, e)) { rc = -1; break; }
+        ps_metric_request_for(c->metric, p, &brq[i]);
+        brq[i].n_cols = 0;
+        for (int k = 0; k < 2; k++) {
+            ps_row *r = &brow[2 * i + k];
+            r->tokens = k == 0 ? p->clean : p->corrupted;
+            r->T = p->T;
+            r->cache = k == 0 ? &clean[i] : &corr[i];
+            r->out_pos = brq[i].out_pos;
+            r->n_out = brq[i].n_out;
+            r->logits = bl_logits + (2 * i + k) * max_out * V;
+        }
+    }
+    for (int64_t i = 0; rc == 0 && i < 2 * nc; i++) c->out->baseline_flops += ps_row_flops(mc, &brow[i]);
+    // One prompt's clean and corrupted runs per call, so their numbers do not depend on the chunk.
+    for (int64_t i = 0; rc == 0 && i < nc; i++) rc = c->be->forward(c->be, c->m, brow + 2 * i, 2, e);
+    for (int64_t i = 0; rc == 0 && i < nc; i++) {
+        const int64_t pi = chunk[i];
+        const ps_prompt *p = &ps->p[pi];
+        int64_t si = 0;
+        for (int64_t k = 0; k < brq[i].n_out; k++)
+            if (brq[i].out_pos[k] == p->score_pos) si = k;
+        const float *lc = brow[2 * i].logits, *lx = brow[2 * i + 1].logits;
+        if (clean_lp) {
+            const float *row = lc + si * V;
+            double mx = row[0], sum = 0;
+            for (int64_t j = 1; j < V; j++) mx = row[j] > mx ? row[j] : mx;
+            for (int64_t j = 0; j < V; j++) sum += exp(row[j] - mx);
+            double lse = mx + log(sum);
+            for (int64_t j = 0; j < V; j++) clean_lp[i * V + j] = (float)(row[j] - lse);
+        }
+        const float *lpi = clean_lp ? clean_lp + i * V : NULL;
+        bl->clean[pi] = (float)ps_metric_value(c->metric, p, &brq[i], lc, V, lpi);
+        bl->corrupted[pi] = (float)ps_metric_value(c->metric, p, &brq[i], lx, V, lpi);
+        bl->clean_answer_logit[pi] = lc[si * V + p->answer_id];
+        bl->clean_wrong_logit[pi] = lc[si * V + p->wrong_id];
+        bl->corrupted_answer_logit[pi] = lx[si * V + p->answer_id];
+        bl->corrupted_wrong_logit[pi] = lx[si * V + p->wrong_id];
+    }
+    free(bl_logits);
+    free(brow);
+    free(brq);
+    return rc;
+}
+
+// Turns every (sweep, prompt, cell) of a chunk into a row that starts from the base run's cached state.
+static int run_sweeps(run_ctx *c, batch *b, const int64_t *chunk, int64_t nc, const ps_cache *clean, const ps_cache *corr,
+                      ps_error *e) {
+    const ps_model_config *mc = &c->m->cfg;
+    const int64_t V = mc->d_vocab;
+    const ps_engine_opts *o = c->o;
+    ps_run_results *out = c->out;
+    const ps_baseline *bl = &out->base;
+    // Prompt-major, and a batch never mixes prompts: a prompt's rows form the same batches whatever the
+    // chunking, sharding or resuming, so its numbers are bitwise reproducible.
+    for (int64_t i = 0; i < nc; i++) {
+        const int64_t pi = chunk[i];
+        const ps_prompt *p = &c->ps->p[pi];
+        ps_metric_request rq;
+        ps_metric_request_for(c->metric, p, &rq);
+        const size_t need = (size_t)rq.n_out * (size_t)(rq.n_cols ? rq.n_cols : V);
+        for (int64_t s = 0; s < out->n_sweeps; s++) {
+            ps_sweep *sw = &out->sweeps[s];
+            const int noise = sw->ex->direction == PS_DIR_NOISE;
+            const ps_cache *base = noise ? &clean[i] : &corr[i], *src = noise ? &corr[i] : &clean[i];
+            const float base_metric = noise ? bl->clean[pi] : bl->corrupted[pi];
+            for (int64_t cell = 0; cell < sw->n_cells; cell++) {
+                ps_patch pt;
+                if (!cell_patch(sw, cell, p, &pt)) { c->done++; continue; }
+                pt.src = src;
+                int64_t start_pos = 0, start_layer = 0;
+                if (!o->naive) {
+                    start_pos = first_change(mc, &pt, base, src);
+                    if (start_pos < 0) {
+                        // The patch writes the value the base run already has: its result is the base metric.
+                        sw->values[pi * sw->n_cells + cell] = base_metric;
+                        sw->patches_skipped++;
+                        c->done++;
+                        continue;
+                    }
+                    start_layer = pt.layer;
+                    for (int64_t k = 0; k < rq.n_out; k++) // the row must still reach the metric's positions
+                        if (rq.out_pos[k] < start_pos) start_pos = rq.out_pos[k];
+                }
+                sw->patches_run++;
+                if (b->n == b->cap || b->logits_used + need > b->logits_cap)
+                    if (batch_flush(c, b, e) != 0) return -1;
+                int64_t k = b->n++;
+                row_tag *tg = &b->tags[k];
+                tg->sweep = s; tg->prompt = pi; tg->local = i; tg->cell = cell;
+                tg->rq = rq;
+                tg->logit_off = b->logits_used;
+                b->logits_used += need;
+                b->patches[k] = pt;
+                ps_row *r = &b->rows[k];
+                memset(r, 0, sizeof *r);
+                r->tokens = noise ? p->clean : p->corrupted;
+                r->T = p->T;
+                r->base = o->naive ? NULL : base;
+                r->start_layer = start_layer;
+                r->start_pos = start_pos;
+                r->patches = &b->patches[k];
+                r->n_patches = 1;
+                r->out_pos = tg->rq.out_pos;
+                r->n_out = tg->rq.n_out;
+                r->cols = tg->rq.n_cols ? tg->rq.cols : NULL;
+                r->n_cols = tg->rq.n_cols;
+                r->logits = b->logits + tg->logit_off;
+            }
+        }
+        if (batch_flush(c, b, e) != 0) return -1;
+    }
+    return batch_flush(c, b, e);
+}
+
+int ps_engine_run(const ps_model *m, ps_backend *be, const ps_prompt_set *ps, const ps_experiment *exps, int64_t n_exps,
+                  ps_metric_kind metric, const ps_engine_opts *o, ps_run_results *out, ps_error *e) {
+    const ps_model_config *mc = &m->cfg;
+    const int64_t V = mc->d_vocab;
+    if (ps_run_results_init(out, mc, ps, exps, n_exps, e) != 0) return -1;
+    const double t0 = now_s();
+    int64_t n_todo = o->todo ? o->n_todo : ps->n;
+    int64_t *todo = malloc((size_t)(n_todo ? n_todo : 1) * sizeof(int64_t));
+    for (int64_t i = 0; i < n_todo; i++) todo[i] = o->todo ? o->todo[i] : i;
+
+    run_ctx c = {.m = m, .be = be, .ps = ps, .metric = metric, .out = out, .o = o};
+    int64_t per_prompt_cells = 0;
+    for (int64_t s = 0; s < n_exps; s++) per_prompt_cells += out->sweeps[s].n_cells;
+    c.total = per_prompt_cells * n_todo;
     c.t_start = c.t_last = now_s();
 
     const int64_t brows = o->batch_rows > 0 ? o->batch_rows : 64;
@@ -401,134 +553,37 @@ int ps_engine_run(const ps_model *m, ps_backend *be, const ps_prompt_set *ps, co
     size_t logits_cap = per_row_logits * (size_t)brows;
     if (logits_cap > ((size_t)64 << 20)) logits_cap = per_row_logits > ((size_t)64 << 20) ? per_row_logits : ((size_t)64 << 20);
     batch b;
-    if (batch_init(&b, brows, logits_cap, e) != 0) { batch_free(&b); return -1; }
+    int rc = batch_init(&b, brows, logits_cap, e);
 
-    int rc = 0;
-    for (int64_t c0 = 0; c0 < n && rc == 0;) {
+    for (int64_t c0 = 0; c0 < n_todo && rc == 0;) {
         // A chunk of prompts whose clean and corrupted caches fit the budget together.
         int64_t c1 = c0;
         size_t bytes = 0;
-        while (c1 < n) {
-            size_t nb = 2 * cache_floats(mc, ps->p[c1].T) * sizeof(float);
+        while (c1 < n_todo && (o->chunk_prompts <= 0 || c1 - c0 < o->chunk_prompts)) {
+            size_t nb = 2 * cache_floats(mc, ps->p[todo[c1]].T) * sizeof(float);
             if (c1 > c0 && bytes + nb > budget) break;
             bytes += nb;
             c1++;
         }
-        const int64_t nc = c1 - c0;
-        ps_cache *clean = calloc((size_t)nc, sizeof *clean), *corr = calloc((size_t)nc, sizeof *corr);
-        float *clean_lp = metric == PS_METRIC_KL ? malloc((size_t)(nc * V) * sizeof(float)) : NULL;
-        int64_t max_out = 64;
-        float *bl_logits = malloc((size_t)(2 * nc * max_out * V) * sizeof(float));
-        ps_row *brow = calloc((size_t)(2 * nc), sizeof *brow);
-        ps_metric_request *brq = calloc((size_t)nc, sizeof *brq);
-        if (!clean || !corr || !bl_logits || !brow || !brq || (metric == PS_METRIC_KL && !clean_lp)) {
+        if (bytes > out->peak_cache_bytes) out->peak_cache_bytes = bytes;
+        // Prompts of this chunk a previous (interrupted) run already committed are not run again.
+        int64_t *chunk = malloc((size_t)(c1 - c0) * sizeof(int64_t)), nc = 0;
+        for (int64_t k = c0; k < c1; k++)
+            if (!o->skip || !o->skip[todo[k]]) chunk[nc++] = todo[k];
+            else c.done += per_prompt_cells;
+        ps_cache *clean = calloc((size_t)(nc ? nc : 1), sizeof *clean), *corr = calloc((size_t)(nc ? nc : 1), sizeof *corr);
+        float *clean_lp = metric == PS_METRIC_KL ? malloc((size_t)((nc ? nc : 1) * V) * sizeof(float)) : NULL;
+        if (!clean || !corr || (metric == PS_METRIC_KL && !clean_lp))
             rc = ps_fail(e, PS_EXIT_RUNTIME, "out of memory for %lld prompts' caches", (long long)nc);
-        }
-        // Baselines: clean and corrupted runs with every activation cached, full logits where the metric reads.
-        for (int64_t i = 0; rc == 0 && i < nc; i++) {
-            const ps_prompt *p = &ps->p[c0 + i];
-            if (ps_cache_init(&clean[i], mc, p->T, 0, e) || ps_cache_init(&corr[i], mc, p->T, 0, e)) { rc = -1; break; }
-            ps_metric_request_for(metric, p, &brq[i]);
-            brq[i].n_cols = 0;
-            for (int k = 0; k < 2; k++) {
-                ps_row *r = &brow[2 * i + k];
-                r->tokens = k == 0 ? p->clean : p->corrupted;
-                r->T = p->T;
-                r->cache = k == 0 ? &clean[i] : &corr[i];
-                r->out_pos = brq[i].out_pos;
-                r->n_out = brq[i].n_out;
-                r->logits = bl_logits + (2 * i + k) * max_out * V;
-            }
-        }
-        for (int64_t i = 0; rc == 0 && i < 2 * nc; i++) out->baseline_flops += ps_row_flops(mc, &brow[i]);
-        if (rc == 0) rc = be->forward(be, m, brow, 2 * nc, e);
-        for (int64_t i = 0; rc == 0 && i < nc; i++) {
-            const ps_prompt *p = &ps->p[c0 + i];
-            int64_t si = 0;
-            for (int64_t k = 0; k < brq[i].n_out; k++)
-                if (brq[i].out_pos[k] == p->score_pos) si = k;
-            const float *lc = brow[2 * i].logits, *lx = brow[2 * i + 1].logits;
-            if (clean_lp) {
-                const float *row = lc + si * V;
-                double mx = row[0], sum = 0;
-                for (int64_t j = 1; j < V; j++) mx = row[j] > mx ? row[j] : mx;
-                for (int64_t j = 0; j < V; j++) sum += exp(row[j] - mx);
-                double lse = mx + log(sum);
-                for (int64_t j = 0; j < V; j++) clean_lp[i * V + j] = (float)(row[j] - lse);
-            }
-            const float *lpi = clean_lp ? clean_lp + i * V : NULL;
-            bl->clean[c0 + i] = (float)ps_metric_value(metric, p, &brq[i], lc, V, lpi);
-            bl->corrupted[c0 + i] = (float)ps_metric_value(metric, p, &brq[i], lx, V, lpi);
-            bl->clean_answer_logit[c0 + i] = lc[si * V + p->answer_id];
-            bl->clean_wrong_logit[c0 + i] = lc[si * V + p->wrong_id];
-            bl->corrupted_answer_logit[c0 + i] = lx[si * V + p->answer_id];
-            bl->corrupted_wrong_logit[c0 + i] = lx[si * V + p->wrong_id];
-        }
-        free(bl_logits);
-        free(brow);
-        free(brq);
-        c.clean_lp = clean_lp;
-        c.chunk0 = c0;
-
-        // Sweeps: one row per (experiment, prompt, cell), starting from the base run's cached state.
-        for (int64_t s = 0; rc == 0 && s < n_exps; s++) {
-            ps_sweep *sw = &out->sweeps[s];
-            const int noise = sw->ex->direction == PS_DIR_NOISE;
-            for (int64_t i = 0; rc == 0 && i < nc; i++) {
-                const ps_prompt *p = &ps->p[c0 + i];
-                const ps_cache *base = noise ? &clean[i] : &corr[i], *src = noise ? &corr[i] : &clean[i];
-                const float base_metric = noise ? bl->clean[c0 + i] : bl->corrupted[c0 + i];
-                for (int64_t cell = 0; rc == 0 && cell < sw->n_cells; cell++) {
-                    ps_patch pt;
-                    if (!cell_patch(sw, cell, p, &pt)) { c.done++; continue; }
-                    pt.src = src;
-                    int64_t start_pos = 0, start_layer = 0;
-                    if (!o->naive) {
-                        start_pos = first_change(mc, &pt, base, src);
-                        if (start_pos < 0) {
-                            // The patch writes the value the base run already has: its result is the base metric.
-                            sw->values[(c0 + i) * sw->n_cells + cell] = base_metric;
-                            sw->patches_skipped++;
-                            c.done++;
-                            continue;
-                        }
-                        start_layer = pt.layer;
-                        // Rows must still reach the metric's positions.
-                        ps_metric_request rq;
-                        ps_metric_request_for(metric, p, &rq);
-                        for (int64_t k = 0; k < rq.n_out; k++)
-                            if (rq.out_pos[k] < start_pos) start_pos = rq.out_pos[k];
-                    }
-                    sw->patches_run++;
-                    if (b.n == b.cap || b.logits_used + per_row_logits > b.logits_cap)
-                        if (batch_flush(&c, &b, e) != 0) { rc = -1; break; }
-                    int64_t k = b.n++;
-                    row_tag *tg = &b.tags[k];
-                    tg->sweep = s; tg->prompt = c0 + i; tg->cell = cell;
-                    ps_metric_request_for(metric, p, &tg->rq);
-                    tg->logit_off = b.logits_used;
-                    size_t need = (size_t)tg->rq.n_out * (size_t)(tg->rq.n_cols ? tg->rq.n_cols : V);
-                    b.logits_used += need;
-                    b.patches[k] = pt;
-                    ps_row *r = &b.rows[k];
-                    memset(r, 0, sizeof *r);
-                    r->tokens = noise ? p->clean : p->corrupted;
-                    r->T = p->T;
-                    r->base = o->naive ? NULL : base;
-                    r->start_layer = start_layer;
-                    r->start_pos = start_pos;
-                    r->patches = &b.patches[k];
-                    r->n_patches = 1;
-                    r->out_pos = tg->rq.out_pos;
-                    r->n_out = tg->rq.n_out;
-                    r->cols = tg->rq.n_cols ? tg->rq.cols : NULL;
-                    r->n_cols = tg->rq.n_cols;
-                    r->logits = b.logits + tg->logit_off;
-                }
-            }
-            if (rc == 0) rc = batch_flush(&c, &b, e);
+        if (rc == 0 && nc > 0) {
+            rc = stopped(&c, e);
+            if (rc == 0) rc = run_baselines(&c, chunk, nc, clean, corr, clean_lp, e);
+            c.clean_lp = clean_lp;
+            if (rc == 0) rc = run_sweeps(&c, &b, chunk, nc, clean, corr, e);
         }
         for (int64_t i = 0; i < nc; i++) {
+            if (be->release_cache && clean) be->release_cache(be, &clean[i]);
+            if (be->release_cache && corr) be->release_cache(be, &corr[i]);
             if (clean) ps_cache_free(&clean[i]);
             if (corr) ps_cache_free(&corr[i]);
         }
@@ -536,15 +591,24 @@ int ps_engine_run(const ps_model *m, ps_backend *be, const ps_prompt_set *ps, co
         free(corr);
         free(clean_lp);
         c.clean_lp = NULL;
+        if (rc == 0 && nc > 0 && o->on_chunk && !o->dry_run) rc = o->on_chunk(o->chunk_ctx, chunk, nc, out, e);
+        free(chunk);
         c0 = c1;
     }
     batch_free(&b);
+    free(todo);
     progress(&c, 1);
-    out->seconds = now_s() - c.t_start;
+    out->seconds = now_s() - t0;
     if (rc != 0) return -1;
+    ps_engine_finish(out);
+    return 0;
+}
 
+void ps_engine_finish(ps_run_results *out) {
     // Normalized values: (x - corrupted) / (clean - corrupted), per prompt and from the means.
-    for (int64_t s = 0; s < n_exps; s++) {
+    const ps_baseline *bl = &out->base;
+    const int64_t n = bl->n;
+    for (int64_t s = 0; s < out->n_sweeps; s++) {
         ps_sweep *sw = &out->sweeps[s];
         for (int64_t cell = 0; cell < sw->n_cells; cell++) {
             double sum = 0, sum_c = 0, sum_x = 0;
@@ -561,7 +625,6 @@ int ps_engine_run(const ps_model *m, ps_backend *be, const ps_prompt_set *ps, co
                 cnt ? (float)((sum / (double)cnt - sum_x / (double)cnt) / (sum_c / (double)cnt - sum_x / (double)cnt)) : NAN;
         }
     }
-    return 0;
 }
 
 void ps_run_results_free(ps_run_results *r) {

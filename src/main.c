@@ -3,12 +3,14 @@
 #include "ps_backend.h"
 #include "ps_config.h"
 #include "ps_engine.h"
+#include "ps_journal.h"
 #include "ps_model.h"
 #include "ps_store.h"
 #include "ps_tokenizer.h"
 
 #include <cblas.h>
 #include <math.h>
+#include <signal.h>
 #include <time.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,7 +23,8 @@ static void usage(FILE *f) {
             "patchsweep %s: batch activation patching for transformer interpretability\n"
             "\n"
             "usage:\n"
-            "  patchsweep run CONFIG.json [-o OUT.h5] [--progress|--quiet] [--naive]\n"
+            "  patchsweep run CONFIG.json [-o OUT.h5] [--progress|--quiet] [--dry-run] [--shard I/N] [--force] [--naive]\n"
+            "  patchsweep merge OUT.h5 SHARD.h5...\n"
             "  patchsweep tokenize (--model DIR | --tokenizer FILE) [--ids] [--bos] TEXT\n"
             "  patchsweep inspect RESULTS.h5\n"
             "  patchsweep generate --model DIR [--max-new-tokens N] [--no-bos] [PROMPT]\n"
@@ -29,12 +32,18 @@ static void usage(FILE *f) {
             "  patchsweep version\n"
             "\n"
             "run:       runs the config's baseline and sweeps and writes one HDF5 file (default: the config's \"output\").\n"
+            "           Finished chunks of prompts are journaled in OUT.h5.journal: after a kill (or SIGINT/SIGTERM),\n"
+            "           the same command resumes. An existing OUT.h5 of another config is refused unless --force.\n"
+            "           --dry-run prints the plan (patches, rows, FLOPs, memory, estimated time) without running the sweeps.\n"
+            "           --shard I/N runs prompts i with i %% N == I; merge combines the N shard files.\n"
             "           --naive runs every patch as a full forward pass (the slow oracle the fast engine is tested against).\n"
             "tokenize:  shows each token's id and string (why \" 5\" and \"5\" differ); --ids prints only the ids.\n"
             "           No BOS is prepended unless --bos (TransformerLens prepends one by default).\n"
             "Exit status: 0 ok, 1 runtime failure, 2 bad input (the message names the file and the field or byte offset).\n",
             PS_VERSION);
 }
+
+double ps_measure_gemm_gflops(double seconds);
 
 static int die(const ps_error *e) {
     fprintf(stderr, "patchsweep: %s\n", e->msg[0] ? e->msg : "unknown error");
@@ -128,9 +137,16 @@ static void free_strings(char **s, int64_t n) {
     free(s);
 }
 
+// Which part of the run a results file holds (shards), and the identities resume and merge check.
+typedef struct {
+    int index, count;
+    const char *identity, *run_identity;
+    const uint8_t *in_run;   // (n_prompts)
+} ps_shard_info;
+
 static int write_results(const char *out_path, const ps_config *cfg, const ps_model *m, const ps_tokenizer *tok,
                          const char *tok_sha, const ps_backend *be, int threads, const ps_prompt_set *ps,
-                         const ps_run_results *rr, ps_error *e) {
+                         const ps_run_results *rr, const ps_shard_info *sh, ps_error *e) {
     ps_store *st = NULL;
     if (ps_store_open(&st, out_path, e) != 0) return -1;
     const int64_t n = ps->n, T = ps->T_max;
@@ -140,7 +156,8 @@ static int write_results(const char *out_path, const ps_config *cfg, const ps_mo
         .backend = be->name, .precision = ps_precision_name(be->precision), .weights_dtype = m->file_dtype,
         .threads = threads, .prepend_bos = cfg->prepend_bos,
         .bos_id = cfg->prepend_bos ? (ps_tokenizer_bos_id(tok) >= 0 ? ps_tokenizer_bos_id(tok) : m->cfg.bos_id) : -1,
-        .metric = ps_metric_name(cfg->metric),
+        .metric = ps_metric_name(cfg->metric), .identity = sh->identity, .run_identity = sh->run_identity,
+        .shard_index = sh->index, .shard_count = sh->count,
     };
     int rc = ps_store_write_run(st, &ri, e);
 
@@ -167,6 +184,7 @@ static int write_results(const char *out_path, const ps_config *cfg, const ps_mo
         .n_prompts = n, .T_max = T, .length = len, .prompt_length = plen, .clean_ids = cid, .corrupted_ids = xid,
         .clean_str = (const char *const *)cs, .corrupted_str = (const char *const *)xs, .clean_text = ct,
         .corrupted_text = xt, .answer_text = at, .wrong_text = wt, .answer_id = aid, .wrong_id = wid,
+        .in_run = sh->in_run,
     };
     if (rc == 0) rc = ps_store_write_prompts(st, &pi, e);
     ps_baseline_info bi = {
@@ -184,24 +202,13 @@ static int write_results(const char *out_path, const ps_config *cfg, const ps_mo
             .mean = sw->mean, .mean_normalized = sw->mean_normalized, .n_prompts = n, .patches_run = sw->patches_run,
             .patches_skipped = sw->patches_skipped,
         };
-        // Position labels: the tokens of prompt 0 at each labelled position.
-        char **ptok = NULL;
+        // Position labels: the tokens of prompt 0, indexed by position (negative positions count from each prompt's end).
         for (int a = 0; a < sw->n_axes; a++) {
             r.axis_name[a] = sw->axis_name[a];
             r.axis_len[a] = sw->axis_len[a];
             r.axis_value[a] = sw->axis_value[a];
-            if (!strcmp(sw->axis_name[a], "pos")) {
-                ptok = calloc((size_t)sw->axis_len[a], sizeof(char *));
-                for (int64_t k = 0; k < sw->axis_len[a]; k++) {
-                    int64_t pos = sw->axis_value[a][k];
-                    if (sw->ex->positions && pos < 0) pos += ps->p[0].T_prompt;
-                    ptok[k] = (pos >= 0 && pos < ps->p[0].T) ? cs[pos] : "";
-                }
-                r.pos_tokens = (const char *const *)ptok;
-            }
         }
         rc = ps_store_write_result(st, &r, e);
-        free(ptok);
     }
     free_strings(cs, n * T);
     free_strings(xs, n * T);
@@ -212,15 +219,63 @@ static int write_results(const char *out_path, const ps_config *cfg, const ps_mo
     return rc;
 }
 
+// Set by SIGINT/SIGTERM (what Slurm sends before the time limit): the engine stops at the next batch.
+static volatile int stop_requested = 0;
+static volatile int stop_signal = 0;
+static void on_signal(int sig) {
+    stop_requested = 1;
+    stop_signal = sig;
+}
+
+static int journal_chunk(void *ctx, const int64_t *prompts, int64_t n, const ps_run_results *rr, ps_error *e) {
+    return ps_journal_append((ps_journal *)ctx, prompts, n, rr, e);
+}
+
+static int file_exists(const char *p) {
+    struct stat st;
+    return stat(p, &st) == 0;
+}
+
+// The run's identity: what must be equal for a journal, an existing output or a shard to belong to it.
+static void run_identity(const ps_config *cfg, const ps_model *m, const char *tok_sha, int shard_i, int shard_n,
+                         char out[65], char run_id[65]) {
+    size_t n = strlen(cfg->text) + 512;
+    char *buf = malloc(n);
+    snprintf(buf, n, "patchsweep %s\nweights %s\ntokenizer %s\nconfig\n%s", PS_VERSION, m->weights_sha256, tok_sha, cfg->text);
+    ps_sha256_hex(buf, strlen(buf), run_id);
+    snprintf(buf, n, "%s\nshard %d/%d", run_id, shard_i, shard_n);
+    ps_sha256_hex(buf, strlen(buf), out);
+    free(buf);
+}
+
+static int parse_shard(const char *s, int *i, int *n) {
+    char *end;
+    long a = strtol(s, &end, 10);
+    if (*end != '/') return -1;
+    long b = strtol(end + 1, &end, 10);
+    if (*end || b < 1 || a < 0 || a >= b) return -1;
+    *i = (int)a;
+    *n = (int)b;
+    return 0;
+}
+
 static int cmd_run(int argc, char **argv) {
     const char *cfg_path = NULL, *out = NULL;
-    int prog = isatty(2), naive = 0;
+    int prog = isatty(2), naive = 0, dry = 0, force = 0, shard_i = 0, shard_n = 1;
+    int64_t chunk_prompts = 16;
     for (int i = 0; i < argc; i++) {
         if (!strcmp(argv[i], "-o") && i + 1 < argc) out = argv[++i];
         else if (!strcmp(argv[i], "--progress")) prog = 1;
         else if (!strcmp(argv[i], "--quiet")) prog = 0;
         else if (!strcmp(argv[i], "--naive")) naive = 1;
-        else if (argv[i][0] == '-') return bad_usage("run: unknown option");
+        else if (!strcmp(argv[i], "--dry-run")) dry = 1;
+        else if (!strcmp(argv[i], "--force")) force = 1;
+        else if (!strcmp(argv[i], "--shard") && i + 1 < argc) {
+            if (parse_shard(argv[++i], &shard_i, &shard_n) != 0) return bad_usage("--shard takes I/N with 0 <= I < N");
+        } else if (!strcmp(argv[i], "--chunk-prompts") && i + 1 < argc) {
+            chunk_prompts = atoll(argv[++i]);
+            if (chunk_prompts < 1) return bad_usage("--chunk-prompts takes a positive count");
+        } else if (argv[i][0] == '-') return bad_usage("run: unknown option");
         else if (!cfg_path) cfg_path = argv[i];
         else return bad_usage("run takes one CONFIG");
     }
@@ -237,49 +292,168 @@ static int cmd_run(int argc, char **argv) {
     memset(&be, 0, sizeof be);
     ps_prompt_set ps;
     memset(&ps, 0, sizeof ps);
-    ps_run_results rr;
+    ps_run_results rr, restored;
     memset(&rr, 0, sizeof rr);
-    char tok_sha[65] = "";
-    int rc = 0;
+    memset(&restored, 0, sizeof restored);
+    ps_journal *jr = NULL;
+    uint8_t *done = NULL;
+    int64_t *todo = NULL, n_todo = 0, n_done = 0;
+    char tok_sha[65] = "", ident[65] = "", run_id[65] = "";
+    char *jpath = NULL;
+    int rc = 0, interrupted = 0, already = 0;
     if (load_tokenizer(&tok, cfg.tokenizer ? cfg.tokenizer : cfg.model, &e) != 0) rc = -1;
     if (rc == 0 && ps_sha256_file(ps_tokenizer_path(tok), tok_sha, &e) != 0) rc = -1;
     if (rc == 0 && ps_model_load(&m, cfg.model, &e) != 0) rc = -1;
     if (rc == 0 && ps_backend_init(&be, cfg.backend, cfg.precision, cfg.threads, &m, &e) != 0) rc = -1;
     if (rc == 0 && ps_prompts_build(&ps, &cfg, tok, &m.cfg, &e) != 0) rc = -1;
     if (rc == 0) {
-        if (prog)
-            fprintf(stderr, "patchsweep: %lld prompts, %lld experiments, model %s (%lld layers), backend %s\n", (long long)ps.n,
-                    (long long)cfg.n_experiments, cfg.model, (long long)m.cfg.n_layers, be.device);
-        ps_engine_opts o = {.naive = naive, .batch_rows = cfg.batch_rows, .progress = prog};
-        if (ps_engine_run(&m, &be, &ps, cfg.experiments, cfg.n_experiments, cfg.metric, &o, &rr, &e) != 0) rc = -1;
+        run_identity(&cfg, &m, tok_sha, shard_i, shard_n, ident, run_id);
+        // An existing complete output: the same run is done already; another run's is not overwritten silently.
+        if (!dry && file_exists(out) && !force) {
+            char old[65] = "";
+            ps_error re = {0};
+            if (ps_store_read_identity(out, old, &re) == 0 && !strcmp(old, ident)) {
+                fprintf(stderr, "patchsweep: %s is complete for this config, model and version; nothing to do (--force recomputes)\n", out);
+                already = 1;
+            } else {
+                rc = ps_fail(&e, PS_EXIT_BADINPUT, "%s: exists and holds another run (config, model, tokenizer, version or shard differ); use --force to overwrite",
+                             out);
+            }
+        }
     }
-    if (rc == 0) {
-        int threads = 1;
-        const char *paren = strchr(be.device, '(');
-        if (paren) threads = atoi(paren + 1);
-        if (write_results(out, &cfg, &m, tok, tok_sha, &be, threads, &ps, &rr, &e) != 0) rc = -1;
+    if (rc == 0 && !already) {
+        // Which prompts this run owns (its shard), minus those a journal already holds.
+        done = calloc((size_t)ps.n, 1);
+        todo = malloc((size_t)ps.n * sizeof(int64_t));
+        if (!dry) {
+            size_t jl = strlen(out) + 16;
+            jpath = malloc(jl);
+            snprintf(jpath, jl, "%s.journal", out);
+            char *dir = ps_dirname(out);
+            char cmd_dir[4096];
+            snprintf(cmd_dir, sizeof cmd_dir, "%s", dir);
+            free(dir);
+            for (char *q = cmd_dir + 1; *q; q++) // mkdir -p of the output's directory
+                if (*q == '/') { *q = 0; mkdir(cmd_dir, 0755); *q = '/'; }
+            mkdir(cmd_dir, 0755);
+            if (ps_run_results_init(&restored, &m.cfg, &ps, cfg.experiments, cfg.n_experiments, &e) != 0 ||
+                ps_journal_open(&jr, jpath, ident, force, &restored, done, &n_done, &e) != 0)
+                rc = -1;
+            if (rc == 0 && n_done > 0)
+                fprintf(stderr, "patchsweep: resuming: %lld of %lld prompts already done (%s)\n", (long long)n_done,
+                        (long long)ps.n, jpath);
+        }
+        for (int64_t i = 0; i < ps.n; i++)
+            if (i % shard_n == shard_i) todo[n_todo++] = i;
     }
-    if (rc == 0) {
-        double mc = 0, mx = 0;
-        for (int64_t i = 0; i < ps.n; i++) { mc += rr.base.clean[i]; mx += rr.base.corrupted[i]; }
-        double fl = rr.baseline_flops;
+    if (rc == 0 && !already) {
+        if (prog || dry)
+            fprintf(stderr, "patchsweep: %lld prompts (%lld to run%s), %lld experiments, model %s (%lld layers), backend %s\n",
+                    (long long)ps.n, (long long)(n_todo - n_done), shard_n > 1 ? " in this shard" : "", (long long)cfg.n_experiments,
+                    cfg.model, (long long)m.cfg.n_layers, be.device);
+        signal(SIGINT, on_signal);
+        signal(SIGTERM, on_signal);
+        ps_engine_opts o = {.naive = naive, .batch_rows = cfg.batch_rows, .progress = prog && !dry, .todo = todo,
+                            .n_todo = n_todo, .skip = done, .dry_run = dry, .stop = &stop_requested, .chunk_prompts = chunk_prompts,
+                            .on_chunk = journal_chunk, .chunk_ctx = jr};
+        if (ps_engine_run(&m, &be, &ps, cfg.experiments, cfg.n_experiments, cfg.metric, &o, &rr, &e) != 0) {
+            rc = -1;
+            interrupted = stop_requested;
+            if (!strncmp(e.msg, "experiments[", 12)) { // the engine checks indices against the model: name the file
+                char orig[PS_ERR_MAX];
+                memcpy(orig, e.msg, sizeof orig);
+                snprintf(e.msg, sizeof e.msg, "%s: %.1900s", cfg.path, orig);
+            }
+        }
+        signal(SIGINT, SIG_DFL);
+        signal(SIGTERM, SIG_DFL);
+    }
+    if (rc == 0 && dry) {
+        double fl = 0;
         int64_t run = 0, skipped = 0;
         for (int64_t s = 0; s < rr.n_sweeps; s++) {
             fl += rr.sweeps[s].flops;
             run += rr.sweeps[s].patches_run;
             skipped += rr.sweeps[s].patches_skipped;
         }
-        fprintf(stderr, "patchsweep: wrote %s (%lld prompts; mean %s clean %.4f, corrupted %.4f)\n", out, (long long)ps.n,
-                ps_metric_name(cfg.metric), mc / (double)ps.n, mx / (double)ps.n);
+        double rate = ps_measure_gemm_gflops(0.3);
+        size_t weights = m.n_floats * sizeof(float);
+        printf("plan for %s (%s backend, %s)\n", cfg_path, be.name, be.device);
+        printf("  prompts            %lld (%lld in this run)\n", (long long)ps.n, (long long)n_todo);
+        for (int64_t s = 0; s < rr.n_sweeps; s++) {
+            const ps_sweep *sw = &rr.sweeps[s];
+            printf("  %-18s %s by %s, %s: %lld cells x %lld prompts: %lld rows, %lld known without running, %.3f GFLOP\n",
+                   sw->ex->name, ps_site_name(sw->ex->site), ps_layout_name(sw->ex->layout), ps_direction_name(sw->ex->direction),
+                   (long long)sw->n_cells, (long long)n_todo, (long long)sw->patches_run, (long long)sw->patches_skipped,
+                   sw->flops * 1e-9);
+        }
+        printf("  patches            %lld (%lld forward rows, %lld known without running)\n", (long long)(run + skipped),
+               (long long)run, (long long)skipped);
+        printf("  compute            %.3f GFLOP for the sweeps + %.3f GFLOP for the baselines\n", fl * 1e-9, rr.baseline_flops * 1e-9);
+        printf("  memory             %.1f MiB weights (fp32) + %.1f MiB activation caches at once\n", (double)weights / 1048576.0,
+               (double)rr.peak_cache_bytes / 1048576.0);
+        printf("  estimated time     %.1f s at this machine's measured %.1f GFLOP/s (fp32 GEMM; attention and overheads not counted)\n",
+               rate > 0 ? (fl + rr.baseline_flops) * 1e-9 / rate : 0.0, rate);
+    } else if (rc == 0 && !already) {
+        // Results of earlier (interrupted) runs of this command come from the journal.
+        for (int64_t i = 0; i < ps.n; i++) {
+            if (!done[i]) continue;
+            ps_baseline *a = &rr.base, *b = &restored.base;
+            a->clean[i] = b->clean[i]; a->corrupted[i] = b->corrupted[i];
+            a->clean_answer_logit[i] = b->clean_answer_logit[i]; a->clean_wrong_logit[i] = b->clean_wrong_logit[i];
+            a->corrupted_answer_logit[i] = b->corrupted_answer_logit[i]; a->corrupted_wrong_logit[i] = b->corrupted_wrong_logit[i];
+            for (int64_t s = 0; s < rr.n_sweeps; s++)
+                memcpy(rr.sweeps[s].values + i * rr.sweeps[s].n_cells, restored.sweeps[s].values + i * rr.sweeps[s].n_cells,
+                       (size_t)rr.sweeps[s].n_cells * sizeof(float));
+        }
+        for (int64_t s = 0; s < rr.n_sweeps; s++) {
+            rr.sweeps[s].patches_run += restored.sweeps[s].patches_run;
+            rr.sweeps[s].patches_skipped += restored.sweeps[s].patches_skipped;
+            rr.sweeps[s].flops += restored.sweeps[s].flops;
+        }
+        ps_engine_finish(&rr);
+        int threads = 1;
+        const char *paren = strchr(be.device, '(');
+        if (paren) threads = atoi(paren + 1);
+        uint8_t *in_run = calloc((size_t)ps.n, 1);
+        for (int64_t i = 0; i < ps.n; i++) in_run[i] = (uint8_t)(i % shard_n == shard_i);
+        ps_shard_info sh = {.index = shard_i, .count = shard_n, .identity = ident, .run_identity = run_id, .in_run = in_run};
+        if (write_results(out, &cfg, &m, tok, tok_sha, &be, threads, &ps, &rr, &sh, &e) != 0) rc = -1;
+        free(in_run);
+        if (rc == 0 && jpath) unlink(jpath); // everything is in the results file now
+    }
+    if (rc == 0 && !dry && !already) {
+        double mc = 0, mx = 0, fl = rr.baseline_flops;
+        int64_t cnt = 0, run = 0, skipped = 0;
+        for (int64_t i = 0; i < ps.n; i++)
+            if (!isnan(rr.base.clean[i])) { mc += rr.base.clean[i]; mx += rr.base.corrupted[i]; cnt++; }
+        for (int64_t s = 0; s < rr.n_sweeps; s++) {
+            fl += rr.sweeps[s].flops;
+            run += rr.sweeps[s].patches_run;
+            skipped += rr.sweeps[s].patches_skipped;
+        }
+        fprintf(stderr, "patchsweep: wrote %s (%lld prompts; mean %s clean %.4f, corrupted %.4f)\n", out, (long long)cnt,
+                ps_metric_name(cfg.metric), cnt ? mc / (double)cnt : NAN, cnt ? mx / (double)cnt : NAN);
         fprintf(stderr, "patchsweep: compute %.3f s, %.3f GFLOP (%.2f GFLOP/s), %lld patches run, %lld known without running\n",
                 rr.seconds, fl * 1e-9, rr.seconds > 0 ? fl * 1e-9 / rr.seconds : 0.0, (long long)run, (long long)skipped);
     }
+    ps_journal_close(jr);
     ps_run_results_free(&rr);
+    ps_run_results_free(&restored);
     ps_prompt_set_free(&ps);
     ps_backend_free(&be);
     ps_model_free(&m);
     ps_tokenizer_free(tok);
     ps_config_free(&cfg);
+    free(done);
+    free(todo);
+    if (interrupted) {
+        fprintf(stderr, "patchsweep: interrupted by signal %d; finished chunks are kept in %s; run the same command again to resume\n",
+                stop_signal, jpath ? jpath : "(none)");
+        free(jpath);
+        return 128 + stop_signal;
+    }
+    free(jpath);
     return rc == 0 ? 0 : die(&e);
 }
 
@@ -343,10 +517,7 @@ static int cmd_generate(int argc, char **argv) {
     return rc == 0 ? 0 : die(&e);
 }
 
-// The machine's fp32 GEMM rate through the same OpenBLAS the CPU backend uses: the floor of benchmarks.
-static int cmd_bench_gemm(int argc, char **argv) {
-    int64_t M = argc > 0 ? atoll(argv[0]) : 512, K = argc > 1 ? atoll(argv[1]) : 768, N = argc > 2 ? atoll(argv[2]) : 3072;
-    if (M <= 0 || K <= 0 || N <= 0) return bad_usage("bench-gemm M K N: positive sizes");
+static double gemm_rate(int64_t M, int64_t K, int64_t N, double seconds) {
     float *a = malloc((size_t)(M * K) * sizeof(float)), *b = malloc((size_t)(K * N) * sizeof(float)),
           *c = malloc((size_t)(M * N) * sizeof(float));
     for (int64_t i = 0; i < M * K; i++) a[i] = (float)(i % 7) * 0.1f;
@@ -356,14 +527,23 @@ static int cmd_bench_gemm(int argc, char **argv) {
     int reps = 0;
     double el = 0;
     clock_gettime(CLOCK_MONOTONIC, &t0);
-    while (el < 1.0) {
+    while (el < seconds) {
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)M, (int)N, (int)K, 1.0f, a, (int)K, b, (int)N, 0.0f, c, (int)N);
         reps++;
         clock_gettime(CLOCK_MONOTONIC, &t1);
         el = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
     }
-    printf("gemm %lldx%lldx%lld: %.2f GFLOP/s\n", (long long)M, (long long)K, (long long)N, 2.0 * (double)(M * N * K) * reps / el * 1e-9);
     free(a); free(b); free(c);
+    return 2.0 * (double)(M * N * K) * reps / el * 1e-9;
+}
+
+double ps_measure_gemm_gflops(double seconds) { return gemm_rate(256, 768, 3072, seconds); }
+
+// The machine's fp32 GEMM rate through the same OpenBLAS the CPU backend uses: the floor of benchmarks.
+static int cmd_bench_gemm(int argc, char **argv) {
+    int64_t M = argc > 0 ? atoll(argv[0]) : 512, K = argc > 1 ? atoll(argv[1]) : 768, N = argc > 2 ? atoll(argv[2]) : 3072;
+    if (M <= 0 || K <= 0 || N <= 0) return bad_usage("bench-gemm M K N: positive sizes");
+    printf("gemm %lldx%lldx%lld: %.2f GFLOP/s\n", (long long)M, (long long)K, (long long)N, gemm_rate(M, K, N, 1.0));
     return 0;
 }
 
@@ -376,6 +556,13 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "run")) return cmd_run(argc - 2, argv + 2);
     if (!strcmp(cmd, "tokenize")) return cmd_tokenize(argc - 2, argv + 2);
     if (!strcmp(cmd, "generate")) return cmd_generate(argc - 2, argv + 2);
+    if (!strcmp(cmd, "merge")) {
+        if (argc < 4) return bad_usage("merge takes OUT.h5 SHARD.h5...");
+        ps_error e = {0};
+        if (ps_store_merge(argv[2], (const char *const *)(argv + 3), argc - 3, &e) != 0) return die(&e);
+        fprintf(stderr, "patchsweep: merged %d shards into %s\n", argc - 3, argv[2]);
+        return 0;
+    }
     if (!strcmp(cmd, "inspect")) {
         if (argc != 3) return bad_usage("inspect takes one RESULTS.h5");
         ps_error e = {0};

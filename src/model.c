@@ -118,7 +118,7 @@ static int load_gpt2(ps_model_config *c, const cJSON *r, const char *p, ps_error
     c->n_kv_heads = c->n_heads;
     c->d_head = c->d_model / c->n_heads;
     if (get_size(r, p, "n_inner", 0, 4 * c->d_model, &c->d_mlp, e)) return -1;
-    double eps;
+    double eps = 0;
     if (get_pos_float(r, p, "layer_norm_epsilon", 1e-5, &eps, e)) return -1;
     c->eps = (float)eps;
     const cJSON *act = field(r, "activation_function");

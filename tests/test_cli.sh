@@ -39,7 +39,7 @@ elif [ "${CI:-}" = "true" ]; then
 fi
 
 # --- a run on the demo model ------------------------------------------------------------------------
-demo=$src/models/demo
+demo=${PS_DEMO:-$src/models/demo}
 if [ ! -f "$demo/model.safetensors" ]; then
     fail "demo model missing at $demo"
     exit 1
@@ -104,7 +104,7 @@ bad() { # NAME PATTERN JSON
 }
 item='{"clean": "1 2 3 4", "corrupted": "1 2 3 3", "answer": " 5", "wrong": " 4"}'
 bad "unknown key suggests" "did you mean 'model'" "{\"modle\": \"$demo\", \"dataset\": [$item]}"
-bad "JSON syntax error has line:col" "bad.json:3:" "{\"model\": \"$demo\",
+bad "JSON syntax error has line:col" "line 3, column" "{\"model\": \"$demo\",
   \"dataset\": [$item],
   \"experiments\": [,]}"
 bad "wrong type names the path" "threads" "{\"model\": \"$demo\", \"threads\": \"many\", \"dataset\": [$item]}"

@@ -1,0 +1,254 @@
+// What the CUDA backend's files share: the device context (stream, cuBLAS, weights), the batch as the
+// kernels see it (row and patch descriptors), small device helpers, and every op's launcher and op layer.
+// Each op lives in its own .cu: a static __global__ kernel, a launcher (stream + checked preconditions)
+// and the op the backend calls. Activations are fp32 everywhere; only the big matrices may be fp16/bf16.
+#ifndef PS_CUDA_INTERNAL_H
+#define PS_CUDA_INTERNAL_H
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <cublas_v2.h>
+
+extern "C" {
+#include "ps_backend.h"
+#include "ps_cuda.h"
+}
+#include "ps_cuda_check.h"
+
+// ---------------------------------------------------------------------------------------------
+// Weights on the device
+
+// A weight matrix in its storage type (PS_PREC_FP32/FP16/BF16); elements are addressed with ps_cu_mat_at.
+typedef struct {
+    const void *p;
+    ps_precision dt;
+} ps_cu_mat;
+
+static inline size_t ps_cu_dt_size(ps_precision dt) { return dt == PS_PREC_FP32 ? 4 : 2; }
+static inline ps_cu_mat ps_cu_mat_at(ps_cu_mat m, size_t elem_off) {
+    ps_cu_mat r = {m.p ? (const char *)m.p + elem_off * ps_cu_dt_size(m.dt) : NULL, m.dt};
+    return r;
+}
+
+// Same layout as ps_weights (row-major, input dimension first); vectors stay fp32, NULL where ps_weights has NULL.
+typedef struct {
+    ps_cu_mat wte, wpe, w_q, w_k, w_v, w_o, w_in, w_up, w_out, w_u;
+    const float *ln1_w, *ln1_b, *b_q, *b_k, *b_v, *b_o, *ln2_w, *ln2_b, *b_in, *b_out, *lnf_w, *lnf_b, *b_u;
+} ps_cu_weights;
+
+typedef struct {
+    ps_model_config cfg;
+    ps_precision prec;          // storage type of the matrices
+    cudaStream_t stream;
+    cublasHandle_t blas;
+    ps_cu_weights w;
+    void *half_buf;             // GEMM inputs rounded to fp16/bf16 (unused in fp32)
+    size_t half_cap;            // elements in half_buf
+    int smem_optin;             // largest dynamic shared memory a block may opt into (bytes)
+} ps_cu_ctx;
+
+// ---------------------------------------------------------------------------------------------
+// The batch on the device
+
+// The arrays of a ps_cache, in ps_forward.h's order; a cache row's descriptor points at each on the device.
+enum {
+    PS_CA_EMBED = 0, PS_CA_POS_EMBED, PS_CA_RESID_PRE, PS_CA_LN1_SCALE, PS_CA_Q, PS_CA_K, PS_CA_V, PS_CA_ROT_Q,
+    PS_CA_ROT_K, PS_CA_SCORES, PS_CA_PATTERN, PS_CA_Z, PS_CA_RESULT, PS_CA_ATTN_OUT, PS_CA_RESID_MID, PS_CA_LN2_SCALE,
+    PS_CA_MLP_PRE, PS_CA_MLP_PRE_LINEAR, PS_CA_MLP_POST, PS_CA_MLP_OUT, PS_CA_RESID_POST, PS_CA_LNF_SCALE, PS_CA_LOGITS,
+    PS_CA_COUNT
+};
+
+// One row, in start-layer order; its computed tokens are [off, off + n) of every per-token buffer.
+typedef struct {
+    int64_t off, n, T, start_pos;
+    int32_t from_base;              // joins from base->resid_pre instead of the embedding
+    int32_t pb, pe;                 // its patches: [pb, pe) of the patch table, in the row's order
+    const float *base_k;            // (L, T, Hkv*D): base's rot_k (Llama) or k; NULL when start_pos == 0
+    const float *base_v;            // (L, T, Hkv*D)
+    const float *base_resid_pre;    // (L, T, C) when from_base
+    const float *base_resid_post;   // (L, T, C) for rows that start past the last layer
+    float *ca[PS_CA_COUNT];         // cache rows: each array of the device copy of row->cache (NULL otherwise)
+} ps_cu_row;
+
+typedef struct {
+    int32_t site;
+    int32_t pad_;
+    int64_t layer, head, pos, neuron;
+    const float *src;               // the source cache's array for this site, all layers, on the device
+} ps_cu_patch;
+
+typedef struct {
+    int64_t n_rows, N;              // rows and computed tokens
+    int64_t T_max;
+    int64_t cache_span;             // rows [0, cache_span) include every cache row (0: none)
+    const ps_cu_row *rows;          // device (n_rows)
+    const ps_cu_patch *patches;     // device
+    const int32_t *tok_row;         // device (N): row of each computed token
+    const int32_t *tokens;          // device (N): token id
+    const int64_t *pos;             // device (N): position in its row
+    float *x, *xn, *y, *q, *k, *v, *z, *h1, *h2, *h3, *scale;   // per-token workspace, as in forward_cpu.c
+    float *rope_cos, *rope_sin;     // (N, D/2), Llama
+} ps_cu_batch;
+
+// ---------------------------------------------------------------------------------------------
+// Device helpers (header-defined: the .cu files are compiled without relocatable device code)
+
+template <typename T> static __device__ __forceinline__ float ps_to_f(T v);
+template <> __device__ __forceinline__ float ps_to_f<float>(float v) { return v; }
+template <> __device__ __forceinline__ float ps_to_f<__half>(__half v) { return __half2float(v); }
+template <> __device__ __forceinline__ float ps_to_f<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+template <typename T> static __device__ __forceinline__ T ps_from_f(float v);
+template <> __device__ __forceinline__ float ps_from_f<float>(float v) { return v; }
+template <> __device__ __forceinline__ __half ps_from_f<__half>(float v) { return __float2half_rn(v); }
+template <> __device__ __forceinline__ __nv_bfloat16 ps_from_f<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+
+// Block-wide sum / max; red needs 32 slots of shared memory; every thread gets the result.
+// blockDim.x must be a multiple of 32.
+template <typename T> static __device__ __forceinline__ T ps_block_sum(T v, T *red) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
+    const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    __syncthreads();  // red may still be read from the previous call
+    if (lane == 0) red[wid] = v;
+    __syncthreads();
+    if (wid == 0) {
+        v = lane < nw ? red[lane] : (T)0;
+        for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
+        if (lane == 0) red[0] = v;
+    }
+    __syncthreads();
+    return red[0];
+}
+
+static __device__ __forceinline__ float ps_block_max(float v, float *red) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_down_sync(0xffffffffu, v, o));
+    const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    __syncthreads();
+    if (lane == 0) red[wid] = v;
+    __syncthreads();
+    if (wid == 0) {
+        v = lane < nw ? red[lane] : -INFINITY;
+        for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_down_sync(0xffffffffu, v, o));
+        if (lane == 0) red[0] = v;
+    }
+    __syncthreads();
+    return red[0];
+}
+
+// Grid size for a grid-stride loop over n elements.
+static inline unsigned ps_cu_blocks(int64_t n, int threads) {
+    int64_t b = (n + threads - 1) / threads;
+    if (b < 1) b = 1;
+    if (b > 65535 * 16) b = 65535 * 16;
+    return (unsigned)b;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Device copies for the ps_cuda_test_* entry points: allocations freed together at the end.
+typedef struct {
+    void *p[12];
+    int n;
+} ps_cu_tmp;
+
+// *dst = a device buffer of bytes, holding a copy of src when src is non-NULL.
+static inline int ps_cu_tmp_up(ps_cu_tmp *t, void **dst, const void *src, size_t bytes, ps_error *e) {
+    *dst = NULL;
+    PS_REQUIRE(e, t->n < 12);
+    CUDA_CHECK(e, cudaMalloc(dst, bytes ? bytes : 1));
+    t->p[t->n++] = *dst;
+    if (src && bytes) CUDA_CHECK(e, cudaMemcpy(*dst, src, bytes, cudaMemcpyHostToDevice));
+    return 0;
+}
+static inline void ps_cu_tmp_free(ps_cu_tmp *t) {
+    for (int i = 0; i < t->n; i++) cudaFree(t->p[i]);
+    t->n = 0;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Launchers (stream + checked preconditions) and ops (what the backend calls). 0 on success,
+// -1 (or PS_CUDA_OOM) with e filled on failure.
+
+// layernorm.cu
+int ps_cu_layernorm_launch(cudaStream_t st, float *out, float *scale, const float *x, const float *w, const float *b,
+                           int64_t N, int64_t C, float eps, ps_error *e);
+// Norm of the model's kind (LayerNorm for GPT-2, RMSNorm for Llama); which: 1 = ln1, 2 = ln2, 0 = ln_final.
+int ps_cu_op_norm(ps_cu_ctx *c, int which, int64_t l, float *out, float *scale, const float *x, int64_t N, ps_error *e);
+
+// rmsnorm.cu
+int ps_cu_rmsnorm_launch(cudaStream_t st, float *out, float *scale, const float *x, const float *w, int64_t N,
+                         int64_t C, float eps, ps_error *e);
+
+// rotary.cu
+int ps_cu_rope_table_launch(cudaStream_t st, float *cos_t, float *sin_t, const int64_t *pos, int64_t N, int64_t D,
+                            float theta, ps_error *e);
+int ps_cu_rotary_launch(cudaStream_t st, float *x, const float *cos_t, const float *sin_t, int64_t N, int64_t n_heads,
+                        int64_t D, ps_error *e);
+int ps_cu_op_rope_table(ps_cu_ctx *c, ps_cu_batch *bt, ps_error *e);
+int ps_cu_op_rotary(ps_cu_ctx *c, ps_cu_batch *bt, float *x, int64_t N, int64_t n_heads, ps_error *e);
+
+// attention.cu: causal attention for the first n_active rows at layer l (z from q, k, v; pattern patches inside).
+int ps_cu_attention_launch(cudaStream_t st, int smem_optin, const ps_cu_row *rows, const ps_cu_patch *patches,
+                           const int32_t *tok_row, const int64_t *pos, const float *q, const float *k, const float *v,
+                           float *z, int64_t NA, int64_t l, int64_t H, int64_t Hkv, int64_t D, int64_t T_max,
+                           ps_error *e);
+int ps_cu_op_attention(ps_cu_ctx *c, ps_cu_batch *bt, int64_t l, int64_t NA, ps_error *e);
+
+// act.cu: h1 += b; h2 = act(h1) (* h3 for SwiGLU); and a plain bias add.
+int ps_cu_mlp_act_launch(cudaStream_t st, float *h2, float *h1, const float *h3, const float *bias, int64_t N,
+                         int64_t M, ps_act act, ps_error *e);
+int ps_cu_bias_add_launch(cudaStream_t st, float *y, const float *bias, int64_t N, int64_t width, ps_error *e);
+int ps_cu_op_mlp_act(ps_cu_ctx *c, ps_cu_batch *bt, int64_t l, int64_t NA, ps_error *e);
+
+// patch.cu: patches of rows [r0, r1) at (site, layer l) into buf (per-token stride ld), and cache stores.
+int ps_cu_patch_launch(cudaStream_t st, const ps_cu_row *rows, const ps_cu_patch *patches, int64_t r0, int64_t r1,
+                       int site, int64_t l, float *buf, int64_t ld, int64_t n_units, int64_t unit, ps_error *e);
+int ps_cu_store_launch(cudaStream_t st, const ps_cu_row *rows, int64_t r0, int64_t r1, int arr, int64_t l,
+                       const float *buf, int64_t width, int64_t T_max, ps_error *e);
+int ps_cu_op_patch(ps_cu_ctx *c, ps_cu_batch *bt, int64_t r0, int64_t r1, ps_site site, int64_t l, float *buf,
+                   ps_error *e);
+int ps_cu_op_store(ps_cu_ctx *c, ps_cu_batch *bt, int64_t n_active, int arr, int64_t l, const float *buf,
+                   int64_t width, ps_error *e);
+
+// residual.cu: x += y.
+int ps_cu_residual_launch(cudaStream_t st, float *x, const float *y, int64_t n, ps_error *e);
+int ps_cu_op_residual(ps_cu_ctx *c, ps_cu_batch *bt, int64_t NA, ps_error *e);
+
+// embed.cu: tokens [tok0, tok1) of the rows joining at layer l take the embedding or the base's residual stream
+// (tail = 1: the base's final resid_post, for rows that start past the last layer).
+int ps_cu_join_launch(cudaStream_t st, const ps_cu_row *rows, const int32_t *tok_row, const int32_t *tokens,
+                      const int64_t *pos, int64_t tok0, int64_t tok1, float *x, ps_cu_mat wte, ps_cu_mat wpe,
+                      int64_t l, int tail, int64_t C, ps_error *e);
+int ps_cu_op_join(ps_cu_ctx *c, ps_cu_batch *bt, int64_t tok0, int64_t tok1, int64_t l, int tail, ps_error *e);
+
+// gemm.cu: y (N, out) = x (N, in) @ W (in, out), or x @ W^T when trans_w (W stored (out, in)); fp32 accumulate.
+int ps_cu_gemm(ps_cu_ctx *c, float *y, const float *x, ps_cu_mat W, int64_t N, int64_t in, int64_t out, int trans_w,
+               ps_error *e);
+// result[t, h, :] = z[t, h, :] @ W_O[h] for one row (T tokens), per head (strided batched).
+int ps_cu_gemm_per_head(ps_cu_ctx *c, float *result, const float *z, ps_cu_mat w_o, int64_t T, int64_t H, int64_t D,
+                        int64_t C, ps_error *e);
+// linear with an optional fp32 bias, like forward_cpu.c's linear().
+int ps_cu_op_linear(ps_cu_ctx *c, float *y, const float *x, ps_cu_mat W, const float *bias, int64_t N, int64_t in,
+                    int64_t out, ps_error *e);
+int ps_cu_cast_launch(cudaStream_t st, void *dst, ps_precision dt, const float *src, int64_t n, ps_error *e);
+
+// unembed.cu: xo[j] = x[idx[j]]; logits for requested columns only.
+typedef struct {
+    int64_t xo;          // row of xo
+    int64_t col0;        // first of its columns in the column table
+    int64_t n_cols;
+    int64_t out;         // first output float
+} ps_cu_unembed_job;
+int ps_cu_gather_launch(cudaStream_t st, float *xo, const float *x, const int64_t *idx, int64_t n, int64_t C,
+                        ps_error *e);
+int ps_cu_unembed_cols_launch(cudaStream_t st, float *out, const float *xo, const ps_cu_unembed_job *jobs,
+                              int64_t n_jobs, const int32_t *cols, ps_cu_mat w_u, const float *b_u, int64_t C,
+                              ps_error *e);
+// All V logits of n rows of xn (normed): out (n, V) = xn @ w_u^T + b_u.
+int ps_cu_op_logits_full(ps_cu_ctx *c, float *out, const float *xn, int64_t n, ps_error *e);
+
+#endif

@@ -1,0 +1,149 @@
+#!/usr/bin/env bash
+# Overnight runs that survive: SIGKILL at 20 random moments with a resume after each, SIGTERM, refusal of
+# another run's output, shards + merge equal to one run, and --dry-run. Compares every dataset with h5py.
+set -u
+bin=${PS_BIN:?}
+src=${PS_SRC:?}
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+fails=0
+fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
+pass() { echo "ok: $*"; }
+py=python3
+[ -x /usr/bin/python3 ] && py=/usr/bin/python3
+if ! $py -c 'import h5py' 2>/dev/null; then
+    [ "${CI:-}" = "true" ] && { echo "FAIL: h5py missing with CI=true"; exit 1; }
+    echo "SKIP: h5py missing"; exit 77
+fi
+demo=${PS_DEMO:-$src/models/demo}
+[ -f "$demo/model.safetensors" ] || { echo "FAIL: demo model missing"; exit 1; }
+
+items=""
+for s in $(seq 1 40); do
+    a=$((s % 20 + 1)); items="$items{\"clean\": \"$a $((a + 1)) $((a + 2)) $((a + 3))\", \"corrupted\": \"$a $((a + 1)) $((a + 2)) $((a + 2))\", \"answer\": \" $((a + 4))\", \"wrong\": \" $((a + 3))\"},"
+done
+cat >"$tmp/cfg.json" <<JSON
+{
+  "model": "$demo",
+  "threads": 1,
+  "dataset": [
+    $items
+    {"clean": "January February March", "corrupted": "January February February", "answer": " April", "wrong": " March"},
+    {"clean": "Monday Tuesday Wednesday", "corrupted": "Monday Tuesday Tuesday", "answer": " Thursday", "wrong": " Wednesday"},
+    {"clean": "A B C D", "corrupted": "A B C C", "answer": " E", "wrong": " D"}
+  ],
+  "experiments": [
+    {"name": "resid_pre", "site": "resid_pre", "by": "layer_pos"},
+    {"name": "z_by_pos", "site": "z", "by": "layer_pos_head"},
+    {"name": "neurons", "site": "mlp_post", "by": "layer_neuron", "layers": [1]},
+    {"name": "heads_noise", "site": "z", "by": "layer_head", "direction": "noise"}
+  ]
+}
+JSON
+compare() { # A B: every dataset and result counter equal
+    $py - "$1" "$2" <<'PY'
+import sys, h5py, numpy as np
+a, b = h5py.File(sys.argv[1], "r"), h5py.File(sys.argv[2], "r")
+worst = 0.0
+def visit(name, obj):
+    global worst
+    if not isinstance(obj, h5py.Dataset) or name.startswith("run"):
+        return
+    x, y = obj[()], b[name][()]
+    if x.dtype.kind == "f":
+        assert x.shape == y.shape and np.array_equal(np.isnan(x), np.isnan(y)), name
+        d = float(np.nanmax(np.abs(x - y))) if x.size and not np.all(np.isnan(x)) else 0.0
+        worst = max(worst, d)
+        assert d == 0, (name, d)  # prompts never share a batch: results are bitwise reproducible
+    else:
+        assert np.array_equal(x, y), name
+a.visititems(visit)
+for name in a["results"]:
+    for k in ("patches_run", "patches_skipped"):
+        assert a["results"][name].attrs[k] == b["results"][name].attrs[k], (name, k)
+assert a["run"].attrs["status"] == b["run"].attrs["status"] == "complete"
+print(f"  max |a - b| over every float dataset: {worst:.3g}")
+PY
+}
+
+"$bin" run "$tmp/cfg.json" -o "$tmp/ref.h5" --quiet 2>"$tmp/err" || { echo "FAIL: reference run: $(cat "$tmp/err")"; exit 1; }
+start=$(date +%s%N)
+"$bin" run "$tmp/cfg.json" -o "$tmp/time.h5" --quiet --chunk-prompts 1 2>/dev/null
+ms=$(( ($(date +%s%N) - start) / 1000000 ))
+echo "uninterrupted run: ${ms} ms"
+
+# --- SIGKILL at 20 random moments, resuming each time -------------------------------------------
+kills=0
+RANDOM=12345
+for k in $(seq 1 20); do
+    "$bin" run "$tmp/cfg.json" -o "$tmp/out.h5" --quiet --chunk-prompts 1 2>/dev/null &
+    pid=$!
+    delay=$(( RANDOM % (ms / 12 > 20 ? ms / 12 : 20) + 30 ))  # past start-up, well before the end
+    sleep "$(awk -v d="$delay" 'BEGIN { printf "%.3f", d / 1000 }')"
+    if kill -9 "$pid" 2>/dev/null; then kills=$((kills + 1)); fi
+    wait "$pid" 2>/dev/null
+    if [ -e "$tmp/out.h5" ]; then
+        # Only a complete run may leave OUT.h5, and it must read as complete.
+        $py -c "import h5py,sys; sys.exit(0 if h5py.File('$tmp/out.h5','r')['run'].attrs['status']=='complete' else 1)" \
+            || fail "kill $k left an incomplete $tmp/out.h5"
+        break
+    fi
+done
+"$bin" run "$tmp/cfg.json" -o "$tmp/out.h5" --quiet --chunk-prompts 1 2>"$tmp/err" || fail "final resume: $(cat "$tmp/err")"
+[ -e "$tmp/out.h5.journal" ] && fail "journal left behind after completion"
+if compare "$tmp/out.h5" "$tmp/ref.h5"; then pass "SIGKILL at $kills moments, resumed each time: equal to an uninterrupted run"
+else fail "resumed run differs from the uninterrupted one"; fi
+[ "$kills" -ge 10 ] || fail "only $kills of 20 kills landed during a run"
+
+# --- SIGTERM (what Slurm sends) -------------------------------------------------------------------
+"$bin" run "$tmp/cfg.json" -o "$tmp/term.h5" --quiet --chunk-prompts 1 2>"$tmp/err" &
+pid=$!
+sleep "$(awk -v d="$ms" 'BEGIN { printf "%.3f", d / 3000 }')"
+kill -TERM "$pid" 2>/dev/null
+wait "$pid"
+rc=$?
+if [ "$rc" -eq 143 ]; then
+    grep -q "resume" "$tmp/err" && pass "SIGTERM exits 143 and says how to resume" || fail "SIGTERM message: $(cat "$tmp/err")"
+    [ -e "$tmp/term.h5" ] && fail "SIGTERM left a results file"
+elif [ "$rc" -eq 0 ]; then
+    echo "note: the run finished before SIGTERM arrived"
+else
+    fail "SIGTERM: exit $rc: $(cat "$tmp/err")"
+fi
+if "$bin" run "$tmp/cfg.json" -o "$tmp/term.h5" --quiet 2>/dev/null && compare "$tmp/term.h5" "$tmp/ref.h5" >/dev/null; then
+    pass "resume after SIGTERM equals the uninterrupted run"
+else fail "resume after SIGTERM"; fi
+
+# --- an existing output -----------------------------------------------------------------------------
+if "$bin" run "$tmp/cfg.json" -o "$tmp/ref.h5" 2>"$tmp/err" && grep -q "nothing to do" "$tmp/err"; then
+    pass "same config, complete output: nothing to do"
+else fail "rerun of a complete output: $(cat "$tmp/err")"; fi
+sed 's/"threads": 1/"threads": 1, "metric": "prob_diff"/' "$tmp/cfg.json" >"$tmp/other.json"
+"$bin" run "$tmp/other.json" -o "$tmp/ref.h5" 2>"$tmp/err"
+if [ $? -eq 2 ] && grep -q -- "--force" "$tmp/err"; then pass "another config's output refused without --force"
+else fail "another config over an existing output: $(cat "$tmp/err")"; fi
+
+# --- shards and merge -------------------------------------------------------------------------------
+for i in 0 1 2 3; do
+    "$bin" run "$tmp/cfg.json" -o "$tmp/shard$i.h5" --quiet --shard "$i/4" 2>"$tmp/err" || fail "shard $i: $(cat "$tmp/err")"
+done
+"$bin" merge "$tmp/merged.h5" "$tmp"/shard{2,0,3,1}.h5 2>"$tmp/err" || fail "merge: $(cat "$tmp/err")"
+if compare "$tmp/merged.h5" "$tmp/ref.h5"; then pass "4 shards merged equal one run"; else fail "merged shards differ from one run"; fi
+"$bin" merge "$tmp/m3.h5" "$tmp"/shard{0,1,2}.h5 2>"$tmp/err"
+if [ $? -eq 2 ] && grep -q "missing" "$tmp/err" && [ ! -e "$tmp/m3.h5" ]; then pass "merging 3 of 4 shards fails (exit 2)"
+else fail "merge of 3 of 4: $(cat "$tmp/err")"; fi
+"$bin" merge "$tmp/m4.h5" "$tmp"/shard{0,1,1,2,3}.h5 2>"$tmp/err"
+if [ $? -eq 2 ] && grep -q "twice" "$tmp/err"; then pass "a duplicated shard fails (exit 2)"; else fail "duplicate shard: $(cat "$tmp/err")"; fi
+"$bin" run "$tmp/other.json" -o "$tmp/oshard1.h5" --quiet --shard 1/4 2>/dev/null
+"$bin" merge "$tmp/m5.h5" "$tmp"/shard{0,2,3}.h5 "$tmp/oshard1.h5" 2>"$tmp/err"
+if [ $? -eq 2 ] && grep -q "another run" "$tmp/err"; then pass "a shard of another config fails (exit 2)"
+else fail "foreign shard: $(cat "$tmp/err")"; fi
+
+# --- dry run ------------------------------------------------------------------------------------------
+if "$bin" run "$tmp/cfg.json" -o "$tmp/dry.h5" --dry-run >"$tmp/plan" 2>&1 && grep -q "estimated time" "$tmp/plan" &&
+    grep -q "GFLOP" "$tmp/plan" && [ ! -e "$tmp/dry.h5" ] && [ ! -e "$tmp/dry.h5.journal" ]; then
+    pass "dry run prints the plan and writes nothing"
+else fail "dry run: $(cat "$tmp/plan")"; fi
+
+if [ "$fails" -ne 0 ]; then echo "resume: $fails failure(s)"; exit 1; fi
+echo "resume: all passed"
