@@ -53,11 +53,20 @@ typedef struct {
     float *b_u;     // (V) zeros for GPT-2 (TransformerLens's b_U)
 } ps_weights;
 
+// One layer's matrices, (in, out) like ps_weights: either views into the resident weights or, for a
+// streamed model, into a buffer converted from the mapped checkpoint when the layer is asked for.
+typedef struct {
+    const float *w_q, *w_k, *w_v, *w_o, *w_in, *w_up, *w_out;
+} ps_layer_weights;
+
+typedef struct ps_weight_stream ps_weight_stream; // opaque (model.c): mapped checkpoint + one layer's buffer
+
 typedef struct {
     ps_model_config cfg;
-    ps_weights w;
-    float *memory;            // owns every weight above
+    ps_weights w;             // streamed: w_q, w_k, w_v, w_o, w_in, w_up, w_out are NULL; use ps_model_layer
+    float *memory;            // owns every resident weight above
     size_t n_floats;
+    ps_weight_stream *stream; // non-NULL when the layer matrices stay in the file (streamed)
     char *dir;                // checkpoint directory (owned)
     char weights_sha256[65];  // of model.safetensors, or of the index file for shards
     char file_dtype[16];      // dtype of the checkpoint's tensors, e.g. "float32"; "mixed" when they differ
@@ -70,6 +79,16 @@ typedef struct {
 // differing from the embedding while tie_word_embeddings is set) name the file and the tensor.
 // On failure m is left zeroed; on success the caller frees it with ps_model_free.
 int ps_model_load(ps_model *m, const char *dir, ps_error *e);
+
+// How the per-layer matrices are held: resident fp32 (fast; 4 bytes a parameter), streamed (the checkpoint
+// stays memory-mapped in its own dtype and one layer at a time is converted to fp32: a 7B model needs
+// about 2 GB instead of 28), or auto: streamed when resident fp32 would take more than half the RAM.
+typedef enum { PS_WEIGHTS_AUTO = 0, PS_WEIGHTS_RESIDENT = 1, PS_WEIGHTS_STREAMED = 2 } ps_weights_mode;
+int ps_model_load_mode(ps_model *m, const char *dir, ps_weights_mode mode, ps_error *e);
+
+// Layer l's matrices. Streamed models convert the layer on demand into the model's one layer buffer, so the
+// views stay valid until the next call for another layer (the forward asks for layers in order).
+int ps_model_layer(const ps_model *m, int64_t l, ps_layer_weights *lw, ps_error *e);
 void ps_model_free(ps_model *m);
 
 // Parses only config.json (used by the loader and by dry runs). Sizes are required; other fields take

@@ -696,6 +696,7 @@ typedef struct {
     int matrix;
     ps_cu_mat *mat;
     const float **vec;
+    int layer_field;   // streamed models: which ps_layer_weights matrix (0..6) comes layer by layer; -1 none
 } wspec;
 
 static int upload_weights(cuda_impl *im, const ps_model *m, ps_error *e) {
@@ -707,19 +708,25 @@ static int upload_weights(cuda_impl *im, const ps_model *m, ps_error *e) {
                  P = (size_t)cfg->n_ctx;
     const int tied = w->w_u == w->wte;
     wspec spec[] = {
-        {w->wte, V * C, 1, &d->wte, NULL},          {w->wpe, P * C, 1, &d->wpe, NULL},
-        {w->ln1_w, L * C, 0, NULL, &d->ln1_w},      {w->ln1_b, L * C, 0, NULL, &d->ln1_b},
-        {w->w_q, L * C * QD, 1, &d->w_q, NULL},     {w->w_k, L * C * KD, 1, &d->w_k, NULL},
-        {w->w_v, L * C * KD, 1, &d->w_v, NULL},     {w->b_q, L * QD, 0, NULL, &d->b_q},
-        {w->b_k, L * KD, 0, NULL, &d->b_k},         {w->b_v, L * KD, 0, NULL, &d->b_v},
-        {w->w_o, L * QD * C, 1, &d->w_o, NULL},     {w->b_o, L * C, 0, NULL, &d->b_o},
-        {w->ln2_w, L * C, 0, NULL, &d->ln2_w},      {w->ln2_b, L * C, 0, NULL, &d->ln2_b},
-        {w->w_in, L * C * M, 1, &d->w_in, NULL},    {w->w_up, L * C * M, 1, &d->w_up, NULL},
-        {w->b_in, L * M, 0, NULL, &d->b_in},        {w->w_out, L * M * C, 1, &d->w_out, NULL},
-        {w->b_out, L * C, 0, NULL, &d->b_out},      {w->lnf_w, C, 0, NULL, &d->lnf_w},
-        {w->lnf_b, C, 0, NULL, &d->lnf_b},          {tied ? NULL : w->w_u, V * C, 1, &d->w_u, NULL},
-        {w->b_u, V, 0, NULL, &d->b_u},
+        {w->wte, V * C, 1, &d->wte, NULL, -1},          {w->wpe, P * C, 1, &d->wpe, NULL, -1},
+        {w->ln1_w, L * C, 0, NULL, &d->ln1_w, -1},      {w->ln1_b, L * C, 0, NULL, &d->ln1_b, -1},
+        {w->w_q, L * C * QD, 1, &d->w_q, NULL, 0},      {w->w_k, L * C * KD, 1, &d->w_k, NULL, 1},
+        {w->w_v, L * C * KD, 1, &d->w_v, NULL, 2},      {w->b_q, L * QD, 0, NULL, &d->b_q, -1},
+        {w->b_k, L * KD, 0, NULL, &d->b_k, -1},         {w->b_v, L * KD, 0, NULL, &d->b_v, -1},
+        {w->w_o, L * QD * C, 1, &d->w_o, NULL, 3},      {w->b_o, L * C, 0, NULL, &d->b_o, -1},
+        {w->ln2_w, L * C, 0, NULL, &d->ln2_w, -1},      {w->ln2_b, L * C, 0, NULL, &d->ln2_b, -1},
+        {w->w_in, L * C * M, 1, &d->w_in, NULL, 4},     {w->w_up, L * C * M, 1, &d->w_up, NULL, 5},
+        {w->b_in, L * M, 0, NULL, &d->b_in, -1},        {w->w_out, L * M * C, 1, &d->w_out, NULL, 6},
+        {w->b_out, L * C, 0, NULL, &d->b_out, -1},      {w->lnf_w, C, 0, NULL, &d->lnf_w, -1},
+        {w->lnf_b, C, 0, NULL, &d->lnf_b, -1},          {tied ? NULL : w->w_u, V * C, 1, &d->w_u, NULL, -1},
+        {w->b_u, V, 0, NULL, &d->b_u, -1},
     };
+    // A streamed model keeps its layer matrices in the mapped file: mark them present; they go up layer by layer.
+    static const float stream_marker = 0;
+    const int llama_up = cfg->arch == PS_ARCH_LLAMA;
+    if (m->stream)
+        for (size_t i = 0; i < sizeof spec / sizeof spec[0]; i++)
+            if (spec[i].layer_field >= 0 && !spec[i].host && (spec[i].layer_field != 5 || llama_up)) spec[i].host = &stream_marker;
     const size_t n_spec = sizeof spec / sizeof spec[0];
     const ps_precision prec = im->ctx.prec;
     size_t total = 0, biggest = 0;
@@ -743,7 +750,28 @@ static int upload_weights(cuda_impl *im, const ps_model *m, ps_error *e) {
         if (!s->host) continue;
         at = align_up(at, 256);
         char *dst = (char *)im->wmem + at;
-        if (!s->matrix || prec == PS_PREC_FP32) {
+        if (s->host == &stream_marker) {
+            // One layer at a time from the model's layer buffer (converted from the file's dtype on the host).
+            const size_t per = s->n / L;
+            for (size_t l = 0; l < L && !rc; l++) {
+                ps_layer_weights lw;
+                if (ps_model_layer(m, (int64_t)l, &lw, e) != 0) { rc = -1; break; }
+                const float *src[] = {lw.w_q, lw.w_k, lw.w_v, lw.w_o, lw.w_in, lw.w_up, lw.w_out};
+                const float *h = src[s->layer_field];
+                for (size_t o = 0; o < per && !rc; o += (prec == PS_PREC_FP32 ? per : chunk)) {
+                    const size_t n = prec == PS_PREC_FP32 ? per : (per - o < chunk ? per - o : chunk);
+                    cudaError_t err;
+                    if (prec == PS_PREC_FP32) {
+                        err = cudaMemcpy(dst + l * per * 4, h, per * sizeof(float), cudaMemcpyHostToDevice);
+                    } else {
+                        err = cudaMemcpy(stage, h + o, n * sizeof(float), cudaMemcpyHostToDevice);
+                        if (err == cudaSuccess && ps_cu_cast_launch(0, dst + (l * per + o) * 2, prec, stage, (int64_t)n, e) != 0) { rc = -1; break; }
+                        if (err == cudaSuccess) err = cudaDeviceSynchronize();
+                    }
+                    if (err != cudaSuccess) rc = ps_fail(e, PS_EXIT_RUNTIME, "CUDA backend: uploading weights: %s", cudaGetErrorString(err));
+                }
+            }
+        } else if (!s->matrix || prec == PS_PREC_FP32) {
             cudaError_t err = cudaMemcpy(dst, s->host, s->n * sizeof(float), cudaMemcpyHostToDevice);
             if (err != cudaSuccess) rc = ps_fail(e, PS_EXIT_RUNTIME, "CUDA backend: uploading weights: %s", cudaGetErrorString(err));
         } else {

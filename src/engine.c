@@ -22,6 +22,42 @@ static void append_tokens(char *buf, size_t cap, const ps_tokenizer *tok, const 
     }
 }
 
+// An answer's tokens as the model sees them after the prompt: encode(prompt + answer) minus encode(prompt).
+// Encoding the answer alone differs for SentencePiece (Llama's " Lily" alone is [▁, ▁Lily], after a prompt
+// it is [▁Lily]); when the prompt's own tokens change at the seam the item is refused, showing both.
+static int answer_in_context(const ps_tokenizer *tok, const char *prompt, const char *answer, int32_t **out, int64_t *n_out,
+                             ps_error *e) {
+    int32_t *p = NULL, *pa = NULL;
+    int64_t np = 0, npa = 0;
+    size_t lp = strlen(prompt), la = strlen(answer);
+    char *joined = malloc(lp + la + 1);
+    memcpy(joined, prompt, lp);
+    memcpy(joined + lp, answer, la + 1);
+    int rc = ps_tokenizer_encode(tok, prompt, &p, &np, e);
+    if (rc == 0) rc = ps_tokenizer_encode(tok, joined, &pa, &npa, e);
+    free(joined);
+    if (rc == 0) {
+        int64_t k = 0;
+        while (k < np && k < npa && p[k] == pa[k]) k++;
+        if (k < np) {
+            char buf[PS_ERR_MAX / 2] = "prompt ends [";
+            append_tokens(buf, sizeof buf / 2, tok, p + (np > 3 ? np - 3 : 0), np > 3 ? 3 : np);
+            strncat(buf, "] but prompt+answer has [", sizeof buf - strlen(buf) - 1);
+            int64_t from = np > 3 ? np - 3 : 0;
+            append_tokens(buf, sizeof buf - 64, tok, pa + from, npa - from);
+            strncat(buf, "]", sizeof buf - strlen(buf) - 1);
+            rc = ps_fail(e, PS_EXIT_BADINPUT, "\"%s\" merges with the end of the prompt: %s", answer, buf);
+        } else {
+            *n_out = npa - np;
+            *out = malloc((size_t)(*n_out ? *n_out : 1) * sizeof(int32_t));
+            memcpy(*out, pa + np, (size_t)*n_out * sizeof(int32_t));
+        }
+    }
+    free(p);
+    free(pa);
+    return rc;
+}
+
 int ps_prompts_build(ps_prompt_set *ps, const ps_config *cfg, const ps_tokenizer *tok, const ps_model_config *mc, ps_error *e) {
     memset(ps, 0, sizeof *ps);
     if (cfg->n_items <= 0) return ps_fail(e, PS_EXIT_BADINPUT, "%s: dataset: empty dataset", cfg->path);
@@ -47,7 +83,9 @@ int ps_prompts_build(ps_prompt_set *ps, const ps_config *cfg, const ps_tokenizer
         int rc = 0;
         for (int k = 0; k < 4 && rc == 0; k++) {
             ps_error te = {0};
-            if (ps_tokenizer_encode(tok, texts[k], &ids[k], &n[k], &te) != 0) {
+            if (k >= 2 && answer_in_context(tok, it->clean, texts[k], &ids[k], &n[k], &te) != 0) {
+                rc = ps_fail(e, PS_EXIT_BADINPUT, "%s: dataset item %lld: %s: %s", cfg->path, (long long)i, names[k], te.msg);
+            } else if (k < 2 && ps_tokenizer_encode(tok, texts[k], &ids[k], &n[k], &te) != 0) {
                 rc = ps_fail(e, PS_EXIT_BADINPUT, "%s: dataset item %lld: %s: %s", cfg->path, (long long)i, names[k], te.msg);
             } else if (n[k] == 0) {
                 rc = ps_fail(e, PS_EXIT_BADINPUT, "%s: dataset item %lld: %s tokenizes to nothing", cfg->path, (long long)i, names[k]);

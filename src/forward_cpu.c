@@ -290,6 +290,11 @@ int ps_cpu_forward(const ps_model *m, ps_row *rows, int64_t n_rows, ps_error *e)
         }
         if (N_active == 0) continue;
         const int64_t NA = N_active;
+        ps_layer_weights lw; // this layer's matrices (converted now if the model is streamed)
+        if (ps_model_layer(m, l, &lw, e) != 0) {
+            free(slots); free(ws); free(posbuf);
+            return -1;
+        }
 
         apply_patches(PS_SITE_RESID_PRE, l, x, C, slots, n_active, cfg);
         for (int64_t r = 0; r < n_active; r++)
@@ -300,9 +305,9 @@ int ps_cpu_forward(const ps_model *m, ps_row *rows, int64_t n_rows, ps_error *e)
         else ps_cpu_layernorm(xn, scale, x, w->ln1_w + l * C, w->ln1_b + l * C, NA, C, cfg->eps);
         for (int64_t r = 0; r < n_active; r++)
             if (slots[r].row->cache) store(slots[r].row->cache->ln1_scale, l, &slots[r], scale, 1);
-        linear(q, xn, w->w_q + l * C * QD, w->b_q ? w->b_q + l * QD : NULL, NA, C, QD);
-        linear(k, xn, w->w_k + l * C * KD, w->b_k ? w->b_k + l * KD : NULL, NA, C, KD);
-        linear(v, xn, w->w_v + l * C * KD, w->b_v ? w->b_v + l * KD : NULL, NA, C, KD);
+        linear(q, xn, lw.w_q, w->b_q ? w->b_q + l * QD : NULL, NA, C, QD);
+        linear(k, xn, lw.w_k, w->b_k ? w->b_k + l * KD : NULL, NA, C, KD);
+        linear(v, xn, lw.w_v, w->b_v ? w->b_v + l * KD : NULL, NA, C, KD);
         apply_patches(PS_SITE_Q, l, q, QD, slots, n_active, cfg);
         apply_patches(PS_SITE_K, l, k, KD, slots, n_active, cfg);
         apply_patches(PS_SITE_V, l, v, KD, slots, n_active, cfg);
@@ -393,11 +398,11 @@ int ps_cpu_forward(const ps_model *m, ps_row *rows, int64_t n_rows, ps_error *e)
                 const int64_t T = slots[r].row->T;
                 for (int64_t h = 0; h < H; h++)
                     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)T, (int)C, (int)D, 1.0f,
-                                z + slots[r].off * QD + h * D, (int)QD, w->w_o + l * QD * C + h * D * C, (int)C, 0.0f,
+                                z + slots[r].off * QD + h * D, (int)QD, lw.w_o + h * D * C, (int)C, 0.0f,
                                 cc->result + (l * T * H + h) * C, (int)(H * C));
             }
         }
-        linear(y, z, w->w_o + l * QD * C, w->b_o ? w->b_o + l * C : NULL, NA, QD, C);
+        linear(y, z, lw.w_o, w->b_o ? w->b_o + l * C : NULL, NA, QD, C);
         apply_patches(PS_SITE_ATTN_OUT, l, y, C, slots, n_active, cfg);
         for (int64_t r = 0; r < n_active; r++)
             if (slots[r].row->cache) store(slots[r].row->cache->attn_out, l, &slots[r], y, C);
@@ -411,8 +416,8 @@ int ps_cpu_forward(const ps_model *m, ps_row *rows, int64_t n_rows, ps_error *e)
         else ps_cpu_layernorm(xn, scale, x, w->ln2_w + l * C, w->ln2_b + l * C, NA, C, cfg->eps);
         for (int64_t r = 0; r < n_active; r++)
             if (slots[r].row->cache) store(slots[r].row->cache->ln2_scale, l, &slots[r], scale, 1);
-        linear(h1, xn, w->w_in + l * C * M, w->b_in ? w->b_in + l * M : NULL, NA, C, M);
-        if (llama) linear(h3, xn, w->w_up + l * C * M, NULL, NA, C, M);
+        linear(h1, xn, lw.w_in, w->b_in ? w->b_in + l * M : NULL, NA, C, M);
+        if (llama) linear(h3, xn, lw.w_up, NULL, NA, C, M);
 #pragma omp parallel for schedule(static)
         for (int64_t i = 0; i < NA * M; i++) {
             float a = ps_cpu_act(cfg->act, h1[i]);
@@ -426,7 +431,7 @@ int ps_cpu_forward(const ps_model *m, ps_row *rows, int64_t n_rows, ps_error *e)
             if (llama) store(cc->mlp_pre_linear, l, &slots[r], h3, M);
             store(cc->mlp_post, l, &slots[r], h2, M);
         }
-        linear(y, h2, w->w_out + l * M * C, w->b_out ? w->b_out + l * C : NULL, NA, M, C);
+        linear(y, h2, lw.w_out, w->b_out ? w->b_out + l * C : NULL, NA, M, C);
         apply_patches(PS_SITE_MLP_OUT, l, y, C, slots, n_active, cfg);
         for (int64_t r = 0; r < n_active; r++)
             if (slots[r].row->cache) store(slots[r].row->cache->mlp_out, l, &slots[r], y, C);

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <sys/stat.h>
 
 // ---- config.json ----
@@ -384,7 +385,29 @@ static int convert(const tspec *s, const ps_tensor *t, float *dst, float *tmp, i
     }
 }
 
-int ps_model_load(ps_model *m, const char *dir, ps_error *e) {
+struct ps_weight_stream {
+    ps_safetensors st;        // the mapped checkpoint
+    tspec specs[MAX_SPECS];
+    int n_specs;
+    const ps_tensor **found;  // (n_specs, L) file tensor per spec and layer
+    float *buf;               // one layer of every streamed matrix
+    float *tmp; int64_t tmp_len;
+    int64_t loaded;           // layer now in buf; -1 none
+    float *slot_buf[MAX_SPECS];
+    int which[7];             // spec index of w_q, w_k, w_v, w_o, w_in, w_up, w_out; -1 when absent
+};
+
+// The matrices a streamed model leaves in the file: every per-layer matrix (vectors stay resident).
+static int streamable(const tspec *s) { return s->layered && !s->vec && s->op != OP_ZERO && s->op != OP_ALIAS; }
+
+static size_t physical_ram(void) {
+    long pages = sysconf(_SC_PHYS_PAGES), sz = sysconf(_SC_PAGE_SIZE);
+    return pages > 0 && sz > 0 ? (size_t)pages * (size_t)sz : 0;
+}
+
+int ps_model_load(ps_model *m, const char *dir, ps_error *e) { return ps_model_load_mode(m, dir, PS_WEIGHTS_AUTO, e); }
+
+int ps_model_load_mode(ps_model *m, const char *dir, ps_weights_mode mode, ps_error *e) {
     memset(m, 0, sizeof *m);
     ps_safetensors st = {0};
     tspec specs[MAX_SPECS];
@@ -478,10 +501,21 @@ int ps_model_load(ps_model *m, const char *dir, ps_error *e) {
         }
     snprintf(m->file_dtype, sizeof m->file_dtype, "%s", mixed ? "mixed" : ps_dtype_torch_name((ps_dtype)first_dtype));
 
+    // Resident or streamed: resident fp32 unless it would take more than half the machine's memory.
+    size_t all_floats = 0;
+    for (int i = 0; i < n_specs; i++)
+        if (specs[i].op != OP_ALIAS) all_floats += (size_t)specs[i].rows * (size_t)specs[i].cols * (size_t)(specs[i].layered ? L : 1);
+    int streamed = mode == PS_WEIGHTS_STREAMED;
+    if (mode == PS_WEIGHTS_AUTO) {
+        const char *env = getenv("PS_WEIGHTS");
+        if (env && !strcmp(env, "streamed")) streamed = 1;
+        else if (!(env && !strcmp(env, "resident"))) streamed = physical_ram() && all_floats * sizeof(float) > physical_ram() / 2;
+    }
+
     // One block; every slot starts on a 64-byte boundary.
     size_t total = 0;
     for (int i = 0; i < n_specs; i++) {
-        if (specs[i].op == OP_ALIAS) continue;
+        if (specs[i].op == OP_ALIAS || (streamed && streamable(&specs[i]))) continue;
         size_t per = (size_t)specs[i].rows * (size_t)specs[i].cols * (size_t)(specs[i].layered ? L : 1);
         total += (per + 15) & ~(size_t)15;
     }
@@ -495,6 +529,7 @@ int ps_model_load(ps_model *m, const char *dir, ps_error *e) {
     size_t off = 0;
     for (int i = 0; i < n_specs; i++) {
         if (specs[i].op == OP_ALIAS) continue;
+        if (streamed && streamable(&specs[i])) { *specs[i].slot = NULL; continue; }
         *specs[i].slot = m->memory + off;
         size_t per = (size_t)specs[i].rows * (size_t)specs[i].cols * (size_t)(specs[i].layered ? L : 1);
         if (specs[i].op == OP_ZERO) memset(*specs[i].slot, 0, per * sizeof(float));
@@ -509,12 +544,45 @@ int ps_model_load(ps_model *m, const char *dir, ps_error *e) {
     if (!tmp) { ps_fail(e, PS_EXIT_RUNTIME, "%s: out of memory", dir); goto out; }
     for (int i = 0; i < n_specs; i++) {
         const tspec *s = &specs[i];
-        if (s->op == OP_ZERO || s->op == OP_ALIAS) continue;
+        if (s->op == OP_ZERO || s->op == OP_ALIAS || (streamed && streamable(s))) continue;
         int64_t per = s->rows * s->cols;
         for (int64_t l = 0; l < (s->layered ? L : 1); l++)
             if (convert(s, found[(size_t)i * (size_t)L + (size_t)l], *s->slot + l * per, tmp, tmp_len, e) != 0) goto out;
     }
     if (ps_sha256_file(weights_path, m->weights_sha256, e) != 0) goto out;
+    if (streamed) {
+        // Keep the mapping, the table and the tensors found; one buffer holds a layer of every streamed matrix.
+        ps_weight_stream *ws = calloc(1, sizeof *ws);
+        if (!ws) { ps_fail(e, PS_EXIT_RUNTIME, "%s: out of memory", dir); goto out; }
+        size_t per_layer = 0;
+        for (int i = 0; i < n_specs; i++)
+            if (streamable(&specs[i])) per_layer += ((size_t)specs[i].rows * (size_t)specs[i].cols + 15) & ~(size_t)15;
+        ws->buf = aligned_alloc(64, (per_layer ? per_layer : 16) * sizeof(float));
+        if (!ws->buf) { free(ws); ps_fail(e, PS_EXIT_RUNTIME, "%s: out of memory for a layer buffer", dir); goto out; }
+        size_t at = 0;
+        for (int i = 0; i < n_specs; i++)
+            if (streamable(&specs[i])) {
+                ws->slot_buf[i] = ws->buf + at;
+                at += ((size_t)specs[i].rows * (size_t)specs[i].cols + 15) & ~(size_t)15;
+            }
+        ws->st = st;
+        memset(&st, 0, sizeof st);
+        memcpy(ws->specs, specs, sizeof specs);
+        ws->n_specs = n_specs;
+        ws->found = found;
+        found = NULL;
+        ws->tmp = tmp;
+        ws->tmp_len = tmp_len;
+        tmp = NULL;
+        ws->loaded = -1;
+        float **fields[] = {&m->w.w_q, &m->w.w_k, &m->w.w_v, &m->w.w_o, &m->w.w_in, &m->w.w_up, &m->w.w_out};
+        for (int k = 0; k < 7; k++) {
+            ws->which[k] = -1;
+            for (int i = 0; i < n_specs; i++)
+                if (specs[i].slot == fields[k] && streamable(&specs[i])) ws->which[k] = i;
+        }
+        m->stream = ws;
+    }
     rc = 0;
 out:
     free(tmp);
@@ -528,8 +596,46 @@ out:
     return rc;
 }
 
+int ps_model_layer(const ps_model *m, int64_t l, ps_layer_weights *lw, ps_error *e) {
+    const ps_model_config *c = &m->cfg;
+    const ps_weights *w = &m->w;
+    const int64_t C = c->d_model, M = c->d_mlp, QD = c->n_heads * c->d_head, KD = c->n_kv_heads * c->d_head;
+    ps_weight_stream *ws = m->stream;
+    if (!ws) {
+        lw->w_q = w->w_q + l * C * QD;
+        lw->w_k = w->w_k + l * C * KD;
+        lw->w_v = w->w_v + l * C * KD;
+        lw->w_o = w->w_o + l * QD * C;
+        lw->w_in = w->w_in + l * C * M;
+        lw->w_up = w->w_up ? w->w_up + l * C * M : NULL;
+        lw->w_out = w->w_out + l * M * C;
+        return 0;
+    }
+    if (ws->loaded != l) {
+        ws->loaded = -1;
+        for (int i = 0; i < ws->n_specs; i++) {
+            const tspec *s = &ws->specs[i];
+            if (!streamable(s)) continue;
+            if (convert(s, ws->found[(size_t)i * (size_t)c->n_layers + (size_t)l], ws->slot_buf[i], ws->tmp, ws->tmp_len, e) != 0)
+                return -1;
+        }
+        ws->loaded = l;
+    }
+    const float **outs[] = {&lw->w_q, &lw->w_k, &lw->w_v, &lw->w_o, &lw->w_in, &lw->w_up, &lw->w_out};
+    for (int k = 0; k < 7; k++) *outs[k] = ws->which[k] >= 0 ? ws->slot_buf[ws->which[k]] : NULL;
+    return 0;
+}
+
 void ps_model_free(ps_model *m) {
     if (!m) return;
+    if (m->stream) {
+        ps_weight_stream *ws = m->stream;
+        ps_safetensors_free(&ws->st);
+        free(ws->found);
+        free(ws->buf);
+        free(ws->tmp);
+        free(ws);
+    }
     free(m->memory);
     free(m->dir);
     memset(m, 0, sizeof *m);

@@ -115,6 +115,25 @@ static void test_model(const char *name) {
         snprintf(nm, sizeof nm, "%s p%d batched vs alone (all activations)", name, p);
         tu_close(nm, batched[p].memory, solo[p].memory, (int64_t)solo[p].n_floats, 1e-5f, 1e-5f);
     }
+    // Streamed weights (the checkpoint stays mapped, one layer converted at a time) give the same numbers.
+    ps_model ms;
+    if (ps_model_load_mode(&ms, dir, PS_WEIGHTS_STREAMED, &e) != 0) {
+        TU_CHECK(0, "%s: streamed load: %s", name, e.msg);
+    } else {
+        TU_CHECK(ms.stream != NULL && ms.w.w_q == NULL, "%s: streamed load kept the layer matrices resident", name);
+        TU_CHECK(ms.n_floats < m.n_floats, "%s: streamed model holds %zu floats, resident %zu", name, ms.n_floats, m.n_floats);
+        for (int p = 0; p < np; p++) {
+            ps_cache sc;
+            ps_cache_init(&sc, &ms.cfg, T[p], PS_CACHE_ALL, &e);
+            ps_row row = {.tokens = tok[p], .T = T[p], .cache = &sc};
+            if (ps_cpu_forward(&ms, &row, 1, &e) != 0) TU_CHECK(0, "%s: streamed forward: %s", name, e.msg);
+            char nm[128];
+            snprintf(nm, sizeof nm, "%s p%d streamed vs resident weights", name, p);
+            tu_close(nm, sc.memory, solo[p].memory, (int64_t)solo[p].n_floats, 0.0f, 0.0f);
+            ps_cache_free(&sc);
+        }
+        ps_model_free(&ms);
+    }
     for (int p = 0; p < np; p++) {
         ps_cache_free(&solo[p]);
         ps_cache_free(&batched[p]);
