@@ -301,7 +301,11 @@ static int cmd_run(int argc, char **argv) {
     char tok_sha[65] = "", ident[65] = "", run_id[65] = "";
     char *jpath = NULL;
     int rc = 0, interrupted = 0, already = 0;
-    if (load_tokenizer(&tok, cfg.tokenizer ? cfg.tokenizer : cfg.model, &e) != 0) rc = -1;
+    struct stat msb;
+    if (stat(cfg.model, &msb) != 0 || !S_ISDIR(msb.st_mode))
+        rc = ps_fail(&e, PS_EXIT_BADINPUT, "%s: model: \"%s\" is not a directory (a Hugging Face checkpoint: config.json + model.safetensors)",
+                     cfg.path, cfg.model);
+    if (rc == 0 && load_tokenizer(&tok, cfg.tokenizer ? cfg.tokenizer : cfg.model, &e) != 0) rc = -1;
     if (rc == 0 && ps_sha256_file(ps_tokenizer_path(tok), tok_sha, &e) != 0) rc = -1;
     if (rc == 0 && ps_model_load(&m, cfg.model, &e) != 0) rc = -1;
     if (rc == 0 && ps_backend_init(&be, cfg.backend, cfg.precision, cfg.threads, &m, &e) != 0) rc = -1;
@@ -359,11 +363,6 @@ static int cmd_run(int argc, char **argv) {
         if (ps_engine_run(&m, &be, &ps, cfg.experiments, cfg.n_experiments, cfg.metric, &o, &rr, &e) != 0) {
             rc = -1;
             interrupted = stop_requested;
-            if (!strncmp(e.msg, "experiments[", 12)) { // the engine checks indices against the model: name the file
-                char orig[PS_ERR_MAX];
-                memcpy(orig, e.msg, sizeof orig);
-                snprintf(e.msg, sizeof e.msg, "%s: %.1900s", cfg.path, orig);
-            }
         }
         signal(SIGINT, SIG_DFL);
         signal(SIGTERM, SIG_DFL);
@@ -454,6 +453,11 @@ static int cmd_run(int argc, char **argv) {
         return 128 + stop_signal;
     }
     free(jpath);
+    if (rc != 0 && !strncmp(e.msg, "experiments[", 12)) { // the engine checks indices against the model: name the file
+        char orig[PS_ERR_MAX];
+        memcpy(orig, e.msg, sizeof orig);
+        snprintf(e.msg, sizeof e.msg, "%s: %.1900s", cfg_path, orig);
+    }
     return rc == 0 ? 0 : die(&e);
 }
 

@@ -28,6 +28,7 @@ struct ps_store {
     int64_t n_prompts;  // from write_prompts; 0 until then
     int64_t T_max;
     char **tok0;        // clean token strings of prompt 0 (T_max), for pos labels when the caller gives none
+    int64_t plen0;      // prompt length of prompt 0: negative positions (-1 = "end") are labelled from it
 };
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -378,6 +379,7 @@ int ps_store_write_prompts(ps_store *s, const ps_prompts_info *p, ps_error *e) {
     s->n_prompts = p->n_prompts;
     s->T_max = p->T_max;
     s->tok0 = sanitize_all(p->clean_str, (size_t)p->T_max); // row 0 is the first T_max entries
+    s->plen0 = p->prompt_length ? p->prompt_length[0] : (p->length ? p->length[0] : 0);
     if (!s->tok0) return ps_fail(e, PS_EXIT_RUNTIME, "%s: out of memory", s->partial);
     return flush(s, e);
 }
@@ -486,6 +488,7 @@ int ps_store_write_result(ps_store *s, const ps_result_info *r, ps_error *e) {
         if (!names) failed = "pos_token";
         for (int64_t i = 0; names && i < L; i++) {
             int64_t p = r->axis_value[pos_axis] ? r->axis_value[pos_axis][i] : i;
+            if (p < 0 && s->plen0 > 0) p += s->plen0; // counted from the end of the prompt
             int known = s->T_max ? (p >= 0 && p < s->T_max) : p >= 0;
             if (!known) names[i] = "";
             else if (r->pos_tokens) names[i] = r->pos_tokens[p];
