@@ -144,7 +144,7 @@ def main():
             ld_rows.append((task, ld_clean, n_clean, ld_rand, n_rand))
     else:
         print(f"note: {seq_dir} missing; seqcont rows skipped")
-    held_tmpl = "\"W done/lost/born in S.\" x4 + \"W done in\" (verbs held out)"
+    held_tmpl = "seqcont format, verb done/lost/born (never in this template in training)"
     add("template numbers 0-100", held_tmpl, mc.heldout_template(rng, "numbers", 300))
     for name in ["days", "upper", "lower", "roman"]:
         add(f"template {name}", held_tmpl, mc.heldout_template(rng, name, 200))
@@ -219,7 +219,7 @@ def main():
                  f"validation loss {log['val_loss']:.4f} on {log['val_docs']} held-back documents "
                  f"(per token, nats). Much of the remaining loss is irreducible: first list items, "
                  f"names, filler words and shuffled lists are random.")
-        L.append(f"- Wall time {log['minutes']:.1f} min on a shared 2-core CPU ({platform.processor() or 'x86_64'}, "
+        L.append(f"- Wall time {log['minutes']:.1f} min (training loop; tokenizer training and tokenizing add about a minute) on a shared 2-core CPU ({platform.processor() or 'x86_64'}, "
                  f"AMD EPYC), {log['threads']} torch thread, torch {log['torch']}.\n")
     else:
         L.append(f"(no training log at {args.train_log})\n")
@@ -242,6 +242,13 @@ def main():
     L.append("")
     L.append("IOI by name order (held-out templates, in the order above): " + "; ".join(
         f"T{k + 1} {order} {acc:.2f} (n={n})" for k, order, acc, ld, n in ioi_split) + ".\n")
+    L.append("Weak spots, read off the rows above: (1) bare lists from a held-out start lean on the "
+             "first item, which is a token without a leading space (`\"13\"`, not `\" 13\"`) that "
+             "training never shows at the head of a list; space-separated numbers mostly survive this, "
+             "comma-separated ones do not, and the short word lists miss some. Inside sentences, where "
+             "every item has its leading space, held-out prompts are near perfect. (2) IOI generalises "
+             "to new templates mainly when the subject is named second (ABBA); with the subject named "
+             "first (BABA) two of the four held-out templates mostly give the subject.\n")
     L.append("## Canonical prompts\n")
     L.append("The bare lists here start at trained starts (the demo must get these right), so training "
              "documents begin with these very prompts; the three seqcont prompts are unseen (held-out "
