@@ -23,10 +23,13 @@ fi
 # nvcc is often installed outside PATH; the CUDA backend is built when it is found (meson option cuda=auto).
 if ! command -v nvcc >/dev/null && [ -x /usr/local/cuda/bin/nvcc ]; then export PATH=/usr/local/cuda/bin:$PATH; fi
 
+# meson's own output goes to a log, shown only when it fails (buildtype defaults to release in meson.build).
+log="$build.log"
+mkdir -p "$(dirname "$log")"
 if [ -f "$build/build.ninja" ]; then
-    meson configure "$build" "$@" >/dev/null
+    meson configure "$build" "$@" >"$log" 2>&1 || { cat "$log"; exit 1; }
 else
-    meson setup "$build" --buildtype=release "$@" >/dev/null
+    meson setup "$build" "$@" >"$log" 2>&1 || { cat "$log"; exit 1; }
 fi
-ninja -C "$build" >/dev/null
+ninja -C "$build" >>"$log" 2>&1 || { tail -50 "$log"; exit 1; }
 echo "setup: built $build/patchsweep"
