@@ -16,6 +16,7 @@
 #define PS_DATASET_H
 
 #include "ps_config.h"
+#include "ps_json.h"
 
 typedef enum { PS_DATA_AUTO = 0, PS_DATA_JSONL, PS_DATA_CSV, PS_DATA_JSON } ps_data_format;
 
@@ -35,16 +36,5 @@ typedef struct {
 int ps_dataset_load(const ps_dataset_spec *spec, ps_item **items, int64_t *n_items, ps_error *e);
 
 const char *ps_data_format_name(ps_data_format f);   // "auto", "jsonl", "csv", "json"
-
-// Small JSON helpers shared by config.c and dataset.c (cJSON stays an implementation detail).
-struct cJSON;
-// Parses text[0..n) (text[n] must be NUL, as ps_read_file leaves it) as one JSON value with nothing but
-// whitespace after it. On a syntax error: NULL, e = "FILE: line L, column C: JSON syntax error near \"...\"".
-// The caller frees the result with cJSON_Delete.
-struct cJSON *ps_json_parse(const char *text, size_t n, const char *file, ps_error *e);
-// One-line description of a value for "expected X, got Y": "\"resid\"", "1.5", "true", "null", "an array".
-void ps_json_describe(const struct cJSON *v, char *buf, size_t n);
-// Copies s into buf with control characters, quotes and backslashes escaped, cut after max_chars with "...".
-void ps_text_escape(const char *s, char *buf, size_t n, size_t max_chars);
 
 #endif

@@ -1,6 +1,7 @@
 // Loading a GPT-2 or Llama checkpoint: config.json -> ps_model_config, then one table of tensor specs
 // that sizes the single fp32 weight block and says how each safetensors tensor lands in it.
 #include "ps_model.h"
+#include "ps_json.h"
 #include "ps_safetensors.h"
 
 #include <cjson/cJSON.h>
@@ -198,19 +199,8 @@ static int load_llama(ps_model_config *c, const cJSON *r, const char *p, ps_erro
 int ps_model_config_load(ps_model_config *cfg, const char *path, ps_error *e) {
     memset(cfg, 0, sizeof *cfg);
     cfg->bos_id = cfg->eos_id = -1;
-    size_t len;
-    char *text = ps_read_file(path, &len, e);
-    if (!text) return -1;
-    const char *end = NULL;
-    cJSON *root = cJSON_ParseWithLengthOpts(text, len, &end, 0);
-    if (!root) {
-        int line, col;
-        size_t off = end && end >= text && end <= text + len ? (size_t)(end - text) : 0;
-        ps_line_col(text, off, &line, &col);
-        free(text);
-        return ps_fail(e, PS_EXIT_BADINPUT, "%s: line %d col %d: JSON syntax error", path, line, col);
-    }
-    free(text);
+    cJSON *root = ps_json_parse_file(path, e);
+    if (!root) return -1;
     int rc = -1;
     if (!cJSON_IsObject(root)) { ps_fail(e, PS_EXIT_BADINPUT, "%s: top level must be a JSON object", path); goto out; }
 

@@ -1,6 +1,7 @@
 // Reading Hugging Face safetensors checkpoints: mmap each file, validate its JSON header completely,
 // expose tensors as views into the mappings; sharded checkpoints go through model.safetensors.index.json.
 #include "ps_safetensors.h"
+#include "ps_json.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -273,19 +274,8 @@ static int open_single(ps_safetensors *st, const char *path, ps_error *e) {
 
 // Loads the shards the index names; the index's weight_map decides which tensors exist and where.
 static int open_sharded(ps_safetensors *st, const char *index_path, ps_error *e) {
-    size_t len;
-    char *text = ps_read_file(index_path, &len, e);
-    if (!text) return -1;
-    const char *end = NULL;
-    cJSON *root = cJSON_ParseWithLengthOpts(text, len, &end, 0);
-    if (!root) {
-        int line, col;
-        size_t off = end && end >= text && end <= text + len ? (size_t)(end - text) : 0;
-        ps_line_col(text, off, &line, &col);
-        free(text);
-        return ps_fail(e, PS_EXIT_BADINPUT, "%s: line %d col %d: JSON syntax error", index_path, line, col);
-    }
-    free(text);
+    cJSON *root = ps_json_parse_file(index_path, e);
+    if (!root) return -1;
     int rc = -1;
     char *dir = ps_dirname(index_path);
     ps_tensor **lists = NULL;   // per shard, sorted by name

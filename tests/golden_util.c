@@ -39,3 +39,16 @@ int32_t *gu_i32(const ps_safetensors *st, const char *key, int64_t *n) {
     *n = t->numel;
     return out;
 }
+
+int gu_for_each_model(void (*fn)(const char *name)) {
+    int ran = 0;
+    for (int i = 0; i < gu_n_models; i++) {
+        if (!gu_model_present(gu_models[i])) {
+            TU_CHECK(strncmp(gu_models[i], "gpt2", 4) != 0, "%s: tiny model missing", gu_models[i]);
+            continue;
+        }
+        fn(gu_models[i]);
+        ran++;
+    }
+    return ran;
+}

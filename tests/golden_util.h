@@ -8,6 +8,9 @@
 extern const char *const gu_models[];
 extern const int gu_n_models;
 int gu_model_present(const char *name);
+// Runs fn on every tiny model present; a missing GPT-2 model is a failure (they are committed).
+// Returns how many ran.
+int gu_for_each_model(void (*fn)(const char *name));
 
 // fp32 copy of a golden tensor (malloc'd) or NULL when absent; *n gets its element count.
 float *gu_f32(const ps_safetensors *st, const char *key, int64_t *n);

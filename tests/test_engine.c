@@ -245,15 +245,7 @@ static void test_model(const char *model) {
 }
 
 int main(void) {
-    int tested = 0;
-    for (int i = 0; i < gu_n_models; i++) {
-        if (!gu_model_present(gu_models[i])) {
-            TU_CHECK(strncmp(gu_models[i], "gpt2", 4) != 0, "%s: tiny model missing", gu_models[i]);
-            continue;
-        }
-        test_model(gu_models[i]);
-        tested++;
-    }
+    int tested = gu_for_each_model(test_model);
     printf("%d models' patching compared with TransformerLens\n", tested);
     return tu_done("engine");
 }

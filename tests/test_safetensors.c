@@ -847,7 +847,7 @@ static void test_bad_models(void) {
          "activation_function: \"swish\""},
         {"{\"model_type\": \"bert\"}", "model_type: \"bert\""},
         {"{\"n_layer\": 2}", "model_type: missing"},
-        {"{\"model_type\": \"gpt2\",\n \"n_layer\": 2,, }", "line 2 col 1"},
+        {"{\"model_type\": \"gpt2\",\n \"n_layer\": 2,, }", "line 2, column"},
         {"{\"model_type\": \"llama\", \"hidden_size\": 8, \"num_hidden_layers\": 2, \"num_attention_heads\": 2, \"intermediate_size\": 12, "
          "\"vocab_size\": 10, \"max_position_embeddings\": 16, \"rope_scaling\": {\"rope_type\": \"llama3\", \"factor\": 8.0}}",
          "rope_scaling.rope_type"},

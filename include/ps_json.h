@@ -1,0 +1,20 @@
+// Small JSON helpers shared by the modules that read JSON files (cJSON stays an implementation detail:
+// only the parsers include it; the rest of the program sees plain C structs).
+#ifndef PS_JSON_H
+#define PS_JSON_H
+
+#include "ps_common.h"
+
+struct cJSON;
+// Parses text[0..n) (text[n] must be NUL, as ps_read_file leaves it) as one JSON value with nothing but
+// whitespace after it. On a syntax error: NULL, e = "FILE: line L, column C: JSON syntax error near \"...\"".
+// The caller frees the result with cJSON_Delete.
+struct cJSON *ps_json_parse(const char *text, size_t n, const char *file, ps_error *e);
+// Reads and parses a whole file the same way (errors name the file: missing, unreadable, syntax).
+struct cJSON *ps_json_parse_file(const char *path, ps_error *e);
+// One-line description of a value for "expected X, got Y": "\"resid\"", "1.5", "true", "null", "an array".
+void ps_json_describe(const struct cJSON *v, char *buf, size_t n);
+// Copies s into buf with control characters, quotes and backslashes escaped, cut after max_chars with "...".
+void ps_text_escape(const char *s, char *buf, size_t n, size_t max_chars);
+
+#endif
