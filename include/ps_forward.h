@@ -68,6 +68,14 @@ typedef struct {
 // A row's numbers never depend on the other rows of the batch (no padding).
 int ps_cpu_forward(const ps_model *m, ps_row *rows, int64_t n_rows, ps_error *e);
 
+// The same with buffers kept between calls (one workspace per backend lifetime, grown as batches need).
+typedef struct {
+    void *part[4];   // row slots, per-token activations, positions, final-norm rows
+    size_t cap[4];
+} ps_cpu_workspace;
+int ps_cpu_forward_ws(const ps_model *m, ps_row *rows, int64_t n_rows, ps_cpu_workspace *w, ps_error *e);
+void ps_cpu_workspace_free(ps_cpu_workspace *w);
+
 // Small building blocks the CUDA kernels are tested against (same arithmetic, fp32).
 void ps_cpu_layernorm(float *out, float *scale, const float *x, const float *w, const float *b, int64_t N, int64_t C, float eps);
 void ps_cpu_rmsnorm(float *out, float *scale, const float *x, const float *w, int64_t N, int64_t C, float eps);

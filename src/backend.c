@@ -4,16 +4,20 @@
 #include <cblas.h>
 #include <omp.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 void openblas_set_num_threads(int num_threads);
 
 static int cpu_forward(ps_backend *b, const ps_model *m, ps_row *rows, int64_t n_rows, ps_error *e) {
-    (void)b;
-    return ps_cpu_forward(m, rows, n_rows, e);
+    return ps_cpu_forward_ws(m, rows, n_rows, (ps_cpu_workspace *)b->impl, e);
 }
 
-static void cpu_free(ps_backend *b) { (void)b; }
+static void cpu_free(ps_backend *b) {
+    if (b->impl) ps_cpu_workspace_free((ps_cpu_workspace *)b->impl);
+    free(b->impl);
+    b->impl = NULL;
+}
 
 int ps_backend_init(ps_backend *b, ps_backend_kind kind, ps_precision prec, int threads, const ps_model *m, ps_error *e) {
     memset(b, 0, sizeof *b);
@@ -38,6 +42,8 @@ int ps_backend_init(ps_backend *b, ps_backend_kind kind, ps_precision prec, int 
     snprintf(b->device, sizeof b->device, "CPU (%d threads)", omp_get_max_threads());
     b->forward = cpu_forward;
     b->free = cpu_free;
+    b->impl = calloc(1, sizeof(ps_cpu_workspace));
+    if (!b->impl) return ps_fail(e, PS_EXIT_RUNTIME, "out of memory");
     return 0;
 }
 
