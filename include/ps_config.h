@@ -25,7 +25,10 @@
 //   <experiment> is {"name": "[A-Za-z0-9_.-]+" (required, unique), "site": see ps_site (required),
 //      "by": see ps_layout (default from the site), "direction": "denoise|noise" (default denoise),
 //      "layers": [..], "heads": [..], "neurons": [..] (non-negative ints; absent = all),
-//      "positions": [ints or "end"] (negative counts from the end; "end" = -1; absent = all)}.
+//      "positions": [ints, "end", or role names] (negative counts from the end; "end" = -1; a role name
+//      such as "S2" is looked up in each item's "roles"; absent = all)}.
+//   An inline item may carry "roles": {"S2": 10, "IO": 2}: token indices in its clean prompt as
+//   `patchsweep tokenize` shows them (BOS included when prepended), like ARENA's word_idx.
 //   heads is accepted only by layer_head/layer_pos_head, neurons only by layer_neuron, positions only by
 //   layer_pos/layer_pos_head; lists may not be empty or repeat a value. Indices are checked against the
 //   model by the engine, not here.
@@ -72,6 +75,9 @@ typedef enum { PS_SCORE_FIRST_DIFF = 0, PS_SCORE_SUM_LOGPROB = 1 } ps_multitoken
 
 typedef struct {
     char *clean, *corrupted, *answer, *wrong;   // UTF-8 text, owned, never NULL or empty
+    int64_t n_roles;
+    char **role_name;     // (n_roles) e.g. "S2", "IO" (owned)
+    int64_t *role_pos;    // (n_roles) token index in the clean prompt as `patchsweep tokenize` shows it (BOS included)
 } ps_item;
 
 typedef struct {
@@ -83,6 +89,7 @@ typedef struct {
     int64_t *heads;   int64_t n_heads;     // NULL: all
     int64_t *neurons; int64_t n_neurons;   // NULL: all
     int64_t *positions; int64_t n_positions; // NULL: all; negative counts from the end (-1 = last prompt token)
+    char **position_role; // NULL, or (n_positions): a role name where positions[k] names a role, else NULL
 } ps_experiment;
 
 typedef struct {

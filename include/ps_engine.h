@@ -18,6 +18,9 @@ typedef struct {
     int64_t n_lp;                // logprob metric: the answer tokens, teacher-forced
     int64_t *lp_pos;             // (n_lp) positions
     int32_t *lp_tok;             // (n_lp) target tokens
+    int64_t n_roles;             // named positions ("S2", "IO"), borrowed from the dataset item
+    char *const *role_name;
+    const int64_t *role_pos;
 } ps_prompt;
 
 typedef struct {
@@ -109,5 +112,8 @@ int ps_run_results_init(ps_run_results *out, const ps_model_config *mc, const ps
 // Normalized values per prompt and the means over the prompts that have values.
 void ps_engine_finish(ps_run_results *out);
 void ps_run_results_free(ps_run_results *r);
+
+// Position of role `name` in prompt p, or -1 when the prompt does not name it.
+int64_t ps_prompt_role(const ps_prompt *p, const char *name);
 
 #endif

@@ -60,6 +60,7 @@ typedef struct {
     const char *axis_name[PS_STORE_MAX_AXES];   // "layer", "pos", "head", "neuron"
     int64_t axis_len[PS_STORE_MAX_AXES];
     const int64_t *axis_value[PS_STORE_MAX_AXES]; // the labels: layer indices, head indices, ...; NULL: 0..len-1
+    const char *const *pos_labels;  // NULL, or (pos axis length): a label overriding the token string (role names)
     const char *const *pos_tokens;  // when an axis is "pos": token strings of prompt 0 at each position (T_max),
                                     // indexed by position (pos_tokens[axis_value[i]]); NULL: taken from /prompts
     const float *values;          // (n_prompts, axes...) raw metric; NaN where a prompt has no such position

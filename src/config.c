@@ -70,6 +70,9 @@ static void experiment_free(ps_experiment *x) {
     free(x->layers);
     free(x->heads);
     free(x->neurons);
+    if (x->position_role)
+        for (int64_t i = 0; i < x->n_positions; i++) free(x->position_role[i]);
+    free(x->position_role);
     free(x->positions);
 }
 
@@ -235,12 +238,20 @@ static int get_bool(ctx *x, const cJSON *obj, const char *key, const char *path,
 }
 
 // An index list: non-negative integers, or (positions) any integer or "end". Absent: NULL, all.
-static int get_list(ctx *x, const cJSON *obj, const char *key, const char *path, int positions, int64_t **out, int64_t *n) {
+static void free_roles(char ***roles, int count) {
+    if (!*roles) return;
+    for (int i = 0; i < count; i++) free((*roles)[i]);
+    free(*roles);
+    *roles = NULL;
+}
+
+static int get_list(ctx *x, const cJSON *obj, const char *key, const char *path, int positions, int64_t **out, int64_t *n,
+                    char ***roles) {
     const cJSON *v = member(obj, key);
     if (!v) return 0;
     char p[PATH_MAX_LEN], got[200];
     key_path(p, path, key);
-    const char *want = positions ? "integers or \"end\"" : "non-negative integers";
+    const char *want = positions ? "integers, \"end\" or role names" : "non-negative integers";
     if (!cJSON_IsArray(v)) {
         ps_json_describe(v, got, sizeof got);
         return bad(x, p, "expected an array of %s, got %s", want, got);
@@ -255,14 +266,25 @@ static int get_list(ctx *x, const cJSON *obj, const char *key, const char *path,
         index_path(ip, p, i);
         int64_t val;
         if (positions && cJSON_IsString(it) && strcmp(it->valuestring, "end") == 0) val = -1;
-        else if (as_int(it, &val) || (!positions && val < 0)) {
+        else if (positions && cJSON_IsString(it) && it->valuestring[0]) {
+            // A role: resolved per prompt by the engine; the value is a placeholder unique in the list.
+            if (!*roles && !(*roles = calloc((size_t)count, sizeof(char *)))) { free(a); free_roles(roles, count); return nomem(x); }
+            for (int j = 0; j < i; j++)
+                if ((*roles)[j] && !strcmp((*roles)[j], it->valuestring)) {
+                    free(a); free_roles(roles, count);
+                    return bad(x, ip, "\"%s\" appears twice in the list", it->valuestring);
+                }
+            (*roles)[i] = strdup(it->valuestring);
+            a[i] = INT64_MIN + i;
+            continue;
+        } else if (as_int(it, &val) || (!positions && val < 0)) {
             ps_json_describe(it, got, sizeof got);
-            free(a);
-            return bad(x, ip, "expected %s, got %s", positions ? "an integer or \"end\"" : "a non-negative integer", got);
+            free(a); free_roles(roles, count);
+            return bad(x, ip, "expected %s, got %s", positions ? "an integer, \"end\" or a role name" : "a non-negative integer", got);
         }
         for (int j = 0; j < i; j++)
             if (a[j] == val) {
-                free(a);
+                free(a); free_roles(roles, count);
                 return bad(x, ip, "%lld appears twice in the list", (long long)val);
             }
         a[i] = val;
@@ -275,6 +297,36 @@ static int get_list(ctx *x, const cJSON *obj, const char *key, const char *path,
 // ---- sections ----
 
 static const char *const item_keys[] = {"clean", "corrupted", "answer", "wrong"};
+static const char *const inline_item_keys[] = {"clean", "corrupted", "answer", "wrong", "roles"};
+
+// An item's "roles": {"S2": 10, ...}: names of token positions, per prompt.
+static int load_roles(ctx *x, const cJSON *it, const char *p, ps_item *d) {
+    const cJSON *r = member(it, "roles");
+    if (!r) return 0;
+    char rp[PATH_MAX_LEN], got[200];
+    key_path(rp, p, "roles");
+    if (!cJSON_IsObject(r)) {
+        ps_json_describe(r, got, sizeof got);
+        return bad(x, rp, "expected an object of role name -> token index, got %s", got);
+    }
+    int n = cJSON_GetArraySize(r);
+    d->role_name = calloc((size_t)(n ? n : 1), sizeof(char *));
+    d->role_pos = calloc((size_t)(n ? n : 1), sizeof(int64_t));
+    if (!d->role_name || !d->role_pos) return nomem(x);
+    for (const cJSON *v = r->child; v; v = v->next) {
+        char vp[PATH_MAX_LEN];
+        key_path(vp, rp, v->string);
+        int64_t pos;
+        if (as_int(v, &pos) || pos < 0) {
+            ps_json_describe(v, got, sizeof got);
+            return bad(x, vp, "expected a non-negative token index, got %s", got);
+        }
+        if (!strcmp(v->string, "end")) return bad(x, vp, "\"end\" is built in (the prompt's last token); choose another name");
+        d->role_name[d->n_roles] = strdup(v->string);
+        d->role_pos[d->n_roles++] = pos;
+    }
+    return 0;
+}
 
 static int load_inline_items(ctx *x, const cJSON *arr, ps_config *c) {
     int n = cJSON_GetArraySize(arr);
@@ -290,10 +342,11 @@ static int load_inline_items(ctx *x, const cJSON *arr, ps_config *c) {
             ps_json_describe(it, got, sizeof got);
             return bad(x, p, "expected an object with clean, corrupted, answer, wrong, got %s", got);
         }
-        if (check_keys(x, it, p, item_keys, COUNT(item_keys))) return -1;
+        if (check_keys(x, it, p, inline_item_keys, COUNT(inline_item_keys))) return -1;
         ps_item *d = &c->items[i];
         if (get_str(x, it, "clean", p, 1, &d->clean) || get_str(x, it, "corrupted", p, 1, &d->corrupted) ||
-            get_str(x, it, "answer", p, 1, &d->answer) || get_str(x, it, "wrong", p, 1, &d->wrong))
+            get_str(x, it, "answer", p, 1, &d->answer) || get_str(x, it, "wrong", p, 1, &d->wrong) ||
+            load_roles(x, it, p, d))
             return -1;
     }
     return 0;
@@ -420,10 +473,11 @@ static int load_experiment(ctx *x, const cJSON *obj, const char *p, ps_config *c
     if (get_enum(x, obj, "direction", p, direction_names, COUNT(direction_names), &dir)) return -1;
     ex->direction = (ps_direction)dir;
 
-    if (get_list(x, obj, "layers", p, 0, &ex->layers, &ex->n_layers) ||
-        get_list(x, obj, "heads", p, 0, &ex->heads, &ex->n_heads) ||
-        get_list(x, obj, "neurons", p, 0, &ex->neurons, &ex->n_neurons) ||
-        get_list(x, obj, "positions", p, 1, &ex->positions, &ex->n_positions))
+    char **no_roles = NULL;
+    if (get_list(x, obj, "layers", p, 0, &ex->layers, &ex->n_layers, &no_roles) ||
+        get_list(x, obj, "heads", p, 0, &ex->heads, &ex->n_heads, &no_roles) ||
+        get_list(x, obj, "neurons", p, 0, &ex->neurons, &ex->n_neurons, &no_roles) ||
+        get_list(x, obj, "positions", p, 1, &ex->positions, &ex->n_positions, &ex->position_role))
         return -1;
     // Lists the layout does not sweep would be silently ignored; say so instead.
     int by_head = ex->layout == PS_BY_LAYER_HEAD || ex->layout == PS_BY_LAYER_POS_HEAD;

@@ -29,6 +29,9 @@ void ps_items_free(ps_item *items, int64_t n) {
         free(items[i].corrupted);
         free(items[i].answer);
         free(items[i].wrong);
+        for (int64_t r = 0; r < items[i].n_roles; r++) free(items[i].role_name[r]);
+        free(items[i].role_name);
+        free(items[i].role_pos);
     }
     free(items);
 }

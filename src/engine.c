@@ -131,6 +131,14 @@ int ps_prompts_build(ps_prompt_set *ps, const ps_config *cfg, const ps_tokenizer
                 memcpy(p->corrupted + off, ids[1], (size_t)n[1] * sizeof(int32_t));
                 for (int64_t j = 0; j < n_ext; j++) p->clean[p->T_prompt + j] = p->corrupted[p->T_prompt + j] = ids[2][j];
                 p->score_pos = p->T_prompt - 1 + d;
+                p->n_roles = it->n_roles;
+                p->role_name = it->role_name;
+                p->role_pos = it->role_pos;
+                for (int64_t r = 0; rc == 0 && r < it->n_roles; r++)
+                    if (it->role_pos[r] >= p->T_prompt)
+                        rc = ps_fail(e, PS_EXIT_BADINPUT, "%s: dataset[%lld].roles.%s: token index %lld is past the prompt's %lld tokens%s",
+                                     cfg->path, (long long)i, it->role_name[r], (long long)it->role_pos[r], (long long)p->T_prompt,
+                                     bos >= 0 ? " (BOS included)" : "");
                 p->answer_id = ids[2][d];
                 p->wrong_id = ids[3][d];
                 p->n_lp = n[2] < 64 ? n[2] : 64;
@@ -167,6 +175,12 @@ void ps_prompt_set_free(ps_prompt_set *ps) {
 // ---------------------------------------------------------------------------------------------
 // Sweep layout
 
+int64_t ps_prompt_role(const ps_prompt *p, const char *name) {
+    for (int64_t r = 0; r < p->n_roles; r++)
+        if (!strcmp(p->role_name[r], name)) return p->role_pos[r];
+    return -1;
+}
+
 static int64_t site_heads(const ps_model_config *mc, ps_site s) {
     return (s == PS_SITE_K || s == PS_SITE_V) ? mc->n_kv_heads : mc->n_heads;
 }
@@ -199,10 +213,18 @@ static int sweep_init(ps_sweep *sw, const ps_experiment *ex, int64_t idx, const 
         if (ex->neurons[i] < 0 || ex->neurons[i] >= M)
             return ps_fail(e, PS_EXIT_BADINPUT, "experiments[%lld] (%s): neurons[%lld] = %lld is outside the model's %lld neurons",
                            (long long)idx, ex->name, (long long)i, (long long)ex->neurons[i], (long long)M);
-    for (int64_t i = 0; ex->positions && i < ex->n_positions; i++)
+    for (int64_t i = 0; ex->positions && i < ex->n_positions; i++) {
+        if (ex->position_role && ex->position_role[i]) {
+            for (int64_t k = 0; k < ps->n; k++)
+                if (ps_prompt_role(&ps->p[k], ex->position_role[i]) < 0)
+                    return ps_fail(e, PS_EXIT_BADINPUT, "experiments[%lld] (%s): positions[%lld] = \"%s\": dataset item %lld has no such role (give it \"roles\": {\"%s\": TOKEN_INDEX})",
+                                   (long long)idx, ex->name, (long long)i, ex->position_role[i], (long long)k, ex->position_role[i]);
+            continue;
+        }
         if (ex->positions[i] >= ps->T_max || ex->positions[i] < -ps->T_max)
             return ps_fail(e, PS_EXIT_BADINPUT, "experiments[%lld] (%s): positions[%lld] = %lld is outside every prompt (longest: %lld tokens)",
                            (long long)idx, ex->name, (long long)i, (long long)ex->positions[i], (long long)ps->T_max);
+    }
     int a = 0;
     sw->axis_name[a] = "layer";
     sw->axis_value[a] = range_or_list(ex->layers, ex->n_layers, L, &sw->axis_len[a]);
@@ -253,7 +275,8 @@ static int cell_patch(const ps_sweep *sw, int64_t cell, const ps_prompt *p, ps_p
     a++;
     if (has_pos(ex->layout)) {
         int64_t pos = sw->axis_value[a][idx[a]];
-        if (ex->positions && pos < 0) pos += p->T_prompt; // negative positions count from the prompt's end
+        if (ex->position_role && ex->position_role[idx[a]]) pos = ps_prompt_role(p, ex->position_role[idx[a]]);
+        else if (ex->positions && pos < 0) pos += p->T_prompt; // negative positions count from the prompt's end
         if (pos < 0 || pos >= p->T) return 0;
         pt->pos = pos;
         a++;

@@ -202,13 +202,29 @@ static int write_results(const char *out_path, const ps_config *cfg, const ps_mo
             .mean = sw->mean, .mean_normalized = sw->mean_normalized, .n_prompts = n, .patches_run = sw->patches_run,
             .patches_skipped = sw->patches_skipped,
         };
-        // Position labels: the tokens of prompt 0, indexed by position (negative positions count from each prompt's end).
+        // Position labels: the tokens of prompt 0, indexed by position (negative positions count from each prompt's end);
+        // a role position is labelled by its name, with prompt 0's index as its value.
+        int64_t *pos_vals = NULL;
+        const char **labels = NULL;
         for (int a = 0; a < sw->n_axes; a++) {
             r.axis_name[a] = sw->axis_name[a];
             r.axis_len[a] = sw->axis_len[a];
             r.axis_value[a] = sw->axis_value[a];
+            if (!strcmp(sw->axis_name[a], "pos") && sw->ex->position_role) {
+                pos_vals = malloc((size_t)sw->axis_len[a] * sizeof(int64_t));
+                labels = calloc((size_t)sw->axis_len[a], sizeof(char *));
+                for (int64_t k = 0; k < sw->axis_len[a]; k++) {
+                    const char *role = sw->ex->position_role[k];
+                    pos_vals[k] = role ? ps_prompt_role(&ps->p[0], role) : sw->axis_value[a][k];
+                    labels[k] = role;
+                }
+                r.axis_value[a] = pos_vals;
+                r.pos_labels = labels;
+            }
         }
         rc = ps_store_write_result(st, &r, e);
+        free(pos_vals);
+        free(labels);
     }
     free_strings(cs, n * T);
     free_strings(xs, n * T);

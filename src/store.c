@@ -490,7 +490,8 @@ int ps_store_write_result(ps_store *s, const ps_result_info *r, ps_error *e) {
             int64_t p = r->axis_value[pos_axis] ? r->axis_value[pos_axis][i] : i;
             if (p < 0 && s->plen0 > 0) p += s->plen0; // counted from the end of the prompt
             int known = s->T_max ? (p >= 0 && p < s->T_max) : p >= 0;
-            if (!known) names[i] = "";
+            if (r->pos_labels && r->pos_labels[i]) names[i] = r->pos_labels[i];
+            else if (!known) names[i] = "";
             else if (r->pos_tokens) names[i] = r->pos_tokens[p];
             else names[i] = s->tok0 ? s->tok0[p] : "";
         }

@@ -95,6 +95,25 @@ elif [ "${CI:-}" = "true" ]; then
     fail "h5py missing with CI=true (scripts/setup.sh installs python3-h5py)"
 fi
 
+# --- positions named by role, per prompt ---------------------------------------------------------------
+ioi='{"clean": "When Mary and John went to the store, John gave a drink to", "corrupted": "When Mary and John went to the store, Paul gave a drink to", "answer": " Mary", "wrong": " John", "roles": {"IO": 2, "S2": 10}}'
+cat >"$tmp/roles.json" <<JSON
+{"model": "$demo", "dataset": [$ioi],
+ "experiments": [{"name": "by_role", "site": "resid_pre", "positions": ["IO", "S2", "end"]},
+                 {"name": "by_index", "site": "resid_pre", "positions": [2, 10, -1]}]}
+JSON
+if "$bin" run "$tmp/roles.json" -o "$tmp/roles.h5" --quiet 2>"$tmp/err"; then
+    if $py -c 'import h5py' 2>/dev/null; then
+        $py - "$tmp/roles.h5" <<'PY' && pass "role positions equal the same token indices" || fail "role positions"
+import sys, h5py, numpy as np
+r = h5py.File(sys.argv[1], "r")["results"]
+assert np.array_equal(r["by_role"]["values"][...], r["by_index"]["values"][...])
+labels = [x.decode() if isinstance(x, bytes) else x for x in r["by_role"]["pos_token"][...]]
+assert labels[:2] == ["IO", "S2"], labels
+PY
+    fi
+else fail "roles run: $(cat "$tmp/err")"; fi
+
 # --- bad input ---------------------------------------------------------------------------------------
 bad() { # NAME PATTERN JSON
     printf '%s' "$3" >"$tmp/bad.json"
@@ -112,6 +131,7 @@ bad "empty dataset" "dataset" "{\"model\": \"$demo\", \"dataset\": []}"
 bad "missing model dir" "model: \"$tmp/nonexistent\" is not a directory" "{\"model\": \"$tmp/nonexistent\", \"dataset\": [$item]}"
 bad "lengths differ: both tokenizations shown" "corrupted: [" "{\"model\": \"$demo\", \"dataset\": [{\"clean\": \"1 2 3 4\", \"corrupted\": \"1 2 3 3 3\", \"answer\": \" 5\", \"wrong\": \" 4\"}]}"
 bad "layer out of range" "bad.json: experiments[0] (x): layers[0] = 99" "{\"model\": \"$demo\", \"dataset\": [$item], \"experiments\": [{\"name\": \"x\", \"site\": \"resid_pre\", \"layers\": [99]}]}"
+bad "missing role names item and role" "positions[0] = \"S3\": dataset item 0 has no such role" "{\"model\": \"$demo\", \"dataset\": [$ioi], \"experiments\": [{\"name\": \"x\", \"site\": \"resid_pre\", \"positions\": [\"S3\"]}]}"
 bad "cuda without a GPU or build" "cuda" "{\"model\": \"$demo\", \"backend\": \"cuda\", \"dataset\": [$item]}"
 printf '{"model": "%s", "dataset": [{"clean": "1 2 \xff", "corrupted": "1 2 3", "answer": " 5", "wrong": " 4"}]}' "$demo" >"$tmp/bad.json"
 expect_status 2 "byte" "invalid UTF-8 names the byte offset" "$bin" run "$tmp/bad.json" -o "$tmp/bad.h5"

@@ -416,8 +416,10 @@ static void test_bad(void) {
     expect_fail("type13.json", "{\"model\": \"m\"}", 0, "dataset: required key missing");
     expect_exp_fail("type14.json", "{\"name\": \"x\", \"site\": \"z\", \"layers\": [0, -1]}",
                     "experiments[1].layers[1]: expected a non-negative integer, got -1");
-    expect_exp_fail("type15.json", "{\"name\": \"x\", \"site\": \"resid_pre\", \"positions\": [\"last\"]}",
-                    "experiments[1].positions[0]: expected an integer or \"end\", got \"last\"");
+    expect_exp_fail("type15.json", "{\"name\": \"x\", \"site\": \"resid_pre\", \"positions\": [1.5]}",
+                    "experiments[1].positions[0]: expected an integer, \"end\" or a role name, got 1.5");
+    expect_exp_fail("type16.json", "{\"name\": \"x\", \"site\": \"resid_pre\", \"positions\": [\"S2\", \"S2\"]}",
+                    "experiments[1].positions[1]: \"S2\" appears twice in the list");
     expect_exp_fail("type16.json", "{\"name\": \"x\", \"site\": \"z\", \"heads\": 3}",
                     "experiments[1].heads: expected an array of non-negative integers, got 3");
     expect_exp_fail("type17.json", "{\"name\": \"x\", \"site\": \"z\", \"layers\": []}",
