@@ -52,7 +52,7 @@ typedef int (*ps_chunk_fn)(void *ctx, const int64_t *prompts, int64_t n, const s
 
 typedef struct {
     int naive;           // oracle mode: every patch a full forward from the embedding, nothing skipped or reused
-    int64_t batch_rows;  // rows per backend call (0: 64)
+    int64_t batch_rows;  // rows per backend call (0: 512)
     int progress;        // 1: progress lines on stderr
     size_t cache_budget; // bytes of activation caches held at once (0: 2 GiB)
     int64_t chunk_prompts; // at most this many prompts per chunk (0: as many as the cache budget allows)

@@ -608,7 +608,7 @@ int ps_engine_run(const ps_model *m, ps_backend *be, const ps_prompt_set *ps, co
     c.total = per_prompt_cells * n_todo;
     c.t_start = c.t_last = now_s();
 
-    const int64_t brows = o->batch_rows > 0 ? o->batch_rows : 64;
+    const int64_t brows = o->batch_rows > 0 ? o->batch_rows : 512;
     const size_t budget = o->cache_budget ? o->cache_budget : ((size_t)2 << 30);
     const size_t per_row_logits = (metric == PS_METRIC_LOGIT_DIFF) ? 2 : (size_t)V * (metric == PS_METRIC_LOGPROB ? 64 : 1);
     size_t logits_cap = per_row_logits * (size_t)brows;

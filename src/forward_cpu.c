@@ -7,6 +7,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+// Loops smaller than this run on one thread: a parallel region's start and barrier cost more than the
+// work, and on a busy machine a barrier waits for whichever thread was descheduled.
+#define PS_PAR_MIN ((int64_t)1 << 16)
+
 // ---------------------------------------------------------------------------------------------
 // Caches
 
@@ -65,7 +69,7 @@ void ps_cache_free(ps_cache *c) {
 // Building blocks (also the references for the CUDA kernels' tests)
 
 void ps_cpu_layernorm(float *out, float *scale, const float *x, const float *w, const float *b, int64_t N, int64_t C, float eps) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N * C >= PS_PAR_MIN)
     for (int64_t i = 0; i < N; i++) {
         const float *xi = x + i * C;
         double mean = 0;
@@ -81,7 +85,7 @@ void ps_cpu_layernorm(float *out, float *scale, const float *x, const float *w, 
 }
 
 void ps_cpu_rmsnorm(float *out, float *scale, const float *x, const float *w, int64_t N, int64_t C, float eps) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N * C >= PS_PAR_MIN)
     for (int64_t i = 0; i < N; i++) {
         const float *xi = x + i * C;
         double ss = 0;
@@ -145,7 +149,7 @@ static void linear(float *y, const float *x, const float *W, const float *bias, 
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)N, (int)out, (int)in, 1.0f, x, (int)in, W, (int)out,
                 0.0f, y, (int)out);
     if (bias) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N * out >= PS_PAR_MIN)
         for (int64_t i = 0; i < N; i++)
             for (int64_t j = 0; j < out; j++) y[i * out + j] += bias[j];
     }
@@ -372,7 +376,7 @@ int ps_cpu_forward_ws(const ps_model *m, ps_row *rows, int64_t n_rows, ps_cpu_wo
 
         // Causal attention per (row, head): keys before start_pos come from the base run's cache.
         const float inv_sqrt_d = 1.0f / sqrtf((float)D);
-#pragma omp parallel
+#pragma omp parallel if (n_active * H * T_max * T_max * D >= PS_PAR_MIN)
         {
             float *sc = malloc((size_t)T_max * sizeof(float));
 #pragma omp for schedule(dynamic, 1) collapse(2)
@@ -458,13 +462,13 @@ int ps_cpu_forward_ws(const ps_model *m, ps_row *rows, int64_t n_rows, ps_cpu_wo
         linear(h1, xn, lw.w_in, w->b_in ? w->b_in + l * M : NULL, NA, C, M);
         if (llama) linear(h3, xn, lw.w_up, NULL, NA, C, M);
         if (cfg->act == PS_ACT_GELU_NEW && !llama) {
-#pragma omp parallel for simd schedule(static)
+#pragma omp parallel for simd schedule(static) if (NA * M >= PS_PAR_MIN)
             for (int64_t i = 0; i < NA * M; i++) {
                 const float x = h1[i];
                 h2[i] = 0.5f * x * (1.0f + tanh_rational(0.7978845608028654f * (x + 0.044715f * x * x * x)));
             }
         } else {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (NA * M >= PS_PAR_MIN)
             for (int64_t i = 0; i < NA * M; i++) {
                 float a = ps_cpu_act(cfg->act, h1[i]);
                 h2[i] = llama ? a * h3[i] : a;
