@@ -5,6 +5,7 @@
 #include "ps_safetensors.h"
 
 #include <cjson/cJSON.h>
+#include <float.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -52,7 +53,9 @@ static int get_size(const cJSON *root, const char *path, const char *key, int re
 static int get_pos_float(const cJSON *root, const char *path, const char *key, double dflt, double *out, ps_error *e) {
     const cJSON *j = field(root, key);
     if (!j) { *out = dflt; return 0; }
-    if (!cJSON_IsNumber(j) || !(j->valuedouble > 0) || !isfinite(j->valuedouble)) return bad_value(path, key, j, "a positive number", e);
+    // Stored as a float: values a float cannot hold (1e-50 -> 0, 1e39 -> inf) would silently change the model.
+    if (!cJSON_IsNumber(j) || !(j->valuedouble >= FLT_MIN && j->valuedouble <= FLT_MAX))
+        return bad_value(path, key, j, "a positive number in float range", e);
     *out = j->valuedouble;
     return 0;
 }
@@ -177,8 +180,8 @@ static int load_llama(ps_model_config *c, const cJSON *r, const char *p, ps_erro
         if (get_pos_float(r, p, "rope_theta", 10000.0, &theta, e)) return -1;
     } else if (rp && field(rp, "rope_theta")) {
         const cJSON *t = field(rp, "rope_theta");
-        if (!cJSON_IsNumber(t) || !(t->valuedouble > 0) || !isfinite(t->valuedouble))
-            return bad_value(p, "rope_parameters.rope_theta", t, "a positive number", e);
+        if (!cJSON_IsNumber(t) || !(t->valuedouble >= FLT_MIN && t->valuedouble <= FLT_MAX))
+            return bad_value(p, "rope_parameters.rope_theta", t, "a positive number in float range", e);
         theta = t->valuedouble;
     }
     c->rope_theta = (float)theta;

@@ -909,6 +909,15 @@ void ps_tokenizer_free(ps_tokenizer *t) {
 // ------------------------------------------------------------------------------------------------ JSON loading
 
 static cJSON *parse_json(const char *path, const char *text, size_t len, ps_error *e) {
+    // Encoding assumes valid UTF-8 in every string from the file (vocabulary, normalizer, pre-tokenizer and decoder
+    // strings); Hugging Face refuses such files too (serde reads a str).
+    size_t bad;
+    if (ps_utf8_check(text, len, &bad) != 0) {
+        int line, col;
+        ps_line_col(text, bad, &line, &col);
+        ps_fail(e, PS_EXIT_BADINPUT, "%s: byte %zu (line %d, column %d): invalid UTF-8", path, bad, line, col);
+        return NULL;
+    }
     const char *end = NULL;
     cJSON *root = cJSON_ParseWithLengthOpts(text, len, &end, 0);
     size_t off = end && end >= text && end <= text + len ? (size_t)(end - text) : 0;
@@ -1119,6 +1128,10 @@ static int load_vocab_object(ps_tokenizer *t, const cJSON *vocab, const char *wh
         if (id > max_id) max_id = id;
     }
     if (count == 0) return ps_fail(e, PS_EXIT_BADINPUT, "%s: %s: the vocabulary is empty", t->path, where);
+    // Ids index a table: a handful of tokens with an id in the millions would allocate hundreds of MB.
+    if (max_id >= 2 * (count + t->n_added) + 1024)
+        return ps_fail(e, PS_EXIT_BADINPUT, "%s: %s: id %lld for a vocabulary of %lld tokens: ids must be (nearly) dense", t->path,
+                       where, (long long)max_id, (long long)count);
     if (vocab_alloc(t, max_id + 1, e)) return -1;
     for (const cJSON *c = vocab->child; c; c = c->next) {
         int64_t id = 0;
