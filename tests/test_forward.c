@@ -143,7 +143,43 @@ static void test_model(const char *name) {
     ps_model_free(&m);
 }
 
+// The real pretrained stories260K (converted from llama2.c): logits against Hugging Face transformers running
+// the same converted checkpoint (models/stories260K/golden_logits.safetensors, tests/golden/make_stories260k_goldens.py).
+static void test_stories(void) {
+    char dir[512], gp[600];
+    snprintf(dir, sizeof dir, "%s", tu_src("models/stories260K"));
+    snprintf(gp, sizeof gp, "%s/golden_logits.safetensors", dir);
+    ps_error e = {0};
+    ps_model m;
+    ps_safetensors g;
+    if (ps_model_load(&m, dir, &e) != 0) { TU_CHECK(0, "stories260K: %s", e.msg); return; }
+    if (ps_safetensors_open(&g, gp, &e) != 0) { TU_CHECK(0, "stories260K goldens: %s", e.msg); ps_model_free(&m); return; }
+    const char *sets[2][2] = {{"tokens", "logits"}, {"prompt_tokens", "prompt_logits"}};
+    for (int k = 0; k < 2; k++) {
+        int64_t T = 0, n = 0;
+        int32_t *tok = gu_i32(&g, sets[k][0], &T);
+        float *want = gu_f32(&g, sets[k][1], &n);
+        if (!tok || !want || n != T * m.cfg.d_vocab) {
+            TU_CHECK(0, "stories260K: golden %s/%s missing or misshapen", sets[k][0], sets[k][1]);
+        } else {
+            ps_cache c;
+            ps_cache_init(&c, &m.cfg, T, PS_CACHE_LOGITS, &e);
+            ps_row row = {.tokens = tok, .T = T, .cache = &c};
+            if (ps_cpu_forward(&m, &row, 1, &e) != 0) TU_CHECK(0, "stories260K forward: %s", e.msg);
+            char nm[96];
+            snprintf(nm, sizeof nm, "stories260K %s vs HF transformers", sets[k][1]);
+            tu_close(nm, c.logits, want, n, 1e-4f, 1e-4f);
+            ps_cache_free(&c);
+        }
+        free(tok);
+        free(want);
+    }
+    ps_safetensors_free(&g);
+    ps_model_free(&m);
+}
+
 int main(void) {
+    test_stories();
     int tested = gu_for_each_model(test_model);
     printf("%d models compared with TransformerLens\n", tested);
     return tu_done("forward");
