@@ -4,6 +4,7 @@
 
 #include <cblas.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -217,6 +218,20 @@ static void store(float *cache_arr, int64_t l, const row_slot *rs, const float *
     memcpy(cache_arr + l * T * width, buf + rs->off * width, (size_t)(rs->n * width) * sizeof(float));
 }
 
+// store() for every active row that keeps a cache; field is the ps_cache array (offsetof).
+static void store_rows(const row_slot *slots, int64_t n_active, size_t field, int64_t l, const float *buf, int64_t width) {
+    for (int64_t r = 0; r < n_active; r++) {
+        ps_cache *cc = slots[r].row->cache;
+        if (cc) store(*(float **)((char *)cc + field), l, &slots[r], buf, width);
+    }
+}
+
+// The model's norm: RMSNorm for Llama, LayerNorm for GPT-2 (b is NULL for Llama).
+static void norm(const ps_model_config *cfg, float *out, float *scale, const float *x, const float *w, const float *b, int64_t N) {
+    if (cfg->arch == PS_ARCH_LLAMA) ps_cpu_rmsnorm(out, scale, x, w, N, cfg->d_model, cfg->eps);
+    else ps_cpu_layernorm(out, scale, x, w, b, N, cfg->d_model, cfg->eps);
+}
+
 static int cmp_start_layer(const void *a, const void *b) {
     const row_slot *x = a, *y = b;
     if (x->row->start_layer != y->row->start_layer) return x->row->start_layer < y->row->start_layer ? -1 : 1;
@@ -340,27 +355,20 @@ int ps_cpu_forward_ws(const ps_model *m, ps_row *rows, int64_t n_rows, ps_cpu_wo
         }
 
         apply_patches(PS_SITE_RESID_PRE, l, x, C, slots, n_active, cfg);
-        for (int64_t r = 0; r < n_active; r++)
-            if (slots[r].row->cache) store(slots[r].row->cache->resid_pre, l, &slots[r], x, C);
+        store_rows(slots, n_active, offsetof(ps_cache, resid_pre), l, x, C);
 
         // Attention block
-        if (llama) ps_cpu_rmsnorm(xn, scale, x, w->ln1_w + l * C, NA, C, cfg->eps);
-        else ps_cpu_layernorm(xn, scale, x, w->ln1_w + l * C, w->ln1_b + l * C, NA, C, cfg->eps);
-        for (int64_t r = 0; r < n_active; r++)
-            if (slots[r].row->cache) store(slots[r].row->cache->ln1_scale, l, &slots[r], scale, 1);
+        norm(cfg, xn, scale, x, w->ln1_w + l * C, w->ln1_b ? w->ln1_b + l * C : NULL, NA);
+        store_rows(slots, n_active, offsetof(ps_cache, ln1_scale), l, scale, 1);
         linear(q, xn, lw.w_q, w->b_q ? w->b_q + l * QD : NULL, NA, C, QD);
         linear(k, xn, lw.w_k, w->b_k ? w->b_k + l * KD : NULL, NA, C, KD);
         linear(v, xn, lw.w_v, w->b_v ? w->b_v + l * KD : NULL, NA, C, KD);
         apply_patches(PS_SITE_Q, l, q, QD, slots, n_active, cfg);
         apply_patches(PS_SITE_K, l, k, KD, slots, n_active, cfg);
         apply_patches(PS_SITE_V, l, v, KD, slots, n_active, cfg);
-        for (int64_t r = 0; r < n_active; r++) {
-            ps_cache *cc = slots[r].row->cache;
-            if (!cc) continue;
-            store(cc->q, l, &slots[r], q, QD);
-            store(cc->k, l, &slots[r], k, KD);
-            store(cc->v, l, &slots[r], v, KD);
-        }
+        store_rows(slots, n_active, offsetof(ps_cache, q), l, q, QD);
+        store_rows(slots, n_active, offsetof(ps_cache, k), l, k, KD);
+        store_rows(slots, n_active, offsetof(ps_cache, v), l, v, KD);
         if (llama) {
             for (int64_t r = 0; r < n_active; r++) {
                 const row_slot *rs = &slots[r];
@@ -447,18 +455,14 @@ int ps_cpu_forward_ws(const ps_model *m, ps_row *rows, int64_t n_rows, ps_cpu_wo
         }
         linear(y, z, lw.w_o, w->b_o ? w->b_o + l * C : NULL, NA, QD, C);
         apply_patches(PS_SITE_ATTN_OUT, l, y, C, slots, n_active, cfg);
-        for (int64_t r = 0; r < n_active; r++)
-            if (slots[r].row->cache) store(slots[r].row->cache->attn_out, l, &slots[r], y, C);
+        store_rows(slots, n_active, offsetof(ps_cache, attn_out), l, y, C);
         for (int64_t i = 0; i < NA * C; i++) x[i] += y[i];
         apply_patches(PS_SITE_RESID_MID, l, x, C, slots, n_active, cfg);
-        for (int64_t r = 0; r < n_active; r++)
-            if (slots[r].row->cache) store(slots[r].row->cache->resid_mid, l, &slots[r], x, C);
+        store_rows(slots, n_active, offsetof(ps_cache, resid_mid), l, x, C);
 
         // MLP block
-        if (llama) ps_cpu_rmsnorm(xn, scale, x, w->ln2_w + l * C, NA, C, cfg->eps);
-        else ps_cpu_layernorm(xn, scale, x, w->ln2_w + l * C, w->ln2_b + l * C, NA, C, cfg->eps);
-        for (int64_t r = 0; r < n_active; r++)
-            if (slots[r].row->cache) store(slots[r].row->cache->ln2_scale, l, &slots[r], scale, 1);
+        norm(cfg, xn, scale, x, w->ln2_w + l * C, w->ln2_b ? w->ln2_b + l * C : NULL, NA);
+        store_rows(slots, n_active, offsetof(ps_cache, ln2_scale), l, scale, 1);
         linear(h1, xn, lw.w_in, w->b_in ? w->b_in + l * M : NULL, NA, C, M);
         if (llama) linear(h3, xn, lw.w_up, NULL, NA, C, M);
         if (cfg->act == PS_ACT_GELU_NEW && !llama) {
@@ -475,21 +479,15 @@ int ps_cpu_forward_ws(const ps_model *m, ps_row *rows, int64_t n_rows, ps_cpu_wo
             }
         }
         apply_patches(PS_SITE_MLP_POST, l, h2, M, slots, n_active, cfg);
-        for (int64_t r = 0; r < n_active; r++) {
-            ps_cache *cc = slots[r].row->cache;
-            if (!cc) continue;
-            store(cc->mlp_pre, l, &slots[r], h1, M);
-            if (llama) store(cc->mlp_pre_linear, l, &slots[r], h3, M);
-            store(cc->mlp_post, l, &slots[r], h2, M);
-        }
+        store_rows(slots, n_active, offsetof(ps_cache, mlp_pre), l, h1, M);
+        if (llama) store_rows(slots, n_active, offsetof(ps_cache, mlp_pre_linear), l, h3, M);
+        store_rows(slots, n_active, offsetof(ps_cache, mlp_post), l, h2, M);
         linear(y, h2, lw.w_out, w->b_out ? w->b_out + l * C : NULL, NA, M, C);
         apply_patches(PS_SITE_MLP_OUT, l, y, C, slots, n_active, cfg);
-        for (int64_t r = 0; r < n_active; r++)
-            if (slots[r].row->cache) store(slots[r].row->cache->mlp_out, l, &slots[r], y, C);
+        store_rows(slots, n_active, offsetof(ps_cache, mlp_out), l, y, C);
         for (int64_t i = 0; i < NA * C; i++) x[i] += y[i];
         apply_patches(PS_SITE_RESID_POST, l, x, C, slots, n_active, cfg);
-        for (int64_t r = 0; r < n_active; r++)
-            if (slots[r].row->cache) store(slots[r].row->cache->resid_post, l, &slots[r], x, C);
+        store_rows(slots, n_active, offsetof(ps_cache, resid_post), l, x, C);
     }
     // Rows that start past the last layer (a patch of the final resid_post) take the base's final state.
     for (int64_t r = n_active; r < n_rows; r++) {
@@ -513,8 +511,7 @@ int ps_cpu_forward_ws(const ps_model *m, ps_row *rows, int64_t n_rows, ps_cpu_wo
         if (row->cache) {
             // Cache rows: final norm and logits at every position.
             float *xr = x + rs->off * C;
-            if (llama) ps_cpu_rmsnorm(xn, row->cache->lnf_scale, xr, w->lnf_w, row->T, C, cfg->eps);
-            else ps_cpu_layernorm(xn, row->cache->lnf_scale, xr, w->lnf_w, w->lnf_b, row->T, C, cfg->eps);
+            norm(cfg, xn, row->cache->lnf_scale, xr, w->lnf_w, w->lnf_b, row->T);
             if (row->cache->logits) {
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)row->T, (int)V, (int)C, 1.0f, xn, (int)C, w->w_u,
                             (int)C, 0.0f, row->cache->logits, (int)V);
@@ -533,8 +530,7 @@ int ps_cpu_forward_ws(const ps_model *m, ps_row *rows, int64_t n_rows, ps_cpu_wo
         }
         at += row->n_out;
     }
-    if (llama) ps_cpu_rmsnorm(xo, NULL, xo, w->lnf_w, n_out_total, C, cfg->eps);
-    else ps_cpu_layernorm(xo, NULL, xo, w->lnf_w, w->lnf_b, n_out_total, C, cfg->eps);
+    norm(cfg, xo, NULL, xo, w->lnf_w, w->lnf_b, n_out_total);
     at = 0;
     for (int64_t r = 0; r < n_rows; r++) {
         ps_row *row = slots[r].row;
