@@ -61,6 +61,11 @@ static int answer_in_context(const ps_tokenizer *tok, const char *prompt, const 
 int ps_prompts_build(ps_prompt_set *ps, const ps_config *cfg, const ps_tokenizer *tok, const ps_model_config *mc, ps_error *e) {
     memset(ps, 0, sizeof *ps);
     if (cfg->n_items <= 0) return ps_fail(e, PS_EXIT_BADINPUT, "%s: dataset: empty dataset", cfg->path);
+    // Summing the answer tokens' log-probabilities is the logprob metric; the difference metrics read the
+    // first token where answer and wrong answer differ.
+    if (cfg->multitoken == PS_SCORE_SUM_LOGPROB && cfg->metric != PS_METRIC_LOGPROB)
+        return ps_fail(e, PS_EXIT_BADINPUT, "%s: multi_token: \"sum_logprob\" scores with \"metric\": \"logprob\" (%s compares the first differing token)",
+                       cfg->path, ps_metric_name(cfg->metric));
     ps->p = calloc((size_t)cfg->n_items, sizeof *ps->p);
     if (!ps->p) return ps_fail(e, PS_EXIT_RUNTIME, "out of memory");
     ps->n = cfg->n_items;

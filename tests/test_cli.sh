@@ -132,6 +132,7 @@ bad "missing model dir" "model: \"$tmp/nonexistent\" is not a directory" "{\"mod
 bad "lengths differ: both tokenizations shown" "corrupted: [" "{\"model\": \"$demo\", \"dataset\": [{\"clean\": \"1 2 3 4\", \"corrupted\": \"1 2 3 3 3\", \"answer\": \" 5\", \"wrong\": \" 4\"}]}"
 bad "layer out of range" "bad.json: experiments[0] (x): layers[0] = 99" "{\"model\": \"$demo\", \"dataset\": [$item], \"experiments\": [{\"name\": \"x\", \"site\": \"resid_pre\", \"layers\": [99]}]}"
 bad "missing role names item and role" "positions[0] = \"S3\": dataset item 0 has no such role" "{\"model\": \"$demo\", \"dataset\": [$ioi], \"experiments\": [{\"name\": \"x\", \"site\": \"resid_pre\", \"positions\": [\"S3\"]}]}"
+bad "multi_token needs the logprob metric" "multi_token" "{\"model\": \"$demo\", \"multi_token\": \"sum_logprob\", \"dataset\": [$item]}"
 bad "cuda without a GPU or build" "cuda" "{\"model\": \"$demo\", \"backend\": \"cuda\", \"dataset\": [$item]}"
 printf '{"model": "%s", "dataset": [{"clean": "1 2 \xff", "corrupted": "1 2 3", "answer": " 5", "wrong": " 4"}]}' "$demo" >"$tmp/bad.json"
 expect_status 2 "byte" "invalid UTF-8 names the byte offset" "$bin" run "$tmp/bad.json" -o "$tmp/bad.h5"
