@@ -6,6 +6,7 @@
 
 #include "ps_backend.h"
 #include "ps_config.h"
+#include "ps_metrics.h"
 #include "ps_tokenizer.h"
 
 // One dataset item, tokenized. Sequences hold the prompt and the teacher-forced answer prefix.

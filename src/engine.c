@@ -676,20 +676,13 @@ void ps_engine_finish(ps_run_results *out) {
     const int64_t n = bl->n;
     for (int64_t s = 0; s < out->n_sweeps; s++) {
         ps_sweep *sw = &out->sweeps[s];
-        for (int64_t cell = 0; cell < sw->n_cells; cell++) {
-            double sum = 0, sum_c = 0, sum_x = 0;
-            int64_t cnt = 0;
-            for (int64_t i = 0; i < n; i++) {
-                float v = sw->values[i * sw->n_cells + cell];
-                double den = (double)bl->clean[i] - (double)bl->corrupted[i];
+        for (int64_t i = 0; i < n; i++)
+            for (int64_t cell = 0; cell < sw->n_cells; cell++) {
+                const float v = sw->values[i * sw->n_cells + cell];
+                const double den = (double)bl->clean[i] - (double)bl->corrupted[i];
                 sw->normalized[i * sw->n_cells + cell] = isnan(v) ? NAN : (float)((v - bl->corrupted[i]) / den);
-                if (!isnan(v)) { sum += v; sum_c += bl->clean[i]; sum_x += bl->corrupted[i]; cnt++; }
             }
-            sw->mean[cell] = cnt ? (float)(sum / (double)cnt) : NAN;
-            // Over the prompts that have this cell, like ARENA's normalized metric on batch means.
-            sw->mean_normalized[cell] =
-                cnt ? (float)((sum / (double)cnt - sum_x / (double)cnt) / (sum_c / (double)cnt - sum_x / (double)cnt)) : NAN;
-        }
+        ps_cell_means(sw->values, bl->clean, bl->corrupted, n, sw->n_cells, sw->mean, sw->mean_normalized);
     }
 }
 

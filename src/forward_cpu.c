@@ -134,9 +134,13 @@ static inline float tanh_rational(float x) {
     return fabsf(x) < 0.0004f ? x : p * xc / q;
 }
 
+static inline float gelu_new(float x) {
+    return 0.5f * x * (1.0f + tanh_rational(0.7978845608028654f * (x + 0.044715f * x * x * x)));
+}
+
 float ps_cpu_act(ps_act act, float x) {
     switch (act) {
-    case PS_ACT_GELU_NEW: return 0.5f * x * (1.0f + tanh_rational(0.7978845608028654f * (x + 0.044715f * x * x * x)));
+    case PS_ACT_GELU_NEW: return gelu_new(x);
     case PS_ACT_GELU: return 0.5f * x * (1.0f + erff(x * 0.7071067811865476f));
     case PS_ACT_RELU: return x > 0 ? x : 0;
     case PS_ACT_SILU: return x / (1.0f + expf(-x));
@@ -467,10 +471,7 @@ int ps_cpu_forward_ws(const ps_model *m, ps_row *rows, int64_t n_rows, ps_cpu_wo
         if (llama) linear(h3, xn, lw.w_up, NULL, NA, C, M);
         if (cfg->act == PS_ACT_GELU_NEW && !llama) {
 #pragma omp parallel for simd schedule(static) if (NA * M >= PS_PAR_MIN)
-            for (int64_t i = 0; i < NA * M; i++) {
-                const float x = h1[i];
-                h2[i] = 0.5f * x * (1.0f + tanh_rational(0.7978845608028654f * (x + 0.044715f * x * x * x)));
-            }
+            for (int64_t i = 0; i < NA * M; i++) h2[i] = gelu_new(h1[i]);
         } else {
 #pragma omp parallel for schedule(static) if (NA * M >= PS_PAR_MIN)
             for (int64_t i = 0; i < NA * M; i++) {

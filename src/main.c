@@ -55,8 +55,6 @@ static int bad_usage(const char *msg) {
     return PS_EXIT_BADINPUT;
 }
 
-// The tokenizer for a model directory: tokenizer.json, else vocab.json + merges.txt (the loader decides).
-static int load_tokenizer(ps_tokenizer **tok, const char *path, ps_error *e) { return ps_tokenizer_load(tok, path, e); }
 
 // ---------------------------------------------------------------------------------------------
 
@@ -76,7 +74,7 @@ static int cmd_tokenize(int argc, char **argv) {
     if (!text) return bad_usage("tokenize needs TEXT");
     ps_error e = {0};
     ps_tokenizer *tok = NULL;
-    if (load_tokenizer(&tok, tokfile ? tokfile : model, &e) != 0) return die(&e);
+    if (ps_tokenizer_load(&tok, tokfile ? tokfile : model, &e) != 0) return die(&e);
     int32_t *ids = NULL;
     int64_t n = 0;
     if (ps_tokenizer_encode(tok, text, &ids, &n, &e) != 0) {
@@ -275,6 +273,17 @@ static int parse_shard(const char *s, int *i, int *n) {
     return 0;
 }
 
+// Sums over the sweeps: FLOPs (baselines included), patches run and patches known without running.
+static void run_totals(const ps_run_results *rr, double *flops, int64_t *run, int64_t *skipped) {
+    *flops = rr->baseline_flops;
+    *run = *skipped = 0;
+    for (int64_t s = 0; s < rr->n_sweeps; s++) {
+        *flops += rr->sweeps[s].flops;
+        *run += rr->sweeps[s].patches_run;
+        *skipped += rr->sweeps[s].patches_skipped;
+    }
+}
+
 static int cmd_run(int argc, char **argv) {
     const char *cfg_path = NULL, *out = NULL;
     int prog = isatty(2), naive = 0, dry = 0, force = 0, shard_i = 0, shard_n = 1;
@@ -321,7 +330,7 @@ static int cmd_run(int argc, char **argv) {
     if (stat(cfg.model, &msb) != 0 || !S_ISDIR(msb.st_mode))
         rc = ps_fail(&e, PS_EXIT_BADINPUT, "%s: model: \"%s\" is not a directory (a Hugging Face checkpoint: config.json + model.safetensors)",
                      cfg.path, cfg.model);
-    if (rc == 0 && load_tokenizer(&tok, cfg.tokenizer ? cfg.tokenizer : cfg.model, &e) != 0) rc = -1;
+    if (rc == 0 && ps_tokenizer_load(&tok, cfg.tokenizer ? cfg.tokenizer : cfg.model, &e) != 0) rc = -1;
     if (rc == 0 && ps_sha256_file(ps_tokenizer_path(tok), tok_sha, &e) != 0) rc = -1;
     if (rc == 0 && ps_model_load(&m, cfg.model, &e) != 0) rc = -1;
     if (rc == 0 && ps_backend_init(&be, cfg.backend, cfg.precision, cfg.threads, &m, &e) != 0) rc = -1;
@@ -384,13 +393,10 @@ static int cmd_run(int argc, char **argv) {
         signal(SIGTERM, SIG_DFL);
     }
     if (rc == 0 && dry) {
-        double fl = 0;
-        int64_t run = 0, skipped = 0;
-        for (int64_t s = 0; s < rr.n_sweeps; s++) {
-            fl += rr.sweeps[s].flops;
-            run += rr.sweeps[s].patches_run;
-            skipped += rr.sweeps[s].patches_skipped;
-        }
+        double fl;
+        int64_t run, skipped;
+        run_totals(&rr, &fl, &run, &skipped);
+        fl -= rr.baseline_flops; // the plan prints the sweeps and the baselines apart
         double rate = ps_measure_gemm_gflops(0.3);
         size_t weights = m.n_floats * sizeof(float);
         printf("plan for %s (%s backend, %s)\n", cfg_path, be.name, be.device);
@@ -438,15 +444,11 @@ static int cmd_run(int argc, char **argv) {
         if (rc == 0 && jpath) unlink(jpath); // everything is in the results file now
     }
     if (rc == 0 && !dry && !already) {
-        double mc = 0, mx = 0, fl = rr.baseline_flops;
-        int64_t cnt = 0, run = 0, skipped = 0;
+        double mc = 0, mx = 0, fl;
+        int64_t cnt = 0, run, skipped;
         for (int64_t i = 0; i < ps.n; i++)
             if (!isnan(rr.base.clean[i])) { mc += rr.base.clean[i]; mx += rr.base.corrupted[i]; cnt++; }
-        for (int64_t s = 0; s < rr.n_sweeps; s++) {
-            fl += rr.sweeps[s].flops;
-            run += rr.sweeps[s].patches_run;
-            skipped += rr.sweeps[s].patches_skipped;
-        }
+        run_totals(&rr, &fl, &run, &skipped);
         fprintf(stderr, "patchsweep: wrote %s (%lld prompts; mean %s clean %.4f, corrupted %.4f)\n", out, (long long)cnt,
                 ps_metric_name(cfg.metric), cnt ? mc / (double)cnt : NAN, cnt ? mx / (double)cnt : NAN);
         fprintf(stderr, "patchsweep: compute %.3f s, %.3f GFLOP (%.2f GFLOP/s), %lld patches run, %lld known without running\n",
@@ -495,7 +497,7 @@ static int cmd_generate(int argc, char **argv) {
     ps_tokenizer *tok = NULL;
     ps_model m;
     memset(&m, 0, sizeof m);
-    if (load_tokenizer(&tok, model, &e) != 0) return die(&e);
+    if (ps_tokenizer_load(&tok, model, &e) != 0) return die(&e);
     if (ps_model_load(&m, model, &e) != 0) { ps_tokenizer_free(tok); return die(&e); }
     int32_t *ids = NULL;
     int64_t n = 0;

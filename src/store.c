@@ -1,6 +1,7 @@
 // The HDF5 results file (schema in experiments/README.md): writes run metadata, prompts, baselines and one group
 // per experiment with dimension-scale-labelled axes to PATH.partial, renames it on success; also `inspect`.
 #include "ps_store.h"
+#include "ps_metrics.h"
 
 #include <errno.h>
 #include <math.h>
@@ -1152,16 +1153,7 @@ int ps_store_merge(const char *out, const char *const *shards, int n_shards, ps_
         if (!v) continue;
         const int64_t cells = (int64_t)(n / (hsize_t)n_prompts);
         float *mean = malloc((size_t)cells * sizeof(float)), *mnorm = malloc((size_t)cells * sizeof(float));
-        for (int64_t c = 0; c < cells; c++) {
-            double sum = 0, sc = 0, sx = 0;
-            int64_t cnt = 0;
-            for (int64_t i = 0; i < n_prompts; i++) {
-                float x = v[i * cells + c];
-                if (!isnan(x)) { sum += x; sc += clean[i]; sx += corr[i]; cnt++; }
-            }
-            mean[c] = cnt ? (float)(sum / (double)cnt) : NAN;
-            mnorm[c] = cnt ? (float)((sum / (double)cnt - sx / (double)cnt) / (sc / (double)cnt - sx / (double)cnt)) : NAN;
-        }
+        ps_cell_means(v, clean, corr, n_prompts, cells, mean, mnorm);
         snprintf(p, sizeof p, "results/%s/mean", rl.names[r]);
         if (write_floats(f, p, mean) != 0) rc = ps_fail(e, PS_EXIT_RUNTIME, "%s: cannot write /%s", partial, p);
         snprintf(p, sizeof p, "results/%s/mean_normalized", rl.names[r]);
