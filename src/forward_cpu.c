@@ -4,6 +4,7 @@
 
 #include <cblas.h>
 #include <math.h>
+#include <omp.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,6 +12,12 @@
 // Loops smaller than this run on one thread: a parallel region's start and barrier cost more than the
 // work, and on a busy machine a barrier waits for whichever thread was descheduled.
 #define PS_PAR_MIN ((int64_t)1 << 16)
+// GEMMs (multiply-adds) below this run on one thread.
+#define PS_GEMM_PAR_MIN ((int64_t)1 << 22)
+
+// OpenBLAS's threading switch (no header declares it portably); the CPU backend runs BLAS single-threaded
+// and parallelizes around it with OpenMP.
+void openblas_set_num_threads(int num_threads);
 
 // ---------------------------------------------------------------------------------------------
 // Caches
@@ -149,14 +156,20 @@ float ps_cpu_act(ps_act act, float x) {
 }
 
 // y (N, out) = x (N, in) @ W (in, out) [+ bias]
+// Parallel over blocks of rows, each thread calling a single-threaded GEMM on its own block: OpenBLAS's
+// own thread pool and OpenMP's workers, each spinning while the other ran, left a third of the CPU idle.
 static void linear(float *y, const float *x, const float *W, const float *bias, int64_t N, int64_t in, int64_t out) {
     if (N <= 0) return;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)N, (int)out, (int)in, 1.0f, x, (int)in, W, (int)out,
-                0.0f, y, (int)out);
-    if (bias) {
-#pragma omp parallel for schedule(static) if (N * out >= PS_PAR_MIN)
-        for (int64_t i = 0; i < N; i++)
-            for (int64_t j = 0; j < out; j++) y[i * out + j] += bias[j];
+    const int nt = omp_get_max_threads();
+    const int64_t per = nt > 1 && N * in * out >= PS_GEMM_PAR_MIN ? ((N + nt - 1) / nt + 15) / 16 * 16 : N;
+#pragma omp parallel for schedule(static) if (per < N)
+    for (int64_t i0 = 0; i0 < N; i0 += per) {
+        const int64_t n = i0 + per <= N ? per : N - i0;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)n, (int)out, (int)in, 1.0f, x + i0 * in, (int)in, W,
+                    (int)out, 0.0f, y + i0 * out, (int)out);
+        if (bias)
+            for (int64_t i = i0; i < i0 + n; i++)
+                for (int64_t j = 0; j < out; j++) y[i * out + j] += bias[j];
     }
 }
 
@@ -273,6 +286,7 @@ int ps_cpu_forward_ws(const ps_model *m, ps_row *rows, int64_t n_rows, ps_cpu_wo
     const int llama = cfg->arch == PS_ARCH_LLAMA;
     const int64_t QD = H * D, KD = Hkv * D, group = H / Hkv;
     if (n_rows <= 0) return 0;
+    openblas_set_num_threads(1);
 
     // Rows ordered by start layer, so the rows active at layer l are a prefix of the buffers.
     row_slot *slots = ws_part(wsp, 0, (size_t)n_rows * sizeof *slots);
