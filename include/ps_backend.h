@@ -15,7 +15,10 @@ typedef struct ps_backend {
     // Optional: the engine is about to free or reuse this cache; a device copy of it must be dropped.
     void (*release_cache)(struct ps_backend *b, const ps_cache *c);
     void *impl;               // backend-owned state (device weights, streams)
+    unsigned caps;            // PS_CAP_* bits: row features beyond the plain ps_row the backend honours
 } ps_backend;
+
+enum { PS_CAP_NARROW = 1 };   // ps_row.narrow / skip_attn / dirty_end
 
 // kind AUTO picks CUDA when a GPU is usable and otherwise says on stderr that it falls back to the CPU.
 // threads: CPU threads for OpenMP and OpenBLAS (0 = all cores).

@@ -97,9 +97,6 @@ typedef struct ps_run_results {
     double seconds;             // wall time of ps_engine_run
 } ps_run_results;
 
-// FLOPs a row costs on the reference backend: every GEMM, attention and the unembedding it asks for.
-double ps_row_flops(const ps_model_config *mc, const ps_row *row);
-
 // Runs the baseline and every experiment over the prompts in o->todo (all by default), then computes the
 // normalized values and the means (ps_engine_finish). Validates the experiments' layers, heads, neurons
 // and positions against the model (bad input: exit status 2, naming the experiment and field).

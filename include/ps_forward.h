@@ -62,7 +62,22 @@ typedef struct {
     const int64_t *out_pos; int64_t n_out;   // positions whose logits are wanted (each >= start_pos)
     const int32_t *cols; int64_t n_cols;     // vocabulary columns wanted; NULL = all V
     float *logits;                 // (n_out, n_cols or V), written by the backend
+    // Narrowing: what the engine knows the patches can change. With narrow = 0 every position from
+    // start_pos is recomputed at every layer from start_layer on. With narrow = 1 (never with cache):
+    //  - at start_layer only positions [start_pos, dirty_end) of the residual stream differ from base
+    //    (entering the layer, or, with skip_attn, after attention); Q/K/V of the other positions are
+    //    base's, and positions the row does not recompute keep base's residual stream;
+    //  - skip_attn: at start_layer attention is not recomputed (z is base's, then patched) and the row
+    //    begins at W_O, at positions [start_pos, dirty_end) only;
+    //  - in the last layer queries, W_O and the MLP run only at out_pos (their keys and values still
+    //    come from every changed position).
+    int narrow, skip_attn;
+    int64_t dirty_end;
 } ps_row;
+
+// FLOPs (2 x multiply-adds) a row costs on the reference backend: every GEMM, attention and the
+// unembedding it asks for, following the narrowing above.
+double ps_row_flops(const ps_model_config *mc, const ps_row *row);
 
 // The reference forward pass: fp32, OpenBLAS GEMMs over all rows' tokens at once, OpenMP attention.
 // A row's numbers never depend on the other rows of the batch (no padding).

@@ -328,6 +328,12 @@ static int slice_differs(const ps_model_config *mc, const ps_patch *pt, const ps
     return memcmp(pa + off, pb + off, (size_t)n * sizeof(float)) != 0;
 }
 
+// Sites that act after a layer's attention: a patch there changes only its own positions in that layer.
+static int site_after_attention(ps_site s) {
+    return s == PS_SITE_Z || s == PS_SITE_ATTN_OUT || s == PS_SITE_RESID_MID || s == PS_SITE_MLP_POST ||
+           s == PS_SITE_MLP_OUT || s == PS_SITE_RESID_POST;
+}
+
 // First position at which the patched run can differ from the base run; -1 when it cannot differ at all.
 static int64_t first_change(const ps_model_config *mc, const ps_patch *pt, const ps_cache *base, const ps_cache *src) {
     int64_t t0 = pt->pos < 0 ? 0 : pt->pos, t1 = pt->pos < 0 ? base->T : pt->pos + 1;
@@ -400,18 +406,6 @@ static void progress(run_ctx *c, int final) {
 static int stopped(const run_ctx *c, ps_error *e) {
     if (c->o->stop && *c->o->stop) return ps_fail(e, PS_EXIT_RUNTIME, "interrupted");
     return 0;
-}
-
-double ps_row_flops(const ps_model_config *mc, const ps_row *row) {
-    const double C = (double)mc->d_model, QD = (double)(mc->n_heads * mc->d_head), KD = (double)(mc->n_kv_heads * mc->d_head),
-                 M = (double)mc->d_mlp, n = (double)(row->T - row->start_pos);
-    const double mlp_mats = mc->arch == PS_ARCH_LLAMA ? 3 : 2;
-    // Attention: each new query reads every key up to itself, for scores and for the weighted sum.
-    double keys = 0;
-    for (int64_t t = row->start_pos; t < row->T; t++) keys += (double)(t + 1);
-    const double per_layer = 2 * n * C * (QD + 2 * KD) + 2 * n * QD * C + 2 * n * C * M * mlp_mats + 4 * keys * QD;
-    const double cols = row->cols ? (double)row->n_cols : (double)mc->d_vocab;
-    return per_layer * (double)(mc->n_layers - row->start_layer) + 2 * (double)row->n_out * C * cols;
 }
 
 static int batch_flush(run_ctx *c, batch *b, ps_error *e) {
@@ -535,6 +529,8 @@ static int run_sweeps(run_ctx *c, batch *b, const int64_t *chunk, int64_t nc, co
     const ps_engine_opts *o = c->o;
     ps_run_results *out = c->out;
     const ps_baseline *bl = &out->base;
+    // Rows say which positions their patch can change when the backend can use it (never in the oracle).
+    const int narrow = !o->naive && (c->be->caps & PS_CAP_NARROW);
     // Prompt-major, and a batch never mixes prompts: a prompt's rows form the same batches whatever the
     // chunking, sharding or resuming, so its numbers are bitwise reproducible.
     for (int64_t i = 0; i < nc; i++) {
@@ -552,11 +548,23 @@ static int run_sweeps(run_ctx *c, batch *b, const int64_t *chunk, int64_t nc, co
                 ps_patch pt;
                 if (!cell_patch(sw, cell, p, &pt)) { c->done++; continue; }
                 pt.src = src;
-                int64_t start_pos = 0, start_layer = 0;
+                int64_t start_pos = 0, start_layer = 0, dirty_end = 0;
+                const int after_attn = site_after_attention(pt.site);
                 if (!o->naive) {
                     start_pos = first_change(mc, &pt, base, src);
-                    if (start_pos < 0) {
-                        // The patch writes the value the base run already has: its result is the base metric.
+                    // Positions the patch can change: [start_pos, dirty_end) in its layer, entering it or (after
+                    // attention) leaving it; q/k/v/pattern patches leave the layer's input unchanged.
+                    dirty_end = pt.site == PS_SITE_RESID_PRE || after_attn ? (pt.pos < 0 ? p->T : pt.pos + 1) : start_pos;
+                    int reaches = start_pos >= 0;
+                    if (reaches && narrow && after_attn && pt.layer == mc->n_layers - 1) {
+                        // After attention in the last layer a position only reaches its own logits.
+                        reaches = 0;
+                        for (int64_t k = 0; k < rq.n_out; k++)
+                            if (rq.out_pos[k] >= start_pos && rq.out_pos[k] < dirty_end) reaches = 1;
+                    }
+                    if (!reaches) {
+                        // The patch writes the value the base run already has, or changes nothing the metric
+                        // reads: its result is the base metric.
                         sw->values[pi * sw->n_cells + cell] = base_metric;
                         sw->patches_skipped++;
                         c->done++;
@@ -565,6 +573,7 @@ static int run_sweeps(run_ctx *c, batch *b, const int64_t *chunk, int64_t nc, co
                     start_layer = pt.layer;
                     for (int64_t k = 0; k < rq.n_out; k++) // the row must still reach the metric's positions
                         if (rq.out_pos[k] < start_pos) start_pos = rq.out_pos[k];
+                    if (dirty_end < start_pos) dirty_end = start_pos;
                 }
                 sw->patches_run++;
                 if (b->n == b->cap || b->logits_used + need > b->logits_cap)
@@ -590,6 +599,11 @@ static int run_sweeps(run_ctx *c, batch *b, const int64_t *chunk, int64_t nc, co
                 r->cols = tg->rq.n_cols ? tg->rq.cols : NULL;
                 r->n_cols = tg->rq.n_cols;
                 r->logits = b->logits + tg->logit_off;
+                if (narrow) {
+                    r->narrow = 1;
+                    r->skip_attn = after_attn;
+                    r->dirty_end = dirty_end;
+                }
             }
         }
         if (batch_flush(c, b, e) != 0) return -1;

@@ -174,35 +174,91 @@ static void linear(float *y, const float *x, const float *W, const float *bias, 
 }
 
 // ---------------------------------------------------------------------------------------------
+// What a row computes at one layer (the narrowing of ps_forward.h), shared by the forward and the FLOP count.
+
+typedef struct {
+    int attn;          // attention recomputed at this layer
+    int64_t qkv_end;   // LN1 and the Q/K/V GEMMs at positions [start_pos, qkv_end); the others are base's
+    int outs_only;     // queries and everything after attention only at out_pos
+    int64_t post_end;  // W_O and the MLP at positions [start_pos, post_end) (only out_pos among them if outs_only)
+} layer_plan;
+
+// dirty: positions [start_pos, dirty) of the residual stream entering layer l differ from base.
+static layer_plan plan_layer(const ps_model_config *cfg, const ps_row *row, int64_t l, int64_t dirty) {
+    layer_plan p = {1, row->T, 0, row->T};
+    if (!row->narrow) return p;
+    p.attn = !(l == row->start_layer && row->skip_attn);
+    p.qkv_end = p.attn ? dirty : row->start_pos;
+    p.outs_only = l == cfg->n_layers - 1;
+    p.post_end = p.attn ? row->T : dirty;
+    return p;
+}
+
+static int is_out(const ps_row *row, int64_t t) {
+    for (int64_t o = 0; o < row->n_out; o++)
+        if (row->out_pos[o] == t) return 1;
+    return 0;
+}
+
+// Recomputed after attention at position t under plan p.
+static int post_at(const ps_row *row, const layer_plan *p, int64_t t) {
+    return t >= row->start_pos && t < p->post_end && (!p->outs_only || is_out(row, t));
+}
+
+double ps_row_flops(const ps_model_config *mc, const ps_row *row) {
+    const double C = (double)mc->d_model, QD = (double)(mc->n_heads * mc->d_head), KD = (double)(mc->n_kv_heads * mc->d_head),
+                 M = (double)mc->d_mlp;
+    const double mlp_mats = mc->arch == PS_ARCH_LLAMA ? 3 : 2;
+    double f = 0;
+    int64_t dirty = row->narrow ? row->dirty_end : row->T;
+    for (int64_t l = row->start_layer; l < mc->n_layers; l++) {
+        const layer_plan p = plan_layer(mc, row, l, dirty);
+        double n_post = 0, keys = 0; // attention: each query reads every key up to itself, for scores and sum
+        for (int64_t t = row->start_pos; t < row->T; t++)
+            if (post_at(row, &p, t)) {
+                n_post += 1;
+                if (p.attn) keys += (double)(t + 1);
+            }
+        f += 2 * (double)(p.qkv_end - row->start_pos) * C * (QD + 2 * KD) + 2 * n_post * (QD * C + C * M * mlp_mats) +
+             4 * keys * QD;
+        dirty = p.post_end;
+    }
+    const double cols = row->cols ? (double)row->n_cols : (double)mc->d_vocab;
+    return f + 2 * (double)row->n_out * C * cols;
+}
+
+// ---------------------------------------------------------------------------------------------
 // The batched forward
 
 typedef struct {
     ps_row *row;
     int64_t off;   // first token of this row in the workspace buffers
-    int64_t n;     // tokens computed: T - start_pos
+    int64_t n;     // tokens held: T - start_pos
+    int64_t dirty; // positions [start_pos, dirty) of the residual stream entering the current layer differ from base
+    layer_plan plan; // this layer's
 } row_slot;
 
 // Copies the patched slice of a (T, width)-per-position site from src into the row's buffer.
 // width = n_units * unit; unit_sel = -1 selects all units (heads or neurons), pos_sel = -1 all positions.
-static void patch_rows(float *buf, int64_t ld, const row_slot *rs, const float *src_layer, int64_t n_units, int64_t unit,
-                       int64_t unit_sel, int64_t pos_sel) {
+// map (NULL: identity) sends a workspace token to its row in a compacted buffer, or -1 when not computed.
+static void patch_rows(float *buf, int64_t ld, const int64_t *map, const row_slot *rs, const float *src_layer, int64_t n_units,
+                       int64_t unit, int64_t unit_sel, int64_t pos_sel) {
     const int64_t s = rs->row->start_pos, T = rs->row->T;
     int64_t t0 = pos_sel < 0 ? s : pos_sel, t1 = pos_sel < 0 ? T : pos_sel + 1;
     if (t0 < s) t0 = s;
     int64_t u0 = unit_sel < 0 ? 0 : unit_sel, u1 = unit_sel < 0 ? n_units : unit_sel + 1;
     for (int64_t t = t0; t < t1; t++) {
-        float *dst = buf + (rs->off + t - s) * ld;
+        const int64_t i = map ? map[rs->off + t - s] : rs->off + t - s;
+        if (i < 0) continue;
         const float *sp = src_layer + t * n_units * unit;
-        memcpy(dst + u0 * unit, sp + u0 * unit, (size_t)((u1 - u0) * unit) * sizeof(float));
+        memcpy(buf + i * ld + u0 * unit, sp + u0 * unit, (size_t)((u1 - u0) * unit) * sizeof(float));
     }
 }
 
 // Applies every patch of the active rows at (site, layer) to buf, whose per-token stride is ld.
-static void apply_patches(ps_site site, int64_t l, float *buf, int64_t ld, const row_slot *slots, int64_t n_active,
-                          const ps_model_config *cfg) {
-    const int64_t L = cfg->n_layers, C = cfg->d_model, H = cfg->n_heads, Hkv = cfg->n_kv_heads, D = cfg->d_head,
-                  M = cfg->d_mlp;
-    (void)L;
+static void apply_patches(ps_site site, int64_t l, float *buf, int64_t ld, const int64_t *map, const row_slot *slots,
+                          int64_t n_active, const ps_model_config *cfg) {
+    const int64_t C = cfg->d_model, H = cfg->n_heads, Hkv = cfg->n_kv_heads, D = cfg->d_head, M = cfg->d_mlp;
     for (int64_t r = 0; r < n_active; r++) {
         const ps_row *row = slots[r].row;
         for (int64_t p = 0; p < row->n_patches; p++) {
@@ -210,17 +266,18 @@ static void apply_patches(ps_site site, int64_t l, float *buf, int64_t ld, const
             if (pt->site != site || pt->layer != l) continue;
             const ps_cache *src = pt->src;
             const int64_t T = row->T;
+            const row_slot *rs = &slots[r];
             switch (site) {
-            case PS_SITE_RESID_PRE: patch_rows(buf, ld, &slots[r], src->resid_pre + l * T * C, 1, C, -1, pt->pos); break;
-            case PS_SITE_RESID_MID: patch_rows(buf, ld, &slots[r], src->resid_mid + l * T * C, 1, C, -1, pt->pos); break;
-            case PS_SITE_RESID_POST: patch_rows(buf, ld, &slots[r], src->resid_post + l * T * C, 1, C, -1, pt->pos); break;
-            case PS_SITE_ATTN_OUT: patch_rows(buf, ld, &slots[r], src->attn_out + l * T * C, 1, C, -1, pt->pos); break;
-            case PS_SITE_MLP_OUT: patch_rows(buf, ld, &slots[r], src->mlp_out + l * T * C, 1, C, -1, pt->pos); break;
-            case PS_SITE_Q: patch_rows(buf, ld, &slots[r], src->q + l * T * H * D, H, D, pt->head, pt->pos); break;
-            case PS_SITE_K: patch_rows(buf, ld, &slots[r], src->k + l * T * Hkv * D, Hkv, D, pt->head, pt->pos); break;
-            case PS_SITE_V: patch_rows(buf, ld, &slots[r], src->v + l * T * Hkv * D, Hkv, D, pt->head, pt->pos); break;
-            case PS_SITE_Z: patch_rows(buf, ld, &slots[r], src->z + l * T * H * D, H, D, pt->head, pt->pos); break;
-            case PS_SITE_MLP_POST: patch_rows(buf, ld, &slots[r], src->mlp_post + l * T * M, M, 1, pt->neuron, pt->pos); break;
+            case PS_SITE_RESID_PRE: patch_rows(buf, ld, map, rs, src->resid_pre + l * T * C, 1, C, -1, pt->pos); break;
+            case PS_SITE_RESID_MID: patch_rows(buf, ld, map, rs, src->resid_mid + l * T * C, 1, C, -1, pt->pos); break;
+            case PS_SITE_RESID_POST: patch_rows(buf, ld, map, rs, src->resid_post + l * T * C, 1, C, -1, pt->pos); break;
+            case PS_SITE_ATTN_OUT: patch_rows(buf, ld, map, rs, src->attn_out + l * T * C, 1, C, -1, pt->pos); break;
+            case PS_SITE_MLP_OUT: patch_rows(buf, ld, map, rs, src->mlp_out + l * T * C, 1, C, -1, pt->pos); break;
+            case PS_SITE_Q: patch_rows(buf, ld, map, rs, src->q + l * T * H * D, H, D, pt->head, pt->pos); break;
+            case PS_SITE_K: patch_rows(buf, ld, map, rs, src->k + l * T * Hkv * D, Hkv, D, pt->head, pt->pos); break;
+            case PS_SITE_V: patch_rows(buf, ld, map, rs, src->v + l * T * Hkv * D, Hkv, D, pt->head, pt->pos); break;
+            case PS_SITE_Z: patch_rows(buf, ld, map, rs, src->z + l * T * H * D, H, D, pt->head, pt->pos); break;
+            case PS_SITE_MLP_POST: patch_rows(buf, ld, map, rs, src->mlp_post + l * T * M, M, 1, pt->neuron, pt->pos); break;
             case PS_SITE_PATTERN: break; // applied inside attention
             default: break;
             }
@@ -241,6 +298,22 @@ static void store_rows(const row_slot *slots, int64_t n_active, size_t field, in
         ps_cache *cc = slots[r].row->cache;
         if (cc) store(*(float **)((char *)cc + field), l, &slots[r], buf, width);
     }
+}
+
+// Copies positions [t0, t1) of a row from a base cache array (L, T, width) at layer l into buf.
+static void from_base(float *buf, const row_slot *rs, const float *base_arr, int64_t l, int64_t width, int64_t t0, int64_t t1) {
+    const ps_row *row = rs->row;
+    if (t1 <= t0) return;
+    memcpy(buf + (rs->off + t0 - row->start_pos) * width, base_arr + (l * row->T + t0) * width,
+           (size_t)((t1 - t0) * width) * sizeof(float));
+}
+
+// dst[k] = src[idx[k]] and back, for (width)-float token rows.
+static void gather(float *dst, const float *src, const int64_t *idx, int64_t n, int64_t width) {
+    for (int64_t k = 0; k < n; k++) memcpy(dst + k * width, src + idx[k] * width, (size_t)width * sizeof(float));
+}
+static void scatter(float *dst, const float *src, const int64_t *idx, int64_t n, int64_t width) {
+    for (int64_t k = 0; k < n; k++) memcpy(dst + idx[k] * width, src + k * width, (size_t)width * sizeof(float));
 }
 
 // The model's norm: RMSNorm for Llama, LayerNorm for GPT-2 (b is NULL for Llama).
@@ -292,12 +365,14 @@ int ps_cpu_forward_ws(const ps_model *m, ps_row *rows, int64_t n_rows, ps_cpu_wo
     row_slot *slots = ws_part(wsp, 0, (size_t)n_rows * sizeof *slots);
     if (!slots) return ps_fail(e, PS_EXIT_RUNTIME, "forward: out of memory");
     memset(slots, 0, (size_t)n_rows * sizeof *slots);
+    int any_cache = 0, any_narrow = 0;
     for (int64_t r = 0; r < n_rows; r++) {
         ps_row *row = &rows[r];
         if (row->T <= 0 || row->T > cfg->n_ctx || row->start_pos < 0 || row->start_pos >= row->T ||
             row->start_layer < 0 || row->start_layer > L ||
-            ((row->start_layer > 0 || row->start_pos > 0) && !row->base) ||
-            (row->cache && (row->start_layer || row->start_pos))) {
+            ((row->start_layer > 0 || row->start_pos > 0 || row->narrow) && !row->base) ||
+            (row->cache && (row->start_layer || row->start_pos || row->narrow)) ||
+            (row->narrow && (row->dirty_end < row->start_pos || row->dirty_end > row->T))) {
             return ps_fail(e, PS_EXIT_RUNTIME, "forward: row %lld is inconsistent (T=%lld start_layer=%lld start_pos=%lld)",
                            (long long)r, (long long)row->T, (long long)row->start_layer, (long long)row->start_pos);
         }
@@ -306,8 +381,12 @@ int ps_cpu_forward_ws(const ps_model *m, ps_row *rows, int64_t n_rows, ps_cpu_wo
                 return ps_fail(e, PS_EXIT_BADINPUT, "forward: token id %d at position %lld is outside the vocabulary (%lld)",
                                row->tokens[i], (long long)i, (long long)V);
             }
+        any_cache |= row->cache != NULL;
+        any_narrow |= row->narrow;
         slots[r].row = row;
     }
+    // Cache rows store whole layers from the uncompacted buffers.
+    if (any_cache && any_narrow) return ps_fail(e, PS_EXIT_RUNTIME, "forward: a batch mixes cache rows and narrowed rows");
     qsort(slots, (size_t)n_rows, sizeof *slots, cmp_start_layer);
     int64_t N = 0, T_max = 0;
     for (int64_t r = 0; r < n_rows; r++) {
@@ -317,12 +396,13 @@ int ps_cpu_forward_ws(const ps_model *m, ps_row *rows, int64_t n_rows, ps_cpu_wo
         if (slots[r].row->T > T_max) T_max = slots[r].row->T;
     }
 
-    // One workspace for this batch: every per-token buffer.
+    // One workspace for this batch: every per-token buffer, full (token i of the batch at row i) and
+    // compacted (only the tokens a narrowed layer recomputes, gathered).
     const int64_t Mw = llama ? 3 * M : 2 * M;
-    size_t ws_n = (size_t)N * (size_t)(3 * C + QD + 2 * KD + QD + Mw) + (size_t)N;
+    size_t ws_n = (size_t)N * (size_t)(4 * C + 3 * QD + 4 * KD + QD + Mw) + (size_t)N;
     float *ws = ws_part(wsp, 1, ws_n * sizeof(float));
-    int64_t *posbuf = ws_part(wsp, 2, (size_t)N * sizeof(int64_t));
-    if (!ws || !posbuf) {
+    int64_t *ibuf = ws_part(wsp, 2, (size_t)(4 * N) * sizeof(int64_t));
+    if (!ws || !ibuf) {
         return ps_fail(e, PS_EXIT_RUNTIME, "forward: out of memory for %lld tokens", (long long)N);
     }
     float *x = ws;                 // (N, C) residual stream
@@ -336,6 +416,14 @@ int ps_cpu_forward_ws(const ps_model *m, ps_row *rows, int64_t n_rows, ps_cpu_wo
     float *h2 = h1 + N * M;        // (N, M) mlp post
     float *h3 = llama ? h2 + N * M : NULL; // (N, M) Llama up projection
     float *scale = h2 + N * M + (llama ? N * M : 0); // (N)
+    float *xc = scale + N;         // (N, C) compacted residual stream
+    float *qc = xc + N * C;        // (N, H*D) compacted q / z
+    float *kc = qc + N * QD;       // (N, Hkv*D)
+    float *vc = kc + N * KD;       // (N, Hkv*D)
+    float *zc = vc + N * KD;       // (N, H*D)
+    int64_t *posbuf = ibuf;        // (N) position of each token
+    int64_t *idx = ibuf + N;       // (N) tokens a narrowed stage computes
+    int64_t *map = ibuf + 2 * N;   // (N) token -> its row in the compacted buffers, or -1
     for (int64_t r = 0; r < n_rows; r++)
         for (int64_t i = 0; i < slots[r].n; i++) posbuf[slots[r].off + i] = slots[r].row->start_pos + i;
 
@@ -346,10 +434,11 @@ int ps_cpu_forward_ws(const ps_model *m, ps_row *rows, int64_t n_rows, ps_cpu_wo
         while (n_active < n_rows && slots[n_active].row->start_layer <= l) n_active++;
         N_active = n_active ? slots[n_active - 1].off + slots[n_active - 1].n : 0;
         for (int64_t r = first_new; r < n_active; r++) {
-            const row_slot *rs = &slots[r];
+            row_slot *rs = &slots[r];
             const ps_row *row = rs->row;
             float *xr = x + rs->off * C;
-            if (row->base && (row->start_layer > 0 || row->start_pos > 0)) {
+            rs->dirty = row->narrow ? row->dirty_end : row->T;
+            if (row->base && (row->start_layer > 0 || row->start_pos > 0 || row->narrow)) {
                 memcpy(xr, row->base->resid_pre + (l * row->T + row->start_pos) * C, (size_t)(rs->n * C) * sizeof(float));
             } else {
                 for (int64_t i = 0; i < rs->n; i++) {
@@ -371,19 +460,44 @@ int ps_cpu_forward_ws(const ps_model *m, ps_row *rows, int64_t n_rows, ps_cpu_wo
         if (ps_model_layer(m, l, &lw, e) != 0) {
             return -1;
         }
+        for (int64_t r = 0; r < n_active; r++) slots[r].plan = plan_layer(cfg, slots[r].row, l, slots[r].dirty);
 
-        apply_patches(PS_SITE_RESID_PRE, l, x, C, slots, n_active, cfg);
+        apply_patches(PS_SITE_RESID_PRE, l, x, C, NULL, slots, n_active, cfg);
         store_rows(slots, n_active, offsetof(ps_cache, resid_pre), l, x, C);
 
-        // Attention block
-        norm(cfg, xn, scale, x, w->ln1_w + l * C, w->ln1_b ? w->ln1_b + l * C : NULL, NA);
-        store_rows(slots, n_active, offsetof(ps_cache, ln1_scale), l, scale, 1);
-        linear(q, xn, lw.w_q, w->b_q ? w->b_q + l * QD : NULL, NA, C, QD);
-        linear(k, xn, lw.w_k, w->b_k ? w->b_k + l * KD : NULL, NA, C, KD);
-        linear(v, xn, lw.w_v, w->b_v ? w->b_v + l * KD : NULL, NA, C, KD);
-        apply_patches(PS_SITE_Q, l, q, QD, slots, n_active, cfg);
-        apply_patches(PS_SITE_K, l, k, KD, slots, n_active, cfg);
-        apply_patches(PS_SITE_V, l, v, KD, slots, n_active, cfg);
+        // Attention block. LN1 and Q/K/V only where the residual stream changed; the rest is base's.
+        int64_t nq = 0;
+        for (int64_t r = 0; r < n_active; r++)
+            for (int64_t t = slots[r].row->start_pos; t < slots[r].plan.qkv_end; t++)
+                idx[nq++] = slots[r].off + t - slots[r].row->start_pos;
+        if (nq == NA) {
+            norm(cfg, xn, scale, x, w->ln1_w + l * C, w->ln1_b ? w->ln1_b + l * C : NULL, NA);
+            store_rows(slots, n_active, offsetof(ps_cache, ln1_scale), l, scale, 1);
+            linear(q, xn, lw.w_q, w->b_q ? w->b_q + l * QD : NULL, NA, C, QD);
+            linear(k, xn, lw.w_k, w->b_k ? w->b_k + l * KD : NULL, NA, C, KD);
+            linear(v, xn, lw.w_v, w->b_v ? w->b_v + l * KD : NULL, NA, C, KD);
+        } else {
+            gather(xc, x, idx, nq, C);
+            norm(cfg, xn, NULL, xc, w->ln1_w + l * C, w->ln1_b ? w->ln1_b + l * C : NULL, nq);
+            linear(qc, xn, lw.w_q, w->b_q ? w->b_q + l * QD : NULL, nq, C, QD);
+            linear(kc, xn, lw.w_k, w->b_k ? w->b_k + l * KD : NULL, nq, C, KD);
+            linear(vc, xn, lw.w_v, w->b_v ? w->b_v + l * KD : NULL, nq, C, KD);
+            scatter(q, qc, idx, nq, QD);
+            scatter(k, kc, idx, nq, KD);
+            scatter(v, vc, idx, nq, KD);
+            for (int64_t r = 0; r < n_active; r++) {
+                const row_slot *rs = &slots[r];
+                const ps_cache *bc = rs->row->base;
+                const int64_t t0 = rs->plan.qkv_end, t1 = rs->row->T;
+                if (t0 >= t1 || !rs->plan.attn) continue;
+                from_base(q, rs, bc->q, l, QD, t0, t1);
+                from_base(k, rs, bc->k, l, KD, t0, t1);
+                from_base(v, rs, bc->v, l, KD, t0, t1);
+            }
+        }
+        apply_patches(PS_SITE_Q, l, q, QD, NULL, slots, n_active, cfg);
+        apply_patches(PS_SITE_K, l, k, KD, NULL, slots, n_active, cfg);
+        apply_patches(PS_SITE_V, l, v, KD, NULL, slots, n_active, cfg);
         store_rows(slots, n_active, offsetof(ps_cache, q), l, q, QD);
         store_rows(slots, n_active, offsetof(ps_cache, k), l, k, KD);
         store_rows(slots, n_active, offsetof(ps_cache, v), l, v, KD);
@@ -401,6 +515,11 @@ int ps_cpu_forward_ws(const ps_model *m, ps_row *rows, int64_t n_rows, ps_cpu_wo
         }
 
         // Causal attention per (row, head): keys before start_pos come from the base run's cache.
+        // Rows that skip attention at this layer take base's z where they recompute what follows.
+        for (int64_t r = 0; r < n_active; r++) {
+            const row_slot *rs = &slots[r];
+            if (!rs->plan.attn) from_base(z, rs, rs->row->base->z, l, QD, rs->row->start_pos, rs->plan.post_end);
+        }
         const float inv_sqrt_d = 1.0f / sqrtf((float)D);
 #pragma omp parallel if (n_active * H * T_max * T_max * D >= PS_PAR_MIN)
         {
@@ -410,6 +529,7 @@ int ps_cpu_forward_ws(const ps_model *m, ps_row *rows, int64_t n_rows, ps_cpu_wo
                 for (int64_t h = 0; h < H; h++) {
                     const row_slot *rs = &slots[r];
                     const ps_row *row = rs->row;
+                    if (!rs->plan.attn) continue;
                     const int64_t T = row->T, s = row->start_pos, g = h / group;
                     const float *kbase = NULL, *vbase = NULL;
                     if (s > 0) {
@@ -418,6 +538,7 @@ int ps_cpu_forward_ws(const ps_model *m, ps_row *rows, int64_t n_rows, ps_cpu_wo
                     }
                     const ps_patch *pp = NULL; // pattern patches for this (layer, head)
                     for (int64_t t = s; t < T; t++) {
+                        if (rs->plan.outs_only && !is_out(row, t)) continue;
                         const float *qt = q + (rs->off + t - s) * QD + h * D;
                         for (int64_t j = 0; j <= t; j++) {
                             const float *kj = j < s ? kbase + j * KD + g * D : k + (rs->off + j - s) * KD + g * D;
@@ -457,7 +578,7 @@ int ps_cpu_forward_ws(const ps_model *m, ps_row *rows, int64_t n_rows, ps_cpu_wo
             }
             free(sc);
         }
-        apply_patches(PS_SITE_Z, l, z, QD, slots, n_active, cfg);
+        apply_patches(PS_SITE_Z, l, z, QD, NULL, slots, n_active, cfg);
         for (int64_t r = 0; r < n_active; r++) {
             ps_cache *cc = slots[r].row->cache;
             if (!cc) continue;
@@ -471,45 +592,76 @@ int ps_cpu_forward_ws(const ps_model *m, ps_row *rows, int64_t n_rows, ps_cpu_wo
                                 cc->result + (l * T * H + h) * C, (int)(H * C));
             }
         }
-        linear(y, z, lw.w_o, w->b_o ? w->b_o + l * C : NULL, NA, QD, C);
-        apply_patches(PS_SITE_ATTN_OUT, l, y, C, slots, n_active, cfg);
+
+        // W_O and the MLP, on the tokens this layer recomputes (all of them unless rows are narrowed):
+        // zp/xp are the full buffers or their gathered copies, pmap the token -> row map of the latter.
+        int64_t np = 0;
+        for (int64_t r = 0; r < n_active; r++) {
+            const row_slot *rs = &slots[r];
+            for (int64_t t = rs->row->start_pos; t < rs->row->T; t++)
+                if (post_at(rs->row, &rs->plan, t)) idx[np++] = rs->off + t - rs->row->start_pos;
+        }
+        const int compact = np != NA;
+        const int64_t *pmap = NULL;
+        float *zp = z, *xp = x;
+        if (compact) {
+            for (int64_t i = 0; i < NA; i++) map[i] = -1;
+            for (int64_t i = 0; i < np; i++) map[idx[i]] = i;
+            pmap = map;
+            gather(zc, z, idx, np, QD);
+            gather(xc, x, idx, np, C);
+            zp = zc;
+            xp = xc;
+        }
+        linear(y, zp, lw.w_o, w->b_o ? w->b_o + l * C : NULL, np, QD, C);
+        apply_patches(PS_SITE_ATTN_OUT, l, y, C, pmap, slots, n_active, cfg);
         store_rows(slots, n_active, offsetof(ps_cache, attn_out), l, y, C);
-        for (int64_t i = 0; i < NA * C; i++) x[i] += y[i];
-        apply_patches(PS_SITE_RESID_MID, l, x, C, slots, n_active, cfg);
-        store_rows(slots, n_active, offsetof(ps_cache, resid_mid), l, x, C);
+        for (int64_t i = 0; i < np * C; i++) xp[i] += y[i];
+        apply_patches(PS_SITE_RESID_MID, l, xp, C, pmap, slots, n_active, cfg);
+        store_rows(slots, n_active, offsetof(ps_cache, resid_mid), l, xp, C);
 
         // MLP block
-        norm(cfg, xn, scale, x, w->ln2_w + l * C, w->ln2_b ? w->ln2_b + l * C : NULL, NA);
+        norm(cfg, xn, scale, xp, w->ln2_w + l * C, w->ln2_b ? w->ln2_b + l * C : NULL, np);
         store_rows(slots, n_active, offsetof(ps_cache, ln2_scale), l, scale, 1);
-        linear(h1, xn, lw.w_in, w->b_in ? w->b_in + l * M : NULL, NA, C, M);
-        if (llama) linear(h3, xn, lw.w_up, NULL, NA, C, M);
+        linear(h1, xn, lw.w_in, w->b_in ? w->b_in + l * M : NULL, np, C, M);
+        if (llama) linear(h3, xn, lw.w_up, NULL, np, C, M);
         if (cfg->act == PS_ACT_GELU_NEW && !llama) {
-#pragma omp parallel for simd schedule(static) if (NA * M >= PS_PAR_MIN)
-            for (int64_t i = 0; i < NA * M; i++) h2[i] = gelu_new(h1[i]);
+#pragma omp parallel for simd schedule(static) if (np * M >= PS_PAR_MIN)
+            for (int64_t i = 0; i < np * M; i++) h2[i] = gelu_new(h1[i]);
         } else {
-#pragma omp parallel for schedule(static) if (NA * M >= PS_PAR_MIN)
-            for (int64_t i = 0; i < NA * M; i++) {
+#pragma omp parallel for schedule(static) if (np * M >= PS_PAR_MIN)
+            for (int64_t i = 0; i < np * M; i++) {
                 float a = ps_cpu_act(cfg->act, h1[i]);
                 h2[i] = llama ? a * h3[i] : a;
             }
         }
-        apply_patches(PS_SITE_MLP_POST, l, h2, M, slots, n_active, cfg);
+        apply_patches(PS_SITE_MLP_POST, l, h2, M, pmap, slots, n_active, cfg);
         store_rows(slots, n_active, offsetof(ps_cache, mlp_pre), l, h1, M);
         if (llama) store_rows(slots, n_active, offsetof(ps_cache, mlp_pre_linear), l, h3, M);
         store_rows(slots, n_active, offsetof(ps_cache, mlp_post), l, h2, M);
-        linear(y, h2, lw.w_out, w->b_out ? w->b_out + l * C : NULL, NA, M, C);
-        apply_patches(PS_SITE_MLP_OUT, l, y, C, slots, n_active, cfg);
+        linear(y, h2, lw.w_out, w->b_out ? w->b_out + l * C : NULL, np, M, C);
+        apply_patches(PS_SITE_MLP_OUT, l, y, C, pmap, slots, n_active, cfg);
         store_rows(slots, n_active, offsetof(ps_cache, mlp_out), l, y, C);
-        for (int64_t i = 0; i < NA * C; i++) x[i] += y[i];
-        apply_patches(PS_SITE_RESID_POST, l, x, C, slots, n_active, cfg);
-        store_rows(slots, n_active, offsetof(ps_cache, resid_post), l, x, C);
+        for (int64_t i = 0; i < np * C; i++) xp[i] += y[i];
+        apply_patches(PS_SITE_RESID_POST, l, xp, C, pmap, slots, n_active, cfg);
+        store_rows(slots, n_active, offsetof(ps_cache, resid_post), l, xp, C);
+        if (compact) {
+            scatter(x, xc, idx, np, C);
+            // Positions a narrowed row did not recompute keep base's residual stream.
+            for (int64_t r = 0; r < n_active; r++) {
+                const row_slot *rs = &slots[r];
+                for (int64_t t = rs->row->start_pos; t < rs->row->T; t++)
+                    if (!post_at(rs->row, &rs->plan, t)) from_base(x, rs, rs->row->base->resid_post, l, C, t, t + 1);
+            }
+        }
+        for (int64_t r = 0; r < n_active; r++) slots[r].dirty = slots[r].plan.post_end;
     }
     // Rows that start past the last layer (a patch of the final resid_post) take the base's final state.
     for (int64_t r = n_active; r < n_rows; r++) {
         const row_slot *rs = &slots[r];
         memcpy(x + rs->off * C, rs->row->base->resid_post + ((L - 1) * rs->row->T + rs->row->start_pos) * C,
                (size_t)(rs->n * C) * sizeof(float));
-        apply_patches(PS_SITE_RESID_POST, L - 1, x, C, rs, 1, cfg);
+        apply_patches(PS_SITE_RESID_POST, L - 1, x, C, NULL, rs, 1, cfg);
     }
 
     // Final norm and unembedding, only at the positions asked for (all of them for cache rows).

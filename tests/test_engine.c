@@ -240,6 +240,47 @@ static void test_model(const char *model) {
         ps_run_results_free(&a);
         ps_run_results_free(&b);
     }
+
+    // Sites and layouts TransformerLens has no sweep function for, and positions restricted to the last
+    // token and the first (the narrowed last layer): the skipping engine against the naive one.
+    {
+        static int64_t ends[] = {-1, 0};
+        struct { ps_site site; ps_layout layout; int restrict_pos; } extra[] = {
+            {PS_SITE_RESID_POST, PS_BY_LAYER_POS, 0}, {PS_SITE_RESID_POST, PS_BY_LAYER, 0},
+            {PS_SITE_RESID_PRE, PS_BY_LAYER, 0},      {PS_SITE_MLP_OUT, PS_BY_LAYER, 0},
+            {PS_SITE_RESID_MID, PS_BY_LAYER, 0},      {PS_SITE_ATTN_OUT, PS_BY_LAYER_POS, 1},
+            {PS_SITE_Z, PS_BY_LAYER_POS_HEAD, 1},     {PS_SITE_RESID_PRE, PS_BY_LAYER_POS, 1},
+        };
+        enum { NX = sizeof extra / sizeof extra[0] };
+        ps_experiment ex[2 * NX];
+        char names[2 * NX][48];
+        memset(ex, 0, sizeof ex);
+        for (int d = 0; d < 2; d++)
+            for (int k = 0; k < NX; k++) {
+                ps_experiment *x = &ex[d * NX + k];
+                snprintf(names[d * NX + k], sizeof names[0], "%s_%s_%s%s", d ? "noise" : "denoise", ps_site_name(extra[k].site),
+                         ps_layout_name(extra[k].layout), extra[k].restrict_pos ? "_ends" : "");
+                x->name = names[d * NX + k];
+                x->site = extra[k].site;
+                x->layout = extra[k].layout;
+                x->direction = d ? PS_DIR_NOISE : PS_DIR_DENOISE;
+                if (extra[k].restrict_pos) { x->positions = ends; x->n_positions = 2; }
+            }
+        ps_metric_kind ms[] = {PS_METRIC_LOGIT_DIFF, PS_METRIC_PROB_DIFF};
+        for (int k = 0; k < 2; k++) {
+            ps_run_results a, b;
+            int ok = ps_engine_run(&f.m, &be, &f.ps, ex, 2 * NX, ms[k], &fast, &a, &e) == 0 &&
+                     ps_engine_run(&f.m, &be, &f.ps, ex, 2 * NX, ms[k], &naive, &b, &e) == 0;
+            TU_CHECK(ok, "%s extra sites: %s", model, e.msg);
+            if (ok) {
+                char what[128];
+                snprintf(what, sizeof what, "%s %s fast vs naive:", model, k ? "prob_diff" : "logit_diff");
+                compare_runs(what, &a, &b, f.ps.n, 1e-4f);
+            }
+            ps_run_results_free(&a);
+            ps_run_results_free(&b);
+        }
+    }
     ps_backend_free(&be);
     fixture_free(&f);
 }
