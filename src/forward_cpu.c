@@ -123,7 +123,9 @@ void ps_cpu_rotary(float *x, int64_t T, int64_t n_heads, int64_t D, const int64_
 }
 
 // tanh as Eigen's rational approximation: within 4e-7 of tanh over all floats (tanhf: 1e-7), and, being
-// plain arithmetic, vectorized by the compiler; tanhf was a fifth of a GPT-2 sweep's time.
+// plain arithmetic without branches, vectorized by the compiler; tanhf was a fifth of a GPT-2 sweep's time.
+// (Eigen returns x itself below |x| < 4e-4; the rational form differs there by 1.3e-7 relative, and the
+// branch kept the loop from vectorizing.)
 static inline float tanh_rational(float x) {
     const float clamp = 7.90531110763549805f;
     const float xc = x > clamp ? clamp : (x < -clamp ? -clamp : x), x2 = xc * xc;
@@ -138,7 +140,7 @@ static inline float tanh_rational(float x) {
     q = q * x2 + 1.18534705686654e-04f;
     q = q * x2 + 2.26843463243900e-03f;
     q = q * x2 + 4.89352518554385e-03f;
-    return fabsf(x) < 0.0004f ? x : p * xc / q;
+    return p * xc / q;
 }
 
 static inline float gelu_new(float x) {
@@ -320,6 +322,87 @@ static void scatter(float *dst, const float *src, const int64_t *idx, int64_t n,
 static void norm(const ps_model_config *cfg, float *out, float *scale, const float *x, const float *w, const float *b, int64_t N) {
     if (cfg->arch == PS_ARCH_LLAMA) ps_cpu_rmsnorm(out, scale, x, w, N, cfg->d_model, cfg->eps);
     else ps_cpu_layernorm(out, scale, x, w, b, N, cfg->d_model, cfg->eps);
+}
+
+// x86-64 builds carry an AVX2 copy of the hottest loops besides the baseline one, chosen at load time
+// (the binary stays portable). Neither uses FMA, and the sums' order is written out, so both give the
+// same bits.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
+#define PS_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define PS_CLONES
+#endif
+
+// a . b with eight interleaved partial sums (a fixed order any vector width reproduces).
+static inline float dot(const float *a, const float *b, int64_t n) {
+    float acc[8] = {0};
+    int64_t d = 0;
+    for (; d + 8 <= n; d += 8)
+        for (int i = 0; i < 8; i++) acc[i] += a[d + i] * b[d + i];
+    for (int i = 0; d < n; d++, i++) acc[i] += a[d] * b[d];
+    return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+}
+
+// One layer's attention inputs and outputs, for attend_head.
+typedef struct {
+    const float *q, *k, *v; // (N, QD), (N, KD), (N, KD) this batch's tokens (rotated for Llama)
+    float *z;               // (N, QD)
+    int64_t l, H, D, QD, KD, group;
+    int llama;
+    float inv_sqrt_d;
+} attn_layer;
+
+// Causal attention of one head of one row at the row's query positions: keys before start_pos come from
+// the base run's cache; pattern patches replace a query's probabilities. sc: (T) scratch.
+PS_CLONES static void attend_head(const attn_layer *a, const row_slot *rs, int64_t h, float *sc) {
+    const ps_row *row = rs->row;
+    const int64_t l = a->l, H = a->H, D = a->D, QD = a->QD, KD = a->KD;
+    const int64_t T = row->T, s = row->start_pos, g = h / a->group;
+    const float *kbase = NULL, *vbase = NULL;
+    if (s > 0) {
+        kbase = (a->llama ? row->base->rot_k : row->base->k) + l * T * KD;
+        vbase = row->base->v + l * T * KD;
+    }
+    ps_cache *cc = row->cache;
+    for (int64_t t = s; t < T; t++) {
+        if (rs->plan.outs_only && !is_out(row, t)) continue;
+        const float *qt = a->q + (rs->off + t - s) * QD + h * D;
+        for (int64_t j = 0; j <= t; j++) {
+            const float *kj = j < s ? kbase + j * KD + g * D : a->k + (rs->off + j - s) * KD + g * D;
+            sc[j] = dot(qt, kj, D) * a->inv_sqrt_d;
+        }
+        if (cc && cc->attn_scores) {
+            float *dst = cc->attn_scores + ((l * H + h) * T + t) * T;
+            for (int64_t j = 0; j < T; j++) dst[j] = j <= t ? sc[j] : -INFINITY;
+        }
+        float mx = sc[0];
+        for (int64_t j = 1; j <= t; j++) mx = sc[j] > mx ? sc[j] : mx;
+        double sum = 0;
+        for (int64_t j = 0; j <= t; j++) { sc[j] = expf(sc[j] - mx); sum += sc[j]; }
+        for (int64_t j = 0; j <= t; j++) sc[j] = (float)(sc[j] / sum);
+        for (int64_t p = 0; p < row->n_patches; p++) {
+            const ps_patch *pp = &row->patches[p];
+            if (pp->site != PS_SITE_PATTERN || pp->layer != l) continue;
+            if ((pp->head >= 0 && pp->head != h) || (pp->pos >= 0 && pp->pos != t)) continue;
+            memcpy(sc, pp->src->pattern + ((l * H + h) * T + t) * T, (size_t)(t + 1) * sizeof(float));
+        }
+        if (cc) {
+            float *dst = cc->pattern + ((l * H + h) * T + t) * T;
+            for (int64_t j = 0; j < T; j++) dst[j] = j <= t ? sc[j] : 0.0f;
+        }
+        float *zt = a->z + (rs->off + t - s) * QD + h * D;
+        for (int64_t d = 0; d < D; d++) zt[d] = 0;
+        for (int64_t j = 0; j <= t; j++) {
+            const float *vj = j < s ? vbase + j * KD + g * D : a->v + (rs->off + j - s) * KD + g * D;
+            const float pj = sc[j];
+            for (int64_t d = 0; d < D; d++) zt[d] += pj * vj[d];
+        }
+    }
+}
+
+// out[i] = gelu_new(in[i]): a fifth of a GPT-2 sweep's non-GEMM time, so vectorized (see PS_CLONES).
+PS_CLONES static void gelu_new_n(float *out, const float *in, int64_t n) {
+    for (int64_t i = 0; i < n; i++) out[i] = gelu_new(in[i]);
 }
 
 static int cmp_start_layer(const void *a, const void *b) {
@@ -520,62 +603,15 @@ int ps_cpu_forward_ws(const ps_model *m, ps_row *rows, int64_t n_rows, ps_cpu_wo
             const row_slot *rs = &slots[r];
             if (!rs->plan.attn) from_base(z, rs, rs->row->base->z, l, QD, rs->row->start_pos, rs->plan.post_end);
         }
-        const float inv_sqrt_d = 1.0f / sqrtf((float)D);
+        const attn_layer al = {.q = q, .k = k, .v = v, .z = z, .l = l, .H = H, .D = D, .QD = QD, .KD = KD, .group = group,
+                               .llama = llama, .inv_sqrt_d = 1.0f / sqrtf((float)D)};
 #pragma omp parallel if (n_active * H * T_max * T_max * D >= PS_PAR_MIN)
         {
             float *sc = malloc((size_t)T_max * sizeof(float));
 #pragma omp for schedule(dynamic, 1) collapse(2)
-            for (int64_t r = 0; r < n_active; r++) {
-                for (int64_t h = 0; h < H; h++) {
-                    const row_slot *rs = &slots[r];
-                    const ps_row *row = rs->row;
-                    if (!rs->plan.attn) continue;
-                    const int64_t T = row->T, s = row->start_pos, g = h / group;
-                    const float *kbase = NULL, *vbase = NULL;
-                    if (s > 0) {
-                        kbase = (llama ? row->base->rot_k : row->base->k) + l * T * KD;
-                        vbase = row->base->v + l * T * KD;
-                    }
-                    const ps_patch *pp = NULL; // pattern patches for this (layer, head)
-                    for (int64_t t = s; t < T; t++) {
-                        if (rs->plan.outs_only && !is_out(row, t)) continue;
-                        const float *qt = q + (rs->off + t - s) * QD + h * D;
-                        for (int64_t j = 0; j <= t; j++) {
-                            const float *kj = j < s ? kbase + j * KD + g * D : k + (rs->off + j - s) * KD + g * D;
-                            float acc = 0;
-                            for (int64_t d = 0; d < D; d++) acc += qt[d] * kj[d];
-                            sc[j] = acc * inv_sqrt_d;
-                        }
-                        ps_cache *cc = row->cache;
-                        if (cc && cc->attn_scores) {
-                            float *dst = cc->attn_scores + ((l * H + h) * T + t) * T;
-                            for (int64_t j = 0; j < T; j++) dst[j] = j <= t ? sc[j] : -INFINITY;
-                        }
-                        float mx = sc[0];
-                        for (int64_t j = 1; j <= t; j++) mx = sc[j] > mx ? sc[j] : mx;
-                        double sum = 0;
-                        for (int64_t j = 0; j <= t; j++) { sc[j] = expf(sc[j] - mx); sum += sc[j]; }
-                        for (int64_t j = 0; j <= t; j++) sc[j] = (float)(sc[j] / sum);
-                        for (int64_t p = 0; p < row->n_patches; p++) {
-                            pp = &row->patches[p];
-                            if (pp->site != PS_SITE_PATTERN || pp->layer != l) continue;
-                            if ((pp->head >= 0 && pp->head != h) || (pp->pos >= 0 && pp->pos != t)) continue;
-                            memcpy(sc, pp->src->pattern + ((l * H + h) * T + t) * T, (size_t)(t + 1) * sizeof(float));
-                        }
-                        if (cc) {
-                            float *dst = cc->pattern + ((l * H + h) * T + t) * T;
-                            for (int64_t j = 0; j < T; j++) dst[j] = j <= t ? sc[j] : 0.0f;
-                        }
-                        float *zt = z + (rs->off + t - s) * QD + h * D;
-                        for (int64_t d = 0; d < D; d++) zt[d] = 0;
-                        for (int64_t j = 0; j <= t; j++) {
-                            const float *vj = j < s ? vbase + j * KD + g * D : v + (rs->off + j - s) * KD + g * D;
-                            const float pj = sc[j];
-                            for (int64_t d = 0; d < D; d++) zt[d] += pj * vj[d];
-                        }
-                    }
-                }
-            }
+            for (int64_t r = 0; r < n_active; r++)
+                for (int64_t h = 0; h < H; h++)
+                    if (slots[r].plan.attn) attend_head(&al, &slots[r], h, sc);
             free(sc);
         }
         apply_patches(PS_SITE_Z, l, z, QD, NULL, slots, n_active, cfg);
@@ -626,8 +662,9 @@ int ps_cpu_forward_ws(const ps_model *m, ps_row *rows, int64_t n_rows, ps_cpu_wo
         linear(h1, xn, lw.w_in, w->b_in ? w->b_in + l * M : NULL, np, C, M);
         if (llama) linear(h3, xn, lw.w_up, NULL, np, C, M);
         if (cfg->act == PS_ACT_GELU_NEW && !llama) {
-#pragma omp parallel for simd schedule(static) if (np * M >= PS_PAR_MIN)
-            for (int64_t i = 0; i < np * M; i++) h2[i] = gelu_new(h1[i]);
+            const int64_t n = np * M, nt = omp_get_max_threads(), per = n >= PS_PAR_MIN ? (n + nt - 1) / nt : n;
+#pragma omp parallel for schedule(static) if (per < n)
+            for (int64_t i0 = 0; i0 < n; i0 += per) gelu_new_n(h2 + i0, h1 + i0, i0 + per <= n ? per : n - i0);
         } else {
 #pragma omp parallel for schedule(static) if (np * M >= PS_PAR_MIN)
             for (int64_t i = 0; i < np * M; i++) {
