@@ -160,8 +160,9 @@ float ps_cpu_act(ps_act act, float x) {
 // y (N, out) = x (N, in) @ W (in, out) [+ bias]
 // Parallel over blocks of rows, each thread calling a single-threaded GEMM on its own block: OpenBLAS's
 // own thread pool and OpenMP's workers, each spinning while the other ran, left a third of the CPU idle.
-static void linear(float *y, const float *x, const float *W, const float *bias, int64_t N, int64_t in, int64_t out) {
+void ps_cpu_linear(float *y, const float *x, const float *W, const float *bias, int64_t N, int64_t in, int64_t out) {
     if (N <= 0) return;
+    openblas_set_num_threads(1);
     const int nt = omp_get_max_threads();
     const int64_t per = nt > 1 && N * in * out >= PS_GEMM_PAR_MIN ? ((N + nt - 1) / nt + 15) / 16 * 16 : N;
 #pragma omp parallel for schedule(static) if (per < N)
@@ -556,15 +557,15 @@ int ps_cpu_forward_ws(const ps_model *m, ps_row *rows, int64_t n_rows, ps_cpu_wo
         if (nq == NA) {
             norm(cfg, xn, scale, x, w->ln1_w + l * C, w->ln1_b ? w->ln1_b + l * C : NULL, NA);
             store_rows(slots, n_active, offsetof(ps_cache, ln1_scale), l, scale, 1);
-            linear(q, xn, lw.w_q, w->b_q ? w->b_q + l * QD : NULL, NA, C, QD);
-            linear(k, xn, lw.w_k, w->b_k ? w->b_k + l * KD : NULL, NA, C, KD);
-            linear(v, xn, lw.w_v, w->b_v ? w->b_v + l * KD : NULL, NA, C, KD);
+            ps_cpu_linear(q, xn, lw.w_q, w->b_q ? w->b_q + l * QD : NULL, NA, C, QD);
+            ps_cpu_linear(k, xn, lw.w_k, w->b_k ? w->b_k + l * KD : NULL, NA, C, KD);
+            ps_cpu_linear(v, xn, lw.w_v, w->b_v ? w->b_v + l * KD : NULL, NA, C, KD);
         } else {
             gather(xc, x, idx, nq, C);
             norm(cfg, xn, NULL, xc, w->ln1_w + l * C, w->ln1_b ? w->ln1_b + l * C : NULL, nq);
-            linear(qc, xn, lw.w_q, w->b_q ? w->b_q + l * QD : NULL, nq, C, QD);
-            linear(kc, xn, lw.w_k, w->b_k ? w->b_k + l * KD : NULL, nq, C, KD);
-            linear(vc, xn, lw.w_v, w->b_v ? w->b_v + l * KD : NULL, nq, C, KD);
+            ps_cpu_linear(qc, xn, lw.w_q, w->b_q ? w->b_q + l * QD : NULL, nq, C, QD);
+            ps_cpu_linear(kc, xn, lw.w_k, w->b_k ? w->b_k + l * KD : NULL, nq, C, KD);
+            ps_cpu_linear(vc, xn, lw.w_v, w->b_v ? w->b_v + l * KD : NULL, nq, C, KD);
             scatter(q, qc, idx, nq, QD);
             scatter(k, kc, idx, nq, KD);
             scatter(v, vc, idx, nq, KD);
@@ -649,7 +650,7 @@ int ps_cpu_forward_ws(const ps_model *m, ps_row *rows, int64_t n_rows, ps_cpu_wo
             zp = zc;
             xp = xc;
         }
-        linear(y, zp, lw.w_o, w->b_o ? w->b_o + l * C : NULL, np, QD, C);
+        ps_cpu_linear(y, zp, lw.w_o, w->b_o ? w->b_o + l * C : NULL, np, QD, C);
         apply_patches(PS_SITE_ATTN_OUT, l, y, C, pmap, slots, n_active, cfg);
         store_rows(slots, n_active, offsetof(ps_cache, attn_out), l, y, C);
         for (int64_t i = 0; i < np * C; i++) xp[i] += y[i];
@@ -659,8 +660,8 @@ int ps_cpu_forward_ws(const ps_model *m, ps_row *rows, int64_t n_rows, ps_cpu_wo
         // MLP block
         norm(cfg, xn, scale, xp, w->ln2_w + l * C, w->ln2_b ? w->ln2_b + l * C : NULL, np);
         store_rows(slots, n_active, offsetof(ps_cache, ln2_scale), l, scale, 1);
-        linear(h1, xn, lw.w_in, w->b_in ? w->b_in + l * M : NULL, np, C, M);
-        if (llama) linear(h3, xn, lw.w_up, NULL, np, C, M);
+        ps_cpu_linear(h1, xn, lw.w_in, w->b_in ? w->b_in + l * M : NULL, np, C, M);
+        if (llama) ps_cpu_linear(h3, xn, lw.w_up, NULL, np, C, M);
         if (cfg->act == PS_ACT_GELU_NEW && !llama) {
             const int64_t n = np * M, nt = omp_get_max_threads(), per = n >= PS_PAR_MIN ? (n + nt - 1) / nt : n;
 #pragma omp parallel for schedule(static) if (per < n)
@@ -676,7 +677,7 @@ int ps_cpu_forward_ws(const ps_model *m, ps_row *rows, int64_t n_rows, ps_cpu_wo
         store_rows(slots, n_active, offsetof(ps_cache, mlp_pre), l, h1, M);
         if (llama) store_rows(slots, n_active, offsetof(ps_cache, mlp_pre_linear), l, h3, M);
         store_rows(slots, n_active, offsetof(ps_cache, mlp_post), l, h2, M);
-        linear(y, h2, lw.w_out, w->b_out ? w->b_out + l * C : NULL, np, M, C);
+        ps_cpu_linear(y, h2, lw.w_out, w->b_out ? w->b_out + l * C : NULL, np, M, C);
         apply_patches(PS_SITE_MLP_OUT, l, y, C, pmap, slots, n_active, cfg);
         store_rows(slots, n_active, offsetof(ps_cache, mlp_out), l, y, C);
         for (int64_t i = 0; i < np * C; i++) xp[i] += y[i];
