@@ -71,6 +71,8 @@ typedef struct {
     //    begins at W_O, at positions [start_pos, dirty_end) only;
     //  - in the last layer queries, W_O and the MLP run only at out_pos (their keys and values still
     //    come from every changed position).
+    // Narrowing only says what need not be recomputed: a backend that ignores it (no PS_CAP_NARROW)
+    // computes the same numbers from start_layer and start_pos.
     int narrow, skip_attn;
     int64_t dirty_end;
 } ps_row;
