@@ -3,10 +3,13 @@
 // n_sweeps, n_cells[n_sweeps] (int64); record = magic "PSRC", n (int64), payload bytes (int64),
 // payload, FNV-1a 64 checksum of the payload. Payload = n prompt indices, then per prompt its 6 baseline
 // floats and every sweep's cells, then per sweep the counters (run, skipped as int64; flops as double).
+// A record is built when its chunk finishes and written (write + fsync) by a writer thread while the
+// next chunk computes; at most one record waits.
 #include "ps_journal.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,8 +20,15 @@ struct ps_journal {
     int fd;
     char *path;
     int64_t n_sweeps;
-    int64_t *last_run, *last_skipped; // counters already committed, per sweep
+    int64_t *last_run, *last_skipped; // counters already put in a record, per sweep
     double *last_flops;
+    // The writer thread and its one-record queue, under mu.
+    pthread_t writer;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    unsigned char *pending; size_t pending_len; // the record being written, or NULL
+    int quit;
+    int err;                                     // errno of the first failed write (0: none)
 };
 
 static const char HEAD_MAGIC[8] = {'P', 'S', 'J', 'R', 'N', 'L', '0', '1'};
@@ -96,6 +106,38 @@ static int apply_record(const unsigned char *pl, size_t len, int64_t n, ps_run_r
     return 0;
 }
 
+// Writes each record handed over by ps_journal_append, then fsyncs; stops when asked and nothing waits.
+static void *writer_main(void *arg) {
+    ps_journal *j = arg;
+    pthread_mutex_lock(&j->mu);
+    for (;;) {
+        while (!j->pending && !j->quit) pthread_cond_wait(&j->cv, &j->mu);
+        if (!j->pending) break;
+        unsigned char *buf = j->pending;
+        size_t len = j->pending_len;
+        pthread_mutex_unlock(&j->mu);
+        int err = 0;
+        if (write_all(j->fd, buf, len) != 0 || fsync(j->fd) != 0) err = errno ? errno : EIO;
+        free(buf);
+        pthread_mutex_lock(&j->mu);
+        j->pending = NULL;
+        if (err && !j->err) j->err = err;
+        pthread_cond_broadcast(&j->cv);
+    }
+    pthread_mutex_unlock(&j->mu);
+    return NULL;
+}
+
+// Waits until no record is being written; the first write error, if any, as ps_fail.
+static int wait_idle(ps_journal *j, ps_error *e) {
+    pthread_mutex_lock(&j->mu);
+    while (j->pending) pthread_cond_wait(&j->cv, &j->mu);
+    int err = j->err;
+    pthread_mutex_unlock(&j->mu);
+    if (err) return ps_fail(e, PS_EXIT_RUNTIME, "%s: cannot append to journal: %s", j->path, strerror(err));
+    return 0;
+}
+
 int ps_journal_open(ps_journal **jp, const char *path, const char identity[65], int force, ps_run_results *rr,
                     uint8_t *done, int64_t *n_done, ps_error *e) {
     *jp = NULL;
@@ -159,6 +201,16 @@ int ps_journal_open(ps_journal **jp, const char *path, const char identity[65], 
     j->last_run = calloc((size_t)(rr->n_sweeps + 1), sizeof(int64_t));
     j->last_skipped = calloc((size_t)(rr->n_sweeps + 1), sizeof(int64_t));
     j->last_flops = calloc((size_t)(rr->n_sweeps + 1), sizeof(double));
+    pthread_mutex_init(&j->mu, NULL);
+    pthread_cond_init(&j->cv, NULL);
+    int prc = pthread_create(&j->writer, NULL, writer_main, j);
+    if (prc != 0) {
+        pthread_cond_destroy(&j->cv);
+        pthread_mutex_destroy(&j->mu);
+        close(fd);
+        free(j->path); free(j->last_run); free(j->last_skipped); free(j->last_flops); free(j);
+        return ps_fail(e, PS_EXIT_RUNTIME, "%s: cannot start the journal's writer thread: %s", path, strerror(prc));
+    }
     *jp = j;
     return 0;
 }
@@ -197,21 +249,35 @@ int ps_journal_append(ps_journal *j, const int64_t *prompts, int64_t n, const ps
     }
     uint64_t sum = fnv1a(pl, len);
     memcpy(pl + len, &sum, 8);
-    int rc = 0;
-    if (write_all(j->fd, buf, 20 + len + 8) != 0 || fsync(j->fd) != 0)
-        rc = ps_fail(e, PS_EXIT_RUNTIME, "%s: cannot append to journal: %s", j->path, strerror(errno));
-    free(buf);
-    if (rc == 0)
-        for (int64_t s = 0; s < rr->n_sweeps; s++) {
-            j->last_run[s] = rr->sweeps[s].patches_run;
-            j->last_skipped[s] = rr->sweeps[s].patches_skipped;
-            j->last_flops[s] = rr->sweeps[s].flops;
-        }
-    return rc;
+    for (int64_t s = 0; s < rr->n_sweeps; s++) {
+        j->last_run[s] = rr->sweeps[s].patches_run;
+        j->last_skipped[s] = rr->sweeps[s].patches_skipped;
+        j->last_flops[s] = rr->sweeps[s].flops;
+    }
+    // Hand the record to the writer once the previous one is on disk (records stay in order).
+    if (wait_idle(j, e) != 0) {
+        free(buf);
+        return -1;
+    }
+    pthread_mutex_lock(&j->mu);
+    j->pending = buf;
+    j->pending_len = 20 + len + 8;
+    pthread_cond_broadcast(&j->cv);
+    pthread_mutex_unlock(&j->mu);
+    return 0;
 }
+
+int ps_journal_sync(ps_journal *j, ps_error *e) { return j ? wait_idle(j, e) : 0; }
 
 void ps_journal_close(ps_journal *j) {
     if (!j) return;
+    pthread_mutex_lock(&j->mu);
+    j->quit = 1;
+    pthread_cond_broadcast(&j->cv);
+    pthread_mutex_unlock(&j->mu);
+    pthread_join(j->writer, NULL); // a record already handed over is still written
+    pthread_cond_destroy(&j->cv);
+    pthread_mutex_destroy(&j->mu);
     close(j->fd);
     free(j->path);
     free(j->last_run);

@@ -390,6 +390,8 @@ static int cmd_run(int argc, char **argv) {
         if (ps_engine_run(&m, &be, &ps, cfg.experiments, cfg.n_experiments, cfg.metric, &o, &rr, &e) != 0) {
             rc = -1;
             interrupted = stop_requested;
+        } else if (ps_journal_sync(jr, &e) != 0) { // the last chunk's record, written while nothing else ran
+            rc = -1;
         }
         signal(SIGINT, SIG_DFL);
         signal(SIGTERM, SIG_DFL);

@@ -114,6 +114,17 @@ if "$bin" run "$tmp/cfg.json" -o "$tmp/term.h5" --quiet 2>/dev/null && compare "
     pass "resume after SIGTERM equals the uninterrupted run"
 else fail "resume after SIGTERM"; fi
 
+# --- a journal that cannot be written (a full disk, here a file size limit) -----------------------------
+# The writer thread's failure must stop the run with one line and no results file, and a later run resumes.
+( trap '' XFSZ; ulimit -f 8; exec "$bin" run "$tmp/cfg.json" -o "$tmp/full.h5" --quiet --chunk-prompts 1 ) 2>"$tmp/err"
+rc=$?
+if [ "$rc" -eq 1 ] && grep -q "cannot append to journal" "$tmp/err" && [ ! -e "$tmp/full.h5" ]; then
+    pass "a journal write that fails stops the run (exit 1, no results file)"
+else fail "journal write failure: exit $rc: $(cat "$tmp/err")"; fi
+if "$bin" run "$tmp/cfg.json" -o "$tmp/full.h5" --quiet 2>"$tmp/err" && compare "$tmp/full.h5" "$tmp/ref.h5" >/dev/null; then
+    pass "resume after a failed journal write equals the uninterrupted run"
+else fail "resume after a failed journal write: $(cat "$tmp/err")"; fi
+
 # --- an existing output -----------------------------------------------------------------------------
 if "$bin" run "$tmp/cfg.json" -o "$tmp/ref.h5" 2>"$tmp/err" && grep -q "nothing to do" "$tmp/err"; then
     pass "same config, complete output: nothing to do"
