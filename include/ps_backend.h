@@ -14,6 +14,9 @@ typedef struct ps_backend {
     void (*free)(struct ps_backend *b);
     // Optional: the engine is about to free or reuse this cache; a device copy of it must be dropped.
     void (*release_cache)(struct ps_backend *b, const ps_cache *c);
+    // GFLOP/s of (M, K) @ (K, N) the way this backend runs its GEMMs, timed for about `seconds` (the dry
+    // run's estimate); <= 0 when it cannot be measured.
+    double (*gemm_rate)(struct ps_backend *b, int64_t M, int64_t K, int64_t N, double seconds);
     void *impl;               // backend-owned state (device weights, streams)
     unsigned caps;            // PS_CAP_* bits: row features beyond the plain ps_row the backend honours
 } ps_backend;
@@ -24,6 +27,10 @@ enum { PS_CAP_NARROW = 1 };   // ps_row.narrow / skip_attn / dirty_end
 // threads: CPU threads for OpenMP and OpenBLAS (0 = all cores).
 int ps_backend_init(ps_backend *b, ps_backend_kind kind, ps_precision prec, int threads, const ps_model *m, ps_error *e);
 void ps_backend_free(ps_backend *b);
+
+// The CPU's fp32 GEMM rate: row_blocks = the CPU backend's way (ps_cpu_linear), else one OpenBLAS call
+// with OpenBLAS's own threads (OpenMP's thread count).
+double ps_cpu_gemm_rate(int64_t M, int64_t K, int64_t N, double seconds, int row_blocks);
 
 // Provided by kernels/ (CUDA builds) or src/backend_nocuda.c: 0 when a CUDA device can run the model.
 int ps_cuda_backend_init(ps_backend *b, ps_precision prec, const ps_model *m, ps_error *e);

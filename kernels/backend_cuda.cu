@@ -3,6 +3,7 @@
 // the step it mirrors) with one batched launch per op over all rows of the batch.
 #include "ps_cuda_internal.h"
 
+#include <limits.h>
 #include <stdio.h>
 
 // ---------------------------------------------------------------------------------------------
@@ -814,6 +815,50 @@ extern "C" int ps_cuda_device_count(char *why, size_t why_len) {
     return n;
 }
 
+// GFLOP/s of x (M, K) @ W (K, N) as the forward runs its GEMMs (cublasGemmEx in the weights' type, fp32
+// accumulation), timed with events on the backend's stream; 0 when anything fails. Inputs are a non-zero
+// byte pattern: all-zero operands draw less power and would flatter the clock.
+static double cuda_gemm_rate(ps_backend *b, int64_t M, int64_t K, int64_t N, double seconds) {
+    cuda_impl *im = (cuda_impl *)b->impl;
+    ps_cu_ctx *c = &im->ctx;
+    if (M <= 0 || K <= 0 || N <= 0 || M > INT_MAX || K > INT_MAX || N > INT_MAX) return 0;
+    const size_t esz = c->prec == PS_PREC_FP32 ? 4 : 2;
+    const cudaDataType_t t = c->prec == PS_PREC_FP16 ? CUDA_R_16F : c->prec == PS_PREC_BF16 ? CUDA_R_16BF : CUDA_R_32F;
+    void *x = NULL, *w = NULL, *y = NULL;
+    cudaEvent_t e0 = NULL, e1 = NULL;
+    double rate = 0;
+    int ok = cudaMalloc(&x, (size_t)(M * K) * esz) == cudaSuccess && cudaMalloc(&w, (size_t)(K * N) * esz) == cudaSuccess &&
+             cudaMalloc(&y, (size_t)(M * N) * sizeof(float)) == cudaSuccess && cudaEventCreate(&e0) == cudaSuccess &&
+             cudaEventCreate(&e1) == cudaSuccess && cudaMemsetAsync(x, 0x3c, (size_t)(M * K) * esz, c->stream) == cudaSuccess &&
+             cudaMemsetAsync(w, 0x3c, (size_t)(K * N) * esz, c->stream) == cudaSuccess;
+    const float alpha = 1.0f, beta = 0.0f;
+    // The forward's call: row-major y = x @ W as column-major y^T = W^T x^T.
+#define PS_RATE_GEMM()                                                                                              \
+    (cublasGemmEx(c->blas, CUBLAS_OP_N, CUBLAS_OP_N, (int)N, (int)M, (int)K, &alpha, w, t, (int)N, x, t, (int)K, &beta, y, \
+                  CUDA_R_32F, (int)N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT) == CUBLAS_STATUS_SUCCESS)
+    ok = ok && PS_RATE_GEMM(); // warm-up, untimed
+    double el = 0;
+    int64_t reps = 0;
+    while (ok && el < seconds) {
+        ok = cudaEventRecord(e0, c->stream) == cudaSuccess;
+        for (int i = 0; i < 20 && ok; i++) ok = PS_RATE_GEMM();
+        float ms = 0;
+        ok = ok && cudaEventRecord(e1, c->stream) == cudaSuccess && cudaEventSynchronize(e1) == cudaSuccess &&
+             cudaEventElapsedTime(&ms, e0, e1) == cudaSuccess;
+        el += 1e-3 * ms;
+        reps += 20;
+    }
+#undef PS_RATE_GEMM
+    if (ok && el > 0) rate = 2.0 * (double)M * (double)N * (double)K * (double)reps / el * 1e-9;
+    if (e0) cudaEventDestroy(e0);
+    if (e1) cudaEventDestroy(e1);
+    cudaFree(x);
+    cudaFree(w);
+    cudaFree(y);
+    (void)cudaGetLastError();
+    return rate;
+}
+
 static int backend_init(ps_backend *b, ps_precision prec, const ps_model *m, ps_error *e) {
     char why[256];
     if (ps_cuda_device_count(why, sizeof why) <= 0) return ps_fail(e, PS_EXIT_RUNTIME, "no CUDA device found (%s)", why);
@@ -873,6 +918,7 @@ static int backend_init(ps_backend *b, ps_precision prec, const ps_model *m, ps_
     b->forward = cuda_forward;
     b->free = cuda_free;
     b->release_cache = ps_cuda_forget_cache;
+    b->gemm_rate = cuda_gemm_rate;
     b->impl = im;
     return 0;
 }

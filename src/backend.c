@@ -6,11 +6,40 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 void openblas_set_num_threads(int num_threads);
 
 static int cpu_forward(ps_backend *b, const ps_model *m, ps_row *rows, int64_t n_rows, ps_error *e) {
     return ps_cpu_forward_ws(m, rows, n_rows, (ps_cpu_workspace *)b->impl, e);
+}
+
+double ps_cpu_gemm_rate(int64_t M, int64_t K, int64_t N, double seconds, int row_blocks) {
+    float *a = malloc((size_t)(M * K) * sizeof(float)), *w = malloc((size_t)(K * N) * sizeof(float)),
+          *c = malloc((size_t)(M * N) * sizeof(float));
+    double rate = 0;
+    if (a && w && c) {
+        for (int64_t i = 0; i < M * K; i++) a[i] = (float)(i % 7) * 0.1f;
+        for (int64_t i = 0; i < K * N; i++) w[i] = (float)(i % 5) * 0.1f;
+        if (!row_blocks) openblas_set_num_threads(omp_get_max_threads());
+        struct timespec t0 = {0}, t1;
+        int reps = -1; // the first call warms up, untimed
+        double el = 0;
+        while (el < seconds) {
+            if (row_blocks) ps_cpu_linear(c, a, w, NULL, M, K, N);
+            else cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)M, (int)N, (int)K, 1.0f, a, (int)K, w, (int)N, 0.0f, c, (int)N);
+            if (++reps == 0) clock_gettime(CLOCK_MONOTONIC, &t0);
+            clock_gettime(CLOCK_MONOTONIC, &t1);
+            el = reps ? (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec) : 0;
+        }
+        rate = 2.0 * (double)(M * N * K) * reps / el * 1e-9;
+    }
+    free(a); free(w); free(c);
+    return rate;
+}
+
+static double cpu_gemm_rate(ps_backend *b, int64_t M, int64_t K, int64_t N, double seconds) {
+    return ps_cpu_gemm_rate(M, K, N, seconds, 1);
 }
 
 static void cpu_free(ps_backend *b) {
@@ -43,6 +72,7 @@ int ps_backend_init(ps_backend *b, ps_backend_kind kind, ps_precision prec, int 
     b->caps = PS_CAP_NARROW;
     b->forward = cpu_forward;
     b->free = cpu_free;
+    b->gemm_rate = cpu_gemm_rate;
     b->impl = calloc(1, sizeof(ps_cpu_workspace));
     if (!b->impl) return ps_fail(e, PS_EXIT_RUNTIME, "out of memory");
     return 0;

@@ -10,7 +10,6 @@
 
 #include <cblas.h>
 #include <math.h>
-#include <omp.h>
 #include <signal.h>
 #include <time.h>
 #include <stdio.h>
@@ -44,8 +43,6 @@ static void usage(FILE *f) {
             PS_VERSION);
 }
 
-static double gemm_rate(int64_t M, int64_t K, int64_t N, double seconds, int row_blocks);
-void openblas_set_num_threads(int num_threads);
 
 static int die(const ps_error *e) {
     fprintf(stderr, "patchsweep: %s\n", e->msg[0] ? e->msg : "unknown error");
@@ -402,7 +399,7 @@ static int cmd_run(int argc, char **argv) {
         run_totals(&rr, &fl, &run, &skipped);
         fl -= rr.baseline_flops; // the plan prints the sweeps and the baselines apart
         // The rate at this model's own MLP shape: small models run far below a big GEMM's rate.
-        double rate = gemm_rate(256, m.cfg.d_model, m.cfg.d_mlp, 0.3, 1);
+        double rate = be.gemm_rate ? be.gemm_rate(&be, 256, m.cfg.d_model, m.cfg.d_mlp, 0.3) : 0;
         size_t weights = m.n_floats * sizeof(float);
         printf("plan for %s (%s backend, %s)\n", cfg_path, be.name, be.device);
         printf("  prompts            %lld (%lld in this run)\n", (long long)ps.n, (long long)n_todo);
@@ -545,34 +542,12 @@ static int cmd_generate(int argc, char **argv) {
     return rc == 0 ? 0 : die(&e);
 }
 
-// GFLOP/s of (M, K) @ (K, N) in fp32, either as the CPU backend runs it (row_blocks: ps_cpu_linear) or
-// as one OpenBLAS call with OpenBLAS's own threads.
-static double gemm_rate(int64_t M, int64_t K, int64_t N, double seconds, int row_blocks) {
-    float *a = malloc((size_t)(M * K) * sizeof(float)), *b = malloc((size_t)(K * N) * sizeof(float)),
-          *c = malloc((size_t)(M * N) * sizeof(float));
-    for (int64_t i = 0; i < M * K; i++) a[i] = (float)(i % 7) * 0.1f;
-    for (int64_t i = 0; i < K * N; i++) b[i] = (float)(i % 5) * 0.1f;
-    if (!row_blocks) openblas_set_num_threads(omp_get_max_threads());
-    struct timespec t0, t1;
-    int reps = -1; // the first call warms up, untimed
-    double el = 0;
-    while (el < seconds) {
-        if (row_blocks) ps_cpu_linear(c, a, b, NULL, M, K, N);
-        else cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)M, (int)N, (int)K, 1.0f, a, (int)K, b, (int)N, 0.0f, c, (int)N);
-        if (++reps == 0) clock_gettime(CLOCK_MONOTONIC, &t0);
-        clock_gettime(CLOCK_MONOTONIC, &t1);
-        el = reps ? (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec) : 0;
-    }
-    free(a); free(b); free(c);
-    return 2.0 * (double)(M * N * K) * reps / el * 1e-9;
-}
-
 // The machine's fp32 GEMM rate through the same OpenBLAS the CPU backend uses: the floor of benchmarks.
 static int cmd_bench_gemm(int argc, char **argv) {
     int64_t M = argc > 0 ? atoll(argv[0]) : 512, K = argc > 1 ? atoll(argv[1]) : 768, N = argc > 2 ? atoll(argv[2]) : 3072;
     if (M <= 0 || K <= 0 || N <= 0) return bad_usage("bench-gemm M K N: positive sizes");
     // The better of the two ways to thread it is the machine's rate (the benchmarks' floor).
-    const double own = gemm_rate(M, K, N, 1.0, 0), blocks = gemm_rate(M, K, N, 1.0, 1);
+    const double own = ps_cpu_gemm_rate(M, K, N, 1.0, 0), blocks = ps_cpu_gemm_rate(M, K, N, 1.0, 1);
     printf("gemm %lldx%lldx%lld: %.2f GFLOP/s (OpenBLAS's threads %.2f, the CPU backend's row blocks %.2f)\n", (long long)M,
            (long long)K, (long long)N, own > blocks ? own : blocks, own, blocks);
     return 0;
