@@ -21,7 +21,7 @@ typedef struct ps_backend {
     unsigned caps;            // PS_CAP_* bits: row features beyond the plain ps_row the backend honours
 } ps_backend;
 
-enum { PS_CAP_NARROW = 1 };   // ps_row.narrow / skip_attn / dirty_end
+enum { PS_CAP_NARROW = 1 };   // ps_row.narrow / entry / dirty_end
 
 // kind AUTO picks CUDA when a GPU is usable and otherwise says on stderr that it falls back to the CPU.
 // threads: CPU threads for OpenMP and OpenBLAS (0 = all cores).

@@ -51,6 +51,9 @@ typedef struct {
     const ps_cache *src;
 } ps_patch;
 
+// Where a narrowed row's changes begin in its start layer (see ps_row).
+typedef enum { PS_ENTER_LAYER = 0, PS_ENTER_QUERIES, PS_ENTER_WO } ps_entry;
+
 // One row of a batch. Positions before start_pos and layers before start_layer are read from base:
 // the caller guarantees the patches cannot change them (causality; patches act at layers >= start_layer).
 typedef struct {
@@ -63,17 +66,19 @@ typedef struct {
     const int32_t *cols; int64_t n_cols;     // vocabulary columns wanted; NULL = all V
     float *logits;                 // (n_out, n_cols or V), written by the backend
     // Narrowing: what the engine knows the patches can change. With narrow = 0 every position from
-    // start_pos is recomputed at every layer from start_layer on. With narrow = 1 (never with cache):
-    //  - at start_layer only positions [start_pos, dirty_end) of the residual stream differ from base
-    //    (entering the layer, or, with skip_attn, after attention); Q/K/V of the other positions are
-    //    base's, and positions the row does not recompute keep base's residual stream;
-    //  - skip_attn: at start_layer attention is not recomputed (z is base's, then patched) and the row
-    //    begins at W_O, at positions [start_pos, dirty_end) only;
-    //  - in the last layer queries, W_O and the MLP run only at out_pos (their keys and values still
-    //    come from every changed position).
+    // start_pos is recomputed at every layer from start_layer on. With narrow = 1 (never with cache),
+    // at start_layer only positions [start_pos, dirty_end) differ from base, at the point `entry` says:
+    //  - PS_ENTER_LAYER: the residual stream entering the layer; LN1 and Q/K/V are recomputed there
+    //    (the other positions' are base's) and attention at every query;
+    //  - PS_ENTER_QUERIES: the attention of those queries (a q or pattern patch); Q/K/V are all base's;
+    //  - PS_ENTER_WO: the heads' outputs z (a patch at z or later); attention is not recomputed, z is
+    //    base's, and the row begins at W_O.
+    // Positions a layer does not recompute keep base's residual stream. In the last layer queries, W_O
+    // and the MLP run only at out_pos (keys and values still at every changed position).
     // Narrowing only says what need not be recomputed: a backend that ignores it (no PS_CAP_NARROW)
     // computes the same numbers from start_layer and start_pos.
-    int narrow, skip_attn;
+    int narrow;
+    ps_entry entry;
     int64_t dirty_end;
 } ps_row;
 

@@ -550,14 +550,17 @@ static int run_sweeps(run_ctx *c, batch *b, const int64_t *chunk, int64_t nc, co
                 pt.src = src;
                 int64_t start_pos = 0, start_layer = 0, dirty_end = 0;
                 const int after_attn = site_after_attention(pt.site);
+                // q and pattern patches change the attention of their own queries only.
+                const int query_local = pt.site == PS_SITE_Q || pt.site == PS_SITE_PATTERN;
                 if (!o->naive) {
                     start_pos = first_change(mc, &pt, base, src);
-                    // Positions the patch can change: [start_pos, dirty_end) in its layer, entering it or (after
-                    // attention) leaving it; q/k/v/pattern patches leave the layer's input unchanged.
-                    dirty_end = pt.site == PS_SITE_RESID_PRE || after_attn ? (pt.pos < 0 ? p->T : pt.pos + 1) : start_pos;
+                    // Positions the patch can change: [start_pos, dirty_end) in its layer, entering it, in its
+                    // attention (q, pattern) or after it; k/v patches leave the layer's input unchanged.
+                    dirty_end = pt.site == PS_SITE_RESID_PRE || after_attn || query_local ? (pt.pos < 0 ? p->T : pt.pos + 1)
+                                                                                         : start_pos;
                     int reaches = start_pos >= 0;
-                    if (reaches && narrow && after_attn && pt.layer == mc->n_layers - 1) {
-                        // After attention in the last layer a position only reaches its own logits.
+                    if (reaches && narrow && (after_attn || query_local) && pt.layer == mc->n_layers - 1) {
+                        // From a query's attention on, in the last layer, a position only reaches its own logits.
                         reaches = 0;
                         for (int64_t k = 0; k < rq.n_out; k++)
                             if (rq.out_pos[k] >= start_pos && rq.out_pos[k] < dirty_end) reaches = 1;
@@ -601,7 +604,7 @@ static int run_sweeps(run_ctx *c, batch *b, const int64_t *chunk, int64_t nc, co
                 r->logits = b->logits + tg->logit_off;
                 if (narrow) {
                     r->narrow = 1;
-                    r->skip_attn = after_attn;
+                    r->entry = after_attn ? PS_ENTER_WO : query_local ? PS_ENTER_QUERIES : PS_ENTER_LAYER;
                     r->dirty_end = dirty_end;
                 }
             }

@@ -180,7 +180,7 @@ void ps_cpu_linear(float *y, const float *x, const float *W, const float *bias, 
 // What a row computes at one layer (the narrowing of ps_forward.h), shared by the forward and the FLOP count.
 
 typedef struct {
-    int attn;          // attention recomputed at this layer
+    int attn;          // attention recomputed at this layer (at the positions W_O runs at)
     int64_t qkv_end;   // LN1 and the Q/K/V GEMMs at positions [start_pos, qkv_end); the others are base's
     int outs_only;     // queries and everything after attention only at out_pos
     int64_t post_end;  // W_O and the MLP at positions [start_pos, post_end) (only out_pos among them if outs_only)
@@ -190,10 +190,11 @@ typedef struct {
 static layer_plan plan_layer(const ps_model_config *cfg, const ps_row *row, int64_t l, int64_t dirty) {
     layer_plan p = {1, row->T, 0, row->T};
     if (!row->narrow) return p;
-    p.attn = !(l == row->start_layer && row->skip_attn);
-    p.qkv_end = p.attn ? dirty : row->start_pos;
+    const ps_entry en = l == row->start_layer ? row->entry : PS_ENTER_LAYER;
+    p.attn = en != PS_ENTER_WO;
+    p.qkv_end = en == PS_ENTER_LAYER ? dirty : row->start_pos;
     p.outs_only = l == cfg->n_layers - 1;
-    p.post_end = p.attn ? row->T : dirty;
+    p.post_end = en == PS_ENTER_LAYER ? row->T : dirty;
     return p;
 }
 
@@ -366,7 +367,7 @@ PS_CLONES static void attend_head(const attn_layer *a, const row_slot *rs, int64
     }
     ps_cache *cc = row->cache;
     for (int64_t t = s; t < T; t++) {
-        if (rs->plan.outs_only && !is_out(row, t)) continue;
+        if (!post_at(row, &rs->plan, t)) continue;
         const float *qt = a->q + (rs->off + t - s) * QD + h * D;
         for (int64_t j = 0; j <= t; j++) {
             const float *kj = j < s ? kbase + j * KD + g * D : a->k + (rs->off + j - s) * KD + g * D;
