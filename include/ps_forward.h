@@ -51,8 +51,11 @@ typedef struct {
     const ps_cache *src;
 } ps_patch;
 
-// Where a narrowed row's changes begin in its start layer (see ps_row).
-typedef enum { PS_ENTER_LAYER = 0, PS_ENTER_QUERIES, PS_ENTER_WO } ps_entry;
+// Where a narrowed row's changes begin in its start layer (see ps_row), in the order of the layer's steps.
+typedef enum {
+    PS_ENTER_LAYER = 0, PS_ENTER_QUERIES, PS_ENTER_WO, PS_ENTER_ATTN_OUT, PS_ENTER_RESID_MID, PS_ENTER_MLP_POST,
+    PS_ENTER_MLP_OUT, PS_ENTER_RESID_POST
+} ps_entry;
 
 // One row of a batch. Positions before start_pos and layers before start_layer are read from base:
 // the caller guarantees the patches cannot change them (causality; patches act at layers >= start_layer).
@@ -71,8 +74,10 @@ typedef struct {
     //  - PS_ENTER_LAYER: the residual stream entering the layer; LN1 and Q/K/V are recomputed there
     //    (the other positions' are base's) and attention at every query;
     //  - PS_ENTER_QUERIES: the attention of those queries (a q or pattern patch); Q/K/V are all base's;
-    //  - PS_ENTER_WO: the heads' outputs z (a patch at z or later); attention is not recomputed, z is
-    //    base's, and the row begins at W_O.
+    //  - PS_ENTER_WO: the heads' outputs z; attention is not recomputed, z is base's, the row begins
+    //    at W_O;
+    //  - PS_ENTER_ATTN_OUT ... PS_ENTER_RESID_POST: that hook; the steps before it are not recomputed
+    //    (their outputs are base's) and the row begins there.
     // Positions a layer does not recompute keep base's residual stream. In the last layer queries, W_O
     // and the MLP run only at out_pos (keys and values still at every changed position).
     // Narrowing only says what need not be recomputed: a backend that ignores it (no PS_CAP_NARROW)

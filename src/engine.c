@@ -328,10 +328,20 @@ static int slice_differs(const ps_model_config *mc, const ps_patch *pt, const ps
     return memcmp(pa + off, pb + off, (size_t)n * sizeof(float)) != 0;
 }
 
-// Sites that act after a layer's attention: a patch there changes only its own positions in that layer.
-static int site_after_attention(ps_site s) {
-    return s == PS_SITE_Z || s == PS_SITE_ATTN_OUT || s == PS_SITE_RESID_MID || s == PS_SITE_MLP_POST ||
-           s == PS_SITE_MLP_OUT || s == PS_SITE_RESID_POST;
+// Where a patch's changes begin in its layer (ps_entry). From a query's attention on, a patch changes only
+// its own positions in that layer; resid_pre changes the input of every later position's attention, and
+// k/v the keys and values every later query reads.
+static ps_entry site_entry(ps_site s) {
+    switch (s) {
+    case PS_SITE_Q: case PS_SITE_PATTERN: return PS_ENTER_QUERIES;
+    case PS_SITE_Z: return PS_ENTER_WO;
+    case PS_SITE_ATTN_OUT: return PS_ENTER_ATTN_OUT;
+    case PS_SITE_RESID_MID: return PS_ENTER_RESID_MID;
+    case PS_SITE_MLP_POST: return PS_ENTER_MLP_POST;
+    case PS_SITE_MLP_OUT: return PS_ENTER_MLP_OUT;
+    case PS_SITE_RESID_POST: return PS_ENTER_RESID_POST;
+    default: return PS_ENTER_LAYER;
+    }
 }
 
 // First position at which the patched run can differ from the base run; -1 when it cannot differ at all.
@@ -549,17 +559,15 @@ static int run_sweeps(run_ctx *c, batch *b, const int64_t *chunk, int64_t nc, co
                 if (!cell_patch(sw, cell, p, &pt)) { c->done++; continue; }
                 pt.src = src;
                 int64_t start_pos = 0, start_layer = 0, dirty_end = 0;
-                const int after_attn = site_after_attention(pt.site);
-                // q and pattern patches change the attention of their own queries only.
-                const int query_local = pt.site == PS_SITE_Q || pt.site == PS_SITE_PATTERN;
+                const ps_entry entry = site_entry(pt.site);
+                const int local = entry >= PS_ENTER_QUERIES; // changes only its own positions in its layer
                 if (!o->naive) {
                     start_pos = first_change(mc, &pt, base, src);
                     // Positions the patch can change: [start_pos, dirty_end) in its layer, entering it, in its
                     // attention (q, pattern) or after it; k/v patches leave the layer's input unchanged.
-                    dirty_end = pt.site == PS_SITE_RESID_PRE || after_attn || query_local ? (pt.pos < 0 ? p->T : pt.pos + 1)
-                                                                                         : start_pos;
+                    dirty_end = pt.site == PS_SITE_RESID_PRE || local ? (pt.pos < 0 ? p->T : pt.pos + 1) : start_pos;
                     int reaches = start_pos >= 0;
-                    if (reaches && narrow && (after_attn || query_local) && pt.layer == mc->n_layers - 1) {
+                    if (reaches && narrow && local && pt.layer == mc->n_layers - 1) {
                         // From a query's attention on, in the last layer, a position only reaches its own logits.
                         reaches = 0;
                         for (int64_t k = 0; k < rq.n_out; k++)
@@ -604,7 +612,7 @@ static int run_sweeps(run_ctx *c, batch *b, const int64_t *chunk, int64_t nc, co
                 r->logits = b->logits + tg->logit_off;
                 if (narrow) {
                     r->narrow = 1;
-                    r->entry = after_attn ? PS_ENTER_WO : query_local ? PS_ENTER_QUERIES : PS_ENTER_LAYER;
+                    r->entry = entry;
                     r->dirty_end = dirty_end;
                 }
             }

@@ -184,14 +184,16 @@ typedef struct {
     int64_t qkv_end;   // LN1 and the Q/K/V GEMMs at positions [start_pos, qkv_end); the others are base's
     int outs_only;     // queries and everything after attention only at out_pos
     int64_t post_end;  // W_O and the MLP at positions [start_pos, post_end) (only out_pos among them if outs_only)
+    int late;          // 0, or how many hooks after z the row enters at (1 attn_out ... 5 resid_post)
 } layer_plan;
 
 // dirty: positions [start_pos, dirty) of the residual stream entering layer l differ from base.
 static layer_plan plan_layer(const ps_model_config *cfg, const ps_row *row, int64_t l, int64_t dirty) {
-    layer_plan p = {1, row->T, 0, row->T};
+    layer_plan p = {1, row->T, 0, row->T, 0};
     if (!row->narrow) return p;
     const ps_entry en = l == row->start_layer ? row->entry : PS_ENTER_LAYER;
-    p.attn = en != PS_ENTER_WO;
+    p.attn = en <= PS_ENTER_QUERIES;
+    p.late = en > PS_ENTER_WO ? (int)(en - PS_ENTER_WO) : 0;
     p.qkv_end = en == PS_ENTER_LAYER ? dirty : row->start_pos;
     p.outs_only = l == cfg->n_layers - 1;
     p.post_end = en == PS_ENTER_LAYER ? row->T : dirty;
@@ -223,8 +225,9 @@ double ps_row_flops(const ps_model_config *mc, const ps_row *row) {
                 n_post += 1;
                 if (p.attn) keys += (double)(t + 1);
             }
-        f += 2 * (double)(p.qkv_end - row->start_pos) * C * (QD + 2 * KD) + 2 * n_post * (QD * C + C * M * mlp_mats) +
-             4 * keys * QD;
+        // W_O unless entering after it; the MLP's input matrices unless entering after them; W_out likewise.
+        const double post = (p.late == 0 ? QD * C : 0) + (p.late <= 2 ? C * M * (mlp_mats - 1) : 0) + (p.late <= 3 ? M * C : 0);
+        f += 2 * (double)(p.qkv_end - row->start_pos) * C * (QD + 2 * KD) + 2 * n_post * post + 4 * keys * QD;
         dirty = p.post_end;
     }
     const double cols = row->cols ? (double)row->n_cols : (double)mc->d_vocab;
@@ -310,6 +313,23 @@ static void from_base(float *buf, const row_slot *rs, const float *base_arr, int
     if (t1 <= t0) return;
     memcpy(buf + (rs->off + t0 - row->start_pos) * width, base_arr + (l * row->T + t0) * width,
            (size_t)((t1 - t0) * width) * sizeof(float));
+}
+
+// Which token of which row each row of the compacted buffers holds, at layer l.
+typedef struct {
+    const int64_t *idx, *kslot, *posbuf; // compacted row k = workspace token idx[k] of slots[kslot[k]]
+    const row_slot *slots;
+    int64_t l;
+} compact_rows;
+
+// Compacted rows [k0, k1) of buf take base's value of a (L, T, width) ps_cache array (field: offsetof).
+static void from_base_rows(float *buf, int64_t width, const compact_rows *cr, int64_t k0, int64_t k1, size_t field) {
+    for (int64_t k = k0; k < k1; k++) {
+        const ps_row *row = cr->slots[cr->kslot[k]].row;
+        const float *arr = *(const float *const *)((const char *)row->base + field);
+        const int64_t t = cr->posbuf[cr->idx[k]];
+        memcpy(buf + k * width, arr + (cr->l * row->T + t) * width, (size_t)width * sizeof(float));
+    }
 }
 
 // dst[k] = src[idx[k]] and back, for (width)-float token rows.
@@ -509,6 +529,7 @@ int ps_cpu_forward_ws(const ps_model *m, ps_row *rows, int64_t n_rows, ps_cpu_wo
     int64_t *posbuf = ibuf;        // (N) position of each token
     int64_t *idx = ibuf + N;       // (N) tokens a narrowed stage computes
     int64_t *map = ibuf + 2 * N;   // (N) token -> its row in the compacted buffers, or -1
+    int64_t *kslot = ibuf + 3 * N; // (N) compacted row -> its row slot
     for (int64_t r = 0; r < n_rows; r++)
         for (int64_t i = 0; i < slots[r].n; i++) posbuf[slots[r].off + i] = slots[r].row->start_pos + i;
 
@@ -631,57 +652,74 @@ int ps_cpu_forward_ws(const ps_model *m, ps_row *rows, int64_t n_rows, ps_cpu_wo
             }
         }
 
-        // W_O and the MLP, on the tokens this layer recomputes (all of them unless rows are narrowed):
-        // zp/xp are the full buffers or their gathered copies, pmap the token -> row map of the latter.
-        int64_t np = 0;
-        for (int64_t r = 0; r < n_active; r++) {
-            const row_slot *rs = &slots[r];
-            for (int64_t t = rs->row->start_pos; t < rs->row->T; t++)
-                if (post_at(rs->row, &rs->plan, t)) idx[np++] = rs->off + t - rs->row->start_pos;
+        // W_O and the MLP, on the tokens this layer recomputes (all of them unless rows are narrowed). A row
+        // entering after z skips the steps before its hook (their outputs are base's): tokens are ordered by
+        // how late they enter, so each step runs on a prefix; upto[k] counts the tokens entering at late <= k.
+        // zp/xp are the full buffers or gathered copies, pmap the token -> row map of the latter.
+        int64_t np = 0, upto[6];
+        for (int k = 0; k < 6; k++) {
+            for (int64_t r = 0; r < n_active; r++) {
+                const row_slot *rs = &slots[r];
+                if (rs->plan.late != k) continue;
+                for (int64_t t = rs->row->start_pos; t < rs->row->T; t++)
+                    if (post_at(rs->row, &rs->plan, t)) {
+                        kslot[np] = r;
+                        idx[np++] = rs->off + t - rs->row->start_pos;
+                    }
+            }
+            upto[k] = np;
         }
-        const int compact = np != NA;
+        const int compact = np != NA || upto[0] != np;
         const int64_t *pmap = NULL;
         float *zp = z, *xp = x;
         if (compact) {
             for (int64_t i = 0; i < NA; i++) map[i] = -1;
             for (int64_t i = 0; i < np; i++) map[idx[i]] = i;
             pmap = map;
-            gather(zc, z, idx, np, QD);
+            gather(zc, z, idx, upto[0], QD);
             gather(xc, x, idx, np, C);
             zp = zc;
             xp = xc;
         }
-        ps_cpu_linear(y, zp, lw.w_o, w->b_o ? w->b_o + l * C : NULL, np, QD, C);
+        const compact_rows cr = {idx, kslot, posbuf, slots, l};
+        ps_cpu_linear(y, zp, lw.w_o, w->b_o ? w->b_o + l * C : NULL, upto[0], QD, C);
+        from_base_rows(y, C, &cr, upto[0], upto[1], offsetof(ps_cache, attn_out));
         apply_patches(PS_SITE_ATTN_OUT, l, y, C, pmap, slots, n_active, cfg);
         store_rows(slots, n_active, offsetof(ps_cache, attn_out), l, y, C);
-        for (int64_t i = 0; i < np * C; i++) xp[i] += y[i];
+        for (int64_t i = 0; i < upto[1] * C; i++) xp[i] += y[i];
+        from_base_rows(xp, C, &cr, upto[1], upto[4], offsetof(ps_cache, resid_mid));
         apply_patches(PS_SITE_RESID_MID, l, xp, C, pmap, slots, n_active, cfg);
         store_rows(slots, n_active, offsetof(ps_cache, resid_mid), l, xp, C);
 
         // MLP block
-        norm(cfg, xn, scale, xp, w->ln2_w + l * C, w->ln2_b ? w->ln2_b + l * C : NULL, np);
+        const int64_t nm = upto[2];
+        norm(cfg, xn, scale, xp, w->ln2_w + l * C, w->ln2_b ? w->ln2_b + l * C : NULL, nm);
         store_rows(slots, n_active, offsetof(ps_cache, ln2_scale), l, scale, 1);
-        ps_cpu_linear(h1, xn, lw.w_in, w->b_in ? w->b_in + l * M : NULL, np, C, M);
-        if (llama) ps_cpu_linear(h3, xn, lw.w_up, NULL, np, C, M);
+        ps_cpu_linear(h1, xn, lw.w_in, w->b_in ? w->b_in + l * M : NULL, nm, C, M);
+        if (llama) ps_cpu_linear(h3, xn, lw.w_up, NULL, nm, C, M);
         if (cfg->act == PS_ACT_GELU_NEW && !llama) {
-            const int64_t n = np * M, nt = omp_get_max_threads(), per = n >= PS_PAR_MIN ? (n + nt - 1) / nt : n;
+            // per >= 1: an OpenMP loop's trip count divides by its step even when the loop is empty.
+            const int64_t n = nm * M, nt = omp_get_max_threads(), per = n >= PS_PAR_MIN ? (n + nt - 1) / nt : (n ? n : 1);
 #pragma omp parallel for schedule(static) if (per < n)
             for (int64_t i0 = 0; i0 < n; i0 += per) gelu_new_n(h2 + i0, h1 + i0, i0 + per <= n ? per : n - i0);
         } else {
-#pragma omp parallel for schedule(static) if (np * M >= PS_PAR_MIN)
-            for (int64_t i = 0; i < np * M; i++) {
+#pragma omp parallel for schedule(static) if (nm * M >= PS_PAR_MIN)
+            for (int64_t i = 0; i < nm * M; i++) {
                 float a = ps_cpu_act(cfg->act, h1[i]);
                 h2[i] = llama ? a * h3[i] : a;
             }
         }
+        from_base_rows(h2, M, &cr, upto[2], upto[3], offsetof(ps_cache, mlp_post));
         apply_patches(PS_SITE_MLP_POST, l, h2, M, pmap, slots, n_active, cfg);
         store_rows(slots, n_active, offsetof(ps_cache, mlp_pre), l, h1, M);
         if (llama) store_rows(slots, n_active, offsetof(ps_cache, mlp_pre_linear), l, h3, M);
         store_rows(slots, n_active, offsetof(ps_cache, mlp_post), l, h2, M);
-        ps_cpu_linear(y, h2, lw.w_out, w->b_out ? w->b_out + l * C : NULL, np, M, C);
+        ps_cpu_linear(y, h2, lw.w_out, w->b_out ? w->b_out + l * C : NULL, upto[3], M, C);
+        from_base_rows(y, C, &cr, upto[3], upto[4], offsetof(ps_cache, mlp_out));
         apply_patches(PS_SITE_MLP_OUT, l, y, C, pmap, slots, n_active, cfg);
         store_rows(slots, n_active, offsetof(ps_cache, mlp_out), l, y, C);
-        for (int64_t i = 0; i < np * C; i++) xp[i] += y[i];
+        for (int64_t i = 0; i < upto[4] * C; i++) xp[i] += y[i];
+        from_base_rows(xp, C, &cr, upto[4], np, offsetof(ps_cache, resid_post));
         apply_patches(PS_SITE_RESID_POST, l, xp, C, pmap, slots, n_active, cfg);
         store_rows(slots, n_active, offsetof(ps_cache, resid_post), l, xp, C);
         if (compact) {
