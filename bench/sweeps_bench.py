@@ -174,9 +174,11 @@ def ensure_binary(build, backend):
     return exe, r.stdout.strip()
 
 
-def write_config(path, items, layers, threads, backend):
+def write_config(path, items, layers, threads, backend, only=None):
     exps = []
     for name, _fn, _axes, fields in SWEEPS:
+        if only is not None and name != only:
+            continue
         e = dict(name=name, **fields, direction="denoise")
         if layers is not None:
             e["layers"] = layers
@@ -205,6 +207,23 @@ def run_patchsweep(exe, cfg, out):
         fail(f"no 'compute ... GFLOP' line in patchsweep's stderr:\n{r.stderr.strip()}")
     return {"wall": wall, "compute": float(m.group(1)), "gflop": float(m.group(2)), "rate": float(m.group(3)),
             "run": int(m.group(4)), "skipped": int(m.group(5)), "stderr": r.stderr.strip()}
+
+
+RATE_LINE = re.compile(r"measured ([0-9.]+) GFLOP/s")
+
+# fp32 peaks without tensor cores, TFLOP/s, from NVIDIA's data sheets (boost clock), by a name fragment.
+GPU_FP32_PEAK = [("H200", 66.9), ("H100 PCIe", 51.2), ("H100", 66.9), ("A100", 19.5), ("L40S", 91.6), ("L40", 90.5),
+                 ("L4", 30.3), ("A10", 31.2), ("RTX 4090", 82.6), ("RTX 3090", 35.6), ("V100", 15.7)]
+
+
+def backend_gemm_rate(exe, cfg):
+    """The backend's own GEMM rate at the model's MLP shape, as `run --dry-run` measures it (cuBLAS for cuda)."""
+    r = subprocess.run([exe, "run", cfg, "--dry-run"], capture_output=True, text=True)
+    m = RATE_LINE.search(r.stdout)
+    if r.returncode != 0 or not m:
+        fail(f"patchsweep run --dry-run failed or printed no GEMM rate:\n{(r.stdout + r.stderr).strip()}")
+    dev = re.search(r"\(cuda backend, ([^)]*)\)", r.stdout)
+    return float(m.group(1)), (dev.group(1) if dev else None)
 
 
 def read_results(path):
@@ -443,6 +462,20 @@ def main():
              f"{out_path}); the comparison would be meaningless")
     say("  patchsweep's token ids (/prompts) equal the Python tokenizer's, BOS included")
 
+    # Each sweep alone, in its own process (its baselines included), for per-sweep times and rates.
+    per_ps = {}
+    for name, *_ in SWEEPS:
+        cfg_i, out_i = os.path.join(work, f"bench_{name}.json"), os.path.join(work, f"bench_{name}.h5")
+        write_config(cfg_i, items, layers, threads, a.backend, only=name)
+        per_ps[name] = run_patchsweep(exe, cfg_i, out_i)
+    say("  each sweep alone: " + "; ".join(f"{n} {r['compute']:.2f} s ({r['gflop']:.1f} GFLOP)" for n, r in per_ps.items()))
+    gpu_rate, gpu_name, gpu_peak = None, None, None
+    if a.backend == "cuda":
+        gpu_rate, gpu_name = backend_gemm_rate(exe, cfg_path)
+        gpu_peak = next((pk for frag, pk in GPU_FP32_PEAK if gpu_name and frag in gpu_name), None)
+        say(f"  GPU: {gpu_name}; cuBLAS fp32 GEMM at 256x768x3072 (the dry run's probe): {gpu_rate / 1e3:.2f} TFLOP/s; "
+            + (f"data-sheet fp32 peak {gpu_peak} TFLOP/s" if gpu_peak else "data-sheet peak unknown for this GPU"))
+
     say("\n== TransformerLens (one batched call per sweep, all prompts; model loading not timed)")
     tl = run_tl(items, meta, layers, threads, device, a.tl_budget, a.tl_fraction)
     load1 = os.getloadavg()
@@ -467,12 +500,17 @@ def main():
     base_d = max(abs(float(np.mean(b["clean"])) - tl["clean"]), abs(float(np.mean(b["corrupted"])) - tl["corrupted"]))
 
     extrap = any(r[2] != r[3] for r in rows)
-    say("\n== per sweep (patchsweep's time exists only for the whole suite)")
+    say("\n== per sweep (patchsweep: each sweep alone, compute time incl. its baselines; rate = its GFLOP / that time)")
+    peak_col = f"{'% peak':>8}" if gpu_peak else ""
     say(f"{'sweep':<18}{'axes':<16}{'cells':>7}{'TL cells run':>14}{'TL s (run)':>12}{'TL s (all cells)':>18}"
-        f"{'TL ms/cell':>12}{'max|diff|':>12}")
+        f"{'TL ms/cell':>12}{'max|diff|':>12}{'ps s':>10}{'ps GFLOP/s':>12}{peak_col}{'TL/ps':>8}")
     for name, axes, n, k, secs, full, per, d in rows:
         tag = "" if n == k else " *"
-        say(f"{name:<18}{axes:<16}{n:>7}{k:>14}{secs:>12.2f}{full:>16.2f}{tag:<2}{per:>12.1f}{d:>12.3g}")
+        r = per_ps[name]
+        rate = r["gflop"] / r["compute"] if r["compute"] > 0 else 0.0
+        pk = f"{100 * rate / (1e3 * gpu_peak):>7.1f}%" if gpu_peak else ""
+        say(f"{name:<18}{axes:<16}{n:>7}{k:>14}{secs:>12.2f}{full:>16.2f}{tag:<2}{per:>12.1f}{d:>12.3g}"
+            f"{r['compute']:>10.2f}{rate:>12.1f}{pk}{full / r['compute']:>8.1f}")
     tl_sweeps = sum(r[5] for r in rows)
     tl_total = tl_sweeps + tl["cache_s"]
     say(f"{'(2 run_with_cache)':<18}{'':<16}{'':>7}{'':>14}{tl['cache_s']:>12.2f}{tl['cache_s']:>16.2f}")
@@ -482,7 +520,8 @@ def main():
             "measured time x cells / cells run. max|diff| covers the cells run.")
 
     gflop = ps["gflop"]
-    best = max(r for _s, r in rates)
+    # The floor's GEMM rate: the CPU's best bench-gemm, or on a GPU the backend's cuBLAS probe.
+    best = gpu_rate if gpu_rate else max(r for _s, r in rates)
     floor_s = gflop / best
     tl_gflop = tl["dense_gflop_per_fwd"] * (sum(r[2] for r in rows) + 2)
     say("\n== summary")
@@ -500,7 +539,8 @@ def main():
         f" dense work by formula {tl_gflop:.0f} GFLOP ({tl_gflop / gflop:.0f}x patchsweep's)")
     say(f"speedup vs TransformerLens: {tl_total / ps['wall']:.2f}x on patchsweep's whole process, "
         f"{tl_total / ps['compute']:.2f}x on its compute time" + (" (TL time EXTRAPOLATED)" if extrap else ""))
-    say(f"floor: {gflop:.3f} GFLOP / {best:.2f} GFLOP/s (best bench-gemm result) = {floor_s:.3f} s; patchsweep compute is "
+    rate_src = "cuBLAS probe" if gpu_rate else "best bench-gemm result"
+    say(f"floor: {gflop:.3f} GFLOP / {best:.2f} GFLOP/s ({rate_src}) = {floor_s:.3f} s; patchsweep compute is "
         f"{ps['compute'] / floor_s:.2f}x the floor, its whole process {ps['wall'] / floor_s:.2f}x")
     say(f"max |patchsweep - TL| over {sum(r[3] for r in rows)} cells: {max_diff:.3g} (values span {vmin:.3f} .. {vmax:.3f})")
     say(f"load average: {load0[0]:.2f} at start, {load1[0]:.2f} at end (1-minute)")
