@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -109,6 +110,10 @@ static int apply_record(const unsigned char *pl, size_t len, int64_t n, ps_run_r
 // Writes each record handed over by ps_journal_append, then fsyncs; stops when asked and nothing waits.
 static void *writer_main(void *arg) {
     ps_journal *j = arg;
+    // Signals (SIGINT/SIGTERM set the run's stop flag) are the main thread's to take, not this one's.
+    sigset_t all;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, NULL);
     pthread_mutex_lock(&j->mu);
     for (;;) {
         while (!j->pending && !j->quit) pthread_cond_wait(&j->cv, &j->mu);
