@@ -456,16 +456,39 @@ int ps_cpu_forward(const ps_model *m, ps_row *rows, int64_t n_rows, ps_error *e)
     return rc;
 }
 
-int ps_cpu_forward_ws(const ps_model *m, ps_row *rows, int64_t n_rows, ps_cpu_workspace *wsp, ps_error *e) {
+// One batch of rows on its way through the layers: the rows in start-layer order and every per-token
+// buffer (one workspace allocation). Tokens of slot r are rows [off, off + n) of the full buffers.
+typedef struct {
+    const ps_model_config *cfg;
+    const ps_weights *w;
+    row_slot *slots; int64_t n_rows;
+    int64_t n_active, NA;  // rows and tokens active at the current layer (a prefix of slots)
+    int64_t T_max;
+    float *x;              // (N, C) residual stream
+    float *xn;             // (N, C) normalized / scratch
+    float *y;              // (N, C) attn_out / mlp_out
+    float *q, *k, *v;      // (N, H*D), (N, Hkv*D), (N, Hkv*D)
+    float *z;              // (N, H*D)
+    float *h1, *h2, *h3;   // (N, M) mlp pre, mlp post, Llama up projection (NULL for GPT-2)
+    float *scale;          // (N)
+    float *xc, *qc, *kc, *vc, *zc; // compacted copies: the tokens a narrowed step computes, gathered
+    int64_t *posbuf;       // (N) position of each token
+    int64_t *idx;          // (N) tokens a narrowed step computes
+    int64_t *map;          // (N) token -> its row in the compacted buffers, or -1
+    int64_t *kslot;        // (N) compacted row -> its row slot
+} batch;
+
+// Checks the rows, orders them by start layer and lays out the workspace.
+static int batch_setup(batch *b, const ps_model *m, ps_row *rows, int64_t n_rows, ps_cpu_workspace *wsp, ps_error *e) {
     const ps_model_config *cfg = &m->cfg;
-    const ps_weights *w = &m->w;
     const int64_t L = cfg->n_layers, C = cfg->d_model, H = cfg->n_heads, Hkv = cfg->n_kv_heads, D = cfg->d_head,
                   M = cfg->d_mlp, V = cfg->d_vocab;
     const int llama = cfg->arch == PS_ARCH_LLAMA;
-    const int64_t QD = H * D, KD = Hkv * D, group = H / Hkv;
-    if (n_rows <= 0) return 0;
-    openblas_set_num_threads(1);
-
+    const int64_t QD = H * D, KD = Hkv * D;
+    memset(b, 0, sizeof *b);
+    b->cfg = cfg;
+    b->w = &m->w;
+    b->n_rows = n_rows;
     // Rows ordered by start layer, so the rows active at layer l are a prefix of the buffers.
     row_slot *slots = ws_part(wsp, 0, (size_t)n_rows * sizeof *slots);
     if (!slots) return ps_fail(e, PS_EXIT_RUNTIME, "forward: out of memory");
@@ -500,239 +523,280 @@ int ps_cpu_forward_ws(const ps_model *m, ps_row *rows, int64_t n_rows, ps_cpu_wo
         N += slots[r].n;
         if (slots[r].row->T > T_max) T_max = slots[r].row->T;
     }
+    b->slots = slots;
+    b->T_max = T_max;
 
     // One workspace for this batch: every per-token buffer, full (token i of the batch at row i) and
     // compacted (only the tokens a narrowed layer recomputes, gathered).
     const int64_t Mw = llama ? 3 * M : 2 * M;
-    size_t ws_n = (size_t)N * (size_t)(4 * C + 3 * QD + 4 * KD + QD + Mw) + (size_t)N;
+    size_t ws_n = (size_t)N * (size_t)(4 * C + 4 * QD + 4 * KD + Mw) + (size_t)N;
     float *ws = ws_part(wsp, 1, ws_n * sizeof(float));
     int64_t *ibuf = ws_part(wsp, 2, (size_t)(4 * N) * sizeof(int64_t));
     if (!ws || !ibuf) {
         return ps_fail(e, PS_EXIT_RUNTIME, "forward: out of memory for %lld tokens", (long long)N);
     }
-    float *x = ws;                 // (N, C) residual stream
-    float *xn = x + N * C;         // (N, C) normalized / scratch
-    float *y = xn + N * C;         // (N, C) attn_out / mlp_out
-    float *q = y + N * C;          // (N, H*D)
-    float *k = q + N * QD;         // (N, Hkv*D)
-    float *v = k + N * KD;         // (N, Hkv*D)
-    float *z = v + N * KD;         // (N, H*D)
-    float *h1 = z + N * QD;        // (N, M) mlp pre
-    float *h2 = h1 + N * M;        // (N, M) mlp post
-    float *h3 = llama ? h2 + N * M : NULL; // (N, M) Llama up projection
-    float *scale = h2 + N * M + (llama ? N * M : 0); // (N)
-    float *xc = scale + N;         // (N, C) compacted residual stream
-    float *qc = xc + N * C;        // (N, H*D) compacted q / z
-    float *kc = qc + N * QD;       // (N, Hkv*D)
-    float *vc = kc + N * KD;       // (N, Hkv*D)
-    float *zc = vc + N * KD;       // (N, H*D)
-    int64_t *posbuf = ibuf;        // (N) position of each token
-    int64_t *idx = ibuf + N;       // (N) tokens a narrowed stage computes
-    int64_t *map = ibuf + 2 * N;   // (N) token -> its row in the compacted buffers, or -1
-    int64_t *kslot = ibuf + 3 * N; // (N) compacted row -> its row slot
+    b->x = ws;
+    b->xn = b->x + N * C;
+    b->y = b->xn + N * C;
+    b->q = b->y + N * C;
+    b->k = b->q + N * QD;
+    b->v = b->k + N * KD;
+    b->z = b->v + N * KD;
+    b->h1 = b->z + N * QD;
+    b->h2 = b->h1 + N * M;
+    b->h3 = llama ? b->h2 + N * M : NULL;
+    b->scale = b->h2 + N * M + (llama ? N * M : 0);
+    b->xc = b->scale + N;
+    b->qc = b->xc + N * C;
+    b->kc = b->qc + N * QD;
+    b->vc = b->kc + N * KD;
+    b->zc = b->vc + N * KD;
+    b->posbuf = ibuf;
+    b->idx = ibuf + N;
+    b->map = ibuf + 2 * N;
+    b->kslot = ibuf + 3 * N;
     for (int64_t r = 0; r < n_rows; r++)
-        for (int64_t i = 0; i < slots[r].n; i++) posbuf[slots[r].off + i] = slots[r].row->start_pos + i;
+        for (int64_t i = 0; i < slots[r].n; i++) b->posbuf[slots[r].off + i] = slots[r].row->start_pos + i;
 
-    int64_t n_active = 0, N_active = 0;
-    for (int64_t l = 0; l < L; l++) {
-        // Rows joining at this layer start from the base run's residual stream (or the embedding).
-        int64_t first_new = n_active;
-        while (n_active < n_rows && slots[n_active].row->start_layer <= l) n_active++;
-        N_active = n_active ? slots[n_active - 1].off + slots[n_active - 1].n : 0;
-        for (int64_t r = first_new; r < n_active; r++) {
-            row_slot *rs = &slots[r];
-            const ps_row *row = rs->row;
-            float *xr = x + rs->off * C;
-            rs->dirty = row->narrow ? row->dirty_end : row->T;
-            if (row->base && (row->start_layer > 0 || row->start_pos > 0 || row->narrow)) {
-                memcpy(xr, row->base->resid_pre + (l * row->T + row->start_pos) * C, (size_t)(rs->n * C) * sizeof(float));
-            } else {
-                for (int64_t i = 0; i < rs->n; i++) {
-                    int64_t t = row->start_pos + i;
-                    const float *te = w->wte + (int64_t)row->tokens[t] * C;
-                    for (int64_t c = 0; c < C; c++) xr[i * C + c] = te[c];
-                    if (row->cache) memcpy(row->cache->embed + t * C, te, (size_t)C * sizeof(float));
-                    if (!llama) {
-                        const float *pe = w->wpe + t * C;
-                        for (int64_t c = 0; c < C; c++) xr[i * C + c] += pe[c];
-                        if (row->cache) memcpy(row->cache->pos_embed + t * C, pe, (size_t)C * sizeof(float));
-                    }
-                }
-            }
-        }
-        if (N_active == 0) continue;
-        const int64_t NA = N_active;
-        ps_layer_weights lw; // this layer's matrices (converted now if the model is streamed)
-        if (ps_model_layer(m, l, &lw, e) != 0) {
-            return -1;
-        }
-        for (int64_t r = 0; r < n_active; r++) slots[r].plan = plan_layer(cfg, slots[r].row, l, slots[r].dirty);
+    return 0;
+}
 
-        apply_patches(PS_SITE_RESID_PRE, l, x, C, NULL, slots, n_active, cfg);
-        store_rows(slots, n_active, offsetof(ps_cache, resid_pre), l, x, C);
-
-        // Attention block. LN1 and Q/K/V only where the residual stream changed; the rest is base's.
-        int64_t nq = 0;
-        for (int64_t r = 0; r < n_active; r++)
-            for (int64_t t = slots[r].row->start_pos; t < slots[r].plan.qkv_end; t++)
-                idx[nq++] = slots[r].off + t - slots[r].row->start_pos;
-        if (nq == NA) {
-            norm(cfg, xn, scale, x, w->ln1_w + l * C, w->ln1_b ? w->ln1_b + l * C : NULL, NA);
-            store_rows(slots, n_active, offsetof(ps_cache, ln1_scale), l, scale, 1);
-            ps_cpu_linear(q, xn, lw.w_q, w->b_q ? w->b_q + l * QD : NULL, NA, C, QD);
-            ps_cpu_linear(k, xn, lw.w_k, w->b_k ? w->b_k + l * KD : NULL, NA, C, KD);
-            ps_cpu_linear(v, xn, lw.w_v, w->b_v ? w->b_v + l * KD : NULL, NA, C, KD);
+// Rows joining at layer l start from the base run's residual stream there (or from the embedding).
+static void join_rows(batch *b, int64_t first_new, int64_t l) {
+    const ps_model_config *cfg = b->cfg;
+    const ps_weights *w = b->w;
+    const int64_t C = cfg->d_model;
+    const int llama = cfg->arch == PS_ARCH_LLAMA;
+    row_slot *slots = b->slots;
+    float *x = b->x;
+    for (int64_t r = first_new; r < b->n_active; r++) {
+        row_slot *rs = &slots[r];
+        const ps_row *row = rs->row;
+        float *xr = x + rs->off * C;
+        rs->dirty = row->narrow ? row->dirty_end : row->T;
+        if (row->base && (row->start_layer > 0 || row->start_pos > 0 || row->narrow)) {
+            memcpy(xr, row->base->resid_pre + (l * row->T + row->start_pos) * C, (size_t)(rs->n * C) * sizeof(float));
         } else {
-            gather(xc, x, idx, nq, C);
-            norm(cfg, xn, NULL, xc, w->ln1_w + l * C, w->ln1_b ? w->ln1_b + l * C : NULL, nq);
-            ps_cpu_linear(qc, xn, lw.w_q, w->b_q ? w->b_q + l * QD : NULL, nq, C, QD);
-            ps_cpu_linear(kc, xn, lw.w_k, w->b_k ? w->b_k + l * KD : NULL, nq, C, KD);
-            ps_cpu_linear(vc, xn, lw.w_v, w->b_v ? w->b_v + l * KD : NULL, nq, C, KD);
-            scatter(q, qc, idx, nq, QD);
-            scatter(k, kc, idx, nq, KD);
-            scatter(v, vc, idx, nq, KD);
-            for (int64_t r = 0; r < n_active; r++) {
-                const row_slot *rs = &slots[r];
-                const ps_cache *bc = rs->row->base;
-                const int64_t t0 = rs->plan.qkv_end, t1 = rs->row->T;
-                if (t0 >= t1 || !rs->plan.attn) continue;
-                from_base(q, rs, bc->q, l, QD, t0, t1);
-                from_base(k, rs, bc->k, l, KD, t0, t1);
-                from_base(v, rs, bc->v, l, KD, t0, t1);
-            }
-        }
-        apply_patches(PS_SITE_Q, l, q, QD, NULL, slots, n_active, cfg);
-        apply_patches(PS_SITE_K, l, k, KD, NULL, slots, n_active, cfg);
-        apply_patches(PS_SITE_V, l, v, KD, NULL, slots, n_active, cfg);
-        store_rows(slots, n_active, offsetof(ps_cache, q), l, q, QD);
-        store_rows(slots, n_active, offsetof(ps_cache, k), l, k, KD);
-        store_rows(slots, n_active, offsetof(ps_cache, v), l, v, KD);
-        if (llama) {
-            for (int64_t r = 0; r < n_active; r++) {
-                const row_slot *rs = &slots[r];
-                ps_cpu_rotary(q + rs->off * QD, rs->n, H, D, posbuf + rs->off, cfg->rope_theta);
-                ps_cpu_rotary(k + rs->off * KD, rs->n, Hkv, D, posbuf + rs->off, cfg->rope_theta);
-                ps_cache *cc = rs->row->cache;
-                if (cc) {
-                    store(cc->rot_q, l, rs, q, QD);
-                    store(cc->rot_k, l, rs, k, KD);
+            for (int64_t i = 0; i < rs->n; i++) {
+                int64_t t = row->start_pos + i;
+                const float *te = w->wte + (int64_t)row->tokens[t] * C;
+                for (int64_t c = 0; c < C; c++) xr[i * C + c] = te[c];
+                if (row->cache) memcpy(row->cache->embed + t * C, te, (size_t)C * sizeof(float));
+                if (!llama) {
+                    const float *pe = w->wpe + t * C;
+                    for (int64_t c = 0; c < C; c++) xr[i * C + c] += pe[c];
+                    if (row->cache) memcpy(row->cache->pos_embed + t * C, pe, (size_t)C * sizeof(float));
                 }
             }
         }
+    }
+}
 
-        // Causal attention per (row, head): keys before start_pos come from the base run's cache.
-        // Rows that skip attention at this layer take base's z where they recompute what follows.
+// Attention's inputs: LN1 and Q/K/V only where the residual stream changed (the rest is base's), then
+// the q/k/v patches and, for Llama, rotary.
+static void qkv_step(batch *b, int64_t l, const ps_layer_weights *lw) {
+    const ps_model_config *cfg = b->cfg;
+    const ps_weights *w = b->w;
+    const int64_t C = cfg->d_model, H = cfg->n_heads, Hkv = cfg->n_kv_heads, D = cfg->d_head;
+    const int64_t QD = H * D, KD = Hkv * D, NA = b->NA, n_active = b->n_active;
+    const int llama = cfg->arch == PS_ARCH_LLAMA;
+    row_slot *slots = b->slots;
+    float *x = b->x, *xn = b->xn, *q = b->q, *k = b->k, *v = b->v, *scale = b->scale;
+    float *xc = b->xc, *qc = b->qc, *kc = b->kc, *vc = b->vc;
+    int64_t *posbuf = b->posbuf, *idx = b->idx;
+    int64_t nq = 0;
+    for (int64_t r = 0; r < n_active; r++)
+        for (int64_t t = slots[r].row->start_pos; t < slots[r].plan.qkv_end; t++)
+            idx[nq++] = slots[r].off + t - slots[r].row->start_pos;
+    if (nq == NA) {
+        norm(cfg, xn, scale, x, w->ln1_w + l * C, w->ln1_b ? w->ln1_b + l * C : NULL, NA);
+        store_rows(slots, n_active, offsetof(ps_cache, ln1_scale), l, scale, 1);
+        ps_cpu_linear(q, xn, lw->w_q, w->b_q ? w->b_q + l * QD : NULL, NA, C, QD);
+        ps_cpu_linear(k, xn, lw->w_k, w->b_k ? w->b_k + l * KD : NULL, NA, C, KD);
+        ps_cpu_linear(v, xn, lw->w_v, w->b_v ? w->b_v + l * KD : NULL, NA, C, KD);
+    } else {
+        gather(xc, x, idx, nq, C);
+        norm(cfg, xn, NULL, xc, w->ln1_w + l * C, w->ln1_b ? w->ln1_b + l * C : NULL, nq);
+        ps_cpu_linear(qc, xn, lw->w_q, w->b_q ? w->b_q + l * QD : NULL, nq, C, QD);
+        ps_cpu_linear(kc, xn, lw->w_k, w->b_k ? w->b_k + l * KD : NULL, nq, C, KD);
+        ps_cpu_linear(vc, xn, lw->w_v, w->b_v ? w->b_v + l * KD : NULL, nq, C, KD);
+        scatter(q, qc, idx, nq, QD);
+        scatter(k, kc, idx, nq, KD);
+        scatter(v, vc, idx, nq, KD);
         for (int64_t r = 0; r < n_active; r++) {
             const row_slot *rs = &slots[r];
-            if (!rs->plan.attn) from_base(z, rs, rs->row->base->z, l, QD, rs->row->start_pos, rs->plan.post_end);
+            const ps_cache *bc = rs->row->base;
+            const int64_t t0 = rs->plan.qkv_end, t1 = rs->row->T;
+            if (t0 >= t1 || !rs->plan.attn) continue;
+            from_base(q, rs, bc->q, l, QD, t0, t1);
+            from_base(k, rs, bc->k, l, KD, t0, t1);
+            from_base(v, rs, bc->v, l, KD, t0, t1);
         }
-        const attn_layer al = {.q = q, .k = k, .v = v, .z = z, .l = l, .H = H, .D = D, .QD = QD, .KD = KD, .group = group,
-                               .llama = llama, .inv_sqrt_d = 1.0f / sqrtf((float)D)};
-#pragma omp parallel if (n_active * H * T_max * T_max * D >= PS_PAR_MIN)
-        {
-            float *sc = malloc((size_t)T_max * sizeof(float));
-#pragma omp for schedule(dynamic, 1) collapse(2)
-            for (int64_t r = 0; r < n_active; r++)
-                for (int64_t h = 0; h < H; h++)
-                    if (slots[r].plan.attn) attend_head(&al, &slots[r], h, sc);
-            free(sc);
-        }
-        apply_patches(PS_SITE_Z, l, z, QD, NULL, slots, n_active, cfg);
-        for (int64_t r = 0; r < n_active; r++) {
-            ps_cache *cc = slots[r].row->cache;
-            if (!cc) continue;
-            store(cc->z, l, &slots[r], z, QD);
-            if (cc->result) {
-                // result[t, h, :] = z[t, h, :] @ W_O[h]  (TransformerLens's per-head output, no bias)
-                const int64_t T = slots[r].row->T;
-                for (int64_t h = 0; h < H; h++)
-                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)T, (int)C, (int)D, 1.0f,
-                                z + slots[r].off * QD + h * D, (int)QD, lw.w_o + h * D * C, (int)C, 0.0f,
-                                cc->result + (l * T * H + h) * C, (int)(H * C));
-            }
-        }
-
-        // W_O and the MLP, on the tokens this layer recomputes (all of them unless rows are narrowed). A row
-        // entering after z skips the steps before its hook (their outputs are base's): tokens are ordered by
-        // how late they enter, so each step runs on a prefix; upto[k] counts the tokens entering at late <= k.
-        // zp/xp are the full buffers or gathered copies, pmap the token -> row map of the latter.
-        int64_t np = 0, upto[6];
-        for (int k = 0; k < 6; k++) {
-            for (int64_t r = 0; r < n_active; r++) {
-                const row_slot *rs = &slots[r];
-                if (rs->plan.late != k) continue;
-                for (int64_t t = rs->row->start_pos; t < rs->row->T; t++)
-                    if (post_at(rs->row, &rs->plan, t)) {
-                        kslot[np] = r;
-                        idx[np++] = rs->off + t - rs->row->start_pos;
-                    }
-            }
-            upto[k] = np;
-        }
-        const int compact = np != NA || upto[0] != np;
-        const int64_t *pmap = NULL;
-        float *zp = z, *xp = x;
-        if (compact) {
-            for (int64_t i = 0; i < NA; i++) map[i] = -1;
-            for (int64_t i = 0; i < np; i++) map[idx[i]] = i;
-            pmap = map;
-            gather(zc, z, idx, upto[0], QD);
-            gather(xc, x, idx, np, C);
-            zp = zc;
-            xp = xc;
-        }
-        const compact_rows cr = {idx, kslot, posbuf, slots, l};
-        ps_cpu_linear(y, zp, lw.w_o, w->b_o ? w->b_o + l * C : NULL, upto[0], QD, C);
-        from_base_rows(y, C, &cr, upto[0], upto[1], offsetof(ps_cache, attn_out));
-        apply_patches(PS_SITE_ATTN_OUT, l, y, C, pmap, slots, n_active, cfg);
-        store_rows(slots, n_active, offsetof(ps_cache, attn_out), l, y, C);
-        for (int64_t i = 0; i < upto[1] * C; i++) xp[i] += y[i];
-        from_base_rows(xp, C, &cr, upto[1], upto[4], offsetof(ps_cache, resid_mid));
-        apply_patches(PS_SITE_RESID_MID, l, xp, C, pmap, slots, n_active, cfg);
-        store_rows(slots, n_active, offsetof(ps_cache, resid_mid), l, xp, C);
-
-        // MLP block
-        const int64_t nm = upto[2];
-        norm(cfg, xn, scale, xp, w->ln2_w + l * C, w->ln2_b ? w->ln2_b + l * C : NULL, nm);
-        store_rows(slots, n_active, offsetof(ps_cache, ln2_scale), l, scale, 1);
-        ps_cpu_linear(h1, xn, lw.w_in, w->b_in ? w->b_in + l * M : NULL, nm, C, M);
-        if (llama) ps_cpu_linear(h3, xn, lw.w_up, NULL, nm, C, M);
-        if (cfg->act == PS_ACT_GELU_NEW && !llama) {
-            // per >= 1: an OpenMP loop's trip count divides by its step even when the loop is empty.
-            const int64_t n = nm * M, nt = omp_get_max_threads(), per = n >= PS_PAR_MIN ? (n + nt - 1) / nt : (n ? n : 1);
-#pragma omp parallel for schedule(static) if (per < n)
-            for (int64_t i0 = 0; i0 < n; i0 += per) gelu_new_n(h2 + i0, h1 + i0, i0 + per <= n ? per : n - i0);
-        } else {
-#pragma omp parallel for schedule(static) if (nm * M >= PS_PAR_MIN)
-            for (int64_t i = 0; i < nm * M; i++) {
-                float a = ps_cpu_act(cfg->act, h1[i]);
-                h2[i] = llama ? a * h3[i] : a;
-            }
-        }
-        from_base_rows(h2, M, &cr, upto[2], upto[3], offsetof(ps_cache, mlp_post));
-        apply_patches(PS_SITE_MLP_POST, l, h2, M, pmap, slots, n_active, cfg);
-        store_rows(slots, n_active, offsetof(ps_cache, mlp_pre), l, h1, M);
-        if (llama) store_rows(slots, n_active, offsetof(ps_cache, mlp_pre_linear), l, h3, M);
-        store_rows(slots, n_active, offsetof(ps_cache, mlp_post), l, h2, M);
-        ps_cpu_linear(y, h2, lw.w_out, w->b_out ? w->b_out + l * C : NULL, upto[3], M, C);
-        from_base_rows(y, C, &cr, upto[3], upto[4], offsetof(ps_cache, mlp_out));
-        apply_patches(PS_SITE_MLP_OUT, l, y, C, pmap, slots, n_active, cfg);
-        store_rows(slots, n_active, offsetof(ps_cache, mlp_out), l, y, C);
-        for (int64_t i = 0; i < upto[4] * C; i++) xp[i] += y[i];
-        from_base_rows(xp, C, &cr, upto[4], np, offsetof(ps_cache, resid_post));
-        apply_patches(PS_SITE_RESID_POST, l, xp, C, pmap, slots, n_active, cfg);
-        store_rows(slots, n_active, offsetof(ps_cache, resid_post), l, xp, C);
-        if (compact) {
-            scatter(x, xc, idx, np, C);
-            // Positions a narrowed row did not recompute keep base's residual stream.
-            for (int64_t r = 0; r < n_active; r++) {
-                const row_slot *rs = &slots[r];
-                for (int64_t t = rs->row->start_pos; t < rs->row->T; t++)
-                    if (!post_at(rs->row, &rs->plan, t)) from_base(x, rs, rs->row->base->resid_post, l, C, t, t + 1);
-            }
-        }
-        for (int64_t r = 0; r < n_active; r++) slots[r].dirty = slots[r].plan.post_end;
     }
+    apply_patches(PS_SITE_Q, l, q, QD, NULL, slots, n_active, cfg);
+    apply_patches(PS_SITE_K, l, k, KD, NULL, slots, n_active, cfg);
+    apply_patches(PS_SITE_V, l, v, KD, NULL, slots, n_active, cfg);
+    store_rows(slots, n_active, offsetof(ps_cache, q), l, q, QD);
+    store_rows(slots, n_active, offsetof(ps_cache, k), l, k, KD);
+    store_rows(slots, n_active, offsetof(ps_cache, v), l, v, KD);
+    if (llama) {
+        for (int64_t r = 0; r < n_active; r++) {
+            const row_slot *rs = &slots[r];
+            ps_cpu_rotary(q + rs->off * QD, rs->n, H, D, posbuf + rs->off, cfg->rope_theta);
+            ps_cpu_rotary(k + rs->off * KD, rs->n, Hkv, D, posbuf + rs->off, cfg->rope_theta);
+            ps_cache *cc = rs->row->cache;
+            if (cc) {
+                store(cc->rot_q, l, rs, q, QD);
+                store(cc->rot_k, l, rs, k, KD);
+            }
+        }
+    }
+
+}
+
+// Causal attention per (row, head): keys before start_pos come from the base run's cache. Rows that skip
+// attention at this layer take base's z where they recompute what follows. Then the z patches.
+static void attention_step(batch *b, int64_t l, const ps_layer_weights *lw) {
+    const ps_model_config *cfg = b->cfg;
+    const int64_t C = cfg->d_model, H = cfg->n_heads, Hkv = cfg->n_kv_heads, D = cfg->d_head;
+    const int64_t QD = H * D, KD = Hkv * D, n_active = b->n_active;
+    const int llama = cfg->arch == PS_ARCH_LLAMA;
+    row_slot *slots = b->slots;
+    float *q = b->q, *k = b->k, *v = b->v, *z = b->z;
+    const int64_t group = H / Hkv, T_max = b->T_max;
+    for (int64_t r = 0; r < n_active; r++) {
+        const row_slot *rs = &slots[r];
+        if (!rs->plan.attn) from_base(z, rs, rs->row->base->z, l, QD, rs->row->start_pos, rs->plan.post_end);
+    }
+    const attn_layer al = {.q = q, .k = k, .v = v, .z = z, .l = l, .H = H, .D = D, .QD = QD, .KD = KD, .group = group,
+                           .llama = llama, .inv_sqrt_d = 1.0f / sqrtf((float)D)};
+#pragma omp parallel if (n_active * H * T_max * T_max * D >= PS_PAR_MIN)
+    {
+        float *sc = malloc((size_t)T_max * sizeof(float));
+#pragma omp for schedule(dynamic, 1) collapse(2)
+        for (int64_t r = 0; r < n_active; r++)
+            for (int64_t h = 0; h < H; h++)
+                if (slots[r].plan.attn) attend_head(&al, &slots[r], h, sc);
+        free(sc);
+    }
+    apply_patches(PS_SITE_Z, l, z, QD, NULL, slots, n_active, cfg);
+    for (int64_t r = 0; r < n_active; r++) {
+        ps_cache *cc = slots[r].row->cache;
+        if (!cc) continue;
+        store(cc->z, l, &slots[r], z, QD);
+        if (cc->result) {
+            // result[t, h, :] = z[t, h, :] @ W_O[h]  (TransformerLens's per-head output, no bias)
+            const int64_t T = slots[r].row->T;
+            for (int64_t h = 0; h < H; h++)
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)T, (int)C, (int)D, 1.0f,
+                            z + slots[r].off * QD + h * D, (int)QD, lw->w_o + h * D * C, (int)C, 0.0f,
+                            cc->result + (l * T * H + h) * C, (int)(H * C));
+        }
+    }
+
+}
+
+// W_O and the MLP with their patches, then the residual stream of what a narrowed row did not recompute.
+static void mlp_step(batch *b, int64_t l, const ps_layer_weights *lw) {
+    const ps_model_config *cfg = b->cfg;
+    const ps_weights *w = b->w;
+    const int64_t C = cfg->d_model, H = cfg->n_heads, D = cfg->d_head, M = cfg->d_mlp;
+    const int64_t QD = H * D, NA = b->NA, n_active = b->n_active;
+    const int llama = cfg->arch == PS_ARCH_LLAMA;
+    row_slot *slots = b->slots;
+    float *x = b->x, *xn = b->xn, *y = b->y, *z = b->z, *h1 = b->h1, *h2 = b->h2, *h3 = b->h3, *scale = b->scale;
+    float *xc = b->xc, *zc = b->zc;
+    int64_t *posbuf = b->posbuf, *idx = b->idx, *map = b->map, *kslot = b->kslot;
+    // W_O and the MLP, on the tokens this layer recomputes (all of them unless rows are narrowed). A row
+    // entering after z skips the steps before its hook (their outputs are base's): tokens are ordered by
+    // how late they enter, so each step runs on a prefix; upto[k] counts the tokens entering at late <= k.
+    // zp/xp are the full buffers or gathered copies, pmap the token -> row map of the latter.
+    int64_t np = 0, upto[6];
+    for (int k = 0; k < 6; k++) {
+        for (int64_t r = 0; r < n_active; r++) {
+            const row_slot *rs = &slots[r];
+            if (rs->plan.late != k) continue;
+            for (int64_t t = rs->row->start_pos; t < rs->row->T; t++)
+                if (post_at(rs->row, &rs->plan, t)) {
+                    kslot[np] = r;
+                    idx[np++] = rs->off + t - rs->row->start_pos;
+                }
+        }
+        upto[k] = np;
+    }
+    const int compact = np != NA || upto[0] != np;
+    const int64_t *pmap = NULL;
+    float *zp = z, *xp = x;
+    if (compact) {
+        for (int64_t i = 0; i < NA; i++) map[i] = -1;
+        for (int64_t i = 0; i < np; i++) map[idx[i]] = i;
+        pmap = map;
+        gather(zc, z, idx, upto[0], QD);
+        gather(xc, x, idx, np, C);
+        zp = zc;
+        xp = xc;
+    }
+    const compact_rows cr = {idx, kslot, posbuf, slots, l};
+    ps_cpu_linear(y, zp, lw->w_o, w->b_o ? w->b_o + l * C : NULL, upto[0], QD, C);
+    from_base_rows(y, C, &cr, upto[0], upto[1], offsetof(ps_cache, attn_out));
+    apply_patches(PS_SITE_ATTN_OUT, l, y, C, pmap, slots, n_active, cfg);
+    store_rows(slots, n_active, offsetof(ps_cache, attn_out), l, y, C);
+    for (int64_t i = 0; i < upto[1] * C; i++) xp[i] += y[i];
+    from_base_rows(xp, C, &cr, upto[1], upto[4], offsetof(ps_cache, resid_mid));
+    apply_patches(PS_SITE_RESID_MID, l, xp, C, pmap, slots, n_active, cfg);
+    store_rows(slots, n_active, offsetof(ps_cache, resid_mid), l, xp, C);
+
+    // MLP block
+    const int64_t nm = upto[2];
+    norm(cfg, xn, scale, xp, w->ln2_w + l * C, w->ln2_b ? w->ln2_b + l * C : NULL, nm);
+    store_rows(slots, n_active, offsetof(ps_cache, ln2_scale), l, scale, 1);
+    ps_cpu_linear(h1, xn, lw->w_in, w->b_in ? w->b_in + l * M : NULL, nm, C, M);
+    if (llama) ps_cpu_linear(h3, xn, lw->w_up, NULL, nm, C, M);
+    if (cfg->act == PS_ACT_GELU_NEW && !llama) {
+        // per >= 1: an OpenMP loop's trip count divides by its step even when the loop is empty.
+        const int64_t n = nm * M, nt = omp_get_max_threads(), per = n >= PS_PAR_MIN ? (n + nt - 1) / nt : (n ? n : 1);
+#pragma omp parallel for schedule(static) if (per < n)
+        for (int64_t i0 = 0; i0 < n; i0 += per) gelu_new_n(h2 + i0, h1 + i0, i0 + per <= n ? per : n - i0);
+    } else {
+#pragma omp parallel for schedule(static) if (nm * M >= PS_PAR_MIN)
+        for (int64_t i = 0; i < nm * M; i++) {
+            float a = ps_cpu_act(cfg->act, h1[i]);
+            h2[i] = llama ? a * h3[i] : a;
+        }
+    }
+    from_base_rows(h2, M, &cr, upto[2], upto[3], offsetof(ps_cache, mlp_post));
+    apply_patches(PS_SITE_MLP_POST, l, h2, M, pmap, slots, n_active, cfg);
+    store_rows(slots, n_active, offsetof(ps_cache, mlp_pre), l, h1, M);
+    if (llama) store_rows(slots, n_active, offsetof(ps_cache, mlp_pre_linear), l, h3, M);
+    store_rows(slots, n_active, offsetof(ps_cache, mlp_post), l, h2, M);
+    ps_cpu_linear(y, h2, lw->w_out, w->b_out ? w->b_out + l * C : NULL, upto[3], M, C);
+    from_base_rows(y, C, &cr, upto[3], upto[4], offsetof(ps_cache, mlp_out));
+    apply_patches(PS_SITE_MLP_OUT, l, y, C, pmap, slots, n_active, cfg);
+    store_rows(slots, n_active, offsetof(ps_cache, mlp_out), l, y, C);
+    for (int64_t i = 0; i < upto[4] * C; i++) xp[i] += y[i];
+    from_base_rows(xp, C, &cr, upto[4], np, offsetof(ps_cache, resid_post));
+    apply_patches(PS_SITE_RESID_POST, l, xp, C, pmap, slots, n_active, cfg);
+    store_rows(slots, n_active, offsetof(ps_cache, resid_post), l, xp, C);
+    if (compact) {
+        scatter(x, xc, idx, np, C);
+        // Positions a narrowed row did not recompute keep base's residual stream.
+        for (int64_t r = 0; r < n_active; r++) {
+            const row_slot *rs = &slots[r];
+            for (int64_t t = rs->row->start_pos; t < rs->row->T; t++)
+                if (!post_at(rs->row, &rs->plan, t)) from_base(x, rs, rs->row->base->resid_post, l, C, t, t + 1);
+        }
+    }
+    for (int64_t r = 0; r < n_active; r++) slots[r].dirty = slots[r].plan.post_end;
+}
+
+// Rows that start past the last layer, then the final norm and the unembedding at the positions asked
+// for (every position for cache rows).
+static int unembed_step(batch *b, ps_cpu_workspace *wsp, ps_error *e) {
+    const ps_model_config *cfg = b->cfg;
+    const ps_weights *w = b->w;
+    const int64_t L = cfg->n_layers, C = cfg->d_model, V = cfg->d_vocab, n_rows = b->n_rows, n_active = b->n_active;
+    row_slot *slots = b->slots;
+    float *x = b->x, *xn = b->xn;
     // Rows that start past the last layer (a patch of the final resid_post) take the base's final state.
     for (int64_t r = n_active; r < n_rows; r++) {
         const row_slot *rs = &slots[r];
@@ -798,4 +862,27 @@ int ps_cpu_forward_ws(const ps_model *m, ps_row *rows, int64_t n_rows, ps_cpu_wo
         at += row->n_out;
     }
     return 0;
+}
+
+int ps_cpu_forward_ws(const ps_model *m, ps_row *rows, int64_t n_rows, ps_cpu_workspace *wsp, ps_error *e) {
+    if (n_rows <= 0) return 0;
+    openblas_set_num_threads(1);
+    batch b;
+    if (batch_setup(&b, m, rows, n_rows, wsp, e) != 0) return -1;
+    for (int64_t l = 0; l < m->cfg.n_layers; l++) {
+        const int64_t first_new = b.n_active;
+        while (b.n_active < n_rows && b.slots[b.n_active].row->start_layer <= l) b.n_active++;
+        b.NA = b.n_active ? b.slots[b.n_active - 1].off + b.slots[b.n_active - 1].n : 0;
+        join_rows(&b, first_new, l);
+        if (b.NA == 0) continue;
+        ps_layer_weights lw; // this layer's matrices (converted now if the model is streamed)
+        if (ps_model_layer(m, l, &lw, e) != 0) return -1;
+        for (int64_t r = 0; r < b.n_active; r++) b.slots[r].plan = plan_layer(b.cfg, b.slots[r].row, l, b.slots[r].dirty);
+        apply_patches(PS_SITE_RESID_PRE, l, b.x, b.cfg->d_model, NULL, b.slots, b.n_active, b.cfg);
+        store_rows(b.slots, b.n_active, offsetof(ps_cache, resid_pre), l, b.x, b.cfg->d_model);
+        qkv_step(&b, l, &lw);
+        attention_step(&b, l, &lw);
+        mlp_step(&b, l, &lw);
+    }
+    return unembed_step(&b, wsp, e);
 }
