@@ -400,7 +400,8 @@ static int cmd_run(int argc, char **argv) {
         fl -= rr.baseline_flops; // the plan prints the sweeps and the baselines apart
         // The rate at this model's own MLP shape: small models run far below a big GEMM's rate.
         double rate = be.gemm_rate ? be.gemm_rate(&be, 256, m.cfg.d_model, m.cfg.d_mlp, 0.3) : 0;
-        size_t weights = m.n_floats * sizeof(float);
+        // Weights as the backend holds them: fp32 on the CPU, the configured precision on a GPU.
+        const size_t weights = m.n_floats * (be.precision == PS_PREC_FP32 ? sizeof(float) : 2);
         printf("plan for %s (%s backend, %s)\n", cfg_path, be.name, be.device);
         printf("  prompts            %lld (%lld in this run)\n", (long long)ps.n, (long long)n_todo);
         for (int64_t s = 0; s < rr.n_sweeps; s++) {
@@ -413,7 +414,8 @@ static int cmd_run(int argc, char **argv) {
         printf("  patches            %lld (%lld forward rows, %lld known without running)\n", (long long)(run + skipped),
                (long long)run, (long long)skipped);
         printf("  compute            %.3f GFLOP for the sweeps + %.3f GFLOP for the baselines\n", fl * 1e-9, rr.baseline_flops * 1e-9);
-        printf("  memory             %.1f MiB weights (fp32) + %.1f MiB activation caches at once\n", (double)weights / 1048576.0,
+        printf("  memory             %.1f MiB weights (%s) + %.1f MiB activation caches at once\n", (double)weights / 1048576.0,
+               ps_precision_name(be.precision),
                (double)rr.peak_cache_bytes / 1048576.0);
         printf("  estimated time     %.1f s at this machine's measured %.1f GFLOP/s (fp32 GEMM; attention and overheads not counted)\n",
                rate > 0 ? (fl + rr.baseline_flops) * 1e-9 / rate : 0.0, rate);
