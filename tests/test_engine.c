@@ -6,6 +6,8 @@
 #include "testutil.h"
 
 #include <math.h>
+#include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -176,6 +178,99 @@ static void compare_runs(const char *what, const ps_run_results *a, const ps_run
     }
 }
 
+// Randomized experiments (the check of the skipping engine): random sites, layouts, layer/head/
+// neuron/position subsets (negative positions included), directions, metrics, batch sizes and metric
+// positions, each compared with the naive engine at 1e-4. Seeded, so a failure repeats.
+static uint64_t rng_next(uint64_t *s) {
+    *s ^= *s << 13; *s ^= *s >> 7; *s ^= *s << 17;
+    return *s;
+}
+static int64_t rng_below(uint64_t *s, int64_t n) { return (int64_t)(rng_next(s) % (uint64_t)n); }
+
+// k distinct values from [lo, lo + n), ascending.
+static int64_t rng_subset(uint64_t *s, int64_t *out, int64_t k, int64_t lo, int64_t n) {
+    int64_t m = 0;
+    for (int64_t i = 0; i < n && m < k; i++)
+        if (rng_below(s, n - i) < k - m) out[m++] = lo + i;
+    return m;
+}
+
+static void randomized(const char *model, fixture *f, ps_backend *be) {
+    const ps_model_config *mc = &f->m.cfg;
+    int64_t T_min = f->ps.T_max;
+    for (int64_t i = 0; i < f->ps.n; i++) T_min = f->ps.p[i].T < T_min ? f->ps.p[i].T : T_min;
+    static const struct { ps_site site; ps_layout layouts[3]; int n; } SITES[] = {
+        {PS_SITE_RESID_PRE, {PS_BY_LAYER_POS, PS_BY_LAYER}, 2},   {PS_SITE_RESID_MID, {PS_BY_LAYER_POS, PS_BY_LAYER}, 2},
+        {PS_SITE_RESID_POST, {PS_BY_LAYER_POS, PS_BY_LAYER}, 2},  {PS_SITE_ATTN_OUT, {PS_BY_LAYER_POS, PS_BY_LAYER}, 2},
+        {PS_SITE_MLP_OUT, {PS_BY_LAYER_POS, PS_BY_LAYER}, 2},
+        {PS_SITE_Q, {PS_BY_LAYER_POS, PS_BY_LAYER_HEAD, PS_BY_LAYER_POS_HEAD}, 3},
+        {PS_SITE_K, {PS_BY_LAYER_POS, PS_BY_LAYER_HEAD, PS_BY_LAYER_POS_HEAD}, 3},
+        {PS_SITE_V, {PS_BY_LAYER_POS, PS_BY_LAYER_HEAD, PS_BY_LAYER_POS_HEAD}, 3},
+        {PS_SITE_Z, {PS_BY_LAYER_POS, PS_BY_LAYER_HEAD, PS_BY_LAYER_POS_HEAD}, 3},
+        {PS_SITE_PATTERN, {PS_BY_LAYER_HEAD, PS_BY_LAYER_POS_HEAD}, 2},
+        {PS_SITE_MLP_POST, {PS_BY_LAYER_NEURON}, 1},
+    };
+    enum { NSITES = sizeof SITES / sizeof SITES[0], NX = 6, ITERS = 4 };
+    const ps_metric_kind metrics[] = {PS_METRIC_LOGIT_DIFF, PS_METRIC_PROB_DIFF, PS_METRIC_LOGPROB, PS_METRIC_KL};
+    uint64_t seed = 0x9e3779b97f4a7c15ull;
+    for (const char *c = model; *c; c++) seed = (seed ^ (uint64_t)(unsigned char)*c) * 1099511628211ull;
+    for (int it = 0; it < ITERS; it++) {
+        ps_experiment ex[NX];
+        char names[NX][48];
+        int64_t lists[NX][4][16];
+        memset(ex, 0, sizeof ex);
+        for (int k = 0; k < NX; k++) {
+            ps_experiment *x = &ex[k];
+            const int si = (int)rng_below(&seed, NSITES);
+            x->site = SITES[si].site;
+            x->layout = SITES[si].layouts[rng_below(&seed, SITES[si].n)];
+            x->direction = rng_below(&seed, 2) ? PS_DIR_NOISE : PS_DIR_DENOISE;
+            snprintf(names[k], sizeof names[k], "r%d_%d_%s_%s_%s", it, k, ps_site_name(x->site), ps_layout_name(x->layout),
+                     ps_direction_name(x->direction));
+            x->name = names[k];
+            if (rng_below(&seed, 3)) { // else all layers
+                x->layers = lists[k][0];
+                x->n_layers = rng_subset(&seed, x->layers, 1 + rng_below(&seed, 3), 0, mc->n_layers);
+            }
+            const int64_t Hs = (x->site == PS_SITE_K || x->site == PS_SITE_V) ? mc->n_kv_heads : mc->n_heads;
+            if ((x->layout == PS_BY_LAYER_HEAD || x->layout == PS_BY_LAYER_POS_HEAD) && rng_below(&seed, 2)) {
+                x->heads = lists[k][1];
+                x->n_heads = rng_subset(&seed, x->heads, 1 + rng_below(&seed, Hs), 0, Hs);
+            }
+            if (x->layout == PS_BY_LAYER_NEURON) {
+                x->neurons = lists[k][2];
+                x->n_neurons = rng_subset(&seed, x->neurons, 1 + rng_below(&seed, 6), 0, mc->d_mlp);
+            }
+            if ((x->layout == PS_BY_LAYER_POS || x->layout == PS_BY_LAYER_POS_HEAD) && rng_below(&seed, 2)) {
+                // some positions from the start, some counted from the end of each prompt
+                x->positions = lists[k][3];
+                int64_t m = rng_subset(&seed, x->positions, 1 + rng_below(&seed, 3), 0, T_min);
+                if (rng_below(&seed, 2)) x->positions[m++] = -1 - rng_below(&seed, 2);
+                if (m == 2 && x->positions[0] == T_min + x->positions[1]) m = 1; // no duplicate cells
+                x->n_positions = m;
+            }
+        }
+        const ps_metric_kind metric = metrics[rng_below(&seed, 4)];
+        const int64_t back = rng_below(&seed, 3); // the metric read 0, 1 or 2 tokens before the end
+        for (int64_t i = 0; i < f->ps.n; i++) f->ps.p[i].score_pos = f->ps.p[i].lp_pos[0] = f->ps.p[i].T - 1 - back;
+        ps_engine_opts fast = {.batch_rows = 1 + rng_below(&seed, 40)}, naive = {.naive = 1};
+        ps_run_results a, b;
+        ps_error e = {0};
+        int ok = ps_engine_run(&f->m, be, &f->ps, ex, NX, metric, &fast, &a, &e) == 0 &&
+                 ps_engine_run(&f->m, be, &f->ps, ex, NX, metric, &naive, &b, &e) == 0;
+        TU_CHECK(ok, "%s randomized %d: %s", model, it, e.msg);
+        if (ok) {
+            char what[160];
+            snprintf(what, sizeof what, "%s randomized %d (%s, metric %lld tokens from the end, batch %lld) fast vs naive:", model,
+                     it, ps_metric_name(metric), (long long)(back + 1), (long long)fast.batch_rows);
+            compare_runs(what, &a, &b, f->ps.n, 1e-4f);
+        }
+        ps_run_results_free(&a);
+        ps_run_results_free(&b);
+    }
+    for (int64_t i = 0; i < f->ps.n; i++) f->ps.p[i].score_pos = f->ps.p[i].lp_pos[0] = f->ps.p[i].T - 1;
+}
+
 static void test_model(const char *model) {
     fixture f;
     ps_error e = {0};
@@ -286,6 +381,7 @@ static void test_model(const char *model) {
         }
         for (int64_t i = 0; i < f.ps.n; i++) f.ps.p[i].score_pos = f.ps.p[i].T - 1;
     }
+    randomized(model, &f, &be);
     ps_backend_free(&be);
     fixture_free(&f);
 }
