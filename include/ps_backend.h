@@ -35,5 +35,8 @@ double ps_cpu_gemm_rate(int64_t M, int64_t K, int64_t N, double seconds, int row
 // Provided by kernels/ (CUDA builds) or src/backend_nocuda.c: 0 when a CUDA device can run the model.
 int ps_cuda_backend_init(ps_backend *b, ps_precision prec, const ps_model *m, ps_error *e);
 int ps_cuda_built(void);
+// Number of CUDA devices; 0 when there is none (or no CUDA in this build), with why (if non-NULL) saying
+// what the runtime reported.
+int ps_cuda_device_count(char *why, size_t why_len);
 
 #endif

@@ -1,4 +1,4 @@
-// CUDA backend extras beyond ps_backend.h (CUDA builds only): a device probe, cache invalidation, and small
+// CUDA backend extras beyond ps_backend.h (CUDA builds only): cache invalidation, and small
 // C-callable entry points that run one kernel on host arrays, so tests can compare each kernel with the
 // CPU building block of the same arithmetic (ps_cpu_layernorm, ps_cpu_rmsnorm, ps_cpu_rotary, ps_cpu_act).
 #ifndef PS_CUDA_H
@@ -9,9 +9,6 @@
 #ifdef __cplusplus
 extern "C" {
 #endif
-
-// Number of CUDA devices; 0 when there is none, with why (if non-NULL) saying what the runtime reported.
-int ps_cuda_device_count(char *why, size_t why_len);
 
 // The CUDA backend keeps device copies of the host caches rows refer to (base runs, patch sources), keyed by
 // the cache's memory pointer and checked against a sampled fingerprint of its contents on every use. A caller

@@ -332,7 +332,19 @@ static int cmd_run(int argc, char **argv) {
     if (rc == 0 && ps_tokenizer_load(&tok, cfg.tokenizer ? cfg.tokenizer : cfg.model, &e) != 0) rc = -1;
     if (rc == 0 && ps_sha256_file(ps_tokenizer_path(tok), tok_sha, &e) != 0) rc = -1;
     if (rc == 0 && ps_model_load(&m, cfg.model, &e) != 0) rc = -1;
-    if (rc == 0 && ps_backend_init(&be, cfg.backend, cfg.precision, cfg.threads, &m, &e) != 0) rc = -1;
+    // --dry-run of a cuda config where there is no GPU (a login node): the plan does not need one. The CPU
+    // computes the baselines and rows are planned as the cuda backend runs them (not narrowed); only the
+    // time estimate needs the device.
+    char why[256] = "";
+    const int cuda_elsewhere = rc == 0 && dry && cfg.backend == PS_BACKEND_CUDA && ps_cuda_device_count(why, sizeof why) <= 0;
+    if (cuda_elsewhere) {
+        fprintf(stderr, "patchsweep: --dry-run: no GPU here (%s); planning on the CPU for the cuda backend\n", why);
+        if (ps_backend_init(&be, PS_BACKEND_CPU, PS_PREC_FP32, cfg.threads, &m, &e) != 0) rc = -1;
+        be.caps = 0;
+        be.gemm_rate = NULL;
+    } else if (rc == 0 && ps_backend_init(&be, cfg.backend, cfg.precision, cfg.threads, &m, &e) != 0) {
+        rc = -1;
+    }
     if (rc == 0 && ps_prompts_build(&ps, &cfg, tok, &m.cfg, &e) != 0) rc = -1;
     if (rc == 0) {
         run_identity(&cfg, &m, tok_sha, shard_i, shard_n, ident, run_id);
@@ -401,8 +413,10 @@ static int cmd_run(int argc, char **argv) {
         // The rate at this model's own MLP shape: small models run far below a big GEMM's rate.
         double rate = be.gemm_rate ? be.gemm_rate(&be, 256, m.cfg.d_model, m.cfg.d_mlp, 0.3) : 0;
         // Weights as the backend holds them: fp32 on the CPU, the configured precision on a GPU.
-        const size_t weights = m.n_floats * (be.precision == PS_PREC_FP32 ? sizeof(float) : 2);
-        printf("plan for %s (%s backend, %s)\n", cfg_path, be.name, be.device);
+        const ps_precision prec = cuda_elsewhere ? cfg.precision : be.precision;
+        const size_t weights = m.n_floats * (prec == PS_PREC_FP32 ? sizeof(float) : 2);
+        if (cuda_elsewhere) printf("plan for %s (cuda backend; no GPU here: planned on the CPU)\n", cfg_path);
+        else printf("plan for %s (%s backend, %s)\n", cfg_path, be.name, be.device);
         printf("  prompts            %lld (%lld in this run)\n", (long long)ps.n, (long long)n_todo);
         for (int64_t s = 0; s < rr.n_sweeps; s++) {
             const ps_sweep *sw = &rr.sweeps[s];
@@ -415,11 +429,15 @@ static int cmd_run(int argc, char **argv) {
                (long long)run, (long long)skipped);
         printf("  compute            %.3f GFLOP for the sweeps + %.3f GFLOP for the baselines\n", fl * 1e-9, rr.baseline_flops * 1e-9);
         printf("  memory             %.1f MiB weights (%s) + %.1f MiB activation caches at once\n", (double)weights / 1048576.0,
-               ps_precision_name(be.precision),
+               ps_precision_name(prec),
                (double)rr.peak_cache_bytes / 1048576.0);
-        printf("  estimated time     %.1f s at this machine's measured %.1f GFLOP/s (fp32 GEMM; attention and overheads not counted)\n",
-               rate > 0 ? (fl + rr.baseline_flops) * 1e-9 / rate : 0.0, rate);
-        printf("                     (a lower bound: the sweeps run at most this GEMM rate; `run` prints the real one)\n");
+        if (rate > 0) {
+            printf("  estimated time     %.1f s at this machine's measured %.1f GFLOP/s (%s GEMM; attention and overheads not counted)\n",
+                   (fl + rr.baseline_flops) * 1e-9 / rate, rate, ps_precision_name(prec));
+            printf("                     (a lower bound: the sweeps run at most this GEMM rate; `run` prints the real one)\n");
+        } else {
+            printf("  estimated time     unknown (%s)\n", cuda_elsewhere ? "no GPU here to measure" : "the backend's GEMM rate could not be measured");
+        }
     } else if (rc == 0 && !already) {
         // Results of earlier (interrupted) runs of this command come from the journal.
         for (int64_t i = 0; i < ps.n; i++) {

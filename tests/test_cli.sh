@@ -133,7 +133,16 @@ bad "lengths differ: both tokenizations shown" "corrupted: [" "{\"model\": \"$de
 bad "layer out of range" "bad.json: experiments[0] (x): layers[0] = 99" "{\"model\": \"$demo\", \"dataset\": [$item], \"experiments\": [{\"name\": \"x\", \"site\": \"resid_pre\", \"layers\": [99]}]}"
 bad "missing role names item and role" "positions[0] = \"S3\": dataset item 0 has no such role" "{\"model\": \"$demo\", \"dataset\": [$ioi], \"experiments\": [{\"name\": \"x\", \"site\": \"resid_pre\", \"positions\": [\"S3\"]}]}"
 bad "multi_token needs the logprob metric" "multi_token" "{\"model\": \"$demo\", \"multi_token\": \"sum_logprob\", \"dataset\": [$item]}"
-bad "cuda without a GPU or build" "cuda" "{\"model\": \"$demo\", \"backend\": \"cuda\", \"dataset\": [$item]}"
+if ! nvidia-smi -L >/dev/null 2>&1; then # (on a GPU machine these would run on the GPU)
+    bad "cuda without a GPU or build" "cuda" "{\"model\": \"$demo\", \"backend\": \"cuda\", \"dataset\": [$item]}"
+    # A dry run plans a cuda config anyway (a login node): rows as the cuda backend runs them, no time.
+    printf '{"model": "%s", "backend": "cuda", "precision": "bf16", "dataset": [%s], "experiments": [{"name": "x", "site": "z"}]}' \
+        "$demo" "$item" >"$tmp/cuda.json"
+    if "$bin" run "$tmp/cuda.json" --dry-run >"$tmp/plan" 2>"$tmp/err" && grep -q "planned on the CPU" "$tmp/plan" &&
+        grep -q "MiB weights (bf16)" "$tmp/plan" && grep -q "estimated time     unknown" "$tmp/plan"; then
+        pass "--dry-run of a cuda config without a GPU plans on the CPU"
+    else fail "--dry-run of a cuda config without a GPU: $(cat "$tmp/plan" "$tmp/err")"; fi
+fi
 printf '{"model": "%s", "dataset": [{"clean": "1 2 \xff", "corrupted": "1 2 3", "answer": " 5", "wrong": " 4"}]}' "$demo" >"$tmp/bad.json"
 expect_status 2 "byte" "invalid UTF-8 names the byte offset" "$bin" run "$tmp/bad.json" -o "$tmp/bad.h5"
 expect_status 2 "nope.h5" "inspect of a missing file" "$bin" inspect "$tmp/nope.h5"
