@@ -567,7 +567,7 @@ static int run_sweeps(run_ctx *c, batch *b, const int64_t *chunk, int64_t nc, co
                     // attention (q, pattern) or after it; k/v patches leave the layer's input unchanged.
                     dirty_end = pt.site == PS_SITE_RESID_PRE || local ? (pt.pos < 0 ? p->T : pt.pos + 1) : start_pos;
                     int reaches = start_pos >= 0;
-                    if (reaches && narrow && local && pt.layer == mc->n_layers - 1) {
+                    if (reaches && local && pt.layer == mc->n_layers - 1) {
                         // From a query's attention on, in the last layer, a position only reaches its own logits.
                         reaches = 0;
                         for (int64_t k = 0; k < rq.n_out; k++)
