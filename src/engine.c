@@ -565,7 +565,7 @@ static int run_sweeps(run_ctx *c, batch *b, const int64_t *chunk, int64_t nc, co
                     start_pos = first_change(mc, &pt, base, src);
                     // Positions the patch can change: [start_pos, dirty_end) in its layer, entering it, in its
                     // attention (q, pattern) or after it; k/v patches leave the layer's input unchanged.
-                    dirty_end = pt.site == PS_SITE_RESID_PRE || local ? (pt.pos < 0 ? p->T : pt.pos + 1) : start_pos;
+                    dirty_end = pt.site == PS_SITE_RESID_PRE || local ? (pt.pos < 0 ? p->T : pt.pos + 1) : -1;
                     int reaches = start_pos >= 0;
                     if (reaches && local && pt.layer == mc->n_layers - 1) {
                         // From a query's attention on, in the last layer, a position only reaches its own logits.
@@ -584,7 +584,7 @@ static int run_sweeps(run_ctx *c, batch *b, const int64_t *chunk, int64_t nc, co
                     start_layer = pt.layer;
                     for (int64_t k = 0; k < rq.n_out; k++) // the row must still reach the metric's positions
                         if (rq.out_pos[k] < start_pos) start_pos = rq.out_pos[k];
-                    if (dirty_end < start_pos) dirty_end = start_pos;
+                    if (dirty_end < start_pos) dirty_end = start_pos; // k/v: nothing entering the layer differs
                 }
                 sw->patches_run++;
                 if (b->n == b->cap || b->logits_used + need > b->logits_cap)
