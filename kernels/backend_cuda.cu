@@ -1,6 +1,9 @@
 // The CUDA backend: weights uploaded once, host caches mirrored in a device arena, and a forward pass that
 // reproduces ps_cpu_forward's row semantics exactly (forward_cpu.c is the reference; every step below names
 // the step it mirrors) with one batched launch per op over all rows of the batch.
+// It does not narrow rows (ps_row.narrow; caps has no PS_CAP_NARROW), so the engine plans whole patched
+// layers for it: the same numbers, more arithmetic. Narrowing would mirror forward_cpu.c's plan_layer and
+// its compacted Q/K/V and W_O+MLP steps; the gpu suite compares against the narrowed CPU rows already.
 #include "ps_cuda_internal.h"
 
 #include <limits.h>
