@@ -2,6 +2,7 @@
 // per prompt, every sweep kind, both directions, at 1e-4; and the skipping engine against the naive engine
 // (one full forward per patch, nothing reused) for every metric, batch size and cache budget.
 #include "golden_util.h"
+#include "patch_fixture.h"
 #include "ps_engine.h"
 #include "testutil.h"
 
@@ -11,172 +12,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-typedef struct {
-    const char *key;      // golden sweep name
-    ps_site site;
-    ps_layout layout;
-    int head_before_pos;  // golden is (layer, head, pos) while we lay out (layer, pos, head)
-} sweep_kind;
-
-static const sweep_kind KINDS[] = {
-    {"resid_pre", PS_SITE_RESID_PRE, PS_BY_LAYER_POS, 0},
-    {"resid_mid", PS_SITE_RESID_MID, PS_BY_LAYER_POS, 0},
-    {"attn_out", PS_SITE_ATTN_OUT, PS_BY_LAYER_POS, 0},
-    {"mlp_out", PS_SITE_MLP_OUT, PS_BY_LAYER_POS, 0},
-    {"z_all_pos", PS_SITE_Z, PS_BY_LAYER_HEAD, 0},
-    {"q_all_pos", PS_SITE_Q, PS_BY_LAYER_HEAD, 0},
-    {"k_all_pos", PS_SITE_K, PS_BY_LAYER_HEAD, 0},
-    {"v_all_pos", PS_SITE_V, PS_BY_LAYER_HEAD, 0},
-    {"pattern_all_pos", PS_SITE_PATTERN, PS_BY_LAYER_HEAD, 0},
-    {"z_by_pos", PS_SITE_Z, PS_BY_LAYER_POS_HEAD, 0},
-    {"q_by_pos", PS_SITE_Q, PS_BY_LAYER_POS_HEAD, 0},
-    {"k_by_pos", PS_SITE_K, PS_BY_LAYER_POS_HEAD, 0},
-    {"v_by_pos", PS_SITE_V, PS_BY_LAYER_POS_HEAD, 0},
-    {"pattern_by_pos", PS_SITE_PATTERN, PS_BY_LAYER_POS_HEAD, 1},
-    {"neuron", PS_SITE_MLP_POST, PS_BY_LAYER_NEURON, 0},
-};
-enum { NK = sizeof KINDS / sizeof KINDS[0] };
-
-typedef struct {
-    ps_model m;
-    ps_safetensors g;
-    ps_prompt_set ps;
-    ps_experiment ex[2 * NK];
-    char names[2 * NK][64];
-} fixture;
-
-static int fixture_load(fixture *f, const char *model, ps_error *e) {
-    memset(f, 0, sizeof *f);
-    char dir[512], gp[600];
-    snprintf(dir, sizeof dir, "%s/%s", tu_src("tests/data"), model);
-    snprintf(gp, sizeof gp, "%s/golden_patch.safetensors", dir);
-    if (ps_model_load(&f->m, dir, e) != 0) return -1;
-    if (ps_safetensors_open(&f->g, gp, e) != 0) return -1;
-    int n = 0;
-    while (1) {
-        char key[64];
-        snprintf(key, sizeof key, "p%d.clean_tokens", n);
-        if (!ps_safetensors_find(&f->g, key)) break;
-        n++;
-    }
-    f->ps.n = n;
-    f->ps.p = calloc((size_t)n, sizeof *f->ps.p);
-    for (int i = 0; i < n; i++) {
-        ps_prompt *p = &f->ps.p[i];
-        char key[64];
-        int64_t k;
-        snprintf(key, sizeof key, "p%d.clean_tokens", i);
-        p->clean = gu_i32(&f->g, key, &p->T);
-        snprintf(key, sizeof key, "p%d.corrupted_tokens", i);
-        p->corrupted = gu_i32(&f->g, key, &k);
-        snprintf(key, sizeof key, "p%d.answer", i);
-        int32_t *a = gu_i32(&f->g, key, &k);
-        snprintf(key, sizeof key, "p%d.wrong", i);
-        int32_t *w = gu_i32(&f->g, key, &k);
-        p->T_prompt = p->T;
-        p->score_pos = p->T - 1;
-        p->answer_id = a[0];
-        p->wrong_id = w[0];
-        p->n_lp = 1;
-        p->lp_pos = malloc(sizeof(int64_t));
-        p->lp_tok = malloc(sizeof(int32_t));
-        p->lp_pos[0] = p->T - 1;
-        p->lp_tok[0] = a[0];
-        free(a);
-        free(w);
-        if (p->T > f->ps.T_max) f->ps.T_max = p->T;
-    }
-    for (int d = 0; d < 2; d++)
-        for (int k = 0; k < NK; k++) {
-            ps_experiment *x = &f->ex[d * NK + k];
-            snprintf(f->names[d * NK + k], 64, "%s_%s", d ? "noise" : "denoise", KINDS[k].key);
-            x->name = f->names[d * NK + k];
-            x->site = KINDS[k].site;
-            x->layout = KINDS[k].layout;
-            x->direction = d ? PS_DIR_NOISE : PS_DIR_DENOISE;
-        }
-    return 0;
-}
-
-static void fixture_free(fixture *f) {
-    ps_prompt_set_free(&f->ps);
-    ps_safetensors_free(&f->g);
-    ps_model_free(&f->m);
-}
-
-// Our cell for (prompt p, golden index) of a sweep whose golden has p's own length on the pos axis.
-static void compare_with_goldens(const char *model, fixture *f, const ps_run_results *rr, const char *mode) {
-    for (int64_t i = 0; i < f->ps.n; i++) {
-        char key[128], nm[256];
-        int64_t n;
-        snprintf(key, sizeof key, "p%lld.clean_metric", (long long)i);
-        float *cm = gu_f32(&f->g, key, &n);
-        snprintf(key, sizeof key, "p%lld.corrupted_metric", (long long)i);
-        float *xm = gu_f32(&f->g, key, &n);
-        snprintf(nm, sizeof nm, "%s [%s] p%lld baseline clean", model, mode, (long long)i);
-        tu_close(nm, &rr->base.clean[i], cm, 1, 1e-4f, 1e-4f);
-        snprintf(nm, sizeof nm, "%s [%s] p%lld baseline corrupted", model, mode, (long long)i);
-        tu_close(nm, &rr->base.corrupted[i], xm, 1, 1e-4f, 1e-4f);
-        free(cm);
-        free(xm);
-        for (int64_t s = 0; s < rr->n_sweeps; s++) {
-            const ps_sweep *sw = &rr->sweeps[s];
-            const int k = (int)(s % NK);
-            snprintf(key, sizeof key, "p%lld.%s.%s", (long long)i, sw->ex->direction ? "noise" : "denoise", KINDS[k].key);
-            float *want = gu_f32(&f->g, key, &n);
-            if (!want) { TU_CHECK(0, "%s: golden %s missing", model, key); continue; }
-            // Gather our values for this prompt into the golden's layout.
-            float *got = malloc((size_t)n * sizeof(float));
-            const float *v = sw->values + i * sw->n_cells;
-            const int64_t T = f->ps.p[i].T, Tm = f->ps.T_max;
-            int64_t at = 0;
-            if (sw->n_axes == 2 && !strcmp(sw->axis_name[1], "pos")) {
-                for (int64_t l = 0; l < sw->axis_len[0]; l++)
-                    for (int64_t t = 0; t < T; t++) got[at++] = v[l * Tm + t];
-            } else if (sw->n_axes == 2) {
-                for (int64_t c = 0; c < sw->n_cells; c++) got[at++] = v[c];
-            } else {
-                const int64_t Hs = sw->axis_len[2];
-                for (int64_t l = 0; l < sw->axis_len[0]; l++) {
-                    if (KINDS[k].head_before_pos) {
-                        for (int64_t h = 0; h < Hs; h++)
-                            for (int64_t t = 0; t < T; t++) got[at++] = v[(l * Tm + t) * Hs + h];
-                    } else {
-                        for (int64_t t = 0; t < T; t++)
-                            for (int64_t h = 0; h < Hs; h++) got[at++] = v[(l * Tm + t) * Hs + h];
-                    }
-                }
-            }
-            if (at != n) {
-                TU_CHECK(0, "%s %s: %lld cells, golden has %lld", model, key, (long long)at, (long long)n);
-            } else {
-                snprintf(nm, sizeof nm, "%s [%s] %s", model, mode, key);
-                tu_close(nm, got, want, n, 1e-4f, 1e-4f);
-            }
-            // Cells past this prompt's length are NaN, never a number.
-            if (sw->n_axes >= 2 && !strcmp(sw->axis_name[1], "pos") && T < Tm) {
-                int nan_ok = 1;
-                const int64_t inner = sw->n_axes == 3 ? sw->axis_len[2] : 1;
-                for (int64_t l = 0; l < sw->axis_len[0]; l++)
-                    for (int64_t t = T; t < Tm; t++)
-                        for (int64_t h = 0; h < inner; h++) nan_ok &= isnan(v[(l * Tm + t) * inner + h]);
-                TU_CHECK(nan_ok, "%s %s: cells past the prompt's length must be NaN", model, key);
-            }
-            free(got);
-            free(want);
-        }
-    }
-}
-
-static void compare_runs(const char *what, const ps_run_results *a, const ps_run_results *b, int64_t n_prompts, float tol) {
-    char nm[256];
-    snprintf(nm, sizeof nm, "%s baseline", what);
-    tu_close(nm, a->base.clean, b->base.clean, n_prompts, tol, tol);
-    for (int64_t s = 0; s < a->n_sweeps; s++) {
-        snprintf(nm, sizeof nm, "%s %s", what, a->sweeps[s].ex->name);
-        tu_close(nm, a->sweeps[s].values, b->sweeps[s].values, n_prompts * a->sweeps[s].n_cells, tol, tol);
-    }
-}
 
 // Randomized experiments (the check of the skipping engine): random sites, layouts, layer/head/
 // neuron/position subsets (negative positions included), directions, metrics, batch sizes and metric
@@ -195,7 +30,7 @@ static int64_t rng_subset(uint64_t *s, int64_t *out, int64_t k, int64_t lo, int6
     return m;
 }
 
-static void randomized(const char *model, fixture *f, ps_backend *be) {
+static void randomized(const char *model, pf_fixture *f, ps_backend *be) {
     const ps_model_config *mc = &f->m.cfg;
     int64_t T_min = f->ps.T_max;
     for (int64_t i = 0; i < f->ps.n; i++) T_min = f->ps.p[i].T < T_min ? f->ps.p[i].T : T_min;
@@ -263,7 +98,7 @@ static void randomized(const char *model, fixture *f, ps_backend *be) {
             char what[160];
             snprintf(what, sizeof what, "%s randomized %d (%s, metric %lld tokens from the end, batch %lld) fast vs naive:", model,
                      it, ps_metric_name(metric), (long long)(back + 1), (long long)fast.batch_rows);
-            compare_runs(what, &a, &b, f->ps.n, 1e-4f);
+            pf_compare_runs(what, &a, &b, f->ps.n, 1e-4f);
         }
         ps_run_results_free(&a);
         ps_run_results_free(&b);
@@ -272,11 +107,11 @@ static void randomized(const char *model, fixture *f, ps_backend *be) {
 }
 
 static void test_model(const char *model) {
-    fixture f;
+    pf_fixture f;
     ps_error e = {0};
-    if (fixture_load(&f, model, &e) != 0) {
+    if (pf_load(&f, model, &e) != 0) {
         TU_CHECK(0, "%s: %s", model, e.msg);
-        fixture_free(&f);
+        pf_free(&f);
         return;
     }
     ps_backend be;
@@ -284,19 +119,19 @@ static void test_model(const char *model) {
 
     ps_engine_opts fast = {0}, naive = {.naive = 1};
     ps_run_results rf, rn;
-    if (ps_engine_run(&f.m, &be, &f.ps, f.ex, 2 * NK, PS_METRIC_LOGIT_DIFF, &fast, &rf, &e) != 0) {
+    if (ps_engine_run(&f.m, &be, &f.ps, f.ex, 2 * PF_NK, PS_METRIC_LOGIT_DIFF, &fast, &rf, &e) != 0) {
         TU_CHECK(0, "%s: engine: %s", model, e.msg);
     } else {
-        compare_with_goldens(model, &f, &rf, "fast");
+        pf_compare_with_goldens(model, &f, &rf, "fast", 1e-4f);
         int64_t run = 0, skipped = 0;
         for (int64_t s = 0; s < rf.n_sweeps; s++) { run += rf.sweeps[s].patches_run; skipped += rf.sweeps[s].patches_skipped; }
         printf("%s: fast engine ran %lld patches, knew %lld without running\n", model, (long long)run, (long long)skipped);
         TU_CHECK(skipped > 0, "%s: positions before the first changed token should be skipped", model);
     }
-    if (ps_engine_run(&f.m, &be, &f.ps, f.ex, 2 * NK, PS_METRIC_LOGIT_DIFF, &naive, &rn, &e) != 0) {
+    if (ps_engine_run(&f.m, &be, &f.ps, f.ex, 2 * PF_NK, PS_METRIC_LOGIT_DIFF, &naive, &rn, &e) != 0) {
         TU_CHECK(0, "%s: naive engine: %s", model, e.msg);
     } else {
-        compare_with_goldens(model, &f, &rn, "naive");
+        pf_compare_with_goldens(model, &f, &rn, "naive", 1e-4f);
     }
     ps_run_results_free(&rn);
 
@@ -305,13 +140,13 @@ static void test_model(const char *model) {
     for (int i = 0; i < 2; i++) {
         ps_engine_opts o = {.batch_rows = sizes[i], .cache_budget = 1};
         ps_run_results r;
-        if (ps_engine_run(&f.m, &be, &f.ps, f.ex, 2 * NK, PS_METRIC_LOGIT_DIFF, &o, &r, &e) != 0) {
+        if (ps_engine_run(&f.m, &be, &f.ps, f.ex, 2 * PF_NK, PS_METRIC_LOGIT_DIFF, &o, &r, &e) != 0) {
             TU_CHECK(0, "%s: engine batch %lld: %s", model, (long long)sizes[i], e.msg);
             continue;
         }
         char what[128];
         snprintf(what, sizeof what, "%s batch_rows=%lld chunked vs default:", model, (long long)sizes[i]);
-        compare_runs(what, &r, &rf, f.ps.n, 1e-5f);
+        pf_compare_runs(what, &r, &rf, f.ps.n, 1e-5f);
         ps_run_results_free(&r);
     }
     ps_run_results_free(&rf);
@@ -321,13 +156,13 @@ static void test_model(const char *model) {
     const char *mnames[] = {"prob_diff", "logprob", "kl"};
     for (int k = 0; k < 3; k++) {
         ps_run_results a, b;
-        int ok = ps_engine_run(&f.m, &be, &f.ps, f.ex, 2 * NK, metrics[k], &fast, &a, &e) == 0 &&
-                 ps_engine_run(&f.m, &be, &f.ps, f.ex, 2 * NK, metrics[k], &naive, &b, &e) == 0;
+        int ok = ps_engine_run(&f.m, &be, &f.ps, f.ex, 2 * PF_NK, metrics[k], &fast, &a, &e) == 0 &&
+                 ps_engine_run(&f.m, &be, &f.ps, f.ex, 2 * PF_NK, metrics[k], &naive, &b, &e) == 0;
         TU_CHECK(ok, "%s %s: %s", model, mnames[k], e.msg);
         if (ok) {
             char what[128];
             snprintf(what, sizeof what, "%s %s fast vs naive:", model, mnames[k]);
-            compare_runs(what, &a, &b, f.ps.n, 1e-4f);
+            pf_compare_runs(what, &a, &b, f.ps.n, 1e-4f);
             if (metrics[k] == PS_METRIC_KL)
                 for (int64_t i = 0; i < f.ps.n; i++)
                     TU_CHECK(fabsf(a.base.clean[i]) < 1e-5f, "%s: KL of the clean run from itself is %g", model, a.base.clean[i]);
@@ -374,7 +209,7 @@ static void test_model(const char *model) {
                 char what[128];
                 snprintf(what, sizeof what, "%s %s fast vs naive:", model,
                          k == 0 ? "logit_diff" : k == 1 ? "prob_diff" : "logit_diff read at T-3");
-                compare_runs(what, &a, &b, f.ps.n, 1e-4f);
+                pf_compare_runs(what, &a, &b, f.ps.n, 1e-4f);
             }
             ps_run_results_free(&a);
             ps_run_results_free(&b);
@@ -383,7 +218,7 @@ static void test_model(const char *model) {
     }
     randomized(model, &f, &be);
     ps_backend_free(&be);
-    fixture_free(&f);
+    pf_free(&f);
 }
 
 int main(void) {

@@ -1,0 +1,36 @@
+// The patching fixture shared by the engine tests (CPU) and the GPU sweep test (see patch_fixture.c).
+#ifndef PS_PATCH_FIXTURE_H
+#define PS_PATCH_FIXTURE_H
+
+#include "ps_engine.h"
+#include "ps_safetensors.h"
+
+// One TransformerLens sweep kind: its golden name and our experiment.
+typedef struct {
+    const char *key;      // golden sweep name
+    ps_site site;
+    ps_layout layout;
+    int head_before_pos;  // golden is (layer, head, pos) while we lay out (layer, pos, head)
+} pf_kind;
+
+enum { PF_NK = 15 };
+extern const pf_kind PF_KINDS[PF_NK];
+
+// A tiny model, its goldens and prompts, and the experiments: ex[d * PF_NK + k] is kind k in direction d
+// (0 denoise, 1 noise).
+typedef struct {
+    ps_model m;
+    ps_safetensors g;
+    ps_prompt_set ps;
+    ps_experiment ex[2 * PF_NK];
+    char names[2 * PF_NK][64];
+} pf_fixture;
+
+int pf_load(pf_fixture *f, const char *model, ps_error *e);
+void pf_free(pf_fixture *f);
+// Every prompt's baseline and every sweep of rr against the goldens, at abs and rel tolerance tol.
+void pf_compare_with_goldens(const char *model, pf_fixture *f, const ps_run_results *rr, const char *mode, float tol);
+// Two runs of the same experiments: baselines and every sweep's values.
+void pf_compare_runs(const char *what, const ps_run_results *a, const ps_run_results *b, int64_t n_prompts, float tol);
+
+#endif
