@@ -3,7 +3,7 @@
 // the step it mirrors) with one batched launch per op over all rows of the batch.
 // It does not narrow rows (ps_row.narrow; caps has no PS_CAP_NARROW), so the engine plans whole patched
 // layers for it: the same numbers, more arithmetic. Narrowing would mirror forward_cpu.c's plan_layer and
-// its compacted Q/K/V and W_O+MLP steps; the gpu suite compares against the narrowed CPU rows already.
+// its compacted Q/K/V and W_O+MLP steps; tests/gpu/test_gpu_sweeps.c compares with the CPU's narrowed run.
 #include "ps_cuda_internal.h"
 
 #include <limits.h>
