@@ -81,6 +81,14 @@ int pf_load(pf_fixture *f, const char *model, ps_error *e) {
     return 0;
 }
 
+int pf_load_or_fail(pf_fixture *f, const char *model) {
+    ps_error e = {0};
+    if (pf_load(f, model, &e) == 0) return 0;
+    TU_CHECK(0, "%s: %s", model, e.msg);
+    pf_free(f);
+    return -1;
+}
+
 void pf_free(pf_fixture *f) {
     ps_prompt_set_free(&f->ps);
     ps_safetensors_free(&f->g);

@@ -27,6 +27,8 @@ typedef struct {
 } pf_fixture;
 
 int pf_load(pf_fixture *f, const char *model, ps_error *e);
+// pf_load, recording a failure (TU_CHECK) and freeing what was loaded; 0 when the fixture is ready.
+int pf_load_or_fail(pf_fixture *f, const char *model);
 void pf_free(pf_fixture *f);
 // Every prompt's baseline and every sweep of rr against the goldens, at abs and rel tolerance tol.
 void pf_compare_with_goldens(const char *model, pf_fixture *f, const ps_run_results *rr, const char *mode, float tol);

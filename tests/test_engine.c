@@ -108,12 +108,8 @@ static void randomized(const char *model, pf_fixture *f, ps_backend *be) {
 
 static void test_model(const char *model) {
     pf_fixture f;
+    if (pf_load_or_fail(&f, model) != 0) return;
     ps_error e = {0};
-    if (pf_load(&f, model, &e) != 0) {
-        TU_CHECK(0, "%s: %s", model, e.msg);
-        pf_free(&f);
-        return;
-    }
     ps_backend be;
     ps_backend_init(&be, PS_BACKEND_CPU, PS_PREC_FP32, 0, &f.m, &e);
 
