@@ -24,7 +24,7 @@ typedef struct ps_backend {
 enum { PS_CAP_NARROW = 1 };   // ps_row.narrow / entry / dirty_end
 
 // kind AUTO picks CUDA when a GPU is usable and otherwise says on stderr that it falls back to the CPU.
-// threads: CPU threads for OpenMP and OpenBLAS (0 = all cores).
+// threads: CPU threads for OpenMP (0 = all cores); OpenBLAS runs single-threaded inside them.
 int ps_backend_init(ps_backend *b, ps_backend_kind kind, ps_precision prec, int threads, const ps_model *m, ps_error *e);
 void ps_backend_free(ps_backend *b);
 

@@ -51,8 +51,7 @@ static void cpu_free(ps_backend *b) {
 int ps_backend_init(ps_backend *b, ps_backend_kind kind, ps_precision prec, int threads, const ps_model *m, ps_error *e) {
     memset(b, 0, sizeof *b);
     if (threads > 0) {
-        omp_set_num_threads(threads);
-        openblas_set_num_threads(threads);
+        omp_set_num_threads(threads); // OpenBLAS runs single-threaded inside them (ps_cpu_linear)
     }
     if (kind == PS_BACKEND_CUDA || kind == PS_BACKEND_AUTO) {
         ps_error ce = {0};
