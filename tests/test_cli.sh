@@ -107,7 +107,10 @@ if "$bin" run "$tmp/roles.json" -o "$tmp/roles.h5" --quiet 2>"$tmp/err"; then
         $py - "$tmp/roles.h5" <<'PY' && pass "role positions equal the same token indices" || fail "role positions"
 import sys, h5py, numpy as np
 r = h5py.File(sys.argv[1], "r")["results"]
-assert np.array_equal(r["by_role"]["values"][...], r["by_index"]["values"][...])
+# Equal rows at different places of one batch: equal up to the BLAS kernel's edge tiles (bitwise on some CPUs).
+a, b = r["by_role"]["values"][...], r["by_index"]["values"][...]
+err = np.abs(a - b) / (1e-5 + 1e-5 * np.abs(b))
+assert a.shape == b.shape and np.all(err <= 1), (np.abs(a - b).max(), a, b)
 labels = [x.decode() if isinstance(x, bytes) else x for x in r["by_role"]["pos_token"][...]]
 assert labels[:2] == ["IO", "S2"], labels
 PY

@@ -20,7 +20,7 @@ targets=${FUZZ_TARGETS:-$all_targets}
 
 # The readers under test (files missing from an older or newer tree are left out). They go into one static archive,
 # so each target pulls in only the objects it needs and one module that does not compile fails only its targets.
-readers="common json config dataset safetensors model tokenizer"
+readers="util/common util/json inputs/config inputs/dataset inputs/safetensors inputs/model inputs/tokenizer"
 
 if ! command -v "$cc" >/dev/null 2>&1; then
     echo "SKIP: $cc not found (apt-get install clang libclang-rt-14-dev)"
@@ -55,12 +55,12 @@ read -r -a extra_args <<<"${FUZZ_ARGS:-}"
 mkdir -p "$work/obj" "$work/bin"
 objs=()
 for r in $readers; do
-    [ -f "$src/$r.c" ] || continue
-    if "$cc" "${cflags[@]}" -fsanitize=fuzzer-no-link -c "$src/$r.c" -o "$work/obj/$r.o" 2>"$work/obj/$r.log"; then
-        objs+=("$work/obj/$r.o")
+    if [ ! -f "$src/$r.c" ]; then echo "FAIL: $src/$r.c is missing (readers list out of date)"; failed=1; continue; fi
+    if "$cc" "${cflags[@]}" -fsanitize=fuzzer-no-link -c "$src/$r.c" -o "$work/obj/${r//\//_}.o" 2>"$work/obj/${r//\//_}.log"; then
+        objs+=("$work/obj/${r//\//_}.o")
     else
         echo "FAIL: $src/$r.c does not compile with clang:"
-        head -20 "$work/obj/$r.log"
+        head -20 "$work/obj/${r//\//_}.log"
         failed=1
     fi
 done

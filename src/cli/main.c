@@ -1,0 +1,218 @@
+// patchsweep's command line: run an experiment config, tokenize text, inspect a results file, generate text.
+// Every failure prints one line and exits 1 (runtime) or 2 (bad input).
+#include "cli.h"
+
+#include "ps_backend.h"
+#include "ps_config.h"
+#include "ps_engine.h"
+#include "ps_journal.h"
+#include "ps_model.h"
+#include "ps_store.h"
+#include "ps_tokenizer.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <signal.h>
+#include <time.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "patchsweep %s: batch activation patching for transformer interpretability\n"
+            "\n"
+            "usage:\n"
+            "  patchsweep run CONFIG.json [-o OUT.h5] [--progress|--quiet] [--dry-run] [--shard I/N] [--force] [--naive]\n"
+            "  patchsweep merge OUT.h5 SHARD.h5...\n"
+            "  patchsweep tokenize (--model DIR | --tokenizer FILE) [--ids] [--bos] TEXT\n"
+            "  patchsweep inspect RESULTS.h5\n"
+            "  patchsweep generate --model DIR [--max-new-tokens N] [--no-bos] [PROMPT]\n"
+            "  patchsweep bench-gemm [M K N]\n"
+            "  patchsweep version\n"
+            "\n"
+            "run:       runs the config's baseline and sweeps and writes one HDF5 file (default: the config's \"output\").\n"
+            "           Finished chunks of prompts are journaled in OUT.h5.journal: after a kill (or SIGINT/SIGTERM),\n"
+            "           the same command resumes. An existing OUT.h5 of another config is refused unless --force.\n"
+            "           --dry-run prints the plan (patches, rows, FLOPs, memory, estimated time) without running the sweeps.\n"
+            "           --shard I/N runs prompts i with i %% N == I; merge combines the N shard files.\n"
+            "           --naive runs every patch as a full forward pass (the slow oracle the fast engine is tested against).\n"
+            "tokenize:  shows each token's id and string (why \" 5\" and \"5\" differ); --ids prints only the ids.\n"
+            "           No BOS is prepended unless --bos (TransformerLens prepends one by default).\n"
+            "Exit status: 0 ok, 1 runtime failure, 2 bad input (the message names the file and the field or byte offset).\n",
+            PS_VERSION);
+}
+
+
+int ps_cli_die(const ps_error *e) {
+    fprintf(stderr, "patchsweep: %s\n", e->msg[0] ? e->msg : "unknown error");
+    return e->code ? e->code : PS_EXIT_RUNTIME;
+}
+
+int ps_cli_bad_usage(const char *msg) {
+    fprintf(stderr, "patchsweep: %s (see patchsweep --help)\n", msg);
+    return PS_EXIT_BADINPUT;
+}
+
+
+// ---------------------------------------------------------------------------------------------
+
+static int cmd_tokenize(int argc, char **argv) {
+    const char *model = NULL, *tokfile = NULL, *text = NULL;
+    int ids_only = 0, bos = 0;
+    for (int i = 0; i < argc; i++) {
+        if (!strcmp(argv[i], "--model") && i + 1 < argc) model = argv[++i];
+        else if (!strcmp(argv[i], "--tokenizer") && i + 1 < argc) tokfile = argv[++i];
+        else if (!strcmp(argv[i], "--ids")) ids_only = 1;
+        else if (!strcmp(argv[i], "--bos")) bos = 1;
+        else if (!strcmp(argv[i], "--")) { if (i + 1 < argc) text = argv[i + 1]; break; }
+        else if (argv[i][0] == '-' && argv[i][1] == '-') return ps_cli_bad_usage("tokenize: unknown option");
+        else text = argv[i];
+    }
+    if (!model && !tokfile) return ps_cli_bad_usage("tokenize needs --model DIR or --tokenizer FILE");
+    if (!text) return ps_cli_bad_usage("tokenize needs TEXT");
+    ps_error e = {0};
+    ps_tokenizer *tok = NULL;
+    if (ps_tokenizer_load(&tok, tokfile ? tokfile : model, &e) != 0) return ps_cli_die(&e);
+    int32_t *ids = NULL;
+    int64_t n = 0;
+    if (ps_tokenizer_encode(tok, text, &ids, &n, &e) != 0) {
+        ps_tokenizer_free(tok);
+        return ps_cli_die(&e);
+    }
+    int32_t b = bos ? ps_tokenizer_bos_id(tok) : -1;
+    if (bos && b < 0) fprintf(stderr, "patchsweep: this tokenizer has no BOS token; none prepended\n");
+    if (ids_only) {
+        int first = 1;
+        if (b >= 0) { printf("%d", b); first = 0; }
+        for (int64_t i = 0; i < n; i++) printf(first && i == 0 ? "%d" : " %d", ids[i]);
+        printf("\n");
+    } else {
+        int64_t pos = 0;
+        printf("%-5s %-7s %s\n", "pos", "id", "token");
+        if (b >= 0) {
+            char *s = ps_tokenizer_token_text(tok, b);
+            printf("%-5lld %-7d \"%s\"  (BOS)\n", (long long)pos++, b, s ? s : "");
+            free(s);
+        }
+        for (int64_t i = 0; i < n; i++) {
+            char *s = ps_tokenizer_token_text(tok, ids[i]);
+            printf("%-5lld %-7d \"", (long long)pos++, ids[i]);
+            for (const char *c = s ? s : ""; *c; c++) {
+                if (*c == '\n') fputs("\\n", stdout);
+                else if (*c == '\t') fputs("\\t", stdout);
+                else if (*c == '"') fputs("\\\"", stdout);
+                else putchar(*c);
+            }
+            printf("\"\n");
+            free(s);
+        }
+        printf("%lld tokens%s\n", (long long)(n + (b >= 0)), b >= 0 ? " (BOS included)" : "");
+    }
+    free(ids);
+    ps_tokenizer_free(tok);
+    return 0;
+}
+
+// ---------------------------------------------------------------------------------------------
+
+static int cmd_generate(int argc, char **argv) {
+    const char *model = NULL, *prompt = "";
+    int64_t max_new = 64;
+    int bos = 1;
+    for (int i = 0; i < argc; i++) {
+        if (!strcmp(argv[i], "--model") && i + 1 < argc) model = argv[++i];
+        else if (!strcmp(argv[i], "--max-new-tokens") && i + 1 < argc) max_new = atoll(argv[++i]);
+        else if (!strcmp(argv[i], "--no-bos")) bos = 0;
+        else if (argv[i][0] == '-' && argv[i][1] == '-') return ps_cli_bad_usage("generate: unknown option");
+        else prompt = argv[i];
+    }
+    if (!model) return ps_cli_bad_usage("generate needs --model DIR");
+    ps_error e = {0};
+    ps_tokenizer *tok = NULL;
+    ps_model m;
+    memset(&m, 0, sizeof m);
+    if (ps_tokenizer_load(&tok, model, &e) != 0) return ps_cli_die(&e);
+    if (ps_model_load(&m, model, &e) != 0) { ps_tokenizer_free(tok); return ps_cli_die(&e); }
+    int32_t *ids = NULL;
+    int64_t n = 0;
+    if (ps_tokenizer_encode(tok, prompt, &ids, &n, &e) != 0) { ps_model_free(&m); ps_tokenizer_free(tok); return ps_cli_die(&e); }
+    const int64_t cap = m.cfg.n_ctx;
+    int32_t *seq = malloc((size_t)cap * sizeof(int32_t));
+    int64_t T = 0;
+    int32_t b = bos ? ps_tokenizer_bos_id(tok) : -1;
+    if (b < 0 && bos) b = (int32_t)m.cfg.bos_id;
+    if (b >= 0) seq[T++] = b;
+    for (int64_t i = 0; i < n && T < cap; i++) seq[T++] = ids[i];
+    free(ids);
+    if (T == 0) { free(seq); ps_model_free(&m); ps_tokenizer_free(tok); return ps_cli_bad_usage("generate: empty prompt and no BOS"); }
+    float *logits = malloc((size_t)m.cfg.d_vocab * sizeof(float));
+    int64_t start = T;
+    int rc = 0;
+    // Greedy decoding, one full forward per token: a checking tool, not a fast path.
+    for (int64_t step = 0; step < max_new && T < cap; step++) {
+        int64_t last = T - 1;
+        ps_row row = {.tokens = seq, .T = T, .out_pos = &last, .n_out = 1, .logits = logits};
+        if (ps_cpu_forward(&m, &row, 1, &e) != 0) { rc = -1; break; }
+        int32_t best = 0;
+        for (int64_t j = 1; j < m.cfg.d_vocab; j++)
+            if (logits[j] > logits[best]) best = (int32_t)j;
+        if (best == m.cfg.eos_id && best != b) break;
+        if (best == b && b >= 0 && m.cfg.arch == PS_ARCH_LLAMA) break;
+        seq[T++] = best;
+    }
+    if (rc == 0) {
+        char *all = ps_tokenizer_decode(tok, seq + (b >= 0 ? 1 : 0), T - (b >= 0 ? 1 : 0));
+        printf("%s\n", all ? all : "");
+        free(all);
+        fprintf(stderr, "patchsweep: %lld tokens generated\n", (long long)(T - start));
+    }
+    free(logits);
+    free(seq);
+    ps_model_free(&m);
+    ps_tokenizer_free(tok);
+    return rc == 0 ? 0 : ps_cli_die(&e);
+}
+
+// The machine's fp32 GEMM rate through the same OpenBLAS the CPU backend uses: the floor of benchmarks.
+static int cmd_bench_gemm(int argc, char **argv) {
+    int64_t M = argc > 0 ? atoll(argv[0]) : 512, K = argc > 1 ? atoll(argv[1]) : 768, N = argc > 2 ? atoll(argv[2]) : 3072;
+    if (M <= 0 || K <= 0 || N <= 0) return ps_cli_bad_usage("bench-gemm M K N: positive sizes");
+    // The better of the two ways to thread it is the machine's rate (the benchmarks' floor).
+    const double own = ps_cpu_gemm_rate(M, K, N, 1.0, 0), blocks = ps_cpu_gemm_rate(M, K, N, 1.0, 1);
+    printf("gemm %lldx%lldx%lld: %.2f GFLOP/s (OpenBLAS's threads %.2f, the CPU backend's row blocks %.2f)\n", (long long)M,
+           (long long)K, (long long)N, own > blocks ? own : blocks, own, blocks);
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+        usage(argc < 2 ? stderr : stdout);
+        return argc < 2 ? PS_EXIT_BADINPUT : 0;
+    }
+    const char *cmd = argv[1];
+    if (!strcmp(cmd, "run")) return ps_cli_run(argc - 2, argv + 2);
+    if (!strcmp(cmd, "tokenize")) return cmd_tokenize(argc - 2, argv + 2);
+    if (!strcmp(cmd, "generate")) return cmd_generate(argc - 2, argv + 2);
+    if (!strcmp(cmd, "merge")) {
+        if (argc < 4) return ps_cli_bad_usage("merge takes OUT.h5 SHARD.h5...");
+        ps_error e = {0};
+        if (ps_store_merge(argv[2], (const char *const *)(argv + 3), argc - 3, &e) != 0) return ps_cli_die(&e);
+        fprintf(stderr, "patchsweep: merged %d shards into %s\n", argc - 3, argv[2]);
+        return 0;
+    }
+    if (!strcmp(cmd, "inspect")) {
+        if (argc != 3) return ps_cli_bad_usage("inspect takes one RESULTS.h5");
+        ps_error e = {0};
+        return ps_store_inspect(argv[2], &e) == 0 ? 0 : ps_cli_die(&e);
+    }
+    if (!strcmp(cmd, "bench-gemm")) return cmd_bench_gemm(argc - 2, argv + 2);
+    if (!strcmp(cmd, "version") || !strcmp(cmd, "--version")) {
+        printf("patchsweep %s\n", PS_VERSION);
+        return 0;
+    }
+    fprintf(stderr, "patchsweep: unknown command '%s' (see patchsweep --help)\n", cmd);
+    return PS_EXIT_BADINPUT;
+}

@@ -1,0 +1,290 @@
+// `patchsweep run CONFIG`: load, plan, resume from the journal, run the engine, write the results file.
+// Signals stop it at the next batch; shards run a slice of the prompts.
+#include "cli.h"
+
+#include "ps_backend.h"
+#include "ps_config.h"
+#include "ps_engine.h"
+#include "ps_journal.h"
+#include "ps_model.h"
+#include "ps_store.h"
+#include "ps_tokenizer.h"
+
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+// Set by SIGINT/SIGTERM (what Slurm sends before the time limit): the engine stops at the next batch.
+static volatile int stop_requested = 0;
+static volatile int stop_signal = 0;
+static void on_signal(int sig) {
+    stop_requested = 1;
+    stop_signal = sig;
+}
+
+static int journal_chunk(void *ctx, const int64_t *prompts, int64_t n, const ps_run_results *rr, ps_error *e) {
+    return ps_journal_append((ps_journal *)ctx, prompts, n, rr, e);
+}
+
+static int file_exists(const char *p) {
+    struct stat st;
+    return stat(p, &st) == 0;
+}
+
+// The run's identity: what must be equal for a journal, an existing output or a shard to belong to it.
+static void run_identity(const ps_config *cfg, const ps_model *m, const char *tok_sha, int shard_i, int shard_n,
+                         char out[65], char run_id[65]) {
+    size_t n = strlen(cfg->text) + 512;
+    char *buf = malloc(n);
+    snprintf(buf, n, "patchsweep %s\nweights %s\ntokenizer %s\nconfig\n%s", PS_VERSION, m->weights_sha256, tok_sha, cfg->text);
+    ps_sha256_hex(buf, strlen(buf), run_id);
+    snprintf(buf, n, "%s\nshard %d/%d", run_id, shard_i, shard_n);
+    ps_sha256_hex(buf, strlen(buf), out);
+    free(buf);
+}
+
+static int parse_shard(const char *s, int *i, int *n) {
+    char *end;
+    long a = strtol(s, &end, 10);
+    if (*end != '/') return -1;
+    long b = strtol(end + 1, &end, 10);
+    if (*end || b < 1 || a < 0 || a >= b) return -1;
+    *i = (int)a;
+    *n = (int)b;
+    return 0;
+}
+
+// Sums over the sweeps: FLOPs (baselines included), patches run and patches known without running.
+static void run_totals(const ps_run_results *rr, double *flops, int64_t *run, int64_t *skipped) {
+    *flops = rr->baseline_flops;
+    *run = *skipped = 0;
+    for (int64_t s = 0; s < rr->n_sweeps; s++) {
+        *flops += rr->sweeps[s].flops;
+        *run += rr->sweeps[s].patches_run;
+        *skipped += rr->sweeps[s].patches_skipped;
+    }
+}
+
+int ps_cli_run(int argc, char **argv) {
+    const char *cfg_path = NULL, *out = NULL;
+    int prog = isatty(2), naive = 0, dry = 0, force = 0, shard_i = 0, shard_n = 1;
+    int64_t chunk_prompts = 16;
+    for (int i = 0; i < argc; i++) {
+        if (!strcmp(argv[i], "-o") && i + 1 < argc) out = argv[++i];
+        else if (!strcmp(argv[i], "--progress")) prog = 1;
+        else if (!strcmp(argv[i], "--quiet")) prog = 0;
+        else if (!strcmp(argv[i], "--naive")) naive = 1;
+        else if (!strcmp(argv[i], "--dry-run")) dry = 1;
+        else if (!strcmp(argv[i], "--force")) force = 1;
+        else if (!strcmp(argv[i], "--shard") && i + 1 < argc) {
+            if (parse_shard(argv[++i], &shard_i, &shard_n) != 0) return ps_cli_bad_usage("--shard takes I/N with 0 <= I < N");
+        } else if (!strcmp(argv[i], "--chunk-prompts") && i + 1 < argc) {
+            chunk_prompts = atoll(argv[++i]);
+            if (chunk_prompts < 1) return ps_cli_bad_usage("--chunk-prompts takes a positive count");
+        } else if (argv[i][0] == '-') return ps_cli_bad_usage("run: unknown option");
+        else if (!cfg_path) cfg_path = argv[i];
+        else return ps_cli_bad_usage("run takes one CONFIG");
+    }
+    if (!cfg_path) return ps_cli_bad_usage("run needs CONFIG.json");
+    ps_error e = {0};
+    ps_config cfg;
+    if (ps_config_load(&cfg, cfg_path, &e) != 0) return ps_cli_die(&e);
+    if (!out) out = cfg.output;
+
+    ps_model m;
+    memset(&m, 0, sizeof m);
+    ps_tokenizer *tok = NULL;
+    ps_backend be;
+    memset(&be, 0, sizeof be);
+    ps_prompt_set ps;
+    memset(&ps, 0, sizeof ps);
+    ps_run_results rr, restored;
+    memset(&rr, 0, sizeof rr);
+    memset(&restored, 0, sizeof restored);
+    ps_journal *jr = NULL;
+    uint8_t *done = NULL;
+    int64_t *todo = NULL, n_todo = 0, n_done = 0;
+    char tok_sha[65] = "", ident[65] = "", run_id[65] = "";
+    char *jpath = NULL;
+    int rc = 0, interrupted = 0, already = 0;
+    struct stat msb;
+    if (stat(cfg.model, &msb) != 0 || !S_ISDIR(msb.st_mode))
+        rc = ps_fail(&e, PS_EXIT_BADINPUT, "%s: model: \"%s\" is not a directory (a Hugging Face checkpoint: config.json + model.safetensors)",
+                     cfg.path, cfg.model);
+    if (rc == 0 && ps_tokenizer_load(&tok, cfg.tokenizer ? cfg.tokenizer : cfg.model, &e) != 0) rc = -1;
+    if (rc == 0 && ps_sha256_file(ps_tokenizer_path(tok), tok_sha, &e) != 0) rc = -1;
+    if (rc == 0 && ps_model_load(&m, cfg.model, &e) != 0) rc = -1;
+    // --dry-run of a cuda config where there is no GPU (a login node): the plan does not need one. The CPU
+    // computes the baselines and rows are planned as the cuda backend runs them (not narrowed); only the
+    // time estimate needs the device.
+    char why[256] = "";
+    const int cuda_elsewhere = rc == 0 && dry && cfg.backend == PS_BACKEND_CUDA && ps_cuda_device_count(why, sizeof why) <= 0;
+    if (cuda_elsewhere) {
+        fprintf(stderr, "patchsweep: --dry-run: no GPU here (%s); planning on the CPU for the cuda backend\n", why);
+        if (ps_backend_init(&be, PS_BACKEND_CPU, PS_PREC_FP32, cfg.threads, &m, &e) != 0) rc = -1;
+        be.caps = 0;
+        be.gemm_rate = NULL;
+    } else if (rc == 0 && ps_backend_init(&be, cfg.backend, cfg.precision, cfg.threads, &m, &e) != 0) {
+        rc = -1;
+    }
+    if (rc == 0 && ps_prompts_build(&ps, &cfg, tok, &m.cfg, &e) != 0) rc = -1;
+    if (rc == 0) {
+        run_identity(&cfg, &m, tok_sha, shard_i, shard_n, ident, run_id);
+        // An existing complete output: the same run is done already; another run's is not overwritten silently.
+        if (!dry && file_exists(out) && !force) {
+            char old[65] = "";
+            ps_error re = {0};
+            if (ps_store_read_identity(out, old, &re) == 0 && !strcmp(old, ident)) {
+                fprintf(stderr, "patchsweep: %s is complete for this config, model and version; nothing to do (--force recomputes)\n", out);
+                already = 1;
+            } else {
+                rc = ps_fail(&e, PS_EXIT_BADINPUT, "%s: exists and holds another run (config, model, tokenizer, version or shard differ); use --force to overwrite",
+                             out);
+            }
+        }
+    }
+    if (rc == 0 && !already) {
+        // Which prompts this run owns (its shard), minus those a journal already holds.
+        done = calloc((size_t)ps.n, 1);
+        todo = malloc((size_t)ps.n * sizeof(int64_t));
+        if (!dry) {
+            size_t jl = strlen(out) + 16;
+            jpath = malloc(jl);
+            snprintf(jpath, jl, "%s.journal", out);
+            char *dir = ps_dirname(out);
+            char cmd_dir[4096];
+            snprintf(cmd_dir, sizeof cmd_dir, "%s", dir);
+            free(dir);
+            for (char *q = cmd_dir + 1; *q; q++) // mkdir -p of the output's directory
+                if (*q == '/') { *q = 0; mkdir(cmd_dir, 0755); *q = '/'; }
+            mkdir(cmd_dir, 0755);
+            if (ps_run_results_init(&restored, &m.cfg, &ps, cfg.experiments, cfg.n_experiments, &e) != 0 ||
+                ps_journal_open(&jr, jpath, ident, force, &restored, done, &n_done, &e) != 0)
+                rc = -1;
+            if (rc == 0 && n_done > 0)
+                fprintf(stderr, "patchsweep: resuming: %lld of %lld prompts already done (%s)\n", (long long)n_done,
+                        (long long)ps.n, jpath);
+        }
+        for (int64_t i = 0; i < ps.n; i++)
+            if (i % shard_n == shard_i) todo[n_todo++] = i;
+    }
+    if (rc == 0 && !already) {
+        if (prog || dry)
+            fprintf(stderr, "patchsweep: %lld prompts (%lld to run%s), %lld experiments, model %s (%lld layers), backend %s\n",
+                    (long long)ps.n, (long long)(n_todo - n_done), shard_n > 1 ? " in this shard" : "", (long long)cfg.n_experiments,
+                    cfg.model, (long long)m.cfg.n_layers, be.device);
+        signal(SIGINT, on_signal);
+        signal(SIGTERM, on_signal);
+        ps_engine_opts o = {.naive = naive, .batch_rows = cfg.batch_rows, .progress = prog && !dry, .todo = todo,
+                            .n_todo = n_todo, .skip = done, .dry_run = dry, .stop = &stop_requested, .chunk_prompts = chunk_prompts,
+                            .on_chunk = journal_chunk, .chunk_ctx = jr};
+        if (ps_engine_run(&m, &be, &ps, cfg.experiments, cfg.n_experiments, cfg.metric, &o, &rr, &e) != 0) {
+            rc = -1;
+            interrupted = stop_requested;
+        } else if (ps_journal_sync(jr, &e) != 0) { // the last chunk's record, written while nothing else ran
+            rc = -1;
+        }
+        signal(SIGINT, SIG_DFL);
+        signal(SIGTERM, SIG_DFL);
+    }
+    if (rc == 0 && dry) {
+        double fl;
+        int64_t run, skipped;
+        run_totals(&rr, &fl, &run, &skipped);
+        fl -= rr.baseline_flops; // the plan prints the sweeps and the baselines apart
+        // The rate at this model's own MLP shape: small models run far below a big GEMM's rate.
+        double rate = be.gemm_rate ? be.gemm_rate(&be, 256, m.cfg.d_model, m.cfg.d_mlp, 0.3) : 0;
+        // Weights as the backend holds them: fp32 on the CPU, the configured precision on a GPU.
+        const ps_precision prec = cuda_elsewhere ? cfg.precision : be.precision;
+        const size_t weights = m.n_floats * (prec == PS_PREC_FP32 ? sizeof(float) : 2);
+        if (cuda_elsewhere) printf("plan for %s (cuda backend; no GPU here: planned on the CPU)\n", cfg_path);
+        else printf("plan for %s (%s backend, %s)\n", cfg_path, be.name, be.device);
+        printf("  prompts            %lld (%lld in this run)\n", (long long)ps.n, (long long)n_todo);
+        for (int64_t s = 0; s < rr.n_sweeps; s++) {
+            const ps_sweep *sw = &rr.sweeps[s];
+            printf("  %-18s %s by %s, %s: %lld cells x %lld prompts: %lld rows, %lld known without running, %.3f GFLOP\n",
+                   sw->ex->name, ps_site_name(sw->ex->site), ps_layout_name(sw->ex->layout), ps_direction_name(sw->ex->direction),
+                   (long long)sw->n_cells, (long long)n_todo, (long long)sw->patches_run, (long long)sw->patches_skipped,
+                   sw->flops * 1e-9);
+        }
+        printf("  patches            %lld (%lld forward rows, %lld known without running)\n", (long long)(run + skipped),
+               (long long)run, (long long)skipped);
+        printf("  compute            %.3f GFLOP for the sweeps + %.3f GFLOP for the baselines\n", fl * 1e-9, rr.baseline_flops * 1e-9);
+        printf("  memory             %.1f MiB weights (%s) + %.1f MiB activation caches at once\n", (double)weights / 1048576.0,
+               ps_precision_name(prec),
+               (double)rr.peak_cache_bytes / 1048576.0);
+        if (rate > 0) {
+            printf("  estimated time     %.1f s at this machine's measured %.1f GFLOP/s (%s GEMM; attention and overheads not counted)\n",
+                   (fl + rr.baseline_flops) * 1e-9 / rate, rate, ps_precision_name(prec));
+            printf("                     (a lower bound: the sweeps run at most this GEMM rate; `run` prints the real one)\n");
+        } else {
+            printf("  estimated time     unknown (%s)\n", cuda_elsewhere ? "no GPU here to measure" : "the backend's GEMM rate could not be measured");
+        }
+    } else if (rc == 0 && !already) {
+        // Results of earlier (interrupted) runs of this command come from the journal.
+        for (int64_t i = 0; i < ps.n; i++) {
+            if (!done[i]) continue;
+            ps_baseline *a = &rr.base, *b = &restored.base;
+            a->clean[i] = b->clean[i]; a->corrupted[i] = b->corrupted[i];
+            a->clean_answer_logit[i] = b->clean_answer_logit[i]; a->clean_wrong_logit[i] = b->clean_wrong_logit[i];
+            a->corrupted_answer_logit[i] = b->corrupted_answer_logit[i]; a->corrupted_wrong_logit[i] = b->corrupted_wrong_logit[i];
+            for (int64_t s = 0; s < rr.n_sweeps; s++)
+                memcpy(rr.sweeps[s].values + i * rr.sweeps[s].n_cells, restored.sweeps[s].values + i * rr.sweeps[s].n_cells,
+                       (size_t)rr.sweeps[s].n_cells * sizeof(float));
+        }
+        for (int64_t s = 0; s < rr.n_sweeps; s++) {
+            rr.sweeps[s].patches_run += restored.sweeps[s].patches_run;
+            rr.sweeps[s].patches_skipped += restored.sweeps[s].patches_skipped;
+            rr.sweeps[s].flops += restored.sweeps[s].flops;
+        }
+        ps_engine_finish(&rr);
+        int threads = 1;
+        const char *paren = strchr(be.device, '(');
+        if (paren) threads = atoi(paren + 1);
+        uint8_t *in_run = calloc((size_t)ps.n, 1);
+        for (int64_t i = 0; i < ps.n; i++) in_run[i] = (uint8_t)(i % shard_n == shard_i);
+        ps_shard_info sh = {.index = shard_i, .count = shard_n, .identity = ident, .run_identity = run_id, .in_run = in_run};
+        if (ps_cli_write_results(out, &cfg, &m, tok, tok_sha, &be, threads, &ps, &rr, &sh, &e) != 0) rc = -1;
+        free(in_run);
+        if (rc == 0 && jpath) unlink(jpath); // everything is in the results file now
+    }
+    if (rc == 0 && !dry && !already) {
+        double mc = 0, mx = 0, fl;
+        int64_t cnt = 0, run, skipped;
+        for (int64_t i = 0; i < ps.n; i++)
+            if (!isnan(rr.base.clean[i])) { mc += rr.base.clean[i]; mx += rr.base.corrupted[i]; cnt++; }
+        run_totals(&rr, &fl, &run, &skipped);
+        fprintf(stderr, "patchsweep: wrote %s (%lld prompts; mean %s clean %.4f, corrupted %.4f)\n", out, (long long)cnt,
+                ps_metric_name(cfg.metric), cnt ? mc / (double)cnt : NAN, cnt ? mx / (double)cnt : NAN);
+        fprintf(stderr, "patchsweep: compute %.3f s, %.3f GFLOP (%.2f GFLOP/s), %lld patches run, %lld known without running\n",
+                rr.seconds, fl * 1e-9, rr.seconds > 0 ? fl * 1e-9 / rr.seconds : 0.0, (long long)run, (long long)skipped);
+    }
+    ps_journal_close(jr);
+    ps_run_results_free(&rr);
+    ps_run_results_free(&restored);
+    ps_prompt_set_free(&ps);
+    ps_backend_free(&be);
+    ps_model_free(&m);
+    ps_tokenizer_free(tok);
+    ps_config_free(&cfg);
+    free(done);
+    free(todo);
+    if (interrupted) {
+        fprintf(stderr, "patchsweep: interrupted by signal %d; finished chunks are kept in %s; run the same command again to resume\n",
+                stop_signal, jpath ? jpath : "(none)");
+        free(jpath);
+        return 128 + stop_signal;
+    }
+    free(jpath);
+    if (rc != 0 && !strncmp(e.msg, "experiments[", 12)) { // the engine checks indices against the model: name the file
+        char orig[PS_ERR_MAX];
+        memcpy(orig, e.msg, sizeof orig);
+        snprintf(e.msg, sizeof e.msg, "%s: %.1900s", cfg_path, orig);
+    }
+    return rc == 0 ? 0 : ps_cli_die(&e);
+}

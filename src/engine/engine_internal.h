@@ -1,0 +1,18 @@
+// What the engine's files share and nothing outside src/engine/ sees: sweep layouts and their cells.
+#ifndef PS_ENGINE_INTERNAL_H
+#define PS_ENGINE_INTERNAL_H
+
+#include "ps_engine.h"
+
+// Heads at a site: key/value heads for k and v (grouped-query attention), query heads otherwise.
+int64_t ps_site_heads(const ps_model_config *mc, ps_site s);
+int ps_has_pos(ps_layout l);
+int ps_has_head(ps_layout l);
+// Sets up sw's axes and NaN-filled results for experiment ex (index idx, for messages), checking its
+// layers, heads, neurons and positions against the model and the prompts (bad input: exit status 2).
+int ps_sweep_init(ps_sweep *sw, const ps_experiment *ex, int64_t idx, const ps_model_config *mc, const ps_prompt_set *ps,
+                  ps_error *e);
+// The patch of one cell of a sweep for one prompt; 0 when the cell does not apply to the prompt.
+int ps_cell_patch(const ps_sweep *sw, int64_t cell, const ps_prompt *p, ps_patch *pt);
+
+#endif
