@@ -7,7 +7,8 @@ build=${1:-build}
 shift || true
 
 pkgs=(build-essential meson ninja-build pkg-config libcjson-dev libhdf5-dev libopenblas-dev libpcre2-dev
-      libssl-dev python3 python3-h5py python3-matplotlib python3-numpy clang libclang-rt-14-dev)
+      libssl-dev python3 python3-h5py python3-matplotlib python3-numpy clang libclang-rt-14-dev
+      slurm-wlm munge)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
