@@ -7,6 +7,7 @@
 #include <dlfcn.h>
 #include <math.h>
 #include <pthread.h>
+#include <stddef.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -30,33 +31,35 @@ static uint64_t xgetbv0(void) {
 }
 #endif
 
+#ifdef PS_X86
+// Where cpuid reports each feature: the query (0: leaf 1, 1: leaf 7.0, 2: leaf 7.1), the register (0-3: EAX,
+// EBX, ECX, EDX) and the bit.
+static const struct { int query, reg, bit; size_t field; } k_bits[] = {
+    {0, 2, 0, offsetof(ps_cpu_features, sse3)},       {0, 2, 9, offsetof(ps_cpu_features, ssse3)},
+    {0, 2, 12, offsetof(ps_cpu_features, fma)},       {0, 2, 19, offsetof(ps_cpu_features, sse41)},
+    {0, 2, 20, offsetof(ps_cpu_features, sse42)},     {0, 2, 28, offsetof(ps_cpu_features, avx)},
+    {0, 2, 29, offsetof(ps_cpu_features, f16c)},      {1, 1, 5, offsetof(ps_cpu_features, avx2)},
+    {1, 1, 16, offsetof(ps_cpu_features, avx512f)},   {1, 1, 17, offsetof(ps_cpu_features, avx512dq)},
+    {1, 1, 28, offsetof(ps_cpu_features, avx512cd)},  {1, 1, 30, offsetof(ps_cpu_features, avx512bw)},
+    {1, 1, 31, offsetof(ps_cpu_features, avx512vl)},  {2, 0, 5, offsetof(ps_cpu_features, avx512bf16)},
+};
+#endif
+
 void ps_cpu_features_detect(ps_cpu_features *f) {
     memset(f, 0, sizeof *f);
 #ifdef PS_X86
-    unsigned a, b, c, d;
-    if (!__get_cpuid(1, &a, &b, &c, &d)) return;
-    f->sse3 = !!(c & (1u << 0));
-    f->ssse3 = !!(c & (1u << 9));
-    f->fma = !!(c & (1u << 12));
-    f->sse41 = !!(c & (1u << 19));
-    f->sse42 = !!(c & (1u << 20));
-    f->avx = !!(c & (1u << 28));
-    f->f16c = !!(c & (1u << 29));
-    if (c & (1u << 27)) { // OSXSAVE: XGETBV may be executed
+    unsigned r[3][4] = {{0}};
+    if (!__get_cpuid(1, &r[0][0], &r[0][1], &r[0][2], &r[0][3])) return;
+    if (__get_cpuid_max(0, NULL) >= 7) {
+        __cpuid_count(7, 0, r[1][0], r[1][1], r[1][2], r[1][3]);
+        if (r[1][0] >= 1) __cpuid_count(7, 1, r[2][0], r[2][1], r[2][2], r[2][3]); // EAX of 7.0: last subleaf
+    }
+    for (size_t i = 0; i < sizeof k_bits / sizeof k_bits[0]; i++)
+        *(int *)((char *)f + k_bits[i].field) = !!(r[k_bits[i].query][k_bits[i].reg] & (1u << k_bits[i].bit));
+    if (r[0][2] & (1u << 27)) { // OSXSAVE: XGETBV may be executed
         const uint64_t xcr0 = xgetbv0();
         f->os_ymm = (xcr0 & 0x6) == 0x6;    // SSE + AVX state
         f->os_zmm = (xcr0 & 0xe6) == 0xe6;  // ... + opmask, ZMM0-15 upper halves, ZMM16-31
-    }
-    if (__get_cpuid_max(0, NULL) >= 7) {
-        __cpuid_count(7, 0, a, b, c, d);
-        f->avx2 = !!(b & (1u << 5));
-        f->avx512f = !!(b & (1u << 16));
-        f->avx512dq = !!(b & (1u << 17));
-        f->avx512cd = !!(b & (1u << 28));
-        f->avx512bw = !!(b & (1u << 30));
-        f->avx512vl = !!(b & (1u << 31));
-        __cpuid_count(7, 1, a, b, c, d);
-        f->avx512bf16 = !!(a & (1u << 5));
     }
 #endif
 }
@@ -261,18 +264,21 @@ static int load_blis(blas_lib *out, char *why, size_t why_len) {
     return 0;
 }
 
-// Loads one candidate by name and self-checks it; 0 when it is usable.
+// Loads one candidate by name and self-checks it; 0 when it is usable, else why starts "BLAS <candidate>".
 static int load_candidate(const char *cand, blas_lib *out, char *why, size_t why_len) {
     memset(out, 0, sizeof *out);
     int rc;
-    if (!strcmp(cand, "blis")) rc = load_blis(out, why, why_len);
-    else if (!strcmp(cand, "openblas")) rc = load_openblas(NULL, cand, out, why, why_len);
-    else rc = load_openblas(cand + strlen("openblas:"), cand, out, why, why_len);
-    if (rc != 0) return -1;
-    if (out->set_threads) out->set_threads(1);
     char bad[256];
+    if (!strcmp(cand, "blis")) rc = load_blis(out, bad, sizeof bad);
+    else if (!strcmp(cand, "openblas")) rc = load_openblas(NULL, cand, out, bad, sizeof bad);
+    else rc = load_openblas(cand + strlen("openblas:"), cand, out, bad, sizeof bad);
+    if (rc != 0) {
+        snprintf(why, why_len, "BLAS %s: %s", cand, bad);
+        return -1;
+    }
+    if (out->set_threads) out->set_threads(1);
     if (ps_blas_selfcheck(out->sgemm, NULL, bad, sizeof bad) != 0) {
-        snprintf(why, why_len, "%s computes wrongly, refused: %s", out->desc, bad);
+        snprintf(why, why_len, "BLAS %s computes wrongly, refused: %s", out->desc, bad);
         return -1;
     }
     return 0;
@@ -305,7 +311,7 @@ int ps_blas_init(const char *want, ps_error *e) {
                 at += snprintf(list + at, sizeof list - (size_t)at, "%s%s", i ? ", " : "", cands[i]);
             rc = ps_fail(e, PS_EXIT_BADINPUT, "BLAS \"%s\" is not a candidate on this CPU (%s); candidates: %s", want, fs, list);
         } else if (load_candidate(want, &lib, why, sizeof why) != 0) {
-            rc = ps_fail(e, PS_EXIT_RUNTIME, "BLAS %s: %s", want, why);
+            rc = ps_fail(e, PS_EXIT_RUNTIME, "%s", why);
         }
     } else {
         // The choice: OpenBLAS with the best core type for these features (or its own detection where none is
@@ -314,10 +320,9 @@ int ps_blas_init(const char *want, ps_error *e) {
         if (load_candidate(first, &lib, why, sizeof why) != 0) {
             char why2[512] = "";
             if (load_candidate(second, &lib, why2, sizeof why2) != 0)
-                rc = ps_fail(e, PS_EXIT_RUNTIME, "no usable BLAS: %s: %s; %s: %s (install libopenblas0 or libblis4)",
-                             first, why, second, why2);
+                rc = ps_fail(e, PS_EXIT_RUNTIME, "no usable BLAS: %s; %s (install libopenblas0 or libblis4)", why, why2);
             else
-                fprintf(stderr, "patchsweep: BLAS %s: %s; using %s instead\n", first, why, lib.desc);
+                fprintf(stderr, "patchsweep: %s; using %s instead\n", why, lib.desc);
         }
     }
     if (rc == 0) {
