@@ -247,15 +247,22 @@ def read_results(path):
     return res
 
 
+GEMM_LINE = re.compile(r"gemm \S+: best ([0-9.]+) GFLOP/s \((\S+)\), chosen ([0-9.]+) GFLOP/s \((\S+)\)")
+
+
 def gemm_rate(exe, threads):
+    """bench-gemm at the model's shapes: [(shape, best rate, best candidate, chosen rate, chosen candidate, its
+    candidate lines)]. The floor uses the best candidate (every OpenBLAS core type correct on this CPU, BLIS), not
+    whichever one patchsweep chose: a misdetected kernel must not lower the bar it is measured against."""
     env = dict(os.environ, OPENBLAS_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
     rates = []
     for shape in ((256, 768, 3072), (256, 3072, 768), (256, 768, 2304)):
         r = subprocess.run([exe, "bench-gemm", *map(str, shape)], capture_output=True, text=True, env=env)
-        m = re.search(r"([0-9.]+) GFLOP/s", r.stdout)
+        m = GEMM_LINE.search(r.stdout)
         if r.returncode != 0 or not m:
             fail(f"patchsweep bench-gemm {shape} failed: {(r.stdout + r.stderr).strip()}")
-        rates.append((shape, float(m.group(1))))
+        cands = [ln for ln in r.stdout.splitlines() if ln.startswith(("candidate ", "cpu features", "chosen"))]
+        rates.append((shape, float(m.group(1)), m.group(2), float(m.group(3)), m.group(4), cands))
     return rates
 
 
@@ -451,8 +458,11 @@ def main():
     for line in ps["stderr"].splitlines():
         say("  " + line)
     rates_after = gemm_rate(exe, threads)
+    for ln in rates[0][5]:
+        say(f"  bench-gemm {' '.join(map(str, rates[0][0]))}: {ln}")
     for when, rr in (("before", rates), ("after", rates_after)):
-        say(f"  {when} the run: " + "; ".join(f"bench-gemm {m} {k} {n}: {r:.2f} GFLOP/s" for (m, k, n), r in rr))
+        say(f"  {when} the run: " + "; ".join(f"bench-gemm {m} {k} {n}: best {r:.2f} GFLOP/s ({bn}), chosen {c:.2f} ({cn})"
+                                             for (m, k, n), r, bn, c, cn, _l in rr))
     rates = rates + rates_after
     psr = read_results(out_path)
     p = psr["_prompts"]
@@ -520,8 +530,8 @@ def main():
             "measured time x cells / cells run. max|diff| covers the cells run.")
 
     gflop = ps["gflop"]
-    # The floor's GEMM rate: the CPU's best bench-gemm, or on a GPU the backend's cuBLAS probe.
-    best = gpu_rate if gpu_rate else max(r for _s, r in rates)
+    # The floor's GEMM rate: the CPU's best bench-gemm candidate at any shape, or on a GPU the backend's cuBLAS probe.
+    best = gpu_rate if gpu_rate else max(r[1] for r in rates)
     floor_s = gflop / best
     tl_gflop = tl["dense_gflop_per_fwd"] * (sum(r[2] for r in rows) + 2)
     say("\n== summary")
@@ -539,7 +549,7 @@ def main():
         f" dense work by formula {tl_gflop:.0f} GFLOP ({tl_gflop / gflop:.0f}x patchsweep's)")
     say(f"speedup vs TransformerLens: {tl_total / ps['wall']:.2f}x on patchsweep's whole process, "
         f"{tl_total / ps['compute']:.2f}x on its compute time" + (" (TL time EXTRAPOLATED)" if extrap else ""))
-    rate_src = "cuBLAS probe" if gpu_rate else "best bench-gemm result"
+    rate_src = "cuBLAS probe" if gpu_rate else "best bench-gemm candidate"
     say(f"floor: {gflop:.3f} GFLOP / {best:.2f} GFLOP/s ({rate_src}) = {floor_s:.3f} s; patchsweep compute is "
         f"{ps['compute'] / floor_s:.2f}x the floor, its whole process {ps['wall'] / floor_s:.2f}x")
     say(f"max |patchsweep - TL| over {sum(r[3] for r in rows)} cells: {max_diff:.3g} (values span {vmin:.3f} .. {vmax:.3f})")

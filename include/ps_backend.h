@@ -24,12 +24,13 @@ typedef struct ps_backend {
 enum { PS_CAP_NARROW = 1 };   // ps_row.narrow / entry / dirty_end
 
 // kind AUTO picks CUDA when a GPU is usable and otherwise says on stderr that it falls back to the CPU.
-// threads: CPU threads for OpenMP (0 = all cores); OpenBLAS runs single-threaded inside them.
+// threads: CPU threads for OpenMP (0 = all cores); the BLAS (ps_blas.h, loaded and self-checked here) runs
+// single-threaded inside them.
 int ps_backend_init(ps_backend *b, ps_backend_kind kind, ps_precision prec, int threads, const ps_model *m, ps_error *e);
 void ps_backend_free(ps_backend *b);
 
-// The CPU's fp32 GEMM rate: row_blocks = the CPU backend's way (ps_cpu_linear), else one OpenBLAS call
-// with OpenBLAS's own threads (OpenMP's thread count).
+// The CPU's fp32 GEMM rate through the loaded BLAS: row_blocks = the CPU backend's way (ps_cpu_linear), else one
+// BLAS call with the BLAS's own threads (OpenMP's thread count).
 double ps_cpu_gemm_rate(int64_t M, int64_t K, int64_t N, double seconds, int row_blocks);
 
 // Provided by kernels/ (CUDA builds) or src/backend_nocuda.c: 0 when a CUDA device can run the model.

@@ -19,6 +19,7 @@ typedef struct {
     const char *backend;         // "cpu", "cuda"
     const char *precision;       // "fp32", ...
     const char *weights_dtype;   // dtype in the checkpoint file
+    const char *blas;            // the CPU backend's BLAS and kernel (ps_blas_describe); NULL: not written (cuda)
     int threads;
     int prepend_bos;
     int64_t bos_id;              // -1 when none prepended

@@ -6,8 +6,9 @@ cd "$(dirname "$0")/.."
 build=${1:-build}
 shift || true
 
+# libopenblas-dev: cblas.h and OpenBLAS, libblis4-serial: BLIS; both loaded at run time (src/backends/blas.c).
 pkgs=(build-essential meson ninja-build pkg-config libcjson-dev libhdf5-dev libopenblas-dev libpcre2-dev
-      libssl-dev python3 python3-h5py python3-matplotlib python3-numpy clang libclang-rt-14-dev
+      libssl-dev libblis4-serial python3 python3-h5py python3-matplotlib python3-numpy clang libclang-rt-14-dev
       slurm-wlm munge)
 missing=()
 for p in "${pkgs[@]}"; do

@@ -1,5 +1,6 @@
 // Backend selection: the CPU reference, or CUDA when it is built and a GPU is present.
 #include "ps_backend.h"
+#include "ps_blas.h"
 
 #include <cblas.h>
 #include <omp.h>
@@ -8,12 +9,11 @@
 #include <string.h>
 #include <time.h>
 
-void openblas_set_num_threads(int num_threads);
-
 static int cpu_forward(ps_backend *b, const ps_model *m, ps_row *rows, int64_t n_rows, ps_error *e) {
     return ps_cpu_forward_ws(m, rows, n_rows, (ps_cpu_workspace *)b->impl, e);
 }
 
+// Through the loaded BLAS (ps_blas_init's choice unless one was loaded before).
 double ps_cpu_gemm_rate(int64_t M, int64_t K, int64_t N, double seconds, int row_blocks) {
     float *a = malloc((size_t)(M * K) * sizeof(float)), *w = malloc((size_t)(K * N) * sizeof(float)),
           *c = malloc((size_t)(M * N) * sizeof(float));
@@ -21,18 +21,21 @@ double ps_cpu_gemm_rate(int64_t M, int64_t K, int64_t N, double seconds, int row
     if (a && w && c) {
         for (int64_t i = 0; i < M * K; i++) a[i] = (float)(i % 7) * 0.1f;
         for (int64_t i = 0; i < K * N; i++) w[i] = (float)(i % 5) * 0.1f;
-        if (!row_blocks) openblas_set_num_threads(omp_get_max_threads());
+        if (!row_blocks) ps_blas_set_num_threads(omp_get_max_threads());
         struct timespec t0 = {0}, t1;
         int reps = -1; // the first call warms up, untimed
         double el = 0;
         while (el < seconds) {
             if (row_blocks) ps_cpu_linear(c, a, w, NULL, M, K, N);
-            else cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)M, (int)N, (int)K, 1.0f, a, (int)K, w, (int)N, 0.0f, c, (int)N);
+            else ps_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)M, (int)N, (int)K, 1.0f, a, (int)K, w, (int)N, 0.0f, c, (int)N);
             if (++reps == 0) clock_gettime(CLOCK_MONOTONIC, &t0);
             clock_gettime(CLOCK_MONOTONIC, &t1);
             el = reps ? (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec) : 0;
         }
         rate = 2.0 * (double)(M * N * K) * reps / el * 1e-9;
+        if (!row_blocks) ps_blas_set_num_threads(1); // as the CPU backend runs it
+    } else {
+        fprintf(stderr, "patchsweep: out of memory for a %lldx%lldx%lld GEMM\n", (long long)M, (long long)K, (long long)N);
     }
     free(a); free(w); free(c);
     return rate;
@@ -64,6 +67,7 @@ int ps_backend_init(ps_backend *b, ps_backend_kind kind, ps_precision prec, int 
     if (prec != PS_PREC_FP32)
         return ps_fail(e, PS_EXIT_BADINPUT, "precision \"%s\": the CPU backend computes in fp32 only (fp16/bf16 need the cuda backend)",
                        ps_precision_name(prec));
+    if (ps_blas_init(NULL, e) != 0) return -1; // the BLAS for this CPU, self-checked (ps_blas.h)
     b->kind = PS_BACKEND_CPU;
     b->precision = PS_PREC_FP32;
     b->name = "cpu";

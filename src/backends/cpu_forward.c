@@ -2,6 +2,8 @@
 // OpenMP over (row, head) for attention. Every faster path is checked against this file.
 #include "ps_forward.h"
 
+#include "ps_blas.h"
+
 #include <cblas.h>
 #include <math.h>
 #include <omp.h>
@@ -14,10 +16,6 @@
 #define PS_PAR_MIN ((int64_t)1 << 16)
 // GEMMs (multiply-adds) below this run on one thread.
 #define PS_GEMM_PAR_MIN ((int64_t)1 << 22)
-
-// OpenBLAS's threading switch (no header declares it portably); the CPU backend runs BLAS single-threaded
-// and parallelizes around it with OpenMP.
-void openblas_set_num_threads(int num_threads);
 
 // ---------------------------------------------------------------------------------------------
 // Caches
@@ -162,13 +160,13 @@ float ps_cpu_act(ps_act act, float x) {
 // own thread pool and OpenMP's workers, each spinning while the other ran, left a third of the CPU idle.
 void ps_cpu_linear(float *y, const float *x, const float *W, const float *bias, int64_t N, int64_t in, int64_t out) {
     if (N <= 0) return;
-    openblas_set_num_threads(1);
+    ps_blas_set_num_threads(1);
     const int nt = omp_get_max_threads();
     const int64_t per = nt > 1 && N * in * out >= PS_GEMM_PAR_MIN ? ((N + nt - 1) / nt + 15) / 16 * 16 : N;
 #pragma omp parallel for schedule(static) if (per < N)
     for (int64_t i0 = 0; i0 < N; i0 += per) {
         const int64_t n = i0 + per <= N ? per : N - i0;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)n, (int)out, (int)in, 1.0f, x + i0 * in, (int)in, W,
+        ps_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)n, (int)out, (int)in, 1.0f, x + i0 * in, (int)in, W,
                     (int)out, 0.0f, y + i0 * out, (int)out);
         if (bias)
             for (int64_t i = i0; i < i0 + n; i++)
@@ -688,7 +686,7 @@ static void attention_step(batch *b, int64_t l, const ps_layer_weights *lw) {
             // result[t, h, :] = z[t, h, :] @ W_O[h]  (TransformerLens's per-head output, no bias)
             const int64_t T = slots[r].row->T;
             for (int64_t h = 0; h < H; h++)
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)T, (int)C, (int)D, 1.0f,
+                ps_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)T, (int)C, (int)D, 1.0f,
                             z + slots[r].off * QD + h * D, (int)QD, lw->w_o + h * D * C, (int)C, 0.0f,
                             cc->result + (l * T * H + h) * C, (int)(H * C));
         }
@@ -821,7 +819,7 @@ static int unembed_step(batch *b, ps_cpu_workspace *wsp, ps_error *e) {
             float *xr = x + rs->off * C;
             norm(cfg, xn, row->cache->lnf_scale, xr, w->lnf_w, w->lnf_b, row->T);
             if (row->cache->logits) {
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)row->T, (int)V, (int)C, 1.0f, xn, (int)C, w->w_u,
+                ps_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)row->T, (int)V, (int)C, 1.0f, xn, (int)C, w->w_u,
                             (int)C, 0.0f, row->cache->logits, (int)V);
                 if (w->b_u)
                     for (int64_t t = 0; t < row->T; t++)
@@ -844,7 +842,7 @@ static int unembed_step(batch *b, ps_cpu_workspace *wsp, ps_error *e) {
         ps_row *row = slots[r].row;
         if (!row->n_out) continue;
         if (!row->cols) {
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)row->n_out, (int)V, (int)C, 1.0f, xo + at * C, (int)C,
+            ps_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)row->n_out, (int)V, (int)C, 1.0f, xo + at * C, (int)C,
                         w->w_u, (int)C, 0.0f, row->logits, (int)V);
             if (w->b_u)
                 for (int64_t o = 0; o < row->n_out; o++)
@@ -866,7 +864,7 @@ static int unembed_step(batch *b, ps_cpu_workspace *wsp, ps_error *e) {
 
 int ps_cpu_forward_ws(const ps_model *m, ps_row *rows, int64_t n_rows, ps_cpu_workspace *wsp, ps_error *e) {
     if (n_rows <= 0) return 0;
-    openblas_set_num_threads(1);
+    ps_blas_set_num_threads(1);
     batch b;
     if (batch_setup(&b, m, rows, n_rows, wsp, e) != 0) return -1;
     for (int64_t l = 0; l < m->cfg.n_layers; l++) {

@@ -3,6 +3,7 @@
 #include "cli.h"
 
 #include "ps_backend.h"
+#include "ps_blas.h"
 #include "ps_config.h"
 #include "ps_engine.h"
 #include "ps_journal.h"
@@ -10,7 +11,7 @@
 #include "ps_store.h"
 #include "ps_tokenizer.h"
 
-#include <cblas.h>
+#include <errno.h>
 #include <math.h>
 #include <signal.h>
 #include <time.h>
@@ -30,7 +31,7 @@ static void usage(FILE *f) {
             "  patchsweep tokenize (--model DIR | --tokenizer FILE) [--ids] [--bos] TEXT\n"
             "  patchsweep inspect RESULTS.h5\n"
             "  patchsweep generate --model DIR [--max-new-tokens N] [--no-bos] [PROMPT]\n"
-            "  patchsweep bench-gemm [M K N]\n"
+            "  patchsweep bench-gemm [--blas NAME] [M K N]\n"
             "  patchsweep version\n"
             "\n"
             "run:       runs the config's baseline and sweeps and writes one HDF5 file (default: the config's \"output\").\n"
@@ -41,6 +42,8 @@ static void usage(FILE *f) {
             "           --naive runs every patch as a full forward pass (the slow oracle the fast engine is tested against).\n"
             "tokenize:  shows each token's id and string (why \" 5\" and \"5\" differ); --ids prints only the ids.\n"
             "           No BOS is prepended unless --bos (TransformerLens prepends one by default).\n"
+            "bench-gemm: the fp32 GEMM rate of every BLAS candidate for this CPU (each in its own process), the one a run\n"
+            "           chooses (from cpuid features, self-checked) and the best; --blas NAME times only that candidate.\n"
             "Exit status: 0 ok, 1 runtime failure, 2 bad input (the message names the file and the field or byte offset).\n",
             PS_VERSION);
 }
@@ -177,13 +180,92 @@ static int cmd_generate(int argc, char **argv) {
 }
 
 // The machine's fp32 GEMM rate through the same OpenBLAS the CPU backend uses: the floor of benchmarks.
-static int cmd_bench_gemm(int argc, char **argv) {
-    int64_t M = argc > 0 ? atoll(argv[0]) : 512, K = argc > 1 ? atoll(argv[1]) : 768, N = argc > 2 ? atoll(argv[2]) : 3072;
-    if (M <= 0 || K <= 0 || N <= 0) return ps_cli_bad_usage("bench-gemm M K N: positive sizes");
-    // The better of the two ways to thread it is the machine's rate (the benchmarks' floor).
+// One BLAS in this process: the better of its own threads and the CPU backend's row blocks (the benchmarks' floor).
+static int bench_one(const char *blas, int64_t M, int64_t K, int64_t N, double *rate) {
+    ps_error e = {0};
+    if (ps_blas_init(blas, &e) != 0) return ps_cli_die(&e);
     const double own = ps_cpu_gemm_rate(M, K, N, 1.0, 0), blocks = ps_cpu_gemm_rate(M, K, N, 1.0, 1);
-    printf("gemm %lldx%lldx%lld: %.2f GFLOP/s (OpenBLAS's threads %.2f, the CPU backend's row blocks %.2f)\n", (long long)M,
-           (long long)K, (long long)N, own > blocks ? own : blocks, own, blocks);
+    *rate = own > blocks ? own : blocks;
+    printf("candidate %s: %.2f GFLOP/s (its threads %.2f, the CPU backend's row blocks %.2f)\n", ps_blas_describe(), *rate,
+           own, blocks);
+    fflush(stdout);
+    return 0;
+}
+
+// Runs `patchsweep bench-gemm --blas CAND M K N` as a child (OpenBLAS's core type is fixed when it loads, so
+// each candidate needs a fresh process) and passes its output on; the candidate's rate, or 0 if it failed.
+static double bench_child(const char *self, const char *cand, int64_t M, int64_t K, int64_t N) {
+    char cmd[4200];
+    snprintf(cmd, sizeof cmd, "'%s' bench-gemm --blas %s %lld %lld %lld 2>&1", self, cand, (long long)M, (long long)K,
+             (long long)N);
+    FILE *p = popen(cmd, "r");
+    if (!p) {
+        fprintf(stderr, "patchsweep: bench-gemm: cannot run %s: %s\n", self, strerror(errno));
+        return 0;
+    }
+    char line[1024];
+    double rate = 0;
+    int said = 0;
+    while (fgets(line, sizeof line, p)) {
+        const char *r = strstr(line, "candidate ") == line ? strstr(line, ": ") : NULL;
+        if (r) rate = atof(r + 2);
+        if (r || strncmp(line, "gemm ", 5) != 0) { // its own summary line is repeated by the parent
+            if (!r) printf("candidate %s: ", cand);
+            fputs(line, stdout);
+            said = 1;
+        }
+    }
+    const int st = pclose(p);
+    if (st != 0 && !said) printf("candidate %s: failed (exit status %d)\n", cand, st);
+    return st == 0 ? rate : 0;
+}
+
+static int cmd_bench_gemm(int argc, char **argv) {
+    const char *blas = NULL;
+    if (argc >= 2 && !strcmp(argv[0], "--blas")) {
+        blas = argv[1];
+        argc -= 2;
+        argv += 2;
+    }
+    int64_t M = argc > 0 ? atoll(argv[0]) : 512, K = argc > 1 ? atoll(argv[1]) : 768, N = argc > 2 ? atoll(argv[2]) : 3072;
+    if (M <= 0 || K <= 0 || N <= 0 || argc > 3) return ps_cli_bad_usage("bench-gemm [--blas NAME] [M K N]: positive sizes");
+    char fs[256];
+    ps_cpu_features f;
+    ps_cpu_features_detect(&f);
+    ps_cpu_features_str(&f, fs, sizeof fs);
+    if (blas) { // one candidate, here
+        double rate;
+        const int rc = bench_one(blas, M, K, N, &rate);
+        if (rc != 0) return rc;
+        printf("gemm %lldx%lldx%lld: best %.2f GFLOP/s (%s), chosen %.2f GFLOP/s (%s)\n", (long long)M, (long long)K,
+               (long long)N, rate, ps_blas_choice(), rate, ps_blas_choice());
+        return 0;
+    }
+    printf("cpu features: %s\n", fs);
+    fflush(stdout);
+    char self[4096];
+    const ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (n <= 0 || memchr(self, '\'', (size_t)n)) {
+        fprintf(stderr, "patchsweep: bench-gemm: cannot find its own executable (/proc/self/exe)\n");
+        return PS_EXIT_RUNTIME;
+    }
+    self[n] = '\0';
+    const char *cands[16];
+    double rates[16];
+    const int nc = ps_blas_candidates(&f, cands, 16);
+    int best = 0;
+    for (int i = 0; i < nc; i++) {
+        rates[i] = bench_child(self, cands[i], M, K, N);
+        if (rates[i] > rates[best]) best = i;
+    }
+    ps_error e = {0};
+    if (ps_blas_init(NULL, &e) != 0) return ps_cli_die(&e); // the choice a run makes here
+    double chosen = 0;
+    for (int i = 0; i < nc; i++)
+        if (!strcmp(cands[i], ps_blas_choice())) chosen = rates[i];
+    printf("chosen: %s\n", ps_blas_describe());
+    printf("gemm %lldx%lldx%lld: best %.2f GFLOP/s (%s), chosen %.2f GFLOP/s (%s)\n", (long long)M, (long long)K,
+           (long long)N, rates[best], cands[best], chosen, ps_blas_choice());
     return 0;
 }
 

@@ -3,6 +3,7 @@
 #include "cli.h"
 
 #include "ps_backend.h"
+#include "ps_blas.h"
 #include "ps_config.h"
 #include "ps_engine.h"
 #include "ps_journal.h"
@@ -204,6 +205,7 @@ int ps_cli_run(int argc, char **argv) {
         const size_t weights = m.n_floats * (prec == PS_PREC_FP32 ? sizeof(float) : 2);
         if (cuda_elsewhere) printf("plan for %s (cuda backend; no GPU here: planned on the CPU)\n", cfg_path);
         else printf("plan for %s (%s backend, %s)\n", cfg_path, be.name, be.device);
+        if (be.kind == PS_BACKEND_CPU) printf("  blas               %s\n", ps_blas_describe());
         printf("  prompts            %lld (%lld in this run)\n", (long long)ps.n, (long long)n_todo);
         for (int64_t s = 0; s < rr.n_sweeps; s++) {
             const ps_sweep *sw = &rr.sweeps[s];

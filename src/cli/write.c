@@ -3,6 +3,7 @@
 #include "cli.h"
 
 #include "ps_backend.h"
+#include "ps_blas.h"
 #include "ps_config.h"
 #include "ps_engine.h"
 #include "ps_journal.h"
@@ -49,6 +50,7 @@ int ps_cli_write_results(const char *out_path, const ps_config *cfg, const ps_mo
         .config_text = cfg->text, .config_path = cfg->path, .version = PS_VERSION, .model_dir = m->dir,
         .weights_sha256 = m->weights_sha256, .tokenizer_path = ps_tokenizer_path(tok), .tokenizer_sha256 = tok_sha,
         .backend = be->name, .precision = ps_precision_name(be->precision), .weights_dtype = m->file_dtype,
+        .blas = be->kind == PS_BACKEND_CPU ? ps_blas_describe() : NULL,
         .threads = threads, .prepend_bos = cfg->prepend_bos,
         .bos_id = cfg->prepend_bos ? (ps_tokenizer_bos_id(tok) >= 0 ? ps_tokenizer_bos_id(tok) : m->cfg.bos_id) : -1,
         .metric = ps_metric_name(cfg->metric), .identity = sh->identity, .run_identity = sh->run_identity,

@@ -315,6 +315,7 @@ int ps_store_write_run(ps_store *s, const ps_run_info *r, ps_error *e) {
     bad |= attr_str(run, "backend", r->backend);
     bad |= attr_str(run, "precision", r->precision);
     bad |= attr_str(run, "weights_dtype", r->weights_dtype);
+    if (r->blas) bad |= attr_str(run, "blas", r->blas);
     bad |= attr_i64(run, "threads", r->threads);
     bad |= attr_i64(run, "prepend_bos", r->prepend_bos ? 1 : 0);
     bad |= attr_i64(run, "bos_id", r->bos_id);
