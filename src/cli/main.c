@@ -26,6 +26,7 @@ static void usage(FILE *f) {
             "\n"
             "usage:\n"
             "  patchsweep run CONFIG.json [-o OUT.h5] [--progress|--quiet] [--dry-run] [--shard I/N] [--force] [--naive]\n"
+            "                        [--cuda-cache-mb N]\n"
             "  patchsweep merge OUT.h5 SHARD.h5...\n"
             "  patchsweep tokenize (--model DIR | --tokenizer FILE) [--ids] [--bos] TEXT\n"
             "  patchsweep inspect RESULTS.h5\n"
@@ -39,6 +40,8 @@ static void usage(FILE *f) {
             "           --dry-run prints the plan (patches, rows, FLOPs, memory, estimated time) without running the sweeps.\n"
             "           --shard I/N runs prompts i with i %% N == I; merge combines the N shard files.\n"
             "           --naive runs every patch as a full forward pass (the slow oracle the fast engine is tested against).\n"
+            "           --cuda-cache-mb N: device memory (MiB) for copies of activation caches on the CUDA backend\n"
+            "           (default: half the memory free after the weights; least recently used copies are dropped).\n"
             "tokenize:  shows each token's id and string (why \" 5\" and \"5\" differ); --ids prints only the ids.\n"
             "           No BOS is prepended unless --bos (TransformerLens prepends one by default).\n"
             "Exit status: 0 ok, 1 runtime failure, 2 bad input (the message names the file and the field or byte offset).\n",
