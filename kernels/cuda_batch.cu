@@ -324,6 +324,16 @@ int ps_cu_run_batch(ps_cu_backend *im, const ps_model *m, ps_row *rows, int64_t 
             const int64_t ra = n_active;
 #define PATCH(site, buf) do { if (has[(site) * L + l]) TRY(ps_cu_op_patch(c, &bt, 0, ra, (site), l, (buf), e)); } while (0)
 #define STORE(arr, buf, width) TRY(ps_cu_op_store(c, &bt, ra, (arr), l, (buf), (width), e))
+// The end of the attention or MLP block: y = in @ W + bias (the block's output hook), x += y (the residual hook).
+#define BLOCK_OUT(in, in_w, W, bias, out_site, out_arr, resid_site, resid_arr)       \
+    do {                                                                            \
+        TRY(ps_cu_op_linear(c, bt.y, (in), (W), (bias), NA, (in_w), C, e));         \
+        PATCH(out_site, bt.y);                                                      \
+        STORE(out_arr, bt.y, C);                                                    \
+        TRY(ps_cu_op_residual(c, &bt, NA, e));                                      \
+        PATCH(resid_site, bt.x);                                                    \
+        STORE(resid_arr, bt.x, C);                                                  \
+    } while (0)
 
             PATCH(PS_SITE_RESID_PRE, bt.x);
             STORE(PS_CA_RESID_PRE, bt.x, C);
@@ -356,12 +366,8 @@ int ps_cu_run_batch(ps_cu_backend *im, const ps_model *m, ps_row *rows, int64_t 
                 TRY(ps_cu_gemm_per_head(c, res + l * T * H * C, bt.z + hrows[r].off * QD,
                                         ps_cu_mat_at(w->w_o, (size_t)(l * QD * C)), T, H, D, C, e));
             }
-            TRY(ps_cu_op_linear(c, bt.y, bt.z, ps_cu_mat_at(w->w_o, (size_t)(l * QD * C)), w->b_o ? w->b_o + l * C : NULL, NA, QD, C, e));
-            PATCH(PS_SITE_ATTN_OUT, bt.y);
-            STORE(PS_CA_ATTN_OUT, bt.y, C);
-            TRY(ps_cu_op_residual(c, &bt, NA, e));
-            PATCH(PS_SITE_RESID_MID, bt.x);
-            STORE(PS_CA_RESID_MID, bt.x, C);
+            BLOCK_OUT(bt.z, QD, ps_cu_mat_at(w->w_o, (size_t)(l * QD * C)), w->b_o ? w->b_o + l * C : NULL,
+                      PS_SITE_ATTN_OUT, PS_CA_ATTN_OUT, PS_SITE_RESID_MID, PS_CA_RESID_MID);
 
             // MLP block (the bias of the first layer is fused into the activation kernel)
             TRY(ps_cu_op_norm(c, 2, l, bt.xn, bt.scale, bt.x, NA, e));
@@ -373,12 +379,9 @@ int ps_cu_run_batch(ps_cu_backend *im, const ps_model *m, ps_row *rows, int64_t 
             STORE(PS_CA_MLP_PRE, bt.h1, M);
             if (llama) STORE(PS_CA_MLP_PRE_LINEAR, bt.h3, M);
             STORE(PS_CA_MLP_POST, bt.h2, M);
-            TRY(ps_cu_op_linear(c, bt.y, bt.h2, ps_cu_mat_at(w->w_out, (size_t)(l * M * C)), w->b_out ? w->b_out + l * C : NULL, NA, M, C, e));
-            PATCH(PS_SITE_MLP_OUT, bt.y);
-            STORE(PS_CA_MLP_OUT, bt.y, C);
-            TRY(ps_cu_op_residual(c, &bt, NA, e));
-            PATCH(PS_SITE_RESID_POST, bt.x);
-            STORE(PS_CA_RESID_POST, bt.x, C);
+            BLOCK_OUT(bt.h2, M, ps_cu_mat_at(w->w_out, (size_t)(l * M * C)), w->b_out ? w->b_out + l * C : NULL,
+                      PS_SITE_MLP_OUT, PS_CA_MLP_OUT, PS_SITE_RESID_POST, PS_CA_RESID_POST);
+#undef BLOCK_OUT
 #undef PATCH
 #undef STORE
         }

@@ -181,7 +181,7 @@ void ps_cu_cache_release(ps_cu_backend *im, ps_cache *c) {
 }
 
 void ps_cu_cache_free_all(ps_cu_backend *im) {
-    cudaFree(im->arena);
+    cudaFree(im->arena);  // teardown: nothing to report a failure to
     im->arena = NULL;
     im->arena_cap = 0;
     free(im->ent);
@@ -214,9 +214,10 @@ int ps_cu_ensure_host(ps_cu_backend *im, size_t bytes, ps_error *e) {
     if (bytes <= im->host_cap) return 0;
     // The staging may be the source or target of a queued copy until the stream drains.
     CUDA_CHECK(e, cudaStreamSynchronize(im->ctx.stream));
-    cudaFreeHost(im->host);
+    char *old = im->host;
     im->host = NULL;
     im->host_cap = 0;
+    CUDA_CHECK(e, cudaFreeHost(old));
     const size_t want = ps_cu_align_up(bytes + bytes / 4, 1 << 16);
     CUDA_CHECK(e, cudaMallocHost((void **)&im->host, want));
     im->host_cap = want;
@@ -226,7 +227,7 @@ int ps_cu_ensure_host(ps_cu_backend *im, size_t bytes, ps_error *e) {
 void ps_cu_release_ws(ps_cu_backend *im) {
     // Queued kernels may still use it; a failed sync means the context is lost and the free is moot.
     if (cudaStreamSynchronize(im->ctx.stream) != cudaSuccess) (void)cudaGetLastError();
-    cudaFree(im->ws);
+    cudaFree(im->ws);  // after a good sync it cannot fail but for a lost context, which the next call reports
     im->ws = NULL;
     im->ws_cap = 0;
 }

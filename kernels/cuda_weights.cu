@@ -109,7 +109,10 @@ int ps_cu_upload_weights(ps_cu_backend *im, const ps_model *m, ps_error *e) {
         cudaError_t err = cudaDeviceSynchronize();
         if (err != cudaSuccess) rc = ps_fail(e, PS_EXIT_RUNTIME, "CUDA backend: uploading weights: %s", cudaGetErrorString(err));
     }
-    cudaFree(stage);
+    {
+        const cudaError_t err = cudaFree(stage);
+        if (!rc && err != cudaSuccess) rc = ps_fail(e, PS_EXIT_RUNTIME, "%s:%d: cudaFree(stage): %s", __FILE__, __LINE__, cudaGetErrorString(err));
+    }
     if (rc) return rc;
     if (tied) d->w_u = d->wte;
     return 0;
