@@ -174,13 +174,15 @@ int ps_cu_run_batch(ps_cu_backend *im, const ps_model *m, ps_row *rows, int64_t 
             }
         }
 
-        // Device copies of every cache the rows read (uploaded when missing or stale) or fill (cache rows).
+        // Device copies of every cache the rows read (uploaded unless valid) or fill (cache rows).
         im->clock++;
         for (int64_t r = 0, p_at = 0; r < n_rows; r++) {
             ps_row *row = slots[r].row;
-            if (row->start_layer > 0 || row->start_pos > 0) TRY(ps_cu_cache_place(im, row->base, 1, &base_off[r], e));
-            for (int64_t p = 0; p < row->n_patches; p++, p_at++) TRY(ps_cu_cache_place(im, row->patches[p].src, 1, &src_off[p_at], e));
-            if (row->cache) TRY(ps_cu_cache_place(im, row->cache, 0, &cache_off[r], e));
+            if (row->start_layer > 0 || row->start_pos > 0)
+                TRY(ps_cu_cache_place(im, row->base, PS_CU_CACHE_INPUT, &base_off[r], e));
+            for (int64_t p = 0; p < row->n_patches; p++, p_at++)
+                TRY(ps_cu_cache_place(im, row->patches[p].src, PS_CU_CACHE_INPUT, &src_off[p_at], e));
+            if (row->cache) TRY(ps_cu_cache_place(im, row->cache, PS_CU_CACHE_OUTPUT, &cache_off[r], e));
         }
 
         // Workspace: per-token buffers as in forward_cpu.c, the half-precision GEMM input, outputs, descriptors.

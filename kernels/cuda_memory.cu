@@ -134,7 +134,7 @@ static int arena_alloc(ps_cu_backend *im, const ps_cache *c, int64_t *idx, ps_er
     }
 }
 
-int ps_cu_cache_place(ps_cu_backend *im, const ps_cache *c, int output, size_t *off, ps_error *e) {
+int ps_cu_cache_place(ps_cu_backend *im, const ps_cache *c, ps_cu_cache_role role, size_t *off, ps_error *e) {
     if (!c->memory || !c->n_floats) return ps_fail(e, PS_EXIT_RUNTIME, "forward: a cache the rows refer to is empty");
     int64_t i = entry_of(im, c);
     if (i >= 0 && !entry_matches(&im->ent[i], c)) {
@@ -149,7 +149,7 @@ int ps_cu_cache_place(ps_cu_backend *im, const ps_cache *c, int output, size_t *
         ((ps_cache *)c)->handle = im->ent[i].handle;
     }
     ps_cu_entry *en = &im->ent[i];
-    if (output) {
+    if (role == PS_CU_CACHE_OUTPUT) {
         en->valid = 0;  // about to be recomputed: trusted again only once copied back (ps_cu_cache_commit)
     } else if (!en->valid) {
         CUDA_CHECK(e, cudaMemcpyAsync(im->arena + en->off, c->memory, c->n_floats * sizeof(float), cudaMemcpyHostToDevice,

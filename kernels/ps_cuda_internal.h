@@ -90,9 +90,10 @@ typedef struct {
 static inline size_t ps_cu_align_up(size_t n, size_t a) { return (n + a - 1) / a * a; }
 
 // cuda_memory.cu: the copies of caches. place: the arena offset of c's device copy, bound to c (handle) when
-// new; output = 0: c is an input (a base run, a patch source), uploaded unless its copy is valid; output = 1:
-// c is about to be computed on the device (a cache row) and only needs room; it stays invalid until commit.
-int ps_cu_cache_place(ps_cu_backend *im, const ps_cache *c, int output, size_t *off, ps_error *e);
+// new. An input (a base run, a patch source) is uploaded unless its copy is valid; an output (a cache row)
+// is about to be computed on the device and only needs room; it stays invalid until commit.
+typedef enum { PS_CU_CACHE_INPUT = 0, PS_CU_CACHE_OUTPUT = 1 } ps_cu_cache_role;
+int ps_cu_cache_place(ps_cu_backend *im, const ps_cache *c, ps_cu_cache_role role, size_t *off, ps_error *e);
 void ps_cu_cache_commit(ps_cu_backend *im, const ps_cache *c);     // c's copy was computed and copied back
 void ps_cu_cache_fail_call(ps_cu_backend *im);                      // a forward failed: its copies are not trusted
 void ps_cu_cache_release(ps_cu_backend *im, ps_cache *c);          // ps_backend.release_cache
