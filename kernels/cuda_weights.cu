@@ -14,6 +14,25 @@ typedef struct {
     int layer_field;   // streamed models: which ps_layer_weights matrix (0..6) comes layer by layer; -1 none
 } wspec;
 
+// n floats of host h into dst: a vector (matrix = 0) or an fp32 matrix as they are; an fp16/bf16 matrix in
+// chunks through the fp32 stage, rounded on the device.
+static int upload(ps_cu_backend *im, char *dst, const float *h, size_t n, int matrix, float *stage, size_t chunk,
+                  ps_error *e) {
+    const ps_precision prec = im->ctx.prec;
+    if (!matrix || prec == PS_PREC_FP32) {
+        CUDA_CHECK(e, cudaMemcpy(dst, h, n * sizeof(float), cudaMemcpyHostToDevice));
+        return 0;
+    }
+    PS_REQUIRE(e, stage && chunk > 0);
+    for (size_t o = 0; o < n; o += chunk) {
+        const size_t k = n - o < chunk ? n - o : chunk;
+        CUDA_CHECK(e, cudaMemcpy(stage, h + o, k * sizeof(float), cudaMemcpyHostToDevice));
+        PS_TRY(ps_cu_cast_launch(0, dst + o * 2, prec, stage, (int64_t)k, e));
+        CUDA_CHECK(e, cudaDeviceSynchronize());  // the stage buffer is reused by the next chunk
+    }
+    return 0;
+}
+
 int ps_cu_upload_weights(ps_cu_backend *im, const ps_model *m, ps_error *e) {
     const ps_model_config *cfg = &m->cfg;
     const ps_weights *w = &m->w;
@@ -44,66 +63,45 @@ int ps_cu_upload_weights(ps_cu_backend *im, const ps_model *m, ps_error *e) {
             if (spec[i].layer_field >= 0 && !spec[i].host && (spec[i].layer_field != 5 || llama_up)) spec[i].host = &stream_marker;
     const size_t n_spec = sizeof spec / sizeof spec[0];
     const ps_precision prec = im->ctx.prec;
-    size_t total = 0, biggest = 0;
+    // Places: every tensor 256-byte aligned in one allocation, in the table's order.
+    size_t total = 0, biggest = 0, place[sizeof spec / sizeof spec[0]];
+    int streamed = 0;
     for (size_t i = 0; i < n_spec; i++) {
+        place[i] = 0;
         if (!spec[i].host) continue;
-        total = ps_cu_align_up(total, 256) + spec[i].n * (spec[i].matrix ? ps_cu_dt_size(prec) : 4);
+        place[i] = total = ps_cu_align_up(total, 256);
+        total += spec[i].n * (spec[i].matrix ? ps_cu_dt_size(prec) : 4);
         if (spec[i].matrix && spec[i].n > biggest) biggest = spec[i].n;
+        streamed |= spec[i].host == &stream_marker;
     }
     CUDA_CHECK(e, cudaMalloc(&im->wmem, total ? total : 1));
     im->wbytes = total;
+    for (size_t i = 0; i < n_spec; i++) {
+        char *dst = spec[i].host ? (char *)im->wmem + place[i] : NULL;
+        if (spec[i].mat) { spec[i].mat->p = dst; spec[i].mat->dt = prec; }
+        if (spec[i].vec) *spec[i].vec = (const float *)dst;
+    }
     // fp16/bf16: each matrix goes up in fp32 chunks and is rounded on the device.
     float *stage = NULL;
     const size_t chunk = biggest < ((size_t)16 << 20) ? biggest : ((size_t)16 << 20);
     if (prec != PS_PREC_FP32 && chunk) CUDA_CHECK(e, cudaMalloc((void **)&stage, chunk * sizeof(float)));
-    size_t at = 0;
     int rc = 0;
-    for (size_t i = 0; i < n_spec && !rc; i++) {
-        const wspec *s = &spec[i];
-        if (s->mat) { s->mat->p = NULL; s->mat->dt = prec; }
-        if (s->vec) *s->vec = NULL;
-        if (!s->host) continue;
-        at = ps_cu_align_up(at, 256);
-        char *dst = (char *)im->wmem + at;
-        if (s->host == &stream_marker) {
-            // One layer at a time from the model's layer buffer (converted from the file's dtype on the host).
-            const size_t per = s->n / L;
-            for (size_t l = 0; l < L && !rc; l++) {
-                ps_layer_weights lw;
-                if (ps_model_layer(m, (int64_t)l, &lw, e) != 0) { rc = -1; break; }
-                const float *src[] = {lw.w_q, lw.w_k, lw.w_v, lw.w_o, lw.w_in, lw.w_up, lw.w_out};
-                const float *h = src[s->layer_field];
-                for (size_t o = 0; o < per && !rc; o += (prec == PS_PREC_FP32 ? per : chunk)) {
-                    const size_t n = prec == PS_PREC_FP32 ? per : (per - o < chunk ? per - o : chunk);
-                    cudaError_t err;
-                    if (prec == PS_PREC_FP32) {
-                        err = cudaMemcpy(dst + l * per * 4, h, per * sizeof(float), cudaMemcpyHostToDevice);
-                    } else {
-                        err = cudaMemcpy(stage, h + o, n * sizeof(float), cudaMemcpyHostToDevice);
-                        if (err == cudaSuccess && ps_cu_cast_launch(0, dst + (l * per + o) * 2, prec, stage, (int64_t)n, e) != 0) { rc = -1; break; }
-                        if (err == cudaSuccess) err = cudaDeviceSynchronize();
-                    }
-                    if (err != cudaSuccess) rc = ps_fail(e, PS_EXIT_RUNTIME, "CUDA backend: uploading weights: %s", cudaGetErrorString(err));
-                }
-            }
-        } else if (!s->matrix || prec == PS_PREC_FP32) {
-            cudaError_t err = cudaMemcpy(dst, s->host, s->n * sizeof(float), cudaMemcpyHostToDevice);
-            if (err != cudaSuccess) rc = ps_fail(e, PS_EXIT_RUNTIME, "CUDA backend: uploading weights: %s", cudaGetErrorString(err));
-        } else {
-            for (size_t o = 0; o < s->n && !rc; o += chunk) {
-                const size_t n = s->n - o < chunk ? s->n - o : chunk;
-                cudaError_t err = cudaMemcpy(stage, s->host + o, n * sizeof(float), cudaMemcpyHostToDevice);
-                if (err != cudaSuccess) rc = ps_fail(e, PS_EXIT_RUNTIME, "CUDA backend: uploading weights: %s", cudaGetErrorString(err));
-                else rc = ps_cu_cast_launch(0, dst + o * 2, prec, stage, (int64_t)n, e);
-                if (!rc) {
-                    err = cudaDeviceSynchronize();  // the stage buffer is reused by the next chunk
-                    if (err != cudaSuccess) rc = ps_fail(e, PS_EXIT_RUNTIME, "CUDA backend: converting weights: %s", cudaGetErrorString(err));
-                }
-            }
+    for (size_t i = 0; i < n_spec && !rc; i++)
+        if (spec[i].host && spec[i].host != &stream_marker)
+            rc = upload(im, (char *)im->wmem + place[i], spec[i].host, spec[i].n, spec[i].matrix, stage, chunk, e);
+    // Streamed layer matrices: each layer is read (converted from the file's dtype on the host) once, and all
+    // of its matrices go up from that one buffer.
+    for (size_t l = 0; l < L && streamed && !rc; l++) {
+        ps_layer_weights lw;
+        if (ps_model_layer(m, (int64_t)l, &lw, e) != 0) { rc = -1; break; }
+        const float *src[] = {lw.w_q, lw.w_k, lw.w_v, lw.w_o, lw.w_in, lw.w_up, lw.w_out};
+        for (size_t i = 0; i < n_spec && !rc; i++) {
+            if (spec[i].host != &stream_marker) continue;
+            const float *h = src[spec[i].layer_field];
+            const size_t per = spec[i].n / L;
+            if (!h) rc = ps_fail(e, PS_EXIT_RUNTIME, "CUDA backend: layer %zu of the streamed model has no matrix %d", l, spec[i].layer_field);
+            else rc = upload(im, (char *)im->wmem + place[i] + l * per * ps_cu_dt_size(prec), h, per, 1, stage, chunk, e);
         }
-        if (s->mat) s->mat->p = dst;
-        if (s->vec) *s->vec = (const float *)dst;
-        at += s->n * (s->matrix ? ps_cu_dt_size(prec) : 4);
     }
     if (!rc) {
         cudaError_t err = cudaDeviceSynchronize();
