@@ -26,7 +26,7 @@ typedef struct {
     ps_backend_kind kind;     // cpu, cuda, or auto (CUDA when a GPU is usable, else the CPU, saying so on stderr)
     ps_precision precision;   // fp32; fp16/bf16 on the CUDA backend only
     int threads;              // CPU threads for OpenMP (0 = all cores); OpenBLAS runs single-threaded inside them
-    int64_t cuda_cache_mb;    // CUDA: MiB for device copies of caches (config key "cuda_cache_mb");
+    int64_t cuda_cache_mb;    // CUDA: MiB for device copies of caches (`run --cuda-cache-mb N`);
                               // 0 = half the device memory free after the weights are uploaded
     int plan_only;            // a dry run: when the requested device is absent the CPU stands in (stand_in_for)
 } ps_backend_opts;
