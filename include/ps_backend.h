@@ -1,19 +1,62 @@
 // The backend interface: the one thing the engine asks of a device is to run a batch of rows.
-// Everything about what to run, what to skip and what to patch lives above it, in engine.c.
+// Everything about what to run, what to skip and what to patch lives above it, in the engine.
+// Backend selection, capability bits and thread counts are decided here (backend.c), so the command line
+// knows nothing about any particular device.
 #ifndef PS_BACKEND_H
 #define PS_BACKEND_H
 
 #include "ps_forward.h"
+
+// Capability bits (ps_backend.caps): row features beyond the plain ps_row. The plain row (replace patches
+// of every site from a cache of the same length, base/start_layer/start_pos, cache rows, column subsets)
+// every backend runs. A backend sets exactly the bits of what it implements. The engine checks every row's
+// features against caps before it plans the row and refuses one the backend lacks (an error naming the
+// feature and the backend); it never approximates it with something else, so a number is either the
+// reference's or absent. PS_CAP_NARROW is the one bit that is only an optimisation: without it the engine
+// plans whole layers, which gives the same numbers (ps_row.narrow).
+// Each intervention op beyond replace (zero, mean, add, scale), captures and frozen hooks get a bit here
+// when the CPU backend implements them; a backend advertises one only once it implements it.
+enum { PS_CAP_NARROW = 1 };   // ps_row.narrow / entry / dirty_end
+
+#define PS_CAPS_CPU  ((unsigned)PS_CAP_NARROW)   // the reference: everything
+#define PS_CAPS_CUDA 0u                          // the plain row only (kernels/: no narrowing yet)
+
+// How to make a backend: everything a caller (the command line, a test) may choose.
+typedef struct {
+    ps_backend_kind kind;     // cpu, cuda, or auto (CUDA when a GPU is usable, else the CPU, saying so on stderr)
+    ps_precision precision;   // fp32; fp16/bf16 on the CUDA backend only
+    int threads;              // CPU threads for OpenMP (0 = all cores); the BLAS (ps_blas.h) runs single-threaded inside them
+    int64_t cuda_cache_mb;    // CUDA: MiB for device copies of caches (`run --cuda-cache-mb N`);
+                              // 0 = half the device memory free after the weights are uploaded
+    int plan_only;            // a dry run: when the requested device is absent the CPU stands in (stand_in_for)
+} ps_backend_opts;
 
 typedef struct ps_backend {
     ps_backend_kind kind;     // PS_BACKEND_CPU or PS_BACKEND_CUDA once initialised
     ps_precision precision;
     const char *name;         // "cpu", "cuda"
     char device[128];         // e.g. "CPU (2 threads)", "NVIDIA H100 80GB HBM3"
+    int threads;              // CPU threads it computes with (the results file's "threads"; 1 for CUDA)
+    // Non-NULL only for opts.plan_only without the requested device: that backend's name ("cuda"). The
+    // CPU computes (fp32), caps are the requested backend's, so rows are planned as it would run them, and
+    // gemm_rate is NULL (its rate cannot be measured here). Such a backend is for planning, not results.
+    const char *stand_in_for;
     int (*forward)(struct ps_backend *b, const ps_model *m, ps_row *rows, int64_t n_rows, ps_error *e);
     void (*free)(struct ps_backend *b);
-    // Optional: the engine is about to free or reuse this cache; a device copy of it must be dropped.
-    void (*release_cache)(struct ps_backend *b, const ps_cache *c);
+    // Device copies of caches (NULL for the CPU, which has none). The contract:
+    //  - A backend that keeps a device copy of a cache records it in ps_cache.handle (0 = none): when it
+    //    first uploads the cache (a row's base or patch source) or computes it (a cache row, whose device
+    //    copy it keeps). It writes handle even through the const pointers of a row; nothing else may.
+    //  - The copy is taken to equal the host arrays until release_cache: no contents are compared. A caller
+    //    that writes a cache's host arrays after a backend has read or produced it (a rewrite, a reuse for
+    //    another prompt) calls release_cache before the next forward that reads it; ps_cache_free without
+    //    release_cache leaks the copy until ps_backend_free (or until the backend evicts it).
+    //  - release_cache frees the copy and sets handle to 0; a cache the backend has no copy of (handle 0,
+    //    or another backend's) is left alone. A handle that does not match the cache's memory, size and
+    //    length is never trusted: the backend uploads afresh. A failed forward leaves no copy that a later
+    //    forward could read as valid.
+    //  - A batch may not use one cache both as a row's output (row->cache) and as an input: refused.
+    void (*release_cache)(struct ps_backend *b, ps_cache *c);
     // GFLOP/s of (M, K) @ (K, N) the way this backend runs its GEMMs, timed for about `seconds` (the dry
     // run's estimate); <= 0 when it cannot be measured.
     double (*gemm_rate)(struct ps_backend *b, int64_t M, int64_t K, int64_t N, double seconds);
@@ -21,23 +64,14 @@ typedef struct ps_backend {
     unsigned caps;            // PS_CAP_* bits: row features beyond the plain ps_row the backend honours
 } ps_backend;
 
-enum { PS_CAP_NARROW = 1 };   // ps_row.narrow / entry / dirty_end
-
-// kind AUTO picks CUDA when a GPU is usable and otherwise says on stderr that it falls back to the CPU.
-// threads: CPU threads for OpenMP (0 = all cores); the BLAS (ps_blas.h, loaded and self-checked here) runs
-// single-threaded inside them.
+// 0, or -1 with e filled (exit status 2 for a backend or precision this machine cannot give).
+int ps_backend_init_opts(ps_backend *b, const ps_backend_opts *o, const ps_model *m, ps_error *e);
+// The same with the other options at their defaults.
 int ps_backend_init(ps_backend *b, ps_backend_kind kind, ps_precision prec, int threads, const ps_model *m, ps_error *e);
 void ps_backend_free(ps_backend *b);
 
 // The CPU's fp32 GEMM rate through the loaded BLAS: row_blocks = the CPU backend's way (ps_cpu_linear), else one
 // BLAS call with the BLAS's own threads (OpenMP's thread count).
 double ps_cpu_gemm_rate(int64_t M, int64_t K, int64_t N, double seconds, int row_blocks);
-
-// Provided by kernels/ (CUDA builds) or src/backend_nocuda.c: 0 when a CUDA device can run the model.
-int ps_cuda_backend_init(ps_backend *b, ps_precision prec, const ps_model *m, ps_error *e);
-int ps_cuda_built(void);
-// Number of CUDA devices; 0 when there is none (or no CUDA in this build), with why (if non-NULL) saying
-// what the runtime reported.
-int ps_cuda_device_count(char *why, size_t why_len);
 
 #endif

@@ -1,6 +1,7 @@
-// CUDA backend extras beyond ps_backend.h (CUDA builds only): cache invalidation, and small
-// C-callable entry points that run one kernel on host arrays, so tests can compare each kernel with the
-// CPU building block of the same arithmetic (ps_cpu_layernorm, ps_cpu_rmsnorm, ps_cpu_rotary, ps_cpu_act).
+// The CUDA backend's entry points beyond ps_backend.h: what backend.c calls to make one (provided by kernels/
+// in CUDA builds, by src/backends/backend_nocuda.c otherwise), and (CUDA builds only) small C-callable entry
+// points that run one kernel on host arrays, so tests can compare each kernel with the CPU building block of
+// the same arithmetic (ps_cpu_layernorm, ps_cpu_rmsnorm, ps_cpu_rotary, ps_cpu_act).
 #ifndef PS_CUDA_H
 #define PS_CUDA_H
 
@@ -10,14 +11,17 @@
 extern "C" {
 #endif
 
-// The CUDA backend keeps device copies of the host caches rows refer to (base runs, patch sources), keyed by
-// the cache's memory pointer and checked against a sampled fingerprint of its contents on every use. A caller
-// that rewrites part of a cache in place, or frees one, may call this to drop the copy for certain.
-// No-op for other backends or caches it has not seen.
-void ps_cuda_forget_cache(ps_backend *b, const ps_cache *c);
+// 0 when a CUDA device can run the model (b filled, caps PS_CAPS_CUDA); -1 with e filled otherwise.
+// Reads o->precision and o->cuda_cache_mb; kind, threads and plan_only are backend.c's.
+int ps_cuda_backend_init(ps_backend *b, const ps_backend_opts *o, const ps_model *m, ps_error *e);
+int ps_cuda_built(void);
+// Number of CUDA devices; 0 when there is none (or no CUDA in this build), with why (if non-NULL) saying
+// what the runtime reported.
+int ps_cuda_device_count(char *why, size_t why_len);
 
-// Budget for those copies in bytes (least recently used ones are dropped beyond it). Default: half the device
-// memory free after the weights are uploaded; the environment variable PS_CUDA_CACHE_MB overrides it.
+// CUDA builds only from here on.
+// Budget in bytes for the device copies of caches (least recently used ones are dropped beyond it):
+// ps_backend_opts.cuda_cache_mb, or half the device memory free after the weights. 0 for other backends.
 size_t ps_cuda_cache_budget(const ps_backend *b);
 
 // One op on host arrays (copied to the device and back); 0, or -1 with e filled. For tests.

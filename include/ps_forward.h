@@ -36,6 +36,7 @@ typedef struct {
     float *logits;       // (T, V)                                                            [PS_CACHE_LOGITS]
     float *memory;       // owns all of the above
     size_t n_floats;
+    uint64_t handle;     // a backend's device copy of this cache (ps_backend.h: release_cache); 0 = none
 } ps_cache;
 
 enum { PS_CACHE_SCORES = 1, PS_CACHE_RESULT = 2, PS_CACHE_LOGITS = 4, PS_CACHE_ALL = 7 };

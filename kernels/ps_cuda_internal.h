@@ -1,7 +1,11 @@
-// What the CUDA backend's files share: the device context (stream, cuBLAS, weights), the batch as the
-// kernels see it (row and patch descriptors), small device helpers, and every op's launcher and op layer.
+// What the CUDA backend's files share: the device context (stream, cuBLAS, weights), the backend's state
+// (device memory, weights, the copies of caches), the batch as the kernels see it (row and patch
+// descriptors), small device helpers, and every op's launcher and op layer.
 // Each op lives in its own .cu: a static __global__ kernel, a launcher (stream + checked preconditions)
 // and the op the backend calls. Activations are fp32 everywhere; only the big matrices may be fp16/bf16.
+// The backend itself is four files: backend_cuda.cu (the ps_backend: set-up, tear-down, GEMM rate),
+// cuda_memory.cu (device memory: cache copies by handle, workspace, halve-and-retry on OOM),
+// cuda_weights.cu (upload and fp16/bf16 conversion) and cuda_batch.cu (the forward over a batch of rows).
 #ifndef PS_CUDA_INTERNAL_H
 #define PS_CUDA_INTERNAL_H
 
@@ -51,6 +55,65 @@ typedef struct {
     size_t half_cap;            // elements in half_buf
     int smem_optin;             // largest dynamic shared memory a block may opt into (bytes)
 } ps_cu_ctx;
+
+// ---------------------------------------------------------------------------------------------
+// The backend's state
+
+// A device copy of a host ps_cache (same layout: one block of n_floats) in the arena, bound to the cache by
+// ps_cache.handle (ps_backend.h's contract). memory, n_floats and T are the cache's when it was bound: a
+// handle whose cache no longer matches them is not trusted.
+typedef struct {
+    uint64_t handle;      // unique in the process (never reused), so another backend's handle matches nothing here
+    const float *memory;
+    size_t n_floats;
+    int64_t T;
+    size_t off, bytes;    // place in the arena
+    uint64_t used;        // forward call that last used it; entries used by the current call are never evicted
+    int valid;            // the device copy equals the host arrays: uploaded, or computed and copied back
+} ps_cu_entry;
+
+typedef struct {
+    ps_cu_ctx ctx;
+    void *wmem;                 // every weight, one allocation
+    size_t wbytes;
+    char *arena;                // device copies of caches, one allocation, grown as needed
+    size_t arena_cap, budget;   // budget: ps_backend_opts.cuda_cache_mb, or half the free memory after the weights
+    ps_cu_entry *ent;           // sorted by offset
+    int64_t n_ent, cap_ent;
+    uint64_t clock;             // forward calls so far
+    char *ws;                   // batch workspace (device)
+    size_t ws_cap;
+    char *host;                 // pinned staging for descriptors and logits
+    size_t host_cap;
+} ps_cu_backend;
+
+static inline size_t ps_cu_align_up(size_t n, size_t a) { return (n + a - 1) / a * a; }
+
+// cuda_memory.cu: the copies of caches. place: the arena offset of c's device copy, bound to c (handle) when
+// new. An input (a base run, a patch source) is uploaded unless its copy is valid; an output (a cache row)
+// is about to be computed on the device and only needs room; it stays invalid until commit.
+typedef enum { PS_CU_CACHE_INPUT = 0, PS_CU_CACHE_OUTPUT = 1 } ps_cu_cache_role;
+int ps_cu_cache_place(ps_cu_backend *im, const ps_cache *c, ps_cu_cache_role role, size_t *off, ps_error *e);
+void ps_cu_cache_commit(ps_cu_backend *im, const ps_cache *c);     // c's copy was computed and copied back
+void ps_cu_cache_fail_call(ps_cu_backend *im);                      // a forward failed: its copies are not trusted
+void ps_cu_cache_release(ps_cu_backend *im, ps_cache *c);          // ps_backend.release_cache
+void ps_cu_cache_free_all(ps_cu_backend *im);
+// Device address of a cache array placed at off (NULL stays NULL).
+static inline float *ps_cu_cache_field(const ps_cu_backend *im, size_t off, const ps_cache *c, const float *field) {
+    return field ? (float *)(im->arena + off) + (field - c->memory) : NULL;
+}
+// The batch workspace and the pinned host staging, grown as batches need (PS_CUDA_OOM when the device is full).
+int ps_cu_ensure_ws(ps_cu_backend *im, size_t bytes, ps_error *e);
+int ps_cu_ensure_host(ps_cu_backend *im, size_t bytes, ps_error *e);
+void ps_cu_release_ws(ps_cu_backend *im);
+// Runs rows; when the device runs out of memory, frees the workspace and runs each half on its own.
+int ps_cu_forward_rows(ps_cu_backend *im, const ps_model *m, ps_row *rows, int64_t n_rows, ps_error *e);
+
+// cuda_weights.cu: every weight uploaded once into im->wmem, matrices in im->ctx.prec.
+int ps_cu_upload_weights(ps_cu_backend *im, const ps_model *m, ps_error *e);
+
+// cuda_batch.cu: one forward over rows, all on the device at once (PS_CUDA_OOM when it does not fit).
+int ps_cu_run_batch(ps_cu_backend *im, const ps_model *m, ps_row *rows, int64_t n_rows, ps_error *e);
 
 // ---------------------------------------------------------------------------------------------
 // The batch on the device

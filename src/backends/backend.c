@@ -1,6 +1,8 @@
-// Backend selection: the CPU reference, or CUDA when it is built and a GPU is present.
+// Backend selection: the CPU reference, or CUDA when it is built and a GPU is present; the thread count,
+// the capability bits, and the dry run's stand-in for a device this machine lacks.
 #include "ps_backend.h"
 #include "ps_blas.h"
+#include "ps_cuda.h"
 
 #include <cblas.h>
 #include <omp.h>
@@ -51,19 +53,9 @@ static void cpu_free(ps_backend *b) {
     b->impl = NULL;
 }
 
-int ps_backend_init(ps_backend *b, ps_backend_kind kind, ps_precision prec, int threads, const ps_model *m, ps_error *e) {
+// The CPU reference backend (fp32 only).
+static int cpu_init(ps_backend *b, ps_precision prec, ps_error *e) {
     memset(b, 0, sizeof *b);
-    if (threads > 0) {
-        omp_set_num_threads(threads); // OpenBLAS runs single-threaded inside them (ps_cpu_linear)
-    }
-    if (kind == PS_BACKEND_CUDA || kind == PS_BACKEND_AUTO) {
-        ps_error ce = {0};
-        if (ps_cuda_backend_init(b, prec, m, &ce) == 0) return 0;
-        if (kind == PS_BACKEND_CUDA)
-            return ps_fail(e, PS_EXIT_BADINPUT, "backend \"cuda\": %s (use \"backend\": \"cpu\" or \"auto\")", ce.msg);
-        fprintf(stderr, "patchsweep: backend auto: %s; falling back to the CPU backend\n", ce.msg);
-        memset(b, 0, sizeof *b);
-    }
     if (prec != PS_PREC_FP32)
         return ps_fail(e, PS_EXIT_BADINPUT, "precision \"%s\": the CPU backend computes in fp32 only (fp16/bf16 need the cuda backend)",
                        ps_precision_name(prec));
@@ -71,14 +63,47 @@ int ps_backend_init(ps_backend *b, ps_backend_kind kind, ps_precision prec, int 
     b->kind = PS_BACKEND_CPU;
     b->precision = PS_PREC_FP32;
     b->name = "cpu";
-    snprintf(b->device, sizeof b->device, "CPU (%d threads)", omp_get_max_threads());
-    b->caps = PS_CAP_NARROW;
+    b->threads = omp_get_max_threads();
+    snprintf(b->device, sizeof b->device, "CPU (%d threads)", b->threads);
+    b->caps = PS_CAPS_CPU;
     b->forward = cpu_forward;
     b->free = cpu_free;
     b->gemm_rate = cpu_gemm_rate;
     b->impl = calloc(1, sizeof(ps_cpu_workspace));
     if (!b->impl) return ps_fail(e, PS_EXIT_RUNTIME, "out of memory");
     return 0;
+}
+
+int ps_backend_init_opts(ps_backend *b, const ps_backend_opts *o, const ps_model *m, ps_error *e) {
+    memset(b, 0, sizeof *b);
+    if (o->threads > 0) {
+        omp_set_num_threads(o->threads); // the BLAS runs single-threaded inside them (ps_cpu_linear)
+    }
+    char why[256] = "";
+    if (o->plan_only && o->kind == PS_BACKEND_CUDA && ps_cuda_device_count(why, sizeof why) <= 0) {
+        // A dry run on a machine without the GPU (a login node): the plan does not need one. The CPU computes
+        // the baselines and rows are planned as the cuda backend runs them (its caps); only the time estimate
+        // needs the device.
+        fprintf(stderr, "patchsweep: --dry-run: no GPU here (%s); planning on the CPU for the cuda backend\n", why);
+        if (cpu_init(b, PS_PREC_FP32, e) != 0) return -1;
+        b->stand_in_for = "cuda";
+        b->caps = PS_CAPS_CUDA;
+        b->gemm_rate = NULL;
+        return 0;
+    }
+    if (o->kind == PS_BACKEND_CUDA || o->kind == PS_BACKEND_AUTO) {
+        ps_error ce = {0};
+        if (ps_cuda_backend_init(b, o, m, &ce) == 0) return 0;
+        if (o->kind == PS_BACKEND_CUDA)
+            return ps_fail(e, PS_EXIT_BADINPUT, "backend \"cuda\": %s (use \"backend\": \"cpu\" or \"auto\")", ce.msg);
+        fprintf(stderr, "patchsweep: backend auto: %s; falling back to the CPU backend\n", ce.msg);
+    }
+    return cpu_init(b, o->precision, e);
+}
+
+int ps_backend_init(ps_backend *b, ps_backend_kind kind, ps_precision prec, int threads, const ps_model *m, ps_error *e) {
+    const ps_backend_opts o = {.kind = kind, .precision = prec, .threads = threads};
+    return ps_backend_init_opts(b, &o, m, e);
 }
 
 void ps_backend_free(ps_backend *b) {

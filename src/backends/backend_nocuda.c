@@ -1,5 +1,5 @@
 // Stand-in for the CUDA backend in builds without nvcc: says so instead of running.
-#include "ps_backend.h"
+#include "ps_cuda.h"
 
 #include <stdio.h>
 
@@ -10,7 +10,7 @@ int ps_cuda_device_count(char *why, size_t why_len) {
     return 0;
 }
 
-int ps_cuda_backend_init(ps_backend *b, ps_precision prec, const ps_model *m, ps_error *e) {
-    (void)b; (void)prec; (void)m;
+int ps_cuda_backend_init(ps_backend *b, const ps_backend_opts *o, const ps_model *m, ps_error *e) {
+    (void)b; (void)o; (void)m;
     return ps_fail(e, PS_EXIT_RUNTIME, "this patchsweep was built without CUDA (meson option cuda=disabled or no nvcc)");
 }

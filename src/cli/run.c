@@ -74,7 +74,7 @@ static void run_totals(const ps_run_results *rr, double *flops, int64_t *run, in
 int ps_cli_run(int argc, char **argv) {
     const char *cfg_path = NULL, *out = NULL;
     int prog = isatty(2), naive = 0, dry = 0, force = 0, shard_i = 0, shard_n = 1;
-    int64_t chunk_prompts = 16;
+    int64_t chunk_prompts = 16, cuda_cache_mb = 0;
     for (int i = 0; i < argc; i++) {
         if (!strcmp(argv[i], "-o") && i + 1 < argc) out = argv[++i];
         else if (!strcmp(argv[i], "--progress")) prog = 1;
@@ -87,6 +87,9 @@ int ps_cli_run(int argc, char **argv) {
         } else if (!strcmp(argv[i], "--chunk-prompts") && i + 1 < argc) {
             chunk_prompts = atoll(argv[++i]);
             if (chunk_prompts < 1) return ps_cli_bad_usage("--chunk-prompts takes a positive count");
+        } else if (!strcmp(argv[i], "--cuda-cache-mb") && i + 1 < argc) { // this machine's, not the run's: no identity
+            cuda_cache_mb = atoll(argv[++i]);
+            if (cuda_cache_mb < 1) return ps_cli_bad_usage("--cuda-cache-mb takes a positive number of MiB");
         } else if (argv[i][0] == '-') return ps_cli_bad_usage("run: unknown option");
         else if (!cfg_path) cfg_path = argv[i];
         else return ps_cli_bad_usage("run takes one CONFIG");
@@ -120,19 +123,11 @@ int ps_cli_run(int argc, char **argv) {
     if (rc == 0 && ps_tokenizer_load(&tok, cfg.tokenizer ? cfg.tokenizer : cfg.model, &e) != 0) rc = -1;
     if (rc == 0 && ps_sha256_file(ps_tokenizer_path(tok), tok_sha, &e) != 0) rc = -1;
     if (rc == 0 && ps_model_load(&m, cfg.model, &e) != 0) rc = -1;
-    // --dry-run of a cuda config where there is no GPU (a login node): the plan does not need one. The CPU
-    // computes the baselines and rows are planned as the cuda backend runs them (not narrowed); only the
-    // time estimate needs the device.
-    char why[256] = "";
-    const int cuda_elsewhere = rc == 0 && dry && cfg.backend == PS_BACKEND_CUDA && ps_cuda_device_count(why, sizeof why) <= 0;
-    if (cuda_elsewhere) {
-        fprintf(stderr, "patchsweep: --dry-run: no GPU here (%s); planning on the CPU for the cuda backend\n", why);
-        if (ps_backend_init(&be, PS_BACKEND_CPU, PS_PREC_FP32, cfg.threads, &m, &e) != 0) rc = -1;
-        be.caps = 0;
-        be.gemm_rate = NULL;
-    } else if (rc == 0 && ps_backend_init(&be, cfg.backend, cfg.precision, cfg.threads, &m, &e) != 0) {
-        rc = -1;
-    }
+    // A dry run plans even where the configured device is absent (the backend stands in with the CPU).
+    const ps_backend_opts bo = {.kind = cfg.backend, .precision = cfg.precision, .threads = cfg.threads,
+                                .cuda_cache_mb = cuda_cache_mb, .plan_only = dry};
+    if (rc == 0 && ps_backend_init_opts(&be, &bo, &m, &e) != 0) rc = -1;
+    const char *elsewhere = be.stand_in_for; // non-NULL: planned on the CPU for that backend
     if (rc == 0 && ps_prompts_build(&ps, &cfg, tok, &m.cfg, &e) != 0) rc = -1;
     if (rc == 0) {
         run_identity(&cfg, &m, tok_sha, shard_i, shard_n, ident, run_id);
@@ -201,9 +196,9 @@ int ps_cli_run(int argc, char **argv) {
         // The rate at this model's own MLP shape: small models run far below a big GEMM's rate.
         double rate = be.gemm_rate ? be.gemm_rate(&be, 256, m.cfg.d_model, m.cfg.d_mlp, 0.3) : 0;
         // Weights as the backend holds them: fp32 on the CPU, the configured precision on a GPU.
-        const ps_precision prec = cuda_elsewhere ? cfg.precision : be.precision;
+        const ps_precision prec = elsewhere ? cfg.precision : be.precision;
         const size_t weights = m.n_floats * (prec == PS_PREC_FP32 ? sizeof(float) : 2);
-        if (cuda_elsewhere) printf("plan for %s (cuda backend; no GPU here: planned on the CPU)\n", cfg_path);
+        if (elsewhere) printf("plan for %s (%s backend; no device here: planned on the CPU)\n", cfg_path, elsewhere);
         else printf("plan for %s (%s backend, %s)\n", cfg_path, be.name, be.device);
         if (be.kind == PS_BACKEND_CPU) printf("  blas               %s\n", ps_blas_describe());
         printf("  prompts            %lld (%lld in this run)\n", (long long)ps.n, (long long)n_todo);
@@ -225,7 +220,7 @@ int ps_cli_run(int argc, char **argv) {
                    (fl + rr.baseline_flops) * 1e-9 / rate, rate, ps_precision_name(prec));
             printf("                     (a lower bound: the sweeps run at most this GEMM rate; `run` prints the real one)\n");
         } else {
-            printf("  estimated time     unknown (%s)\n", cuda_elsewhere ? "no GPU here to measure" : "the backend's GEMM rate could not be measured");
+            printf("  estimated time     unknown (%s)\n", elsewhere ? "no device here to measure" : "the backend's GEMM rate could not be measured");
         }
     } else if (rc == 0 && !already) {
         // Results of earlier (interrupted) runs of this command come from the journal.
@@ -245,13 +240,10 @@ int ps_cli_run(int argc, char **argv) {
             rr.sweeps[s].flops += restored.sweeps[s].flops;
         }
         ps_engine_finish(&rr);
-        int threads = 1;
-        const char *paren = strchr(be.device, '(');
-        if (paren) threads = atoi(paren + 1);
         uint8_t *in_run = calloc((size_t)ps.n, 1);
         for (int64_t i = 0; i < ps.n; i++) in_run[i] = (uint8_t)(i % shard_n == shard_i);
         ps_shard_info sh = {.index = shard_i, .count = shard_n, .identity = ident, .run_identity = run_id, .in_run = in_run};
-        if (ps_cli_write_results(out, &cfg, &m, tok, tok_sha, &be, threads, &ps, &rr, &sh, &e) != 0) rc = -1;
+        if (ps_cli_write_results(out, &cfg, &m, tok, tok_sha, &be, be.threads, &ps, &rr, &sh, &e) != 0) rc = -1;
         free(in_run);
         if (rc == 0 && jpath) unlink(jpath); // everything is in the results file now
     }

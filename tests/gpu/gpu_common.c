@@ -347,6 +347,20 @@ static void compare_T(ps_backend *b, const ps_model *m, const char *label, int64
         run_or_fail(what, b->forward(b, m, &rg[2], 1, &e), &e);
         snprintf(name, sizeof name, "%s patched cache row", what);
         compare_caches(name, &gc_pat, &cc_pat, cfg, t);
+
+        // The handle contract (ps_backend.h): a cache the backend read or produced carries its handle; a batch
+        // that writes a cache another of its rows reads is refused; release_cache drops the copy (handle 0).
+        TU_CHECK(gc_clean.handle && cc_clean.handle && gc_pat.handle, "%s: caches the backend used have no handle", what);
+        ps_row alias = rg[2];
+        alias.patches = &pv;
+        pv.src = &gc_pat;  // reads the cache the same row writes
+        ps_error ae = {0};
+        TU_CHECK(b->forward(b, m, &alias, 1, &ae) != 0 && strstr(ae.msg, "also read"),
+                 "%s: a row reading its own output cache: want a refusal, got \"%s\"", what, ae.msg);
+        pv.src = &cc_clean;
+        b->release_cache(b, &gc_pat);
+        TU_CHECK(gc_pat.handle == 0, "%s: release_cache left the handle set", what);
+        b->release_cache(b, &gc_pat);  // twice: a no-op
     }
 
     // 2. One batch of patched rows with mixed start layers/positions, on the CPU's caches.
@@ -372,8 +386,10 @@ static void compare_T(ps_backend *b, const ps_model *m, const char *label, int64
         snprintf(name, sizeof name, "%s patched, repeat", what);
         gpu_tol exact = {1e-6f, 0.0f, 1e-6f};
         compare_sets(name, &sg3, &sg, sp, exact);
-        // 5. The clean cache rewritten in place (now the corrupted run's numbers): the device copy must follow.
+        // 5. The clean cache rewritten in place (now the corrupted run's numbers): after release_cache (the
+        //    contract for a rewrite) the device copy follows.
         memcpy(cc_clean.memory, cc_corr.memory, cc_clean.n_floats * sizeof(float));
+        b->release_cache(b, &cc_clean);
         run_or_fail(what, ps_cpu_forward(m, sc.rows, n, &e), &e);
         run_or_fail(what, b->forward(b, m, sg.rows, n, &e), &e);
         snprintf(name, sizeof name, "%s patched, rewritten source", what);
@@ -392,7 +408,8 @@ void gpu_compare_model(const ps_model *m, const char *label, ps_precision prec, 
     ps_backend b;
     ps_error e = {0};
     memset(&b, 0, sizeof b);
-    if (ps_cuda_backend_init(&b, prec, m, &e) != 0) {
+    const ps_backend_opts o = {.kind = PS_BACKEND_CUDA, .precision = prec};
+    if (ps_cuda_backend_init(&b, &o, m, &e) != 0) {
         TU_CHECK(0, "%s: ps_cuda_backend_init(%s): %s", label, ps_precision_name(prec), e.msg);
         return;
     }

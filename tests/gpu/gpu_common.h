@@ -29,7 +29,9 @@ gpu_tol gpu_tol_for(ps_precision prec);
 // Runs the whole comparison on model m at precision prec for each sequence length in Ts (clamped to n_ctx):
 // cache rows (every cache array, logits), one batch of patched rows (every site, heads, positions, neurons,
 // pattern patches, overlapping patches, start_layer/start_pos > 0, a row past the last layer, column subsets),
-// the same batch reading caches the GPU made, and a repeat (cached device copies). Failures go to tu_failures.
+// the same batch reading caches the GPU made, a repeat (cached device copies), the cache-handle contract
+// (handles set, aliasing refused, release_cache) and a rewritten source after release_cache. Failures go to
+// tu_failures.
 void gpu_compare_model(const ps_model *m, const char *label, ps_precision prec, const int64_t *Ts, int n_T);
 
 #endif

@@ -9,13 +9,15 @@
 #include <string.h>
 #include <sys/stat.h>
 
-// No device: "cuda" must fail with a clear error and "auto" must fall back to the CPU backend.
+// No device: "cuda" must fail with a clear error, "auto" must fall back to the CPU backend, and a dry run
+// of "cuda" gets the CPU standing in with the cuda backend's capabilities.
 static void check_no_device_paths(void) {
     ps_model m;
     if (gpu_random_model(&m, PS_ARCH_GPT2, 1, 2, 2, 8, 32, 11, 8, 1) != 0) return;
     ps_backend b;
     ps_error e = {0};
-    TU_CHECK(ps_cuda_backend_init(&b, PS_PREC_FP32, &m, &e) != 0 && strstr(e.msg, "no CUDA device found"),
+    const ps_backend_opts co = {.kind = PS_BACKEND_CUDA, .precision = PS_PREC_FP32};
+    TU_CHECK(ps_cuda_backend_init(&b, &co, &m, &e) != 0 && strstr(e.msg, "no CUDA device found"),
              "ps_cuda_backend_init without a device: want \"no CUDA device found\", got rc with \"%s\"", e.msg);
     memset(&e, 0, sizeof e);
     TU_CHECK(ps_backend_init(&b, PS_BACKEND_CUDA, PS_PREC_FP32, 1, &m, &e) != 0 && strstr(e.msg, "no CUDA device found"),
@@ -23,6 +25,15 @@ static void check_no_device_paths(void) {
     memset(&e, 0, sizeof e);
     int rc = ps_backend_init(&b, PS_BACKEND_AUTO, PS_PREC_FP32, 1, &m, &e);
     TU_CHECK(rc == 0 && b.kind == PS_BACKEND_CPU, "backend auto without a device: rc=%d kind=%d (%s)", rc, (int)b.kind, e.msg);
+    TU_CHECK(rc != 0 || (b.caps == PS_CAPS_CPU && b.threads > 0 && !b.stand_in_for && !b.release_cache),
+             "backend auto without a device: the CPU backend's caps %u, threads %d", b.caps, b.threads);
+    if (rc == 0) ps_backend_free(&b);
+    memset(&e, 0, sizeof e);
+    const ps_backend_opts plan = {.kind = PS_BACKEND_CUDA, .precision = PS_PREC_BF16, .plan_only = 1};
+    rc = ps_backend_init_opts(&b, &plan, &m, &e);
+    TU_CHECK(rc == 0 && b.kind == PS_BACKEND_CPU && b.stand_in_for && !strcmp(b.stand_in_for, "cuda") &&
+                 b.caps == PS_CAPS_CUDA && !b.gemm_rate,
+             "dry-run stand-in for cuda: rc=%d kind=%d caps=%u (%s)", rc, (int)b.kind, b.caps, e.msg);
     if (rc == 0) ps_backend_free(&b);
     gpu_free_model(&m);
 }

@@ -1,7 +1,8 @@
 // Every TransformerLens sweep kind, both directions, through the engine on the CUDA backend: against
 // TransformerLens's goldens (fp32, 1e-4) and against the CPU backend's run of the same experiments (which
 // narrows its rows while CUDA runs whole layers), in fp32 at 1e-4 and in fp16/bf16 at gpu_tol_for's bounds
-// (checked on each sweep's values, whose magnitude is O(1)). Without a GPU it reports itself skipped.
+// (checked on each sweep's values, whose magnitude is O(1)), and once more in fp32 with a 1 MiB budget for the
+// device copies of caches (eviction). Without a GPU it reports itself skipped.
 #include "gpu_common.h"
 #include "golden_util.h"
 #include "patch_fixture.h"
@@ -27,10 +28,14 @@ static void test_model(const char *model) {
         pf_free(&f);
         return;
     }
-    const ps_precision precs[] = {PS_PREC_FP32, PS_PREC_FP16, PS_PREC_BF16};
-    for (int k = 0; k < 3; k++) {
+    // The last run: fp32 with a 1 MiB budget for the device copies of caches, so they are evicted and
+    // uploaded again as the engine goes (the arena's eviction path), with the same numbers.
+    const ps_precision precs[] = {PS_PREC_FP32, PS_PREC_FP16, PS_PREC_BF16, PS_PREC_FP32};
+    const int64_t cache_mb[] = {0, 0, 0, 1};
+    for (int k = 0; k < 4; k++) {
         ps_backend gpu;
-        if (ps_backend_init(&gpu, PS_BACKEND_CUDA, precs[k], 0, &f.m, &e) != 0) {
+        const ps_backend_opts bo = {.kind = PS_BACKEND_CUDA, .precision = precs[k], .cuda_cache_mb = cache_mb[k]};
+        if (ps_backend_init_opts(&gpu, &bo, &f.m, &e) != 0) {
             TU_CHECK(0, "%s: cuda backend (%s): %s", model, ps_precision_name(precs[k]), e.msg);
             continue;
         }
@@ -39,7 +44,7 @@ static void test_model(const char *model) {
             TU_CHECK(0, "%s: cuda engine (%s): %s", model, ps_precision_name(precs[k]), e.msg);
         } else {
             char what[128];
-            snprintf(what, sizeof what, "%s cuda %s vs cpu:", model, ps_precision_name(precs[k]));
+            snprintf(what, sizeof what, "%s cuda %s%s vs cpu:", model, ps_precision_name(precs[k]), cache_mb[k] ? " (1 MiB cache budget)" : "");
             const gpu_tol t = gpu_tol_for(precs[k]);
             pf_compare_runs(what, &rg, &rc, f.ps.n, t.abs_floor + t.rel);
             if (precs[k] == PS_PREC_FP32) pf_compare_with_goldens(model, &f, &rg, "cuda fp32", 1e-4f);

@@ -1,0 +1,456 @@
+// The CUDA backend's batch runner: one forward over every row of a batch, reproducing ps_cpu_forward's row
+// semantics exactly (cpu_forward.c is the reference; every step below names the step it mirrors) with one
+// batched launch per op over all rows. It does not narrow rows (PS_CAPS_CUDA has no PS_CAP_NARROW), so the
+// engine plans whole patched layers for it: the same numbers, more arithmetic. Narrowing would mirror
+// cpu_forward.c's plan_layer and its compacted Q/K/V and W_O+MLP steps; tests/gpu/test_gpu_sweeps.c compares
+// with the CPU's narrowed run. Unrun: no GPU has executed this file yet.
+#include "ps_cuda_internal.h"
+
+#include <stdio.h>
+
+// The cache layout as the kernels address it.
+static const float *site_field(const ps_cache *c, ps_site s) {
+    switch (s) {
+    case PS_SITE_RESID_PRE: return c->resid_pre;
+    case PS_SITE_RESID_MID: return c->resid_mid;
+    case PS_SITE_RESID_POST: return c->resid_post;
+    case PS_SITE_ATTN_OUT: return c->attn_out;
+    case PS_SITE_MLP_OUT: return c->mlp_out;
+    case PS_SITE_Q: return c->q;
+    case PS_SITE_K: return c->k;
+    case PS_SITE_V: return c->v;
+    case PS_SITE_PATTERN: return c->pattern;
+    case PS_SITE_Z: return c->z;
+    case PS_SITE_MLP_POST: return c->mlp_post;
+    default: return NULL;
+    }
+}
+
+static void cache_arrays(const ps_cache *c, const float *a[PS_CA_COUNT]) {
+    a[PS_CA_EMBED] = c->embed; a[PS_CA_POS_EMBED] = c->pos_embed; a[PS_CA_RESID_PRE] = c->resid_pre;
+    a[PS_CA_LN1_SCALE] = c->ln1_scale; a[PS_CA_Q] = c->q; a[PS_CA_K] = c->k; a[PS_CA_V] = c->v;
+    a[PS_CA_ROT_Q] = c->rot_q; a[PS_CA_ROT_K] = c->rot_k; a[PS_CA_SCORES] = c->attn_scores;
+    a[PS_CA_PATTERN] = c->pattern; a[PS_CA_Z] = c->z; a[PS_CA_RESULT] = c->result; a[PS_CA_ATTN_OUT] = c->attn_out;
+    a[PS_CA_RESID_MID] = c->resid_mid; a[PS_CA_LN2_SCALE] = c->ln2_scale; a[PS_CA_MLP_PRE] = c->mlp_pre;
+    a[PS_CA_MLP_PRE_LINEAR] = c->mlp_pre_linear; a[PS_CA_MLP_POST] = c->mlp_post; a[PS_CA_MLP_OUT] = c->mlp_out;
+    a[PS_CA_RESID_POST] = c->resid_post; a[PS_CA_LNF_SCALE] = c->lnf_scale; a[PS_CA_LOGITS] = c->logits;
+}
+
+// Bump allocation of one workspace: the offset of bytes at *at (256-byte aligned).
+static size_t take(size_t *at, size_t bytes) {
+    const size_t o = ps_cu_align_up(*at, 256);
+    *at = o + bytes;
+    return o;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The forward pass
+
+typedef struct {
+    ps_row *row;
+    int64_t off, n;
+} slot_t;
+
+static int cmp_start_layer(const void *a, const void *b) {
+    const slot_t *x = (const slot_t *)a, *y = (const slot_t *)b;
+    if (x->row->start_layer != y->row->start_layer) return x->row->start_layer < y->row->start_layer ? -1 : 1;
+    return x->row < y->row ? -1 : (x->row > y->row);
+}
+
+// A trip wire for PS_CAPS_CUDA (the plain row only): when ps_patch or ps_row grows a field (an intervention op,
+// a capture, a frozen hook), the CUDA build stops here until check_rows refuses rows that use it (and caps
+// stays without its bit), so such a row is never run as if it were a plain one. Sizes are LP64's.
+static_assert(sizeof(ps_patch) == 48, "ps_patch changed: make check_rows refuse what the CUDA backend does not implement, then update this size");
+static_assert(sizeof(ps_row) == 120, "ps_row changed: make check_rows refuse what the CUDA backend does not implement, then update this size");
+
+// The one cache a row writes must not be read or written by any other row of the batch: its device copy is
+// zeroed and recomputed while the others would read it (ps_backend.h). Cache rows are few, so pairs are cheap.
+static int check_aliasing(const ps_row *rows, int64_t n_rows, ps_error *e) {
+    for (int64_t r = 0; r < n_rows; r++) {
+        const ps_cache *out = rows[r].cache;
+        if (!out) continue;
+        for (int64_t q = 0; q < n_rows; q++) {
+            const ps_row *o = &rows[q];
+            int hit = (q != r && o->cache == out) || o->base == out;
+            for (int64_t p = 0; p < o->n_patches && !hit; p++) hit = o->patches[p].src == out;
+            if (hit)
+                return ps_fail(e, PS_EXIT_RUNTIME, "forward: row %lld's cache is also read or written by row %lld of the same batch",
+                               (long long)r, (long long)q);
+        }
+    }
+    return 0;
+}
+
+// The same checks as ps_cpu_forward, plus the ones the device cannot afford to get wrong (sizes of caches).
+static int check_rows(const ps_model_config *cfg, ps_row *rows, int64_t n_rows, ps_error *e) {
+    const int64_t L = cfg->n_layers, V = cfg->d_vocab;
+    for (int64_t r = 0; r < n_rows; r++) {
+        ps_row *row = &rows[r];
+        if (row->T <= 0 || row->T > cfg->n_ctx || row->start_pos < 0 || row->start_pos >= row->T || row->start_layer < 0 ||
+            row->start_layer > L || ((row->start_layer > 0 || row->start_pos > 0) && !row->base) ||
+            (row->cache && (row->start_layer || row->start_pos)))
+            return ps_fail(e, PS_EXIT_RUNTIME, "forward: row %lld is inconsistent (T=%lld start_layer=%lld start_pos=%lld)",
+                           (long long)r, (long long)row->T, (long long)row->start_layer, (long long)row->start_pos);
+        for (int64_t i = 0; i < row->T; i++)
+            if (row->tokens[i] < 0 || row->tokens[i] >= V)
+                return ps_fail(e, PS_EXIT_BADINPUT, "forward: token id %d at position %lld is outside the vocabulary (%lld)",
+                               row->tokens[i], (long long)i, (long long)V);
+        for (int64_t o = 0; o < row->n_out; o++) {
+            const int64_t t = row->out_pos[o];
+            if (t < row->start_pos || t >= row->T)
+                return ps_fail(e, PS_EXIT_RUNTIME, "forward: output position %lld outside [%lld, %lld)", (long long)t,
+                               (long long)row->start_pos, (long long)row->T);
+        }
+        if (row->n_out && !row->logits) return ps_fail(e, PS_EXIT_RUNTIME, "forward: row %lld has no logits buffer", (long long)r);
+        if (row->cols)
+            for (int64_t c = 0; c < row->n_cols; c++)
+                if (row->cols[c] < 0 || row->cols[c] >= V)
+                    return ps_fail(e, PS_EXIT_RUNTIME, "forward: row %lld: column %d outside the vocabulary (%lld)",
+                                   (long long)r, row->cols[c], (long long)V);
+        const int from_base = row->start_layer > 0 || row->start_pos > 0;
+        if (from_base && (row->base->T != row->T || !row->base->resid_pre || !row->base->resid_post || !row->base->v ||
+                          !(cfg->arch == PS_ARCH_LLAMA ? row->base->rot_k : row->base->k)))
+            return ps_fail(e, PS_EXIT_RUNTIME, "forward: row %lld: its base cache does not match it (T=%lld, row T=%lld)",
+                           (long long)r, (long long)row->base->T, (long long)row->T);
+        if (row->cache && row->cache->T != row->T)
+            return ps_fail(e, PS_EXIT_RUNTIME, "forward: row %lld: its cache has T=%lld, the row T=%lld", (long long)r,
+                           (long long)row->cache->T, (long long)row->T);
+        for (int64_t p = 0; p < row->n_patches; p++) {
+            const ps_patch *pt = &row->patches[p];
+            if ((int)pt->site < 0 || pt->site >= PS_SITE_COUNT || !pt->src || pt->src->T != row->T ||
+                !site_field(pt->src, pt->site))
+                return ps_fail(e, PS_EXIT_RUNTIME, "forward: row %lld patch %lld: no usable source cache for site %d",
+                               (long long)r, (long long)p, (int)pt->site);
+        }
+    }
+    return check_aliasing(rows, n_rows, e);
+}
+
+int ps_cu_run_batch(ps_cu_backend *im, const ps_model *m, ps_row *rows, int64_t n_rows, ps_error *e) {
+    ps_cu_ctx *c = &im->ctx;
+    const ps_model_config *cfg = &m->cfg;
+    const int64_t L = cfg->n_layers, C = cfg->d_model, H = cfg->n_heads, Hkv = cfg->n_kv_heads, D = cfg->d_head,
+                  M = cfg->d_mlp, V = cfg->d_vocab;
+    const int llama = cfg->arch == PS_ARCH_LLAMA;
+    const int64_t QD = H * D, KD = Hkv * D;
+    if (n_rows <= 0) return 0;
+    PS_TRY(check_rows(cfg, rows, n_rows, e));
+
+    // Rows ordered by start layer, so the rows active at layer l are a prefix of the buffers (as on the CPU).
+    slot_t *slots = (slot_t *)calloc((size_t)n_rows, sizeof *slots);
+    size_t *base_off = (size_t *)calloc((size_t)n_rows * 2, sizeof(size_t));
+    int64_t n_patch = 0;
+    for (int64_t r = 0; r < n_rows; r++) n_patch += rows[r].n_patches;
+    size_t *src_off = (size_t *)calloc((size_t)(n_patch ? n_patch : 1), sizeof(size_t));
+    unsigned char *has = (unsigned char *)calloc((size_t)(PS_SITE_COUNT * L), 1);
+    int rc = 0;
+#define FAIL(x) do { rc = (x); goto done; } while (0)
+#define TRY(x) do { int t_ = (x); if (t_) FAIL(t_); } while (0)
+    if (!slots || !base_off || !src_off || !has) FAIL(ps_fail(e, PS_EXIT_RUNTIME, "forward: out of host memory"));
+    {
+        size_t *cache_off = base_off + n_rows;
+        for (int64_t r = 0; r < n_rows; r++) slots[r].row = &rows[r];
+        qsort(slots, (size_t)n_rows, sizeof *slots, cmp_start_layer);
+        int64_t N = 0, T_max = 0, n_out_total = 0, n_full = 0, n_cols_out = 0, n_cols_jobs = 0, n_cols_tab = 0;
+        int64_t cache_span = 0;
+        for (int64_t r = 0; r < n_rows; r++) {
+            ps_row *row = slots[r].row;
+            slots[r].off = N;
+            slots[r].n = row->T - row->start_pos;
+            N += slots[r].n;
+            if (row->T > T_max) T_max = row->T;
+            n_out_total += row->n_out;
+            if (row->cols) {
+                n_cols_out += row->n_out * row->n_cols;
+                n_cols_jobs += row->n_cols ? row->n_out : 0;
+                n_cols_tab += row->n_cols;
+            } else {
+                n_full += row->n_out;
+            }
+            if (row->cache) cache_span = r + 1;
+            for (int64_t p = 0; p < row->n_patches; p++) {
+                const ps_patch *pt = &row->patches[p];
+                if (pt->layer >= 0 && pt->layer < L) has[pt->site * L + pt->layer] = 1;
+            }
+        }
+
+        // Device copies of every cache the rows read (uploaded unless valid) or fill (cache rows).
+        im->clock++;
+        for (int64_t r = 0, p_at = 0; r < n_rows; r++) {
+            ps_row *row = slots[r].row;
+            if (row->start_layer > 0 || row->start_pos > 0)
+                TRY(ps_cu_cache_place(im, row->base, PS_CU_CACHE_INPUT, &base_off[r], e));
+            for (int64_t p = 0; p < row->n_patches; p++, p_at++)
+                TRY(ps_cu_cache_place(im, row->patches[p].src, PS_CU_CACHE_INPUT, &src_off[p_at], e));
+            if (row->cache) TRY(ps_cu_cache_place(im, row->cache, PS_CU_CACHE_OUTPUT, &cache_off[r], e));
+        }
+
+        // Workspace: per-token buffers as in forward_cpu.c, the half-precision GEMM input, outputs, descriptors.
+        const int64_t widest = C > QD ? (C > M ? C : M) : (QD > M ? QD : M);
+        const int64_t n_half_rows = N > n_out_total ? N : n_out_total;
+        size_t at = 0;
+        const size_t o_x = take(&at, (size_t)(N * C) * 4), o_xn = take(&at, (size_t)(N * C) * 4),
+                     o_y = take(&at, (size_t)(N * C) * 4), o_q = take(&at, (size_t)(N * QD) * 4),
+                     o_k = take(&at, (size_t)(N * KD) * 4), o_v = take(&at, (size_t)(N * KD) * 4),
+                     o_z = take(&at, (size_t)(N * QD) * 4), o_h1 = take(&at, (size_t)(N * M) * 4),
+                     o_h2 = take(&at, (size_t)(N * M) * 4), o_h3 = take(&at, llama ? (size_t)(N * M) * 4 : 0),
+                     o_scale = take(&at, (size_t)N * 4), o_cos = take(&at, llama ? (size_t)(N * (D / 2)) * 4 : 0),
+                     o_sin = take(&at, llama ? (size_t)(N * (D / 2)) * 4 : 0),
+                     o_xo = take(&at, (size_t)(n_out_total * C) * 4),
+                     o_half = take(&at, im->ctx.prec == PS_PREC_FP32 ? 0 : (size_t)(n_half_rows * widest) * 2);
+        const size_t lout_bytes = (size_t)(n_full * V + n_cols_out) * 4;
+        const size_t o_lout = take(&at, lout_bytes);
+        // Descriptors: laid out identically in the host staging buffer and copied in one transfer.
+        size_t mat = 0;
+        const size_t m_rows = take(&mat, (size_t)n_rows * sizeof(ps_cu_row)),
+                     m_patch = take(&mat, (size_t)n_patch * sizeof(ps_cu_patch)),
+                     m_tokrow = take(&mat, (size_t)N * 4), m_tokens = take(&mat, (size_t)N * 4),
+                     m_pos = take(&mat, (size_t)N * 8), m_idx = take(&mat, (size_t)n_out_total * 8),
+                     m_cols = take(&mat, (size_t)n_cols_tab * 4),
+                     m_jobs = take(&mat, (size_t)n_cols_jobs * sizeof(ps_cu_unembed_job));
+        const size_t meta_bytes = ps_cu_align_up(mat, 256);
+        const size_t o_meta = take(&at, meta_bytes);
+        TRY(ps_cu_ensure_ws(im, at, e));
+        TRY(ps_cu_ensure_host(im, meta_bytes > lout_bytes ? meta_bytes : lout_bytes, e));
+        char *ws = im->ws, *hs = im->host;
+        c->half_buf = im->ctx.prec == PS_PREC_FP32 ? NULL : ws + o_half;
+        c->half_cap = im->ctx.prec == PS_PREC_FP32 ? 0 : (size_t)(n_half_rows * widest);
+
+        // Fill the descriptors (the arena is final now: every cache has its place).
+        ps_cu_row *hrows = (ps_cu_row *)(hs + m_rows);
+        ps_cu_patch *hpat = (ps_cu_patch *)(hs + m_patch);
+        int32_t *htokrow = (int32_t *)(hs + m_tokrow), *htok = (int32_t *)(hs + m_tokens);
+        int64_t *hpos = (int64_t *)(hs + m_pos), *hidx = (int64_t *)(hs + m_idx);
+        int32_t *hcols = (int32_t *)(hs + m_cols);
+        ps_cu_unembed_job *hjobs = (ps_cu_unembed_job *)(hs + m_jobs);
+        int64_t p_at = 0, idx_full = 0, idx_cols = n_full, cols_at = 0, jobs_at = 0, out_cols_at = n_full * V;
+        for (int64_t r = 0; r < n_rows; r++) {
+            const ps_row *row = slots[r].row;
+            ps_cu_row d;
+            memset(&d, 0, sizeof d);
+            d.off = slots[r].off;
+            d.n = slots[r].n;
+            d.T = row->T;
+            d.start_pos = row->start_pos;
+            d.from_base = row->start_layer > 0 || row->start_pos > 0;
+            if (d.from_base) {
+                const ps_cache *b = row->base;
+                d.base_resid_pre = ps_cu_cache_field(im, base_off[r], b, b->resid_pre);
+                d.base_resid_post = ps_cu_cache_field(im, base_off[r], b, b->resid_post);
+                if (row->start_pos > 0) {
+                    d.base_k = ps_cu_cache_field(im, base_off[r], b, llama ? b->rot_k : b->k);
+                    d.base_v = ps_cu_cache_field(im, base_off[r], b, b->v);
+                }
+            }
+            d.pb = (int32_t)p_at;
+            for (int64_t p = 0; p < row->n_patches; p++, p_at++) {
+                const ps_patch *pt = &row->patches[p];
+                ps_cu_patch dp;
+                memset(&dp, 0, sizeof dp);
+                dp.site = (int32_t)pt->site;
+                dp.layer = pt->layer;
+                dp.head = pt->head;
+                dp.pos = pt->pos;
+                dp.neuron = pt->neuron;
+                dp.src = ps_cu_cache_field(im, src_off[p_at], pt->src, site_field(pt->src, pt->site));
+                hpat[p_at] = dp;
+            }
+            d.pe = (int32_t)p_at;
+            if (row->cache) {
+                const float *a[PS_CA_COUNT];
+                cache_arrays(row->cache, a);
+                for (int k = 0; k < PS_CA_COUNT; k++) d.ca[k] = ps_cu_cache_field(im, cache_off[r], row->cache, a[k]);
+            }
+            hrows[r] = d;
+            for (int64_t i = 0; i < d.n; i++) {
+                htokrow[d.off + i] = (int32_t)r;
+                htok[d.off + i] = row->tokens[row->start_pos + i];
+                hpos[d.off + i] = row->start_pos + i;
+            }
+            // Gathered outputs: every full-vocabulary row first (one GEMM), then the rows with columns.
+            if (!row->cols) {
+                for (int64_t o = 0; o < row->n_out; o++) hidx[idx_full++] = d.off + row->out_pos[o] - row->start_pos;
+            } else {
+                for (int64_t o = 0; o < row->n_out; o++) {
+                    if (row->n_cols) {
+                        ps_cu_unembed_job jb = {idx_cols, cols_at, row->n_cols, out_cols_at};
+                        hjobs[jobs_at++] = jb;
+                    }
+                    hidx[idx_cols++] = d.off + row->out_pos[o] - row->start_pos;
+                    out_cols_at += row->n_cols;
+                }
+                if (row->n_cols) memcpy(hcols + cols_at, row->cols, (size_t)row->n_cols * sizeof(int32_t));
+                cols_at += row->n_cols;
+            }
+        }
+        if (meta_bytes) {
+            cudaError_t err = cudaMemcpyAsync(ws + o_meta, hs, meta_bytes, cudaMemcpyHostToDevice, c->stream);
+            if (err != cudaSuccess)
+                FAIL(ps_fail(e, PS_EXIT_RUNTIME, "%s:%d: copying the batch descriptors: %s", __FILE__, __LINE__,
+                             cudaGetErrorString(err)));
+        }
+        for (int64_t r = 0; r < n_rows; r++)
+            if (slots[r].row->cache) {
+                cudaError_t err = cudaMemsetAsync(im->arena + cache_off[r], 0, slots[r].row->cache->n_floats * 4, c->stream);
+                if (err != cudaSuccess) FAIL(ps_fail(e, PS_EXIT_RUNTIME, "cudaMemsetAsync: %s", cudaGetErrorString(err)));
+            }
+
+        ps_cu_batch bt;
+        memset(&bt, 0, sizeof bt);
+        bt.n_rows = n_rows;
+        bt.N = N;
+        bt.T_max = T_max;
+        bt.cache_span = cache_span;
+        bt.rows = (const ps_cu_row *)(ws + o_meta + m_rows);
+        bt.patches = (const ps_cu_patch *)(ws + o_meta + m_patch);
+        bt.tok_row = (const int32_t *)(ws + o_meta + m_tokrow);
+        bt.tokens = (const int32_t *)(ws + o_meta + m_tokens);
+        bt.pos = (const int64_t *)(ws + o_meta + m_pos);
+        bt.x = (float *)(ws + o_x); bt.xn = (float *)(ws + o_xn); bt.y = (float *)(ws + o_y);
+        bt.q = (float *)(ws + o_q); bt.k = (float *)(ws + o_k); bt.v = (float *)(ws + o_v); bt.z = (float *)(ws + o_z);
+        bt.h1 = (float *)(ws + o_h1); bt.h2 = (float *)(ws + o_h2); bt.h3 = llama ? (float *)(ws + o_h3) : NULL;
+        bt.scale = (float *)(ws + o_scale);
+        bt.rope_cos = llama ? (float *)(ws + o_cos) : NULL;
+        bt.rope_sin = llama ? (float *)(ws + o_sin) : NULL;
+        const ps_cu_weights *w = &c->w;
+        if (llama) TRY(ps_cu_op_rope_table(c, &bt, e));
+
+        int64_t n_active = 0;
+        for (int64_t l = 0; l < L; l++) {
+            // Rows joining at this layer start from the base run's residual stream (or the embedding).
+            const int64_t first_new = n_active;
+            while (n_active < n_rows && slots[n_active].row->start_layer <= l) n_active++;
+            const int64_t NA = n_active ? slots[n_active - 1].off + slots[n_active - 1].n : 0;
+            if (first_new < n_active) TRY(ps_cu_op_join(c, &bt, slots[first_new].off, NA, l, 0, e));
+            if (NA == 0) continue;
+            const int64_t ra = n_active;
+#define PATCH(site, buf) do { if (has[(site) * L + l]) TRY(ps_cu_op_patch(c, &bt, 0, ra, (site), l, (buf), e)); } while (0)
+#define STORE(arr, buf, width) TRY(ps_cu_op_store(c, &bt, ra, (arr), l, (buf), (width), e))
+// The end of the attention or MLP block: y = in @ W + bias (the block's output hook), x += y (the residual hook).
+#define BLOCK_OUT(in, in_w, W, bias, out_site, out_arr, resid_site, resid_arr)       \
+    do {                                                                            \
+        TRY(ps_cu_op_linear(c, bt.y, (in), (W), (bias), NA, (in_w), C, e));         \
+        PATCH(out_site, bt.y);                                                      \
+        STORE(out_arr, bt.y, C);                                                    \
+        TRY(ps_cu_op_residual(c, &bt, NA, e));                                      \
+        PATCH(resid_site, bt.x);                                                    \
+        STORE(resid_arr, bt.x, C);                                                  \
+    } while (0)
+
+            PATCH(PS_SITE_RESID_PRE, bt.x);
+            STORE(PS_CA_RESID_PRE, bt.x, C);
+
+            // Attention block
+            TRY(ps_cu_op_norm(c, 1, l, bt.xn, bt.scale, bt.x, NA, e));
+            STORE(PS_CA_LN1_SCALE, bt.scale, 1);
+            TRY(ps_cu_op_linear(c, bt.q, bt.xn, ps_cu_mat_at(w->w_q, (size_t)(l * C * QD)), w->b_q ? w->b_q + l * QD : NULL, NA, C, QD, e));
+            TRY(ps_cu_op_linear(c, bt.k, bt.xn, ps_cu_mat_at(w->w_k, (size_t)(l * C * KD)), w->b_k ? w->b_k + l * KD : NULL, NA, C, KD, e));
+            TRY(ps_cu_op_linear(c, bt.v, bt.xn, ps_cu_mat_at(w->w_v, (size_t)(l * C * KD)), w->b_v ? w->b_v + l * KD : NULL, NA, C, KD, e));
+            PATCH(PS_SITE_Q, bt.q);
+            PATCH(PS_SITE_K, bt.k);
+            PATCH(PS_SITE_V, bt.v);
+            STORE(PS_CA_Q, bt.q, QD);
+            STORE(PS_CA_K, bt.k, KD);
+            STORE(PS_CA_V, bt.v, KD);
+            if (llama) {
+                TRY(ps_cu_op_rotary(c, &bt, bt.q, NA, H, e));
+                TRY(ps_cu_op_rotary(c, &bt, bt.k, NA, Hkv, e));
+                STORE(PS_CA_ROT_Q, bt.q, QD);
+                STORE(PS_CA_ROT_K, bt.k, KD);
+            }
+            TRY(ps_cu_op_attention(c, &bt, l, NA, e));
+            PATCH(PS_SITE_Z, bt.z);
+            STORE(PS_CA_Z, bt.z, QD);
+            for (int64_t r = 0; r < ra && r < cache_span; r++) {
+                float *res = hrows[r].ca[PS_CA_RESULT];
+                if (!res) continue;
+                const int64_t T = hrows[r].T;
+                TRY(ps_cu_gemm_per_head(c, res + l * T * H * C, bt.z + hrows[r].off * QD,
+                                        ps_cu_mat_at(w->w_o, (size_t)(l * QD * C)), T, H, D, C, e));
+            }
+            BLOCK_OUT(bt.z, QD, ps_cu_mat_at(w->w_o, (size_t)(l * QD * C)), w->b_o ? w->b_o + l * C : NULL,
+                      PS_SITE_ATTN_OUT, PS_CA_ATTN_OUT, PS_SITE_RESID_MID, PS_CA_RESID_MID);
+
+            // MLP block (the bias of the first layer is fused into the activation kernel)
+            TRY(ps_cu_op_norm(c, 2, l, bt.xn, bt.scale, bt.x, NA, e));
+            STORE(PS_CA_LN2_SCALE, bt.scale, 1);
+            TRY(ps_cu_gemm(c, bt.h1, bt.xn, ps_cu_mat_at(w->w_in, (size_t)(l * C * M)), NA, C, M, 0, e));
+            if (llama) TRY(ps_cu_gemm(c, bt.h3, bt.xn, ps_cu_mat_at(w->w_up, (size_t)(l * C * M)), NA, C, M, 0, e));
+            TRY(ps_cu_op_mlp_act(c, &bt, l, NA, e));
+            PATCH(PS_SITE_MLP_POST, bt.h2);
+            STORE(PS_CA_MLP_PRE, bt.h1, M);
+            if (llama) STORE(PS_CA_MLP_PRE_LINEAR, bt.h3, M);
+            STORE(PS_CA_MLP_POST, bt.h2, M);
+            BLOCK_OUT(bt.h2, M, ps_cu_mat_at(w->w_out, (size_t)(l * M * C)), w->b_out ? w->b_out + l * C : NULL,
+                      PS_SITE_MLP_OUT, PS_CA_MLP_OUT, PS_SITE_RESID_POST, PS_CA_RESID_POST);
+#undef BLOCK_OUT
+#undef PATCH
+#undef STORE
+        }
+        // Rows that start past the last layer (a patch of the final resid_post) take the base's final state.
+        if (n_active < n_rows) {
+            TRY(ps_cu_op_join(c, &bt, slots[n_active].off, N, L - 1, 1, e));
+            if (has[PS_SITE_RESID_POST * L + L - 1]) TRY(ps_cu_op_patch(c, &bt, n_active, n_rows, PS_SITE_RESID_POST, L - 1, bt.x, e));
+        }
+
+        // Cache rows: final norm and logits at every position, into the cache's device copy.
+        for (int64_t r = 0; r < cache_span; r++) {
+            if (!slots[r].row->cache) continue;
+            const int64_t T = hrows[r].T;
+            TRY(ps_cu_op_norm(c, 0, 0, bt.xn, hrows[r].ca[PS_CA_LNF_SCALE], bt.x + hrows[r].off * C, T, e));
+            if (hrows[r].ca[PS_CA_LOGITS]) TRY(ps_cu_op_logits_full(c, hrows[r].ca[PS_CA_LOGITS], bt.xn, T, e));
+        }
+        // Requested positions: gather, final norm in place, all-V logits by GEMM, chosen columns by dot products.
+        float *xo = (float *)(ws + o_xo), *lout = (float *)(ws + o_lout);
+        TRY(ps_cu_gather_launch(c->stream, xo, bt.x, (const int64_t *)(ws + o_meta + m_idx), n_out_total, C, e));
+        TRY(ps_cu_op_norm(c, 0, 0, xo, NULL, xo, n_out_total, e));
+        TRY(ps_cu_op_logits_full(c, lout, xo, n_full, e));
+        TRY(ps_cu_unembed_cols_launch(c->stream, lout, xo, (const ps_cu_unembed_job *)(ws + o_meta + m_jobs), n_cols_jobs,
+                                      (const int32_t *)(ws + o_meta + m_cols), w->w_u, w->b_u, C, e));
+
+        // Back to the host: logits into each row, cache rows into their ps_cache.
+        {
+            cudaError_t err = lout_bytes ? cudaMemcpyAsync(hs, lout, lout_bytes, cudaMemcpyDeviceToHost, c->stream) : cudaSuccess;
+            if (err == cudaSuccess) err = cudaStreamSynchronize(c->stream);
+            if (err != cudaSuccess)
+                FAIL(ps_fail(e, PS_EXIT_RUNTIME, "CUDA backend: forward of %lld rows failed: %s", (long long)n_rows,
+                             cudaGetErrorString(err)));
+        }
+        const float *hl = (const float *)hs;
+        int64_t full_at = 0, cols_out = n_full * V;
+        for (int64_t r = 0; r < n_rows; r++) {
+            ps_row *row = slots[r].row;
+            if (!row->n_out) continue;
+            if (!row->cols) {
+                memcpy(row->logits, hl + full_at * V, (size_t)(row->n_out * V) * sizeof(float));
+                full_at += row->n_out;
+            } else {
+                memcpy(row->logits, hl + cols_out, (size_t)(row->n_out * row->n_cols) * sizeof(float));
+                cols_out += row->n_out * row->n_cols;
+            }
+        }
+        for (int64_t r = 0; r < cache_span; r++) {
+            ps_cache *cc = slots[r].row->cache;
+            if (!cc) continue;
+            cudaError_t err = cudaMemcpyAsync(cc->memory, im->arena + cache_off[r], cc->n_floats * sizeof(float),
+                                              cudaMemcpyDeviceToHost, c->stream);
+            if (err == cudaSuccess) err = cudaStreamSynchronize(c->stream);
+            if (err != cudaSuccess) FAIL(ps_fail(e, PS_EXIT_RUNTIME, "CUDA backend: copying a cache back: %s", cudaGetErrorString(err)));
+            ps_cu_cache_commit(im, cc);  // host and device copies agree now
+        }
+    }
+done:
+#undef TRY
+#undef FAIL
+    if (rc) {
+        // Nothing queued may still run when the caller frees or reuses the workspace, and no copy this call
+        // touched is trusted again (issue 18: a failed cache row must not be read back as zeros).
+        if (cudaStreamSynchronize(c->stream) != cudaSuccess) (void)cudaGetLastError();
+        ps_cu_cache_fail_call(im);
+    }
+    free(slots);
+    free(base_off);
+    free(src_off);
+    free(has);
+    return rc;
+}
