@@ -4,10 +4,19 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
+// SKIP only where there is no NVIDIA GPU at all. Where the driver's device nodes exist, a runtime that
+// finds no device (a driver older than the CUDA 13 runtime, a broken install) is a failure, not a skip:
+// otherwise the suite would pass on the very machine it is meant for.
 void gpu_require_device(void) {
     char why[256] = "";
     if (ps_cuda_device_count(why, sizeof why) <= 0) {
+        if (access("/dev/nvidiactl", F_OK) == 0 || access("/dev/nvidia0", F_OK) == 0 ||
+            access("/proc/driver/nvidia/version", F_OK) == 0) {
+            printf("FAIL: this machine has an NVIDIA driver but CUDA finds no usable device (%s)\n", why);
+            exit(1);
+        }
         printf("SKIP: no CUDA device (%s)\n", why);
         exit(77);
     }
