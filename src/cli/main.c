@@ -25,7 +25,8 @@ static void usage(FILE *f) {
             "patchsweep %s: batch activation patching for transformer interpretability\n"
             "\n"
             "usage:\n"
-            "  patchsweep run CONFIG.json [-o OUT.h5] [--progress|--quiet] [--dry-run] [--shard I/N] [--force] [--naive]\n"
+            "  patchsweep run CONFIG.json [-o OUT.h5] [--progress|--quiet] [--progress-every SEC] [--dry-run] [--shard I/N]\n"
+            "                 [--force] [--naive] [--chunk-prompts N]\n"
             "  patchsweep merge OUT.h5 SHARD.h5...\n"
             "  patchsweep tokenize (--model DIR | --tokenizer FILE) [--ids] [--bos] TEXT\n"
             "  patchsweep inspect RESULTS.h5\n"
@@ -39,6 +40,9 @@ static void usage(FILE *f) {
             "           --dry-run prints the plan (patches, rows, FLOPs, memory, estimated time) without running the sweeps.\n"
             "           --shard I/N runs prompts i with i %% N == I; merge combines the N shard files.\n"
             "           --naive runs every patch as a full forward pass (the slow oracle the fast engine is tested against).\n"
+            "           Progress: on a terminal one updating line; in a log (stderr not a terminal) a line every SEC\n"
+            "           seconds (default 60; 0: after every chunk of prompts). A second run on the same OUT.h5 refuses\n"
+            "           while the first holds OUT.h5.lock.\n"
             "tokenize:  shows each token's id and string (why \" 5\" and \"5\" differ); --ids prints only the ids.\n"
             "           No BOS is prepended unless --bos (TransformerLens prepends one by default).\n"
             "Exit status: 0 ok, 1 runtime failure, 2 bad input (the message names the file and the field or byte offset).\n",
@@ -200,7 +204,8 @@ int main(int argc, char **argv) {
         if (argc < 4) return ps_cli_bad_usage("merge takes OUT.h5 SHARD.h5...");
         ps_error e = {0};
         if (ps_store_merge(argv[2], (const char *const *)(argv + 3), argc - 3, &e) != 0) return ps_cli_die(&e);
-        fprintf(stderr, "patchsweep: merged %d shards into %s\n", argc - 3, argv[2]);
+        char eo[1024];
+        fprintf(stderr, "patchsweep: merged %d shards into %s\n", argc - 3, ps_escape(argv[2], eo, sizeof eo));
         return 0;
     }
     if (!strcmp(cmd, "inspect")) {
@@ -213,6 +218,7 @@ int main(int argc, char **argv) {
         printf("patchsweep %s\n", PS_VERSION);
         return 0;
     }
-    fprintf(stderr, "patchsweep: unknown command '%s' (see patchsweep --help)\n", cmd);
+    char ec[256];
+    fprintf(stderr, "patchsweep: unknown command '%s' (see patchsweep --help)\n", ps_escape(cmd, ec, sizeof ec));
     return PS_EXIT_BADINPUT;
 }

@@ -42,13 +42,10 @@ static int map_file(ps_st_file *f, const char *path, ps_error *e) {
     f->map = NULL;
     f->map_len = 0;
     if (!f->path) return ps_fail(e, PS_EXIT_RUNTIME, "%s: out of memory", path);
-    int fd = open(path, O_RDONLY);
-    if (fd < 0) return ps_fail(e, PS_EXIT_BADINPUT, "%s: cannot open: %s", path, strerror(errno));
-    struct stat sb;
-    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
-        close(fd);
-        return ps_fail(e, PS_EXIT_BADINPUT, "%s: not a regular file", path);
-    }
+    int64_t size = 0;
+    int fd = ps_open_regular(path, &size, e);
+    if (fd < 0) return -1;
+    struct stat sb = {.st_size = (off_t)size};
     if (sb.st_size < 8) {
         close(fd);
         if (sb.st_size == 0) return ps_fail(e, PS_EXIT_BADINPUT, "%s: byte 0: empty file (a safetensors file starts with an 8-byte header length)", path);
@@ -118,6 +115,7 @@ static int parse_header(const ps_st_file *f, int file_idx, ps_tensor **out, int6
     if (ps_utf8_check(h, (size_t)hlen, &bad) != 0)
         return ps_fail(e, PS_EXIT_BADINPUT, "%s: byte %zu: header is not valid UTF-8", path, 8 + bad);
 
+    if (ps_json_check_nul(h, (size_t)hlen, path, 1, e) != 0) return -1; // cJSON would cut such a name short
     const char *end = NULL;
     cJSON *root = cJSON_ParseWithLengthOpts(h, (size_t)hlen, &end, 0);
     if (!root) {

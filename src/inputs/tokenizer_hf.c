@@ -2,6 +2,8 @@
 // vocab.json + merges.txt are read here (tokenizer.model: tokenizer_sp.c), with the tables both readers fill.
 #include "tokenizer_internal.h"
 
+#include "ps_json.h"
+
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <stdio.h>
@@ -90,6 +92,8 @@ static cJSON *parse_json(const char *path, const char *text, size_t len, ps_erro
         ps_fail(e, PS_EXIT_BADINPUT, "%s: byte %zu (line %d, column %d): invalid UTF-8", path, bad, line, col);
         return NULL;
     }
+    // A token spelled "\u0000" would be cut to "" by cJSON (a wrong vocabulary, not an error): refuse it.
+    if (ps_json_check_nul(text, len, path, 1, e) != 0) return NULL;
     const char *end = NULL;
     cJSON *root = cJSON_ParseWithLengthOpts(text, len, &end, 0);
     size_t off = end && end >= text && end <= text + len ? (size_t)(end - text) : 0;
@@ -486,9 +490,10 @@ static int load_vocab_json(ps_tokenizer *t, const cJSON *root, ps_error *e) {
 
 // ------------------------------------------------------------------------------------------------ loading
 
+// Anything by that name, regular or not: reading it then says what is wrong with it (a FIFO, a directory).
 static bool file_exists(const char *p) {
     struct stat st;
-    return stat(p, &st) == 0 && S_ISREG(st.st_mode);
+    return stat(p, &st) == 0;
 }
 
 static bool ends_with(const char *s, const char *suffix) {
