@@ -58,6 +58,12 @@ int ps_edit_distance(const char *a, const char *b);
 // Joins a and b with '/' unless b is absolute; result is malloc'd.
 char *ps_path_join(const char *a, const char *b);
 
+// 1 when something (a file of any kind) is at path: reading it then says what is wrong with it, if anything.
+int ps_path_exists(const char *path);
+
+// 1 when s ends with suffix.
+int ps_ends_with(const char *s, const char *suffix);
+
 // Directory part of a path (malloc'd; "." when there is none).
 char *ps_dirname(const char *path);
 

@@ -4,18 +4,9 @@
 # exit status 2, exactly one line on stderr that names the file and the field or byte offset, no control
 # characters in it, and nothing left behind (no results file, .partial, journal or lock). Runs under the
 # sanitizer build too (PS_BIN), where a crash, a leak or UB changes the status.
-set -u
-bin=${PS_BIN:?PS_BIN must point at the patchsweep binary}
-src=${PS_SRC:?}
-demo=${PS_DEMO:-$src/models/demo}
-py=python3
-[ -x /usr/bin/python3 ] && py=/usr/bin/python3
-command -v "$py" >/dev/null || { echo "FAIL: python3 is needed to write the binary inputs"; exit 1; }
-[ -f "$demo/model.safetensors" ] || { echo "FAIL: demo model missing at $demo"; exit 1; }
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-fails=0 cases=0 d=
-fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
+# shellcheck source=tests/bin_env.sh
+. "$(dirname "$0")/bin_env.sh"
+cases=0 d=
 
 I='{"clean": "1 2 3 4", "corrupted": "1 2 3 3", "answer": " 5", "wrong": " 4"}'
 # begin NAME: a fresh directory holding m/ (the demo model as symlinks) and c.json (a good config using it).

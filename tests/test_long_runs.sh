@@ -2,18 +2,8 @@
 # Runs as a batch job sees them: progress lines in a log (stderr not a terminal, no carriage returns), this
 # run's compute only after a resume, one run per output (the second refuses while the first holds the lock),
 # and a run that computes nothing meaningful (NaN weights) failing instead of writing a file of NaNs.
-set -u
-bin=${PS_BIN:?PS_BIN must point at the patchsweep binary}
-src=${PS_SRC:?}
-demo=${PS_DEMO:-$src/models/demo}
-py=python3
-[ -x /usr/bin/python3 ] && py=/usr/bin/python3
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-fails=0
-fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
-pass() { echo "ok: $*"; }
-[ -f "$demo/model.safetensors" ] || { echo "FAIL: demo model missing at $demo"; exit 1; }
+# shellcheck source=tests/bin_env.sh
+. "$(dirname "$0")/bin_env.sh"
 
 items=""
 for a in $(seq 1 12); do

@@ -252,15 +252,6 @@ out:
 
 // ---- checkpoints ----
 
-static int file_exists(const char *p) {
-    struct stat sb;
-    return stat(p, &sb) == 0;
-}
-
-static int ends_with(const char *s, const char *suf) {
-    size_t a = strlen(s), b = strlen(suf);
-    return a >= b && strcmp(s + a - b, suf) == 0;
-}
 
 static int open_single(ps_safetensors *st, const char *path, ps_error *e) {
     st->files = calloc(1, sizeof *st->files);
@@ -300,7 +291,7 @@ static int open_sharded(ps_safetensors *st, const char *index_path, ps_error *e)
         for (k = 0; k < st->n_files; k++)
             if (strcmp(st->files[k].path, p) == 0) break;
         if (k == st->n_files) {
-            if (!file_exists(p)) {
+            if (!ps_path_exists(p)) {
                 ps_fail(e, PS_EXIT_BADINPUT, "%s: weight_map[\"%s\"]: shard %s is missing: %s", index_path, it->string, p, strerror(errno));
                 free(p);
                 goto out;
@@ -350,12 +341,12 @@ int ps_safetensors_open(ps_safetensors *st, const char *path, ps_error *e) {
         char *single = ps_path_join(path, "model.safetensors");
         char *index = ps_path_join(path, "model.safetensors.index.json");
         if (!single || !index) rc = ps_fail(e, PS_EXIT_RUNTIME, "%s: out of memory", path);
-        else if (file_exists(single)) rc = open_single(st, single, e);
-        else if (file_exists(index)) rc = open_sharded(st, index, e);
+        else if (ps_path_exists(single)) rc = open_single(st, single, e);
+        else if (ps_path_exists(index)) rc = open_sharded(st, index, e);
         else rc = ps_fail(e, PS_EXIT_BADINPUT, "%s: no model.safetensors or model.safetensors.index.json in this directory", path);
         free(single);
         free(index);
-    } else if (ends_with(path, ".index.json")) {
+    } else if (ps_ends_with(path, ".index.json")) {
         rc = open_sharded(st, path, e);
     } else {
         rc = open_single(st, path, e);

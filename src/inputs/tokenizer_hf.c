@@ -490,16 +490,6 @@ static int load_vocab_json(ps_tokenizer *t, const cJSON *root, ps_error *e) {
 
 // ------------------------------------------------------------------------------------------------ loading
 
-// Anything by that name, regular or not: reading it then says what is wrong with it (a FIFO, a directory).
-static bool file_exists(const char *p) {
-    struct stat st;
-    return stat(p, &st) == 0;
-}
-
-static bool ends_with(const char *s, const char *suffix) {
-    size_t a = strlen(s), b = strlen(suffix);
-    return a >= b && strcmp(s + a - b, suffix) == 0;
-}
 
 // bos/eos from tokenizer_config.json beside the file ("bos_token": "<s>" or {"content": "<s>"}), else by name.
 static int find_special_ids(ps_tokenizer *t, ps_error *e) {
@@ -509,7 +499,7 @@ static int find_special_ids(ps_tokenizer *t, ps_error *e) {
     char *cfg = dir ? ps_path_join(dir, "tokenizer_config.json") : NULL;
     free(dir);
     if (!cfg) return oom(e);
-    if (file_exists(cfg)) {
+    if (ps_path_exists(cfg)) {
         size_t len;
         char *text = ps_read_file(cfg, &len, e);
         cJSON *root = text ? parse_json(cfg, text, len, e) : NULL;
@@ -548,7 +538,7 @@ int ps_tokenizer_load(ps_tokenizer **out, const char *path, ps_error *e) {
         static const char *names[] = {"tokenizer.json", "vocab.json", "tokenizer.model"};
         for (int k = 0; k < 3 && !file; k++) {
             char *p = ps_path_join(path, names[k]);
-            if (p && file_exists(p)) file = p;
+            if (p && ps_path_exists(p)) file = p;
             else free(p);
         }
         if (!file)
@@ -567,7 +557,7 @@ int ps_tokenizer_load(ps_tokenizer **out, const char *path, ps_error *e) {
     if (rc == 0) {
         size_t k = 0;
         while (k < len && (data[k] == ' ' || data[k] == '\n' || data[k] == '\r' || data[k] == '\t')) k++;
-        bool json = ends_with(file, ".json") || (!ends_with(file, ".model") && k < len && data[k] == '{');
+        bool json = ps_ends_with(file, ".json") || (!ps_ends_with(file, ".model") && k < len && data[k] == '{');
         if (json) {
             cJSON *root = parse_json(file, data, len, e);
             if (!root) rc = -1;
