@@ -23,7 +23,21 @@ typedef struct {
 // Fills e (if non-NULL and still empty) and returns -1, so callers write `return ps_fail(e, 2, ...)`.
 int ps_fail(ps_error *e, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
-// Reads a whole file into a malloc'd, NUL-terminated buffer; the caller frees it.
+// Copies s into out (cap bytes, always NUL-terminated) with what could break a one-line message or drive a
+// terminal escaped: newline, tab and CR as \n \t \r, other control bytes, DEL, C1 controls and bytes that are
+// not valid UTF-8 as \xNN. Cut at a whole character when out is full. Returns out. ps_fail applies it to
+// every error message; anything else that prints user text (paths, values) passes it through this too.
+const char *ps_escape(const char *s, char *out, size_t cap);
+
+// 0 when path is a regular file; else -1 with e = "PATH: not a regular file (a FIFO)" or "PATH: cannot open: ..."
+// (with label: "LABEL: 'PATH' is not a regular file (...)", for a path named by a field of another file).
+int ps_check_regular(const char *path, const char *label, ps_error *e);
+
+// Opens a regular file for reading without ever blocking (a FIFO, directory or device is refused as in
+// ps_check_regular); returns the descriptor and *size (if non-NULL), or -1 with e filled.
+int ps_open_regular(const char *path, int64_t *size, ps_error *e);
+
+// Reads a whole regular file into a malloc'd, NUL-terminated buffer; the caller frees it.
 char *ps_read_file(const char *path, size_t *len, ps_error *e);
 
 // Hex sha256 of a file's bytes (hex must hold 65 chars).
@@ -43,6 +57,12 @@ int ps_edit_distance(const char *a, const char *b);
 
 // Joins a and b with '/' unless b is absolute; result is malloc'd.
 char *ps_path_join(const char *a, const char *b);
+
+// 1 when something (a file of any kind) is at path: reading it then says what is wrong with it, if anything.
+int ps_path_exists(const char *path);
+
+// 1 when s ends with suffix.
+int ps_ends_with(const char *s, const char *suffix);
 
 // Directory part of a path (malloc'd; "." when there is none).
 char *ps_dirname(const char *path);

@@ -7,13 +7,13 @@
 //     "tokenizer": "file-or-dir",   optional; default: the model directory's tokenizer
 //     "backend": "cpu",             cpu | cuda | auto                       (default cpu)
 //     "precision": "fp32",          fp32 | fp16 | bf16                      (default fp32)
-//     "threads": 0,                 >= 0; 0 = all cores                     (default 0)
+//     "threads": 0,                 >= 0; 0 = all cores; at most 4 per online CPU (64..1024)  (default 0)
 //     "prepend_bos": true,          TransformerLens's default               (default true)
 //     "output": "results/x.h5",     default results/<config basename without .json>.h5
 //     "metric": "logit_diff",       logit_diff | prob_diff | logprob | kl   (default logit_diff)
 //     "multi_token": "first_diff",  first_diff | sum_logprob                (default first_diff)
 //     "align": "error",             error                                   (default error)
-//     "batch_rows": 0,              >= 0; planner hint, 0 = planner's choice
+//     "batch_rows": 0,              0..PS_MAX_BATCH_ROWS; planner hint, 0 = planner's choice
 //     "dataset": <dataset>,         required (see ps_dataset.h for the file formats)
 //     "experiments": [ ... ]        optional, may be empty (baseline only)
 //   }
@@ -41,6 +41,11 @@
 #define PS_CONFIG_H
 
 #include "ps_common.h"
+
+// Bounds on config values that would otherwise fail late (threads: OpenMP's thread creation; batch_rows: the
+// caches of one batch allocated at once).
+#define PS_MAX_THREADS 1024
+#define PS_MAX_BATCH_ROWS 1048576
 
 typedef enum { PS_BACKEND_CPU = 0, PS_BACKEND_CUDA = 1, PS_BACKEND_AUTO = 2 } ps_backend_kind;
 typedef enum { PS_PREC_FP32 = 0, PS_PREC_FP16 = 1, PS_PREC_BF16 = 2 } ps_precision;

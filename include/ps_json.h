@@ -10,6 +10,11 @@ struct cJSON;
 // whitespace after it. On a syntax error: NULL, e = "FILE: line L, column C: JSON syntax error near \"...\"".
 // The caller frees the result with cJSON_Delete.
 struct cJSON *ps_json_parse(const char *text, size_t n, const char *file, ps_error *e);
+// A "\u0000" escape in any string of text[0..n) (cJSON would cut the string there): -1 with e = "FILE: line L,
+// column C: PATH: \u0000 (a NUL character) is not allowed in a string", as a raw NUL is refused; else 0.
+// first_line: the file's line where text starts (1 for a whole file, the record's line in a JSONL file).
+// ps_json_parse checks this itself.
+int ps_json_check_nul(const char *text, size_t n, const char *file, int64_t first_line, ps_error *e);
 // Reads and parses a whole file the same way (errors name the file: missing, unreadable, syntax).
 struct cJSON *ps_json_parse_file(const char *path, ps_error *e);
 // One-line description of a value for "expected X, got Y": "\"resid\"", "1.5", "true", "null", "an array".

@@ -26,8 +26,8 @@ static void usage(FILE *f) {
             "patchsweep %s: batch activation patching for transformer interpretability\n"
             "\n"
             "usage:\n"
-            "  patchsweep run CONFIG.json [-o OUT.h5] [--progress|--quiet] [--dry-run] [--shard I/N] [--force] [--naive]\n"
-            "                        [--cuda-cache-mb N]\n"
+            "  patchsweep run CONFIG.json [-o OUT.h5] [--progress|--quiet] [--progress-every SEC] [--dry-run] [--shard I/N]\n"
+            "                 [--force] [--naive] [--chunk-prompts N] [--cuda-cache-mb N]\n"
             "  patchsweep merge OUT.h5 SHARD.h5...\n"
             "  patchsweep tokenize (--model DIR | --tokenizer FILE) [--ids] [--bos] TEXT\n"
             "  patchsweep inspect RESULTS.h5\n"
@@ -43,6 +43,9 @@ static void usage(FILE *f) {
             "           --naive runs every patch as a full forward pass (the slow oracle the fast engine is tested against).\n"
             "           --cuda-cache-mb N: device memory (MiB) for copies of activation caches on the CUDA backend\n"
             "           (default: half the memory free after the weights; least recently used copies are dropped).\n"
+            "           Progress: on a terminal one updating line; in a log (stderr not a terminal) a line every SEC\n"
+            "           seconds (default 60; 0: after every chunk of prompts). A second run on the same OUT.h5 refuses\n"
+            "           while the first holds OUT.h5.lock.\n"
             "tokenize:  shows each token's id and string (why \" 5\" and \"5\" differ); --ids prints only the ids.\n"
             "           No BOS is prepended unless --bos (TransformerLens prepends one by default).\n"
             "bench-gemm: the fp32 GEMM rate of every BLAS candidate for this CPU (each in its own process), the one a run\n"
@@ -285,7 +288,8 @@ int main(int argc, char **argv) {
         if (argc < 4) return ps_cli_bad_usage("merge takes OUT.h5 SHARD.h5...");
         ps_error e = {0};
         if (ps_store_merge(argv[2], (const char *const *)(argv + 3), argc - 3, &e) != 0) return ps_cli_die(&e);
-        fprintf(stderr, "patchsweep: merged %d shards into %s\n", argc - 3, argv[2]);
+        char eo[1024];
+        fprintf(stderr, "patchsweep: merged %d shards into %s\n", argc - 3, ps_escape(argv[2], eo, sizeof eo));
         return 0;
     }
     if (!strcmp(cmd, "inspect")) {
@@ -298,6 +302,7 @@ int main(int argc, char **argv) {
         printf("patchsweep %s\n", PS_VERSION);
         return 0;
     }
-    fprintf(stderr, "patchsweep: unknown command '%s' (see patchsweep --help)\n", cmd);
+    char ec[256];
+    fprintf(stderr, "patchsweep: unknown command '%s' (see patchsweep --help)\n", ps_escape(cmd, ec, sizeof ec));
     return PS_EXIT_BADINPUT;
 }

@@ -1,6 +1,7 @@
 // `patchsweep run CONFIG`: load, plan, resume from the journal, run the engine, write the results file.
 // Signals stop it at the next batch; shards run a slice of the prompts.
 #include "cli.h"
+#include "guard.h"
 
 #include "ps_backend.h"
 #include "ps_blas.h"
@@ -28,8 +29,19 @@ static void on_signal(int sig) {
     stop_signal = sig;
 }
 
+// Each finished chunk goes to the journal, then to the progress lines (patches: this run's, never the resumed).
+typedef struct {
+    ps_journal *jr;
+    ps_cli_progress prog;
+} chunk_ctx;
+
 static int journal_chunk(void *ctx, const int64_t *prompts, int64_t n, const ps_run_results *rr, ps_error *e) {
-    return ps_journal_append((ps_journal *)ctx, prompts, n, rr, e);
+    chunk_ctx *c = ctx;
+    if (ps_journal_append(c->jr, prompts, n, rr, e) != 0) return -1;
+    int64_t patches = 0;
+    for (int64_t s = 0; s < rr->n_sweeps; s++) patches += rr->sweeps[s].patches_run;
+    ps_cli_progress_chunk(&c->prog, n, patches);
+    return 0;
 }
 
 static int file_exists(const char *p) {
@@ -49,15 +61,21 @@ static void run_identity(const ps_config *cfg, const ps_model *m, const char *to
     free(buf);
 }
 
-static int parse_shard(const char *s, int *i, int *n) {
-    char *end;
-    long a = strtol(s, &end, 10);
-    if (*end != '/') return -1;
-    long b = strtol(end + 1, &end, 10);
-    if (*end || b < 1 || a < 0 || a >= b) return -1;
-    *i = (int)a;
-    *n = (int)b;
-    return 0;
+// Nothing meaningful (every value NaN, or clean == corrupted everywhere) fails the run instead of writing a
+// file of NaNs that looks complete. Reads the results as plain per-prompt arrays.
+static int check_meaningful(const ps_run_results *rr, const uint8_t *in_run, const ps_config *cfg, ps_error *e) {
+    const float **values = calloc((size_t)rr->n_sweeps + 1, sizeof *values);
+    int64_t *n_values = calloc((size_t)rr->n_sweeps + 1, sizeof *n_values);
+    if (!values || !n_values) { free(values); free(n_values); return ps_fail(e, PS_EXIT_RUNTIME, "out of memory"); }
+    for (int64_t s = 0; s < rr->n_sweeps; s++) {
+        values[s] = rr->sweeps[s].values;
+        n_values[s] = rr->sweeps[s].n_cells;
+    }
+    int rc = ps_cli_check_meaningful(rr->base.clean, rr->base.corrupted, rr->base.n, in_run, values, n_values,
+                                     rr->n_sweeps, cfg->path, cfg->model, e);
+    free(values);
+    free(n_values);
+    return rc;
 }
 
 // Sums over the sweeps: FLOPs (baselines included), patches run and patches known without running.
@@ -75,21 +93,30 @@ int ps_cli_run(int argc, char **argv) {
     const char *cfg_path = NULL, *out = NULL;
     int prog = isatty(2), naive = 0, dry = 0, force = 0, shard_i = 0, shard_n = 1;
     int64_t chunk_prompts = 16, cuda_cache_mb = 0;
+    double progress_every = 60; // seconds between progress lines when stderr is a log, not a terminal
+    uint64_t u;
+    ps_error ae = {0};
     for (int i = 0; i < argc; i++) {
         if (!strcmp(argv[i], "-o") && i + 1 < argc) out = argv[++i];
         else if (!strcmp(argv[i], "--progress")) prog = 1;
-        else if (!strcmp(argv[i], "--quiet")) prog = 0;
+        else if (!strcmp(argv[i], "--quiet")) prog = 0, progress_every = -1;
         else if (!strcmp(argv[i], "--naive")) naive = 1;
         else if (!strcmp(argv[i], "--dry-run")) dry = 1;
         else if (!strcmp(argv[i], "--force")) force = 1;
         else if (!strcmp(argv[i], "--shard") && i + 1 < argc) {
-            if (parse_shard(argv[++i], &shard_i, &shard_n) != 0) return ps_cli_bad_usage("--shard takes I/N with 0 <= I < N");
+            if (ps_cli_parse_shard(argv[++i], &shard_i, &shard_n, &ae) != 0) return ps_cli_die(&ae);
         } else if (!strcmp(argv[i], "--chunk-prompts") && i + 1 < argc) {
-            chunk_prompts = atoll(argv[++i]);
-            if (chunk_prompts < 1) return ps_cli_bad_usage("--chunk-prompts takes a positive count");
+            if (ps_cli_parse_u64(argv[++i], 1 << 30, &u) != 0 || u < 1)
+                return ps_cli_bad_usage("--chunk-prompts takes a count from 1 to 1073741824");
+            chunk_prompts = (int64_t)u;
+        } else if (!strcmp(argv[i], "--progress-every") && i + 1 < argc) {
+            if (ps_cli_parse_u64(argv[++i], 86400, &u) != 0)
+                return ps_cli_bad_usage("--progress-every takes whole seconds from 0 (every chunk) to 86400");
+            progress_every = (double)u;
         } else if (!strcmp(argv[i], "--cuda-cache-mb") && i + 1 < argc) { // this machine's, not the run's: no identity
-            cuda_cache_mb = atoll(argv[++i]);
-            if (cuda_cache_mb < 1) return ps_cli_bad_usage("--cuda-cache-mb takes a positive number of MiB");
+            if (ps_cli_parse_u64(argv[++i], (uint64_t)1 << 30, &u) != 0 || u < 1)
+                return ps_cli_bad_usage("--cuda-cache-mb takes a number of MiB from 1 to 1073741824");
+            cuda_cache_mb = (int64_t)u;
         } else if (argv[i][0] == '-') return ps_cli_bad_usage("run: unknown option");
         else if (!cfg_path) cfg_path = argv[i];
         else return ps_cli_bad_usage("run takes one CONFIG");
@@ -99,6 +126,13 @@ int ps_cli_run(int argc, char **argv) {
     ps_config cfg;
     if (ps_config_load(&cfg, cfg_path, &e) != 0) return ps_cli_die(&e);
     if (!out) out = cfg.output;
+    // Before anything is loaded or computed: an output that cannot be written, or one another run is writing.
+    ps_cli_lock lock = {-1, NULL};
+    if (!dry && (ps_cli_check_output(out, &e) != 0 || ps_cli_lock_output(out, &lock, &e) != 0)) {
+        ps_cli_unlock_output(&lock);
+        ps_config_free(&cfg);
+        return ps_cli_die(&e);
+    }
 
     ps_model m;
     memset(&m, 0, sizeof m);
@@ -116,6 +150,8 @@ int ps_cli_run(int argc, char **argv) {
     char tok_sha[65] = "", ident[65] = "", run_id[65] = "";
     char *jpath = NULL;
     int rc = 0, interrupted = 0, already = 0;
+    double this_flops = 0;
+    int64_t this_run = 0, this_skipped = 0;
     struct stat msb;
     if (stat(cfg.model, &msb) != 0 || !S_ISDIR(msb.st_mode))
         rc = ps_fail(&e, PS_EXIT_BADINPUT, "%s: model: \"%s\" is not a directory (a Hugging Face checkpoint: config.json + model.safetensors)",
@@ -136,7 +172,9 @@ int ps_cli_run(int argc, char **argv) {
             char old[65] = "";
             ps_error re = {0};
             if (ps_store_read_identity(out, old, &re) == 0 && !strcmp(old, ident)) {
-                fprintf(stderr, "patchsweep: %s is complete for this config, model and version; nothing to do (--force recomputes)\n", out);
+                char eo[1024];
+                fprintf(stderr, "patchsweep: %s is complete for this config, model and version; nothing to do (--force recomputes)\n",
+                        ps_escape(out, eo, sizeof eo));
                 already = 1;
             } else {
                 rc = ps_fail(&e, PS_EXIT_BADINPUT, "%s: exists and holds another run (config, model, tokenizer, version or shard differ); use --force to overwrite",
@@ -162,23 +200,29 @@ int ps_cli_run(int argc, char **argv) {
             if (ps_run_results_init(&restored, &m.cfg, &ps, cfg.experiments, cfg.n_experiments, &e) != 0 ||
                 ps_journal_open(&jr, jpath, ident, force, &restored, done, &n_done, &e) != 0)
                 rc = -1;
-            if (rc == 0 && n_done > 0)
+            if (rc == 0 && n_done > 0) {
+                char ej[1024];
                 fprintf(stderr, "patchsweep: resuming: %lld of %lld prompts already done (%s)\n", (long long)n_done,
-                        (long long)ps.n, jpath);
+                        (long long)ps.n, ps_escape(jpath, ej, sizeof ej));
+            }
         }
         for (int64_t i = 0; i < ps.n; i++)
             if (i % shard_n == shard_i) todo[n_todo++] = i;
     }
     if (rc == 0 && !already) {
+        char em[1024];
         if (prog || dry)
             fprintf(stderr, "patchsweep: %lld prompts (%lld to run%s), %lld experiments, model %s (%lld layers), backend %s\n",
                     (long long)ps.n, (long long)(n_todo - n_done), shard_n > 1 ? " in this shard" : "", (long long)cfg.n_experiments,
-                    cfg.model, (long long)m.cfg.n_layers, be.device);
+                    ps_escape(cfg.model, em, sizeof em), (long long)m.cfg.n_layers, be.device);
         signal(SIGINT, on_signal);
         signal(SIGTERM, on_signal);
-        ps_engine_opts o = {.naive = naive, .batch_rows = cfg.batch_rows, .progress = prog && !dry, .todo = todo,
+        // A terminal gets the engine's own updating line; a log (Slurm's) gets a plain line every progress_every s.
+        chunk_ctx cc = {.jr = jr};
+        ps_cli_progress_start(&cc.prog, !isatty(2) && !dry ? progress_every : -1, n_todo - n_done);
+        ps_engine_opts o = {.naive = naive, .batch_rows = cfg.batch_rows, .progress = prog && isatty(2) && !dry, .todo = todo,
                             .n_todo = n_todo, .skip = done, .dry_run = dry, .stop = &stop_requested, .chunk_prompts = chunk_prompts,
-                            .on_chunk = journal_chunk, .chunk_ctx = jr};
+                            .on_chunk = journal_chunk, .chunk_ctx = &cc};
         if (ps_engine_run(&m, &be, &ps, cfg.experiments, cfg.n_experiments, cfg.metric, &o, &rr, &e) != 0) {
             rc = -1;
             interrupted = stop_requested;
@@ -223,6 +267,7 @@ int ps_cli_run(int argc, char **argv) {
             printf("  estimated time     unknown (%s)\n", elsewhere ? "no device here to measure" : "the backend's GEMM rate could not be measured");
         }
     } else if (rc == 0 && !already) {
+        run_totals(&rr, &this_flops, &this_run, &this_skipped); // this run's compute, before the journal's is added
         // Results of earlier (interrupted) runs of this command come from the journal.
         for (int64_t i = 0; i < ps.n; i++) {
             if (!done[i]) continue;
@@ -241,24 +286,29 @@ int ps_cli_run(int argc, char **argv) {
         }
         ps_engine_finish(&rr);
         uint8_t *in_run = calloc((size_t)ps.n, 1);
-        for (int64_t i = 0; i < ps.n; i++) in_run[i] = (uint8_t)(i % shard_n == shard_i);
+        if (!in_run) rc = ps_fail(&e, PS_EXIT_RUNTIME, "out of memory");
+        for (int64_t i = 0; rc == 0 && i < ps.n; i++) in_run[i] = (uint8_t)(i % shard_n == shard_i);
+        if (rc == 0 && (rc = check_meaningful(&rr, in_run, &cfg, &e)) != 0 && jpath) unlink(jpath); // nothing worth resuming
         ps_shard_info sh = {.index = shard_i, .count = shard_n, .identity = ident, .run_identity = run_id, .in_run = in_run};
-        if (ps_cli_write_results(out, &cfg, &m, tok, tok_sha, &be, be.threads, &ps, &rr, &sh, &e) != 0) rc = -1;
+        if (rc == 0 && ps_cli_write_results(out, &cfg, &m, tok, tok_sha, &be, be.threads, &ps, &rr, &sh, &e) != 0) rc = -1;
         free(in_run);
         if (rc == 0 && jpath) unlink(jpath); // everything is in the results file now
     }
     if (rc == 0 && !dry && !already) {
-        double mc = 0, mx = 0, fl;
-        int64_t cnt = 0, run, skipped;
+        double mc = 0, mx = 0;
+        int64_t cnt = 0;
+        char eo[1024];
         for (int64_t i = 0; i < ps.n; i++)
             if (!isnan(rr.base.clean[i])) { mc += rr.base.clean[i]; mx += rr.base.corrupted[i]; cnt++; }
-        run_totals(&rr, &fl, &run, &skipped);
-        fprintf(stderr, "patchsweep: wrote %s (%lld prompts; mean %s clean %.4f, corrupted %.4f)\n", out, (long long)cnt,
-                ps_metric_name(cfg.metric), cnt ? mc / (double)cnt : NAN, cnt ? mx / (double)cnt : NAN);
-        fprintf(stderr, "patchsweep: compute %.3f s, %.3f GFLOP (%.2f GFLOP/s), %lld patches run, %lld known without running\n",
-                rr.seconds, fl * 1e-9, rr.seconds > 0 ? fl * 1e-9 / rr.seconds : 0.0, (long long)run, (long long)skipped);
+        fprintf(stderr, "patchsweep: wrote %s (%lld prompts; mean %s clean %.4f, corrupted %.4f)\n", ps_escape(out, eo, sizeof eo),
+                (long long)cnt, ps_metric_name(cfg.metric), cnt ? mc / (double)cnt : NAN, cnt ? mx / (double)cnt : NAN);
+        // This run's compute only: the journal's chunks were computed (and timed) by an earlier run.
+        fprintf(stderr, "patchsweep: compute %.3f s, %.3f GFLOP (%.2f GFLOP/s), %lld patches run, %lld known without running%s\n",
+                rr.seconds, this_flops * 1e-9, rr.seconds > 0 ? this_flops * 1e-9 / rr.seconds : 0.0, (long long)this_run,
+                (long long)this_skipped, n_done > 0 ? " (this run; the resumed prompts' compute is not counted)" : "");
     }
     ps_journal_close(jr);
+    ps_cli_unlock_output(&lock);
     ps_run_results_free(&rr);
     ps_run_results_free(&restored);
     ps_prompt_set_free(&ps);
@@ -269,8 +319,9 @@ int ps_cli_run(int argc, char **argv) {
     free(done);
     free(todo);
     if (interrupted) {
+        char ej[1024];
         fprintf(stderr, "patchsweep: interrupted by signal %d; finished chunks are kept in %s; run the same command again to resume\n",
-                stop_signal, jpath ? jpath : "(none)");
+                stop_signal, jpath ? ps_escape(jpath, ej, sizeof ej) : "(none)");
         free(jpath);
         return 128 + stop_signal;
     }

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 // ---- names ----
 
@@ -509,6 +510,18 @@ static char *default_output(const char *config_path) {
     return out;
 }
 
+// OpenMP creates every thread asked for: tens of thousands crash it (or take minutes on a small job), so the
+// bound follows the machine, with room for oversubscribing it a little.
+static int check_threads(ctx *x, int64_t threads) {
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    int64_t limit = cpus > 0 ? 4 * (int64_t)cpus : PS_MAX_THREADS;
+    if (limit < 64) limit = 64;
+    if (limit > PS_MAX_THREADS) limit = PS_MAX_THREADS;
+    if (threads <= limit) return 0;
+    return bad(x, "threads", "%lld is more than this machine can use (at most %lld: 4 per online CPU, %ld CPUs, "
+               "between 64 and %d); 0 uses all cores", (long long)threads, (long long)limit, cpus, PS_MAX_THREADS);
+}
+
 static int load_root(ctx *x, const cJSON *root, ps_config *c) {
     static const char *const keys[] = {"model", "tokenizer", "backend", "precision", "threads", "prepend_bos", "output",
                                        "metric", "multi_token", "align", "batch_rows", "dataset", "experiments"};
@@ -528,7 +541,7 @@ static int load_root(ctx *x, const cJSON *root, ps_config *c) {
     if (get_enum(x, root, "precision", "", precision_names, COUNT(precision_names), &v)) return -1;
     c->precision = (ps_precision)v;
     int64_t threads = 0;
-    if (get_int(x, root, "threads", "", 0, 65536, &threads)) return -1;
+    if (get_int(x, root, "threads", "", 0, 65536, &threads) || check_threads(x, threads)) return -1;
     c->threads = (int)threads;
     if (get_bool(x, root, "prepend_bos", "", &c->prepend_bos)) return -1;
     if (get_str(x, root, "output", "", 0, &c->output)) return -1;
@@ -543,6 +556,9 @@ static int load_root(ctx *x, const cJSON *root, ps_config *c) {
     if (get_enum(x, root, "align", "", align_names, COUNT(align_names), &v)) return -1;
     c->align = (ps_align)v;
     if (get_int(x, root, "batch_rows", "", 0, INT64_MAX, &c->batch_rows)) return -1;
+    if (c->batch_rows > PS_MAX_BATCH_ROWS)
+        return bad(x, "batch_rows", "%lld is more than %d (a batch's activation caches are allocated at once; 0 lets "
+                   "the planner choose)", (long long)c->batch_rows, PS_MAX_BATCH_ROWS);
 
     const cJSON *ds = member(root, "dataset");
     if (!ds) return bad(x, "dataset", "required key missing");

@@ -96,15 +96,9 @@ static int table_grow(table *t, ps_error *e) {
 }
 
 static int read_text(table *t, const char *origin, const char *what, ps_error *e) {
-    struct stat st;
-    if (stat(t->path, &st) != 0) {
-        if (origin) return ps_fail(e, PS_EXIT_BADINPUT, "%s.%s: cannot open '%s': %s", origin, what, t->path, strerror(errno));
-        return ps_fail(e, PS_EXIT_BADINPUT, "%s: cannot open: %s", t->path, strerror(errno));
-    }
-    if (!S_ISREG(st.st_mode)) {
-        if (origin) return ps_fail(e, PS_EXIT_BADINPUT, "%s.%s: '%s' is not a regular file", origin, what, t->path);
-        return ps_fail(e, PS_EXIT_BADINPUT, "%s: not a regular file", t->path);
-    }
+    char label[1024];
+    if (origin) snprintf(label, sizeof label, "%s.%s", origin, what);
+    if (ps_check_regular(t->path, origin ? label : NULL, e)) return -1;
     t->buf = ps_read_file(t->path, &t->len, e);
     if (!t->buf) return -1;
     if (strlen(t->buf) != t->len) {
@@ -337,6 +331,7 @@ static int table_get(const table *t, int64_t r, const char *const *names, char *
     if (t->fmt == PS_DATA_JSONL) {
         const char *ls = t->buf + t->start[r];
         size_t ln = t->end[r] - t->start[r];
+        if (ps_json_check_nul(ls, ln, t->path, t->line[r], e) != 0) return -1;
         const char *end = NULL;
         parsed = cJSON_ParseWithLengthOpts(ls, ln, &end, 0);
         size_t off = end && end >= ls ? (size_t)(end - ls) : 0;

@@ -36,7 +36,24 @@ static int json_int(const cJSON *j, int64_t *v) {
     return 0;
 }
 
-// Sizes: a positive integer below 2^31, so products of three stay far from int64 overflow.
+// The largest value each size may take: far above any released model, low enough that a typo (n_layer: 1e9) is
+// refused here instead of by an allocation much later.
+static int64_t size_limit(const char *key, const char **why) {
+    static const struct { const char *key; int64_t max; const char *why; } limits[] = {
+        {"n_layer", 4096, "layers"}, {"num_hidden_layers", 4096, "layers"},
+        {"n_head", 4096, "heads"}, {"num_attention_heads", 4096, "heads"}, {"num_key_value_heads", 4096, "heads"},
+        {"n_embd", 1 << 18, "the residual width"}, {"hidden_size", 1 << 18, "the residual width"},
+        {"head_dim", 1 << 16, "a head's width"},
+        {"n_inner", 1 << 22, "the MLP width"}, {"intermediate_size", 1 << 22, "the MLP width"},
+        {"vocab_size", 1 << 24, "token ids (the tokenizer's limit)"},
+    };
+    for (size_t k = 0; k < sizeof limits / sizeof limits[0]; k++)
+        if (!strcmp(limits[k].key, key)) { *why = limits[k].why; return limits[k].max; }
+    *why = NULL;
+    return INT32_MAX;
+}
+
+// Sizes: a positive integer below 2^31 (and size_limit), so products of three stay far from int64 overflow.
 static int get_size(const cJSON *root, const char *path, const char *key, int required, int64_t dflt, int64_t *out, ps_error *e) {
     const cJSON *j = field(root, key);
     if (!j) {
@@ -46,6 +63,11 @@ static int get_size(const cJSON *root, const char *path, const char *key, int re
     }
     int64_t v;
     if (json_int(j, &v) != 0 || v < 1 || v > INT32_MAX) return bad_value(path, key, j, "a positive integer", e);
+    const char *why;
+    int64_t max = size_limit(key, &why);
+    if (v > max)
+        return ps_fail(e, PS_EXIT_BADINPUT, "%s: %s: %lld is more than %lld (%s; no real model comes near)", path, key,
+                       (long long)v, (long long)max, why);
     *out = v;
     return 0;
 }

@@ -42,13 +42,10 @@ static int map_file(ps_st_file *f, const char *path, ps_error *e) {
     f->map = NULL;
     f->map_len = 0;
     if (!f->path) return ps_fail(e, PS_EXIT_RUNTIME, "%s: out of memory", path);
-    int fd = open(path, O_RDONLY);
-    if (fd < 0) return ps_fail(e, PS_EXIT_BADINPUT, "%s: cannot open: %s", path, strerror(errno));
-    struct stat sb;
-    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
-        close(fd);
-        return ps_fail(e, PS_EXIT_BADINPUT, "%s: not a regular file", path);
-    }
+    int64_t size = 0;
+    int fd = ps_open_regular(path, &size, e);
+    if (fd < 0) return -1;
+    struct stat sb = {.st_size = (off_t)size};
     if (sb.st_size < 8) {
         close(fd);
         if (sb.st_size == 0) return ps_fail(e, PS_EXIT_BADINPUT, "%s: byte 0: empty file (a safetensors file starts with an 8-byte header length)", path);
@@ -118,6 +115,7 @@ static int parse_header(const ps_st_file *f, int file_idx, ps_tensor **out, int6
     if (ps_utf8_check(h, (size_t)hlen, &bad) != 0)
         return ps_fail(e, PS_EXIT_BADINPUT, "%s: byte %zu: header is not valid UTF-8", path, 8 + bad);
 
+    if (ps_json_check_nul(h, (size_t)hlen, path, 1, e) != 0) return -1; // cJSON would cut such a name short
     const char *end = NULL;
     cJSON *root = cJSON_ParseWithLengthOpts(h, (size_t)hlen, &end, 0);
     if (!root) {
@@ -254,15 +252,6 @@ out:
 
 // ---- checkpoints ----
 
-static int file_exists(const char *p) {
-    struct stat sb;
-    return stat(p, &sb) == 0;
-}
-
-static int ends_with(const char *s, const char *suf) {
-    size_t a = strlen(s), b = strlen(suf);
-    return a >= b && strcmp(s + a - b, suf) == 0;
-}
 
 static int open_single(ps_safetensors *st, const char *path, ps_error *e) {
     st->files = calloc(1, sizeof *st->files);
@@ -302,7 +291,7 @@ static int open_sharded(ps_safetensors *st, const char *index_path, ps_error *e)
         for (k = 0; k < st->n_files; k++)
             if (strcmp(st->files[k].path, p) == 0) break;
         if (k == st->n_files) {
-            if (!file_exists(p)) {
+            if (!ps_path_exists(p)) {
                 ps_fail(e, PS_EXIT_BADINPUT, "%s: weight_map[\"%s\"]: shard %s is missing: %s", index_path, it->string, p, strerror(errno));
                 free(p);
                 goto out;
@@ -352,12 +341,12 @@ int ps_safetensors_open(ps_safetensors *st, const char *path, ps_error *e) {
         char *single = ps_path_join(path, "model.safetensors");
         char *index = ps_path_join(path, "model.safetensors.index.json");
         if (!single || !index) rc = ps_fail(e, PS_EXIT_RUNTIME, "%s: out of memory", path);
-        else if (file_exists(single)) rc = open_single(st, single, e);
-        else if (file_exists(index)) rc = open_sharded(st, index, e);
+        else if (ps_path_exists(single)) rc = open_single(st, single, e);
+        else if (ps_path_exists(index)) rc = open_sharded(st, index, e);
         else rc = ps_fail(e, PS_EXIT_BADINPUT, "%s: no model.safetensors or model.safetensors.index.json in this directory", path);
         free(single);
         free(index);
-    } else if (ends_with(path, ".index.json")) {
+    } else if (ps_ends_with(path, ".index.json")) {
         rc = open_sharded(st, path, e);
     } else {
         rc = open_single(st, path, e);

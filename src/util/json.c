@@ -39,8 +39,78 @@ void ps_json_describe(const struct cJSON *v, char *buf, size_t n) {
     else snprintf(buf, n, "an invalid value");
 }
 
+// Offset of the first \u0000 escape inside a string of text[0..n), or -1 (outside strings there is none).
+static long find_nul_escape(const char *t, size_t n) {
+    int in_string = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!in_string) { in_string = t[i] == '"'; continue; }
+        if (t[i] == '"') in_string = 0;
+        else if (t[i] == '\\') {
+            if (i + 5 < n && t[i + 1] == 'u' && !memcmp(t + i + 2, "0000", 4)) return (long)i;
+            i++; // the escaped character, whatever it is
+        }
+    }
+    return -1;
+}
+
+// U+FDD0, a noncharacter no real text holds: what the \u0000 becomes so the walk below can find its string.
+#define NUL_MARK "\xEF\xB7\x90"
+
+// A key for the path, escaped, with the mark shown as the \u0000 the file has.
+static void key_shown(const char *k, char *out, size_t cap) {
+    char esc[160];
+    ps_text_escape(k, esc, sizeof esc, 60);
+    size_t o = 0;
+    for (const char *p = esc; *p && o + 7 < cap; p++) {
+        if (!strncmp(p, NUL_MARK, 3)) { memcpy(out + o, "\\u0000", 6); o += 6; p += 2; }
+        else out[o++] = *p;
+    }
+    out[o] = 0;
+}
+
+// The JSON path (a.b[2].c) of the first key or string holding NUL_MARK; 0 when found.
+static int mark_path(const cJSON *v, char *path, size_t cap) {
+    size_t len = strlen(path);
+    int i = 0;
+    if (cJSON_IsString(v)) return v->valuestring && strstr(v->valuestring, NUL_MARK) ? 0 : -1;
+    for (const cJSON *c = v->child; c; c = c->next, i++) {
+        if (cJSON_IsObject(v)) {
+            char key[160];
+            key_shown(c->string ? c->string : "", key, sizeof key);
+            snprintf(path + len, cap - len, "%s%s", len ? "." : "", key);
+            if (c->string && strstr(c->string, NUL_MARK)) return 0;
+        } else {
+            snprintf(path + len, cap - len, "[%d]", i);
+        }
+        if (mark_path(c, path, cap) == 0) return 0;
+        path[len] = 0;
+    }
+    return -1;
+}
+
+int ps_json_check_nul(const char *text, size_t n, const char *file, int64_t first_line, ps_error *e) {
+    long off = find_nul_escape(text, n);
+    if (off < 0) return 0;
+    int line, col;
+    ps_line_col(text, (size_t)off, &line, &col);
+    char path[512] = "";
+    char *copy = malloc(n + 1);
+    if (copy) {
+        memcpy(copy, text, n);
+        copy[n] = 0;
+        memcpy(copy + off, "\\uFDD0", 6);
+        cJSON *j = cJSON_ParseWithLength(copy, n);
+        if (!j || mark_path(j, path, sizeof path) != 0) path[0] = 0;
+        cJSON_Delete(j);
+        free(copy);
+    }
+    return ps_fail(e, PS_EXIT_BADINPUT, "%s: line %lld, column %d: %s%s\\u0000 (a NUL character) is not allowed in a string",
+                   file, (long long)(first_line + line - 1), col, path, path[0] ? ": " : "");
+}
+
 struct cJSON *ps_json_parse(const char *text, size_t n, const char *file, ps_error *e) {
     // text[n] must be the NUL ps_read_file adds: cJSON then checks nothing but whitespace follows the value.
+    if (ps_json_check_nul(text, n, file, 1, e) != 0) return NULL;
     const char *end = NULL;
     cJSON *j = cJSON_ParseWithLengthOpts(text, n + 1, &end, 1);
     if (j) return j;

@@ -18,9 +18,10 @@ cc=${FUZZ_CC:-clang}
 all_targets="fuzz_config fuzz_dataset fuzz_model_config fuzz_safetensors fuzz_tokenizer_json fuzz_tokenizer_model fuzz_tokenizer_vocab"
 targets=${FUZZ_TARGETS:-$all_targets}
 
-# The readers under test (files missing from an older or newer tree are left out). They go into one static archive,
-# so each target pulls in only the objects it needs and one module that does not compile fails only its targets.
-readers="util/common util/json inputs/config inputs/dataset inputs/safetensors inputs/model inputs/tokenizer"
+# The readers under test (a file missing from the tree fails the run: the list is out of date). They go into one
+# static archive, so each target pulls in only the objects it needs and one module that does not compile fails only
+# its targets.
+readers="util/common util/json inputs/config inputs/dataset inputs/safetensors inputs/model inputs/tokenizer inputs/tokenizer_hf inputs/tokenizer_sp"
 
 if ! command -v "$cc" >/dev/null 2>&1; then
     echo "SKIP: $cc not found (apt-get install clang libclang-rt-14-dev)"

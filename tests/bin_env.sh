@@ -1,0 +1,15 @@
+# Sourced by the binary's test scripts: the binary, the source tree, the demo model, a python3 and a temporary
+# directory removed on exit ($tmp), and fail/pass counting into $fails.
+set -u
+bin=${PS_BIN:?PS_BIN must point at the patchsweep binary}
+src=${PS_SRC:?}
+demo=${PS_DEMO:-$src/models/demo}
+py=python3
+[ -x /usr/bin/python3 ] && py=/usr/bin/python3
+command -v "$py" >/dev/null || { echo "FAIL: python3 is needed to write the test inputs"; exit 1; }
+[ -f "$demo/model.safetensors" ] || { echo "FAIL: demo model missing at $demo"; exit 1; }
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+fails=0
+fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
+pass() { echo "ok: $*"; }
