@@ -3,7 +3,7 @@
 #ifndef PS_BACKEND_H
 #define PS_BACKEND_H
 
-#include "ps_forward.h"
+#include "ps_plan.h"
 
 typedef struct ps_backend {
     ps_backend_kind kind;     // PS_BACKEND_CPU or PS_BACKEND_CUDA once initialised
@@ -18,10 +18,8 @@ typedef struct ps_backend {
     // run's estimate); <= 0 when it cannot be measured.
     double (*gemm_rate)(struct ps_backend *b, int64_t M, int64_t K, int64_t N, double seconds);
     void *impl;               // backend-owned state (device weights, streams)
-    unsigned caps;            // PS_CAP_* bits: row features beyond the plain ps_row the backend honours
+    unsigned caps;            // PS_CAP_* bits (ps_plan.h): the row features the backend implements
 } ps_backend;
-
-enum { PS_CAP_NARROW = 1 };   // ps_row.narrow / entry / dirty_end
 
 // kind AUTO picks CUDA when a GPU is usable and otherwise says on stderr that it falls back to the CPU.
 // threads: CPU threads for OpenMP (0 = all cores); the BLAS (ps_blas.h, loaded and self-checked here) runs

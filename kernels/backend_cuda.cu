@@ -915,6 +915,7 @@ static int backend_init(ps_backend *b, ps_precision prec, const ps_model *m, ps_
     }
     memset(b, 0, sizeof *b);
     b->kind = PS_BACKEND_CUDA;
+    b->caps = PS_CAP_REPLACE; // replace only for now: the engine refuses rows needing other PS_CAP_* bits
     b->precision = prec;
     b->name = "cuda";
     snprintf(b->device, sizeof b->device, "%.127s", prop.name);

@@ -72,7 +72,7 @@ int ps_backend_init(ps_backend *b, ps_backend_kind kind, ps_precision prec, int 
     b->precision = PS_PREC_FP32;
     b->name = "cpu";
     snprintf(b->device, sizeof b->device, "CPU (%d threads)", omp_get_max_threads());
-    b->caps = PS_CAP_NARROW;
+    b->caps = PS_CAP_ALL; // every operation, capture and narrowing
     b->forward = cpu_forward;
     b->free = cpu_free;
     b->gemm_rate = cpu_gemm_rate;

@@ -128,7 +128,7 @@ int ps_cli_run(int argc, char **argv) {
     if (cuda_elsewhere) {
         fprintf(stderr, "patchsweep: --dry-run: no GPU here (%s); planning on the CPU for the cuda backend\n", why);
         if (ps_backend_init(&be, PS_BACKEND_CPU, PS_PREC_FP32, cfg.threads, &m, &e) != 0) rc = -1;
-        be.caps = 0;
+        be.caps = PS_CAP_REPLACE; // what the cuda backend implements: no narrowing
         be.gemm_rate = NULL;
     } else if (rc == 0 && ps_backend_init(&be, cfg.backend, cfg.precision, cfg.threads, &m, &e) != 0) {
         rc = -1;
