@@ -75,6 +75,7 @@ int ps_cli_run(int argc, char **argv) {
     const char *cfg_path = NULL, *out = NULL;
     int prog = isatty(2), naive = 0, dry = 0, force = 0, shard_i = 0, shard_n = 1;
     int64_t chunk_prompts = 16;
+    ps_weights_mode weights = PS_WEIGHTS_AUTO;
     for (int i = 0; i < argc; i++) {
         if (!strcmp(argv[i], "-o") && i + 1 < argc) out = argv[++i];
         else if (!strcmp(argv[i], "--progress")) prog = 1;
@@ -87,6 +88,12 @@ int ps_cli_run(int argc, char **argv) {
         } else if (!strcmp(argv[i], "--chunk-prompts") && i + 1 < argc) {
             chunk_prompts = atoll(argv[++i]);
             if (chunk_prompts < 1) return ps_cli_bad_usage("--chunk-prompts takes a positive count");
+        } else if (!strcmp(argv[i], "--weights") && i + 1 < argc) {
+            const char *w = argv[++i];
+            if (!strcmp(w, "auto")) weights = PS_WEIGHTS_AUTO;
+            else if (!strcmp(w, "resident")) weights = PS_WEIGHTS_RESIDENT;
+            else if (!strcmp(w, "streamed")) weights = PS_WEIGHTS_STREAMED;
+            else return ps_cli_bad_usage("--weights takes auto, resident or streamed");
         } else if (argv[i][0] == '-') return ps_cli_bad_usage("run: unknown option");
         else if (!cfg_path) cfg_path = argv[i];
         else return ps_cli_bad_usage("run takes one CONFIG");
@@ -119,7 +126,7 @@ int ps_cli_run(int argc, char **argv) {
                      cfg.path, cfg.model);
     if (rc == 0 && ps_tokenizer_load(&tok, cfg.tokenizer ? cfg.tokenizer : cfg.model, &e) != 0) rc = -1;
     if (rc == 0 && ps_sha256_file(ps_tokenizer_path(tok), tok_sha, &e) != 0) rc = -1;
-    if (rc == 0 && ps_model_load(&m, cfg.model, &e) != 0) rc = -1;
+    if (rc == 0 && ps_model_load_mode(&m, cfg.model, weights, &e) != 0) rc = -1;
     // --dry-run of a cuda config where there is no GPU (a login node): the plan does not need one. The CPU
     // computes the baselines and rows are planned as the cuda backend runs them (not narrowed); only the
     // time estimate needs the device.
