@@ -1,4 +1,4 @@
-// The forward pass as the engine sees it: activation caches, patches as masks, and batches of rows.
+// The forward pass as the engine sees it: activation caches, interventions on hooks, and batches of rows.
 // A row is one prompt run from a cached state (start layer, start position) with a list of patches;
 // the backend computes only what the row asks for. The CPU backend (cpu_forward.c) is the reference;
 // ps_plan.h is what every backend may skip.
