@@ -42,6 +42,10 @@ double ps_row_flops(const ps_model_config *mc, const ps_row *row);
 
 // 1 when patch pt selects unit u (a head of q/k/v/z/pattern, a neuron of mlp_post; 0 for one-unit sites).
 int ps_patch_selects(const ps_patch *pt, int64_t u);
+// The first run [*u0, *u1) of consecutive units (of the site's `units`) the patch selects at or after
+// unit `from`; 0 when there is none. Runs are what backends copy and the engine compares in one go:
+// `for (u = 0; ps_patch_run(pt, units, u, &u0, &u1); u = u1)`.
+int ps_patch_run(const ps_patch *pt, int64_t units, int64_t from, int64_t *u0, int64_t *u1);
 // The reference row a mean/add patch reads at position t, or -1 when it leaves t alone.
 int64_t ps_view_row(const ps_view *v, int64_t t);
 

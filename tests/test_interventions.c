@@ -307,6 +307,24 @@ static void against_naive(const char *model) {
             runs += xa.runs;
             ps_cache_free(&ablated);
         }
+        // A freeze of every head's pattern from a run that differs from base only in the last head: the
+        // planner must look past the heads that agree.
+        ps_patch sh = mk(PS_OP_SCALE, PS_SITE_PATTERN, 0, H - 1, -1);
+        sh.factor = 0.5f;
+        ps_cache half;
+        if (H > 1 && cache_run(&be, &f.m, p->corrupted, T, &sh, 1, &half) == 0) {
+            tcase fz = {.p = {mk(PS_OP_FREEZE, PS_SITE_PATTERN, 0, -1, -1)}, .np = 1, .cat = A_PATTERN};
+            fz.p[0].src = &half;
+            ctx xh = x;
+            xh.runs = xh.unchanged_ok = xh.narrowed = 0;
+            snprintf(label, sizeof label, "%s p%lld freeze pattern from a run differing in the last head", model, (long long)pi);
+            run_case(&xh, &fz, label);
+            tcase same = {.p = {sh}, .np = 1};
+            same_result(&x, &fz, &same, &a[A_ALGEBRA], label);
+            narrowed += xh.narrowed;
+            runs += xh.runs;
+            ps_cache_free(&half);
+        }
         // Path patching, pass 1: orig (corrupted) runs with the sender's z from new (clean) and every other
         // head of every layer frozen at orig's value; the receivers' q/k/v inputs are captured.
         for (int64_t sl = 0; sl < L - 1; sl++) {

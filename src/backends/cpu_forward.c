@@ -210,6 +210,8 @@ static int batch_setup(batch *b, const ps_model *m, ps_row *rows, int64_t n_rows
                 return ps_fail(e, PS_EXIT_BADINPUT, "forward: token id %d at position %lld is outside the vocabulary (%lld)",
                                row->tokens[i], (long long)i, (long long)V);
             }
+        // The interventions, as the engine checked them (a direct caller gets the same errors).
+        if (ps_row_check(cfg, row, PS_CAP_ALL, "cpu", e) != 0) return -1;
         any_cache |= row->cache != NULL;
         any_narrow |= row->narrow;
         slots[r].row = row;

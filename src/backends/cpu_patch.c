@@ -17,6 +17,8 @@ static void op_apply(const ps_patch *pt, float *x, const float *from, int64_t n)
     }
 }
 
+static const float NOTHING[1];
+
 // The source of unit u at position t (NULL when the patch leaves t alone).
 static const float *op_source(const ps_model_config *cfg, const ps_patch *pt, int64_t T, int64_t t, int64_t u) {
     switch (pt->op) {
@@ -27,11 +29,9 @@ static const float *op_source(const ps_model_config *cfg, const ps_patch *pt, in
         if (r < 0) return NULL;
         return pt->ref.data + r * ps_site_width(cfg, pt->site, T) + u * ps_site_unit(cfg, pt->site, T);
     }
-    default: return pt->ref.data; // not read (zero, scale); non-NULL so the position is patched
+    default: return NOTHING; // not read (zero, scale)
     }
 }
-
-static const float NOTHING[1];
 
 void ps_cpu_hook(const ps_model_config *cfg, ps_site site, int64_t l, float *buf, int64_t ld, const int64_t *map,
                  const ps_cpu_slot *slots, int64_t n_active) {
@@ -48,15 +48,12 @@ void ps_cpu_hook(const ps_model_config *cfg, ps_site site, int64_t l, float *buf
             for (int64_t t = t0; t < t1; t++) {
                 const int64_t i = map ? map[rs->off + t - s] : rs->off + t - s;
                 if (i < 0) continue;
-                // Runs of consecutive selected units are one contiguous slice of buf and of the source.
-                for (int64_t u0 = 0; u0 < units;) {
-                    if (!ps_patch_selects(pt, u0)) { u0++; continue; }
-                    int64_t u1 = u0 + 1;
-                    while (u1 < units && ps_patch_selects(pt, u1)) u1++;
+                // A run of consecutive selected units is one contiguous slice of buf and of the source.
+                int64_t u0, u1;
+                for (int64_t u = 0; ps_patch_run(pt, units, u, &u0, &u1); u = u1) {
                     const float *from = op_source(cfg, pt, T, t, u0);
-                    if (!from && (pt->op == PS_OP_MEAN || pt->op == PS_OP_ADD)) break;
-                    op_apply(pt, buf + i * ld + u0 * unit, from ? from : NOTHING, (u1 - u0) * unit);
-                    u0 = u1;
+                    if (!from) break; // mean/add leaving position t alone
+                    op_apply(pt, buf + i * ld + u0 * unit, from, (u1 - u0) * unit);
                 }
             }
         }
@@ -76,8 +73,7 @@ void ps_cpu_pattern_hook(const ps_model_config *cfg, const ps_row *row, int64_t 
     for (int64_t p = 0; p < row->n_patches; p++) {
         const ps_patch *pt = &row->patches[p];
         if (pt->site != PS_SITE_PATTERN || pt->layer != l || !ps_patch_selects(pt, h) || (pt->pos >= 0 && pt->pos != t)) continue;
-        const float *from = pt->op == PS_OP_REPLACE || pt->op == PS_OP_FREEZE ? op_source(cfg, pt, T, t, h) : NOTHING;
-        op_apply(pt, probs, from, t + 1);
+        op_apply(pt, probs, op_source(cfg, pt, T, t, h), t + 1);
     }
     for (int64_t k = 0; k < row->n_captures; k++) {
         const ps_capture *cp = &row->captures[k];
@@ -95,7 +91,10 @@ void ps_cpu_captures_from_base(const ps_model_config *cfg, const ps_cpu_slot *sl
         const int64_t T = row->T;
         for (int64_t k = 0; k < row->n_captures; k++) {
             const ps_capture *cp = &row->captures[k];
-            const int64_t units = ps_site_units(cfg, cp->site), unit = ps_site_unit(cfg, cp->site, T);
+            // Position-major arrays hold a position's units together; pattern's heads lie apart.
+            const int head_major = ps_arrays[ps_site_array(cp->site)].head_major;
+            const int64_t units = head_major ? ps_site_units(cfg, cp->site) : 1,
+                          unit = ps_site_width(cfg, cp->site, T) / units;
             const float *arr = ps_cache_site(row->base, cp->site);
             for (int64_t t = 0; t < T; t++)
                 for (int64_t u = 0; u < units; u++)

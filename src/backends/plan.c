@@ -72,6 +72,27 @@ int ps_patch_selects(const ps_patch *pt, int64_t u) {
     }
 }
 
+int ps_patch_run(const ps_patch *pt, int64_t units, int64_t from, int64_t *u0, int64_t *u1) {
+    const ps_units uk = ps_arrays[ps_site_array(pt->site)].units;
+    if (uk == PS_UNITS_HEADS || uk == PS_UNITS_KV_HEADS ? pt->head_mask != 0 : 0) {
+        int64_t u = from;
+        while (u < units && !ps_patch_selects(pt, u)) u++;
+        if (u >= units) return 0;
+        *u0 = u;
+        while (u < units && ps_patch_selects(pt, u)) u++;
+        *u1 = u;
+        return 1;
+    }
+    const int64_t sel = uk == PS_UNITS_HEADS || uk == PS_UNITS_KV_HEADS ? pt->head : uk == PS_UNITS_NEURONS ? pt->neuron : -1;
+    int64_t a = sel < 0 ? 0 : sel, b = sel < 0 ? units : sel + 1;
+    if (a < from) a = from;
+    if (b > units) b = units;
+    if (a >= b) return 0;
+    *u0 = a;
+    *u1 = b;
+    return 1;
+}
+
 int64_t ps_view_row(const ps_view *v, int64_t t) {
     if (v->map) return v->map[t];
     return v->rows == 1 ? 0 : t;

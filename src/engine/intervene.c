@@ -20,20 +20,23 @@ static int any_nonzero(const float *x, int64_t n) {
 // slice) change nothing.
 static int changes_at(const ps_model_config *mc, const ps_patch *pt, const ps_cache *base, int64_t t) {
     const int64_t T = base->T, units = ps_site_units(mc, pt->site), unit = ps_site_unit(mc, pt->site, T);
-    const int64_t n = pt->site == PS_SITE_PATTERN ? t + 1 : unit; // a query's probabilities past t are 0
     const float *arr = ps_cache_site(base, pt->site);
     int64_t ref_row = -1;
     if (pt->op == PS_OP_MEAN || pt->op == PS_OP_ADD) {
         ref_row = ps_view_row(&pt->ref, t);
         if (ref_row < 0) return 0;
     }
-    for (int64_t u = 0; u < units; u++) {
-        if (!ps_patch_selects(pt, u)) continue;
-        const float *b = arr + ps_site_at(mc, pt->site, T, pt->layer, t, u);
-        const float *ref = ref_row >= 0 ? pt->ref.data + ref_row * ps_site_width(mc, pt->site, T) + u * unit : NULL;
+    // Position-major sites compare a run of units in one go; pattern (head-major) one head at a time.
+    const int head_major = ps_arrays[ps_site_array(pt->site)].head_major;
+    int64_t u0, u1;
+    for (int64_t u = 0; ps_patch_run(pt, units, u, &u0, &u1); u = u1) {
+        if (head_major) u1 = u0 + 1;
+        const int64_t n = pt->site == PS_SITE_PATTERN ? t + 1 : (u1 - u0) * unit; // a query's probabilities past t are 0
+        const float *b = arr + ps_site_at(mc, pt->site, T, pt->layer, t, u0);
+        const float *ref = ref_row >= 0 ? pt->ref.data + ref_row * ps_site_width(mc, pt->site, T) + u0 * unit : NULL;
         switch (pt->op) {
         case PS_OP_REPLACE: case PS_OP_FREEZE: {
-            const float *s = ps_cache_site(pt->src, pt->site) + ps_site_at(mc, pt->site, T, pt->layer, t, u);
+            const float *s = ps_cache_site(pt->src, pt->site) + ps_site_at(mc, pt->site, T, pt->layer, t, u0);
             if (memcmp(b, s, (size_t)n * sizeof(float))) return 1;
             break;
         }
