@@ -5,21 +5,16 @@
 #ifndef PS_BACKEND_H
 #define PS_BACKEND_H
 
-#include "ps_forward.h"
+#include "ps_plan.h"
 
-// Capability bits (ps_backend.caps): row features beyond the plain ps_row. The plain row (replace patches
-// of every site from a cache of the same length, base/start_layer/start_pos, cache rows, column subsets)
-// every backend runs. A backend sets exactly the bits of what it implements. The engine checks every row's
-// features against caps before it plans the row and refuses one the backend lacks (an error naming the
-// feature and the backend); it never approximates it with something else, so a number is either the
-// reference's or absent. PS_CAP_NARROW is the one bit that is only an optimisation: without it the engine
-// plans whole layers, which gives the same numbers (ps_row.narrow).
-// Each intervention op beyond replace (zero, mean, add, scale), captures and frozen hooks get a bit here
-// when the CPU backend implements them; a backend advertises one only once it implements it.
-enum { PS_CAP_NARROW = 1 };   // ps_row.narrow / entry / dirty_end
-
-#define PS_CAPS_CPU  ((unsigned)PS_CAP_NARROW)   // the reference: everything
-#define PS_CAPS_CUDA 0u                          // the plain row only (kernels/: no narrowing yet)
+// Capability bits (ps_backend.caps; the PS_CAP_* of ps_plan.h): the row features a backend implements.
+// A backend sets exactly the bits of what it implements. The engine checks every row's features against
+// caps (ps_row_check) and refuses one the backend lacks (an error naming the feature and the backend); it
+// never approximates it with something else, so a number is either the reference's or absent.
+// PS_CAP_NARROW is the one bit that is only an optimisation: without it the engine plans whole layers,
+// which gives the same numbers (ps_row.narrow).
+#define PS_CAPS_CPU  ((unsigned)PS_CAP_ALL)      // the reference: every operation, capture and narrowing
+#define PS_CAPS_CUDA ((unsigned)PS_CAP_REPLACE)  // kernels/: replace patches only, no narrowing yet
 
 // How to make a backend: everything a caller (the command line, a test) may choose.
 typedef struct {
@@ -61,7 +56,7 @@ typedef struct ps_backend {
     // run's estimate); <= 0 when it cannot be measured.
     double (*gemm_rate)(struct ps_backend *b, int64_t M, int64_t K, int64_t N, double seconds);
     void *impl;               // backend-owned state (device weights, streams)
-    unsigned caps;            // PS_CAP_* bits: row features beyond the plain ps_row the backend honours
+    unsigned caps;            // PS_CAP_* bits (ps_plan.h): the row features the backend implements
 } ps_backend;
 
 // 0, or -1 with e filled (exit status 2 for a backend or precision this machine cannot give).

@@ -36,7 +36,7 @@ void ps_prompt_set_free(ps_prompt_set *ps);
 
 // Metric-side view of a row's logits.
 typedef struct {
-    int64_t n_out; int64_t out_pos[64];
+    int64_t n_out; int64_t out_pos[PS_MAX_OUT_POS];
     int64_t n_cols; int32_t cols[2];   // n_cols 0 = all V columns
 } ps_metric_request;
 
@@ -110,6 +110,28 @@ int ps_run_results_init(ps_run_results *out, const ps_model_config *mc, const ps
 // Normalized values per prompt and the means over the prompts that have values.
 void ps_engine_finish(ps_run_results *out);
 void ps_run_results_free(ps_run_results *r);
+
+// Rows with interventions (ps_patch: replace, freeze, zero, mean, add, scale; ps_capture), planned the way
+// sweeps plan theirs. The caller sets each row's tokens, T, base (the unpatched run of the same tokens),
+// patches, captures, out_pos/n_out, cols and logits; the engine sets start_layer, start_pos and the
+// narrowing from what the patches can change, checks every row against the model and the backend's
+// capabilities (bad input, naming the row and what the backend lacks: never a silently different number)
+// and runs them in batches. A row no patch can change runs only its unembedding, from base's final state
+// (its captures are base's). Cache rows (row.cache) run as full forwards.
+typedef struct {
+    int naive;           // every row a full forward from the embedding, nothing skipped or narrowed (base cleared)
+    int64_t batch_rows;  // rows per backend call (0: 512)
+} ps_rows_opts;
+
+typedef struct {
+    int64_t rows_run;        // rows sent to the backend
+    int64_t rows_unchanged;  // of which known to equal base (only the unembedding ran)
+    int64_t rows_narrowed;
+    double flops;
+} ps_rows_stats;
+
+int ps_engine_rows(const ps_model *m, ps_backend *be, ps_row *rows, int64_t n_rows, const ps_rows_opts *o, ps_rows_stats *st,
+                   ps_error *e);
 
 // Position of role `name` in prompt p, or -1 when the prompt does not name it.
 int64_t ps_prompt_role(const ps_prompt *p, const char *name);

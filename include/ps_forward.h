@@ -1,56 +1,56 @@
-// The forward pass as the engine sees it: activation caches, patches as masks, and batches of rows.
+// The forward pass as the engine sees it: activation caches, interventions on hooks, and batches of rows.
 // A row is one prompt run from a cached state (start layer, start position) with a list of patches;
-// the backend computes only what the row asks for. The CPU backend (forward_cpu.c) is the reference.
+// the backend computes only what the row asks for. The CPU backend (cpu_forward.c) is the reference;
+// ps_plan.h is what every backend may skip.
 #ifndef PS_FORWARD_H
 #define PS_FORWARD_H
 
-#include "ps_config.h"
-#include "ps_model.h"
+#include "ps_cache.h"
 
-// Every activation of one run of one prompt, with TransformerLens's names and shapes (batch dim dropped).
-// One allocation (memory); arrays not requested by the flags are NULL.
+// One intervention: an operation on a selection of one hook (site, layer), in the row's order with the
+// row's other patches at that hook. Selection: head (q/k/v/z/pattern), neuron (mlp_post) and pos; -1 =
+// all; head_mask (non-zero) selects the heads whose bit is set instead of head (ps_heads_except: all but
+// one). resid_*/attn_out/mlp_out ignore head and neuron. The operations, on the selected slice x:
+//   PS_OP_REPLACE  x = src's slice             (src: a run of the same length; today's patching)
+//   PS_OP_FREEZE   x = src's slice             (the same arithmetic, for holding a hook at a given run's
+//                                               value while the rest of the row recomputes: path patching)
+//   PS_OP_ZERO     x = 0
+//   PS_OP_MEAN     x = ref's row for position t (ref: any length, see ps_view)
+//   PS_OP_ADD      x += ref's row for position t (e.g. a steering direction)
+//   PS_OP_SCALE    x *= factor
+// pattern (post-softmax probabilities of a query) takes replace, freeze, zero and scale only.
+typedef enum { PS_OP_REPLACE = 0, PS_OP_ZERO, PS_OP_MEAN, PS_OP_ADD, PS_OP_SCALE, PS_OP_FREEZE, PS_OP_COUNT } ps_op;
+
+// Rows of reference values for one (site, layer), broadcast over a row's positions: position t reads
+// row map[t] (map NULL: row t when rows > 1, row 0 when rows == 1); map[t] < 0 leaves t alone. Borrowed.
 typedef struct {
-    int64_t T;           // tokens in the sequence
-    float *embed;        // (T, C)          hook_embed
-    float *pos_embed;    // (T, C)          hook_pos_embed (GPT-2)
-    float *resid_pre;    // (L, T, C)       blocks.l.hook_resid_pre
-    float *ln1_scale;    // (L, T)          blocks.l.ln1.hook_scale
-    float *q;            // (L, T, H, D)    blocks.l.attn.hook_q (before rotary)
-    float *k;            // (L, T, Hkv, D)  blocks.l.attn.hook_k
-    float *v;            // (L, T, Hkv, D)  blocks.l.attn.hook_v
-    float *rot_q;        // (L, T, H, D)    blocks.l.attn.hook_rot_q (Llama)
-    float *rot_k;        // (L, T, Hkv, D)  blocks.l.attn.hook_rot_k (Llama)
-    float *attn_scores;  // (L, H, T, T)    blocks.l.attn.hook_attn_scores (masked: -inf)   [PS_CACHE_SCORES]
-    float *pattern;      // (L, H, T, T)    blocks.l.attn.hook_pattern
-    float *z;            // (L, T, H, D)    blocks.l.attn.hook_z
-    float *result;       // (L, T, H, C)    blocks.l.attn.hook_result                         [PS_CACHE_RESULT]
-    float *attn_out;     // (L, T, C)       blocks.l.hook_attn_out
-    float *resid_mid;    // (L, T, C)       blocks.l.hook_resid_mid
-    float *ln2_scale;    // (L, T)          blocks.l.ln2.hook_scale
-    float *mlp_pre;      // (L, T, M)       blocks.l.mlp.hook_pre
-    float *mlp_pre_linear; // (L, T, M)     blocks.l.mlp.hook_pre_linear (Llama)
-    float *mlp_post;     // (L, T, M)       blocks.l.mlp.hook_post
-    float *mlp_out;      // (L, T, C)       blocks.l.hook_mlp_out
-    float *resid_post;   // (L, T, C)       blocks.l.hook_resid_post
-    float *lnf_scale;    // (T)             ln_final.hook_scale
-    float *logits;       // (T, V)                                                            [PS_CACHE_LOGITS]
-    float *memory;       // owns all of the above
-    size_t n_floats;
-    uint64_t handle;     // a backend's device copy of this cache (ps_backend.h: release_cache); 0 = none
-} ps_cache;
+    const float *data;     // (rows, width), width = ps_site_width(): every unit of the site at one position
+    int64_t rows;
+    const int64_t *map;    // (T of the row) or NULL
+} ps_view;
 
-enum { PS_CACHE_SCORES = 1, PS_CACHE_RESULT = 2, PS_CACHE_LOGITS = 4, PS_CACHE_ALL = 7 };
-
-int ps_cache_init(ps_cache *c, const ps_model_config *cfg, int64_t T, unsigned flags, ps_error *e);
-void ps_cache_free(ps_cache *c);
-
-// One patch: at hook (site, layer), the selected slice takes its value from src (same T as the row).
-// head/pos/neuron -1 = all. For resid_*/attn_out/mlp_out head and neuron are ignored.
 typedef struct {
     ps_site site;
     int64_t layer, head, pos, neuron;
-    const ps_cache *src;
+    const ps_cache *src;   // replace, freeze (borrowed)
+    ps_op op;              // 0: replace, so a zeroed patch with src set is today's patch
+    uint64_t head_mask;    // 0: use head; else bit h selects head h (head must be -1)
+    ps_view ref;           // mean, add
+    float factor;          // scale
 } ps_patch;
+
+const char *ps_op_name(ps_op op);   // "replace", "zero", ...
+// Every head but h of n_heads (n_heads <= 64), as a head_mask.
+uint64_t ps_heads_except(int64_t n_heads, int64_t h);
+
+// Records one hook's value in a row, after the row's patches at that hook: out[t] for every position t,
+// those before the row's start_pos (and every position of a layer before its start_layer) copied from
+// base, which equals the row there. Pattern: out is (T, H, T), a query's probabilities per head.
+typedef struct {
+    ps_site site;
+    int64_t layer;
+    float *out;            // (T, ps_site_width(mc, site, T)), caller-owned
+} ps_capture;
 
 // Where a narrowed row's changes begin in its start layer (see ps_row), in the order of the layer's steps.
 typedef enum {
@@ -64,9 +64,10 @@ typedef struct {
     const int32_t *tokens; int64_t T;
     const ps_cache *base;          // required when start_layer > 0 or start_pos > 0
     int64_t start_layer, start_pos;
-    const ps_patch *patches; int64_t n_patches;
+    const ps_patch *patches; int64_t n_patches;   // applied in this order at each hook
+    const ps_capture *captures; int64_t n_captures; // rows with captures are never narrowed
     ps_cache *cache;               // optional: receives every activation (needs start_layer = start_pos = 0)
-    const int64_t *out_pos; int64_t n_out;   // positions whose logits are wanted (each >= start_pos)
+    const int64_t *out_pos; int64_t n_out;   // positions whose logits are wanted (each >= start_pos), <= PS_MAX_OUT_POS
     const int32_t *cols; int64_t n_cols;     // vocabulary columns wanted; NULL = all V
     float *logits;                 // (n_out, n_cols or V), written by the backend
     // Narrowing: what the engine knows the patches can change. With narrow = 0 every position from
@@ -87,10 +88,6 @@ typedef struct {
     ps_entry entry;
     int64_t dirty_end;
 } ps_row;
-
-// FLOPs (2 x multiply-adds) a row costs on the reference backend: every GEMM, attention and the
-// unembedding it asks for, following the narrowing above.
-double ps_row_flops(const ps_model_config *mc, const ps_row *row);
 
 // The reference forward pass: fp32, OpenBLAS GEMMs over all rows' tokens at once, OpenMP attention.
 // A row's numbers do not depend on the other rows of the batch beyond rounding: no padding, but a BLAS

@@ -83,6 +83,7 @@ int ps_model_load(ps_model *m, const char *dir, ps_error *e);
 // How the per-layer matrices are held: resident fp32 (fast; 4 bytes a parameter), streamed (the checkpoint
 // stays memory-mapped in its own dtype and one layer at a time is converted to fp32: a 7B model needs
 // about 2 GB instead of 28), or auto: streamed when resident fp32 would take more than half the RAM.
+// The choice is the caller's (patchsweep run --weights); nothing reads the environment.
 typedef enum { PS_WEIGHTS_AUTO = 0, PS_WEIGHTS_RESIDENT = 1, PS_WEIGHTS_STREAMED = 2 } ps_weights_mode;
 int ps_model_load_mode(ps_model *m, const char *dir, ps_weights_mode mode, ps_error *e);
 

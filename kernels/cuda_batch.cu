@@ -57,11 +57,12 @@ static int cmp_start_layer(const void *a, const void *b) {
     return x->row < y->row ? -1 : (x->row > y->row);
 }
 
-// A trip wire for PS_CAPS_CUDA (the plain row only): when ps_patch or ps_row grows a field (an intervention op,
-// a capture, a frozen hook), the CUDA build stops here until check_rows refuses rows that use it (and caps
-// stays without its bit), so such a row is never run as if it were a plain one. Sizes are LP64's.
-static_assert(sizeof(ps_patch) == 48, "ps_patch changed: make check_rows refuse what the CUDA backend does not implement, then update this size");
-static_assert(sizeof(ps_row) == 120, "ps_row changed: make check_rows refuse what the CUDA backend does not implement, then update this size");
+// A trip wire for PS_CAPS_CUDA: when ps_patch or ps_row grows a field (an intervention op, a capture, a frozen
+// hook), the CUDA build stops here until check_rows refuses rows that use it (and caps stays without its bit),
+// so such a row is never run as if it were a plain one. Sizes are LP64's. check_rows refuses every row
+// feature beyond PS_CAPS_CUDA through ps_row_check (ops other than replace, head masks, captures).
+static_assert(sizeof(ps_patch) == 96, "ps_patch changed: make check_rows refuse what the CUDA backend does not implement, then update this size");
+static_assert(sizeof(ps_row) == 136, "ps_row changed: make check_rows refuse what the CUDA backend does not implement, then update this size");
 
 // The one cache a row writes must not be read or written by any other row of the batch: its device copy is
 // zeroed and recomputed while the others would read it (ps_backend.h). Cache rows are few, so pairs are cheap.
@@ -86,6 +87,8 @@ static int check_rows(const ps_model_config *cfg, ps_row *rows, int64_t n_rows, 
     const int64_t L = cfg->n_layers, V = cfg->d_vocab;
     for (int64_t r = 0; r < n_rows; r++) {
         ps_row *row = &rows[r];
+        // The engine checks rows against caps too; a caller that bypasses it must not get a plain row's numbers.
+        if (ps_row_check(cfg, row, PS_CAPS_CUDA, "cuda", e) != 0) return -1;
         if (row->T <= 0 || row->T > cfg->n_ctx || row->start_pos < 0 || row->start_pos >= row->T || row->start_layer < 0 ||
             row->start_layer > L || ((row->start_layer > 0 || row->start_pos > 0) && !row->base) ||
             (row->cache && (row->start_layer || row->start_pos)))

@@ -1,8 +1,7 @@
 // The reference forward pass: plain fp32 C, OpenBLAS GEMMs over every row's tokens at once,
-// OpenMP over (row, head) for attention. Every faster path is checked against this file.
-#include "ps_forward.h"
-
-#include "ps_blas.h"
+// OpenMP over (row, head) for attention. Every faster path is checked against this file. The row plan
+// (what a narrowed row skips) is ps_plan.h's; interventions act at the hooks through cpu_patch.c.
+#include "cpu_internal.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -11,294 +10,15 @@
 #include <stdlib.h>
 #include <string.h>
 
-// Loops smaller than this run on one thread: a parallel region's start and barrier cost more than the
-// work, and on a busy machine a barrier waits for whichever thread was descheduled.
-#define PS_PAR_MIN ((int64_t)1 << 16)
-// GEMMs (multiply-adds) below this run on one thread.
-#define PS_GEMM_PAR_MIN ((int64_t)1 << 22)
-
-// ---------------------------------------------------------------------------------------------
-// Caches
-
-int ps_cache_init(ps_cache *c, const ps_model_config *cfg, int64_t T, unsigned flags, ps_error *e) {
-    memset(c, 0, sizeof *c);
-    c->T = T;
-    const int64_t L = cfg->n_layers, C = cfg->d_model, H = cfg->n_heads, Hkv = cfg->n_kv_heads, D = cfg->d_head,
-                  M = cfg->d_mlp, V = cfg->d_vocab;
-    const int llama = cfg->arch == PS_ARCH_LLAMA;
-    // One table of (slot, size); the sizes drive the single allocation below.
-    struct { float **slot; size_t n; } spec[] = {
-        {&c->embed, (size_t)(T * C)},
-        {&c->pos_embed, llama ? 0 : (size_t)(T * C)},
-        {&c->resid_pre, (size_t)(L * T * C)},
-        {&c->ln1_scale, (size_t)(L * T)},
-        {&c->q, (size_t)(L * T * H * D)},
-        {&c->k, (size_t)(L * T * Hkv * D)},
-        {&c->v, (size_t)(L * T * Hkv * D)},
-        {&c->rot_q, llama ? (size_t)(L * T * H * D) : 0},
-        {&c->rot_k, llama ? (size_t)(L * T * Hkv * D) : 0},
-        {&c->attn_scores, (flags & PS_CACHE_SCORES) ? (size_t)(L * H * T * T) : 0},
-        {&c->pattern, (size_t)(L * H * T * T)},
-        {&c->z, (size_t)(L * T * H * D)},
-        {&c->result, (flags & PS_CACHE_RESULT) ? (size_t)(L * T * H * C) : 0},
-        {&c->attn_out, (size_t)(L * T * C)},
-        {&c->resid_mid, (size_t)(L * T * C)},
-        {&c->ln2_scale, (size_t)(L * T)},
-        {&c->mlp_pre, (size_t)(L * T * M)},
-        {&c->mlp_pre_linear, llama ? (size_t)(L * T * M) : 0},
-        {&c->mlp_post, (size_t)(L * T * M)},
-        {&c->mlp_out, (size_t)(L * T * C)},
-        {&c->resid_post, (size_t)(L * T * C)},
-        {&c->lnf_scale, (size_t)T},
-        {&c->logits, (flags & PS_CACHE_LOGITS) ? (size_t)(T * V) : 0},
-    };
-    size_t total = 0;
-    for (size_t i = 0; i < sizeof spec / sizeof spec[0]; i++) total += spec[i].n;
-    c->memory = calloc(total ? total : 1, sizeof(float));
-    if (!c->memory) return ps_fail(e, PS_EXIT_RUNTIME, "activation cache: out of memory (%zu floats, T=%lld)", total, (long long)T);
-    c->n_floats = total;
-    size_t at = 0;
-    for (size_t i = 0; i < sizeof spec / sizeof spec[0]; i++) {
-        *spec[i].slot = spec[i].n ? c->memory + at : NULL;
-        at += spec[i].n;
-    }
-    return 0;
-}
-
-void ps_cache_free(ps_cache *c) {
-    if (!c) return;
-    free(c->memory);
-    memset(c, 0, sizeof *c);
-}
-
-// ---------------------------------------------------------------------------------------------
-// Building blocks (also the references for the CUDA kernels' tests)
-
-void ps_cpu_layernorm(float *out, float *scale, const float *x, const float *w, const float *b, int64_t N, int64_t C, float eps) {
-#pragma omp parallel for schedule(static) if (N * C >= PS_PAR_MIN)
-    for (int64_t i = 0; i < N; i++) {
-        const float *xi = x + i * C;
-        double mean = 0;
-        for (int64_t c = 0; c < C; c++) mean += xi[c];
-        mean /= (double)C;
-        double var = 0;
-        for (int64_t c = 0; c < C; c++) { double d = xi[c] - mean; var += d * d; }
-        var /= (double)C;
-        float s = (float)sqrt(var + eps);
-        if (scale) scale[i] = s;
-        for (int64_t c = 0; c < C; c++) out[i * C + c] = (float)((xi[c] - mean) / s) * w[c] + b[c];
-    }
-}
-
-void ps_cpu_rmsnorm(float *out, float *scale, const float *x, const float *w, int64_t N, int64_t C, float eps) {
-#pragma omp parallel for schedule(static) if (N * C >= PS_PAR_MIN)
-    for (int64_t i = 0; i < N; i++) {
-        const float *xi = x + i * C;
-        double ss = 0;
-        for (int64_t c = 0; c < C; c++) ss += (double)xi[c] * xi[c];
-        float s = (float)sqrt(ss / (double)C + eps);
-        if (scale) scale[i] = s;
-        for (int64_t c = 0; c < C; c++) out[i * C + c] = (xi[c] / s) * w[c];
-    }
-}
-
-// Hugging Face's rotate_half layout: pairs (i, i + D/2) of each head, angle pos * theta^(-2i/D).
-void ps_cpu_rotary(float *x, int64_t T, int64_t n_heads, int64_t D, const int64_t *pos, float theta) {
-    const int64_t half = D / 2;
-    for (int64_t t = 0; t < T; t++) {
-        for (int64_t i = 0; i < half; i++) {
-            double inv_freq = pow((double)theta, -(double)(2 * i) / (double)D);
-            double ang = (double)pos[t] * (double)(float)inv_freq;
-            float cs = (float)cos(ang), sn = (float)sin(ang);
-            for (int64_t h = 0; h < n_heads; h++) {
-                float *xh = x + (t * n_heads + h) * D;
-                float a = xh[i], b = xh[i + half];
-                xh[i] = a * cs - b * sn;
-                xh[i + half] = b * cs + a * sn;
-            }
-        }
-    }
-}
-
-// tanh as Eigen's rational approximation: within 4e-7 of tanh over all floats (tanhf: 1e-7), and, being
-// plain arithmetic without branches, vectorized by the compiler; tanhf was a fifth of a GPT-2 sweep's time.
-// (Eigen returns x itself below |x| < 4e-4; the rational form differs there by 1.3e-7 relative, and the
-// branch kept the loop from vectorizing.)
-static inline float tanh_rational(float x) {
-    const float clamp = 7.90531110763549805f;
-    const float xc = x > clamp ? clamp : (x < -clamp ? -clamp : x), x2 = xc * xc;
-    float p = -2.76076847742355e-16f;
-    p = p * x2 + 2.00018790482477e-13f;
-    p = p * x2 - 8.60467152213735e-11f;
-    p = p * x2 + 5.12229709037114e-08f;
-    p = p * x2 + 1.48572235717979e-05f;
-    p = p * x2 + 6.37261928875436e-04f;
-    p = p * x2 + 4.89352455891786e-03f;
-    float q = 1.19825839466702e-06f;
-    q = q * x2 + 1.18534705686654e-04f;
-    q = q * x2 + 2.26843463243900e-03f;
-    q = q * x2 + 4.89352518554385e-03f;
-    return p * xc / q;
-}
-
-static inline float gelu_new(float x) {
-    return 0.5f * x * (1.0f + tanh_rational(0.7978845608028654f * (x + 0.044715f * x * x * x)));
-}
-
-float ps_cpu_act(ps_act act, float x) {
-    switch (act) {
-    case PS_ACT_GELU_NEW: return gelu_new(x);
-    case PS_ACT_GELU: return 0.5f * x * (1.0f + erff(x * 0.7071067811865476f));
-    case PS_ACT_RELU: return x > 0 ? x : 0;
-    case PS_ACT_SILU: return x / (1.0f + expf(-x));
-    }
-    return x;
-}
-
-// y (N, out) = x (N, in) @ W (in, out) [+ bias]
-// Parallel over blocks of rows, each thread calling a single-threaded GEMM on its own block: OpenBLAS's
-// own thread pool and OpenMP's workers, each spinning while the other ran, left a third of the CPU idle.
-void ps_cpu_linear(float *y, const float *x, const float *W, const float *bias, int64_t N, int64_t in, int64_t out) {
-    if (N <= 0) return;
-    ps_blas_set_num_threads(1);
-    const int nt = omp_get_max_threads();
-    const int64_t per = nt > 1 && N * in * out >= PS_GEMM_PAR_MIN ? ((N + nt - 1) / nt + 15) / 16 * 16 : N;
-#pragma omp parallel for schedule(static) if (per < N)
-    for (int64_t i0 = 0; i0 < N; i0 += per) {
-        const int64_t n = i0 + per <= N ? per : N - i0;
-        ps_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)n, (int)out, (int)in, 1.0f, x + i0 * in, (int)in, W,
-                    (int)out, 0.0f, y + i0 * out, (int)out);
-        if (bias)
-            for (int64_t i = i0; i < i0 + n; i++)
-                for (int64_t j = 0; j < out; j++) y[i * out + j] += bias[j];
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// What a row computes at one layer (the narrowing of ps_forward.h), shared by the forward and the FLOP count.
-
-typedef struct {
-    int attn;          // attention recomputed at this layer (at the positions W_O runs at)
-    int64_t qkv_end;   // LN1 and the Q/K/V GEMMs at positions [start_pos, qkv_end); the others are base's
-    int outs_only;     // queries and everything after attention only at out_pos
-    int64_t post_end;  // W_O and the MLP at positions [start_pos, post_end) (only out_pos among them if outs_only)
-    int late;          // 0, or how many hooks after z the row enters at (1 attn_out ... 5 resid_post)
-} layer_plan;
-
-// dirty: positions [start_pos, dirty) of the residual stream entering layer l differ from base.
-static layer_plan plan_layer(const ps_model_config *cfg, const ps_row *row, int64_t l, int64_t dirty) {
-    layer_plan p = {1, row->T, 0, row->T, 0};
-    if (!row->narrow) return p;
-    const ps_entry en = l == row->start_layer ? row->entry : PS_ENTER_LAYER;
-    p.attn = en <= PS_ENTER_QUERIES;
-    p.late = en > PS_ENTER_WO ? (int)(en - PS_ENTER_WO) : 0;
-    p.qkv_end = en == PS_ENTER_LAYER ? dirty : row->start_pos;
-    p.outs_only = l == cfg->n_layers - 1;
-    p.post_end = en == PS_ENTER_LAYER ? row->T : dirty;
-    return p;
-}
-
-static int is_out(const ps_row *row, int64_t t) {
-    for (int64_t o = 0; o < row->n_out; o++)
-        if (row->out_pos[o] == t) return 1;
-    return 0;
-}
-
-// Recomputed after attention at position t under plan p.
-static int post_at(const ps_row *row, const layer_plan *p, int64_t t) {
-    return t >= row->start_pos && t < p->post_end && (!p->outs_only || is_out(row, t));
-}
-
-double ps_row_flops(const ps_model_config *mc, const ps_row *row) {
-    const double C = (double)mc->d_model, QD = (double)(mc->n_heads * mc->d_head), KD = (double)(mc->n_kv_heads * mc->d_head),
-                 M = (double)mc->d_mlp;
-    const double mlp_mats = mc->arch == PS_ARCH_LLAMA ? 3 : 2;
-    double f = 0;
-    int64_t dirty = row->narrow ? row->dirty_end : row->T;
-    for (int64_t l = row->start_layer; l < mc->n_layers; l++) {
-        const layer_plan p = plan_layer(mc, row, l, dirty);
-        double n_post = 0, keys = 0; // attention: each query reads every key up to itself, for scores and sum
-        for (int64_t t = row->start_pos; t < row->T; t++)
-            if (post_at(row, &p, t)) {
-                n_post += 1;
-                if (p.attn) keys += (double)(t + 1);
-            }
-        // W_O unless entering after it; the MLP's input matrices unless entering after them; W_out likewise.
-        const double post = (p.late == 0 ? QD * C : 0) + (p.late <= 2 ? C * M * (mlp_mats - 1) : 0) + (p.late <= 3 ? M * C : 0);
-        f += 2 * (double)(p.qkv_end - row->start_pos) * C * (QD + 2 * KD) + 2 * n_post * post + 4 * keys * QD;
-        dirty = p.post_end;
-    }
-    const double cols = row->cols ? (double)row->n_cols : (double)mc->d_vocab;
-    return f + 2 * (double)row->n_out * C * cols;
-}
-
-// ---------------------------------------------------------------------------------------------
-// The batched forward
-
-typedef struct {
-    ps_row *row;
-    int64_t off;   // first token of this row in the workspace buffers
-    int64_t n;     // tokens held: T - start_pos
-    int64_t dirty; // positions [start_pos, dirty) of the residual stream entering the current layer differ from base
-    layer_plan plan; // this layer's
-} row_slot;
-
-// Copies the patched slice of a (T, width)-per-position site from src into the row's buffer.
-// width = n_units * unit; unit_sel = -1 selects all units (heads or neurons), pos_sel = -1 all positions.
-// map (NULL: identity) sends a workspace token to its row in a compacted buffer, or -1 when not computed.
-static void patch_rows(float *buf, int64_t ld, const int64_t *map, const row_slot *rs, const float *src_layer, int64_t n_units,
-                       int64_t unit, int64_t unit_sel, int64_t pos_sel) {
-    const int64_t s = rs->row->start_pos, T = rs->row->T;
-    int64_t t0 = pos_sel < 0 ? s : pos_sel, t1 = pos_sel < 0 ? T : pos_sel + 1;
-    if (t0 < s) t0 = s;
-    int64_t u0 = unit_sel < 0 ? 0 : unit_sel, u1 = unit_sel < 0 ? n_units : unit_sel + 1;
-    for (int64_t t = t0; t < t1; t++) {
-        const int64_t i = map ? map[rs->off + t - s] : rs->off + t - s;
-        if (i < 0) continue;
-        const float *sp = src_layer + t * n_units * unit;
-        memcpy(buf + i * ld + u0 * unit, sp + u0 * unit, (size_t)((u1 - u0) * unit) * sizeof(float));
-    }
-}
-
-// Applies every patch of the active rows at (site, layer) to buf, whose per-token stride is ld.
-static void apply_patches(ps_site site, int64_t l, float *buf, int64_t ld, const int64_t *map, const row_slot *slots,
-                          int64_t n_active, const ps_model_config *cfg) {
-    const int64_t C = cfg->d_model, H = cfg->n_heads, Hkv = cfg->n_kv_heads, D = cfg->d_head, M = cfg->d_mlp;
-    for (int64_t r = 0; r < n_active; r++) {
-        const ps_row *row = slots[r].row;
-        for (int64_t p = 0; p < row->n_patches; p++) {
-            const ps_patch *pt = &row->patches[p];
-            if (pt->site != site || pt->layer != l) continue;
-            const ps_cache *src = pt->src;
-            const int64_t T = row->T;
-            const row_slot *rs = &slots[r];
-            switch (site) {
-            case PS_SITE_RESID_PRE: patch_rows(buf, ld, map, rs, src->resid_pre + l * T * C, 1, C, -1, pt->pos); break;
-            case PS_SITE_RESID_MID: patch_rows(buf, ld, map, rs, src->resid_mid + l * T * C, 1, C, -1, pt->pos); break;
-            case PS_SITE_RESID_POST: patch_rows(buf, ld, map, rs, src->resid_post + l * T * C, 1, C, -1, pt->pos); break;
-            case PS_SITE_ATTN_OUT: patch_rows(buf, ld, map, rs, src->attn_out + l * T * C, 1, C, -1, pt->pos); break;
-            case PS_SITE_MLP_OUT: patch_rows(buf, ld, map, rs, src->mlp_out + l * T * C, 1, C, -1, pt->pos); break;
-            case PS_SITE_Q: patch_rows(buf, ld, map, rs, src->q + l * T * H * D, H, D, pt->head, pt->pos); break;
-            case PS_SITE_K: patch_rows(buf, ld, map, rs, src->k + l * T * Hkv * D, Hkv, D, pt->head, pt->pos); break;
-            case PS_SITE_V: patch_rows(buf, ld, map, rs, src->v + l * T * Hkv * D, Hkv, D, pt->head, pt->pos); break;
-            case PS_SITE_Z: patch_rows(buf, ld, map, rs, src->z + l * T * H * D, H, D, pt->head, pt->pos); break;
-            case PS_SITE_MLP_POST: patch_rows(buf, ld, map, rs, src->mlp_post + l * T * M, M, 1, pt->neuron, pt->pos); break;
-            case PS_SITE_PATTERN: break; // applied inside attention
-            default: break;
-            }
-        }
-    }
-}
-
 // Copies a row's freshly computed (n, width) slice into its cache array for layer l (cache rows start at 0).
-static void store(float *cache_arr, int64_t l, const row_slot *rs, const float *buf, int64_t width) {
+static void store(float *cache_arr, int64_t l, const ps_cpu_slot *rs, const float *buf, int64_t width) {
     if (!cache_arr) return;
     const int64_t T = rs->row->T;
     memcpy(cache_arr + l * T * width, buf + rs->off * width, (size_t)(rs->n * width) * sizeof(float));
 }
 
 // store() for every active row that keeps a cache; field is the ps_cache array (offsetof).
-static void store_rows(const row_slot *slots, int64_t n_active, size_t field, int64_t l, const float *buf, int64_t width) {
+static void store_rows(const ps_cpu_slot *slots, int64_t n_active, size_t field, int64_t l, const float *buf, int64_t width) {
     for (int64_t r = 0; r < n_active; r++) {
         ps_cache *cc = slots[r].row->cache;
         if (cc) store(*(float **)((char *)cc + field), l, &slots[r], buf, width);
@@ -306,7 +26,7 @@ static void store_rows(const row_slot *slots, int64_t n_active, size_t field, in
 }
 
 // Copies positions [t0, t1) of a row from a base cache array (L, T, width) at layer l into buf.
-static void from_base(float *buf, const row_slot *rs, const float *base_arr, int64_t l, int64_t width, int64_t t0, int64_t t1) {
+static void from_base(float *buf, const ps_cpu_slot *rs, const float *base_arr, int64_t l, int64_t width, int64_t t0, int64_t t1) {
     const ps_row *row = rs->row;
     if (t1 <= t0) return;
     memcpy(buf + (rs->off + t0 - row->start_pos) * width, base_arr + (l * row->T + t0) * width,
@@ -316,7 +36,7 @@ static void from_base(float *buf, const row_slot *rs, const float *base_arr, int
 // Which token of which row each row of the compacted buffers holds, at layer l.
 typedef struct {
     const int64_t *idx, *kslot, *posbuf; // compacted row k = workspace token idx[k] of slots[kslot[k]]
-    const row_slot *slots;
+    const ps_cpu_slot *slots;
     int64_t l;
 } compact_rows;
 
@@ -344,15 +64,6 @@ static void norm(const ps_model_config *cfg, float *out, float *scale, const flo
     else ps_cpu_layernorm(out, scale, x, w, b, N, cfg->d_model, cfg->eps);
 }
 
-// x86-64 builds carry an AVX2 copy of the hottest loops besides the baseline one, chosen at load time
-// (the binary stays portable). Neither uses FMA, and the sums' order is written out, so both give the
-// same bits.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
-#define PS_CLONES __attribute__((target_clones("avx2", "default")))
-#else
-#define PS_CLONES
-#endif
-
 // a . b with eight interleaved partial sums (a fixed order any vector width reproduces).
 static inline float dot(const float *a, const float *b, int64_t n) {
     float acc[8] = {0};
@@ -365,6 +76,7 @@ static inline float dot(const float *a, const float *b, int64_t n) {
 
 // One layer's attention inputs and outputs, for attend_head.
 typedef struct {
+    const ps_model_config *cfg;
     const float *q, *k, *v; // (N, QD), (N, KD), (N, KD) this batch's tokens (rotated for Llama)
     float *z;               // (N, QD)
     int64_t l, H, D, QD, KD, group;
@@ -374,7 +86,7 @@ typedef struct {
 
 // Causal attention of one head of one row at the row's query positions: keys before start_pos come from
 // the base run's cache; pattern patches replace a query's probabilities. sc: (T) scratch.
-PS_CLONES static void attend_head(const attn_layer *a, const row_slot *rs, int64_t h, float *sc) {
+PS_CLONES static void attend_head(const attn_layer *a, const ps_cpu_slot *rs, int64_t h, float *sc) {
     const ps_row *row = rs->row;
     const int64_t l = a->l, H = a->H, D = a->D, QD = a->QD, KD = a->KD;
     const int64_t T = row->T, s = row->start_pos, g = h / a->group;
@@ -385,7 +97,7 @@ PS_CLONES static void attend_head(const attn_layer *a, const row_slot *rs, int64
     }
     ps_cache *cc = row->cache;
     for (int64_t t = s; t < T; t++) {
-        if (!post_at(row, &rs->plan, t)) continue;
+        if (!ps_post_at(row, &rs->plan, t)) continue;
         const float *qt = a->q + (rs->off + t - s) * QD + h * D;
         for (int64_t j = 0; j <= t; j++) {
             const float *kj = j < s ? kbase + j * KD + g * D : a->k + (rs->off + j - s) * KD + g * D;
@@ -400,12 +112,7 @@ PS_CLONES static void attend_head(const attn_layer *a, const row_slot *rs, int64
         double sum = 0;
         for (int64_t j = 0; j <= t; j++) { sc[j] = expf(sc[j] - mx); sum += sc[j]; }
         for (int64_t j = 0; j <= t; j++) sc[j] = (float)(sc[j] / sum);
-        for (int64_t p = 0; p < row->n_patches; p++) {
-            const ps_patch *pp = &row->patches[p];
-            if (pp->site != PS_SITE_PATTERN || pp->layer != l) continue;
-            if ((pp->head >= 0 && pp->head != h) || (pp->pos >= 0 && pp->pos != t)) continue;
-            memcpy(sc, pp->src->pattern + ((l * H + h) * T + t) * T, (size_t)(t + 1) * sizeof(float));
-        }
+        ps_cpu_pattern_hook(a->cfg, row, l, h, t, sc);
         if (cc) {
             float *dst = cc->pattern + ((l * H + h) * T + t) * T;
             for (int64_t j = 0; j < T; j++) dst[j] = j <= t ? sc[j] : 0.0f;
@@ -420,13 +127,8 @@ PS_CLONES static void attend_head(const attn_layer *a, const row_slot *rs, int64
     }
 }
 
-// out[i] = gelu_new(in[i]): a fifth of a GPT-2 sweep's non-GEMM time, so vectorized (see PS_CLONES).
-PS_CLONES static void gelu_new_n(float *out, const float *in, int64_t n) {
-    for (int64_t i = 0; i < n; i++) out[i] = gelu_new(in[i]);
-}
-
 static int cmp_start_layer(const void *a, const void *b) {
-    const row_slot *x = a, *y = b;
+    const ps_cpu_slot *x = a, *y = b;
     if (x->row->start_layer != y->row->start_layer) return x->row->start_layer < y->row->start_layer ? -1 : 1;
     return x->row < y->row ? -1 : (x->row > y->row);
 }
@@ -459,7 +161,7 @@ int ps_cpu_forward(const ps_model *m, ps_row *rows, int64_t n_rows, ps_error *e)
 typedef struct {
     const ps_model_config *cfg;
     const ps_weights *w;
-    row_slot *slots; int64_t n_rows;
+    ps_cpu_slot *slots; int64_t n_rows;
     int64_t n_active, NA;  // rows and tokens active at the current layer (a prefix of slots)
     int64_t T_max;
     float *x;              // (N, C) residual stream
@@ -488,7 +190,7 @@ static int batch_setup(batch *b, const ps_model *m, ps_row *rows, int64_t n_rows
     b->w = &m->w;
     b->n_rows = n_rows;
     // Rows ordered by start layer, so the rows active at layer l are a prefix of the buffers.
-    row_slot *slots = ws_part(wsp, 0, (size_t)n_rows * sizeof *slots);
+    ps_cpu_slot *slots = ws_part(wsp, 0, (size_t)n_rows * sizeof *slots);
     if (!slots) return ps_fail(e, PS_EXIT_RUNTIME, "forward: out of memory");
     memset(slots, 0, (size_t)n_rows * sizeof *slots);
     int any_cache = 0, any_narrow = 0;
@@ -498,7 +200,8 @@ static int batch_setup(batch *b, const ps_model *m, ps_row *rows, int64_t n_rows
             row->start_layer < 0 || row->start_layer > L ||
             ((row->start_layer > 0 || row->start_pos > 0 || row->narrow) && !row->base) ||
             (row->cache && (row->start_layer || row->start_pos || row->narrow)) ||
-            (row->narrow && (row->dirty_end < row->start_pos || row->dirty_end > row->T))) {
+            (row->narrow && (row->dirty_end < row->start_pos || row->dirty_end > row->T)) ||
+            (row->narrow && row->n_captures) || row->n_out > PS_MAX_OUT_POS) {
             return ps_fail(e, PS_EXIT_RUNTIME, "forward: row %lld is inconsistent (T=%lld start_layer=%lld start_pos=%lld)",
                            (long long)r, (long long)row->T, (long long)row->start_layer, (long long)row->start_pos);
         }
@@ -507,6 +210,8 @@ static int batch_setup(batch *b, const ps_model *m, ps_row *rows, int64_t n_rows
                 return ps_fail(e, PS_EXIT_BADINPUT, "forward: token id %d at position %lld is outside the vocabulary (%lld)",
                                row->tokens[i], (long long)i, (long long)V);
             }
+        // The interventions, as the engine checked them (a direct caller gets the same errors).
+        if (ps_row_check(cfg, row, PS_CAP_ALL, "cpu", e) != 0) return -1;
         any_cache |= row->cache != NULL;
         any_narrow |= row->narrow;
         slots[r].row = row;
@@ -523,6 +228,7 @@ static int batch_setup(batch *b, const ps_model *m, ps_row *rows, int64_t n_rows
     }
     b->slots = slots;
     b->T_max = T_max;
+    ps_cpu_captures_from_base(cfg, slots, n_rows);
 
     // One workspace for this batch: every per-token buffer, full (token i of the batch at row i) and
     // compacted (only the tokens a narrowed layer recomputes, gathered).
@@ -565,10 +271,10 @@ static void join_rows(batch *b, int64_t first_new, int64_t l) {
     const ps_weights *w = b->w;
     const int64_t C = cfg->d_model;
     const int llama = cfg->arch == PS_ARCH_LLAMA;
-    row_slot *slots = b->slots;
+    ps_cpu_slot *slots = b->slots;
     float *x = b->x;
     for (int64_t r = first_new; r < b->n_active; r++) {
-        row_slot *rs = &slots[r];
+        ps_cpu_slot *rs = &slots[r];
         const ps_row *row = rs->row;
         float *xr = x + rs->off * C;
         rs->dirty = row->narrow ? row->dirty_end : row->T;
@@ -598,7 +304,7 @@ static void qkv_step(batch *b, int64_t l, const ps_layer_weights *lw) {
     const int64_t C = cfg->d_model, H = cfg->n_heads, Hkv = cfg->n_kv_heads, D = cfg->d_head;
     const int64_t QD = H * D, KD = Hkv * D, NA = b->NA, n_active = b->n_active;
     const int llama = cfg->arch == PS_ARCH_LLAMA;
-    row_slot *slots = b->slots;
+    ps_cpu_slot *slots = b->slots;
     float *x = b->x, *xn = b->xn, *q = b->q, *k = b->k, *v = b->v, *scale = b->scale;
     float *xc = b->xc, *qc = b->qc, *kc = b->kc, *vc = b->vc;
     int64_t *posbuf = b->posbuf, *idx = b->idx;
@@ -622,7 +328,7 @@ static void qkv_step(batch *b, int64_t l, const ps_layer_weights *lw) {
         scatter(k, kc, idx, nq, KD);
         scatter(v, vc, idx, nq, KD);
         for (int64_t r = 0; r < n_active; r++) {
-            const row_slot *rs = &slots[r];
+            const ps_cpu_slot *rs = &slots[r];
             const ps_cache *bc = rs->row->base;
             const int64_t t0 = rs->plan.qkv_end, t1 = rs->row->T;
             if (t0 >= t1 || !rs->plan.attn) continue;
@@ -631,15 +337,15 @@ static void qkv_step(batch *b, int64_t l, const ps_layer_weights *lw) {
             from_base(v, rs, bc->v, l, KD, t0, t1);
         }
     }
-    apply_patches(PS_SITE_Q, l, q, QD, NULL, slots, n_active, cfg);
-    apply_patches(PS_SITE_K, l, k, KD, NULL, slots, n_active, cfg);
-    apply_patches(PS_SITE_V, l, v, KD, NULL, slots, n_active, cfg);
+    ps_cpu_hook(cfg, PS_SITE_Q, l, q, QD, NULL, slots, n_active);
+    ps_cpu_hook(cfg, PS_SITE_K, l, k, KD, NULL, slots, n_active);
+    ps_cpu_hook(cfg, PS_SITE_V, l, v, KD, NULL, slots, n_active);
     store_rows(slots, n_active, offsetof(ps_cache, q), l, q, QD);
     store_rows(slots, n_active, offsetof(ps_cache, k), l, k, KD);
     store_rows(slots, n_active, offsetof(ps_cache, v), l, v, KD);
     if (llama) {
         for (int64_t r = 0; r < n_active; r++) {
-            const row_slot *rs = &slots[r];
+            const ps_cpu_slot *rs = &slots[r];
             ps_cpu_rotary(q + rs->off * QD, rs->n, H, D, posbuf + rs->off, cfg->rope_theta);
             ps_cpu_rotary(k + rs->off * KD, rs->n, Hkv, D, posbuf + rs->off, cfg->rope_theta);
             ps_cache *cc = rs->row->cache;
@@ -659,14 +365,14 @@ static void attention_step(batch *b, int64_t l, const ps_layer_weights *lw) {
     const int64_t C = cfg->d_model, H = cfg->n_heads, Hkv = cfg->n_kv_heads, D = cfg->d_head;
     const int64_t QD = H * D, KD = Hkv * D, n_active = b->n_active;
     const int llama = cfg->arch == PS_ARCH_LLAMA;
-    row_slot *slots = b->slots;
+    ps_cpu_slot *slots = b->slots;
     float *q = b->q, *k = b->k, *v = b->v, *z = b->z;
     const int64_t group = H / Hkv, T_max = b->T_max;
     for (int64_t r = 0; r < n_active; r++) {
-        const row_slot *rs = &slots[r];
+        const ps_cpu_slot *rs = &slots[r];
         if (!rs->plan.attn) from_base(z, rs, rs->row->base->z, l, QD, rs->row->start_pos, rs->plan.post_end);
     }
-    const attn_layer al = {.q = q, .k = k, .v = v, .z = z, .l = l, .H = H, .D = D, .QD = QD, .KD = KD, .group = group,
+    const attn_layer al = {.cfg = cfg, .q = q, .k = k, .v = v, .z = z, .l = l, .H = H, .D = D, .QD = QD, .KD = KD, .group = group,
                            .llama = llama, .inv_sqrt_d = 1.0f / sqrtf((float)D)};
 #pragma omp parallel if (n_active * H * T_max * T_max * D >= PS_PAR_MIN)
     {
@@ -677,7 +383,7 @@ static void attention_step(batch *b, int64_t l, const ps_layer_weights *lw) {
                 if (slots[r].plan.attn) attend_head(&al, &slots[r], h, sc);
         free(sc);
     }
-    apply_patches(PS_SITE_Z, l, z, QD, NULL, slots, n_active, cfg);
+    ps_cpu_hook(cfg, PS_SITE_Z, l, z, QD, NULL, slots, n_active);
     for (int64_t r = 0; r < n_active; r++) {
         ps_cache *cc = slots[r].row->cache;
         if (!cc) continue;
@@ -701,7 +407,7 @@ static void mlp_step(batch *b, int64_t l, const ps_layer_weights *lw) {
     const int64_t C = cfg->d_model, H = cfg->n_heads, D = cfg->d_head, M = cfg->d_mlp;
     const int64_t QD = H * D, NA = b->NA, n_active = b->n_active;
     const int llama = cfg->arch == PS_ARCH_LLAMA;
-    row_slot *slots = b->slots;
+    ps_cpu_slot *slots = b->slots;
     float *x = b->x, *xn = b->xn, *y = b->y, *z = b->z, *h1 = b->h1, *h2 = b->h2, *h3 = b->h3, *scale = b->scale;
     float *xc = b->xc, *zc = b->zc;
     int64_t *posbuf = b->posbuf, *idx = b->idx, *map = b->map, *kslot = b->kslot;
@@ -712,10 +418,10 @@ static void mlp_step(batch *b, int64_t l, const ps_layer_weights *lw) {
     int64_t np = 0, upto[6];
     for (int k = 0; k < 6; k++) {
         for (int64_t r = 0; r < n_active; r++) {
-            const row_slot *rs = &slots[r];
+            const ps_cpu_slot *rs = &slots[r];
             if (rs->plan.late != k) continue;
             for (int64_t t = rs->row->start_pos; t < rs->row->T; t++)
-                if (post_at(rs->row, &rs->plan, t)) {
+                if (ps_post_at(rs->row, &rs->plan, t)) {
                     kslot[np] = r;
                     idx[np++] = rs->off + t - rs->row->start_pos;
                 }
@@ -737,11 +443,11 @@ static void mlp_step(batch *b, int64_t l, const ps_layer_weights *lw) {
     const compact_rows cr = {idx, kslot, posbuf, slots, l};
     ps_cpu_linear(y, zp, lw->w_o, w->b_o ? w->b_o + l * C : NULL, upto[0], QD, C);
     from_base_rows(y, C, &cr, upto[0], upto[1], offsetof(ps_cache, attn_out));
-    apply_patches(PS_SITE_ATTN_OUT, l, y, C, pmap, slots, n_active, cfg);
+    ps_cpu_hook(cfg, PS_SITE_ATTN_OUT, l, y, C, pmap, slots, n_active);
     store_rows(slots, n_active, offsetof(ps_cache, attn_out), l, y, C);
     for (int64_t i = 0; i < upto[1] * C; i++) xp[i] += y[i];
     from_base_rows(xp, C, &cr, upto[1], upto[4], offsetof(ps_cache, resid_mid));
-    apply_patches(PS_SITE_RESID_MID, l, xp, C, pmap, slots, n_active, cfg);
+    ps_cpu_hook(cfg, PS_SITE_RESID_MID, l, xp, C, pmap, slots, n_active);
     store_rows(slots, n_active, offsetof(ps_cache, resid_mid), l, xp, C);
 
     // MLP block
@@ -754,7 +460,7 @@ static void mlp_step(batch *b, int64_t l, const ps_layer_weights *lw) {
         // per >= 1: an OpenMP loop's trip count divides by its step even when the loop is empty.
         const int64_t n = nm * M, nt = omp_get_max_threads(), per = n >= PS_PAR_MIN ? (n + nt - 1) / nt : (n ? n : 1);
 #pragma omp parallel for schedule(static) if (per < n)
-        for (int64_t i0 = 0; i0 < n; i0 += per) gelu_new_n(h2 + i0, h1 + i0, i0 + per <= n ? per : n - i0);
+        for (int64_t i0 = 0; i0 < n; i0 += per) ps_cpu_gelu_new_n(h2 + i0, h1 + i0, i0 + per <= n ? per : n - i0);
     } else {
 #pragma omp parallel for schedule(static) if (nm * M >= PS_PAR_MIN)
         for (int64_t i = 0; i < nm * M; i++) {
@@ -763,25 +469,25 @@ static void mlp_step(batch *b, int64_t l, const ps_layer_weights *lw) {
         }
     }
     from_base_rows(h2, M, &cr, upto[2], upto[3], offsetof(ps_cache, mlp_post));
-    apply_patches(PS_SITE_MLP_POST, l, h2, M, pmap, slots, n_active, cfg);
+    ps_cpu_hook(cfg, PS_SITE_MLP_POST, l, h2, M, pmap, slots, n_active);
     store_rows(slots, n_active, offsetof(ps_cache, mlp_pre), l, h1, M);
     if (llama) store_rows(slots, n_active, offsetof(ps_cache, mlp_pre_linear), l, h3, M);
     store_rows(slots, n_active, offsetof(ps_cache, mlp_post), l, h2, M);
     ps_cpu_linear(y, h2, lw->w_out, w->b_out ? w->b_out + l * C : NULL, upto[3], M, C);
     from_base_rows(y, C, &cr, upto[3], upto[4], offsetof(ps_cache, mlp_out));
-    apply_patches(PS_SITE_MLP_OUT, l, y, C, pmap, slots, n_active, cfg);
+    ps_cpu_hook(cfg, PS_SITE_MLP_OUT, l, y, C, pmap, slots, n_active);
     store_rows(slots, n_active, offsetof(ps_cache, mlp_out), l, y, C);
     for (int64_t i = 0; i < upto[4] * C; i++) xp[i] += y[i];
     from_base_rows(xp, C, &cr, upto[4], np, offsetof(ps_cache, resid_post));
-    apply_patches(PS_SITE_RESID_POST, l, xp, C, pmap, slots, n_active, cfg);
+    ps_cpu_hook(cfg, PS_SITE_RESID_POST, l, xp, C, pmap, slots, n_active);
     store_rows(slots, n_active, offsetof(ps_cache, resid_post), l, xp, C);
     if (compact) {
         scatter(x, xc, idx, np, C);
         // Positions a narrowed row did not recompute keep base's residual stream.
         for (int64_t r = 0; r < n_active; r++) {
-            const row_slot *rs = &slots[r];
+            const ps_cpu_slot *rs = &slots[r];
             for (int64_t t = rs->row->start_pos; t < rs->row->T; t++)
-                if (!post_at(rs->row, &rs->plan, t)) from_base(x, rs, rs->row->base->resid_post, l, C, t, t + 1);
+                if (!ps_post_at(rs->row, &rs->plan, t)) from_base(x, rs, rs->row->base->resid_post, l, C, t, t + 1);
         }
     }
     for (int64_t r = 0; r < n_active; r++) slots[r].dirty = slots[r].plan.post_end;
@@ -793,14 +499,14 @@ static int unembed_step(batch *b, ps_cpu_workspace *wsp, ps_error *e) {
     const ps_model_config *cfg = b->cfg;
     const ps_weights *w = b->w;
     const int64_t L = cfg->n_layers, C = cfg->d_model, V = cfg->d_vocab, n_rows = b->n_rows, n_active = b->n_active;
-    row_slot *slots = b->slots;
+    ps_cpu_slot *slots = b->slots;
     float *x = b->x, *xn = b->xn;
     // Rows that start past the last layer (a patch of the final resid_post) take the base's final state.
     for (int64_t r = n_active; r < n_rows; r++) {
-        const row_slot *rs = &slots[r];
+        const ps_cpu_slot *rs = &slots[r];
         memcpy(x + rs->off * C, rs->row->base->resid_post + ((L - 1) * rs->row->T + rs->row->start_pos) * C,
                (size_t)(rs->n * C) * sizeof(float));
-        apply_patches(PS_SITE_RESID_POST, L - 1, x, C, NULL, rs, 1, cfg);
+        ps_cpu_hook(cfg, PS_SITE_RESID_POST, L - 1, x, C, NULL, rs, 1);
     }
 
     // Final norm and unembedding, only at the positions asked for (all of them for cache rows).
@@ -812,7 +518,7 @@ static int unembed_step(batch *b, ps_cpu_workspace *wsp, ps_error *e) {
     }
     int64_t at = 0;
     for (int64_t r = 0; r < n_rows; r++) {
-        const row_slot *rs = &slots[r];
+        const ps_cpu_slot *rs = &slots[r];
         ps_row *row = rs->row;
         if (row->cache) {
             // Cache rows: final norm and logits at every position.
@@ -875,8 +581,8 @@ int ps_cpu_forward_ws(const ps_model *m, ps_row *rows, int64_t n_rows, ps_cpu_wo
         if (b.NA == 0) continue;
         ps_layer_weights lw; // this layer's matrices (converted now if the model is streamed)
         if (ps_model_layer(m, l, &lw, e) != 0) return -1;
-        for (int64_t r = 0; r < b.n_active; r++) b.slots[r].plan = plan_layer(b.cfg, b.slots[r].row, l, b.slots[r].dirty);
-        apply_patches(PS_SITE_RESID_PRE, l, b.x, b.cfg->d_model, NULL, b.slots, b.n_active, b.cfg);
+        for (int64_t r = 0; r < b.n_active; r++) b.slots[r].plan = ps_plan_layer(b.cfg, b.slots[r].row, l, b.slots[r].dirty);
+        ps_cpu_hook(b.cfg, PS_SITE_RESID_PRE, l, b.x, b.cfg->d_model, NULL, b.slots, b.n_active);
         store_rows(b.slots, b.n_active, offsetof(ps_cache, resid_pre), l, b.x, b.cfg->d_model);
         qkv_step(&b, l, &lw);
         attention_step(&b, l, &lw);

@@ -96,6 +96,7 @@ int ps_cli_run(int argc, char **argv) {
     double progress_every = 60; // seconds between progress lines when stderr is a log, not a terminal
     uint64_t u;
     ps_error ae = {0};
+    ps_weights_mode weights = PS_WEIGHTS_AUTO;
     for (int i = 0; i < argc; i++) {
         if (!strcmp(argv[i], "-o") && i + 1 < argc) out = argv[++i];
         else if (!strcmp(argv[i], "--progress")) prog = 1;
@@ -117,6 +118,12 @@ int ps_cli_run(int argc, char **argv) {
             if (ps_cli_parse_u64(argv[++i], (uint64_t)1 << 30, &u) != 0 || u < 1)
                 return ps_cli_bad_usage("--cuda-cache-mb takes a number of MiB from 1 to 1073741824");
             cuda_cache_mb = (int64_t)u;
+        } else if (!strcmp(argv[i], "--weights") && i + 1 < argc) {
+            const char *w = argv[++i];
+            if (!strcmp(w, "auto")) weights = PS_WEIGHTS_AUTO;
+            else if (!strcmp(w, "resident")) weights = PS_WEIGHTS_RESIDENT;
+            else if (!strcmp(w, "streamed")) weights = PS_WEIGHTS_STREAMED;
+            else return ps_cli_bad_usage("--weights takes auto, resident or streamed");
         } else if (argv[i][0] == '-') return ps_cli_bad_usage("run: unknown option");
         else if (!cfg_path) cfg_path = argv[i];
         else return ps_cli_bad_usage("run takes one CONFIG");
@@ -158,7 +165,7 @@ int ps_cli_run(int argc, char **argv) {
                      cfg.path, cfg.model);
     if (rc == 0 && ps_tokenizer_load(&tok, cfg.tokenizer ? cfg.tokenizer : cfg.model, &e) != 0) rc = -1;
     if (rc == 0 && ps_sha256_file(ps_tokenizer_path(tok), tok_sha, &e) != 0) rc = -1;
-    if (rc == 0 && ps_model_load(&m, cfg.model, &e) != 0) rc = -1;
+    if (rc == 0 && ps_model_load_mode(&m, cfg.model, weights, &e) != 0) rc = -1;
     // A dry run plans even where the configured device is absent (the backend stands in with the CPU).
     const ps_backend_opts bo = {.kind = cfg.backend, .precision = cfg.precision, .threads = cfg.threads,
                                 .cuda_cache_mb = cuda_cache_mb, .plan_only = dry};

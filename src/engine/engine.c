@@ -10,67 +10,6 @@
 #include <time.h>
 #include <unistd.h>
 
-// The slice a patch replaces at position t, as (pointer, count) pairs into a cache; pattern slices are per head.
-static int slice_differs(const ps_model_config *mc, const ps_patch *pt, const ps_cache *a, const ps_cache *b, int64_t t) {
-    const int64_t T = a->T, l = pt->layer, C = mc->d_model, H = mc->n_heads, D = mc->d_head, M = mc->d_mlp;
-    const int64_t Hs = ps_site_heads(mc, pt->site);
-    const float *pa = NULL, *pb = NULL;
-    int64_t off = 0, n = 0;
-    switch (pt->site) {
-    case PS_SITE_RESID_PRE: pa = a->resid_pre; pb = b->resid_pre; off = (l * T + t) * C; n = C; break;
-    case PS_SITE_RESID_MID: pa = a->resid_mid; pb = b->resid_mid; off = (l * T + t) * C; n = C; break;
-    case PS_SITE_RESID_POST: pa = a->resid_post; pb = b->resid_post; off = (l * T + t) * C; n = C; break;
-    case PS_SITE_ATTN_OUT: pa = a->attn_out; pb = b->attn_out; off = (l * T + t) * C; n = C; break;
-    case PS_SITE_MLP_OUT: pa = a->mlp_out; pb = b->mlp_out; off = (l * T + t) * C; n = C; break;
-    case PS_SITE_Q: pa = a->q; pb = b->q; break;
-    case PS_SITE_K: pa = a->k; pb = b->k; break;
-    case PS_SITE_V: pa = a->v; pb = b->v; break;
-    case PS_SITE_Z: pa = a->z; pb = b->z; break;
-    case PS_SITE_MLP_POST:
-        pa = a->mlp_post; pb = b->mlp_post;
-        off = (l * T + t) * M + (pt->neuron < 0 ? 0 : pt->neuron);
-        n = pt->neuron < 0 ? M : 1;
-        break;
-    case PS_SITE_PATTERN:
-        for (int64_t h = 0; h < H; h++) {
-            if (pt->head >= 0 && pt->head != h) continue;
-            int64_t o = ((l * H + h) * T + t) * T;
-            if (memcmp(a->pattern + o, b->pattern + o, (size_t)(t + 1) * sizeof(float))) return 1;
-        }
-        return 0;
-    default: return 1;
-    }
-    if (pt->site == PS_SITE_Q || pt->site == PS_SITE_K || pt->site == PS_SITE_V || pt->site == PS_SITE_Z) {
-        off = (l * T + t) * Hs * D + (pt->head < 0 ? 0 : pt->head * D);
-        n = pt->head < 0 ? Hs * D : D;
-    }
-    return memcmp(pa + off, pb + off, (size_t)n * sizeof(float)) != 0;
-}
-
-// Where a patch's changes begin in its layer (ps_entry). From a query's attention on, a patch changes only
-// its own positions in that layer; resid_pre changes the input of every later position's attention, and
-// k/v the keys and values every later query reads.
-static ps_entry site_entry(ps_site s) {
-    switch (s) {
-    case PS_SITE_Q: case PS_SITE_PATTERN: return PS_ENTER_QUERIES;
-    case PS_SITE_Z: return PS_ENTER_WO;
-    case PS_SITE_ATTN_OUT: return PS_ENTER_ATTN_OUT;
-    case PS_SITE_RESID_MID: return PS_ENTER_RESID_MID;
-    case PS_SITE_MLP_POST: return PS_ENTER_MLP_POST;
-    case PS_SITE_MLP_OUT: return PS_ENTER_MLP_OUT;
-    case PS_SITE_RESID_POST: return PS_ENTER_RESID_POST;
-    default: return PS_ENTER_LAYER;
-    }
-}
-
-// First position at which the patched run can differ from the base run; -1 when it cannot differ at all.
-static int64_t first_change(const ps_model_config *mc, const ps_patch *pt, const ps_cache *base, const ps_cache *src) {
-    int64_t t0 = pt->pos < 0 ? 0 : pt->pos, t1 = pt->pos < 0 ? base->T : pt->pos + 1;
-    for (int64_t t = t0; t < t1; t++)
-        if (slice_differs(mc, pt, base, src, t)) return t;
-    return -1;
-}
-
 // ---------------------------------------------------------------------------------------------
 // Batches
 
@@ -164,13 +103,6 @@ static int batch_flush(run_ctx *c, batch *b, ps_error *e) {
 // ---------------------------------------------------------------------------------------------
 // The run
 
-static size_t cache_floats(const ps_model_config *mc, int64_t T) {
-    const int64_t L = mc->n_layers, C = mc->d_model, H = mc->n_heads, Hkv = mc->n_kv_heads, D = mc->d_head, M = mc->d_mlp;
-    const int llama = mc->arch == PS_ARCH_LLAMA;
-    return (size_t)(T * C * 2 + L * T * (6 * C + 2 + 2 * H * D + 2 * Hkv * D + H * T + (2 + llama) * M) +
-                    (llama ? L * T * (H + Hkv) * D : 0) + T);
-}
-
 // Runs the clean and corrupted baselines of a chunk with every activation cached.
 static int run_baselines(run_ctx *c, const int64_t *chunk, int64_t nc, ps_cache *clean, ps_cache *corr, float *clean_lp,
                          ps_error *e) {
@@ -178,7 +110,7 @@ static int run_baselines(run_ctx *c, const int64_t *chunk, int64_t nc, ps_cache 
     const int64_t V = mc->d_vocab;
     const ps_prompt_set *ps = c->ps;
     ps_baseline *bl = &c->out->base;
-    const int64_t max_out = 64;
+    const int64_t max_out = PS_MAX_OUT_POS;
     float *bl_logits = malloc((size_t)(2 * nc * max_out * V) * sizeof(float));
     ps_row *brow = calloc((size_t)(2 * nc), sizeof *brow);
     ps_metric_request *brq = calloc((size_t)nc, sizeof *brq);
@@ -258,34 +190,17 @@ static int run_sweeps(run_ctx *c, batch *b, const int64_t *chunk, int64_t nc, co
                 ps_patch pt;
                 if (!ps_cell_patch(sw, cell, p, &pt)) { c->done++; continue; }
                 pt.src = src;
-                int64_t start_pos = 0, start_layer = 0, dirty_end = 0;
-                const ps_entry entry = site_entry(pt.site);
-                const int local = entry >= PS_ENTER_QUERIES; // changes only its own positions in its layer
-                if (!o->naive) {
-                    start_pos = first_change(mc, &pt, base, src);
-                    // Positions the patch can change: [start_pos, dirty_end) in its layer, entering it, in its
-                    // attention (q, pattern) or after it; k/v patches leave the layer's input unchanged.
-                    dirty_end = pt.site == PS_SITE_RESID_PRE || local ? (pt.pos < 0 ? p->T : pt.pos + 1) : -1;
-                    int reaches = start_pos >= 0;
-                    if (reaches && local && pt.layer == mc->n_layers - 1) {
-                        // From a query's attention on, in the last layer, a position only reaches its own logits.
-                        reaches = 0;
-                        for (int64_t k = 0; k < rq.n_out; k++)
-                            if (rq.out_pos[k] >= start_pos && rq.out_pos[k] < dirty_end) reaches = 1;
-                    }
-                    if (!reaches) {
-                        // The patch writes the value the base run already has, or changes nothing the metric
-                        // reads: its result is the base metric.
-                        sw->values[pi * sw->n_cells + cell] = base_metric;
-                        sw->patches_skipped++;
-                        c->done++;
-                        continue;
-                    }
-                    start_layer = pt.layer;
-                    for (int64_t k = 0; k < rq.n_out; k++) // the row must still reach the metric's positions
-                        if (rq.out_pos[k] < start_pos) start_pos = rq.out_pos[k];
-                    if (dirty_end < start_pos) dirty_end = start_pos; // k/v: nothing entering the layer differs
+                ps_row r0 = {.tokens = noise ? p->clean : p->corrupted, .T = p->T, .base = o->naive ? NULL : base,
+                             .patches = &pt, .n_patches = 1, .out_pos = rq.out_pos, .n_out = rq.n_out};
+                if (!ps_plan_row(mc, &r0, narrow)) {
+                    // The patch writes the value the base run already has, or changes nothing the metric
+                    // reads: its result is the base metric.
+                    sw->values[pi * sw->n_cells + cell] = base_metric;
+                    sw->patches_skipped++;
+                    c->done++;
+                    continue;
                 }
+                if (ps_row_check(mc, &r0, c->be->caps, c->be->name, e) != 0) return -1;
                 sw->patches_run++;
                 if (b->n == b->cap || b->logits_used + need > b->logits_cap)
                     if (batch_flush(c, b, e) != 0) return -1;
@@ -297,24 +212,12 @@ static int run_sweeps(run_ctx *c, batch *b, const int64_t *chunk, int64_t nc, co
                 b->logits_used += need;
                 b->patches[k] = pt;
                 ps_row *r = &b->rows[k];
-                memset(r, 0, sizeof *r);
-                r->tokens = noise ? p->clean : p->corrupted;
-                r->T = p->T;
-                r->base = o->naive ? NULL : base;
-                r->start_layer = start_layer;
-                r->start_pos = start_pos;
+                *r = r0;
                 r->patches = &b->patches[k];
-                r->n_patches = 1;
                 r->out_pos = tg->rq.out_pos;
-                r->n_out = tg->rq.n_out;
                 r->cols = tg->rq.n_cols ? tg->rq.cols : NULL;
                 r->n_cols = tg->rq.n_cols;
                 r->logits = b->logits + tg->logit_off;
-                if (narrow) {
-                    r->narrow = 1;
-                    r->entry = entry;
-                    r->dirty_end = dirty_end;
-                }
             }
         }
         if (batch_flush(c, b, e) != 0) return -1;
@@ -330,6 +233,7 @@ int ps_engine_run(const ps_model *m, ps_backend *be, const ps_prompt_set *ps, co
     const double t0 = now_s();
     int64_t n_todo = o->todo ? o->n_todo : ps->n;
     int64_t *todo = malloc((size_t)(n_todo ? n_todo : 1) * sizeof(int64_t));
+    if (!todo) return ps_fail(e, PS_EXIT_RUNTIME, "out of memory for the prompt list");
     for (int64_t i = 0; i < n_todo; i++) todo[i] = o->todo ? o->todo[i] : i;
 
     run_ctx c = {.m = m, .be = be, .ps = ps, .metric = metric, .out = out, .o = o};
@@ -340,7 +244,7 @@ int ps_engine_run(const ps_model *m, ps_backend *be, const ps_prompt_set *ps, co
 
     const int64_t brows = o->batch_rows > 0 ? o->batch_rows : 512;
     const size_t budget = o->cache_budget ? o->cache_budget : ((size_t)2 << 30);
-    const size_t per_row_logits = (metric == PS_METRIC_LOGIT_DIFF) ? 2 : (size_t)V * (metric == PS_METRIC_LOGPROB ? 64 : 1);
+    const size_t per_row_logits = (metric == PS_METRIC_LOGIT_DIFF) ? 2 : (size_t)V * (metric == PS_METRIC_LOGPROB ? PS_MAX_OUT_POS : 1);
     size_t logits_cap = per_row_logits * (size_t)brows;
     if (logits_cap > ((size_t)64 << 20)) logits_cap = per_row_logits > ((size_t)64 << 20) ? per_row_logits : ((size_t)64 << 20);
     batch b;
@@ -351,7 +255,7 @@ int ps_engine_run(const ps_model *m, ps_backend *be, const ps_prompt_set *ps, co
         int64_t c1 = c0;
         size_t bytes = 0;
         while (c1 < n_todo && (o->chunk_prompts <= 0 || c1 - c0 < o->chunk_prompts)) {
-            size_t nb = 2 * cache_floats(mc, ps->p[todo[c1]].T) * sizeof(float);
+            size_t nb = 2 * ps_cache_floats(mc, ps->p[todo[c1]].T, 0) * sizeof(float);
             if (c1 > c0 && bytes + nb > budget) break;
             bytes += nb;
             c1++;
@@ -359,6 +263,7 @@ int ps_engine_run(const ps_model *m, ps_backend *be, const ps_prompt_set *ps, co
         if (bytes > out->peak_cache_bytes) out->peak_cache_bytes = bytes;
         // Prompts of this chunk a previous (interrupted) run already committed are not run again.
         int64_t *chunk = malloc((size_t)(c1 - c0) * sizeof(int64_t)), nc = 0;
+        if (!chunk) { rc = ps_fail(e, PS_EXIT_RUNTIME, "out of memory for a chunk of prompts"); break; }
         for (int64_t k = c0; k < c1; k++)
             if (!o->skip || !o->skip[todo[k]]) chunk[nc++] = todo[k];
             else c.done += per_prompt_cells;

@@ -15,4 +15,8 @@ int ps_sweep_init(ps_sweep *sw, const ps_experiment *ex, int64_t idx, const ps_m
 // The patch of one cell of a sweep for one prompt; 0 when the cell does not apply to the prompt.
 int ps_cell_patch(const ps_sweep *sw, int64_t cell, const ps_prompt *p, ps_patch *pt);
 
+// Plans a row from its base and patches (intervene.c): start_layer, start_pos and, when narrow_ok, the
+// narrowing. Returns 0 when the row cannot change anything its out_pos read (its result is base's).
+int ps_plan_row(const ps_model_config *mc, ps_row *r, int narrow_ok);
+
 #endif

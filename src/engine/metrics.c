@@ -8,7 +8,7 @@
 void ps_metric_request_for(ps_metric_kind kind, const ps_prompt *p, ps_metric_request *rq) {
     rq->n_cols = 0;
     if (kind == PS_METRIC_LOGPROB) {
-        rq->n_out = p->n_lp < 64 ? p->n_lp : 64;
+        rq->n_out = p->n_lp < PS_MAX_OUT_POS ? p->n_lp : PS_MAX_OUT_POS;
         for (int64_t i = 0; i < rq->n_out; i++) rq->out_pos[i] = p->lp_pos[i];
         return;
     }

@@ -143,10 +143,15 @@ int ps_prompts_build(ps_prompt_set *ps, const ps_config *cfg, const ps_tokenizer
                                      bos >= 0 ? " (BOS included)" : "");
                 p->answer_id = ids[2][d];
                 p->wrong_id = ids[3][d];
-                p->n_lp = n[2] < 64 ? n[2] : 64;
-                p->lp_pos = malloc((size_t)p->n_lp * sizeof(int64_t));
-                p->lp_tok = malloc((size_t)p->n_lp * sizeof(int32_t));
-                for (int64_t j = 0; j < p->n_lp; j++) {
+                // The logprob metric reads every answer token's logits: one output position each.
+                if (cfg->metric == PS_METRIC_LOGPROB && n[2] > PS_MAX_OUT_POS && rc == 0)
+                    rc = ps_fail(e, PS_EXIT_BADINPUT, "%s: dataset[%lld]: the answer is %lld tokens; the logprob metric reads at most %d (PS_MAX_OUT_POS)",
+                                 cfg->path, (long long)i, (long long)n[2], PS_MAX_OUT_POS);
+                p->n_lp = n[2] < PS_MAX_OUT_POS ? n[2] : PS_MAX_OUT_POS;
+                p->lp_pos = malloc((size_t)(p->n_lp ? p->n_lp : 1) * sizeof(int64_t));
+                p->lp_tok = malloc((size_t)(p->n_lp ? p->n_lp : 1) * sizeof(int32_t));
+                if ((!p->lp_pos || !p->lp_tok) && rc == 0) rc = ps_fail(e, PS_EXIT_RUNTIME, "out of memory for the prompts");
+                for (int64_t j = 0; rc == 0 && j < p->n_lp; j++) {
                     p->lp_pos[j] = p->T_prompt - 1 + j;
                     p->lp_tok[j] = ids[2][j];
                 }

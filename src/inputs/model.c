@@ -521,11 +521,7 @@ int ps_model_load_mode(ps_model *m, const char *dir, ps_weights_mode mode, ps_er
     for (int i = 0; i < n_specs; i++)
         if (specs[i].op != OP_ALIAS) all_floats += (size_t)specs[i].rows * (size_t)specs[i].cols * (size_t)(specs[i].layered ? L : 1);
     int streamed = mode == PS_WEIGHTS_STREAMED;
-    if (mode == PS_WEIGHTS_AUTO) {
-        const char *env = getenv("PS_WEIGHTS");
-        if (env && !strcmp(env, "streamed")) streamed = 1;
-        else if (!(env && !strcmp(env, "resident"))) streamed = physical_ram() && all_floats * sizeof(float) > physical_ram() / 2;
-    }
+    if (mode == PS_WEIGHTS_AUTO) streamed = physical_ram() && all_floats * sizeof(float) > physical_ram() / 2;
 
     // One block; every slot starts on a 64-byte boundary.
     size_t total = 0;

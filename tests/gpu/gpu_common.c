@@ -182,7 +182,7 @@ static int make_specs(row_spec *sp, const ps_model_config *cfg, int64_t T) {
         int64_t pos = (s % 3 == 1 || T == 1) ? -1 : T - 1 - (s % T);
         int64_t nh = (s == PS_SITE_K || s == PS_SITE_V) ? Hkv : H;
         r->n_p = 1;
-        r->p[0] = (ps_patch){(ps_site)s, l, s % 2 ? -1 : (s / 2) % nh, pos, s % 3 == 0 ? -1 : (s * 37 + 5) % M, NULL};
+        r->p[0] = (ps_patch){.site = (ps_site)s, .layer = l, .head = s % 2 ? -1 : (s / 2) % nh, .pos = pos, .neuron = s % 3 == 0 ? -1 : (s * 37 + 5) % M};
         r->src_clean[0] = 1;
         r->start_layer = l;
         r->start_pos = pos >= 0 ? pos : 0;
@@ -195,7 +195,7 @@ static int make_specs(row_spec *sp, const ps_model_config *cfg, int64_t T) {
     r = &sp[n++];
     memset(r, 0, sizeof *r);
     r->n_p = 1;
-    r->p[0] = (ps_patch){PS_SITE_RESID_POST, L - 1, -1, T - 1, -1, NULL};
+    r->p[0] = (ps_patch){.site = PS_SITE_RESID_POST, .layer = L - 1, .head = -1, .pos = T - 1, .neuron = -1};
     r->src_clean[0] = 1;
     r->start_layer = L;
     r->start_pos = T - 1;
@@ -204,8 +204,8 @@ static int make_specs(row_spec *sp, const ps_model_config *cfg, int64_t T) {
     r = &sp[n++];
     memset(r, 0, sizeof *r);
     r->n_p = 2;
-    r->p[0] = (ps_patch){PS_SITE_Z, L - 1, -1, -1, -1, NULL};
-    r->p[1] = (ps_patch){PS_SITE_Z, L - 1, 0, -1, -1, NULL};
+    r->p[0] = (ps_patch){.site = PS_SITE_Z, .layer = L - 1, .head = -1, .pos = -1, .neuron = -1};
+    r->p[1] = (ps_patch){.site = PS_SITE_Z, .layer = L - 1, .head = 0, .pos = -1, .neuron = -1};
     r->src_clean[0] = 1;
     r->src_clean[1] = 0;
     r->start_layer = L - 1;
@@ -213,8 +213,8 @@ static int make_specs(row_spec *sp, const ps_model_config *cfg, int64_t T) {
     r = &sp[n++];
     memset(r, 0, sizeof *r);
     r->n_p = 2;
-    r->p[0] = (ps_patch){PS_SITE_PATTERN, 0, -1, -1, -1, NULL};
-    r->p[1] = (ps_patch){PS_SITE_PATTERN, 0, H - 1, T - 1, -1, NULL};
+    r->p[0] = (ps_patch){.site = PS_SITE_PATTERN, .layer = 0, .head = -1, .pos = -1, .neuron = -1};
+    r->p[1] = (ps_patch){.site = PS_SITE_PATTERN, .layer = 0, .head = H - 1, .pos = T - 1, .neuron = -1};
     r->src_clean[0] = 1;
     r->src_clean[1] = 0;
     r->use_cols = 1;
@@ -329,7 +329,7 @@ static void compare_T(ps_backend *b, const ps_model *m, const char *label, int64
     float lg_cpu[2 * 5], lg_gpu[2 * 5];
     const int64_t last = T - 1;
     const int32_t cols[5] = {1 % (int32_t)V, 0, (int32_t)(V - 1), (int32_t)(V / 3), 2 % (int32_t)V};
-    ps_patch pv = {PS_SITE_V, 0, -1, -1, -1, NULL};
+    ps_patch pv = {.site = PS_SITE_V, .layer = 0, .head = -1, .pos = -1, .neuron = -1};
     ps_row rc[3], rg[3];
     if (ok) {
         memset(rc, 0, sizeof rc);

@@ -1,0 +1,50 @@
+// What the CPU backend's files share and nothing outside src/backends/ sees: threading thresholds, the
+// vectorized clones, a batch's row slots, and the hooks where interventions act (cpu_patch.c).
+#ifndef PS_CPU_INTERNAL_H
+#define PS_CPU_INTERNAL_H
+
+#include "ps_plan.h"
+
+// Loops smaller than this run on one thread: a parallel region's start and barrier cost more than the
+// work, and on a busy machine a barrier waits for whichever thread was descheduled.
+#define PS_PAR_MIN ((int64_t)1 << 16)
+// GEMMs (multiply-adds) below this run on one thread.
+#define PS_GEMM_PAR_MIN ((int64_t)1 << 22)
+
+// BLAS (ps_blas.h: the library chosen at run time); the CPU backend runs it single-threaded and
+// parallelizes around it with OpenMP.
+#include "ps_blas.h"
+
+// x86-64 builds carry an AVX2 copy of the hottest loops besides the baseline one, chosen at load time
+// (the binary stays portable). Neither uses FMA, and the sums' order is written out, so both give the
+// same bits.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
+#define PS_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define PS_CLONES
+#endif
+
+// out[i] = gelu_new(in[i]) (cpu_ops.c): a fifth of a GPT-2 sweep's non-GEMM time, so vectorized.
+void ps_cpu_gelu_new_n(float *out, const float *in, int64_t n);
+
+// One row of a batch in the workspace buffers.
+typedef struct {
+    ps_row *row;
+    int64_t off;   // first token of this row in the workspace buffers
+    int64_t n;     // tokens held: T - start_pos
+    int64_t dirty; // positions [start_pos, dirty) of the residual stream entering the current layer differ from base
+    ps_layer_plan plan; // this layer's
+} ps_cpu_slot;
+
+// The hook (site, layer l) of every active row: its patches, in order, on the hook's value in buf
+// (per-token stride ld; map NULL or workspace token -> row of a compacted buffer, -1 when not computed),
+// then its captures. Not for pattern (ps_cpu_pattern_hook).
+void ps_cpu_hook(const ps_model_config *cfg, ps_site site, int64_t l, float *buf, int64_t ld, const int64_t *map,
+                 const ps_cpu_slot *slots, int64_t n_active);
+// The pattern hook of one (row, layer l, head h, query t): probs holds the t + 1 probabilities.
+void ps_cpu_pattern_hook(const ps_model_config *cfg, const ps_row *row, int64_t l, int64_t h, int64_t t, float *probs);
+// Fills every capture of the rows from their base caches (the positions and layers a row does not
+// recompute); the forward then overwrites what it computes.
+void ps_cpu_captures_from_base(const ps_model_config *cfg, const ps_cpu_slot *slots, int64_t n_rows);
+
+#endif

@@ -1,0 +1,186 @@
+// The row plan (ps_plan.h): what a row computes at each layer, the FLOPs that costs, which units a patch
+// selects, and the checks of a row's interventions against the model and a backend's capabilities.
+#include "ps_plan.h"
+
+#include <string.h>
+
+ps_layer_plan ps_plan_layer(const ps_model_config *cfg, const ps_row *row, int64_t l, int64_t dirty) {
+    ps_layer_plan p = {1, row->T, 0, row->T, 0};
+    if (!row->narrow) return p;
+    const ps_entry en = l == row->start_layer ? row->entry : PS_ENTER_LAYER;
+    p.attn = en <= PS_ENTER_QUERIES;
+    p.late = en > PS_ENTER_WO ? (int)(en - PS_ENTER_WO) : 0;
+    p.qkv_end = en == PS_ENTER_LAYER ? dirty : row->start_pos;
+    p.outs_only = l == cfg->n_layers - 1;
+    p.post_end = en == PS_ENTER_LAYER ? row->T : dirty;
+    return p;
+}
+
+static int is_out(const ps_row *row, int64_t t) {
+    for (int64_t o = 0; o < row->n_out; o++)
+        if (row->out_pos[o] == t) return 1;
+    return 0;
+}
+
+int ps_post_at(const ps_row *row, const ps_layer_plan *p, int64_t t) {
+    return t >= row->start_pos && t < p->post_end && (!p->outs_only || is_out(row, t));
+}
+
+double ps_row_flops(const ps_model_config *mc, const ps_row *row) {
+    const double C = (double)mc->d_model, QD = (double)(mc->n_heads * mc->d_head), KD = (double)(mc->n_kv_heads * mc->d_head),
+                 M = (double)mc->d_mlp;
+    const double mlp_mats = mc->arch == PS_ARCH_LLAMA ? 3 : 2;
+    double f = 0;
+    int64_t dirty = row->narrow ? row->dirty_end : row->T;
+    for (int64_t l = row->start_layer; l < mc->n_layers; l++) {
+        const ps_layer_plan p = ps_plan_layer(mc, row, l, dirty);
+        double n_post = 0, keys = 0; // attention: each query reads every key up to itself, for scores and sum
+        for (int64_t t = row->start_pos; t < row->T; t++)
+            if (ps_post_at(row, &p, t)) {
+                n_post += 1;
+                if (p.attn) keys += (double)(t + 1);
+            }
+        // W_O unless entering after it; the MLP's input matrices unless entering after them; W_out likewise.
+        const double post = (p.late == 0 ? QD * C : 0) + (p.late <= 2 ? C * M * (mlp_mats - 1) : 0) + (p.late <= 3 ? M * C : 0);
+        f += 2 * (double)(p.qkv_end - row->start_pos) * C * (QD + 2 * KD) + 2 * n_post * post + 4 * keys * QD;
+        dirty = p.post_end;
+    }
+    const double cols = row->cols ? (double)row->n_cols : (double)mc->d_vocab;
+    return f + 2 * (double)row->n_out * C * cols;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Selections
+
+const char *ps_op_name(ps_op op) {
+    static const char *names[PS_OP_COUNT] = {"replace", "zero", "mean", "add", "scale", "freeze"};
+    return (int)op >= 0 && op < PS_OP_COUNT ? names[op] : "?";
+}
+
+uint64_t ps_heads_except(int64_t n_heads, int64_t h) {
+    const uint64_t all = n_heads >= 64 ? ~(uint64_t)0 : (((uint64_t)1 << n_heads) - 1);
+    return h >= 0 && h < 64 ? all & ~((uint64_t)1 << h) : all;
+}
+
+int ps_patch_selects(const ps_patch *pt, int64_t u) {
+    switch (ps_arrays[ps_site_array(pt->site)].units) {
+    case PS_UNITS_HEADS: case PS_UNITS_KV_HEADS:
+        if (pt->head_mask) return u < 64 && ((pt->head_mask >> u) & 1);
+        return pt->head < 0 || pt->head == u;
+    case PS_UNITS_NEURONS: return pt->neuron < 0 || pt->neuron == u;
+    default: return 1;
+    }
+}
+
+int ps_patch_run(const ps_patch *pt, int64_t units, int64_t from, int64_t *u0, int64_t *u1) {
+    const ps_units uk = ps_arrays[ps_site_array(pt->site)].units;
+    if (uk == PS_UNITS_HEADS || uk == PS_UNITS_KV_HEADS ? pt->head_mask != 0 : 0) {
+        int64_t u = from;
+        while (u < units && !ps_patch_selects(pt, u)) u++;
+        if (u >= units) return 0;
+        *u0 = u;
+        while (u < units && ps_patch_selects(pt, u)) u++;
+        *u1 = u;
+        return 1;
+    }
+    const int64_t sel = uk == PS_UNITS_HEADS || uk == PS_UNITS_KV_HEADS ? pt->head : uk == PS_UNITS_NEURONS ? pt->neuron : -1;
+    int64_t a = sel < 0 ? 0 : sel, b = sel < 0 ? units : sel + 1;
+    if (a < from) a = from;
+    if (b > units) b = units;
+    if (a >= b) return 0;
+    *u0 = a;
+    *u1 = b;
+    return 1;
+}
+
+int64_t ps_view_row(const ps_view *v, int64_t t) {
+    if (v->map) return v->map[t];
+    return v->rows == 1 ? 0 : t;
+}
+
+static const unsigned OP_CAP[PS_OP_COUNT] = {PS_CAP_REPLACE, PS_CAP_ZERO, PS_CAP_MEAN, PS_CAP_ADD, PS_CAP_SCALE, PS_CAP_FREEZE};
+
+unsigned ps_row_caps(const ps_row *row) {
+    unsigned c = row->narrow ? PS_CAP_NARROW : 0;
+    for (int64_t p = 0; p < row->n_patches; p++) {
+        const ps_patch *pt = &row->patches[p];
+        if ((int)pt->op >= 0 && pt->op < PS_OP_COUNT) c |= OP_CAP[pt->op];
+        if (pt->head_mask) c |= PS_CAP_HEAD_MASK;
+    }
+    if (row->n_captures) c |= PS_CAP_CAPTURE;
+    return c;
+}
+
+static const char *cap_name(unsigned bit) {
+    switch (bit) {
+    case PS_CAP_NARROW: return "narrowed rows";
+    case PS_CAP_REPLACE: return "the replace operation";
+    case PS_CAP_ZERO: return "the zero operation";
+    case PS_CAP_MEAN: return "the mean operation";
+    case PS_CAP_ADD: return "the add operation";
+    case PS_CAP_SCALE: return "the scale operation";
+    case PS_CAP_FREEZE: return "frozen hooks";
+    case PS_CAP_HEAD_MASK: return "head masks";
+    case PS_CAP_CAPTURE: return "captures";
+    default: return "?";
+    }
+}
+
+int ps_row_check(const ps_model_config *mc, const ps_row *row, unsigned caps, const char *backend, ps_error *e) {
+    const unsigned missing = ps_row_caps(row) & ~caps;
+    for (unsigned bit = 1; missing && bit <= PS_CAP_ALL; bit <<= 1)
+        if (missing & bit)
+            return ps_fail(e, PS_EXIT_BADINPUT, "the %s backend does not implement %s (use the cpu backend)", backend, cap_name(bit));
+    const int64_t T = row->T;
+    for (int64_t p = 0; p < row->n_patches; p++) {
+        const ps_patch *pt = &row->patches[p];
+        const ps_array a = ps_site_array(pt->site);
+        if (a == PS_ARR_COUNT || (int)pt->op < 0 || pt->op >= PS_OP_COUNT)
+            return ps_fail(e, PS_EXIT_BADINPUT, "patch %lld: site %d / operation %d is not one of patchsweep's", (long long)p,
+                           (int)pt->site, (int)pt->op);
+        const char *site = ps_site_name(pt->site), *op = ps_op_name(pt->op);
+        const int64_t units = ps_array_units(mc, a);
+        const ps_units uk = ps_arrays[a].units;
+        if (pt->layer < 0 || pt->layer >= mc->n_layers || pt->pos >= T || pt->pos < -1)
+            return ps_fail(e, PS_EXIT_BADINPUT, "patch %lld (%s at %s): layer %lld / position %lld outside the model's %lld layers / the row's %lld tokens",
+                           (long long)p, op, site, (long long)pt->layer, (long long)pt->pos, (long long)mc->n_layers, (long long)T);
+        if ((uk == PS_UNITS_HEADS || uk == PS_UNITS_KV_HEADS) && pt->head >= units)
+            return ps_fail(e, PS_EXIT_BADINPUT, "patch %lld (%s at %s): head %lld outside the site's %lld heads", (long long)p, op,
+                           site, (long long)pt->head, (long long)units);
+        if (uk == PS_UNITS_NEURONS && pt->neuron >= units)
+            return ps_fail(e, PS_EXIT_BADINPUT, "patch %lld (%s at %s): neuron %lld outside the model's %lld", (long long)p, op,
+                           site, (long long)pt->neuron, (long long)units);
+        if (pt->head_mask && (pt->head >= 0 || (uk != PS_UNITS_HEADS && uk != PS_UNITS_KV_HEADS) || units > 64 ||
+                              (units < 64 && (pt->head_mask >> units))))
+            return ps_fail(e, PS_EXIT_BADINPUT, "patch %lld (%s at %s): a head mask needs head -1, a head site and at most 64 heads, and may name only the site's %lld heads",
+                           (long long)p, op, site, (long long)units);
+        if ((pt->op == PS_OP_REPLACE || pt->op == PS_OP_FREEZE) && (!pt->src || pt->src->T != T || !ps_cache_site(pt->src, pt->site)))
+            return ps_fail(e, PS_EXIT_BADINPUT, "patch %lld (%s at %s): needs a source cache of the row's %lld tokens", (long long)p,
+                           op, site, (long long)T);
+        if (pt->op == PS_OP_MEAN || pt->op == PS_OP_ADD) {
+            if (pt->site == PS_SITE_PATTERN)
+                return ps_fail(e, PS_EXIT_BADINPUT, "patch %lld: %s is not defined at the pattern site (replace, freeze, zero or scale)",
+                               (long long)p, op);
+            if (!pt->ref.data || pt->ref.rows < 1)
+                return ps_fail(e, PS_EXIT_BADINPUT, "patch %lld (%s at %s): needs reference rows", (long long)p, op, site);
+            for (int64_t t = 0; t < T; t++) {
+                const int64_t r = ps_view_row(&pt->ref, t);
+                if (r >= pt->ref.rows)
+                    return ps_fail(e, PS_EXIT_BADINPUT, "patch %lld (%s at %s): position %lld reads reference row %lld of %lld (give one row, one per position, or a map)",
+                                   (long long)p, op, site, (long long)t, (long long)r, (long long)pt->ref.rows);
+            }
+        }
+    }
+    for (int64_t k = 0; k < row->n_captures; k++) {
+        const ps_capture *cp = &row->captures[k];
+        if (ps_site_array(cp->site) == PS_ARR_COUNT || cp->layer < 0 || cp->layer >= mc->n_layers || !cp->out)
+            return ps_fail(e, PS_EXIT_BADINPUT, "capture %lld: needs a site, a layer of the model's %lld and a buffer", (long long)k,
+                           (long long)mc->n_layers);
+    }
+    if (row->n_captures && row->narrow)
+        return ps_fail(e, PS_EXIT_RUNTIME, "a row with captures cannot be narrowed");
+    if (row->n_out > PS_MAX_OUT_POS)
+        return ps_fail(e, PS_EXIT_BADINPUT, "a row asks for logits at %lld positions; at most PS_MAX_OUT_POS = %d", (long long)row->n_out,
+                       PS_MAX_OUT_POS);
+    return 0;
+}
