@@ -22,7 +22,8 @@
 //      "fields": {"clean": "text", "answer": "corr", ...}   (names in the file; default: the item keys),
 //      "corrupted": {"path": "g.jsonl", "field": "text", "format": ..., "offset": 0},  (optional)
 //      "offset": 0, "limit": 0}                              (records [offset, offset+limit); limit 0 = all)
-//   <experiment> is {"name": "[A-Za-z0-9_.-]+" (required, unique), "site": see ps_site (required),
+//   <experiment> is {"name": "[A-Za-z0-9_.-]+" (required, unique), "kind": "patch_sweep" (the producer of its
+//      results table; default and, so far, the only kind), "site": see ps_site (required),
 //      "by": see ps_layout (default from the site), "direction": "denoise|noise" (default denoise),
 //      "layers": [..], "heads": [..], "neurons": [..] (non-negative ints; absent = all),
 //      "positions": [ints, "end", or role names] (negative counts from the end; "end" = -1; a role name
@@ -87,6 +88,7 @@ typedef struct {
 
 typedef struct {
     char *name;                  // unique; becomes /results/<name>
+    char *kind;                  // owned; the producer of its table ("patch_sweep", the default and only one so far)
     ps_site site;
     ps_layout layout;
     ps_direction direction;

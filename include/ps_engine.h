@@ -6,7 +6,7 @@
 
 #include "ps_backend.h"
 #include "ps_config.h"
-#include "ps_metrics.h"
+#include "ps_results.h"
 #include "ps_tokenizer.h"
 
 // One dataset item, tokenized. Sequences hold the prompt and the teacher-forced answer prefix.
@@ -65,32 +65,24 @@ typedef struct {
     ps_chunk_fn on_chunk; void *chunk_ctx;
 } ps_engine_opts;
 
-// Baseline metrics, per prompt.
-typedef struct {
-    int64_t n;
-    float *clean, *corrupted;                       // (n)
-    float *clean_answer_logit, *clean_wrong_logit;  // (n)
-    float *corrupted_answer_logit, *corrupted_wrong_logit; // (n)
-} ps_baseline;
-
-// One experiment's results. Axes after the prompt axis, in order (layer, [pos], [head|neuron]).
+// One patching sweep: how the engine lays out an experiment's cells (layer, [pos], [head|neuron]) and the
+// table (ps_table.h, kind "patch_sweep") its values go to.
 typedef struct {
     const ps_experiment *ex;
     int n_axes;
     const char *axis_name[3];
     int64_t axis_len[3];
-    int64_t *axis_value[3];     // owned labels
+    int64_t *axis_value[3];     // owned: the config's values (negative positions and roles unresolved)
     int64_t n_cells;            // product of axis_len
-    float *values;              // (n_prompts, cells), NaN where a prompt has no such position
-    float *normalized;          // (n_prompts, cells)
-    float *mean, *mean_normalized; // (cells)
-    int64_t patches_run, patches_skipped;
-    double flops;               // multiply-adds x 2 of the rows this sweep ran (GEMMs, attention, unembedding)
+    ps_table *t;                // the run's table of this experiment (borrowed from ps_run_results.tables)
 } ps_sweep;
 
+// A run's results: the baseline, one table per experiment (tables[i] is experiments[i]'s), and the engine's
+// layout of each experiment's cells.
 typedef struct ps_run_results {
     ps_baseline base;
-    ps_sweep *sweeps; int64_t n_sweeps;
+    ps_table *tables; int64_t n_tables; // owned
+    ps_sweep *sweeps; int64_t n_sweeps; // owned; sweeps[i].t == &tables[i]
     int64_t rows_planned;       // sweep rows the engine ran (or, in a dry run, would run)
     size_t peak_cache_bytes;    // activation caches held at once
     double baseline_flops;      // the clean and corrupted runs
@@ -104,10 +96,10 @@ typedef struct ps_run_results {
 int ps_engine_run(const ps_model *m, ps_backend *be, const ps_prompt_set *ps, const ps_experiment *exps, int64_t n_exps,
                   ps_metric_kind metric, const ps_engine_opts *o, ps_run_results *out, ps_error *e);
 
-// Allocates out for these experiments (values NaN) without running anything: merge and resume fill it.
+// Allocates out for these experiments (values NaN) without running anything: resume fills it.
 int ps_run_results_init(ps_run_results *out, const ps_model_config *mc, const ps_prompt_set *ps, const ps_experiment *exps,
                         int64_t n_exps, ps_error *e);
-// Normalized values per prompt and the means over the prompts that have values.
+// Every table's derived datasets (normalized values per prompt, means over the prompts that have values).
 void ps_engine_finish(ps_run_results *out);
 void ps_run_results_free(ps_run_results *r);
 

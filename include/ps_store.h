@@ -1,10 +1,11 @@
-// The HDF5 results file: run metadata, prompts, baseline metrics and one group per experiment,
-// with axes labelled by HDF5 dimension scales. Written to OUT.h5.partial and renamed on success,
-// and /run has attribute status = "running" until ps_store_close(..., complete=1).
+// The HDF5 results file (schema: experiments/README.md): run metadata, prompts, baseline metrics and one
+// group per result table, with axes labelled by HDF5 dimension scales. Written to OUT.h5.partial and renamed
+// on success, and /run has attribute status = "running" until ps_store_close(..., complete=1). Also `inspect`
+// (inspect.c) and `merge` (merge.c), which read any table without knowing its producer.
 #ifndef PS_STORE_H
 #define PS_STORE_H
 
-#include "ps_common.h"
+#include "ps_results.h"
 
 typedef struct ps_store ps_store; // opaque (holds the HDF5 file id)
 
@@ -46,56 +47,34 @@ typedef struct {
 // Any array left NULL is simply not written (ps_store_write_prompts). Strings are stored as variable-length UTF-8;
 // bytes that are not valid UTF-8 (half a character in a byte-level BPE token) become U+FFFD, the ids stay exact.
 
-typedef struct {
-    int64_t n_prompts;
-    const float *clean, *corrupted;               // (n_prompts) metric on the unpatched runs
-    const float *clean_answer_logit, *clean_wrong_logit;         // (n_prompts)
-    const float *corrupted_answer_logit, *corrupted_wrong_logit; // (n_prompts)
-} ps_baseline_info;
-
-#define PS_STORE_MAX_AXES 4
-typedef struct {
-    const char *name;            // group /results/<name>
-    const char *site, *layout, *direction, *metric;
-    int n_axes;                  // axes after the prompt axis, e.g. 2: layer, pos
-    const char *axis_name[PS_STORE_MAX_AXES];   // "layer", "pos", "head", "neuron"
-    int64_t axis_len[PS_STORE_MAX_AXES];
-    const int64_t *axis_value[PS_STORE_MAX_AXES]; // the labels: layer indices, head indices, ...; NULL: 0..len-1
-    const char *const *pos_labels;  // NULL, or (pos axis length): a label overriding the token string (role names)
-    const char *const *pos_tokens;  // when an axis is "pos": token strings of prompt 0 at each position (T_max),
-                                    // indexed by position (pos_tokens[axis_value[i]]); NULL: taken from /prompts
-    const float *values;          // (n_prompts, axes...) raw metric; NaN where a prompt has no such position
-    const float *normalized;      // (n_prompts, axes...) (x - corrupted)/(clean - corrupted) per prompt; NULL: omitted
-    const float *mean;            // (axes...) mean over prompts of values (NaN ignored); NULL: computed here
-    const float *mean_normalized; // (axes...) (mean x - mean corrupted)/(mean clean - mean corrupted); NULL: omitted
-    int64_t n_prompts;
-    int64_t patches_run, patches_skipped; // what the engine ran and what it knew without running
-} ps_result_info;
-
 // All functions copy what they need; the caller keeps ownership of every array it passes.
-// Axis names must be distinct and not "prompt", "values", "normalized", "mean", "mean_normalized", "pos_token".
-// Write prompts before results so pos labels can be checked against T_max.
+// Axis names must be distinct, not "prompt", "values", "normalized", "mean", "mean_normalized", "pos_token",
+// and not end in "_label". Write prompts before tables so a pos axis is labelled with prompt 0's tokens.
 // Errors are PS_EXIT_RUNTIME with one line naming PATH.partial and the HDF5 object.
 // Serial HDF5 is not thread-safe: call these from one thread (not inside OpenMP regions).
 int ps_store_open(ps_store **s, const char *path, ps_error *e);   // creates path.partial (and missing parent dirs)
 int ps_store_write_run(ps_store *s, const ps_run_info *r, ps_error *e);
 int ps_store_write_prompts(ps_store *s, const ps_prompts_info *p, ps_error *e);
-int ps_store_write_baseline(ps_store *s, const ps_baseline_info *b, ps_error *e);
-int ps_store_write_result(ps_store *s, const ps_result_info *r, ps_error *e);
+int ps_store_write_baseline(ps_store *s, const ps_baseline *b, ps_error *e); // NULL columns are not written
+// /results/<name>: values (prompt axis first when per prompt), the derived datasets present (mean computed
+// here when NULL), a scale per axis plus its string labels, attribute kind, every ps_attr and the counters.
+int ps_store_write_table(ps_store *s, const ps_table *t, ps_error *e);
 // complete=1: sets /run status "complete", closes, renames path.partial -> path.
 // complete=0: closes and leaves path.partial with status "running" (never mistaken for complete).
 // Always frees s, also when it fails.
 int ps_store_close(ps_store *s, int complete, ps_error *e);
 
 // `patchsweep inspect FILE`: prints a summary of a results file to stdout (an unfinished file is flagged
-// "INCOMPLETE"). A missing file, or one that is not HDF5 or has no /run group: PS_EXIT_BADINPUT naming it.
+// "INCOMPLETE"; one of the layout before schema_version is read with a note). A missing file, or one that is
+// not HDF5 or has no /run group: PS_EXIT_BADINPUT naming it.
 int ps_store_inspect(const char *path, ps_error *e);
 
-// The /run identity attribute of a complete results file (status "complete"); -1 otherwise.
+// The /run identity attribute of a complete results file (status "complete") of this schema; -1 otherwise.
 int ps_store_read_identity(const char *path, char identity[65], ps_error *e);
 
 // `patchsweep merge OUT SHARD...`: combines shard files of one run into the file a single run writes.
-// Refuses (exit 2) shards of different runs, a missing or duplicated shard, or an incomplete shard file.
+// Refuses (exit 2) shards of different runs, a missing or duplicated shard, an incomplete shard file, a file of
+// the layout before schema_version, or a table whose values are not per prompt.
 int ps_store_merge(const char *out, const char *const *shards, int n_shards, ps_error *e);
 
 #endif

@@ -118,7 +118,7 @@ void pf_compare_with_goldens(const char *model, pf_fixture *f, const ps_run_resu
             if (!want) { TU_CHECK(0, "%s: golden %s missing", model, key); continue; }
             // Gather our values for this prompt into the golden's layout.
             float *got = malloc((size_t)n * sizeof(float));
-            const float *v = sw->values + i * sw->n_cells;
+            const float *v = sw->t->values + i * sw->n_cells;
             const int64_t T = f->ps.p[i].T, Tm = f->ps.T_max;
             int64_t at = 0;
             if (sw->n_axes == 2 && !strcmp(sw->axis_name[1], "pos")) {
@@ -165,6 +165,6 @@ void pf_compare_runs(const char *what, const ps_run_results *a, const ps_run_res
     tu_close(nm, a->base.clean, b->base.clean, n_prompts, tol, tol);
     for (int64_t s = 0; s < a->n_sweeps; s++) {
         snprintf(nm, sizeof nm, "%s %s", what, a->sweeps[s].ex->name);
-        tu_close(nm, a->sweeps[s].values, b->sweeps[s].values, n_prompts * a->sweeps[s].n_cells, tol, tol);
+        tu_close(nm, a->tables[s].values, b->tables[s].values, n_prompts * a->tables[s].n_cells, tol, tol);
     }
 }

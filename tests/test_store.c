@@ -87,8 +87,19 @@ static void fill_prompts(ps_prompts_info *p) {
 }
 
 // Values with a recognizable pattern: prompt p, flat cell c -> p + c/100, NaN beyond a prompt's length on pos.
+// r describes the experiment for the checks; t is the table the store writes.
 typedef struct {
-    ps_result_info r;
+    const char *name, *site, *layout, *direction;
+    int n_axes;
+    const char *axis_name[PS_TABLE_MAX_AXES];
+    int64_t axis_len[PS_TABLE_MAX_AXES];
+    const int64_t *axis_value[PS_TABLE_MAX_AXES];
+    const float *normalized; // NULL: the table has no normalized datasets
+    int64_t patches_run, patches_skipped;
+} exp_desc;
+typedef struct {
+    exp_desc r;
+    ps_table t;
     float *values, *normalized, *mean, *mean_normalized;
     int64_t cells;
 } exp_data;
@@ -125,26 +136,43 @@ static void make_exp(exp_data *x, const char *name, const char *site, const char
         x->mean[c] = k ? (float)(s / k) : NAN;
         x->mean_normalized[c] = k ? (float)(sn / k) : NAN;
     }
-    x->r = (ps_result_info){.name = name, .site = site, .layout = layout, .direction = dir, .metric = "logit_diff",
-                            .n_axes = n_axes, .pos_tokens = NULL, .values = x->values,
-                            .normalized = with_norm ? x->normalized : NULL, .mean = with_mean ? x->mean : NULL,
-                            .mean_normalized = with_norm ? x->mean_normalized : NULL, .n_prompts = NP,
-                            .patches_run = NP * x->cells, .patches_skipped = 2};
+    x->r = (exp_desc){.name = name, .site = site, .layout = layout, .direction = dir, .n_axes = n_axes,
+                      .normalized = with_norm ? x->normalized : NULL, .patches_run = NP * x->cells, .patches_skipped = 2};
+    ps_axis axes[PS_TABLE_MAX_AXES];
     for (int a = 0; a < n_axes; a++) {
         x->r.axis_name[a] = names[a];
         x->r.axis_len[a] = lens[a];
         x->r.axis_value[a] = vals[a];
+        axes[a] = (ps_axis){.name = (char *)names[a], .len = lens[a], .value = (int64_t *)vals[a]};
     }
+    // The table: normalized datasets only with_norm; without a mean the store computes it.
+    ps_error e = {0};
+    ps_table *t = &x->t;
+    int rc = ps_table_init(t, name, "patch_sweep", 1, NP, n_axes, axes, with_norm, &e);
+    TU_CHECK(rc == 0, "ps_table_init %s: %s", name, e.msg);
+    if (rc != 0) return;
+    memcpy(t->values, x->values, NP * x->cells * sizeof(float));
+    if (with_norm) {
+        memcpy(t->normalized, x->normalized, NP * x->cells * sizeof(float));
+        memcpy(t->mean_normalized, x->mean_normalized, x->cells * sizeof(float));
+    }
+    if (with_mean) memcpy(t->mean, x->mean, x->cells * sizeof(float));
+    else { free(t->mean); t->mean = NULL; }
+    t->patches_run = x->r.patches_run;
+    t->patches_skipped = x->r.patches_skipped;
+    TU_CHECK(ps_table_attr_str(t, "site", site, &e) == 0 && ps_table_attr_str(t, "layout", layout, &e) == 0 &&
+                 ps_table_attr_str(t, "direction", dir, &e) == 0 && ps_table_attr_str(t, "metric", "logit_diff", &e) == 0,
+             "%s: attributes: %s", name, e.msg);
 }
 
 static void free_exp(exp_data *x) {
     free(x->values); free(x->normalized); free(x->mean); free(x->mean_normalized);
+    ps_table_free(&x->t);
 }
 
 #define NEXP 5
 static exp_data exps[NEXP];
 static const int64_t layer_vals[4] = {0, 1, 2, 3}, layer_odd[2] = {1, 3}, some_pos[3] = {1, 3, 5};
-static const char *tok0[T] = {"<|endoftext|>", " 1", " 2", " 3", " 4", ""};
 
 static void make_all(void) {
     {
@@ -152,7 +180,6 @@ static void make_all(void) {
         int64_t l[] = {4, T};
         const int64_t *v[] = {layer_vals, NULL};
         make_exp(&exps[0], "resid_pre", "resid_pre", "layer_pos", "denoise", 2, n, l, v, 1, 1);
-        exps[0].r.pos_tokens = tok0;
     }
     {
         const char *n[] = {"layer", "head"};
@@ -190,14 +217,14 @@ static int write_file(const char *path, int complete, int n_exp, ps_error *e) {
                        .bos_id = 50256, .metric = "logit_diff"};
     ps_prompts_info p;
     fill_prompts(&p);
-    ps_baseline_info b = {.n_prompts = NP, .clean = base_clean, .corrupted = base_corr, .clean_answer_logit = ca,
-                          .clean_wrong_logit = cw, .corrupted_answer_logit = xa, .corrupted_wrong_logit = xw};
+    ps_baseline b = {.n = NP, .clean = base_clean, .corrupted = base_corr, .clean_answer_logit = ca,
+                     .clean_wrong_logit = cw, .corrupted_answer_logit = xa, .corrupted_wrong_logit = xw};
     if (ps_store_write_run(s, &run, e) || ps_store_write_prompts(s, &p, e) || ps_store_write_baseline(s, &b, e)) {
         ps_store_close(s, 0, NULL);
         return -1;
     }
     for (int i = 0; i < n_exp; i++)
-        if (ps_store_write_result(s, &exps[i].r, e)) {
+        if (ps_store_write_table(s, &exps[i].t, e)) {
             ps_store_close(s, 0, NULL);
             return -1;
         }
@@ -381,7 +408,7 @@ static void check_complete_file(const char *path) {
     // /results/*
     hid_t res = H5Gopen2(f, "results", H5P_DEFAULT);
     for (int i = 0; i < NEXP; i++) {
-        ps_result_info *r = &exps[i].r;
+        const exp_desc *r = &exps[i].r;
         hid_t g = H5Gopen2(res, r->name, H5P_DEFAULT);
         TU_CHECK(g >= 0, "/results/%s missing", r->name);
         if (g < 0) continue;
@@ -390,7 +417,7 @@ static void check_complete_file(const char *path) {
                  "%s: attributes", r->name);
         TU_CHECK(attr_d(g, "patches_run") == (double)r->patches_run && attr_d(g, "patches_skipped") == 2,
                  "%s: patches_run/skipped", r->name);
-        hsize_t dims[PS_STORE_MAX_AXES + 1] = {0};
+        hsize_t dims[PS_TABLE_MAX_AXES + 1] = {0};
         dims[0] = NP;
         for (int a = 0; a < r->n_axes; a++) dims[a + 1] = (hsize_t)r->axis_len[a];
         char nm[128];
@@ -443,7 +470,7 @@ static void check_complete_file(const char *path) {
         }
         H5Gclose(g);
     }
-    // pos_token: explicit pos_tokens for resid_pre; for the subset experiment taken from /prompts at 1, 3, 5.
+    // pos_token: prompt 0's tokens from /prompts, at every position for resid_pre and at 1, 3, 5 for the subset.
     hid_t g = H5Gopen2(res, "resid_pre", H5P_DEFAULT);
     char **pt = read_s(g, "pos_token", T);
     TU_CHECK(pt && strcmp(pt[0], "<|endoftext|>") == 0 && strcmp(pt[4], " 4") == 0, "resid_pre pos_token");
@@ -459,17 +486,6 @@ static void check_complete_file(const char *path) {
     ssize_t open_objs = H5Fget_obj_count(f, H5F_OBJ_ALL);
     TU_CHECK(open_objs == 1, "test reader leaked %zd objects", open_objs - 1);
     H5Fclose(f);
-}
-
-static int have_python(const char *modules) {
-    char cmd[512];
-    snprintf(cmd, sizeof cmd, "/usr/bin/python3 -c 'import %s' >/dev/null 2>&1", modules);
-    return access("/usr/bin/python3", X_OK) == 0 && system(cmd) == 0;
-}
-
-static int sh_status(const char *cmd) {
-    int st = system(cmd);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
 int main(void) {
@@ -532,7 +548,7 @@ int main(void) {
     if (pid == 0) {
         ps_store *ks;
         ps_error ke = {0};
-        if (ps_store_open(&ks, kpath, &ke) == 0 && ps_store_write_result(ks, &exps[1].r, &ke) == 0) _exit(0);
+        if (ps_store_open(&ks, kpath, &ke) == 0 && ps_store_write_table(ks, &exps[1].t, &ke) == 0) _exit(0);
         _exit(1); // no close: like a crash after the first experiment
     }
     int wst = 0;
@@ -612,8 +628,8 @@ int main(void) {
     rc = ps_store_open(&s, dpath, &e);
     TU_CHECK(rc == 0, "open dup: %s", e.msg);
     if (rc == 0) {
-        TU_CHECK(ps_store_write_result(s, &exps[1].r, &e) == 0, "first write: %s", e.msg);
-        TU_CHECK(ps_store_write_result(s, &exps[1].r, &e) != 0 && strstr(e.msg, "written twice"),
+        TU_CHECK(ps_store_write_table(s, &exps[1].t, &e) == 0, "first write: %s", e.msg);
+        TU_CHECK(ps_store_write_table(s, &exps[1].t, &e) != 0 && strstr(e.msg, "written twice"),
                  "duplicate experiment: %s", e.msg);
         printf("duplicate: %s\n", e.msg);
         ps_store_close(s, 0, NULL);
@@ -621,7 +637,7 @@ int main(void) {
     TU_CHECK(H5Fget_obj_count(H5F_OBJ_ALL, H5F_OBJ_ALL) == 0, "objects left open after error paths");
 
     // 5. h5py (what users read with): dims labels and scales as h5py sees them.
-    if (have_python("h5py")) {
+    if (tu_have_python("h5py")) {
         char cmd[8192];
         snprintf(cmd, sizeof cmd,
                  "/usr/bin/python3 - '%s' <<'EOF'\n"
@@ -643,17 +659,17 @@ int main(void) {
                  "print('h5py check ok:', [d.label for d in v.dims], list(toks))\n"
                  "EOF",
                  path);
-        TU_CHECK(sh_status(cmd) == 0, "h5py check failed");
+        TU_CHECK(tu_sh_status(cmd) == 0, "h5py check failed");
     } else {
         printf("SKIP h5py check: /usr/bin/python3 has no h5py\n");
     }
 
     // 6. plot.py: PNGs for every experiment + baseline; refuses the partial file unless --partial.
-    if (have_python("h5py, numpy, matplotlib")) {
+    if (tu_have_python("h5py, numpy, matplotlib")) {
         char cmd[8192], png[4096];
         snprintf(cmd, sizeof cmd, "/usr/bin/python3 '%s' '%s' -o '%s/plots' > '%s/plot.log' 2>&1",
                  tu_src("experiments/plot.py"), path, dir, dir);
-        int st = sh_status(cmd);
+        int st = tu_sh_status(cmd);
         TU_CHECK(st == 0, "plot.py exit %d (log %s/plot.log)", st, dir);
         const char *names[] = {"baseline", "resid_pre", "attn_head_out", "mlp_out_some_pos", "z_per_pos",
                                "mlp_post_neurons"};
@@ -665,7 +681,7 @@ int main(void) {
         }
         snprintf(cmd, sizeof cmd, "/usr/bin/python3 '%s' '%s' -o '%s/pplots' > '%s/plot2.log' 2>&1",
                  tu_src("experiments/plot.py"), ipartial, dir, dir);
-        st = sh_status(cmd);
+        st = tu_sh_status(cmd);
         snprintf(png, sizeof png, "%s/plot2.log", dir);
         char *log = ps_read_file(png, NULL, NULL);
         TU_CHECK(st == 2 && log && strstr(log, "not 'complete'") && strchr(log, '\n') == log + strlen(log) - 1,
@@ -674,7 +690,7 @@ int main(void) {
         free(log);
         snprintf(cmd, sizeof cmd, "/usr/bin/python3 '%s' '%s' --partial --raw -o '%s/pplots' > '%s/plot3.log' 2>&1",
                  tu_src("experiments/plot.py"), ipartial, dir, dir);
-        TU_CHECK(sh_status(cmd) == 0, "plot.py --partial failed");
+        TU_CHECK(tu_sh_status(cmd) == 0, "plot.py --partial failed");
         snprintf(png, sizeof png, "%s/pplots/resid_pre.png", dir);
         TU_CHECK(file_size(png) > 1000, "plot.py --partial: no resid_pre.png");
     } else {

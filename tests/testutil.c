@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 int tu_failures = 0;
 
@@ -69,4 +71,15 @@ int tu_done(const char *suite) {
     }
     printf("%s: all passed\n", suite);
     return 0;
+}
+
+int tu_have_python(const char *modules) {
+    char cmd[512];
+    snprintf(cmd, sizeof cmd, "/usr/bin/python3 -c 'import %s' >/dev/null 2>&1", modules);
+    return access("/usr/bin/python3", X_OK) == 0 && system(cmd) == 0;
+}
+
+int tu_sh_status(const char *cmd) {
+    int st = system(cmd);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }

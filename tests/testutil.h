@@ -20,6 +20,11 @@ const char *tu_src(const char *rel);
 // Path under $PS_SHARED; when missing: exits 77 (skip) unless CI=true, where it fails.
 const char *tu_shared(const char *rel);
 
+// 1 when /usr/bin/python3 imports these modules ("h5py, numpy"), the interpreter the tests use.
+int tu_have_python(const char *modules);
+// Exit status of a shell command (-1 when it did not exit normally).
+int tu_sh_status(const char *cmd);
+
 // Exit code for main: prints a summary line.
 int tu_done(const char *suite);
 

@@ -37,9 +37,9 @@ typedef struct {
 
 static int journal_chunk(void *ctx, const int64_t *prompts, int64_t n, const ps_run_results *rr, ps_error *e) {
     chunk_ctx *c = ctx;
-    if (ps_journal_append(c->jr, prompts, n, rr, e) != 0) return -1;
+    if (ps_journal_append(c->jr, prompts, n, &rr->base, rr->tables, e) != 0) return -1;
     int64_t patches = 0;
-    for (int64_t s = 0; s < rr->n_sweeps; s++) patches += rr->sweeps[s].patches_run;
+    for (int64_t s = 0; s < rr->n_tables; s++) patches += rr->tables[s].patches_run;
     ps_cli_progress_chunk(&c->prog, n, patches);
     return 0;
 }
@@ -64,29 +64,48 @@ static void run_identity(const ps_config *cfg, const ps_model *m, const char *to
 // Nothing meaningful (every value NaN, or clean == corrupted everywhere) fails the run instead of writing a
 // file of NaNs that looks complete. Reads the results as plain per-prompt arrays.
 static int check_meaningful(const ps_run_results *rr, const uint8_t *in_run, const ps_config *cfg, ps_error *e) {
-    const float **values = calloc((size_t)rr->n_sweeps + 1, sizeof *values);
-    int64_t *n_values = calloc((size_t)rr->n_sweeps + 1, sizeof *n_values);
+    const float **values = calloc((size_t)rr->n_tables + 1, sizeof *values);
+    int64_t *n_values = calloc((size_t)rr->n_tables + 1, sizeof *n_values), n = 0;
     if (!values || !n_values) { free(values); free(n_values); return ps_fail(e, PS_EXIT_RUNTIME, "out of memory"); }
-    for (int64_t s = 0; s < rr->n_sweeps; s++) {
-        values[s] = rr->sweeps[s].values;
-        n_values[s] = rr->sweeps[s].n_cells;
+    for (int64_t s = 0; s < rr->n_tables; s++) {
+        if (!rr->tables[s].per_prompt) continue;
+        values[n] = rr->tables[s].values;
+        n_values[n++] = rr->tables[s].n_cells;
     }
-    int rc = ps_cli_check_meaningful(rr->base.clean, rr->base.corrupted, rr->base.n, in_run, values, n_values,
-                                     rr->n_sweeps, cfg->path, cfg->model, e);
+    int rc = ps_cli_check_meaningful(rr->base.clean, rr->base.corrupted, rr->base.n, in_run, values, n_values, n,
+                                     cfg->path, cfg->model, e);
     free(values);
     free(n_values);
     return rc;
 }
 
-// Sums over the sweeps: FLOPs (baselines included), patches run and patches known without running.
+// Sums over the tables: FLOPs (baselines included), patches run and patches known without running.
 static void run_totals(const ps_run_results *rr, double *flops, int64_t *run, int64_t *skipped) {
     *flops = rr->baseline_flops;
     *run = *skipped = 0;
-    for (int64_t s = 0; s < rr->n_sweeps; s++) {
-        *flops += rr->sweeps[s].flops;
-        *run += rr->sweeps[s].patches_run;
-        *skipped += rr->sweeps[s].patches_skipped;
+    for (int64_t s = 0; s < rr->n_tables; s++) {
+        *flops += rr->tables[s].flops;
+        *run += rr->tables[s].patches_run;
+        *skipped += rr->tables[s].patches_skipped;
     }
+}
+
+// Results of earlier (interrupted) runs of this command, from the journal: the prompts in done, every
+// per-prompt table's rows and the counters.
+static void restore_done(ps_run_results *rr, const ps_run_results *restored, const uint8_t *done) {
+    float *to[PS_BASELINE_COLS], *from[PS_BASELINE_COLS];
+    ps_baseline_columns(&rr->base, to);
+    ps_baseline_columns(&restored->base, from);
+    for (int64_t i = 0; i < rr->base.n; i++) {
+        if (!done[i]) continue;
+        for (int k = 0; k < PS_BASELINE_COLS; k++) to[k][i] = from[k][i];
+        for (int64_t s = 0; s < rr->n_tables; s++) {
+            ps_table *t = &rr->tables[s];
+            if (t->per_prompt)
+                memcpy(t->values + i * t->n_cells, restored->tables[s].values + i * t->n_cells, (size_t)t->n_cells * sizeof(float));
+        }
+    }
+    for (int64_t s = 0; s < rr->n_tables; s++) ps_table_add_counters(&rr->tables[s], &restored->tables[s]);
 }
 
 int ps_cli_run(int argc, char **argv) {
@@ -193,7 +212,16 @@ int ps_cli_run(int argc, char **argv) {
         // Which prompts this run owns (its shard), minus those a journal already holds.
         done = calloc((size_t)ps.n, 1);
         todo = malloc((size_t)ps.n * sizeof(int64_t));
-        if (!dry) {
+        if (!done || !todo) rc = ps_fail(&e, PS_EXIT_RUNTIME, "out of memory");
+        // The tables' shapes: the journal's header, and what --shard can split.
+        if (rc == 0 && ps_run_results_init(&restored, &m.cfg, &ps, cfg.experiments, cfg.n_experiments, &e) != 0) rc = -1;
+        if (rc == 0 && shard_n > 1 && ps_tables_check_shardable(restored.tables, restored.n_tables, &e) != 0) {
+            char orig[PS_ERR_MAX];
+            memcpy(orig, e.msg, sizeof orig);
+            snprintf(e.msg, sizeof e.msg, "%s: --shard: %.1900s", cfg_path, orig);
+            rc = -1;
+        }
+        if (rc == 0 && !dry) {
             size_t jl = strlen(out) + 16;
             jpath = malloc(jl);
             snprintf(jpath, jl, "%s.journal", out);
@@ -204,8 +232,7 @@ int ps_cli_run(int argc, char **argv) {
             for (char *q = cmd_dir + 1; *q; q++) // mkdir -p of the output's directory
                 if (*q == '/') { *q = 0; mkdir(cmd_dir, 0755); *q = '/'; }
             mkdir(cmd_dir, 0755);
-            if (ps_run_results_init(&restored, &m.cfg, &ps, cfg.experiments, cfg.n_experiments, &e) != 0 ||
-                ps_journal_open(&jr, jpath, ident, force, &restored, done, &n_done, &e) != 0)
+            if (ps_journal_open(&jr, jpath, ident, force, &restored.base, restored.tables, restored.n_tables, done, &n_done, &e) != 0)
                 rc = -1;
             if (rc == 0 && n_done > 0) {
                 char ej[1024];
@@ -213,7 +240,7 @@ int ps_cli_run(int argc, char **argv) {
                         (long long)ps.n, ps_escape(jpath, ej, sizeof ej));
             }
         }
-        for (int64_t i = 0; i < ps.n; i++)
+        for (int64_t i = 0; rc == 0 && i < ps.n; i++)
             if (i % shard_n == shard_i) todo[n_todo++] = i;
     }
     if (rc == 0 && !already) {
@@ -257,8 +284,8 @@ int ps_cli_run(int argc, char **argv) {
             const ps_sweep *sw = &rr.sweeps[s];
             printf("  %-18s %s by %s, %s: %lld cells x %lld prompts: %lld rows, %lld known without running, %.3f GFLOP\n",
                    sw->ex->name, ps_site_name(sw->ex->site), ps_layout_name(sw->ex->layout), ps_direction_name(sw->ex->direction),
-                   (long long)sw->n_cells, (long long)n_todo, (long long)sw->patches_run, (long long)sw->patches_skipped,
-                   sw->flops * 1e-9);
+                   (long long)sw->n_cells, (long long)n_todo, (long long)sw->t->patches_run, (long long)sw->t->patches_skipped,
+                   sw->t->flops * 1e-9);
         }
         printf("  patches            %lld (%lld forward rows, %lld known without running)\n", (long long)(run + skipped),
                (long long)run, (long long)skipped);
@@ -275,22 +302,10 @@ int ps_cli_run(int argc, char **argv) {
         }
     } else if (rc == 0 && !already) {
         run_totals(&rr, &this_flops, &this_run, &this_skipped); // this run's compute, before the journal's is added
-        // Results of earlier (interrupted) runs of this command come from the journal.
-        for (int64_t i = 0; i < ps.n; i++) {
-            if (!done[i]) continue;
-            ps_baseline *a = &rr.base, *b = &restored.base;
-            a->clean[i] = b->clean[i]; a->corrupted[i] = b->corrupted[i];
-            a->clean_answer_logit[i] = b->clean_answer_logit[i]; a->clean_wrong_logit[i] = b->clean_wrong_logit[i];
-            a->corrupted_answer_logit[i] = b->corrupted_answer_logit[i]; a->corrupted_wrong_logit[i] = b->corrupted_wrong_logit[i];
-            for (int64_t s = 0; s < rr.n_sweeps; s++)
-                memcpy(rr.sweeps[s].values + i * rr.sweeps[s].n_cells, restored.sweeps[s].values + i * rr.sweeps[s].n_cells,
-                       (size_t)rr.sweeps[s].n_cells * sizeof(float));
-        }
-        for (int64_t s = 0; s < rr.n_sweeps; s++) {
-            rr.sweeps[s].patches_run += restored.sweeps[s].patches_run;
-            rr.sweeps[s].patches_skipped += restored.sweeps[s].patches_skipped;
-            rr.sweeps[s].flops += restored.sweeps[s].flops;
-        }
+        restore_done(&rr, &restored, done);
+        // Every table here scores the run's metric (patching sweeps); the file says which.
+        for (int64_t s = 0; rc == 0 && s < rr.n_tables; s++)
+            if (rr.tables[s].metric_valued && ps_table_attr_str(&rr.tables[s], "metric", ps_metric_name(cfg.metric), &e) != 0) rc = -1;
         ps_engine_finish(&rr);
         uint8_t *in_run = calloc((size_t)ps.n, 1);
         if (!in_run) rc = ps_fail(&e, PS_EXIT_RUNTIME, "out of memory");

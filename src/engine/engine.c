@@ -78,7 +78,7 @@ static int stopped(const run_ctx *c, ps_error *e) {
 
 static int batch_flush(run_ctx *c, batch *b, ps_error *e) {
     if (b->n == 0) return 0;
-    for (int64_t r = 0; r < b->n; r++) c->out->sweeps[b->tags[r].sweep].flops += ps_row_flops(&c->m->cfg, &b->rows[r]);
+    for (int64_t r = 0; r < b->n; r++) c->out->sweeps[b->tags[r].sweep].t->flops += ps_row_flops(&c->m->cfg, &b->rows[r]);
     c->out->rows_planned += b->n;
     if (!c->o->dry_run) {
         if (stopped(c, e)) return -1;
@@ -90,7 +90,7 @@ static int batch_flush(run_ctx *c, batch *b, ps_error *e) {
             const float *lp = c->clean_lp ? c->clean_lp + tg->local * V : NULL;
             double v = ps_metric_value(c->metric, p, &tg->rq, b->logits + tg->logit_off, V, lp);
             ps_sweep *sw = &c->out->sweeps[tg->sweep];
-            sw->values[tg->prompt * sw->n_cells + tg->cell] = (float)v;
+            sw->t->values[tg->prompt * sw->n_cells + tg->cell] = (float)v;
         }
     }
     c->done += b->n;
@@ -195,13 +195,13 @@ static int run_sweeps(run_ctx *c, batch *b, const int64_t *chunk, int64_t nc, co
                 if (!ps_plan_row(mc, &r0, narrow)) {
                     // The patch writes the value the base run already has, or changes nothing the metric
                     // reads: its result is the base metric.
-                    sw->values[pi * sw->n_cells + cell] = base_metric;
-                    sw->patches_skipped++;
+                    sw->t->values[pi * sw->n_cells + cell] = base_metric;
+                    sw->t->patches_skipped++;
                     c->done++;
                     continue;
                 }
                 if (ps_row_check(mc, &r0, c->be->caps, c->be->name, e) != 0) return -1;
-                sw->patches_run++;
+                sw->t->patches_run++;
                 if (b->n == b->cap || b->logits_used + need > b->logits_cap)
                     if (batch_flush(c, b, e) != 0) return -1;
                 int64_t k = b->n++;

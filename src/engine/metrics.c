@@ -1,7 +1,6 @@
 // Metrics read from the logits at the positions they need: logit and probability differences,
 // the teacher-forced log-probability of the answer, and KL divergence from the clean distribution.
 #include "ps_engine.h"
-#include "ps_metrics.h"
 
 #include <math.h>
 
@@ -60,20 +59,4 @@ double ps_metric_value(ps_metric_kind kind, const ps_prompt *p, const ps_metric_
     }
     }
     return NAN;
-}
-
-void ps_cell_means(const float *values, const float *clean, const float *corrupted, int64_t n_prompts, int64_t n_cells,
-                   float *mean, float *mean_normalized) {
-    for (int64_t cell = 0; cell < n_cells; cell++) {
-        double sum = 0, sum_c = 0, sum_x = 0;
-        int64_t cnt = 0;
-        for (int64_t i = 0; i < n_prompts; i++) {
-            const float v = values[i * n_cells + cell];
-            if (!isnan(v)) { sum += v; sum_c += clean[i]; sum_x += corrupted[i]; cnt++; }
-        }
-        mean[cell] = cnt ? (float)(sum / (double)cnt) : NAN;
-        if (mean_normalized)
-            mean_normalized[cell] =
-                cnt ? (float)((sum / (double)cnt - sum_x / (double)cnt) / (sum_c / (double)cnt - sum_x / (double)cnt)) : NAN;
-    }
 }

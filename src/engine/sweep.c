@@ -1,5 +1,5 @@
 // Patching sweeps: an experiment's axes (layer, pos, head, neuron), the patch of each cell for each prompt,
-// and the per-sweep results (values, normalized values and means).
+// and the table (kind "patch_sweep") each sweep's values go to.
 #include "engine_internal.h"
 
 #include <math.h>
@@ -25,7 +25,7 @@ int ps_has_head(ps_layout l) { return l == PS_BY_LAYER_HEAD || l == PS_BY_LAYER_
 static int64_t *range_or_list(const int64_t *list, int64_t n_list, int64_t n_all, int64_t *n_out) {
     int64_t n = list ? n_list : n_all;
     int64_t *v = malloc((size_t)(n ? n : 1) * sizeof(int64_t));
-    for (int64_t i = 0; i < n; i++) v[i] = list ? list[i] : i;
+    for (int64_t i = 0; v && i < n; i++) v[i] = list ? list[i] : i;
     *n_out = n;
     return v;
 }
@@ -80,16 +80,39 @@ int ps_sweep_init(ps_sweep *sw, const ps_experiment *ex, int64_t idx, const ps_m
     }
     sw->n_axes = a;
     sw->n_cells = 1;
-    for (int i = 0; i < a; i++) sw->n_cells *= sw->axis_len[i];
-    size_t n = (size_t)(ps->n * sw->n_cells);
-    sw->values = malloc((n ? n : 1) * sizeof(float));
-    sw->normalized = malloc((n ? n : 1) * sizeof(float));
-    sw->mean = malloc((size_t)(sw->n_cells ? sw->n_cells : 1) * sizeof(float));
-    sw->mean_normalized = malloc((size_t)(sw->n_cells ? sw->n_cells : 1) * sizeof(float));
-    if (!sw->values || !sw->normalized || !sw->mean || !sw->mean_normalized)
-        return ps_fail(e, PS_EXIT_RUNTIME, "out of memory for results of %s", ex->name);
-    for (size_t i = 0; i < n; i++) sw->values[i] = sw->normalized[i] = NAN;
+    for (int i = 0; i < a; i++) {
+        if (!sw->axis_value[i]) return ps_fail(e, PS_EXIT_RUNTIME, "out of memory for the axes of %s", ex->name);
+        sw->n_cells *= sw->axis_len[i];
+    }
     return 0;
+}
+
+// The table of a sweep: its axes as the file shows them. A position named by role is labelled with the role's
+// name and valued with prompt 0's index of it; other positions are labelled by the store (prompt 0's tokens).
+static int sweep_table_init(ps_table *t, const ps_sweep *sw, const ps_prompt_set *ps, ps_error *e) {
+    const ps_experiment *ex = sw->ex;
+    ps_axis axes[3];
+    int64_t *pos_vals = NULL;
+    int rc = 0;
+    for (int a = 0; a < sw->n_axes; a++) {
+        axes[a] = (ps_axis){.name = (char *)sw->axis_name[a], .len = sw->axis_len[a], .value = sw->axis_value[a]};
+        if (strcmp(sw->axis_name[a], "pos") != 0 || !ex->position_role) continue;
+        pos_vals = malloc((size_t)sw->axis_len[a] * sizeof(int64_t));
+        if (!pos_vals) return ps_fail(e, PS_EXIT_RUNTIME, "out of memory for the axes of %s", ex->name);
+        for (int64_t k = 0; k < sw->axis_len[a]; k++) {
+            const char *role = ex->position_role[k];
+            pos_vals[k] = role ? ps_prompt_role(&ps->p[0], role) : sw->axis_value[a][k];
+        }
+        axes[a].value = pos_vals;
+        axes[a].label = ex->position_role;
+    }
+    if (ps_table_init(t, ex->name, ex->kind ? ex->kind : "patch_sweep", 1, ps->n, sw->n_axes, axes, 1, e) != 0 ||
+        ps_table_attr_str(t, "site", ps_site_name(ex->site), e) != 0 ||
+        ps_table_attr_str(t, "layout", ps_layout_name(ex->layout), e) != 0 ||
+        ps_table_attr_str(t, "direction", ps_direction_name(ex->direction), e) != 0)
+        rc = -1;
+    free(pos_vals);
+    return rc;
 }
 
 // The patch of one cell of a sweep for one prompt; returns 0 when the cell does not apply to the prompt.
@@ -122,48 +145,38 @@ int ps_cell_patch(const ps_sweep *sw, int64_t cell, const ps_prompt *p, ps_patch
 
 int ps_run_results_init(ps_run_results *out, const ps_model_config *mc, const ps_prompt_set *ps, const ps_experiment *exps,
                         int64_t n_exps, ps_error *e) {
-    const int64_t n = ps->n;
     memset(out, 0, sizeof *out);
-    ps_baseline *bl = &out->base;
-    bl->n = n;
-    float *blk = malloc((size_t)(6 * n) * sizeof(float));
+    if (ps_baseline_init(&out->base, ps->n, e) != 0) return -1;
+    out->tables = calloc((size_t)(n_exps ? n_exps : 1), sizeof *out->tables);
     out->sweeps = calloc((size_t)(n_exps ? n_exps : 1), sizeof *out->sweeps);
-    if (!blk || !out->sweeps) { free(blk); return ps_fail(e, PS_EXIT_RUNTIME, "out of memory"); }
-    for (int64_t i = 0; i < 6 * n; i++) blk[i] = NAN;
-    bl->clean = blk; bl->corrupted = blk + n;
-    bl->clean_answer_logit = blk + 2 * n; bl->clean_wrong_logit = blk + 3 * n;
-    bl->corrupted_answer_logit = blk + 4 * n; bl->corrupted_wrong_logit = blk + 5 * n;
-    out->n_sweeps = n_exps;
-    for (int64_t i = 0; i < n_exps; i++)
-        if (ps_sweep_init(&out->sweeps[i], &exps[i], i, mc, ps, e) != 0) return -1;
+    if (!out->tables || !out->sweeps) {
+        ps_run_results_free(out);
+        return ps_fail(e, PS_EXIT_RUNTIME, "out of memory");
+    }
+    for (int64_t i = 0; i < n_exps; i++) {
+        // Counted as they are made, so ps_run_results_free releases exactly what exists.
+        out->n_sweeps = out->n_tables = i + 1;
+        if (ps_sweep_init(&out->sweeps[i], &exps[i], i, mc, ps, e) != 0 ||
+            sweep_table_init(&out->tables[i], &out->sweeps[i], ps, e) != 0) {
+            ps_run_results_free(out);
+            return -1;
+        }
+        out->sweeps[i].t = &out->tables[i];
+    }
     return 0;
 }
 
 void ps_engine_finish(ps_run_results *out) {
-    // Normalized values: (x - corrupted) / (clean - corrupted), per prompt and from the means.
-    const ps_baseline *bl = &out->base;
-    const int64_t n = bl->n;
-    for (int64_t s = 0; s < out->n_sweeps; s++) {
-        ps_sweep *sw = &out->sweeps[s];
-        for (int64_t i = 0; i < n; i++)
-            for (int64_t cell = 0; cell < sw->n_cells; cell++) {
-                const float v = sw->values[i * sw->n_cells + cell];
-                const double den = (double)bl->clean[i] - (double)bl->corrupted[i];
-                sw->normalized[i * sw->n_cells + cell] = isnan(v) ? NAN : (float)((v - bl->corrupted[i]) / den);
-            }
-        ps_cell_means(sw->values, bl->clean, bl->corrupted, n, sw->n_cells, sw->mean, sw->mean_normalized);
-    }
+    for (int64_t s = 0; s < out->n_tables; s++) ps_table_finish(&out->tables[s], out->base.clean, out->base.corrupted);
 }
 
 void ps_run_results_free(ps_run_results *r) {
     if (!r) return;
-    free(r->base.clean);
-    for (int64_t s = 0; s < r->n_sweeps; s++) {
-        ps_sweep *sw = &r->sweeps[s];
-        for (int a = 0; a < 3; a++) free(sw->axis_value[a]);
-        free(sw->values); free(sw->normalized); free(sw->mean); free(sw->mean_normalized);
-    }
+    ps_baseline_free(&r->base);
+    for (int64_t s = 0; r->sweeps && s < r->n_sweeps; s++)
+        for (int a = 0; a < 3; a++) free(r->sweeps[s].axis_value[a]);
+    for (int64_t s = 0; r->tables && s < r->n_tables; s++) ps_table_free(&r->tables[s]);
     free(r->sweeps);
+    free(r->tables);
     memset(r, 0, sizeof *r);
 }
-

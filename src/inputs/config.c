@@ -27,6 +27,8 @@ static const char *const precision_names[] = {"fp32", "fp16", "bf16"};
 static const char *const multitoken_names[] = {"first_diff", "sum_logprob"};
 static const char *const align_names[] = {"error"};
 static const char *const format_names[] = {"jsonl", "csv", "json"};
+// Producers of result tables an experiment's "kind" may name (ps_table.h).
+static const char *const kind_names[] = {"patch_sweep"};
 
 #define COUNT(a) ((int)(sizeof(a) / sizeof((a)[0])))
 
@@ -68,6 +70,7 @@ int ps_layout_fits(ps_site s, ps_layout l) {
 
 static void experiment_free(ps_experiment *x) {
     free(x->name);
+    free(x->kind);
     free(x->layers);
     free(x->heads);
     free(x->neurons);
@@ -429,7 +432,7 @@ static int name_ok(const char *s) {
 }
 
 static int load_experiment(ctx *x, const cJSON *obj, const char *p, ps_config *c, int64_t idx) {
-    static const char *const keys[] = {"name", "site", "by", "direction", "layers", "heads", "neurons", "positions"};
+    static const char *const keys[] = {"name", "kind", "site", "by", "direction", "layers", "heads", "neurons", "positions"};
     char got[200], kp[PATH_MAX_LEN];
     if (!cJSON_IsObject(obj)) {
         ps_json_describe(obj, got, sizeof got);
@@ -448,6 +451,19 @@ static int load_experiment(ctx *x, const cJSON *obj, const char *p, ps_config *c
     for (int64_t j = 0; j < idx; j++)
         if (strcmp(c->experiments[j].name, ex->name) == 0)
             return bad(x, kp, "\"%s\" is already the name of experiments[%lld]", ex->name, (long long)j);
+    if (get_str(x, obj, "kind", p, 0, &ex->kind)) return -1;
+    if (!ex->kind && !(ex->kind = strdup(kind_names[0]))) return nomem(x);
+    key_path(kp, p, "kind");
+    size_t best = 0;
+    for (size_t k = 0; k < COUNT(kind_names); k++) {
+        if (!strcmp(ex->kind, kind_names[k])) { best = SIZE_MAX; break; }
+        if (ps_edit_distance(ex->kind, kind_names[k]) < ps_edit_distance(ex->kind, kind_names[best])) best = k;
+    }
+    if (best != SIZE_MAX) {
+        char esc[200];
+        ps_text_escape(ex->kind, esc, sizeof esc, 60);
+        return bad(x, kp, "unknown kind \"%s\" (did you mean \"%s\"?)", esc, kind_names[best]);
+    }
 
     const cJSON *sv = member(obj, "site");
     key_path(kp, p, "site");

@@ -1,8 +1,10 @@
 // The resume journal: an append-only file of checksummed records, one per finished chunk of prompts.
-// Layout (little-endian host order): header = magic "PSJRNL01", identity (64 hex chars), n_prompts,
-// n_sweeps, n_cells[n_sweeps] (int64); record = magic "PSRC", n (int64), payload bytes (int64),
-// payload, FNV-1a 64 checksum of the payload. Payload = n prompt indices, then per prompt its 6 baseline
-// floats and every sweep's cells, then per sweep the counters (run, skipped as int64; flops as double).
+// Layout (little-endian host order): header = magic "PSJRNL02", identity (64 hex chars), n_prompts, n_tables
+// (int64), then per table: per_prompt, n_cells (int64), name and kind (each an int64 length and its bytes);
+// record = magic "PSRC", n (int64), payload bytes (int64), payload, FNV-1a 64 checksum of the payload.
+// Payload = n prompt indices, then per prompt its 6 baseline floats and the row of every per-prompt table, then
+// per per-prompt table the counters (run, skipped as int64; flops as double). Tables that are not per prompt are
+// recomputed by a resumed run, not journaled. Nothing here knows a table's producer.
 // A record is built when its chunk finishes and written (write + fsync) by a writer thread while the
 // next chunk computes; at most one record waits.
 #include "ps_journal.h"
@@ -20,8 +22,8 @@
 struct ps_journal {
     int fd;
     char *path;
-    int64_t n_sweeps;
-    int64_t *last_run, *last_skipped; // counters already put in a record, per sweep
+    int64_t n_tables;
+    int64_t *last_run, *last_skipped; // counters already put in a record, per table
     double *last_flops;
     // The writer thread and its one-record queue, under mu.
     pthread_t writer;
@@ -32,7 +34,7 @@ struct ps_journal {
     int err;                                     // errno of the first failed write (0: none)
 };
 
-static const char HEAD_MAGIC[8] = {'P', 'S', 'J', 'R', 'N', 'L', '0', '1'};
+static const char HEAD_MAGIC[8] = {'P', 'S', 'J', 'R', 'N', 'L', '0', '2'};
 static const char REC_MAGIC[4] = {'P', 'S', 'R', 'C'};
 
 static uint64_t fnv1a(const unsigned char *p, size_t n) {
@@ -52,57 +54,76 @@ static int write_all(int fd, const void *buf, size_t n) {
     return 0;
 }
 
-static size_t header_size(const ps_run_results *rr) { return 8 + 64 + 16 + 8 * (size_t)rr->n_sweeps; }
-
-static unsigned char *make_header(const char identity[65], const ps_run_results *rr, size_t *len) {
-    size_t n = header_size(rr);
+// The header: identity and the shape of every table (a run of another shape is another run).
+static unsigned char *make_header(const char identity[65], int64_t n_prompts, const ps_table *tables, int64_t n_tables,
+                                  size_t *len) {
+    size_t n = 8 + 64 + 16;
+    for (int64_t t = 0; t < n_tables; t++) n += 16 + 16 + strlen(tables[t].name) + strlen(tables[t].kind);
     unsigned char *h = calloc(1, n);
+    if (!h) return NULL;
     memcpy(h, HEAD_MAGIC, 8);
     memcpy(h + 8, identity, 64);
-    int64_t v[2] = {rr->base.n, rr->n_sweeps};
+    int64_t v[2] = {n_prompts, n_tables};
     memcpy(h + 72, v, 16);
-    for (int64_t s = 0; s < rr->n_sweeps; s++) memcpy(h + 88 + 8 * s, &rr->sweeps[s].n_cells, 8);
+    unsigned char *c = h + 88;
+    for (int64_t t = 0; t < n_tables; t++) {
+        const int64_t shape[2] = {tables[t].per_prompt, tables[t].n_cells};
+        memcpy(c, shape, 16);
+        c += 16;
+        const char *str[2] = {tables[t].name, tables[t].kind};
+        for (int k = 0; k < 2; k++) {
+            const int64_t l = (int64_t)strlen(str[k]);
+            memcpy(c, &l, 8);
+            memcpy(c + 8, str[k], (size_t)l);
+            c += 8 + l;
+        }
+    }
     *len = n;
     return h;
 }
 
-static size_t per_prompt_floats(const ps_run_results *rr) {
-    size_t n = 6;
-    for (int64_t s = 0; s < rr->n_sweeps; s++) n += (size_t)rr->sweeps[s].n_cells;
-    return n;
+// Bytes of a record's payload for n prompts.
+static size_t payload_size(int64_t n, const ps_table *tables, int64_t n_tables) {
+    size_t per_prompt = PS_BASELINE_COLS, counted = 0;
+    for (int64_t t = 0; t < n_tables; t++)
+        if (tables[t].per_prompt) {
+            per_prompt += (size_t)tables[t].n_cells;
+            counted++;
+        }
+    return (size_t)n * 8 + (size_t)n * per_prompt * 4 + counted * 24;
 }
 
-// Applies one record's payload to rr; returns -1 when it does not fit the shape.
-static int apply_record(const unsigned char *pl, size_t len, int64_t n, ps_run_results *rr, uint8_t *done, int64_t *n_done) {
-    const size_t ppf = per_prompt_floats(rr);
-    const size_t want = (size_t)n * 8 + (size_t)n * ppf * 4 + (size_t)rr->n_sweeps * 24;
-    if (len != want) return -1;
+// Applies one record's payload; returns -1 when it does not fit the shape.
+static int apply_record(const unsigned char *pl, size_t len, int64_t n, ps_baseline *base, ps_table *tables,
+                        int64_t n_tables, uint8_t *done, int64_t *n_done) {
+    if (len != payload_size(n, tables, n_tables)) return -1;
     const int64_t *idx = (const int64_t *)pl;
     for (int64_t i = 0; i < n; i++)
-        if (idx[i] < 0 || idx[i] >= rr->base.n) return -1;
+        if (idx[i] < 0 || idx[i] >= base->n) return -1;
     const float *f = (const float *)(pl + (size_t)n * 8);
-    ps_baseline *b = &rr->base;
-    float *bl[6] = {b->clean, b->corrupted, b->clean_answer_logit, b->clean_wrong_logit, b->corrupted_answer_logit,
-                    b->corrupted_wrong_logit};
+    float *bl[PS_BASELINE_COLS];
+    ps_baseline_columns(base, bl);
     for (int64_t i = 0; i < n; i++) {
         const int64_t p = idx[i];
-        for (int k = 0; k < 6; k++) bl[k][p] = *f++;
-        for (int64_t s = 0; s < rr->n_sweeps; s++) {
-            ps_sweep *sw = &rr->sweeps[s];
-            memcpy(sw->values + p * sw->n_cells, f, (size_t)sw->n_cells * sizeof(float));
-            f += sw->n_cells;
+        for (int k = 0; k < PS_BASELINE_COLS; k++) bl[k][p] = *f++;
+        for (int64_t t = 0; t < n_tables; t++) {
+            ps_table *tb = &tables[t];
+            if (!tb->per_prompt) continue;
+            memcpy(tb->values + p * tb->n_cells, f, (size_t)tb->n_cells * sizeof(float));
+            f += tb->n_cells;
         }
         if (!done[p]) { done[p] = 1; (*n_done)++; }
     }
     const unsigned char *c = (const unsigned char *)f;
-    for (int64_t s = 0; s < rr->n_sweeps; s++) {
+    for (int64_t t = 0; t < n_tables; t++) {
+        if (!tables[t].per_prompt) continue;
         int64_t run, skipped;
         double flops;
         memcpy(&run, c, 8); memcpy(&skipped, c + 8, 8); memcpy(&flops, c + 16, 8);
         c += 24;
-        rr->sweeps[s].patches_run += run;
-        rr->sweeps[s].patches_skipped += skipped;
-        rr->sweeps[s].flops += flops;
+        tables[t].patches_run += run;
+        tables[t].patches_skipped += skipped;
+        tables[t].flops += flops;
     }
     return 0;
 }
@@ -143,12 +164,13 @@ static int wait_idle(ps_journal *j, ps_error *e) {
     return 0;
 }
 
-int ps_journal_open(ps_journal **jp, const char *path, const char identity[65], int force, ps_run_results *rr,
-                    uint8_t *done, int64_t *n_done, ps_error *e) {
+int ps_journal_open(ps_journal **jp, const char *path, const char identity[65], int force, ps_baseline *base,
+                    ps_table *tables, int64_t n_tables, uint8_t *done, int64_t *n_done, ps_error *e) {
     *jp = NULL;
     *n_done = 0;
-    size_t hlen;
-    unsigned char *head = make_header(identity, rr, &hlen);
+    size_t hlen = 0;
+    unsigned char *head = make_header(identity, base->n, tables, n_tables, &hlen);
+    if (!head) return ps_fail(e, PS_EXIT_RUNTIME, "%s: out of memory", path);
     int fd = open(path, O_RDWR | O_CREAT, 0644);
     if (fd < 0) { free(head); return ps_fail(e, PS_EXIT_RUNTIME, "%s: cannot open journal: %s", path, strerror(errno)); }
     struct stat st;
@@ -156,7 +178,7 @@ int ps_journal_open(ps_journal **jp, const char *path, const char identity[65], 
     off_t good = 0; // end of the last complete record
     if (st.st_size > 0 && !force) {
         unsigned char *old = malloc(hlen);
-        ssize_t r = pread(fd, old, hlen, 0);
+        ssize_t r = old ? pread(fd, old, hlen, 0) : -1;
         if (r != (ssize_t)hlen || memcmp(old, HEAD_MAGIC, 8) != 0) {
             free(old); free(head); close(fd);
             return ps_fail(e, PS_EXIT_BADINPUT, "%s: not a patchsweep journal (remove it or use --force)", path);
@@ -180,7 +202,7 @@ int ps_journal_open(ps_journal **jp, const char *path, const char identity[65], 
             if (!pl || pread(fd, pl, (size_t)len + 8, good + 20) != len + 8) { free(pl); break; }
             uint64_t sum;
             memcpy(&sum, pl + len, 8);
-            int ok = sum == fnv1a(pl, (size_t)len) && apply_record(pl, (size_t)len, n, rr, done, n_done) == 0;
+            int ok = sum == fnv1a(pl, (size_t)len) && apply_record(pl, (size_t)len, n, base, tables, n_tables, done, n_done) == 0;
             free(pl);
             if (!ok) break;
             good += 20 + len + 8;
@@ -200,12 +222,19 @@ int ps_journal_open(ps_journal **jp, const char *path, const char identity[65], 
     free(head);
     lseek(fd, good, SEEK_SET);
     ps_journal *j = calloc(1, sizeof *j);
-    j->fd = fd;
-    j->path = strdup(path);
-    j->n_sweeps = rr->n_sweeps;
-    j->last_run = calloc((size_t)(rr->n_sweeps + 1), sizeof(int64_t));
-    j->last_skipped = calloc((size_t)(rr->n_sweeps + 1), sizeof(int64_t));
-    j->last_flops = calloc((size_t)(rr->n_sweeps + 1), sizeof(double));
+    if (j) {
+        j->fd = fd;
+        j->path = strdup(path);
+        j->n_tables = n_tables;
+        j->last_run = calloc((size_t)(n_tables + 1), sizeof(int64_t));
+        j->last_skipped = calloc((size_t)(n_tables + 1), sizeof(int64_t));
+        j->last_flops = calloc((size_t)(n_tables + 1), sizeof(double));
+    }
+    if (!j || !j->path || !j->last_run || !j->last_skipped || !j->last_flops) {
+        close(fd);
+        if (j) { free(j->path); free(j->last_run); free(j->last_skipped); free(j->last_flops); free(j); }
+        return ps_fail(e, PS_EXIT_RUNTIME, "%s: out of memory", path);
+    }
     pthread_mutex_init(&j->mu, NULL);
     pthread_cond_init(&j->cv, NULL);
     int prc = pthread_create(&j->writer, NULL, writer_main, j);
@@ -220,9 +249,10 @@ int ps_journal_open(ps_journal **jp, const char *path, const char identity[65], 
     return 0;
 }
 
-int ps_journal_append(ps_journal *j, const int64_t *prompts, int64_t n, const ps_run_results *rr, ps_error *e) {
-    const size_t ppf = per_prompt_floats(rr);
-    const size_t len = (size_t)n * 8 + (size_t)n * ppf * 4 + (size_t)rr->n_sweeps * 24;
+int ps_journal_append(ps_journal *j, const int64_t *prompts, int64_t n, const ps_baseline *base, const ps_table *tables,
+                      ps_error *e) {
+    const int64_t n_tables = j->n_tables;
+    const size_t len = payload_size(n, tables, n_tables);
     unsigned char *buf = malloc(20 + len + 8);
     if (!buf) return ps_fail(e, PS_EXIT_RUNTIME, "%s: out of memory", j->path);
     memcpy(buf, REC_MAGIC, 4);
@@ -232,33 +262,32 @@ int ps_journal_append(ps_journal *j, const int64_t *prompts, int64_t n, const ps
     unsigned char *pl = buf + 20;
     memcpy(pl, prompts, (size_t)n * 8);
     float *f = (float *)(pl + (size_t)n * 8);
-    const ps_baseline *b = &rr->base;
-    const float *bl[6] = {b->clean, b->corrupted, b->clean_answer_logit, b->clean_wrong_logit, b->corrupted_answer_logit,
-                          b->corrupted_wrong_logit};
+    float *bl[PS_BASELINE_COLS];
+    ps_baseline_columns(base, bl);
     for (int64_t i = 0; i < n; i++) {
         const int64_t p = prompts[i];
-        for (int k = 0; k < 6; k++) *f++ = bl[k][p];
-        for (int64_t s = 0; s < rr->n_sweeps; s++) {
-            const ps_sweep *sw = &rr->sweeps[s];
-            memcpy(f, sw->values + p * sw->n_cells, (size_t)sw->n_cells * sizeof(float));
-            f += sw->n_cells;
+        for (int k = 0; k < PS_BASELINE_COLS; k++) *f++ = bl[k][p];
+        for (int64_t t = 0; t < n_tables; t++) {
+            const ps_table *tb = &tables[t];
+            if (!tb->per_prompt) continue;
+            memcpy(f, tb->values + p * tb->n_cells, (size_t)tb->n_cells * sizeof(float));
+            f += tb->n_cells;
         }
     }
     unsigned char *c = (unsigned char *)f;
-    for (int64_t s = 0; s < rr->n_sweeps; s++) {
-        const ps_sweep *sw = &rr->sweeps[s];
-        int64_t run = sw->patches_run - j->last_run[s], skipped = sw->patches_skipped - j->last_skipped[s];
-        double flops = sw->flops - j->last_flops[s];
+    for (int64_t t = 0; t < n_tables; t++) {
+        const ps_table *tb = &tables[t];
+        if (!tb->per_prompt) continue;
+        int64_t run = tb->patches_run - j->last_run[t], skipped = tb->patches_skipped - j->last_skipped[t];
+        double flops = tb->flops - j->last_flops[t];
         memcpy(c, &run, 8); memcpy(c + 8, &skipped, 8); memcpy(c + 16, &flops, 8);
         c += 24;
+        j->last_run[t] = tb->patches_run;
+        j->last_skipped[t] = tb->patches_skipped;
+        j->last_flops[t] = tb->flops;
     }
     uint64_t sum = fnv1a(pl, len);
     memcpy(pl + len, &sum, 8);
-    for (int64_t s = 0; s < rr->n_sweeps; s++) {
-        j->last_run[s] = rr->sweeps[s].patches_run;
-        j->last_skipped[s] = rr->sweeps[s].patches_skipped;
-        j->last_flops[s] = rr->sweeps[s].flops;
-    }
     // Hand the record to the writer once the previous one is on disk (records stay in order).
     if (wait_idle(j, e) != 0) {
         free(buf);

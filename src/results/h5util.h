@@ -1,0 +1,57 @@
+// Internal to src/results/: the HDF5 helpers store.c, inspect.c and merge.c share (written once here).
+// Strings go in as variable-length UTF-8 with invalid bytes replaced by U+FFFD; reads return malloc'd copies.
+#ifndef PS_H5UTIL_H
+#define PS_H5UTIL_H
+
+#include "ps_common.h"
+
+#include <hdf5.h>
+#include <hdf5_hl.h>
+
+#if H5_VERSION_GE(1, 12, 0)
+#define ps_h5_vlen_reclaim H5Treclaim
+#else
+#define ps_h5_vlen_reclaim H5Dvlen_reclaim
+#endif
+
+// Errors: HDF5's innermost message (buf must hold 256), and a PS_EXIT_RUNTIME failure "FILE: what (detail)".
+const char *ps_h5_detail(char buf[256]);
+int ps_h5_fail(ps_error *e, const char *file, const char *what, ...) __attribute__((format(printf, 3, 4)));
+void ps_h5_quiet(void); // no HDF5 error stacks on stderr: our one line says it
+
+// Strings.
+hid_t ps_h5_vlstr_type(void);                 // caller closes
+char *ps_h5_sanitize(const char *s);          // malloc'd copy, invalid UTF-8 bytes -> U+FFFD; NULL: out of memory
+char **ps_h5_sanitize_all(const char *const *in, size_t n); // NULL array or entries count as ""
+void ps_h5_free_strs(char **v, size_t n);
+
+// Attributes (replacing an existing one); 0 or -1.
+int ps_h5_attr_write(hid_t obj, const char *name, hid_t type, const void *val);
+int ps_h5_attr_str(hid_t obj, const char *name, const char *val);
+int ps_h5_attr_i64(hid_t obj, const char *name, int64_t v);
+int ps_h5_attr_f64(hid_t obj, const char *name, double v);
+int ps_h5_read_attr_str(hid_t obj, const char *name, char *buf, size_t n); // numbers as text; "" and -1 when missing
+int ps_h5_read_attr_f64(hid_t obj, const char *name, double *v);           // NaN and -1 when missing
+
+// Datasets. ps_h5_write returns the open dataset (caller closes) or -1; large float arrays are chunked and
+// compressed. ps_h5_scale_write: a 1-D int64 dimension scale (values NULL: 0..n-1). ps_h5_attach: attaches
+// scale (unless < 0) to dim of d and labels the dim.
+hid_t ps_h5_write(hid_t loc, const char *name, hid_t ftype, hid_t mtype, int rank, const hsize_t *dims, const void *data);
+hid_t ps_h5_write_strs(hid_t loc, const char *name, int rank, const hsize_t *dims, const char *const *in);
+int ps_h5_close_ok(hid_t d); // closes d when it is open: 0, or -1 when it never opened
+hid_t ps_h5_scale_write(hid_t loc, const char *name, int64_t n, const int64_t *values);
+int ps_h5_attach(hid_t d, hid_t scale, unsigned dim, const char *label);
+// Whole dataset converted to mtype (malloc'd; NULL when absent or unreadable), its rank, dims and element count.
+void *ps_h5_read(hid_t loc, const char *name, hid_t mtype, int *rank, hsize_t dims[H5S_MAX_RANK], int64_t *count);
+char **ps_h5_read_strs(hid_t loc, const char *name, int64_t *count); // free with ps_h5_free_strs
+int ps_h5_overwrite_floats(hid_t loc, const char *name, const float *buf); // an existing dataset's whole contents
+
+// The members of a group, in creation order when the file tracks it (ours do), else by name: malloc'd names
+// (free with ps_h5_free_strs), *n their count; NULL when the group cannot be listed.
+char **ps_h5_list(hid_t g, int64_t *n);
+// /run's schema_version; 0 when absent (a file of the layout before result tables).
+int64_t ps_h5_schema_version(hid_t file);
+
+double ps_h5_nanmean(const float *x, int64_t n);
+
+#endif

@@ -1,0 +1,291 @@
+// `patchsweep merge OUT SHARD...` and the identity resume checks: shards of one run (prompts i with
+// i % N == k) combined into the file a single run writes. Every per-prompt dataset (the baseline columns and each
+// table's values and normalized) takes each prompt's row from the shard that ran it; the means are recomputed
+// with the run's own arithmetic (ps_cell_means) and the counters summed. Nothing here knows a table's producer.
+#include "ps_store.h"
+#include "h5util.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+// One line for a file of the layout before schema_version (what the old binary wrote).
+static int old_layout(ps_error *e, const char *path) {
+    return ps_fail(e, PS_EXIT_BADINPUT,
+                   "%s: results file of an older layout (no /run schema_version; this patchsweep reads schema %d): regenerate it with `patchsweep run CONFIG --force`",
+                   path, PS_SCHEMA_VERSION);
+}
+
+int ps_store_read_identity(const char *path, char identity[65], ps_error *e) {
+    ps_h5_quiet();
+    identity[0] = 0;
+    hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    if (f < 0) return ps_fail(e, PS_EXIT_BADINPUT, "%s: not an HDF5 results file", path);
+    char status[32] = "", id[128] = "";
+    hid_t run = H5Gopen2(f, "run", H5P_DEFAULT);
+    if (run >= 0) {
+        ps_h5_read_attr_str(run, "status", status, sizeof status);
+        ps_h5_read_attr_str(run, "identity", id, sizeof id);
+        H5Gclose(run);
+    }
+    const int64_t schema = ps_h5_schema_version(f);
+    H5Fclose(f);
+    if (strcmp(status, "complete") != 0 || strlen(id) != 64)
+        return ps_fail(e, PS_EXIT_BADINPUT, "%s: not a complete patchsweep results file", path);
+    if (schema != PS_SCHEMA_VERSION) return old_layout(e, path);
+    memcpy(identity, id, 65);
+    return 0;
+}
+
+static int copy_file(const char *from, const char *to) {
+    FILE *a = fopen(from, "rb"), *b = fopen(to, "wb");
+    if (!a || !b) { if (a) fclose(a); if (b) fclose(b); return -1; }
+    char buf[1 << 16];
+    size_t n;
+    int rc = 0;
+    while ((n = fread(buf, 1, sizeof buf, a)) > 0)
+        if (fwrite(buf, 1, n, b) != n) { rc = -1; break; }
+    fclose(a);
+    if (fclose(b) != 0) rc = -1;
+    return rc;
+}
+
+// The shards as checked: which file is shard 0, and each file's /prompts/in_run.
+typedef struct {
+    int n_shards, first;
+    int64_t count, n_prompts;
+    char run_id[128];
+    uint8_t **in_run;   // (n_shards) each (n_prompts)
+} shard_set;
+
+static void shard_set_free(shard_set *ss) {
+    for (int k = 0; ss->in_run && k < ss->n_shards; k++) free(ss->in_run[k]);
+    free(ss->in_run);
+}
+
+// Opens every shard: complete, this schema, the same run and shard count, each index once, all present.
+static int check_shards(shard_set *ss, const char *const *shards, int n_shards, ps_error *e) {
+    memset(ss, 0, sizeof *ss);
+    ss->n_shards = n_shards;
+    ss->first = -1;
+    ss->n_prompts = -1;
+    ss->in_run = calloc((size_t)n_shards, sizeof *ss->in_run);
+    if (!ss->in_run) return ps_fail(e, PS_EXIT_RUNTIME, "merge: out of memory");
+    int *seen = NULL, rc = 0;
+    for (int k = 0; k < n_shards && rc == 0; k++) {
+        hid_t f = H5Fopen(shards[k], H5F_ACC_RDONLY, H5P_DEFAULT);
+        if (f < 0) { rc = ps_fail(e, PS_EXIT_BADINPUT, "%s: not an HDF5 results file", shards[k]); break; }
+        char status[32] = "", rid[128] = "", buf[64];
+        hid_t run = H5Gopen2(f, "run", H5P_DEFAULT);
+        int64_t idx = -1, cnt = -1;
+        if (run >= 0) {
+            ps_h5_read_attr_str(run, "status", status, sizeof status);
+            ps_h5_read_attr_str(run, "run_identity", rid, sizeof rid);
+            if (ps_h5_read_attr_str(run, "shard_index", buf, sizeof buf) == 0) idx = atoll(buf);
+            if (ps_h5_read_attr_str(run, "shard_count", buf, sizeof buf) == 0) cnt = atoll(buf);
+            H5Gclose(run);
+        }
+        if (strcmp(status, "complete") != 0) rc = ps_fail(e, PS_EXIT_BADINPUT, "%s: shard is not complete (status \"%s\")", shards[k], status);
+        else if (ps_h5_schema_version(f) != PS_SCHEMA_VERSION) rc = old_layout(e, shards[k]);
+        else if (!rid[0]) rc = ps_fail(e, PS_EXIT_BADINPUT, "%s: no run identity: not a patchsweep shard", shards[k]);
+        else if (k == 0) {
+            snprintf(ss->run_id, sizeof ss->run_id, "%s", rid);
+            ss->count = cnt;
+            if (!(seen = calloc((size_t)(cnt > 0 ? cnt : 1), sizeof(int)))) rc = ps_fail(e, PS_EXIT_RUNTIME, "merge: out of memory");
+        } else if (strcmp(rid, ss->run_id) != 0)
+            rc = ps_fail(e, PS_EXIT_BADINPUT, "%s: a shard of another run (config, model, tokenizer or version differ from %s)", shards[k], shards[0]);
+        else if (cnt != ss->count)
+            rc = ps_fail(e, PS_EXIT_BADINPUT, "%s: shard of %lld, but %s is a shard of %lld", shards[k], (long long)cnt, shards[0], (long long)ss->count);
+        if (rc == 0 && (idx < 0 || idx >= ss->count)) rc = ps_fail(e, PS_EXIT_BADINPUT, "%s: bad shard index %lld", shards[k], (long long)idx);
+        if (rc == 0 && seen[idx]) rc = ps_fail(e, PS_EXIT_BADINPUT, "%s: shard %lld/%lld given twice (also %s)", shards[k], (long long)idx, (long long)ss->count, shards[seen[idx] - 1]);
+        if (rc == 0) {
+            seen[idx] = k + 1;
+            if (idx == 0) ss->first = k;
+            int r1;
+            hsize_t d1[H5S_MAX_RANK];
+            int64_t np = 0;
+            ss->in_run[k] = ps_h5_read(f, "prompts/in_run", H5T_NATIVE_UINT8, &r1, d1, &np);
+            if (!ss->in_run[k] || np <= 0 || (ss->n_prompts >= 0 && np != ss->n_prompts))
+                rc = ps_fail(e, PS_EXIT_BADINPUT, "%s: /prompts/in_run missing or of another size", shards[k]);
+            ss->n_prompts = np;
+        }
+        H5Fclose(f);
+    }
+    for (int64_t i = 0; rc == 0 && i < ss->count; i++)
+        if (!seen[i]) rc = ps_fail(e, PS_EXIT_BADINPUT, "merge: shard %lld/%lld is missing (%d of %lld shard files given)", (long long)i, (long long)ss->count, n_shards, (long long)ss->count);
+    free(seen);
+    return rc;
+}
+
+// A table's values must have the prompt axis first to come from shards (a run refuses --shard otherwise).
+static int check_per_prompt(hid_t f, const char *file, const char *name, ps_error *e) {
+    char path[300], label[64] = "", kind[128] = "?";
+    snprintf(path, sizeof path, "results/%s", name);
+    hid_t g = H5Gopen2(f, path, H5P_DEFAULT);
+    if (g < 0) return ps_fail(e, PS_EXIT_BADINPUT, "%s: /%s: cannot open", file, path);
+    ps_h5_read_attr_str(g, "kind", kind, sizeof kind);
+    hid_t d = H5Dopen2(g, "values", H5P_DEFAULT);
+    if (d >= 0) {
+        H5DSget_label(d, 0, label, sizeof label);
+        H5Dclose(d);
+    }
+    H5Gclose(g);
+    if (strcmp(label, "prompt") != 0)
+        return ps_fail(e, PS_EXIT_BADINPUT, "%s: /%s (kind %s): values are not per prompt, so shards cannot hold it", file, path, kind);
+    return 0;
+}
+
+// Row by row, the prompts each shard ran, into the merged file's dataset `path` (absent: nothing to do).
+static int merge_rows(hid_t f, const hid_t *sf, const shard_set *ss, const char *const *shards, const char *partial,
+                      const char *path, ps_error *e) {
+    int rank;
+    hsize_t dims[H5S_MAX_RANK];
+    int64_t n = 0;
+    float *merged = ps_h5_read(f, path, H5T_NATIVE_FLOAT, &rank, dims, &n);
+    if (!merged) return 0; // optional dataset (e.g. normalized) absent
+    const size_t row = (size_t)(n / ss->n_prompts);
+    int rc = 0;
+    for (int k = 0; rc == 0 && k < ss->n_shards; k++) {
+        if (k == ss->first) continue;
+        int64_t m = 0;
+        float *part = ps_h5_read(sf[k], path, H5T_NATIVE_FLOAT, &rank, dims, &m);
+        if (!part || m != n) rc = ps_fail(e, PS_EXIT_BADINPUT, "%s: /%s differs in shape from %s", shards[k], path, shards[ss->first]);
+        for (int64_t i = 0; rc == 0 && i < ss->n_prompts; i++)
+            if (ss->in_run[k][i]) memcpy(merged + (size_t)i * row, part + (size_t)i * row, row * sizeof(float));
+        free(part);
+    }
+    if (rc == 0 && ps_h5_overwrite_floats(f, path, merged) != 0) rc = ps_fail(e, PS_EXIT_RUNTIME, "%s: cannot write /%s", partial, path);
+    free(merged);
+    return rc;
+}
+
+// A table's means over all prompts, as a single run computes them, and its counters summed over the shards.
+static int merge_table(hid_t f, const hid_t *sf, const shard_set *ss, const char *partial, const char *name,
+                       const float *clean, const float *corr, ps_error *e) {
+    char p[300];
+    snprintf(p, sizeof p, "results/%s/values", name);
+    int rank;
+    hsize_t dims[H5S_MAX_RANK];
+    int64_t n = 0;
+    float *v = ps_h5_read(f, p, H5T_NATIVE_FLOAT, &rank, dims, &n);
+    if (!v) return 0;
+    const int64_t cells = n / ss->n_prompts;
+    snprintf(p, sizeof p, "results/%s/mean_normalized", name);
+    const int has_mnorm = H5Lexists(f, p, H5P_DEFAULT) > 0;
+    float *mean = malloc((size_t)(cells ? cells : 1) * sizeof(float)), *mnorm = malloc((size_t)(cells ? cells : 1) * sizeof(float));
+    int rc = 0;
+    if (!mean || !mnorm) rc = ps_fail(e, PS_EXIT_RUNTIME, "%s: out of memory", partial);
+    if (rc == 0) {
+        ps_cell_means(v, clean, corr, ss->n_prompts, cells, mean, has_mnorm ? mnorm : NULL);
+        snprintf(p, sizeof p, "results/%s/mean", name);
+        if (H5Lexists(f, p, H5P_DEFAULT) > 0 && ps_h5_overwrite_floats(f, p, mean) != 0) rc = ps_fail(e, PS_EXIT_RUNTIME, "%s: cannot write /%s", partial, p);
+        snprintf(p, sizeof p, "results/%s/mean_normalized", name);
+        if (rc == 0 && has_mnorm && ps_h5_overwrite_floats(f, p, mnorm) != 0) rc = ps_fail(e, PS_EXIT_RUNTIME, "%s: cannot write /%s", partial, p);
+    }
+    static const char *const counters[] = {"patches_run", "patches_skipped"};
+    snprintf(p, sizeof p, "results/%s", name);
+    for (size_t c = 0; rc == 0 && c < sizeof counters / sizeof counters[0]; c++) {
+        int64_t sum = 0;
+        for (int k = 0; k < ss->n_shards; k++) {
+            hid_t gk = H5Gopen2(sf[k], p, H5P_DEFAULT);
+            char b[64];
+            if (gk < 0) continue;
+            if (ps_h5_read_attr_str(gk, counters[c], b, sizeof b) == 0) sum += atoll(b);
+            H5Gclose(gk);
+        }
+        hid_t gr = H5Gopen2(f, p, H5P_DEFAULT);
+        if (gr < 0 || ps_h5_attr_i64(gr, counters[c], sum) < 0) rc = ps_fail(e, PS_EXIT_RUNTIME, "%s: cannot write /%s %s", partial, p, counters[c]);
+        if (gr >= 0) H5Gclose(gr);
+    }
+    free(mean);
+    free(mnorm);
+    free(v);
+    return rc;
+}
+
+// /run and /prompts/in_run as a single run (shard 0/1) of the same command writes them.
+static int finish_run(hid_t f, const shard_set *ss, const char *partial, ps_error *e) {
+    int rc = 0;
+    uint8_t *all = malloc((size_t)ss->n_prompts);
+    if (!all) return ps_fail(e, PS_EXIT_RUNTIME, "%s: out of memory", partial);
+    memset(all, 1, (size_t)ss->n_prompts);
+    hid_t d = H5Dopen2(f, "prompts/in_run", H5P_DEFAULT);
+    if (d < 0 || H5Dwrite(d, H5T_NATIVE_UINT8, H5S_ALL, H5S_ALL, H5P_DEFAULT, all) < 0) rc = ps_fail(e, PS_EXIT_RUNTIME, "%s: cannot write /prompts/in_run", partial);
+    if (d >= 0) H5Dclose(d);
+    free(all);
+    char buf[256], ident[65];
+    snprintf(buf, sizeof buf, "%s\nshard %d/%d", ss->run_id, 0, 1);
+    ps_sha256_hex(buf, strlen(buf), ident);
+    hid_t run = H5Gopen2(f, "run", H5P_DEFAULT);
+    if (rc == 0 && (run < 0 || ps_h5_attr_str(run, "identity", ident) < 0 || ps_h5_attr_i64(run, "shard_index", 0) < 0 ||
+                    ps_h5_attr_i64(run, "shard_count", 1) < 0 || ps_h5_attr_str(run, "status", "complete") < 0))
+        rc = ps_fail(e, PS_EXIT_RUNTIME, "%s: cannot update /run", partial);
+    if (run >= 0) H5Gclose(run);
+    return rc;
+}
+
+int ps_store_merge(const char *out, const char *const *shards, int n_shards, ps_error *e) {
+    ps_h5_quiet();
+    if (n_shards < 1) return ps_fail(e, PS_EXIT_BADINPUT, "merge: no shard files given");
+    shard_set ss;
+    int rc = check_shards(&ss, shards, n_shards, e);
+    size_t pl = strlen(out) + 16;
+    char *partial = malloc(pl);
+    hid_t *sf = calloc((size_t)n_shards, sizeof(hid_t));
+    if (rc == 0 && (!partial || !sf)) rc = ps_fail(e, PS_EXIT_RUNTIME, "merge: out of memory");
+    if (partial) snprintf(partial, pl, "%s.partial", out);
+    hid_t f = -1;
+    if (rc == 0 && copy_file(shards[ss.first], partial) != 0) rc = ps_fail(e, PS_EXIT_RUNTIME, "%s: cannot write", partial);
+    if (rc == 0 && (f = H5Fopen(partial, H5F_ACC_RDWR, H5P_DEFAULT)) < 0) rc = ps_fail(e, PS_EXIT_RUNTIME, "%s: cannot open", partial);
+    for (int k = 0; rc == 0 && k < n_shards; k++) sf[k] = H5Fopen(shards[k], H5F_ACC_RDONLY, H5P_DEFAULT);
+    int64_t n_res = 0;
+    char **names = NULL;
+    if (rc == 0 && H5Lexists(f, "results", H5P_DEFAULT) > 0) {
+        hid_t res = H5Gopen2(f, "results", H5P_DEFAULT);
+        names = ps_h5_list(res, &n_res);
+        H5Gclose(res);
+        if (!names) rc = ps_fail(e, PS_EXIT_RUNTIME, "%s: cannot list /results", partial);
+    }
+    for (int64_t r = 0; rc == 0 && r < n_res; r++) rc = check_per_prompt(f, shards[ss.first], names[r], e);
+    // Each dataset whose first axis is the prompt: take each prompt's row from the shard that ran it.
+    const int have_baseline = rc == 0 && H5Lexists(f, "baseline", H5P_DEFAULT) > 0;
+    char path[300];
+    for (int k = 0; have_baseline && rc == 0 && k < PS_BASELINE_COLS; k++) {
+        snprintf(path, sizeof path, "baseline/%s", ps_baseline_names[k]);
+        rc = merge_rows(f, sf, &ss, shards, partial, path, e);
+    }
+    for (int64_t r = 0; have_baseline && rc == 0 && r < n_res; r++) {
+        snprintf(path, sizeof path, "results/%s/values", names[r]);
+        rc = merge_rows(f, sf, &ss, shards, partial, path, e);
+        snprintf(path, sizeof path, "results/%s/normalized", names[r]);
+        if (rc == 0) rc = merge_rows(f, sf, &ss, shards, partial, path, e);
+    }
+    int r1;
+    hsize_t d1[H5S_MAX_RANK];
+    int64_t nb = 0;
+    float *clean = rc == 0 ? ps_h5_read(f, "baseline/clean_metric", H5T_NATIVE_FLOAT, &r1, d1, &nb) : NULL;
+    float *corr = rc == 0 ? ps_h5_read(f, "baseline/corrupted_metric", H5T_NATIVE_FLOAT, &r1, d1, &nb) : NULL;
+    for (int64_t r = 0; rc == 0 && clean && corr && r < n_res; r++)
+        rc = merge_table(f, sf, &ss, partial, names[r], clean, corr, e);
+    if (rc == 0 && clean && corr) {
+        hid_t g = H5Gopen2(f, "baseline", H5P_DEFAULT);
+        if (g < 0 || ps_h5_attr_f64(g, "mean_clean", ps_h5_nanmean(clean, ss.n_prompts)) < 0 ||
+            ps_h5_attr_f64(g, "mean_corrupted", ps_h5_nanmean(corr, ss.n_prompts)) < 0)
+            rc = ps_fail(e, PS_EXIT_RUNTIME, "%s: cannot write /baseline means", partial);
+        if (g >= 0) H5Gclose(g);
+    }
+    free(clean);
+    free(corr);
+    if (rc == 0) rc = finish_run(f, &ss, partial, e);
+    for (int k = 0; sf && k < n_shards; k++) if (sf[k] > 0) H5Fclose(sf[k]);
+    if (f >= 0) H5Fclose(f);
+    if (rc == 0 && rename(partial, out) != 0) rc = ps_fail(e, PS_EXIT_RUNTIME, "%s: cannot rename to %s", partial, out);
+    if (rc != 0 && partial) unlink(partial);
+    ps_h5_free_strs(names, (size_t)n_res);
+    shard_set_free(&ss);
+    free(sf);
+    free(partial);
+    return rc;
+}
