@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
-"""Plots a patchsweep results file: one PNG per experiment (mean over prompts) plus a baseline figure.
+"""Plots a patchsweep results file: one PNG per result table (mean over prompts) plus a baseline figure.
 
 Usage: python3 experiments/plot.py RESULTS.h5 [-o OUTDIR] [--normalized | --raw] [--partial]
-Needs h5py, numpy and matplotlib (Debian: python3-h5py python3-matplotlib). Axes, ticks and token labels
-come from the file's HDF5 dimension scales, so any layout the file holds is drawn without knowing it in advance.
-Schema: experiments/README.md.
+Needs h5py, numpy and matplotlib (Debian: python3-h5py python3-matplotlib). Axes, ticks and labels come from
+the table's HDF5 dimension scales (integer values, string labels), titles from its kind and attributes, so any
+producer's table is drawn without knowing it in advance: 1 axis: bars; 2 axes: a heatmap; more: one heatmap
+per index of the leading axes (small multiples). Schema: experiments/README.md.
 """
 import argparse
 import math
@@ -40,7 +41,8 @@ def token_label(tok):
 
 
 class Axis:
-    """One labelled axis of a dataset: name ("layer", "pos", ...), tick values and, for pos, token strings."""
+    """One labelled axis of a dataset: name ("layer", "pos", "token", ...), tick values (its integer scale) and,
+    when the axis has string labels (a second scale: pos_token, <axis>_label), those strings."""
 
     def __init__(self, ds, dim):
         d = ds.dims[dim]
@@ -50,8 +52,10 @@ class Axis:
         self.tokens = None
         if len(d) > 0:
             self.values = d[0][()]
-        if self.name == "pos" and "pos_token" in d.keys():
-            self.tokens = [as_str(t) for t in d["pos_token"][()]]
+        for k in d.keys()[1:]:
+            if d[k].dtype.kind in "OSU" and d[k].shape == (n,):
+                self.tokens = [as_str(t) for t in d[k][()]]
+                break
 
     def ticklabels(self):
         if self.tokens is not None:
@@ -66,12 +70,31 @@ class Axis:
 
 
 def pick(group, want_normalized):
-    """Returns (dataset, normalized?) following --normalized/--raw; normalized when available by default."""
+    """Returns (dataset, normalized?) following --normalized/--raw; normalized when available by default. A table
+    whose values have no prompt axis (not per prompt) is drawn from its values; None when there is nothing to draw."""
     if want_normalized is not False and "mean_normalized" in group:
         return group["mean_normalized"], True
     if want_normalized is True:
         print(f"plot.py: {group.name}: no mean_normalized, plotting raw values", file=sys.stderr)
-    return group["mean"], False
+    if "mean" in group:
+        return group["mean"], False
+    v = group.get("values")
+    if v is not None and v.ndim and v.dims[0].label != "prompt":
+        return v, False
+    return None, False
+
+
+def describe(name, group, normalized, n_prompts):
+    """Title, subtitle and colour-bar label from the table's kind and attributes (never from what they mean)."""
+    attrs = {k: as_str(v) for k, v in group.attrs.items() if k not in ("kind", "patches_run", "patches_skipped")}
+    kind = as_str(group.attrs.get("kind", "patch_sweep"))  # files before schema_version held only patching sweeps
+    metric = attrs.get("metric", "value")
+    what = f"normalized {metric}" if normalized else metric
+    title = f"{name} ({kind}), {what}"
+    per = f"mean over {n_prompts} prompts" if "mean" in group else "one row"
+    subtitle = " · ".join([f"{k} {v}" for k, v in sorted(attrs.items()) if k != "metric"] + [per])
+    cbar = f"normalized {metric}\n(0 = corrupted, 1 = clean)" if normalized else metric
+    return title, subtitle, cbar
 
 
 def sym_limits(x):
@@ -120,11 +143,7 @@ def plot_experiment(name, group, want_normalized, n_prompts, outdir):
     ds, normalized = pick(group, want_normalized)
     data = ds[()].astype(np.float64)
     axes = [Axis(ds, d) for d in range(ds.ndim)]
-    a = {k: as_str(group.attrs.get(k, "?")) for k in ("site", "direction", "metric", "layout")}
-    what = f"normalized {a['metric']}" if normalized else a["metric"]
-    title = f"{a['site']} patching ({a['direction']}), {what}"
-    subtitle = f"experiment {name} · layout {a['layout']} · mean over {n_prompts} prompts"
-    cbar_label = f"normalized {a['metric']}\n(0 = corrupted, 1 = clean)" if normalized else a["metric"]
+    title, subtitle, cbar_label = describe(name, group, normalized, n_prompts)
     vmin, vmax = sym_limits(data)
 
     if data.ndim == 0:
@@ -153,6 +172,8 @@ def plot_experiment(name, group, want_normalized, n_prompts, outdir):
             data, xaxis = bin_columns(data, xaxis)
         facet_shape = data.shape[:len(facets)]
         n_f = int(np.prod(facet_shape)) if facets else 1
+        if facets:
+            subtitle += " · one panel per " + " × ".join(axes[i].name for i in facets)
         if n_f > MAX_FACETS:
             print(f"plot.py: {name}: {n_f} facets, drawing the first {MAX_FACETS}", file=sys.stderr)
             n_f = MAX_FACETS
@@ -288,7 +309,7 @@ def plot_baseline(f, outdir):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description="Plot a patchsweep results file (one PNG per experiment).")
+    p = argparse.ArgumentParser(description="Plot a patchsweep results file (one PNG per result table).")
     p.add_argument("results", help="results file written by patchsweep (RESULTS.h5)")
     p.add_argument("-o", "--outdir", help="output directory (default: RESULTS_plots next to the file)")
     g = p.add_mutually_exclusive_group()
@@ -327,7 +348,7 @@ def main(argv=None):
             results = f["results"] if "results" in f else {}
             for name in results:
                 grp = results[name]
-                if "mean" not in grp and "mean_normalized" not in grp:
+                if pick(grp, False)[0] is None:
                     print(f"plot.py: {grp.name}: no mean dataset, skipped", file=sys.stderr)
                     continue
                 written.append(plot_experiment(name, grp, args.normalized, n_prompts, outdir))

@@ -135,6 +135,7 @@ bad "missing model dir" "model: \"$tmp/nonexistent\" is not a directory" "{\"mod
 bad "lengths differ: both tokenizations shown" "corrupted: [" "{\"model\": \"$demo\", \"dataset\": [{\"clean\": \"1 2 3 4\", \"corrupted\": \"1 2 3 3 3\", \"answer\": \" 5\", \"wrong\": \" 4\"}]}"
 bad "layer out of range" "bad.json: experiments[0] (x): layers[0] = 99" "{\"model\": \"$demo\", \"dataset\": [$item], \"experiments\": [{\"name\": \"x\", \"site\": \"resid_pre\", \"layers\": [99]}]}"
 bad "missing role names item and role" "positions[0] = \"S3\": dataset item 0 has no such role" "{\"model\": \"$demo\", \"dataset\": [$ioi], \"experiments\": [{\"name\": \"x\", \"site\": \"resid_pre\", \"positions\": [\"S3\"]}]}"
+bad "unknown experiment kind suggests the nearest" 'experiments[0].kind: unknown kind "patch_swep" (did you mean "patch_sweep"?)' "{\"model\": \"$demo\", \"dataset\": [$item], \"experiments\": [{\"name\": \"x\", \"kind\": \"patch_swep\", \"site\": \"resid_pre\"}]}"
 bad "multi_token needs the logprob metric" "multi_token" "{\"model\": \"$demo\", \"multi_token\": \"sum_logprob\", \"dataset\": [$item]}"
 if ! nvidia-smi -L >/dev/null 2>&1; then # (on a GPU machine these would run on the GPU)
     bad "cuda without a GPU or build" "cuda" "{\"model\": \"$demo\", \"backend\": \"cuda\", \"dataset\": [$item]}"

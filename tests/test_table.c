@@ -362,6 +362,25 @@ int main(void) {
              "merge of shards with a per_prompt = 0 table: code %d: %s", se.code, se.msg);
     ps_table_free(&once);
 
+    // 7. A file of the layout before schema_version (the old binary's): merge refuses it with one line saying how
+    // to regenerate it; inspect reads it with a note.
+    char old[1100];
+    snprintf(old, sizeof old, "%s/old.h5", dir);
+    snprintf(cmd, sizeof cmd, "cp '%s' '%s'", ref, old);
+    hid_t of = tu_sh_status(cmd) == 0 ? H5Fopen(old, H5F_ACC_RDWR, H5P_DEFAULT) : -1;
+    TU_CHECK(of >= 0 && H5Adelete_by_name(of, "run", "schema_version", H5P_DEFAULT) >= 0, "cannot make an old-layout file");
+    if (of >= 0) H5Fclose(of);
+    se = (ps_error){0};
+    const char *olds[1] = {old};
+    rc = ps_store_merge(merged, olds, 1, &se);
+    printf("merge of an old-layout file: %s\n", se.msg);
+    TU_CHECK(rc != 0 && se.code == PS_EXIT_BADINPUT && strstr(se.msg, old) && strstr(se.msg, "patchsweep run CONFIG --force"),
+             "merge of an old-layout file: code %d: %s", se.code, se.msg);
+    if (bin) {
+        snprintf(cmd, sizeof cmd, "'%s' inspect '%s' 2>&1 | grep -q 'schema:    1 (the layout before result tables'", bin, old);
+        TU_CHECK(tu_sh_status(cmd) == 0, "inspect of an old-layout file: no schema note");
+    }
+
     if (getenv("PS_KEEP_TMP")) printf("kept %s\n", dir);
     else {
         snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
