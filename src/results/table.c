@@ -111,12 +111,13 @@ void ps_table_free(ps_table *t) {
     memset(t, 0, sizeof *t);
 }
 
-// The slot for key: its existing entry (value released) or a new one.
-static ps_attr *attr_slot(ps_table *t, const char *key, ps_error *e) {
+// The slot for key, of this type: its existing entry (value released) or a new one.
+static ps_attr *attr_slot(ps_table *t, const char *key, ps_attr_type type, ps_error *e) {
     for (int i = 0; i < t->n_attrs; i++)
         if (!strcmp(t->attrs[i].key, key)) {
             free(t->attrs[i].s);
             t->attrs[i].s = NULL;
+            t->attrs[i].type = type;
             return &t->attrs[i];
         }
     if (t->n_attrs == PS_TABLE_MAX_ATTRS) {
@@ -129,32 +130,28 @@ static ps_attr *attr_slot(ps_table *t, const char *key, ps_error *e) {
         ps_fail(e, PS_EXIT_RUNTIME, "out of memory");
         return NULL;
     }
+    a->type = type;
     t->n_attrs++;
     return a;
 }
 
 int ps_table_attr_str(ps_table *t, const char *key, const char *val, ps_error *e) {
-    ps_attr *a = attr_slot(t, key, e);
+    ps_attr *a = attr_slot(t, key, PS_ATTR_STR, e);
     if (!a) return -1;
-    a->type = PS_ATTR_STR;
     if (!(a->s = strdup(val ? val : ""))) return ps_fail(e, PS_EXIT_RUNTIME, "out of memory");
     return 0;
 }
 
 int ps_table_attr_i64(ps_table *t, const char *key, int64_t val, ps_error *e) {
-    ps_attr *a = attr_slot(t, key, e);
-    if (!a) return -1;
-    a->type = PS_ATTR_I64;
-    a->i = val;
-    return 0;
+    ps_attr *a = attr_slot(t, key, PS_ATTR_I64, e);
+    if (a) a->i = val;
+    return a ? 0 : -1;
 }
 
 int ps_table_attr_f64(ps_table *t, const char *key, double val, ps_error *e) {
-    ps_attr *a = attr_slot(t, key, e);
-    if (!a) return -1;
-    a->type = PS_ATTR_F64;
-    a->f = val;
-    return 0;
+    ps_attr *a = attr_slot(t, key, PS_ATTR_F64, e);
+    if (a) a->f = val;
+    return a ? 0 : -1;
 }
 
 const ps_attr *ps_table_attr(const ps_table *t, const char *key) {
