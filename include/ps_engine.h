@@ -1,4 +1,5 @@
-// The experiment engine: tokenized prompts, baseline runs, and patch sweeps planned as batches of rows.
+// The experiment engine: tokenized prompts, baseline runs, every experiment run by its kind's producer
+// (ps_producer.h), patch sweeps planned as batches of rows.
 // A sweep reuses the base run's cache below the patched layer and before the first position the patch
 // changes, skips patches that change nothing, and unembeds only what the metric reads.
 #ifndef PS_ENGINE_H
@@ -77,26 +78,28 @@ typedef struct {
     ps_table *t;                // the run's table of this experiment (borrowed from ps_run_results.tables)
 } ps_sweep;
 
-// A run's results: the baseline, one table per experiment (tables[i] is experiments[i]'s), and the engine's
-// layout of each experiment's cells.
+// A run's results: the baseline, one table per experiment (tables[i] is experiments[i]'s) and what the
+// experiment's producer (ps_producer.h) keeps for it (products[i]; a patching sweep's state is its ps_sweep).
+struct ps_product;
 typedef struct ps_run_results {
     ps_baseline base;
-    ps_table *tables; int64_t n_tables; // owned
-    ps_sweep *sweeps; int64_t n_sweeps; // owned; sweeps[i].t == &tables[i]
-    int64_t rows_planned;       // sweep rows the engine ran (or, in a dry run, would run)
+    ps_table *tables; int64_t n_tables;         // owned
+    struct ps_product *products; int64_t n_products; // owned; products[i].t == &tables[i]
+    int64_t rows_planned;       // rows the producers ran (or, in a dry run, would run)
     size_t peak_cache_bytes;    // activation caches held at once
     double baseline_flops;      // the clean and corrupted runs
     double seconds;             // wall time of ps_engine_run
 } ps_run_results;
 
-// Runs the baseline and every experiment over the prompts in o->todo (all by default), then computes the
-// normalized values and the means (ps_engine_finish). Validates the experiments' layers, heads, neurons
-// and positions against the model (bad input: exit status 2, naming the experiment and field).
+// Runs the baseline and every experiment over the prompts in o->todo (all by default), each by its kind's
+// producer (ps_producer.h), then computes the normalized values and the means (ps_engine_finish). The
+// producers check their experiments against the model (bad input: exit status 2, naming the experiment and field).
 // A stop request returns -1 with e->code = PS_EXIT_RUNTIME and "interrupted" in the message.
 int ps_engine_run(const ps_model *m, ps_backend *be, const ps_prompt_set *ps, const ps_experiment *exps, int64_t n_exps,
                   ps_metric_kind metric, const ps_engine_opts *o, ps_run_results *out, ps_error *e);
 
-// Allocates out for these experiments (values NaN) without running anything: resume fills it.
+// Allocates out for these experiments (values NaN, laid out by their producers) without running anything:
+// resume fills it.
 int ps_run_results_init(ps_run_results *out, const ps_model_config *mc, const ps_prompt_set *ps, const ps_experiment *exps,
                         int64_t n_exps, ps_error *e);
 // Every table's derived datasets (normalized values per prompt, means over the prompts that have values).

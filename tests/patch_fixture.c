@@ -2,6 +2,7 @@
 // TransformerLens patching goldens (tests/data/<model>/golden_patch.safetensors), one experiment per
 // TransformerLens sweep kind in both directions, and the comparisons.
 #include "patch_fixture.h"
+#include "ps_producer.h"
 
 #include "golden_util.h"
 #include "testutil.h"
@@ -110,8 +111,8 @@ void pf_compare_with_goldens(const char *model, pf_fixture *f, const ps_run_resu
         tu_close(nm, &rr->base.corrupted[i], xm, 1, tol, tol);
         free(cm);
         free(xm);
-        for (int64_t s = 0; s < rr->n_sweeps; s++) {
-            const ps_sweep *sw = &rr->sweeps[s];
+        for (int64_t s = 0; s < rr->n_products; s++) {
+            const ps_sweep *sw = (const ps_sweep *)rr->products[s].state;
             const int k = (int)(s % PF_NK);
             snprintf(key, sizeof key, "p%lld.%s.%s", (long long)i, sw->ex->direction ? "noise" : "denoise", PF_KINDS[k].key);
             float *want = gu_f32(&f->g, key, &n);
@@ -163,8 +164,8 @@ void pf_compare_runs(const char *what, const ps_run_results *a, const ps_run_res
     char nm[256];
     snprintf(nm, sizeof nm, "%s baseline", what);
     tu_close(nm, a->base.clean, b->base.clean, n_prompts, tol, tol);
-    for (int64_t s = 0; s < a->n_sweeps; s++) {
-        snprintf(nm, sizeof nm, "%s %s", what, a->sweeps[s].ex->name);
+    for (int64_t s = 0; s < a->n_tables; s++) {
+        snprintf(nm, sizeof nm, "%s %s", what, a->tables[s].name);
         tu_close(nm, a->tables[s].values, b->tables[s].values, n_prompts * a->tables[s].n_cells, tol, tol);
     }
 }

@@ -280,12 +280,16 @@ int ps_cli_run(int argc, char **argv) {
         else printf("plan for %s (%s backend, %s)\n", cfg_path, be.name, be.device);
         if (be.kind == PS_BACKEND_CPU) printf("  blas               %s\n", ps_blas_describe());
         printf("  prompts            %lld (%lld in this run)\n", (long long)ps.n, (long long)n_todo);
-        for (int64_t s = 0; s < rr.n_sweeps; s++) {
-            const ps_sweep *sw = &rr.sweeps[s];
-            printf("  %-18s %s by %s, %s: %lld cells x %lld prompts: %lld rows, %lld known without running, %.3f GFLOP\n",
-                   sw->ex->name, ps_site_name(sw->ex->site), ps_layout_name(sw->ex->layout), ps_direction_name(sw->ex->direction),
-                   (long long)sw->n_cells, (long long)n_todo, (long long)sw->t->patches_run, (long long)sw->t->patches_skipped,
-                   sw->t->flops * 1e-9);
+        for (int64_t s = 0; s < rr.n_tables; s++) {
+            const ps_table *t = &rr.tables[s];
+            char shape[160] = "";
+            for (int a = 0; a < t->n_axes; a++)
+                snprintf(shape + strlen(shape), sizeof shape - strlen(shape), "%s%s %lld", a ? " x " : "", t->axes[a].name,
+                         (long long)t->axes[a].len);
+            const ps_attr *site = ps_table_attr(t, "site");
+            printf("  %-18s %s%s%s (%s): %lld cells x %lld %s: %lld rows, %lld known without running, %.3f GFLOP\n", t->name, t->kind,
+                   site ? " at " : "", site ? site->s : "", shape, (long long)t->n_cells, (long long)(t->per_prompt ? n_todo : 1),
+                   t->per_prompt ? "prompts" : "row", (long long)t->patches_run, (long long)t->patches_skipped, t->flops * 1e-9);
         }
         printf("  patches            %lld (%lld forward rows, %lld known without running)\n", (long long)(run + skipped),
                (long long)run, (long long)skipped);

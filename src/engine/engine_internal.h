@@ -12,6 +12,8 @@ int ps_has_head(ps_layout l);
 // layers, heads, neurons and positions against the model and the prompts (bad input: exit status 2).
 int ps_sweep_init(ps_sweep *sw, const ps_experiment *ex, int64_t idx, const ps_model_config *mc, const ps_prompt_set *ps,
                   ps_error *e);
+// The sweep's table (kind patch_sweep): its axes as the file shows them, NaN values, attributes.
+int ps_sweep_table_init(ps_table *t, const ps_sweep *sw, const ps_prompt_set *ps, ps_error *e);
 // The patch of one cell of a sweep for one prompt; 0 when the cell does not apply to the prompt.
 int ps_cell_patch(const ps_sweep *sw, int64_t cell, const ps_prompt *p, ps_patch *pt);
 

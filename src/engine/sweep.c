@@ -89,7 +89,7 @@ int ps_sweep_init(ps_sweep *sw, const ps_experiment *ex, int64_t idx, const ps_m
 
 // The table of a sweep: its axes as the file shows them. A position named by role is labelled with the role's
 // name and valued with prompt 0's index of it; other positions are labelled by the store (prompt 0's tokens).
-static int sweep_table_init(ps_table *t, const ps_sweep *sw, const ps_prompt_set *ps, ps_error *e) {
+int ps_sweep_table_init(ps_table *t, const ps_sweep *sw, const ps_prompt_set *ps, ps_error *e) {
     const ps_experiment *ex = sw->ex;
     ps_axis axes[3];
     int64_t *pos_vals = NULL;
@@ -141,42 +141,4 @@ int ps_cell_patch(const ps_sweep *sw, int64_t cell, const ps_prompt *p, ps_patch
     if (ps_has_head(ex->layout)) { pt->head = sw->axis_value[a][idx[a]]; a++; }
     if (ex->layout == PS_BY_LAYER_NEURON) { pt->neuron = sw->axis_value[a][idx[a]]; a++; }
     return 1;
-}
-
-int ps_run_results_init(ps_run_results *out, const ps_model_config *mc, const ps_prompt_set *ps, const ps_experiment *exps,
-                        int64_t n_exps, ps_error *e) {
-    memset(out, 0, sizeof *out);
-    if (ps_baseline_init(&out->base, ps->n, e) != 0) return -1;
-    out->tables = calloc((size_t)(n_exps ? n_exps : 1), sizeof *out->tables);
-    out->sweeps = calloc((size_t)(n_exps ? n_exps : 1), sizeof *out->sweeps);
-    if (!out->tables || !out->sweeps) {
-        ps_run_results_free(out);
-        return ps_fail(e, PS_EXIT_RUNTIME, "out of memory");
-    }
-    for (int64_t i = 0; i < n_exps; i++) {
-        // Counted as they are made, so ps_run_results_free releases exactly what exists.
-        out->n_sweeps = out->n_tables = i + 1;
-        if (ps_sweep_init(&out->sweeps[i], &exps[i], i, mc, ps, e) != 0 ||
-            sweep_table_init(&out->tables[i], &out->sweeps[i], ps, e) != 0) {
-            ps_run_results_free(out);
-            return -1;
-        }
-        out->sweeps[i].t = &out->tables[i];
-    }
-    return 0;
-}
-
-void ps_engine_finish(ps_run_results *out) {
-    for (int64_t s = 0; s < out->n_tables; s++) ps_table_finish(&out->tables[s], out->base.clean, out->base.corrupted);
-}
-
-void ps_run_results_free(ps_run_results *r) {
-    if (!r) return;
-    ps_baseline_free(&r->base);
-    for (int64_t s = 0; r->sweeps && s < r->n_sweeps; s++)
-        for (int a = 0; a < 3; a++) free(r->sweeps[s].axis_value[a]);
-    for (int64_t s = 0; r->tables && s < r->n_tables; s++) ps_table_free(&r->tables[s]);
-    free(r->sweeps);
-    free(r->tables);
-    memset(r, 0, sizeof *r);
 }

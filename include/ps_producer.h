@@ -1,0 +1,70 @@
+// Experiment kinds ("producers"): each kind lays out the result table of every experiment of its kind and
+// computes its values. The engine runs them all from one loop. Per-prompt producers run chunk by chunk, from the
+// chunk's clean and corrupted runs (full activation caches), after the chunk's baselines; the journal, resume
+// and shards then apply to their tables with no per-kind code. Producers whose values are not per prompt (a
+// circuit search, copy scores from the weights) run once, after the last chunk.
+//
+// Adding a kind: its keys in the config (src/inputs/config.c, its name in the config's kind list), one
+// ps_producer in src/engine/, and its line in the registry (src/engine/producer.c).
+#ifndef PS_PRODUCER_H
+#define PS_PRODUCER_H
+
+#include "ps_engine.h"
+
+// What a producer may use during a run (borrowed). rr->base holds the baselines of every prompt done so far,
+// the current chunk's included, when chunk() is called.
+typedef struct ps_producer_ctx {
+    const ps_model *m;
+    ps_backend *be;
+    const ps_prompt_set *ps;
+    ps_metric_kind metric;
+    const ps_engine_opts *o;     // naive, batch_rows, dry_run (plan and count, run no rows), stop
+    ps_run_results *rr;
+    int64_t done, total;         // progress in cells of per-prompt tables; a producer may advance done
+    double t_start, t_last;
+} ps_producer_ctx;
+
+// One chunk of prompts, their baselines run with every activation cached.
+typedef struct {
+    const int64_t *prompts; int64_t n;   // indices into ps
+    const ps_cache *clean, *corrupted;   // (n)
+    const float *clean_logprobs;         // (n, V) the clean run's log-softmax at score_pos (metric kl), else NULL
+} ps_chunk;
+
+struct ps_producer;
+
+// One experiment and what its producer keeps for it.
+typedef struct ps_product {
+    const ps_experiment *ex;
+    int64_t idx;                 // its index in the config (messages name experiments[idx])
+    ps_table *t;                 // its table (ps_run_results.tables[idx])
+    void *state;                 // the producer's, made by init, freed by free_state
+    const struct ps_producer *pr;
+} ps_product;
+
+typedef struct ps_producer {
+    const char *kind;            // the config's experiment "kind" and the table's kind attribute
+    int per_prompt;              // 1: chunk() fills the chunk's prompts' rows; 0: once() fills one row
+    // Checks p->ex against the model and the prompts (bad input: exit status 2 naming experiments[idx] and the
+    // field), lays out p->t (ps_table_init: NaN values) and may set p->state. Runs without a backend: resume
+    // and merge lay out tables this way.
+    int (*init)(const ps_model_config *mc, const ps_prompt_set *ps, ps_product *p, ps_error *e);
+    // Per-prompt producers: every experiment of this kind at once (n items), for one chunk.
+    int (*chunk)(ps_producer_ctx *cx, ps_product *const *items, int64_t n, const ps_chunk *ch, ps_error *e);
+    // The others: after the last chunk.
+    int (*once)(ps_producer_ctx *cx, ps_product *const *items, int64_t n, ps_error *e);
+    void (*free_state)(void *state);
+} ps_producer;
+
+// The producer of a kind; NULL when there is none.
+const ps_producer *ps_producer_for(const char *kind);
+
+// Progress on stderr when o->progress (at most twice a second; final: the closing line).
+void ps_producer_progress(ps_producer_ctx *cx, int final);
+// -1 with "interrupted" (PS_EXIT_RUNTIME) once a stop was requested (signals), else 0.
+int ps_producer_stopped(const ps_producer_ctx *cx, ps_error *e);
+
+// The patching sweeps (src/engine/sweep_run.c).
+extern const ps_producer ps_patch_sweep_producer;
+
+#endif

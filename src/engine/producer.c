@@ -1,0 +1,41 @@
+// The registry of experiment kinds (ps_producer.h) and what every producer shares: progress and stop requests.
+#include "ps_producer.h"
+
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+// Every kind, in the order the engine runs them within a chunk.
+static const ps_producer *const producers[] = {
+    &ps_patch_sweep_producer,
+};
+
+const ps_producer *ps_producer_for(const char *kind) {
+    for (size_t i = 0; i < sizeof producers / sizeof producers[0]; i++)
+        if (!strcmp(producers[i]->kind, kind)) return producers[i];
+    return NULL;
+}
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+void ps_producer_progress(ps_producer_ctx *cx, int final) {
+    if (!cx->o->progress) return;
+    double t = now_s();
+    if (cx->t_start == 0) cx->t_start = cx->t_last = t;
+    if (!final && t - cx->t_last < 0.5) return;
+    cx->t_last = t;
+    double el = t - cx->t_start, rate = el > 0 ? (double)cx->done / el : 0;
+    double eta = rate > 0 ? (double)(cx->total - cx->done) / rate : 0;
+    fprintf(stderr, "\r  cells %lld/%lld  %.1f/s  elapsed %.0fs  eta %.0fs   %s", (long long)cx->done, (long long)cx->total, rate,
+            el, eta, final ? "\n" : "");
+    fflush(stderr);
+}
+
+int ps_producer_stopped(const ps_producer_ctx *cx, ps_error *e) {
+    if (cx->o->stop && *cx->o->stop) return ps_fail(e, PS_EXIT_RUNTIME, "interrupted");
+    return 0;
+}
