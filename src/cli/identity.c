@@ -6,7 +6,6 @@
 #include "ps_identity.h"
 #include "ps_safetensors.h"
 
-#include <errno.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>

@@ -356,7 +356,9 @@ int ps_cli_run(int argc, char **argv) {
     }
     ps_journal_close(jr);
     ps_cli_unlock_output(&lock);
-    ps_hash_cache_save(hc); // a refused run's fresh hashes too (nothing is recorded for it)
+    // The cache serves the journal and output beside it: with neither left (a failed run), nothing stays behind.
+    if (hc && rc != 0 && !file_exists(out) && !file_exists(jpath)) unlink(hpath);
+    else ps_hash_cache_save(hc); // a refused run's fresh hashes too (nothing is recorded for it)
     ps_hash_cache_free(hc);
     ps_identity_free(&id);
     free(hpath);
