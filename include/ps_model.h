@@ -68,7 +68,7 @@ typedef struct {
     size_t n_floats;
     ps_weight_stream *stream; // non-NULL when the layer matrices stay in the file (streamed)
     char *dir;                // checkpoint directory (owned)
-    char weights_sha256[65];  // of model.safetensors, or of the index file for shards
+    char weights_sha256[65];  // "" from the loader; `run` sets it (model.safetensors's, or over the index and every shard)
     char file_dtype[16];      // dtype of the checkpoint's tensors, e.g. "float32"; "mixed" when they differ
 } ps_model;
 

@@ -388,9 +388,7 @@ static void test_gpt2(const char *prefix, const char *dtype) {
     char want_dt[16];
     snprintf(want_dt, sizeof want_dt, "%s", strcmp(dtype, "F32") == 0 ? "float32" : "float16");
     TU_CHECK(strcmp(m.file_dtype, want_dt) == 0, "file_dtype %s, want %s", m.file_dtype, want_dt);
-    char sha[65];
-    ps_sha256_file(path_in(dir, "model.safetensors"), sha, &e);
-    TU_CHECK(strcmp(sha, m.weights_sha256) == 0, "weights_sha256 %s != %s", m.weights_sha256, sha);
+    TU_CHECK(m.weights_sha256[0] == 0, "weights_sha256 %s: hashing is the caller's (through its cache)", m.weights_sha256);
     TU_CHECK(m.dir && strcmp(m.dir, dir) == 0, "m.dir");
 
     char nm[160];
@@ -577,9 +575,7 @@ static void test_gpt2_sharded(void) {
     int rc = ps_model_load(&m, dir, &e);
     TU_CHECK(rc == 0, "sharded gpt2 load: %s", e.msg);
     if (rc == 0) {
-        char sha[65];
-        ps_sha256_file(path_in(dir, "model.safetensors.index.json"), sha, &e);
-        TU_CHECK(strcmp(sha, m.weights_sha256) == 0, "sharded sha256 is the index file's");
+        TU_CHECK(m.weights_sha256[0] == 0, "sharded: not hashed by the loader");
         check_slot("sharded gpt2 lnf_b (2nd shard)", m.w.lnf_b, src_of(&k, "transformer.ln_f.bias"), G_C);
         check_slot("sharded gpt2 wte (1st shard)", m.w.wte, src_of(&k, "transformer.wte.weight"), G_V * G_C);
         ps_model_free(&m);
@@ -906,7 +902,7 @@ static void test_hf_tiny(const char *name, ps_arch arch) {
     int finite = 1;
     for (size_t i = 0; i < m.n_floats; i++) finite &= isfinite(m.memory[i]) != 0;
     TU_CHECK(finite, "%s: weights finite", name);
-    TU_CHECK(strlen(m.weights_sha256) == 64, "%s: hashed", name);
+    TU_CHECK(m.weights_sha256[0] == 0, "%s: not hashed by the loader", name);
     // GPT-2: the last layer's v block is the last C columns of c_attn (HF Conv1D (in, out)).
     // Llama: the last layer's w_v is v_proj (out, in) transposed.
     ps_safetensors st;

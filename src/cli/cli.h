@@ -5,6 +5,7 @@
 #include "ps_backend.h"
 #include "ps_config.h"
 #include "ps_engine.h"
+#include "ps_identity.h"
 #include "ps_model.h"
 #include "ps_tokenizer.h"
 
@@ -18,7 +19,16 @@ typedef struct {
     int index, count;
     const char *identity, *run_identity;
     const uint8_t *in_run;   // (n_prompts)
+    // Every input file with its sha256, a JSON list [{"kind", "path", "sha256", "bytes"}] (ps_identity_inputs_json):
+    // ready for a /run attribute "inputs" once the store has one; NULL when not built.
+    const char *inputs_json;
 } ps_shard_info;
+
+// The run's identity (src/cli/identity.c): every input file hashed through the cache c, the config's parsed
+// values, the version, backend, precision and threads; run_id without the shard (what merge compares), ident
+// with it (what resume and a finished output compare). id is filled (ps_identity_free) and lists the parts.
+int ps_cli_identity(ps_identity *id, ps_hash_cache *c, const ps_config *cfg, const ps_tokenizer *tok, const ps_backend *be,
+                    int shard_i, int shard_n, char ident[65], char run_id[65], ps_error *e);
 
 // `patchsweep run` (argv after "run").
 int ps_cli_run(int argc, char **argv);

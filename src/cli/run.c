@@ -7,6 +7,7 @@
 #include "ps_blas.h"
 #include "ps_config.h"
 #include "ps_engine.h"
+#include "ps_identity.h"
 #include "ps_journal.h"
 #include "ps_model.h"
 #include "ps_store.h"
@@ -49,16 +50,22 @@ static int file_exists(const char *p) {
     return stat(p, &st) == 0;
 }
 
-// The run's identity: what must be equal for a journal, an existing output or a shard to belong to it.
-static void run_identity(const ps_config *cfg, const ps_model *m, const char *tok_sha, int shard_i, int shard_n,
-                         char out[65], char run_id[65]) {
-    size_t n = strlen(cfg->text) + 512;
-    char *buf = malloc(n);
-    snprintf(buf, n, "patchsweep %s\nweights %s\ntokenizer %s\nconfig\n%s", PS_VERSION, m->weights_sha256, tok_sha, cfg->text);
-    ps_sha256_hex(buf, strlen(buf), run_id);
-    snprintf(buf, n, "%s\nshard %d/%d", run_id, shard_i, shard_n);
-    ps_sha256_hex(buf, strlen(buf), out);
-    free(buf);
+// Path of a file beside the output (OUT + suffix), malloc'd; NULL: out of memory.
+static char *beside(const char *out, const char *suffix) {
+    size_t n = strlen(out) + strlen(suffix) + 1;
+    char *p = malloc(n);
+    if (p) snprintf(p, n, "%s%s", out, suffix);
+    return p;
+}
+
+// A refusal naming what changed since what (the journal or the results file) was written, when the hash cache
+// recorded the parts of that run; else the generic one-line refusal.
+static int refuse_changed(const ps_hash_cache *c, const char *old_ident, const ps_identity *id, const char *what,
+                          const char *generic, ps_error *e) {
+    char why[1536];
+    if (ps_hash_cache_explain(c, old_ident, id, why, sizeof why) == 0)
+        return ps_fail(e, PS_EXIT_BADINPUT, "%s since %s was written; --force recomputes", why, what);
+    return ps_fail(e, PS_EXIT_BADINPUT, "%s", generic);
 }
 
 // Nothing meaningful (every value NaN, or clean == corrupted everywhere) fails the run instead of writing a
@@ -174,7 +181,10 @@ int ps_cli_run(int argc, char **argv) {
     uint8_t *done = NULL;
     int64_t *todo = NULL, n_todo = 0, n_done = 0;
     char tok_sha[65] = "", ident[65] = "", run_id[65] = "";
-    char *jpath = NULL;
+    char *jpath = NULL, *hpath = NULL;
+    ps_hash_cache *hc = NULL;
+    ps_identity id = {0};
+    char *inputs = NULL;
     int rc = 0, interrupted = 0, already = 0;
     double this_flops = 0;
     int64_t this_run = 0, this_skipped = 0;
@@ -183,7 +193,6 @@ int ps_cli_run(int argc, char **argv) {
         rc = ps_fail(&e, PS_EXIT_BADINPUT, "%s: model: \"%s\" is not a directory (a Hugging Face checkpoint: config.json + model.safetensors)",
                      cfg.path, cfg.model);
     if (rc == 0 && ps_tokenizer_load(&tok, cfg.tokenizer ? cfg.tokenizer : cfg.model, &e) != 0) rc = -1;
-    if (rc == 0 && ps_sha256_file(ps_tokenizer_path(tok), tok_sha, &e) != 0) rc = -1;
     if (rc == 0 && ps_model_load_mode(&m, cfg.model, weights, &e) != 0) rc = -1;
     // A dry run plans even where the configured device is absent (the backend stands in with the CPU).
     const ps_backend_opts bo = {.kind = cfg.backend, .precision = cfg.precision, .threads = cfg.threads,
@@ -191,23 +200,46 @@ int ps_cli_run(int argc, char **argv) {
     if (rc == 0 && ps_backend_init_opts(&be, &bo, &m, &e) != 0) rc = -1;
     const char *elsewhere = be.stand_in_for; // non-NULL: planned on the CPU for that backend
     if (rc == 0 && ps_prompts_build(&ps, &cfg, tok, &m.cfg, &e) != 0) rc = -1;
-    if (rc == 0) {
-        run_identity(&cfg, &m, tok_sha, shard_i, shard_n, ident, run_id);
+    // The identity (a dry run writes nothing and checks nothing, so it hashes nothing).
+    if (rc == 0 && !dry) {
+        if (!(hpath = beside(out, ".hashes")) || !(jpath = beside(out, ".journal")))
+            rc = ps_fail(&e, PS_EXIT_RUNTIME, "out of memory");
+        if (rc == 0 && (ps_hash_cache_load(&hc, hpath, &e) != 0 ||
+                        ps_cli_identity(&id, hc, &cfg, tok, &be, shard_i, shard_n, ident, run_id, &e) != 0))
+            rc = -1;
+        if (rc == 0) {
+            // /run's weights_sha256 and tokenizer_sha256: one file's own hash, or the hash over all of them.
+            ps_identity_digest_kind(&id, "weights file", m.weights_sha256);
+            ps_identity_digest_kind(&id, "tokenizer file", tok_sha);
+            if (!(inputs = ps_identity_inputs_json(&id))) rc = ps_fail(&e, PS_EXIT_RUNTIME, "out of memory");
+        }
+    }
+    if (rc == 0 && !dry) {
         // An existing complete output: the same run is done already; another run's is not overwritten silently.
-        if (!dry && file_exists(out) && !force) {
+        if (file_exists(out) && !force) {
             char old[65] = "";
             ps_error re = {0};
-            if (ps_store_read_identity(out, old, &re) == 0 && !strcmp(old, ident)) {
+            int complete = ps_store_read_identity(out, old, &re) == 0;
+            if (complete && !strcmp(old, ident)) {
                 char eo[1024];
                 fprintf(stderr, "patchsweep: %s is complete for this config, model and version; nothing to do (--force recomputes)\n",
                         ps_escape(out, eo, sizeof eo));
                 already = 1;
             } else {
-                rc = ps_fail(&e, PS_EXIT_BADINPUT, "%s: exists and holds another run (config, model, tokenizer, version or shard differ); use --force to overwrite",
-                             out);
+                char generic[PS_ERR_MAX];
+                snprintf(generic, sizeof generic, "%s: exists and holds another run (config, model, tokenizer, version or shard differ); use --force to overwrite",
+                         out);
+                rc = refuse_changed(hc, complete ? old : "-", &id, out, generic, &e);
             }
+        } else if (file_exists(jpath) && !force) {
+            // The journal's header holds only the identity; the cache recorded the parts of the run that wrote it
+            // (nothing recorded, or the same parts: ps_journal_open compares the header itself).
+            char why[1536];
+            if (ps_hash_cache_explain(hc, NULL, &id, why, sizeof why) == 0)
+                rc = ps_fail(&e, PS_EXIT_BADINPUT, "%s since the journal %s was written; --force recomputes", why, jpath);
         }
     }
+    if (rc == 0 && already && ps_hash_cache_record(hc, &id, ident, &e) != 0) rc = -1;
     if (rc == 0 && !already) {
         // Which prompts this run owns (its shard), minus those a journal already holds.
         done = calloc((size_t)ps.n, 1);
@@ -221,19 +253,11 @@ int ps_cli_run(int argc, char **argv) {
             snprintf(e.msg, sizeof e.msg, "%s: --shard: %.1900s", cfg_path, orig);
             rc = -1;
         }
-        if (rc == 0 && !dry) {
-            size_t jl = strlen(out) + 16;
-            jpath = malloc(jl);
-            snprintf(jpath, jl, "%s.journal", out);
-            char *dir = ps_dirname(out);
-            char cmd_dir[4096];
-            snprintf(cmd_dir, sizeof cmd_dir, "%s", dir);
-            free(dir);
-            for (char *q = cmd_dir + 1; *q; q++) // mkdir -p of the output's directory
-                if (*q == '/') { *q = 0; mkdir(cmd_dir, 0755); *q = '/'; }
-            mkdir(cmd_dir, 0755);
-            if (ps_journal_open(&jr, jpath, ident, force, &restored.base, restored.tables, restored.n_tables, done, &n_done, &e) != 0)
+        if (rc == 0 && !dry) { // (the output's directory exists: ps_cli_lock_output made it)
+            if (ps_journal_open(&jr, jpath, ident, force, &restored.base, restored.tables, restored.n_tables, done, &n_done, &e) != 0 ||
+                ps_hash_cache_record(hc, &id, ident, &e) != 0) // what the journal holds now
                 rc = -1;
+            ps_hash_cache_save(hc); // now, not at the end: a killed run's resume finds the hashes
             if (rc == 0 && n_done > 0) {
                 char ej[1024];
                 fprintf(stderr, "patchsweep: resuming: %lld of %lld prompts already done (%s)\n", (long long)n_done,
@@ -315,7 +339,8 @@ int ps_cli_run(int argc, char **argv) {
         if (!in_run) rc = ps_fail(&e, PS_EXIT_RUNTIME, "out of memory");
         for (int64_t i = 0; rc == 0 && i < ps.n; i++) in_run[i] = (uint8_t)(i % shard_n == shard_i);
         if (rc == 0 && (rc = check_meaningful(&rr, in_run, &cfg, &e)) != 0 && jpath) unlink(jpath); // nothing worth resuming
-        ps_shard_info sh = {.index = shard_i, .count = shard_n, .identity = ident, .run_identity = run_id, .in_run = in_run};
+        ps_shard_info sh = {.index = shard_i, .count = shard_n, .identity = ident, .run_identity = run_id, .in_run = in_run,
+                           .inputs_json = inputs};
         if (rc == 0 && ps_cli_write_results(out, &cfg, &m, tok, tok_sha, &be, be.threads, &ps, &rr, &sh, &e) != 0) rc = -1;
         free(in_run);
         if (rc == 0 && jpath) unlink(jpath); // everything is in the results file now
@@ -335,6 +360,13 @@ int ps_cli_run(int argc, char **argv) {
     }
     ps_journal_close(jr);
     ps_cli_unlock_output(&lock);
+    // The cache serves the journal and output beside it: with neither left (a failed run), nothing stays behind.
+    if (hc && rc != 0 && !file_exists(out) && !file_exists(jpath)) unlink(hpath);
+    else ps_hash_cache_save(hc); // a refused run's fresh hashes too (nothing is recorded for it)
+    ps_hash_cache_free(hc);
+    ps_identity_free(&id);
+    free(hpath);
+    free(inputs);
     ps_run_results_free(&rr);
     ps_run_results_free(&restored);
     ps_prompt_set_free(&ps);
