@@ -1,11 +1,12 @@
 // Ablation circuits as library functions: mean activations over a reference prompt set (means.c), rows
 // that ablate a set of components or everything outside a kept circuit, scored per prompt (ablation.c),
 // and seqcont's iterative node pruning with speculative batches (circuit_search.c). Results are plain
-// arrays here; ps_table conversion sits beside them once the results table is on main.
+// arrays here; ablation_table.c turns them into result tables (ps_table.h).
 #ifndef PS_ABLATION_H
 #define PS_ABLATION_H
 
 #include "ps_engine.h"
+#include "ps_table.h"
 
 typedef enum { PS_COMP_HEAD = 0, PS_COMP_MLP, PS_COMP_NEURON } ps_comp_kind;
 
@@ -136,5 +137,18 @@ typedef struct {
 // Runs the search from the full model with the ablator's method and means.
 int ps_circuit_search(ps_ablator *a, const ps_search_opts *o, ps_search_result *out, ps_error *e);
 void ps_search_result_free(ps_search_result *r);
+
+// Result tables (ablation_table.c); t is initialised here and owned by the caller (ps_table_free).
+// Ablation values: kind "ablation", per prompt over a "component" axis (one cell per set, labelled
+// labels[s], e.g. "h9.1" or "keep:seqcont"), values[s * n + i] the metric of prompt i; attributes: method,
+// group, the score definitions. Its scores: "NAME.scores", one row, axes component x score ("mean",
+// "circuit_score" = 100 x mean / mean(full), "faithfulness" = mean / mean(full)), full_mean attribute.
+int ps_ablation_tables(const ps_ablator *a, const char *name, const char *const *labels, int64_t n_sets, const float *values,
+                       ps_table *values_t, ps_table *scores_t, ps_error *e);
+// The search trace: kind "circuit_search", one row, axes step (labelled by the candidate) x field ("pass",
+// "score_before", "score", "removed"); attributes threshold, final circuit ("h0.1 h2.3 mlp0 ..."),
+// final_score, passes, candidates_scored.
+int ps_search_table(const ps_search_result *r, const ps_search_opts *o, const ps_model_config *mc, const char *name, ps_table *t,
+                    ps_error *e);
 
 #endif

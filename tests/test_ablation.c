@@ -150,6 +150,20 @@ static void check_cases(const char *name, fixture *f, const cJSON *doc) {
         TU_CHECK(err <= 1e-4, "%s: circuit score %.6f, TransformerLens %.6f", lab, sc, ws);
         n_cases++;
     }
+    {
+        // The last case's values as result tables (one component cell).
+        ps_table vt, st;
+        const char *labels[1] = {"last"};
+        if (ps_ablation_tables(&ab[5], "abl", labels, 1, got, &vt, &st, &e) != 0) TU_CHECK(0, "tables: %s", e.msg);
+        else {
+            const ps_abl_scores sc = ps_abl_scores_of(&ab[5], got);
+            int ok = vt.per_prompt && vt.n_rows == N && vt.n_cells == 1 && !strcmp(vt.axes[0].label[0], "last") &&
+                     st.n_cells == 3 && st.values[1] == (float)sc.circuit_score && !strcmp(ps_table_attr(&vt, "method")->s, "corrupted");
+            for (int64_t i = 0; i < N; i++) ok &= vt.values[i] == got[i];
+            TU_CHECK(ok, "%s: ablation tables differ from the scores", name);
+            ps_table_free(&vt); ps_table_free(&st);
+        }
+    }
     snprintf(lab, sizeof lab, "%s: all %lld ablation cases (per-prompt logit diffs)", name, (long long)n_cases);
     tu_close(lab, all_got, all_want, n_cases * N, TOL, TOL);
     printf("%s: circuit scores (100 x mean/full) of %lld cases: max rel err %.3g\n", name, (long long)n_cases, max_score_err);
@@ -202,6 +216,24 @@ static void check_search(fixture *f, const cJSON *golden) {
                "%lld passes, %lld candidates scored, final %s score %.4f (err %.3g)\n",
                (long long)spec[s], (long long)same, (long long)n_want, max_err, (long long)r.n_passes, (long long)r.candidates_scored, heads,
                r.final_score, fe);
+        if (s == 0) {
+            // The trace as a result table: a step axis labelled by candidate, the fields per step.
+            ps_table t;
+            if (ps_search_table(&r, &o, &f->m.cfg, "search", &t, &e) != 0) TU_CHECK(0, "search table: %s", e.msg);
+            else {
+                int ok = t.n_axes == 2 && !strcmp(t.axes[0].name, "step") && t.axes[0].len == r.n_steps && t.n_cells == 4 * r.n_steps;
+                for (int64_t i = 0; ok && i < r.n_steps; i++) {
+                    const cJSON *w = cJSON_GetArrayItem(steps, (int)i);
+                    ok = !strcmp(t.axes[0].label[i], get(w, "cand")->valuestring) && t.values[i * 4 + 3] == (float)r.steps[i].removed &&
+                         t.values[i * 4 + 2] == (float)r.steps[i].score;
+                }
+                const ps_attr *at = ps_table_attr(&t, "circuit");
+                TU_CHECK(ok && at && strstr(at->s, "h3.2"), "search table: axes, labels or values differ from the trace");
+                printf("demo: search table %s: %lld steps x %lld fields, circuit \"%s\"\n", ok ? "ok" : "WRONG", (long long)t.axes[0].len,
+                       (long long)t.axes[1].len, at ? at->s : "?");
+                ps_table_free(&t);
+            }
+        }
         ps_search_result_free(&r);
         ps_ablator_free(&a);
     }
