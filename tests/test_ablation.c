@@ -49,7 +49,7 @@ static void comps_of(const cJSON *arr, ps_component *c, int64_t *pos_store, int6
         const cJSON *o = cJSON_GetArrayItem(arr, i);
         const char *kind = get(o, "kind")->valuestring;
         c[i] = (ps_component){.kind = !strcmp(kind, "head") ? PS_COMP_HEAD : !strcmp(kind, "mlp") ? PS_COMP_MLP : PS_COMP_NEURON,
-                              .layer = (int64_t)get(get(o, "layer") ? o : o, "layer")->valuedouble,
+                              .layer = (int64_t)get(o, "layer")->valuedouble,
                               .index = (int64_t)get(o, "index")->valuedouble};
         const cJSON *pos = get(o, "pos");
         if (pos) {
@@ -239,9 +239,51 @@ static void check_search(fixture *f, const cJSON *golden) {
     }
 }
 
+// Bad input at the library level: a component the model lacks, per_position means over reference prompts of
+// another length than the prompts, a reference set of mixed lengths; each one message naming where, exit 2.
+static void check_bad_input(fixture *f) {
+    ps_error e = {0};
+    ps_component c;
+    const char *bad_comps[3] = {"h0.99", "mlp99", "n0.999999"};
+    for (int i = 0; i < 3; i++) {
+        memset(&e, 0, sizeof e);
+        TU_CHECK(ps_component_parse(bad_comps[i], &c) == 0, "parse %s", bad_comps[i]);
+        const int rc = ps_component_check(&f->m.cfg, &c, "cfg.json: experiments[0].keep[1]", &e);
+        TU_CHECK(rc == -1 && e.code == PS_EXIT_BADINPUT && strstr(e.msg, "experiments[0].keep[1]") && strstr(e.msg, bad_comps[i]),
+                 "component %s: %s", bad_comps[i], e.msg);
+        printf("bad input: %s -> %s\n", bad_comps[i], e.msg);
+    }
+    TU_CHECK(ps_component_parse("head3", &c) == -1 && ps_component_parse("h1.", &c) == -1, "malformed component names accepted");
+    // Means over prompts one token shorter than the scored prompts.
+    ps_prompt_set shorter = f->ref;
+    ps_prompt *p = calloc((size_t)shorter.n, sizeof *p);
+    if (!p) return;
+    memcpy(p, f->ref.p, (size_t)shorter.n * sizeof *p);
+    for (int64_t i = 0; i < shorter.n; i++) { p[i].T--; p[i].T_prompt--; p[i].score_pos--; }
+    shorter.p = p;
+    ps_ref_means rm;
+    memset(&e, 0, sizeof e);
+    if (ps_ref_means_compute(&f->m, &f->be, &shorter, PS_GROUP_PER_POSITION, NULL, 1, "cfg.json: experiments[0].reference", &rm, &e) == 0) {
+        ps_ablator a = {.m = &f->m, .be = &f->be, .ps = &f->ps, .metric = PS_METRIC_LOGIT_DIFF, .method = PS_ABL_MEAN, .means = &rm};
+        memset(&e, 0, sizeof e);
+        const int rc = ps_ablator_init(&a, "cfg.json: experiments[0].reference", &e);
+        TU_CHECK(rc == -1 && e.code == PS_EXIT_BADINPUT && strstr(e.msg, "experiments[0].reference"), "short reference: %s", e.msg);
+        printf("bad input: shorter reference -> %s\n", e.msg);
+        if (rc == 0) ps_ablator_free(&a);
+        ps_ref_means_free(&rm);
+    } else TU_CHECK(0, "%s", e.msg);
+    // Mixed lengths in one per_position group.
+    p[0].T++;
+    memset(&e, 0, sizeof e);
+    const int rc = ps_ref_means_compute(&f->m, &f->be, &shorter, PS_GROUP_PER_POSITION, NULL, 1, "cfg.json: experiments[0].reference", &rm, &e);
+    TU_CHECK(rc == -1 && e.code == PS_EXIT_BADINPUT, "mixed reference lengths accepted");
+    printf("bad input: mixed reference lengths -> %s\n", e.msg);
+    if (rc == 0) ps_ref_means_free(&rm);
+    free(p);
+}
+
 static void run_model(const char *name, const char *dir) {
     char path[700];
-    snprintf(path, sizeof path, "%s/golden_ablation.json", tu_src(strcmp(name, "demo") ? "tests/data" : "tests/data"));
     snprintf(path, sizeof path, "%s/%s/golden_ablation.json", tu_src("tests/data"), name);
     ps_error e = {0};
     cJSON *doc = ps_json_parse_file(path, &e);
@@ -250,6 +292,7 @@ static void run_model(const char *name, const char *dir) {
     if (fixture_init(&f, dir, doc) == 0) {
         check_cases(name, &f, doc);
         if (get(doc, "search")) check_search(&f, get(doc, "search"));
+        if (!strcmp(name, "gpt2-tiny-a")) check_bad_input(&f);
     }
     fixture_free(&f);
     cJSON_Delete(doc);
