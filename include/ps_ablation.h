@@ -1,0 +1,154 @@
+// Ablation circuits as library functions: mean activations over a reference prompt set (means.c), rows
+// that ablate a set of components or everything outside a kept circuit, scored per prompt (ablation.c),
+// and seqcont's iterative node pruning with speculative batches (circuit_search.c). Results are plain
+// arrays here; ablation_table.c turns them into result tables (ps_table.h).
+#ifndef PS_ABLATION_H
+#define PS_ABLATION_H
+
+#include "ps_engine.h"
+#include "ps_table.h"
+
+typedef enum { PS_COMP_HEAD = 0, PS_COMP_MLP, PS_COMP_NEURON } ps_comp_kind;
+
+// One component, optionally only at some positions (borrowed arrays).
+typedef struct {
+    ps_comp_kind kind;
+    int64_t layer;
+    int64_t index;              // head (at hook_z) or neuron (at hook_mlp_post); -1 for an MLP layer (hook_mlp_out)
+    const int64_t *pos;         // NULL: every position; else (n_pos), negative counts from the end of the prompt
+    int64_t n_pos;
+    char *const *pos_role;      // NULL or (n_pos): a role name where pos[k] names one ("end" is pos -1)
+} ps_component;
+
+// "h9.1", "mlp3", "n2.17" (head 1 of layer 9, MLP of layer 3, neuron 17 of layer 2). Parse: 0, or -1 when
+// s is none of these (c->pos etc. are cleared).
+int ps_component_parse(const char *s, ps_component *c);
+void ps_component_label(const ps_component *c, char *buf, size_t n);
+// 0, or -1 (PS_EXIT_BADINPUT) when the model lacks the component's layer, head or neuron; `where` prefixes
+// the message (e.g. "cfg.json: experiments[1].keep[3]").
+int ps_component_check(const ps_model_config *mc, const ps_component *c, const char *where, ps_error *e);
+
+typedef enum { PS_ABL_ZERO = 0, PS_ABL_MEAN, PS_ABL_RESAMPLE, PS_ABL_CORRUPTED } ps_abl_method;
+typedef enum { PS_GROUP_PER_POSITION = 0, PS_GROUP_ALL_POSITIONS, PS_GROUP_PER_TEMPLATE_POSITION } ps_mean_group;
+const char *ps_abl_method_name(ps_abl_method m);   // "zero", "mean", "resample", "corrupted"
+const char *ps_mean_group_name(ps_mean_group g);   // "per_position", "all_positions", "per_template_position"
+
+// The sites means are kept for.
+enum { PS_MS_Z = 0, PS_MS_MLP_OUT, PS_MS_MLP_POST, PS_MS_COUNT };
+
+// Mean activations over a reference prompt set, per group and position (computed once per run).
+typedef struct {
+    ps_mean_group group;
+    int64_t n_groups;           // 1 unless per_template_position
+    int64_t rows;               // positions per group: the reference prompts' length, or 1 (all_positions)
+    int64_t n_ref;
+    int64_t width[PS_MS_COUNT]; // H*D, C, M
+    float *site[PS_MS_COUNT];   // owned: (L, n_groups, rows, width[s]); NULL for a site not computed
+    int64_t *group_count;       // owned: (n_groups) reference prompts in each group
+} ps_ref_means;
+
+// The view a mean patch of site s (PS_MS_*) at layer l reads for a prompt of group g.
+ps_view ps_ref_means_view(const ps_ref_means *rm, int s, int64_t l, int64_t g);
+
+// Means of hook_z, hook_mlp_out and hook_mlp_post at every layer over the reference prompts' clean
+// sequences. group_of: (ref->n) group index of each prompt for per_template_position (NULL otherwise),
+// n_groups groups. per_position and per_template_position need every prompt of a group to have one length
+// (bad input otherwise, naming `where`). Sums in double, in prompt order.
+int ps_ref_means_compute(const ps_model *m, ps_backend *be, const ps_prompt_set *ref, ps_mean_group group,
+                         const int64_t *group_of, int64_t n_groups, const char *where, ps_ref_means *out, ps_error *e);
+void ps_ref_means_free(ps_ref_means *rm);
+
+// A set of components to ablate, or (keep = 1) a circuit to keep: then every head and MLP layer of the
+// model is ablated except the set's, each of those kept only at its positions (all when it lists none).
+// Neurons may only be ablated, not kept.
+typedef struct {
+    const ps_component *c; int64_t n;
+    int keep;
+    // Means under other ablations (option "mlp_means": "under_head_ablation", seqcont's code): NULL = the
+    // ablator's means for MLP sites too; else these MLP means (from ps_ablator_mlp_means_under).
+    const ps_ref_means *mlp_means;
+} ps_abl_set;
+
+// Everything shared by the ablation rows of one run: the prompts, the unablated metric, the method.
+typedef struct {
+    const ps_model *m;
+    ps_backend *be;
+    const ps_prompt_set *ps;      // the prompts scored (borrowed)
+    ps_metric_kind metric;        // logit_diff, prob_diff or logprob (KL is refused)
+    ps_abl_method method;
+    const ps_ref_means *means;    // mean (borrowed)
+    const int64_t *group_of;      // (ps->n) per_template_position: each prompt's group (borrowed)
+    const ps_prompt_set *ref;     // resample: the prompts taken from (borrowed)
+    uint64_t seed;                // resample
+    int64_t batch_rows;           // rows per backend call (0: 256)
+    // Set by ps_ablator_init (owned):
+    int64_t *resample_from;       // (ps->n) resample: the reference prompt each prompt takes activations from
+    ps_cache *src;                // (ps->n) resample: that prompt's run; corrupted: the prompt's corrupted run
+    float *full;                  // (ps->n) the metric of the unablated model
+    double full_mean;
+    ps_rows_stats stats;          // summed over every call
+} ps_ablator;
+
+// Fills the owned fields (resample sources: the reference prompts of the same length, xorshift64* from seed,
+// one draw per prompt in order); checks lengths (bad input naming `where`). On error owns nothing.
+int ps_ablator_init(ps_ablator *a, const char *where, ps_error *e);
+void ps_ablator_free(ps_ablator *a);
+
+// The metric per prompt with each set ablated: values (n_sets, ps->n).
+int ps_ablator_score(ps_ablator *a, const ps_abl_set *sets, int64_t n_sets, float *values, ps_error *e);
+
+// seqcont's MLP means: hook_mlp_out / hook_mlp_post means over the reference prompts run with every head
+// outside `keep` (heads only; MLPs untouched) mean-ablated with rm's z means. out: a ps_ref_means with only
+// the MLP sites (free with ps_ref_means_free).
+int ps_ablator_mlp_means_under(const ps_ablator *a, const ps_prompt_set *ref, const ps_abl_set *keep, ps_ref_means *out,
+                               ps_error *e);
+
+// Scores of one ablated set from its per-prompt values (n): mean metric, seqcont's 100 x mean / mean(full),
+// faithfulness mean / mean(full) (IOI's F(C)/F(M)).
+typedef struct { double mean, circuit_score, faithfulness; } ps_abl_scores;
+ps_abl_scores ps_abl_scores_of(const ps_ablator *a, const float *values);
+
+// seqcont's iterative node pruning (apartresearch/seqcont_circuits, src/iter_node_pruning/).
+typedef struct {
+    double threshold;            // a component goes when 100 - score < threshold (points)
+    int one_iter;                // 1: one backward and one forward pass
+    int mlp_means_under_heads;   // 1: seqcont's MLP means, under the candidate's head ablation
+    int64_t speculate;           // candidates scored per batch (0: 8); the result does not depend on it
+    const ps_prompt_set *ref;    // the reference prompts (for mlp_means_under_heads)
+} ps_search_opts;
+
+typedef struct {
+    int64_t pass;                // 0, 1, ...: even = backward, odd = forward
+    ps_component cand;           // head or MLP layer (no positions)
+    double score_before;         // the circuit's score before this step
+    double score;                // 100 x metric(circuit without cand) / metric(full)
+    int removed;
+} ps_search_step;
+
+typedef struct {
+    ps_search_step *steps; int64_t n_steps;   // owned
+    uint8_t *head_kept;          // (L, H) owned: the final circuit
+    uint8_t *mlp_kept;           // (L) owned
+    double final_score;          // the final circuit's score
+    int64_t n_passes;
+    int64_t candidates_scored;   // including speculative ones discarded
+} ps_search_result;
+
+// Runs the search from the full model with the ablator's method and means.
+int ps_circuit_search(ps_ablator *a, const ps_search_opts *o, ps_search_result *out, ps_error *e);
+void ps_search_result_free(ps_search_result *r);
+
+// Result tables (ablation_table.c); t is initialised here and owned by the caller (ps_table_free).
+// Ablation values: kind "ablation", per prompt over a "component" axis (one cell per set, labelled
+// labels[s], e.g. "h9.1" or "keep:seqcont"), values[s * n + i] the metric of prompt i; attributes: method,
+// group, the score definitions. Its scores: "NAME.scores", one row, axes component x score ("mean",
+// "circuit_score" = 100 x mean / mean(full), "faithfulness" = mean / mean(full)), full_mean attribute.
+int ps_ablation_tables(const ps_ablator *a, const char *name, const char *const *labels, int64_t n_sets, const float *values,
+                       ps_table *values_t, ps_table *scores_t, ps_error *e);
+// The search trace: kind "circuit_search", one row, axes step (labelled by the candidate) x field ("pass",
+// "score_before", "score", "removed"); attributes threshold, final circuit ("h0.1 h2.3 mlp0 ..."),
+// final_score, passes, candidates_scored.
+int ps_search_table(const ps_search_result *r, const ps_search_opts *o, const ps_model_config *mc, const char *name, ps_table *t,
+                    ps_error *e);
+
+#endif

@@ -1,0 +1,24 @@
+// What means.c, ablation.c and circuit_search.c share: turning an ablation set into one prompt's patches,
+// and running prompts with patches into activation caches.
+#ifndef PS_ABLATION_INTERNAL_H
+#define PS_ABLATION_INTERNAL_H
+
+#include "ps_ablation.h"
+
+// Upper bound on the patches build_patches writes for a set and a prompt of T tokens.
+int64_t ps_abl_patch_bound(const ps_model_config *mc, const ps_abl_set *set, int64_t T);
+
+// The patches that ablate `set` in prompt p (index i of a->ps, or of `ref` when heads_only is set; g: its
+// mean group; src: the run a resample/corrupted ablation reads). heads_only: only the head ablations
+// (the runs seqcont takes its MLP means under). Returns the count written to out (<= ps_abl_patch_bound).
+int64_t ps_abl_build_patches(const ps_ablator *a, const ps_abl_set *set, const ps_prompt *p, int64_t g, const ps_cache *src,
+                             int heads_only, ps_patch *out);
+
+// Means over ref's prompts of the sites in `sites` (bits 1 << PS_MS_*), each run with the patches
+// patch_fn writes for it (NULL: none; the count returned, -1 = error). out->group, n_groups set by the caller.
+typedef int64_t (*ps_means_patch_fn)(void *ctx, int64_t i, const ps_prompt *p, ps_patch *out, int64_t cap);
+int ps_means_accumulate(const ps_model *m, ps_backend *be, const ps_prompt_set *ref, const int64_t *group_of,
+                        unsigned sites, ps_means_patch_fn patch_fn, void *ctx, int64_t patch_cap, const char *where,
+                        ps_ref_means *out, ps_error *e);
+
+#endif

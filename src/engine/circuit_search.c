@@ -1,0 +1,173 @@
+// seqcont's iterative node pruning (apartresearch/seqcont_circuits, src/iter_node_pruning/
+// loop_node_ablation_fns.py and run_node_ablation.py), step for step, with candidates scored in
+// speculative batches: the next k candidates are scored as if none were removed, the prefix up to the
+// first removal is accepted and scoring resumes after it, so the trace equals the sequential one.
+#include "ablation_internal.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    ps_ablator *a;
+    const ps_search_opts *o;
+    int64_t L, H;
+    uint8_t *head, *mlp;          // (L*H), (L): the current circuit
+    ps_component *comps;          // scratch: up to L*H + L components per set, per speculative slot
+    ps_ref_means *mlp_means;      // (k) per slot, under mlp_means_under_heads
+    float *values;                // (k, n_prompts)
+    ps_search_result *out;
+    int64_t cap_steps;
+} search;
+
+// The circuit without `drop` (kind, layer, index; kind -1: nothing dropped) as a keep set in comps.
+static int64_t circuit_set(const search *s, int drop_kind, int64_t dl, int64_t dh, ps_component *comps) {
+    int64_t n = 0;
+    for (int64_t l = 0; l < s->L; l++) {
+        for (int64_t h = 0; h < s->H; h++)
+            if (s->head[l * s->H + h] && !(drop_kind == PS_COMP_HEAD && dl == l && dh == h))
+                comps[n++] = (ps_component){.kind = PS_COMP_HEAD, .layer = l, .index = h};
+        if (s->mlp[l] && !(drop_kind == PS_COMP_MLP && dl == l))
+            comps[n++] = (ps_component){.kind = PS_COMP_MLP, .layer = l, .index = -1};
+    }
+    return n;
+}
+
+// Scores of the circuit without each of cands[0..k) (seqcont: 100 x mean metric / mean full).
+static int score_candidates(search *s, const ps_component *cands, int64_t k, double *score, ps_error *e) {
+    ps_abl_set sets[64];
+    const int64_t per_set = s->L * s->H + s->L, n = s->a->ps->n;
+    for (int64_t j = 0; j < k; j++) {
+        ps_component *c = s->comps + j * per_set;
+        const int64_t nc = circuit_set(s, (int)cands[j].kind, cands[j].layer, cands[j].index, c);
+        sets[j] = (ps_abl_set){.c = c, .n = nc, .keep = 1};
+        if (s->o->mlp_means_under_heads) {
+            // seqcont's add_ablation_hook_MLP_head takes the MLP means with the set's heads hooked.
+            if (ps_ablator_mlp_means_under(s->a, s->o->ref, &sets[j], &s->mlp_means[j], e) != 0) return -1;
+            sets[j].mlp_means = &s->mlp_means[j];
+        }
+    }
+    int rc = ps_ablator_score(s->a, sets, k, s->values, e);
+    for (int64_t j = 0; j < k; j++) {
+        if (rc == 0) score[j] = 100.0 * ps_abl_scores_of(s->a, s->values + j * n).faithfulness;
+        if (s->o->mlp_means_under_heads) ps_ref_means_free(&s->mlp_means[j]);
+    }
+    s->out->candidates_scored += k;
+    return rc;
+}
+
+static int add_step(search *s, const ps_search_step *st, ps_error *e) {
+    ps_search_result *r = s->out;
+    if (r->n_steps == s->cap_steps) {
+        const int64_t cap = s->cap_steps ? 2 * s->cap_steps : 64;
+        ps_search_step *p = realloc(r->steps, (size_t)cap * sizeof *p);
+        if (!p) return ps_fail(e, PS_EXIT_RUNTIME, "out of memory for the search trace");
+        r->steps = p;
+        s->cap_steps = cap;
+    }
+    r->steps[r->n_steps++] = *st;
+    return 0;
+}
+
+// One pass: backward (layers L-1 .. 0, the MLP before the heads) or forward (0 .. L-1, heads before the
+// MLP). Returns 1 when the circuit changed, 0 when not, -1 on error.
+static int run_pass(search *s, int64_t pass, int backward, double *current, ps_error *e) {
+    const int64_t L = s->L, H = s->H;
+    // seqcont: an empty head (or MLP) list at the start of a pass means the full model's.
+    int any = 0;
+    for (int64_t i = 0; i < L * H; i++) any |= s->head[i];
+    if (!any) memset(s->head, 1, (size_t)(L * H));
+    any = 0;
+    for (int64_t l = 0; l < L; l++) any |= s->mlp[l];
+    if (!any) memset(s->mlp, 1, (size_t)L);
+    // Candidates in order: those in the circuit now (a removal changes no later candidate's membership).
+    ps_component *cand = malloc((size_t)(L * H + L) * sizeof *cand);
+    if (!cand) return ps_fail(e, PS_EXIT_RUNTIME, "out of memory");
+    int64_t n = 0;
+    for (int64_t i = 0; i < L; i++) {
+        const int64_t l = backward ? L - 1 - i : i;
+        if (backward && s->mlp[l]) cand[n++] = (ps_component){.kind = PS_COMP_MLP, .layer = l, .index = -1};
+        for (int64_t h = 0; h < H; h++)
+            if (s->head[l * H + h]) cand[n++] = (ps_component){.kind = PS_COMP_HEAD, .layer = l, .index = h};
+        if (!backward && s->mlp[l]) cand[n++] = (ps_component){.kind = PS_COMP_MLP, .layer = l, .index = -1};
+    }
+    const int64_t k_max = s->o->speculate > 0 ? (s->o->speculate < 64 ? s->o->speculate : 64) : 8;
+    double score[64];
+    int changed = 0;
+    for (int64_t i = 0; i < n;) {
+        const int64_t k = n - i < k_max ? n - i : k_max;
+        if (score_candidates(s, cand + i, k, score, e) != 0) { free(cand); return -1; }
+        int64_t j = 0;
+        for (; j < k; j++) {
+            const int removed = (100.0 - score[j]) < s->o->threshold;
+            ps_search_step st = {.pass = pass, .cand = cand[i + j], .score_before = *current, .score = score[j], .removed = removed};
+            if (add_step(s, &st, e) != 0) { free(cand); return -1; }
+            if (removed) {
+                // The removal takes effect at once: the rest of this batch assumed it had not.
+                if (cand[i + j].kind == PS_COMP_HEAD) s->head[cand[i + j].layer * H + cand[i + j].index] = 0;
+                else s->mlp[cand[i + j].layer] = 0;
+                *current = score[j];
+                changed = 1;
+                j++;
+                break;
+            }
+        }
+        i += j;
+    }
+    free(cand);
+    return changed;
+}
+
+int ps_circuit_search(ps_ablator *a, const ps_search_opts *o, ps_search_result *out, ps_error *e) {
+    memset(out, 0, sizeof *out);
+    const ps_model_config *mc = &a->m->cfg;
+    search s = {.a = a, .o = o, .L = mc->n_layers, .H = mc->n_heads, .out = out};
+    if (o->mlp_means_under_heads && (!o->ref || a->method != PS_ABL_MEAN))
+        return ps_fail(e, PS_EXIT_BADINPUT, "circuit_search: mlp_means under_head_ablation needs mean ablation and the reference prompts");
+    const int64_t per_set = s.L * s.H + s.L;
+    out->head_kept = malloc((size_t)(s.L * s.H));
+    out->mlp_kept = malloc((size_t)s.L);
+    s.comps = malloc((size_t)(64 * per_set) * sizeof *s.comps);
+    s.mlp_means = calloc(64, sizeof *s.mlp_means);
+    s.values = malloc((size_t)(64 * (a->ps->n ? a->ps->n : 1)) * sizeof(float));
+    int rc = 0;
+    if (!out->head_kept || !out->mlp_kept || !s.comps || !s.mlp_means || !s.values) rc = ps_fail(e, PS_EXIT_RUNTIME, "out of memory");
+    if (rc == 0) {
+        s.head = out->head_kept;
+        s.mlp = out->mlp_kept;
+        memset(s.head, 1, (size_t)(s.L * s.H));
+        memset(s.mlp, 1, (size_t)s.L);
+        // run_node_ablation.py: backward, stop if unchanged, forward, stop if unchanged, repeat (or once each).
+        double current = 100.0;
+        for (int64_t pass = 0;; pass++) {
+            const int ch = run_pass(&s, pass, pass % 2 == 0, &current, e);
+            out->n_passes = pass + 1;
+            if (ch < 0) { rc = -1; break; }
+            if (!ch) break;
+            if (o->one_iter && pass == 1) break;
+        }
+    }
+    if (rc == 0) {
+        // The final circuit's own score (seqcont returns the last candidate's).
+        ps_component *c = s.comps;
+        ps_abl_set set = {.c = c, .n = circuit_set(&s, -1, -1, -1, c), .keep = 1};
+        ps_ref_means mm = {0};
+        if (o->mlp_means_under_heads) {
+            rc = ps_ablator_mlp_means_under(a, o->ref, &set, &mm, e);
+            set.mlp_means = &mm;
+        }
+        if (rc == 0) rc = ps_ablator_score(a, &set, 1, s.values, e);
+        if (rc == 0) out->final_score = ps_abl_scores_of(a, s.values).circuit_score;
+        ps_ref_means_free(&mm);
+    }
+    free(s.comps); free(s.mlp_means); free(s.values);
+    if (rc != 0) ps_search_result_free(out);
+    return rc;
+}
+
+void ps_search_result_free(ps_search_result *r) {
+    if (!r) return;
+    free(r->steps); free(r->head_kept); free(r->mlp_kept);
+    memset(r, 0, sizeof *r);
+}

@@ -1,0 +1,320 @@
+#!/usr/bin/env python3
+"""Make the ablation goldens (tests/data/<model>/golden_ablation.json) from TransformerLens hooks, the way
+apartresearch/seqcont_circuits' src/iter_node_pruning/ does it: means of hook_z / hook_mlp_out over the
+reference prompts per position (one group; per template group and position; over all positions),
+`torch.where(keep_mask, act, mean)` hooks, the mean logit difference at the last position, and
+seqcont's pruning loop (find_circuit_backw / find_circuit_forw / run_node_ablation.py's while loop, with
+the MLP means taken while the candidate's z hook is on, as add_ablation_hook_MLP_head does).
+
+Cases per model: component sets ablated (heads, MLP layers, neurons; all positions or listed ones) and kept
+circuits (everything else ablated; heads kept only at the end position), with zero / mean (three groupings)
+/ resample / corrupted values. The demo model (models/demo) gets a subset of the seqcont numerals prompts
+and randDS prompts and the full pruning trace at threshold 20.
+
+Regenerate (from the repo root; needs the reference venv, offline):
+    ~/.cache/ps-venv/bin/python tests/golden/make_ablation_goldens.py
+Needs PS_SHARED (default ../shared/data) for the seqcont prompts.
+"""
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from make_goldens import REPO, load_bridge, pkg_version, torch, transformers  # noqa: E402
+from tokenizers import Tokenizer  # noqa: E402
+
+SEED = 11
+MASK64 = (1 << 64) - 1
+
+
+def rounded(xs):
+    return [float(f"{float(x):.9g}") for x in xs]
+
+
+def resample_draws(prompt_T, ref_T, seed):
+    """The documented draw (ps_ablation.h): xorshift64* from seed, one per prompt, among the reference
+    prompts of the prompt's length. Only the choice of prompt is ours; the ablation is TL's."""
+    s = seed if seed else 0x9E3779B97F4A7C15
+    out = []
+    for T in prompt_T:
+        s ^= s >> 12; s ^= (s << 25) & MASK64; s ^= s >> 27
+        r = (s * 0x2545F4914F6CDD1D) & MASK64
+        same = [j for j, t in enumerate(ref_T) if t == T]
+        out.append(same[r % len(same)])
+    return out
+
+
+class Model:
+    def __init__(self, folder, vocab):
+        self.br = load_bridge(folder, vocab)
+        c = self.br.cfg
+        self.L, self.H, self.D, self.C, self.M = c.n_layers, c.n_heads, c.d_head, c.d_model, c.d_mlp
+
+    def cache(self, toks, names):
+        with torch.no_grad():
+            _, c = self.br.run_with_cache(toks, names_filter=lambda n: n in names)
+        return c
+
+    def logits(self, toks, hooks):
+        with torch.no_grad():
+            return self.br.run_with_hooks(toks, fwd_hooks=hooks)
+
+
+def hz(l): return f"blocks.{l}.attn.hook_z"
+def hmo(l): return f"blocks.{l}.hook_mlp_out"
+def hmp(l): return f"blocks.{l}.mlp.hook_post"
+
+
+def means_of(mdl, ref, groups, n_groups, how, hooks=()):
+    """means[name]: (n_groups, T or 1, ...) of every z / mlp_out / mlp_post, seqcont's einops.reduce over the
+    batch of each template group (per position), or also over positions."""
+    names = [f(l) for l in range(mdl.L) for f in (hz, hmo, hmp)]
+    # TransformerBridge.run_with_cache ignores fwd_hooks (checked: TL 4.3); br.hooks() applies them, as
+    # seqcont's permanent z hook is on while get_MLPs_actv_mean runs.
+    with torch.no_grad(), mdl.br.hooks(fwd_hooks=list(hooks)):
+        _, c = mdl.br.run_with_cache(ref, names_filter=lambda n: n in names)
+    out = {}
+    for n in names:
+        a = c[n]
+        per = []
+        for g in range(n_groups):
+            sel = a[[i for i in range(len(groups)) if groups[i] == g]]
+            per.append(sel.mean(0, keepdim=False) if how != "all_positions" else sel.mean((0, 1)).unsqueeze(0))
+        out[n] = torch.stack(per)
+    return out
+
+
+def resolve(pos, T):
+    return [p + T if p < 0 else p for p in pos]
+
+
+def masks(mdl, comps, keep, T):
+    """Per layer: which heads (T, H) and whether the MLP (T) is ablated; neurons (layer -> [(n, pos list)])."""
+    hm = {l: torch.full((T, mdl.H), keep) for l in range(mdl.L)}
+    mm = {l: torch.full((T,), keep) for l in range(mdl.L)}
+    neu = {}
+    for c in comps:
+        pos = resolve(c["pos"], T) if c.get("pos") else list(range(T))
+        k, l, i = c["kind"], c["layer"], c["index"]
+        if k == "head":
+            hm[l][pos, i] = not keep
+        elif k == "mlp":
+            mm[l][pos] = not keep
+        else:
+            neu.setdefault(l, []).append((i, pos))
+    return hm, mm, neu
+
+
+def run_case(mdl, toks, groups, method, means, src_caches, comps, keep, mlp_means=None):
+    """Logit diffs (per prompt) with the set ablated: a torch.where hook per z / mlp_out / mlp_post."""
+    N, T = toks.shape
+    hm, mm, neu = masks(mdl, comps, keep, T)
+    mlp_means = mlp_means or means
+
+    def value(name, l, table):
+        if method == "zero":
+            return None
+        if method == "mean":
+            return table[name][groups]  # (N, T or 1, ...): each prompt its group's mean
+        return src_caches[name]        # resample / corrupted: the source runs' activations
+
+    hooks = []
+    for l in range(mdl.L):
+        def fz(a, hook, l=l):
+            v = value(hz(l), l, means)
+            m = hm[l].unsqueeze(0).unsqueeze(-1)
+            return torch.where(m, torch.zeros_like(a) if v is None else v.expand_as(a), a)
+        def fm(a, hook, l=l):
+            v = value(hmo(l), l, mlp_means)
+            m = mm[l].unsqueeze(0).unsqueeze(-1)
+            return torch.where(m, torch.zeros_like(a) if v is None else v.expand_as(a), a)
+        hooks += [(hz(l), fz), (hmo(l), fm)]
+        if l in neu:
+            def fn(a, hook, l=l):
+                v = value(hmp(l), l, mlp_means)
+                v = torch.zeros_like(a) if v is None else v.expand_as(a)
+                a = a.clone()
+                for (i, pos) in neu[l]:
+                    a[:, pos, i] = v[:, pos, i]
+                return a
+            hooks.append((hmp(l), fn))
+    return hooks
+
+
+def logit_diff(logits, ans, wrong):
+    n = logits.shape[0]
+    return (logits[range(n), -1, ans] - logits[range(n), -1, wrong]).tolist()
+
+
+def seqcont_search(mdl, toks, ans, wrong, ref, threshold):
+    """find_circuit_backw / find_circuit_forw / the while loop of run_node_ablation.py, generalised from
+    12 x 12 to the model's layers and heads; scores are 100 * mean logit diff / the full model's."""
+    L, H = mdl.L, mdl.H
+    N = toks.shape[0]
+    zeros = [0] * N
+    head_means = means_of(mdl, ref, [0] * ref.shape[0], 1, "per_position")
+    orig = torch.tensor(logit_diff(mdl.logits(toks, []), ans, wrong)).mean().item()
+
+    def score(heads, mlps):
+        comps = [{"kind": "head", "layer": l, "index": h} for (l, h) in heads] + \
+                [{"kind": "mlp", "layer": l, "index": -1} for l in mlps]
+        # add_ablation_hook_MLP_head: the z hook first, then the MLP means taken with it on.
+        zhooks = [hk for hk in run_case(mdl, ref, [0] * ref.shape[0], "mean", head_means, None,
+                                        [c for c in comps if c["kind"] == "head"], True) if hk[0].endswith("hook_z")]
+        mm = means_of(mdl, ref, [0] * ref.shape[0], 1, "per_position", hooks=zhooks)
+        hooks = run_case(mdl, toks, zeros, "mean", head_means, None, comps, True, mlp_means=mm)
+        new = torch.tensor(logit_diff(mdl.logits(toks, hooks), ans, wrong)).mean().item()
+        return 100 * new / orig
+
+    heads, mlps, steps = [], [], []
+    cur = 100.0
+
+    def step(p, cand, lst, heads_, mlps_):
+        nonlocal cur
+        s = score(heads_, mlps_)
+        removed = (100 - s) < threshold
+        steps.append({"pass": p, "cand": cand, "score_before": cur, "score": s, "removed": removed})
+        if removed:
+            cur = s
+        return removed
+
+    def backw(p, heads, mlps):
+        if not heads: heads = [(l, h) for l in range(L) for h in range(H)]
+        if not mlps: mlps = list(range(L))
+        for l in range(L - 1, -1, -1):
+            if l in mlps and step(p, f"mlp{l}", mlps, heads, [m for m in mlps if m != l]):
+                mlps.remove(l)
+            for h in range(H):
+                if (l, h) in heads and step(p, f"h{l}.{h}", heads, [x for x in heads if x != (l, h)], mlps):
+                    heads.remove((l, h))
+        return heads, mlps
+
+    def forw(p, heads, mlps):
+        if not heads: heads = [(l, h) for l in range(L) for h in range(H)]
+        if not mlps: mlps = list(range(L))
+        for l in range(L):
+            for h in range(H):
+                if (l, h) in heads and step(p, f"h{l}.{h}", heads, [x for x in heads if x != (l, h)], mlps):
+                    heads.remove((l, h))
+            if l in mlps and step(p, f"mlp{l}", mlps, heads, [m for m in mlps if m != l]):
+                mlps.remove(l)
+        return heads, mlps
+
+    p = 0
+    while True:
+        old = (list(heads), list(mlps))
+        heads, mlps = backw(p, list(heads), list(mlps)); p += 1
+        if (heads, mlps) == old: break
+        old = (list(heads), list(mlps))
+        heads, mlps = forw(p, list(heads), list(mlps)); p += 1
+        if (heads, mlps) == old: break
+    return {"threshold": threshold, "orig_score": orig, "steps": steps, "passes": p,
+            "heads": [f"h{l}.{h}" for (l, h) in sorted(heads)], "mlps": sorted(mlps),
+            "final_score": score(heads, mlps)}
+
+
+def cases_for(mdl, toks, corr, ans, wrong, ref, groups, ref_groups, comps_sets):
+    N, T = toks.shape
+    out = []
+    full = logit_diff(mdl.logits(toks, []), ans, wrong)
+    names = [f(l) for l in range(mdl.L) for f in (hz, hmo, hmp)]
+    grouped = {
+        "per_position": means_of(mdl, ref, [0] * ref.shape[0], 1, "per_position"),
+        "all_positions": means_of(mdl, ref, [0] * ref.shape[0], 1, "all_positions"),
+        "per_template_position": means_of(mdl, ref, ref_groups, max(ref_groups) + 1, "per_position"),
+    }
+    draws = resample_draws([T] * N, [ref.shape[1]] * ref.shape[0], SEED)
+    rc = mdl.cache(ref, names)
+    res_src = {n: rc[n][draws] for n in names}
+    cc = mdl.cache(corr, names)
+    cor_src = {n: cc[n] for n in names}
+    for label, comps, keep in comps_sets:
+        for method, grp in [("zero", ""), ("mean", "per_position"), ("mean", "all_positions"),
+                            ("mean", "per_template_position"), ("resample", ""), ("corrupted", "")]:
+            g = torch.tensor(groups if grp == "per_template_position" else [0] * N)
+            means = grouped.get(grp)
+            src = res_src if method == "resample" else cor_src
+            hooks = run_case(mdl, toks, g, method, means, src, comps, keep)
+            vals = logit_diff(mdl.logits(toks, hooks), ans, wrong)
+            out.append({"set": label, "keep": keep, "components": comps, "method": method, "group": grp,
+                        "values": rounded(vals),
+                        "circuit_score": 100 * (sum(vals) / N) / (sum(full) / N)})
+    return full, draws, out
+
+
+SETS = [
+    ("h0.1", [{"kind": "head", "layer": 0, "index": 1}], False),
+    ("mlp1", [{"kind": "mlp", "layer": 1, "index": -1}], False),
+    ("n0.5", [{"kind": "neuron", "layer": 0, "index": 5}], False),
+    ("h1.2@end+h0.0", [{"kind": "head", "layer": 1, "index": 2, "pos": [-1]}, {"kind": "head", "layer": 0, "index": 0}], False),
+    ("keep h0.0 h1.1 mlp0", [{"kind": "head", "layer": 0, "index": 0}, {"kind": "head", "layer": 1, "index": 1},
+                             {"kind": "mlp", "layer": 0, "index": -1}], True),
+    ("keep h1.1@end mlp1", [{"kind": "head", "layer": 1, "index": 1, "pos": [-1]}, {"kind": "mlp", "layer": 1, "index": -1}], True),
+]
+
+
+def versions():
+    return {"torch": torch.__version__, "transformers": transformers.__version__,
+            "transformer_lens": pkg_version("transformer_lens"), "python": sys.version.split()[0]}
+
+
+def write(name, doc):
+    path = os.path.join(REPO, "tests", "data", name, "golden_ablation.json")
+    with open(path, "w") as f:
+        json.dump(doc, f, indent=1)
+        f.write("\n")
+    print(f"{name}: {len(doc['cases'])} cases -> {path}", flush=True)
+
+
+def tiny(name, N=6, N_REF=8, T=8):
+    folder = os.path.join(REPO, "tests", "data", name)
+    vocab = json.load(open(os.path.join(folder, "config.json")))["vocab_size"]
+    mdl = Model(folder, vocab)
+    g = torch.Generator().manual_seed(SEED + sum(map(ord, name)))
+    toks = torch.randint(0, vocab, (N, T), generator=g)
+    corr = torch.randint(0, vocab, (N, T), generator=g)
+    ref = torch.randint(0, vocab, (N_REF, T), generator=g)
+    ans = torch.randint(0, vocab, (N,), generator=g).tolist()
+    wrong = [(a + 1 + i) % vocab for i, a in enumerate(ans)]
+    groups = [i % 2 for i in range(N)]
+    ref_groups = [i % 2 for i in range(N_REF)]
+    full, draws, cases = cases_for(mdl, toks, corr, ans, wrong, ref, groups, ref_groups, SETS)
+    write(name, {"generator": "tests/golden/make_ablation_goldens.py", "versions": versions(), "seed": SEED,
+                 "prompts": toks.tolist(), "corrupted": corr.tolist(), "answer": ans, "wrong": wrong, "ref": ref.tolist(),
+                 "groups": groups, "ref_groups": ref_groups, "full": rounded(full), "resample_from": draws, "cases": cases})
+
+
+def demo(n_per=4, n_ref=12, threshold=20):
+    folder = os.path.join(REPO, "models", "demo")
+    shared = os.environ.get("PS_SHARED", os.path.join(REPO, "..", "shared", "data"))
+    d = os.path.join(shared, "seqcont", "data", "numerals")
+    tok = Tokenizer.from_file(os.path.join(folder, "tokenizer.json"))
+    bos = 1976  # EVAL.md: the demo model's prompts start with <|endoftext|>, as TransformerLens prepends it
+    rows = []
+    for kind in ["done", "lost", "names"]:
+        rows += [json.loads(x) for x in open(os.path.join(d, f"numerals_prompts_{kind}.jsonl"))][:n_per]
+    refs = [json.loads(x) for x in open(os.path.join(d, "randDS_numerals.jsonl"))][:n_ref]
+    enc = lambda s: [bos] + tok.encode(s).ids
+    toks = torch.tensor([enc(r["text"]) for r in rows])
+    ref = torch.tensor([enc(r["text"]) for r in refs])
+    ans = [tok.encode(r["corr"]).ids[0] for r in rows]
+    wrong = [tok.encode(r["incorr"]).ids[0] for r in rows]
+    vocab = json.load(open(os.path.join(folder, "config.json")))["vocab_size"]
+    mdl = Model(folder, vocab)
+    groups = [i // n_per for i in range(len(rows))]
+    ref_groups = [i % 3 for i in range(n_ref)]
+    full, draws, cases = cases_for(mdl, toks, ref, ans, wrong, ref, groups, ref_groups, SETS)
+    search = seqcont_search(mdl, toks, ans, wrong, ref, threshold)
+    write("demo", {"generator": "tests/golden/make_ablation_goldens.py", "versions": versions(), "seed": SEED,
+                   "source": "seqcont numerals_prompts_{done,lost,names}.jsonl[:%d], randDS_numerals.jsonl[:%d]" % (n_per, n_ref),
+                   "bos": bos, "prompts": toks.tolist(), "corrupted": ref.tolist(), "answer": ans, "wrong": wrong,
+                   "ref": ref.tolist(), "groups": groups, "ref_groups": ref_groups, "full": rounded(full),
+                   "resample_from": draws, "cases": cases, "search": search})
+
+
+if __name__ == "__main__":
+    print(f"torch {torch.__version__}, transformer_lens {pkg_version('transformer_lens')}", flush=True)
+    for m in ["gpt2-tiny-a", "llama-tiny-a"]:
+        tiny(m)
+    os.makedirs(os.path.join(REPO, "tests", "data", "demo"), exist_ok=True)
+    demo()

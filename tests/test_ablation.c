@@ -1,0 +1,311 @@
+// Ablations and seqcont's circuit search against TransformerLens (tests/data/<model>/golden_ablation.json,
+// tests/golden/make_ablation_goldens.py): every case's per-prompt logit diffs and circuit score (zero, mean
+// per position / over all positions / per template group and position, resample, corrupted; component sets
+// ablated and circuits kept) at 1e-4, and the demo model's pruning trace step for step, for several
+// speculative batch sizes (the trace must not depend on them).
+#include "ps_ablation.h"
+#include "ps_json.h"
+#include "testutil.h"
+
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define TOL 1e-4f
+
+static void *xcalloc(size_t n, size_t size) {
+    void *p = calloc(n ? n : 1, size);
+    if (!p) { fprintf(stderr, "test_ablation: out of memory\n"); exit(1); }
+    return p;
+}
+
+static const cJSON *get(const cJSON *o, const char *k) { return cJSON_GetObjectItemCaseSensitive(o, k); }
+static int64_t geti(const cJSON *a, int i) { return (int64_t)cJSON_GetArrayItem(a, i)->valuedouble; }
+
+// Prompts from token lists (every prompt its own length; the metric at the last position).
+static void build_set(ps_prompt_set *ps, const cJSON *toks, const cJSON *corr, const cJSON *ans, const cJSON *wrong) {
+    ps->n = cJSON_GetArraySize(toks);
+    ps->p = xcalloc((size_t)ps->n, sizeof *ps->p);
+    ps->T_max = 0;
+    for (int i = 0; i < ps->n; i++) {
+        const cJSON *t = cJSON_GetArrayItem(toks, i), *c = corr ? cJSON_GetArrayItem(corr, i) : t;
+        ps_prompt *p = &ps->p[i];
+        p->T = p->T_prompt = cJSON_GetArraySize(t);
+        p->clean = xcalloc((size_t)p->T, sizeof(int32_t));
+        p->corrupted = xcalloc((size_t)p->T, sizeof(int32_t));
+        for (int k = 0; k < p->T; k++) { p->clean[k] = (int32_t)geti(t, k); p->corrupted[k] = (int32_t)geti(c, k); }
+        p->score_pos = p->T - 1;
+        p->answer_id = ans ? (int32_t)geti(ans, i) : 0;
+        p->wrong_id = wrong ? (int32_t)geti(wrong, i) : 1;
+        if (p->T > ps->T_max) ps->T_max = p->T;
+    }
+}
+
+static void comps_of(const cJSON *arr, ps_component *c, int64_t *pos_store, int64_t *n) {
+    *n = cJSON_GetArraySize(arr);
+    for (int i = 0; i < *n; i++) {
+        const cJSON *o = cJSON_GetArrayItem(arr, i);
+        const char *kind = get(o, "kind")->valuestring;
+        c[i] = (ps_component){.kind = !strcmp(kind, "head") ? PS_COMP_HEAD : !strcmp(kind, "mlp") ? PS_COMP_MLP : PS_COMP_NEURON,
+                              .layer = (int64_t)get(o, "layer")->valuedouble,
+                              .index = (int64_t)get(o, "index")->valuedouble};
+        const cJSON *pos = get(o, "pos");
+        if (pos) {
+            c[i].n_pos = cJSON_GetArraySize(pos);
+            for (int k = 0; k < c[i].n_pos; k++) pos_store[i * 8 + k] = geti(pos, k);
+            c[i].pos = &pos_store[i * 8];
+        }
+    }
+}
+
+typedef struct {
+    ps_model m;
+    ps_backend be;
+    ps_prompt_set ps, ref;
+    int64_t *groups, *ref_groups, n_groups;
+    ps_ref_means means[3];
+} fixture;
+
+static int fixture_init(fixture *f, const char *dir, const cJSON *doc) {
+    ps_error e = {0};
+    memset(f, 0, sizeof *f);
+    if (ps_model_load(&f->m, dir, &e) != 0) { TU_CHECK(0, "%s", e.msg); return -1; }
+    if (ps_backend_init(&f->be, PS_BACKEND_CPU, PS_PREC_FP32, 1, &f->m, &e) != 0) { TU_CHECK(0, "%s", e.msg); return -1; }
+    build_set(&f->ps, get(doc, "prompts"), get(doc, "corrupted"), get(doc, "answer"), get(doc, "wrong"));
+    build_set(&f->ref, get(doc, "ref"), NULL, NULL, NULL);
+    f->groups = xcalloc((size_t)f->ps.n, sizeof(int64_t));
+    f->ref_groups = xcalloc((size_t)f->ref.n, sizeof(int64_t));
+    for (int i = 0; i < f->ps.n; i++) f->groups[i] = geti(get(doc, "groups"), i);
+    for (int i = 0; i < f->ref.n; i++) {
+        f->ref_groups[i] = geti(get(doc, "ref_groups"), i);
+        if (f->ref_groups[i] + 1 > f->n_groups) f->n_groups = f->ref_groups[i] + 1;
+    }
+    const ps_mean_group gs[3] = {PS_GROUP_PER_POSITION, PS_GROUP_ALL_POSITIONS, PS_GROUP_PER_TEMPLATE_POSITION};
+    for (int g = 0; g < 3; g++)
+        if (ps_ref_means_compute(&f->m, &f->be, &f->ref, gs[g], f->ref_groups, f->n_groups, "reference", &f->means[g], &e) != 0) {
+            TU_CHECK(0, "means: %s", e.msg);
+            return -1;
+        }
+    return 0;
+}
+
+static void fixture_free(fixture *f) {
+    for (int g = 0; g < 3; g++) ps_ref_means_free(&f->means[g]);
+    ps_prompt_set_free(&f->ps);
+    ps_prompt_set_free(&f->ref);
+    free(f->groups); free(f->ref_groups);
+    ps_backend_free(&f->be);
+    ps_model_free(&f->m);
+}
+
+static void check_cases(const char *name, fixture *f, const cJSON *doc) {
+    ps_error e = {0};
+    const int64_t N = f->ps.n;
+    const cJSON *cases = get(doc, "cases");
+    float *got = xcalloc((size_t)N, sizeof(float)), *want = xcalloc((size_t)N, sizeof(float));
+    double max_score_err = 0;
+    int64_t n_cases = 0;
+    float *all_got = xcalloc((size_t)(N * cJSON_GetArraySize(cases)), sizeof(float));
+    float *all_want = xcalloc((size_t)(N * cJSON_GetArraySize(cases)), sizeof(float));
+    // One ablator per method and grouping (the golden's case keys).
+    const char *keys[6] = {"zero/", "mean/per_position", "mean/all_positions", "mean/per_template_position", "resample/", "corrupted/"};
+    ps_ablator ab[6];
+    for (int k = 0; k < 6; k++) {
+        ab[k] = (ps_ablator){.m = &f->m, .be = &f->be, .ps = &f->ps, .metric = PS_METRIC_LOGIT_DIFF,
+                             .method = k == 0 ? PS_ABL_ZERO : k < 4 ? PS_ABL_MEAN : k == 4 ? PS_ABL_RESAMPLE : PS_ABL_CORRUPTED,
+                             .means = k >= 1 && k <= 3 ? &f->means[k - 1] : NULL, .group_of = f->groups, .ref = &f->ref,
+                             .seed = (uint64_t)get(doc, "seed")->valuedouble};
+        if (ps_ablator_init(&ab[k], name, &e) != 0) { TU_CHECK(0, "%s: %s: %s", name, keys[k], e.msg); return; }
+    }
+    // The unablated model and the resample draws.
+    for (int64_t i = 0; i < N; i++) { got[i] = ab[0].full[i]; want[i] = (float)cJSON_GetArrayItem(get(doc, "full"), (int)i)->valuedouble; }
+    char lab[128];
+    snprintf(lab, sizeof lab, "%s: full model logit diff", name);
+    tu_close(lab, got, want, N, TOL, TOL);
+    int draws_ok = 1;
+    for (int64_t i = 0; i < N; i++) draws_ok &= ab[4].resample_from[i] == geti(get(doc, "resample_from"), (int)i);
+    TU_CHECK(draws_ok, "%s: resample draws differ from the golden's", name);
+    cJSON *c;
+    cJSON_ArrayForEach(c, cases) {
+        char key[64];
+        snprintf(key, sizeof key, "%s/%s", get(c, "method")->valuestring, get(c, "group")->valuestring);
+        int k = 0;
+        while (k < 6 && strcmp(keys[k], key)) k++;
+        if (k == 6) { TU_CHECK(0, "%s: unknown case %s", name, key); continue; }
+        ps_component comps[16];
+        int64_t pos[16 * 8], nc;
+        comps_of(get(c, "components"), comps, pos, &nc);
+        ps_abl_set set = {.c = comps, .n = nc, .keep = cJSON_IsTrue(get(c, "keep"))};
+        if (ps_ablator_score(&ab[k], &set, 1, got, &e) != 0) { TU_CHECK(0, "%s: %s", name, e.msg); continue; }
+        for (int64_t i = 0; i < N; i++) want[i] = (float)cJSON_GetArrayItem(get(c, "values"), (int)i)->valuedouble;
+        snprintf(lab, sizeof lab, "%s: %s %s", name, get(c, "set")->valuestring, key);
+        if (tu_close(lab, got, want, N, TOL, TOL) != 0) TU_CHECK(0, "%s", lab);
+        memcpy(all_got + n_cases * N, got, (size_t)N * sizeof(float));
+        memcpy(all_want + n_cases * N, want, (size_t)N * sizeof(float));
+        const double sc = ps_abl_scores_of(&ab[k], got).circuit_score, ws = get(c, "circuit_score")->valuedouble;
+        const double err = fabs(sc - ws) / fmax(1.0, fabs(ws));
+        if (err > max_score_err) max_score_err = err;
+        TU_CHECK(err <= 1e-4, "%s: circuit score %.6f, TransformerLens %.6f", lab, sc, ws);
+        n_cases++;
+    }
+    {
+        // The last case's values as result tables (one component cell).
+        ps_table vt, st;
+        const char *labels[1] = {"last"};
+        if (ps_ablation_tables(&ab[5], "abl", labels, 1, got, &vt, &st, &e) != 0) TU_CHECK(0, "tables: %s", e.msg);
+        else {
+            const ps_abl_scores sc = ps_abl_scores_of(&ab[5], got);
+            int ok = vt.per_prompt && vt.n_rows == N && vt.n_cells == 1 && !strcmp(vt.axes[0].label[0], "last") &&
+                     st.n_cells == 3 && st.values[1] == (float)sc.circuit_score && !strcmp(ps_table_attr(&vt, "method")->s, "corrupted");
+            for (int64_t i = 0; i < N; i++) ok &= vt.values[i] == got[i];
+            TU_CHECK(ok, "%s: ablation tables differ from the scores", name);
+            ps_table_free(&vt); ps_table_free(&st);
+        }
+    }
+    snprintf(lab, sizeof lab, "%s: all %lld ablation cases (per-prompt logit diffs)", name, (long long)n_cases);
+    tu_close(lab, all_got, all_want, n_cases * N, TOL, TOL);
+    printf("%s: circuit scores (100 x mean/full) of %lld cases: max rel err %.3g\n", name, (long long)n_cases, max_score_err);
+    for (int k = 0; k < 6; k++) ps_ablator_free(&ab[k]);
+    free(got); free(want); free(all_got); free(all_want);
+}
+
+static void check_search(fixture *f, const cJSON *golden) {
+    ps_error e = {0};
+    const cJSON *steps = get(golden, "steps");
+    const int64_t n_want = cJSON_GetArraySize(steps);
+    const int64_t spec[3] = {1, 3, 16};
+    for (int s = 0; s < 3; s++) {
+        ps_ablator a = {.m = &f->m, .be = &f->be, .ps = &f->ps, .metric = PS_METRIC_LOGIT_DIFF, .method = PS_ABL_MEAN,
+                        .means = &f->means[0]};
+        if (ps_ablator_init(&a, "demo", &e) != 0) { TU_CHECK(0, "%s", e.msg); return; }
+        ps_search_opts o = {.threshold = get(golden, "threshold")->valuedouble, .mlp_means_under_heads = 1, .speculate = spec[s],
+                            .ref = &f->ref};
+        ps_search_result r;
+        if (ps_circuit_search(&a, &o, &r, &e) != 0) { TU_CHECK(0, "search: %s", e.msg); ps_ablator_free(&a); return; }
+        int64_t same = 0;
+        double max_err = 0;
+        for (int64_t i = 0; i < r.n_steps && i < n_want; i++) {
+            const cJSON *w = cJSON_GetArrayItem(steps, (int)i);
+            char lab[64];
+            ps_component_label(&r.steps[i].cand, lab, sizeof lab);
+            const double err = fabs(r.steps[i].score - get(w, "score")->valuedouble);
+            if (err > max_err) max_err = err;
+            const int ok = !strcmp(lab, get(w, "cand")->valuestring) && r.steps[i].removed == cJSON_IsTrue(get(w, "removed")) &&
+                           r.steps[i].pass == (int64_t)get(w, "pass")->valuedouble && err <= 1e-3;
+            TU_CHECK(ok, "speculate %lld: step %lld: %s score %.5f removed %d; reference %s %.5f %d", (long long)spec[s], (long long)i,
+                     lab, r.steps[i].score, r.steps[i].removed, get(w, "cand")->valuestring, get(w, "score")->valuedouble,
+                     cJSON_IsTrue(get(w, "removed")));
+            same += ok;
+        }
+        TU_CHECK(r.n_steps == n_want, "speculate %lld: %lld steps, reference %lld", (long long)spec[s], (long long)r.n_steps, (long long)n_want);
+        // The final circuit, as the reference lists it.
+        char heads[512] = "";
+        for (int64_t l = 0; l < f->m.cfg.n_layers; l++)
+            for (int64_t h = 0; h < f->m.cfg.n_heads; h++)
+                if (r.head_kept[l * f->m.cfg.n_heads + h])
+                    snprintf(heads + strlen(heads), sizeof heads - strlen(heads), "h%lld.%lld,", (long long)l, (long long)h);
+        char wheads[512] = "";
+        const cJSON *x;
+        cJSON_ArrayForEach(x, get(golden, "heads")) snprintf(wheads + strlen(wheads), sizeof wheads - strlen(wheads), "%s,", x->valuestring);
+        TU_CHECK(!strcmp(heads, wheads), "speculate %lld: final heads %s, reference %s", (long long)spec[s], heads, wheads);
+        const double fe = fabs(r.final_score - get(golden, "final_score")->valuedouble);
+        TU_CHECK(fe <= 1e-3, "final score %.6f, reference %.6f", r.final_score, get(golden, "final_score")->valuedouble);
+        printf("demo: circuit search (speculate %lld): %lld/%lld steps equal to the reference (candidate, pass, removed), max score err %.3g points, "
+               "%lld passes, %lld candidates scored, final %s score %.4f (err %.3g)\n",
+               (long long)spec[s], (long long)same, (long long)n_want, max_err, (long long)r.n_passes, (long long)r.candidates_scored, heads,
+               r.final_score, fe);
+        if (s == 0) {
+            // The trace as a result table: a step axis labelled by candidate, the fields per step.
+            ps_table t;
+            if (ps_search_table(&r, &o, &f->m.cfg, "search", &t, &e) != 0) TU_CHECK(0, "search table: %s", e.msg);
+            else {
+                int ok = t.n_axes == 2 && !strcmp(t.axes[0].name, "step") && t.axes[0].len == r.n_steps && t.n_cells == 4 * r.n_steps;
+                for (int64_t i = 0; ok && i < r.n_steps; i++) {
+                    const cJSON *w = cJSON_GetArrayItem(steps, (int)i);
+                    ok = !strcmp(t.axes[0].label[i], get(w, "cand")->valuestring) && t.values[i * 4 + 3] == (float)r.steps[i].removed &&
+                         t.values[i * 4 + 2] == (float)r.steps[i].score;
+                }
+                const ps_attr *at = ps_table_attr(&t, "circuit");
+                TU_CHECK(ok && at && strstr(at->s, "h3.2"), "search table: axes, labels or values differ from the trace");
+                printf("demo: search table %s: %lld steps x %lld fields, circuit \"%s\"\n", ok ? "ok" : "WRONG", (long long)t.axes[0].len,
+                       (long long)t.axes[1].len, at ? at->s : "?");
+                ps_table_free(&t);
+            }
+        }
+        ps_search_result_free(&r);
+        ps_ablator_free(&a);
+    }
+}
+
+// Bad input at the library level: a component the model lacks, per_position means over reference prompts of
+// another length than the prompts, a reference set of mixed lengths; each one message naming where, exit 2.
+static void check_bad_input(fixture *f) {
+    ps_error e = {0};
+    ps_component c;
+    const char *bad_comps[3] = {"h0.99", "mlp99", "n0.999999"};
+    for (int i = 0; i < 3; i++) {
+        memset(&e, 0, sizeof e);
+        TU_CHECK(ps_component_parse(bad_comps[i], &c) == 0, "parse %s", bad_comps[i]);
+        const int rc = ps_component_check(&f->m.cfg, &c, "cfg.json: experiments[0].keep[1]", &e);
+        TU_CHECK(rc == -1 && e.code == PS_EXIT_BADINPUT && strstr(e.msg, "experiments[0].keep[1]") && strstr(e.msg, bad_comps[i]),
+                 "component %s: %s", bad_comps[i], e.msg);
+        printf("bad input: %s -> %s\n", bad_comps[i], e.msg);
+    }
+    TU_CHECK(ps_component_parse("head3", &c) == -1 && ps_component_parse("h1.", &c) == -1, "malformed component names accepted");
+    // Means over prompts one token shorter than the scored prompts.
+    ps_prompt_set shorter = f->ref;
+    ps_prompt *p = calloc((size_t)shorter.n, sizeof *p);
+    if (!p) return;
+    memcpy(p, f->ref.p, (size_t)shorter.n * sizeof *p);
+    for (int64_t i = 0; i < shorter.n; i++) { p[i].T--; p[i].T_prompt--; p[i].score_pos--; }
+    shorter.p = p;
+    ps_ref_means rm;
+    memset(&e, 0, sizeof e);
+    if (ps_ref_means_compute(&f->m, &f->be, &shorter, PS_GROUP_PER_POSITION, NULL, 1, "cfg.json: experiments[0].reference", &rm, &e) == 0) {
+        ps_ablator a = {.m = &f->m, .be = &f->be, .ps = &f->ps, .metric = PS_METRIC_LOGIT_DIFF, .method = PS_ABL_MEAN, .means = &rm};
+        memset(&e, 0, sizeof e);
+        const int rc = ps_ablator_init(&a, "cfg.json: experiments[0].reference", &e);
+        TU_CHECK(rc == -1 && e.code == PS_EXIT_BADINPUT && strstr(e.msg, "experiments[0].reference"), "short reference: %s", e.msg);
+        printf("bad input: shorter reference -> %s\n", e.msg);
+        if (rc == 0) ps_ablator_free(&a);
+        ps_ref_means_free(&rm);
+    } else TU_CHECK(0, "%s", e.msg);
+    // Mixed lengths in one per_position group.
+    p[0].T++;
+    memset(&e, 0, sizeof e);
+    const int rc = ps_ref_means_compute(&f->m, &f->be, &shorter, PS_GROUP_PER_POSITION, NULL, 1, "cfg.json: experiments[0].reference", &rm, &e);
+    TU_CHECK(rc == -1 && e.code == PS_EXIT_BADINPUT, "mixed reference lengths accepted");
+    printf("bad input: mixed reference lengths -> %s\n", e.msg);
+    if (rc == 0) ps_ref_means_free(&rm);
+    free(p);
+}
+
+static void run_model(const char *name, const char *dir) {
+    char path[700];
+    snprintf(path, sizeof path, "%s/%s/golden_ablation.json", tu_src("tests/data"), name);
+    ps_error e = {0};
+    cJSON *doc = ps_json_parse_file(path, &e);
+    if (!doc) { TU_CHECK(0, "%s", e.msg); return; }
+    fixture f;
+    if (fixture_init(&f, dir, doc) == 0) {
+        check_cases(name, &f, doc);
+        if (get(doc, "search")) check_search(&f, get(doc, "search"));
+        if (!strcmp(name, "gpt2-tiny-a")) check_bad_input(&f);
+    }
+    fixture_free(&f);
+    cJSON_Delete(doc);
+}
+
+int main(void) {
+    char dir[600];
+    const char *tiny[] = {"gpt2-tiny-a", "llama-tiny-a"};
+    for (int i = 0; i < 2; i++) {
+        snprintf(dir, sizeof dir, "%s/%s", tu_src("tests/data"), tiny[i]);
+        run_model(tiny[i], dir);
+    }
+    snprintf(dir, sizeof dir, "%s", tu_src("models/demo"));
+    run_model("demo", dir);
+    return tu_done("ablation");
+}
