@@ -20,10 +20,7 @@
 
 #include "ps_engine.h"
 
-// A component: head `head` of layer `layer`, or (head = -1) the MLP of that layer.
-typedef struct { int64_t layer, head; } ps_node;
-
-typedef enum { PS_RECV_RESID_POST = 0, PS_RECV_Q, PS_RECV_K, PS_RECV_V, PS_RECV_MLP, PS_RECV_COUNT } ps_recv_input;
+// Components (ps_node: a head, or head -1 an MLP) and receiver inputs (ps_recv_input) are in ps_config.h.
 const char *ps_recv_input_name(ps_recv_input r);   // "resid_post", "q", "k", "v", "mlp"
 
 typedef struct {

@@ -84,6 +84,75 @@ static int32_t *row_i32(const cJSON *arr, int64_t *n) {
     return v;
 }
 
+// The producer (kind "path_patch") through ps_engine_run, in chunks of 2 prompts: every golden case whose
+// senders are the default grid for its receivers (every head below the last receiver layer, ARENA's; all
+// heads for resid_post) and that uses every position, configured as an experiment would be.
+static void through_engine(const char *model, const ps_model *m, ps_backend *be, ps_prompt *pr, int64_t N, const cJSON *cases) {
+    const int nc = cJSON_GetArraySize(cases);
+    ps_prompt_set ps = {.p = pr, .n = N, .T_max = pr[0].T};
+    ps_experiment *ex = xcalloc((size_t)nc, sizeof *ex);
+    int *which = xcalloc((size_t)nc, sizeof(int));
+    char (*names)[32] = xcalloc((size_t)nc, 32);
+    ps_node (*recv)[16] = xcalloc((size_t)nc, sizeof *recv);
+    int nx = 0;
+    for (int ci = 0; ci < nc; ci++) {
+        const cJSON *c = cJSON_GetArrayItem(cases, ci), *rcv = cJSON_GetObjectItem(c, "receivers"), *snd = cJSON_GetObjectItem(c, "senders");
+        const char *input = cJSON_GetObjectItem(c, "input")->valuestring;
+        if (num(c, "sender_pos") >= 0 || !strcmp(input, "mlp")) continue;
+        const cJSON *s0 = cJSON_GetArrayItem(snd, 0);
+        if (strcmp(cJSON_GetArrayItem(s0, 0)->valuestring, "head") != 0) continue;
+        ps_experiment *x = &ex[nx];
+        snprintf(names[nx], 32, "pp%d", ci);
+        x->name = names[nx];
+        x->kind = "path_patch";
+        x->freeze_mlps = cJSON_IsTrue(cJSON_GetObjectItem(c, "freeze_mlps"));
+        x->direction = strcmp(cJSON_GetObjectItem(c, "direction")->valuestring, "noise") ? PS_DIR_DENOISE : PS_DIR_NOISE;
+        x->senders = PS_SENDERS_HEADS;
+        for (int k = 0; k < PS_RECV_COUNT; k++)
+            if (!strcmp(input, ps_recv_input_name((ps_recv_input)k))) x->input = (ps_recv_input)k;
+        for (int k = 0; cJSON_IsArray(rcv) && k < cJSON_GetArraySize(rcv) && k < 16; k++) {
+            const cJSON *r = cJSON_GetArrayItem(rcv, k);
+            recv[nx][k] = (ps_node){(int64_t)cJSON_GetArrayItem(r, 0)->valuedouble, (int64_t)cJSON_GetArrayItem(r, 1)->valuedouble};
+            x->n_receivers = k + 1;
+        }
+        x->receivers = recv[nx];
+        // Only cases whose senders are exactly that grid (the mixed head+MLP one is not).
+        const int64_t H = m->cfg.n_heads;
+        int64_t last = x->input == PS_RECV_RESID_POST ? m->cfg.n_layers : 0;
+        for (int64_t k = 0; k < x->n_receivers; k++) last = recv[nx][k].layer > last ? recv[nx][k].layer : last;
+        if (cJSON_GetArraySize(snd) != last * H) continue;
+        which[nx++] = ci;
+    }
+    ps_engine_opts o = {.chunk_prompts = 2};
+    ps_run_results rr;
+    ps_error e = {0};
+    if (ps_engine_run(m, be, &ps, ex, nx, PS_METRIC_LOGIT_DIFF, &o, &rr, &e) != 0) {
+        TU_CHECK(0, "%s engine: %s", model, e.msg);
+    } else {
+        int64_t n = 0, cells = 0;
+        float *got = xcalloc((size_t)(N * 64 * nx), sizeof(float)), *want = xcalloc((size_t)(N * 64 * nx), sizeof(float));
+        for (int k = 0; k < nx; k++) {
+            const ps_table *t = &rr.tables[k];
+            const cJSON *ld = cJSON_GetObjectItem(cJSON_GetArrayItem(cases, which[k]), "logit_diff");
+            TU_CHECK(t->n_axes == 2 && !strcmp(t->axes[0].name, "layer") && !strcmp(t->kind, "path_patch"), "%s %s: a (layer, head) grid", model, t->name);
+            TU_CHECK(t->n_cells * N == cJSON_GetArraySize(ld), "%s %s: %lld cells, golden %d", model, t->name, (long long)t->n_cells,
+                     cJSON_GetArraySize(ld) / (int)N);
+            for (int64_t i = 0; t->n_cells * N == cJSON_GetArraySize(ld) && i < N * t->n_cells && n < N * 64 * nx; i++, n++) {
+                got[n] = t->values[i];
+                want[n] = (float)cJSON_GetArrayItem(ld, (int)i)->valuedouble;
+            }
+            cells += t->n_cells;
+        }
+        char nm[160];
+        snprintf(nm, sizeof nm, "%s engine, %d path_patch experiments vs TL", model, nx);
+        tu_close(nm, got, want, n, TOL, TOL);
+        TU_CHECK(nx >= 5 && n == N * cells, "%s: %d experiments, %lld values", model, nx, (long long)n);
+        free(got); free(want);
+        ps_run_results_free(&rr);
+    }
+    free(ex); free(which); free(names); free(recv);
+}
+
 static void one_model(const char *model) {
     char dir[512], path[600];
     snprintf(dir, sizeof dir, "%s/%s", tu_src("tests/data"), model);
@@ -197,6 +266,7 @@ static void one_model(const char *model) {
         }
         free(want); free(got); free(got_naive_rows); free(naive); free(senders);
     }
+    through_engine(model, &m, &be, pr, N, cases);
     for (int64_t i = 0; i < N; i++) {
         free(pr[i].clean); free(pr[i].corrupted);
         ps_cache_free(&cc[i]); ps_cache_free(&xc[i]);

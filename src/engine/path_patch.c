@@ -1,6 +1,7 @@
 // Path patching (ps_path_patch.h): ARENA's two passes per sender as rows of freezes, replaces and captures,
 // every sender of a block and every prompt of a chunk in one ps_engine_rows call per pass; the table they fill.
 #include "ps_path_patch.h"
+#include "ps_producer.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -266,14 +267,16 @@ int ps_path_table_init(ps_table *t, const char *name, const ps_model_config *mc,
     for (int64_t i = 0; i < sp->n_receivers; i++) {
         char buf[48];
         node_label(buf, sizeof buf, &sp->receivers[i]);
-        used += (size_t)snprintf(recv + used, rcap - used, "%s%s.%s", i ? " " : "", buf, ps_recv_input_name(sp->input));
+        used += (size_t)snprintf(recv + used, rcap - used, "%s%s%s%s", i ? " " : "", buf, sp->input == PS_RECV_MLP ? "" : ".",
+                                 sp->input == PS_RECV_MLP ? "" : ps_recv_input_name(sp->input));
     }
     if (ps_table_init(t, name, "path_patch", 1, n_prompts, n_axes, axes, 1, e) != 0 ||
         ps_table_attr_str(t, "direction", ps_direction_name(sp->direction), e) != 0 ||
         ps_table_attr_str(t, "receivers", recv, e) != 0 ||
         ps_table_attr_str(t, "input", ps_recv_input_name(sp->input), e) != 0 ||
         ps_table_attr_i64(t, "freeze_mlps", sp->freeze_mlps ? 1 : 0, e) != 0 ||
-        ps_table_attr_str(t, "arena_normalized", "(x - orig) / (orig - new): 0 unharmed, -1 destroyed; orig = clean for noise", e) != 0) {
+        // ARENA's IOI metric, (x - orig) / (orig - new): 0 unharmed, -1 destroyed, from the file's normalized.
+        ps_table_attr_str(t, "arena_normalized", sp->direction == PS_DIR_NOISE ? "normalized - 1" : "-normalized", e) != 0) {
         ps_table_free(t);
         rc = -1;
     }
@@ -290,3 +293,127 @@ void ps_path_arena_normalized(const float *values, const float *clean, const flo
         for (int64_t c = 0; c < n_cells; c++) out[i * n_cells + c] = (float)(((double)values[i * n_cells + c] - orig) / (orig - new_));
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// The producer (kind "path_patch"): an experiment's senders from its config, its rows per chunk.
+
+typedef struct {
+    ps_node *senders;
+    ps_path_spec sp;
+} pp_state;
+
+static void pp_free(void *state) {
+    pp_state *s = state;
+    if (!s) return;
+    free(s->senders);
+    free(s);
+}
+
+// The senders of a grid: every (listed) head and/or MLP of the (listed) layers, layer by layer, heads before
+// the layer's MLP. Without a layer list, the layers that can reach a receiver (ARENA's grid for heads).
+static int pp_senders(const ps_model_config *mc, const ps_experiment *ex, pp_state *s, ps_error *e) {
+    if (ex->senders == PS_SENDERS_LIST) {
+        s->senders = malloc((size_t)ex->n_sender_list * sizeof *s->senders);
+        if (!s->senders) return ps_fail(e, PS_EXIT_RUNTIME, "out of memory for %s", ex->name);
+        memcpy(s->senders, ex->sender_list, (size_t)ex->n_sender_list * sizeof *s->senders);
+        s->sp.n_senders = ex->n_sender_list;
+        return 0;
+    }
+    const int64_t L = mc->n_layers, H = mc->n_heads;
+    int64_t last = L - 1; // the last layer a receiver reads from
+    if (ex->input != PS_RECV_RESID_POST) {
+        last = 0;
+        for (int64_t i = 0; i < ex->n_receivers; i++) last = ex->receivers[i].layer > last ? ex->receivers[i].layer : last;
+    }
+    // Heads reach the residual stream of their own layer's MLP; anything reaches a head's q/k/v only from below.
+    const int64_t head_end = ex->input == PS_RECV_RESID_POST ? L : ex->input == PS_RECV_MLP ? last + 1 : last;
+    const int64_t mlp_end = ex->input == PS_RECV_RESID_POST ? L : last;
+    const int heads = ex->senders != PS_SENDERS_MLPS, mlps = ex->senders != PS_SENDERS_HEADS;
+    const int64_t nh = ex->heads ? ex->n_heads : H;
+    s->senders = malloc((size_t)(L * (nh + 1)) * sizeof *s->senders);
+    if (!s->senders) return ps_fail(e, PS_EXIT_RUNTIME, "out of memory for %s", ex->name);
+    int64_t n = 0;
+    for (int64_t li = 0; li < (ex->layers ? ex->n_layers : L); li++) {
+        const int64_t l = ex->layers ? ex->layers[li] : li;
+        if (heads && (ex->layers || l < head_end))
+            for (int64_t k = 0; k < nh; k++) s->senders[n++] = (ps_node){l, ex->heads ? ex->heads[k] : k};
+        if (mlps && (ex->layers || l < mlp_end)) s->senders[n++] = (ps_node){l, -1};
+    }
+    s->sp.n_senders = n;
+    if (n == 0) return ps_fail(e, PS_EXIT_BADINPUT, "%s: no sender can reach the receivers (give \"layers\")", ex->name);
+    return 0;
+}
+
+static int pp_init(const ps_model_config *mc, const ps_prompt_set *ps, ps_product *p, ps_error *e) {
+    const ps_experiment *ex = p->ex;
+    pp_state *s = calloc(1, sizeof *s);
+    if (!s) return ps_fail(e, PS_EXIT_RUNTIME, "out of memory for %s", ex->name);
+    p->state = s;
+    char what[200];
+    snprintf(what, sizeof what, "experiments[%lld] (%s)", (long long)p->idx, ex->name);
+    for (int64_t i = 0; ex->layers && i < ex->n_layers; i++)
+        if (ex->layers[i] >= mc->n_layers)
+            return ps_fail(e, PS_EXIT_BADINPUT, "%s: layers[%lld] = %lld is outside the model's %lld layers", what, (long long)i,
+                           (long long)ex->layers[i], (long long)mc->n_layers);
+    for (int64_t i = 0; ex->heads && i < ex->n_heads; i++)
+        if (ex->heads[i] >= mc->n_heads)
+            return ps_fail(e, PS_EXIT_BADINPUT, "%s: heads[%lld] = %lld is outside the model's %lld heads", what, (long long)i,
+                           (long long)ex->heads[i], (long long)mc->n_heads);
+    for (int64_t i = 0; ex->positions && i < ex->n_positions; i++) {
+        const char *role = ex->position_role ? ex->position_role[i] : NULL;
+        for (int64_t k = 0; role && k < ps->n; k++)
+            if (ps_prompt_role(&ps->p[k], role) < 0)
+                return ps_fail(e, PS_EXIT_BADINPUT, "%s: positions[%lld] = \"%s\": dataset item %lld has no such role", what, (long long)i,
+                               role, (long long)k);
+        if (!role && (ex->positions[i] >= ps->T_max || ex->positions[i] < -ps->T_max))
+            return ps_fail(e, PS_EXIT_BADINPUT, "%s: positions[%lld] = %lld is outside every prompt (longest: %lld tokens)", what,
+                           (long long)i, (long long)ex->positions[i], (long long)ps->T_max);
+    }
+    if (pp_senders(mc, ex, s, e) != 0) return -1;
+    s->sp = (ps_path_spec){.senders = s->senders, .n_senders = s->sp.n_senders, .input = ex->input, .receivers = ex->receivers,
+                           .n_receivers = ex->input == PS_RECV_RESID_POST ? 0 : ex->n_receivers, .freeze_mlps = ex->freeze_mlps,
+                           .direction = ex->direction, .positions = ex->positions, .position_role = ex->position_role,
+                           .n_positions = ex->n_positions};
+    if (ps_path_check(mc, &s->sp, what, e) != 0) return -1;
+    return ps_path_table_init(p->t, ex->name, mc, &s->sp, ps->n, e);
+}
+
+static int pp_chunk(ps_producer_ctx *cx, ps_product *const *prods, int64_t n_prods, const ps_chunk *ch, ps_error *e) {
+    const int64_t V = cx->m->cfg.d_vocab;
+    ps_path_item *items = calloc((size_t)ch->n, sizeof *items);
+    if (!items) return ps_fail(e, PS_EXIT_RUNTIME, "out of memory for a chunk of %lld prompts", (long long)ch->n);
+    for (int64_t i = 0; i < ch->n; i++)
+        items[i] = (ps_path_item){.p = &cx->ps->p[ch->prompts[i]], .clean = &ch->clean[i], .corrupted = &ch->corrupted[i],
+                                  .clean_logprobs = ch->clean_logprobs ? ch->clean_logprobs + i * V : NULL};
+    int rc = 0;
+    for (int64_t k = 0; rc == 0 && k < n_prods; k++) {
+        const pp_state *s = prods[k]->state;
+        ps_table *t = prods[k]->t;
+        const int64_t S = s->sp.n_senders, passes = s->sp.input == PS_RECV_RESID_POST ? 1 : 2;
+        if (cx->o->dry_run) {
+            cx->rr->rows_planned += ch->n * S * passes;
+            cx->done += ch->n * S;
+            continue;
+        }
+        if ((rc = ps_producer_stopped(cx, e)) != 0) break;
+        float *vals = malloc((size_t)(ch->n * S) * sizeof(float));
+        if (!vals) { rc = ps_fail(e, PS_EXIT_RUNTIME, "out of memory for %s", t->name); break; }
+        ps_rows_opts ro = {.naive = cx->o->naive, .batch_rows = cx->o->batch_rows};
+        ps_rows_stats st = {0};
+        rc = ps_path_patch_chunk(cx->m, cx->be, &s->sp, items, ch->n, cx->metric, &ro, 0, vals, &st, e);
+        for (int64_t i = 0; rc == 0 && i < ch->n; i++)
+            memcpy(t->values + ch->prompts[i] * t->n_cells, vals + i * S, (size_t)S * sizeof(float));
+        t->patches_run += ch->n * S;
+        t->flops += st.flops;
+        cx->rr->rows_planned += st.rows_run;
+        cx->done += ch->n * S;
+        ps_producer_progress(cx, 0);
+        free(vals);
+    }
+    free(items);
+    return rc;
+}
+
+const ps_producer ps_path_patch_producer = {
+    .kind = "path_patch", .per_prompt = 1, .init = pp_init, .chunk = pp_chunk, .free_state = pp_free,
+};
