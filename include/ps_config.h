@@ -23,11 +23,18 @@
 //      "corrupted": {"path": "g.jsonl", "field": "text", "format": ..., "offset": 0},  (optional)
 //      "offset": 0, "limit": 0}                              (records [offset, offset+limit); limit 0 = all)
 //   <experiment> is {"name": "[A-Za-z0-9_.-]+" (required, unique), "kind": "patch_sweep" (the producer of its
-//      results table; default and, so far, the only kind), "site": see ps_site (required),
+//      results table; default) or "path_patch" (below), "site": see ps_site (required),
 //      "by": see ps_layout (default from the site), "direction": "denoise|noise" (default denoise),
 //      "layers": [..], "heads": [..], "neurons": [..] (non-negative ints; absent = all),
 //      "positions": [ints, "end", or role names] (negative counts from the end; "end" = -1; a role name
 //      such as "S2" is looked up in each item's "roles"; absent = all)}.
+//   A "path_patch" experiment (ps_path_patch.h, ARENA's path patching) takes instead of site/by:
+//      "senders": "heads" (default) | "mlps" | "all" | ["a0.h1", "m2", ...]  (a grid is filtered by layers/heads;
+//         the default layers: those that can reach a receiver, e.g. below the last receiver head's, as ARENA),
+//      "receivers": "resid_post" (default: the final residual stream) | ["a3.h0.q", "a3.h2.q"] (one of q/k/v
+//         for all; k/v heads are key/value heads) | ["m2", ...] (MLPs' inputs),
+//      "positions": the senders' positions (absent: all), "freeze_mlps": false, "direction" (default noise:
+//         the clean run with the senders from the corrupted one, ARENA's IOI vs ABC).
 //   An inline item may carry "roles": {"S2": 10, "IO": 2}: token indices in its clean prompt as
 //   `patchsweep tokenize` shows them (BOS included when prepended), like ARENA's word_idx.
 //   heads is accepted only by layer_head/layer_pos_head, neurons only by layer_neuron, positions only by
@@ -86,9 +93,17 @@ typedef struct {
     int64_t *role_pos;    // (n_roles) token index in the clean prompt as `patchsweep tokenize` shows it (BOS included)
 } ps_item;
 
+// A model component named in a config: head `head` of layer `layer` ("a3.h0"), or (head -1) its MLP ("m3").
+typedef struct { int64_t layer, head; } ps_node;
+
+// What path patching's receivers read (ps_path_patch.h).
+typedef enum { PS_RECV_RESID_POST = 0, PS_RECV_Q, PS_RECV_K, PS_RECV_V, PS_RECV_MLP, PS_RECV_COUNT } ps_recv_input;
+// Which senders a path_patch experiment runs when it lists none: every head, every MLP, or both.
+typedef enum { PS_SENDERS_HEADS = 0, PS_SENDERS_MLPS, PS_SENDERS_ALL, PS_SENDERS_LIST } ps_senders;
+
 typedef struct {
     char *name;                  // unique; becomes /results/<name>
-    char *kind;                  // owned; the producer of its table ("patch_sweep", the default and only one so far)
+    char *kind;                  // owned; the producer of its table: "patch_sweep" (default), "path_patch"
     ps_site site;
     ps_layout layout;
     ps_direction direction;
@@ -97,6 +112,12 @@ typedef struct {
     int64_t *neurons; int64_t n_neurons;   // NULL: all
     int64_t *positions; int64_t n_positions; // NULL: all; negative counts from the end (-1 = last prompt token)
     char **position_role; // NULL, or (n_positions): a role name where positions[k] names a role, else NULL
+    // kind "path_patch" (site and by unused; layers/heads filter the sender grid, positions are the senders')
+    ps_senders senders;          // PS_SENDERS_LIST: sender_list
+    ps_node *sender_list; int64_t n_sender_list;   // owned
+    ps_recv_input input;         // from the receivers' names; PS_RECV_RESID_POST when none are listed
+    ps_node *receivers; int64_t n_receivers;       // owned; k/v heads are key/value heads
+    int freeze_mlps;
 } ps_experiment;
 
 typedef struct {

@@ -66,5 +66,7 @@ int ps_producer_stopped(const ps_producer_ctx *cx, ps_error *e);
 
 // The patching sweeps (src/engine/sweep_run.c).
 extern const ps_producer ps_patch_sweep_producer;
+// Path patching (src/engine/path_patch.c, ps_path_patch.h).
+extern const ps_producer ps_path_patch_producer;
 
 #endif

@@ -596,6 +596,67 @@ static void test_data_files(void) {
     ps_items_free(it, n);
 }
 
+// Path-patching experiments: their own keys, senders and receivers by name, defaults (noise, every head,
+// the final resid_post), and the errors.
+static void test_path_patch(void) {
+    const char *text =
+        "{\"model\": \"m\", \"dataset\": [{\"clean\": \"a\", \"corrupted\": \"b\", \"answer\": \"c\", \"wrong\": \"d\"}],\n"
+        " \"experiments\": [{\"name\": \"pp\", \"kind\": \"path_patch\"},\n"
+        "  {\"name\": \"pq\", \"kind\": \"path_patch\", \"receivers\": [\"a9.h6.q\", \"a9.h9.q\"], \"freeze_mlps\": true,\n"
+        "   \"layers\": [7, 8], \"heads\": [3], \"positions\": [\"end\", \"S2\"], \"direction\": \"denoise\"},\n"
+        "  {\"name\": \"pm\", \"kind\": \"path_patch\", \"senders\": [\"a0.h1\", \"m2\"], \"receivers\": [\"m5\", \"m6\"]},\n"
+        "  {\"name\": \"pa\", \"kind\": \"path_patch\", \"senders\": \"all\", \"receivers\": \"resid_post\"}]}";
+    ps_config c;
+    if (load_ok(&c, write_tmp("pp.json", text, strlen(text)))) return;
+    INTEQ(c.n_experiments, 4);
+    if (c.n_experiments == 4) {
+        const ps_experiment *a = &c.experiments[0], *b = &c.experiments[1], *m = &c.experiments[2], *d = &c.experiments[3];
+        STREQ(a->kind, "path_patch");
+        INTEQ(a->direction, PS_DIR_NOISE);
+        INTEQ(a->senders, PS_SENDERS_HEADS);
+        INTEQ(a->input, PS_RECV_RESID_POST);
+        INTEQ(a->n_receivers, 0);
+        INTEQ(a->freeze_mlps, 0);
+        INTEQ(b->input, PS_RECV_Q);
+        INTEQ(b->n_receivers, 2);
+        TU_CHECK(b->n_receivers == 2 && b->receivers[1].layer == 9 && b->receivers[1].head == 9, "receivers[1] = a9.h9");
+        INTEQ(b->freeze_mlps, 1);
+        INTEQ(b->direction, PS_DIR_DENOISE);
+        INTEQ(b->n_layers, 2);
+        INTEQ(b->n_heads, 1);
+        INTEQ(b->n_positions, 2);
+        TU_CHECK(b->position_role && b->position_role[1] && !strcmp(b->position_role[1], "S2"), "positions[1] is the role S2");
+        INTEQ(m->senders, PS_SENDERS_LIST);
+        INTEQ(m->n_sender_list, 2);
+        TU_CHECK(m->n_sender_list == 2 && m->sender_list[0].layer == 0 && m->sender_list[0].head == 1 && m->sender_list[1].layer == 2 &&
+                     m->sender_list[1].head == -1, "senders a0.h1, m2");
+        INTEQ(m->input, PS_RECV_MLP);
+        INTEQ(m->n_receivers, 2);
+        INTEQ(d->senders, PS_SENDERS_ALL);
+        INTEQ(d->input, PS_RECV_RESID_POST);
+    }
+    ps_config_free(&c);
+    const char *pre = "experiments[1].";
+    char want[400];
+    snprintf(want, sizeof want, "%sreceivers[1]: every receiver reads the same input (a3.h1.k here, q before): run one experiment per input", pre);
+    expect_exp_fail("pp mixed inputs", "{\"name\": \"x\", \"kind\": \"path_patch\", \"receivers\": [\"a3.h0.q\", \"a3.h1.k\"]}", want);
+    snprintf(want, sizeof want, "%sreceivers[0]: expected a head's input (\"a3.h0.q\", .k, .v) or an MLP (\"m2\"), got \"a3.h0\"", pre);
+    expect_exp_fail("pp receiver without input", "{\"name\": \"x\", \"kind\": \"path_patch\", \"receivers\": [\"a3.h0\"]}", want);
+    snprintf(want, sizeof want, "%ssenders: expected \"heads\", \"mlps\", \"all\" or a list such as [\"a0.h1\", \"m2\"], got \"head\"", pre);
+    expect_exp_fail("pp bad senders", "{\"name\": \"x\", \"kind\": \"path_patch\", \"senders\": \"head\"}", want);
+    snprintf(want, sizeof want, "%slayers: filters a grid of senders (\"heads\", \"mlps\", \"all\"); this experiment lists its senders", pre);
+    expect_exp_fail("pp list and layers", "{\"name\": \"x\", \"kind\": \"path_patch\", \"senders\": [\"m1\"], \"layers\": [1]}", want);
+    // A patch_sweep key on a path_patch experiment names the valid ones.
+    const char *t2 = "{\"model\": \"m\", \"dataset\": [{\"clean\": \"a\", \"corrupted\": \"b\", \"answer\": \"c\", \"wrong\": \"d\"}],"
+                     " \"experiments\": [{\"name\": \"x\", \"kind\": \"path_patch\", \"site\": \"z\"}]}";
+    ps_error e = {0};
+    TU_CHECK(ps_config_load(&c, write_tmp("pp2.json", t2, strlen(t2)), &e) == -1 && strstr(e.msg, "unknown key 'site'") &&
+                 strstr(e.msg, "senders, receivers"),
+             "site on a path_patch experiment: %s", e.msg);
+    ps_config_free(&c);
+    printf("path_patch experiments: ok\n");
+}
+
 int main(void) {
     const char *base = getenv("TMPDIR");
     snprintf(tmpdir, sizeof tmpdir, "%s/ps_test_config.XXXXXX", base && base[0] ? base : "/tmp");
@@ -610,6 +671,7 @@ int main(void) {
     test_examples();
     test_bad();
     test_data_files();
+    test_path_patch();
     char cmd[600];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
     if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", tmpdir);

@@ -8,6 +8,7 @@
 // Every kind, in the order the engine runs them within a chunk.
 static const ps_producer *const producers[] = {
     &ps_patch_sweep_producer,
+    &ps_path_patch_producer,
 };
 
 const ps_producer *ps_producer_for(const char *kind) {

@@ -28,7 +28,7 @@ static const char *const multitoken_names[] = {"first_diff", "sum_logprob"};
 static const char *const align_names[] = {"error"};
 static const char *const format_names[] = {"jsonl", "csv", "json"};
 // Producers of result tables an experiment's "kind" may name (ps_table.h).
-static const char *const kind_names[] = {"patch_sweep"};
+static const char *const kind_names[] = {"patch_sweep", "path_patch"};
 
 #define COUNT(a) ((int)(sizeof(a) / sizeof((a)[0])))
 
@@ -78,6 +78,8 @@ static void experiment_free(ps_experiment *x) {
         for (int64_t i = 0; i < x->n_positions; i++) free(x->position_role[i]);
     free(x->position_role);
     free(x->positions);
+    free(x->sender_list);
+    free(x->receivers);
 }
 
 void ps_config_free(ps_config *c) {
@@ -431,6 +433,109 @@ static int name_ok(const char *s) {
     return 1;
 }
 
+// A component's name: "a{layer}.h{head}" (then, with want_input, ".q", ".k" or ".v"), or "m{layer}" (an MLP).
+// Returns 0 and fills nd (and *input: PS_RECV_Q/K/V for a head, PS_RECV_MLP for an MLP) or -1.
+static int parse_node(const char *s, int want_input, ps_node *nd, ps_recv_input *input) {
+    char *end;
+    if (s[0] == 'm' && s[1] >= '0' && s[1] <= '9') {
+        long long l = strtoll(s + 1, &end, 10);
+        if (*end || l > 1000000) return -1;
+        *nd = (ps_node){l, -1};
+        if (input) *input = PS_RECV_MLP;
+        return 0;
+    }
+    if (s[0] != 'a' || s[1] < '0' || s[1] > '9') return -1;
+    long long l = strtoll(s + 1, &end, 10);
+    if (end[0] != '.' || end[1] != 'h' || end[2] < '0' || end[2] > '9' || l > 1000000) return -1;
+    long long h = strtoll(end + 2, &end, 10);
+    if (h > 1000000) return -1;
+    *nd = (ps_node){l, h};
+    if (!want_input) return *end ? -1 : 0;
+    if (end[0] != '.' || !end[1] || end[2]) return -1;
+    switch (end[1]) {
+    case 'q': *input = PS_RECV_Q; return 0;
+    case 'k': *input = PS_RECV_K; return 0;
+    case 'v': *input = PS_RECV_V; return 0;
+    default: return -1;
+    }
+}
+
+// "senders": "heads" | "mlps" | "all" | a list of component names; "receivers": "resid_post" | a list.
+static int get_nodes(ctx *x, const cJSON *obj, const char *key, const char *p, int receivers, ps_experiment *ex) {
+    const cJSON *v = member(obj, key);
+    if (!v) return 0;
+    char kp[PATH_MAX_LEN], got[200];
+    key_path(kp, p, key);
+    static const char *const groups[] = {"heads", "mlps", "all"};
+    if (cJSON_IsString(v)) {
+        if (receivers && !strcmp(v->valuestring, "resid_post")) return 0;
+        for (int k = 0; !receivers && k < 3; k++)
+            if (!strcmp(v->valuestring, groups[k])) { ex->senders = (ps_senders)k; return 0; }
+    }
+    const char *want = receivers ? "\"resid_post\" or a list such as [\"a3.h0.q\", \"a3.h2.q\"] or [\"m2\"]"
+                                 : "\"heads\", \"mlps\", \"all\" or a list such as [\"a0.h1\", \"m2\"]";
+    if (!cJSON_IsArray(v) || cJSON_GetArraySize(v) == 0) {
+        ps_json_describe(v, got, sizeof got);
+        return bad(x, kp, "expected %s, got %s", want, got);
+    }
+    const int n = cJSON_GetArraySize(v);
+    ps_node *nodes = calloc((size_t)n, sizeof *nodes);
+    if (!nodes) return nomem(x);
+    int i = 0;
+    ps_recv_input first = PS_RECV_RESID_POST;
+    for (const cJSON *it = v->child; it; it = it->next, i++) {
+        char ip[PATH_MAX_LEN];
+        index_path(ip, kp, i);
+        ps_recv_input in = PS_RECV_RESID_POST;
+        if (!cJSON_IsString(it) || parse_node(it->valuestring, receivers, &nodes[i], &in) != 0) {
+            ps_json_describe(it, got, sizeof got);
+            free(nodes);
+            return bad(x, ip, "expected %s, got %s", receivers ? "a head's input (\"a3.h0.q\", .k, .v) or an MLP (\"m2\")"
+                                                             : "a head (\"a0.h1\") or an MLP (\"m2\")", got);
+        }
+        if (receivers && i > 0 && in != first) {
+            free(nodes);
+            return bad(x, ip, "every receiver reads the same input (%s here, %s before): run one experiment per input",
+                       it->valuestring, first == PS_RECV_MLP ? "an MLP" : first == PS_RECV_Q ? "q" : first == PS_RECV_K ? "k" : "v");
+        }
+        first = in;
+        for (int j = 0; j < i; j++)
+            if (nodes[j].layer == nodes[i].layer && nodes[j].head == nodes[i].head) {
+                free(nodes);
+                return bad(x, ip, "\"%s\" appears twice in the list", it->valuestring);
+            }
+    }
+    if (receivers) { ex->receivers = nodes; ex->n_receivers = n; ex->input = first; }
+    else { ex->sender_list = nodes; ex->n_sender_list = n; ex->senders = PS_SENDERS_LIST; }
+    return 0;
+}
+
+// The keys of a path_patch experiment (after name and kind).
+static int load_path_patch(ctx *x, const cJSON *obj, const char *p, ps_experiment *ex) {
+    static const char *const keys[] = {"name", "kind", "senders", "receivers", "direction", "layers", "heads", "positions", "freeze_mlps"};
+    if (check_keys(x, obj, p, keys, COUNT(keys))) return -1;
+    int dir = PS_DIR_NOISE;   // ARENA's: the clean run, the senders from the corrupted one
+    if (get_enum(x, obj, "direction", p, direction_names, COUNT(direction_names), &dir)) return -1;
+    ex->direction = (ps_direction)dir;
+    char **no_roles = NULL;
+    if (get_nodes(x, obj, "senders", p, 0, ex) || get_nodes(x, obj, "receivers", p, 1, ex) ||
+        get_bool(x, obj, "freeze_mlps", p, &ex->freeze_mlps) ||
+        get_list(x, obj, "layers", p, 0, &ex->layers, &ex->n_layers, &no_roles) ||
+        get_list(x, obj, "heads", p, 0, &ex->heads, &ex->n_heads, &no_roles) ||
+        get_list(x, obj, "positions", p, 1, &ex->positions, &ex->n_positions, &ex->position_role))
+        return -1;
+    char kp[PATH_MAX_LEN];
+    if (ex->senders == PS_SENDERS_LIST && (ex->layers || ex->heads)) {
+        key_path(kp, p, ex->layers ? "layers" : "heads");
+        return bad(x, kp, "filters a grid of senders (\"heads\", \"mlps\", \"all\"); this experiment lists its senders");
+    }
+    if (ex->senders == PS_SENDERS_MLPS && ex->heads) {
+        key_path(kp, p, "heads");
+        return bad(x, kp, "the senders are MLPs; heads filters a grid of heads");
+    }
+    return 0;
+}
+
 static int load_experiment(ctx *x, const cJSON *obj, const char *p, ps_config *c, int64_t idx) {
     static const char *const keys[] = {"name", "kind", "site", "by", "direction", "layers", "heads", "neurons", "positions"};
     char got[200], kp[PATH_MAX_LEN];
@@ -438,7 +543,6 @@ static int load_experiment(ctx *x, const cJSON *obj, const char *p, ps_config *c
         ps_json_describe(obj, got, sizeof got);
         return bad(x, p, "expected an experiment object, got %s", got);
     }
-    if (check_keys(x, obj, p, keys, COUNT(keys))) return -1;
     ps_experiment *ex = &c->experiments[idx];
     if (get_str(x, obj, "name", p, 1, &ex->name)) return -1;
     key_path(kp, p, "name");
@@ -464,6 +568,9 @@ static int load_experiment(ctx *x, const cJSON *obj, const char *p, ps_config *c
         ps_text_escape(ex->kind, esc, sizeof esc, 60);
         return bad(x, kp, "unknown kind \"%s\" (did you mean \"%s\"?)", esc, kind_names[best]);
     }
+    // Each kind has its own keys.
+    if (!strcmp(ex->kind, "path_patch")) return load_path_patch(x, obj, p, ex);
+    if (check_keys(x, obj, p, keys, COUNT(keys))) return -1;
 
     const cJSON *sv = member(obj, "site");
     key_path(kp, p, "site");
