@@ -14,7 +14,7 @@
 // PS_CAP_NARROW is the one bit that is only an optimisation: without it the engine plans whole layers,
 // which gives the same numbers (ps_row.narrow).
 #define PS_CAPS_CPU  ((unsigned)PS_CAP_ALL)      // the reference: every operation, capture and narrowing
-#define PS_CAPS_CUDA ((unsigned)PS_CAP_REPLACE)  // kernels/: replace patches only, no narrowing yet
+#define PS_CAPS_CUDA ((unsigned)(PS_CAP_ALL & ~PS_CAP_NARROW))  // kernels/: every operation, head masks, captures; no narrowing yet
 
 // How to make a backend: everything a caller (the command line, a test) may choose.
 typedef struct {

@@ -49,6 +49,10 @@ int ps_patch_run(const ps_patch *pt, int64_t units, int64_t from, int64_t *u0, i
 // The reference row a mean/add patch reads at position t, or -1 when it leaves t alone.
 int64_t ps_view_row(const ps_view *v, int64_t t);
 
+// Fills every capture of a row that has a base with base's values at every position and layer: what a
+// backend then overwrites where the row recomputes the hook (ps_capture). A row without base: nothing.
+void ps_captures_from_base(const ps_model_config *cfg, const ps_row *row);
+
 // The capability bits a row needs.
 unsigned ps_row_caps(const ps_row *row);
 // Checks a row's patches and captures against the model (sites, layers, units, sources, reference

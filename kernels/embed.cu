@@ -12,21 +12,23 @@ static __global__ void join_kernel(const ps_cu_row *rows, const int32_t *tok_row
         const int64_t t = pos[i];
         float *xi = x + i * C;
         if (tail || row->from_base) {
-            const float *src = (tail ? row->base_resid_post : row->base_resid_pre) + (l * row->T + t) * C;
+            const ps_cu_arr b = tail ? row->base_resid_post : row->base_resid_pre;
+            const float *src = b.p + l * b.layer + t * b.pos;
             for (int64_t c = threadIdx.x; c < C; c += blockDim.x) xi[c] = src[c];
             continue;
         }
         const T *te = wte + (int64_t)tokens[i] * C;
         const T *pe = wpe ? wpe + t * C : NULL;
-        float *ce = row->ca[PS_CA_EMBED], *cp = row->ca[PS_CA_POS_EMBED];
+        const ps_cu_arr ae = row->ca[PS_ARR_EMBED], ap = row->ca[PS_ARR_POS_EMBED];
+        float *ce = ae.p ? ae.p + t * ae.pos : NULL, *cp = ap.p ? ap.p + t * ap.pos : NULL;
         for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
             const float a = ps_to_f(te[c]);
             float v = a;
-            if (ce) ce[t * C + c] = a;
+            if (ce) ce[c] = a;
             if (pe) {
                 const float b = ps_to_f(pe[c]);
                 v += b;
-                if (cp) cp[t * C + c] = b;
+                if (cp) cp[c] = b;
             }
             xi[c] = v;
         }

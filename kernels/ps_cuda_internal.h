@@ -118,31 +118,51 @@ int ps_cu_run_batch(ps_cu_backend *im, const ps_model *m, ps_row *rows, int64_t 
 // ---------------------------------------------------------------------------------------------
 // The batch on the device
 
-// The arrays of a ps_cache, in ps_forward.h's order; a cache row's descriptor points at each on the device.
-enum {
-    PS_CA_EMBED = 0, PS_CA_POS_EMBED, PS_CA_RESID_PRE, PS_CA_LN1_SCALE, PS_CA_Q, PS_CA_K, PS_CA_V, PS_CA_ROT_Q,
-    PS_CA_ROT_K, PS_CA_SCORES, PS_CA_PATTERN, PS_CA_Z, PS_CA_RESULT, PS_CA_ATTN_OUT, PS_CA_RESID_MID, PS_CA_LN2_SCALE,
-    PS_CA_MLP_PRE, PS_CA_MLP_PRE_LINEAR, PS_CA_MLP_POST, PS_CA_MLP_OUT, PS_CA_RESID_POST, PS_CA_LNF_SCALE, PS_CA_LOGITS,
-    PS_CA_COUNT
-};
+// A cache array on the device as the kernels address it: p is layer 0, position 0, unit 0, and the strides
+// (floats) are ps_array_at's (cache.c, the one place the layout is written), taken on the host so that no
+// kernel spells the layout out: element (l, t, u, k) is p[l * layer + t * pos + u * unit + k].
+typedef struct {
+    float *p;                       // NULL: the cache does not hold this array
+    int64_t layer, pos, unit;
+} ps_cu_arr;
+
+static inline ps_cu_arr ps_cu_arr_of(const ps_model_config *cfg, ps_array a, int64_t T, const float *p) {
+    ps_cu_arr r = {(float *)p, 0, 0, 0};
+    if (!p) return r;
+    const int64_t o = (int64_t)ps_array_at(cfg, a, T, 0, 0, 0);
+    r.layer = (int64_t)ps_array_at(cfg, a, T, 1, 0, 0) - o;
+    r.pos = (int64_t)ps_array_at(cfg, a, T, 0, 1, 0) - o;
+    r.unit = (int64_t)ps_array_at(cfg, a, T, 0, 0, 1) - o;
+    return r;
+}
 
 // One row, in start-layer order; its computed tokens are [off, off + n) of every per-token buffer.
 typedef struct {
     int64_t off, n, T, start_pos;
-    int32_t from_base;              // joins from base->resid_pre instead of the embedding
+    int32_t from_base;              // joins from base's resid_pre instead of the embedding
     int32_t pb, pe;                 // its patches: [pb, pe) of the patch table, in the row's order
-    const float *base_k;            // (L, T, Hkv*D): base's rot_k (Llama) or k; NULL when start_pos == 0
-    const float *base_v;            // (L, T, Hkv*D)
-    const float *base_resid_pre;    // (L, T, C) when from_base
-    const float *base_resid_post;   // (L, T, C) for rows that start past the last layer
-    float *ca[PS_CA_COUNT];         // cache rows: each array of the device copy of row->cache (NULL otherwise)
+    ps_cu_arr base_k;               // base's rot_k (Llama) or k; p NULL when start_pos == 0
+    ps_cu_arr base_v;
+    ps_cu_arr base_resid_pre;       // when from_base
+    ps_cu_arr base_resid_post;      // for rows that start past the last layer
+    ps_cu_arr ca[PS_ARR_COUNT];     // cache rows: each array of the device copy of row->cache (p NULL otherwise)
 } ps_cu_row;
 
+// One intervention (ps_patch) with its selection resolved on the host (patch.cu: ps_cu_patch_desc).
 typedef struct {
-    int32_t site;
+    int32_t site, op;               // ps_site, ps_op
+    int64_t layer;
+    int64_t t0, t1;                 // positions [t0, t1), within the row's [start_pos, T)
+    int64_t u0, u1;                 // units [u0, u1) of the site (heads, neurons; 0..1 for one-unit sites)
+    uint64_t head_mask;             // 0: every unit of [u0, u1); else only units whose bit is set
+    int64_t unit;                   // floats per unit
+    const float *src;               // replace/freeze: the source cache's array at this layer, on the device
+    int64_t src_pos, src_unit;      //   its strides (pattern: head-major)
+    const float *ref;               // mean/add: the reference rows (rows, ref_width), on the device
+    const int64_t *map;             //   the reference row of each position (T; < 0 leaves it alone)
+    int64_t ref_width;
+    float factor;                   // scale
     int32_t pad_;
-    int64_t layer, head, pos, neuron;
-    const float *src;               // the source cache's array for this site, all layers, on the device
 } ps_cu_patch;
 
 typedef struct {
@@ -151,10 +171,11 @@ typedef struct {
     int64_t cache_span;             // rows [0, cache_span) include every cache row (0: none)
     const ps_cu_row *rows;          // device (n_rows)
     const ps_cu_patch *patches;     // device
+    float *const *pat_cap;          // device (n_rows x L): a row's pattern capture buffer at layer l, or NULL
     const int32_t *tok_row;         // device (N): row of each computed token
     const int32_t *tokens;          // device (N): token id
     const int64_t *pos;             // device (N): position in its row
-    float *x, *xn, *y, *q, *k, *v, *z, *h1, *h2, *h3, *scale;   // per-token workspace, as in forward_cpu.c
+    float *x, *xn, *y, *q, *k, *v, *z, *h1, *h2, *h3, *scale;   // per-token workspace, as in cpu_forward.c
     float *rope_cos, *rope_sin;     // (N, D/2), Llama
 } ps_cu_batch;
 
@@ -201,6 +222,16 @@ static __device__ __forceinline__ float ps_block_max(float v, float *red) {
     }
     __syncthreads();
     return red[0];
+}
+
+// x under intervention op at one element (cpu_patch.c's op_apply, element by element; same float arithmetic).
+static __device__ __forceinline__ float ps_cu_op_value(int32_t op, float x, float from, float factor) {
+    switch (op) {
+    case PS_OP_ZERO: return 0.0f;
+    case PS_OP_ADD: return x + from;
+    case PS_OP_SCALE: return x * factor;
+    default: return from;  // replace, freeze, mean
+    }
 }
 
 // Grid size for a grid-stride loop over n elements.
@@ -254,11 +285,12 @@ int ps_cu_rotary_launch(cudaStream_t st, float *x, const float *cos_t, const flo
 int ps_cu_op_rope_table(ps_cu_ctx *c, ps_cu_batch *bt, ps_error *e);
 int ps_cu_op_rotary(ps_cu_ctx *c, ps_cu_batch *bt, float *x, int64_t N, int64_t n_heads, ps_error *e);
 
-// attention.cu: causal attention for the first n_active rows at layer l (z from q, k, v; pattern patches inside).
+// attention.cu: causal attention for the first n_active rows at layer l (z from q, k, v; pattern patches and
+// pattern captures inside). pat_cap: NULL, or (n_rows x L) capture buffers (n, H, T) per row and layer.
 int ps_cu_attention_launch(cudaStream_t st, int smem_optin, const ps_cu_row *rows, const ps_cu_patch *patches,
-                           const int32_t *tok_row, const int64_t *pos, const float *q, const float *k, const float *v,
-                           float *z, int64_t NA, int64_t l, int64_t H, int64_t Hkv, int64_t D, int64_t T_max,
-                           ps_error *e);
+                           float *const *pat_cap, const int32_t *tok_row, const int64_t *pos, const float *q,
+                           const float *k, const float *v, float *z, int64_t NA, int64_t l, int64_t L, int64_t H,
+                           int64_t Hkv, int64_t D, int64_t T_max, ps_error *e);
 int ps_cu_op_attention(ps_cu_ctx *c, ps_cu_batch *bt, int64_t l, int64_t NA, ps_error *e);
 
 // act.cu: h1 += b; h2 = act(h1) (* h3 for SwiGLU); and a plain bias add.
@@ -267,15 +299,19 @@ int ps_cu_mlp_act_launch(cudaStream_t st, float *h2, float *h1, const float *h3,
 int ps_cu_bias_add_launch(cudaStream_t st, float *y, const float *bias, int64_t N, int64_t width, ps_error *e);
 int ps_cu_op_mlp_act(ps_cu_ctx *c, ps_cu_batch *bt, int64_t l, int64_t NA, ps_error *e);
 
-// patch.cu: patches of rows [r0, r1) at (site, layer l) into buf (per-token stride ld), and cache stores.
+// patch.cu: a row's interventions at (site, layer l) applied in its order to buf (per-token stride ld) for rows
+// [r0, r1), and cache rows' stores of position-major arrays. ps_cu_patch_desc resolves one ps_patch of a row on the
+// host (src: its source array on the device; ref/map: its reference rows and position map on the device).
+ps_cu_patch ps_cu_patch_desc(const ps_model_config *cfg, const ps_row *row, const ps_patch *pt, const float *src,
+                             const float *ref, const int64_t *map);
 int ps_cu_patch_launch(cudaStream_t st, const ps_cu_row *rows, const ps_cu_patch *patches, int64_t r0, int64_t r1,
-                       int site, int64_t l, float *buf, int64_t ld, int64_t n_units, int64_t unit, ps_error *e);
-int ps_cu_store_launch(cudaStream_t st, const ps_cu_row *rows, int64_t r0, int64_t r1, int arr, int64_t l,
+                       int site, int64_t l, float *buf, int64_t ld, int64_t T_max, ps_error *e);
+int ps_cu_store_launch(cudaStream_t st, const ps_cu_row *rows, int64_t r0, int64_t r1, ps_array arr, int64_t l,
                        const float *buf, int64_t width, int64_t T_max, ps_error *e);
 int ps_cu_op_patch(ps_cu_ctx *c, ps_cu_batch *bt, int64_t r0, int64_t r1, ps_site site, int64_t l, float *buf,
                    ps_error *e);
-int ps_cu_op_store(ps_cu_ctx *c, ps_cu_batch *bt, int64_t n_active, int arr, int64_t l, const float *buf,
-                   int64_t width, ps_error *e);
+int ps_cu_op_store(ps_cu_ctx *c, ps_cu_batch *bt, int64_t n_active, ps_array arr, int64_t l, const float *buf,
+                   ps_error *e);
 
 // residual.cu: x += y.
 int ps_cu_residual_launch(cudaStream_t st, float *x, const float *y, int64_t n, ps_error *e);

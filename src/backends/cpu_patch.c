@@ -85,21 +85,5 @@ void ps_cpu_pattern_hook(const ps_model_config *cfg, const ps_row *row, int64_t 
 }
 
 void ps_cpu_captures_from_base(const ps_model_config *cfg, const ps_cpu_slot *slots, int64_t n_rows) {
-    for (int64_t r = 0; r < n_rows; r++) {
-        const ps_row *row = slots[r].row;
-        if (!row->base) continue;
-        const int64_t T = row->T;
-        for (int64_t k = 0; k < row->n_captures; k++) {
-            const ps_capture *cp = &row->captures[k];
-            // Position-major arrays hold a position's units together; pattern's heads lie apart.
-            const int head_major = ps_arrays[ps_site_array(cp->site)].head_major;
-            const int64_t units = head_major ? ps_site_units(cfg, cp->site) : 1,
-                          unit = ps_site_width(cfg, cp->site, T) / units;
-            const float *arr = ps_cache_site(row->base, cp->site);
-            for (int64_t t = 0; t < T; t++)
-                for (int64_t u = 0; u < units; u++)
-                    memcpy(cp->out + (t * units + u) * unit, arr + ps_site_at(cfg, cp->site, T, cp->layer, t, u),
-                           (size_t)unit * sizeof(float));
-        }
-    }
+    for (int64_t r = 0; r < n_rows; r++) ps_captures_from_base(cfg, slots[r].row);
 }

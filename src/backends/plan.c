@@ -184,3 +184,19 @@ int ps_row_check(const ps_model_config *mc, const ps_row *row, unsigned caps, co
                        PS_MAX_OUT_POS);
     return 0;
 }
+
+void ps_captures_from_base(const ps_model_config *cfg, const ps_row *row) {
+    if (!row->base) return;
+    const int64_t T = row->T;
+    for (int64_t k = 0; k < row->n_captures; k++) {
+        const ps_capture *cp = &row->captures[k];
+        // Position-major arrays hold a position's units together; pattern's heads lie apart.
+        const int head_major = ps_arrays[ps_site_array(cp->site)].head_major;
+        const int64_t units = head_major ? ps_site_units(cfg, cp->site) : 1, unit = ps_site_width(cfg, cp->site, T) / units;
+        const float *arr = ps_cache_site(row->base, cp->site);
+        for (int64_t t = 0; t < T; t++)
+            for (int64_t u = 0; u < units; u++)
+                memcpy(cp->out + (t * units + u) * unit, arr + ps_site_at(cfg, cp->site, T, cp->layer, t, u),
+                       (size_t)unit * sizeof(float));
+    }
+}
