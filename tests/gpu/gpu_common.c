@@ -116,7 +116,7 @@ gpu_tol gpu_tol_for(ps_precision prec) {
     return t;
 }
 
-static int compare(const char *name, const float *got, const float *want, int64_t n, gpu_tol t) {
+int gpu_close(const char *name, const float *got, const float *want, int64_t n, gpu_tol t) {
     float mx = 0;
     for (int64_t i = 0; i < n; i++)
         if (isfinite(want[i]) && fabsf(want[i]) > mx) mx = fabsf(want[i]);
@@ -158,7 +158,7 @@ static void compare_caches(const char *what, const ps_cache *got, const ps_cache
         if (!a[i].g || !a[i].w) continue;
         char name[256];
         snprintf(name, sizeof name, "%s cache.%s", what, a[i].name);
-        compare(name, a[i].g, a[i].w, a[i].n, t);
+        gpu_close(name, a[i].g, a[i].w, a[i].n, t);
     }
 }
 
@@ -297,7 +297,7 @@ static void compare_sets(const char *what, const row_set *got, const row_set *wa
     for (int i = 0; i < want->n; i++) {
         char name[256];
         snprintf(name, sizeof name, "%s row %d (%s) logits", what, i, sp[i].what);
-        compare(name, got->logits + got->logit_off[i], want->logits + want->logit_off[i], want->logit_n[i], t);
+        gpu_close(name, got->logits + got->logit_off[i], want->logits + want->logit_off[i], want->logit_n[i], t);
     }
 }
 
@@ -346,7 +346,7 @@ static void compare_T(ps_backend *b, const ps_model *m, const char *label, int64
         snprintf(name, sizeof name, "%s corrupted", what);
         compare_caches(name, &gc_corr, &cc_corr, cfg, t);
         snprintf(name, sizeof name, "%s cache-row cols logits", what);
-        compare(name, lg_gpu, lg_cpu, 10, t);
+        gpu_close(name, lg_gpu, lg_cpu, 10, t);
 
         pv.src = &cc_clean;
         rc[2] = (ps_row){.tokens = corr, .T = T, .cache = &cc_pat, .patches = &pv, .n_patches = 1};

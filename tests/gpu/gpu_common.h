@@ -25,6 +25,8 @@ typedef struct {
     float abs_floor, rel, rtol;
 } gpu_tol;
 gpu_tol gpu_tol_for(ps_precision prec);
+// tu_close under t (infinities of want skipped when taking max|want|); 1 when every element passes.
+int gpu_close(const char *name, const float *got, const float *want, int64_t n, gpu_tol t);
 
 // Runs the whole comparison on model m at precision prec for each sequence length in Ts (clamped to n_ctx):
 // cache rows (every cache array, logits), one batch of patched rows (every site, heads, positions, neurons,
