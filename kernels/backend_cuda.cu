@@ -24,6 +24,7 @@ static void impl_free(ps_cu_backend *im) {
     // Teardown cannot report: a failed sync (a lost context) still frees what it can.
     if (im->ctx.stream && cudaStreamSynchronize(im->ctx.stream) != cudaSuccess) (void)cudaGetLastError();
     cudaFree(im->wmem);
+    cudaFree(im->ctx.overflow);
     ps_cu_cache_free_all(im);
     cudaFree(im->ws);
     cudaFreeHost(im->host);
@@ -57,7 +58,7 @@ extern "C" int ps_cuda_device_count(char *why, size_t why_len) {
 static double cuda_gemm_rate(ps_backend *b, int64_t M, int64_t K, int64_t N, double seconds) {
     ps_cu_backend *im = (ps_cu_backend *)b->impl;
     ps_cu_ctx *c = &im->ctx;
-    if (M <= 0 || K <= 0 || N <= 0 || M > INT_MAX || K > INT_MAX || N > INT_MAX) return 0;
+    if (M <= 0 || K <= 0 || N <= 0) return 0;
     const size_t esz = c->prec == PS_PREC_FP32 ? 4 : 2;
     const cudaDataType_t t = c->prec == PS_PREC_FP16 ? CUDA_R_16F : c->prec == PS_PREC_BF16 ? CUDA_R_16BF : CUDA_R_32F;
     void *x = NULL, *w = NULL, *y = NULL;
@@ -70,8 +71,8 @@ static double cuda_gemm_rate(ps_backend *b, int64_t M, int64_t K, int64_t N, dou
     const float alpha = 1.0f, beta = 0.0f;
     // The forward's call: row-major y = x @ W as column-major y^T = W^T x^T.
 #define PS_RATE_GEMM()                                                                                              \
-    (cublasGemmEx(c->blas, CUBLAS_OP_N, CUBLAS_OP_N, (int)N, (int)M, (int)K, &alpha, w, t, (int)N, x, t, (int)K, &beta, y, \
-                  CUDA_R_32F, (int)N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT) == CUBLAS_STATUS_SUCCESS)
+    (cublasGemmEx_64(c->blas, CUBLAS_OP_N, CUBLAS_OP_N, N, M, K, &alpha, w, t, N, x, t, K, &beta, y, CUDA_R_32F, N,    \
+                     CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT) == CUBLAS_STATUS_SUCCESS)
     ok = ok && PS_RATE_GEMM(); // warm-up, untimed
     double el = 0;
     int64_t reps = 0;
@@ -140,6 +141,12 @@ static int backend_init(ps_backend *b, const ps_backend_opts *o, const ps_model 
         cudaError_t err = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, 0);
         im->ctx.smem_optin = err == cudaSuccess ? optin : 48 * 1024;
         (void)cudaGetLastError();
+    }
+    if (!rc && prec == PS_PREC_FP16) {
+        // The overflow flag of fp16 roundings (gemm.cu), zeroed before the weights' upload and each batch.
+        cudaError_t err = cudaMalloc((void **)&im->ctx.overflow, sizeof(int));
+        if (err == cudaSuccess) err = cudaMemset(im->ctx.overflow, 0, sizeof(int));
+        if (err != cudaSuccess) rc = ps_fail(e, PS_EXIT_RUNTIME, "%s:%d: the overflow flag: %s", __FILE__, __LINE__, cudaGetErrorString(err));
     }
     if (!rc) rc = ps_cu_upload_weights(im, m, e);
     if (!rc) {

@@ -341,7 +341,8 @@ int ps_cu_run_batch(ps_cu_backend *im, const ps_model *m, ps_row *rows, int64_t 
         const size_t meta_bytes = ps_cu_align_up(mat, 256);
         const size_t o_meta = take(&at, meta_bytes);
         TRY(ps_cu_ensure_ws(im, at, e));
-        TRY(ps_cu_ensure_host(im, meta_bytes > lout_bytes ? meta_bytes : lout_bytes, e));
+        const size_t flag_at = ps_cu_align_up(lout_bytes, 256);  // the overflow flag's copy, after the logits
+        TRY(ps_cu_ensure_host(im, meta_bytes > flag_at + 256 ? meta_bytes : flag_at + 256, e));
         char *ws = im->ws, *hs = im->host;
         c->half_buf = im->ctx.prec == PS_PREC_FP32 ? NULL : ws + o_half;
         c->half_cap = im->ctx.prec == PS_PREC_FP32 ? 0 : (size_t)(n_half_rows * widest);
@@ -429,6 +430,10 @@ int ps_cu_run_batch(ps_cu_backend *im, const ps_model *m, ps_row *rows, int64_t 
                 if (row->n_cols) memcpy(hcols + cols_at, row->cols, (size_t)row->n_cols * sizeof(int32_t));
                 cols_at += row->n_cols;
             }
+        }
+        if (c->overflow) {
+            cudaError_t err = cudaMemsetAsync(c->overflow, 0, sizeof(int), c->stream);
+            if (err != cudaSuccess) FAIL(ps_fail(e, PS_EXIT_RUNTIME, "%s:%d: cudaMemsetAsync: %s", __FILE__, __LINE__, cudaGetErrorString(err)));
         }
         if (meta_bytes) {
             cudaError_t err = cudaMemcpyAsync(ws + o_meta, hs, meta_bytes, cudaMemcpyHostToDevice, c->stream);
@@ -557,15 +562,24 @@ int ps_cu_run_batch(ps_cu_backend *im, const ps_model *m, ps_row *rows, int64_t 
         TRY(ps_cu_op_norm(c, 0, 0, xo, NULL, xo, n_out_total, e));
         TRY(ps_cu_op_logits_full(c, lout, xo, n_full, e));
         TRY(ps_cu_unembed_cols_launch(c->stream, lout, xo, (const ps_cu_unembed_job *)(ws + o_meta + m_jobs), n_cols_jobs,
-                                      (const int32_t *)(ws + o_meta + m_cols), w->w_u, w->b_u, C, e));
+                                      (const int32_t *)(ws + o_meta + m_cols), w->w_u, w->b_u, C, c->overflow, e));
 
         // Back to the host: logits into each row, cache rows into their ps_cache.
         {
+            int *hflag = (int *)(hs + flag_at);
+            *hflag = 0;
             cudaError_t err = lout_bytes ? cudaMemcpyAsync(hs, lout, lout_bytes, cudaMemcpyDeviceToHost, c->stream) : cudaSuccess;
+            if (err == cudaSuccess && c->overflow)
+                err = cudaMemcpyAsync(hflag, c->overflow, sizeof(int), cudaMemcpyDeviceToHost, c->stream);
             if (err == cudaSuccess) err = cudaStreamSynchronize(c->stream);
             if (err != cudaSuccess)
                 FAIL(ps_fail(e, PS_EXIT_RUNTIME, "CUDA backend: forward of %lld rows failed: %s", (long long)n_rows,
                              cudaGetErrorString(err)));
+            // No row gets numbers computed from an infinity: the whole batch fails, naming the cause.
+            if (*hflag)
+                FAIL(ps_fail(e, PS_EXIT_RUNTIME, "CUDA backend (fp16): an activation exceeded fp16's range (65504) where it "
+                             "is rounded for a matrix product, so the logits would be NaN or inf; run this model with "
+                             "precision bf16 or fp32"));
         }
         TRY(captures_back(&xt, slots, cap_dev, e));
         const float *hl = (const float *)hs;
@@ -597,7 +611,16 @@ done:
     if (rc) {
         // Nothing queued may still run when the caller frees or reuses the workspace, and no copy this call
         // touched is trusted again (issue 18: a failed cache row must not be read back as zeros).
-        if (cudaStreamSynchronize(c->stream) != cudaSuccess) (void)cudaGetLastError();
+        const cudaError_t err = cudaStreamSynchronize(c->stream);
+        if (err != cudaSuccess) {
+            (void)cudaGetLastError();
+            // An asynchronous fault as well: a smaller batch would not help, so this is no longer "out of memory".
+            if (rc == PS_CUDA_OOM) {
+                char first[sizeof e->msg];
+                snprintf(first, sizeof first, "%s", e->msg);
+                rc = ps_fail(e, PS_EXIT_RUNTIME, "%s (and then the stream failed: %s)", first, cudaGetErrorString(err));
+            }
+        }
         ps_cu_cache_fail_call(im);
     }
     extras_free(&xt);

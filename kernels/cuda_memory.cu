@@ -1,6 +1,6 @@
 // The CUDA backend's device memory: the arena of device copies of activation caches (bound to each cache by
 // its handle, ps_backend.h's contract), the batch workspace and pinned staging, and the out-of-memory
-// fallback that halves a batch. Unrun: no GPU has executed this file yet (see README, "unverified").
+// fallback (evict the arena, then split the batch; see "Out of memory" below). Unrun: no GPU has executed this file yet (see README, "unverified").
 #include "ps_cuda_internal.h"
 
 #include <stdio.h>
@@ -194,7 +194,7 @@ void ps_cu_cache_free_all(ps_cu_backend *im) {
 
 int ps_cu_ensure_ws(ps_cu_backend *im, size_t bytes, ps_error *e) {
     if (bytes <= im->ws_cap) return 0;
-    ps_cu_release_ws(im);
+    PS_TRY(ps_cu_release_ws(im, e));
     size_t want = ps_cu_align_up(bytes + bytes / 4, 1 << 20);
     if (cudaMalloc((void **)&im->ws, want) != cudaSuccess) {
         (void)cudaGetLastError();  // not sticky: retry with the exact size
@@ -224,30 +224,85 @@ int ps_cu_ensure_host(ps_cu_backend *im, size_t bytes, ps_error *e) {
     return 0;
 }
 
-void ps_cu_release_ws(ps_cu_backend *im) {
-    // Queued kernels may still use it; a failed sync means the context is lost and the free is moot.
-    if (cudaStreamSynchronize(im->ctx.stream) != cudaSuccess) (void)cudaGetLastError();
-    cudaFree(im->ws);  // after a good sync it cannot fail but for a lost context, which the next call reports
+int ps_cu_release_ws(ps_cu_backend *im, ps_error *e) {
+    // Queued kernels may still use it. A failed sync is an asynchronous fault (the context is lost): reported,
+    // since retrying a smaller batch on a lost context would only fail again with a less useful message.
+    const cudaError_t err = cudaStreamSynchronize(im->ctx.stream);
+    if (err != cudaSuccess) {
+        (void)cudaGetLastError();
+        return ps_fail(e, PS_EXIT_RUNTIME, "%s:%d: CUDA backend: the stream failed: %s", __FILE__, __LINE__, cudaGetErrorString(err));
+    }
+    const cudaError_t ferr = cudaFree(im->ws);
     im->ws = NULL;
     im->ws_cap = 0;
+    if (ferr != cudaSuccess) return ps_fail(e, PS_EXIT_RUNTIME, "%s:%d: cudaFree(workspace): %s", __FILE__, __LINE__, cudaGetErrorString(ferr));
+    return 0;
 }
 
 // ---------------------------------------------------------------------------------------------
-// Halve and retry
+// Out of memory: evict, then split
+//
+// When a batch does not fit, the arena's copies of caches (a cache: every one can be uploaded again from its
+// host cache) and the workspace are freed first and the batch is retried once whole; only if it still does not
+// fit is it split in halves, recursively. The token count of the halves that fit becomes tok_cap, and every later
+// call is split into runs of rows of at most tok_cap tokens up front instead of failing at full size again.
+//
+// Bitwise equality: a row's numbers do not depend on the other rows of its batch beyond rounding, but cuBLAS
+// picks its kernels by the GEMM's shape, so a row run in a split batch can differ in the last bits (fp32: about
+// 1e-7 relative) from the same row in a whole one. Splits depend on the device's free memory, so a resumed or
+// sharded run on another GPU (or with another cuda_cache_mb) may split differently; its values then agree within
+// that rounding, not bitwise. On one GPU with one budget the split points are deterministic (tok_cap).
+
+static int64_t tokens_of(const ps_row *rows, int64_t n) {
+    int64_t t = 0;
+    for (int64_t i = 0; i < n; i++) t += rows[i].T - rows[i].start_pos;
+    return t;
+}
+
+// Drops every copy of a cache and frees the arena (after the failed call's sync); 1 when it freed memory.
+static int evict_all(ps_cu_backend *im) {
+    if (!im->arena) return 0;
+    ps_cu_cache_free_all(im);
+    return 1;
+}
+
+static int run_split(ps_cu_backend *im, const ps_model *m, ps_row *rows, int64_t n_rows, int may_evict, ps_error *e) {
+    ps_error le;
+    memset(&le, 0, sizeof le);
+    int rc = ps_cu_run_batch(im, m, rows, n_rows, &le);
+    if (rc == 0) return 0;
+    if (rc != PS_CUDA_OOM) return ps_fail(e, le.code ? le.code : PS_EXIT_RUNTIME, "%s", le.msg);
+    (void)cudaGetLastError();
+    PS_TRY(ps_cu_release_ws(im, e));
+    if (may_evict && evict_all(im)) {
+        memset(&le, 0, sizeof le);
+        rc = ps_cu_run_batch(im, m, rows, n_rows, &le);
+        if (rc == 0) return 0;
+        if (rc != PS_CUDA_OOM) return ps_fail(e, le.code ? le.code : PS_EXIT_RUNTIME, "%s", le.msg);
+        (void)cudaGetLastError();
+        PS_TRY(ps_cu_release_ws(im, e));
+    }
+    if (n_rows == 1) return ps_fail(e, le.code ? le.code : PS_EXIT_RUNTIME, "%s", le.msg);
+    const int64_t h = n_rows / 2, th = tokens_of(rows, h);
+    if (!im->tok_cap || th < im->tok_cap) im->tok_cap = th > 0 ? th : 1;
+    // The halves: the arena was just emptied, so they evict nothing more (their own copies are in use).
+    PS_TRY(run_split(im, m, rows, h, 0, e));
+    return run_split(im, m, rows + h, n_rows - h, 0, e);
+}
 
 int ps_cu_forward_rows(ps_cu_backend *im, const ps_model *m, ps_row *rows, int64_t n_rows, ps_error *e) {
     if (n_rows <= 0) return 0;
-    ps_error le;
-    memset(&le, 0, sizeof le);
-    const int rc = ps_cu_run_batch(im, m, rows, n_rows, &le);
-    if (rc == 0) return 0;
-    if (rc == PS_CUDA_OOM && n_rows > 1) {
-        (void)cudaGetLastError();
-        ps_cu_release_ws(im);
-        const int64_t h = n_rows / 2;
-        if (ps_cu_forward_rows(im, m, rows, h, e)) return -1;
-        return ps_cu_forward_rows(im, m, rows + h, n_rows - h, e);
+    if (!im->tok_cap) return run_split(im, m, rows, n_rows, 1, e);
+    // Since an earlier batch ran out of memory: runs of consecutive rows of at most tok_cap tokens (one row
+    // at least), in order.
+    for (int64_t r = 0; r < n_rows;) {
+        int64_t n = 0, tok = 0;
+        while (r + n < n_rows && (n == 0 || tok + rows[r + n].T - rows[r + n].start_pos <= im->tok_cap)) {
+            tok += rows[r + n].T - rows[r + n].start_pos;
+            n++;
+        }
+        PS_TRY(run_split(im, m, rows + r, n, 1, e));
+        r += n;
     }
-    if (rc == PS_CUDA_OOM) ps_cu_release_ws(im);
-    return ps_fail(e, le.code ? le.code : PS_EXIT_RUNTIME, "%s", le.msg);
+    return 0;
 }

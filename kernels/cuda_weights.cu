@@ -27,7 +27,7 @@ static int upload(ps_cu_backend *im, char *dst, const float *h, size_t n, int ma
     for (size_t o = 0; o < n; o += chunk) {
         const size_t k = n - o < chunk ? n - o : chunk;
         CUDA_CHECK(e, cudaMemcpy(stage, h + o, k * sizeof(float), cudaMemcpyHostToDevice));
-        PS_TRY(ps_cu_cast_launch(0, dst + o * 2, prec, stage, (int64_t)k, e));
+        PS_TRY(ps_cu_cast_launch(0, dst + o * 2, prec, stage, (int64_t)k, im->ctx.overflow, e));
         CUDA_CHECK(e, cudaDeviceSynchronize());  // the stage buffer is reused by the next chunk
     }
     return 0;
@@ -106,6 +106,13 @@ int ps_cu_upload_weights(ps_cu_backend *im, const ps_model *m, ps_error *e) {
     if (!rc) {
         cudaError_t err = cudaDeviceSynchronize();
         if (err != cudaSuccess) rc = ps_fail(e, PS_EXIT_RUNTIME, "CUDA backend: uploading weights: %s", cudaGetErrorString(err));
+    }
+    if (!rc && im->ctx.overflow) {
+        // A weight beyond fp16's range would be inf in every product that uses it.
+        int flag = 0;
+        cudaError_t err = cudaMemcpy(&flag, im->ctx.overflow, sizeof flag, cudaMemcpyDeviceToHost);
+        if (err != cudaSuccess) rc = ps_fail(e, PS_EXIT_RUNTIME, "%s:%d: cudaMemcpy: %s", __FILE__, __LINE__, cudaGetErrorString(err));
+        else if (flag) rc = ps_fail(e, PS_EXIT_BADINPUT, "CUDA backend: a weight of this model exceeds fp16's range (65504); use precision bf16 or fp32");
     }
     {
         const cudaError_t err = cudaFree(stage);

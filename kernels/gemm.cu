@@ -1,9 +1,11 @@
 // The matrix products: cuBLAS with fp32 accumulation. fp32 weights: plain fp32 GEMM (no TF32).
 // fp16/bf16 weights: the fp32 activations are rounded to the weights' type first (cublasGemmEx needs A and B
-// of one type), the product accumulates in fp32 and lands in fp32.
+// of one type), the product accumulates in fp32 and lands in fp32. Every call is cuBLAS's 64-bit API
+// (cublas*_64): at Llama-2-7B shapes an operand passes 2^31 elements (a batch's N x d_mlp activations) and a
+// dimension may too (N tokens of a large batch), so no int argument can overflow.
+// Rounding fp32 activations to fp16 overflows to inf above 65504: the cast flags it (ctx.overflow) and the batch
+// fails with a clear error instead of returning NaN logits (bf16 has fp32's range).
 #include "ps_cuda_internal.h"
-
-#include <limits.h>
 
 const char *ps_cublas_status_name(cublasStatus_t s) {
     switch (s) {
@@ -21,19 +23,24 @@ const char *ps_cublas_status_name(cublasStatus_t s) {
     return "unknown cuBLAS status";
 }
 
-template <typename T> static __global__ void cast_kernel(T *dst, const float *src, int64_t n) {
-    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
-        dst[i] = ps_from_f<T>(src[i]);
+// overflow (may be NULL): set to 1 when a finite input rounds to an infinity (fp16 above 65504).
+template <typename T> static __global__ void cast_kernel(T *dst, const float *src, int64_t n, int *overflow) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+        const T v = ps_from_f<T>(src[i]);
+        dst[i] = v;
+        if (overflow && isinf(ps_to_f(v)) && isfinite(src[i])) *overflow = 1;  // a benign race: every writer stores 1
+    }
 }
 
-int ps_cu_cast_launch(cudaStream_t st, void *dst, ps_precision dt, const float *src, int64_t n, ps_error *e) {
+int ps_cu_cast_launch(cudaStream_t st, void *dst, ps_precision dt, const float *src, int64_t n, int *overflow,
+                      ps_error *e) {
     PS_REQUIRE(e, n >= 0 && (dt == PS_PREC_FP32 || dt == PS_PREC_FP16 || dt == PS_PREC_BF16));
     if (n == 0) return 0;
     PS_REQUIRE(e, dst && src);
     const unsigned blocks = ps_cu_blocks(n, 256);
-    if (dt == PS_PREC_FP16) cast_kernel<__half><<<blocks, 256, 0, st>>>((__half *)dst, src, n);
-    else if (dt == PS_PREC_BF16) cast_kernel<__nv_bfloat16><<<blocks, 256, 0, st>>>((__nv_bfloat16 *)dst, src, n);
-    else cast_kernel<float><<<blocks, 256, 0, st>>>((float *)dst, src, n);
+    if (dt == PS_PREC_FP16) cast_kernel<__half><<<blocks, 256, 0, st>>>((__half *)dst, src, n, overflow);
+    else if (dt == PS_PREC_BF16) cast_kernel<__nv_bfloat16><<<blocks, 256, 0, st>>>((__nv_bfloat16 *)dst, src, n, overflow);
+    else cast_kernel<float><<<blocks, 256, 0, st>>>((float *)dst, src, n, NULL);
     LAUNCH_CHECK(e);
     return 0;
 }
@@ -47,7 +54,7 @@ static int gemm_input(ps_cu_ctx *c, const void **B, const float *x, int64_t n, p
     *B = x;
     if (dt == PS_PREC_FP32) return 0;
     PS_REQUIRE(e, c->half_buf && c->half_cap >= (size_t)n);
-    PS_TRY(ps_cu_cast_launch(c->stream, c->half_buf, dt, x, n, e));
+    PS_TRY(ps_cu_cast_launch(c->stream, c->half_buf, dt, x, n, c->overflow, e));
     *B = c->half_buf;
     return 0;
 }
@@ -57,20 +64,18 @@ int ps_cu_gemm(ps_cu_ctx *c, float *y, const float *x, ps_cu_mat W, int64_t N, i
     PS_REQUIRE(e, N >= 0 && in > 0 && out > 0);
     if (N == 0) return 0;
     PS_REQUIRE(e, y && x && W.p);
-    PS_REQUIRE(e, N <= INT_MAX && in <= INT_MAX && out <= INT_MAX);
     const void *B;
     PS_TRY(gemm_input(c, &B, x, N * in, W.dt, e));
     const float alpha = 1.0f, beta = 0.0f;
     const cudaDataType_t t = cu_type(W.dt);
     // Row-major y = x @ W is column-major y^T = W^T x^T: W (in, out) row-major is W^T column-major with ld = out.
+    // trans_w: W (out, in) row-major is column-major (in x out) with ld = in; op T makes it (out x in).
     if (!trans_w)
-        CUBLAS_CHECK(e, cublasGemmEx(c->blas, CUBLAS_OP_N, CUBLAS_OP_N, (int)out, (int)N, (int)in, &alpha, W.p, t,
-                                     (int)out, B, t, (int)in, &beta, y, CUDA_R_32F, (int)out, CUBLAS_COMPUTE_32F,
-                                     CUBLAS_GEMM_DEFAULT));
+        CUBLAS_CHECK(e, cublasGemmEx_64(c->blas, CUBLAS_OP_N, CUBLAS_OP_N, out, N, in, &alpha, W.p, t, out, B, t, in, &beta,
+                                        y, CUDA_R_32F, out, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
     else
-        CUBLAS_CHECK(e, cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)out, (int)N, (int)in, &alpha, W.p, t,
-                                     (int)in, B, t, (int)in, &beta, y, CUDA_R_32F, (int)out, CUBLAS_COMPUTE_32F,
-                                     CUBLAS_GEMM_DEFAULT));
+        CUBLAS_CHECK(e, cublasGemmEx_64(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, out, N, in, &alpha, W.p, t, in, B, t, in, &beta,
+                                        y, CUDA_R_32F, out, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
     return 0;
 }
 
@@ -79,16 +84,14 @@ int ps_cu_gemm_per_head(ps_cu_ctx *c, float *result, const float *z, ps_cu_mat w
     PS_REQUIRE(e, T >= 0 && H > 0 && D > 0 && C > 0);
     if (T == 0) return 0;
     PS_REQUIRE(e, result && z && w_o.p);
-    PS_REQUIRE(e, T <= INT_MAX && H * C <= INT_MAX && D * C <= INT_MAX);
     const void *B;
     PS_TRY(gemm_input(c, &B, z, T * H * D, w_o.dt, e));
     const float alpha = 1.0f, beta = 0.0f;
     const cudaDataType_t t = cu_type(w_o.dt);
     // Head h: result[:, h, :] (T, C), ld H*C  =  z[:, h, :] (T, D), ld H*D  @  W_O rows [h*D, (h+1)*D) (D, C).
-    CUBLAS_CHECK(e, cublasGemmStridedBatchedEx(c->blas, CUBLAS_OP_N, CUBLAS_OP_N, (int)C, (int)T, (int)D, &alpha, w_o.p, t,
-                                               (int)C, (long long)(D * C), B, t, (int)(H * D), (long long)D, &beta,
-                                               result, CUDA_R_32F, (int)(H * C), (long long)C, (int)H,
-                                               CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    CUBLAS_CHECK(e, cublasGemmStridedBatchedEx_64(c->blas, CUBLAS_OP_N, CUBLAS_OP_N, C, T, D, &alpha, w_o.p, t, C, D * C, B,
+                                                  t, H * D, D, &beta, result, CUDA_R_32F, H * C, C, H, CUBLAS_COMPUTE_32F,
+                                                  CUBLAS_GEMM_DEFAULT));
     return 0;
 }
 
@@ -109,7 +112,7 @@ static int test_gemm(ps_cu_tmp *t, ps_cu_ctx *c, float *y, const float *x, const
     d_w = d_w32;
     if (prec != PS_PREC_FP32) {
         PS_TRY(ps_cu_tmp_up(t, &d_w, NULL, nw * 2, e));
-        PS_TRY(ps_cu_cast_launch(0, d_w, prec, (const float *)d_w32, (int64_t)nw, e));
+        PS_TRY(ps_cu_cast_launch(0, d_w, prec, (const float *)d_w32, (int64_t)nw, NULL, e));
         PS_TRY(ps_cu_tmp_up(t, &c->half_buf, NULL, (size_t)(N * in) * 2, e));
         c->half_cap = (size_t)(N * in);
     }

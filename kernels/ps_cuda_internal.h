@@ -54,6 +54,7 @@ typedef struct {
     void *half_buf;             // GEMM inputs rounded to fp16/bf16 (unused in fp32)
     size_t half_cap;            // elements in half_buf
     int smem_optin;             // largest dynamic shared memory a block may opt into (bytes)
+    int *overflow;              // device flag: an fp16 rounding overflowed to inf (gemm.cu, unembed.cu); NULL: unchecked
 } ps_cu_ctx;
 
 // ---------------------------------------------------------------------------------------------
@@ -85,6 +86,7 @@ typedef struct {
     size_t ws_cap;
     char *host;                 // pinned staging for descriptors and logits
     size_t host_cap;
+    int64_t tok_cap;            // 0, or the most tokens a batch may hold since one ran out of memory (cuda_memory.cu)
 } ps_cu_backend;
 
 static inline size_t ps_cu_align_up(size_t n, size_t a) { return (n + a - 1) / a * a; }
@@ -105,8 +107,9 @@ static inline float *ps_cu_cache_field(const ps_cu_backend *im, size_t off, cons
 // The batch workspace and the pinned host staging, grown as batches need (PS_CUDA_OOM when the device is full).
 int ps_cu_ensure_ws(ps_cu_backend *im, size_t bytes, ps_error *e);
 int ps_cu_ensure_host(ps_cu_backend *im, size_t bytes, ps_error *e);
-void ps_cu_release_ws(ps_cu_backend *im);
-// Runs rows; when the device runs out of memory, frees the workspace and runs each half on its own.
+int ps_cu_release_ws(ps_cu_backend *im, ps_error *e);   // -1 when the stream reports a fault (e filled)
+// Runs rows; when the device runs out of memory, evicts the cache arena and retries, then splits the batch
+// (and later batches, by tok_cap) into halves that fit.
 int ps_cu_forward_rows(ps_cu_backend *im, const ps_model *m, ps_row *rows, int64_t n_rows, ps_error *e);
 
 // cuda_weights.cu: every weight uploaded once into im->wmem, matrices in im->ctx.prec.
@@ -333,7 +336,9 @@ int ps_cu_gemm_per_head(ps_cu_ctx *c, float *result, const float *z, ps_cu_mat w
 // linear with an optional fp32 bias, like forward_cpu.c's linear().
 int ps_cu_op_linear(ps_cu_ctx *c, float *y, const float *x, ps_cu_mat W, const float *bias, int64_t N, int64_t in,
                     int64_t out, ps_error *e);
-int ps_cu_cast_launch(cudaStream_t st, void *dst, ps_precision dt, const float *src, int64_t n, ps_error *e);
+// overflow: NULL, or a device int set to 1 when a finite value rounds to an infinity (fp16).
+int ps_cu_cast_launch(cudaStream_t st, void *dst, ps_precision dt, const float *src, int64_t n, int *overflow,
+                      ps_error *e);
 
 // unembed.cu: xo[j] = x[idx[j]]; logits for requested columns only.
 typedef struct {
@@ -346,7 +351,7 @@ int ps_cu_gather_launch(cudaStream_t st, float *xo, const float *x, const int64_
                         ps_error *e);
 int ps_cu_unembed_cols_launch(cudaStream_t st, float *out, const float *xo, const ps_cu_unembed_job *jobs,
                               int64_t n_jobs, const int32_t *cols, ps_cu_mat w_u, const float *b_u, int64_t C,
-                              ps_error *e);
+                              int *overflow, ps_error *e);
 // All V logits of n rows of xn (normed): out (n, V) = xn @ w_u^T + b_u.
 int ps_cu_op_logits_full(ps_cu_ctx *c, float *out, const float *xn, int64_t n, ps_error *e);
 
