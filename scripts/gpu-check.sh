@@ -84,9 +84,11 @@ export PS_SRC=$repo PS_BIN=$b/bin/patchsweep OMP_NUM_THREADS=${OMP_NUM_THREADS:-
 export PS_SHARED=$b/shared-data
 
 # --- 1. the gpu suite: every kernel, every tiny model, every sweep kind through the engine -------------
-for t in gpu_kernels gpu_forward gpu_sweeps; do
+for t in gpu_kernels gpu_forward gpu_ops gpu_sweeps; do
     step "$t" 150 "$b/bin/test_$t"
 done
+# The scale driver: a Llama-2-7B layer at T = 2048, attention at T = 12288, GPT-2-small fp16/bf16 errors.
+step gpu_scale 90 "$b/bin/test_gpu_scale"
 
 # --- 2. compute-sanitizer on the forward test (memcheck, racecheck) ------------------------------------
 if command -v compute-sanitizer >/dev/null && [ $have_gpu = 1 ]; then
