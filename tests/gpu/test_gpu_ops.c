@@ -148,12 +148,8 @@ static int make_set(op_set *s, const op_spec *sp, int n, const ps_model_config *
     if (!s->rows || !s->patches || !s->caps || !s->out_pos || !s->logits || !s->capmem) return -1;
     size_t lg = 0, cm = 0;
     for (int i = 0; i < n; i++) {
+        s->rows[i] = (ps_row){.tokens = tokens, .T = T, .base = corr, .start_layer = sp[i].start_layer, .start_pos = sp[i].start_pos};
         ps_row *r = &s->rows[i];
-        r->tokens = tokens;
-        r->T = T;
-        r->base = corr;
-        r->start_layer = sp[i].start_layer;
-        r->start_pos = sp[i].start_pos;
         ps_patch *pp = s->patches + i * MAX_P;
         for (int p = 0; p < sp[i].n_p; p++) {
             pp[p] = sp[i].p[p];
