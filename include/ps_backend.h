@@ -14,7 +14,10 @@
 // PS_CAP_NARROW is the one bit that is only an optimisation: without it the engine plans whole layers,
 // which gives the same numbers (ps_row.narrow).
 #define PS_CAPS_CPU  ((unsigned)PS_CAP_ALL)      // the reference: every operation, capture and narrowing
-#define PS_CAPS_CUDA ((unsigned)(PS_CAP_ALL & ~PS_CAP_NARROW))  // kernels/: every operation, head masks, captures; no narrowing yet
+// kernels/: every operation, head masks, captures; no narrowing yet. Listed bit by bit, so that a bit added to
+// PS_CAP_ALL later is not claimed by CUDA until kernels/ implements it.
+#define PS_CAPS_CUDA ((unsigned)(PS_CAP_REPLACE | PS_CAP_ZERO | PS_CAP_MEAN | PS_CAP_ADD | PS_CAP_SCALE | PS_CAP_FREEZE | \
+                                 PS_CAP_HEAD_MASK | PS_CAP_CAPTURE))
 
 // How to make a backend: everything a caller (the command line, a test) may choose.
 typedef struct {
