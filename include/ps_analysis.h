@@ -1,0 +1,68 @@
+// Analyses that read a prompt's activation cache (and the weights) rather than patch it: direct logit
+// attribution, the logit lens, attention patterns, OV copy/next scores. Each lays out its result table
+// (ps_table.h) and fills one prompt's row of it; the engine's producers call these per chunk of prompts.
+#ifndef PS_ANALYSIS_H
+#define PS_ANALYSIS_H
+
+#include "ps_cache.h"
+#include "ps_table.h"
+
+// ---- Direct logit attribution (dla.c) ------------------------------------------------------------------
+// The logit difference answer - wrong at one position, split over what writes the final residual stream
+// there. Table axes after the prompt: variant (2) x component (K).
+//   variant 0 "tl":    TransformerLens's logit_attrs(apply_ln_to_stack): each part centred (LayerNorm only)
+//                      and divided by the cached final-norm scale, dotted with W_U[answer] - W_U[wrong];
+//                      the final norm's weight and bias are not applied (with unfolded weights or RMSNorm
+//                      the parts do not sum to the logit difference: TransformerLens #523).
+//   variant 1 "exact": the same with the final norm's weight, so with the scale fixed at its cached value
+//                      the final norm is linear and the parts, with "final_bias" (norm bias and b_U), sum to
+//                      the model's logit difference.
+// Components, in order (labels as TransformerLens's, plus the biases):
+//   "embed", "pos_embed" (GPT-2), "<l>_attn_out", "<l>_mlp_out" for each layer l   (sum: resid_post of the last layer)
+//   "L<l>H<h>" for each layer and head: z . W_O of that head (TransformerLens's stack_head_results)
+//   "L<l>_b_O" for each layer (GPT-2): the attention output bias; heads + b_O = attn_out
+//   "final_bias": final-norm bias . direction + b_U[answer] - b_U[wrong] (exact only; NaN for tl)
+//   with neurons: "L<l>N<n>" for each layer and neuron (mlp_post . W_out row) and "L<l>_b_out" (GPT-2)
+int64_t ps_dla_n_components(const ps_model_config *mc, int neurons);
+// Labels of the components (K malloc'd strings in a malloc'd array; free with ps_labels_free). NULL on OOM.
+char **ps_dla_labels(const ps_model_config *mc, int neurons);
+void ps_labels_free(char **labels, int64_t n);
+// A table of kind "dla" for n_rows prompts (values NaN until filled).
+int ps_dla_table_init(ps_table *t, const char *name, const ps_model_config *mc, int64_t n_rows, int neurons, ps_error *e);
+// One prompt: c is its run (resid, attn_out, mlp_out, z, mlp_post and lnf_scale are read), pos the metric
+// position. out: (2, K) as in the table. Streamed models are fine (layers are fetched with ps_model_layer).
+int ps_dla_prompt(const ps_model *m, const ps_cache *c, int64_t pos, int32_t answer, int32_t wrong, int neurons, float *out,
+                  ps_error *e);
+
+// ---- Logit lens (lens.c) -------------------------------------------------------------------------------
+// The accumulated residual stream at one position, stage by stage: "<l>_pre", "<l>_mid" for each layer,
+// then "final_post" (2L+1 stages, TransformerLens's accumulated_resid(incl_mid=True) labels), unembedded.
+//   variant 0 "recompute": the final norm recomputed on each stage (TransformerLens >= 2.18,
+//                          accumulated_resid(apply_ln=True)), then W_U and b_U: the last stage is the logits.
+//   variant 1 "cached":    centred (LayerNorm) and divided by the final norm's cached scale, then its weight
+//                          and bias, W_U and b_U (older TransformerLens, which on folded weights amounts to this).
+// Table axes after the prompt: variant (2) x stage (2L+1) x quantity (4 + top_k):
+//   "logit_diff", "answer_logit", "wrong_logit", "answer_rank" (0 = top), then "top1".."top<k>": token ids.
+#define PS_LENS_QUANTITIES 4
+int64_t ps_lens_n_stages(const ps_model_config *mc);
+int ps_lens_table_init(ps_table *t, const char *name, const ps_model_config *mc, int64_t n_rows, int64_t top_k, ps_error *e);
+// Logits of every stage at pos: logits (2, 2L+1, V) (variant, stage, vocabulary).
+int ps_lens_logits(const ps_model *m, const ps_cache *c, int64_t pos, float *logits, ps_error *e);
+// One prompt's row of the table: out (2, 2L+1, 4 + top_k).
+int ps_lens_prompt(const ps_model *m, const ps_cache *c, int64_t pos, int32_t answer, int32_t wrong, int64_t top_k,
+                   float *out, ps_error *e);
+
+// ---- Attention patterns (attention.c) ------------------------------------------------------------------
+// Patterns of chosen layers x heads at chosen query positions, over every key position up to the longest
+// prompt. Table axes after the prompt: layer x head x query x key (keys beyond a prompt's length, or after
+// the query, are NaN / 0 as the pattern has them; NaN past the prompt).
+// layers/heads: the lists (NULL = all); queries: positions as the config gives them (negative counts from
+// the end of the prompt: -1 = its last token).
+int ps_attention_table_init(ps_table *t, const char *name, const ps_model_config *mc, int64_t n_rows,
+                            const int64_t *layers, int64_t n_layers, const int64_t *heads, int64_t n_heads,
+                            const int64_t *queries, int64_t n_queries, int64_t T_max, ps_error *e);
+// One prompt's row: reads c->pattern; T_prompt resolves negative query positions. Query positions outside
+// the prompt leave their cells NaN. out: the table's cells for one prompt.
+void ps_attention_prompt(const ps_table *t, const ps_model_config *mc, const ps_cache *c, int64_t T_prompt, float *out);
+
+#endif

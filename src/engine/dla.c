@@ -1,0 +1,161 @@
+// Direct logit attribution: the logit difference at one position split over the components that write the
+// final residual stream (embeddings, attention and MLP outputs, heads, neurons, biases), in TransformerLens's
+// convention and in the exact one that sums to the logit difference (ps_analysis.h has the definitions).
+#include "ps_analysis.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int has_biases(const ps_model_config *mc) { return mc->arch == PS_ARCH_GPT2; }
+
+int64_t ps_dla_n_components(const ps_model_config *mc, int neurons) {
+    int64_t L = mc->n_layers, b = has_biases(mc);
+    int64_t k = 1 + b + 2 * L + L * mc->n_heads + b * L + 1;
+    if (neurons) k += L * mc->d_mlp + b * L;
+    return k;
+}
+
+void ps_labels_free(char **labels, int64_t n) {
+    if (!labels) return;
+    for (int64_t i = 0; i < n; i++) free(labels[i]);
+    free(labels);
+}
+
+char **ps_dla_labels(const ps_model_config *mc, int neurons) {
+    int64_t K = ps_dla_n_components(mc, neurons), k = 0, L = mc->n_layers;
+    char **lab = calloc((size_t)K, sizeof *lab);
+    if (!lab) return NULL;
+    char buf[64];
+#define ADD(...) do { snprintf(buf, sizeof buf, __VA_ARGS__); if (!(lab[k++] = strdup(buf))) goto oom; } while (0)
+    ADD("embed");
+    if (has_biases(mc)) ADD("pos_embed");
+    for (int64_t l = 0; l < L; l++) { ADD("%lld_attn_out", (long long)l); ADD("%lld_mlp_out", (long long)l); }
+    for (int64_t l = 0; l < L; l++)
+        for (int64_t h = 0; h < mc->n_heads; h++) ADD("L%lldH%lld", (long long)l, (long long)h);
+    if (has_biases(mc))
+        for (int64_t l = 0; l < L; l++) ADD("L%lld_b_O", (long long)l);
+    ADD("final_bias");
+    if (neurons) {
+        for (int64_t l = 0; l < L; l++)
+            for (int64_t n = 0; n < mc->d_mlp; n++) ADD("L%lldN%lld", (long long)l, (long long)n);
+        if (has_biases(mc))
+            for (int64_t l = 0; l < L; l++) ADD("L%lld_b_out", (long long)l);
+    }
+#undef ADD
+    return lab;
+oom:
+    ps_labels_free(lab, K);
+    return NULL;
+}
+
+int ps_dla_table_init(ps_table *t, const char *name, const ps_model_config *mc, int64_t n_rows, int neurons, ps_error *e) {
+    int64_t K = ps_dla_n_components(mc, neurons);
+    char **lab = ps_dla_labels(mc, neurons);
+    int64_t *val = malloc((size_t)K * sizeof *val);
+    int64_t vval[2] = {0, 1};
+    char *vlab[2] = {"tl", "exact"};
+    if (!lab || !val) {
+        ps_labels_free(lab, K);
+        free(val);
+        return ps_fail(e, PS_EXIT_RUNTIME, "dla %s: out of memory for %lld component labels", name, (long long)K);
+    }
+    for (int64_t k = 0; k < K; k++) val[k] = k;
+    ps_axis axes[2] = {{.name = "variant", .len = 2, .value = vval, .label = vlab},
+                       {.name = "component", .len = K, .value = val, .label = lab}};
+    int rc = ps_table_init(t, name, "dla", 1, n_rows, 2, axes, 0, e);
+    ps_labels_free(lab, K);
+    free(val);
+    if (rc == 0 && (ps_table_attr_str(t, "tl", "TransformerLens logit_attrs: centred (LayerNorm), / cached final-norm scale, no norm weight", e) ||
+                    ps_table_attr_str(t, "exact", "with the final norm's weight at its cached scale; parts + final_bias = logit diff", e) ||
+                    ps_table_attr_i64(t, "neurons", neurons, e))) {
+        ps_table_free(t);
+        return -1;
+    }
+    return rc;
+}
+
+static double dot(const float *x, const double *u, int64_t n) {
+    double s = 0;
+    for (int64_t i = 0; i < n; i++) s += (double)x[i] * u[i];
+    return s;
+}
+
+// g (rows) = W (rows, C) @ u (C): what one unit (a head's dimension, a neuron) adds per unit of activation.
+static void project(double *g, const float *W, const double *u, int64_t rows, int64_t C) {
+    for (int64_t r = 0; r < rows; r++) g[r] = dot(W + r * C, u, C);
+}
+
+int ps_dla_prompt(const ps_model *m, const ps_cache *c, int64_t pos, int32_t answer, int32_t wrong, int neurons, float *out,
+                  ps_error *e) {
+    const ps_model_config *mc = &m->cfg;
+    const int64_t C = mc->d_model, L = mc->n_layers, H = mc->n_heads, D = mc->d_head, M = mc->d_mlp, V = mc->d_vocab;
+    const int64_t T = c->T, K = ps_dla_n_components(mc, neurons);
+    const int bias = has_biases(mc);
+    if (pos < 0 || pos >= T) return ps_fail(e, PS_EXIT_BADINPUT, "dla: position %lld outside the prompt's %lld tokens", (long long)pos, (long long)T);
+    if (answer < 0 || answer >= V || wrong < 0 || wrong >= V)
+        return ps_fail(e, PS_EXIT_BADINPUT, "dla: answer %d or wrong %d outside the vocabulary (%lld)", answer, wrong, (long long)V);
+    if (!c->z || !c->attn_out || !c->mlp_out || !c->lnf_scale || (neurons && !c->mlp_post))
+        return ps_fail(e, PS_EXIT_RUNTIME, "dla: the cache lacks an array it reads");
+    int64_t G = H * D > M ? H * D : M;
+    double *u = malloc((size_t)(2 * C + G) * sizeof *u);
+    if (!u) return ps_fail(e, PS_EXIT_RUNTIME, "dla: out of memory");
+    double *g = u + 2 * C;
+    // u[v] (C): the direction a residual vector is dotted with in variant v, the final norm folded in.
+    const float *wa = m->w.w_u + (int64_t)answer * C, *ww = m->w.w_u + (int64_t)wrong * C;
+    const double s = c->lnf_scale[pos];
+    for (int v = 0; v < 2; v++) {
+        double *uv = u + v * C, mean = 0;
+        for (int64_t i = 0; i < C; i++) {
+            uv[i] = (double)wa[i] - ww[i];
+            if (v == 1) uv[i] *= m->w.lnf_w[i];
+            mean += uv[i];
+        }
+        mean /= (double)C;
+        // Centring x before the dot product equals centring the direction: sum (x_i - mean x) u_i = x . (u - mean u).
+        for (int64_t i = 0; i < C; i++) uv[i] = (bias ? uv[i] - mean : uv[i]) / s;
+    }
+    for (int64_t i = 0; i < 2 * K; i++) out[i] = NAN;
+    int rc = 0;
+    for (int v = 0; v < 2; v++) {
+        const double *uv = u + v * C;
+        float *o = out + v * K;
+        int64_t k = 0;
+        o[k++] = (float)dot(c->embed + pos * C, uv, C);
+        if (bias) o[k++] = (float)dot(c->pos_embed + pos * C, uv, C);
+        for (int64_t l = 0; l < L; l++) {
+            o[k++] = (float)dot(c->attn_out + (l * T + pos) * C, uv, C);
+            o[k++] = (float)dot(c->mlp_out + (l * T + pos) * C, uv, C);
+        }
+        int64_t k_heads = k, k_bo = k_heads + L * H;
+        int64_t k_fb = k_bo + bias * L, k_neur = k_fb + 1, k_bout = k_neur + L * M;
+        for (int64_t l = 0; l < L; l++) {
+            ps_layer_weights lw;
+            if ((rc = ps_model_layer(m, l, &lw, e)) != 0) goto done;
+            project(g, lw.w_o, uv, H * D, C);   // w_o: (H*D, C)
+            const float *z = c->z + (l * T + pos) * H * D;
+            for (int64_t h = 0; h < H; h++) {
+                double a = 0;
+                for (int64_t d = 0; d < D; d++) a += (double)z[h * D + d] * g[h * D + d];
+                o[k_heads + l * H + h] = (float)a;
+            }
+            if (bias) o[k_bo + l] = (float)dot(m->w.b_o + l * C, uv, C);
+            if (neurons) {
+                project(g, lw.w_out, uv, M, C);   // w_out: (M, C)
+                const float *post = c->mlp_post + (l * T + pos) * M;
+                for (int64_t n = 0; n < M; n++) o[k_neur + l * M + n] = (float)((double)post[n] * g[n]);
+                if (bias) o[k_bout + l] = (float)dot(m->w.b_out + l * C, uv, C);
+            }
+        }
+        if (v == 1) {
+            double fb = m->w.b_u ? (double)m->w.b_u[answer] - m->w.b_u[wrong] : 0.0;   // b_u: NULL for Llama
+            if (m->w.lnf_b)
+                for (int64_t i = 0; i < C; i++) fb += (double)m->w.lnf_b[i] * ((double)wa[i] - ww[i]);
+            o[k_fb] = (float)fb;
+        }
+    }
+done:
+    free(u);
+    return rc;
+}

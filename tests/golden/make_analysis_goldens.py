@@ -1,0 +1,100 @@
+#!/usr/bin/env python3
+"""Make the analysis goldens (tests/data/<model>/golden_analysis.safetensors + .json) from TransformerLens's
+ActivationCache methods on the committed tiny models: direct logit attribution (decompose_resid,
+stack_head_results, stack_neuron_results, each through logit_attrs, i.e. apply_ln_to_stack's centring and
+cached final-norm scale, no norm weight) and the logit lens (accumulated_resid(incl_mid=True, apply_ln=True),
+which recomputes the final norm per stage, TL >= 2.18; and the cached-scale variant, apply_ln_to_stack with
+recompute_ln=False, then the final norm's weight and bias, which is what older TL gave on folded weights).
+
+Regenerate (from the repo root; needs the reference venv, offline is fine; ~20 s):
+    ~/.cache/ps-venv/bin/python tests/golden/make_analysis_goldens.py              # all six models
+    ~/.cache/ps-venv/bin/python tests/golden/make_analysis_goldens.py gpt2-tiny-a  # just some
+Option: --out DIR (default tests/data). The models are read, never rebuilt (make_goldens.py owns them).
+"""
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from make_goldens import REPO, load_bridge, pkg_version, save_st, torch, transformers  # noqa: E402
+
+MODELS = ["gpt2-tiny-a", "gpt2-tiny-b", "gpt2-tiny-c", "llama-tiny-a", "llama-tiny-b", "llama-tiny-c"]
+# (length, metric position): the last position, and one in the middle (a metric read before the end).
+PROMPTS = [(6, 5), (9, 4), (8, 7)]
+SEED = 14
+
+
+def make(name, out_root):
+    folder = os.path.join(REPO, "tests", "data", name)
+    cfg = json.load(open(os.path.join(folder, "config.json")))
+    vocab = cfg["vocab_size"]
+    br = load_bridge(folder, vocab)
+    L = br.cfg.n_layers
+    W_U = br.W_U.detach()                                   # (C, V)
+    b_U = getattr(br, "b_U", None)
+    b_U = torch.zeros(vocab) if b_U is None else b_U.detach()
+    lnf_w = br.ln_final.weight.detach() if hasattr(br.ln_final, "weight") else None
+    lnf_b = getattr(br.ln_final, "bias", None)
+    lnf_b = None if lnf_b is None else lnf_b.detach()
+    g = torch.Generator().manual_seed(SEED + sum(map(ord, name)))
+    out, meta = {}, {"prompts": [], "labels": {}}
+    for i, (T, pos) in enumerate(PROMPTS):
+        tokens = torch.randint(0, vocab, (1, T), generator=g)
+        with torch.no_grad():
+            logits, cache = br.run_with_cache(tokens)
+            top2 = torch.topk(logits[0, pos], 2).indices
+            answer, wrong = int(top2[0]), int(top2[1])
+            if i == 1:   # one prompt whose "answer" is not the model's top token: negative parts and sums
+                answer, wrong = wrong, answer
+            resid, rlabels = cache.decompose_resid(layer=-1, pos_slice=pos, return_labels=True)
+            heads, hlabels = cache.stack_head_results(layer=-1, pos_slice=pos, return_labels=True)
+            neurons, nlabels = cache.stack_neuron_results(layer=L, pos_slice=pos, return_labels=True)
+            a, w = torch.tensor([answer]), torch.tensor([wrong])
+            kw = dict(tokens=a, incorrect_tokens=w, pos_slice=pos)
+            out[f"p{i}.dla_resid"] = cache.logit_attrs(resid, **kw).reshape(-1).float()
+            out[f"p{i}.dla_heads"] = cache.logit_attrs(heads, **kw).reshape(-1).float()
+            out[f"p{i}.dla_neurons"] = cache.logit_attrs(neurons, **kw).reshape(-1).float()
+            acc, alabels = cache.accumulated_resid(incl_mid=True, apply_ln=True, pos_slice=pos, return_labels=True)
+            out[f"p{i}.lens_recompute"] = (acc[:, 0] @ W_U + b_U).float()              # (stages, V)
+            raw = cache.accumulated_resid(incl_mid=True, apply_ln=False, pos_slice=pos)
+            scaled = cache.apply_ln_to_stack(raw, layer=-1, pos_slice=pos, recompute_ln=False)[:, 0]
+            if lnf_w is not None:
+                scaled = scaled * lnf_w
+            if lnf_b is not None:
+                scaled = scaled + lnf_b
+            out[f"p{i}.lens_cached"] = (scaled @ W_U + b_U).float()
+            out[f"p{i}.logits"] = logits[0, pos].float()
+        out[f"p{i}.tokens"] = tokens[0].to(torch.int32)
+        out[f"p{i}.meta"] = torch.tensor([pos, answer, wrong], dtype=torch.int32)   # metric position, answer, wrong
+        meta["prompts"].append(dict(tokens=tokens[0].tolist(), pos=pos, answer=answer, wrong=wrong))
+        meta["labels"] = dict(resid=rlabels, heads=hlabels, neurons=len(nlabels), lens=alabels)
+    # The final stage of the recomputed lens is the model's own logits: a check of the reference itself.
+    for i in range(len(PROMPTS)):
+        d = (out[f"p{i}.lens_recompute"][-1] - out[f"p{i}.logits"]).abs().max().item()
+        if d > 1e-4:
+            sys.exit(f"{name}: TL's final lens stage differs from its logits by {d}")
+    meta["normalization_type"] = br.cfg.normalization_type
+    meta["versions"] = {"torch": torch.__version__, "transformers": transformers.__version__,
+                        "transformer_lens": pkg_version("transformer_lens"), "python": sys.version.split()[0]}
+    meta["generator"] = "tests/golden/make_analysis_goldens.py"
+    dst = os.path.join(out_root, name)
+    os.makedirs(dst, exist_ok=True)
+    save_st({k: v.contiguous() for k, v in out.items()}, os.path.join(dst, "golden_analysis.safetensors"))
+    with open(os.path.join(dst, "golden_analysis.json"), "w") as f:
+        json.dump(meta, f, indent=1)
+        f.write("\n")
+    print(f"{name}: {len(PROMPTS)} prompts, {len(out)} tensors")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("models", nargs="*", default=MODELS)
+    ap.add_argument("--out", default=os.path.join(REPO, "tests", "data"))
+    a = ap.parse_args()
+    for m in a.models:
+        make(m, a.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,205 @@
+// The analyses against TransformerLens (tests/data/*/golden_analysis.safetensors, tests/golden/make_analysis_goldens.py)
+// on every tiny model: direct logit attribution in TransformerLens's convention (logit_attrs of decompose_resid,
+// stack_head_results and stack_neuron_results), the exact variant summing to the model's logit difference, the
+// logit lens in both conventions, and the attention table's layout.
+#include "golden_util.h"
+#include "ps_analysis.h"
+#include "ps_forward.h"
+#include "testutil.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+static float sum_range(const float *x, int64_t a, int64_t b) {
+    double s = 0;
+    for (int64_t i = a; i < b; i++) s += x[i];
+    return (float)s;
+}
+
+static void test_dla(const char *name, const ps_model *m, const ps_cache *c, const ps_safetensors *g, int p, const int32_t *meta) {
+    const ps_model_config *mc = &m->cfg;
+    const int64_t L = mc->n_layers, H = mc->n_heads, M = mc->d_mlp, K = ps_dla_n_components(mc, 1);
+    const int bias = mc->arch == PS_ARCH_GPT2;
+    ps_error e = {0};
+    float *out = malloc((size_t)(2 * K) * sizeof *out);
+    if (ps_dla_prompt(m, c, meta[0], meta[1], meta[2], 1, out, &e) != 0) { TU_CHECK(0, "%s: dla: %s", name, e.msg); free(out); return; }
+    char key[64], nm[160];
+    int64_t n_resid = 0, n_heads = 0, n_neur = 0;
+    snprintf(key, sizeof key, "p%d.dla_resid", p);
+    float *want_resid = gu_f32(g, key, &n_resid);
+    snprintf(key, sizeof key, "p%d.dla_heads", p);
+    float *want_heads = gu_f32(g, key, &n_heads);
+    snprintf(key, sizeof key, "p%d.dla_neurons", p);
+    float *want_neur = gu_f32(g, key, &n_neur);
+    snprintf(key, sizeof key, "p%d.logits", p);
+    int64_t nv = 0;
+    float *logits = gu_f32(g, key, &nv);
+    int64_t k_heads = 1 + bias + 2 * L, k_bo = k_heads + L * H, k_fb = k_bo + bias * L, k_neur = k_fb + 1, k_bout = k_neur + L * M;
+    if (!want_resid || !want_heads || !want_neur || !logits || n_resid != k_heads || n_heads != L * H || n_neur != L * M) {
+        TU_CHECK(0, "%s p%d: dla goldens missing or misshapen", name, p);
+    } else {
+        snprintf(nm, sizeof nm, "%s p%d dla tl embed/attn_out/mlp_out vs TL decompose_resid", name, p);
+        tu_close(nm, out, want_resid, n_resid, 1e-4f, 1e-4f);
+        snprintf(nm, sizeof nm, "%s p%d dla tl heads vs TL stack_head_results", name, p);
+        tu_close(nm, out + k_heads, want_heads, n_heads, 1e-4f, 1e-4f);
+        snprintf(nm, sizeof nm, "%s p%d dla tl neurons vs TL stack_neuron_results", name, p);
+        tu_close(nm, out + k_neur, want_neur, n_neur, 1e-4f, 1e-4f);
+        TU_CHECK(isnan(out[k_fb]), "%s p%d: the tl variant's final_bias should be NaN", name, p);
+        // Exact: the parts and the final bias sum to the model's (TransformerLens's) logit difference.
+        const float *x = out + K;
+        float got = sum_range(x, 0, k_heads) + x[k_fb], want = logits[meta[1]] - logits[meta[2]];
+        snprintf(nm, sizeof nm, "%s p%d dla exact sum vs TL logit diff", name, p);
+        tu_close(nm, &got, &want, 1, 1e-4f, 1e-4f);
+        // Heads (+ b_O) sum to the layer's attention output, neurons (+ b_out) to its MLP output, in both variants.
+        for (int v = 0; v < 2; v++) {
+            const float *o = out + v * K;
+            for (int64_t l = 0; l < L; l++) {
+                float hs = sum_range(o, k_heads + l * H, k_heads + (l + 1) * H) + (bias ? o[k_bo + l] : 0.0f);
+                float ns = sum_range(o, k_neur + l * M, k_neur + (l + 1) * M) + (bias ? o[k_bout + l] : 0.0f);
+                snprintf(nm, sizeof nm, "%s p%d dla %s L%lld heads sum = attn_out", name, p, v ? "exact" : "tl", (long long)l);
+                tu_close(nm, &hs, &o[1 + bias + 2 * l], 1, 1e-4f, 1e-4f);
+                snprintf(nm, sizeof nm, "%s p%d dla %s L%lld neurons sum = mlp_out", name, p, v ? "exact" : "tl", (long long)l);
+                tu_close(nm, &ns, &o[2 + bias + 2 * l], 1, 1e-4f, 1e-4f);
+            }
+        }
+    }
+    free(want_resid);
+    free(want_heads);
+    free(want_neur);
+    free(logits);
+    free(out);
+}
+
+static void test_lens(const char *name, const ps_model *m, const ps_cache *c, const ps_safetensors *g, int p, const int32_t *meta) {
+    const ps_model_config *mc = &m->cfg;
+    const int64_t S = ps_lens_n_stages(mc), V = mc->d_vocab, top_k = 3, Q = PS_LENS_QUANTITIES + top_k;
+    ps_error e = {0};
+    float *lg = malloc((size_t)(2 * S * V) * sizeof *lg), *row = malloc((size_t)(2 * S * Q) * sizeof *row);
+    char key[64], nm[160];
+    if (ps_lens_logits(m, c, meta[0], lg, &e) != 0 || ps_lens_prompt(m, c, meta[0], meta[1], meta[2], top_k, row, &e) != 0) {
+        TU_CHECK(0, "%s: lens: %s", name, e.msg);
+        goto done;
+    }
+    static const char *variant[2] = {"recompute", "cached"};
+    for (int v = 0; v < 2; v++) {
+        int64_t n = 0;
+        snprintf(key, sizeof key, "p%d.lens_%s", p, variant[v]);
+        float *want = gu_f32(g, key, &n);
+        if (!want || n != S * V) { TU_CHECK(0, "%s p%d: golden %s missing or misshapen", name, p, key); free(want); continue; }
+        snprintf(nm, sizeof nm, "%s p%d logit lens %s vs TL accumulated_resid", name, p, variant[v]);
+        tu_close(nm, lg + v * S * V, want, n, 1e-4f, 1e-4f);
+        // The row: the metric and the top tokens of each stage, from the golden logits.
+        for (int64_t s = 0; s < S; s++) {
+            const float *w = want + s * V, *o = row + (v * S + s) * Q;
+            float d = w[meta[1]] - w[meta[2]];
+            int64_t best = 0, rank = 0;
+            for (int64_t t = 0; t < V; t++) { if (w[t] > w[best]) best = t; rank += w[t] > w[meta[1]]; }
+            TU_CHECK(fabsf(o[0] - d) <= 1e-4f + 1e-4f * fabsf(d), "%s p%d %s stage %lld: logit diff %g, TL %g", name, p, variant[v], (long long)s, o[0], d);
+            TU_CHECK(o[3] == (float)rank, "%s p%d %s stage %lld: answer rank %g, TL %lld", name, p, variant[v], (long long)s, o[3], (long long)rank);
+            TU_CHECK(o[PS_LENS_QUANTITIES] == (float)best, "%s p%d %s stage %lld: top1 %g, TL %lld", name, p, variant[v], (long long)s, o[PS_LENS_QUANTITIES], (long long)best);
+            TU_CHECK(w[(int64_t)o[PS_LENS_QUANTITIES]] >= w[(int64_t)o[PS_LENS_QUANTITIES + 1]] &&
+                     w[(int64_t)o[PS_LENS_QUANTITIES + 1]] >= w[(int64_t)o[PS_LENS_QUANTITIES + 2]], "%s p%d: top-k not in order", name, p);
+        }
+        free(want);
+    }
+done:
+    free(lg);
+    free(row);
+}
+
+static void test_attention(const char *name, const ps_model *m, const ps_cache *c) {
+    const ps_model_config *mc = &m->cfg;
+    ps_error e = {0};
+    ps_table t = {0};
+    int64_t layers[1] = {mc->n_layers - 1}, heads[2] = {mc->n_heads - 1, 0}, queries[2] = {-1, 1};
+    int64_t T_max = c->T + 2;
+    if (ps_attention_table_init(&t, "pat", mc, 1, layers, 1, heads, 2, queries, 2, T_max, &e) != 0) { TU_CHECK(0, "%s: attention: %s", name, e.msg); return; }
+    ps_attention_prompt(&t, mc, c, c->T, t.values);
+    const int64_t T = c->T, H = mc->n_heads;
+    int bad = 0;
+    for (int64_t hi = 0; hi < 2; hi++)
+        for (int64_t qi = 0; qi < 2; qi++) {
+            int64_t q = qi == 0 ? T - 1 : 1;
+            for (int64_t k = 0; k < T_max; k++) {
+                float got = t.values[(hi * 2 + qi) * T_max + k];
+                float want = k < T ? c->pattern[((layers[0] * H + heads[hi]) * T + q) * T + k] : NAN;
+                bad += k < T ? got != want : !isnan(got);
+            }
+        }
+    TU_CHECK(bad == 0, "%s: %d attention table cells differ from the cache's pattern", name, bad);
+    ps_table bad_t = {0};
+    int64_t bad_layer[1] = {mc->n_layers};
+    TU_CHECK(ps_attention_table_init(&bad_t, "pat", mc, 1, bad_layer, 1, NULL, 0, NULL, 0, 4, &e) != 0 && e.code == PS_EXIT_BADINPUT,
+             "%s: a layer outside the model was accepted", name);
+    ps_table_free(&bad_t);
+    ps_table_free(&t);
+}
+
+static void test_model(const char *name) {
+    char dir[512], gpath[600];
+    snprintf(dir, sizeof dir, "%s/%s", tu_src("tests/data"), name);
+    snprintf(gpath, sizeof gpath, "%s/golden_analysis.safetensors", dir);
+    ps_error e = {0};
+    ps_model m, ms;
+    ps_safetensors g;
+    if (ps_model_load(&m, dir, &e) != 0) { TU_CHECK(0, "%s: load: %s", name, e.msg); return; }
+    if (ps_model_load_mode(&ms, dir, PS_WEIGHTS_STREAMED, &e) != 0) { TU_CHECK(0, "%s: streamed load: %s", name, e.msg); ps_model_free(&m); return; }
+    if (ps_safetensors_open(&g, gpath, &e) != 0) { TU_CHECK(0, "%s: goldens: %s", name, e.msg); ps_model_free(&m); ps_model_free(&ms); return; }
+    for (int p = 0;; p++) {
+        char key[64];
+        int64_t T = 0, nm = 0;
+        snprintf(key, sizeof key, "p%d.tokens", p);
+        int32_t *tok = gu_i32(&g, key, &T);
+        if (!tok) { TU_CHECK(p > 0, "%s: no prompts in the analysis goldens", name); break; }
+        snprintf(key, sizeof key, "p%d.meta", p);
+        int32_t *meta = gu_i32(&g, key, &nm);
+        ps_cache c = {0};
+        if (!meta || nm != 3 || ps_cache_init(&c, &m.cfg, T, PS_CACHE_ALL, &e) != 0) {
+            TU_CHECK(0, "%s p%d: meta or cache: %s", name, p, e.msg);
+        } else {
+            ps_row row = {.tokens = tok, .T = T, .cache = &c};
+            if (ps_cpu_forward(&m, &row, 1, &e) != 0) {
+                TU_CHECK(0, "%s: forward: %s", name, e.msg);
+            } else {
+                test_dla(name, &m, &c, &g, p, meta);
+                test_lens(name, &m, &c, &g, p, meta);
+                if (p == 0) test_attention(name, &m, &c);
+                // Streamed weights give the resident model's attributions exactly.
+                int64_t K = ps_dla_n_components(&m.cfg, 1);
+                float *a = malloc((size_t)(4 * K) * sizeof *a);
+                if (ps_dla_prompt(&m, &c, meta[0], meta[1], meta[2], 1, a, &e) != 0 ||
+                    ps_dla_prompt(&ms, &c, meta[0], meta[1], meta[2], 1, a + 2 * K, &e) != 0) {
+                    TU_CHECK(0, "%s: dla: %s", name, e.msg);
+                } else if (memcmp(a, a + 2 * K, (size_t)(2 * K) * sizeof *a) != 0) {
+                    TU_CHECK(0, "%s p%d: streamed dla differs from resident", name, p);
+                }
+                free(a);
+            }
+        }
+        ps_cache_free(&c);
+        free(meta);
+        free(tok);
+    }
+    // Bad input is refused with the reason.
+    ps_cache c = {0};
+    int32_t tok[3] = {1, 2, 3};
+    ps_cache_init(&c, &m.cfg, 3, PS_CACHE_ALL, &e);
+    ps_row row = {.tokens = tok, .T = 3, .cache = &c};
+    ps_cpu_forward(&m, &row, 1, &e);
+    float buf[4096];
+    e = (ps_error){0};
+    TU_CHECK(ps_dla_prompt(&m, &c, 3, 1, 2, 0, buf, &e) != 0 && e.code == PS_EXIT_BADINPUT, "%s: dla at a position past the prompt was accepted", name);
+    e = (ps_error){0};
+    TU_CHECK(ps_lens_prompt(&m, &c, 0, (int32_t)m.cfg.d_vocab, 2, 1, buf, &e) != 0 && e.code == PS_EXIT_BADINPUT, "%s: lens with an answer outside the vocabulary was accepted", name);
+    ps_cache_free(&c);
+    ps_safetensors_free(&g);
+    ps_model_free(&ms);
+    ps_model_free(&m);
+}
+
+int main(void) {
+    int tested = gu_for_each_model(test_model);
+    printf("%d models' analyses compared with TransformerLens\n", tested);
+    return tu_done("analysis");
+}
