@@ -56,13 +56,13 @@ int ps_lens_prompt(const ps_model *m, const ps_cache *c, int64_t pos, int32_t an
 // Patterns of chosen layers x heads at chosen query positions, over every key position up to the longest
 // prompt. Table axes after the prompt: layer x head x query x key (keys beyond a prompt's length, or after
 // the query, are NaN / 0 as the pattern has them; NaN past the prompt).
-// layers/heads: the lists (NULL = all); queries: positions as the config gives them (negative counts from
-// the end of the prompt: -1 = its last token).
+// layers/heads: the lists (NULL = all); queries: the positions as the config gives them (NULL = every
+// position up to T_max), with query_label (NULL, or per query a role name or NULL) as the axis's labels.
 int ps_attention_table_init(ps_table *t, const char *name, const ps_model_config *mc, int64_t n_rows,
                             const int64_t *layers, int64_t n_layers, const int64_t *heads, int64_t n_heads,
-                            const int64_t *queries, int64_t n_queries, int64_t T_max, ps_error *e);
-// One prompt's row: reads c->pattern; T_prompt resolves negative query positions. Query positions outside
-// the prompt leave their cells NaN. out: the table's cells for one prompt.
-void ps_attention_prompt(const ps_table *t, const ps_model_config *mc, const ps_cache *c, int64_t T_prompt, float *out);
+                            const int64_t *queries, char *const *query_label, int64_t n_queries, int64_t T_max, ps_error *e);
+// One prompt's row from c->pattern: query_pos (the query axis's length) holds each query's resolved position in
+// this prompt (-1 or past the prompt: its cells stay NaN). out: the table's cells for one prompt.
+void ps_attention_prompt(const ps_table *t, const ps_model_config *mc, const ps_cache *c, const int64_t *query_pos, float *out);
 
 #endif

@@ -23,7 +23,7 @@
 //      "corrupted": {"path": "g.jsonl", "field": "text", "format": ..., "offset": 0},  (optional)
 //      "offset": 0, "limit": 0}                              (records [offset, offset+limit); limit 0 = all)
 //   <experiment> is {"name": "[A-Za-z0-9_.-]+" (required, unique), "kind": "patch_sweep" (the producer of its
-//      results table; default) or "path_patch" (below), "site": see ps_site (required),
+//      results table; default), "path_patch" (below), or an analysis: dla, logit_lens, attention, "site": see ps_site (required),
 //      "by": see ps_layout (default from the site), "direction": "denoise|noise" (default denoise),
 //      "layers": [..], "heads": [..], "neurons": [..] (non-negative ints; absent = all),
 //      "positions": [ints, "end", or role names] (negative counts from the end; "end" = -1; a role name
@@ -35,6 +35,10 @@
 //         for all; k/v heads are key/value heads) | ["m2", ...] (MLPs' inputs),
 //      "positions": the senders' positions (absent: all), "freeze_mlps": false, "direction" (default noise:
 //         the clean run with the senders from the corrupted one, ARENA's IOI vs ABC).
+//   Analyses (kind "dla", "logit_lens" or "attention", ps_analysis.h) take no site/by/direction/neurons; they
+//   read the baseline run named by "run": "clean" (default) or "corrupted", at the metric position (dla,
+//   logit_lens: "top_k", default 5; dla: "per_neuron": false) or at "positions" as queries over "layers" x
+//   "heads" (attention; absent = all).
 //   An inline item may carry "roles": {"S2": 10, "IO": 2}: token indices in its clean prompt as
 //   `patchsweep tokenize` shows them (BOS included when prepended), like ARENA's word_idx.
 //   heads is accepted only by layer_head/layer_pos_head, neurons only by layer_neuron, positions only by
@@ -103,7 +107,7 @@ typedef enum { PS_SENDERS_HEADS = 0, PS_SENDERS_MLPS, PS_SENDERS_ALL, PS_SENDERS
 
 typedef struct {
     char *name;                  // unique; becomes /results/<name>
-    char *kind;                  // owned; the producer of its table: "patch_sweep" (default), "path_patch"
+    char *kind;                  // owned; the producer of its table: "patch_sweep" (default), "path_patch", "dla", "logit_lens", "attention"
     ps_site site;
     ps_layout layout;
     ps_direction direction;
@@ -118,6 +122,10 @@ typedef struct {
     ps_recv_input input;         // from the receivers' names; PS_RECV_RESID_POST when none are listed
     ps_node *receivers; int64_t n_receivers;       // owned; k/v heads are key/value heads
     int freeze_mlps;
+    // The analyses (kinds dla, logit_lens, attention; ps_analysis.h): which baseline run they read and their options.
+    int run_corrupted;    // "run": "clean" (0, default) | "corrupted"
+    int64_t top_k;        // logit_lens: top tokens stored per stage (default 5, 0..1000)
+    int per_neuron;       // dla: also every neuron (default false)
 } ps_experiment;
 
 typedef struct {

@@ -68,5 +68,7 @@ int ps_producer_stopped(const ps_producer_ctx *cx, ps_error *e);
 extern const ps_producer ps_patch_sweep_producer;
 // Path patching (src/engine/path_patch.c, ps_path_patch.h).
 extern const ps_producer ps_path_patch_producer;
+// The analyses (src/engine/analysis_run.c, ps_analysis.h).
+extern const ps_producer ps_dla_producer, ps_logit_lens_producer, ps_attention_producer;
 
 #endif

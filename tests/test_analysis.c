@@ -114,8 +114,9 @@ static void test_attention(const char *name, const ps_model *m, const ps_cache *
     ps_table t = {0};
     int64_t layers[1] = {mc->n_layers - 1}, heads[2] = {mc->n_heads - 1, 0}, queries[2] = {-1, 1};
     int64_t T_max = c->T + 2;
-    if (ps_attention_table_init(&t, "pat", mc, 1, layers, 1, heads, 2, queries, 2, T_max, &e) != 0) { TU_CHECK(0, "%s: attention: %s", name, e.msg); return; }
-    ps_attention_prompt(&t, mc, c, c->T, t.values);
+    if (ps_attention_table_init(&t, "pat", mc, 1, layers, 1, heads, 2, queries, NULL, 2, T_max, &e) != 0) { TU_CHECK(0, "%s: attention: %s", name, e.msg); return; }
+    int64_t qpos[2] = {c->T - 1, 1};   // queries -1 and 1 resolved
+    ps_attention_prompt(&t, mc, c, qpos, t.values);
     const int64_t T = c->T, H = mc->n_heads;
     int bad = 0;
     for (int64_t hi = 0; hi < 2; hi++)
@@ -130,7 +131,7 @@ static void test_attention(const char *name, const ps_model *m, const ps_cache *
     TU_CHECK(bad == 0, "%s: %d attention table cells differ from the cache's pattern", name, bad);
     ps_table bad_t = {0};
     int64_t bad_layer[1] = {mc->n_layers};
-    TU_CHECK(ps_attention_table_init(&bad_t, "pat", mc, 1, bad_layer, 1, NULL, 0, NULL, 0, 4, &e) != 0 && e.code == PS_EXIT_BADINPUT,
+    TU_CHECK(ps_attention_table_init(&bad_t, "pat", mc, 1, bad_layer, 1, NULL, 0, NULL, NULL, 0, 4, &e) != 0 && e.code == PS_EXIT_BADINPUT,
              "%s: a layer outside the model was accepted", name);
     ps_table_free(&bad_t);
     ps_table_free(&t);

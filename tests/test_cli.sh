@@ -152,5 +152,39 @@ expect_status 2 "byte" "invalid UTF-8 names the byte offset" "$bin" run "$tmp/ba
 expect_status 2 "nope.h5" "inspect of a missing file" "$bin" inspect "$tmp/nope.h5"
 expect_status 2 "unknown command" "unknown command" "$bin" frobnicate
 
+# --- the analyses end to end: dla, logit_lens and attention tables in the results file ------------------
+printf '{"model": "%s", "dataset": [%s, {"clean": "2 3 4 5", "corrupted": "2 3 4 4", "answer": " 6", "wrong": " 5"}],
+ "experiments": [{"name": "dla", "kind": "dla", "per_neuron": true}, {"name": "lens", "kind": "logit_lens", "top_k": 3},
+  {"name": "att", "kind": "attention", "layers": [0, 3], "heads": [1], "positions": ["end", 2]},
+  {"name": "dla_corr", "kind": "dla", "run": "corrupted"}]}' "$demo" "$item" >"$tmp/an.json"
+if "$bin" run "$tmp/an.json" -o "$tmp/an.h5" --quiet 2>"$tmp/an.err"; then
+    if $py -c 'import h5py, numpy' 2>/dev/null; then
+        if out=$($py - "$tmp/an.h5" <<'PY' 2>&1
+import sys, h5py, numpy as np
+f = h5py.File(sys.argv[1], "r")
+r, b = f["results"], f["baseline"]
+d = r["dla"]
+lab = [x.decode() for x in d["component_label"][:]]
+assert d.attrs["kind"] in (b"dla", "dla"), d.attrs["kind"]
+v = d["values"][:]                                    # (prompt, variant, component)
+k, fb = lab.index("L0H0"), lab.index("final_bias")
+for name, metric in (("dla", "clean_metric"), ("dla_corr", "corrupted_metric")):
+    x = r[name]["values"][:, 1]
+    err = np.abs(x[:, :k].sum(1) + x[:, fb] - b[metric][:]).max()
+    assert err < 1e-4, (name, err)
+lens = r["lens"]["values"][:]                         # (prompt, variant, stage, quantity)
+assert lens.shape[1:] == (2, 9, 7), lens.shape
+assert np.abs(lens[:, :, -1, 0] - b["clean_metric"][:][:, None]).max() < 1e-4
+att = r["att"]["values"][:]                           # (prompt, layer, head, query, pos)
+assert att.shape[1:4] == (2, 1, 2), att.shape
+assert np.abs(np.nansum(att, -1) - 1).max() < 1e-5    # each query's pattern sums to 1
+print("exact dla sum = logit diff (clean and corrupted runs), lens final stage = metric, patterns sum to 1")
+PY
+        ); then pass "analyses: $out"; else fail "analyses file: $out"; fi
+    fi
+else fail "analyses run: $(cat "$tmp/an.err")"; fi
+bad "an analysis refuses patching keys" "experiments[0].site: only used with kind patch_sweep (this experiment is dla)" "{\"model\": \"$demo\", \"dataset\": [$item], \"experiments\": [{\"name\": \"x\", \"kind\": \"dla\", \"site\": \"z\"}]}"
+bad "attention query outside every prompt" "experiments[0] (x): positions[0] = 40 is outside every prompt" "{\"model\": \"$demo\", \"dataset\": [$item], \"experiments\": [{\"name\": \"x\", \"kind\": \"attention\", \"positions\": [40]}]}"
+
 if [ "$fails" -ne 0 ]; then echo "cli: $fails failure(s)"; exit 1; fi
 echo "cli: all passed"

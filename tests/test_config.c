@@ -373,6 +373,45 @@ static void test_names(void) {
 
 #define ITEM "{\"clean\": \"a\", \"corrupted\": \"b\", \"answer\": \"c\", \"wrong\": \"d\"}"
 
+// The analyses' kinds: their own keys, defaults, and the patching keys refused with the reason.
+static void test_analyses(void) {
+    const char *text =
+        "{\"model\": \"m\", \"dataset\": [{\"clean\": \"a\", \"corrupted\": \"b\", \"answer\": \"c\", \"wrong\": \"d\"}],\n"
+        " \"experiments\": [{\"name\": \"d\", \"kind\": \"dla\", \"per_neuron\": true},\n"
+        "  {\"name\": \"l\", \"kind\": \"logit_lens\", \"run\": \"corrupted\"},\n"
+        "  {\"name\": \"l3\", \"kind\": \"logit_lens\", \"top_k\": 3},\n"
+        "  {\"name\": \"a\", \"kind\": \"attention\", \"layers\": [1], \"heads\": [0, 2], \"positions\": [\"end\", 3]}]}";
+    ps_config c;
+    if (load_ok(&c, write_tmp("analyses.json", text, strlen(text))) == 0) {
+        INTEQ(c.n_experiments, 4);
+        STREQ(c.experiments[0].kind, "dla");
+        INTEQ(c.experiments[0].per_neuron, 1);
+        INTEQ(c.experiments[0].run_corrupted, 0);
+        INTEQ(c.experiments[1].run_corrupted, 1);
+        INTEQ(c.experiments[1].top_k, 5);
+        INTEQ(c.experiments[2].top_k, 3);
+        INTEQ(c.experiments[3].n_layers, 1);
+        INTEQ(c.experiments[3].n_heads, 2);
+        INTEQ(c.experiments[3].n_positions, 2);
+        INTEQ(c.experiments[3].positions[0], -1);
+        ps_config_free(&c);
+    }
+    expect_exp_fail("an1.json", "{\"name\": \"x\", \"kind\": \"dla\", \"site\": \"z\"}",
+                    "experiments[1].site: only used with kind patch_sweep (this experiment is dla)");
+    expect_exp_fail("an2.json", "{\"name\": \"x\", \"kind\": \"logit_lens\", \"heads\": [0]}",
+                    "experiments[1].heads: only used with kind attention (this experiment is logit_lens)");
+    expect_exp_fail("an3.json", "{\"name\": \"x\", \"kind\": \"dla\", \"top_k\": 2}",
+                    "experiments[1].top_k: only used with kind logit_lens (this experiment is dla)");
+    expect_exp_fail("an4.json", "{\"name\": \"x\", \"site\": \"z\", \"run\": \"clean\"}",
+                    "experiments[1].run: not a key of kind patch_sweep (it belongs to the analyses: dla, logit_lens, attention)");
+    expect_exp_fail("an5.json", "{\"name\": \"x\", \"kind\": \"logit_lens\", \"top_k\": -1}",
+                    "experiments[1].top_k: expected an integer from 0 to 1000, got -1");
+    expect_exp_fail("an6.json", "{\"name\": \"x\", \"kind\": \"attention\", \"run\": \"dirty\"}",
+                    "experiments[1].run: expected one of clean, corrupted, got \"dirty\"");
+    expect_exp_fail("an7.json", "{\"name\": \"x\", \"kind\": \"dlaa\"}",
+                    "experiments[1].kind: unknown kind \"dlaa\" (did you mean \"dla\"?)");
+}
+
 static void test_bad(void) {
     char buf[4096];
     // Unknown keys, with and without a suggestion.
@@ -670,6 +709,7 @@ int main(void) {
     test_json_items();
     test_examples();
     test_bad();
+    test_analyses();
     test_data_files();
     test_path_patch();
     char cmd[600];

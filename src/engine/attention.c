@@ -15,7 +15,7 @@ static int64_t *list_or_all(const int64_t *given, int64_t n, int64_t all, int64_
 
 int ps_attention_table_init(ps_table *t, const char *name, const ps_model_config *mc, int64_t n_rows,
                             const int64_t *layers, int64_t n_layers, const int64_t *heads, int64_t n_heads,
-                            const int64_t *queries, int64_t n_queries, int64_t T_max, ps_error *e) {
+                            const int64_t *queries, char *const *query_label, int64_t n_queries, int64_t T_max, ps_error *e) {
     int64_t nl, nh, nq, nk;
     int64_t *lv = list_or_all(layers, n_layers, mc->n_layers, &nl), *hv = list_or_all(heads, n_heads, mc->n_heads, &nh);
     int64_t *qv = list_or_all(queries, n_queries, T_max, &nq), *kv = list_or_all(NULL, 0, T_max, &nk);
@@ -26,7 +26,7 @@ int ps_attention_table_init(ps_table *t, const char *name, const ps_model_config
     for (int64_t i = 0; i < nh; i++)
         if (hv[i] < 0 || hv[i] >= mc->n_heads) { ps_fail(e, PS_EXIT_BADINPUT, "attention %s: head %lld outside [0, %lld)", name, (long long)hv[i], (long long)mc->n_heads); goto done; }
     ps_axis axes[4] = {{.name = "layer", .len = nl, .value = lv}, {.name = "head", .len = nh, .value = hv},
-                       {.name = "query", .len = nq, .value = qv}, {.name = "pos", .len = nk, .value = kv}};
+                       {.name = "query", .len = nq, .value = qv, .label = queries ? (char **)query_label : NULL}, {.name = "pos", .len = nk, .value = kv}};
     rc = ps_table_init(t, name, "attention", 1, n_rows, 4, axes, 0, e);
 done:
     free(lv);
@@ -36,7 +36,7 @@ done:
     return rc;
 }
 
-void ps_attention_prompt(const ps_table *t, const ps_model_config *mc, const ps_cache *c, int64_t T_prompt, float *out) {
+void ps_attention_prompt(const ps_table *t, const ps_model_config *mc, const ps_cache *c, const int64_t *query_pos, float *out) {
     const ps_axis *al = &t->axes[0], *ah = &t->axes[1], *aq = &t->axes[2], *ak = &t->axes[3];
     const int64_t T = c->T, H = mc->n_heads;
     for (int64_t i = 0; i < t->n_cells; i++) out[i] = NAN;
@@ -44,7 +44,7 @@ void ps_attention_prompt(const ps_table *t, const ps_model_config *mc, const ps_
     for (int64_t li = 0; li < al->len; li++)
         for (int64_t hi = 0; hi < ah->len; hi++)
             for (int64_t qi = 0; qi < aq->len; qi++) {
-                int64_t q = aq->value[qi] < 0 ? T_prompt + aq->value[qi] : aq->value[qi];
+                int64_t q = query_pos[qi];
                 if (q < 0 || q >= T) continue;
                 // pattern: (L, H, T, T), the query's row of keys.
                 const float *row = c->pattern + ((al->value[li] * H + ah->value[hi]) * T + q) * T;

@@ -9,6 +9,9 @@
 static const ps_producer *const producers[] = {
     &ps_patch_sweep_producer,
     &ps_path_patch_producer,
+    &ps_dla_producer,
+    &ps_logit_lens_producer,
+    &ps_attention_producer,
 };
 
 const ps_producer *ps_producer_for(const char *kind) {

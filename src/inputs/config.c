@@ -28,7 +28,7 @@ static const char *const multitoken_names[] = {"first_diff", "sum_logprob"};
 static const char *const align_names[] = {"error"};
 static const char *const format_names[] = {"jsonl", "csv", "json"};
 // Producers of result tables an experiment's "kind" may name (ps_table.h).
-static const char *const kind_names[] = {"patch_sweep", "path_patch"};
+static const char *const kind_names[] = {"patch_sweep", "path_patch", "dla", "logit_lens", "attention"};
 
 #define COUNT(a) ((int)(sizeof(a) / sizeof((a)[0])))
 
@@ -536,8 +536,43 @@ static int load_path_patch(ctx *x, const cJSON *obj, const char *p, ps_experimen
     return 0;
 }
 
+// The analyses' keys (kinds dla, logit_lens, attention): they read the baseline runs' caches, so the patching
+// keys (site, by, direction) have no meaning there, and each kind takes only its own lists and options.
+static int load_analysis(ctx *x, const cJSON *obj, const char *p, ps_experiment *ex) {
+    static const char *const patch_only[] = {"site", "by", "direction", "neurons"};
+    char kp[PATH_MAX_LEN];
+    for (size_t k = 0; k < COUNT(patch_only); k++)
+        if (member(obj, patch_only[k])) {
+            key_path(kp, p, patch_only[k]);
+            return bad(x, kp, "only used with kind patch_sweep (this experiment is %s)", ex->kind);
+        }
+    int is_att = !strcmp(ex->kind, "attention"), is_lens = !strcmp(ex->kind, "logit_lens"), is_dla = !strcmp(ex->kind, "dla");
+    const char *own[3][2] = {{"layers", "attention"}, {"heads", "attention"}, {"positions", "attention"}};
+    for (int k = 0; k < 3; k++)
+        if (!is_att && member(obj, own[k][0])) {
+            key_path(kp, p, own[k][0]);
+            return bad(x, kp, "only used with kind %s (this experiment is %s)", own[k][1], ex->kind);
+        }
+    if (!is_lens && member(obj, "top_k")) { key_path(kp, p, "top_k"); return bad(x, kp, "only used with kind logit_lens (this experiment is %s)", ex->kind); }
+    if (!is_dla && member(obj, "per_neuron")) { key_path(kp, p, "per_neuron"); return bad(x, kp, "only used with kind dla (this experiment is %s)", ex->kind); }
+    static const char *const runs[] = {"clean", "corrupted"};
+    int run = 0;
+    if (get_enum(x, obj, "run", p, runs, 2, &run)) return -1;
+    ex->run_corrupted = run;
+    ex->top_k = 5;
+    if (get_int(x, obj, "top_k", p, 0, 1000, &ex->top_k)) return -1;
+    if (get_bool(x, obj, "per_neuron", p, &ex->per_neuron)) return -1;
+    char **no_roles = NULL;
+    if (get_list(x, obj, "layers", p, 0, &ex->layers, &ex->n_layers, &no_roles) ||
+        get_list(x, obj, "heads", p, 0, &ex->heads, &ex->n_heads, &no_roles) ||
+        get_list(x, obj, "positions", p, 1, &ex->positions, &ex->n_positions, &ex->position_role))
+        return -1;
+    return 0;
+}
+
 static int load_experiment(ctx *x, const cJSON *obj, const char *p, ps_config *c, int64_t idx) {
-    static const char *const keys[] = {"name", "kind", "site", "by", "direction", "layers", "heads", "neurons", "positions"};
+    static const char *const keys[] = {"name", "kind", "site", "by", "direction", "layers", "heads", "neurons", "positions",
+                                       "run", "top_k", "per_neuron"};
     char got[200], kp[PATH_MAX_LEN];
     if (!cJSON_IsObject(obj)) {
         ps_json_describe(obj, got, sizeof got);
@@ -571,6 +606,14 @@ static int load_experiment(ctx *x, const cJSON *obj, const char *p, ps_config *c
     // Each kind has its own keys.
     if (!strcmp(ex->kind, "path_patch")) return load_path_patch(x, obj, p, ex);
     if (check_keys(x, obj, p, keys, COUNT(keys))) return -1;
+
+    if (strcmp(ex->kind, "patch_sweep") != 0) return load_analysis(x, obj, p, ex);
+    static const char *const analysis_keys[] = {"run", "top_k", "per_neuron"};
+    for (size_t k = 0; k < COUNT(analysis_keys); k++)
+        if (member(obj, analysis_keys[k])) {
+            key_path(kp, p, analysis_keys[k]);
+            return bad(x, kp, "not a key of kind patch_sweep (it belongs to the analyses: dla, logit_lens, attention)");
+        }
 
     const cJSON *sv = member(obj, "site");
     key_path(kp, p, "site");
