@@ -64,5 +64,23 @@ int ps_attention_table_init(ps_table *t, const char *name, const ps_model_config
 // One prompt's row from c->pattern: query_pos (the query axis's length) holds each query's resolved position in
 // this prompt (-1 or past the prompt: its cells stay NaN). out: the table's cells for one prompt.
 void ps_attention_prompt(const ps_table *t, const ps_model_config *mc, const ps_cache *c, const int64_t *query_pos, float *out);
+// ---- OV copy and next scores (ov.c) --------------------------------------------------------------------
+// Member tokens in order (a sequence: " 1", " 2", ...; January, February, ...), each one's first-layer residual
+// (blocks.0.hook_resid_post at the token) through a head's OV circuit: the head's ln1 (weight, bias), W_V + b_V of
+// its key/value head, sign x W_O, the final norm recomputed on the head's output, W_U + b_U (the IOI paper's
+// copy-score code; sign -1 for negative heads). Copy hit: the member itself in the top k; next hit: the
+// following member (seqcont's "next" score). NOTES.md lists the definitions in use.
+// logits (n, V) for n residual rows resid (n, C) through head (l, h).
+int ps_ov_logits(const ps_model *m, const float *resid, int64_t n, int64_t l, int64_t h, float sign, float *logits, ps_error *e);
+// A table of kind "ov_scores", not per prompt: layer x head x token (the n members, value = token id, label =
+// token_label[i] if given; then "score", value -1) x quantity: "copy_hit", "next_hit" (1/0; next NaN for the
+// last member), "copy_rank", "next_rank" (0 = top), "top1".."top<k>" (token ids). The "score" row holds the
+// copy and next hit rates in percent. layers/heads NULL: all.
+#define PS_OV_QUANTITIES 4
+int ps_ov_table_init(ps_table *t, const char *name, const ps_model_config *mc, const int64_t *layers, int64_t n_layers,
+                     const int64_t *heads, int64_t n_heads, const int32_t *tokens, char *const *token_label, int64_t n_tokens,
+                     int64_t top_k, ps_error *e);
+// Fills the table from the members' residuals resid (n_tokens, C), in the order of its token axis.
+int ps_ov_fill(const ps_model *m, ps_table *t, const float *resid, float sign, ps_error *e);
 
 #endif

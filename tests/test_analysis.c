@@ -137,6 +137,67 @@ static void test_attention(const char *name, const ps_model *m, const ps_cache *
     ps_table_free(&t);
 }
 
+// OV circuits: our first-layer residuals of the members, each run after the same BOS-like token, and every
+// head's OV logits against the torch script's (on TransformerLens's weights); the table's hits and scores
+// against the golden logits' top-k.
+static void test_ov(const char *name, const ps_model *m, const ps_safetensors *g) {
+    const ps_model_config *mc = &m->cfg;
+    const int64_t C = mc->d_model, V = mc->d_vocab, L = mc->n_layers, H = mc->n_heads, top_k = 5;
+    int64_t n = 0, nb = 0, nr = 0, nl = 0;
+    int32_t *tok = gu_i32(g, "ov.tokens", &n), *bos = gu_i32(g, "ov.bos", &nb);
+    float *want_resid = gu_f32(g, "ov.resid", &nr), *want = gu_f32(g, "ov.logits", &nl);
+    float *resid = malloc((size_t)(n * C) * sizeof *resid), *lg = malloc((size_t)(n * V) * sizeof *lg);
+    ps_error e = {0};
+    ps_table t = {0};
+    char nm[160];
+    if (!tok || !bos || !want_resid || !want || nr != n * C || nl != L * H * n * V) { TU_CHECK(0, "%s: ov goldens missing or misshapen", name); goto done; }
+    for (int64_t i = 0; i < n; i++) {
+        int32_t seq[2] = {bos[0], tok[i]};
+        ps_cache c = {0};
+        ps_row row = {.tokens = seq, .T = 2, .cache = &c};
+        if (ps_cache_init(&c, mc, 2, 0, &e) != 0 || ps_cpu_forward(m, &row, 1, &e) != 0) { TU_CHECK(0, "%s: ov forward: %s", name, e.msg); ps_cache_free(&c); goto done; }
+        memcpy(resid + i * C, c.resid_post + 1 * C, (size_t)C * sizeof(float));   // layer 0, position 1
+        ps_cache_free(&c);
+    }
+    snprintf(nm, sizeof nm, "%s ov first-layer residuals vs TL", name);
+    tu_close(nm, resid, want_resid, n * C, 1e-4f, 1e-4f);
+    float max_err = 0;
+    for (int64_t l = 0; l < L; l++)
+        for (int64_t h = 0; h < H; h++) {
+            if (ps_ov_logits(m, want_resid, n, l, h, 1.0f, lg, &e) != 0) { TU_CHECK(0, "%s: ov: %s", name, e.msg); goto done; }
+            snprintf(nm, sizeof nm, "%s ov logits L%lldH%lld vs torch on TL weights", name, (long long)l, (long long)h);
+            if (tu_close(nm, lg, want + (l * H + h) * n * V, n * V, 1e-4f, 1e-4f) == 0)
+                for (int64_t i = 0; i < n * V; i++) max_err = fmaxf(max_err, fabsf(lg[i] - want[(l * H + h) * n * V + i]));
+        }
+    if (ps_ov_table_init(&t, "ov", mc, NULL, 0, NULL, 0, tok, NULL, n, top_k, &e) != 0 || ps_ov_fill(m, &t, want_resid, 1.0f, &e) != 0) {
+        TU_CHECK(0, "%s: ov table: %s", name, e.msg);
+        goto done;
+    }
+    const int64_t Q = PS_OV_QUANTITIES + top_k;
+    int bad = 0;
+    for (int64_t l = 0; l < L; l++)
+        for (int64_t h = 0; h < H; h++) {
+            const float *cell = t.values + (l * H + h) * (n + 1) * Q;
+            int64_t copy = 0, next = 0;
+            for (int64_t i = 0; i < n; i++) {
+                const float *w = want + ((l * H + h) * n + i) * V;
+                int64_t rs = 0, rn = 0;
+                for (int64_t v = 0; v < V; v++) { rs += w[v] > w[tok[i]]; if (i + 1 < n) rn += w[v] > w[tok[i + 1]]; }
+                copy += rs < top_k;
+                next += i + 1 < n && rn < top_k;
+                bad += cell[i * Q + 2] != (float)rs || cell[i * Q + 0] != (float)(rs < top_k);
+                bad += i + 1 < n ? cell[i * Q + 3] != (float)rn : !isnan(cell[i * Q + 1]);
+            }
+            bad += fabsf(cell[n * Q] - 100.0f * (float)copy / (float)n) > 1e-4f || fabsf(cell[n * Q + 1] - 100.0f * (float)next / (float)(n - 1)) > 1e-4f;
+        }
+    TU_CHECK(bad == 0, "%s: %d ov table entries differ from the golden logits' ranks and hit rates", name, bad);
+    printf("%s ov scores: %lld heads x %lld members, logits max_abs_err=%.3g vs torch on TL weights, hits and rates ok\n", name,
+           (long long)(L * H), (long long)n, max_err);
+done:
+    ps_table_free(&t);
+    free(tok); free(bos); free(want_resid); free(want); free(resid); free(lg);
+}
+
 static void test_model(const char *name) {
     char dir[512], gpath[600];
     snprintf(dir, sizeof dir, "%s/%s", tu_src("tests/data"), name);
@@ -182,6 +243,7 @@ static void test_model(const char *name) {
         free(meta);
         free(tok);
     }
+    test_ov(name, &m, &g);
     // Bad input is refused with the reason.
     ps_cache c = {0};
     int32_t tok[3] = {1, 2, 3};

@@ -4,7 +4,8 @@ ActivationCache methods on the committed tiny models: direct logit attribution (
 stack_head_results, stack_neuron_results, each through logit_attrs, i.e. apply_ln_to_stack's centring and
 cached final-norm scale, no norm weight) and the logit lens (accumulated_resid(incl_mid=True, apply_ln=True),
 which recomputes the final norm per stage, TL >= 2.18; and the cached-scale variant, apply_ln_to_stack with
-recompute_ln=False, then the final norm's weight and bias, which is what older TL gave on folded weights).
+recompute_ln=False, then the final norm's weight and bias, which is what older TL gave on folded weights), and
+the OV-circuit logits the copy/next scores are read from (plain torch on TL's weights and norm modules).
 
 Regenerate (from the repo root; needs the reference venv, offline is fine; ~20 s):
     ~/.cache/ps-venv/bin/python tests/golden/make_analysis_goldens.py              # all six models
@@ -23,6 +24,7 @@ MODELS = ["gpt2-tiny-a", "gpt2-tiny-b", "gpt2-tiny-c", "llama-tiny-a", "llama-ti
 # (length, metric position): the last position, and one in the middle (a metric read before the end).
 PROMPTS = [(6, 5), (9, 4), (8, 7)]
 SEED = 14
+OV_FIRST, OV_N, OV_BOS = 10, 8, 3   # OV scores: members 10..17 (a "sequence": next of 10 is 11), each after token 3
 
 
 def make(name, out_root):
@@ -74,6 +76,31 @@ def make(name, out_root):
         d = (out[f"p{i}.lens_recompute"][-1] - out[f"p{i}.logits"]).abs().max().item()
         if d > 1e-4:
             sys.exit(f"{name}: TL's final lens stage differs from its logits by {d}")
+    # OV circuits (the IOI paper's copy score, seqcont's copy/next scores): each member token's first-layer
+    # residual (blocks.0.hook_resid_post at the token, run after one fixed token as BOS) through every head's
+    # ln1, W_V + b_V, W_O, then ln_final recomputed and the unembedding. Plain torch on TransformerLens's
+    # weights and modules; query head h reads key/value head h // (n_heads / n_kv_heads) (GQA).
+    members = torch.arange(OV_FIRST, OV_FIRST + OV_N)
+    seqs = torch.stack([torch.full((OV_N,), OV_BOS), members], 1)                     # (n, 2)
+    with torch.no_grad():
+        _, cache = br.run_with_cache(seqs)
+        resid = cache["blocks.0.hook_resid_post"][:, -1]                               # (n, C)
+        H = br.cfg.n_heads
+        group = H // br.W_V.shape[1]
+        ov = torch.empty(L, H, OV_N, vocab)
+        for l in range(L):
+            x = br.blocks[l].ln1(resid[None])[0]
+            for h in range(H):
+                v = x @ br.W_V[l, h // group]
+                b_V = getattr(br, "b_V", None)
+                if b_V is not None:
+                    v = v + b_V[l, h // group]
+                o = v @ br.W_O[l, h]
+                ov[l, h] = br.ln_final(o[None])[0] @ W_U + b_U
+    out["ov.tokens"] = members.to(torch.int32)
+    out["ov.bos"] = torch.tensor([OV_BOS], dtype=torch.int32)
+    out["ov.resid"] = resid.float().contiguous()
+    out["ov.logits"] = ov.float()
     meta["normalization_type"] = br.cfg.normalization_type
     meta["versions"] = {"torch": torch.__version__, "transformers": transformers.__version__,
                         "transformer_lens": pkg_version("transformer_lens"), "python": sys.version.split()[0]}

@@ -1,0 +1,147 @@
+// OV copy and next scores: a set of member tokens (digits, months, ...) in order, each one's first-layer residual
+// sent through one head's OV circuit (its ln1, W_V + b_V, +-W_O), the final norm recomputed and the
+// unembedding; the copy hit is the member itself among the top-k tokens (the IOI paper's copy score), the next
+// hit the following member (sequence continuation's "next" score: 4 -> 5, March -> April).
+#include "ps_analysis.h"
+#include "ps_blas.h"
+#include "ps_forward.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+int ps_ov_logits(const ps_model *m, const float *resid, int64_t n, int64_t l, int64_t h, float sign, float *logits, ps_error *e) {
+    const ps_model_config *mc = &m->cfg;
+    const int64_t C = mc->d_model, D = mc->d_head, H = mc->n_heads, Hkv = mc->n_kv_heads, V = mc->d_vocab;
+    if (l < 0 || l >= mc->n_layers || h < 0 || h >= H)
+        return ps_fail(e, PS_EXIT_BADINPUT, "ov_scores: head %lld.%lld outside the model (%lld layers, %lld heads)", (long long)l,
+                       (long long)h, (long long)mc->n_layers, (long long)H);
+    ps_layer_weights lw;
+    if (ps_model_layer(m, l, &lw, e) != 0) return -1;
+    const int gpt2 = mc->arch == PS_ARCH_GPT2;
+    const int64_t g = h / (H / Hkv);   // the key/value head query head h reads
+    float *x = malloc((size_t)(2 * C + D) * sizeof *x), scale;
+    if (!x) return ps_fail(e, PS_EXIT_RUNTIME, "ov_scores: out of memory");
+    float *o = x + C, *v = x + 2 * C;
+    for (int64_t r = 0; r < n; r++) {
+        const float *in = resid + r * C;
+        if (gpt2) ps_cpu_layernorm(x, &scale, in, m->w.ln1_w + l * C, m->w.ln1_b + l * C, 1, C, mc->eps);
+        else ps_cpu_rmsnorm(x, &scale, in, m->w.ln1_w + l * C, 1, C, mc->eps);
+        // v (D) = x @ W_V[:, g*D:(g+1)*D] + b_V; w_v is (C, Hkv*D).
+        for (int64_t d = 0; d < D; d++) {
+            double a = gpt2 ? m->w.b_v[l * Hkv * D + g * D + d] : 0.0;
+            for (int64_t c = 0; c < C; c++) a += (double)x[c] * lw.w_v[c * Hkv * D + g * D + d];
+            v[d] = (float)a;
+        }
+        // o (C) = sign * v @ W_O[h*D:(h+1)*D, :]; w_o is (H*D, C).
+        for (int64_t c = 0; c < C; c++) {
+            double a = 0;
+            for (int64_t d = 0; d < D; d++) a += (double)v[d] * lw.w_o[(h * D + d) * C + c];
+            o[c] = (float)(sign * a);
+        }
+        if (gpt2) ps_cpu_layernorm(x, &scale, o, m->w.lnf_w, m->w.lnf_b, 1, C, mc->eps);
+        else ps_cpu_rmsnorm(x, &scale, o, m->w.lnf_w, 1, C, mc->eps);
+        ps_sgemm(101, 111, 112, 1, (int)V, (int)C, 1.0f, x, (int)C, m->w.w_u, (int)C, 0.0f, logits + r * V, (int)V);
+        if (m->w.b_u)
+            for (int64_t t = 0; t < V; t++) logits[r * V + t] += m->w.b_u[t];
+    }
+    free(x);
+    return 0;
+}
+
+static const char *const ov_quantities[PS_OV_QUANTITIES] = {"copy_hit", "next_hit", "copy_rank", "next_rank"};
+
+int ps_ov_table_init(ps_table *t, const char *name, const ps_model_config *mc, const int64_t *layers, int64_t n_layers,
+                     const int64_t *heads, int64_t n_heads, const int32_t *tokens, char *const *token_label, int64_t n_tokens,
+                     int64_t top_k, ps_error *e) {
+    if (n_tokens < 1) return ps_fail(e, PS_EXIT_BADINPUT, "ov_scores %s: no member tokens", name);
+    if (top_k < 1 || top_k > mc->d_vocab) return ps_fail(e, PS_EXIT_BADINPUT, "ov_scores %s: top_k %lld outside [1, %lld]", name, (long long)top_k, (long long)mc->d_vocab);
+    for (int64_t i = 0; i < n_tokens; i++)
+        if (tokens[i] < 0 || tokens[i] >= mc->d_vocab) return ps_fail(e, PS_EXIT_BADINPUT, "ov_scores %s: token %d outside the vocabulary", name, tokens[i]);
+    int64_t nl = layers ? n_layers : mc->n_layers, nh = heads ? n_heads : mc->n_heads, nm = n_tokens + 1;
+    int64_t nq = PS_OV_QUANTITIES + top_k;
+    int64_t *lv = malloc((size_t)nl * sizeof *lv), *hv = malloc((size_t)nh * sizeof *hv);
+    int64_t *mv = malloc((size_t)nm * sizeof *mv), *qv = malloc((size_t)nq * sizeof *qv);
+    char **ml = calloc((size_t)nm, sizeof *ml), **ql = calloc((size_t)nq, sizeof *ql);
+    int rc = -1;
+    if (!lv || !hv || !mv || !qv || !ml || !ql) { ps_fail(e, PS_EXIT_RUNTIME, "ov_scores %s: out of memory", name); goto done; }
+    for (int64_t i = 0; i < nl; i++) {
+        lv[i] = layers ? layers[i] : i;
+        if (lv[i] < 0 || lv[i] >= mc->n_layers) { ps_fail(e, PS_EXIT_BADINPUT, "ov_scores %s: layer %lld outside [0, %lld)", name, (long long)lv[i], (long long)mc->n_layers); goto done; }
+    }
+    for (int64_t i = 0; i < nh; i++) {
+        hv[i] = heads ? heads[i] : i;
+        if (hv[i] < 0 || hv[i] >= mc->n_heads) { ps_fail(e, PS_EXIT_BADINPUT, "ov_scores %s: head %lld outside [0, %lld)", name, (long long)hv[i], (long long)mc->n_heads); goto done; }
+    }
+    char buf[32];
+    for (int64_t i = 0; i < nm; i++) {
+        mv[i] = i < n_tokens ? tokens[i] : -1;
+        const char *s = i == n_tokens ? "score" : token_label && token_label[i] ? token_label[i] : NULL;
+        if (s && !(ml[i] = strdup(s))) { ps_fail(e, PS_EXIT_RUNTIME, "ov_scores %s: out of memory", name); goto done; }
+    }
+    for (int64_t q = 0; q < nq; q++) {
+        qv[q] = q;
+        if (q < PS_OV_QUANTITIES) snprintf(buf, sizeof buf, "%s", ov_quantities[q]);
+        else snprintf(buf, sizeof buf, "top%lld", (long long)(q - PS_OV_QUANTITIES + 1));
+        if (!(ql[q] = strdup(buf))) { ps_fail(e, PS_EXIT_RUNTIME, "ov_scores %s: out of memory", name); goto done; }
+    }
+    ps_axis axes[4] = {{.name = "layer", .len = nl, .value = lv}, {.name = "head", .len = nh, .value = hv},
+                       {.name = "token", .len = nm, .value = mv, .label = ml}, {.name = "quantity", .len = nq, .value = qv, .label = ql}};
+    if ((rc = ps_table_init(t, name, "ov_scores", 0, 1, 4, axes, 0, e)) == 0 &&
+        (ps_table_attr_i64(t, "top_k", top_k, e) ||
+         ps_table_attr_str(t, "score", "token 'score': copy_hit and next_hit as percentages of the members (next: all but the last)", e))) {
+        ps_table_free(t);
+        rc = -1;
+    }
+done:
+    free(lv); free(hv); free(mv); free(qv);
+    ps_labels_free(ml, nm);
+    ps_labels_free(ql, nq);
+    return rc;
+}
+
+int ps_ov_fill(const ps_model *m, ps_table *t, const float *resid, float sign, ps_error *e) {
+    const ps_model_config *mc = &m->cfg;
+    const int64_t V = mc->d_vocab;
+    const ps_axis *al = &t->axes[0], *ah = &t->axes[1], *am = &t->axes[2], *aq = &t->axes[3];
+    const int64_t n = am->len - 1, top_k = aq->len - PS_OV_QUANTITIES, Q = aq->len;
+    float *lg = malloc((size_t)(n * V) * sizeof *lg);
+    int64_t *top = malloc((size_t)top_k * sizeof *top);
+    if (!lg || !top) { free(lg); free(top); return ps_fail(e, PS_EXIT_RUNTIME, "ov_scores: out of memory"); }
+    int rc = 0;
+    for (int64_t li = 0; li < al->len && rc == 0; li++)
+        for (int64_t hi = 0; hi < ah->len && rc == 0; hi++) {
+            if ((rc = ps_ov_logits(m, resid, n, al->value[li], ah->value[hi], sign, lg, e)) != 0) break;
+            float *cell = t->values + (li * ah->len + hi) * am->len * Q;
+            double copy = 0, next = 0;
+            for (int64_t i = 0; i < n; i++) {
+                const float *l = lg + i * V;
+                float *o = cell + i * Q;
+                int64_t self = am->value[i], nxt = i + 1 < n ? am->value[i + 1] : -1, rs = 0, rn = 0, k = 0;
+                for (int64_t v = 0; v < V; v++) {
+                    rs += l[v] > l[self];
+                    if (nxt >= 0) rn += l[v] > l[nxt];
+                    // Top-k in one pass, ties to the lower token id.
+                    if (k == top_k && !(l[v] > l[top[k - 1]])) continue;
+                    int64_t j = k < top_k ? k++ : k - 1;
+                    while (j > 0 && l[v] > l[top[j - 1]]) { top[j] = top[j - 1]; j--; }
+                    top[j] = v;
+                }
+                o[0] = rs < top_k;
+                o[1] = nxt >= 0 ? (float)(rn < top_k) : NAN;
+                o[2] = (float)rs;
+                o[3] = nxt >= 0 ? (float)rn : NAN;
+                for (int64_t j = 0; j < top_k; j++) o[PS_OV_QUANTITIES + j] = (float)top[j];
+                copy += o[0];
+                if (nxt >= 0) next += o[1];
+            }
+            float *s = cell + n * Q;
+            for (int64_t q = 0; q < Q; q++) s[q] = NAN;
+            s[0] = (float)(100.0 * copy / (double)n);
+            if (n > 1) s[1] = (float)(100.0 * next / (double)(n - 1));
+        }
+    free(lg);
+    free(top);
+    return rc;
+}
