@@ -38,7 +38,9 @@
 //   Analyses (kind "dla", "logit_lens" or "attention", ps_analysis.h) take no site/by/direction/neurons; they
 //   read the baseline run named by "run": "clean" (default) or "corrupted", at the metric position (dla,
 //   logit_lens: "top_k", default 5; dla: "per_neuron": false) or at "positions" as queries over "layers" x
-//   "heads" (attention; absent = all).
+//   "heads" (attention; absent = all). ov_scores (weights and first-layer residuals, one row for the run):
+//   "tokens": ["Monday", ...] (required; each one token as the tokenizer reads it), "layers", "heads",
+//   "top_k" (default 5), "negative": false.
 //   An inline item may carry "roles": {"S2": 10, "IO": 2}: token indices in its clean prompt as
 //   `patchsweep tokenize` shows them (BOS included when prepended), like ARENA's word_idx.
 //   heads is accepted only by layer_head/layer_pos_head, neurons only by layer_neuron, positions only by
@@ -107,7 +109,7 @@ typedef enum { PS_SENDERS_HEADS = 0, PS_SENDERS_MLPS, PS_SENDERS_ALL, PS_SENDERS
 
 typedef struct {
     char *name;                  // unique; becomes /results/<name>
-    char *kind;                  // owned; the producer of its table: "patch_sweep" (default), "path_patch", "dla", "logit_lens", "attention"
+    char *kind;                  // owned; the producer of its table: "patch_sweep" (default), "path_patch", "dla", "logit_lens", "attention", "ov_scores"
     ps_site site;
     ps_layout layout;
     ps_direction direction;
@@ -126,6 +128,8 @@ typedef struct {
     int run_corrupted;    // "run": "clean" (0, default) | "corrupted"
     int64_t top_k;        // logit_lens: top tokens stored per stage (default 5, 0..1000)
     int per_neuron;       // dla: also every neuron (default false)
+    char **tokens; int64_t n_tokens; // ov_scores: the member tokens in order (owned), each one token
+    int negative;         // ov_scores: -W_O (negative copying heads)
 } ps_experiment;
 
 typedef struct {

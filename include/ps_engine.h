@@ -28,6 +28,8 @@ typedef struct {
 typedef struct {
     ps_prompt *p; int64_t n;     // owned
     int64_t T_max;
+    const ps_tokenizer *tok;     // borrowed: the tokenizer the prompts came from (producers tokenize their own lists)
+    int32_t bos;                 // the BOS prepended to every prompt, or -1 (prepend_bos false)
 } ps_prompt_set;
 
 // Tokenizes the config's dataset (BOS per cfg->prepend_bos). Prompts whose clean and corrupted

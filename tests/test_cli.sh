@@ -156,7 +156,8 @@ expect_status 2 "unknown command" "unknown command" "$bin" frobnicate
 printf '{"model": "%s", "dataset": [%s, {"clean": "2 3 4 5", "corrupted": "2 3 4 4", "answer": " 6", "wrong": " 5"}],
  "experiments": [{"name": "dla", "kind": "dla", "per_neuron": true}, {"name": "lens", "kind": "logit_lens", "top_k": 3},
   {"name": "att", "kind": "attention", "layers": [0, 3], "heads": [1], "positions": ["end", 2]},
-  {"name": "dla_corr", "kind": "dla", "run": "corrupted"}]}' "$demo" "$item" >"$tmp/an.json"
+  {"name": "dla_corr", "kind": "dla", "run": "corrupted"},
+  {"name": "ov", "kind": "ov_scores", "tokens": [" 1", " 2", " 3", " 4"], "layers": [0], "top_k": 3}]}' "$demo" "$item" >"$tmp/an.json"
 if "$bin" run "$tmp/an.json" -o "$tmp/an.h5" --quiet 2>"$tmp/an.err"; then
     if $py -c 'import h5py, numpy' 2>/dev/null; then
         if out=$($py - "$tmp/an.h5" <<'PY' 2>&1
@@ -178,12 +179,17 @@ assert np.abs(lens[:, :, -1, 0] - b["clean_metric"][:][:, None]).max() < 1e-4
 att = r["att"]["values"][:]                           # (prompt, layer, head, query, pos)
 assert att.shape[1:4] == (2, 1, 2), att.shape
 assert np.abs(np.nansum(att, -1) - 1).max() < 1e-5    # each query's pattern sums to 1
-print("exact dla sum = logit diff (clean and corrupted runs), lens final stage = metric, patterns sum to 1")
+ov = r["ov"]["values"][:]                             # (layer, head, token, quantity): one row, not per prompt
+assert ov.shape == (1, 4, 5, 7), ov.shape
+assert [x.decode() for x in r["ov"]["token_label"][:]] == [" 1", " 2", " 3", " 4", "score"]
+assert np.allclose(ov[:, :, 4, 0], 100 * ov[:, :, :4, 0].mean(-1)) and np.allclose(ov[:, :, 4, 1], 100 * ov[:, :, :3, 1].mean(-1))
+print("exact dla sum = logit diff (clean and corrupted runs), lens final stage = metric, patterns sum to 1, ov hit rates")
 PY
         ); then pass "analyses: $out"; else fail "analyses file: $out"; fi
     fi
 else fail "analyses run: $(cat "$tmp/an.err")"; fi
 bad "an analysis refuses patching keys" "experiments[0].site: only used with kind patch_sweep (this experiment is dla)" "{\"model\": \"$demo\", \"dataset\": [$item], \"experiments\": [{\"name\": \"x\", \"kind\": \"dla\", \"site\": \"z\"}]}"
+bad "ov_scores: a member that is not one token shows its pieces" "tokens[0] = \"12345678\" is" "{\"model\": \"$demo\", \"dataset\": [$item], \"experiments\": [{\"name\": \"x\", \"kind\": \"ov_scores\", \"tokens\": [\"12345678\"]}]}"
 bad "attention query outside every prompt" "experiments[0] (x): positions[0] = 40 is outside every prompt" "{\"model\": \"$demo\", \"dataset\": [$item], \"experiments\": [{\"name\": \"x\", \"kind\": \"attention\", \"positions\": [40]}]}"
 
 if [ "$fails" -ne 0 ]; then echo "cli: $fails failure(s)"; exit 1; fi

@@ -380,10 +380,15 @@ static void test_analyses(void) {
         " \"experiments\": [{\"name\": \"d\", \"kind\": \"dla\", \"per_neuron\": true},\n"
         "  {\"name\": \"l\", \"kind\": \"logit_lens\", \"run\": \"corrupted\"},\n"
         "  {\"name\": \"l3\", \"kind\": \"logit_lens\", \"top_k\": 3},\n"
-        "  {\"name\": \"a\", \"kind\": \"attention\", \"layers\": [1], \"heads\": [0, 2], \"positions\": [\"end\", 3]}]}";
+        "  {\"name\": \"a\", \"kind\": \"attention\", \"layers\": [1], \"heads\": [0, 2], \"positions\": [\"end\", 3]},\n"
+        "  {\"name\": \"o\", \"kind\": \"ov_scores\", \"tokens\": [\" 1\", \" 2\"], \"negative\": true, \"heads\": [1]}]}";
     ps_config c;
     if (load_ok(&c, write_tmp("analyses.json", text, strlen(text))) == 0) {
-        INTEQ(c.n_experiments, 4);
+        INTEQ(c.n_experiments, 5);
+        INTEQ(c.experiments[4].n_tokens, 2);
+        STREQ(c.experiments[4].tokens[1], " 2");
+        INTEQ(c.experiments[4].negative, 1);
+        INTEQ(c.experiments[4].top_k, 5);
         STREQ(c.experiments[0].kind, "dla");
         INTEQ(c.experiments[0].per_neuron, 1);
         INTEQ(c.experiments[0].run_corrupted, 0);
@@ -399,15 +404,21 @@ static void test_analyses(void) {
     expect_exp_fail("an1.json", "{\"name\": \"x\", \"kind\": \"dla\", \"site\": \"z\"}",
                     "experiments[1].site: only used with kind patch_sweep (this experiment is dla)");
     expect_exp_fail("an2.json", "{\"name\": \"x\", \"kind\": \"logit_lens\", \"heads\": [0]}",
-                    "experiments[1].heads: only used with kind attention (this experiment is logit_lens)");
+                    "experiments[1].heads: only used with kind attention or ov_scores (this experiment is logit_lens)");
     expect_exp_fail("an3.json", "{\"name\": \"x\", \"kind\": \"dla\", \"top_k\": 2}",
-                    "experiments[1].top_k: only used with kind logit_lens (this experiment is dla)");
+                    "experiments[1].top_k: only used with kind logit_lens or ov_scores (this experiment is dla)");
     expect_exp_fail("an4.json", "{\"name\": \"x\", \"site\": \"z\", \"run\": \"clean\"}",
-                    "experiments[1].run: not a key of kind patch_sweep (it belongs to the analyses: dla, logit_lens, attention)");
+                    "experiments[1].run: not a key of kind patch_sweep (it belongs to the analyses: dla, logit_lens, attention, ov_scores)");
     expect_exp_fail("an5.json", "{\"name\": \"x\", \"kind\": \"logit_lens\", \"top_k\": -1}",
                     "experiments[1].top_k: expected an integer from 0 to 1000, got -1");
     expect_exp_fail("an6.json", "{\"name\": \"x\", \"kind\": \"attention\", \"run\": \"dirty\"}",
                     "experiments[1].run: expected one of clean, corrupted, got \"dirty\"");
+    expect_exp_fail("an8.json", "{\"name\": \"x\", \"kind\": \"ov_scores\"}",
+                    "experiments[1].tokens: required key missing (the member tokens in order, e.g. [\" 1\", \" 2\", \" 3\"])");
+    expect_exp_fail("an9.json", "{\"name\": \"x\", \"kind\": \"ov_scores\", \"tokens\": [\" 1\", 2]}",
+                    "experiments[1].tokens[1]: expected a non-empty token string, got 2");
+    expect_exp_fail("an10.json", "{\"name\": \"x\", \"kind\": \"ov_scores\", \"tokens\": [\" 1\"], \"run\": \"clean\"}",
+                    "experiments[1].run: only used with kind dla, logit_lens or attention (this experiment is ov_scores)");
     expect_exp_fail("an7.json", "{\"name\": \"x\", \"kind\": \"dlaa\"}",
                     "experiments[1].kind: unknown kind \"dlaa\" (did you mean \"dla\"?)");
 }

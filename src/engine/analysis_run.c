@@ -1,9 +1,12 @@
 // The analyses' producers (ps_producer.h): kinds dla, logit_lens and attention read each prompt's baseline run
 // (clean, or corrupted with "run": "corrupted") from the chunk's caches and fill its row of their table with the
-// functions of dla.c, lens.c and attention.c. No forward pass of their own.
+// functions of dla.c, lens.c and attention.c, with no forward pass of their own; ov_scores (ov.c) runs its member
+// tokens once and fills one row.
 #include "ps_analysis.h"
 #include "ps_producer.h"
+#include "ps_tokenizer.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -110,3 +113,92 @@ static int att_chunk(ps_producer_ctx *cx, ps_product *const *items, int64_t n, c
 }
 
 const ps_producer ps_attention_producer = {.kind = "attention", .per_prompt = 1, .init = att_init, .chunk = att_chunk};
+
+// ---- ov_scores -------------------------------------------------------------------------------------------
+// Not per prompt: each member token is run alone (after the prompts' BOS when they have one) and its residual
+// after the first layer goes through every chosen head's OV circuit.
+
+typedef struct {
+    int32_t *tok;    // (n) member token ids
+    int64_t n;
+} ov_state;
+
+static void ov_free(void *state) {
+    ov_state *s = state;
+    if (!s) return;
+    free(s->tok);
+    free(s);
+}
+
+static int ov_init(const ps_model_config *mc, const ps_prompt_set *ps, ps_product *p, ps_error *e) {
+    const ps_experiment *ex = p->ex;
+    if (!ps->tok) return ps_fail(e, PS_EXIT_RUNTIME, "experiments[%lld] (%s): ov_scores needs the run's tokenizer", (long long)p->idx, ex->name);
+    ov_state *s = calloc(1, sizeof *s);
+    if (!s || !(s->tok = malloc((size_t)ex->n_tokens * sizeof *s->tok))) {
+        free(s);
+        return ps_fail(e, PS_EXIT_RUNTIME, "out of memory for %s", ex->name);
+    }
+    p->state = s;
+    s->n = ex->n_tokens;
+    for (int64_t i = 0; i < ex->n_tokens; i++) {
+        int32_t *ids = NULL;
+        int64_t n = 0;
+        if (ps_tokenizer_encode(ps->tok, ex->tokens[i], &ids, &n, e) != 0) return -1;
+        if (n != 1) {
+            char shown[512] = "";
+            size_t o = 0;
+            for (int64_t k = 0; k < n && o + 64 < sizeof shown; k++) {
+                char *t = ps_tokenizer_token_text(ps->tok, ids[k]);
+                o += (size_t)snprintf(shown + o, sizeof shown - o, "%s'%s'", k ? " " : "", t ? t : "?");
+                free(t);
+            }
+            free(ids);
+            return ps_fail(e, PS_EXIT_BADINPUT, "experiments[%lld] (%s): tokens[%lld] = \"%s\" is %lld tokens (%s), not one", (long long)p->idx,
+                           ex->name, (long long)i, ex->tokens[i], (long long)n, shown);
+        }
+        s->tok[i] = ids[0];
+        free(ids);
+    }
+    ps_error e2 = {0};
+    if (ps_ov_table_init(p->t, ex->name, mc, ex->layers, ex->n_layers, ex->heads, ex->n_heads, s->tok, ex->tokens, s->n, ex->top_k, &e2) != 0)
+        return ps_fail(e, e2.code, "experiments[%lld] (%s): %s", (long long)p->idx, ex->name, e2.msg);
+    if (ps_table_attr_str(p->t, "sign", ex->negative ? "negative (-W_O)" : "positive", e) ||
+        ps_table_attr_str(p->t, "input", ps->bos >= 0 ? "blocks.0.hook_resid_post of [BOS, token]" : "blocks.0.hook_resid_post of [token]", e))
+        return -1;
+    return 0;
+}
+
+static int ov_once(ps_producer_ctx *cx, ps_product *const *items, int64_t n, ps_error *e) {
+    if (cx->o->dry_run) return 0;
+    const ps_model_config *mc = &cx->m->cfg;
+    const int64_t C = mc->d_model, V = mc->d_vocab, T = cx->ps->bos >= 0 ? 2 : 1;
+    int rc = 0;
+    for (int64_t k = 0; k < n && rc == 0; k++) {
+        const ov_state *s = items[k]->state;
+        ps_row *rows = calloc((size_t)s->n, sizeof *rows);
+        ps_cache *caches = calloc((size_t)s->n, sizeof *caches);
+        int32_t *seq = malloc((size_t)(s->n * T) * sizeof *seq);
+        int64_t *out_pos = malloc((size_t)s->n * sizeof *out_pos);
+        float *logits = malloc((size_t)(s->n * V) * sizeof *logits), *resid = malloc((size_t)(s->n * C) * sizeof *resid);
+        if (!rows || !caches || !seq || !out_pos || !logits || !resid) rc = ps_fail(e, PS_EXIT_RUNTIME, "out of memory for %s", items[k]->ex->name);
+        for (int64_t i = 0; rc == 0 && i < s->n; i++) {
+            if (T == 2) seq[i * T] = cx->ps->bos;
+            seq[i * T + T - 1] = s->tok[i];
+            out_pos[i] = T - 1;
+            if ((rc = ps_cache_init(&caches[i], mc, T, 0, e)) != 0) break;
+            rows[i] = (ps_row){.tokens = seq + i * T, .T = T, .cache = &caches[i], .out_pos = &out_pos[i], .n_out = 1,
+                               .logits = logits + i * V};
+        }
+        const ps_rows_opts ro = {.batch_rows = cx->o->batch_rows};
+        ps_rows_stats st = {0};
+        if (rc == 0) rc = ps_engine_rows(cx->m, cx->be, rows, s->n, &ro, &st, e);
+        for (int64_t i = 0; rc == 0 && i < s->n; i++)
+            memcpy(resid + i * C, caches[i].resid_post + (T - 1) * C, (size_t)C * sizeof(float));   // layer 0, the token
+        if (rc == 0) rc = ps_ov_fill(cx->m, items[k]->t, resid, items[k]->ex->negative ? -1.0f : 1.0f, e);
+        for (int64_t i = 0; caches && i < s->n; i++) ps_cache_free(&caches[i]);
+        free(rows); free(caches); free(seq); free(out_pos); free(logits); free(resid);
+    }
+    return rc;
+}
+
+const ps_producer ps_ov_scores_producer = {.kind = "ov_scores", .per_prompt = 0, .init = ov_init, .once = ov_once, .free_state = ov_free};

@@ -12,6 +12,7 @@ static const ps_producer *const producers[] = {
     &ps_dla_producer,
     &ps_logit_lens_producer,
     &ps_attention_producer,
+    &ps_ov_scores_producer,
 };
 
 const ps_producer *ps_producer_for(const char *kind) {

@@ -66,6 +66,7 @@ int ps_prompts_build(ps_prompt_set *ps, const ps_config *cfg, const ps_tokenizer
     ps->p = calloc((size_t)cfg->n_items, sizeof *ps->p);
     if (!ps->p) return ps_fail(e, PS_EXIT_RUNTIME, "out of memory");
     ps->n = cfg->n_items;
+    ps->tok = tok;
     int32_t bos = -1;
     if (cfg->prepend_bos) {
         bos = ps_tokenizer_bos_id(tok);
@@ -76,6 +77,7 @@ int ps_prompts_build(ps_prompt_set *ps, const ps_config *cfg, const ps_tokenizer
                            cfg->path);
         }
     }
+    ps->bos = bos;
     for (int64_t i = 0; i < cfg->n_items; i++) {
         const ps_item *it = &cfg->items[i];
         int32_t *ids[4] = {0};

@@ -28,7 +28,7 @@ static const char *const multitoken_names[] = {"first_diff", "sum_logprob"};
 static const char *const align_names[] = {"error"};
 static const char *const format_names[] = {"jsonl", "csv", "json"};
 // Producers of result tables an experiment's "kind" may name (ps_table.h).
-static const char *const kind_names[] = {"patch_sweep", "path_patch", "dla", "logit_lens", "attention"};
+static const char *const kind_names[] = {"patch_sweep", "path_patch", "dla", "logit_lens", "attention", "ov_scores"};
 
 #define COUNT(a) ((int)(sizeof(a) / sizeof((a)[0])))
 
@@ -77,6 +77,9 @@ static void experiment_free(ps_experiment *x) {
     if (x->position_role)
         for (int64_t i = 0; i < x->n_positions; i++) free(x->position_role[i]);
     free(x->position_role);
+    if (x->tokens)
+        for (int64_t i = 0; i < x->n_tokens; i++) free(x->tokens[i]);
+    free(x->tokens);
     free(x->positions);
     free(x->sender_list);
     free(x->receivers);
@@ -547,14 +550,36 @@ static int load_analysis(ctx *x, const cJSON *obj, const char *p, ps_experiment 
             return bad(x, kp, "only used with kind patch_sweep (this experiment is %s)", ex->kind);
         }
     int is_att = !strcmp(ex->kind, "attention"), is_lens = !strcmp(ex->kind, "logit_lens"), is_dla = !strcmp(ex->kind, "dla");
-    const char *own[3][2] = {{"layers", "attention"}, {"heads", "attention"}, {"positions", "attention"}};
-    for (int k = 0; k < 3; k++)
-        if (!is_att && member(obj, own[k][0])) {
-            key_path(kp, p, own[k][0]);
-            return bad(x, kp, "only used with kind %s (this experiment is %s)", own[k][1], ex->kind);
+    int is_ov = !strcmp(ex->kind, "ov_scores");
+    // Each key and the kinds that take it.
+    const struct { const char *key, *kinds; int ok; } own[] = {
+        {"layers", "attention or ov_scores", is_att || is_ov}, {"heads", "attention or ov_scores", is_att || is_ov},
+        {"positions", "attention", is_att}, {"top_k", "logit_lens or ov_scores", is_lens || is_ov},
+        {"per_neuron", "dla", is_dla}, {"tokens", "ov_scores", is_ov}, {"negative", "ov_scores", is_ov},
+        {"run", "dla, logit_lens or attention", !is_ov}};
+    for (size_t k = 0; k < COUNT(own); k++)
+        if (!own[k].ok && member(obj, own[k].key)) {
+            key_path(kp, p, own[k].key);
+            return bad(x, kp, "only used with kind %s (this experiment is %s)", own[k].kinds, ex->kind);
         }
-    if (!is_lens && member(obj, "top_k")) { key_path(kp, p, "top_k"); return bad(x, kp, "only used with kind logit_lens (this experiment is %s)", ex->kind); }
-    if (!is_dla && member(obj, "per_neuron")) { key_path(kp, p, "per_neuron"); return bad(x, kp, "only used with kind dla (this experiment is %s)", ex->kind); }
+    if (is_ov) {
+        if (get_bool(x, obj, "negative", p, &ex->negative)) return -1;
+        const cJSON *tv = member(obj, "tokens");
+        key_path(kp, p, "tokens");
+        if (!tv) return bad(x, kp, "required key missing (the member tokens in order, e.g. [\" 1\", \" 2\", \" 3\"])");
+        int nt = cJSON_IsArray(tv) ? cJSON_GetArraySize(tv) : 0;
+        if (nt < 1) return bad(x, kp, "expected a non-empty list of token strings");
+        if (!(ex->tokens = calloc((size_t)nt, sizeof *ex->tokens))) return nomem(x);
+        for (const cJSON *it = tv->child; it; it = it->next) {
+            if (!cJSON_IsString(it) || !it->valuestring[0]) {
+                char ip[PATH_MAX_LEN + 24], got[200];
+                snprintf(ip, sizeof ip, "%s[%lld]", kp, (long long)ex->n_tokens);
+                ps_json_describe(it, got, sizeof got);
+                return bad(x, ip, "expected a non-empty token string, got %s", got);
+            }
+            if (!(ex->tokens[ex->n_tokens++] = strdup(it->valuestring))) return nomem(x);
+        }
+    }
     static const char *const runs[] = {"clean", "corrupted"};
     int run = 0;
     if (get_enum(x, obj, "run", p, runs, 2, &run)) return -1;
@@ -572,7 +597,7 @@ static int load_analysis(ctx *x, const cJSON *obj, const char *p, ps_experiment 
 
 static int load_experiment(ctx *x, const cJSON *obj, const char *p, ps_config *c, int64_t idx) {
     static const char *const keys[] = {"name", "kind", "site", "by", "direction", "layers", "heads", "neurons", "positions",
-                                       "run", "top_k", "per_neuron"};
+                                       "run", "top_k", "per_neuron", "tokens", "negative"};
     char got[200], kp[PATH_MAX_LEN];
     if (!cJSON_IsObject(obj)) {
         ps_json_describe(obj, got, sizeof got);
@@ -608,11 +633,11 @@ static int load_experiment(ctx *x, const cJSON *obj, const char *p, ps_config *c
     if (check_keys(x, obj, p, keys, COUNT(keys))) return -1;
 
     if (strcmp(ex->kind, "patch_sweep") != 0) return load_analysis(x, obj, p, ex);
-    static const char *const analysis_keys[] = {"run", "top_k", "per_neuron"};
+    static const char *const analysis_keys[] = {"run", "top_k", "per_neuron", "tokens", "negative"};
     for (size_t k = 0; k < COUNT(analysis_keys); k++)
         if (member(obj, analysis_keys[k])) {
             key_path(kp, p, analysis_keys[k]);
-            return bad(x, kp, "not a key of kind patch_sweep (it belongs to the analyses: dla, logit_lens, attention)");
+            return bad(x, kp, "not a key of kind patch_sweep (it belongs to the analyses: dla, logit_lens, attention, ov_scores)");
         }
 
     const cJSON *sv = member(obj, "site");
