@@ -188,6 +188,14 @@ PY
         ); then pass "analyses: $out"; else fail "analyses file: $out"; fi
     fi
 else fail "analyses run: $(cat "$tmp/an.err")"; fi
+# The study's config and its figure script (experiments/seqcont/): five figures from the stored tables.
+if "$bin" run "$src/experiments/seqcont/demo.json" -o "$tmp/seqcont.h5" --quiet 2>"$tmp/sc.err"; then
+    if $py -c 'import h5py, numpy, matplotlib' 2>/dev/null; then
+        if $py "$src/experiments/seqcont/figures.py" "$tmp/seqcont.h5" -o "$tmp/scfig" >"$tmp/sc.out" 2>&1 &&
+            [ "$(ls "$tmp/scfig"/*.png 2>/dev/null | wc -l)" -eq 5 ]; then pass "experiments/seqcont: figures.py drew 5 figures"
+        else fail "experiments/seqcont/figures.py: $(cat "$tmp/sc.out")"; fi
+    fi
+else fail "experiments/seqcont/demo.json: $(cat "$tmp/sc.err")"; fi
 bad "an analysis refuses patching keys" "experiments[0].site: only used with kind patch_sweep (this experiment is dla)" "{\"model\": \"$demo\", \"dataset\": [$item], \"experiments\": [{\"name\": \"x\", \"kind\": \"dla\", \"site\": \"z\"}]}"
 bad "ov_scores: a member that is not one token shows its pieces" "tokens[0] = \"12345678\" is" "{\"model\": \"$demo\", \"dataset\": [$item], \"experiments\": [{\"name\": \"x\", \"kind\": \"ov_scores\", \"tokens\": [\"12345678\"]}]}"
 bad "attention query outside every prompt" "experiments[0] (x): positions[0] = 40 is outside every prompt" "{\"model\": \"$demo\", \"dataset\": [$item], \"experiments\": [{\"name\": \"x\", \"kind\": \"attention\", \"positions\": [40]}]}"
