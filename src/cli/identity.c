@@ -62,10 +62,15 @@ static char *canonical_config(const ps_config *cfg) {
         ps_jbuf_raw(&b, i ? ",{" : "{");
         ps_jbuf_key(&b, "by", 1); ps_jbuf_str(&b, ps_layout_name(x->layout));
         ps_jbuf_key(&b, "direction", 0); ps_jbuf_str(&b, ps_direction_name(x->direction));
+        // The analyses' keys only for their kinds, so a patch sweep's identity is what it was before they existed.
+        const int an = x->kind && strcmp(x->kind, "patch_sweep") != 0;
         ps_jbuf_key(&b, "heads", 0); ps_jbuf_ints(&b, x->heads, x->n_heads);
+        if (an) { ps_jbuf_key(&b, "kind", 0); ps_jbuf_str(&b, x->kind); }
         ps_jbuf_key(&b, "layers", 0); ps_jbuf_ints(&b, x->layers, x->n_layers);
         ps_jbuf_key(&b, "name", 0); ps_jbuf_str(&b, x->name);
+        if (an) { ps_jbuf_key(&b, "negative", 0); ps_jbuf_raw(&b, x->negative ? "true" : "false"); }
         ps_jbuf_key(&b, "neurons", 0); ps_jbuf_ints(&b, x->neurons, x->n_neurons);
+        if (an) { ps_jbuf_key(&b, "per_neuron", 0); ps_jbuf_raw(&b, x->per_neuron ? "true" : "false"); }
         ps_jbuf_key(&b, "positions", 0);
         if (!x->positions) ps_jbuf_raw(&b, "null");
         else {
@@ -77,7 +82,17 @@ static char *canonical_config(const ps_config *cfg) {
             }
             ps_jbuf_raw(&b, "]");
         }
+        if (an) { ps_jbuf_key(&b, "run", 0); ps_jbuf_str(&b, x->run_corrupted ? "corrupted" : "clean"); }
         ps_jbuf_key(&b, "site", 0); ps_jbuf_str(&b, ps_site_name(x->site));
+        if (an) {
+            ps_jbuf_key(&b, "tokens", 0); ps_jbuf_raw(&b, "[");
+            for (int64_t k = 0; k < x->n_tokens; k++) {
+                if (k) ps_jbuf_raw(&b, ",");
+                ps_jbuf_str(&b, x->tokens[k]);
+            }
+            ps_jbuf_raw(&b, "]");
+            ps_jbuf_key(&b, "top_k", 0); ps_jbuf_int(&b, x->top_k);
+        }
         ps_jbuf_raw(&b, "}");
     }
     ps_jbuf_raw(&b, "]");
