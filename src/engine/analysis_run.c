@@ -18,50 +18,49 @@ static int note_run(ps_product *p, ps_error *e) {
     return ps_table_attr_str(p->t, "run", p->ex->run_corrupted ? "corrupted" : "clean", e);
 }
 
-// ---- dla -------------------------------------------------------------------------------------------------
+// ---- dla and logit_lens: one prompt's row at its metric position ---------------------------------------
+
+// Fills one prompt's row of an experiment's table from its run c.
+typedef int (*at_metric_fn)(const ps_model *m, const ps_cache *c, const ps_prompt *pr, const ps_experiment *ex, float *row,
+                            ps_error *e);
+
+static int metric_chunk(ps_producer_ctx *cx, ps_product *const *items, int64_t n, const ps_chunk *ch, at_metric_fn fn, ps_error *e) {
+    if (cx->o->dry_run) return 0;
+    for (int64_t k = 0; k < n; k++) {
+        ps_table *t = items[k]->t;
+        for (int64_t i = 0; i < ch->n; i++)
+            if (fn(cx->m, run_of(items[k], ch, i), &cx->ps->p[ch->prompts[i]], items[k]->ex, t->values + ch->prompts[i] * t->n_cells, e) != 0)
+                return -1;
+    }
+    return 0;
+}
 
 static int dla_init(const ps_model_config *mc, const ps_prompt_set *ps, ps_product *p, ps_error *e) {
     if (ps_dla_table_init(p->t, p->ex->name, mc, ps->n, p->ex->per_neuron, e) != 0) return -1;
     return note_run(p, e);
 }
 
+static int dla_row(const ps_model *m, const ps_cache *c, const ps_prompt *pr, const ps_experiment *ex, float *row, ps_error *e) {
+    return ps_dla_prompt(m, c, pr->score_pos, pr->answer_id, pr->wrong_id, ex->per_neuron, row, e);
+}
+
 static int dla_chunk(ps_producer_ctx *cx, ps_product *const *items, int64_t n, const ps_chunk *ch, ps_error *e) {
-    if (cx->o->dry_run) return 0;
-    for (int64_t k = 0; k < n; k++) {
-        ps_table *t = items[k]->t;
-        for (int64_t i = 0; i < ch->n; i++) {
-            const ps_prompt *pr = &cx->ps->p[ch->prompts[i]];
-            float *row = t->values + ch->prompts[i] * t->n_cells;
-            if (ps_dla_prompt(cx->m, run_of(items[k], ch, i), pr->score_pos, pr->answer_id, pr->wrong_id, items[k]->ex->per_neuron,
-                              row, e) != 0)
-                return -1;
-        }
-    }
-    return 0;
+    return metric_chunk(cx, items, n, ch, dla_row, e);
 }
 
 const ps_producer ps_dla_producer = {.kind = "dla", .per_prompt = 1, .init = dla_init, .chunk = dla_chunk};
-
-// ---- logit_lens ------------------------------------------------------------------------------------------
 
 static int lens_init(const ps_model_config *mc, const ps_prompt_set *ps, ps_product *p, ps_error *e) {
     if (ps_lens_table_init(p->t, p->ex->name, mc, ps->n, p->ex->top_k, e) != 0) return -1;
     return note_run(p, e);
 }
 
+static int lens_row(const ps_model *m, const ps_cache *c, const ps_prompt *pr, const ps_experiment *ex, float *row, ps_error *e) {
+    return ps_lens_prompt(m, c, pr->score_pos, pr->answer_id, pr->wrong_id, ex->top_k, row, e);
+}
+
 static int lens_chunk(ps_producer_ctx *cx, ps_product *const *items, int64_t n, const ps_chunk *ch, ps_error *e) {
-    if (cx->o->dry_run) return 0;
-    for (int64_t k = 0; k < n; k++) {
-        ps_table *t = items[k]->t;
-        for (int64_t i = 0; i < ch->n; i++) {
-            const ps_prompt *pr = &cx->ps->p[ch->prompts[i]];
-            float *row = t->values + ch->prompts[i] * t->n_cells;
-            if (ps_lens_prompt(cx->m, run_of(items[k], ch, i), pr->score_pos, pr->answer_id, pr->wrong_id, items[k]->ex->top_k,
-                               row, e) != 0)
-                return -1;
-        }
-    }
-    return 0;
+    return metric_chunk(cx, items, n, ch, lens_row, e);
 }
 
 const ps_producer ps_logit_lens_producer = {.kind = "logit_lens", .per_prompt = 1, .init = lens_init, .chunk = lens_chunk};
@@ -81,10 +80,16 @@ static int att_init(const ps_model_config *mc, const ps_prompt_set *ps, ps_produ
                            (long long)p->idx, ex->name, (long long)i, (long long)ex->positions[i], (long long)ps->T_max);
         }
     }
+    // A query named by role is listed as prompt 0's index of it (labelled with the role), as patch sweeps list theirs.
+    int64_t *qv = ex->positions ? malloc((size_t)ex->n_positions * sizeof *qv) : NULL;
+    if (ex->positions && !qv) return ps_fail(e, PS_EXIT_RUNTIME, "out of memory for %s", ex->name);
+    for (int64_t i = 0; qv && i < ex->n_positions; i++)
+        qv[i] = ex->position_role && ex->position_role[i] ? ps_prompt_role(&ps->p[0], ex->position_role[i]) : ex->positions[i];
     ps_error e2 = {0};
-    if (ps_attention_table_init(p->t, ex->name, mc, ps->n, ex->layers, ex->n_layers, ex->heads, ex->n_heads, ex->positions,
-                                ex->position_role, ex->n_positions, ps->T_max, &e2) != 0)
-        return ps_fail(e, e2.code, "experiments[%lld] (%s): %s", (long long)p->idx, ex->name, e2.msg);
+    int rc = ps_attention_table_init(p->t, ex->name, mc, ps->n, ex->layers, ex->n_layers, ex->heads, ex->n_heads, qv,
+                                     ex->position_role, ex->n_positions, ps->T_max, &e2);
+    free(qv);
+    if (rc != 0) return ps_fail(e, e2.code, "experiments[%lld] (%s): %s", (long long)p->idx, ex->name, e2.msg);
     return note_run(p, e);
 }
 
