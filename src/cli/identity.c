@@ -62,8 +62,9 @@ static char *canonical_config(const ps_config *cfg) {
         ps_jbuf_raw(&b, i ? ",{" : "{");
         ps_jbuf_key(&b, "by", 1); ps_jbuf_str(&b, ps_layout_name(x->layout));
         ps_jbuf_key(&b, "direction", 0); ps_jbuf_str(&b, ps_direction_name(x->direction));
-        // The analyses' keys only for their kinds, so a patch sweep's identity is what it was before they existed.
-        const int an = x->kind && strcmp(x->kind, "patch_sweep") != 0;
+        // The analyses' keys only for their kinds, so other kinds' identities are what they were before them.
+        const int an = x->kind && (!strcmp(x->kind, "dla") || !strcmp(x->kind, "logit_lens") || !strcmp(x->kind, "attention") ||
+                                   !strcmp(x->kind, "ov_scores"));
         ps_jbuf_key(&b, "heads", 0); ps_jbuf_ints(&b, x->heads, x->n_heads);
         if (an) { ps_jbuf_key(&b, "kind", 0); ps_jbuf_str(&b, x->kind); }
         ps_jbuf_key(&b, "layers", 0); ps_jbuf_ints(&b, x->layers, x->n_layers);
