@@ -408,7 +408,7 @@ static void test_analyses(void) {
     expect_exp_fail("an3.json", "{\"name\": \"x\", \"kind\": \"dla\", \"top_k\": 2}",
                     "experiments[1].top_k: only used with kind logit_lens or ov_scores (this experiment is dla)");
     expect_exp_fail("an4.json", "{\"name\": \"x\", \"site\": \"z\", \"run\": \"clean\"}",
-                    "experiments[1].run: not a key of kind patch_sweep (it belongs to the analyses: dla, logit_lens, attention, ov_scores)");
+                    "experiments[1].run: unknown key 'run' (valid keys: name, kind, site, by, direction, layers, heads, neurons, positions)");
     expect_exp_fail("an5.json", "{\"name\": \"x\", \"kind\": \"logit_lens\", \"top_k\": -1}",
                     "experiments[1].top_k: expected an integer from 0 to 1000, got -1");
     expect_exp_fail("an6.json", "{\"name\": \"x\", \"kind\": \"attention\", \"run\": \"dirty\"}",

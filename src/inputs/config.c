@@ -539,20 +539,16 @@ static int load_path_patch(ctx *x, const cJSON *obj, const char *p, ps_experimen
     return 0;
 }
 
-// The analyses' keys (kinds dla, logit_lens, attention): they read the baseline runs' caches, so the patching
-// keys (site, by, direction) have no meaning there, and each kind takes only its own lists and options.
+// The analyses' keys (dla, logit_lens, attention, ov_scores): each kind its own; the patching keys are refused.
 static int load_analysis(ctx *x, const cJSON *obj, const char *p, ps_experiment *ex) {
-    static const char *const patch_only[] = {"site", "by", "direction", "neurons"};
+    static const char *const keys[] = {"name", "kind", "site", "by", "direction", "neurons", "layers", "heads", "positions",
+                                       "run", "top_k", "per_neuron", "tokens", "negative"};
+    if (check_keys(x, obj, p, keys, COUNT(keys))) return -1;
     char kp[PATH_MAX_LEN];
-    for (size_t k = 0; k < COUNT(patch_only); k++)
-        if (member(obj, patch_only[k])) {
-            key_path(kp, p, patch_only[k]);
-            return bad(x, kp, "only used with kind patch_sweep (this experiment is %s)", ex->kind);
-        }
     int is_att = !strcmp(ex->kind, "attention"), is_lens = !strcmp(ex->kind, "logit_lens"), is_dla = !strcmp(ex->kind, "dla");
     int is_ov = !strcmp(ex->kind, "ov_scores");
-    // Each key and the kinds that take it.
-    const struct { const char *key, *kinds; int ok; } own[] = {
+    const struct { const char *key, *kinds; int ok; } own[] = {   // each key and the kinds that take it
+        {"site", "patch_sweep", 0}, {"by", "patch_sweep", 0}, {"direction", "patch_sweep", 0}, {"neurons", "patch_sweep", 0},
         {"layers", "attention or ov_scores", is_att || is_ov}, {"heads", "attention or ov_scores", is_att || is_ov},
         {"positions", "attention", is_att}, {"top_k", "logit_lens or ov_scores", is_lens || is_ov},
         {"per_neuron", "dla", is_dla}, {"tokens", "ov_scores", is_ov}, {"negative", "ov_scores", is_ov},
@@ -562,42 +558,31 @@ static int load_analysis(ctx *x, const cJSON *obj, const char *p, ps_experiment 
             key_path(kp, p, own[k].key);
             return bad(x, kp, "only used with kind %s (this experiment is %s)", own[k].kinds, ex->kind);
         }
-    if (is_ov) {
-        if (get_bool(x, obj, "negative", p, &ex->negative)) return -1;
-        const cJSON *tv = member(obj, "tokens");
-        key_path(kp, p, "tokens");
-        if (!tv) return bad(x, kp, "required key missing (the member tokens in order, e.g. [\" 1\", \" 2\", \" 3\"])");
-        int nt = cJSON_IsArray(tv) ? cJSON_GetArraySize(tv) : 0;
-        if (nt < 1) return bad(x, kp, "expected a non-empty list of token strings");
-        if (!(ex->tokens = calloc((size_t)nt, sizeof *ex->tokens))) return nomem(x);
-        for (const cJSON *it = tv->child; it; it = it->next) {
-            if (!cJSON_IsString(it) || !it->valuestring[0]) {
-                char ip[PATH_MAX_LEN + 24], got[200];
-                snprintf(ip, sizeof ip, "%s[%lld]", kp, (long long)ex->n_tokens);
-                ps_json_describe(it, got, sizeof got);
-                return bad(x, ip, "expected a non-empty token string, got %s", got);
-            }
-            if (!(ex->tokens[ex->n_tokens++] = strdup(it->valuestring))) return nomem(x);
-        }
+    const cJSON *tv = member(obj, "tokens");
+    key_path(kp, p, "tokens");
+    if (is_ov && !tv) return bad(x, kp, "required key missing (the member tokens in order, e.g. [\" 1\", \" 2\", \" 3\"])");
+    if (tv && (!cJSON_IsArray(tv) || cJSON_GetArraySize(tv) < 1)) return bad(x, kp, "expected a non-empty list of token strings");
+    if (tv && !(ex->tokens = calloc((size_t)cJSON_GetArraySize(tv), sizeof *ex->tokens))) return nomem(x);
+    for (const cJSON *it = tv ? tv->child : NULL; it; it = it->next) {
+        char ip[PATH_MAX_LEN + 24], got[200];
+        snprintf(ip, sizeof ip, "%s[%lld]", kp, (long long)ex->n_tokens);
+        ps_json_describe(it, got, sizeof got);
+        if (!cJSON_IsString(it) || !it->valuestring[0]) return bad(x, ip, "expected a non-empty token string, got %s", got);
+        if (!(ex->tokens[ex->n_tokens++] = strdup(it->valuestring))) return nomem(x);
     }
     static const char *const runs[] = {"clean", "corrupted"};
-    int run = 0;
-    if (get_enum(x, obj, "run", p, runs, 2, &run)) return -1;
-    ex->run_corrupted = run;
-    ex->top_k = 5;
-    if (get_int(x, obj, "top_k", p, 0, 1000, &ex->top_k)) return -1;
-    if (get_bool(x, obj, "per_neuron", p, &ex->per_neuron)) return -1;
     char **no_roles = NULL;
-    if (get_list(x, obj, "layers", p, 0, &ex->layers, &ex->n_layers, &no_roles) ||
-        get_list(x, obj, "heads", p, 0, &ex->heads, &ex->n_heads, &no_roles) ||
-        get_list(x, obj, "positions", p, 1, &ex->positions, &ex->n_positions, &ex->position_role))
-        return -1;
-    return 0;
+    ex->top_k = 5;
+    return get_enum(x, obj, "run", p, runs, 2, &ex->run_corrupted) || get_int(x, obj, "top_k", p, 0, 1000, &ex->top_k) ||
+                   get_bool(x, obj, "per_neuron", p, &ex->per_neuron) || get_bool(x, obj, "negative", p, &ex->negative) ||
+                   get_list(x, obj, "layers", p, 0, &ex->layers, &ex->n_layers, &no_roles) ||
+                   get_list(x, obj, "heads", p, 0, &ex->heads, &ex->n_heads, &no_roles) ||
+                   get_list(x, obj, "positions", p, 1, &ex->positions, &ex->n_positions, &ex->position_role)
+               ? -1 : 0;
 }
 
 static int load_experiment(ctx *x, const cJSON *obj, const char *p, ps_config *c, int64_t idx) {
-    static const char *const keys[] = {"name", "kind", "site", "by", "direction", "layers", "heads", "neurons", "positions",
-                                       "run", "top_k", "per_neuron", "tokens", "negative"};
+    static const char *const keys[] = {"name", "kind", "site", "by", "direction", "layers", "heads", "neurons", "positions"};
     char got[200], kp[PATH_MAX_LEN];
     if (!cJSON_IsObject(obj)) {
         ps_json_describe(obj, got, sizeof got);
@@ -630,15 +615,8 @@ static int load_experiment(ctx *x, const cJSON *obj, const char *p, ps_config *c
     }
     // Each kind has its own keys.
     if (!strcmp(ex->kind, "path_patch")) return load_path_patch(x, obj, p, ex);
-    if (check_keys(x, obj, p, keys, COUNT(keys))) return -1;
-
     if (strcmp(ex->kind, "patch_sweep") != 0) return load_analysis(x, obj, p, ex);
-    static const char *const analysis_keys[] = {"run", "top_k", "per_neuron", "tokens", "negative"};
-    for (size_t k = 0; k < COUNT(analysis_keys); k++)
-        if (member(obj, analysis_keys[k])) {
-            key_path(kp, p, analysis_keys[k]);
-            return bad(x, kp, "not a key of kind patch_sweep (it belongs to the analyses: dla, logit_lens, attention, ov_scores)");
-        }
+    if (check_keys(x, obj, p, keys, COUNT(keys))) return -1;
 
     const cJSON *sv = member(obj, "site");
     key_path(kp, p, "site");
