@@ -75,12 +75,18 @@ int ps_ov_logits(const ps_model *m, const float *resid, int64_t n, int64_t l, in
 // A table of kind "ov_scores", not per prompt: layer x head x token (the n members, value = token id, label =
 // token_label[i] if given; then "score", value -1) x quantity: "copy_hit", "next_hit" (1/0; next NaN for the
 // last member), "copy_rank", "next_rank" (0 = top), "top1".."top<k>" (token ids). The "score" row holds the
-// copy and next hit rates in percent. layers/heads NULL: all.
+// copy and next hit rates in percent. layers/heads NULL: all. The residuals are the members run alone (after
+// the BOS: "input": "isolated") or every occurrence of a member in the clean prompts ("input": "prompts", the
+// IOI paper's code).
 #define PS_OV_QUANTITIES 4
 int ps_ov_table_init(ps_table *t, const char *name, const ps_model_config *mc, const int64_t *layers, int64_t n_layers,
                      const int64_t *heads, int64_t n_heads, const int32_t *tokens, char *const *token_label, int64_t n_tokens,
                      int64_t top_k, ps_error *e);
-// Fills the table from the members' residuals resid (n_tokens, C), in the order of its token axis.
-int ps_ov_fill(const ps_model *m, ps_table *t, const float *resid, float sign, ps_error *e);
+// Fills the table from n_rows first-layer residuals resid (n_rows, C): row r is an occurrence of member
+// member_of[r] (an index into the token axis); member_of NULL: row i is member i (n_rows = the members). With
+// several occurrences a member's hits are the fraction of its occurrences hit, its ranks the mean rank, its top
+// tokens those of its mean OV logits; the "score" row's rates are over every occurrence (the IOI paper counts
+// each name position of each prompt). A member that never occurs is NaN.
+int ps_ov_fill(const ps_model *m, ps_table *t, const float *resid, int64_t n_rows, const int64_t *member_of, float sign, ps_error *e);
 
 #endif

@@ -40,7 +40,7 @@
 //   logit_lens: "top_k", default 5; dla: "per_neuron": false) or at "positions" as queries over "layers" x
 //   "heads" (attention; absent = all). ov_scores (weights and first-layer residuals, one row for the run):
 //   "tokens": ["Monday", ...] (required; each one token as the tokenizer reads it), "layers", "heads",
-//   "top_k" (default 5), "negative": false.
+//   "top_k" (default 5), "negative": false, "input": "isolated" (default) | "prompts".
 //   An inline item may carry "roles": {"S2": 10, "IO": 2}: token indices in its clean prompt as
 //   `patchsweep tokenize` shows them (BOS included when prepended), like ARENA's word_idx.
 //   heads is accepted only by layer_head/layer_pos_head, neurons only by layer_neuron, positions only by
@@ -130,6 +130,8 @@ typedef struct {
     int per_neuron;       // dla: also every neuron (default false)
     char **tokens; int64_t n_tokens; // ov_scores: the member tokens in order (owned), each one token
     int negative;         // ov_scores: -W_O (negative copying heads)
+    int ov_prompts;       // ov_scores "input": "isolated" (0, default: each member after the BOS) | "prompts" (every
+                          // occurrence in the clean prompts, the IOI paper's code)
 } ps_experiment;
 
 typedef struct {

@@ -169,7 +169,7 @@ static void test_ov(const char *name, const ps_model *m, const ps_safetensors *g
             if (tu_close(nm, lg, want + (l * H + h) * n * V, n * V, 1e-4f, 1e-4f) == 0)
                 for (int64_t i = 0; i < n * V; i++) max_err = fmaxf(max_err, fabsf(lg[i] - want[(l * H + h) * n * V + i]));
         }
-    if (ps_ov_table_init(&t, "ov", mc, NULL, 0, NULL, 0, tok, NULL, n, top_k, &e) != 0 || ps_ov_fill(m, &t, want_resid, 1.0f, &e) != 0) {
+    if (ps_ov_table_init(&t, "ov", mc, NULL, 0, NULL, 0, tok, NULL, n, top_k, &e) != 0 || ps_ov_fill(m, &t, want_resid, n, NULL, 1.0f, &e) != 0) {
         TU_CHECK(0, "%s: ov table: %s", name, e.msg);
         goto done;
     }
@@ -196,6 +196,73 @@ static void test_ov(const char *name, const ps_model *m, const ps_safetensors *g
 done:
     ps_table_free(&t);
     free(tok); free(bos); free(want_resid); free(want); free(resid); free(lg);
+}
+
+// The IOI paper's input: every occurrence of a member in two prompts; our residuals there, and the table's
+// per-member hit fractions and occurrence-weighted rates against the golden OV logits of those occurrences.
+static void test_ov_prompts(const char *name, const ps_model *m, const ps_safetensors *g) {
+    const ps_model_config *mc = &m->cfg;
+    const int64_t C = mc->d_model, V = mc->d_vocab, L = mc->n_layers, H = mc->n_heads, top_k = 5;
+    int64_t n = 0, no = 0, nr = 0, nl = 0;
+    int32_t *tok = gu_i32(g, "ov.tokens", &n), *member = gu_i32(g, "ov.prompt_member", &no);
+    float *want_resid = gu_f32(g, "ov.prompt_resid", &nr), *want = gu_f32(g, "ov.prompt_logits", &nl);
+    float *resid = malloc((size_t)((no > 0 ? no : 1) * C) * sizeof *resid);
+    int64_t *member_of = malloc((size_t)(no > 0 ? no : 1) * sizeof *member_of), got_occ = 0;
+    ps_error e = {0};
+    ps_table t = {0};
+    char nm[160];
+    if (!tok || !member || !want_resid || !want || nr != no * C || nl != L * H * no * V) { TU_CHECK(0, "%s: ov prompt goldens missing", name); goto done; }
+    for (int j = 0;; j++) {
+        char key[32];
+        int64_t T = 0;
+        snprintf(key, sizeof key, "ov.prompt%d", j);
+        int32_t *seq = gu_i32(g, key, &T);
+        if (!seq) break;
+        ps_cache c = {0};
+        ps_row row = {.tokens = seq, .T = T, .cache = &c};
+        if (ps_cache_init(&c, mc, T, 0, &e) == 0 && ps_cpu_forward(m, &row, 1, &e) == 0)
+            for (int64_t p = 0; p < T; p++)
+                for (int64_t i = 0; i < n; i++)
+                    if (seq[p] == tok[i] && got_occ < no) {
+                        memcpy(resid + got_occ * C, c.resid_post + p * C, (size_t)C * sizeof(float));   // layer 0
+                        member_of[got_occ++] = i;
+                    }
+        ps_cache_free(&c);
+        free(seq);
+    }
+    TU_CHECK(got_occ == no, "%s: %lld member occurrences found, golden %lld", name, (long long)got_occ, (long long)no);
+    for (int64_t r = 0; r < got_occ; r++) TU_CHECK(member_of[r] == member[r], "%s: occurrence %lld is member %lld, golden %d", name, (long long)r, (long long)member_of[r], member[r]);
+    snprintf(nm, sizeof nm, "%s ov residuals at the prompts' member positions vs TL", name);
+    tu_close(nm, resid, want_resid, no * C, 1e-4f, 1e-4f);
+    if (ps_ov_table_init(&t, "ovp", mc, NULL, 0, NULL, 0, tok, NULL, n, top_k, &e) != 0 || ps_ov_fill(m, &t, want_resid, no, member_of, 1.0f, &e) != 0) {
+        TU_CHECK(0, "%s: ov prompt table: %s", name, e.msg);
+        goto done;
+    }
+    const int64_t Q = PS_OV_QUANTITIES + top_k;
+    int bad = 0;
+    for (int64_t l = 0; l < L; l++)
+        for (int64_t h = 0; h < H; h++) {
+            const float *cell = t.values + (l * H + h) * (n + 1) * Q;
+            double hits[16] = {0}, cnt[16] = {0}, copy = 0, next = 0, occ_next = 0;
+            for (int64_t r = 0; r < no; r++) {
+                const float *w = want + ((l * H + h) * no + r) * V;
+                int64_t i = member[r], rs = 0, rn = 0;
+                for (int64_t v = 0; v < V; v++) { rs += w[v] > w[tok[i]]; if (i + 1 < n) rn += w[v] > w[tok[i + 1]]; }
+                hits[i] += rs < top_k;
+                cnt[i] += 1;
+                copy += rs < top_k;
+                if (i + 1 < n) { occ_next += 1; next += rn < top_k; }
+            }
+            for (int64_t i = 0; i < n && i < 16; i++)
+                bad += cnt[i] ? fabsf(cell[i * Q] - (float)(hits[i] / cnt[i])) > 1e-6f : !isnan(cell[i * Q]);
+            bad += fabsf(cell[n * Q] - (float)(100.0 * copy / (double)no)) > 1e-4f;
+            bad += fabsf(cell[n * Q + 1] - (float)(100.0 * next / occ_next)) > 1e-4f;
+        }
+    TU_CHECK(bad == 0, "%s: %d ov prompt-input entries differ from the golden logits' hits", name, bad);
+    printf("%s ov scores over %lld occurrences in prompts: per-member fractions and rates ok\n", name, (long long)no);
+done:
+    ps_table_free(&t);
+    free(tok); free(member); free(want_resid); free(want); free(resid); free(member_of);
 }
 
 static void test_model(const char *name) {
@@ -244,6 +311,7 @@ static void test_model(const char *name) {
         free(tok);
     }
     test_ov(name, &m, &g);
+    test_ov_prompts(name, &m, &g);
     // Bad input is refused with the reason.
     ps_cache c = {0};
     int32_t tok[3] = {1, 2, 3};

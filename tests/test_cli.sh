@@ -157,7 +157,8 @@ printf '{"model": "%s", "dataset": [%s, {"clean": "2 3 4 5", "corrupted": "2 3 4
  "experiments": [{"name": "dla", "kind": "dla", "per_neuron": true}, {"name": "lens", "kind": "logit_lens", "top_k": 3},
   {"name": "att", "kind": "attention", "layers": [0, 3], "heads": [1], "positions": ["end", 2]},
   {"name": "dla_corr", "kind": "dla", "run": "corrupted"},
-  {"name": "ov", "kind": "ov_scores", "tokens": [" 1", " 2", " 3", " 4"], "layers": [0], "top_k": 3}]}' "$demo" "$item" >"$tmp/an.json"
+  {"name": "ov", "kind": "ov_scores", "tokens": [" 1", " 2", " 3", " 4"], "layers": [0], "top_k": 3},
+  {"name": "ovp", "kind": "ov_scores", "tokens": [" 1", " 2", " 3", " 4"], "input": "prompts"}]}' "$demo" "$item" >"$tmp/an.json"
 if "$bin" run "$tmp/an.json" -o "$tmp/an.h5" --quiet 2>"$tmp/an.err"; then
     if $py -c 'import h5py, numpy' 2>/dev/null; then
         if out=$($py - "$tmp/an.h5" <<'PY' 2>&1
@@ -183,7 +184,10 @@ ov = r["ov"]["values"][:]                             # (layer, head, token, qua
 assert ov.shape == (1, 4, 5, 7), ov.shape
 assert [x.decode() for x in r["ov"]["token_label"][:]] == [" 1", " 2", " 3", " 4", "score"]
 assert np.allclose(ov[:, :, 4, 0], 100 * ov[:, :, :4, 0].mean(-1)) and np.allclose(ov[:, :, 4, 1], 100 * ov[:, :, :3, 1].mean(-1))
-print("exact dla sum = logit diff (clean and corrupted runs), lens final stage = metric, patterns sum to 1, ov hit rates")
+ovp = r["ovp"]
+assert ovp.attrs["occurrences"] == 5, ovp.attrs["occurrences"]   # ' 2' ' 3' ' 4' in "1 2 3 4", ' 3' ' 4' in "2 3 4 5"
+assert np.isnan(ovp["values"][0, 0, 0, 0]) and not np.isnan(ovp["values"][0, 0, 1, 0])   # ' 1' never occurs
+print("exact dla sum = logit diff (clean and corrupted runs), lens final stage = metric, patterns sum to 1, ov hit rates, ov over prompt occurrences")
 PY
         ); then pass "analyses: $out"; else fail "analyses file: $out"; fi
     fi

@@ -381,7 +381,7 @@ static void test_analyses(void) {
         "  {\"name\": \"l\", \"kind\": \"logit_lens\", \"run\": \"corrupted\"},\n"
         "  {\"name\": \"l3\", \"kind\": \"logit_lens\", \"top_k\": 3},\n"
         "  {\"name\": \"a\", \"kind\": \"attention\", \"layers\": [1], \"heads\": [0, 2], \"positions\": [\"end\", 3]},\n"
-        "  {\"name\": \"o\", \"kind\": \"ov_scores\", \"tokens\": [\" 1\", \" 2\"], \"negative\": true, \"heads\": [1]}]}";
+        "  {\"name\": \"o\", \"kind\": \"ov_scores\", \"tokens\": [\" 1\", \" 2\"], \"negative\": true, \"heads\": [1], \"input\": \"prompts\"}]}";
     ps_config c;
     if (load_ok(&c, write_tmp("analyses.json", text, strlen(text))) == 0) {
         INTEQ(c.n_experiments, 5);
@@ -389,6 +389,8 @@ static void test_analyses(void) {
         STREQ(c.experiments[4].tokens[1], " 2");
         INTEQ(c.experiments[4].negative, 1);
         INTEQ(c.experiments[4].top_k, 5);
+        INTEQ(c.experiments[4].ov_prompts, 1);
+        INTEQ(c.experiments[1].ov_prompts, 0);
         STREQ(c.experiments[0].kind, "dla");
         INTEQ(c.experiments[0].per_neuron, 1);
         INTEQ(c.experiments[0].run_corrupted, 0);

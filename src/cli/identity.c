@@ -66,6 +66,7 @@ static char *canonical_config(const ps_config *cfg) {
         const int an = x->kind && (!strcmp(x->kind, "dla") || !strcmp(x->kind, "logit_lens") || !strcmp(x->kind, "attention") ||
                                    !strcmp(x->kind, "ov_scores"));
         ps_jbuf_key(&b, "heads", 0); ps_jbuf_ints(&b, x->heads, x->n_heads);
+        if (an) { ps_jbuf_key(&b, "input", 0); ps_jbuf_str(&b, x->ov_prompts ? "prompts" : "isolated"); }
         if (an) { ps_jbuf_key(&b, "kind", 0); ps_jbuf_str(&b, x->kind); }
         ps_jbuf_key(&b, "layers", 0); ps_jbuf_ints(&b, x->layers, x->n_layers);
         ps_jbuf_key(&b, "name", 0); ps_jbuf_str(&b, x->name);

@@ -120,8 +120,9 @@ static int att_chunk(ps_producer_ctx *cx, ps_product *const *items, int64_t n, c
 const ps_producer ps_attention_producer = {.kind = "attention", .per_prompt = 1, .init = att_init, .chunk = att_chunk};
 
 // ---- ov_scores -------------------------------------------------------------------------------------------
-// Not per prompt: each member token is run alone (after the prompts' BOS when they have one) and its residual
-// after the first layer goes through every chosen head's OV circuit.
+// Not per prompt: each member token is run alone (after the prompts' BOS when they have one), or the clean
+// prompts are run again and every member there taken, and its residual after the first layer goes through
+// every chosen head's OV circuit.
 
 typedef struct {
     int32_t *tok;    // (n) member token ids
@@ -168,42 +169,94 @@ static int ov_init(const ps_model_config *mc, const ps_prompt_set *ps, ps_produc
     if (ps_ov_table_init(p->t, ex->name, mc, ex->layers, ex->n_layers, ex->heads, ex->n_heads, s->tok, ex->tokens, s->n, ex->top_k, &e2) != 0)
         return ps_fail(e, e2.code, "experiments[%lld] (%s): %s", (long long)p->idx, ex->name, e2.msg);
     if (ps_table_attr_str(p->t, "sign", ex->negative ? "negative (-W_O)" : "positive", e) ||
-        ps_table_attr_str(p->t, "input", ps->bos >= 0 ? "blocks.0.hook_resid_post of [BOS, token]" : "blocks.0.hook_resid_post of [token]", e))
+        ps_table_attr_str(p->t, "input", ex->ov_prompts ? "blocks.0.hook_resid_post at every member in the clean prompts"
+                                         : ps->bos >= 0 ? "blocks.0.hook_resid_post of [BOS, token]" : "blocks.0.hook_resid_post of [token]", e))
         return -1;
     return 0;
 }
 
+// Full runs of n token sequences (seq[i], len[i]) with caches, through the engine's row planner and the backend.
+static int run_cached(ps_producer_ctx *cx, const int32_t *const *seq, const int64_t *len, int64_t n, ps_cache *caches, ps_error *e) {
+    const int64_t V = cx->m->cfg.d_vocab;
+    ps_row *rows = calloc((size_t)n, sizeof *rows);
+    int64_t *out_pos = malloc((size_t)n * sizeof *out_pos);
+    float *logits = malloc((size_t)(n * V) * sizeof *logits);
+    int rc = rows && out_pos && logits ? 0 : ps_fail(e, PS_EXIT_RUNTIME, "ov_scores: out of memory");
+    for (int64_t i = 0; rc == 0 && i < n; i++) {
+        out_pos[i] = len[i] - 1;
+        if ((rc = ps_cache_init(&caches[i], &cx->m->cfg, len[i], 0, e)) != 0) break;
+        rows[i] = (ps_row){.tokens = seq[i], .T = len[i], .cache = &caches[i], .out_pos = &out_pos[i], .n_out = 1, .logits = logits + i * V};
+    }
+    const ps_rows_opts ro = {.batch_rows = cx->o->batch_rows};
+    ps_rows_stats st = {0};
+    if (rc == 0) rc = ps_engine_rows(cx->m, cx->be, rows, n, &ro, &st, e);
+    free(rows); free(out_pos); free(logits);
+    return rc;
+}
+
+// The first-layer residuals the scores read: each member alone after the BOS (isolated), or every occurrence of a
+// member in the clean prompts, prompt by prompt in order (member_of: which member each row is). Caller frees.
+static int ov_inputs(ps_producer_ctx *cx, const ov_state *s, int prompts, float **resid, int64_t **member_of, int64_t *n_rows, ps_error *e) {
+    const ps_model_config *mc = &cx->m->cfg;
+    const ps_prompt_set *ps = cx->ps;
+    const int64_t C = mc->d_model, n = prompts ? ps->n : s->n, B = 8;   // sequences run at once
+    int32_t *pair = malloc((size_t)(2 * s->n) * sizeof *pair);
+    const int32_t **seq = malloc((size_t)n * sizeof *seq);
+    int64_t *len = malloc((size_t)n * sizeof *len), cap = prompts ? 64 : s->n;
+    ps_cache *caches = calloc((size_t)B, sizeof *caches);
+    *resid = malloc((size_t)(cap * C) * sizeof **resid);
+    *member_of = malloc((size_t)cap * sizeof **member_of);
+    *n_rows = 0;
+    int rc = pair && seq && len && caches && *resid && *member_of ? 0 : ps_fail(e, PS_EXIT_RUNTIME, "ov_scores: out of memory");
+    for (int64_t i = 0; rc == 0 && i < n; i++) {
+        if (prompts) { seq[i] = ps->p[i].clean; len[i] = ps->p[i].T; continue; }
+        const int64_t T = ps->bos >= 0 ? 2 : 1;
+        pair[2 * i] = ps->bos;
+        pair[2 * i + T - 1] = s->tok[i];
+        seq[i] = pair + 2 * i;
+        len[i] = T;
+    }
+    for (int64_t b0 = 0; rc == 0 && b0 < n; b0 += B) {
+        const int64_t nb = n - b0 < B ? n - b0 : B;
+        if ((rc = ps_producer_stopped(cx, e)) != 0 || (rc = run_cached(cx, seq + b0, len + b0, nb, caches, e)) != 0) break;
+        for (int64_t j = 0; j < nb; j++) {
+            const int64_t i = b0 + j, T_scan = prompts ? ps->p[i].T_prompt : len[i];
+            for (int64_t t = prompts ? 0 : len[i] - 1; t < T_scan && rc == 0; t++)
+                for (int64_t k = 0; k < s->n; k++) {
+                    if (seq[i][t] != s->tok[k] || (!prompts && k != i)) continue;   // isolated: row i is member i
+                    if (*n_rows == cap) {
+                        cap *= 2;
+                        float *r2 = realloc(*resid, (size_t)(cap * C) * sizeof **resid);
+                        int64_t *m2 = realloc(*member_of, (size_t)cap * sizeof **member_of);
+                        if (r2) *resid = r2;
+                        if (m2) *member_of = m2;
+                        if (!r2 || !m2) { rc = ps_fail(e, PS_EXIT_RUNTIME, "ov_scores: out of memory"); break; }
+                    }
+                    memcpy(*resid + *n_rows * C, caches[j].resid_post + t * C, (size_t)C * sizeof(float));   // layer 0
+                    (*member_of)[(*n_rows)++] = k;
+                    break;
+                }
+        }
+        for (int64_t j = 0; j < B; j++) ps_cache_free(&caches[j]);
+    }
+    free(pair); free(seq); free(len); free(caches);
+    return rc;
+}
+
 static int ov_once(ps_producer_ctx *cx, ps_product *const *items, int64_t n, ps_error *e) {
     if (cx->o->dry_run) return 0;
-    const ps_model_config *mc = &cx->m->cfg;
-    const int64_t C = mc->d_model, V = mc->d_vocab, T = cx->ps->bos >= 0 ? 2 : 1;
-    int rc = 0;
-    for (int64_t k = 0; k < n && rc == 0; k++) {
-        const ov_state *s = items[k]->state;
-        ps_row *rows = calloc((size_t)s->n, sizeof *rows);
-        ps_cache *caches = calloc((size_t)s->n, sizeof *caches);
-        int32_t *seq = malloc((size_t)(s->n * T) * sizeof *seq);
-        int64_t *out_pos = malloc((size_t)s->n * sizeof *out_pos);
-        float *logits = malloc((size_t)(s->n * V) * sizeof *logits), *resid = malloc((size_t)(s->n * C) * sizeof *resid);
-        if (!rows || !caches || !seq || !out_pos || !logits || !resid) rc = ps_fail(e, PS_EXIT_RUNTIME, "out of memory for %s", items[k]->ex->name);
-        for (int64_t i = 0; rc == 0 && i < s->n; i++) {
-            if (T == 2) seq[i * T] = cx->ps->bos;
-            seq[i * T + T - 1] = s->tok[i];
-            out_pos[i] = T - 1;
-            if ((rc = ps_cache_init(&caches[i], mc, T, 0, e)) != 0) break;
-            rows[i] = (ps_row){.tokens = seq + i * T, .T = T, .cache = &caches[i], .out_pos = &out_pos[i], .n_out = 1,
-                               .logits = logits + i * V};
-        }
-        const ps_rows_opts ro = {.batch_rows = cx->o->batch_rows};
-        ps_rows_stats st = {0};
-        if (rc == 0) rc = ps_engine_rows(cx->m, cx->be, rows, s->n, &ro, &st, e);
-        for (int64_t i = 0; rc == 0 && i < s->n; i++)
-            memcpy(resid + i * C, caches[i].resid_post + (T - 1) * C, (size_t)C * sizeof(float));   // layer 0, the token
-        if (rc == 0) rc = ps_ov_fill(cx->m, items[k]->t, resid, items[k]->ex->negative ? -1.0f : 1.0f, e);
-        for (int64_t i = 0; caches && i < s->n; i++) ps_cache_free(&caches[i]);
-        free(rows); free(caches); free(seq); free(out_pos); free(logits); free(resid);
+    for (int64_t k = 0; k < n; k++) {
+        const ps_experiment *ex = items[k]->ex;
+        float *resid = NULL;
+        int64_t *member_of = NULL, n_rows = 0;
+        int rc = ov_inputs(cx, items[k]->state, ex->ov_prompts, &resid, &member_of, &n_rows, e);
+        if (rc == 0) rc = ps_ov_fill(cx->m, items[k]->t, resid, n_rows, member_of, ex->negative ? -1.0f : 1.0f, e);
+        if (rc == 0) rc = ps_table_attr_i64(items[k]->t, "occurrences", n_rows, e);
+        free(resid);
+        free(member_of);
+        if (rc != 0) return -1;
     }
-    return rc;
+    return 0;
 }
 
 const ps_producer ps_ov_scores_producer = {.kind = "ov_scores", .per_prompt = 0, .init = ov_init, .once = ov_once, .free_state = ov_free};

@@ -101,47 +101,75 @@ done:
     return rc;
 }
 
-int ps_ov_fill(const ps_model *m, ps_table *t, const float *resid, float sign, ps_error *e) {
+// Rank of token `tok` in l (V): how many tokens have a larger logit (0 = top).
+static int64_t rank_of(const float *l, int64_t V, int64_t tok) {
+    int64_t r = 0;
+    for (int64_t v = 0; v < V; v++) r += l[v] > l[tok];
+    return r;
+}
+
+int ps_ov_fill(const ps_model *m, ps_table *t, const float *resid, int64_t n_rows, const int64_t *member_of, float sign, ps_error *e) {
     const ps_model_config *mc = &m->cfg;
     const int64_t V = mc->d_vocab;
     const ps_axis *al = &t->axes[0], *ah = &t->axes[1], *am = &t->axes[2], *aq = &t->axes[3];
     const int64_t n = am->len - 1, top_k = aq->len - PS_OV_QUANTITIES, Q = aq->len;
-    float *lg = malloc((size_t)(n * V) * sizeof *lg);
+    if (!member_of && n_rows != n) return ps_fail(e, PS_EXIT_RUNTIME, "ov_scores: %lld rows for %lld members", (long long)n_rows, (long long)n);
+    float *lg = malloc((size_t)((n_rows + n) * V) * sizeof *lg);
     int64_t *top = malloc((size_t)top_k * sizeof *top);
-    if (!lg || !top) { free(lg); free(top); return ps_fail(e, PS_EXIT_RUNTIME, "ov_scores: out of memory"); }
+    double *acc = malloc((size_t)(5 * n) * sizeof *acc);   // per member: occurrences, copy hits, next hits, rank sums
+    if (!lg || !top || !acc) { free(lg); free(top); free(acc); return ps_fail(e, PS_EXIT_RUNTIME, "ov_scores: out of memory"); }
+    float *mean = lg + n_rows * V;   // (n, V): each member's OV logits averaged over its occurrences
     int rc = 0;
     for (int64_t li = 0; li < al->len && rc == 0; li++)
         for (int64_t hi = 0; hi < ah->len && rc == 0; hi++) {
-            if ((rc = ps_ov_logits(m, resid, n, al->value[li], ah->value[hi], sign, lg, e)) != 0) break;
+            if ((rc = ps_ov_logits(m, resid, n_rows, al->value[li], ah->value[hi], sign, lg, e)) != 0) break;
+            memset(acc, 0, (size_t)(5 * n) * sizeof *acc);
+            memset(mean, 0, (size_t)(n * V) * sizeof *mean);
+            for (int64_t r = 0; r < n_rows; r++) {
+                const int64_t i = member_of ? member_of[r] : r, nxt = i + 1 < n ? am->value[i + 1] : -1;
+                const float *l = lg + r * V;
+                const int64_t rs = rank_of(l, V, am->value[i]), rn = nxt >= 0 ? rank_of(l, V, nxt) : 0;
+                double *a = acc + 5 * i;
+                a[0] += 1;
+                a[1] += rs < top_k;
+                a[2] += nxt >= 0 && rn < top_k;
+                a[3] += (double)rs;
+                a[4] += (double)rn;
+                for (int64_t v = 0; v < V; v++) mean[i * V + v] += l[v];
+            }
             float *cell = t->values + (li * ah->len + hi) * am->len * Q;
-            double copy = 0, next = 0;
+            double occ = 0, occ_next = 0, copy = 0, next = 0;
             for (int64_t i = 0; i < n; i++) {
-                const float *l = lg + i * V;
-                float *o = cell + i * Q;
-                int64_t self = am->value[i], nxt = i + 1 < n ? am->value[i + 1] : -1, rs = 0, rn = 0, k = 0;
+                const double *a = acc + 5 * i;
+                const int has_next = i + 1 < n;
+                float *o = cell + i * Q, *l = mean + i * V;
+                for (int64_t q = 0; q < Q; q++) o[q] = NAN;
+                if (a[0] == 0) continue;   // the member never occurs
+                for (int64_t v = 0; v < V; v++) l[v] = (float)(l[v] / a[0]);
+                o[0] = (float)(a[1] / a[0]);
+                o[2] = (float)(a[3] / a[0]);
+                if (has_next) { o[1] = (float)(a[2] / a[0]); o[3] = (float)(a[4] / a[0]); }
+                // Top-k of the mean logits in one pass, ties to the lower token id.
+                int64_t k = 0;
                 for (int64_t v = 0; v < V; v++) {
-                    rs += l[v] > l[self];
-                    if (nxt >= 0) rn += l[v] > l[nxt];
-                    // Top-k in one pass, ties to the lower token id.
                     if (k == top_k && !(l[v] > l[top[k - 1]])) continue;
                     int64_t j = k < top_k ? k++ : k - 1;
                     while (j > 0 && l[v] > l[top[j - 1]]) { top[j] = top[j - 1]; j--; }
                     top[j] = v;
                 }
-                o[0] = rs < top_k;
-                o[1] = nxt >= 0 ? (float)(rn < top_k) : NAN;
-                o[2] = (float)rs;
-                o[3] = nxt >= 0 ? (float)rn : NAN;
                 for (int64_t j = 0; j < top_k; j++) o[PS_OV_QUANTITIES + j] = (float)top[j];
-                copy += o[0];
-                if (nxt >= 0) next += o[1];
+                occ += a[0];
+                copy += a[1];
+                if (has_next) { occ_next += a[0]; next += a[2]; }
             }
-            float *s = cell + n * Q;
-            for (int64_t q = 0; q < Q; q++) s[q] = NAN;
-            s[0] = (float)(100.0 * copy / (double)n);
-            if (n > 1) s[1] = (float)(100.0 * next / (double)(n - 1));
+            // The rates over every occurrence (the IOI paper's n_right / n; seqcont's per member when isolated).
+            float *sc = cell + n * Q;
+            for (int64_t q = 0; q < Q; q++) sc[q] = NAN;
+            if (occ > 0) sc[0] = (float)(100.0 * copy / occ);
+            if (occ_next > 0) sc[1] = (float)(100.0 * next / occ_next);
         }
     free(lg);
     free(top);
+    free(acc);
     return rc;
 }

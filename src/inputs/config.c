@@ -542,17 +542,17 @@ static int load_path_patch(ctx *x, const cJSON *obj, const char *p, ps_experimen
 // The analyses' keys (dla, logit_lens, attention, ov_scores): each kind its own; the patching keys are refused.
 static int load_analysis(ctx *x, const cJSON *obj, const char *p, ps_experiment *ex) {
     static const char *const keys[] = {"name", "kind", "site", "by", "direction", "neurons", "layers", "heads", "positions",
-                                       "run", "top_k", "per_neuron", "tokens", "negative"};
+                                       "run", "top_k", "per_neuron", "tokens", "negative", "input"};
     if (check_keys(x, obj, p, keys, COUNT(keys))) return -1;
     char kp[PATH_MAX_LEN];
+    ex->top_k = 5;
     int is_att = !strcmp(ex->kind, "attention"), is_lens = !strcmp(ex->kind, "logit_lens"), is_dla = !strcmp(ex->kind, "dla");
     int is_ov = !strcmp(ex->kind, "ov_scores");
     const struct { const char *key, *kinds; int ok; } own[] = {   // each key and the kinds that take it
         {"site", "patch_sweep", 0}, {"by", "patch_sweep", 0}, {"direction", "patch_sweep", 0}, {"neurons", "patch_sweep", 0},
         {"layers", "attention or ov_scores", is_att || is_ov}, {"heads", "attention or ov_scores", is_att || is_ov},
-        {"positions", "attention", is_att}, {"top_k", "logit_lens or ov_scores", is_lens || is_ov},
-        {"per_neuron", "dla", is_dla}, {"tokens", "ov_scores", is_ov}, {"negative", "ov_scores", is_ov},
-        {"run", "dla, logit_lens or attention", !is_ov}};
+        {"positions", "attention", is_att}, {"top_k", "logit_lens or ov_scores", is_lens || is_ov}, {"per_neuron", "dla", is_dla},
+        {"tokens", "ov_scores", is_ov}, {"negative", "ov_scores", is_ov}, {"input", "ov_scores", is_ov}, {"run", "dla, logit_lens or attention", !is_ov}};
     for (size_t k = 0; k < COUNT(own); k++)
         if (!own[k].ok && member(obj, own[k].key)) {
             key_path(kp, p, own[k].key);
@@ -570,10 +570,10 @@ static int load_analysis(ctx *x, const cJSON *obj, const char *p, ps_experiment 
         if (!cJSON_IsString(it) || !it->valuestring[0]) return bad(x, ip, "expected a non-empty token string, got %s", got);
         if (!(ex->tokens[ex->n_tokens++] = strdup(it->valuestring))) return nomem(x);
     }
-    static const char *const runs[] = {"clean", "corrupted"};
+    static const char *const runs[] = {"clean", "corrupted"}, *const inputs[] = {"isolated", "prompts"};
     char **no_roles = NULL;
-    ex->top_k = 5;
-    return get_enum(x, obj, "run", p, runs, 2, &ex->run_corrupted) || get_int(x, obj, "top_k", p, 0, 1000, &ex->top_k) ||
+    return get_enum(x, obj, "run", p, runs, 2, &ex->run_corrupted) || get_enum(x, obj, "input", p, inputs, 2, &ex->ov_prompts) ||
+                   get_int(x, obj, "top_k", p, 0, 1000, &ex->top_k) ||
                    get_bool(x, obj, "per_neuron", p, &ex->per_neuron) || get_bool(x, obj, "negative", p, &ex->negative) ||
                    get_list(x, obj, "layers", p, 0, &ex->layers, &ex->n_layers, &no_roles) ||
                    get_list(x, obj, "heads", p, 0, &ex->heads, &ex->n_heads, &no_roles) ||

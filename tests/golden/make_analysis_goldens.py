@@ -25,6 +25,7 @@ MODELS = ["gpt2-tiny-a", "gpt2-tiny-b", "gpt2-tiny-c", "llama-tiny-a", "llama-ti
 PROMPTS = [(6, 5), (9, 4), (8, 7)]
 SEED = 14
 OV_FIRST, OV_N, OV_BOS = 10, 8, 3   # OV scores: members 10..17 (a "sequence": next of 10 is 11), each after token 3
+OV_PROMPTS = [[3, 10, 11, 12, 13, 40], [3, 14, 15, 16, 40, 10, 17, 11]]   # prompts with members at known positions
 
 
 def make(name, out_root):
@@ -97,6 +98,29 @@ def make(name, out_root):
                     v = v + b_V[l, h // group]
                 o = v @ br.W_O[l, h]
                 ov[l, h] = br.ln_final(o[None])[0] @ W_U + b_U
+        # The IOI paper's input: every occurrence of a member in real prompts, at its position (prompt-major,
+        # positions in order), blocks.0.hook_resid_post there.
+        occ_resid, occ_member = [], []
+        for j, seq in enumerate(OV_PROMPTS):
+            toks = torch.tensor([seq])
+            _, pc = br.run_with_cache(toks)
+            out[f"ov.prompt{j}"] = toks[0].to(torch.int32)
+            for t, tok in enumerate(seq):
+                if OV_FIRST <= tok < OV_FIRST + OV_N:
+                    occ_resid.append(pc["blocks.0.hook_resid_post"][0, t])
+                    occ_member.append(tok - OV_FIRST)
+        occ_resid = torch.stack(occ_resid)
+        ovp = torch.empty(L, H, len(occ_member), vocab)
+        for l in range(L):
+            x = br.blocks[l].ln1(occ_resid[None])[0]
+            for h in range(H):
+                v = x @ br.W_V[l, h // group]
+                if getattr(br, "b_V", None) is not None:
+                    v = v + br.b_V[l, h // group]
+                ovp[l, h] = br.ln_final((v @ br.W_O[l, h])[None])[0] @ W_U + b_U
+    out["ov.prompt_resid"] = occ_resid.float().contiguous()
+    out["ov.prompt_member"] = torch.tensor(occ_member, dtype=torch.int32)
+    out["ov.prompt_logits"] = ovp.float()
     out["ov.tokens"] = members.to(torch.int32)
     out["ov.bos"] = torch.tensor([OV_BOS], dtype=torch.int32)
     out["ov.resid"] = resid.float().contiguous()
