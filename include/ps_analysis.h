@@ -64,6 +64,15 @@ int ps_attention_table_init(ps_table *t, const char *name, const ps_model_config
 // One prompt's row from c->pattern: query_pos (the query axis's length) holds each query's resolved position in
 // this prompt (-1 or past the prompt: its cells stay NaN). out: the table's cells for one prompt.
 void ps_attention_prompt(const ps_table *t, const ps_model_config *mc, const ps_cache *c, const int64_t *query_pos, float *out);
+// Head detectors as ARENA computes them, on sequences [BOS, x_1..x_N, x_1..x_N] of random tokens (2N+1 tokens):
+// per layer and head the mean of a diagonal of the pattern: "current" (the query itself), "previous" (q-1),
+// "first" (key 0, over every query), "duplicate" (q-N: the same token earlier), "induction" (q-N+1: the token
+// after the query's previous occurrence). A table of kind "head_scores", not per prompt: layer x head x score.
+#define PS_HEAD_SCORES 5
+int ps_head_scores_table_init(ps_table *t, const char *name, const ps_model_config *mc, ps_error *e);
+// Adds one sequence's scores to acc (L, H, PS_HEAD_SCORES); the caller divides by the number of sequences.
+void ps_head_scores_add(const ps_model_config *mc, const ps_cache *c, int64_t N, double *acc);
+
 // ---- OV copy and next scores (ov.c) --------------------------------------------------------------------
 // Member tokens in order (a sequence: " 1", " 2", ...; January, February, ...), each one's first-layer residual
 // (blocks.0.hook_resid_post at the token) through a head's OV circuit: the head's ln1 (weight, bias), W_V + b_V of

@@ -41,6 +41,8 @@
 //   "heads" (attention; absent = all). ov_scores (weights and first-layer residuals, one row for the run):
 //   "tokens": ["Monday", ...] (required; each one token as the tokenizer reads it), "layers", "heads",
 //   "top_k" (default 5), "negative": false, "input": "isolated" (default) | "prompts".
+//   head_scores (ARENA's current/previous/first/duplicate/induction detectors on repeated random tokens) takes
+//   no keys beyond name and kind.
 //   An inline item may carry "roles": {"S2": 10, "IO": 2}: token indices in its clean prompt as
 //   `patchsweep tokenize` shows them (BOS included when prepended), like ARENA's word_idx.
 //   heads is accepted only by layer_head/layer_pos_head, neurons only by layer_neuron, positions only by
@@ -109,7 +111,7 @@ typedef enum { PS_SENDERS_HEADS = 0, PS_SENDERS_MLPS, PS_SENDERS_ALL, PS_SENDERS
 
 typedef struct {
     char *name;                  // unique; becomes /results/<name>
-    char *kind;                  // owned; the producer of its table: "patch_sweep" (default), "path_patch", "dla", "logit_lens", "attention", "ov_scores"
+    char *kind;                  // owned; the producer of its table: "patch_sweep" (default), "path_patch", "dla", "logit_lens", "attention", "ov_scores", "head_scores"
     ps_site site;
     ps_layout layout;
     ps_direction direction;

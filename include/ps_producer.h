@@ -69,6 +69,7 @@ extern const ps_producer ps_patch_sweep_producer;
 // Path patching (src/engine/path_patch.c, ps_path_patch.h).
 extern const ps_producer ps_path_patch_producer;
 // The analyses (src/engine/analysis_run.c, ps_analysis.h).
-extern const ps_producer ps_dla_producer, ps_logit_lens_producer, ps_attention_producer, ps_ov_scores_producer;
+extern const ps_producer ps_dla_producer, ps_logit_lens_producer, ps_attention_producer, ps_ov_scores_producer,
+    ps_head_scores_producer;
 
 #endif

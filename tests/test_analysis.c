@@ -265,6 +265,33 @@ done:
     free(tok); free(member); free(want_resid); free(want); free(resid); free(member_of);
 }
 
+// ARENA's head detectors on the golden's repeated random tokens, against the diagonals of TransformerLens's patterns.
+static void test_head_scores(const char *name, const ps_model *m, const ps_safetensors *g) {
+    const ps_model_config *mc = &m->cfg;
+    const int64_t L = mc->n_layers, H = mc->n_heads;
+    int64_t nt = 0, ns = 0;
+    int32_t *tok = gu_i32(g, "hs.tokens", &nt);
+    float *want = gu_f32(g, "hs.scores", &ns);
+    double *acc = calloc((size_t)(L * H * PS_HEAD_SCORES), sizeof *acc);
+    float *got = malloc((size_t)(L * H * PS_HEAD_SCORES) * sizeof *got);
+    const int64_t B = 3, T = nt / B, N = (T - 1) / 2;
+    ps_error e = {0};
+    if (!tok || !want || ns != L * H * PS_HEAD_SCORES || nt != B * T) { TU_CHECK(0, "%s: head-score goldens missing", name); goto done; }
+    for (int64_t b = 0; b < B; b++) {
+        ps_cache c = {0};
+        ps_row row = {.tokens = tok + b * T, .T = T, .cache = &c};
+        if (ps_cache_init(&c, mc, T, 0, &e) != 0 || ps_cpu_forward(m, &row, 1, &e) != 0) TU_CHECK(0, "%s: %s", name, e.msg);
+        else ps_head_scores_add(mc, &c, N, acc);
+        ps_cache_free(&c);
+    }
+    for (int64_t i = 0; i < L * H * PS_HEAD_SCORES; i++) got[i] = (float)(acc[i] / (double)B);
+    char nm[128];
+    snprintf(nm, sizeof nm, "%s head scores (current/previous/first/duplicate/induction) vs ARENA on TL", name);
+    tu_close(nm, got, want, L * H * PS_HEAD_SCORES, 1e-5f, 1e-4f);
+done:
+    free(tok); free(want); free(acc); free(got);
+}
+
 static void test_model(const char *name) {
     char dir[512], gpath[600];
     snprintf(dir, sizeof dir, "%s/%s", tu_src("tests/data"), name);
@@ -312,6 +339,7 @@ static void test_model(const char *name) {
     }
     test_ov(name, &m, &g);
     test_ov_prompts(name, &m, &g);
+    test_head_scores(name, &m, &g);
     // Bad input is refused with the reason.
     ps_cache c = {0};
     int32_t tok[3] = {1, 2, 3};

@@ -158,7 +158,8 @@ printf '{"model": "%s", "dataset": [%s, {"clean": "2 3 4 5", "corrupted": "2 3 4
   {"name": "att", "kind": "attention", "layers": [0, 3], "heads": [1], "positions": ["end", 2]},
   {"name": "dla_corr", "kind": "dla", "run": "corrupted"},
   {"name": "ov", "kind": "ov_scores", "tokens": [" 1", " 2", " 3", " 4"], "layers": [0], "top_k": 3},
-  {"name": "ovp", "kind": "ov_scores", "tokens": [" 1", " 2", " 3", " 4"], "input": "prompts"}]}' "$demo" "$item" >"$tmp/an.json"
+  {"name": "ovp", "kind": "ov_scores", "tokens": [" 1", " 2", " 3", " 4"], "input": "prompts"},
+  {"name": "hs", "kind": "head_scores"}]}' "$demo" "$item" >"$tmp/an.json"
 if "$bin" run "$tmp/an.json" -o "$tmp/an.h5" --quiet 2>"$tmp/an.err"; then
     if $py -c 'import h5py, numpy' 2>/dev/null; then
         if out=$($py - "$tmp/an.h5" <<'PY' 2>&1
@@ -187,7 +188,9 @@ assert np.allclose(ov[:, :, 4, 0], 100 * ov[:, :, :4, 0].mean(-1)) and np.allclo
 ovp = r["ovp"]
 assert ovp.attrs["occurrences"] == 5, ovp.attrs["occurrences"]   # ' 2' ' 3' ' 4' in "1 2 3 4", ' 3' ' 4' in "2 3 4 5"
 assert np.isnan(ovp["values"][0, 0, 0, 0]) and not np.isnan(ovp["values"][0, 0, 1, 0])   # ' 1' never occurs
-print("exact dla sum = logit diff (clean and corrupted runs), lens final stage = metric, patterns sum to 1, ov hit rates, ov over prompt occurrences")
+hs = r["hs"]["values"][:]                             # (layer, head, score): ARENA's detectors, means of probabilities
+assert hs.shape == (4, 4, 5) and (hs >= 0).all() and (hs <= 1).all(), hs.shape
+print("exact dla sum = logit diff (clean and corrupted runs), lens final stage = metric, patterns sum to 1, ov hit rates, ov over prompt occurrences, head scores")
 PY
         ); then pass "analyses: $out"; else fail "analyses file: $out"; fi
     fi

@@ -421,6 +421,8 @@ static void test_analyses(void) {
                     "experiments[1].tokens[1]: expected a non-empty token string, got 2");
     expect_exp_fail("an10.json", "{\"name\": \"x\", \"kind\": \"ov_scores\", \"tokens\": [\" 1\"], \"run\": \"clean\"}",
                     "experiments[1].run: only used with kind dla, logit_lens or attention (this experiment is ov_scores)");
+    expect_exp_fail("an11.json", "{\"name\": \"x\", \"kind\": \"head_scores\", \"layers\": [0]}",
+                    "experiments[1].layers: only used with kind attention or ov_scores (this experiment is head_scores)");
     expect_exp_fail("an7.json", "{\"name\": \"x\", \"kind\": \"dlaa\"}",
                     "experiments[1].kind: unknown kind \"dlaa\" (did you mean \"dla\"?)");
 }

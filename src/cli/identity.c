@@ -64,7 +64,7 @@ static char *canonical_config(const ps_config *cfg) {
         ps_jbuf_key(&b, "direction", 0); ps_jbuf_str(&b, ps_direction_name(x->direction));
         // The analyses' keys only for their kinds, so other kinds' identities are what they were before them.
         const int an = x->kind && (!strcmp(x->kind, "dla") || !strcmp(x->kind, "logit_lens") || !strcmp(x->kind, "attention") ||
-                                   !strcmp(x->kind, "ov_scores"));
+                                   !strcmp(x->kind, "ov_scores") || !strcmp(x->kind, "head_scores"));
         ps_jbuf_key(&b, "heads", 0); ps_jbuf_ints(&b, x->heads, x->n_heads);
         if (an) { ps_jbuf_key(&b, "input", 0); ps_jbuf_str(&b, x->ov_prompts ? "prompts" : "isolated"); }
         if (an) { ps_jbuf_key(&b, "kind", 0); ps_jbuf_str(&b, x->kind); }

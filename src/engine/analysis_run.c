@@ -260,3 +260,64 @@ static int ov_once(ps_producer_ctx *cx, ps_product *const *items, int64_t n, ps_
 }
 
 const ps_producer ps_ov_scores_producer = {.kind = "ov_scores", .per_prompt = 0, .init = ov_init, .once = ov_once, .free_state = ov_free};
+
+// ---- head_scores -------------------------------------------------------------------------------------
+// ARENA's setting: 10 sequences of N = 50 uniform random tokens (fewer where the context is shorter), each
+// repeated once after the BOS; a fixed generator (splitmix64, seed below), so a rerun draws the same tokens.
+enum { HS_SEQS = 10, HS_LEN = 50 };
+static const uint64_t HS_SEED = 14;
+
+static uint64_t splitmix64(uint64_t *s) {
+    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+static int hs_len(const ps_model_config *mc, int32_t bos) {
+    int64_t room = (mc->n_ctx - (bos >= 0)) / 2;
+    return (int)(room < HS_LEN ? room : HS_LEN);
+}
+
+static int hs_init(const ps_model_config *mc, const ps_prompt_set *ps, ps_product *p, ps_error *e) {
+    const int N = hs_len(mc, ps->bos);
+    if (N < 2) return ps_fail(e, PS_EXIT_BADINPUT, "experiments[%lld] (%s): the context (%lld tokens) is too short for repeated sequences",
+                              (long long)p->idx, p->ex->name, (long long)mc->n_ctx);
+    if (ps_head_scores_table_init(p->t, p->ex->name, mc, e) != 0) return -1;
+    return ps_table_attr_i64(p->t, "seq_len", N, e) || ps_table_attr_i64(p->t, "n_seqs", HS_SEQS, e) ||
+           ps_table_attr_i64(p->t, "seed", (int64_t)HS_SEED, e) ||
+           ps_table_attr_str(p->t, "input", ps->bos >= 0 ? "[BOS, x_1..x_N, x_1..x_N], x uniform over the vocabulary" : "[x_1..x_N, x_1..x_N]", e)
+               ? -1 : 0;
+}
+
+static int hs_once(ps_producer_ctx *cx, ps_product *const *items, int64_t n, ps_error *e) {
+    if (cx->o->dry_run) return 0;
+    const ps_model_config *mc = &cx->m->cfg;
+    const int32_t bos = cx->ps->bos;
+    const int64_t N = hs_len(mc, bos), T = 2 * N + (bos >= 0), L = mc->n_layers, H = mc->n_heads;
+    int32_t *tok = malloc((size_t)(HS_SEQS * T) * sizeof *tok);
+    const int32_t *seq[HS_SEQS];
+    int64_t len[HS_SEQS];
+    ps_cache caches[HS_SEQS];
+    double *acc = calloc((size_t)(L * H * PS_HEAD_SCORES), sizeof *acc);
+    memset(caches, 0, sizeof caches);
+    int rc = tok && acc ? 0 : ps_fail(e, PS_EXIT_RUNTIME, "head_scores: out of memory");
+    uint64_t st = HS_SEED;
+    for (int64_t b = 0; rc == 0 && b < HS_SEQS; b++) {
+        int32_t *s = tok + b * T;
+        if (bos >= 0) *s++ = bos;
+        for (int64_t i = 0; i < N; i++) s[i] = s[N + i] = (int32_t)(splitmix64(&st) % (uint64_t)mc->d_vocab);
+        seq[b] = tok + b * T;
+        len[b] = T;
+    }
+    if (rc == 0) rc = run_cached(cx, seq, len, HS_SEQS, caches, e);
+    for (int64_t b = 0; rc == 0 && b < HS_SEQS; b++) ps_head_scores_add(mc, &caches[b], N, acc);
+    for (int64_t k = 0; rc == 0 && k < n; k++)
+        for (int64_t i = 0; i < L * H * PS_HEAD_SCORES; i++) items[k]->t->values[i] = (float)(acc[i] / HS_SEQS);
+    for (int64_t b = 0; b < HS_SEQS; b++) ps_cache_free(&caches[b]);
+    free(tok);
+    free(acc);
+    return rc;
+}
+
+const ps_producer ps_head_scores_producer = {.kind = "head_scores", .per_prompt = 0, .init = hs_init, .once = hs_once};

@@ -52,3 +52,47 @@ void ps_attention_prompt(const ps_table *t, const ps_model_config *mc, const ps_
                 for (int64_t k = 0; k < ak->len && k < T; k++) o[k] = row[k];
             }
 }
+
+// ---- Head detectors (ARENA) --------------------------------------------------------------------------
+
+static const char *const score_names[PS_HEAD_SCORES] = {"current", "previous", "first", "duplicate", "induction"};
+
+int ps_head_scores_table_init(ps_table *t, const char *name, const ps_model_config *mc, ps_error *e) {
+    int64_t nl, nh, sv[PS_HEAD_SCORES];
+    int64_t *lv = list_or_all(NULL, 0, mc->n_layers, &nl), *hv = list_or_all(NULL, 0, mc->n_heads, &nh);
+    for (int k = 0; k < PS_HEAD_SCORES; k++) sv[k] = k;
+    int rc = -1;
+    if (!lv || !hv) ps_fail(e, PS_EXIT_RUNTIME, "head_scores %s: out of memory", name);
+    else {
+        ps_axis axes[3] = {{.name = "layer", .len = nl, .value = lv}, {.name = "head", .len = nh, .value = hv},
+                           {.name = "score", .len = PS_HEAD_SCORES, .value = sv, .label = (char **)score_names}};
+        rc = ps_table_init(t, name, "head_scores", 0, 1, 3, axes, 0, e);
+    }
+    free(lv);
+    free(hv);
+    return rc;
+}
+
+// Mean of pattern[q, q + off] over the queries that have that key (a diagonal of the (T, T) pattern).
+static double diag_mean(const float *pat, int64_t T, int64_t off) {
+    double s = 0;
+    int64_t n = 0;
+    for (int64_t q = 0; q < T; q++)
+        if (q + off >= 0 && q + off < T) { s += pat[q * T + q + off]; n++; }
+    return n ? s / (double)n : NAN;
+}
+
+void ps_head_scores_add(const ps_model_config *mc, const ps_cache *c, int64_t N, double *acc) {
+    const int64_t T = c->T, L = mc->n_layers, H = mc->n_heads;
+    for (int64_t l = 0; l < L; l++)
+        for (int64_t h = 0; h < H; h++) {
+            const float *pat = c->pattern + (l * H + h) * T * T;   // (T, T): query rows, key columns
+            double *a = acc + (l * H + h) * PS_HEAD_SCORES, first = 0;
+            for (int64_t q = 0; q < T; q++) first += pat[q * T];
+            a[0] += diag_mean(pat, T, 0);
+            a[1] += diag_mean(pat, T, -1);
+            a[2] += first / (double)T;
+            a[3] += diag_mean(pat, T, -N);
+            a[4] += diag_mean(pat, T, 1 - N);
+        }
+}

@@ -13,6 +13,7 @@ static const ps_producer *const producers[] = {
     &ps_logit_lens_producer,
     &ps_attention_producer,
     &ps_ov_scores_producer,
+    &ps_head_scores_producer,
 };
 
 const ps_producer *ps_producer_for(const char *kind) {

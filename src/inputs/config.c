@@ -28,7 +28,7 @@ static const char *const multitoken_names[] = {"first_diff", "sum_logprob"};
 static const char *const align_names[] = {"error"};
 static const char *const format_names[] = {"jsonl", "csv", "json"};
 // Producers of result tables an experiment's "kind" may name (ps_table.h).
-static const char *const kind_names[] = {"patch_sweep", "path_patch", "dla", "logit_lens", "attention", "ov_scores"};
+static const char *const kind_names[] = {"patch_sweep", "path_patch", "dla", "logit_lens", "attention", "ov_scores", "head_scores"};
 
 #define COUNT(a) ((int)(sizeof(a) / sizeof((a)[0])))
 
@@ -539,7 +539,7 @@ static int load_path_patch(ctx *x, const cJSON *obj, const char *p, ps_experimen
     return 0;
 }
 
-// The analyses' keys (dla, logit_lens, attention, ov_scores): each kind its own; the patching keys are refused.
+// The analyses' keys (dla, logit_lens, attention, ov_scores, head_scores): each kind its own; patching keys refused.
 static int load_analysis(ctx *x, const cJSON *obj, const char *p, ps_experiment *ex) {
     static const char *const keys[] = {"name", "kind", "site", "by", "direction", "neurons", "layers", "heads", "positions",
                                        "run", "top_k", "per_neuron", "tokens", "negative", "input"};
@@ -552,7 +552,7 @@ static int load_analysis(ctx *x, const cJSON *obj, const char *p, ps_experiment 
         {"site", "patch_sweep", 0}, {"by", "patch_sweep", 0}, {"direction", "patch_sweep", 0}, {"neurons", "patch_sweep", 0},
         {"layers", "attention or ov_scores", is_att || is_ov}, {"heads", "attention or ov_scores", is_att || is_ov},
         {"positions", "attention", is_att}, {"top_k", "logit_lens or ov_scores", is_lens || is_ov}, {"per_neuron", "dla", is_dla},
-        {"tokens", "ov_scores", is_ov}, {"negative", "ov_scores", is_ov}, {"input", "ov_scores", is_ov}, {"run", "dla, logit_lens or attention", !is_ov}};
+        {"tokens", "ov_scores", is_ov}, {"negative", "ov_scores", is_ov}, {"input", "ov_scores", is_ov}, {"run", "dla, logit_lens or attention", is_att || is_lens || is_dla}};
     for (size_t k = 0; k < COUNT(own); k++)
         if (!own[k].ok && member(obj, own[k].key)) {
             key_path(kp, p, own[k].key);

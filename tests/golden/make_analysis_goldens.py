@@ -25,6 +25,7 @@ MODELS = ["gpt2-tiny-a", "gpt2-tiny-b", "gpt2-tiny-c", "llama-tiny-a", "llama-ti
 PROMPTS = [(6, 5), (9, 4), (8, 7)]
 SEED = 14
 OV_FIRST, OV_N, OV_BOS = 10, 8, 3   # OV scores: members 10..17 (a "sequence": next of 10 is 11), each after token 3
+HS_BATCH, HS_N = 3, 7                # head detectors: 3 sequences, each 7 random tokens repeated after a BOS
 OV_PROMPTS = [[3, 10, 11, 12, 13, 40], [3, 14, 15, 16, 40, 10, 17, 11]]   # prompts with members at known positions
 
 
@@ -121,6 +122,20 @@ def make(name, out_root):
     out["ov.prompt_resid"] = occ_resid.float().contiguous()
     out["ov.prompt_member"] = torch.tensor(occ_member, dtype=torch.int32)
     out["ov.prompt_logits"] = ovp.float()
+    # Head detectors on repeated random tokens, as ARENA computes them (pattern.diagonal(offset).mean() per head,
+    # averaged over the batch): [BOS, x_1..x_N, x_1..x_N]; current (0), previous (-1), first (column 0),
+    # duplicate (-N: the same token N back), induction (1-N: the token after its previous occurrence).
+    half = torch.randint(0, vocab, (HS_BATCH, HS_N), generator=g)
+    rep = torch.cat([torch.full((HS_BATCH, 1), OV_BOS), half, half], 1)
+    with torch.no_grad():
+        _, hc = br.run_with_cache(rep)
+    scores = torch.empty(L, br.cfg.n_heads, 5)
+    for l in range(L):
+        pat = hc[f"blocks.{l}.attn.hook_pattern"]                                    # (batch, H, T, T)
+        diag = lambda off: pat.diagonal(offset=off, dim1=-2, dim2=-1).mean((0, -1))   # noqa: E731
+        scores[l] = torch.stack([diag(0), diag(-1), pat[..., 0].mean((0, -1)), diag(-HS_N), diag(1 - HS_N)], -1)
+    out["hs.tokens"] = rep.to(torch.int32)
+    out["hs.scores"] = scores.float()
     out["ov.tokens"] = members.to(torch.int32)
     out["ov.bos"] = torch.tensor([OV_BOS], dtype=torch.int32)
     out["ov.resid"] = resid.float().contiguous()
