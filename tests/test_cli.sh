@@ -198,11 +198,11 @@ else fail "analyses run: $(cat "$tmp/an.err")"; fi
 # An analysis option is part of the run's identity: a changed top_k is a changed config.
 sed 's/"top_k": 3/"top_k": 2/' "$tmp/an.json" >"$tmp/an2.json" && cp "$tmp/an2.json" "$tmp/an.json"
 expect_status 2 "config changed" "an analysis option changed is a changed config" "$bin" run "$tmp/an.json" -o "$tmp/an.h5" --quiet
-# The study's config and its figure script (experiments/seqcont/): five figures from the stored tables.
+# The study's config and its figure script (experiments/seqcont/): six figures from the stored tables.
 if "$bin" run "$src/experiments/seqcont/demo.json" -o "$tmp/seqcont.h5" --quiet 2>"$tmp/sc.err"; then
     if $py -c 'import h5py, numpy, matplotlib' 2>/dev/null; then
         if $py "$src/experiments/seqcont/figures.py" "$tmp/seqcont.h5" -o "$tmp/scfig" >"$tmp/sc.out" 2>&1 &&
-            [ "$(ls "$tmp/scfig"/*.png 2>/dev/null | wc -l)" -eq 5 ]; then pass "experiments/seqcont: figures.py drew 5 figures"
+            [ "$(ls "$tmp/scfig"/*.png 2>/dev/null | wc -l)" -eq 6 ]; then pass "experiments/seqcont: figures.py drew 6 figures"
         else fail "experiments/seqcont/figures.py: $(cat "$tmp/sc.out")"; fi
     fi
 else fail "experiments/seqcont/demo.json: $(cat "$tmp/sc.err")"; fi

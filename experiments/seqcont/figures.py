@@ -7,6 +7,7 @@ experiments/seqcont/demo.json, or any config with the same experiment names):
   dla_heads.png     direct logit attribution per head (exact variant), layer x head
   attention.png     the pattern from the last token of prompt 0, for the heads with the largest |DLA|
   ov_scores.png     OV copy and next scores per head, and the top tokens of the best "next" head
+  head_scores.png   ARENA's previous-token, duplicate-token and induction scores per head
 
 Usage: python3 experiments/seqcont/figures.py RESULTS.h5 [-o OUTDIR]   (h5py, numpy, matplotlib)
 The tables are read through their axes and labels (experiments/README.md), never by position alone.
@@ -153,6 +154,27 @@ def fig_ov(f, out, vb):
     plt.close(fig)
 
 
+def fig_head_scores(f, out):
+    g = f["results/head_scores"]
+    v = g["values"][:]                                    # (layer, head, score)
+    sl = labels(g, "score")
+    names = ("previous", "duplicate", "induction")
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.4))
+    for ax, name in zip(axes, names):
+        m = v[:, :, sl.index(name)]
+        im = ax.imshow(m, vmin=0, vmax=1, cmap="Blues")
+        for i in range(m.shape[0]):
+            for j in range(m.shape[1]):
+                ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=7)
+        ax.set_xlabel("head")
+        ax.set_ylabel("layer")
+        ax.set_title(f"{name} score")
+    fig.colorbar(im, ax=axes.tolist())
+    fig.suptitle(f"Attention on {int(g.attrs['n_seqs'])} random sequences of {int(g.attrs['seq_len'])} tokens, repeated")
+    fig.savefig(os.path.join(out, "head_scores.png"), dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("results")
@@ -160,14 +182,15 @@ def main():
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
     with h5py.File(a.results, "r") as f:
-        missing = [n for n in ("logit_lens", "dla", "attention_end", "ov_digits") if n not in f["results"]]
+        missing = [n for n in ("logit_lens", "dla", "attention_end", "ov_digits", "head_scores") if n not in f["results"]]
         if missing:
             sys.exit(f"figures.py: {a.results} lacks the tables {missing} (run experiments/seqcont/demo.json)")
         fig_lens(f, a.out)
         top = fig_dla(f, a.out)
         fig_attention(f, a.out, top)
         fig_ov(f, a.out, vocab(f))
-    print(f"figures.py: wrote logit_lens, dla_layers, dla_heads, attention, ov_scores .png under {a.out}")
+        fig_head_scores(f, a.out)
+    print(f"figures.py: wrote logit_lens, dla_layers, dla_heads, attention, ov_scores, head_scores .png under {a.out}")
 
 
 if __name__ == "__main__":
