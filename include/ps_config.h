@@ -112,6 +112,7 @@ typedef enum { PS_SENDERS_HEADS = 0, PS_SENDERS_MLPS, PS_SENDERS_ALL, PS_SENDERS
 typedef struct {
     char *name;                  // unique; becomes /results/<name>
     char *kind;                  // owned; the producer of its table: "patch_sweep" (default), "path_patch", "dla", "logit_lens", "attention", "ov_scores", "head_scores"
+    char *canonical;             // owned: its config object as canonical JSON (keys sorted): what the run identity hashes
     ps_site site;
     ps_layout layout;
     ps_direction direction;

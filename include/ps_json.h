@@ -19,6 +19,9 @@ int ps_json_check_nul(const char *text, size_t n, const char *file, int64_t firs
 struct cJSON *ps_json_parse_file(const char *path, ps_error *e);
 // One-line description of a value for "expected X, got Y": "\"resid\"", "1.5", "true", "null", "an array".
 void ps_json_describe(const struct cJSON *v, char *buf, size_t n);
+// v as canonical JSON (object keys sorted, no whitespace), so values that mean the same print the same; the
+// caller frees it. NULL when out of memory.
+char *ps_json_canonical(const struct cJSON *v);
 // Copies s into buf with control characters, quotes and backslashes escaped, cut after max_chars with "...".
 void ps_text_escape(const char *s, char *buf, size_t n, size_t max_chars);
 

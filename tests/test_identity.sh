@@ -132,6 +132,18 @@ reformat "$tmp/c.json" "$tmp/c2.json"
 "$bin" run "$tmp/c.json" -o "$tmp/w.h5" --quiet 2>"$tmp/err" && grep -q "complete .*nothing to do" "$tmp/err" &&
     pass "the original spelling after the reformatted run: $(cat "$tmp/err")" || fail "original config: $(cat "$tmp/err")"
 
+# --- any key of any kind is part of the identity (the experiment's canonical JSON), not a list of known fields ---
+pp() { # FILE FREEZE_MLPS
+    cat >"$1" <<JSON
+{"model": "$tmp/m", "threads": 1, "dataset": {"path": "$tmp/d.jsonl", "limit": 4},
+ "experiments": [{"name": "pp", "kind": "path_patch", "senders": "heads", "receivers": "resid_post", "freeze_mlps": $2}]}
+JSON
+}
+pp "$tmp/pp1.json" false
+pp "$tmp/pp2.json" true
+"$bin" run "$tmp/pp1.json" -o "$tmp/pp.h5" --quiet 2>"$tmp/err" || fail "path_patch run: $(cat "$tmp/err")"
+refuses "path_patch's freeze_mlps changed after a finished run" "config" "$tmp/pp2.json" "$tmp/pp.h5"
+
 # --- the hash cache: used on the next run, keyed by the file's stat ------------------------------------------------
 hc="$tmp/w.h5.hashes"
 grep -q "^F [0-9a-f]\{64\} .* $tmp/m/model.safetensors\$" "$hc" && grep -q " $tmp/d.jsonl\$" "$hc" &&

@@ -57,44 +57,13 @@ static char *canonical_config(const ps_config *cfg) {
     ps_jbuf_key(&b, "corrupted_path", 0); jbuf_path(&b, cfg->corrupted_path);
     ps_jbuf_key(&b, "dataset_path", 0); jbuf_path(&b, cfg->dataset_path);
     ps_jbuf_key(&b, "experiments", 0); ps_jbuf_raw(&b, "[");
+    // Each experiment as its config object means it (canonical JSON: every key of every kind, in one order)
+    // with its kind resolved, so no kind's keys can be left out of the identity.
     for (int64_t i = 0; i < cfg->n_experiments; i++) {
         const ps_experiment *x = &cfg->experiments[i];
         ps_jbuf_raw(&b, i ? ",{" : "{");
-        ps_jbuf_key(&b, "by", 1); ps_jbuf_str(&b, ps_layout_name(x->layout));
-        ps_jbuf_key(&b, "direction", 0); ps_jbuf_str(&b, ps_direction_name(x->direction));
-        // The analyses' keys only for their kinds, so other kinds' identities are what they were before them.
-        const int an = x->kind && (!strcmp(x->kind, "dla") || !strcmp(x->kind, "logit_lens") || !strcmp(x->kind, "attention") ||
-                                   !strcmp(x->kind, "ov_scores") || !strcmp(x->kind, "head_scores"));
-        ps_jbuf_key(&b, "heads", 0); ps_jbuf_ints(&b, x->heads, x->n_heads);
-        if (an) { ps_jbuf_key(&b, "input", 0); ps_jbuf_str(&b, x->ov_prompts ? "prompts" : "isolated"); }
-        if (an) { ps_jbuf_key(&b, "kind", 0); ps_jbuf_str(&b, x->kind); }
-        ps_jbuf_key(&b, "layers", 0); ps_jbuf_ints(&b, x->layers, x->n_layers);
-        ps_jbuf_key(&b, "name", 0); ps_jbuf_str(&b, x->name);
-        if (an) { ps_jbuf_key(&b, "negative", 0); ps_jbuf_raw(&b, x->negative ? "true" : "false"); }
-        ps_jbuf_key(&b, "neurons", 0); ps_jbuf_ints(&b, x->neurons, x->n_neurons);
-        if (an) { ps_jbuf_key(&b, "per_neuron", 0); ps_jbuf_raw(&b, x->per_neuron ? "true" : "false"); }
-        ps_jbuf_key(&b, "positions", 0);
-        if (!x->positions) ps_jbuf_raw(&b, "null");
-        else {
-            ps_jbuf_raw(&b, "[");
-            for (int64_t k = 0; k < x->n_positions; k++) {
-                if (k) ps_jbuf_raw(&b, ",");
-                if (x->position_role && x->position_role[k]) ps_jbuf_str(&b, x->position_role[k]);
-                else ps_jbuf_int(&b, x->positions[k]);
-            }
-            ps_jbuf_raw(&b, "]");
-        }
-        if (an) { ps_jbuf_key(&b, "run", 0); ps_jbuf_str(&b, x->run_corrupted ? "corrupted" : "clean"); }
-        ps_jbuf_key(&b, "site", 0); ps_jbuf_str(&b, ps_site_name(x->site));
-        if (an) {
-            ps_jbuf_key(&b, "tokens", 0); ps_jbuf_raw(&b, "[");
-            for (int64_t k = 0; k < x->n_tokens; k++) {
-                if (k) ps_jbuf_raw(&b, ",");
-                ps_jbuf_str(&b, x->tokens[k]);
-            }
-            ps_jbuf_raw(&b, "]");
-            ps_jbuf_key(&b, "top_k", 0); ps_jbuf_int(&b, x->top_k);
-        }
+        ps_jbuf_key(&b, "kind", 1); ps_jbuf_str(&b, x->kind ? x->kind : "patch_sweep");
+        ps_jbuf_key(&b, "spec", 0); ps_jbuf_raw(&b, x->canonical ? x->canonical : "null");
         ps_jbuf_raw(&b, "}");
     }
     ps_jbuf_raw(&b, "]");

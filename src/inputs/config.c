@@ -71,6 +71,7 @@ int ps_layout_fits(ps_site s, ps_layout l) {
 static void experiment_free(ps_experiment *x) {
     free(x->name);
     free(x->kind);
+    free(x->canonical);
     free(x->layers);
     free(x->heads);
     free(x->neurons);
@@ -613,6 +614,8 @@ static int load_experiment(ctx *x, const cJSON *obj, const char *p, ps_config *c
         ps_text_escape(ex->kind, esc, sizeof esc, 60);
         return bad(x, kp, "unknown kind \"%s\" (did you mean \"%s\"?)", esc, kind_names[best]);
     }
+    // What the experiment means, whatever its kind, for the run's identity (key order and spacing aside).
+    if (!(ex->canonical = ps_json_canonical(obj))) return nomem(x);
     // Each kind has its own keys.
     if (!strcmp(ex->kind, "path_patch")) return load_path_patch(x, obj, p, ex);
     if (strcmp(ex->kind, "patch_sweep") != 0) return load_analysis(x, obj, p, ex);

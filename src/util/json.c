@@ -138,3 +138,67 @@ struct cJSON *ps_json_parse_file(const char *path, ps_error *e) {
     free(text);
     return j;
 }
+
+// Canonical form: objects' keys sorted (byte order), no whitespace, numbers and strings as cJSON prints them.
+static int canon_cmp(const void *a, const void *b) {
+    return strcmp((*(const cJSON *const *)a)->string, (*(const cJSON *const *)b)->string);
+}
+
+static int canon_put(char **buf, size_t *len, size_t *cap, const char *s) {
+    const size_t n = strlen(s);
+    if (*len + n + 1 > *cap) {
+        size_t nc = (*cap ? *cap * 2 : 256) + n;
+        char *nb = realloc(*buf, nc);
+        if (!nb) return -1;
+        *buf = nb;
+        *cap = nc;
+    }
+    memcpy(*buf + *len, s, n + 1);
+    *len += n;
+    return 0;
+}
+
+static int canon_value(const cJSON *v, char **buf, size_t *len, size_t *cap) {
+    if (cJSON_IsObject(v) || cJSON_IsArray(v)) {
+        const int obj = cJSON_IsObject(v);
+        size_t n = 0;
+        for (const cJSON *c = v->child; c; c = c->next) n++;
+        const cJSON **kids = malloc((n ? n : 1) * sizeof *kids);
+        if (!kids) return -1;
+        n = 0;
+        for (const cJSON *c = v->child; c; c = c->next) kids[n++] = c;
+        if (obj) qsort(kids, n, sizeof *kids, canon_cmp);
+        int rc = canon_put(buf, len, cap, obj ? "{" : "[");
+        for (size_t i = 0; rc == 0 && i < n; i++) {
+            if (i) rc = canon_put(buf, len, cap, ",");
+            if (rc == 0 && obj) {
+                cJSON *k = cJSON_CreateString(kids[i]->string);
+                char *ks = k ? cJSON_PrintUnformatted(k) : NULL;
+                rc = ks ? canon_put(buf, len, cap, ks) : -1;
+                if (rc == 0) rc = canon_put(buf, len, cap, ":");
+                free(ks);
+                cJSON_Delete(k);
+            }
+            if (rc == 0) rc = canon_value(kids[i], buf, len, cap);
+        }
+        free(kids);
+        return rc == 0 ? canon_put(buf, len, cap, obj ? "}" : "]") : -1;
+    }
+    // A scalar printed alone: detach a copy so cJSON prints just this value.
+    cJSON *d = cJSON_Duplicate(v, 0);
+    char *s = d ? cJSON_PrintUnformatted(d) : NULL;
+    const int rc = s ? canon_put(buf, len, cap, s) : -1;
+    free(s);
+    cJSON_Delete(d);
+    return rc;
+}
+
+char *ps_json_canonical(const struct cJSON *v) {
+    char *buf = NULL;
+    size_t len = 0, cap = 0;
+    if (canon_value(v, &buf, &len, &cap) != 0) {
+        free(buf);
+        return NULL;
+    }
+    return buf;
+}
