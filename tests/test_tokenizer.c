@@ -440,6 +440,26 @@ static void test_llama(void) {
     free_golden(g, ng);
 }
 
+// A GPT-NeoX-format tokenizer.json (byte-level BPE, <|endoftext|> = 0: Pythia's layout), trained by
+// tests/golden/make_neox_tokenizer_goldens.py with HF tokenizers, which also made the goldens.
+static void test_neox(void) {
+    int64_t ng;
+    golden *g = load_golden(tu_src("tests/data/tokenizer/neox_golden.jsonl"), &ng);
+    ps_tokenizer *t = load_ok(tu_src("tests/data/tokenizer/neox/tokenizer.json"));
+    if (t) {
+        check_golden("neox tokenizer.json", t, g, ng);
+        check_token_texts("neox tokenizer.json", t, g, ng, false);
+        TU_CHECK(ps_tokenizer_bos_id(t) == 0 && ps_tokenizer_eos_id(t) == 0, "neox bos/eos %d/%d (want <|endoftext|> = 0)",
+                 ps_tokenizer_bos_id(t), ps_tokenizer_eos_id(t));
+        TU_CHECK(ps_tokenizer_vocab_size(t) == 2000, "neox vocab size %lld", (long long)ps_tokenizer_vocab_size(t));
+        check_ids(t, "<|endoftext|>", (int32_t[]){0}, 1);
+        check_ids(t, "<|padding|>", (int32_t[]){1}, 1);
+        test_bad_text(t);
+    }
+    ps_tokenizer_free(t);
+    free_golden(g, ng);
+}
+
 // Variants of the committed tokenizer.json files (pre-tokenizer/normalizer/decoder swapped), with goldens from HF.
 static void test_variants(void) {
     int64_t ng;
@@ -616,6 +636,7 @@ int main(void) {
     }
     test_gpt2();
     test_llama();
+    test_neox();
     test_variants();
     test_bad_files();
     char *leftover[] = {"tokenizer.json", "garbage.json", "syntax.json", "tokenizer.model", "vocab.json", "merges.txt"};

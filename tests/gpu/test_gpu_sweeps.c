@@ -22,7 +22,7 @@ static void test_model(const char *model) {
     }
     ps_engine_opts o = {0};
     ps_run_results rc;
-    if (ps_engine_run(&f.m, &cpu, &f.ps, f.ex, 2 * PF_NK, PS_METRIC_LOGIT_DIFF, &o, &rc, &e) != 0) {
+    if (ps_engine_run(&f.m, &cpu, &f.ps, f.ex, f.n_ex, PS_METRIC_LOGIT_DIFF, &o, &rc, &e) != 0) {
         TU_CHECK(0, "%s: cpu engine: %s", model, e.msg);
         ps_backend_free(&cpu);
         pf_free(&f);
@@ -40,7 +40,7 @@ static void test_model(const char *model) {
             continue;
         }
         ps_run_results rg;
-        if (ps_engine_run(&f.m, &gpu, &f.ps, f.ex, 2 * PF_NK, PS_METRIC_LOGIT_DIFF, &o, &rg, &e) != 0) {
+        if (ps_engine_run(&f.m, &gpu, &f.ps, f.ex, f.n_ex, PS_METRIC_LOGIT_DIFF, &o, &rg, &e) != 0) {
             TU_CHECK(0, "%s: cuda engine (%s): %s", model, ps_precision_name(precs[k]), e.msg);
         } else {
             char what[128];
