@@ -96,6 +96,9 @@ int ps_model_load_mode(ps_model *m, const char *dir, ps_weights_mode mode, ps_er
 int ps_model_layer(const ps_model *m, int64_t l, ps_layer_weights *lw, ps_error *e);
 void ps_model_free(ps_model *m);
 
+// "GPT-2", "Llama", "GPT-NeoX": the family as the plan, the logs and the results file name it.
+const char *ps_arch_name(ps_arch a);
+
 // Parses only config.json (used by the loader and by dry runs). Sizes are required; other fields take
 // the HF defaults. Settings the engine cannot compute (rope scaling, attention/MLP biases for Llama,
 // other activations) are errors naming the field rather than silently different results.

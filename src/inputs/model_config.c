@@ -12,6 +12,11 @@
 
 // ---- config.json ----
 
+const char *ps_arch_name(ps_arch a) {
+    static const char *names[PS_ARCH_COUNT] = {"GPT-2", "Llama", "GPT-NeoX"};
+    return (int)a >= 0 && a < PS_ARCH_COUNT ? names[a] : "?";
+}
+
 // A key whose value is JSON null counts as absent (HF writes "n_inner": null, "head_dim": null).
 static const cJSON *field(const cJSON *root, const char *key) {
     const cJSON *j = cJSON_GetObjectItemCaseSensitive(root, key);
