@@ -17,13 +17,14 @@ begin() {
     mkdir -p "$d/m"
     for f in "$demo"/*; do ln -s "$f" "$d/m/"; done
     printf '{"model": "m", "dataset": [%s]}\n' "$I" >"$d/c.json"
+    base_cfg=$demo/config.json
 }
 put() { rm -f "$d/$1"; printf '%s' "$2" >"$d/$1"; }   # put FILE TEXT (replaces a symlink with a real file)
 cfg() { put c.json "$1"; }
-# model_json 'python expression over c': the demo's config.json edited (c is the parsed dict).
+# model_json 'python expression over c': the case model's config.json edited (c is the parsed dict).
 model_json() {
     rm -f "$d/m/config.json"
-    "$py" - "$demo/config.json" "$d/m/config.json" "$1" <<'PY'
+    "$py" - "$base_cfg" "$d/m/config.json" "$1" <<'PY'
 import json, sys
 c = json.load(open(sys.argv[1]))
 exec(sys.argv[3])
@@ -181,22 +182,12 @@ begin_neox() {
     for f in config.json model.safetensors; do ln -s "$src/tests/data/neox-tiny-a/$f" "$d/m/"; done
     ln -s "$src/tests/data/tokenizer/neox/tokenizer.json" "$d/m/"
     printf '{"model": "m", "dataset": [{"clean": "#$%%&", "corrupted": "#$%%%%", "answer": "(", "wrong": ")"}]}\n' >"$d/c.json"
-    demo_cfg=$src/tests/data/neox-tiny-a/config.json
+    base_cfg=$src/tests/data/neox-tiny-a/config.json
 }
-# neox_json 'python expression over c': neox-tiny-a's config.json edited.
-neox_json() {
-    rm -f "$d/m/config.json"
-    "$py" - "$demo_cfg" "$d/m/config.json" "$1" <<'PY'
-import json, sys
-c = json.load(open(sys.argv[1]))
-exec(sys.argv[3])
-open(sys.argv[2], "w").write(json.dumps(c))
-PY
-}
-begin_neox "neox config: odd rotary dims"; neox_json 'c["rope_parameters"]["partial_rotary_factor"] = 0.3125'; check "m/config.json: rope_parameters.partial_rotary_factor: 0.3125 of a 16-wide head gives 5 rotary dimensions"
-begin_neox "neox config: rotary_pct odd";  neox_json 'del c["rope_parameters"]; c["rotary_pct"] = 0.0625'; check "m/config.json: rotary_pct"
-begin_neox "neox config: hidden_act";      neox_json 'c["hidden_act"] = "swiglu"'; check 'm/config.json: hidden_act: "swiglu" is not supported'
-begin_neox "neox config: attention_bias";  neox_json 'c["attention_bias"] = False'; check "m/config.json: attention_bias"
+begin_neox "neox config: odd rotary dims"; model_json 'c["rope_parameters"]["partial_rotary_factor"] = 0.3125'; check "m/config.json: rope_parameters.partial_rotary_factor: 0.3125 of a 16-wide head gives 5 rotary dimensions"
+begin_neox "neox config: rotary_pct odd";  model_json 'del c["rope_parameters"]; c["rotary_pct"] = 0.0625'; check "m/config.json: rotary_pct"
+begin_neox "neox config: hidden_act";      model_json 'c["hidden_act"] = "swiglu"'; check 'm/config.json: hidden_act: "swiglu" is not supported'
+begin_neox "neox config: attention_bias";  model_json 'c["attention_bias"] = False'; check "m/config.json: attention_bias"
 begin_neox "neox: query_key_value size"
 rm -f "$d/m/model.safetensors"
 "$py" - "$src/tests/data/neox-tiny-a/model.safetensors" "$d/m/model.safetensors" <<'PY'
