@@ -106,7 +106,7 @@ static int backend_init(ps_backend *b, const ps_backend_opts *o, const ps_model 
     const ps_precision prec = o->precision;
     // GPT-NeoX's partial rotary and parallel residual have no kernels yet: refuse rather than compute a Llama/GPT-2 block.
     if (m->cfg.arch == PS_ARCH_NEOX)
-        return ps_fail(e, PS_EXIT_BADINPUT, "the cuda backend does not implement GPT-NeoX (Pythia) models yet; set \"backend\": \"cpu\"");
+        return ps_fail(e, PS_EXIT_BADINPUT, "the cuda backend does not implement GPT-NeoX (Pythia) models yet");
     char why[256];
     if (ps_cuda_device_count(why, sizeof why) <= 0) return ps_fail(e, PS_EXIT_RUNTIME, "no CUDA device found (%s)", why);
     if (prec != PS_PREC_FP32 && prec != PS_PREC_FP16 && prec != PS_PREC_BF16)
