@@ -505,7 +505,7 @@ static void against_tl(const char *model) {
 
 int main(void) {
     gu_for_each_model(against_naive);
-    const char *tl_models[] = {"gpt2-tiny-a", "llama-tiny-a", "llama-tiny-b"};
-    for (int i = 0; i < 3; i++) against_tl(tl_models[i]);
+    const char *tl_models[] = {"gpt2-tiny-a", "llama-tiny-a", "llama-tiny-b", "neox-tiny-a", "neox-tiny-b"};
+    for (size_t i = 0; i < sizeof tl_models / sizeof *tl_models; i++) against_tl(tl_models[i]);
     return tu_done("interventions");
 }
