@@ -23,14 +23,14 @@ typedef struct {
     float *q;            // (L, T, H, D)    blocks.l.attn.hook_q (before rotary)
     float *k;            // (L, T, Hkv, D)  blocks.l.attn.hook_k
     float *v;            // (L, T, Hkv, D)  blocks.l.attn.hook_v
-    float *rot_q;        // (L, T, H, D)    blocks.l.attn.hook_rot_q (Llama)
-    float *rot_k;        // (L, T, Hkv, D)  blocks.l.attn.hook_rot_k (Llama)
+    float *rot_q;        // (L, T, H, D)    blocks.l.attn.hook_rot_q (Llama, GPT-NeoX)
+    float *rot_k;        // (L, T, Hkv, D)  blocks.l.attn.hook_rot_k (Llama, GPT-NeoX)
     float *attn_scores;  // (L, H, T, T)    blocks.l.attn.hook_attn_scores (masked: -inf)   [PS_CACHE_SCORES]
     float *pattern;      // (L, H, T, T)    blocks.l.attn.hook_pattern
     float *z;            // (L, T, H, D)    blocks.l.attn.hook_z
     float *result;       // (L, T, H, C)    blocks.l.attn.hook_result                         [PS_CACHE_RESULT]
     float *attn_out;     // (L, T, C)       blocks.l.hook_attn_out
-    float *resid_mid;    // (L, T, C)       blocks.l.hook_resid_mid
+    float *resid_mid;    // (L, T, C)       blocks.l.hook_resid_mid (not with a parallel residual, as in TL)
     float *ln2_scale;    // (L, T)          blocks.l.ln2.hook_scale
     float *mlp_pre;      // (L, T, M)       blocks.l.mlp.hook_pre
     float *mlp_pre_linear; // (L, T, M)     blocks.l.mlp.hook_pre_linear (Llama)
@@ -67,8 +67,12 @@ typedef struct {
     int per_layer;        // (L, ...) rather than one array for the run
     int head_major;       // (L, H, T, T): a head's rows before the next head's (pattern, scores)
     unsigned flag;        // 0: always held; else the PS_CACHE_* flag that asks for it
-    int arch;             // -1 every architecture, else the only ps_arch that has it
+    unsigned archs;       // the architectures that have it: PS_ARCHS_ALL, or PS_ARCH_BIT(a) | ...
+    int sequential;       // only where the MLP reads the residual stream after attention (absent with a parallel residual)
 } ps_array_info;
+
+#define PS_ARCH_BIT(a) (1u << (a))
+#define PS_ARCHS_ALL ((1u << PS_ARCH_COUNT) - 1)
 
 extern const ps_array_info ps_arrays[PS_ARR_COUNT];
 
@@ -81,6 +85,8 @@ const char *ps_site_hook(ps_site s);   // e.g. "blocks.%d.attn.hook_z"
 int64_t ps_array_units(const ps_model_config *mc, ps_array a);
 int64_t ps_array_unit(const ps_model_config *mc, ps_array a, int64_t T);
 int64_t ps_array_width(const ps_model_config *mc, ps_array a, int64_t T);
+// 1 when the model has the array at all (its architecture and residual layout; flags aside).
+int ps_array_in_model(const ps_model_config *mc, ps_array a);
 // Floats the array holds in a cache made with these flags (0 when absent).
 size_t ps_array_floats(const ps_model_config *mc, ps_array a, int64_t T, unsigned flags);
 // Floats of a whole cache; the engine's memory estimate and ps_cache_init's allocation.
@@ -98,6 +104,8 @@ static inline int64_t ps_site_width(const ps_model_config *mc, ps_site s, int64_
 static inline size_t ps_site_at(const ps_model_config *mc, ps_site s, int64_t T, int64_t l, int64_t t, int64_t u) {
     return ps_array_at(mc, ps_site_array(s), T, l, t, u);
 }
+// Why a model lacks a site's hook (only resid_mid can be absent: a parallel-residual GPT-NeoX has none, as in TL).
+const char *ps_site_absent_why(const ps_model_config *mc, ps_site s);
 static inline float *ps_cache_site(const ps_cache *c, ps_site s) { return ps_cache_array(c, ps_site_array(s)); }
 
 // Allocates every array of a run of T tokens (zeroed); flags ask for the optional ones. On failure c

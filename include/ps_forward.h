@@ -105,7 +105,9 @@ void ps_cpu_workspace_free(ps_cpu_workspace *w);
 // Small building blocks the CUDA kernels are tested against (same arithmetic, fp32).
 void ps_cpu_layernorm(float *out, float *scale, const float *x, const float *w, const float *b, int64_t N, int64_t C, float eps);
 void ps_cpu_rmsnorm(float *out, float *scale, const float *x, const float *w, int64_t N, int64_t C, float eps);
-void ps_cpu_rotary(float *x, int64_t T, int64_t n_heads, int64_t D, const int64_t *pos, float theta);
+// rot_dim: only each head's first rot_dim (even) dims rotate, rotate-half within them (GPT-NeoX's partial rotary;
+// D for Llama); the rest pass through.
+void ps_cpu_rotary(float *x, int64_t T, int64_t n_heads, int64_t D, int64_t rot_dim, const int64_t *pos, float theta);
 float ps_cpu_act(ps_act act, float x);
 // y (N, out) = x (N, in) @ W (in, out) [+ bias], the backend's GEMM: blocks of rows over the OpenMP threads,
 // each a single-threaded OpenBLAS call (it sets OpenBLAS to one thread).

@@ -16,6 +16,7 @@ typedef struct {
     int64_t n_nodes;                        // input + heads + MLPs + logits
     int64_t n_sources, n_dests;             // the score matrix is (n_sources, n_dests)
     int64_t n_edges;                        // (source, destination) pairs that exist
+    int parallel;                           // GPT-NeoX's parallel residual: a layer's MLP does not read its own heads
 } ps_graph;
 
 typedef enum { PS_DEST_Q = 0, PS_DEST_K, PS_DEST_V, PS_DEST_MLP, PS_DEST_LOGITS } ps_dest_kind;

@@ -1,11 +1,11 @@
-// A transformer's configuration and its fp32 weights in the layout the CPU backend computes with.
-// Weights live in one allocation whose size comes from the tensor-spec table in model.c.
+// A transformer's configuration (GPT-2, Llama, GPT-NeoX/Pythia) and its fp32 weights in the layout the
+// CPU backend computes with. Weights live in one allocation whose size comes from the tensor-spec table in model.c.
 #ifndef PS_MODEL_H
 #define PS_MODEL_H
 
 #include "ps_common.h"
 
-typedef enum { PS_ARCH_GPT2 = 0, PS_ARCH_LLAMA = 1 } ps_arch;
+typedef enum { PS_ARCH_GPT2 = 0, PS_ARCH_LLAMA = 1, PS_ARCH_NEOX = 2, PS_ARCH_COUNT } ps_arch;
 typedef enum { PS_ACT_GELU_NEW = 0, PS_ACT_GELU = 1, PS_ACT_RELU = 2, PS_ACT_SILU = 3 } ps_act;
 
 typedef struct {
@@ -18,11 +18,13 @@ typedef struct {
     int64_t d_mlp;      // M
     int64_t d_vocab;    // V
     int64_t n_ctx;      // longest sequence
-    float eps;          // layer_norm_epsilon / rms_norm_eps
+    float eps;          // layer_norm_epsilon / rms_norm_eps / layer_norm_eps (GPT-NeoX)
     ps_act act;
-    float rope_theta;   // Llama only
+    float rope_theta;   // Llama and GPT-NeoX (rotary_emb_base)
+    int64_t rotary_dim; // dims of each head that rotate (the first ones): D for Llama, D * rotary_pct for GPT-NeoX; 0 for GPT-2
+    int parallel_residual; // GPT-NeoX use_parallel_residual: x + attn(ln1(x)) + mlp(ln2(x)); no resid_mid
     int64_t bos_id, eos_id; // -1 when unknown or outside the vocabulary (HF only warns about that)
-    int tie_word_embeddings; // config.json's flag (default: 1 for GPT-2, 0 for Llama)
+    int tie_word_embeddings; // config.json's flag (default: 1 for GPT-2, 0 for Llama and GPT-NeoX)
     char dtype[16];     // config.json's "dtype"/"torch_dtype" ("float32", ...); "" when it names none
 } ps_model_config;
 
@@ -31,26 +33,26 @@ typedef struct {
     float *wte;     // (V, C) token embedding
     float *wpe;     // (n_ctx, C) learned positions, GPT-2 only
     float *ln1_w;   // (L, C)
-    float *ln1_b;   // (L, C) GPT-2 only
-    float *w_q;     // (L, C, H*D)   head h = columns [h*D, (h+1)*D); Llama keeps HF's rotate-half order within a head
+    float *ln1_b;   // (L, C) GPT-2, GPT-NeoX
+    float *w_q;     // (L, C, H*D)   head h = columns [h*D, (h+1)*D); rotary models keep HF's rotate-half order within a head
     float *w_k;     // (L, C, Hkv*D)
     float *w_v;     // (L, C, Hkv*D)
-    float *b_q;     // (L, H*D)   GPT-2 only
-    float *b_k;     // (L, Hkv*D) GPT-2 only
-    float *b_v;     // (L, Hkv*D) GPT-2 only
+    float *b_q;     // (L, H*D)   GPT-2, GPT-NeoX
+    float *b_k;     // (L, Hkv*D) GPT-2, GPT-NeoX
+    float *b_v;     // (L, Hkv*D) GPT-2, GPT-NeoX
     float *w_o;     // (L, H*D, C)
-    float *b_o;     // (L, C) GPT-2 only
+    float *b_o;     // (L, C) GPT-2, GPT-NeoX
     float *ln2_w;   // (L, C)
-    float *ln2_b;   // (L, C) GPT-2 only
-    float *w_in;    // (L, C, M) GPT-2 c_fc; Llama gate_proj
+    float *ln2_b;   // (L, C) GPT-2, GPT-NeoX
+    float *w_in;    // (L, C, M) GPT-2 c_fc; Llama gate_proj; GPT-NeoX dense_h_to_4h
     float *w_up;    // (L, C, M) Llama up_proj only
-    float *b_in;    // (L, M) GPT-2 only
+    float *b_in;    // (L, M) GPT-2, GPT-NeoX
     float *w_out;   // (L, M, C)
-    float *b_out;   // (L, C) GPT-2 only
+    float *b_out;   // (L, C) GPT-2, GPT-NeoX
     float *lnf_w;   // (C)
-    float *lnf_b;   // (C) GPT-2 only
+    float *lnf_b;   // (C) GPT-2, GPT-NeoX
     float *w_u;     // (V, C) unembedding rows; == wte when tied
-    float *b_u;     // (V) zeros for GPT-2 (TransformerLens's b_U)
+    float *b_u;     // (V) zeros for GPT-2 and GPT-NeoX (TransformerLens's b_U)
 } ps_weights;
 
 // One layer's matrices, (in, out) like ps_weights: either views into the resident weights or, for a
@@ -75,6 +77,8 @@ typedef struct {
 // Reads dir/config.json (every size comes from it) and the safetensors weights.
 // GPT-2: names with or without "transformer.", Conv1D (in, out) layout, tied unembedding.
 // Llama: names with or without "model."; HF Linear (out, in) weights are transposed to (in, out).
+// GPT-NeoX: "gpt_neox." names, untied embed_out; the fused query_key_value (rows per head: q, k, v) is
+// split into w_q/w_k/w_v and transposed.
 // Errors (missing or extra tensors, shapes or dtypes that disagree with config.json, lm_head.weight
 // differing from the embedding while tie_word_embeddings is set) name the file and the tensor.
 // On failure m is left zeroed; on success the caller frees it with ps_model_free.
@@ -91,6 +95,9 @@ int ps_model_load_mode(ps_model *m, const char *dir, ps_weights_mode mode, ps_er
 // views stay valid until the next call for another layer (the forward asks for layers in order).
 int ps_model_layer(const ps_model *m, int64_t l, ps_layer_weights *lw, ps_error *e);
 void ps_model_free(ps_model *m);
+
+// "GPT-2", "Llama", "GPT-NeoX": the family as the plan, the logs and the results file name it.
+const char *ps_arch_name(ps_arch a);
 
 // Parses only config.json (used by the loader and by dry runs). Sizes are required; other fields take
 // the HF defaults. Settings the engine cannot compute (rope scaling, attention/MLP biases for Llama,

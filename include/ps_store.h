@@ -20,6 +20,7 @@ typedef struct {
     const char *backend;         // "cpu", "cuda"
     const char *precision;       // "fp32", ...
     const char *weights_dtype;   // dtype in the checkpoint file
+    const char *architecture;    // ps_arch_name: "GPT-2", "Llama", "GPT-NeoX"; NULL: not written
     const char *blas;            // the CPU backend's BLAS and kernel (ps_blas_describe); NULL: not written (cuda)
     int threads;
     int prepend_bos;

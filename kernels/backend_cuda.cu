@@ -104,6 +104,9 @@ static void cuda_release_cache(ps_backend *b, ps_cache *c) {
 
 static int backend_init(ps_backend *b, const ps_backend_opts *o, const ps_model *m, ps_error *e) {
     const ps_precision prec = o->precision;
+    // GPT-NeoX's partial rotary and parallel residual have no kernels yet: refuse rather than compute a Llama/GPT-2 block.
+    if (m->cfg.arch == PS_ARCH_NEOX)
+        return ps_fail(e, PS_EXIT_BADINPUT, "the cuda backend does not implement GPT-NeoX (Pythia) models yet");
     char why[256];
     if (ps_cuda_device_count(why, sizeof why) <= 0) return ps_fail(e, PS_EXIT_RUNTIME, "no CUDA device found (%s)", why);
     if (prec != PS_PREC_FP32 && prec != PS_PREC_FP16 && prec != PS_PREC_BF16)

@@ -7,8 +7,9 @@
 #include <string.h>
 #include <sys/stat.h>
 
-const char *const gu_models[] = {"gpt2-tiny-a", "gpt2-tiny-b", "gpt2-tiny-c", "llama-tiny-a", "llama-tiny-b", "llama-tiny-c"};
-const int gu_n_models = 6;
+const char *const gu_models[] = {"gpt2-tiny-a", "gpt2-tiny-b", "gpt2-tiny-c", "llama-tiny-a", "llama-tiny-b", "llama-tiny-c",
+                                 "neox-tiny-a", "neox-tiny-b", "neox-tiny-c"};
+const int gu_n_models = 9;
 
 int gu_model_present(const char *name) {
     char rel[256];

@@ -72,9 +72,12 @@ int pf_load(pf_fixture *f, const char *model, ps_error *e) {
     }
     for (int d = 0; d < 2; d++)
         for (int k = 0; k < PF_NK; k++) {
-            ps_experiment *x = &f->ex[d * PF_NK + k];
-            snprintf(f->names[d * PF_NK + k], 64, "%s_%s", d ? "noise" : "denoise", PF_KINDS[k].key);
-            x->name = f->names[d * PF_NK + k];
+            if (!ps_array_in_model(&f->m.cfg, ps_site_array(PF_KINDS[k].site))) continue;
+            const int i = f->n_ex++;
+            ps_experiment *x = &f->ex[i];
+            f->kind[i] = k;
+            snprintf(f->names[i], 64, "%s_%s", d ? "noise" : "denoise", PF_KINDS[k].key);
+            x->name = f->names[i];
             x->site = PF_KINDS[k].site;
             x->layout = PF_KINDS[k].layout;
             x->direction = d ? PS_DIR_NOISE : PS_DIR_DENOISE;
@@ -113,7 +116,7 @@ void pf_compare_with_goldens(const char *model, pf_fixture *f, const ps_run_resu
         free(xm);
         for (int64_t s = 0; s < rr->n_products; s++) {
             const ps_sweep *sw = (const ps_sweep *)rr->products[s].state;
-            const int k = (int)(s % PF_NK);
+            const int k = f->kind[s];
             snprintf(key, sizeof key, "p%lld.%s.%s", (long long)i, sw->ex->direction ? "noise" : "denoise", PF_KINDS[k].key);
             float *want = gu_f32(&f->g, key, &n);
             if (!want) { TU_CHECK(0, "%s: golden %s missing", model, key); continue; }

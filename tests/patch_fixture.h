@@ -16,13 +16,15 @@ typedef struct {
 enum { PF_NK = 15 };
 extern const pf_kind PF_KINDS[PF_NK];
 
-// A tiny model, its goldens and prompts, and the experiments: ex[d * PF_NK + k] is kind k in direction d
-// (0 denoise, 1 noise).
+// A tiny model, its goldens and prompts, and the experiments: ex[i] is kind kind[i] in direction d
+// (0 denoise, 1 noise), for every kind the model has a site for (a parallel-residual GPT-NeoX has no resid_mid).
 typedef struct {
     ps_model m;
     ps_safetensors g;
     ps_prompt_set ps;
     ps_experiment ex[2 * PF_NK];
+    int kind[2 * PF_NK];  // ex[i]'s PF_KINDS index
+    int n_ex;
     char names[2 * PF_NK][64];
 } pf_fixture;
 

@@ -20,7 +20,7 @@ static float sum_range(const float *x, int64_t a, int64_t b) {
 static void test_dla(const char *name, const ps_model *m, const ps_cache *c, const ps_safetensors *g, int p, const int32_t *meta) {
     const ps_model_config *mc = &m->cfg;
     const int64_t L = mc->n_layers, H = mc->n_heads, M = mc->d_mlp, K = ps_dla_n_components(mc, 1);
-    const int bias = mc->arch == PS_ARCH_GPT2;
+    const int bias = mc->arch != PS_ARCH_LLAMA, pos = mc->arch == PS_ARCH_GPT2;   // biases: GPT-2, GPT-NeoX; pos_embed: GPT-2
     ps_error e = {0};
     float *out = malloc((size_t)(2 * K) * sizeof *out);
     if (ps_dla_prompt(m, c, meta[0], meta[1], meta[2], 1, out, &e) != 0) { TU_CHECK(0, "%s: dla: %s", name, e.msg); free(out); return; }
@@ -35,7 +35,7 @@ static void test_dla(const char *name, const ps_model *m, const ps_cache *c, con
     snprintf(key, sizeof key, "p%d.logits", p);
     int64_t nv = 0;
     float *logits = gu_f32(g, key, &nv);
-    int64_t k_heads = 1 + bias + 2 * L, k_bo = k_heads + L * H, k_fb = k_bo + bias * L, k_neur = k_fb + 1, k_bout = k_neur + L * M;
+    int64_t k_heads = 1 + pos + 2 * L, k_bo = k_heads + L * H, k_fb = k_bo + bias * L, k_neur = k_fb + 1, k_bout = k_neur + L * M;
     if (!want_resid || !want_heads || !want_neur || !logits || n_resid != k_heads || n_heads != L * H || n_neur != L * M) {
         TU_CHECK(0, "%s p%d: dla goldens missing or misshapen", name, p);
     } else {
@@ -58,9 +58,9 @@ static void test_dla(const char *name, const ps_model *m, const ps_cache *c, con
                 float hs = sum_range(o, k_heads + l * H, k_heads + (l + 1) * H) + (bias ? o[k_bo + l] : 0.0f);
                 float ns = sum_range(o, k_neur + l * M, k_neur + (l + 1) * M) + (bias ? o[k_bout + l] : 0.0f);
                 snprintf(nm, sizeof nm, "%s p%d dla %s L%lld heads sum = attn_out", name, p, v ? "exact" : "tl", (long long)l);
-                tu_close(nm, &hs, &o[1 + bias + 2 * l], 1, 1e-4f, 1e-4f);
+                tu_close(nm, &hs, &o[1 + pos + 2 * l], 1, 1e-4f, 1e-4f);
                 snprintf(nm, sizeof nm, "%s p%d dla %s L%lld neurons sum = mlp_out", name, p, v ? "exact" : "tl", (long long)l);
-                tu_close(nm, &ns, &o[2 + bias + 2 * l], 1, 1e-4f, 1e-4f);
+                tu_close(nm, &ns, &o[2 + pos + 2 * l], 1, 1e-4f, 1e-4f);
             }
         }
     }

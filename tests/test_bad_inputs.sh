@@ -17,13 +17,14 @@ begin() {
     mkdir -p "$d/m"
     for f in "$demo"/*; do ln -s "$f" "$d/m/"; done
     printf '{"model": "m", "dataset": [%s]}\n' "$I" >"$d/c.json"
+    base_cfg=$demo/config.json
 }
 put() { rm -f "$d/$1"; printf '%s' "$2" >"$d/$1"; }   # put FILE TEXT (replaces a symlink with a real file)
 cfg() { put c.json "$1"; }
-# model_json 'python expression over c': the demo's config.json edited (c is the parsed dict).
+# model_json 'python expression over c': the case model's config.json edited (c is the parsed dict).
 model_json() {
     rm -f "$d/m/config.json"
-    "$py" - "$demo/config.json" "$d/m/config.json" "$1" <<'PY'
+    "$py" - "$base_cfg" "$d/m/config.json" "$1" <<'PY'
 import json, sys
 c = json.load(open(sys.argv[1]))
 exec(sys.argv[3])
@@ -173,6 +174,35 @@ begin "model config: syntax error";    rm "$d/m/config.json"; put m/config.json 
 begin "model config: a FIFO";          rm "$d/m/config.json"; mkfifo "$d/m/config.json"; check "m/config.json: not a regular file (a FIFO)"
 begin "model config: a directory";     rm "$d/m/config.json"; mkdir "$d/m/config.json"; check "m/config.json: not a regular file (a directory)"
 begin "model config: missing";         rm "$d/m/config.json"; check "m/config.json"
+
+# A GPT-NeoX model: begin_neox NAME is begin with m/ the tiny neox-tiny-a model and the GPT-NeoX tokenizer.
+begin_neox() {
+    begin "$1"
+    rm -f "$d/m/"*
+    for f in config.json model.safetensors; do ln -s "$src/tests/data/neox-tiny-a/$f" "$d/m/"; done
+    ln -s "$src/tests/data/tokenizer/neox/tokenizer.json" "$d/m/"
+    printf '{"model": "m", "dataset": [{"clean": "#$%%&", "corrupted": "#$%%%%", "answer": "(", "wrong": ")"}]}\n' >"$d/c.json"
+    base_cfg=$src/tests/data/neox-tiny-a/config.json
+}
+begin_neox "neox config: odd rotary dims"; model_json 'c["rope_parameters"]["partial_rotary_factor"] = 0.3125'; check "m/config.json: rope_parameters.partial_rotary_factor: 0.3125 of a 16-wide head gives 5 rotary dimensions"
+begin_neox "neox config: rotary_pct odd";  model_json 'del c["rope_parameters"]; c["rotary_pct"] = 0.0625'; check "m/config.json: rotary_pct"
+begin_neox "neox config: hidden_act";      model_json 'c["hidden_act"] = "swiglu"'; check 'm/config.json: hidden_act: "swiglu" is not supported'
+begin_neox "neox config: attention_bias";  model_json 'c["attention_bias"] = False'; check "m/config.json: attention_bias"
+begin_neox "neox: query_key_value size"
+rm -f "$d/m/model.safetensors"
+"$py" - "$src/tests/data/neox-tiny-a/model.safetensors" "$d/m/model.safetensors" <<'PY'
+import json, struct, sys
+raw = open(sys.argv[1], "rb").read()
+n = struct.unpack("<Q", raw[:8])[0]
+h = json.loads(raw[8:8 + n])
+h["gpt_neox.layers.1.attention.query_key_value.weight"]["shape"] = [96, 128]  # same bytes, wrong shape
+hb = json.dumps(h).encode()
+open(sys.argv[2], "wb").write(struct.pack("<Q", len(hb)) + hb + raw[8 + n:])
+PY
+check 'query_key_value.weight": shape [96, 128] in the file, but'
+begin_neox "neox: resid_mid of a parallel block"
+printf '{"model": "m", "dataset": [{"clean": "#$%%&", "corrupted": "#$%%%%", "answer": "(", "wrong": ")"}], "experiments": [{"name": "mid", "site": "resid_mid", "by": "layer_pos"}]}\n' >"$d/c.json"
+check "site resid_mid: this model runs attention and the MLP in parallel"
 
 # --- safetensors headers ------------------------------------------------------------------------------------
 W=m/model.safetensors

@@ -56,7 +56,8 @@ static void randomized(const char *model, pf_fixture *f, ps_backend *be) {
         memset(ex, 0, sizeof ex);
         for (int k = 0; k < NX; k++) {
             ps_experiment *x = &ex[k];
-            const int si = (int)rng_below(&seed, NSITES);
+            int si = (int)rng_below(&seed, NSITES);
+            while (!ps_array_in_model(mc, ps_site_array(SITES[si].site))) si = (int)rng_below(&seed, NSITES); // resid_mid of a parallel block
             x->site = SITES[si].site;
             x->layout = SITES[si].layouts[rng_below(&seed, SITES[si].n)];
             x->direction = rng_below(&seed, 2) ? PS_DIR_NOISE : PS_DIR_DENOISE;
@@ -115,7 +116,7 @@ static void test_model(const char *model) {
 
     ps_engine_opts fast = {0}, naive = {.naive = 1};
     ps_run_results rf, rn;
-    if (ps_engine_run(&f.m, &be, &f.ps, f.ex, 2 * PF_NK, PS_METRIC_LOGIT_DIFF, &fast, &rf, &e) != 0) {
+    if (ps_engine_run(&f.m, &be, &f.ps, f.ex, f.n_ex, PS_METRIC_LOGIT_DIFF, &fast, &rf, &e) != 0) {
         TU_CHECK(0, "%s: engine: %s", model, e.msg);
     } else {
         pf_compare_with_goldens(model, &f, &rf, "fast", 1e-4f);
@@ -124,7 +125,7 @@ static void test_model(const char *model) {
         printf("%s: fast engine ran %lld patches, knew %lld without running\n", model, (long long)run, (long long)skipped);
         TU_CHECK(skipped > 0, "%s: positions before the first changed token should be skipped", model);
     }
-    if (ps_engine_run(&f.m, &be, &f.ps, f.ex, 2 * PF_NK, PS_METRIC_LOGIT_DIFF, &naive, &rn, &e) != 0) {
+    if (ps_engine_run(&f.m, &be, &f.ps, f.ex, f.n_ex, PS_METRIC_LOGIT_DIFF, &naive, &rn, &e) != 0) {
         TU_CHECK(0, "%s: naive engine: %s", model, e.msg);
     } else {
         pf_compare_with_goldens(model, &f, &rn, "naive", 1e-4f);
@@ -136,7 +137,7 @@ static void test_model(const char *model) {
     for (int i = 0; i < 2; i++) {
         ps_engine_opts o = {.batch_rows = sizes[i], .cache_budget = 1};
         ps_run_results r;
-        if (ps_engine_run(&f.m, &be, &f.ps, f.ex, 2 * PF_NK, PS_METRIC_LOGIT_DIFF, &o, &r, &e) != 0) {
+        if (ps_engine_run(&f.m, &be, &f.ps, f.ex, f.n_ex, PS_METRIC_LOGIT_DIFF, &o, &r, &e) != 0) {
             TU_CHECK(0, "%s: engine batch %lld: %s", model, (long long)sizes[i], e.msg);
             continue;
         }
@@ -152,8 +153,8 @@ static void test_model(const char *model) {
     const char *mnames[] = {"prob_diff", "logprob", "kl"};
     for (int k = 0; k < 3; k++) {
         ps_run_results a, b;
-        int ok = ps_engine_run(&f.m, &be, &f.ps, f.ex, 2 * PF_NK, metrics[k], &fast, &a, &e) == 0 &&
-                 ps_engine_run(&f.m, &be, &f.ps, f.ex, 2 * PF_NK, metrics[k], &naive, &b, &e) == 0;
+        int ok = ps_engine_run(&f.m, &be, &f.ps, f.ex, f.n_ex, metrics[k], &fast, &a, &e) == 0 &&
+                 ps_engine_run(&f.m, &be, &f.ps, f.ex, f.n_ex, metrics[k], &naive, &b, &e) == 0;
         TU_CHECK(ok, "%s %s: %s", model, mnames[k], e.msg);
         if (ok) {
             char what[128];
@@ -180,13 +181,15 @@ static void test_model(const char *model) {
         enum { NX = sizeof extra / sizeof extra[0] };
         ps_experiment ex[2 * NX];
         char names[2 * NX][48];
+        int n_ex = 0;
         memset(ex, 0, sizeof ex);
         for (int d = 0; d < 2; d++)
             for (int k = 0; k < NX; k++) {
-                ps_experiment *x = &ex[d * NX + k];
-                snprintf(names[d * NX + k], sizeof names[0], "%s_%s_%s%s", d ? "noise" : "denoise", ps_site_name(extra[k].site),
+                if (!ps_array_in_model(&f.m.cfg, ps_site_array(extra[k].site))) continue;
+                ps_experiment *x = &ex[n_ex];
+                snprintf(names[n_ex], sizeof names[0], "%s_%s_%s%s", d ? "noise" : "denoise", ps_site_name(extra[k].site),
                          ps_layout_name(extra[k].layout), extra[k].restrict_pos ? "_ends" : "");
-                x->name = names[d * NX + k];
+                x->name = names[n_ex++];
                 x->site = extra[k].site;
                 x->layout = extra[k].layout;
                 x->direction = d ? PS_DIR_NOISE : PS_DIR_DENOISE;
@@ -198,8 +201,8 @@ static void test_model(const char *model) {
             // start before their patch: what a narrowed row does not recompute must stay base's.
             for (int64_t i = 0; k == 2 && i < f.ps.n; i++) f.ps.p[i].score_pos = f.ps.p[i].T - 3;
             ps_run_results a, b;
-            int ok = ps_engine_run(&f.m, &be, &f.ps, ex, 2 * NX, ms[k], &fast, &a, &e) == 0 &&
-                     ps_engine_run(&f.m, &be, &f.ps, ex, 2 * NX, ms[k], &naive, &b, &e) == 0;
+            int ok = ps_engine_run(&f.m, &be, &f.ps, ex, n_ex, ms[k], &fast, &a, &e) == 0 &&
+                     ps_engine_run(&f.m, &be, &f.ps, ex, n_ex, ms[k], &naive, &b, &e) == 0;
             TU_CHECK(ok, "%s extra sites: %s", model, e.msg);
             if (ok) {
                 char what[128];

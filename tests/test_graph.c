@@ -15,11 +15,11 @@ static int64_t count_edges(const ps_graph *g) {
     return n;
 }
 
-static void shape(const char *what, int64_t L, int64_t H, int64_t Hkv, int kv_native, int64_t nodes, int64_t edges, int64_t ns,
-                  int64_t nd) {
+static void shape_p(const char *what, int64_t L, int64_t H, int64_t Hkv, int kv_native, int parallel, int64_t nodes, int64_t edges,
+                    int64_t ns, int64_t nd) {
     ps_model_config mc;
     memset(&mc, 0, sizeof mc);
-    mc.n_layers = L; mc.n_heads = H; mc.n_kv_heads = Hkv;
+    mc.n_layers = L; mc.n_heads = H; mc.n_kv_heads = Hkv; mc.parallel_residual = parallel;
     ps_graph g;
     ps_graph_init(&g, &mc, kv_native);
     const int64_t counted = count_edges(&g);
@@ -32,6 +32,11 @@ static void shape(const char *what, int64_t L, int64_t H, int64_t Hkv, int kv_na
              (long long)g.n_dests, (long long)ns, (long long)nd);
 }
 
+static void shape(const char *what, int64_t L, int64_t H, int64_t Hkv, int kv_native, int64_t nodes, int64_t edges, int64_t ns,
+                  int64_t nd) {
+    shape_p(what, L, H, Hkv, kv_native, 0, nodes, edges, ns, nd);
+}
+
 int main(void) {
     // EAP-IG: GPT-2 small 158 / 32,491 (157 x 445); Llama-2-7B 1,058 / 1,592,881 (NOTES.md).
     shape("gpt2-small (12 x 12)", 12, 12, 12, 0, 158, 32491, 157, 445);
@@ -42,6 +47,8 @@ int main(void) {
     // 8 q + 2 k + 2 v destinations (20 nodes either way), heads (8 + 4) * (1, 10) = 132, MLPs (1+8) + (10+8) = 27, logits 19.
     shape("llama-tiny-b (EAP-IG layout)", 2, 8, 2, 0, 20, 3 * 8 * 11 + 27 + 19, 19, 2 * 25 + 1);
     shape("llama-tiny-b (kv native)", 2, 8, 2, 1, 20, 132 + 27 + 19, 19, 2 * 13 + 1);
+    // neox-tiny-a (2 x 4, parallel residual): as gpt2-tiny-a but no MLP reads its own layer's heads: MLPs 1 + 6.
+    shape_p("neox-tiny-a (parallel)", 2, 4, 4, 0, 1, 12, 84 + 7 + 11, 11, 2 * 13 + 1);
 
     // Indices and names agree with EAP-IG's (GPT-2 small).
     ps_model_config mc;

@@ -198,6 +198,7 @@ static void against_naive(const char *model) {
         char label[256];
         for (int s = 0; s < N_SITES; s++) {
             const ps_site site = SITES[s];
+            if (!ps_array_in_model(mc, ps_site_array(site))) continue; // resid_mid of a parallel block
             const int64_t units = ps_site_units(mc, site);
             for (int64_t l = 0; l < L; l++) {
                 const int64_t u = units > 1 ? rng_below(&seed, units) : -1, t = rng_below(&seed, T);
@@ -280,7 +281,8 @@ static void against_naive(const char *model) {
         {
             const int64_t C = mc->d_model;
             float *zeros = xcalloc((size_t)C, sizeof(float));
-            tcase z = {.p = {mk(PS_OP_ADD, PS_SITE_RESID_MID, 0, -1, -1)}, .np = 1, .cat = A_SKIP, .expect_unchanged = 1};
+            const ps_site mid = mc->parallel_residual ? PS_SITE_RESID_POST : PS_SITE_RESID_MID; // no resid_mid in a parallel block
+            tcase z = {.p = {mk(PS_OP_ADD, mid, 0, -1, -1)}, .np = 1, .cat = A_SKIP, .expect_unchanged = 1};
             z.p[0].ref = (ps_view){zeros, 1, NULL};
             snprintf(label, sizeof label, "%s p%lld add of zeros", model, (long long)pi);
             run_case(&x, &z, label);
@@ -503,7 +505,7 @@ static void against_tl(const char *model) {
 
 int main(void) {
     gu_for_each_model(against_naive);
-    const char *tl_models[] = {"gpt2-tiny-a", "llama-tiny-a", "llama-tiny-b"};
-    for (int i = 0; i < 3; i++) against_tl(tl_models[i]);
+    const char *tl_models[] = {"gpt2-tiny-a", "llama-tiny-a", "llama-tiny-b", "neox-tiny-a", "neox-tiny-b"};
+    for (size_t i = 0; i < sizeof tl_models / sizeof *tl_models; i++) against_tl(tl_models[i]);
     return tu_done("interventions");
 }

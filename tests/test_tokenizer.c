@@ -440,6 +440,42 @@ static void test_llama(void) {
     free_golden(g, ng);
 }
 
+// A GPT-NeoX-format tokenizer.json (byte-level BPE, <|endoftext|> = 0: Pythia's layout), trained by
+// tests/golden/make_neox_tokenizer_goldens.py with HF tokenizers, which also made the goldens.
+static void test_neox(void) {
+    int64_t ng;
+    golden *g = load_golden(tu_src("tests/data/tokenizer/neox_golden.jsonl"), &ng);
+    ps_tokenizer *t = load_ok(tu_src("tests/data/tokenizer/neox/tokenizer.json"));
+    // Its NFC normalizer is implemented below U+0300 (where it is the identity): those texts id for id, the
+    // others refused with one error naming the character.
+    golden *lo = malloc((size_t)(ng ? ng : 1) * sizeof *lo);
+    int64_t nlo = 0, nhi = 0, refused = 0;
+    for (int64_t i = 0; t && lo && i < ng; i++) {
+        bool high = false;
+        for (const char *c = g[i].text; c && *c && !high; c++) high = (unsigned char)*c >= 0xCC;
+        if (!high) { lo[nlo++] = g[i]; continue; }
+        nhi++;
+        int32_t *ids = NULL;
+        int64_t n = 0;
+        ps_error e = {0};
+        if (ps_tokenizer_encode(t, g[i].text, &ids, &n, &e) != 0 && e.code == PS_EXIT_BADINPUT && strstr(e.msg, "NFC normalizer")) refused++;
+        free(ids);
+    }
+    TU_CHECK(lo && refused == nhi && nhi > 0, "neox: %lld of %lld texts at or above U+0300 refused", (long long)refused, (long long)nhi);
+    if (t && lo) {
+        check_golden("neox tokenizer.json (NFC)", t, lo, nlo);
+        check_token_texts("neox tokenizer.json", t, lo, nlo, false);
+        TU_CHECK(ps_tokenizer_bos_id(t) == 0 && ps_tokenizer_eos_id(t) == 0, "neox bos/eos %d/%d (want <|endoftext|> = 0)",
+                 ps_tokenizer_bos_id(t), ps_tokenizer_eos_id(t));
+        TU_CHECK(ps_tokenizer_vocab_size(t) == 2000, "neox vocab size %lld", (long long)ps_tokenizer_vocab_size(t));
+        check_ids(t, "<|endoftext|>", (int32_t[]){0}, 1);
+        check_ids(t, "<|padding|>", (int32_t[]){1}, 1);
+    }
+    free(lo);
+    ps_tokenizer_free(t);
+    free_golden(g, ng);
+}
+
 // Variants of the committed tokenizer.json files (pre-tokenizer/normalizer/decoder swapped), with goldens from HF.
 static void test_variants(void) {
     int64_t ng;
@@ -616,6 +652,7 @@ int main(void) {
     }
     test_gpt2();
     test_llama();
+    test_neox();
     test_variants();
     test_bad_files();
     char *leftover[] = {"tokenizer.json", "garbage.json", "syntax.json", "tokenizer.model", "vocab.json", "merges.txt"};

@@ -6,31 +6,33 @@
 #include <string.h>
 
 #define F(x) offsetof(ps_cache, x)
+#define ROTARY (PS_ARCH_BIT(PS_ARCH_LLAMA) | PS_ARCH_BIT(PS_ARCH_NEOX))
 const ps_array_info ps_arrays[PS_ARR_COUNT] = {
-    [PS_ARR_EMBED] = {"hook_embed", F(embed), PS_UNITS_ONE, PS_DIM_C, 0, 0, 0, -1},
-    [PS_ARR_POS_EMBED] = {"hook_pos_embed", F(pos_embed), PS_UNITS_ONE, PS_DIM_C, 0, 0, 0, PS_ARCH_GPT2},
-    [PS_ARR_RESID_PRE] = {"blocks.%d.hook_resid_pre", F(resid_pre), PS_UNITS_ONE, PS_DIM_C, 1, 0, 0, -1},
-    [PS_ARR_LN1_SCALE] = {"blocks.%d.ln1.hook_scale", F(ln1_scale), PS_UNITS_ONE, PS_DIM_1, 1, 0, 0, -1},
-    [PS_ARR_Q] = {"blocks.%d.attn.hook_q", F(q), PS_UNITS_HEADS, PS_DIM_D, 1, 0, 0, -1},
-    [PS_ARR_K] = {"blocks.%d.attn.hook_k", F(k), PS_UNITS_KV_HEADS, PS_DIM_D, 1, 0, 0, -1},
-    [PS_ARR_V] = {"blocks.%d.attn.hook_v", F(v), PS_UNITS_KV_HEADS, PS_DIM_D, 1, 0, 0, -1},
-    [PS_ARR_ROT_Q] = {"blocks.%d.attn.hook_rot_q", F(rot_q), PS_UNITS_HEADS, PS_DIM_D, 1, 0, 0, PS_ARCH_LLAMA},
-    [PS_ARR_ROT_K] = {"blocks.%d.attn.hook_rot_k", F(rot_k), PS_UNITS_KV_HEADS, PS_DIM_D, 1, 0, 0, PS_ARCH_LLAMA},
-    [PS_ARR_SCORES] = {"blocks.%d.attn.hook_attn_scores", F(attn_scores), PS_UNITS_HEADS, PS_DIM_T, 1, 1, PS_CACHE_SCORES, -1},
-    [PS_ARR_PATTERN] = {"blocks.%d.attn.hook_pattern", F(pattern), PS_UNITS_HEADS, PS_DIM_T, 1, 1, 0, -1},
-    [PS_ARR_Z] = {"blocks.%d.attn.hook_z", F(z), PS_UNITS_HEADS, PS_DIM_D, 1, 0, 0, -1},
-    [PS_ARR_RESULT] = {"blocks.%d.attn.hook_result", F(result), PS_UNITS_HEADS, PS_DIM_C, 1, 0, PS_CACHE_RESULT, -1},
-    [PS_ARR_ATTN_OUT] = {"blocks.%d.hook_attn_out", F(attn_out), PS_UNITS_ONE, PS_DIM_C, 1, 0, 0, -1},
-    [PS_ARR_RESID_MID] = {"blocks.%d.hook_resid_mid", F(resid_mid), PS_UNITS_ONE, PS_DIM_C, 1, 0, 0, -1},
-    [PS_ARR_LN2_SCALE] = {"blocks.%d.ln2.hook_scale", F(ln2_scale), PS_UNITS_ONE, PS_DIM_1, 1, 0, 0, -1},
-    [PS_ARR_MLP_PRE] = {"blocks.%d.mlp.hook_pre", F(mlp_pre), PS_UNITS_NEURONS, PS_DIM_1, 1, 0, 0, -1},
-    [PS_ARR_MLP_PRE_LINEAR] = {"blocks.%d.mlp.hook_pre_linear", F(mlp_pre_linear), PS_UNITS_NEURONS, PS_DIM_1, 1, 0, 0, PS_ARCH_LLAMA},
-    [PS_ARR_MLP_POST] = {"blocks.%d.mlp.hook_post", F(mlp_post), PS_UNITS_NEURONS, PS_DIM_1, 1, 0, 0, -1},
-    [PS_ARR_MLP_OUT] = {"blocks.%d.hook_mlp_out", F(mlp_out), PS_UNITS_ONE, PS_DIM_C, 1, 0, 0, -1},
-    [PS_ARR_RESID_POST] = {"blocks.%d.hook_resid_post", F(resid_post), PS_UNITS_ONE, PS_DIM_C, 1, 0, 0, -1},
-    [PS_ARR_LNF_SCALE] = {"ln_final.hook_scale", F(lnf_scale), PS_UNITS_ONE, PS_DIM_1, 0, 0, 0, -1},
-    [PS_ARR_LOGITS] = {"logits", F(logits), PS_UNITS_ONE, PS_DIM_V, 0, 0, PS_CACHE_LOGITS, -1},
+    [PS_ARR_EMBED] = {"hook_embed", F(embed), PS_UNITS_ONE, PS_DIM_C, 0, 0, 0, PS_ARCHS_ALL, 0},
+    [PS_ARR_POS_EMBED] = {"hook_pos_embed", F(pos_embed), PS_UNITS_ONE, PS_DIM_C, 0, 0, 0, PS_ARCH_BIT(PS_ARCH_GPT2), 0},
+    [PS_ARR_RESID_PRE] = {"blocks.%d.hook_resid_pre", F(resid_pre), PS_UNITS_ONE, PS_DIM_C, 1, 0, 0, PS_ARCHS_ALL, 0},
+    [PS_ARR_LN1_SCALE] = {"blocks.%d.ln1.hook_scale", F(ln1_scale), PS_UNITS_ONE, PS_DIM_1, 1, 0, 0, PS_ARCHS_ALL, 0},
+    [PS_ARR_Q] = {"blocks.%d.attn.hook_q", F(q), PS_UNITS_HEADS, PS_DIM_D, 1, 0, 0, PS_ARCHS_ALL, 0},
+    [PS_ARR_K] = {"blocks.%d.attn.hook_k", F(k), PS_UNITS_KV_HEADS, PS_DIM_D, 1, 0, 0, PS_ARCHS_ALL, 0},
+    [PS_ARR_V] = {"blocks.%d.attn.hook_v", F(v), PS_UNITS_KV_HEADS, PS_DIM_D, 1, 0, 0, PS_ARCHS_ALL, 0},
+    [PS_ARR_ROT_Q] = {"blocks.%d.attn.hook_rot_q", F(rot_q), PS_UNITS_HEADS, PS_DIM_D, 1, 0, 0, ROTARY, 0},
+    [PS_ARR_ROT_K] = {"blocks.%d.attn.hook_rot_k", F(rot_k), PS_UNITS_KV_HEADS, PS_DIM_D, 1, 0, 0, ROTARY, 0},
+    [PS_ARR_SCORES] = {"blocks.%d.attn.hook_attn_scores", F(attn_scores), PS_UNITS_HEADS, PS_DIM_T, 1, 1, PS_CACHE_SCORES, PS_ARCHS_ALL, 0},
+    [PS_ARR_PATTERN] = {"blocks.%d.attn.hook_pattern", F(pattern), PS_UNITS_HEADS, PS_DIM_T, 1, 1, 0, PS_ARCHS_ALL, 0},
+    [PS_ARR_Z] = {"blocks.%d.attn.hook_z", F(z), PS_UNITS_HEADS, PS_DIM_D, 1, 0, 0, PS_ARCHS_ALL, 0},
+    [PS_ARR_RESULT] = {"blocks.%d.attn.hook_result", F(result), PS_UNITS_HEADS, PS_DIM_C, 1, 0, PS_CACHE_RESULT, PS_ARCHS_ALL, 0},
+    [PS_ARR_ATTN_OUT] = {"blocks.%d.hook_attn_out", F(attn_out), PS_UNITS_ONE, PS_DIM_C, 1, 0, 0, PS_ARCHS_ALL, 0},
+    [PS_ARR_RESID_MID] = {"blocks.%d.hook_resid_mid", F(resid_mid), PS_UNITS_ONE, PS_DIM_C, 1, 0, 0, PS_ARCHS_ALL, 1},
+    [PS_ARR_LN2_SCALE] = {"blocks.%d.ln2.hook_scale", F(ln2_scale), PS_UNITS_ONE, PS_DIM_1, 1, 0, 0, PS_ARCHS_ALL, 0},
+    [PS_ARR_MLP_PRE] = {"blocks.%d.mlp.hook_pre", F(mlp_pre), PS_UNITS_NEURONS, PS_DIM_1, 1, 0, 0, PS_ARCHS_ALL, 0},
+    [PS_ARR_MLP_PRE_LINEAR] = {"blocks.%d.mlp.hook_pre_linear", F(mlp_pre_linear), PS_UNITS_NEURONS, PS_DIM_1, 1, 0, 0, PS_ARCH_BIT(PS_ARCH_LLAMA), 0},
+    [PS_ARR_MLP_POST] = {"blocks.%d.mlp.hook_post", F(mlp_post), PS_UNITS_NEURONS, PS_DIM_1, 1, 0, 0, PS_ARCHS_ALL, 0},
+    [PS_ARR_MLP_OUT] = {"blocks.%d.hook_mlp_out", F(mlp_out), PS_UNITS_ONE, PS_DIM_C, 1, 0, 0, PS_ARCHS_ALL, 0},
+    [PS_ARR_RESID_POST] = {"blocks.%d.hook_resid_post", F(resid_post), PS_UNITS_ONE, PS_DIM_C, 1, 0, 0, PS_ARCHS_ALL, 0},
+    [PS_ARR_LNF_SCALE] = {"ln_final.hook_scale", F(lnf_scale), PS_UNITS_ONE, PS_DIM_1, 0, 0, 0, PS_ARCHS_ALL, 0},
+    [PS_ARR_LOGITS] = {"logits", F(logits), PS_UNITS_ONE, PS_DIM_V, 0, 0, PS_CACHE_LOGITS, PS_ARCHS_ALL, 0},
 };
+#undef ROTARY
 #undef F
 
 static const ps_array SITE_ARRAY[PS_SITE_COUNT] = {
@@ -69,10 +71,23 @@ int64_t ps_array_unit(const ps_model_config *mc, ps_array a, int64_t T) {
 
 int64_t ps_array_width(const ps_model_config *mc, ps_array a, int64_t T) { return ps_array_units(mc, a) * ps_array_unit(mc, a, T); }
 
+int ps_array_in_model(const ps_model_config *mc, ps_array a) {
+    const ps_array_info *ai = &ps_arrays[a];
+    return (ai->archs & PS_ARCH_BIT(mc->arch)) && !(ai->sequential && mc->parallel_residual);
+}
+
+const char *ps_site_absent_why(const ps_model_config *mc, ps_site s) {
+    if (ps_array_in_model(mc, ps_site_array(s))) return "present";
+    if (ps_arrays[ps_site_array(s)].sequential && mc->parallel_residual)
+        return "this model runs attention and the MLP in parallel (use_parallel_residual), so it has no resid_mid "
+               "(TransformerLens has no hook_resid_mid there either); use resid_pre, attn_out or resid_post";
+    return "this model's architecture has no such hook";
+}
+
 size_t ps_array_floats(const ps_model_config *mc, ps_array a, int64_t T, unsigned flags) {
     const ps_array_info *ai = &ps_arrays[a];
     if (ai->flag && !(flags & ai->flag)) return 0;
-    if (ai->arch >= 0 && ai->arch != (int)mc->arch) return 0;
+    if (!ps_array_in_model(mc, a)) return 0;
     return (size_t)((ai->per_layer ? mc->n_layers : 1) * T * ps_array_width(mc, a, T));
 }
 

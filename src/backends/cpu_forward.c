@@ -77,10 +77,10 @@ static inline float dot(const float *a, const float *b, int64_t n) {
 // One layer's attention inputs and outputs, for attend_head.
 typedef struct {
     const ps_model_config *cfg;
-    const float *q, *k, *v; // (N, QD), (N, KD), (N, KD) this batch's tokens (rotated for Llama)
+    const float *q, *k, *v; // (N, QD), (N, KD), (N, KD) this batch's tokens (rotated for Llama and GPT-NeoX)
     float *z;               // (N, QD)
     int64_t l, H, D, QD, KD, group;
-    int llama;
+    int rotary;             // keys before start_pos are base's rot_k rather than k
     float inv_sqrt_d;
 } attn_layer;
 
@@ -92,7 +92,7 @@ PS_CLONES static void attend_head(const attn_layer *a, const ps_cpu_slot *rs, in
     const int64_t T = row->T, s = row->start_pos, g = h / a->group;
     const float *kbase = NULL, *vbase = NULL;
     if (s > 0) {
-        kbase = (a->llama ? row->base->rot_k : row->base->k) + l * T * KD;
+        kbase = (a->rotary ? row->base->rot_k : row->base->k) + l * T * KD;
         vbase = row->base->v + l * T * KD;
     }
     ps_cache *cc = row->cache;
@@ -270,7 +270,6 @@ static void join_rows(batch *b, int64_t first_new, int64_t l) {
     const ps_model_config *cfg = b->cfg;
     const ps_weights *w = b->w;
     const int64_t C = cfg->d_model;
-    const int llama = cfg->arch == PS_ARCH_LLAMA;
     ps_cpu_slot *slots = b->slots;
     float *x = b->x;
     for (int64_t r = first_new; r < b->n_active; r++) {
@@ -286,7 +285,7 @@ static void join_rows(batch *b, int64_t first_new, int64_t l) {
                 const float *te = w->wte + (int64_t)row->tokens[t] * C;
                 for (int64_t c = 0; c < C; c++) xr[i * C + c] = te[c];
                 if (row->cache) memcpy(row->cache->embed + t * C, te, (size_t)C * sizeof(float));
-                if (!llama) {
+                if (w->wpe) { // GPT-2's learned positions
                     const float *pe = w->wpe + t * C;
                     for (int64_t c = 0; c < C; c++) xr[i * C + c] += pe[c];
                     if (row->cache) memcpy(row->cache->pos_embed + t * C, pe, (size_t)C * sizeof(float));
@@ -297,13 +296,12 @@ static void join_rows(batch *b, int64_t first_new, int64_t l) {
 }
 
 // Attention's inputs: LN1 and Q/K/V only where the residual stream changed (the rest is base's), then
-// the q/k/v patches and, for Llama, rotary.
+// the q/k/v patches and, for Llama and GPT-NeoX, rotary (GPT-NeoX's on the first rotary_dim dims of a head).
 static void qkv_step(batch *b, int64_t l, const ps_layer_weights *lw) {
     const ps_model_config *cfg = b->cfg;
     const ps_weights *w = b->w;
     const int64_t C = cfg->d_model, H = cfg->n_heads, Hkv = cfg->n_kv_heads, D = cfg->d_head;
     const int64_t QD = H * D, KD = Hkv * D, NA = b->NA, n_active = b->n_active;
-    const int llama = cfg->arch == PS_ARCH_LLAMA;
     ps_cpu_slot *slots = b->slots;
     float *x = b->x, *xn = b->xn, *q = b->q, *k = b->k, *v = b->v, *scale = b->scale;
     float *xc = b->xc, *qc = b->qc, *kc = b->kc, *vc = b->vc;
@@ -343,11 +341,11 @@ static void qkv_step(batch *b, int64_t l, const ps_layer_weights *lw) {
     store_rows(slots, n_active, offsetof(ps_cache, q), l, q, QD);
     store_rows(slots, n_active, offsetof(ps_cache, k), l, k, KD);
     store_rows(slots, n_active, offsetof(ps_cache, v), l, v, KD);
-    if (llama) {
+    if (cfg->rotary_dim) {
         for (int64_t r = 0; r < n_active; r++) {
             const ps_cpu_slot *rs = &slots[r];
-            ps_cpu_rotary(q + rs->off * QD, rs->n, H, D, posbuf + rs->off, cfg->rope_theta);
-            ps_cpu_rotary(k + rs->off * KD, rs->n, Hkv, D, posbuf + rs->off, cfg->rope_theta);
+            ps_cpu_rotary(q + rs->off * QD, rs->n, H, D, cfg->rotary_dim, posbuf + rs->off, cfg->rope_theta);
+            ps_cpu_rotary(k + rs->off * KD, rs->n, Hkv, D, cfg->rotary_dim, posbuf + rs->off, cfg->rope_theta);
             ps_cache *cc = rs->row->cache;
             if (cc) {
                 store(cc->rot_q, l, rs, q, QD);
@@ -364,7 +362,6 @@ static void attention_step(batch *b, int64_t l, const ps_layer_weights *lw) {
     const ps_model_config *cfg = b->cfg;
     const int64_t C = cfg->d_model, H = cfg->n_heads, Hkv = cfg->n_kv_heads, D = cfg->d_head;
     const int64_t QD = H * D, KD = Hkv * D, n_active = b->n_active;
-    const int llama = cfg->arch == PS_ARCH_LLAMA;
     ps_cpu_slot *slots = b->slots;
     float *q = b->q, *k = b->k, *v = b->v, *z = b->z;
     const int64_t group = H / Hkv, T_max = b->T_max;
@@ -373,7 +370,7 @@ static void attention_step(batch *b, int64_t l, const ps_layer_weights *lw) {
         if (!rs->plan.attn) from_base(z, rs, rs->row->base->z, l, QD, rs->row->start_pos, rs->plan.post_end);
     }
     const attn_layer al = {.cfg = cfg, .q = q, .k = k, .v = v, .z = z, .l = l, .H = H, .D = D, .QD = QD, .KD = KD, .group = group,
-                           .llama = llama, .inv_sqrt_d = 1.0f / sqrtf((float)D)};
+                           .rotary = cfg->rotary_dim > 0, .inv_sqrt_d = 1.0f / sqrtf((float)D)};
 #pragma omp parallel if (n_active * H * T_max * T_max * D >= PS_PAR_MIN)
     {
         float *sc = malloc((size_t)T_max * sizeof(float));
@@ -441,19 +438,30 @@ static void mlp_step(batch *b, int64_t l, const ps_layer_weights *lw) {
         xp = xc;
     }
     const compact_rows cr = {idx, kslot, posbuf, slots, l};
+    const int64_t nm = upto[2]; // tokens the MLP's input matrices run on
     ps_cpu_linear(y, zp, lw->w_o, w->b_o ? w->b_o + l * C : NULL, upto[0], QD, C);
-    from_base_rows(y, C, &cr, upto[0], upto[1], offsetof(ps_cache, attn_out));
-    ps_cpu_hook(cfg, PS_SITE_ATTN_OUT, l, y, C, pmap, slots, n_active);
-    store_rows(slots, n_active, offsetof(ps_cache, attn_out), l, y, C);
-    for (int64_t i = 0; i < upto[1] * C; i++) xp[i] += y[i];
-    from_base_rows(xp, C, &cr, upto[1], upto[4], offsetof(ps_cache, resid_mid));
-    ps_cpu_hook(cfg, PS_SITE_RESID_MID, l, xp, C, pmap, slots, n_active);
-    store_rows(slots, n_active, offsetof(ps_cache, resid_mid), l, xp, C);
+    if (!cfg->parallel_residual) {
+        from_base_rows(y, C, &cr, upto[0], upto[1], offsetof(ps_cache, attn_out));
+        ps_cpu_hook(cfg, PS_SITE_ATTN_OUT, l, y, C, pmap, slots, n_active);
+        store_rows(slots, n_active, offsetof(ps_cache, attn_out), l, y, C);
+        for (int64_t i = 0; i < upto[1] * C; i++) xp[i] += y[i];
+        from_base_rows(xp, C, &cr, upto[1], upto[4], offsetof(ps_cache, resid_mid));
+        ps_cpu_hook(cfg, PS_SITE_RESID_MID, l, xp, C, pmap, slots, n_active);
+        store_rows(slots, n_active, offsetof(ps_cache, resid_mid), l, xp, C);
+        norm(cfg, xn, scale, xp, w->ln2_w + l * C, w->ln2_b ? w->ln2_b + l * C : NULL, nm);
+    } else {
+        // GPT-NeoX's parallel block: the MLP reads ln2 of the stream entering the layer and resid_post =
+        // resid_pre + attn_out + mlp_out, so there is no resid_mid (no site: ps_row_check refuses it). Rows
+        // entering at mlp_post or mlp_out still add base's attn_out, so they take it with the late attn_out rows.
+        from_base_rows(y, C, &cr, upto[0], upto[4], offsetof(ps_cache, attn_out));
+        ps_cpu_hook(cfg, PS_SITE_ATTN_OUT, l, y, C, pmap, slots, n_active);
+        store_rows(slots, n_active, offsetof(ps_cache, attn_out), l, y, C);
+        norm(cfg, xn, scale, xp, w->ln2_w + l * C, w->ln2_b ? w->ln2_b + l * C : NULL, nm);
+        for (int64_t i = 0; i < upto[4] * C; i++) xp[i] += y[i];
+    }
+    store_rows(slots, n_active, offsetof(ps_cache, ln2_scale), l, scale, 1);
 
     // MLP block
-    const int64_t nm = upto[2];
-    norm(cfg, xn, scale, xp, w->ln2_w + l * C, w->ln2_b ? w->ln2_b + l * C : NULL, nm);
-    store_rows(slots, n_active, offsetof(ps_cache, ln2_scale), l, scale, 1);
     ps_cpu_linear(h1, xn, lw->w_in, w->b_in ? w->b_in + l * M : NULL, nm, C, M);
     if (llama) ps_cpu_linear(h3, xn, lw->w_up, NULL, nm, C, M);
     if (cfg->act == PS_ACT_GELU_NEW && !llama) {

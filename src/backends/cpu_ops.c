@@ -35,12 +35,13 @@ void ps_cpu_rmsnorm(float *out, float *scale, const float *x, const float *w, in
     }
 }
 
-// Hugging Face's rotate_half layout: pairs (i, i + D/2) of each head, angle pos * theta^(-2i/D).
-void ps_cpu_rotary(float *x, int64_t T, int64_t n_heads, int64_t D, const int64_t *pos, float theta) {
-    const int64_t half = D / 2;
+// Hugging Face's rotate_half layout: pairs (i, i + R/2) of each head's first R = rot_dim dims, angle
+// pos * theta^(-2i/R); dims [R, D) pass through (GPT-NeoX's partial rotary; R = D for Llama).
+void ps_cpu_rotary(float *x, int64_t T, int64_t n_heads, int64_t D, int64_t rot_dim, const int64_t *pos, float theta) {
+    const int64_t half = rot_dim / 2;
     for (int64_t t = 0; t < T; t++) {
         for (int64_t i = 0; i < half; i++) {
-            double inv_freq = pow((double)theta, -(double)(2 * i) / (double)D);
+            double inv_freq = pow((double)theta, -(double)(2 * i) / (double)rot_dim);
             double ang = (double)pos[t] * (double)(float)inv_freq;
             float cs = (float)cos(ang), sn = (float)sin(ang);
             for (int64_t h = 0; h < n_heads; h++) {

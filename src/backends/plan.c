@@ -139,6 +139,8 @@ int ps_row_check(const ps_model_config *mc, const ps_row *row, unsigned caps, co
             return ps_fail(e, PS_EXIT_BADINPUT, "patch %lld: site %d / operation %d is not one of patchsweep's", (long long)p,
                            (int)pt->site, (int)pt->op);
         const char *site = ps_site_name(pt->site), *op = ps_op_name(pt->op);
+        if (!ps_array_in_model(mc, a))
+            return ps_fail(e, PS_EXIT_BADINPUT, "patch %lld (%s at %s): %s", (long long)p, op, site, ps_site_absent_why(mc, pt->site));
         const int64_t units = ps_array_units(mc, a);
         const ps_units uk = ps_arrays[a].units;
         if (pt->layer < 0 || pt->layer >= mc->n_layers || pt->pos >= T || pt->pos < -1)
@@ -176,6 +178,8 @@ int ps_row_check(const ps_model_config *mc, const ps_row *row, unsigned caps, co
         if (ps_site_array(cp->site) == PS_ARR_COUNT || cp->layer < 0 || cp->layer >= mc->n_layers || !cp->out)
             return ps_fail(e, PS_EXIT_BADINPUT, "capture %lld: needs a site, a layer of the model's %lld and a buffer", (long long)k,
                            (long long)mc->n_layers);
+        if (!ps_array_in_model(mc, ps_site_array(cp->site)))
+            return ps_fail(e, PS_EXIT_BADINPUT, "capture %lld (%s): %s", (long long)k, ps_site_name(cp->site), ps_site_absent_why(mc, cp->site));
     }
     if (row->n_captures && row->narrow)
         return ps_fail(e, PS_EXIT_RUNTIME, "a row with captures cannot be narrowed");

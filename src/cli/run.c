@@ -270,9 +270,9 @@ int ps_cli_run(int argc, char **argv) {
     if (rc == 0 && !already) {
         char em[1024];
         if (prog || dry)
-            fprintf(stderr, "patchsweep: %lld prompts (%lld to run%s), %lld experiments, model %s (%lld layers), backend %s\n",
+            fprintf(stderr, "patchsweep: %lld prompts (%lld to run%s), %lld experiments, model %s (%s, %lld layers), backend %s\n",
                     (long long)ps.n, (long long)(n_todo - n_done), shard_n > 1 ? " in this shard" : "", (long long)cfg.n_experiments,
-                    ps_escape(cfg.model, em, sizeof em), (long long)m.cfg.n_layers, be.device);
+                    ps_escape(cfg.model, em, sizeof em), ps_arch_name(m.cfg.arch), (long long)m.cfg.n_layers, be.device);
         signal(SIGINT, on_signal);
         signal(SIGTERM, on_signal);
         // A terminal gets the engine's own updating line; a log (Slurm's) gets a plain line every progress_every s.
@@ -318,9 +318,9 @@ int ps_cli_run(int argc, char **argv) {
         printf("  patches            %lld (%lld forward rows, %lld known without running)\n", (long long)(run + skipped),
                (long long)run, (long long)skipped);
         printf("  compute            %.3f GFLOP for the sweeps + %.3f GFLOP for the baselines\n", fl * 1e-9, rr.baseline_flops * 1e-9);
-        printf("  memory             %.1f MiB weights (%s) + %.1f MiB activation caches at once\n", (double)weights / 1048576.0,
-               ps_precision_name(prec),
-               (double)rr.peak_cache_bytes / 1048576.0);
+        printf("  memory             %.1f MiB weights (%s) + %.1f MiB activation caches at once, %s (%lld layers x d_model %lld)\n",
+               (double)weights / 1048576.0, ps_precision_name(prec), (double)rr.peak_cache_bytes / 1048576.0, ps_arch_name(m.cfg.arch),
+               (long long)m.cfg.n_layers, (long long)m.cfg.d_model);
         if (rate > 0) {
             printf("  estimated time     %.1f s at this machine's measured %.1f GFLOP/s (%s GEMM; attention and overheads not counted)\n",
                    (fl + rr.baseline_flops) * 1e-9 / rate, rate, ps_precision_name(prec));

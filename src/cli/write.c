@@ -49,6 +49,7 @@ int ps_cli_write_results(const char *out_path, const ps_config *cfg, const ps_mo
         .config_text = cfg->text, .config_path = cfg->path, .version = PS_VERSION, .model_dir = m->dir,
         .weights_sha256 = m->weights_sha256, .tokenizer_path = ps_tokenizer_path(tok), .tokenizer_sha256 = tok_sha,
         .backend = be->name, .precision = ps_precision_name(be->precision), .weights_dtype = m->file_dtype,
+        .architecture = ps_arch_name(m->cfg.arch),
         .blas = be->kind == PS_BACKEND_CPU ? ps_blas_describe() : NULL,
         .threads = threads, .prepend_bos = cfg->prepend_bos,
         .bos_id = cfg->prepend_bos ? (ps_tokenizer_bos_id(tok) >= 0 ? ps_tokenizer_bos_id(tok) : m->cfg.bos_id) : -1,

@@ -8,11 +8,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int has_biases(const ps_model_config *mc) { return mc->arch == PS_ARCH_GPT2; }
+// LayerNorm and biases: GPT-2 and GPT-NeoX (Llama has RMSNorm and none); learned positions: GPT-2 only.
+static int has_biases(const ps_model_config *mc) { return mc->arch != PS_ARCH_LLAMA; }
+static int has_pos_embed(const ps_model_config *mc) { return mc->arch == PS_ARCH_GPT2; }
 
 int64_t ps_dla_n_components(const ps_model_config *mc, int neurons) {
     int64_t L = mc->n_layers, b = has_biases(mc);
-    int64_t k = 1 + b + 2 * L + L * mc->n_heads + b * L + 1;
+    int64_t k = 1 + has_pos_embed(mc) + 2 * L + L * mc->n_heads + b * L + 1;
     if (neurons) k += L * mc->d_mlp + b * L;
     return k;
 }
@@ -30,7 +32,7 @@ char **ps_dla_labels(const ps_model_config *mc, int neurons) {
     char buf[64];
 #define ADD(...) do { snprintf(buf, sizeof buf, __VA_ARGS__); if (!(lab[k++] = strdup(buf))) goto oom; } while (0)
     ADD("embed");
-    if (has_biases(mc)) ADD("pos_embed");
+    if (has_pos_embed(mc)) ADD("pos_embed");
     for (int64_t l = 0; l < L; l++) { ADD("%lld_attn_out", (long long)l); ADD("%lld_mlp_out", (long long)l); }
     for (int64_t l = 0; l < L; l++)
         for (int64_t h = 0; h < mc->n_heads; h++) ADD("L%lldH%lld", (long long)l, (long long)h);
@@ -123,7 +125,7 @@ int ps_dla_prompt(const ps_model *m, const ps_cache *c, int64_t pos, int32_t ans
         float *o = out + v * K;
         int64_t k = 0;
         o[k++] = (float)dot(c->embed + pos * C, uv, C);
-        if (bias) o[k++] = (float)dot(c->pos_embed + pos * C, uv, C);
+        if (has_pos_embed(mc)) o[k++] = (float)dot(c->pos_embed + pos * C, uv, C);
         for (int64_t l = 0; l < L; l++) {
             o[k++] = (float)dot(c->attn_out + (l * T + pos) * C, uv, C);
             o[k++] = (float)dot(c->mlp_out + (l * T + pos) * C, uv, C);

@@ -15,10 +15,12 @@ void ps_graph_init(ps_graph *g, const ps_model_config *mc, int kv_native) {
     g->n_sources = 1 + L * (H + 1);
     g->n_dests = L * dests_per_layer(g) + 1;
     g->n_edges = 0;
-    // Per layer: a head input reads input and every earlier layer's heads and MLP; the MLP also its own heads.
+    g->parallel = mc->parallel_residual;
+    // Per layer: a head input reads input and every earlier layer's heads and MLP; the MLP also its own heads
+    // unless the block is parallel (attention and MLP both read the stream entering the layer).
     for (int64_t l = 0; l < L; l++) {
         const int64_t before = 1 + l * (H + 1);
-        g->n_edges += (H + 2 * g->n_kv_heads) * before + (before + H);
+        g->n_edges += (H + 2 * g->n_kv_heads) * before + (before + (g->parallel ? 0 : H));
     }
     g->n_edges += g->n_sources; // logits
 }
@@ -54,7 +56,7 @@ int ps_graph_edge(const ps_graph *g, int64_t s, int64_t d) {
     const int64_t sl = source_layer(g, s, &mlp), dl = d / dests_per_layer(g);
     const int d_mlp = d % dests_per_layer(g) == dests_per_layer(g) - 1;
     if (sl < dl) return 1;
-    return d_mlp && sl == dl && !mlp; // a layer's heads write before its MLP reads
+    return d_mlp && sl == dl && !mlp && !g->parallel; // a layer's heads write before its MLP reads (sequential blocks)
 }
 
 void ps_graph_source_name(const ps_graph *g, int64_t s, char *buf, size_t cap) {

@@ -10,7 +10,15 @@
 #include <stdlib.h>
 #include <string.h>
 
-int64_t ps_lens_n_stages(const ps_model_config *mc) { return 2 * mc->n_layers + 1; }
+// Stages as TransformerLens's accumulated_resid(incl_mid=True) lists them: each layer's resid_pre and resid_mid, then
+// the final resid_post; a parallel-residual block (GPT-NeoX) has no resid_mid, so only resid_pre there.
+int64_t ps_lens_n_stages(const ps_model_config *mc) { return (mc->parallel_residual ? 1 : 2) * mc->n_layers + 1; }
+
+// Stage s's layer, and whether it is that layer's resid_mid.
+static int64_t stage_layer(const ps_model_config *mc, int64_t s, int *mid) {
+    *mid = !mc->parallel_residual && s % 2;
+    return mc->parallel_residual ? s : s / 2;
+}
 
 int ps_lens_table_init(ps_table *t, const char *name, const ps_model_config *mc, int64_t n_rows, int64_t top_k, ps_error *e) {
     if (top_k < 0 || top_k > mc->d_vocab)
@@ -23,8 +31,10 @@ int ps_lens_table_init(ps_table *t, const char *name, const ps_model_config *mc,
     char buf[32];
     for (int64_t s = 0; s < S; s++) {
         sval[s] = s;
+        int mid;
+        const int64_t sl = stage_layer(mc, s, &mid);
         if (s == S - 1) snprintf(buf, sizeof buf, "final_post");
-        else snprintf(buf, sizeof buf, "%lld_%s", (long long)(s / 2), s % 2 ? "mid" : "pre");
+        else snprintf(buf, sizeof buf, "%lld_%s", (long long)sl, mid ? "mid" : "pre");
         if (!(slab[s] = strdup(buf))) { ps_fail(e, PS_EXIT_RUNTIME, "logit_lens %s: out of memory", name); goto done; }
     }
     static const char *qnames[PS_LENS_QUANTITIES] = {"logit_diff", "answer_logit", "wrong_logit", "answer_rank"};
@@ -59,14 +69,16 @@ int ps_lens_logits(const ps_model *m, const ps_cache *c, int64_t pos, float *log
     const ps_model_config *mc = &m->cfg;
     const int64_t C = mc->d_model, L = mc->n_layers, V = mc->d_vocab, T = c->T, S = ps_lens_n_stages(mc);
     if (pos < 0 || pos >= T) return ps_fail(e, PS_EXIT_BADINPUT, "logit_lens: position %lld outside the prompt's %lld tokens", (long long)pos, (long long)T);
-    if (!c->resid_pre || !c->resid_mid || !c->resid_post || !c->lnf_scale) return ps_fail(e, PS_EXIT_RUNTIME, "logit_lens: the cache lacks an array it reads");
+    if (!c->resid_pre || (!mc->parallel_residual && !c->resid_mid) || !c->resid_post || !c->lnf_scale)
+        return ps_fail(e, PS_EXIT_RUNTIME, "logit_lens: the cache lacks an array it reads");
     float *y = malloc((size_t)(2 * S * C) * sizeof *y);
     if (!y) return ps_fail(e, PS_EXIT_RUNTIME, "logit_lens: out of memory");
-    const int ln = mc->arch == PS_ARCH_GPT2;
+    const int ln = mc->arch != PS_ARCH_LLAMA;   // LayerNorm: GPT-2 and GPT-NeoX
     const float s_f = c->lnf_scale[pos];
     for (int64_t s = 0; s < S; s++) {
-        const float *x = s == S - 1 ? c->resid_post + ((L - 1) * T + pos) * C
-                       : (s % 2 ? c->resid_mid : c->resid_pre) + ((s / 2) * T + pos) * C;
+        int mid;
+        const int64_t sl = stage_layer(mc, s, &mid);
+        const float *x = s == S - 1 ? c->resid_post + ((L - 1) * T + pos) * C : (mid ? c->resid_mid : c->resid_pre) + (sl * T + pos) * C;
         float *yr = y + s * C, *yc = y + (S + s) * C, scale;
         if (ln) ps_cpu_layernorm(yr, &scale, x, m->w.lnf_w, m->w.lnf_b, 1, C, mc->eps);
         else ps_cpu_rmsnorm(yr, &scale, x, m->w.lnf_w, 1, C, mc->eps);

@@ -19,7 +19,7 @@ int ps_ov_logits(const ps_model *m, const float *resid, int64_t n, int64_t l, in
                        (long long)h, (long long)mc->n_layers, (long long)H);
     ps_layer_weights lw;
     if (ps_model_layer(m, l, &lw, e) != 0) return -1;
-    const int gpt2 = mc->arch == PS_ARCH_GPT2;
+    const int gpt2 = mc->arch != PS_ARCH_LLAMA; // LayerNorm and biases: GPT-2 and GPT-NeoX
     const int64_t g = h / (H / Hkv);   // the key/value head query head h reads
     float *x = malloc((size_t)(2 * C + D) * sizeof *x), scale;
     if (!x) return ps_fail(e, PS_EXIT_RUNTIME, "ov_scores: out of memory");

@@ -35,6 +35,9 @@ int ps_sweep_init(ps_sweep *sw, const ps_experiment *ex, int64_t idx, const ps_m
     memset(sw, 0, sizeof *sw);
     sw->ex = ex;
     const int64_t L = mc->n_layers, Hs = ps_site_heads(mc, ex->site), M = mc->d_mlp;
+    if (!ps_array_in_model(mc, ps_site_array(ex->site)))
+        return ps_fail(e, PS_EXIT_BADINPUT, "experiments[%lld] (%s): site %s: %s", (long long)idx, ex->name, ps_site_name(ex->site),
+                       ps_site_absent_why(mc, ex->site));
     for (int64_t i = 0; ex->layers && i < ex->n_layers; i++)
         if (ex->layers[i] < 0 || ex->layers[i] >= L)
             return ps_fail(e, PS_EXIT_BADINPUT, "experiments[%lld] (%s): layers[%lld] = %lld is outside the model's %lld layers",

@@ -181,6 +181,9 @@ static int parse_normalizer(ps_tokenizer *t, const cJSON *o, const char *where, 
         }
         return 0;
     }
+    // GPT-NeoX's (Pythia's) normalizer. Below U+0300 every character is its own NFC form and none composes
+    // with what follows, so NFC leaves such text unchanged; other text is refused when encoded (encode_raw).
+    if (strcmp(ty, "NFC") == 0) return ps_tok_add_norm(t, NORM_NFC, "", NULL, e);
     if (strcmp(ty, "Prepend") == 0) {
         const char *p;
         if (json_str(t, o, "prepend", where, &p, e)) return -1;
@@ -194,7 +197,7 @@ static int parse_normalizer(ps_tokenizer *t, const cJSON *o, const char *where, 
         return ps_tok_add_norm(t, NORM_REPLACE, pat, content, e);
     }
     return ps_fail(e, PS_EXIT_BADINPUT,
-                   "%s: %s.type: \"%s\" is not supported (supported: Prepend, Replace with a String pattern, Sequence)",
+                   "%s: %s.type: \"%s\" is not supported (supported: NFC, Prepend, Replace with a String pattern, Sequence)",
                    t->path, where, ty);
 }
 

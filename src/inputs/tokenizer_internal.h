@@ -68,7 +68,7 @@ static inline size_t pow2_at_least(size_t n) {
 enum { F_MODEL = 1, F_ADDED = 2, F_SPECIAL = 4 };
 enum { PRE_NONE, PRE_BYTE_LEVEL, PRE_METASPACE };
 enum { SCHEME_ALWAYS, SCHEME_FIRST, SCHEME_NEVER };
-enum { NORM_PREPEND, NORM_REPLACE };
+enum { NORM_PREPEND, NORM_REPLACE, NORM_NFC };
 enum { DEC_BYTE_LEVEL, DEC_REPLACE, DEC_BYTE_FALLBACK, DEC_FUSE, DEC_STRIP, DEC_METASPACE };
 
 typedef struct {

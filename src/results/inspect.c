@@ -219,7 +219,9 @@ int ps_store_inspect(const char *path, ps_error *e) {
     fprintf(o, "  config:    %s\n", attr_or_dash(run, "config_path", buf, sizeof buf));
     attr_or_dash(run, "model_dir", buf, sizeof buf);
     attr_or_dash(run, "weights_dtype", buf2, sizeof buf2);
-    fprintf(o, "  model:     %s (weights %s", buf, buf2);
+    fprintf(o, "  model:     %s (", buf);
+    if (H5Aexists(run, "architecture") > 0) fprintf(o, "%s, ", attr_or_dash(run, "architecture", buf, sizeof buf));
+    fprintf(o, "weights %s", buf2);
     attr_or_dash(run, "weights_sha256", buf, sizeof buf);
     fprintf(o, ", sha256 %.16s%s)\n", buf, strlen(buf) > 16 ? "..." : "");
     fprintf(o, "  tokenizer: %s\n", attr_or_dash(run, "tokenizer_path", buf, sizeof buf));

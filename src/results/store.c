@@ -129,6 +129,7 @@ int ps_store_write_run(ps_store *s, const ps_run_info *r, ps_error *e) {
     bad |= ps_h5_attr_str(run, "backend", r->backend);
     bad |= ps_h5_attr_str(run, "precision", r->precision);
     bad |= ps_h5_attr_str(run, "weights_dtype", r->weights_dtype);
+    if (r->architecture) bad |= ps_h5_attr_str(run, "architecture", r->architecture);
     if (r->blas) bad |= ps_h5_attr_str(run, "blas", r->blas);
     bad |= ps_h5_attr_i64(run, "threads", r->threads);
     bad |= ps_h5_attr_i64(run, "prepend_bos", r->prepend_bos ? 1 : 0);

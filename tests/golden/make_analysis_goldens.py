@@ -8,7 +8,7 @@ recompute_ln=False, then the final norm's weight and bias, which is what older T
 the OV-circuit logits the copy/next scores are read from (plain torch on TL's weights and norm modules).
 
 Regenerate (from the repo root; needs the reference venv, offline is fine; ~20 s):
-    ~/.cache/ps-venv/bin/python tests/golden/make_analysis_goldens.py              # all six models
+    ~/.cache/ps-venv/bin/python tests/golden/make_analysis_goldens.py              # all nine models
     ~/.cache/ps-venv/bin/python tests/golden/make_analysis_goldens.py gpt2-tiny-a  # just some
 Option: --out DIR (default tests/data). The models are read, never rebuilt (make_goldens.py owns them).
 """
@@ -20,7 +20,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from make_goldens import REPO, load_bridge, pkg_version, save_st, torch, transformers  # noqa: E402
 
-MODELS = ["gpt2-tiny-a", "gpt2-tiny-b", "gpt2-tiny-c", "llama-tiny-a", "llama-tiny-b", "llama-tiny-c"]
+MODELS = ["gpt2-tiny-a", "gpt2-tiny-b", "gpt2-tiny-c", "llama-tiny-a", "llama-tiny-b", "llama-tiny-c",
+          "neox-tiny-a", "neox-tiny-b", "neox-tiny-c"]
 # (length, metric position): the last position, and one in the middle (a metric read before the end).
 PROMPTS = [(6, 5), (9, 4), (8, 7)]
 SEED = 14
@@ -35,6 +36,7 @@ def make(name, out_root):
     vocab = cfg["vocab_size"]
     br = load_bridge(folder, vocab)
     L = br.cfg.n_layers
+    mid = not cfg.get("use_parallel_residual", False)   # a parallel block (GPT-NeoX) has no resid_mid
     W_U = br.W_U.detach()                                   # (C, V)
     b_U = getattr(br, "b_U", None)
     b_U = torch.zeros(vocab) if b_U is None else b_U.detach()
@@ -59,9 +61,9 @@ def make(name, out_root):
             out[f"p{i}.dla_resid"] = cache.logit_attrs(resid, **kw).reshape(-1).float()
             out[f"p{i}.dla_heads"] = cache.logit_attrs(heads, **kw).reshape(-1).float()
             out[f"p{i}.dla_neurons"] = cache.logit_attrs(neurons, **kw).reshape(-1).float()
-            acc, alabels = cache.accumulated_resid(incl_mid=True, apply_ln=True, pos_slice=pos, return_labels=True)
+            acc, alabels = cache.accumulated_resid(incl_mid=mid, apply_ln=True, pos_slice=pos, return_labels=True)
             out[f"p{i}.lens_recompute"] = (acc[:, 0] @ W_U + b_U).float()              # (stages, V)
-            raw = cache.accumulated_resid(incl_mid=True, apply_ln=False, pos_slice=pos)
+            raw = cache.accumulated_resid(incl_mid=mid, apply_ln=False, pos_slice=pos)
             scaled = cache.apply_ln_to_stack(raw, layer=-1, pos_slice=pos, recompute_ln=False)[:, 0]
             if lnf_w is not None:
                 scaled = scaled * lnf_w

@@ -4,7 +4,7 @@ reference implementations (HF transformers builds/saves the models, TransformerL
 every golden number); a plain-torch re-derivation only cross-checks TransformerLens.
 
 Regenerate (from the repo root; needs the reference venv, offline is fine):
-    ~/.cache/ps-venv/bin/python tests/golden/make_goldens.py            # all six models
+    ~/.cache/ps-venv/bin/python tests/golden/make_goldens.py            # all nine models
     ~/.cache/ps-venv/bin/python tests/golden/make_goldens.py gpt2-tiny-a  # just some
 Options: --out DIR (default tests/data), --no-check (skip the plain-torch cross-check).
 
@@ -36,6 +36,8 @@ from tokenizers import Tokenizer, models as tok_models  # noqa: E402
 from transformers import (  # noqa: E402
     GPT2Config,
     GPT2LMHeadModel,
+    GPTNeoXConfig,
+    GPTNeoXForCausalLM,
     LlamaConfig,
     LlamaForCausalLM,
     PreTrainedTokenizerFast,
@@ -74,7 +76,26 @@ MODELS = [
                  num_key_value_heads=3, num_hidden_layers=2, vocab_size=101,
                  max_position_embeddings=64, rms_norm_eps=1e-5, rope_theta=500.0,
                  tie_word_embeddings=False)),
+    # GPT-NeoX (Pythia's family): the fused query_key_value is interleaved per head; bos/eos 0 as in
+    # Pythia's <|endoftext|>. c is saved in fp16 (Pythia ships fp16); its goldens come from the fp16 file.
+    dict(name="neox-tiny-a", arch="neox", seed=301,
+         hf=dict(hidden_size=64, num_attention_heads=4, num_hidden_layers=2, intermediate_size=256,
+                 vocab_size=101, max_position_embeddings=64, rotary_pct=0.25, rotary_emb_base=10000,
+                 use_parallel_residual=True, hidden_act="gelu", layer_norm_eps=1e-5,
+                 tie_word_embeddings=False, bos_token_id=0, eos_token_id=0)),
+    dict(name="neox-tiny-b", arch="neox", seed=302,
+         hf=dict(hidden_size=48, num_attention_heads=3, num_hidden_layers=3, intermediate_size=192,
+                 vocab_size=101, max_position_embeddings=64, rotary_pct=1.0, rotary_emb_base=10000,
+                 use_parallel_residual=False, hidden_act="gelu", layer_norm_eps=1e-5,
+                 tie_word_embeddings=False, bos_token_id=0, eos_token_id=0)),
+    dict(name="neox-tiny-c", arch="neox", seed=303, dtype="float16",
+         hf=dict(hidden_size=80, num_attention_heads=5, num_hidden_layers=2, intermediate_size=160,
+                 vocab_size=101, max_position_embeddings=64, rotary_pct=0.5, rotary_emb_base=500,
+                 use_parallel_residual=True, hidden_act="gelu", layer_norm_eps=1e-6,
+                 tie_word_embeddings=False, bos_token_id=0, eos_token_id=0)),
 ]
+HF_CLASSES = {"gpt2": (GPT2Config, GPT2LMHeadModel), "llama": (LlamaConfig, LlamaForCausalLM),
+              "neox": (GPTNeoXConfig, GPTNeoXForCausalLM)}
 
 FORWARD_LENGTHS = [7, 12, 1, 5]
 PATCH_LENGTHS = [6, 7, 8]
@@ -85,20 +106,20 @@ BIAS_STD = 0.1
 def build_hf_model(spec):
     """Random HF model: normal weights, random biases, norm gains in [0.5, 1.5]."""
     torch.manual_seed(spec["seed"])
-    if spec["arch"] == "gpt2":
-        model = GPT2LMHeadModel(GPT2Config(**spec["hf"]))
-    else:
-        model = LlamaForCausalLM(LlamaConfig(**spec["hf"]))
+    cfg_cls, model_cls = HF_CLASSES[spec["arch"]]
+    model = model_cls(cfg_cls(**spec["hf"]))
     gen = torch.Generator().manual_seed(spec["seed"])
     with torch.no_grad():
         for name, p in model.named_parameters():
-            is_norm = any(s in name for s in ("ln_", "layernorm", "model.norm"))
+            is_norm = any(s in name for s in ("ln_", "layernorm", "model.norm", "layer_norm"))
             if is_norm and name.endswith("weight"):
                 p.copy_(torch.rand(p.shape, generator=gen) + 0.5)
             elif name.endswith("bias"):
                 p.copy_(torch.randn(p.shape, generator=gen) * BIAS_STD)
             else:
                 p.copy_(torch.randn(p.shape, generator=gen) * WEIGHT_STD)
+    if spec.get("dtype") == "float16":
+        model = model.half()
     return model.eval()
 
 
@@ -143,7 +164,9 @@ def load_bridge(folder, vocab_size):
 # ---------------------------------------------------------------------------------------------
 # Hook names saved in the forward goldens (TransformerLens legacy names).
 
-def forward_hook_names(arch, n_layers):
+def forward_hook_names(arch, n_layers, parallel=False):
+    """parallel: a parallel-residual block, where TL (like legacy HookedTransformer) has no
+    hook_resid_mid. GPT-NeoX's hook_rot_q/k are not TL hooks in 4.3 (see neox_rot_qk)."""
     names = ["hook_embed"] + (["hook_pos_embed"] if arch == "gpt2" else [])
     for L in range(n_layers):
         b = f"blocks.{L}."
@@ -152,8 +175,9 @@ def forward_hook_names(arch, n_layers):
         if arch == "llama":
             names += [b + "attn.hook_rot_q", b + "attn.hook_rot_k"]
         names += [b + "attn.hook_attn_scores", b + "attn.hook_pattern", b + "attn.hook_z",
-                  b + "attn.hook_result", b + "hook_attn_out", b + "hook_resid_mid",
-                  b + "ln2.hook_scale", b + "ln2.hook_normalized", b + "mlp.hook_pre"]
+                  b + "attn.hook_result", b + "hook_attn_out"]
+        names += [] if parallel else [b + "hook_resid_mid"]
+        names += [b + "ln2.hook_scale", b + "ln2.hook_normalized", b + "mlp.hook_pre"]
         if arch == "llama":
             names += [b + "mlp.hook_pre_linear"]
         names += [b + "mlp.hook_post", b + "hook_mlp_out", b + "hook_resid_post"]
@@ -378,6 +402,18 @@ def check_shape(key, axes, res, axis_len, n):
     return sym
 
 
+def neox_rot_qk(br, cache, L):
+    """GPT-NeoX's rotated q and k ([pos, heads, d_head]: the first rotary_dim dims rotated, the rest
+    passed through). TL 4.3's bridge computes them but hooks neither (legacy HookedTransformer had
+    hook_rot_q/k), so take them from TL's own rotation (_apply_rotary_pos_emb, HF's formula) applied to
+    TL's hook_q/hook_k with TL's hook_cos/hook_sin of that layer."""
+    b = f"blocks.{L}.attn."
+    q = cache[b + "hook_q"].transpose(1, 2)   # [batch, heads, pos, d_head]
+    k = cache[b + "hook_k"].transpose(1, 2)
+    rq, rk = br.blocks[L].attn._apply_rotary_pos_emb(q, k, cache[b + "hook_cos"], cache[b + "hook_sin"])
+    return rq.transpose(1, 2)[0], rk.transpose(1, 2)[0]
+
+
 def tensor_info(t):
     return {"shape": list(t.shape), "dtype": str(t.dtype).replace("torch.", "")}
 
@@ -390,9 +426,14 @@ def make_model(spec, out_root, check):
     save_hf_model(hf_model, folder)
 
     # Reload what is on disk so the goldens belong to the committed file, not to memory.
-    hf_cls = GPT2LMHeadModel if arch == "gpt2" else LlamaForCausalLM
-    hf = hf_cls.from_pretrained(folder, attn_implementation="eager").eval()
+    # float32 even for an fp16 file: the goldens are the fp16 weights computed in fp32, as patchsweep does.
+    hf = HF_CLASSES[arch][1].from_pretrained(folder, attn_implementation="eager",
+                                             dtype=torch.float32).eval()
     cfg = hf.config
+    parallel = arch == "neox" and cfg.use_parallel_residual
+    if arch == "neox" and check:
+        print("  (no plain-torch cross-check for GPT-NeoX: TL vs HF logits is checked)", flush=True)
+        check = False
     vocab = cfg.vocab_size
     br = load_bridge(folder, vocab)
     n_layers = br.cfg.n_layers
@@ -408,7 +449,7 @@ def make_model(spec, out_root, check):
     # ---- forward goldens
     fwd = {}
     fwd_prompts = []
-    hook_names = forward_hook_names(arch, n_layers)
+    hook_names = forward_hook_names(arch, n_layers, parallel)
     worst_hf = worst_ref = 0.0
     for i, n in enumerate(FORWARD_LENGTHS):
         toks = torch.randint(0, vocab, (1, n), generator=gen)
@@ -424,6 +465,10 @@ def make_model(spec, out_root, check):
                 raise SystemExit(f"{name}: TL cache has no {hn}")
             fwd[f"p{i}.{hn}"] = cache[hn][0].to(torch.float32).clone().contiguous()
         fwd[f"p{i}.logits"] = logits[0].to(torch.float32).clone().contiguous()
+        for L in range(n_layers if arch == "neox" else 0):
+            rq, rk = neox_rot_qk(br, cache, L)
+            fwd[f"p{i}.blocks.{L}.attn.hook_rot_q"] = rq.to(torch.float32).clone().contiguous()
+            fwd[f"p{i}.blocks.{L}.attn.hook_rot_k"] = rk.to(torch.float32).clone().contiguous()
         if check:
             rc = {}
             with torch.no_grad():
@@ -495,6 +540,8 @@ def make_model(spec, out_root, check):
                 with torch.no_grad():
                     ref.forward(src_toks[0], cache=ref_src)
             for key, fn_name, _axes in SWEEPS:
+                if parallel and key == "resid_mid":
+                    continue  # no hook_resid_mid in a parallel block
                 fn = getattr(patching, fn_name)
                 with torch.no_grad():
                     res = fn(br, run_toks, src_cache, metric)
@@ -558,11 +605,16 @@ def make_model(spec, out_root, check):
             "hook_result: [pos, n_heads, d_model] = z_h @ W_O[h]; hook_attn_out = sum_h + b_O",
             "llama mlp: hook_pre = x @ W_gate, hook_pre_linear = x @ W_up, "
             "hook_post = silu(hook_pre) * hook_pre_linear",
+            "gpt-neox: hook_rot_q/k are not TL 4.3 hooks; they are TL's _apply_rotary_pos_emb of "
+            "hook_q/hook_k with the layer's hook_cos/hook_sin (only the first rotary_dim dims "
+            "rotate). With use_parallel_residual there is no hook_resid_mid (TL has none).",
         ],
         "keys": {k: tensor_info(v) for k, v in fwd.items()},
     }
     sweep_desc = {}
     for key, fn_name, axes in SWEEPS:
+        if key not in sweep_shapes:
+            continue  # resid_mid of a parallel block
         sweep_desc[key] = {"tl_function": f"transformer_lens.patching.{fn_name}", "axes": axes,
                            "shape": sweep_shapes[key]}
     sweep_desc["neuron"] = {

@@ -18,7 +18,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from make_goldens import REPO, load_bridge, pkg_version, torch, transformers  # noqa: E402
 
-DEFAULT_MODELS = ["gpt2-tiny-a", "llama-tiny-a", "llama-tiny-b"]
+DEFAULT_MODELS = ["gpt2-tiny-a", "llama-tiny-a", "llama-tiny-b", "neox-tiny-a", "neox-tiny-b"]
 T = 7          # prompt length
 N_REF = 4      # reference prompts the means are taken over
 SEED = 7

@@ -48,6 +48,7 @@ int gpu_random_model(ps_model *m, ps_arch arch, int64_t L, int64_t H, int64_t Hk
     c->eps = 1e-5f;
     c->act = gpt2 ? PS_ACT_GELU_NEW : PS_ACT_SILU;
     c->rope_theta = 10000.0f;
+    c->rotary_dim = gpt2 ? 0 : D;
     c->bos_id = c->eos_id = -1;
     c->tie_word_embeddings = gpt2;
     strcpy(c->dtype, "float32");

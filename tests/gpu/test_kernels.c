@@ -56,7 +56,7 @@ static void test_rotary(void) {
                 int64_t *pos = malloc((size_t)T * sizeof *pos);
                 for (int64_t i = 0; i < T; i++) pos[i] = 3 + 2 * i;  // not 0..T-1: rows that start mid-sequence
                 ps_error e = {0};
-                ps_cpu_rotary(xc, T, nh, D, pos, thetas[c]);
+                ps_cpu_rotary(xc, T, nh, D, D, pos, thetas[c]);
                 TU_CHECK(ps_cuda_test_rotary(xg, T, nh, D, pos, thetas[c], &e) == 0, "rotary: %s", e.msg);
                 char name[128];
                 snprintf(name, sizeof name, "rotary T=%lld D=%lld theta=%g", (long long)T, (long long)D, thetas[c]);
