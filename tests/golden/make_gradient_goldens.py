@@ -33,7 +33,7 @@ import transformers  # noqa: E402
 from importlib.metadata import version as pkg_version  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
-MODELS = ["gpt2-tiny-a", "gpt2-tiny-b", "gpt2-tiny-c", "llama-tiny-a", "llama-tiny-b"]
+MODELS = [m["name"] for m in mg.MODELS]
 # Gradient runs: (pair of golden_patch, which tokens). The corrupted run is denoising's base.
 GRAD_RUNS = [(0, "corrupted"), (1, "clean")]
 
