@@ -23,7 +23,9 @@
 //      "corrupted": {"path": "g.jsonl", "field": "text", "format": ..., "offset": 0},  (optional)
 //      "offset": 0, "limit": 0}                              (records [offset, offset+limit); limit 0 = all)
 //   <experiment> is {"name": "[A-Za-z0-9_.-]+" (required, unique), "kind": "patch_sweep" (the producer of its
-//      results table; default), "path_patch" (below), or an analysis: dla, logit_lens, attention, "site": see ps_site (required),
+//      results table; default), "path_patch" (below), "attribution" (the same cells estimated by attribution
+//      patching: one backward pass per prompt, same keys), or an analysis: dla, logit_lens, attention,
+//      "site": see ps_site (required),
 //      "by": see ps_layout (default from the site), "direction": "denoise|noise" (default denoise),
 //      "layers": [..], "heads": [..], "neurons": [..] (non-negative ints; absent = all),
 //      "positions": [ints, "end", or role names] (negative counts from the end; "end" = -1; a role name
@@ -111,7 +113,8 @@ typedef enum { PS_SENDERS_HEADS = 0, PS_SENDERS_MLPS, PS_SENDERS_ALL, PS_SENDERS
 
 typedef struct {
     char *name;                  // unique; becomes /results/<name>
-    char *kind;                  // owned; the producer of its table: "patch_sweep" (default), "path_patch", "dla", "logit_lens", "attention", "ov_scores", "head_scores"
+    char *kind;                  // owned; the producer of its table: "patch_sweep" (default), "path_patch", "attribution",
+                                 // "dla", "logit_lens", "attention", "ov_scores", "head_scores"
     ps_site site;
     ps_layout layout;
     ps_direction direction;

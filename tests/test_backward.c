@@ -1,8 +1,11 @@
 // The CPU backward pass against torch autograd: the logit difference's gradient at every TransformerLens hook
 // of every tiny model (tests/data/*/golden_gradients.safetensors, made by tests/golden/make_gradient_goldens.py)
 // at 1e-4 abs + rel, with the largest error per hook family printed; a central finite difference of the forward
-// pass along random directions at several sites; and attribution patching against the torch reference.
+// pass along random directions at several sites; and attribution patching (kind "attribution") on every site and
+// layout against the torch reference.
 #include "golden_util.h"
+#include "patch_fixture.h"
+#include "ps_producer.h"
 #include "ps_backward.h"
 #include "ps_forward.h"
 #include "testutil.h"
@@ -215,9 +218,91 @@ static void test_finite_difference(const char *name) {
     ps_model_free(&m);
 }
 
+// Attribution patching (kind "attribution") on every site and layout in both directions against the torch reference
+// (golden a<pair>.<direction>.<site>.<layout>: TL's normalized attribution, i.e. the table's normalized values,
+// less 1 for noising, whose base is the clean run). Also prints how well it tracks activation patching.
+static void test_attribution(const char *name) {
+    pf_fixture f;
+    if (pf_load_or_fail(&f, name) != 0) return;
+    ps_safetensors gs;
+    ps_model m2;
+    if (load(name, "golden_gradients.safetensors", &m2, &gs) != 0) { pf_free(&f); return; }
+    ps_model_free(&m2);
+    enum { MAXX = 2 * PS_SITE_COUNT * PS_BY_COUNT };
+    ps_experiment ex[2 * MAXX];
+    char names[2 * MAXX][64];
+    int nx = 0;
+    for (int d = 0; d < 2; d++)
+        for (int s = 0; s < PS_SITE_COUNT; s++)
+            for (int l = 0; l < PS_BY_COUNT; l++) {
+                if (!ps_layout_fits((ps_site)s, (ps_layout)l)) continue;
+                for (int k = 0; k < 2; k++) { // attribution, then the activation patching it estimates
+                    memset(&ex[nx], 0, sizeof ex[nx]);
+                    snprintf(names[nx], 64, "%s.%s.%s.%s", k ? "patch" : "attr", d ? "noise" : "denoise", ps_site_name((ps_site)s),
+                             ps_layout_name((ps_layout)l));
+                    ex[nx] = (ps_experiment){.name = names[nx], .kind = k ? "patch_sweep" : "attribution", .site = (ps_site)s,
+                                             .layout = (ps_layout)l, .direction = d ? PS_DIR_NOISE : PS_DIR_DENOISE};
+                    nx++;
+                }
+            }
+    ps_backend be;
+    ps_error e = {0};
+    ps_run_results rr;
+    ps_engine_opts o = {0};
+    if (ps_backend_init(&be, PS_BACKEND_CPU, PS_PREC_FP32, 0, &f.m, &e) != 0 ||
+        ps_engine_run(&f.m, &be, &f.ps, ex, nx, PS_METRIC_LOGIT_DIFF, &o, &rr, &e) != 0) {
+        TU_CHECK(0, "%s: attribution run: %s", name, e.msg);
+        ps_safetensors_free(&gs);
+        pf_free(&f);
+        return;
+    }
+    double worst = 0, sxy = 0, sxx = 0, syy = 0, sx = 0, sy = 0;
+    int64_t compared = 0, nc = 0;
+    for (int x = 0; x < nx; x += 2) {
+        const ps_table *t = &rr.tables[x], *tp = &rr.tables[x + 1];
+        TU_CHECK(!strcmp(t->kind, "attribution"), "%s: table %s has kind %s", name, t->name, t->kind);
+        const double off = ex[x].direction == PS_DIR_NOISE ? 1.0 : 0.0;
+        for (int64_t i = 0; i < f.ps.n; i++) {
+            char key[128];
+            snprintf(key, sizeof key, "a%lld.%s", (long long)i, names[x] + 5);
+            int64_t n = 0;
+            float *want = gu_f32(&gs, key, &n);
+            if (!want) { TU_CHECK(0, "%s: no golden %s", name, key); continue; }
+            // the golden's pos axis is this prompt's length, the table's the longest prompt's
+            const int pa = ps_table_axis(t, "pos");
+            int64_t inner = 1;
+            for (int a = pa + 1; pa >= 0 && a < t->n_axes; a++) inner *= t->axes[a].len;
+            const int64_t Tn = pa >= 0 ? f.ps.p[i].T : 1, Tt = pa >= 0 ? t->axes[pa].len : 1;
+            for (int64_t k = 0; k < n; k++) {
+                const int64_t outer = k / (Tn * inner), tt = (k / inner) % Tn, in = k % inner;
+                const int64_t cell = (outer * Tt + tt) * inner + in;
+                const double got = t->normalized[i * t->n_cells + cell] - off, w = want[k];
+                const double err = fabs(got - w);
+                if (err > worst) worst = err;
+                if (!(err <= 1e-4 + 1e-4 * fabs(w)))
+                    TU_CHECK(0, "%s %s[%lld]: got %.7g want %.7g", name, key, (long long)k, got, w);
+                const double act = tp->normalized[i * tp->n_cells + cell] - off;
+                sx += w; sy += act; sxx += w * w; syy += act * act; sxy += w * act; nc++;
+                compared++;
+            }
+            free(want);
+        }
+    }
+    const double cov = sxy / nc - (sx / nc) * (sy / nc), vx = sxx / nc - (sx / nc) * (sx / nc), vy = syy / nc - (sy / nc) * (sy / nc);
+    printf("%s: attribution patching, %d tables x %lld prompts (%lld cells) vs the torch reference: max |err| %.2e; "
+           "correlation with activation patching %.3f\n",
+           name, nx / 2, (long long)f.ps.n, (long long)compared, worst, cov / sqrt(vx * vy));
+    TU_CHECK(compared > 0, "%s: no attribution cells compared", name);
+    ps_run_results_free(&rr);
+    ps_backend_free(&be);
+    ps_safetensors_free(&gs);
+    pf_free(&f);
+}
+
 int main(void) {
     TU_CHECK(gu_for_each_model(test_gradients) >= 3, "too few models");
     test_finite_difference("gpt2-tiny-a");
     test_finite_difference("llama-tiny-b");
+    TU_CHECK(gu_for_each_model(test_attribution) >= 3, "too few models");
     return tu_done("backward");
 }

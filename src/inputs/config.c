@@ -28,7 +28,8 @@ static const char *const multitoken_names[] = {"first_diff", "sum_logprob"};
 static const char *const align_names[] = {"error"};
 static const char *const format_names[] = {"jsonl", "csv", "json"};
 // Producers of result tables an experiment's "kind" may name (ps_table.h).
-static const char *const kind_names[] = {"patch_sweep", "path_patch", "dla", "logit_lens", "attention", "ov_scores", "head_scores"};
+static const char *const kind_names[] = {"patch_sweep", "path_patch", "attribution", "dla", "logit_lens", "attention",
+                                         "ov_scores", "head_scores"};
 
 #define COUNT(a) ((int)(sizeof(a) / sizeof((a)[0])))
 
