@@ -299,7 +299,47 @@ static void test_attribution(const char *name) {
     pf_free(&f);
 }
 
+// Every metric's d / d logits (ps_metric_grad, where the backward pass starts) against central differences of
+// ps_metric_value, on random logits at two positions.
+static void test_metric_grads(void) {
+    enum { V = 13 };
+    float logits[2 * V], clean_lp[V], dl[2 * V];
+    uint32_t seed = 7;
+    for (int j = 0; j < 2 * V; j++) {
+        seed = seed * 1664525u + 1013904223u;
+        logits[j] = (float)((seed >> 8) / 16777216.0 * 6.0 - 3.0);
+    }
+    double lse = 0;
+    for (int j = 0; j < V; j++) lse += exp(logits[V + j] * 0.5);
+    for (int j = 0; j < V; j++) clean_lp[j] = (float)(logits[V + j] * 0.5 - log(lse));
+    int64_t lp_pos[2] = {3, 4};
+    int32_t lp_tok[2] = {5, 9};
+    const ps_prompt p = {.T = 5, .T_prompt = 5, .score_pos = 4, .answer_id = 2, .wrong_id = 7, .n_lp = 2, .lp_pos = lp_pos, .lp_tok = lp_tok};
+    const ps_metric_kind kinds[] = {PS_METRIC_LOGIT_DIFF, PS_METRIC_PROB_DIFF, PS_METRIC_LOGPROB, PS_METRIC_KL};
+    for (int k = 0; k < 4; k++) {
+        ps_metric_request rq;
+        ps_metric_request_for(kinds[k], &p, &rq);
+        rq.n_cols = 0;
+        ps_metric_grad(kinds[k], &p, &rq, logits, V, clean_lp, dl);
+        double worst = 0;
+        for (int64_t j = 0; j < rq.n_out * V; j++) {
+            float lp[2 * V];
+            memcpy(lp, logits, sizeof lp);
+            const float h = 1e-2f;
+            lp[j] = logits[j] + h;
+            const double up = ps_metric_value(kinds[k], &p, &rq, lp, V, clean_lp);
+            lp[j] = logits[j] - h;
+            const double dn = ps_metric_value(kinds[k], &p, &rq, lp, V, clean_lp);
+            const double fd = (up - dn) / (2.0 * h), err = fabs(fd - dl[j]);
+            if (err > worst) worst = err;
+        }
+        printf("metric %s: d/dlogits vs central differences, max |err| %.2e\n", ps_metric_name(kinds[k]), worst);
+        TU_CHECK(worst < 1e-3, "metric %s: gradient off by %g", ps_metric_name(kinds[k]), worst);
+    }
+}
+
 int main(void) {
+    test_metric_grads();
     TU_CHECK(gu_for_each_model(test_gradients) >= 3, "too few models");
     test_finite_difference("gpt2-tiny-a");
     test_finite_difference("llama-tiny-b");

@@ -9,41 +9,8 @@
 #include "ps_backward.h"
 #include "ps_producer.h"
 
-#include <math.h>
 #include <stdlib.h>
 #include <string.h>
-
-// d metric / d logits of the base run at the metric's positions (n_out, V), from the base run's logits there.
-// clean_lp: (V) the clean run's log-softmax (metric kl).
-static void metric_dlogits(ps_metric_kind kind, const ps_prompt *p, const ps_metric_request *rq, const float *logits, int64_t V,
-                           const float *clean_lp, float *dl) {
-    memset(dl, 0, (size_t)(rq->n_out * V) * sizeof(float));
-    for (int64_t o = 0; o < rq->n_out; o++) {
-        const float *x = logits + o * V;
-        float *d = dl + o * V;
-        if (kind == PS_METRIC_LOGIT_DIFF) {
-            d[p->answer_id] += 1.0f;
-            d[p->wrong_id] -= 1.0f;
-            continue;
-        }
-        // softmax of the row, in double
-        double mx = x[0], s = 0;
-        for (int64_t j = 1; j < V; j++) mx = x[j] > mx ? x[j] : mx;
-        for (int64_t j = 0; j < V; j++) s += exp((double)x[j] - mx);
-        for (int64_t j = 0; j < V; j++) {
-            const double q = exp((double)x[j] - mx) / s;
-            if (kind == PS_METRIC_PROB_DIFF) {
-                // p_a - p_w: d p_a / d x_j = p_a (delta_aj - p_j)
-                const double pa = exp((double)x[p->answer_id] - mx) / s, pw = exp((double)x[p->wrong_id] - mx) / s;
-                d[j] = (float)(pa * ((j == p->answer_id) - q) - pw * ((j == p->wrong_id) - q));
-            } else if (kind == PS_METRIC_LOGPROB) {
-                d[j] = (float)((j == p->lp_tok[o]) - q);   // sum of log-softmax at each answer token
-            } else {
-                d[j] = clean_lp ? (float)(q - exp((double)clean_lp[j])) : NAN; // KL(clean || run)
-            }
-        }
-    }
-}
 
 // sum over the cell's elements of (src - base) * g at the patch's site, layer, position and unit.
 static double cell_sum(const ps_model_config *mc, const ps_patch *pt, const ps_cache *base, const ps_cache *src,
@@ -69,6 +36,7 @@ static int base_gradient(ps_producer_ctx *cx, const ps_prompt *p, const int32_t 
     const int64_t V = mc->d_vocab;
     ps_metric_request rq;
     ps_metric_request_for(cx->metric, p, &rq);
+    rq.n_cols = 0; // every column: the gradient needs the whole row for all but logit_diff
     float *logits = malloc((size_t)(rq.n_out * V) * sizeof(float)), *dl = malloc((size_t)(rq.n_out * V) * sizeof(float));
     int rc = -1;
     if (!logits || !dl) {
@@ -77,7 +45,7 @@ static int base_gradient(ps_producer_ctx *cx, const ps_prompt *p, const int32_t 
     }
     ps_row r = {.tokens = tokens, .T = p->T, .base = base, .out_pos = rq.out_pos, .n_out = rq.n_out, .logits = logits};
     if (ps_engine_rows(cx->m, cx->be, &r, 1, NULL, NULL, e) != 0) goto done;
-    metric_dlogits(cx->metric, p, &rq, logits, V, clean_lp, dl);
+    ps_metric_grad(cx->metric, p, &rq, logits, V, clean_lp, dl);
     const ps_logit_grad lg = {rq.n_out, rq.out_pos, dl};
     if (ps_cache_init(g, mc, p->T, 0, e) != 0) goto done;
     rc = ps_cpu_backward(cx->m, base, &lg, g, e);
@@ -133,7 +101,7 @@ static int attribution_init(const ps_model_config *mc, const ps_prompt_set *ps, 
     if (ps_sweep_init(sw, p->ex, p->idx, mc, ps, e) != 0) return -1;
     sw->t = p->t;
     if (ps_sweep_table_init(p->t, sw, ps, e) != 0) return -1;
-    return ps_table_attr_str(p->t, "estimate", "attribution patching: metric(base) + (source - base) . gradient of the base run", e);
+    return ps_table_attr_str(p->t, "estimate", "linear: metric(base) + (source - base) . gradient", e);
 }
 
 static void attribution_free(void *state) {
