@@ -338,11 +338,89 @@ static void test_metric_grads(void) {
     }
 }
 
+// Edge attribution (kind edge_attribution, EAP) against the torch reference on EAP-IG's graph
+// (tests/data/*/golden_eap.safetensors, made by tests/golden/make_eap_goldens.py): every edge of every prompt.
+static void test_eap(const char *name) {
+    pf_fixture f;
+    if (pf_load_or_fail(&f, name) != 0) return;
+    char rel[256];
+    ps_safetensors gs;
+    ps_error e = {0};
+    snprintf(rel, sizeof rel, "tests/data/%s/golden_eap.safetensors", name);
+    if (ps_safetensors_open(&gs, tu_src(rel), &e) != 0) { TU_CHECK(0, "%s: %s", name, e.msg); pf_free(&f); return; }
+    ps_experiment ex[2] = {{.name = "eap", .kind = "edge_attribution"}, {.name = "eap2", .kind = "edge_attribution"}};
+    ps_backend be;
+    ps_run_results rr;
+    ps_engine_opts o = {0};
+    if (ps_backend_init(&be, PS_BACKEND_CPU, PS_PREC_FP32, 0, &f.m, &e) != 0 ||
+        ps_engine_run(&f.m, &be, &f.ps, ex, 2, PS_METRIC_LOGIT_DIFF, &o, &rr, &e) != 0) {
+        TU_CHECK(0, "%s: edge attribution run: %s", name, e.msg);
+        ps_safetensors_free(&gs);
+        pf_free(&f);
+        return;
+    }
+    const ps_table *t = &rr.tables[0];
+    const ps_attr *ne = ps_table_attr(t, "n_edges");
+    double worst = 0;
+    int64_t edges = 0;
+    for (int64_t i = 0; i < f.ps.n; i++) {
+        char key[64];
+        snprintf(key, sizeof key, "e%lld.scores", (long long)i);
+        int64_t n = 0;
+        float *want = gu_f32(&gs, key, &n);
+        TU_CHECK(want && n == t->n_cells, "%s: %s has %lld scores, the table %lld cells", name, key, (long long)n, (long long)t->n_cells);
+        for (int64_t k = 0; want && k < n && n == t->n_cells; k++) {
+            const float got = t->values[i * t->n_cells + k];
+            if (isnan(want[k]) || isnan(got)) {
+                TU_CHECK(isnan(want[k]) && isnan(got), "%s %s[%lld]: got %g want %g (edge or not)", name, key, (long long)k, got, want[k]);
+                continue;
+            }
+            const double err = fabs((double)got - want[k]);
+            if (err > worst) worst = err;
+            if (!(err <= 1e-4 + 1e-4 * fabs(want[k])))
+                TU_CHECK(0, "%s %s[%lld] (%s -> %s): got %.7g want %.7g", name, key, (long long)k,
+                         t->axes[0].label[k / t->axes[1].len], t->axes[1].label[k % t->axes[1].len], got, want[k]);
+            if (i == 0) edges++;
+        }
+        TU_CHECK(memcmp(t->values + i * t->n_cells, rr.tables[1].values + i * t->n_cells, (size_t)t->n_cells * sizeof(float)) == 0,
+                 "%s: two edge_attribution experiments differ", name);
+        free(want);
+    }
+    TU_CHECK(ne && ne->i == edges, "%s: n_edges %lld, edges with scores %lld", name, ne ? (long long)ne->i : -1LL, (long long)edges);
+    printf("%s: EAP, %lld edges x %lld prompts vs the torch reference on EAP-IG's graph: max |err| %.2e\n", name, (long long)edges,
+           (long long)f.ps.n, worst);
+    ps_run_results_free(&rr);
+    ps_backend_free(&be);
+    ps_safetensors_free(&gs);
+    pf_free(&f);
+}
+
+// EAP-IG's graph of GPT-2 small has 32,491 edges (the sequence-continuation write-up's count); laid out without a model.
+static void test_graph_size(void) {
+    const ps_model_config mc = {.arch = PS_ARCH_GPT2, .n_layers = 12, .d_model = 768, .n_heads = 12, .n_kv_heads = 12, .d_head = 64,
+                                .d_mlp = 3072, .d_vocab = 50257, .n_ctx = 1024};
+    int32_t tok[2] = {1, 2};
+    ps_prompt p = {.clean = tok, .corrupted = tok, .T = 2, .T_prompt = 2, .score_pos = 1};
+    const ps_prompt_set ps = {.p = &p, .n = 1, .T_max = 2};
+    const ps_experiment ex = {.name = "eap", .kind = "edge_attribution"};
+    ps_run_results rr;
+    ps_error e = {0};
+    if (ps_run_results_init(&rr, &mc, &ps, &ex, 1, &e) != 0) { TU_CHECK(0, "graph layout: %s", e.msg); return; }
+    const ps_attr *ne = ps_table_attr(&rr.tables[0], "n_edges");
+    TU_CHECK(ne && ne->i == 32491, "GPT-2 small: %lld edges, EAP-IG has 32491", ne ? (long long)ne->i : -1LL);
+    TU_CHECK(rr.tables[0].axes[0].len == 157 && rr.tables[0].axes[1].len == 445, "GPT-2 small: %lld sources, %lld destinations",
+             (long long)rr.tables[0].axes[0].len, (long long)rr.tables[0].axes[1].len);
+    TU_CHECK(!strcmp(rr.tables[0].axes[1].label[37], "a1.h0<q>"), "destination 37 is %s", rr.tables[0].axes[1].label[37]);
+    ps_run_results_free(&rr);
+}
+
 int main(void) {
+    test_graph_size();
     test_metric_grads();
     TU_CHECK(gu_for_each_model(test_gradients) >= 3, "too few models");
     test_finite_difference("gpt2-tiny-a");
     test_finite_difference("llama-tiny-b");
     TU_CHECK(gu_for_each_model(test_attribution) >= 3, "too few models");
+    TU_CHECK(gu_for_each_model(test_eap) >= 3, "too few models");
     return tu_done("backward");
 }

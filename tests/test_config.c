@@ -740,6 +740,24 @@ static void test_attribution_kind(void) {
                     "experiments[1].kind: unknown kind \"atribution\" (did you mean \"attribution\"?)");
     expect_exp_fail("attr2.json", "{\"name\": \"x\", \"kind\": \"attribution\", \"site\": \"pattern\", \"by\": \"layer_pos\"}",
                     "experiments[1].by: layer_pos does not fit site pattern (use layer_head or layer_pos_head)");
+
+    // edge_attribution: the whole graph, scored by a method; sweep keys are refused, method elsewhere too.
+    const char *edges = "{\"model\": \"m\", \"dataset\": [{\"clean\": \"a\", \"corrupted\": \"b\", \"answer\": \"c\", \"wrong\": \"d\"}],\n"
+                        " \"experiments\": [{\"name\": \"eap\", \"kind\": \"edge_attribution\"},\n"
+                        "                  {\"name\": \"eap2\", \"kind\": \"edge_attribution\", \"method\": \"EAP\"}]}";
+    if (load_ok(&c, write_tmp("edges.json", edges, strlen(edges))) == 0) {
+        INTEQ(c.n_experiments, 2);
+        STREQ(c.experiments[0].kind, "edge_attribution");
+        INTEQ(c.experiments[0].method, PS_EDGE_EAP);
+        INTEQ(c.experiments[1].method, PS_EDGE_EAP);
+        ps_config_free(&c);
+    }
+    expect_exp_fail("edges1.json", "{\"name\": \"x\", \"kind\": \"edge_attribution\", \"site\": \"z\"}",
+                    "experiments[1].site: unknown key 'site' (valid keys: name, kind, method)");
+    expect_exp_fail("edges2.json", "{\"name\": \"x\", \"kind\": \"edge_attribution\", \"method\": \"EAP-IG\"}",
+                    "experiments[1].method: expected one of EAP, got \"EAP-IG\"");
+    expect_exp_fail("edges3.json", "{\"name\": \"x\", \"site\": \"z\", \"method\": \"EAP\"}",
+                    "experiments[1].method: unknown key 'method' (valid keys: name, kind, site, by, direction, layers, heads, neurons, positions)");
 }
 
 int main(void) {

@@ -29,9 +29,9 @@ static double cell_sum(const ps_model_config *mc, const ps_patch *pt, const ps_c
 }
 
 // The base run's gradient at every hook: its logits at the metric's positions (from its final state), the
-// metric's d / d logits there, then the backward pass.
-static int base_gradient(ps_producer_ctx *cx, const ps_prompt *p, const int32_t *tokens, const ps_cache *base,
-                         const float *clean_lp, ps_cache *g, ps_error *e) {
+// metric's d / d logits there, then the backward pass (engine_internal.h).
+int ps_run_gradient(ps_producer_ctx *cx, const ps_prompt *p, const int32_t *tokens, const ps_cache *base,
+                    const float *clean_lp, ps_cache *g, ps_error *e) {
     const ps_model_config *mc = &cx->m->cfg;
     const int64_t V = mc->d_vocab;
     ps_metric_request rq;
@@ -73,7 +73,7 @@ static int attribution_chunk(ps_producer_ctx *cx, ps_product *const *items, int6
             const float base_metric = noise ? bl->clean[pi] : bl->corrupted[pi];
             const float *clean_lp = ch->clean_logprobs ? ch->clean_logprobs + i * mc->d_vocab : NULL;
             ps_cache g = {0};
-            if (base_gradient(cx, p, noise ? p->clean : p->corrupted, base, clean_lp, &g, e) != 0) {
+            if (ps_run_gradient(cx, p, noise ? p->clean : p->corrupted, base, clean_lp, &g, e) != 0) {
                 ps_cache_free(&g);
                 return -1;
             }

@@ -28,8 +28,9 @@ static const char *const multitoken_names[] = {"first_diff", "sum_logprob"};
 static const char *const align_names[] = {"error"};
 static const char *const format_names[] = {"jsonl", "csv", "json"};
 // Producers of result tables an experiment's "kind" may name (ps_table.h).
-static const char *const kind_names[] = {"patch_sweep", "path_patch", "attribution", "dla", "logit_lens", "attention",
-                                         "ov_scores", "head_scores"};
+static const char *const kind_names[] = {"patch_sweep", "path_patch", "attribution", "edge_attribution", "dla", "logit_lens",
+                                         "attention", "ov_scores", "head_scores"};
+static const char *const edge_method_names[] = {"EAP"};
 
 #define COUNT(a) ((int)(sizeof(a) / sizeof((a)[0])))
 
@@ -582,6 +583,16 @@ static int load_analysis(ctx *x, const cJSON *obj, const char *p, ps_experiment 
                ? -1 : 0;
 }
 
+// Kind edge_attribution scores every edge of the graph: its own keys, no site, layout or selection.
+static int load_edge_attribution(ctx *x, const cJSON *obj, const char *p, ps_experiment *ex) {
+    static const char *const keys[] = {"name", "kind", "method"};
+    if (check_keys(x, obj, p, keys, COUNT(keys))) return -1;
+    int method = PS_EDGE_EAP;
+    if (get_enum(x, obj, "method", p, edge_method_names, COUNT(edge_method_names), &method)) return -1;
+    ex->method = (ps_edge_method)method;
+    return 0;
+}
+
 static int load_experiment(ctx *x, const cJSON *obj, const char *p, ps_config *c, int64_t idx) {
     static const char *const keys[] = {"name", "kind", "site", "by", "direction", "layers", "heads", "neurons", "positions"};
     char got[200], kp[PATH_MAX_LEN];
@@ -616,7 +627,8 @@ static int load_experiment(ctx *x, const cJSON *obj, const char *p, ps_config *c
     }
     // Each kind has its own keys.
     if (!strcmp(ex->kind, "path_patch")) return load_path_patch(x, obj, p, ex);
-    if (strcmp(ex->kind, "patch_sweep") != 0) return load_analysis(x, obj, p, ex);
+    if (!strcmp(ex->kind, "edge_attribution")) return load_edge_attribution(x, obj, p, ex);
+    if (strcmp(ex->kind, "patch_sweep") != 0 && strcmp(ex->kind, "attribution") != 0) return load_analysis(x, obj, p, ex);
     if (check_keys(x, obj, p, keys, COUNT(keys))) return -1;
 
     const cJSON *sv = member(obj, "site");

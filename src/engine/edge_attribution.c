@@ -1,0 +1,230 @@
+// Edge attribution patching (experiment kind "edge_attribution", ps_producer.h) on EAP-IG's graph: source nodes
+// input, every head's output (z_h @ W_O[h]) and every MLP's output; destination nodes every head's separate
+// query, key and value inputs (key/value heads under grouped-query attention), every MLP's input and the logits,
+// each input being the residual stream before its norm. EAP scores an edge u -> v of one prompt as
+//   sum over positions of (corrupted - clean output of u) . d metric / d (input of v) on the clean run,
+// and the table's mean over prompts is EAP-IG's score. The input gradients come from the backward pass's
+// q/k/v and MLP gradients through the one head's (or the MLP's) projection and norm, layer by layer, so memory
+// is one prompt's caches, its gradient cache, the output differences (sources x T x C) and one layer's inputs.
+#include "engine_internal.h"
+#include "ps_backward.h"
+#include "ps_blas.h"
+#include "ps_producer.h"
+
+#include <cblas.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+// Node indices. Sources: 0 input, then per layer its H heads and its MLP. Destinations: per layer H query heads,
+// Hkv key heads, Hkv value heads and the MLP; then logits.
+typedef struct {
+    int64_t L, H, Hkv, n_src, n_dst, per_layer_dst;
+} eap_graph;
+
+static eap_graph graph_of(const ps_model_config *mc) {
+    eap_graph g = {mc->n_layers, mc->n_heads, mc->n_kv_heads, 0, 0, 0};
+    g.n_src = 1 + g.L * (g.H + 1);
+    g.per_layer_dst = g.H + 2 * g.Hkv + 1;
+    g.n_dst = g.L * g.per_layer_dst + 1;
+    return g;
+}
+
+// Where a node sits in the layer order: (layer, 0 attention / 1 MLP); input is (-1, 1) and logits (L, 0).
+static int64_t src_rank(const eap_graph *g, int64_t u) {
+    if (u == 0) return -1;
+    const int64_t l = (u - 1) / (g->H + 1), k = (u - 1) % (g->H + 1);
+    return 2 * l + (k == g->H);
+}
+static int64_t dst_rank(const eap_graph *g, int64_t v) {
+    if (v == g->n_dst - 1) return 2 * g->L;
+    const int64_t l = v / g->per_layer_dst, k = v % g->per_layer_dst;
+    return 2 * l + (k == g->per_layer_dst - 1);
+}
+// 1 when u -> v is an edge: u computes before v reads.
+static int is_edge(const eap_graph *g, int64_t u, int64_t v) { return src_rank(g, u) < dst_rank(g, v); }
+
+static void src_label(const eap_graph *g, int64_t u, char *buf, size_t n) {
+    if (u == 0) { snprintf(buf, n, "input"); return; }
+    const int64_t l = (u - 1) / (g->H + 1), k = (u - 1) % (g->H + 1);
+    if (k == g->H) snprintf(buf, n, "m%lld", (long long)l);
+    else snprintf(buf, n, "a%lld.h%lld", (long long)l, (long long)k);
+}
+static void dst_label(const eap_graph *g, int64_t v, char *buf, size_t n) {
+    if (v == g->n_dst - 1) { snprintf(buf, n, "logits"); return; }
+    const int64_t l = v / g->per_layer_dst, k = v % g->per_layer_dst;
+    if (k < g->H) snprintf(buf, n, "a%lld.h%lld<q>", (long long)l, (long long)k);
+    else if (k < g->H + g->Hkv) snprintf(buf, n, "a%lld.h%lld<k>", (long long)l, (long long)(k - g->H));
+    else if (k < g->H + 2 * g->Hkv) snprintf(buf, n, "a%lld.h%lld<v>", (long long)l, (long long)(k - g->H - g->Hkv));
+    else snprintf(buf, n, "m%lld", (long long)l);
+}
+
+// The norm's backward at its input x for a gradient dxn at its output: dx = (J_norm at x)^T dxn (zeroed first).
+static void norm_input_grad(const ps_model_config *mc, float *dx, const float *dxn, const float *x, const float *scale,
+                            const float *w, int64_t T) {
+    memset(dx, 0, (size_t)(T * mc->d_model) * sizeof(float));
+    if (mc->arch == PS_ARCH_LLAMA) ps_cpu_rmsnorm_backward(dx, NULL, dxn, x, scale, w, T, mc->d_model);
+    else ps_cpu_layernorm_backward(dx, NULL, dxn, x, scale, w, T, mc->d_model);
+}
+
+// dxn (T, C) = dy (T, D) @ W[:, j*D:(j+1)*D]^T: one head's share of a projection's input gradient. W: (C, ld).
+static void head_input(float *dxn, const float *dy, int64_t ld_dy, const float *W, int64_t ld_w, int64_t T, int64_t C, int64_t D) {
+    ps_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)T, (int)C, (int)D, 1.0f, dy, (int)ld_dy, W, (int)ld_w, 0.0f, dxn, (int)C);
+}
+
+typedef struct {
+    const ps_model *m;
+    eap_graph gr;
+    int64_t T;
+    const ps_cache *clean, *corr, *g;
+    float *delta;   // (n_src, T, C) corrupted - clean output of every source
+    float *gin;     // (per_layer_dst, T, C) one layer's destination input gradients
+    float *dxn;     // (T, C)
+    float *dz;      // (T, H*D)
+    float *scores;  // (n_src, per_layer_dst) one layer's block
+} eap_work;
+
+// Scores of destinations [v0, v0 + nd) (their input gradients in w->gin) against every source that precedes
+// them, into the prompt's row of the table.
+static void score_block(eap_work *w, int64_t v0, int64_t nd, float *row) {
+    const int64_t TC = w->T * w->m->cfg.d_model, n_src = w->gr.n_src;
+    // S (n_src, nd) = delta (n_src, T C) @ gin^T
+    ps_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n_src, (int)nd, (int)TC, 1.0f, w->delta, (int)TC, w->gin, (int)TC, 0.0f,
+             w->scores, (int)nd);
+    for (int64_t u = 0; u < n_src; u++)
+        for (int64_t j = 0; j < nd; j++)
+            if (is_edge(&w->gr, u, v0 + j)) row[u * w->gr.n_dst + v0 + j] = w->scores[u * nd + j];
+}
+
+// One layer: the output differences of its heads and MLP, and its destinations' input gradients and scores.
+static int eap_layer(eap_work *w, int64_t l, float *row, ps_error *e) {
+    const ps_model_config *mc = &w->m->cfg;
+    const ps_weights *wt = &w->m->w;
+    const int64_t C = mc->d_model, H = mc->n_heads, Hkv = mc->n_kv_heads, D = mc->d_head, M = mc->d_mlp, T = w->T;
+    const int64_t QD = H * D, KD = Hkv * D, TC = T * C;
+    const ps_cache *c = w->clean, *k = w->corr, *g = w->g;
+    ps_layer_weights lw;
+    if (ps_model_layer(w->m, l, &lw, e) != 0) return -1;
+    // Sources: head h's output z_h @ W_O[h] (no bias: it is the same in both runs), the MLP's output.
+    for (int64_t i = 0; i < T * QD; i++) w->dz[i] = k->z[l * T * QD + i] - c->z[l * T * QD + i];
+    const int64_t s0 = 1 + l * (H + 1);
+    for (int64_t h = 0; h < H; h++)
+        ps_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)T, (int)C, (int)D, 1.0f, w->dz + h * D, (int)QD, lw.w_o + h * D * C,
+                 (int)C, 0.0f, w->delta + (s0 + h) * TC, (int)C);
+    for (int64_t i = 0; i < TC; i++) w->delta[(s0 + H) * TC + i] = k->mlp_out[l * TC + i] - c->mlp_out[l * TC + i];
+    // Destinations: each head's q (k, v) input gradient is its q gradient through its W_Q columns and ln1.
+    const float *x1 = c->resid_pre + l * TC, *s1 = c->ln1_scale + l * T, *w1 = wt->ln1_w + l * C;
+    for (int64_t h = 0; h < H; h++) {
+        head_input(w->dxn, g->q + l * T * QD + h * D, QD, lw.w_q + h * D, QD, T, C, D);
+        norm_input_grad(mc, w->gin + h * TC, w->dxn, x1, s1, w1, T);
+    }
+    for (int64_t j = 0; j < Hkv; j++) {
+        head_input(w->dxn, g->k + l * T * KD + j * D, KD, lw.w_k + j * D, KD, T, C, D);
+        norm_input_grad(mc, w->gin + (H + j) * TC, w->dxn, x1, s1, w1, T);
+        head_input(w->dxn, g->v + l * T * KD + j * D, KD, lw.w_v + j * D, KD, T, C, D);
+        norm_input_grad(mc, w->gin + (H + Hkv + j) * TC, w->dxn, x1, s1, w1, T);
+    }
+    // The MLP's input: its pre-activation gradients through W_in (and W_up) and ln2.
+    ps_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)T, (int)C, (int)M, 1.0f, g->mlp_pre + l * T * M, (int)M, lw.w_in, (int)M,
+             0.0f, w->dxn, (int)C);
+    if (mc->arch == PS_ARCH_LLAMA)
+        ps_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)T, (int)C, (int)M, 1.0f, g->mlp_pre_linear + l * T * M, (int)M, lw.w_up,
+                 (int)M, 1.0f, w->dxn, (int)C);
+    norm_input_grad(mc, w->gin + (H + 2 * Hkv) * TC, w->dxn, c->resid_mid + l * TC, c->ln2_scale + l * T, wt->ln2_w + l * C, T);
+    score_block(w, l * w->gr.per_layer_dst, w->gr.per_layer_dst, row);
+    return 0;
+}
+
+// One prompt's scores into row (n_src x n_dst; non-edges stay NaN).
+static int eap_prompt(ps_producer_ctx *cx, const ps_prompt *p, const ps_cache *clean, const ps_cache *corr, const float *clean_lp,
+                      float *row, ps_error *e) {
+    const ps_model_config *mc = &cx->m->cfg;
+    const int64_t C = mc->d_model, T = p->T, TC = T * C;
+    eap_work w = {.m = cx->m, .gr = graph_of(mc), .T = T, .clean = clean, .corr = corr};
+    ps_cache g = {0};
+    int rc = -1;
+    w.delta = malloc((size_t)(w.gr.n_src * TC) * sizeof(float));
+    w.gin = malloc((size_t)(w.gr.per_layer_dst * TC) * sizeof(float));
+    w.dxn = malloc((size_t)TC * sizeof(float));
+    w.dz = malloc((size_t)(T * mc->n_heads * mc->d_head) * sizeof(float));
+    w.scores = malloc((size_t)(w.gr.n_src * w.gr.per_layer_dst) * sizeof(float));
+    if (!w.delta || !w.gin || !w.dxn || !w.dz || !w.scores) {
+        ps_fail(e, PS_EXIT_RUNTIME, "edge attribution: out of memory for a prompt of %lld tokens", (long long)T);
+        goto done;
+    }
+    if (ps_run_gradient(cx, p, p->clean, clean, clean_lp, &g, e) != 0) goto done;
+    w.g = &g;
+    for (int64_t i = 0; i < TC; i++) w.delta[i] = corr->resid_pre[i] - clean->resid_pre[i]; // the input node: embeddings
+    for (int64_t l = 0; l < mc->n_layers; l++)
+        if (eap_layer(&w, l, row, e) != 0) goto done;
+    // logits read the final residual stream: its gradient is resid_post's of the last layer.
+    memcpy(w.gin, g.resid_post + (mc->n_layers - 1) * TC, (size_t)TC * sizeof(float));
+    score_block(&w, w.gr.n_dst - 1, 1, row);
+    rc = 0;
+done:
+    ps_cache_free(&g);
+    free(w.delta);
+    free(w.gin);
+    free(w.dxn);
+    free(w.dz);
+    free(w.scores);
+    return rc;
+}
+
+static int eap_chunk(ps_producer_ctx *cx, ps_product *const *items, int64_t n, const ps_chunk *ch, ps_error *e) {
+    const int64_t V = cx->m->cfg.d_vocab;
+    for (int64_t i = 0; i < ch->n; i++) {
+        const int64_t pi = ch->prompts[i];
+        if (cx->o->dry_run) { cx->done += n; continue; }
+        if (ps_producer_stopped(cx, e)) return -1;
+        // Every edge_attribution experiment scores the same graph the same way: compute once, copy.
+        ps_table *t0 = items[0]->t;
+        float *row = t0->values + pi * t0->n_cells;
+        if (eap_prompt(cx, &cx->ps->p[pi], &ch->clean[i], &ch->corrupted[i], ch->clean_logprobs ? ch->clean_logprobs + i * V : NULL,
+                       row, e) != 0)
+            return -1;
+        for (int64_t s = 1; s < n; s++) memcpy(items[s]->t->values + pi * t0->n_cells, row, (size_t)t0->n_cells * sizeof(float));
+        cx->done += n;
+        ps_producer_progress(cx, 0);
+    }
+    return 0;
+}
+
+static int eap_init(const ps_model_config *mc, const ps_prompt_set *ps, ps_product *p, ps_error *e) {
+    const eap_graph gr = graph_of(mc);
+    ps_axis axes[2] = {{.name = "src", .len = gr.n_src}, {.name = "dst", .len = gr.n_dst}};
+    int64_t *vals = malloc((size_t)(gr.n_src + gr.n_dst) * sizeof(int64_t));
+    char **labels = calloc((size_t)(gr.n_src + gr.n_dst), sizeof(char *));
+    int rc = -1;
+    if (!vals || !labels) { ps_fail(e, PS_EXIT_RUNTIME, "out of memory for the graph of %s", p->ex->name); goto done; }
+    int64_t n_edges = 0;
+    for (int64_t i = 0; i < gr.n_src + gr.n_dst; i++) {
+        char buf[64];
+        if (i < gr.n_src) src_label(&gr, i, buf, sizeof buf);
+        else dst_label(&gr, i - gr.n_src, buf, sizeof buf);
+        vals[i] = i < gr.n_src ? i : i - gr.n_src;
+        if (!(labels[i] = strdup(buf))) { ps_fail(e, PS_EXIT_RUNTIME, "out of memory for the graph of %s", p->ex->name); goto done; }
+    }
+    for (int64_t u = 0; u < gr.n_src; u++)
+        for (int64_t v = 0; v < gr.n_dst; v++) n_edges += is_edge(&gr, u, v);
+    axes[0].value = vals;
+    axes[0].label = labels;
+    axes[1].value = vals + gr.n_src;
+    axes[1].label = labels + gr.n_src;
+    if (ps_table_init(p->t, p->ex->name, "edge_attribution", 1, ps->n, 2, axes, 0, e) != 0 ||
+        ps_table_attr_str(p->t, "method", "EAP", e) != 0 ||
+        ps_table_attr_str(p->t, "graph", "EAP-IG: heads with separate q/k/v inputs (k/v per key/value head), MLPs, input, logits", e) != 0 ||
+        ps_table_attr_str(p->t, "score", "sum over positions of (corrupted - clean output of src) . d metric / d input of dst, clean run", e) != 0 ||
+        ps_table_attr_i64(p->t, "n_edges", n_edges, e) != 0)
+        goto done;
+    rc = 0;
+done:
+    for (int64_t i = 0; labels && i < gr.n_src + gr.n_dst; i++) free(labels[i]);
+    free(labels);
+    free(vals);
+    return rc;
+}
+
+const ps_producer ps_edge_attribution_producer = {
+    .kind = "edge_attribution", .per_prompt = 1, .init = eap_init, .chunk = eap_chunk,
+};
