@@ -66,6 +66,13 @@ static int attribution_chunk(ps_producer_ctx *cx, ps_product *const *items, int6
             for (int64_t s = 0; s < n; s++)
                 if ((int)items[s]->ex->direction == dir) cells += ((ps_sweep *)items[s]->state)->n_cells;
             if (cells == 0) continue;
+            // The backward pass costs about two forward passes of the prompt; charged to the direction's first table.
+            for (int64_t s = 0; s < n; s++)
+                if ((int)items[s]->ex->direction == dir) {
+                    const ps_row full = {.tokens = p->clean, .T = p->T};
+                    items[s]->t->flops += 2.0 * ps_row_flops(mc, &full);
+                    break;
+                }
             if (cx->o->dry_run) { cx->done += cells; continue; }
             if (ps_producer_stopped(cx, e)) return -1;
             const int noise = dir == PS_DIR_NOISE;

@@ -175,6 +175,11 @@ static int eap_chunk(ps_producer_ctx *cx, ps_product *const *items, int64_t n, c
     const int64_t V = cx->m->cfg.d_vocab;
     for (int64_t i = 0; i < ch->n; i++) {
         const int64_t pi = ch->prompts[i];
+        // The backward pass (about two forward passes) and the score products (2 n_src n_dst T C).
+        const ps_row full = {.tokens = cx->ps->p[pi].clean, .T = cx->ps->p[pi].T};
+        const eap_graph gr = graph_of(&cx->m->cfg);
+        items[0]->t->flops += 2.0 * ps_row_flops(&cx->m->cfg, &full) +
+                              2.0 * (double)gr.n_src * (double)gr.n_dst * (double)(full.T * cx->m->cfg.d_model);
         if (cx->o->dry_run) { cx->done += n; continue; }
         if (ps_producer_stopped(cx, e)) return -1;
         // Every edge_attribution experiment scores the same graph the same way: compute once, copy.
