@@ -46,7 +46,8 @@
 //   head_scores (ARENA's current/previous/first/duplicate/induction detectors on repeated random tokens) takes
 //   no keys beyond name and kind.
 //   An "edge_attribution" experiment (EAP-IG's graph: every head's q/k/v inputs and output, MLPs, input,
-//      logits) takes only "method": "EAP" (default).
+//      logits) takes only "method": "EAP" (default) | "EAP-IG-inputs" (with "steps": 1..1000, default 5) |
+//      "clean-corrupted".
 //   An inline item may carry "roles": {"S2": 10, "IO": 2}: token indices in its clean prompt as
 //   `patchsweep tokenize` shows them (BOS included when prepended), like ARENA's word_idx.
 //   heads is accepted only by layer_head/layer_pos_head, neurons only by layer_neuron, positions only by
@@ -71,8 +72,10 @@ typedef enum { PS_BACKEND_CPU = 0, PS_BACKEND_CUDA = 1, PS_BACKEND_AUTO = 2 } ps
 typedef enum { PS_PREC_FP32 = 0, PS_PREC_FP16 = 1, PS_PREC_BF16 = 2 } ps_precision;
 typedef enum { PS_METRIC_LOGIT_DIFF = 0, PS_METRIC_PROB_DIFF, PS_METRIC_LOGPROB, PS_METRIC_KL } ps_metric_kind;
 typedef enum { PS_DIR_DENOISE = 0, PS_DIR_NOISE = 1 } ps_direction;
-// How kind edge_attribution scores edges (EAP-IG's methods; only EAP so far).
-typedef enum { PS_EDGE_EAP = 0 } ps_edge_method;
+// How kind edge_attribution scores edges (EAP-IG's methods): the gradient on the clean run (EAP), averaged over
+// runs whose input embeddings go from corrupted to clean (EAP-IG-inputs), or over the clean and corrupted runs.
+typedef enum { PS_EDGE_EAP = 0, PS_EDGE_EAP_IG_INPUTS, PS_EDGE_CLEAN_CORRUPTED } ps_edge_method;
+#define PS_MAX_IG_STEPS 1000
 
 // Hook sites, with TransformerLens's names (see ps_site_name).
 typedef enum {
@@ -143,6 +146,7 @@ typedef struct {
                           // occurrence in the clean prompts, the IOI paper's code)
     // kind "edge_attribution" (no other key: it scores every edge of the graph)
     ps_edge_method method;
+    int64_t steps;               // EAP-IG-inputs: interpolation steps (default 5)
 } ps_experiment;
 
 typedef struct {

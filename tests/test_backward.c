@@ -338,7 +338,7 @@ static void test_metric_grads(void) {
     }
 }
 
-// Edge attribution (kind edge_attribution, EAP) against the torch reference on EAP-IG's graph
+// Edge attribution (kind edge_attribution: EAP, EAP-IG-inputs, clean-corrupted) against the torch reference on EAP-IG's graph
 // (tests/data/*/golden_eap.safetensors, made by tests/golden/make_eap_goldens.py): every edge of every prompt.
 static void test_eap(const char *name) {
     pf_fixture f;
@@ -348,47 +348,58 @@ static void test_eap(const char *name) {
     ps_error e = {0};
     snprintf(rel, sizeof rel, "tests/data/%s/golden_eap.safetensors", name);
     if (ps_safetensors_open(&gs, tu_src(rel), &e) != 0) { TU_CHECK(0, "%s: %s", name, e.msg); pf_free(&f); return; }
-    ps_experiment ex[2] = {{.name = "eap", .kind = "edge_attribution"}, {.name = "eap2", .kind = "edge_attribution"}};
+    // EAP twice (the second copies the first), EAP-IG-inputs with 3 steps, clean-corrupted.
+    ps_experiment ex[4] = {{.name = "eap", .kind = "edge_attribution"},
+                           {.name = "eap2", .kind = "edge_attribution"},
+                           {.name = "ig", .kind = "edge_attribution", .method = PS_EDGE_EAP_IG_INPUTS, .steps = 3},
+                           {.name = "cc", .kind = "edge_attribution", .method = PS_EDGE_CLEAN_CORRUPTED}};
+    static const char *const keys[4] = {"scores", "scores", "ig_inputs", "clean_corrupted"};
     ps_backend be;
     ps_run_results rr;
     ps_engine_opts o = {0};
     if (ps_backend_init(&be, PS_BACKEND_CPU, PS_PREC_FP32, 0, &f.m, &e) != 0 ||
-        ps_engine_run(&f.m, &be, &f.ps, ex, 2, PS_METRIC_LOGIT_DIFF, &o, &rr, &e) != 0) {
+        ps_engine_run(&f.m, &be, &f.ps, ex, 4, PS_METRIC_LOGIT_DIFF, &o, &rr, &e) != 0) {
         TU_CHECK(0, "%s: edge attribution run: %s", name, e.msg);
         ps_safetensors_free(&gs);
         pf_free(&f);
         return;
     }
-    const ps_table *t = &rr.tables[0];
-    const ps_attr *ne = ps_table_attr(t, "n_edges");
-    double worst = 0;
+    double worst[4] = {0};
     int64_t edges = 0;
-    for (int64_t i = 0; i < f.ps.n; i++) {
-        char key[64];
-        snprintf(key, sizeof key, "e%lld.scores", (long long)i);
-        int64_t n = 0;
-        float *want = gu_f32(&gs, key, &n);
-        TU_CHECK(want && n == t->n_cells, "%s: %s has %lld scores, the table %lld cells", name, key, (long long)n, (long long)t->n_cells);
-        for (int64_t k = 0; want && k < n && n == t->n_cells; k++) {
-            const float got = t->values[i * t->n_cells + k];
-            if (isnan(want[k]) || isnan(got)) {
-                TU_CHECK(isnan(want[k]) && isnan(got), "%s %s[%lld]: got %g want %g (edge or not)", name, key, (long long)k, got, want[k]);
-                continue;
+    for (int x = 0; x < 4; x++) {
+        const ps_table *t = &rr.tables[x];
+        const ps_attr *ne = ps_table_attr(t, "n_edges");
+        int64_t nx = 0;
+        for (int64_t i = 0; i < f.ps.n; i++) {
+            char key[64];
+            snprintf(key, sizeof key, "e%lld.%s", (long long)i, keys[x]);
+            int64_t n = 0;
+            float *want = gu_f32(&gs, key, &n);
+            TU_CHECK(want && n == t->n_cells, "%s: %s has %lld scores, the table %lld cells", name, key, (long long)n, (long long)t->n_cells);
+            for (int64_t k = 0; want && k < n && n == t->n_cells; k++) {
+                const float got = t->values[i * t->n_cells + k];
+                if (isnan(want[k]) || isnan(got)) {
+                    TU_CHECK(isnan(want[k]) && isnan(got), "%s %s %s[%lld]: got %g want %g (edge or not)", name, ex[x].name, key, (long long)k,
+                             got, want[k]);
+                    continue;
+                }
+                const double err = fabs((double)got - want[k]);
+                if (err > worst[x]) worst[x] = err;
+                if (!(err <= 1e-4 + 1e-4 * fabs(want[k])))
+                    TU_CHECK(0, "%s %s %s[%lld] (%s -> %s): got %.7g want %.7g", name, ex[x].name, key, (long long)k,
+                             t->axes[0].label[k / t->axes[1].len], t->axes[1].label[k % t->axes[1].len], got, want[k]);
+                if (i == 0) nx++;
             }
-            const double err = fabs((double)got - want[k]);
-            if (err > worst) worst = err;
-            if (!(err <= 1e-4 + 1e-4 * fabs(want[k])))
-                TU_CHECK(0, "%s %s[%lld] (%s -> %s): got %.7g want %.7g", name, key, (long long)k,
-                         t->axes[0].label[k / t->axes[1].len], t->axes[1].label[k % t->axes[1].len], got, want[k]);
-            if (i == 0) edges++;
+            free(want);
         }
-        TU_CHECK(memcmp(t->values + i * t->n_cells, rr.tables[1].values + i * t->n_cells, (size_t)t->n_cells * sizeof(float)) == 0,
-                 "%s: two edge_attribution experiments differ", name);
-        free(want);
+        TU_CHECK(ne && ne->i == nx, "%s %s: n_edges %lld, edges with scores %lld", name, ex[x].name, ne ? (long long)ne->i : -1LL,
+                 (long long)nx);
+        edges = nx;
     }
-    TU_CHECK(ne && ne->i == edges, "%s: n_edges %lld, edges with scores %lld", name, ne ? (long long)ne->i : -1LL, (long long)edges);
-    printf("%s: EAP, %lld edges x %lld prompts vs the torch reference on EAP-IG's graph: max |err| %.2e\n", name, (long long)edges,
-           (long long)f.ps.n, worst);
+    TU_CHECK(memcmp(rr.tables[0].values, rr.tables[1].values, (size_t)(f.ps.n * rr.tables[0].n_cells) * sizeof(float)) == 0,
+             "%s: two EAP experiments differ", name);
+    printf("%s: %lld edges x %lld prompts vs the torch reference on EAP-IG's graph, max |err|: EAP %.2e, EAP-IG-inputs (3 steps) %.2e, "
+           "clean-corrupted %.2e\n", name, (long long)edges, (long long)f.ps.n, worst[0], worst[2], worst[3]);
     ps_run_results_free(&rr);
     ps_backend_free(&be);
     ps_safetensors_free(&gs);

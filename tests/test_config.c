@@ -744,18 +744,27 @@ static void test_attribution_kind(void) {
     // edge_attribution: the whole graph, scored by a method; sweep keys are refused, method elsewhere too.
     const char *edges = "{\"model\": \"m\", \"dataset\": [{\"clean\": \"a\", \"corrupted\": \"b\", \"answer\": \"c\", \"wrong\": \"d\"}],\n"
                         " \"experiments\": [{\"name\": \"eap\", \"kind\": \"edge_attribution\"},\n"
-                        "                  {\"name\": \"eap2\", \"kind\": \"edge_attribution\", \"method\": \"EAP\"}]}";
+                        "                  {\"name\": \"eap2\", \"kind\": \"edge_attribution\", \"method\": \"EAP\"},\n"
+                        "                  {\"name\": \"ig\", \"kind\": \"edge_attribution\", \"method\": \"EAP-IG-inputs\", \"steps\": 7},\n"
+                        "                  {\"name\": \"cc\", \"kind\": \"edge_attribution\", \"method\": \"clean-corrupted\"}]}";
     if (load_ok(&c, write_tmp("edges.json", edges, strlen(edges))) == 0) {
-        INTEQ(c.n_experiments, 2);
+        INTEQ(c.n_experiments, 4);
         STREQ(c.experiments[0].kind, "edge_attribution");
         INTEQ(c.experiments[0].method, PS_EDGE_EAP);
         INTEQ(c.experiments[1].method, PS_EDGE_EAP);
+        INTEQ(c.experiments[2].method, PS_EDGE_EAP_IG_INPUTS);
+        INTEQ(c.experiments[2].steps, 7);
+        INTEQ(c.experiments[3].method, PS_EDGE_CLEAN_CORRUPTED);
         ps_config_free(&c);
     }
     expect_exp_fail("edges1.json", "{\"name\": \"x\", \"kind\": \"edge_attribution\", \"site\": \"z\"}",
-                    "experiments[1].site: unknown key 'site' (valid keys: name, kind, method)");
+                    "experiments[1].site: unknown key 'site' (valid keys: name, kind, method, steps)");
     expect_exp_fail("edges2.json", "{\"name\": \"x\", \"kind\": \"edge_attribution\", \"method\": \"EAP-IG\"}",
-                    "experiments[1].method: expected one of EAP, got \"EAP-IG\"");
+                    "experiments[1].method: expected one of EAP, EAP-IG-inputs, clean-corrupted, got \"EAP-IG\"");
+    expect_exp_fail("edges4.json", "{\"name\": \"x\", \"kind\": \"edge_attribution\", \"steps\": 3}",
+                    "experiments[1].steps: only used with method EAP-IG-inputs");
+    expect_exp_fail("edges5.json", "{\"name\": \"x\", \"kind\": \"edge_attribution\", \"method\": \"EAP-IG-inputs\", \"steps\": 0}",
+                    "experiments[1].steps: expected an integer from 1 to 1000, got 0");
     expect_exp_fail("edges3.json", "{\"name\": \"x\", \"site\": \"z\", \"method\": \"EAP\"}",
                     "experiments[1].method: unknown key 'method' (valid keys: name, kind, site, by, direction, layers, heads, neurons, positions)");
 }

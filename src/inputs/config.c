@@ -30,7 +30,7 @@ static const char *const format_names[] = {"jsonl", "csv", "json"};
 // Producers of result tables an experiment's "kind" may name (ps_table.h).
 static const char *const kind_names[] = {"patch_sweep", "path_patch", "attribution", "edge_attribution", "dla", "logit_lens",
                                          "attention", "ov_scores", "head_scores"};
-static const char *const edge_method_names[] = {"EAP"};
+static const char *const edge_method_names[] = {"EAP", "EAP-IG-inputs", "clean-corrupted"};
 
 #define COUNT(a) ((int)(sizeof(a) / sizeof((a)[0])))
 
@@ -585,11 +585,18 @@ static int load_analysis(ctx *x, const cJSON *obj, const char *p, ps_experiment 
 
 // Kind edge_attribution scores every edge of the graph: its own keys, no site, layout or selection.
 static int load_edge_attribution(ctx *x, const cJSON *obj, const char *p, ps_experiment *ex) {
-    static const char *const keys[] = {"name", "kind", "method"};
+    static const char *const keys[] = {"name", "kind", "method", "steps"};
     if (check_keys(x, obj, p, keys, COUNT(keys))) return -1;
     int method = PS_EDGE_EAP;
     if (get_enum(x, obj, "method", p, edge_method_names, COUNT(edge_method_names), &method)) return -1;
     ex->method = (ps_edge_method)method;
+    ex->steps = 5;
+    if (get_int(x, obj, "steps", p, 1, PS_MAX_IG_STEPS, &ex->steps)) return -1;
+    if (member(obj, "steps") && ex->method != PS_EDGE_EAP_IG_INPUTS) {
+        char kp[PATH_MAX_LEN];
+        key_path(kp, p, "steps");
+        return bad(x, kp, "only used with method EAP-IG-inputs");
+    }
     return 0;
 }
 

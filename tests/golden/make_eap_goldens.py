@@ -16,7 +16,11 @@ logits[-1, wrong]. The input gradient is taken by autograd at a zero tap added t
 alone, in a plain-torch forward written out with those split inputs (checked: its logits equal
 Hugging Face's at 1e-4, its logits-node gradient equals TransformerLens's ln_final input gradient
 and its MLP-node gradients TL 4.3 bridge's hook_resid_mid backward hooks, which sit on ln2's input).
-Keys: e<pair>.scores [n_src, n_dst] float32, NaN where no edge; one per golden_patch.safetensors pair.
+EAP-IG-inputs: the gradient averaged over runs of the clean tokens whose input embeddings are
+corrupted + k/steps (clean - corrupted), k = 0..steps-1 (steps = 3); clean-corrupted: averaged over
+the clean and the corrupted run; the activation difference is EAP's in all three.
+Keys: e<pair>.scores (EAP), e<pair>.ig_inputs, e<pair>.clean_corrupted: [n_src, n_dst] float32, NaN
+where no edge; one per golden_patch.safetensors pair.
 
 hannamw/EAP-IG's own attribute() is not run here: it needs TransformerLens 2.x's HookedTransformer
 (gone in the TL 4.3 of the reference venv); tests/golden/README.md says so.
@@ -38,6 +42,9 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 from importlib.metadata import version as pkg_version  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
+
+
+IG_STEPS = 3
 
 
 def node_names(L, H, KV):
@@ -84,8 +91,9 @@ class Split:
             return x / (x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt() * w + b
         return x / (x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt() * w
 
-    def forward(self, tok, taps):
-        """logits [T, V] and each source node's output [T, C]; taps[v] is added to v's input."""
+    def forward(self, tok, taps, embeds=None):
+        """logits [T, V] and each source node's output [T, C]; taps[v] is added to v's input; embeds, when
+        given, replaces the input node's output (embeddings + positions)."""
         sd, C, H, KV, D, T = self.sd, self.C, self.H, self.KV, self.D, tok.shape[0]
         gpt2 = self.arch == "gpt2"
         out = {}
@@ -99,6 +107,8 @@ class Split:
 
             def rot(x):
                 return x * cos + torch.cat([-x[:, D // 2:], x[:, :D // 2]], -1) * sin
+        if embeds is not None:
+            resid = embeds
         out["input"] = resid
         mask = torch.triu(torch.ones(T, T, dtype=torch.bool), 1)
         for l in range(self.L):
@@ -157,20 +167,43 @@ class Split:
         return self.norm(x, sd["model.norm.weight"]) @ sd["lm_head.weight"].T, out
 
 
-def eap_scores(sp, clean, corrupted, a, w, src, dst):
-    T = clean.shape[0]
-    taps = {v: torch.zeros(T, sp.C, requires_grad=True) for v in dst}
-    logits, clean_out = sp.forward(clean, taps)
+def input_grads(sp, tok, a, w, embeds=None):
+    """d metric / d input of every destination node on one run (autograd at zero taps)."""
+    taps = {v: torch.zeros(tok.shape[0], sp.C, requires_grad=True) for v in sp.dst}
+    logits, _ = sp.forward(tok, taps, embeds)
     (logits[-1, a] - logits[-1, w]).backward()
-    with torch.no_grad():
-        _, corr_out = sp.forward(corrupted, {})
+    return {v: t.grad for v, t in taps.items()}, logits.detach()
+
+
+def scores_of(sp, grads, clean_out, corr_out, src, dst):
     S = torch.full((len(src), len(dst)), float("nan"))
     for i, u in enumerate(src):
-        d = (corr_out[u] - clean_out[u]).detach()
+        d = corr_out[u] - clean_out[u]
         for j, v in enumerate(dst):
             if src_layer(u) < dst_layer(v, sp.L):
-                S[i, j] = (d * taps[v].grad).sum()
-    return S, logits.detach(), taps
+                S[i, j] = (d * grads[v]).sum()
+    return S
+
+
+def eap_scores(sp, clean, corrupted, a, w, src, dst, ig_steps):
+    """EAP-IG's three methods: EAP (clean run's gradient), EAP-IG-inputs (the gradient averaged over runs of the
+    clean tokens whose input embeddings are corrupted + k/steps (clean - corrupted), k = 0..steps-1) and
+    clean-corrupted (averaged over the clean and the corrupted run)."""
+    with torch.no_grad():
+        _, clean_out = sp.forward(clean, {})
+        _, corr_out = sp.forward(corrupted, {})
+    g_clean, logits = input_grads(sp, clean, a, w)
+    g_corr, _ = input_grads(sp, corrupted, a, w)
+    g_ig = {v: 0 for v in dst}
+    for k in range(ig_steps):
+        emb = corr_out["input"] + (k / ig_steps) * (clean_out["input"] - corr_out["input"])
+        g, _ = input_grads(sp, clean, a, w, emb)
+        for v in dst:
+            g_ig[v] = g_ig[v] + g[v] / ig_steps
+    eap = scores_of(sp, g_clean, clean_out, corr_out, src, dst)
+    ig = scores_of(sp, g_ig, clean_out, corr_out, src, dst)
+    cc = scores_of(sp, {v: (g_clean[v] + g_corr[v]) / 2 for v in dst}, clean_out, corr_out, src, dst)
+    return eap, ig, cc, logits, g_clean
 
 
 def make(name, out_root):
@@ -182,6 +215,7 @@ def make(name, out_root):
     br = mg.load_bridge(folder, hf.config.vocab_size)
     sp = Split(hf, arch)
     src, dst = node_names(sp.L, sp.H, sp.KV)
+    sp.dst = dst
     pat = load_file(os.path.join(folder, "golden_patch.safetensors"))
     n_pairs = sum(1 for k in pat if k.endswith(".clean_tokens"))
     out, worst = {}, 0.0
@@ -189,7 +223,7 @@ def make(name, out_root):
         P = f"p{i}."
         clean, corr = pat[P + "clean_tokens"].long(), pat[P + "corrupted_tokens"].long()
         a, w = int(pat[P + "answer"][0]), int(pat[P + "wrong"][0])
-        S, logits, taps = eap_scores(sp, clean, corr, a, w, src, dst)
+        S, ig, cc, logits, g_clean = eap_scores(sp, clean, corr, a, w, src, dst, IG_STEPS)
         # Cross-checks of the split forward against Hugging Face and TransformerLens.
         with torch.no_grad():
             d = (logits - hf(clean[None]).logits[0]).abs().max().item()
@@ -206,11 +240,13 @@ def make(name, out_root):
         pairs = [("logits", f"blocks.{sp.L - 1}.hook_resid_post")] + \
                 [(f"m{l}", f"blocks.{l}.hook_resid_mid") for l in range(sp.L)]
         for v, h in pairs:
-            d = (taps[v].grad - tl[h]).abs().max().item()
+            d = (g_clean[v] - tl[h]).abs().max().item()
             if d > 1e-4 + 1e-4 * tl[h].abs().max().item():
                 raise SystemExit(f"{name} {P}: input gradient of {v} differs from TL's {h} by {d}")
             worst = max(worst, d)
         out[f"e{i}.scores"] = S.to(torch.float32).contiguous()
+        out[f"e{i}.ig_inputs"] = ig.to(torch.float32).contiguous()
+        out[f"e{i}.clean_corrupted"] = cc.to(torch.float32).contiguous()
         print(f"  pair {i}: {int(torch.isfinite(S).sum())} edges, max |score| {S.nan_to_num().abs().max():.4g}", flush=True)
     print(f"  split-input gradients vs TL backward hooks max|diff| = {worst:.3g}", flush=True)
     mg.save_st(out, os.path.join(folder, "golden_eap.safetensors"))
@@ -221,7 +257,9 @@ def make(name, out_root):
         "method": "EAP (EAP-IG's score definition): sum_pos (corrupted - clean output of src) . "
                   "d metric / d input of dst, gradient on the clean run, metric = logit diff at the last position",
         "src_nodes": src, "dst_nodes": dst,
-        "keys": "e<pair>.scores [n_src, n_dst], NaN where src does not precede dst",
+        "keys": "e<pair>.scores (EAP), e<pair>.ig_inputs (EAP-IG-inputs, steps 3), e<pair>.clean_corrupted "
+                "(clean-corrupted): [n_src, n_dst], NaN where src does not precede dst",
+        "ig_steps": IG_STEPS,
         "cross_check_tl_max_abs_diff": worst,
     }
     with open(os.path.join(folder, "golden_eap.json"), "w") as f:
