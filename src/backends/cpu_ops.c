@@ -36,14 +36,15 @@ void ps_cpu_rmsnorm(float *out, float *scale, const float *x, const float *w, in
     }
 }
 
-// Hugging Face's rotate_half layout: pairs (i, i + D/2) of each head, angle pos * theta^(-2i/D).
-void ps_cpu_rotary(float *x, int64_t T, int64_t n_heads, int64_t D, const int64_t *pos, float theta) {
+// Hugging Face's rotate_half layout: pairs (i, i + D/2) of each head, angle pos * theta^(-2i/D). sign -1 rotates
+// by the negated angles: the transpose, rotary's backward.
+static void rotate(float *x, int64_t T, int64_t n_heads, int64_t D, const int64_t *pos, float theta, float sign) {
     const int64_t half = D / 2;
     for (int64_t t = 0; t < T; t++) {
         for (int64_t i = 0; i < half; i++) {
             double inv_freq = pow((double)theta, -(double)(2 * i) / (double)D);
             double ang = (double)pos[t] * (double)(float)inv_freq;
-            float cs = (float)cos(ang), sn = (float)sin(ang);
+            float cs = (float)cos(ang), sn = sign * (float)sin(ang);
             for (int64_t h = 0; h < n_heads; h++) {
                 float *xh = x + (t * n_heads + h) * D;
                 float a = xh[i], b = xh[i + half];
@@ -52,6 +53,10 @@ void ps_cpu_rotary(float *x, int64_t T, int64_t n_heads, int64_t D, const int64_
             }
         }
     }
+}
+
+void ps_cpu_rotary(float *x, int64_t T, int64_t n_heads, int64_t D, const int64_t *pos, float theta) {
+    rotate(x, T, n_heads, D, pos, theta, 1.0f);
 }
 
 // tanh as Eigen's rational approximation: within 4e-7 of tanh over all floats (tanhf: 1e-7), and, being
@@ -159,22 +164,9 @@ void ps_cpu_rmsnorm_backward(float *dx, float *dscale, const float *dout, const 
     }
 }
 
-// The forward's rotation (a, b) -> (a cs - b sn, b cs + a sn), transposed: the same angles, negated.
+// The forward's rotation, transposed: the same angles, negated.
 void ps_cpu_rotary_backward(float *dx, int64_t T, int64_t n_heads, int64_t D, const int64_t *pos, float theta) {
-    const int64_t half = D / 2;
-    for (int64_t t = 0; t < T; t++) {
-        for (int64_t i = 0; i < half; i++) {
-            double inv_freq = pow((double)theta, -(double)(2 * i) / (double)D);
-            double ang = (double)pos[t] * (double)(float)inv_freq;
-            float cs = (float)cos(ang), sn = (float)sin(ang);
-            for (int64_t h = 0; h < n_heads; h++) {
-                float *xh = dx + (t * n_heads + h) * D;
-                float da = xh[i], db = xh[i + half];
-                xh[i] = da * cs + db * sn;
-                xh[i + half] = db * cs - da * sn;
-            }
-        }
-    }
+    rotate(dx, T, n_heads, D, pos, theta, -1.0f);
 }
 
 float ps_cpu_act_backward(ps_act act, float x) {

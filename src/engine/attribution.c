@@ -102,22 +102,10 @@ static int attribution_chunk(ps_producer_ctx *cx, ps_product *const *items, int6
 }
 
 static int attribution_init(const ps_model_config *mc, const ps_prompt_set *ps, ps_product *p, ps_error *e) {
-    ps_sweep *sw = calloc(1, sizeof *sw);
-    if (!sw) return ps_fail(e, PS_EXIT_RUNTIME, "out of memory for %s", p->ex->name);
-    p->state = sw;
-    if (ps_sweep_init(sw, p->ex, p->idx, mc, ps, e) != 0) return -1;
-    sw->t = p->t;
-    if (ps_sweep_table_init(p->t, sw, ps, e) != 0) return -1;
+    if (ps_sweep_product_init(mc, ps, p, e) != 0) return -1;
     return ps_table_attr_str(p->t, "estimate", "linear: metric(base) + (source - base) . gradient", e);
 }
 
-static void attribution_free(void *state) {
-    ps_sweep *sw = state;
-    if (!sw) return;
-    for (int a = 0; a < 3; a++) free(sw->axis_value[a]);
-    free(sw);
-}
-
 const ps_producer ps_attribution_producer = {
-    .kind = "attribution", .per_prompt = 1, .init = attribution_init, .chunk = attribution_chunk, .free_state = attribution_free,
+    .kind = "attribution", .per_prompt = 1, .init = attribution_init, .chunk = attribution_chunk, .free_state = ps_sweep_state_free,
 };

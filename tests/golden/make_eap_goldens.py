@@ -29,8 +29,6 @@ Regenerate (repo root, reference venv, offline is fine):
     ~/.cache/ps-venv/bin/python tests/golden/make_eap_goldens.py              # all models
     ~/.cache/ps-venv/bin/python tests/golden/make_eap_goldens.py llama-tiny-b
 """
-import argparse
-import json
 import math
 import os
 import sys
@@ -38,9 +36,8 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import make_goldens as mg  # noqa: E402
+import make_gradient_goldens as gg  # noqa: E402  (versions, json, command line)
 import torch  # noqa: E402
-import transformers  # noqa: E402
-from importlib.metadata import version as pkg_version  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
 
@@ -251,8 +248,7 @@ def make(name, out_root):
     print(f"  split-input gradients vs TL backward hooks max|diff| = {worst:.3g}", flush=True)
     mg.save_st(out, os.path.join(folder, "golden_eap.safetensors"))
     desc = {
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
-                     "transformer_lens": pkg_version("transformer_lens"), "python": sys.version.split()[0]},
+        "versions": gg.versions(),
         "generator": "tests/golden/make_eap_goldens.py",
         "method": "EAP (EAP-IG's score definition): sum_pos (corrupted - clean output of src) . "
                   "d metric / d input of dst, gradient on the clean run, metric = logit diff at the last position",
@@ -262,21 +258,11 @@ def make(name, out_root):
         "ig_steps": IG_STEPS,
         "cross_check_tl_max_abs_diff": worst,
     }
-    with open(os.path.join(folder, "golden_eap.json"), "w") as f:
-        json.dump(desc, f, indent=1)
-        f.write("\n")
+    gg.write_json(desc, os.path.join(folder, "golden_eap.json"))
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("models", nargs="*")
-    ap.add_argument("--out", default=os.path.join(mg.REPO, "tests", "data"))
-    a = ap.parse_args()
-    names = [m["name"] for m in mg.MODELS]
-    for n in a.models or names:
-        if n not in names:
-            raise SystemExit(f"unknown model {n}")
-        make(n, a.out)
+    gg.run_models(make, __doc__)
 
 
 if __name__ == "__main__":

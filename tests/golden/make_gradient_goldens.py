@@ -169,9 +169,7 @@ def make(name, out_root):
     print(f"  TL backward hooks vs autograd max|diff| = {worst_ref:.3g}", flush=True)
     mg.save_st(out, os.path.join(folder, "golden_gradients.safetensors"))
     desc = {
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
-                     "transformer_lens": pkg_version("transformer_lens"),
-                     "python": sys.version.split()[0]},
+        "versions": versions(),
         "generator": "tests/golden/make_gradient_goldens.py",
         "gradient_runs": [{"key": f"g{r}", "pair": i, "tokens": which} for r, (i, which) in enumerate(GRAD_RUNS)],
         "gradient_metric": "logits[-1, answer] - logits[-1, wrong] (raw, not normalized)",
@@ -191,13 +189,23 @@ def make(name, out_root):
             "attribution cells: layer_pos pattern does not exist; pattern layer_pos_head is (layer, dest, head)",
         ],
     }
-    with open(os.path.join(folder, "golden_gradients.json"), "w") as f:
+    write_json(desc, os.path.join(folder, "golden_gradients.json"))
+
+
+def versions():
+    return {"torch": torch.__version__, "transformers": transformers.__version__,
+            "transformer_lens": pkg_version("transformer_lens"), "python": sys.version.split()[0]}
+
+
+def write_json(desc, path):
+    with open(path, "w") as f:
         json.dump(desc, f, indent=1)
         f.write("\n")
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def run_models(make, doc):
+    """The scripts' command line: model names (default all six), --out DIR."""
+    ap = argparse.ArgumentParser(description=doc.split("\n")[0])
     ap.add_argument("models", nargs="*")
     ap.add_argument("--out", default=os.path.join(mg.REPO, "tests", "data"))
     a = ap.parse_args()
@@ -205,6 +213,10 @@ def main():
         if n not in MODELS:
             raise SystemExit(f"unknown model {n}")
         make(n, a.out)
+
+
+def main():
+    run_models(make, __doc__)
 
 
 if __name__ == "__main__":
