@@ -109,6 +109,21 @@ static void test_gradients(const char *name) {
         int32_t *wr = gu_i32(&gs, key, &n1);
         ps_cache f, g;
         if (forward_backward(&m, tok, T, ans[0], wr[0], &f, &g) == 0) {
+            // Streamed weights (one layer converted at a time, last layer first here) give the same bits.
+            ps_model ms;
+            ps_error e = {0};
+            char rel[256];
+            snprintf(rel, sizeof rel, "tests/data/%s", name);
+            if (r == 0 && ps_model_load_mode(&ms, tu_src(rel), PS_WEIGHTS_STREAMED, &e) == 0) {
+                ps_cache fs, gs2;
+                if (forward_backward(&ms, tok, T, ans[0], wr[0], &fs, &gs2) == 0)
+                    TU_CHECK(memcmp(gs2.memory, g.memory, g.n_floats * sizeof(float)) == 0, "%s: streamed weights change the gradients", name);
+                ps_cache_free(&fs);
+                ps_cache_free(&gs2);
+                ps_model_free(&ms);
+            } else if (r == 0) {
+                TU_CHECK(0, "%s: streamed load: %s", name, e.msg);
+            }
             for (size_t h = 0; h < N_HOOKS; h++) {
                 const int64_t layers = HOOKS[h].per_layer ? m.cfg.n_layers : 1;
                 const float *arr = ps_cache_array(&g, HOOKS[h].arr);
