@@ -1,15 +1,17 @@
-// Edge attribution patching (experiment kind "edge_attribution", ps_producer.h) on EAP-IG's graph: source nodes
-// input, every head's output (z_h @ W_O[h]) and every MLP's output; destination nodes every head's separate
+// Edge attribution patching (experiment kind "edge_attribution", ps_producer.h) on EAP-IG's graph (ps_graph.h):
+// sources input, every head's output (z_h @ W_O[h]) and every MLP's output; destinations every head's separate
 // query, key and value inputs (key/value heads under grouped-query attention), every MLP's input and the logits,
 // each input being the residual stream before its norm. EAP scores an edge u -> v of one prompt as
 //   sum over positions of (corrupted - clean output of u) . d metric / d (input of v) on the clean run,
 // and the table's mean over prompts is EAP-IG's score. EAP-IG-inputs averages the gradient over runs whose input
-// embeddings go from corrupted to clean; clean-corrupted over the clean and the corrupted run (EAP-IG's methods). The input gradients come from the backward pass's
-// q/k/v and MLP gradients through the one head's (or the MLP's) projection and norm, layer by layer, so memory
-// is one prompt's caches, its gradient cache, the output differences (sources x T x C) and one layer's inputs.
+// embeddings go from corrupted to clean; clean-corrupted over the clean and the corrupted run (EAP-IG's methods).
+// The input gradients come from the backward pass's q/k/v and MLP gradients through the one head's (or the
+// MLP's) projection and norm, layer by layer, so memory is one prompt's caches, its gradient cache, the output
+// differences (sources x T x C) and one layer's inputs.
 #include "engine_internal.h"
 #include "ps_backward.h"
 #include "ps_blas.h"
+#include "ps_graph.h"
 #include "ps_producer.h"
 
 #include <cblas.h>
@@ -17,48 +19,14 @@
 #include <stdlib.h>
 #include <string.h>
 
-// Node indices. Sources: 0 input, then per layer its H heads and its MLP. Destinations: per layer H query heads,
-// Hkv key heads, Hkv value heads and the MLP; then logits.
-typedef struct {
-    int64_t L, H, Hkv, n_src, n_dst, per_layer_dst;
-} eap_graph;
-
-static eap_graph graph_of(const ps_model_config *mc) {
-    eap_graph g = {mc->n_layers, mc->n_heads, mc->n_kv_heads, 0, 0, 0};
-    g.n_src = 1 + g.L * (g.H + 1);
-    g.per_layer_dst = g.H + 2 * g.Hkv + 1;
-    g.n_dst = g.L * g.per_layer_dst + 1;
+// The graph (ps_graph.h, EAP-IG's conventions) with k and v per key/value head (kv_native), as the model computes
+// them; per layer of destinations: H q, Hkv k, Hkv v, the MLP.
+static ps_graph graph_of(const ps_model_config *mc) {
+    ps_graph g;
+    ps_graph_init(&g, mc, 1);
     return g;
 }
-
-// Where a node sits in the layer order: (layer, 0 attention / 1 MLP); input is (-1, 1) and logits (L, 0).
-static int64_t src_rank(const eap_graph *g, int64_t u) {
-    if (u == 0) return -1;
-    const int64_t l = (u - 1) / (g->H + 1), k = (u - 1) % (g->H + 1);
-    return 2 * l + (k == g->H);
-}
-static int64_t dst_rank(const eap_graph *g, int64_t v) {
-    if (v == g->n_dst - 1) return 2 * g->L;
-    const int64_t l = v / g->per_layer_dst, k = v % g->per_layer_dst;
-    return 2 * l + (k == g->per_layer_dst - 1);
-}
-// 1 when u -> v is an edge: u computes before v reads.
-static int is_edge(const eap_graph *g, int64_t u, int64_t v) { return src_rank(g, u) < dst_rank(g, v); }
-
-static void src_label(const eap_graph *g, int64_t u, char *buf, size_t n) {
-    if (u == 0) { snprintf(buf, n, "input"); return; }
-    const int64_t l = (u - 1) / (g->H + 1), k = (u - 1) % (g->H + 1);
-    if (k == g->H) snprintf(buf, n, "m%lld", (long long)l);
-    else snprintf(buf, n, "a%lld.h%lld", (long long)l, (long long)k);
-}
-static void dst_label(const eap_graph *g, int64_t v, char *buf, size_t n) {
-    if (v == g->n_dst - 1) { snprintf(buf, n, "logits"); return; }
-    const int64_t l = v / g->per_layer_dst, k = v % g->per_layer_dst;
-    if (k < g->H) snprintf(buf, n, "a%lld.h%lld<q>", (long long)l, (long long)k);
-    else if (k < g->H + g->Hkv) snprintf(buf, n, "a%lld.h%lld<k>", (long long)l, (long long)(k - g->H));
-    else if (k < g->H + 2 * g->Hkv) snprintf(buf, n, "a%lld.h%lld<v>", (long long)l, (long long)(k - g->H - g->Hkv));
-    else snprintf(buf, n, "m%lld", (long long)l);
-}
+static int64_t dests_per_layer(const ps_graph *g) { return g->n_heads + 2 * g->n_kv_heads + 1; }
 
 // The norm's backward at its input x for a gradient dxn at its output: dx = (J_norm at x)^T dxn (zeroed first).
 static void norm_input_grad(const ps_model_config *mc, float *dx, const float *dxn, const float *x, const float *scale,
@@ -75,7 +43,7 @@ static void head_input(float *dxn, const float *dy, int64_t ld_dy, const float *
 
 typedef struct {
     const ps_model *m;
-    eap_graph gr;
+    ps_graph gr;
     int64_t T;
     const ps_cache *clean, *corr;
     const ps_cache *run, *g;   // the run whose gradient scores the edges now, and that gradient
@@ -90,12 +58,12 @@ typedef struct {
 
 // Adds weight x the scores of destinations [v0, v0 + nd) (their input gradients in w->gin) to acc.
 static void score_block(eap_work *w, int64_t v0, int64_t nd) {
-    const int64_t TC = w->T * w->m->cfg.d_model, n_src = w->gr.n_src;
+    const int64_t TC = w->T * w->m->cfg.d_model, n_src = w->gr.n_sources;
     // S (n_src, nd) = delta (n_src, T C) @ gin^T
     ps_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n_src, (int)nd, (int)TC, 1.0f, w->delta, (int)TC, w->gin, (int)TC, 0.0f,
              w->scores, (int)nd);
     for (int64_t u = 0; u < n_src; u++)
-        for (int64_t j = 0; j < nd; j++) w->acc[u * w->gr.n_dst + v0 + j] += w->weight * w->scores[u * nd + j];
+        for (int64_t j = 0; j < nd; j++) w->acc[u * w->gr.n_dests + v0 + j] += w->weight * w->scores[u * nd + j];
 }
 
 // The sources' output differences: the embeddings, head h's output z_h @ W_O[h] (no bias: it is the same in both
@@ -147,7 +115,7 @@ static int eap_layer(eap_work *w, int64_t l, ps_error *e) {
         ps_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)T, (int)C, (int)M, 1.0f, g->mlp_pre_linear + l * T * M, (int)M, lw.w_up,
                  (int)M, 1.0f, w->dxn, (int)C);
     norm_input_grad(mc, w->gin + (H + 2 * Hkv) * TC, w->dxn, r->resid_mid + l * TC, r->ln2_scale + l * T, wt->ln2_w + l * C, T);
-    score_block(w, l * w->gr.per_layer_dst, w->gr.per_layer_dst);
+    score_block(w, l * dests_per_layer(&w->gr), dests_per_layer(&w->gr));
     return 0;
 }
 
@@ -166,7 +134,7 @@ static int eap_run(ps_producer_ctx *cx, eap_work *w, const ps_prompt *p, const i
         if (eap_layer(w, l, e) != 0) goto done;
     // logits read the final residual stream: its gradient is resid_post's of the last layer.
     memcpy(w->gin, g.resid_post + (mc->n_layers - 1) * TC, (size_t)TC * sizeof(float));
-    score_block(w, w->gr.n_dst - 1, 1);
+    score_block(w, w->gr.n_dests - 1, 1);
     rc = 0;
 done:
     ps_cache_free(&g);
@@ -205,12 +173,12 @@ static int eap_prompt(ps_producer_ctx *cx, const ps_experiment *ex, const ps_pro
     const int64_t C = mc->d_model, T = p->T, TC = T * C;
     eap_work w = {.m = cx->m, .gr = graph_of(mc), .T = T, .clean = clean, .corr = corr};
     int rc = -1;
-    w.delta = malloc((size_t)(w.gr.n_src * TC) * sizeof(float));
-    w.gin = malloc((size_t)(w.gr.per_layer_dst * TC) * sizeof(float));
+    w.delta = malloc((size_t)(w.gr.n_sources * TC) * sizeof(float));
+    w.gin = malloc((size_t)(dests_per_layer(&w.gr) * TC) * sizeof(float));
     w.dxn = malloc((size_t)TC * sizeof(float));
     w.dz = malloc((size_t)(T * mc->n_heads * mc->d_head) * sizeof(float));
-    w.scores = malloc((size_t)(w.gr.n_src * w.gr.per_layer_dst) * sizeof(float));
-    w.acc = calloc((size_t)(w.gr.n_src * w.gr.n_dst), sizeof(double));
+    w.scores = malloc((size_t)(w.gr.n_sources * dests_per_layer(&w.gr)) * sizeof(float));
+    w.acc = calloc((size_t)(w.gr.n_sources * w.gr.n_dests), sizeof(double));
     if (!w.delta || !w.gin || !w.dxn || !w.dz || !w.scores || !w.acc) {
         ps_fail(e, PS_EXIT_RUNTIME, "edge attribution: out of memory for a prompt of %lld tokens", (long long)T);
         goto done;
@@ -224,9 +192,9 @@ static int eap_prompt(ps_producer_ctx *cx, const ps_experiment *ex, const ps_pro
         break;
     case PS_EDGE_EAP_IG_INPUTS: rc = eap_ig_inputs(cx, &w, p, clean_lp, ex->steps > 0 ? ex->steps : 5, e); break;
     }
-    for (int64_t u = 0; rc == 0 && u < w.gr.n_src; u++)
-        for (int64_t v = 0; v < w.gr.n_dst; v++)
-            if (is_edge(&w.gr, u, v)) row[u * w.gr.n_dst + v] = (float)w.acc[u * w.gr.n_dst + v];
+    for (int64_t u = 0; rc == 0 && u < w.gr.n_sources; u++)
+        for (int64_t v = 0; v < w.gr.n_dests; v++)
+            if (ps_graph_edge(&w.gr, u, v)) row[u * w.gr.n_dests + v] = (float)w.acc[u * w.gr.n_dests + v];
 done:
     free(w.delta);
     free(w.gin);
@@ -244,7 +212,7 @@ static int64_t method_runs(const ps_experiment *ex) {
 
 static int eap_chunk(ps_producer_ctx *cx, ps_product *const *items, int64_t n, const ps_chunk *ch, ps_error *e) {
     const ps_model_config *mc = &cx->m->cfg;
-    const eap_graph gr = graph_of(mc);
+    const ps_graph gr = graph_of(mc);
     for (int64_t i = 0; i < ch->n; i++) {
         const int64_t pi = ch->prompts[i];
         const ps_prompt *p = &cx->ps->p[pi];
@@ -260,7 +228,7 @@ static int eap_chunk(ps_producer_ctx *cx, ps_product *const *items, int64_t n, c
                 // score products (2 n_src n_dst T C).
                 const ps_row full = {.tokens = p->clean, .T = p->T};
                 const double per_run = (ex->method == PS_EDGE_EAP_IG_INPUTS ? 3.0 : 2.0) * ps_row_flops(mc, &full) +
-                                       2.0 * (double)gr.n_src * (double)gr.n_dst * (double)(p->T * mc->d_model);
+                                       2.0 * (double)gr.n_sources * (double)gr.n_dests * (double)(p->T * mc->d_model);
                 t->flops += (double)method_runs(ex) * per_run;
             }
             cx->done += t->n_cells;
@@ -285,36 +253,33 @@ static const char *method_name(ps_edge_method m) {
 }
 
 static int eap_init(const ps_model_config *mc, const ps_prompt_set *ps, ps_product *p, ps_error *e) {
-    const eap_graph gr = graph_of(mc);
-    ps_axis axes[2] = {{.name = "src", .len = gr.n_src}, {.name = "dst", .len = gr.n_dst}};
-    int64_t *vals = malloc((size_t)(gr.n_src + gr.n_dst) * sizeof(int64_t));
-    char **labels = calloc((size_t)(gr.n_src + gr.n_dst), sizeof(char *));
+    const ps_graph gr = graph_of(mc);
+    ps_axis axes[2] = {{.name = "src", .len = gr.n_sources}, {.name = "dst", .len = gr.n_dests}};
+    int64_t *vals = malloc((size_t)(gr.n_sources + gr.n_dests) * sizeof(int64_t));
+    char **labels = calloc((size_t)(gr.n_sources + gr.n_dests), sizeof(char *));
     int rc = -1;
     if (!vals || !labels) { ps_fail(e, PS_EXIT_RUNTIME, "out of memory for the graph of %s", p->ex->name); goto done; }
-    int64_t n_edges = 0;
-    for (int64_t i = 0; i < gr.n_src + gr.n_dst; i++) {
+    for (int64_t i = 0; i < gr.n_sources + gr.n_dests; i++) {
         char buf[64];
-        if (i < gr.n_src) src_label(&gr, i, buf, sizeof buf);
-        else dst_label(&gr, i - gr.n_src, buf, sizeof buf);
-        vals[i] = i < gr.n_src ? i : i - gr.n_src;
+        if (i < gr.n_sources) ps_graph_source_name(&gr, i, buf, sizeof buf);
+        else ps_graph_dest_name(&gr, i - gr.n_sources, buf, sizeof buf);
+        vals[i] = i < gr.n_sources ? i : i - gr.n_sources;
         if (!(labels[i] = strdup(buf))) { ps_fail(e, PS_EXIT_RUNTIME, "out of memory for the graph of %s", p->ex->name); goto done; }
     }
-    for (int64_t u = 0; u < gr.n_src; u++)
-        for (int64_t v = 0; v < gr.n_dst; v++) n_edges += is_edge(&gr, u, v);
     axes[0].value = vals;
     axes[0].label = labels;
-    axes[1].value = vals + gr.n_src;
-    axes[1].label = labels + gr.n_src;
+    axes[1].value = vals + gr.n_sources;
+    axes[1].label = labels + gr.n_sources;
     if (ps_table_init(p->t, p->ex->name, "edge_attribution", 1, ps->n, 2, axes, 0, e) != 0 ||
         ps_table_attr_str(p->t, "method", method_name(p->ex->method), e) != 0 ||
         (p->ex->method == PS_EDGE_EAP_IG_INPUTS && ps_table_attr_i64(p->t, "steps", p->ex->steps > 0 ? p->ex->steps : 5, e) != 0) ||
         ps_table_attr_str(p->t, "graph", "EAP-IG: heads with separate q/k/v inputs (k/v per key/value head), MLPs, input, logits", e) != 0 ||
         ps_table_attr_str(p->t, "score", "sum over positions of (corrupted - clean output of src) . d metric / d input of dst", e) != 0 ||
-        ps_table_attr_i64(p->t, "n_edges", n_edges, e) != 0)
+        ps_table_attr_i64(p->t, "n_edges", gr.n_edges, e) != 0)
         goto done;
     rc = 0;
 done:
-    for (int64_t i = 0; labels && i < gr.n_src + gr.n_dst; i++) free(labels[i]);
+    for (int64_t i = 0; labels && i < gr.n_sources + gr.n_dests; i++) free(labels[i]);
     free(labels);
     free(vals);
     return rc;
