@@ -413,8 +413,45 @@ static void test_eap(const char *name) {
     }
     TU_CHECK(memcmp(rr.tables[0].values, rr.tables[1].values, (size_t)(f.ps.n * rr.tables[0].n_cells) * sizeof(float)) == 0,
              "%s: two EAP experiments differ", name);
+    // hannamw/EAP-IG's own functions (tests/golden/run_eap_ig.py): the tables' means are its scores. Its graph has
+    // q/k/v per query head, so the grouped-query model has none.
+    ps_safetensors ig;
+    double worst_ig[4] = {0};
+    int have_ig = 0;
+    snprintf(rel, sizeof rel, "tests/data/%s/golden_eap_ig.safetensors", name);
+    if (f.m.cfg.n_kv_heads != f.m.cfg.n_heads) {
+        printf("%s: grouped-query attention: no EAP-IG reference (its graph cannot hold the model)\n", name);
+    } else if (ps_safetensors_open(&ig, tu_src(rel), &e) != 0) {
+        TU_CHECK(0, "%s: %s", name, e.msg);
+    } else {
+        have_ig = 1;
+        static const char *const ig_keys[4] = {"eap", "eap", "eap_ig_inputs", "clean_corrupted"};
+        for (int x = 0; x < 4; x++) {
+            const ps_table *t = &rr.tables[x];
+            int64_t n = 0;
+            float *want = gu_f32(&ig, ig_keys[x], &n);
+            TU_CHECK(want && n == t->n_cells, "%s: EAP-IG %s has %lld scores, the table %lld cells", name, ig_keys[x], (long long)n,
+                     (long long)t->n_cells);
+            for (int64_t k = 0; want && n == t->n_cells && k < n; k++) {
+                if (isnan(t->mean[k])) {
+                    TU_CHECK(want[k] == 0, "%s EAP-IG %s[%lld] = %g where the graph has no edge", name, ig_keys[x], (long long)k, want[k]);
+                    continue;
+                }
+                const double err = fabs((double)t->mean[k] - want[k]);
+                if (err > worst_ig[x]) worst_ig[x] = err;
+                if (!(err <= 1e-4 + 1e-4 * fabs(want[k])))
+                    TU_CHECK(0, "%s %s mean[%lld] (%s -> %s): got %.7g, EAP-IG %.7g", name, ex[x].name, (long long)k,
+                             t->axes[0].label[k / t->axes[1].len], t->axes[1].label[k % t->axes[1].len], t->mean[k], want[k]);
+            }
+            free(want);
+        }
+        ps_safetensors_free(&ig);
+    }
     printf("%s: %lld edges x %lld prompts vs the torch reference on EAP-IG's graph, max |err|: EAP %.2e, EAP-IG-inputs (3 steps) %.2e, "
            "clean-corrupted %.2e\n", name, (long long)edges, (long long)f.ps.n, worst[0], worst[2], worst[3]);
+    if (have_ig)
+        printf("%s: mean over prompts vs hannamw/EAP-IG's own get_scores_*: max |err| EAP %.2e, EAP-IG-inputs %.2e, clean-corrupted %.2e\n",
+               name, worst_ig[0], worst_ig[2], worst_ig[3]);
     ps_run_results_free(&rr);
     ps_backend_free(&be);
     ps_safetensors_free(&gs);
