@@ -22,8 +22,8 @@ the clean and the corrupted run; the activation difference is EAP's in all three
 Keys: e<pair>.scores (EAP), e<pair>.ig_inputs, e<pair>.clean_corrupted: [n_src, n_dst] float32, NaN
 where no edge; one per golden_patch.safetensors pair.
 
-hannamw/EAP-IG's own attribute() is not run here: it needs TransformerLens 2.x's HookedTransformer
-(gone in the TL 4.3 of the reference venv); tests/golden/README.md says so.
+hannamw/EAP-IG's own functions are run by run_eap_ig.py (golden_eap_ig.safetensors); they agree with these
+scores to 9e-7 where EAP-IG's graph can hold the model (not under grouped-query attention).
 
 Regenerate (repo root, reference venv, offline is fine):
     ~/.cache/ps-venv/bin/python tests/golden/make_eap_goldens.py              # all models
