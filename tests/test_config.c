@@ -758,7 +758,7 @@ static void test_attribution_kind(void) {
         ps_config_free(&c);
     }
     expect_exp_fail("edges1.json", "{\"name\": \"x\", \"kind\": \"edge_attribution\", \"site\": \"z\"}",
-                    "experiments[1].site: unknown key 'site' (valid keys: name, kind, method, steps)");
+                    "experiments[1].site: only used with kind patch_sweep (this experiment is edge_attribution)");
     expect_exp_fail("edges2.json", "{\"name\": \"x\", \"kind\": \"edge_attribution\", \"method\": \"EAP-IG\"}",
                     "experiments[1].method: expected one of EAP, EAP-IG-inputs, clean-corrupted, got \"EAP-IG\"");
     expect_exp_fail("edges4.json", "{\"name\": \"x\", \"kind\": \"edge_attribution\", \"steps\": 3}",
