@@ -5,7 +5,9 @@ Usage: python3 experiments/plot.py RESULTS.h5 [-o OUTDIR] [--normalized | --raw]
 Needs h5py, numpy and matplotlib (Debian: python3-h5py python3-matplotlib). Axes, ticks and labels come from
 the table's HDF5 dimension scales (integer values, string labels), titles from its kind and attributes, so any
 producer's table is drawn without knowing it in advance: 1 axis: bars; 2 axes: a heatmap; more: one heatmap
-per index of the leading axes (small multiples). Schema: experiments/README.md.
+per index of the leading axes (small multiples). Each attribution table with a patch_sweep table of the same
+site, layout, direction and shape also gets <attr>_vs_<patch>.png: a scatter of every cell and, for two axes,
+side-by-side heatmaps. Schema: experiments/README.md.
 """
 import argparse
 import math
@@ -206,6 +208,58 @@ def plot_experiment(name, group, want_normalized, n_prompts, outdir):
     return save(fig, title, subtitle, outdir, name)
 
 
+def attribution_pairs(results):
+    """(attribution table, patch_sweep table) pairs of the same site, layout, direction and shape: the estimate and
+    what it estimates, cell by cell."""
+    def key(g):
+        return tuple(as_str(g.attrs.get(k, "")) for k in ("site", "layout", "direction")) + (g["values"].shape,)
+    sweeps = {}
+    for name in results:
+        g = results[name]
+        if as_str(g.attrs.get("kind", "patch_sweep")) == "patch_sweep" and "values" in g:
+            sweeps.setdefault(key(g), name)
+    return [(name, sweeps[key(results[name])]) for name in results
+            if as_str(results[name].attrs.get("kind", "")) == "attribution" and "values" in results[name]
+            and key(results[name]) in sweeps]
+
+
+def plot_attribution_vs_patching(results, attr, patch, want_normalized, outdir):
+    """A scatter of every cell (activation patching on x, attribution patching on y, the mean over prompts) and,
+    for 2-axis tables, the two heatmaps side by side on one colour scale."""
+    ga, gp = results[attr], results[patch]
+    da, normalized = pick(ga, want_normalized)
+    dp, _ = pick(gp, normalized)
+    a, b = da[()].astype(np.float64), dp[()].astype(np.float64)
+    ok = np.isfinite(a) & np.isfinite(b)
+    r = np.corrcoef(a[ok], b[ok])[0, 1] if ok.sum() > 1 and a[ok].std() > 0 and b[ok].std() > 0 else float("nan")
+    what = f"normalized {as_str(ga.attrs.get('metric', 'value'))}" if normalized else as_str(ga.attrs.get("metric", "value"))
+    two_d = a.ndim == 2
+    fig, axs = plt.subplots(1, 3 if two_d else 1, figsize=(15 if two_d else 5, 4.5), squeeze=False, layout="constrained")
+    ax = axs[0][0]
+    lo, hi = np.nanmin(np.r_[a[ok], b[ok], 0.0]), np.nanmax(np.r_[a[ok], b[ok], 0.0])
+    ax.plot([lo, hi], [lo, hi], color="#999999", lw=0.8, ls="--")
+    ax.scatter(b[ok], a[ok], s=10, color="#2166ac", alpha=0.7)
+    ax.set_xlabel(f"activation patching ({patch})")
+    ax.set_ylabel(f"attribution patching ({attr})")
+    ax.set_title(f"{ok.sum()} cells, Pearson r = {r:.3f}", fontsize=10)
+    ax.spines[["top", "right"]].set_visible(False)
+    if two_d:
+        axes = [Axis(da, d) for d in range(2)]
+        y, x, _ = order_axes(axes)
+        vmin, vmax = sym_limits(np.r_[a[ok], b[ok]])
+        im = None
+        for k, (data, label) in enumerate(((b, "activation patching"), (a, "attribution patching"))):
+            im = heatmap(axs[0][k + 1], np.transpose(data, [y, x]), axes[y], axes[x], vmin, vmax, show_y=(k == 0))
+            axs[0][k + 1].set_title(label, fontsize=10)
+        cb = fig.colorbar(im, ax=axs[0][1:].tolist(), pad=0.01)
+        cb.set_label(what)
+        cb.outline.set_visible(False)
+    attrs = {k: as_str(ga.attrs[k]) for k in ("site", "layout", "direction") if k in ga.attrs}
+    subtitle = " · ".join(f"{k} {v}" for k, v in attrs.items()) + f" · {what}, mean over prompts"
+    return save(fig, f"{attr} vs {patch}: attribution against activation patching", subtitle, outdir,
+                f"{attr}_vs_{patch}")
+
+
 def save(fig, title, subtitle, outdir, name):
     fig.suptitle(title, fontsize=12, fontweight="bold")
     fig.supxlabel(subtitle, fontsize=8, color="#555555")
@@ -352,6 +406,8 @@ def main(argv=None):
                     print(f"plot.py: {grp.name}: no mean dataset, skipped", file=sys.stderr)
                     continue
                 written.append(plot_experiment(name, grp, args.normalized, n_prompts, outdir))
+            for attr, patch in attribution_pairs(results) if results else []:
+                written.append(plot_attribution_vs_patching(results, attr, patch, args.normalized, outdir))
     for w in written:
         print(w)
     return 0

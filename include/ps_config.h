@@ -23,7 +23,9 @@
 //      "corrupted": {"path": "g.jsonl", "field": "text", "format": ..., "offset": 0},  (optional)
 //      "offset": 0, "limit": 0}                              (records [offset, offset+limit); limit 0 = all)
 //   <experiment> is {"name": "[A-Za-z0-9_.-]+" (required, unique), "kind": "patch_sweep" (the producer of its
-//      results table; default), "path_patch" (below), or an analysis: dla, logit_lens, attention, "site": see ps_site (required),
+//      results table; default), "path_patch" (below), "attribution" (the same cells estimated by attribution
+//      patching: one backward pass per prompt, same keys), "edge_attribution" (below), or an analysis: dla,
+//      logit_lens, attention, "site": see ps_site (required),
 //      "by": see ps_layout (default from the site), "direction": "denoise|noise" (default denoise),
 //      "layers": [..], "heads": [..], "neurons": [..] (non-negative ints; absent = all),
 //      "positions": [ints, "end", or role names] (negative counts from the end; "end" = -1; a role name
@@ -43,6 +45,9 @@
 //   "top_k" (default 5), "negative": false, "input": "isolated" (default) | "prompts".
 //   head_scores (ARENA's current/previous/first/duplicate/induction detectors on repeated random tokens) takes
 //   no keys beyond name and kind.
+//   An "edge_attribution" experiment (EAP-IG's graph: every head's q/k/v inputs and output, MLPs, input,
+//      logits) takes only "method": "EAP" (default) | "EAP-IG-inputs" (with "steps": 1..1000, default 5) |
+//      "clean-corrupted".
 //   An inline item may carry "roles": {"S2": 10, "IO": 2}: token indices in its clean prompt as
 //   `patchsweep tokenize` shows them (BOS included when prepended), like ARENA's word_idx.
 //   heads is accepted only by layer_head/layer_pos_head, neurons only by layer_neuron, positions only by
@@ -67,6 +72,10 @@ typedef enum { PS_BACKEND_CPU = 0, PS_BACKEND_CUDA = 1, PS_BACKEND_AUTO = 2 } ps
 typedef enum { PS_PREC_FP32 = 0, PS_PREC_FP16 = 1, PS_PREC_BF16 = 2 } ps_precision;
 typedef enum { PS_METRIC_LOGIT_DIFF = 0, PS_METRIC_PROB_DIFF, PS_METRIC_LOGPROB, PS_METRIC_KL } ps_metric_kind;
 typedef enum { PS_DIR_DENOISE = 0, PS_DIR_NOISE = 1 } ps_direction;
+// How kind edge_attribution scores edges (EAP-IG's methods): the gradient on the clean run (EAP), averaged over
+// runs whose input embeddings go from corrupted to clean (EAP-IG-inputs), or over the clean and corrupted runs.
+typedef enum { PS_EDGE_EAP = 0, PS_EDGE_EAP_IG_INPUTS, PS_EDGE_CLEAN_CORRUPTED } ps_edge_method;
+#define PS_MAX_IG_STEPS 1000
 
 // Hook sites, with TransformerLens's names (see ps_site_name).
 typedef enum {
@@ -111,7 +120,8 @@ typedef enum { PS_SENDERS_HEADS = 0, PS_SENDERS_MLPS, PS_SENDERS_ALL, PS_SENDERS
 
 typedef struct {
     char *name;                  // unique; becomes /results/<name>
-    char *kind;                  // owned; the producer of its table: "patch_sweep" (default), "path_patch", "dla", "logit_lens", "attention", "ov_scores", "head_scores"
+    char *kind;                  // owned; the producer of its table: "patch_sweep" (default), "path_patch", "attribution",
+                                 // "edge_attribution", "dla", "logit_lens", "attention", "ov_scores", "head_scores"
     char *canonical;             // owned: its config object as canonical JSON (keys sorted): what the run identity hashes
     ps_site site;
     ps_layout layout;
@@ -135,6 +145,9 @@ typedef struct {
     int negative;         // ov_scores: -W_O (negative copying heads)
     int ov_prompts;       // ov_scores "input": "isolated" (0, default: each member after the BOS) | "prompts" (every
                           // occurrence in the clean prompts, the IOI paper's code)
+    // kind "edge_attribution" (no other key: it scores every edge of the graph)
+    ps_edge_method method;
+    int64_t steps;               // EAP-IG-inputs: interpolation steps (default 5)
 } ps_experiment;
 
 typedef struct {

@@ -47,6 +47,10 @@ void ps_metric_request_for(ps_metric_kind kind, const ps_prompt *p, ps_metric_re
 // logits laid out as the request asked; clean_logprobs: (V) log-softmax of the clean run at score_pos (KL only).
 double ps_metric_value(ps_metric_kind kind, const ps_prompt *p, const ps_metric_request *rq, const float *logits,
                        int64_t V, const float *clean_logprobs);
+// d ps_metric_value / d logits, laid out (rq->n_out, V) (rq must ask for all V columns: n_cols 0; logits likewise).
+// NaN for kl without clean_logprobs.
+void ps_metric_grad(ps_metric_kind kind, const ps_prompt *p, const ps_metric_request *rq, const float *logits, int64_t V,
+                    const float *clean_logprobs, float *dlogits);
 
 struct ps_run_results;
 

@@ -117,6 +117,39 @@ PY
     fi
 else fail "roles run: $(cat "$tmp/err")"; fi
 
+# --- gradients: attribution next to the activation patching it estimates, edge attribution, plot --------------
+cat >"$tmp/grad.json" <<JSON
+{"model": "$demo", "dataset": [$ioi, {"clean": "1 2 3 4", "corrupted": "1 2 3 3", "answer": " 5", "wrong": " 4"}],
+ "experiments": [{"name": "patch_z", "site": "z"},
+                 {"name": "attr_z", "kind": "attribution", "site": "z"},
+                 {"name": "attr_resid_noise", "kind": "attribution", "site": "resid_pre", "direction": "noise"},
+                 {"name": "eap", "kind": "edge_attribution"}]}
+JSON
+if "$bin" run "$tmp/grad.json" -o "$tmp/grad.h5" --quiet 2>"$tmp/err"; then
+    if $py -c 'import h5py' 2>/dev/null; then
+        $py - "$tmp/grad.h5" <<'PY' && pass "attribution and edge attribution tables" || fail "attribution tables"
+import sys, h5py, numpy as np
+f = h5py.File(sys.argv[1], "r")
+r = f["results"]
+a, p = r["attr_z"], r["patch_z"]
+assert a.attrs["kind"] in (b"attribution", "attribution") and a["values"].shape == p["values"].shape
+# The linear estimate tracks activation patching on the demo model's heads.
+x, y = a["mean_normalized"][...].ravel(), p["mean_normalized"][...].ravel()
+assert np.corrcoef(x, y)[0, 1] > 0.5, np.corrcoef(x, y)
+e = r["eap"]
+assert [d.label for d in e["values"].dims] == ["prompt", "src", "dst"], [d.label for d in e["values"].dims]
+n = int(e.attrs["n_edges"])
+assert np.isfinite(e["values"][0]).sum() == n and np.isfinite(e["mean"][...]).sum() == n
+# Noising resid_pre at layer 0 of the clean run: every position's estimate starts from the clean metric.
+assert np.all(np.isfinite(r["attr_resid_noise"]["values"][...][:, 0, :2]))
+PY
+        if $py -c 'import matplotlib' 2>/dev/null; then
+            $py "$src/experiments/plot.py" "$tmp/grad.h5" -o "$tmp/gpng" >/dev/null 2>"$tmp/err" && [ -s "$tmp/gpng/attr_z_vs_patch_z.png" ] \
+                && [ -s "$tmp/gpng/eap.png" ] && pass "plot.py draws attribution against activation patching" || fail "plot.py: $(cat "$tmp/err")"
+        fi
+    fi
+else fail "gradients run: $(cat "$tmp/err")"; fi
+
 # --- bad input ---------------------------------------------------------------------------------------
 bad() { # NAME PATTERN JSON
     printf '%s' "$3" >"$tmp/bad.json"

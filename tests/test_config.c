@@ -711,6 +711,64 @@ static void test_path_patch(void) {
     printf("path_patch experiments: ok\n");
 }
 
+// Experiment kind "attribution" takes a sweep's keys (site, by, direction, lists) and their checks.
+static void test_attribution_kind(void) {
+    const char *text =
+        "{\"model\": \"m\", \"dataset\": [{\"clean\": \"a\", \"corrupted\": \"b\", \"answer\": \"c\", \"wrong\": \"d\"}],\n"
+        " \"experiments\": [{\"name\": \"attr_z\", \"kind\": \"attribution\", \"site\": \"z\", \"by\": \"layer_pos_head\",\n"
+        "                   \"direction\": \"noise\", \"heads\": [0, 2], \"positions\": [-1]},\n"
+        "                  {\"name\": \"attr_neurons\", \"kind\": \"attribution\", \"site\": \"mlp_post\"},\n"
+        "                  {\"name\": \"patch_z\", \"site\": \"z\"}]}";
+    ps_config c;
+    if (load_ok(&c, write_tmp("attribution.json", text, strlen(text)))) return;
+    INTEQ(c.n_experiments, 3);
+    if (c.n_experiments == 3) {
+        const ps_experiment *x = &c.experiments[0];
+        STREQ(x->kind, "attribution");
+        INTEQ(x->site, PS_SITE_Z);
+        INTEQ(x->layout, PS_BY_LAYER_POS_HEAD);
+        INTEQ(x->direction, PS_DIR_NOISE);
+        INTEQ(x->n_heads, 2);
+        INTEQ(x->n_positions, 1);
+        STREQ(c.experiments[1].kind, "attribution");
+        INTEQ(c.experiments[1].layout, PS_BY_LAYER_NEURON);
+        INTEQ(c.experiments[1].direction, PS_DIR_DENOISE);
+        STREQ(c.experiments[2].kind, "patch_sweep");
+    }
+    ps_config_free(&c);
+    expect_exp_fail("attr1.json", "{\"name\": \"x\", \"kind\": \"atribution\", \"site\": \"z\"}",
+                    "experiments[1].kind: unknown kind \"atribution\" (did you mean \"attribution\"?)");
+    expect_exp_fail("attr2.json", "{\"name\": \"x\", \"kind\": \"attribution\", \"site\": \"pattern\", \"by\": \"layer_pos\"}",
+                    "experiments[1].by: layer_pos does not fit site pattern (use layer_head or layer_pos_head)");
+
+    // edge_attribution: the whole graph, scored by a method; sweep keys are refused, method elsewhere too.
+    const char *edges = "{\"model\": \"m\", \"dataset\": [{\"clean\": \"a\", \"corrupted\": \"b\", \"answer\": \"c\", \"wrong\": \"d\"}],\n"
+                        " \"experiments\": [{\"name\": \"eap\", \"kind\": \"edge_attribution\"},\n"
+                        "                  {\"name\": \"eap2\", \"kind\": \"edge_attribution\", \"method\": \"EAP\"},\n"
+                        "                  {\"name\": \"ig\", \"kind\": \"edge_attribution\", \"method\": \"EAP-IG-inputs\", \"steps\": 7},\n"
+                        "                  {\"name\": \"cc\", \"kind\": \"edge_attribution\", \"method\": \"clean-corrupted\"}]}";
+    if (load_ok(&c, write_tmp("edges.json", edges, strlen(edges))) == 0) {
+        INTEQ(c.n_experiments, 4);
+        STREQ(c.experiments[0].kind, "edge_attribution");
+        INTEQ(c.experiments[0].method, PS_EDGE_EAP);
+        INTEQ(c.experiments[1].method, PS_EDGE_EAP);
+        INTEQ(c.experiments[2].method, PS_EDGE_EAP_IG_INPUTS);
+        INTEQ(c.experiments[2].steps, 7);
+        INTEQ(c.experiments[3].method, PS_EDGE_CLEAN_CORRUPTED);
+        ps_config_free(&c);
+    }
+    expect_exp_fail("edges1.json", "{\"name\": \"x\", \"kind\": \"edge_attribution\", \"site\": \"z\"}",
+                    "experiments[1].site: only used with kind patch_sweep (this experiment is edge_attribution)");
+    expect_exp_fail("edges2.json", "{\"name\": \"x\", \"kind\": \"edge_attribution\", \"method\": \"EAP-IG\"}",
+                    "experiments[1].method: expected one of EAP, EAP-IG-inputs, clean-corrupted, got \"EAP-IG\"");
+    expect_exp_fail("edges4.json", "{\"name\": \"x\", \"kind\": \"edge_attribution\", \"steps\": 3}",
+                    "experiments[1].steps: only used with method EAP-IG-inputs");
+    expect_exp_fail("edges5.json", "{\"name\": \"x\", \"kind\": \"edge_attribution\", \"method\": \"EAP-IG-inputs\", \"steps\": 0}",
+                    "experiments[1].steps: expected an integer from 1 to 1000, got 0");
+    expect_exp_fail("edges3.json", "{\"name\": \"x\", \"site\": \"z\", \"method\": \"EAP\"}",
+                    "experiments[1].method: unknown key 'method' (valid keys: name, kind, site, by, direction, layers, heads, neurons, positions)");
+}
+
 int main(void) {
     const char *base = getenv("TMPDIR");
     snprintf(tmpdir, sizeof tmpdir, "%s/ps_test_config.XXXXXX", base && base[0] ? base : "/tmp");
@@ -727,6 +785,7 @@ int main(void) {
     test_analyses();
     test_data_files();
     test_path_patch();
+    test_attribution_kind();
     char cmd[600];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
     if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", tmpdir);

@@ -1,6 +1,7 @@
 // The CPU backend's building blocks: norms, rotary, activations and the row-blocked GEMM (also the
-// references the CUDA kernels are tested against).
+// references the CUDA kernels are tested against), and beside each its backward pass (ps_backward.h).
 #include "cpu_internal.h"
+#include "ps_backward.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -36,14 +37,15 @@ void ps_cpu_rmsnorm(float *out, float *scale, const float *x, const float *w, in
 }
 
 // Hugging Face's rotate_half layout: pairs (i, i + R/2) of each head's first R = rot_dim dims, angle
-// pos * theta^(-2i/R); dims [R, D) pass through (GPT-NeoX's partial rotary; R = D for Llama).
-void ps_cpu_rotary(float *x, int64_t T, int64_t n_heads, int64_t D, int64_t rot_dim, const int64_t *pos, float theta) {
+// pos * theta^(-2i/R); dims [R, D) pass through (GPT-NeoX's partial rotary; R = D for Llama). sign -1 rotates
+// by the negated angles: the transpose, rotary's backward.
+static void rotate(float *x, int64_t T, int64_t n_heads, int64_t D, int64_t rot_dim, const int64_t *pos, float theta, float sign) {
     const int64_t half = rot_dim / 2;
     for (int64_t t = 0; t < T; t++) {
         for (int64_t i = 0; i < half; i++) {
             double inv_freq = pow((double)theta, -(double)(2 * i) / (double)rot_dim);
             double ang = (double)pos[t] * (double)(float)inv_freq;
-            float cs = (float)cos(ang), sn = (float)sin(ang);
+            float cs = (float)cos(ang), sn = sign * (float)sin(ang);
             for (int64_t h = 0; h < n_heads; h++) {
                 float *xh = x + (t * n_heads + h) * D;
                 float a = xh[i], b = xh[i + half];
@@ -52,6 +54,10 @@ void ps_cpu_rotary(float *x, int64_t T, int64_t n_heads, int64_t D, int64_t rot_
             }
         }
     }
+}
+
+void ps_cpu_rotary(float *x, int64_t T, int64_t n_heads, int64_t D, int64_t rot_dim, const int64_t *pos, float theta) {
+    rotate(x, T, n_heads, D, rot_dim, pos, theta, 1.0f);
 }
 
 // tanh as Eigen's rational approximation: within 4e-7 of tanh over all floats (tanhf: 1e-7), and, being
@@ -110,4 +116,72 @@ void ps_cpu_linear(float *y, const float *x, const float *W, const float *bias, 
 
 PS_CLONES void ps_cpu_gelu_new_n(float *out, const float *in, int64_t n) {
     for (int64_t i = 0; i < n; i++) out[i] = gelu_new(in[i]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backward passes of the blocks above (ps_backward.h), each the transpose of its forward's arithmetic.
+
+// LayerNorm: xhat = (x - mean) / s, out = xhat * w + b, s = sqrt(var + eps). With dxhat = dout * w, the
+// scale's own gradient is -sum(dxhat xhat) / s, and the total gradient at x is
+// (dxhat - mean(dxhat) - xhat mean(dxhat xhat)) / s.
+void ps_cpu_layernorm_backward(float *dx, float *dscale, const float *dout, const float *x, const float *scale, const float *w,
+                               int64_t N, int64_t C) {
+#pragma omp parallel for schedule(static) if (N * C >= PS_PAR_MIN)
+    for (int64_t i = 0; i < N; i++) {
+        const float *xi = x + i * C, *di = dout + i * C;
+        const float s = scale[i];
+        double mean = 0;
+        for (int64_t c = 0; c < C; c++) mean += xi[c];
+        mean /= (double)C;
+        double a = 0, bsum = 0;
+        for (int64_t c = 0; c < C; c++) {
+            const double dxh = (double)di[c] * w[c];
+            a += dxh;
+            bsum += dxh * ((xi[c] - mean) / s);
+        }
+        if (dscale) dscale[i] = (float)(-bsum / s);
+        a /= (double)C;
+        bsum /= (double)C;
+        for (int64_t c = 0; c < C; c++) {
+            const double xh = (xi[c] - mean) / s;
+            dx[i * C + c] += (float)(((double)di[c] * w[c] - a - xh * bsum) / s);
+        }
+    }
+}
+
+// RMSNorm: xhat = x / s, out = xhat * w: dx = (dxhat - xhat mean(dxhat xhat)) / s.
+void ps_cpu_rmsnorm_backward(float *dx, float *dscale, const float *dout, const float *x, const float *scale, const float *w,
+                             int64_t N, int64_t C) {
+#pragma omp parallel for schedule(static) if (N * C >= PS_PAR_MIN)
+    for (int64_t i = 0; i < N; i++) {
+        const float *xi = x + i * C, *di = dout + i * C;
+        const float s = scale[i];
+        double bsum = 0;
+        for (int64_t c = 0; c < C; c++) bsum += (double)di[c] * w[c] * ((double)xi[c] / s);
+        if (dscale) dscale[i] = (float)(-bsum / s);
+        bsum /= (double)C;
+        for (int64_t c = 0; c < C; c++)
+            dx[i * C + c] += (float)(((double)di[c] * w[c] - ((double)xi[c] / s) * bsum) / s);
+    }
+}
+
+// The forward's rotation, transposed: the same angles, negated.
+void ps_cpu_rotary_backward(float *dx, int64_t T, int64_t n_heads, int64_t D, int64_t rot_dim, const int64_t *pos, float theta) {
+    rotate(dx, T, n_heads, D, rot_dim, pos, theta, -1.0f);
+}
+
+float ps_cpu_act_backward(ps_act act, float x) {
+    switch (act) {
+    case PS_ACT_GELU_NEW: {
+        const float k = 0.7978845608028654f, t = tanhf(k * (x + 0.044715f * x * x * x));
+        return 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * k * (1.0f + 3.0f * 0.044715f * x * x);
+    }
+    case PS_ACT_GELU: return 0.5f * (1.0f + erff(x * 0.7071067811865476f)) + x * expf(-0.5f * x * x) * 0.3989422804014327f;
+    case PS_ACT_RELU: return x > 0 ? 1.0f : 0.0f;
+    case PS_ACT_SILU: {
+        const float s = 1.0f / (1.0f + expf(-x));
+        return s * (1.0f + x * (1.0f - s));
+    }
+    }
+    return 1.0f;
 }

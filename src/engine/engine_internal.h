@@ -21,4 +21,15 @@ int ps_cell_patch(const ps_sweep *sw, int64_t cell, const ps_prompt *p, ps_patch
 // narrowing. Returns 0 when the row cannot change anything its out_pos read (its result is base's).
 int ps_plan_row(const ps_model_config *mc, ps_row *r, int narrow_ok);
 
+struct ps_product;
+// A sweep-shaped producer's state (sweep_run.c): the sweep's layout in p->state and its table in p->t; and its free.
+int ps_sweep_product_init(const ps_model_config *mc, const ps_prompt_set *ps, struct ps_product *p, ps_error *e);
+void ps_sweep_state_free(void *state);
+
+struct ps_producer_ctx;
+// The metric's gradient at every hook of a run (attribution.c): g gets a cache (flags 0) for p->T tokens that the
+// caller frees, also on failure. base is the run of tokens (prompt p's clean or corrupted); clean_lp: (V) or NULL.
+int ps_run_gradient(struct ps_producer_ctx *cx, const ps_prompt *p, const int32_t *tokens, const ps_cache *base,
+                    const float *clean_lp, ps_cache *g, ps_error *e);
+
 #endif

@@ -1,8 +1,10 @@
 // Metrics read from the logits at the positions they need: logit and probability differences,
-// the teacher-forced log-probability of the answer, and KL divergence from the clean distribution.
+// the teacher-forced log-probability of the answer, and KL divergence from the clean distribution;
+// and each metric's gradient with respect to those logits (attribution patching's backward pass starts there).
 #include "ps_engine.h"
 
 #include <math.h>
+#include <string.h>
 
 void ps_metric_request_for(ps_metric_kind kind, const ps_prompt *p, ps_metric_request *rq) {
     rq->n_cols = 0;
@@ -59,4 +61,35 @@ double ps_metric_value(ps_metric_kind kind, const ps_prompt *p, const ps_metric_
     }
     }
     return NAN;
+}
+
+// d metric / d logits: the backward pass's input (ps_metric_grad in ps_engine.h).
+void ps_metric_grad(ps_metric_kind kind, const ps_prompt *p, const ps_metric_request *rq, const float *logits, int64_t V,
+                    const float *clean_lp, float *dl) {
+    memset(dl, 0, (size_t)(rq->n_out * V) * sizeof(float));
+    for (int64_t o = 0; o < rq->n_out; o++) {
+        const float *x = logits + o * V;
+        float *d = dl + o * V;
+        if (kind == PS_METRIC_LOGIT_DIFF) {
+            d[p->answer_id] += 1.0f;
+            d[p->wrong_id] -= 1.0f;
+            continue;
+        }
+        // softmax of the row, in double
+        double mx = x[0], s = 0;
+        for (int64_t j = 1; j < V; j++) mx = x[j] > mx ? x[j] : mx;
+        for (int64_t j = 0; j < V; j++) s += exp((double)x[j] - mx);
+        for (int64_t j = 0; j < V; j++) {
+            const double q = exp((double)x[j] - mx) / s;
+            if (kind == PS_METRIC_PROB_DIFF) {
+                // p_a - p_w: d p_a / d x_j = p_a (delta_aj - p_j)
+                const double pa = exp((double)x[p->answer_id] - mx) / s, pw = exp((double)x[p->wrong_id] - mx) / s;
+                d[j] = (float)(pa * ((j == p->answer_id) - q) - pw * ((j == p->wrong_id) - q));
+            } else if (kind == PS_METRIC_LOGPROB) {
+                d[j] = (float)((j == p->lp_tok[o]) - q);   // sum of log-softmax at each answer token
+            } else {
+                d[j] = clean_lp ? (float)(q - exp((double)clean_lp[j])) : NAN; // KL(clean || run)
+            }
+        }
+    }
 }

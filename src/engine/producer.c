@@ -14,6 +14,8 @@ static const ps_producer *const producers[] = {
     &ps_attention_producer,
     &ps_ov_scores_producer,
     &ps_head_scores_producer,
+    &ps_attribution_producer,
+    &ps_edge_attribution_producer,
 };
 
 const ps_producer *ps_producer_for(const char *kind) {

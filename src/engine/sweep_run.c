@@ -142,7 +142,7 @@ static int sweep_chunk(ps_producer_ctx *cx, ps_product *const *items, int64_t n,
     return rc;
 }
 
-static int sweep_init(const ps_model_config *mc, const ps_prompt_set *ps, ps_product *p, ps_error *e) {
+int ps_sweep_product_init(const ps_model_config *mc, const ps_prompt_set *ps, ps_product *p, ps_error *e) {
     ps_sweep *sw = calloc(1, sizeof *sw);
     if (!sw) return ps_fail(e, PS_EXIT_RUNTIME, "out of memory for %s", p->ex->name);
     p->state = sw;
@@ -151,7 +151,7 @@ static int sweep_init(const ps_model_config *mc, const ps_prompt_set *ps, ps_pro
     return ps_sweep_table_init(p->t, sw, ps, e);
 }
 
-static void sweep_free(void *state) {
+void ps_sweep_state_free(void *state) {
     ps_sweep *sw = state;
     if (!sw) return;
     for (int a = 0; a < 3; a++) free(sw->axis_value[a]);
@@ -159,5 +159,5 @@ static void sweep_free(void *state) {
 }
 
 const ps_producer ps_patch_sweep_producer = {
-    .kind = "patch_sweep", .per_prompt = 1, .init = sweep_init, .chunk = sweep_chunk, .free_state = sweep_free,
+    .kind = "patch_sweep", .per_prompt = 1, .init = ps_sweep_product_init, .chunk = sweep_chunk, .free_state = ps_sweep_state_free,
 };

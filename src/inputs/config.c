@@ -28,7 +28,8 @@ static const char *const multitoken_names[] = {"first_diff", "sum_logprob"};
 static const char *const align_names[] = {"error"};
 static const char *const format_names[] = {"jsonl", "csv", "json"};
 // Producers of result tables an experiment's "kind" may name (ps_table.h).
-static const char *const kind_names[] = {"patch_sweep", "path_patch", "dla", "logit_lens", "attention", "ov_scores", "head_scores"};
+static const char *const kind_names[] = {"patch_sweep", "path_patch", "attribution", "edge_attribution", "dla", "logit_lens",
+                                         "attention", "ov_scores", "head_scores"};
 
 #define COUNT(a) ((int)(sizeof(a) / sizeof((a)[0])))
 
@@ -50,9 +51,7 @@ static int is_head_site(ps_site s) {
 }
 
 ps_layout ps_default_layout(ps_site s) {
-    if (is_head_site(s)) return PS_BY_LAYER_HEAD;
-    if (s == PS_SITE_MLP_POST) return PS_BY_LAYER_NEURON;
-    return PS_BY_LAYER_POS;
+    return is_head_site(s) ? PS_BY_LAYER_HEAD : s == PS_SITE_MLP_POST ? PS_BY_LAYER_NEURON : PS_BY_LAYER_POS;
 }
 
 int ps_layout_fits(ps_site s, ps_layout l) {
@@ -540,20 +539,21 @@ static int load_path_patch(ctx *x, const cJSON *obj, const char *p, ps_experimen
     return 0;
 }
 
-// The analyses' keys (dla, logit_lens, attention, ov_scores, head_scores): each kind its own; patching keys refused.
+// Keys of the analyses (dla, logit_lens, attention, ov_scores, head_scores) and edge_attribution: each kind its own.
 static int load_analysis(ctx *x, const cJSON *obj, const char *p, ps_experiment *ex) {
     static const char *const keys[] = {"name", "kind", "site", "by", "direction", "neurons", "layers", "heads", "positions",
-                                       "run", "top_k", "per_neuron", "tokens", "negative", "input"};
+                                       "run", "top_k", "per_neuron", "tokens", "negative", "input", "method", "steps"};
     if (check_keys(x, obj, p, keys, COUNT(keys))) return -1;
     char kp[PATH_MAX_LEN];
-    ex->top_k = 5;
+    ex->top_k = ex->steps = 5;
     int is_att = !strcmp(ex->kind, "attention"), is_lens = !strcmp(ex->kind, "logit_lens"), is_dla = !strcmp(ex->kind, "dla");
-    int is_ov = !strcmp(ex->kind, "ov_scores");
+    int is_ov = !strcmp(ex->kind, "ov_scores"), is_edge = !strcmp(ex->kind, "edge_attribution");
     const struct { const char *key, *kinds; int ok; } own[] = {   // each key and the kinds that take it
         {"site", "patch_sweep", 0}, {"by", "patch_sweep", 0}, {"direction", "patch_sweep", 0}, {"neurons", "patch_sweep", 0},
         {"layers", "attention or ov_scores", is_att || is_ov}, {"heads", "attention or ov_scores", is_att || is_ov},
         {"positions", "attention", is_att}, {"top_k", "logit_lens or ov_scores", is_lens || is_ov}, {"per_neuron", "dla", is_dla},
-        {"tokens", "ov_scores", is_ov}, {"negative", "ov_scores", is_ov}, {"input", "ov_scores", is_ov}, {"run", "dla, logit_lens or attention", is_att || is_lens || is_dla}};
+        {"tokens", "ov_scores", is_ov}, {"negative", "ov_scores", is_ov}, {"input", "ov_scores", is_ov}, {"run", "dla, logit_lens or attention", is_att || is_lens || is_dla},
+        {"method", "edge_attribution", is_edge}, {"steps", "edge_attribution", is_edge}};
     for (size_t k = 0; k < COUNT(own); k++)
         if (!own[k].ok && member(obj, own[k].key)) {
             key_path(kp, p, own[k].key);
@@ -572,14 +572,20 @@ static int load_analysis(ctx *x, const cJSON *obj, const char *p, ps_experiment 
         if (!(ex->tokens[ex->n_tokens++] = strdup(it->valuestring))) return nomem(x);
     }
     static const char *const runs[] = {"clean", "corrupted"}, *const inputs[] = {"isolated", "prompts"};
+    static const char *const methods[] = {"EAP", "EAP-IG-inputs", "clean-corrupted"};   // edge_attribution
     char **no_roles = NULL;
-    return get_enum(x, obj, "run", p, runs, 2, &ex->run_corrupted) || get_enum(x, obj, "input", p, inputs, 2, &ex->ov_prompts) ||
-                   get_int(x, obj, "top_k", p, 0, 1000, &ex->top_k) ||
-                   get_bool(x, obj, "per_neuron", p, &ex->per_neuron) || get_bool(x, obj, "negative", p, &ex->negative) ||
-                   get_list(x, obj, "layers", p, 0, &ex->layers, &ex->n_layers, &no_roles) ||
-                   get_list(x, obj, "heads", p, 0, &ex->heads, &ex->n_heads, &no_roles) ||
-                   get_list(x, obj, "positions", p, 1, &ex->positions, &ex->n_positions, &ex->position_role)
-               ? -1 : 0;
+    int method = PS_EDGE_EAP;
+    if (get_enum(x, obj, "run", p, runs, 2, &ex->run_corrupted) || get_enum(x, obj, "input", p, inputs, 2, &ex->ov_prompts) ||
+        get_int(x, obj, "top_k", p, 0, 1000, &ex->top_k) || get_bool(x, obj, "per_neuron", p, &ex->per_neuron) ||
+        get_bool(x, obj, "negative", p, &ex->negative) || get_enum(x, obj, "method", p, methods, 3, &method) ||
+        get_int(x, obj, "steps", p, 1, PS_MAX_IG_STEPS, &ex->steps) ||
+        get_list(x, obj, "layers", p, 0, &ex->layers, &ex->n_layers, &no_roles) ||
+        get_list(x, obj, "heads", p, 0, &ex->heads, &ex->n_heads, &no_roles) ||
+        get_list(x, obj, "positions", p, 1, &ex->positions, &ex->n_positions, &ex->position_role))
+        return -1;
+    ex->method = (ps_edge_method)method;
+    key_path(kp, p, "steps");
+    return member(obj, "steps") && method != PS_EDGE_EAP_IG_INPUTS ? bad(x, kp, "only used with method EAP-IG-inputs") : 0;
 }
 
 static int load_experiment(ctx *x, const cJSON *obj, const char *p, ps_config *c, int64_t idx) {
@@ -618,7 +624,7 @@ static int load_experiment(ctx *x, const cJSON *obj, const char *p, ps_config *c
     if (!(ex->canonical = ps_json_canonical(obj))) return nomem(x);
     // Each kind has its own keys.
     if (!strcmp(ex->kind, "path_patch")) return load_path_patch(x, obj, p, ex);
-    if (strcmp(ex->kind, "patch_sweep") != 0) return load_analysis(x, obj, p, ex);
+    if (strcmp(ex->kind, "patch_sweep") != 0 && strcmp(ex->kind, "attribution") != 0) return load_analysis(x, obj, p, ex);
     if (check_keys(x, obj, p, keys, COUNT(keys))) return -1;
 
     const cJSON *sv = member(obj, "site");
@@ -653,21 +659,15 @@ static int load_experiment(ctx *x, const cJSON *obj, const char *p, ps_config *c
         get_list(x, obj, "positions", p, 1, &ex->positions, &ex->n_positions, &ex->position_role))
         return -1;
     // Lists the layout does not sweep would be silently ignored; say so instead.
-    int by_head = ex->layout == PS_BY_LAYER_HEAD || ex->layout == PS_BY_LAYER_POS_HEAD;
-    int by_pos = ex->layout == PS_BY_LAYER_POS || ex->layout == PS_BY_LAYER_POS_HEAD;
-    const char *lname = layout_names[ex->layout];
-    if (ex->heads && !by_head) {
-        key_path(kp, p, "heads");
-        return bad(x, kp, "only used with by layer_head or layer_pos_head (this sweep is %s)", lname);
-    }
-    if (ex->neurons && ex->layout != PS_BY_LAYER_NEURON) {
-        key_path(kp, p, "neurons");
-        return bad(x, kp, "only used with by layer_neuron (this sweep is %s)", lname);
-    }
-    if (ex->positions && !by_pos) {
-        key_path(kp, p, "positions");
-        return bad(x, kp, "only used with by layer_pos or layer_pos_head (this sweep is %s, over all positions)", lname);
-    }
+    const int by_head = ex->layout == PS_BY_LAYER_HEAD || ex->layout == PS_BY_LAYER_POS_HEAD, by_pos = ex->layout == PS_BY_LAYER_POS || ex->layout == PS_BY_LAYER_POS_HEAD;
+    const struct { const char *key, *layouts; int unswept; } lists[] = {{"heads", "layer_head or layer_pos_head", ex->heads && !by_head},
+        {"neurons", "layer_neuron", ex->neurons && ex->layout != PS_BY_LAYER_NEURON},
+        {"positions", "layer_pos or layer_pos_head", ex->positions && !by_pos}};
+    for (size_t k = 0; k < COUNT(lists); k++)
+        if (lists[k].unswept) {
+            key_path(kp, p, lists[k].key);
+            return bad(x, kp, "only used with by %s (this sweep is %s%s)", lists[k].layouts, layout_names[ex->layout], k == 2 ? ", over all positions" : "");
+        }
     return 0;
 }
 
