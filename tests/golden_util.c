@@ -2,6 +2,9 @@
 #include "golden_util.h"
 
 #include "testutil.h"
+#include "ps_json.h"
+
+#include <cjson/cJSON.h>
 
 #include <stdlib.h>
 #include <string.h>
@@ -52,4 +55,20 @@ int gu_for_each_model(void (*fn)(const char *name)) {
         ran++;
     }
     return ran;
+}
+
+int gu_load_json_case(const char *model, const char *golden_json, cJSON **doc, ps_model *m, ps_backend *be) {
+    char path[600], dir[512];
+    snprintf(dir, sizeof dir, "%s/%s", tu_src("tests/data"), model);
+    snprintf(path, sizeof path, "%s/%s", dir, golden_json);
+    ps_error e = {0};
+    if (!(*doc = ps_json_parse_file(path, &e))) { TU_CHECK(0, "%s", e.msg); return -1; }
+    if (ps_model_load(m, dir, &e) != 0) { TU_CHECK(0, "%s", e.msg); cJSON_Delete(*doc); return -1; }
+    if (ps_backend_init(be, PS_BACKEND_CPU, PS_PREC_FP32, 1, m, &e) != 0) {
+        TU_CHECK(0, "%s", e.msg);
+        ps_model_free(m);
+        cJSON_Delete(*doc);
+        return -1;
+    }
+    return 0;
 }

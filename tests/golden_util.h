@@ -2,7 +2,10 @@
 #ifndef PS_GOLDEN_UTIL_H
 #define PS_GOLDEN_UTIL_H
 
+#include "ps_backend.h"
 #include "ps_safetensors.h"
+
+struct cJSON;
 
 // The tiny models with goldens, in order; gu_model_present says whether its folder exists.
 extern const char *const gu_models[];
@@ -16,5 +19,9 @@ int gu_for_each_model(void (*fn)(const char *name));
 float *gu_f32(const ps_safetensors *st, const char *key, int64_t *n);
 // int32 copy of a golden tensor (malloc'd) or NULL when absent.
 int32_t *gu_i32(const ps_safetensors *st, const char *key, int64_t *n);
+
+// Loads tests/data/<model>/<golden_json> (the caller frees *doc with cJSON_Delete), the model and a 1-thread CPU
+// backend; on failure reports it (TU_CHECK), frees what it made and returns -1.
+int gu_load_json_case(const char *model, const char *golden_json, struct cJSON **doc, ps_model *m, ps_backend *be);
 
 #endif

@@ -400,16 +400,11 @@ static int32_t *json_i32(const cJSON *arr, int64_t *n) {
 }
 
 static void against_tl(const char *model) {
-    char path[600], dir[512];
-    snprintf(dir, sizeof dir, "%s/%s", tu_src("tests/data"), model);
-    snprintf(path, sizeof path, "%s/golden_interventions.json", dir);
-    ps_error e = {0};
-    cJSON *doc = ps_json_parse_file(path, &e);
-    if (!doc) { TU_CHECK(0, "%s", e.msg); return; }
+    cJSON *doc;
     ps_model m;
     ps_backend be;
-    if (ps_model_load(&m, dir, &e) != 0) { TU_CHECK(0, "%s", e.msg); cJSON_Delete(doc); return; }
-    if (ps_backend_init(&be, PS_BACKEND_CPU, PS_PREC_FP32, 1, &m, &e) != 0) { TU_CHECK(0, "%s", e.msg); ps_model_free(&m); cJSON_Delete(doc); return; }
+    if (gu_load_json_case(model, "golden_interventions.json", &doc, &m, &be) != 0) return;
+    ps_error e = {0};
     const ps_model_config *mc = &m.cfg;
     const int64_t L = mc->n_layers, H = mc->n_heads, D = mc->d_head, V = mc->d_vocab, HD = H * D;
     int64_t T, k;

@@ -4,6 +4,7 @@
 // ARENA's text: per prompt and sender, pass 1 a full forward with every head of every layer frozen but the
 // sender, pass 2 a full forward replacing the receivers from pass 1's whole cache (no captures, no views, no
 // skipped layers). Also the batched rows through the naive engine, ARENA's normalized metric and the table.
+#include "golden_util.h"
 #include "ps_json.h"
 #include "ps_path_patch.h"
 #include "testutil.h"
@@ -154,16 +155,11 @@ static void through_engine(const char *model, const ps_model *m, ps_backend *be,
 }
 
 static void one_model(const char *model) {
-    char dir[512], path[600];
-    snprintf(dir, sizeof dir, "%s/%s", tu_src("tests/data"), model);
-    snprintf(path, sizeof path, "%s/golden_path.json", dir);
-    ps_error e = {0};
-    cJSON *doc = ps_json_parse_file(path, &e);
-    if (!doc) { TU_CHECK(0, "%s", e.msg); return; }
+    cJSON *doc;
     ps_model m;
     ps_backend be;
-    if (ps_model_load(&m, dir, &e) != 0) { TU_CHECK(0, "%s", e.msg); cJSON_Delete(doc); return; }
-    if (ps_backend_init(&be, PS_BACKEND_CPU, PS_PREC_FP32, 1, &m, &e) != 0) { TU_CHECK(0, "%s", e.msg); ps_model_free(&m); cJSON_Delete(doc); return; }
+    if (gu_load_json_case(model, "golden_path.json", &doc, &m, &be) != 0) return;
+    ps_error e = {0};
     const ps_model_config *mc = &m.cfg;
     const int64_t N = (int64_t)num(doc, "N"), V = mc->d_vocab;
     ps_prompt *pr = xcalloc((size_t)N, sizeof *pr);
