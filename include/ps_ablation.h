@@ -80,6 +80,8 @@ typedef struct {
     const int64_t *group_of;      // (ps->n) per_template_position: each prompt's group (borrowed)
     const ps_prompt_set *ref;     // resample: the prompts taken from (borrowed)
     uint64_t seed;                // resample
+    const int64_t *draws;         // resample: NULL, draw from seed; else (ps->n) each prompt's reference prompt (borrowed:
+                                  // a run scoring its prompts chunk by chunk draws once over all of them)
     int64_t batch_rows;           // rows per backend call (0: 256)
     // Set by ps_ablator_init (owned):
     int64_t *resample_from;       // (ps->n) resample: the reference prompt each prompt takes activations from
@@ -88,6 +90,11 @@ typedef struct {
     double full_mean;
     ps_rows_stats stats;          // summed over every call
 } ps_ablator;
+
+// The resample draws of prompts ps from ref: from (ps->n), the reference prompts of the same length, xorshift64*
+// from seed, one draw per prompt in order. Bad input (naming `where`) when a prompt's length has none.
+int ps_abl_resample_draws(const ps_prompt_set *ps, const ps_prompt_set *ref, uint64_t seed, const char *where, int64_t *from,
+                          ps_error *e);
 
 // Fills the owned fields (resample sources: the reference prompts of the same length, xorshift64* from seed,
 // one draw per prompt in order); checks lengths (bad input naming `where`). On error owns nothing.

@@ -108,6 +108,7 @@ typedef struct {
     int64_t n_roles;
     char **role_name;     // (n_roles) e.g. "S2", "IO" (owned)
     int64_t *role_pos;    // (n_roles) token index in the clean prompt as `patchsweep tokenize` shows it (BOS included)
+    char *group;          // NULL, or its template group (the dataset's "fields": {"template": ...}), owned
 } ps_item;
 
 // A model component named in a config: head `head` of layer `layer` ("a3.h0"), or (head -1) its MLP ("m3").
@@ -117,6 +118,16 @@ typedef struct { int64_t layer, head; } ps_node;
 typedef enum { PS_RECV_RESID_POST = 0, PS_RECV_Q, PS_RECV_K, PS_RECV_V, PS_RECV_MLP, PS_RECV_COUNT } ps_recv_input;
 // Which senders a path_patch experiment runs when it lists none: every head, every MLP, or both.
 typedef enum { PS_SENDERS_HEADS = 0, PS_SENDERS_MLPS, PS_SENDERS_ALL, PS_SENDERS_LIST } ps_senders;
+
+// A component an ablation names: "h9.1" (head 1 of layer 9, at hook_z), "mlp3" (hook_mlp_out), "n2.17" (neuron 17
+// of layer 2, hook_mlp_post); optionally only at some positions (integers, "end", role names).
+typedef struct {
+    char *name;                               // owned, as written (syntax checked; the engine checks the model has it)
+    int64_t *positions; int64_t n_positions;  // NULL: the experiment's "positions" (or every position)
+    char **position_role;                     // NULL or (n_positions): the role where positions[k] names one
+} ps_abl_comp;
+// One cell of an ablation experiment: components ablated together (or, keep, the circuit kept).
+typedef struct { ps_abl_comp *c; int64_t n; char *label; } ps_abl_cell;
 
 typedef struct {
     char *name;                  // unique; becomes /results/<name>
@@ -148,6 +159,21 @@ typedef struct {
     // kind "edge_attribution" (no other key: it scores every edge of the graph)
     ps_edge_method method;
     int64_t steps;               // EAP-IG-inputs: interpolation steps (default 5)
+    // kinds "ablation" and "circuit_search" (ps_ablation.h); positions above are every component's default
+    ps_abl_cell *cells; int64_t n_cells;   // owned; ablation: one cell per "components" entry, or one "keep" cell
+    int keep;                              // 1: cells[0] is a circuit kept, everything else ablated
+    char *keep_path;                       // "keep": {"path": f}: the circuit file read (seqcont's {"heads", "mlps"}), owned
+    int abl_with;                          // ps_abl_method: zero, mean (default), resample, corrupted
+    int abl_group;                         // ps_mean_group: per_position (default), all_positions, per_template_position
+    ps_item *ref_items; int64_t n_ref_items; // "reference": the prompts means and resamples are taken over (owned)
+    char *ref_path;                        // its resolved file (owned)
+    int64_t seed;                          // resample draws (default 0)
+    int mlp_means_under;                   // "mlp_means": "under_head_ablation" (1; seqcont) or "reference" (0, default)
+    double threshold;                      // circuit_search: points (default 20)
+    int one_pass;                          // circuit_search: "passes": "one_each" (1) or "until_stable" (0, default)
+    int64_t speculate;                     // circuit_search: candidates per batch (0: the library's default)
+    int64_t means_of;                      // kind "reference_means" (added by the loader after the experiments, one per
+                                           // mean-ablating experiment, named "NAME.reference_means"): that experiment's index
 } ps_experiment;
 
 typedef struct {

@@ -29,6 +29,7 @@ typedef struct {
     const char *corrupted_field;   // NULL: the same name as the clean field (such files share a layout)
     int64_t corrupted_offset;      // >= 0
     int64_t offset, limit;         // >= 0
+    const char *group;             // NULL, or the field naming each record's template group (every record needs it)
     const char *origin;            // prefix for errors about the spec itself, e.g. "configs/x.json: dataset"; may be NULL
 } ps_dataset_spec;
 

@@ -23,17 +23,21 @@ typedef struct {
     int64_t n_roles;             // named positions ("S2", "IO"), borrowed from the dataset item
     char *const *role_name;
     const int64_t *role_pos;
+    const char *group;           // its template group (dataset field "template"), borrowed; NULL when none
 } ps_prompt;
 
-typedef struct {
+typedef struct ps_prompt_set {
     ps_prompt *p; int64_t n;     // owned
     int64_t T_max;
     const ps_tokenizer *tok;     // borrowed: the tokenizer the prompts came from (producers tokenize their own lists)
     int32_t bos;                 // the BOS prepended to every prompt, or -1 (prepend_bos false)
+    // The experiments' reference sets (kinds ablation, circuit_search): ref[i] is experiments[i]'s, n 0 when it
+    // has none; only clean tokens (corrupted = clean), no answers. NULL when no experiment has one. Owned.
+    struct ps_prompt_set *ref; int64_t n_ref;
 } ps_prompt_set;
 
-// Tokenizes the config's dataset (BOS per cfg->prepend_bos). Prompts whose clean and corrupted
-// versions differ in length are an error that shows both tokenizations.
+// Tokenizes the config's dataset and each experiment's reference set (BOS per cfg->prepend_bos). Prompts whose
+// clean and corrupted versions differ in length are an error that shows both tokenizations.
 int ps_prompts_build(ps_prompt_set *ps, const ps_config *cfg, const ps_tokenizer *tok, const ps_model_config *mc, ps_error *e);
 void ps_prompt_set_free(ps_prompt_set *ps);
 

@@ -75,5 +75,8 @@ extern const ps_producer ps_dla_producer, ps_logit_lens_producer, ps_attention_p
 extern const ps_producer ps_attribution_producer;
 // Edge attribution patching (EAP) on EAP-IG's graph (src/engine/edge_attribution.c).
 extern const ps_producer ps_edge_attribution_producer;
+// Ablations per prompt and seqcont's circuit search, once (src/engine/ablation_run.c, ps_ablation.h).
+extern const ps_producer ps_ablation_producer;
+extern const ps_producer ps_circuit_search_producer;
 
 #endif

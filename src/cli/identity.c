@@ -31,8 +31,10 @@ static void items_digest(const ps_config *cfg, char hex[65], int *oom) {
         ps_jbuf_str(&b, it->corrupted); ps_jbuf_raw(&b, ",");
         ps_jbuf_str(&b, it->answer); ps_jbuf_raw(&b, ",");
         ps_jbuf_str(&b, it->wrong); ps_jbuf_raw(&b, ",{");
+        // A template only where an item has one, so datasets without them keep their digest.
+        if (it->group) { ps_jbuf_key(&b, "template:", 1); ps_jbuf_str(&b, it->group); }
         for (int64_t r = 0; r < it->n_roles; r++) {
-            ps_jbuf_key(&b, it->role_name[r], r == 0);
+            ps_jbuf_key(&b, it->role_name[r], r == 0 && !it->group);
             ps_jbuf_int(&b, it->role_pos[r]);
         }
         ps_jbuf_raw(&b, "}]");
@@ -140,6 +142,11 @@ int ps_cli_identity(ps_identity *id, ps_hash_cache *c, const ps_config *cfg, con
     if (rc == 0 && cfg->dataset_path) rc = ps_identity_add_file(id, c, "dataset file", cfg->dataset_path, BIG_FILE_BYTES, e);
     if (rc == 0 && cfg->corrupted_path)
         rc = ps_identity_add_file(id, c, "dataset file", cfg->corrupted_path, BIG_FILE_BYTES, e);
+    for (int64_t i = 0; rc == 0 && i < cfg->n_experiments; i++) {
+        const ps_experiment *x = &cfg->experiments[i];
+        if (x->ref_path) rc = ps_identity_add_file(id, c, "reference dataset file", x->ref_path, BIG_FILE_BYTES, e);
+        if (rc == 0 && x->keep_path) rc = ps_identity_add_file(id, c, "circuit file", x->keep_path, BIG_FILE_BYTES, e);
+    }
     if (rc == 0) rc = add_tokenizer_files(id, c, tok, e);
     if (rc == 0) rc = add_model_files(id, c, cfg->model, e);
     free(canon);

@@ -156,6 +156,24 @@ static int run_caches(const ps_ablator *a, const ps_prompt_set *ps, const int64_
     return 0;
 }
 
+int ps_abl_resample_draws(const ps_prompt_set *ps, const ps_prompt_set *ref, uint64_t seed, const char *where, int64_t *from,
+                          ps_error *e) {
+    uint64_t s = seed ? seed : 0x9E3779B97F4A7C15ull;
+    for (int64_t i = 0; i < ps->n; i++) {
+        // Draw among the reference prompts of this prompt's length (positions must line up).
+        int64_t n_same = 0;
+        for (int64_t j = 0; j < ref->n; j++) n_same += ref->p[j].T == ps->p[i].T;
+        if (!n_same)
+            return ps_fail(e, PS_EXIT_BADINPUT, "%s: resample: no reference prompt has the %lld tokens of prompt %lld", where,
+                           (long long)ps->p[i].T, (long long)i);
+        int64_t k = (int64_t)(xorshift64s(&s) % (uint64_t)n_same), j = 0;
+        for (;; j++)
+            if (ref->p[j].T == ps->p[i].T && k-- == 0) break;
+        from[i] = j;
+    }
+    return 0;
+}
+
 int ps_ablator_init(ps_ablator *a, const char *where, ps_error *e) {
     a->resample_from = NULL; a->src = NULL; a->full = NULL;
     memset(&a->stats, 0, sizeof a->stats);
@@ -178,21 +196,8 @@ int ps_ablator_init(ps_ablator *a, const char *where, ps_error *e) {
     }
     if (a->method == PS_ABL_RESAMPLE) {
         if (!a->ref || a->ref->n < 1) { ps_ablator_free(a); return ps_fail(e, PS_EXIT_BADINPUT, "%s: resample ablation needs a \"reference\" dataset", where); }
-        uint64_t s = a->seed ? a->seed : 0x9E3779B97F4A7C15ull;
-        for (int64_t i = 0; i < ps->n; i++) {
-            // Draw among the reference prompts of this prompt's length (positions must line up).
-            int64_t n_same = 0;
-            for (int64_t j = 0; j < a->ref->n; j++) n_same += a->ref->p[j].T == ps->p[i].T;
-            if (!n_same) {
-                ps_ablator_free(a);
-                return ps_fail(e, PS_EXIT_BADINPUT, "%s: resample: no reference prompt has the %lld tokens of prompt %lld", where,
-                               (long long)ps->p[i].T, (long long)i);
-            }
-            int64_t k = (int64_t)(xorshift64s(&s) % (uint64_t)n_same), j = 0;
-            for (;; j++)
-                if (a->ref->p[j].T == ps->p[i].T && k-- == 0) break;
-            a->resample_from[i] = j;
-        }
+        if (a->draws) memcpy(a->resample_from, a->draws, (size_t)ps->n * sizeof *a->resample_from);
+        else if (ps_abl_resample_draws(ps, a->ref, a->seed, where, a->resample_from, e) != 0) { ps_ablator_free(a); return -1; }
         if (run_caches(a, a->ref, a->resample_from, ps->n, 0, a->src, e) != 0) { ps_ablator_free(a); return -1; }
     } else if (a->method == PS_ABL_CORRUPTED) {
         for (int64_t i = 0; i < ps->n; i++) a->resample_from[i] = -1;

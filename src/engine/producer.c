@@ -16,6 +16,8 @@ static const ps_producer *const producers[] = {
     &ps_head_scores_producer,
     &ps_attribution_producer,
     &ps_edge_attribution_producer,
+    &ps_ablation_producer,
+    &ps_circuit_search_producer,
 };
 
 const ps_producer *ps_producer_for(const char *kind) {

@@ -55,6 +55,50 @@ static int answer_in_context(const ps_tokenizer *tok, const char *prompt, const 
     return rc;
 }
 
+// Experiment x's reference prompts: the clean text alone (the metric is never read on them); corrupted = clean.
+static int build_ref(ps_prompt_set *rs, const ps_config *cfg, int64_t x, const ps_tokenizer *tok, const ps_model_config *mc,
+                     int32_t bos, ps_error *e) {
+    const ps_experiment *ex = &cfg->experiments[x];
+    if (!(rs->p = calloc((size_t)ex->n_ref_items, sizeof *rs->p))) return ps_fail(e, PS_EXIT_RUNTIME, "out of memory");
+    rs->n = ex->n_ref_items;
+    const int64_t off = bos >= 0 ? 1 : 0;
+    for (int64_t i = 0; i < rs->n; i++) {
+        const ps_item *it = &ex->ref_items[i];
+        int32_t *ids = NULL;
+        int64_t n = 0;
+        ps_error te = {0};
+        if (ps_tokenizer_encode(tok, it->clean, &ids, &n, &te) != 0)
+            return ps_fail(e, PS_EXIT_BADINPUT, "%s: experiments[%lld].reference item %lld: %s", cfg->path, (long long)x, (long long)i, te.msg);
+        ps_prompt *p = &rs->p[i];
+        p->T = p->T_prompt = n + off;
+        int rc = 0;
+        if (n == 0) rc = ps_fail(e, PS_EXIT_BADINPUT, "%s: experiments[%lld].reference item %lld tokenizes to nothing", cfg->path, (long long)x, (long long)i);
+        else if (p->T > mc->n_ctx)
+            rc = ps_fail(e, PS_EXIT_BADINPUT, "%s: experiments[%lld].reference item %lld: %lld tokens exceed the model's context of %lld",
+                         cfg->path, (long long)x, (long long)i, (long long)p->T, (long long)mc->n_ctx);
+        for (int64_t j = 0; rc == 0 && j < n; j++)
+            if (ids[j] < 0 || ids[j] >= mc->d_vocab)
+                rc = ps_fail(e, PS_EXIT_BADINPUT, "%s: experiments[%lld].reference item %lld: token id %d is out of range for the vocabulary",
+                             cfg->path, (long long)x, (long long)i, ids[j]);
+        if (rc == 0) {
+            p->clean = malloc((size_t)p->T * sizeof(int32_t));
+            p->corrupted = malloc((size_t)p->T * sizeof(int32_t));
+            if (!p->clean || !p->corrupted) rc = ps_fail(e, PS_EXIT_RUNTIME, "out of memory for the reference prompts");
+        }
+        if (rc == 0) {
+            if (off) p->clean[0] = bos;
+            memcpy(p->clean + off, ids, (size_t)n * sizeof(int32_t));
+            memcpy(p->corrupted, p->clean, (size_t)p->T * sizeof(int32_t));
+            p->score_pos = p->T - 1;
+            p->group = it->group;
+            if (p->T > rs->T_max) rs->T_max = p->T;
+        }
+        free(ids);
+        if (rc != 0) return -1;
+    }
+    return 0;
+}
+
 int ps_prompts_build(ps_prompt_set *ps, const ps_config *cfg, const ps_tokenizer *tok, const ps_model_config *mc, ps_error *e) {
     memset(ps, 0, sizeof *ps);
     if (cfg->n_items <= 0) return ps_fail(e, PS_EXIT_BADINPUT, "%s: dataset: empty dataset", cfg->path);
@@ -138,6 +182,7 @@ int ps_prompts_build(ps_prompt_set *ps, const ps_config *cfg, const ps_tokenizer
                 p->n_roles = it->n_roles;
                 p->role_name = it->role_name;
                 p->role_pos = it->role_pos;
+                p->group = it->group;
                 for (int64_t r = 0; rc == 0 && r < it->n_roles; r++)
                     if (it->role_pos[r] >= p->T_prompt)
                         rc = ps_fail(e, PS_EXIT_BADINPUT, "%s: dataset[%lld].roles.%s: token index %lld is past the prompt's %lld tokens%s",
@@ -166,11 +211,27 @@ int ps_prompts_build(ps_prompt_set *ps, const ps_config *cfg, const ps_tokenizer
             return -1;
         }
     }
+    for (int64_t x = 0; x < cfg->n_experiments; x++)
+        if (cfg->experiments[x].ref_items) {
+            if (!ps->ref && !(ps->ref = calloc((size_t)cfg->n_experiments, sizeof *ps->ref))) {
+                ps_prompt_set_free(ps);
+                return ps_fail(e, PS_EXIT_RUNTIME, "out of memory for the reference prompts");
+            }
+            ps->n_ref = cfg->n_experiments;
+            if (build_ref(&ps->ref[x], cfg, x, tok, mc, bos, e) != 0) {
+                ps_prompt_set_free(ps);
+                return -1;
+            }
+        }
     return 0;
 }
 
 void ps_prompt_set_free(ps_prompt_set *ps) {
-    if (!ps || !ps->p) return;
+    if (!ps) return;
+    for (int64_t x = 0; ps->ref && x < ps->n_ref; x++) ps_prompt_set_free(&ps->ref[x]);
+    free(ps->ref);
+    ps->ref = NULL;
+    if (!ps->p) return;
     for (int64_t i = 0; i < ps->n; i++) {
         free(ps->p[i].clean);
         free(ps->p[i].corrupted);

@@ -1,6 +1,6 @@
 // The experiment config: JSON file -> ps_config, with every key and value checked and errors naming the JSON path.
 // Dataset files are read by dataset.c; the format is described in ps_config.h.
-#include "ps_config.h"
+#include "config_internal.h"
 #include "ps_dataset.h"
 
 #include <cjson/cJSON.h>
@@ -26,12 +26,9 @@ static const char *const backend_names[] = {"cpu", "cuda", "auto"};
 static const char *const precision_names[] = {"fp32", "fp16", "bf16"};
 static const char *const multitoken_names[] = {"first_diff", "sum_logprob"};
 static const char *const align_names[] = {"error"};
-static const char *const format_names[] = {"jsonl", "csv", "json"};
 // Producers of result tables an experiment's "kind" may name (ps_table.h).
 static const char *const kind_names[] = {"patch_sweep", "path_patch", "attribution", "edge_attribution", "dla", "logit_lens",
-                                         "attention", "ov_scores", "head_scores"};
-
-#define COUNT(a) ((int)(sizeof(a) / sizeof((a)[0])))
+                                         "attention", "ov_scores", "head_scores", "ablation", "circuit_search"};
 
 const char *ps_site_name(ps_site s) { return (unsigned)s < PS_SITE_COUNT ? site_names[s] : "?"; }
 const char *ps_layout_name(ps_layout l) { return (unsigned)l < PS_BY_COUNT ? layout_names[l] : "?"; }
@@ -83,6 +80,7 @@ static void experiment_free(ps_experiment *x) {
     free(x->positions);
     free(x->sender_list);
     free(x->receivers);
+    ps_cfg_ablation_free(x);
 }
 
 void ps_config_free(ps_config *c) {
@@ -102,16 +100,7 @@ void ps_config_free(ps_config *c) {
 
 // ---- checking values ----
 
-typedef struct {
-    const char *file;   // the config path, as given
-    char *dir;          // its directory, for relative paths (owned)
-    ps_error *e;
-} ctx;
-
-#define PATH_MAX_LEN 512
-
-static int bad(ctx *x, const char *path, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int bad(ctx *x, const char *path, const char *fmt, ...) {
+int ps_cfg_bad(ps_cfg_ctx *x, const char *path, const char *fmt, ...) {
     char msg[PS_ERR_MAX];
     va_list ap;
     va_start(ap, fmt);
@@ -121,25 +110,25 @@ static int bad(ctx *x, const char *path, const char *fmt, ...) {
     return ps_fail(x->e, PS_EXIT_BADINPUT, "%s: %s", x->file, msg);
 }
 
-static int nomem(ctx *x) { return ps_fail(x->e, PS_EXIT_RUNTIME, "%s: out of memory", x->file); }
+int ps_cfg_nomem(ps_cfg_ctx *x) { return ps_fail(x->e, PS_EXIT_RUNTIME, "%s: out of memory", x->file); }
 
 // JSON paths are cut at PATH_MAX_LEN; only absurdly deep or long keys get there, and a cut path still reads fine.
-static void key_path(char *out, const char *parent, const char *key) {
+void ps_cfg_key_path(char *out, const char *parent, const char *key) {
     char esc[200];
     ps_text_escape(key, esc, sizeof esc, 60);
     if (parent[0]) snprintf(out, PATH_MAX_LEN, "%.300s.%s", parent, esc);
     else snprintf(out, PATH_MAX_LEN, "%s", esc);
 }
 
-static void index_path(char *out, const char *parent, int64_t i) {
+void ps_cfg_index_path(char *out, const char *parent, int64_t i) {
     snprintf(out, PATH_MAX_LEN, "%.480s[%lld]", parent, (long long)i);
 }
 
 // Every key of obj must be one of keys, at most once.
-static int check_keys(ctx *x, const cJSON *obj, const char *path, const char *const *keys, int nkeys) {
+int ps_cfg_check_keys(ps_cfg_ctx *x, const cJSON *obj, const char *path, const char *const *keys, int nkeys) {
     for (const cJSON *it = obj->child; it; it = it->next) {
         char p[PATH_MAX_LEN], esc[200];
-        key_path(p, path, it->string);
+        ps_cfg_key_path(p, path, it->string);
         ps_text_escape(it->string, esc, sizeof esc, 60);
         int best = -1, bestd = 1 << 30;
         for (int k = 0; k < nkeys; k++) {
@@ -150,47 +139,47 @@ static int check_keys(ctx *x, const cJSON *obj, const char *path, const char *co
         if (bestd != 0) {
             int len = (int)strlen(it->string);
             if (best >= 0 && bestd <= (len / 3 > 2 ? len / 3 : 2))
-                return bad(x, p, "unknown key '%s' (did you mean '%s'?)", esc, keys[best]);
+                return ps_cfg_bad(x, p, "unknown key '%s' (did you mean '%s'?)", esc, keys[best]);
             char all[512];
             size_t o = 0;
             for (int k = 0; k < nkeys; k++) o += (size_t)snprintf(all + o, sizeof all - o, "%s%s", k ? ", " : "", keys[k]);
-            return bad(x, p, "unknown key '%s' (valid keys: %s)", esc, all);
+            return ps_cfg_bad(x, p, "unknown key '%s' (valid keys: %s)", esc, all);
         }
         for (const cJSON *jt = obj->child; jt != it; jt = jt->next)
-            if (strcmp(jt->string, it->string) == 0) return bad(x, p, "key '%s' appears twice", esc);
+            if (strcmp(jt->string, it->string) == 0) return ps_cfg_bad(x, p, "key '%s' appears twice", esc);
     }
     return 0;
 }
 
-static const cJSON *member(const cJSON *obj, const char *key) { return cJSON_GetObjectItemCaseSensitive(obj, key); }
+const cJSON *ps_cfg_member(const cJSON *obj, const char *key) { return cJSON_GetObjectItemCaseSensitive(obj, key); }
 
 // A non-empty string; absent leaves *out alone unless required.
-static int get_str(ctx *x, const cJSON *obj, const char *key, const char *path, int required, char **out) {
+int ps_cfg_get_str(ps_cfg_ctx *x, const cJSON *obj, const char *key, const char *path, int required, char **out) {
     char p[PATH_MAX_LEN];
-    key_path(p, path, key);
-    const cJSON *v = member(obj, key);
-    if (!v) return required ? bad(x, p, "required key missing") : 0;
+    ps_cfg_key_path(p, path, key);
+    const cJSON *v = ps_cfg_member(obj, key);
+    if (!v) return required ? ps_cfg_bad(x, p, "required key missing") : 0;
     char got[200];
     ps_json_describe(v, got, sizeof got);
-    if (!cJSON_IsString(v)) return bad(x, p, "expected a string, got %s", got);
-    if (!v->valuestring[0]) return bad(x, p, "empty string");
+    if (!cJSON_IsString(v)) return ps_cfg_bad(x, p, "expected a string, got %s", got);
+    if (!v->valuestring[0]) return ps_cfg_bad(x, p, "empty string");
     free(*out);
     *out = strdup(v->valuestring);
-    return *out ? 0 : nomem(x);
+    return *out ? 0 : ps_cfg_nomem(x);
 }
 
 // A path relative to the config's directory, stored joined with it.
-static int get_path(ctx *x, const cJSON *obj, const char *key, const char *path, int required, char **out) {
+int ps_cfg_get_path(ps_cfg_ctx *x, const cJSON *obj, const char *key, const char *path, int required, char **out) {
     char *s = NULL;
-    if (get_str(x, obj, key, path, required, &s)) return -1;
+    if (ps_cfg_get_str(x, obj, key, path, required, &s)) return -1;
     if (!s) return 0;
     free(*out);
     *out = ps_path_join(x->dir, s);
     free(s);
-    return *out ? 0 : nomem(x);
+    return *out ? 0 : ps_cfg_nomem(x);
 }
 
-static int pick(ctx *x, const cJSON *v, const char *p, const char *const *names, const int *order, int n, int *out) {
+int ps_cfg_pick(ps_cfg_ctx *x, const cJSON *v, const char *p, const char *const *names, const int *order, int n, int *out) {
     if (cJSON_IsString(v))
         for (int i = 0; i < n; i++)
             if (strcmp(v->valuestring, names[i]) == 0) { *out = i; return 0; }
@@ -198,19 +187,19 @@ static int pick(ctx *x, const cJSON *v, const char *p, const char *const *names,
     size_t o = 0;
     for (int i = 0; i < n; i++) o += (size_t)snprintf(list + o, sizeof list - o, "%s, ", names[order ? order[i] : i]);
     ps_json_describe(v, got, sizeof got);
-    return bad(x, p, "expected one of %sgot %s", list, got);
+    return ps_cfg_bad(x, p, "expected one of %sgot %s", list, got);
 }
 
-static int get_enum(ctx *x, const cJSON *obj, const char *key, const char *path, const char *const *names, int n, int *out) {
-    const cJSON *v = member(obj, key);
+int ps_cfg_get_enum(ps_cfg_ctx *x, const cJSON *obj, const char *key, const char *path, const char *const *names, int n, int *out) {
+    const cJSON *v = ps_cfg_member(obj, key);
     if (!v) return 0;
     char p[PATH_MAX_LEN];
-    key_path(p, path, key);
-    return pick(x, v, p, names, NULL, n, out);
+    ps_cfg_key_path(p, path, key);
+    return ps_cfg_pick(x, v, p, names, NULL, n, out);
 }
 
 // Integers arrive as doubles; only exact integers within +-2^53 are accepted.
-static int as_int(const cJSON *v, int64_t *out) {
+int ps_cfg_as_int(const cJSON *v, int64_t *out) {
     if (!cJSON_IsNumber(v)) return -1;
     double d = v->valuedouble;
     if (!isfinite(d) || d != floor(d) || fabs(d) > 9007199254740992.0) return -1;
@@ -218,83 +207,83 @@ static int as_int(const cJSON *v, int64_t *out) {
     return 0;
 }
 
-static int get_int(ctx *x, const cJSON *obj, const char *key, const char *path, int64_t lo, int64_t hi, int64_t *out) {
-    const cJSON *v = member(obj, key);
+int ps_cfg_get_int(ps_cfg_ctx *x, const cJSON *obj, const char *key, const char *path, int64_t lo, int64_t hi, int64_t *out) {
+    const cJSON *v = ps_cfg_member(obj, key);
     if (!v) return 0;
     char p[PATH_MAX_LEN], got[200];
-    key_path(p, path, key);
+    ps_cfg_key_path(p, path, key);
     int64_t i;
-    if (as_int(v, &i) || i < lo || i > hi) {
+    if (ps_cfg_as_int(v, &i) || i < lo || i > hi) {
         ps_json_describe(v, got, sizeof got);
-        if (hi == INT64_MAX) return bad(x, p, "expected an integer >= %lld, got %s", (long long)lo, got);
-        return bad(x, p, "expected an integer from %lld to %lld, got %s", (long long)lo, (long long)hi, got);
+        if (hi == INT64_MAX) return ps_cfg_bad(x, p, "expected an integer >= %lld, got %s", (long long)lo, got);
+        return ps_cfg_bad(x, p, "expected an integer from %lld to %lld, got %s", (long long)lo, (long long)hi, got);
     }
     *out = i;
     return 0;
 }
 
-static int get_bool(ctx *x, const cJSON *obj, const char *key, const char *path, int *out) {
-    const cJSON *v = member(obj, key);
+int ps_cfg_get_bool(ps_cfg_ctx *x, const cJSON *obj, const char *key, const char *path, int *out) {
+    const cJSON *v = ps_cfg_member(obj, key);
     if (!v) return 0;
     char p[PATH_MAX_LEN], got[200];
-    key_path(p, path, key);
+    ps_cfg_key_path(p, path, key);
     if (!cJSON_IsBool(v)) {
         ps_json_describe(v, got, sizeof got);
-        return bad(x, p, "expected true or false, got %s", got);
+        return ps_cfg_bad(x, p, "expected true or false, got %s", got);
     }
     *out = cJSON_IsTrue(v) ? 1 : 0;
     return 0;
 }
 
 // An index list: non-negative integers, or (positions) any integer or "end". Absent: NULL, all.
-static void free_roles(char ***roles, int count) {
+void ps_cfg_free_roles(char ***roles, int count) {
     if (!*roles) return;
     for (int i = 0; i < count; i++) free((*roles)[i]);
     free(*roles);
     *roles = NULL;
 }
 
-static int get_list(ctx *x, const cJSON *obj, const char *key, const char *path, int positions, int64_t **out, int64_t *n,
+int ps_cfg_get_list(ps_cfg_ctx *x, const cJSON *obj, const char *key, const char *path, int positions, int64_t **out, int64_t *n,
                     char ***roles) {
-    const cJSON *v = member(obj, key);
+    const cJSON *v = ps_cfg_member(obj, key);
     if (!v) return 0;
     char p[PATH_MAX_LEN], got[200];
-    key_path(p, path, key);
+    ps_cfg_key_path(p, path, key);
     const char *want = positions ? "integers, \"end\" or role names" : "non-negative integers";
     if (!cJSON_IsArray(v)) {
         ps_json_describe(v, got, sizeof got);
-        return bad(x, p, "expected an array of %s, got %s", want, got);
+        return ps_cfg_bad(x, p, "expected an array of %s, got %s", want, got);
     }
     int count = cJSON_GetArraySize(v);
-    if (count == 0) return bad(x, p, "empty list (leave the key out to sweep all)");
+    if (count == 0) return ps_cfg_bad(x, p, "empty list (leave the key out to sweep all)");
     int64_t *a = malloc((size_t)count * sizeof *a);
-    if (!a) return nomem(x);
+    if (!a) return ps_cfg_nomem(x);
     int i = 0;
     for (const cJSON *it = v->child; it; it = it->next, i++) {
         char ip[PATH_MAX_LEN];
-        index_path(ip, p, i);
+        ps_cfg_index_path(ip, p, i);
         int64_t val;
         if (positions && cJSON_IsString(it) && strcmp(it->valuestring, "end") == 0) val = -1;
         else if (positions && cJSON_IsString(it) && it->valuestring[0]) {
             // A role: resolved per prompt by the engine; the value is a placeholder unique in the list.
-            if (!*roles && !(*roles = calloc((size_t)count, sizeof(char *)))) { free(a); free_roles(roles, count); return nomem(x); }
+            if (!*roles && !(*roles = calloc((size_t)count, sizeof(char *)))) { free(a); ps_cfg_free_roles(roles, count); return ps_cfg_nomem(x); }
             for (int j = 0; j < i; j++)
                 if ((*roles)[j] && !strcmp((*roles)[j], it->valuestring)) {
-                    free(a); free_roles(roles, count);
-                    return bad(x, ip, "\"%s\" appears twice in the list", it->valuestring);
+                    free(a); ps_cfg_free_roles(roles, count);
+                    return ps_cfg_bad(x, ip, "\"%s\" appears twice in the list", it->valuestring);
                 }
             (*roles)[i] = strdup(it->valuestring);
             a[i] = INT64_MIN + i;
             continue;
-        } else if (as_int(it, &val) || (!positions && val < 0)) {
+        } else if (ps_cfg_as_int(it, &val) || (!positions && val < 0)) {
             ps_json_describe(it, got, sizeof got);
-            free(a); free_roles(roles, count);
-            return bad(x, ip, "expected %s, got %s", positions ? "an integer, \"end\" or a role name" : "a non-negative integer", got);
+            free(a); ps_cfg_free_roles(roles, count);
+            return ps_cfg_bad(x, ip, "expected %s, got %s", positions ? "an integer, \"end\" or a role name" : "a non-negative integer", got);
         }
         for (int j = 0; j < i; j++)
             if (a[j] == val) {
-                free(a); free_roles(roles, count);
-                return bad(x, ip, "%lld appears twice in the list", (long long)val);
+                free(a); ps_cfg_free_roles(roles, count);
+                return ps_cfg_bad(x, ip, "%lld appears twice in the list", (long long)val);
             }
         a[i] = val;
     }
@@ -305,126 +294,59 @@ static int get_list(ctx *x, const cJSON *obj, const char *key, const char *path,
 
 // ---- sections ----
 
-static const char *const item_keys[] = {"clean", "corrupted", "answer", "wrong"};
-static const char *const inline_item_keys[] = {"clean", "corrupted", "answer", "wrong", "roles"};
+static const char *const inline_item_keys[] = {"clean", "corrupted", "answer", "wrong", "roles", "template"};
 
 // An item's "roles": {"S2": 10, ...}: names of token positions, per prompt.
-static int load_roles(ctx *x, const cJSON *it, const char *p, ps_item *d) {
-    const cJSON *r = member(it, "roles");
+static int load_roles(ps_cfg_ctx *x, const cJSON *it, const char *p, ps_item *d) {
+    const cJSON *r = ps_cfg_member(it, "roles");
     if (!r) return 0;
     char rp[PATH_MAX_LEN], got[200];
-    key_path(rp, p, "roles");
+    ps_cfg_key_path(rp, p, "roles");
     if (!cJSON_IsObject(r)) {
         ps_json_describe(r, got, sizeof got);
-        return bad(x, rp, "expected an object of role name -> token index, got %s", got);
+        return ps_cfg_bad(x, rp, "expected an object of role name -> token index, got %s", got);
     }
     int n = cJSON_GetArraySize(r);
     d->role_name = calloc((size_t)(n ? n : 1), sizeof(char *));
     d->role_pos = calloc((size_t)(n ? n : 1), sizeof(int64_t));
-    if (!d->role_name || !d->role_pos) return nomem(x);
+    if (!d->role_name || !d->role_pos) return ps_cfg_nomem(x);
     for (const cJSON *v = r->child; v; v = v->next) {
         char vp[PATH_MAX_LEN];
-        key_path(vp, rp, v->string);
+        ps_cfg_key_path(vp, rp, v->string);
         int64_t pos;
-        if (as_int(v, &pos) || pos < 0) {
+        if (ps_cfg_as_int(v, &pos) || pos < 0) {
             ps_json_describe(v, got, sizeof got);
-            return bad(x, vp, "expected a non-negative token index, got %s", got);
+            return ps_cfg_bad(x, vp, "expected a non-negative token index, got %s", got);
         }
-        if (!strcmp(v->string, "end")) return bad(x, vp, "\"end\" is built in (the prompt's last token); choose another name");
+        if (!strcmp(v->string, "end")) return ps_cfg_bad(x, vp, "\"end\" is built in (the prompt's last token); choose another name");
         d->role_name[d->n_roles] = strdup(v->string);
         d->role_pos[d->n_roles++] = pos;
     }
     return 0;
 }
 
-static int load_inline_items(ctx *x, const cJSON *arr, ps_config *c) {
+static int load_inline_items(ps_cfg_ctx *x, const cJSON *arr, ps_config *c) {
     int n = cJSON_GetArraySize(arr);
-    if (n == 0) return bad(x, "dataset", "empty dataset (no items)");
+    if (n == 0) return ps_cfg_bad(x, "dataset", "empty dataset (no items)");
     c->items = calloc((size_t)n, sizeof *c->items);
-    if (!c->items) return nomem(x);
+    if (!c->items) return ps_cfg_nomem(x);
     c->n_items = n;   // calloc'd, so ps_config_free can free a partly filled array
     int i = 0;
     for (const cJSON *it = arr->child; it; it = it->next, i++) {
         char p[PATH_MAX_LEN], got[200];
-        index_path(p, "dataset", i);
+        ps_cfg_index_path(p, "dataset", i);
         if (!cJSON_IsObject(it)) {
             ps_json_describe(it, got, sizeof got);
-            return bad(x, p, "expected an object with clean, corrupted, answer, wrong, got %s", got);
+            return ps_cfg_bad(x, p, "expected an object with clean, corrupted, answer, wrong, got %s", got);
         }
-        if (check_keys(x, it, p, inline_item_keys, COUNT(inline_item_keys))) return -1;
+        if (ps_cfg_check_keys(x, it, p, inline_item_keys, COUNT(inline_item_keys))) return -1;
         ps_item *d = &c->items[i];
-        if (get_str(x, it, "clean", p, 1, &d->clean) || get_str(x, it, "corrupted", p, 1, &d->corrupted) ||
-            get_str(x, it, "answer", p, 1, &d->answer) || get_str(x, it, "wrong", p, 1, &d->wrong) ||
-            load_roles(x, it, p, d))
+        if (ps_cfg_get_str(x, it, "clean", p, 1, &d->clean) || ps_cfg_get_str(x, it, "corrupted", p, 1, &d->corrupted) ||
+            ps_cfg_get_str(x, it, "answer", p, 1, &d->answer) || ps_cfg_get_str(x, it, "wrong", p, 1, &d->wrong) ||
+            ps_cfg_get_str(x, it, "template", p, 0, &d->group) || load_roles(x, it, p, d))
             return -1;
     }
     return 0;
-}
-
-static int format_value(ctx *x, const cJSON *obj, const char *path, ps_data_format *out) {
-    int f = -1;
-    if (get_enum(x, obj, "format", path, format_names, COUNT(format_names), &f)) return -1;
-    if (f >= 0) *out = (ps_data_format)(PS_DATA_JSONL + f);
-    return 0;
-}
-
-static int load_dataset_file(ctx *x, const cJSON *obj, ps_config *c) {
-    static const char *const keys[] = {"path", "format", "fields", "corrupted", "offset", "limit"};
-    static const char *const corrupted_keys[] = {"path", "field", "format", "offset"};
-    if (check_keys(x, obj, "dataset", keys, COUNT(keys))) return -1;
-    ps_dataset_spec s;
-    memset(&s, 0, sizeof s);
-    char *names[4] = {0}, *cfield = NULL;
-    int rc = -1;
-    if (get_path(x, obj, "path", "dataset", 1, &c->dataset_path)) goto out;
-    s.path = c->dataset_path;
-    if (format_value(x, obj, "dataset", &s.format)) goto out;
-    if (get_int(x, obj, "offset", "dataset", 0, INT64_MAX, &s.offset)) goto out;
-    if (get_int(x, obj, "limit", "dataset", 0, INT64_MAX, &s.limit)) goto out;
-    const cJSON *f = member(obj, "fields");
-    if (f) {
-        char got[200];
-        if (!cJSON_IsObject(f)) {
-            ps_json_describe(f, got, sizeof got);
-            bad(x, "dataset.fields", "expected an object mapping clean, corrupted, answer, wrong to names in the file, got %s", got);
-            goto out;
-        }
-        if (check_keys(x, f, "dataset.fields", item_keys, COUNT(item_keys))) goto out;
-        for (int k = 0; k < 4; k++)
-            if (get_str(x, f, item_keys[k], "dataset.fields", 0, &names[k])) goto out;
-    }
-    s.clean = names[0];
-    s.corrupted = names[1];
-    s.answer = names[2];
-    s.wrong = names[3];
-    const cJSON *cor = member(obj, "corrupted");
-    if (cor) {
-        char got[200];
-        if (!cJSON_IsObject(cor)) {
-            ps_json_describe(cor, got, sizeof got);
-            bad(x, "dataset.corrupted", "expected an object {\"path\", \"field\", \"offset\"}, got %s", got);
-            goto out;
-        }
-        if (names[1]) {
-            bad(x, "dataset.fields.corrupted", "corrupted prompts come from dataset.corrupted.path; drop one of the two");
-            goto out;
-        }
-        if (check_keys(x, cor, "dataset.corrupted", corrupted_keys, COUNT(corrupted_keys))) goto out;
-        if (get_path(x, cor, "path", "dataset.corrupted", 1, &c->corrupted_path)) goto out;
-        if (get_str(x, cor, "field", "dataset.corrupted", 0, &cfield)) goto out;
-        if (format_value(x, cor, "dataset.corrupted", &s.corrupted_format)) goto out;
-        if (get_int(x, cor, "offset", "dataset.corrupted", 0, INT64_MAX, &s.corrupted_offset)) goto out;
-        s.corrupted_path = c->corrupted_path;
-        s.corrupted_field = cfield;
-    }
-    char origin[PATH_MAX_LEN + 16];
-    snprintf(origin, sizeof origin, "%s: dataset", x->file);
-    s.origin = origin;
-    rc = ps_dataset_load(&s, &c->items, &c->n_items, x->e);
-out:
-    for (int k = 0; k < 4; k++) free(names[k]);
-    free(cfield);
-    return rc;
 }
 
 static int name_ok(const char *s) {
@@ -464,11 +386,11 @@ static int parse_node(const char *s, int want_input, ps_node *nd, ps_recv_input 
 }
 
 // "senders": "heads" | "mlps" | "all" | a list of component names; "receivers": "resid_post" | a list.
-static int get_nodes(ctx *x, const cJSON *obj, const char *key, const char *p, int receivers, ps_experiment *ex) {
-    const cJSON *v = member(obj, key);
+static int get_nodes(ps_cfg_ctx *x, const cJSON *obj, const char *key, const char *p, int receivers, ps_experiment *ex) {
+    const cJSON *v = ps_cfg_member(obj, key);
     if (!v) return 0;
     char kp[PATH_MAX_LEN], got[200];
-    key_path(kp, p, key);
+    ps_cfg_key_path(kp, p, key);
     static const char *const groups[] = {"heads", "mlps", "all"};
     if (cJSON_IsString(v)) {
         if (receivers && !strcmp(v->valuestring, "resid_post")) return 0;
@@ -479,33 +401,33 @@ static int get_nodes(ctx *x, const cJSON *obj, const char *key, const char *p, i
                                  : "\"heads\", \"mlps\", \"all\" or a list such as [\"a0.h1\", \"m2\"]";
     if (!cJSON_IsArray(v) || cJSON_GetArraySize(v) == 0) {
         ps_json_describe(v, got, sizeof got);
-        return bad(x, kp, "expected %s, got %s", want, got);
+        return ps_cfg_bad(x, kp, "expected %s, got %s", want, got);
     }
     const int n = cJSON_GetArraySize(v);
     ps_node *nodes = calloc((size_t)n, sizeof *nodes);
-    if (!nodes) return nomem(x);
+    if (!nodes) return ps_cfg_nomem(x);
     int i = 0;
     ps_recv_input first = PS_RECV_RESID_POST;
     for (const cJSON *it = v->child; it; it = it->next, i++) {
         char ip[PATH_MAX_LEN];
-        index_path(ip, kp, i);
+        ps_cfg_index_path(ip, kp, i);
         ps_recv_input in = PS_RECV_RESID_POST;
         if (!cJSON_IsString(it) || parse_node(it->valuestring, receivers, &nodes[i], &in) != 0) {
             ps_json_describe(it, got, sizeof got);
             free(nodes);
-            return bad(x, ip, "expected %s, got %s", receivers ? "a head's input (\"a3.h0.q\", .k, .v) or an MLP (\"m2\")"
+            return ps_cfg_bad(x, ip, "expected %s, got %s", receivers ? "a head's input (\"a3.h0.q\", .k, .v) or an MLP (\"m2\")"
                                                              : "a head (\"a0.h1\") or an MLP (\"m2\")", got);
         }
         if (receivers && i > 0 && in != first) {
             free(nodes);
-            return bad(x, ip, "every receiver reads the same input (%s here, %s before): run one experiment per input",
+            return ps_cfg_bad(x, ip, "every receiver reads the same input (%s here, %s before): run one experiment per input",
                        it->valuestring, first == PS_RECV_MLP ? "an MLP" : first == PS_RECV_Q ? "q" : first == PS_RECV_K ? "k" : "v");
         }
         first = in;
         for (int j = 0; j < i; j++)
             if (nodes[j].layer == nodes[i].layer && nodes[j].head == nodes[i].head) {
                 free(nodes);
-                return bad(x, ip, "\"%s\" appears twice in the list", it->valuestring);
+                return ps_cfg_bad(x, ip, "\"%s\" appears twice in the list", it->valuestring);
             }
     }
     if (receivers) { ex->receivers = nodes; ex->n_receivers = n; ex->input = first; }
@@ -514,36 +436,36 @@ static int get_nodes(ctx *x, const cJSON *obj, const char *key, const char *p, i
 }
 
 // The keys of a path_patch experiment (after name and kind).
-static int load_path_patch(ctx *x, const cJSON *obj, const char *p, ps_experiment *ex) {
+static int load_path_patch(ps_cfg_ctx *x, const cJSON *obj, const char *p, ps_experiment *ex) {
     static const char *const keys[] = {"name", "kind", "senders", "receivers", "direction", "layers", "heads", "positions", "freeze_mlps"};
-    if (check_keys(x, obj, p, keys, COUNT(keys))) return -1;
+    if (ps_cfg_check_keys(x, obj, p, keys, COUNT(keys))) return -1;
     int dir = PS_DIR_NOISE;   // ARENA's: the clean run, the senders from the corrupted one
-    if (get_enum(x, obj, "direction", p, direction_names, COUNT(direction_names), &dir)) return -1;
+    if (ps_cfg_get_enum(x, obj, "direction", p, direction_names, COUNT(direction_names), &dir)) return -1;
     ex->direction = (ps_direction)dir;
     char **no_roles = NULL;
     if (get_nodes(x, obj, "senders", p, 0, ex) || get_nodes(x, obj, "receivers", p, 1, ex) ||
-        get_bool(x, obj, "freeze_mlps", p, &ex->freeze_mlps) ||
-        get_list(x, obj, "layers", p, 0, &ex->layers, &ex->n_layers, &no_roles) ||
-        get_list(x, obj, "heads", p, 0, &ex->heads, &ex->n_heads, &no_roles) ||
-        get_list(x, obj, "positions", p, 1, &ex->positions, &ex->n_positions, &ex->position_role))
+        ps_cfg_get_bool(x, obj, "freeze_mlps", p, &ex->freeze_mlps) ||
+        ps_cfg_get_list(x, obj, "layers", p, 0, &ex->layers, &ex->n_layers, &no_roles) ||
+        ps_cfg_get_list(x, obj, "heads", p, 0, &ex->heads, &ex->n_heads, &no_roles) ||
+        ps_cfg_get_list(x, obj, "positions", p, 1, &ex->positions, &ex->n_positions, &ex->position_role))
         return -1;
     char kp[PATH_MAX_LEN];
     if (ex->senders == PS_SENDERS_LIST && (ex->layers || ex->heads)) {
-        key_path(kp, p, ex->layers ? "layers" : "heads");
-        return bad(x, kp, "filters a grid of senders (\"heads\", \"mlps\", \"all\"); this experiment lists its senders");
+        ps_cfg_key_path(kp, p, ex->layers ? "layers" : "heads");
+        return ps_cfg_bad(x, kp, "filters a grid of senders (\"heads\", \"mlps\", \"all\"); this experiment lists its senders");
     }
     if (ex->senders == PS_SENDERS_MLPS && ex->heads) {
-        key_path(kp, p, "heads");
-        return bad(x, kp, "the senders are MLPs; heads filters a grid of heads");
+        ps_cfg_key_path(kp, p, "heads");
+        return ps_cfg_bad(x, kp, "the senders are MLPs; heads filters a grid of heads");
     }
     return 0;
 }
 
 // Keys of the analyses (dla, logit_lens, attention, ov_scores, head_scores) and edge_attribution: each kind its own.
-static int load_analysis(ctx *x, const cJSON *obj, const char *p, ps_experiment *ex) {
+static int load_analysis(ps_cfg_ctx *x, const cJSON *obj, const char *p, ps_experiment *ex) {
     static const char *const keys[] = {"name", "kind", "site", "by", "direction", "neurons", "layers", "heads", "positions",
                                        "run", "top_k", "per_neuron", "tokens", "negative", "input", "method", "steps"};
-    if (check_keys(x, obj, p, keys, COUNT(keys))) return -1;
+    if (ps_cfg_check_keys(x, obj, p, keys, COUNT(keys))) return -1;
     char kp[PATH_MAX_LEN];
     ex->top_k = ex->steps = 5;
     int is_att = !strcmp(ex->kind, "attention"), is_lens = !strcmp(ex->kind, "logit_lens"), is_dla = !strcmp(ex->kind, "dla");
@@ -555,61 +477,61 @@ static int load_analysis(ctx *x, const cJSON *obj, const char *p, ps_experiment 
         {"tokens", "ov_scores", is_ov}, {"negative", "ov_scores", is_ov}, {"input", "ov_scores", is_ov}, {"run", "dla, logit_lens or attention", is_att || is_lens || is_dla},
         {"method", "edge_attribution", is_edge}, {"steps", "edge_attribution", is_edge}};
     for (size_t k = 0; k < COUNT(own); k++)
-        if (!own[k].ok && member(obj, own[k].key)) {
-            key_path(kp, p, own[k].key);
-            return bad(x, kp, "only used with kind %s (this experiment is %s)", own[k].kinds, ex->kind);
+        if (!own[k].ok && ps_cfg_member(obj, own[k].key)) {
+            ps_cfg_key_path(kp, p, own[k].key);
+            return ps_cfg_bad(x, kp, "only used with kind %s (this experiment is %s)", own[k].kinds, ex->kind);
         }
-    const cJSON *tv = member(obj, "tokens");
-    key_path(kp, p, "tokens");
-    if (is_ov && !tv) return bad(x, kp, "required key missing (the member tokens in order, e.g. [\" 1\", \" 2\", \" 3\"])");
-    if (tv && (!cJSON_IsArray(tv) || cJSON_GetArraySize(tv) < 1)) return bad(x, kp, "expected a non-empty list of token strings");
-    if (tv && !(ex->tokens = calloc((size_t)cJSON_GetArraySize(tv), sizeof *ex->tokens))) return nomem(x);
+    const cJSON *tv = ps_cfg_member(obj, "tokens");
+    ps_cfg_key_path(kp, p, "tokens");
+    if (is_ov && !tv) return ps_cfg_bad(x, kp, "required key missing (the member tokens in order, e.g. [\" 1\", \" 2\", \" 3\"])");
+    if (tv && (!cJSON_IsArray(tv) || cJSON_GetArraySize(tv) < 1)) return ps_cfg_bad(x, kp, "expected a non-empty list of token strings");
+    if (tv && !(ex->tokens = calloc((size_t)cJSON_GetArraySize(tv), sizeof *ex->tokens))) return ps_cfg_nomem(x);
     for (const cJSON *it = tv ? tv->child : NULL; it; it = it->next) {
         char ip[PATH_MAX_LEN + 24], got[200];
         snprintf(ip, sizeof ip, "%s[%lld]", kp, (long long)ex->n_tokens);
         ps_json_describe(it, got, sizeof got);
-        if (!cJSON_IsString(it) || !it->valuestring[0]) return bad(x, ip, "expected a non-empty token string, got %s", got);
-        if (!(ex->tokens[ex->n_tokens++] = strdup(it->valuestring))) return nomem(x);
+        if (!cJSON_IsString(it) || !it->valuestring[0]) return ps_cfg_bad(x, ip, "expected a non-empty token string, got %s", got);
+        if (!(ex->tokens[ex->n_tokens++] = strdup(it->valuestring))) return ps_cfg_nomem(x);
     }
     static const char *const runs[] = {"clean", "corrupted"}, *const inputs[] = {"isolated", "prompts"};
     static const char *const methods[] = {"EAP", "EAP-IG-inputs", "clean-corrupted"};   // edge_attribution
     char **no_roles = NULL;
     int method = PS_EDGE_EAP;
-    if (get_enum(x, obj, "run", p, runs, 2, &ex->run_corrupted) || get_enum(x, obj, "input", p, inputs, 2, &ex->ov_prompts) ||
-        get_int(x, obj, "top_k", p, 0, 1000, &ex->top_k) || get_bool(x, obj, "per_neuron", p, &ex->per_neuron) ||
-        get_bool(x, obj, "negative", p, &ex->negative) || get_enum(x, obj, "method", p, methods, 3, &method) ||
-        get_int(x, obj, "steps", p, 1, PS_MAX_IG_STEPS, &ex->steps) ||
-        get_list(x, obj, "layers", p, 0, &ex->layers, &ex->n_layers, &no_roles) ||
-        get_list(x, obj, "heads", p, 0, &ex->heads, &ex->n_heads, &no_roles) ||
-        get_list(x, obj, "positions", p, 1, &ex->positions, &ex->n_positions, &ex->position_role))
+    if (ps_cfg_get_enum(x, obj, "run", p, runs, 2, &ex->run_corrupted) || ps_cfg_get_enum(x, obj, "input", p, inputs, 2, &ex->ov_prompts) ||
+        ps_cfg_get_int(x, obj, "top_k", p, 0, 1000, &ex->top_k) || ps_cfg_get_bool(x, obj, "per_neuron", p, &ex->per_neuron) ||
+        ps_cfg_get_bool(x, obj, "negative", p, &ex->negative) || ps_cfg_get_enum(x, obj, "method", p, methods, 3, &method) ||
+        ps_cfg_get_int(x, obj, "steps", p, 1, PS_MAX_IG_STEPS, &ex->steps) ||
+        ps_cfg_get_list(x, obj, "layers", p, 0, &ex->layers, &ex->n_layers, &no_roles) ||
+        ps_cfg_get_list(x, obj, "heads", p, 0, &ex->heads, &ex->n_heads, &no_roles) ||
+        ps_cfg_get_list(x, obj, "positions", p, 1, &ex->positions, &ex->n_positions, &ex->position_role))
         return -1;
     ex->method = (ps_edge_method)method;
-    key_path(kp, p, "steps");
-    return member(obj, "steps") && method != PS_EDGE_EAP_IG_INPUTS ? bad(x, kp, "only used with method EAP-IG-inputs") : 0;
+    ps_cfg_key_path(kp, p, "steps");
+    return ps_cfg_member(obj, "steps") && method != PS_EDGE_EAP_IG_INPUTS ? ps_cfg_bad(x, kp, "only used with method EAP-IG-inputs") : 0;
 }
 
-static int load_experiment(ctx *x, const cJSON *obj, const char *p, ps_config *c, int64_t idx) {
+static int load_experiment(ps_cfg_ctx *x, const cJSON *obj, const char *p, ps_config *c, int64_t idx) {
     static const char *const keys[] = {"name", "kind", "site", "by", "direction", "layers", "heads", "neurons", "positions"};
     char got[200], kp[PATH_MAX_LEN];
     if (!cJSON_IsObject(obj)) {
         ps_json_describe(obj, got, sizeof got);
-        return bad(x, p, "expected an experiment object, got %s", got);
+        return ps_cfg_bad(x, p, "expected an experiment object, got %s", got);
     }
     ps_experiment *ex = &c->experiments[idx];
-    if (get_str(x, obj, "name", p, 1, &ex->name)) return -1;
-    key_path(kp, p, "name");
-    if (strlen(ex->name) > 128) return bad(x, kp, "name longer than 128 characters");
+    if (ps_cfg_get_str(x, obj, "name", p, 1, &ex->name)) return -1;
+    ps_cfg_key_path(kp, p, "name");
+    if (strlen(ex->name) > 128) return ps_cfg_bad(x, kp, "name longer than 128 characters");
     if (!name_ok(ex->name)) {
         char esc[200];
         ps_text_escape(ex->name, esc, sizeof esc, 60);
-        return bad(x, kp, "\"%s\": names use only A-Z a-z 0-9 _ . - (they become HDF5 group names)", esc);
+        return ps_cfg_bad(x, kp, "\"%s\": names use only A-Z a-z 0-9 _ . - (they become HDF5 group names)", esc);
     }
     for (int64_t j = 0; j < idx; j++)
         if (strcmp(c->experiments[j].name, ex->name) == 0)
-            return bad(x, kp, "\"%s\" is already the name of experiments[%lld]", ex->name, (long long)j);
-    if (get_str(x, obj, "kind", p, 0, &ex->kind)) return -1;
-    if (!ex->kind && !(ex->kind = strdup(kind_names[0]))) return nomem(x);
-    key_path(kp, p, "kind");
+            return ps_cfg_bad(x, kp, "\"%s\" is already the name of experiments[%lld]", ex->name, (long long)j);
+    if (ps_cfg_get_str(x, obj, "kind", p, 0, &ex->kind)) return -1;
+    if (!ex->kind && !(ex->kind = strdup(kind_names[0]))) return ps_cfg_nomem(x);
+    ps_cfg_key_path(kp, p, "kind");
     size_t best = 0;
     for (size_t k = 0; k < COUNT(kind_names); k++) {
         if (!strcmp(ex->kind, kind_names[k])) { best = SIZE_MAX; break; }
@@ -618,26 +540,27 @@ static int load_experiment(ctx *x, const cJSON *obj, const char *p, ps_config *c
     if (best != SIZE_MAX) {
         char esc[200];
         ps_text_escape(ex->kind, esc, sizeof esc, 60);
-        return bad(x, kp, "unknown kind \"%s\" (did you mean \"%s\"?)", esc, kind_names[best]);
+        return ps_cfg_bad(x, kp, "unknown kind \"%s\" (did you mean \"%s\"?)", esc, kind_names[best]);
     }
     // What the experiment means, whatever its kind, for the run's identity (key order and spacing aside).
-    if (!(ex->canonical = ps_json_canonical(obj))) return nomem(x);
+    if (!(ex->canonical = ps_json_canonical(obj))) return ps_cfg_nomem(x);
     // Each kind has its own keys.
     if (!strcmp(ex->kind, "path_patch")) return load_path_patch(x, obj, p, ex);
+    if (!strcmp(ex->kind, "ablation") || !strcmp(ex->kind, "circuit_search")) return ps_cfg_load_ablation(x, obj, p, ex);
     if (strcmp(ex->kind, "patch_sweep") != 0 && strcmp(ex->kind, "attribution") != 0) return load_analysis(x, obj, p, ex);
-    if (check_keys(x, obj, p, keys, COUNT(keys))) return -1;
+    if (ps_cfg_check_keys(x, obj, p, keys, COUNT(keys))) return -1;
 
-    const cJSON *sv = member(obj, "site");
-    key_path(kp, p, "site");
-    if (!sv) return bad(x, kp, "required key missing");
+    const cJSON *sv = ps_cfg_member(obj, "site");
+    ps_cfg_key_path(kp, p, "site");
+    if (!sv) return ps_cfg_bad(x, kp, "required key missing");
     int site = 0;
-    if (pick(x, sv, kp, site_names, site_order, PS_SITE_COUNT, &site)) return -1;
+    if (ps_cfg_pick(x, sv, kp, site_names, site_order, PS_SITE_COUNT, &site)) return -1;
     ex->site = (ps_site)site;
 
     int layout = (int)ps_default_layout(ex->site);
-    const cJSON *bv = member(obj, "by");
-    key_path(kp, p, "by");
-    if (bv && pick(x, bv, kp, layout_names, NULL, PS_BY_COUNT, &layout)) return -1;
+    const cJSON *bv = ps_cfg_member(obj, "by");
+    ps_cfg_key_path(kp, p, "by");
+    if (bv && ps_cfg_pick(x, bv, kp, layout_names, NULL, PS_BY_COUNT, &layout)) return -1;
     ex->layout = (ps_layout)layout;
     if (!ps_layout_fits(ex->site, ex->layout)) {
         char list[256];
@@ -645,18 +568,18 @@ static int load_experiment(ctx *x, const cJSON *obj, const char *p, ps_config *c
         for (int l = 0; l < PS_BY_COUNT; l++)
             if (ps_layout_fits(ex->site, (ps_layout)l))
                 o += (size_t)snprintf(list + o, sizeof list - o, "%s%s", o ? " or " : "", layout_names[l]);
-        return bad(x, kp, "%s does not fit site %s (use %s)", layout_names[layout], site_names[site], list);
+        return ps_cfg_bad(x, kp, "%s does not fit site %s (use %s)", layout_names[layout], site_names[site], list);
     }
 
     int dir = PS_DIR_DENOISE;
-    if (get_enum(x, obj, "direction", p, direction_names, COUNT(direction_names), &dir)) return -1;
+    if (ps_cfg_get_enum(x, obj, "direction", p, direction_names, COUNT(direction_names), &dir)) return -1;
     ex->direction = (ps_direction)dir;
 
     char **no_roles = NULL;
-    if (get_list(x, obj, "layers", p, 0, &ex->layers, &ex->n_layers, &no_roles) ||
-        get_list(x, obj, "heads", p, 0, &ex->heads, &ex->n_heads, &no_roles) ||
-        get_list(x, obj, "neurons", p, 0, &ex->neurons, &ex->n_neurons, &no_roles) ||
-        get_list(x, obj, "positions", p, 1, &ex->positions, &ex->n_positions, &ex->position_role))
+    if (ps_cfg_get_list(x, obj, "layers", p, 0, &ex->layers, &ex->n_layers, &no_roles) ||
+        ps_cfg_get_list(x, obj, "heads", p, 0, &ex->heads, &ex->n_heads, &no_roles) ||
+        ps_cfg_get_list(x, obj, "neurons", p, 0, &ex->neurons, &ex->n_neurons, &no_roles) ||
+        ps_cfg_get_list(x, obj, "positions", p, 1, &ex->positions, &ex->n_positions, &ex->position_role))
         return -1;
     // Lists the layout does not sweep would be silently ignored; say so instead.
     const int by_head = ex->layout == PS_BY_LAYER_HEAD || ex->layout == PS_BY_LAYER_POS_HEAD, by_pos = ex->layout == PS_BY_LAYER_POS || ex->layout == PS_BY_LAYER_POS_HEAD;
@@ -665,8 +588,8 @@ static int load_experiment(ctx *x, const cJSON *obj, const char *p, ps_config *c
         {"positions", "layer_pos or layer_pos_head", ex->positions && !by_pos}};
     for (size_t k = 0; k < COUNT(lists); k++)
         if (lists[k].unswept) {
-            key_path(kp, p, lists[k].key);
-            return bad(x, kp, "only used with by %s (this sweep is %s%s)", lists[k].layouts, layout_names[ex->layout], k == 2 ? ", over all positions" : "");
+            ps_cfg_key_path(kp, p, lists[k].key);
+            return ps_cfg_bad(x, kp, "only used with by %s (this sweep is %s%s)", lists[k].layouts, layout_names[ex->layout], k == 2 ? ", over all positions" : "");
         }
     return 0;
 }
@@ -684,97 +607,97 @@ static char *default_output(const char *config_path) {
 
 // OpenMP creates every thread asked for: tens of thousands crash it (or take minutes on a small job), so the
 // bound follows the machine, with room for oversubscribing it a little.
-static int check_threads(ctx *x, int64_t threads) {
+static int check_threads(ps_cfg_ctx *x, int64_t threads) {
     long cpus = sysconf(_SC_NPROCESSORS_ONLN);
     int64_t limit = cpus > 0 ? 4 * (int64_t)cpus : PS_MAX_THREADS;
     if (limit < 64) limit = 64;
     if (limit > PS_MAX_THREADS) limit = PS_MAX_THREADS;
     if (threads <= limit) return 0;
-    return bad(x, "threads", "%lld is more than this machine can use (at most %lld: 4 per online CPU, %ld CPUs, "
+    return ps_cfg_bad(x, "threads", "%lld is more than this machine can use (at most %lld: 4 per online CPU, %ld CPUs, "
                "between 64 and %d); 0 uses all cores", (long long)threads, (long long)limit, cpus, PS_MAX_THREADS);
 }
 
-static int load_root(ctx *x, const cJSON *root, ps_config *c) {
+static int load_root(ps_cfg_ctx *x, const cJSON *root, ps_config *c) {
     static const char *const keys[] = {"model", "tokenizer", "backend", "precision", "threads", "prepend_bos", "output",
                                        "metric", "multi_token", "align", "batch_rows", "dataset", "experiments"};
     char got[200];
     if (!cJSON_IsObject(root)) {
         ps_json_describe(root, got, sizeof got);
-        return bad(x, NULL, "expected a JSON object at the top level, got %s", got);
+        return ps_cfg_bad(x, NULL, "expected a JSON object at the top level, got %s", got);
     }
-    if (check_keys(x, root, "", keys, COUNT(keys))) return -1;
-    if (get_path(x, root, "model", "", 1, &c->model)) return -1;
-    if (get_path(x, root, "tokenizer", "", 0, &c->tokenizer)) return -1;
+    if (ps_cfg_check_keys(x, root, "", keys, COUNT(keys))) return -1;
+    if (ps_cfg_get_path(x, root, "model", "", 1, &c->model)) return -1;
+    if (ps_cfg_get_path(x, root, "tokenizer", "", 0, &c->tokenizer)) return -1;
     int v;
     v = c->backend;
-    if (get_enum(x, root, "backend", "", backend_names, COUNT(backend_names), &v)) return -1;
+    if (ps_cfg_get_enum(x, root, "backend", "", backend_names, COUNT(backend_names), &v)) return -1;
     c->backend = (ps_backend_kind)v;
     v = c->precision;
-    if (get_enum(x, root, "precision", "", precision_names, COUNT(precision_names), &v)) return -1;
+    if (ps_cfg_get_enum(x, root, "precision", "", precision_names, COUNT(precision_names), &v)) return -1;
     c->precision = (ps_precision)v;
     int64_t threads = 0;
-    if (get_int(x, root, "threads", "", 0, 65536, &threads) || check_threads(x, threads)) return -1;
+    if (ps_cfg_get_int(x, root, "threads", "", 0, 65536, &threads) || check_threads(x, threads)) return -1;
     c->threads = (int)threads;
-    if (get_bool(x, root, "prepend_bos", "", &c->prepend_bos)) return -1;
-    if (get_str(x, root, "output", "", 0, &c->output)) return -1;
-    if (!c->output && !(c->output = default_output(x->file))) return nomem(x);
+    if (ps_cfg_get_bool(x, root, "prepend_bos", "", &c->prepend_bos)) return -1;
+    if (ps_cfg_get_str(x, root, "output", "", 0, &c->output)) return -1;
+    if (!c->output && !(c->output = default_output(x->file))) return ps_cfg_nomem(x);
     v = c->metric;
-    if (get_enum(x, root, "metric", "", metric_names, COUNT(metric_names), &v)) return -1;
+    if (ps_cfg_get_enum(x, root, "metric", "", metric_names, COUNT(metric_names), &v)) return -1;
     c->metric = (ps_metric_kind)v;
     v = c->multitoken;
-    if (get_enum(x, root, "multi_token", "", multitoken_names, COUNT(multitoken_names), &v)) return -1;
+    if (ps_cfg_get_enum(x, root, "multi_token", "", multitoken_names, COUNT(multitoken_names), &v)) return -1;
     c->multitoken = (ps_multitoken)v;
     v = c->align;
-    if (get_enum(x, root, "align", "", align_names, COUNT(align_names), &v)) return -1;
+    if (ps_cfg_get_enum(x, root, "align", "", align_names, COUNT(align_names), &v)) return -1;
     c->align = (ps_align)v;
-    if (get_int(x, root, "batch_rows", "", 0, INT64_MAX, &c->batch_rows)) return -1;
+    if (ps_cfg_get_int(x, root, "batch_rows", "", 0, INT64_MAX, &c->batch_rows)) return -1;
     if (c->batch_rows > PS_MAX_BATCH_ROWS)
-        return bad(x, "batch_rows", "%lld is more than %d (a batch's activation caches are allocated at once; 0 lets "
+        return ps_cfg_bad(x, "batch_rows", "%lld is more than %d (a batch's activation caches are allocated at once; 0 lets "
                    "the planner choose)", (long long)c->batch_rows, PS_MAX_BATCH_ROWS);
 
-    const cJSON *ds = member(root, "dataset");
-    if (!ds) return bad(x, "dataset", "required key missing");
+    const cJSON *ds = ps_cfg_member(root, "dataset");
+    if (!ds) return ps_cfg_bad(x, "dataset", "required key missing");
     if (cJSON_IsArray(ds)) {
         if (load_inline_items(x, ds, c)) return -1;
     } else if (cJSON_IsObject(ds)) {
-        if (load_dataset_file(x, ds, c)) return -1;
+        if (ps_cfg_load_dataset(x, ds, "dataset", 0, &c->items, &c->n_items, &c->dataset_path, &c->corrupted_path)) return -1;
     } else {
         ps_json_describe(ds, got, sizeof got);
-        return bad(x, "dataset", "expected an array of items or an object with a \"path\", got %s", got);
+        return ps_cfg_bad(x, "dataset", "expected an array of items or an object with a \"path\", got %s", got);
     }
 
-    const cJSON *exs = member(root, "experiments");
+    const cJSON *exs = ps_cfg_member(root, "experiments");
     if (exs) {
         if (!cJSON_IsArray(exs)) {
             ps_json_describe(exs, got, sizeof got);
-            return bad(x, "experiments", "expected an array of experiments, got %s", got);
+            return ps_cfg_bad(x, "experiments", "expected an array of experiments, got %s", got);
         }
         int n = cJSON_GetArraySize(exs);
         if (n > 0) {
             c->experiments = calloc((size_t)n, sizeof *c->experiments);
-            if (!c->experiments) return nomem(x);
+            if (!c->experiments) return ps_cfg_nomem(x);
             c->n_experiments = n;
         }
         int i = 0;
         for (const cJSON *it = exs->child; it; it = it->next, i++) {
             char p[PATH_MAX_LEN];
-            index_path(p, "experiments", i);
+            ps_cfg_index_path(p, "experiments", i);
             if (load_experiment(x, it, p, c, i)) return -1;
         }
     }
-    return 0;
+    return ps_cfg_add_means_tables(x, c);
 }
 
 int ps_config_load(ps_config *c, const char *path, ps_error *e) {
     memset(c, 0, sizeof *c);
     c->prepend_bos = 1;
-    ctx x = {path, NULL, e};
+    ps_cfg_ctx x = {path, NULL, e};
     cJSON *root = NULL;
     int rc = -1;
     size_t len = 0;
     c->path = strdup(path);
     x.dir = ps_dirname(path);
-    if (!c->path || !x.dir) { nomem(&x); goto out; }
+    if (!c->path || !x.dir) { ps_cfg_nomem(&x); goto out; }
     c->text = ps_read_file(path, &len, e);
     if (!c->text) goto out;
     if (strlen(c->text) != len) {

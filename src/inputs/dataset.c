@@ -29,6 +29,7 @@ void ps_items_free(ps_item *items, int64_t n) {
         free(items[i].corrupted);
         free(items[i].answer);
         free(items[i].wrong);
+        free(items[i].group);
         for (int64_t r = 0; r < items[i].n_roles; r++) free(items[i].role_name[r]);
         free(items[i].role_name);
         free(items[i].role_pos);
@@ -440,16 +441,17 @@ int ps_dataset_load(const ps_dataset_spec *spec, ps_item **items_out, int64_t *n
     for (int64_t done = 0; done < count; done++) {
         int64_t r = spec->offset + done;
         ps_item *it = &items[done];
-        const char *names[4] = {clean, spec->corrupted_path ? NULL : corrupted, answer, wrong};
-        char *vals[4] = {0};
-        if (table_get(&t, r, names, vals, 4, e)) {
-            for (int k = 0; k < 4; k++) free(vals[k]);
+        const char *names[5] = {clean, spec->corrupted_path ? NULL : corrupted, answer, wrong, spec->group};
+        char *vals[5] = {0};
+        if (table_get(&t, r, names, vals, 5, e)) {
+            for (int k = 0; k < 5; k++) free(vals[k]);
             goto out;
         }
         it->clean = vals[0];
         it->corrupted = vals[1];
         it->answer = vals[2];
         it->wrong = vals[3];
+        it->group = vals[4];
         if (spec->corrupted_path && table_get(&ct, r + spec->corrupted_offset, &cfield, &it->corrupted, 1, e)) goto out;
     }
     rc = 0;

@@ -1,0 +1,289 @@
+// The "ablation" and "circuit_search" experiment kinds (ps_producer.h) on the ablation library (ps_ablation.h):
+// ablation scores each chunk's prompts (per prompt, so the journal, resume and shards apply); circuit_search runs
+// seqcont's pruning once over every prompt, after the last chunk. Reference means are computed once per run.
+#include "ps_ablation.h"
+#include "ps_producer.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    char what[200];              // "experiments[i] (name)", the prefix of its messages
+    ps_component *comps;         // (n_comps) owned; pos/pos_role borrowed from the config
+    int64_t n_comps;
+    ps_abl_set *sets;            // (n_sets) one per table cell, into comps
+    int64_t n_sets;
+    int64_t *prompt_group;       // (ps->n) per_template_position: each prompt's group in the reference's numbering
+    int64_t *ref_group;          // (ref->n) each reference prompt's group
+    int64_t n_groups;
+    int64_t *draws;              // (ps->n) resample: drawn once over every prompt
+    ps_ref_means means;          // computed on first use
+    int means_ready;
+    ps_ref_means mlp_means;      // mlp_means under_head_ablation of a kept circuit
+    int mlp_means_ready;
+} abl_state;
+
+static void abl_free(void *v) {
+    abl_state *s = v;
+    if (!s) return;
+    free(s->comps);
+    free(s->sets);
+    free(s->prompt_group);
+    free(s->ref_group);
+    free(s->draws);
+    ps_ref_means_free(&s->means);
+    ps_ref_means_free(&s->mlp_means);
+    free(s);
+}
+
+static const ps_prompt_set *ref_of(const ps_prompt_set *ps, const ps_product *p) {
+    return ps->ref && p->idx < ps->n_ref && ps->ref[p->idx].n > 0 ? &ps->ref[p->idx] : NULL;
+}
+
+// per_template_position: groups numbered in the order the reference set first names them; every prompt's
+// template needs reference prompts.
+static int template_groups(const ps_prompt_set *ps, const ps_prompt_set *ref, abl_state *s, ps_error *e) {
+    s->ref_group = malloc((size_t)ref->n * sizeof(int64_t));
+    s->prompt_group = malloc((size_t)ps->n * sizeof(int64_t));
+    if (!s->ref_group || !s->prompt_group) return ps_fail(e, PS_EXIT_RUNTIME, "out of memory for %s", s->what);
+    for (int64_t i = 0; i < ref->n; i++) {
+        int64_t g = 0;
+        while (g < i && strcmp(ref->p[g].group, ref->p[i].group)) g++;
+        s->ref_group[i] = g < i ? s->ref_group[g] : s->n_groups++;
+    }
+    for (int64_t i = 0; i < ps->n; i++) {
+        if (!ps->p[i].group)
+            return ps_fail(e, PS_EXIT_BADINPUT, "%s: grouping per_template_position: dataset item %lld has no template "
+                           "(name the field in dataset.fields.template)", s->what, (long long)i);
+        int64_t j = 0;
+        while (j < ref->n && strcmp(ref->p[j].group, ps->p[i].group)) j++;
+        if (j == ref->n)
+            return ps_fail(e, PS_EXIT_BADINPUT, "%s: reference: no reference prompt has template \"%s\" (dataset item %lld's)", s->what,
+                           ps->p[i].group, (long long)i);
+        s->prompt_group[i] = s->ref_group[j];
+    }
+    return 0;
+}
+
+// The config's components as the library's, checked against the model; one set per cell.
+static int build_sets(const ps_model_config *mc, const ps_experiment *ex, abl_state *s, ps_error *e) {
+    for (int64_t c = 0; c < ex->n_cells; c++) s->n_comps += ex->cells[c].n;
+    s->comps = calloc((size_t)(s->n_comps ? s->n_comps : 1), sizeof *s->comps);
+    s->sets = calloc((size_t)(ex->n_cells ? ex->n_cells : 1), sizeof *s->sets);
+    if (!s->comps || !s->sets) return ps_fail(e, PS_EXIT_RUNTIME, "out of memory for %s", s->what);
+    s->n_sets = ex->n_cells;
+    int64_t k = 0;
+    for (int64_t c = 0; c < ex->n_cells; c++) {
+        s->sets[c] = (ps_abl_set){.c = s->comps + k, .n = ex->cells[c].n, .keep = ex->keep};
+        for (int64_t j = 0; j < ex->cells[c].n; j++, k++) {
+            const ps_abl_comp *ac = &ex->cells[c].c[j];
+            char where[300];
+            if (ex->keep) snprintf(where, sizeof where, "%s: keep[%lld]", s->what, (long long)j);
+            else if (ex->cells[c].n > 1) snprintf(where, sizeof where, "%s: components[%lld][%lld]", s->what, (long long)c, (long long)j);
+            else snprintf(where, sizeof where, "%s: components[%lld]", s->what, (long long)c);
+            if (ps_component_parse(ac->name, &s->comps[k]) != 0)
+                return ps_fail(e, PS_EXIT_BADINPUT, "%s: \"%s\" is not a component", where, ac->name);
+            if (ps_component_check(mc, &s->comps[k], where, e) != 0) return -1;
+            if (ex->keep && s->comps[k].kind == PS_COMP_NEURON)
+                return ps_fail(e, PS_EXIT_BADINPUT, "%s: %s: a kept circuit holds heads and MLPs; neurons can only be ablated", where, ac->name);
+            const int own = ac->positions != NULL;
+            s->comps[k].pos = own ? ac->positions : ex->positions;
+            s->comps[k].n_pos = own ? ac->n_positions : ex->n_positions;
+            s->comps[k].pos_role = own ? ac->position_role : ex->position_role;
+        }
+    }
+    return 0;
+}
+
+static int abl_init_common(const ps_model_config *mc, const ps_prompt_set *ps, ps_product *p, ps_error *e) {
+    const ps_experiment *ex = p->ex;
+    abl_state *s = calloc(1, sizeof *s);
+    if (!s) return ps_fail(e, PS_EXIT_RUNTIME, "out of memory for %s", ex->name);
+    p->state = s;
+    snprintf(s->what, sizeof s->what, "experiments[%lld] (%s)", (long long)p->idx, ex->name);
+    const ps_prompt_set *ref = ref_of(ps, p);
+    if ((ex->abl_with == PS_ABL_MEAN || ex->abl_with == PS_ABL_RESAMPLE) && !ref)
+        return ps_fail(e, PS_EXIT_BADINPUT, "%s: reference: required with \"with\": \"%s\"", s->what, ps_abl_method_name(ex->abl_with));
+    if (ex->abl_with == PS_ABL_MEAN && ex->abl_group == PS_GROUP_PER_TEMPLATE_POSITION && template_groups(ps, ref, s, e) != 0) return -1;
+    // Means per position need the prompts and the reference prompts of one length (checked here, before any run).
+    if (ex->abl_with == PS_ABL_MEAN && ex->abl_group != PS_GROUP_ALL_POSITIONS)
+        for (int64_t i = 0; i < ps->n; i++)
+            if (ps->p[i].T != ref->p[0].T)
+                return ps_fail(e, PS_EXIT_BADINPUT, "%s: reference: %s means need the reference prompts' length: they have %lld tokens, "
+                               "dataset item %lld has %lld", s->what, ps_mean_group_name(ex->abl_group), (long long)ref->p[0].T,
+                               (long long)i, (long long)ps->p[i].T);
+    if (ex->abl_with == PS_ABL_RESAMPLE) {
+        if (!(s->draws = malloc((size_t)(ps->n ? ps->n : 1) * sizeof *s->draws))) return ps_fail(e, PS_EXIT_RUNTIME, "out of memory");
+        char where[260];
+        snprintf(where, sizeof where, "%s: reference", s->what);
+        if (ps_abl_resample_draws(ps, ref, (uint64_t)ex->seed, where, s->draws, e) != 0) return -1;
+    }
+    if (ex->mlp_means_under && ex->abl_group == PS_GROUP_PER_TEMPLATE_POSITION)
+        return ps_fail(e, PS_EXIT_BADINPUT, "%s: mlp_means: under_head_ablation takes per_position or all_positions means", s->what);
+    (void)mc;
+    return 0;
+}
+
+// The reference means, computed the first time a chunk (or the search) needs them.
+static int need_means(ps_producer_ctx *cx, const ps_product *p, abl_state *s, ps_error *e) {
+    const ps_experiment *ex = p->ex;
+    if (ex->abl_with != PS_ABL_MEAN || s->means_ready) return 0;
+    char where[260];
+    snprintf(where, sizeof where, "%s: reference", s->what);
+    if (ps_ref_means_compute(cx->m, cx->be, ref_of(cx->ps, p), (ps_mean_group)ex->abl_group, s->ref_group, s->n_groups ? s->n_groups : 1,
+                             where, &s->means, e) != 0)
+        return -1;
+    s->means_ready = 1;
+    return 0;
+}
+
+static int set_attrs(ps_table *t, const ps_experiment *ex, const ps_prompt_set *ref, ps_error *e) {
+    int rc = ps_table_attr_str(t, "method", ps_abl_method_name(ex->abl_with), e) ||
+             ps_table_attr_str(t, "group", ex->abl_with == PS_ABL_MEAN ? ps_mean_group_name(ex->abl_group) : "", e) ||
+             ps_table_attr_str(t, "mlp_means", ex->mlp_means_under ? "under_head_ablation" : "reference", e);
+    if (rc == 0 && ref) rc = ps_table_attr_str(t, "reference", ex->ref_path ? ex->ref_path : "", e) ||
+                             ps_table_attr_i64(t, "reference_prompts", ref->n, e);
+    if (rc == 0 && ex->abl_with == PS_ABL_RESAMPLE) rc = ps_table_attr_i64(t, "seed", ex->seed, e);
+    return rc ? -1 : 0;
+}
+
+// ---- ablation: per prompt ----
+
+static int abl_init(const ps_model_config *mc, const ps_prompt_set *ps, ps_product *p, ps_error *e) {
+    if (abl_init_common(mc, ps, p, e) != 0) return -1;
+    abl_state *s = p->state;
+    const ps_experiment *ex = p->ex;
+    if (build_sets(mc, ex, s, e) != 0) return -1;
+    if (ex->mlp_means_under && !ex->keep)
+        return ps_fail(e, PS_EXIT_BADINPUT, "%s: mlp_means: under_head_ablation is the MLP means of a kept circuit (\"keep\")", s->what);
+    ps_axis ax = {.name = "component", .len = ex->n_cells};
+    ax.value = malloc((size_t)ex->n_cells * sizeof(int64_t));
+    ax.label = malloc((size_t)ex->n_cells * sizeof(char *));
+    int rc = ax.value && ax.label ? 0 : ps_fail(e, PS_EXIT_RUNTIME, "out of memory");
+    for (int64_t c = 0; rc == 0 && c < ex->n_cells; c++) { ax.value[c] = c; ax.label[c] = ex->cells[c].label; }
+    if (rc == 0) rc = ps_table_init(p->t, ex->name, "ablation", 1, ps->n, 1, &ax, 1, e);
+    free(ax.value);
+    free(ax.label);
+    if (rc == 0) rc = set_attrs(p->t, ex, ref_of(ps, p), e);
+    // The scores follow from the means, so they need no table of their own (which --shard could not split).
+    if (rc == 0 && (ps_table_attr_str(p->t, "circuit_score", "100 x mean / mean(baseline clean)", e) ||
+                    ps_table_attr_str(p->t, "faithfulness", "mean / mean(baseline clean)", e)))
+        rc = -1;
+    return rc;
+}
+
+static int abl_chunk(ps_producer_ctx *cx, ps_product *const *prods, int64_t n_prods, const ps_chunk *ch, ps_error *e) {
+    // The chunk's prompts as a prompt set of their own (borrowed prompts).
+    ps_prompt_set sub = {.n = ch->n};
+    sub.p = malloc((size_t)(ch->n ? ch->n : 1) * sizeof *sub.p);
+    int64_t *groups = malloc((size_t)(ch->n ? ch->n : 1) * sizeof *groups), *draws = malloc((size_t)(ch->n ? ch->n : 1) * sizeof *draws);
+    int rc = sub.p && groups && draws ? 0 : ps_fail(e, PS_EXIT_RUNTIME, "out of memory for a chunk of %lld prompts", (long long)ch->n);
+    for (int64_t i = 0; rc == 0 && i < ch->n; i++) {
+        sub.p[i] = cx->ps->p[ch->prompts[i]];
+        if (sub.p[i].T > sub.T_max) sub.T_max = sub.p[i].T;
+    }
+    for (int64_t k = 0; rc == 0 && k < n_prods; k++) {
+        const ps_product *p = prods[k];
+        const ps_experiment *ex = p->ex;
+        abl_state *s = p->state;
+        ps_table *t = p->t;
+        if (cx->o->dry_run) {
+            cx->rr->rows_planned += ch->n * (s->n_sets + 1);
+            continue;
+        }
+        if ((rc = ps_producer_stopped(cx, e)) != 0 || (rc = need_means(cx, p, s, e)) != 0) break;
+        for (int64_t i = 0; i < ch->n; i++) {
+            groups[i] = s->prompt_group ? s->prompt_group[ch->prompts[i]] : 0;
+            draws[i] = s->draws ? s->draws[ch->prompts[i]] : 0;
+        }
+        ps_ablator a = {.m = cx->m, .be = cx->be, .ps = &sub, .metric = cx->metric, .method = (ps_abl_method)ex->abl_with,
+                        .means = s->means_ready ? &s->means : NULL, .group_of = groups, .ref = ref_of(cx->ps, p),
+                        .seed = (uint64_t)ex->seed, .draws = s->draws ? draws : NULL, .batch_rows = cx->o->batch_rows};
+        if ((rc = ps_ablator_init(&a, s->what, e)) != 0) break;
+        // seqcont's MLP means under the kept circuit's head ablation: one circuit, so computed once per run.
+        if (ex->mlp_means_under && ex->keep && !s->mlp_means_ready) {
+            if ((rc = ps_ablator_mlp_means_under(&a, a.ref, &s->sets[0], &s->mlp_means, e)) != 0) { ps_ablator_free(&a); break; }
+            s->mlp_means_ready = 1;
+        }
+        for (int64_t c = 0; c < s->n_sets; c++) s->sets[c].mlp_means = s->mlp_means_ready ? &s->mlp_means : NULL;
+        float *vals = malloc((size_t)(s->n_sets * ch->n) * sizeof(float));
+        if (!vals) rc = ps_fail(e, PS_EXIT_RUNTIME, "out of memory for %s", t->name);
+        if (rc == 0) rc = ps_ablator_score(&a, s->sets, s->n_sets, vals, e);
+        for (int64_t c = 0; rc == 0 && c < s->n_sets; c++)
+            for (int64_t i = 0; i < ch->n; i++) t->values[ch->prompts[i] * t->n_cells + c] = vals[c * ch->n + i];
+        t->patches_run += a.stats.rows_run;
+        t->flops += a.stats.flops;
+        cx->rr->rows_planned += a.stats.rows_run;
+        cx->done += ch->n * s->n_sets;
+        ps_producer_progress(cx, 0);
+        free(vals);
+        ps_ablator_free(&a);
+    }
+    free(sub.p);
+    free(groups);
+    free(draws);
+    return rc;
+}
+
+const ps_producer ps_ablation_producer = {
+    .kind = "ablation", .per_prompt = 1, .init = abl_init, .chunk = abl_chunk, .free_state = abl_free,
+};
+
+// ---- circuit_search: once, over every prompt ----
+
+static int search_init(const ps_model_config *mc, const ps_prompt_set *ps, ps_product *p, ps_error *e) {
+    if (abl_init_common(mc, ps, p, e) != 0) return -1;
+    const ps_experiment *ex = p->ex;
+    if (ex->abl_with != PS_ABL_MEAN && ex->abl_with != PS_ABL_ZERO && ex->abl_with != PS_ABL_RESAMPLE)
+        return ps_fail(e, PS_EXIT_BADINPUT, "experiments[%lld] (%s): with: the search ablates with zero, mean or resample", (long long)p->idx,
+                       ex->name);
+    // The trace's length is known once the search ran: a one-step placeholder until then (the journal holds no
+    // rows of a table that is not per prompt, so once() lays it out again).
+    static const char *const fields[4] = {"pass", "score_before", "score", "removed"};
+    int64_t v1 = 0, v4[4] = {0, 1, 2, 3};
+    ps_axis ax[2] = {{.name = "step", .len = 1, .value = &v1}, {.name = "field", .len = 4, .value = v4, .label = (char **)fields}};
+    if (ps_table_init(p->t, ex->name, "circuit_search", 0, 1, 2, ax, 0, e) != 0) return -1;
+    return set_attrs(p->t, ex, ref_of(ps, p), e);
+}
+
+static int search_once(ps_producer_ctx *cx, ps_product *const *prods, int64_t n_prods, ps_error *e) {
+    int rc = 0;
+    for (int64_t k = 0; rc == 0 && k < n_prods; k++) {
+        const ps_product *p = prods[k];
+        const ps_experiment *ex = p->ex;
+        abl_state *s = p->state;
+        if (cx->o->dry_run) continue;
+        if ((rc = ps_producer_stopped(cx, e)) != 0 || (rc = need_means(cx, p, s, e)) != 0) break;
+        ps_ablator a = {.m = cx->m, .be = cx->be, .ps = cx->ps, .metric = cx->metric, .method = (ps_abl_method)ex->abl_with,
+                        .means = s->means_ready ? &s->means : NULL, .group_of = s->prompt_group, .ref = ref_of(cx->ps, p),
+                        .seed = (uint64_t)ex->seed, .draws = s->draws, .batch_rows = cx->o->batch_rows};
+        if ((rc = ps_ablator_init(&a, s->what, e)) != 0) break;
+        const ps_search_opts o = {.threshold = ex->threshold, .one_iter = ex->one_pass, .mlp_means_under_heads = ex->mlp_means_under,
+                                  .speculate = ex->speculate, .ref = a.ref};
+        ps_search_result r;
+        ps_table t;
+        if ((rc = ps_circuit_search(&a, &o, &r, e)) == 0) {
+            rc = ps_search_table(&r, &o, &cx->m->cfg, ex->name, &t, e);
+            if (rc == 0 && (set_attrs(&t, ex, a.ref, e) != 0 || ps_table_attr_f64(&t, "full_mean", a.full_mean, e) != 0)) {
+                ps_table_free(&t);
+                rc = -1;
+            }
+            if (rc == 0) {
+                t.patches_run = a.stats.rows_run;
+                t.flops = a.stats.flops;
+                cx->rr->rows_planned += a.stats.rows_run;
+                ps_table_free(p->t);
+                *p->t = t;
+            }
+            ps_search_result_free(&r);
+        }
+        ps_ablator_free(&a);
+    }
+    return rc;
+}
+
+const ps_producer ps_circuit_search_producer = {
+    .kind = "circuit_search", .per_prompt = 0, .init = search_init, .once = search_once, .free_state = abl_free,
+};
