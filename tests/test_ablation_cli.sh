@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# The ablation and circuit_search kinds through the patchsweep binary: run tests/data/seqcont/ablation.json, the
+# results file's tables against the library goldens (tests/data/demo/golden_ablation.json, where h5py exists),
+# inspect, a resumed run, --shard (an ablation shards, a search does not), and bad input (one line naming the
+# config path, exit status 2, no results file).
+set -u
+bin=${PS_BIN:?PS_BIN must point at the patchsweep binary}
+src=${PS_SRC:?}
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+fails=0
+fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
+pass() { echo "ok: $*"; }
+py=python3
+[ -x /usr/bin/python3 ] && py=/usr/bin/python3
+data=$src/tests/data/seqcont
+cfg=$data/ablation.json
+
+# --- the run and what the file holds -------------------------------------------------------------
+if "$bin" run "$cfg" -o "$tmp/abl.h5" --quiet 2>"$tmp/err"; then pass "run $cfg"; else fail "run: $(cat "$tmp/err")"; fi
+"$bin" inspect "$tmp/abl.h5" >"$tmp/inspect" 2>&1 || fail "inspect: $(cat "$tmp/inspect")"
+for want in "search: circuit_search" "shape: step 35 x field 4" "mean_per_position_sets: ablation" \
+            "shape: prompt 12 x component 4" "component 3 'h1.2@pos+h0.0'" "circuit h0.0 h0.1 h0.2 h0.3 h1.0 h1.1 h1.3 h2.1 h2.2 h2.3 h3.2 mlp0"; do
+    grep -qF -- "$want" "$tmp/inspect" && pass "inspect shows '$want'" || fail "inspect lacks '$want'"
+done
+
+if $py -c 'import h5py, numpy' 2>/dev/null; then
+    if $py - "$tmp/abl.h5" "$src/tests/data/demo/golden_ablation.json" <<'EOF'
+import sys, json, h5py, numpy as np
+f, g = h5py.File(sys.argv[1], "r"), json.load(open(sys.argv[2]))
+sets = {"h0.1": ("sets", 0), "mlp1": ("sets", 1), "n0.5": ("sets", 2), "h1.2@end+h0.0": ("sets", 3),
+        "keep h0.0 h1.1 mlp0": ("keep1", 0), "keep h1.1@end mlp1": ("keep2", 0)}
+clean = f["baseline/clean"][()] if "baseline/clean" in f else None
+worst, worst_score, n = 0.0, 0.0, 0
+for c in g["cases"]:
+    suffix, cell = sets[c["set"]]
+    name = c["method"] + ("_" + c["group"] if c["group"] else "") + "_" + suffix
+    v = f["results/" + name + "/values"][:, cell]
+    worst = max(worst, float(np.max(np.abs(v - np.array(c["values"])) / (1e-4 + 1e-4 * np.abs(c["values"])))))
+    if clean is not None:
+        worst_score = max(worst_score, abs(100 * v.mean() / clean.mean() - c["circuit_score"]) / max(1, abs(c["circuit_score"])))
+    n += 1
+s = f["results/search/values"][()]
+labels = [x.decode() if isinstance(x, bytes) else x for x in f["results/search/step_label"][()]]
+steps = g["search"]["steps"]
+same = len(steps) == s.shape[0] and all(labels[i] == w["cand"] and int(s[i, 3]) == int(w["removed"]) and abs(s[i, 2] - w["score"]) < 1e-3
+                                        for i, w in enumerate(steps))
+print(f"file vs golden: {n} cases, max err / tolerance {worst:.3g}, circuit score max rel err {worst_score:.3g}; "
+      f"search {s.shape[0]} steps, same as the reference: {same}")
+sys.exit(0 if n == 36 and worst <= 1 and worst_score <= 1e-4 and same else 1)
+EOF
+    then pass "results file equals the goldens"; else fail "results file differs from the goldens"; fi
+else
+    echo "note: no h5py for $py; the file's values are checked by test_ablation_run instead"
+fi
+
+# --- resume and shards ---------------------------------------------------------------------------
+"$bin" run "$cfg" -o "$tmp/abl.h5" --quiet 2>"$tmp/err"; rc=$?
+[ "$rc" -eq 0 ] && pass "a second run of a finished file ($(head -c 120 "$tmp/err"))" || fail "second run: exit $rc $(cat "$tmp/err")"
+out=$("$bin" run "$cfg" -o "$tmp/sh.h5" --shard 0/2 --quiet 2>&1 >/dev/null); rc=$?
+[ "$rc" -eq 2 ] && grep -q "search (kind circuit_search): its values are not per prompt" <<<"$out" && pass "--shard refuses the search ($out)" \
+    || fail "--shard with a search: exit $rc: $out"
+$py - "$cfg" "$tmp/shardable.json" "$data" <<'EOF'
+import json, sys
+c = json.load(open(sys.argv[1]))
+c["model"] = sys.argv[3] + "/" + c["model"]
+c["dataset"]["path"] = sys.argv[3] + "/" + c["dataset"]["path"]
+c["experiments"] = [x for x in c["experiments"] if x["kind"] == "ablation" and x["name"].startswith(("resample", "mean_per_template"))]
+for x in c["experiments"]:
+    x["reference"]["path"] = sys.argv[3] + "/" + x["reference"]["path"]
+json.dump(c, open(sys.argv[2], "w"))
+EOF
+ok=1
+for i in 0 1; do "$bin" run "$tmp/shardable.json" -o "$tmp/s$i.h5" --shard $i/2 --quiet 2>"$tmp/err" || { ok=0; fail "shard $i: $(cat "$tmp/err")"; }; done
+if [ $ok = 1 ] && "$bin" merge "$tmp/merged.h5" "$tmp/s0.h5" "$tmp/s1.h5" 2>"$tmp/err" && "$bin" run "$tmp/shardable.json" -o "$tmp/one.h5" --quiet 2>/dev/null; then
+    if $py -c 'import h5py' 2>/dev/null; then
+        $py - "$tmp/merged.h5" "$tmp/one.h5" <<'EOF' && pass "two shards merged = one run (resample draws and template means per prompt)" || fail "shards differ from one run"
+import sys, h5py, numpy as np
+a, b = h5py.File(sys.argv[1], "r"), h5py.File(sys.argv[2], "r")
+d = max(float(np.max(np.abs(a["results/" + k + "/values"][()] - b["results/" + k + "/values"][()]))) for k in b["results"])
+print(f"merged vs single run: max abs diff {d:.3g}")
+sys.exit(0 if d <= 1e-5 else 1)
+EOF
+    else pass "two shards merged"; fi
+else
+    fail "merge: $(cat "$tmp/err")"
+fi
+
+# --- bad input: one line naming the config path, exit 2, no results file ----------------------------
+expect_bad() {
+    local name=$1 pattern=$2 conf=$3
+    local out rc
+    out=$("$bin" run "$conf" -o "$tmp/bad.h5" 2>&1 >/dev/null); rc=$?
+    if [ "$rc" -ne 2 ]; then fail "$name: exit $rc, want 2: $out"; return; fi
+    if ! grep -qF -- "$pattern" <<<"$out"; then fail "$name: message lacks '$pattern': $out"; return; fi
+    if [ "$(printf '%s\n' "$out" | wc -l)" -ne 1 ]; then fail "$name: message is not one line: $out"; return; fi
+    if [ -e "$tmp/bad.h5" ]; then fail "$name: left a results file"; rm -f "$tmp/bad.h5"; return; fi
+    pass "$name ($out)"
+}
+# bad CONFIG_NAME JSON_EXPERIMENTS [REFERENCE_LINES_EDIT]: the test config with these experiments
+mk() {
+    $py - "$cfg" "$tmp/$1.json" "$data" "$2" <<'EOF'
+import json, sys
+c = json.load(open(sys.argv[1]))
+c["model"] = sys.argv[3] + "/" + c["model"]
+c["dataset"]["path"] = sys.argv[3] + "/" + c["dataset"]["path"]
+c["experiments"] = json.loads(sys.argv[4].replace("@DATA", sys.argv[3]))
+json.dump(c, open(sys.argv[2], "w"))
+EOF
+}
+ref='{"path": "@DATA/randDS.jsonl", "fields": {"clean": "text", "template": "template"}}'
+mk head "[{\"name\": \"k\", \"kind\": \"ablation\", \"keep\": [\"h0.1\", \"h9.1\"], \"reference\": $ref}]"
+expect_bad "a circuit naming a layer the model lacks" "head.json: experiments[0] (k): keep[1]: h9.1: the model has layers 0..3" "$tmp/head.json"
+mk headidx "[{\"name\": \"k\", \"kind\": \"ablation\", \"components\": [\"h0.7\"], \"with\": \"zero\"}]"
+expect_bad "a head the model lacks" "headidx.json: experiments[0] (k): components[0]: h0.7: the model has heads 0..3" "$tmp/headidx.json"
+echo '{"text": "Van done in 1."}' >"$tmp/short.jsonl"
+mk len "[{\"name\": \"k\", \"kind\": \"ablation\", \"components\": [\"h0.1\"], \"reference\": {\"path\": \"$tmp/short.jsonl\", \"fields\": {\"clean\": \"text\"}}}]"
+expect_bad "a per_position reference of another length" "len.json: experiments[0] (k): reference: per_position means need the reference prompts' length" "$tmp/len.json"
+sed '4s/, "template": "[a-z]*"//' "$data/randDS.jsonl" >"$tmp/notmpl.jsonl"
+mk tmpl "[{\"name\": \"k\", \"kind\": \"ablation\", \"components\": [\"h0.1\"], \"grouping\": \"per_template_position\", \"reference\": {\"path\": \"$tmp/notmpl.jsonl\", \"fields\": {\"clean\": \"text\", \"template\": \"template\"}}}]"
+expect_bad "a template field missing from a reference prompt" "tmpl.json: experiments[0].reference: $tmp/notmpl.jsonl:line 4: field 'template' missing" "$tmp/tmpl.json"
+mk name "[{\"name\": \"k\", \"kind\": \"ablation\", \"components\": [\"head3\"], \"with\": \"zero\"}]"
+expect_bad "a malformed component" "name.json: experiments[0].components[0]: expected a component" "$tmp/name.json"
+mk both "[{\"name\": \"k\", \"kind\": \"ablation\", \"components\": [\"h0.1\"], \"keep\": [\"h0.1\"], \"with\": \"zero\"}]"
+expect_bad "components and keep" "both.json: experiments[0].keep: give either components" "$tmp/both.json"
+mk noref '[{"name": "k", "kind": "circuit_search"}]'
+expect_bad "mean without a reference" "noref.json: experiments[0].reference: required with \"with\": \"mean\"" "$tmp/noref.json"
+mk circ '[{"name": "k", "kind": "ablation", "keep": {"path": "@DATA/../../../../shared/data/seqcont/results/numerals_circuit_thres_0.8.json"}, "with": "zero"}]'
+if [ -f "$data/../../../../shared/data/seqcont/results/numerals_circuit_thres_0.8.json" ]; then
+    expect_bad "the paper's GPT-2 circuit on the 4-layer demo model" "circ.json: experiments[0] (k): keep[1]: h1.5: the model has heads 0..3 per layer" "$tmp/circ.json"
+fi
+
+[ "$fails" -eq 0 ] && echo "ablation_cli: all passed" || echo "ablation_cli: $fails failed"
+[ "$fails" -eq 0 ]
