@@ -19,7 +19,7 @@
 //   }
 //   <dataset> is either an array of {"clean", "corrupted", "answer", "wrong"} (all non-empty strings), or
 //     {"path": "f.jsonl|f.csv|f.json", "format": "jsonl|csv|json" (default: from the extension),
-//      "fields": {"clean": "text", "answer": "corr", ...}   (names in the file; default: the item keys),
+//      "fields": {"clean": "text", "answer": "corr", "template": "kind", ...}   (names in the file; default: the item keys),
 //      "corrupted": {"path": "g.jsonl", "field": "text", "format": ..., "offset": 0},  (optional)
 //      "offset": 0, "limit": 0}                              (records [offset, offset+limit); limit 0 = all)
 //   <experiment> is {"name": "[A-Za-z0-9_.-]+" (required, unique), "kind": "patch_sweep" (the producer of its
@@ -48,6 +48,27 @@
 //   An "edge_attribution" experiment (EAP-IG's graph: every head's q/k/v inputs and output, MLPs, input,
 //      logits) takes only "method": "EAP" (default) | "EAP-IG-inputs" (with "steps": 1..1000, default 5) |
 //      "clean-corrupted".
+//   "ablation" and "circuit_search" experiments (ps_ablation.h; components are "h9.1" = head 1 of layer 9 at
+//   hook_z, "mlp3" = hook_mlp_out, "n2.17" = neuron 17 of layer 2 at hook_mlp_post):
+//      "components": ["h0.1", "mlp1", {"name": "h1.2", "positions": ["end"]}, ["h1.2", "h0.0"]]: one table
+//         cell per entry, each ablated alone, a list ablated together (ablation only), or
+//      "keep": ["h0.0", {"name": "h1.1", "positions": ["S2"]}, "mlp0"] | {"path": "circuit.json"} (seqcont's
+//         {"heads": [[layer, head], ...], "mlps": [layer, ...]}): one cell, every head and MLP outside it ablated,
+//         each kept component kept only at its positions (ablation only; exactly one of components and keep),
+//      "positions": the default positions of every component (absent: all),
+//      "with": "zero" | "mean" (default) | "resample" | "corrupted" (the prompt's own corrupted run: noising),
+//      "reference": a dataset block {"path", "format", "fields": {"clean": "text", "template": "tmpl"}, "offset",
+//         "limit"} of the prompts means (and resampled activations) are taken over, e.g. seqcont's randDS files;
+//         required by mean and resample; only the clean text is read,
+//      "grouping": "per_position" (default; seqcont) | "all_positions" | "per_template_position" (IOI/ARENA: one
+//         mean per template and position; templates come from the "template" field of the dataset and of the
+//         reference, named in their "fields"; every prompt's template needs reference prompts),
+//      "seed": resample's draws (default 0), "mlp_means": "reference" (default) | "under_head_ablation" (seqcont's
+//         code: MLP means over the reference run with the heads outside the circuit mean-ablated);
+//      circuit_search only: "threshold": points (default 20: remove when 100 - score < 20), "passes":
+//         "until_stable" (default) | "one_each", "speculate": candidates scored per batch (the result does not
+//         depend on it). circuit_search takes no components, keep or positions.
+//   Datasets (the main one and references) may name a "template" field: the item's template group.
 //   An inline item may carry "roles": {"S2": 10, "IO": 2}: token indices in its clean prompt as
 //   `patchsweep tokenize` shows them (BOS included when prepended), like ARENA's word_idx.
 //   heads is accepted only by layer_head/layer_pos_head, neurons only by layer_neuron, positions only by
