@@ -83,6 +83,9 @@ typedef struct {
     const int64_t *draws;         // resample: NULL, draw from seed; else (ps->n) each prompt's reference prompt (borrowed:
                                   // a run scoring its prompts chunk by chunk draws once over all of them)
     int64_t batch_rows;           // rows per backend call (0: 256)
+    const ps_cache *base;         // NULL, or (ps->n) runs of the prompts the rows may start from: a row's patches that
+                                  // leave base's values as they are do not make it recompute (the circuit search's
+                                  // current circuit, so a candidate's row starts at its own layer). Borrowed.
     // Set by ps_ablator_init (owned):
     int64_t *resample_from;       // (ps->n) resample: the reference prompt each prompt takes activations from
     ps_cache *src;                // (ps->n) resample: that prompt's run; corrupted: the prompt's corrupted run
@@ -102,7 +105,12 @@ int ps_ablator_init(ps_ablator *a, const char *where, ps_error *e);
 void ps_ablator_free(ps_ablator *a);
 
 // The metric per prompt with each set ablated: values (n_sets, ps->n).
+// (With a->base, rows start where their patches first differ from it; the numbers are the same.)
 int ps_ablator_score(ps_ablator *a, const ps_abl_set *sets, int64_t n_sets, float *values, ps_error *e);
+
+// Every prompt run with `set` ablated, each activation recorded: caches (ps->n), initialised here (free each with
+// ps_cache_free; on error none is held).
+int ps_ablator_runs(const ps_ablator *a, const ps_abl_set *set, ps_cache *caches, ps_error *e);
 
 // seqcont's MLP means: hook_mlp_out / hook_mlp_post means over the reference prompts run with every head
 // outside `keep` (heads only; MLPs untouched) mean-ablated with rm's z means. out: a ps_ref_means with only

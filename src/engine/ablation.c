@@ -261,8 +261,10 @@ int ps_ablator_score(ps_ablator *a, const ps_abl_set *sets, int64_t n_sets, floa
             off += (size_t)rq[b].n_out * (size_t)(rq[b].n_cols ? rq[b].n_cols : mc->d_vocab);
         }
         if (rc != 0) break;
-        // Full forwards: a kept circuit ablates from layer 0 on, so there is no base run worth reusing.
-        ps_rows_opts ro = {.naive = 1, .batch_rows = per};
+        // Without a base, full forwards (a kept circuit ablates from layer 0 on); with one, the engine starts
+        // each row at its first patch that changes the base run's values.
+        for (int64_t b = 0; a->base && b < nb; b++) rows[b].base = &a->base[(r0 + b) % ps->n];
+        ps_rows_opts ro = {.naive = a->base ? 0 : 1, .batch_rows = per};
         ps_rows_stats st = {0};
         if ((rc = ps_engine_rows(a->m, a->be, rows, nb, &ro, &st, e)) != 0) break;
         a->stats.rows_run += st.rows_run;
@@ -273,6 +275,32 @@ int ps_ablator_score(ps_ablator *a, const ps_abl_set *sets, int64_t n_sets, floa
         }
     }
     free(rows); free(rq); free(patches); free(logits);
+    return rc;
+}
+
+int ps_ablator_runs(const ps_ablator *a, const ps_abl_set *set, ps_cache *caches, ps_error *e) {
+    const ps_prompt_set *ps = a->ps;
+    const int64_t bound = ps_abl_patch_bound(&a->m->cfg, set, ps->T_max);
+    ps_patch *patches = malloc((size_t)bound * sizeof *patches);
+    if (!patches) return ps_fail(e, PS_EXIT_RUNTIME, "out of memory for ablation runs");
+    int64_t done = 0;
+    int rc = 0;
+    const ps_rows_opts ro = {.naive = 1};
+    for (; rc == 0 && done < ps->n; done++) {
+        const ps_prompt *p = &ps->p[done];
+        const int64_t g = a->group_of && a->means && a->means->group == PS_GROUP_PER_TEMPLATE_POSITION ? a->group_of[done] : 0;
+        if (ps_cache_init(&caches[done], &a->m->cfg, p->T, 0, e) != 0) { rc = -1; break; }
+        const int64_t np = ps_abl_build_patches(a, set, p, g, a->src ? &a->src[done] : NULL, 0, patches);
+        ps_row r = {.tokens = p->clean, .T = p->T, .cache = &caches[done], .patches = patches, .n_patches = np < 0 ? 0 : np};
+        if (np < 0) rc = ps_fail(e, PS_EXIT_BADINPUT, "prompt %lld: too long for an ablation row", (long long)done);
+        else rc = ps_engine_rows(a->m, a->be, &r, 1, &ro, NULL, e);
+    }   // on a failed row the loop's increment still counts its (initialised) cache
+    free(patches);
+    if (rc != 0)
+        for (int64_t i = 0; i < done; i++) {
+            if (a->be->release_cache) a->be->release_cache(a->be, &caches[i]);
+            ps_cache_free(&caches[i]);
+        }
     return rc;
 }
 

@@ -19,7 +19,17 @@ typedef struct {
     float *values;                // (k, n_prompts)
     ps_search_result *out;
     int64_t cap_steps;
+    // The current circuit's runs (a->base while set) and its MLP means under its head ablation: rebuilt after a
+    // removal. A candidate differs from the circuit from its own layer on, so its rows start there, and an MLP
+    // candidate leaves the head set, and so those means, as they are.
+    ps_cache *base;               // (n_prompts) NULL when they would not fit the budget
+    int base_ok;
+    ps_ref_means cur_mm;
+    int cur_mm_ok;
 } search;
+
+// Bytes of base runs the search holds at most (beyond them rows run from the embedding, as before).
+#define PS_SEARCH_BASE_BUDGET ((size_t)1 << 30)
 
 // The circuit without `drop` (kind, layer, index; kind -1: nothing dropped) as a keep set in comps.
 static int64_t circuit_set(const search *s, int drop_kind, int64_t dl, int64_t dh, ps_component *comps) {
@@ -34,24 +44,63 @@ static int64_t circuit_set(const search *s, int drop_kind, int64_t dl, int64_t d
     return n;
 }
 
+static void drop_current(search *s) {
+    if (s->base_ok)
+        for (int64_t i = 0; i < s->a->ps->n; i++) {
+            if (s->a->be->release_cache) s->a->be->release_cache(s->a->be, &s->base[i]);
+            ps_cache_free(&s->base[i]);
+        }
+    s->base_ok = 0;
+    s->a->base = NULL;
+    if (s->cur_mm_ok) ps_ref_means_free(&s->cur_mm);
+    s->cur_mm_ok = 0;
+}
+
+// The current circuit's MLP means (under its head ablation) and runs, when missing.
+static int need_current(search *s, ps_error *e) {
+    const int64_t per_set = s->L * s->H + s->L;
+    ps_component *c = s->comps + 63 * per_set;   // the last slot: a batch uses at most 63 others
+    ps_abl_set set = {.c = c, .n = circuit_set(s, -1, -1, -1, c), .keep = 1};
+    if (s->o->mlp_means_under_heads && !s->cur_mm_ok) {
+        if (ps_ablator_mlp_means_under(s->a, s->o->ref, &set, &s->cur_mm, e) != 0) return -1;
+        s->cur_mm_ok = 1;
+    }
+    set.mlp_means = s->cur_mm_ok ? &s->cur_mm : NULL;
+    if (s->base && !s->base_ok) {
+        s->a->base = NULL;
+        if (ps_ablator_runs(s->a, &set, s->base, e) != 0) return -1;
+        s->base_ok = 1;
+    }
+    s->a->base = s->base_ok ? s->base : NULL;
+    return 0;
+}
+
 // Scores of the circuit without each of cands[0..k) (seqcont: 100 x mean metric / mean full).
 static int score_candidates(search *s, const ps_component *cands, int64_t k, double *score, ps_error *e) {
     ps_abl_set sets[64];
     const int64_t per_set = s->L * s->H + s->L, n = s->a->ps->n;
+    uint8_t own[64] = {0};
+    if (need_current(s, e) != 0) return -1;
     for (int64_t j = 0; j < k; j++) {
         ps_component *c = s->comps + j * per_set;
         const int64_t nc = circuit_set(s, (int)cands[j].kind, cands[j].layer, cands[j].index, c);
         sets[j] = (ps_abl_set){.c = c, .n = nc, .keep = 1};
-        if (s->o->mlp_means_under_heads) {
+        if (s->o->mlp_means_under_heads && cands[j].kind == PS_COMP_MLP) sets[j].mlp_means = &s->cur_mm;   // same heads
+        else if (s->o->mlp_means_under_heads) {
             // seqcont's add_ablation_hook_MLP_head takes the MLP means with the set's heads hooked.
-            if (ps_ablator_mlp_means_under(s->a, s->o->ref, &sets[j], &s->mlp_means[j], e) != 0) return -1;
+            if (ps_ablator_mlp_means_under(s->a, s->o->ref, &sets[j], &s->mlp_means[j], e) != 0) {
+                for (int64_t i = 0; i < j; i++)
+                    if (own[i]) ps_ref_means_free(&s->mlp_means[i]);
+                return -1;
+            }
+            own[j] = 1;
             sets[j].mlp_means = &s->mlp_means[j];
         }
     }
     int rc = ps_ablator_score(s->a, sets, k, s->values, e);
     for (int64_t j = 0; j < k; j++) {
         if (rc == 0) score[j] = 100.0 * ps_abl_scores_of(s->a, s->values + j * n).faithfulness;
-        if (s->o->mlp_means_under_heads) ps_ref_means_free(&s->mlp_means[j]);
+        if (own[j]) ps_ref_means_free(&s->mlp_means[j]);
     }
     s->out->candidates_scored += k;
     return rc;
@@ -92,7 +141,7 @@ static int run_pass(search *s, int64_t pass, int backward, double *current, ps_e
             if (s->head[l * H + h]) cand[n++] = (ps_component){.kind = PS_COMP_HEAD, .layer = l, .index = h};
         if (!backward && s->mlp[l]) cand[n++] = (ps_component){.kind = PS_COMP_MLP, .layer = l, .index = -1};
     }
-    const int64_t k_max = s->o->speculate > 0 ? (s->o->speculate < 64 ? s->o->speculate : 64) : 8;
+    const int64_t k_max = s->o->speculate > 0 ? (s->o->speculate < 63 ? s->o->speculate : 63) : 8;
     double score[64];
     int changed = 0;
     for (int64_t i = 0; i < n;) {
@@ -107,6 +156,7 @@ static int run_pass(search *s, int64_t pass, int backward, double *current, ps_e
                 // The removal takes effect at once: the rest of this batch assumed it had not.
                 if (cand[i + j].kind == PS_COMP_HEAD) s->head[cand[i + j].layer * H + cand[i + j].index] = 0;
                 else s->mlp[cand[i + j].layer] = 0;
+                drop_current(s);
                 *current = score[j];
                 changed = 1;
                 j++;
@@ -133,6 +183,10 @@ int ps_circuit_search(ps_ablator *a, const ps_search_opts *o, ps_search_result *
     s.values = malloc((size_t)(64 * (a->ps->n ? a->ps->n : 1)) * sizeof(float));
     int rc = 0;
     if (!out->head_kept || !out->mlp_kept || !s.comps || !s.mlp_means || !s.values) rc = ps_fail(e, PS_EXIT_RUNTIME, "out of memory");
+    size_t base_bytes = 0;
+    for (int64_t i = 0; i < a->ps->n; i++) base_bytes += ps_cache_floats(mc, a->ps->p[i].T, 0) * sizeof(float);
+    if (rc == 0 && base_bytes <= PS_SEARCH_BASE_BUDGET && !(s.base = calloc((size_t)(a->ps->n ? a->ps->n : 1), sizeof *s.base)))
+        rc = ps_fail(e, PS_EXIT_RUNTIME, "out of memory");
     if (rc == 0) {
         s.head = out->head_kept;
         s.mlp = out->mlp_kept;
@@ -149,18 +203,15 @@ int ps_circuit_search(ps_ablator *a, const ps_search_opts *o, ps_search_result *
         }
     }
     if (rc == 0) {
-        // The final circuit's own score (seqcont returns the last candidate's).
+        // The final circuit's own score (seqcont returns the last candidate's), from its own means and runs.
+        rc = need_current(&s, e);
         ps_component *c = s.comps;
-        ps_abl_set set = {.c = c, .n = circuit_set(&s, -1, -1, -1, c), .keep = 1};
-        ps_ref_means mm = {0};
-        if (o->mlp_means_under_heads) {
-            rc = ps_ablator_mlp_means_under(a, o->ref, &set, &mm, e);
-            set.mlp_means = &mm;
-        }
+        ps_abl_set set = {.c = c, .n = circuit_set(&s, -1, -1, -1, c), .keep = 1, .mlp_means = s.cur_mm_ok ? &s.cur_mm : NULL};
         if (rc == 0) rc = ps_ablator_score(a, &set, 1, s.values, e);
         if (rc == 0) out->final_score = ps_abl_scores_of(a, s.values).circuit_score;
-        ps_ref_means_free(&mm);
     }
+    drop_current(&s);
+    free(s.base);
     free(s.comps); free(s.mlp_means); free(s.values);
     if (rc != 0) ps_search_result_free(out);
     return rc;
