@@ -117,6 +117,14 @@ int ps_ablator_runs(const ps_ablator *a, const ps_abl_set *set, ps_cache *caches
 // the MLP sites (free with ps_ref_means_free).
 int ps_ablator_mlp_means_under(const ps_ablator *a, const ps_prompt_set *ref, const ps_abl_set *keep, ps_ref_means *out,
                                ps_error *e);
+// The same from ref_base (ref->n): the reference prompts run under another set's head ablation that agrees with
+// keep's below from_layer, and below, that run's means (from this function): the MLP means of layers below
+// from_layer are below's, the rest from rows that start where keep's patches first differ (the same numbers).
+int ps_ablator_mlp_means_under_from(const ps_ablator *a, const ps_prompt_set *ref, const ps_abl_set *keep, const ps_cache *ref_base,
+                                    int64_t from_layer, const ps_ref_means *below, ps_ref_means *out, ps_error *e);
+// The reference prompts run under keep's head ablation (the runs those means are taken over): caches (ref->n),
+// initialised here (free each with ps_cache_free; on error none is held).
+int ps_ablator_ref_runs(const ps_ablator *a, const ps_prompt_set *ref, const ps_abl_set *keep, ps_cache *caches, ps_error *e);
 
 // Scores of one ablated set from its per-prompt values (n): mean metric, seqcont's 100 x mean / mean(full),
 // faithfulness mean / mean(full) (IOI's F(C)/F(M)).

@@ -322,8 +322,8 @@ static int64_t under_patches(void *vc, int64_t i, const ps_prompt *p, ps_patch *
     return ps_abl_build_patches(u->a, u->keep, p, 0, NULL, 1, out);
 }
 
-int ps_ablator_mlp_means_under(const ps_ablator *a, const ps_prompt_set *ref, const ps_abl_set *keep, ps_ref_means *out,
-                               ps_error *e) {
+int ps_ablator_mlp_means_under_from(const ps_ablator *a, const ps_prompt_set *ref, const ps_abl_set *keep, const ps_cache *ref_base,
+                                    int64_t from_layer, const ps_ref_means *below, ps_ref_means *out, ps_error *e) {
     memset(out, 0, sizeof *out);
     if (a->method != PS_ABL_MEAN || !a->means || a->means->group == PS_GROUP_PER_TEMPLATE_POSITION)
         return ps_fail(e, PS_EXIT_BADINPUT, "mlp_means under_head_ablation needs mean ablation, per_position or all_positions");
@@ -331,10 +331,39 @@ int ps_ablator_mlp_means_under(const ps_ablator *a, const ps_prompt_set *ref, co
     out->n_groups = 1;
     const unsigned sites = (1u << PS_MS_MLP_OUT) | (1u << PS_MS_MLP_POST);
     under_ctx u = {a, keep};
+    const ps_means_base mb = {ref_base, from_layer, below};
     if (ps_means_accumulate(a->m, a->be, ref, NULL, sites, under_patches, &u, ps_abl_patch_bound(&a->m->cfg, keep, ref->T_max),
-                            "reference", out, e) != 0) {
+                            ref_base ? &mb : NULL, "reference", out, e) != 0) {
         ps_ref_means_free(out);
         return -1;
     }
     return 0;
+}
+
+int ps_ablator_mlp_means_under(const ps_ablator *a, const ps_prompt_set *ref, const ps_abl_set *keep, ps_ref_means *out,
+                               ps_error *e) {
+    return ps_ablator_mlp_means_under_from(a, ref, keep, NULL, 0, NULL, out, e);
+}
+
+int ps_ablator_ref_runs(const ps_ablator *a, const ps_prompt_set *ref, const ps_abl_set *keep, ps_cache *caches, ps_error *e) {
+    const int64_t bound = ps_abl_patch_bound(&a->m->cfg, keep, ref->T_max);
+    ps_patch *patches = malloc((size_t)bound * sizeof *patches);
+    if (!patches) return ps_fail(e, PS_EXIT_RUNTIME, "out of memory for reference runs");
+    int64_t done = 0;
+    int rc = 0;
+    const ps_rows_opts ro = {.naive = 1};
+    for (; rc == 0 && done < ref->n; done++) {
+        const ps_prompt *p = &ref->p[done];
+        if (ps_cache_init(&caches[done], &a->m->cfg, p->T, 0, e) != 0) { rc = -1; break; }
+        ps_row r = {.tokens = p->clean, .T = p->T, .cache = &caches[done], .patches = patches,
+                    .n_patches = ps_abl_build_patches(a, keep, p, 0, NULL, 1, patches)};
+        rc = ps_engine_rows(a->m, a->be, &r, 1, &ro, NULL, e);
+    }   // on a failed row the loop's increment still counts its (initialised) cache
+    free(patches);
+    if (rc != 0)
+        for (int64_t i = 0; i < done; i++) {
+            if (a->be->release_cache) a->be->release_cache(a->be, &caches[i]);
+            ps_cache_free(&caches[i]);
+        }
+    return rc;
 }

@@ -16,9 +16,13 @@ int64_t ps_abl_build_patches(const ps_ablator *a, const ps_abl_set *set, const p
 
 // Means over ref's prompts of the sites in `sites` (bits 1 << PS_MS_*), each run with the patches
 // patch_fn writes for it (NULL: none; the count returned, -1 = error). out->group, n_groups set by the caller.
+// mb (NULL: every row a full forward): runs of the reference prompts (base, (ref->n)) whose patches equal
+// patch_fn's below from_layer, and their means (below, with the same sites): layers below from_layer are
+// below's, the others are taken from rows that start where their patches first change base.
 typedef int64_t (*ps_means_patch_fn)(void *ctx, int64_t i, const ps_prompt *p, ps_patch *out, int64_t cap);
+typedef struct { const ps_cache *base; int64_t from_layer; const ps_ref_means *below; } ps_means_base;
 int ps_means_accumulate(const ps_model *m, ps_backend *be, const ps_prompt_set *ref, const int64_t *group_of,
-                        unsigned sites, ps_means_patch_fn patch_fn, void *ctx, int64_t patch_cap, const char *where,
-                        ps_ref_means *out, ps_error *e);
+                        unsigned sites, ps_means_patch_fn patch_fn, void *ctx, int64_t patch_cap, const ps_means_base *mb,
+                        const char *where, ps_ref_means *out, ps_error *e);
 
 #endif

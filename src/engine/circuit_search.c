@@ -23,6 +23,7 @@ typedef struct {
     // removal. A candidate differs from the circuit from its own layer on, so its rows start there, and an MLP
     // candidate leaves the head set, and so those means, as they are.
     ps_cache *base;               // (n_prompts) NULL when they would not fit the budget
+    ps_cache *ref_base;           // (ref->n) the reference prompts under the circuit's head ablation (mlp_means_under_heads)
     int base_ok;
     ps_ref_means cur_mm;
     int cur_mm_ok;
@@ -50,6 +51,10 @@ static void drop_current(search *s) {
             if (s->a->be->release_cache) s->a->be->release_cache(s->a->be, &s->base[i]);
             ps_cache_free(&s->base[i]);
         }
+    for (int64_t i = 0; s->base_ok && s->ref_base && i < s->o->ref->n; i++) {
+        if (s->a->be->release_cache) s->a->be->release_cache(s->a->be, &s->ref_base[i]);
+        ps_cache_free(&s->ref_base[i]);
+    }
     s->base_ok = 0;
     s->a->base = NULL;
     if (s->cur_mm_ok) ps_ref_means_free(&s->cur_mm);
@@ -69,6 +74,10 @@ static int need_current(search *s, ps_error *e) {
     if (s->base && !s->base_ok) {
         s->a->base = NULL;
         if (ps_ablator_runs(s->a, &set, s->base, e) != 0) return -1;
+        if (s->ref_base && ps_ablator_ref_runs(s->a, s->o->ref, &set, s->ref_base, e) != 0) {
+            for (int64_t i = 0; i < s->a->ps->n; i++) ps_cache_free(&s->base[i]);
+            return -1;
+        }
         s->base_ok = 1;
     }
     s->a->base = s->base_ok ? s->base : NULL;
@@ -88,7 +97,12 @@ static int score_candidates(search *s, const ps_component *cands, int64_t k, dou
         if (s->o->mlp_means_under_heads && cands[j].kind == PS_COMP_MLP) sets[j].mlp_means = &s->cur_mm;   // same heads
         else if (s->o->mlp_means_under_heads) {
             // seqcont's add_ablation_hook_MLP_head takes the MLP means with the set's heads hooked.
-            if (ps_ablator_mlp_means_under(s->a, s->o->ref, &sets[j], &s->mlp_means[j], e) != 0) {
+            // From the circuit's reference runs when held: a head of layer l changes the MLP means from layer l on.
+            const int rc = s->base_ok && s->ref_base
+                               ? ps_ablator_mlp_means_under_from(s->a, s->o->ref, &sets[j], s->ref_base, cands[j].layer, &s->cur_mm,
+                                                                 &s->mlp_means[j], e)
+                               : ps_ablator_mlp_means_under(s->a, s->o->ref, &sets[j], &s->mlp_means[j], e);
+            if (rc != 0) {
                 for (int64_t i = 0; i < j; i++)
                     if (own[i]) ps_ref_means_free(&s->mlp_means[i]);
                 return -1;
@@ -185,8 +199,12 @@ int ps_circuit_search(ps_ablator *a, const ps_search_opts *o, ps_search_result *
     if (!out->head_kept || !out->mlp_kept || !s.comps || !s.mlp_means || !s.values) rc = ps_fail(e, PS_EXIT_RUNTIME, "out of memory");
     size_t base_bytes = 0;
     for (int64_t i = 0; i < a->ps->n; i++) base_bytes += ps_cache_floats(mc, a->ps->p[i].T, 0) * sizeof(float);
-    if (rc == 0 && base_bytes <= PS_SEARCH_BASE_BUDGET && !(s.base = calloc((size_t)(a->ps->n ? a->ps->n : 1), sizeof *s.base)))
-        rc = ps_fail(e, PS_EXIT_RUNTIME, "out of memory");
+    for (int64_t i = 0; o->mlp_means_under_heads && i < o->ref->n; i++) base_bytes += ps_cache_floats(mc, o->ref->p[i].T, 0) * sizeof(float);
+    if (rc == 0 && base_bytes <= PS_SEARCH_BASE_BUDGET) {
+        s.base = calloc((size_t)(a->ps->n ? a->ps->n : 1), sizeof *s.base);
+        s.ref_base = o->mlp_means_under_heads ? calloc((size_t)o->ref->n, sizeof *s.ref_base) : NULL;
+        if (!s.base || (o->mlp_means_under_heads && !s.ref_base)) rc = ps_fail(e, PS_EXIT_RUNTIME, "out of memory");
+    }
     if (rc == 0) {
         s.head = out->head_kept;
         s.mlp = out->mlp_kept;
@@ -212,6 +230,7 @@ int ps_circuit_search(ps_ablator *a, const ps_search_opts *o, ps_search_result *
     }
     drop_current(&s);
     free(s.base);
+    free(s.ref_base);
     free(s.comps); free(s.mlp_means); free(s.values);
     if (rc != 0) ps_search_result_free(out);
     return rc;

@@ -1,0 +1,88 @@
+#!/usr/bin/env python3
+"""bench/circuit_search: seqcont's circuit search on the demo model over N seqcont numerals prompts (N/3 from each
+template, in experiments/seqcont/data/numerals_1536.jsonl) with their randDS lines as the mean reference, run by
+patchsweep (`patchsweep run`, kind circuit_search) and by the torch reimplementation the goldens come from
+(tests/golden/make_ablation_goldens.py: TransformerLens hooks, seqcont's loop), in one run. Prints both times,
+the ratio and whether the two traces agree step for step. See bench/README.md."""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, os.path.join(REPO, "tests", "golden"))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--prompts", type=int, default=1536, help="prompts (a multiple of 3, at most 1536; default 1536)")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--build", default=os.path.join(REPO, "build"))
+    ap.add_argument("--threshold", type=float, default=20)
+    ap.add_argument("--keep", help="keep the config and results here")
+    a = ap.parse_args()
+    n = max(3, min(1536, a.prompts - a.prompts % 3))
+    per = n // 3
+    rows = [json.loads(x) for x in open(os.path.join(REPO, "experiments", "seqcont", "data", "numerals_1536.jsonl"))]
+    pick = [i for t in range(3) for i in range(512 * t, 512 * t + per)]
+    work = a.keep or tempfile.mkdtemp(prefix="ps-bench-search-")
+    os.makedirs(work, exist_ok=True)
+    with open(os.path.join(work, "prompts.jsonl"), "w") as f:
+        for i in pick:
+            f.write(json.dumps(rows[i]) + "\n")
+    with open(os.path.join(work, "ref.jsonl"), "w") as f:
+        for i in pick:
+            f.write(json.dumps({"text": rows[i]["corrupted"]}) + "\n")
+    cfg = {"model": os.path.join(REPO, "models", "demo"), "threads": a.threads, "metric": "logit_diff",
+           "dataset": {"path": "prompts.jsonl", "fields": {"clean": "text", "corrupted": "corrupted", "answer": "corr", "wrong": "incorr"}},
+           "experiments": [{"name": "search", "kind": "circuit_search", "with": "mean", "grouping": "per_position",
+                            "reference": {"path": "ref.jsonl", "fields": {"clean": "text"}}, "mlp_means": "under_head_ablation",
+                            "threshold": a.threshold}]}
+    cpath = os.path.join(work, "search.json")
+    json.dump(cfg, open(cpath, "w"), indent=1)
+    load0 = os.getloadavg()
+    print(f"circuit_search bench: demo model, {n} prompts ({per} per template), {n} randDS reference prompts, "
+          f"threshold {a.threshold}, {a.threads} threads, {os.cpu_count()} CPUs, load average {load0[0]:.2f}", flush=True)
+
+    out = os.path.join(work, "search.h5")
+    t0 = time.time()
+    subprocess.run([os.path.join(a.build, "patchsweep"), "run", cpath, "-o", out, "--force", "--quiet"], check=True)
+    t_ps = time.time() - t0
+    import h5py
+    with h5py.File(out, "r") as f:
+        v = f["results/search/values"][()]
+        labels = [x.decode() if isinstance(x, bytes) else str(x) for x in f["results/search/step_label"][()]]
+        circuit = f["results/search"].attrs["circuit"]
+        circuit = circuit.decode() if isinstance(circuit, bytes) else str(circuit)
+    print(f"patchsweep: {t_ps:.2f} s, {len(labels)} steps, circuit {circuit}", flush=True)
+
+    from make_ablation_goldens import Model, seqcont_search, torch  # the reference loop (TransformerLens hooks)
+    from tokenizers import Tokenizer
+    torch.set_num_threads(a.threads)
+    folder = os.path.join(REPO, "models", "demo")
+    tok = Tokenizer.from_file(os.path.join(folder, "tokenizer.json"))
+    enc = lambda s: [1976] + tok.encode(s).ids   # the demo model's BOS, as patchsweep prepends it
+    toks = torch.tensor([enc(rows[i]["text"]) for i in pick])
+    ref = torch.tensor([enc(rows[i]["corrupted"]) for i in pick])
+    ans = [tok.encode(rows[i]["corr"]).ids[0] for i in pick]
+    wrong = [tok.encode(rows[i]["incorr"]).ids[0] for i in pick]
+    mdl = Model(folder, json.load(open(os.path.join(folder, "config.json")))["vocab_size"])
+    t0 = time.time()
+    res = seqcont_search(mdl, toks, ans, wrong, ref, a.threshold)
+    t_tl = time.time() - t0
+    steps = res["steps"]
+    same = len(steps) == len(labels) and all(labels[i] == s["cand"] and int(v[i, 3]) == int(s["removed"]) for i, s in enumerate(steps))
+    err = max((abs(float(v[i, 2]) - s["score"]) for i, s in enumerate(steps) if i < len(labels)), default=0.0)
+    print(f"torch (TransformerLens hooks, seqcont's loop): {t_tl:.2f} s, {len(steps)} steps", flush=True)
+    load1 = os.getloadavg()
+    print(f"load average after: {load1[0]:.2f}")
+    print(f"speedup_vs_torch={t_tl / t_ps:.1f} prompts={n} same_trace={same} max_score_diff={err:.2g}")
+    return 0 if same else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
