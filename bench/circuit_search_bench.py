@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """bench/circuit_search: seqcont's circuit search on the demo model over N seqcont numerals prompts (N/3 from each
-template, in experiments/seqcont/data/numerals_1536.jsonl) with their randDS lines as the mean reference, run by
+template, from experiments/seqcont/data/numerals_demo.jsonl: the 1507 of the paper's 1536 whose clean and randDS
+texts are 23 demo tokens) with their randDS lines as the mean reference, run by
 patchsweep (`patchsweep run`, kind circuit_search) and by the torch reimplementation the goldens come from
 (tests/golden/make_ablation_goldens.py: TransformerLens hooks, seqcont's loop), in one run. Prints both times,
 the ratio and whether the two traces agree step for step. See bench/README.md."""
@@ -19,16 +20,17 @@ sys.path.insert(0, os.path.join(REPO, "tests", "golden"))
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--prompts", type=int, default=1536, help="prompts (a multiple of 3, at most 1536; default 1536)")
+    ap.add_argument("--prompts", type=int, default=1455, help="prompts (a multiple of 3, at most 1455 = 3 x 485; default 1455)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--build", default=os.path.join(REPO, "build"))
     ap.add_argument("--threshold", type=float, default=20)
     ap.add_argument("--keep", help="keep the config and results here")
     a = ap.parse_args()
-    n = max(3, min(1536, a.prompts - a.prompts % 3))
+    n = max(3, min(1455, a.prompts - a.prompts % 3))
     per = n // 3
-    rows = [json.loads(x) for x in open(os.path.join(REPO, "experiments", "seqcont", "data", "numerals_1536.jsonl"))]
-    pick = [i for t in range(3) for i in range(512 * t, 512 * t + per)]
+    rows = [json.loads(x) for x in open(os.path.join(REPO, "experiments", "seqcont", "data", "numerals_demo.jsonl"))]
+    by_t = {t: [i for i, r in enumerate(rows) if r["template"] == t] for t in ("done", "lost", "names")}
+    pick = [i for t in ("done", "lost", "names") for i in by_t[t][:per]]
     work = a.keep or tempfile.mkdtemp(prefix="ps-bench-search-")
     os.makedirs(work, exist_ok=True)
     with open(os.path.join(work, "prompts.jsonl"), "w") as f:
