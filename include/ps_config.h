@@ -69,6 +69,8 @@
 //         "until_stable" (default) | "one_each", "speculate": candidates scored per batch (the result does not
 //         depend on it). circuit_search takes no components, keep or positions.
 //   Datasets (the main one and references) may name a "template" field: the item's template group.
+//   For every ablation or circuit_search experiment with "with": "mean", the loader appends an experiment
+//   {"name": "NAME.reference_means", "kind": "reference_means"}: the table of the means the run used.
 //   An inline item may carry "roles": {"S2": 10, "IO": 2}: token indices in its clean prompt as
 //   `patchsweep tokenize` shows them (BOS included when prepended), like ARENA's word_idx.
 //   heads is accepted only by layer_head/layer_pos_head, neurons only by layer_neuron, positions only by

@@ -78,5 +78,7 @@ extern const ps_producer ps_edge_attribution_producer;
 // Ablations per prompt and seqcont's circuit search, once (src/engine/ablation_run.c, ps_ablation.h).
 extern const ps_producer ps_ablation_producer;
 extern const ps_producer ps_circuit_search_producer;
+// The reference means a mean-ablating experiment used (its "NAME.reference_means" table, src/engine/ablation_run.c).
+extern const ps_producer ps_reference_means_producer;
 
 #endif

@@ -20,7 +20,8 @@ cfg=$data/ablation.json
 if "$bin" run "$cfg" -o "$tmp/abl.h5" --quiet 2>"$tmp/err"; then pass "run $cfg"; else fail "run: $(cat "$tmp/err")"; fi
 "$bin" inspect "$tmp/abl.h5" >"$tmp/inspect" 2>&1 || fail "inspect: $(cat "$tmp/inspect")"
 for want in "search: circuit_search" "shape: step 35 x field 4" "mean_per_position_sets: ablation" \
-            "shape: prompt 12 x component 4" "component 3 'h1.2@pos+h0.0'" "circuit h0.0 h0.1 h0.2 h0.3 h1.0 h1.1 h1.3 h2.1 h2.2 h2.3 h3.2 mlp0"; do
+            "shape: prompt 12 x component 4" "component 3 'h1.2@pos+h0.0'" \
+            "search.reference_means: reference_means" "shape: layer 4 x group 3 x pos 24 x unit 768" "circuit h0.0 h0.1 h0.2 h0.3 h1.0 h1.1 h1.3 h2.1 h2.2 h2.3 h3.2 mlp0"; do
     grep -qF -- "$want" "$tmp/inspect" && pass "inspect shows '$want'" || fail "inspect lacks '$want'"
 done
 

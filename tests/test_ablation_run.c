@@ -109,6 +109,41 @@ static void check_search(const cJSON *golden, const ps_run_results *rr) {
            (long long)same, (long long)n_want, max_err, circ ? circ->s : "?", fe);
 }
 
+// The reference_means table of an experiment equals the library's means over its reference prompts.
+static void check_means(const ps_model *m, ps_backend *be, const ps_prompt_set *ps, const ps_run_results *rr, const ps_config *cfg) {
+    ps_error e = {0};
+    int64_t checked = 0;
+    for (int64_t x = 0; x < cfg->n_experiments; x++) {
+        const ps_experiment *ex = &cfg->experiments[x];
+        if (strcmp(ex->kind, "reference_means")) continue;
+        const ps_experiment *of = &cfg->experiments[ex->means_of];
+        if (of->abl_group == PS_GROUP_PER_TEMPLATE_POSITION) continue;   // grouped: checked through the ablation values
+        const ps_table *t = table_named(rr, ex->name);
+        ps_ref_means rm;
+        if (!t || ps_ref_means_compute(m, be, &ps->ref[ex->means_of], (ps_mean_group)of->abl_group, NULL, 1, "ref", &rm, &e) != 0) {
+            TU_CHECK(0, "%s: %s", ex->name, t ? e.msg : "no table");
+            continue;
+        }
+        const int64_t U = t->axes[3].len, R = rm.rows, L = m->cfg.n_layers;
+        float *want = malloc((size_t)t->n_cells * sizeof(float));
+        for (int64_t l = 0; want && l < L; l++)
+            for (int64_t r = 0; r < R; r++) {
+                float *d = want + (l * R + r) * U;
+                for (int s = 0; s < PS_MS_COUNT; s++) {
+                    memcpy(d, rm.site[s] + (l * R + r) * rm.width[s], (size_t)rm.width[s] * sizeof(float));
+                    d += rm.width[s];
+                }
+            }
+        char lab[200];
+        snprintf(lab, sizeof lab, "run: %s (layer x group x pos x unit)", ex->name);
+        TU_CHECK(want && t->n_cells == L * R * U && tu_close(lab, t->values, want, t->n_cells, 0, 0) == 0, "%s", lab);
+        checked++;
+        free(want);
+        ps_ref_means_free(&rm);
+    }
+    TU_CHECK(checked == 7, "%lld reference_means tables checked, 7 expected", (long long)checked);
+}
+
 int main(void) {
     ps_error e = {0};
     ps_config cfg;
@@ -133,6 +168,7 @@ int main(void) {
     if (rc == 0) {
         check_cases(doc, &ps, &rr);
         check_search(get(doc, "search"), &rr);
+        check_means(&m, &be, &ps, &rr, &cfg);
     }
     ps_run_results_free(&rr);
     ps_prompt_set_free(&ps);

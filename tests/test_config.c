@@ -772,7 +772,10 @@ static void test_attribution_kind(void) {
 static void test_ablation(void) {
     ps_config c;
     if (load_ok(&c, tu_src("tests/data/seqcont/ablation.json")) == 0) {
-        INTEQ(c.n_experiments, 19);
+        INTEQ(c.n_experiments, 29);   // 19 and a reference_means table per mean-ablating one, after them
+        TU_CHECK(c.n_experiments == 29 && !strcmp(c.experiments[19].name, "mean_per_position_sets.reference_means") &&
+                     !strcmp(c.experiments[19].kind, "reference_means") && c.experiments[19].means_of == 3 &&
+                     c.experiments[28].means_of == 18, "reference_means experiments");
         const ps_experiment *s = &c.experiments[0], *k2 = &c.experiments[5], *t = &c.experiments[9], *r = &c.experiments[12];
         const ps_experiment *q = &c.experiments[18];
         STREQ(s->kind, "ablation");

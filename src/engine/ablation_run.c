@@ -287,3 +287,72 @@ static int search_once(ps_producer_ctx *cx, ps_product *const *prods, int64_t n_
 const ps_producer ps_circuit_search_producer = {
     .kind = "circuit_search", .per_prompt = 0, .init = search_init, .once = search_once, .free_state = abl_free,
 };
+
+// ---- reference_means: the means a mean-ablating experiment used (not per prompt; alike in every shard) ----
+
+// Axes: layer x group x pos (the reference prompts' positions, or 1 for all_positions) x unit, the units the
+// three sites laid end to end: z (head h, dim d at h * d_head + d), then mlp_out (d_model), then mlp_post (d_mlp).
+static int means_init(const ps_model_config *mc, const ps_prompt_set *ps, ps_product *p, ps_error *e) {
+    const ps_experiment *ex = p->ex;
+    const ps_prompt_set *ref = ps->ref && ex->means_of < ps->n_ref ? &ps->ref[ex->means_of] : NULL;
+    if (!ref || ref->n < 1) return ps_fail(e, PS_EXIT_RUNTIME, "%s: no reference prompts", ex->name);
+    int64_t G = 1;
+    for (int64_t i = 1; i < ref->n; i++) {
+        int64_t j = 0;
+        while (j < i && ref->p[j].group && ref->p[i].group && strcmp(ref->p[j].group, ref->p[i].group)) j++;
+        G += j == i;
+    }
+    const ps_experiment *parent = p->ex - (p->idx - ex->means_of);   // experiments are one array
+    if (parent->abl_group != PS_GROUP_PER_TEMPLATE_POSITION) G = 1;
+    const int64_t rows = parent->abl_group == PS_GROUP_ALL_POSITIONS ? 1 : ref->p[0].T;
+    const int64_t units = mc->n_heads * mc->d_head + mc->d_model + mc->d_mlp, lens[4] = {mc->n_layers, G, rows, units};
+    static const char *const names[4] = {"layer", "group", "pos", "unit"};
+    ps_axis ax[4] = {{0}};
+    int rc = 0;
+    for (int k = 0; k < 4 && rc == 0; k++) {
+        ax[k] = (ps_axis){.name = (char *)names[k], .len = lens[k], .value = malloc((size_t)lens[k] * sizeof(int64_t))};
+        if (!ax[k].value) rc = ps_fail(e, PS_EXIT_RUNTIME, "out of memory");
+        for (int64_t i = 0; rc == 0 && i < lens[k]; i++) ax[k].value[i] = i;
+    }
+    if (rc == 0) rc = ps_table_init(p->t, ex->name, "reference_means", 0, 1, 4, ax, 0, e);
+    for (int k = 0; k < 4; k++) free(ax[k].value);
+    char units_doc[200];
+    snprintf(units_doc, sizeof units_doc, "hook_z [0, %lld) (head h, dim d at h*%lld+d), hook_mlp_out [%lld, %lld), mlp hook_post [%lld, %lld)",
+             (long long)(mc->n_heads * mc->d_head), (long long)mc->d_head, (long long)(mc->n_heads * mc->d_head),
+             (long long)(mc->n_heads * mc->d_head + mc->d_model), (long long)(mc->n_heads * mc->d_head + mc->d_model), (long long)units);
+    if (rc == 0 && (ps_table_attr_str(p->t, "of", parent->name, e) || ps_table_attr_str(p->t, "units", units_doc, e) ||
+                    set_attrs(p->t, parent, ref, e) ||
+                    ps_table_attr_str(p->t, "note", "plain means over the reference run; mlp_means under_head_ablation ones depend on the circuit and are not stored", e)))
+        rc = -1;
+    return rc;
+}
+
+static int means_once(ps_producer_ctx *cx, ps_product *const *prods, int64_t n_prods, ps_error *e) {
+    for (int64_t k = 0; k < n_prods; k++) {
+        const ps_product *p = prods[k];
+        ps_product *parent = &cx->rr->products[p->ex->means_of];
+        abl_state *s = parent->state;
+        if (cx->o->dry_run) continue;
+        // The parent's means when it computed them (once per run), else now (e.g. every chunk was resumed).
+        if (need_means(cx, parent, s, e) != 0) return -1;
+        ps_table *t = p->t;
+        const ps_ref_means *rm = &s->means;
+        const int64_t L = t->axes[0].len, G = t->axes[1].len, R = t->axes[2].len, U = t->axes[3].len;
+        if (rm->n_groups != G || rm->rows != R) return ps_fail(e, PS_EXIT_RUNTIME, "%s: means of another shape", t->name);
+        for (int64_t l = 0; l < L; l++)
+            for (int64_t g = 0; g < G; g++)
+                for (int64_t r = 0; r < R; r++) {
+                    float *dst = t->values + ((l * G + g) * R + r) * U;
+                    for (int ms = 0; ms < PS_MS_COUNT; ms++) {
+                        const int64_t w = rm->width[ms];
+                        memcpy(dst, rm->site[ms] + ((l * G + g) * R + r) * w, (size_t)w * sizeof(float));
+                        dst += w;
+                    }
+                }
+    }
+    return 0;
+}
+
+const ps_producer ps_reference_means_producer = {
+    .kind = "reference_means", .per_prompt = 0, .init = means_init, .once = means_once, .free_state = NULL,
+};

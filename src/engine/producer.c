@@ -18,6 +18,7 @@ static const ps_producer *const producers[] = {
     &ps_edge_attribution_producer,
     &ps_ablation_producer,
     &ps_circuit_search_producer,
+    &ps_reference_means_producer,   // last: after the experiments whose means it records
 };
 
 const ps_producer *ps_producer_for(const char *kind) {

@@ -132,6 +132,9 @@ static int check_per_prompt(hid_t f, const char *file, const char *name, ps_erro
         H5Dclose(d);
     }
     H5Gclose(g);
+    // A table every shard computes alike (reference means: a function of the model and the reference set, both in
+    // the shards' common identity) is the first shard's, as copied.
+    if (!strcmp(kind, "reference_means")) return 1;
     if (strcmp(label, "prompt") != 0)
         return ps_fail(e, PS_EXIT_BADINPUT, "%s: /%s (kind %s): values are not per prompt, so shards cannot hold it", file, path, kind);
     return 0;
@@ -248,7 +251,12 @@ int ps_store_merge(const char *out, const char *const *shards, int n_shards, ps_
         H5Gclose(res);
         if (!names) rc = ps_fail(e, PS_EXIT_RUNTIME, "%s: cannot list /results", partial);
     }
-    for (int64_t r = 0; rc == 0 && r < n_res; r++) rc = check_per_prompt(f, shards[ss.first], names[r], e);
+    uint8_t *shared_t = calloc((size_t)(n_res ? n_res : 1), 1);
+    if (rc == 0 && !shared_t) rc = ps_fail(e, PS_EXIT_RUNTIME, "merge: out of memory");
+    for (int64_t r = 0; rc == 0 && r < n_res; r++) {
+        rc = check_per_prompt(f, shards[ss.first], names[r], e);
+        if (rc == 1) { shared_t[r] = 1; rc = 0; }
+    }
     // Each dataset whose first axis is the prompt: take each prompt's row from the shard that ran it.
     const int have_baseline = rc == 0 && H5Lexists(f, "baseline", H5P_DEFAULT) > 0;
     char path[300];
@@ -257,6 +265,7 @@ int ps_store_merge(const char *out, const char *const *shards, int n_shards, ps_
         rc = merge_rows(f, sf, &ss, shards, partial, path, e);
     }
     for (int64_t r = 0; have_baseline && rc == 0 && r < n_res; r++) {
+        if (shared_t[r]) continue;
         snprintf(path, sizeof path, "results/%s/values", names[r]);
         rc = merge_rows(f, sf, &ss, shards, partial, path, e);
         snprintf(path, sizeof path, "results/%s/normalized", names[r]);
@@ -268,7 +277,7 @@ int ps_store_merge(const char *out, const char *const *shards, int n_shards, ps_
     float *clean = rc == 0 ? ps_h5_read(f, "baseline/clean_metric", H5T_NATIVE_FLOAT, &r1, d1, &nb) : NULL;
     float *corr = rc == 0 ? ps_h5_read(f, "baseline/corrupted_metric", H5T_NATIVE_FLOAT, &r1, d1, &nb) : NULL;
     for (int64_t r = 0; rc == 0 && clean && corr && r < n_res; r++)
-        rc = merge_table(f, sf, &ss, partial, names[r], clean, corr, e);
+        if (!shared_t[r]) rc = merge_table(f, sf, &ss, partial, names[r], clean, corr, e);
     if (rc == 0 && clean && corr) {
         hid_t g = H5Gopen2(f, "baseline", H5P_DEFAULT);
         if (g < 0 || ps_h5_attr_f64(g, "mean_clean", ps_h5_nanmean(clean, ss.n_prompts)) < 0 ||
@@ -284,6 +293,7 @@ int ps_store_merge(const char *out, const char *const *shards, int n_shards, ps_
     if (rc == 0 && rename(partial, out) != 0) rc = ps_fail(e, PS_EXIT_RUNTIME, "%s: cannot rename to %s", partial, out);
     if (rc != 0 && partial) unlink(partial);
     ps_h5_free_strs(names, (size_t)n_res);
+    free(shared_t);
     shard_set_free(&ss);
     free(sf);
     free(partial);

@@ -210,7 +210,7 @@ void ps_table_add_counters(ps_table *dst, const ps_table *src) {
 
 int ps_tables_check_shardable(const ps_table *tables, int64_t n_tables, ps_error *e) {
     for (int64_t i = 0; i < n_tables; i++)
-        if (!tables[i].per_prompt)
+        if (!tables[i].per_prompt && strcmp(tables[i].kind, "reference_means") != 0)   // those are alike in every shard
             return ps_fail(e, PS_EXIT_BADINPUT,
                            "%s (kind %s): its values are not per prompt, so --shard cannot split it by prompt; run it without --shard",
                            tables[i].name, tables[i].kind);
