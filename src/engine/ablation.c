@@ -278,8 +278,9 @@ int ps_ablator_score(ps_ablator *a, const ps_abl_set *sets, int64_t n_sets, floa
     return rc;
 }
 
-int ps_ablator_runs(const ps_ablator *a, const ps_abl_set *set, ps_cache *caches, ps_error *e) {
-    const ps_prompt_set *ps = a->ps;
+// Every prompt of ps run with set's patches (heads_only: only its head ablations, the reference runs; else all,
+// from the ablator's own prompts' sources) into caches (ps->n). On error none is held.
+static int run_set(const ps_ablator *a, const ps_prompt_set *ps, const ps_abl_set *set, int heads_only, ps_cache *caches, ps_error *e) {
     const int64_t bound = ps_abl_patch_bound(&a->m->cfg, set, ps->T_max);
     ps_patch *patches = malloc((size_t)bound * sizeof *patches);
     if (!patches) return ps_fail(e, PS_EXIT_RUNTIME, "out of memory for ablation runs");
@@ -288,9 +289,9 @@ int ps_ablator_runs(const ps_ablator *a, const ps_abl_set *set, ps_cache *caches
     const ps_rows_opts ro = {.naive = 1};
     for (; rc == 0 && done < ps->n; done++) {
         const ps_prompt *p = &ps->p[done];
-        const int64_t g = a->group_of && a->means && a->means->group == PS_GROUP_PER_TEMPLATE_POSITION ? a->group_of[done] : 0;
+        const int64_t g = !heads_only && a->group_of && a->means && a->means->group == PS_GROUP_PER_TEMPLATE_POSITION ? a->group_of[done] : 0;
         if (ps_cache_init(&caches[done], &a->m->cfg, p->T, 0, e) != 0) { rc = -1; break; }
-        const int64_t np = ps_abl_build_patches(a, set, p, g, a->src ? &a->src[done] : NULL, 0, patches);
+        const int64_t np = ps_abl_build_patches(a, set, p, g, !heads_only && a->src ? &a->src[done] : NULL, heads_only, patches);
         ps_row r = {.tokens = p->clean, .T = p->T, .cache = &caches[done], .patches = patches, .n_patches = np < 0 ? 0 : np};
         if (np < 0) rc = ps_fail(e, PS_EXIT_BADINPUT, "prompt %lld: too long for an ablation row", (long long)done);
         else rc = ps_engine_rows(a->m, a->be, &r, 1, &ro, NULL, e);
@@ -302,6 +303,10 @@ int ps_ablator_runs(const ps_ablator *a, const ps_abl_set *set, ps_cache *caches
             ps_cache_free(&caches[i]);
         }
     return rc;
+}
+
+int ps_ablator_runs(const ps_ablator *a, const ps_abl_set *set, ps_cache *caches, ps_error *e) {
+    return run_set(a, a->ps, set, 0, caches, e);
 }
 
 ps_abl_scores ps_abl_scores_of(const ps_ablator *a, const float *values) {
@@ -346,24 +351,5 @@ int ps_ablator_mlp_means_under(const ps_ablator *a, const ps_prompt_set *ref, co
 }
 
 int ps_ablator_ref_runs(const ps_ablator *a, const ps_prompt_set *ref, const ps_abl_set *keep, ps_cache *caches, ps_error *e) {
-    const int64_t bound = ps_abl_patch_bound(&a->m->cfg, keep, ref->T_max);
-    ps_patch *patches = malloc((size_t)bound * sizeof *patches);
-    if (!patches) return ps_fail(e, PS_EXIT_RUNTIME, "out of memory for reference runs");
-    int64_t done = 0;
-    int rc = 0;
-    const ps_rows_opts ro = {.naive = 1};
-    for (; rc == 0 && done < ref->n; done++) {
-        const ps_prompt *p = &ref->p[done];
-        if (ps_cache_init(&caches[done], &a->m->cfg, p->T, 0, e) != 0) { rc = -1; break; }
-        ps_row r = {.tokens = p->clean, .T = p->T, .cache = &caches[done], .patches = patches,
-                    .n_patches = ps_abl_build_patches(a, keep, p, 0, NULL, 1, patches)};
-        rc = ps_engine_rows(a->m, a->be, &r, 1, &ro, NULL, e);
-    }   // on a failed row the loop's increment still counts its (initialised) cache
-    free(patches);
-    if (rc != 0)
-        for (int64_t i = 0; i < done; i++) {
-            if (a->be->release_cache) a->be->release_cache(a->be, &caches[i]);
-            ps_cache_free(&caches[i]);
-        }
-    return rc;
+    return run_set(a, ref, keep, 1, caches, e);
 }
