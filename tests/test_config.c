@@ -778,25 +778,16 @@ static void test_ablation(void) {
                      c.experiments[28].means_of == 18, "reference_means experiments");
         const ps_experiment *s = &c.experiments[0], *k2 = &c.experiments[5], *t = &c.experiments[9], *r = &c.experiments[12];
         const ps_experiment *q = &c.experiments[18];
-        STREQ(s->kind, "ablation");
-        INTEQ(s->abl_with, 0);
-        INTEQ(s->n_cells, 4);
-        INTEQ(s->keep, 0);
-        TU_CHECK(s->n_cells == 4 && s->cells[3].n == 2 && !strcmp(s->cells[3].label, "h1.2@pos+h0.0") && s->cells[3].c[0].n_positions == 1 &&
-                     s->cells[3].c[0].positions[0] == -1 && !s->cells[3].c[1].positions, "components[3]: h1.2 at end with h0.0");
-        INTEQ(k2->keep, 1);
-        INTEQ(k2->abl_with, 1);
-        INTEQ(k2->abl_group, 0);
-        INTEQ(k2->n_ref_items, 12);
-        TU_CHECK(k2->n_cells == 1 && k2->cells[0].n == 2 && !strcmp(k2->cells[0].label, "keep"), "keep2: one cell of 2");
-        INTEQ(t->abl_group, 2);
-        TU_CHECK(t->n_ref_items == 12 && t->ref_items[4].group && !strcmp(t->ref_items[4].group, "lost"), "reference templates");
-        TU_CHECK(c.items[11].group && !strcmp(c.items[11].group, "names"), "dataset templates");
-        INTEQ(r->abl_with, 2);
-        INTEQ(r->seed, 11);
-        STREQ(q->kind, "circuit_search");
-        INTEQ(q->mlp_means_under, 1);
-        TU_CHECK(q->threshold == 20 && q->one_pass == 0 && q->ref_path && strstr(q->ref_path, "randDS.jsonl"), "search settings");
+        TU_CHECK(!strcmp(s->kind, "ablation") && s->abl_with == 0 && s->n_cells == 4 && !s->keep && s->cells[3].n == 2 &&
+                     !strcmp(s->cells[3].label, "h1.2@pos+h0.0") && s->cells[3].c[0].n_positions == 1 &&
+                     s->cells[3].c[0].positions[0] == -1 && !s->cells[3].c[1].positions, "components: h0.1, mlp1, n0.5, h1.2 at end with h0.0");
+        TU_CHECK(k2->keep && k2->abl_with == 1 && k2->abl_group == 0 && k2->n_ref_items == 12 && k2->n_cells == 1 && k2->cells[0].n == 2 &&
+                     !strcmp(k2->cells[0].label, "keep"), "keep2: mean per_position, one cell of 2, 12 reference prompts");
+        TU_CHECK(t->abl_group == 2 && t->n_ref_items == 12 && t->ref_items[4].group && !strcmp(t->ref_items[4].group, "lost") &&
+                     c.items[11].group && !strcmp(c.items[11].group, "names"), "per_template_position and the templates");
+        TU_CHECK(r->abl_with == 2 && r->seed == 11, "resample with seed 11");
+        TU_CHECK(!strcmp(q->kind, "circuit_search") && q->mlp_means_under == 1 && q->threshold == 20 && q->one_pass == 0 && q->ref_path &&
+                     strstr(q->ref_path, "randDS.jsonl"), "search settings");
         ps_config_free(&c);
     }
     // keep from a file in seqcont's results format.
