@@ -138,6 +138,7 @@ typedef struct {
     int mlp_means_under_heads;   // 1: seqcont's MLP means, under the candidate's head ablation
     int64_t speculate;           // candidates scored per batch (0: 8); the result does not depend on it
     const ps_prompt_set *ref;    // the reference prompts (for mlp_means_under_heads)
+    int naive;                   // 1: every row and reference run from the embedding (no base runs; the oracle)
 } ps_search_opts;
 
 typedef struct {

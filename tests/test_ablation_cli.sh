@@ -55,6 +55,19 @@ else
     echo "note: no h5py for $py; the file's values are checked by test_ablation_run instead"
 fi
 
+# --- the naive engine (every row from the embedding) gives the same numbers ---------------------------
+if "$bin" run "$cfg" -o "$tmp/naive.h5" --naive --quiet 2>"$tmp/err" && $py -c 'import h5py' 2>/dev/null; then
+    $py - "$tmp/abl.h5" "$tmp/naive.h5" <<'EOF' && pass "--naive equals the fast run" || fail "--naive differs from the fast run"
+import sys, h5py, numpy as np
+a, b = h5py.File(sys.argv[1], "r"), h5py.File(sys.argv[2], "r")
+d = max(float(np.nanmax(np.abs(a["results/" + k + "/values"][()] - b["results/" + k + "/values"][()]))) for k in b["results"])
+print(f"fast vs naive: max abs diff {d:.3g} over {len(b['results'])} tables")
+sys.exit(0 if d <= 1e-4 else 1)
+EOF
+elif [ -s "$tmp/err" ]; then
+    fail "--naive run: $(cat "$tmp/err")"
+fi
+
 # --- resume and shards ---------------------------------------------------------------------------
 "$bin" run "$cfg" -o "$tmp/abl.h5" --quiet 2>"$tmp/err"; rc=$?
 [ "$rc" -eq 0 ] && pass "a second run of a finished file ($(head -c 120 "$tmp/err"))" || fail "second run: exit $rc $(cat "$tmp/err")"

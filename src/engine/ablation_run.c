@@ -200,7 +200,10 @@ static int abl_chunk(ps_producer_ctx *cx, ps_product *const *prods, int64_t n_pr
         }
         ps_ablator a = {.m = cx->m, .be = cx->be, .ps = &sub, .metric = cx->metric, .method = (ps_abl_method)ex->abl_with,
                         .means = s->means_ready ? &s->means : NULL, .group_of = groups, .ref = ref_of(cx->ps, p),
-                        .seed = (uint64_t)ex->seed, .draws = s->draws ? draws : NULL, .batch_rows = cx->o->batch_rows};
+                        .seed = (uint64_t)ex->seed, .draws = s->draws ? draws : NULL, .batch_rows = cx->o->batch_rows,
+                        // The chunk's clean runs: a row starts at its first ablation (the unablated metric is then
+                        // only an unembedding); --naive runs every row from the embedding.
+                        .base = cx->o->naive ? NULL : ch->clean};
         if ((rc = ps_ablator_init(&a, s->what, e)) != 0) break;
         // seqcont's MLP means under the kept circuit's head ablation: one circuit, so computed once per run.
         if (ex->mlp_means_under && ex->keep && !s->mlp_means_ready) {
@@ -261,7 +264,7 @@ static int search_once(ps_producer_ctx *cx, ps_product *const *prods, int64_t n_
                         .seed = (uint64_t)ex->seed, .draws = s->draws, .batch_rows = cx->o->batch_rows};
         if ((rc = ps_ablator_init(&a, s->what, e)) != 0) break;
         const ps_search_opts o = {.threshold = ex->threshold, .one_iter = ex->one_pass, .mlp_means_under_heads = ex->mlp_means_under,
-                                  .speculate = ex->speculate, .ref = a.ref};
+                                  .speculate = ex->speculate, .ref = a.ref, .naive = cx->o->naive};
         ps_search_result r;
         ps_table t;
         if ((rc = ps_circuit_search(&a, &o, &r, e)) == 0) {

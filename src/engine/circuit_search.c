@@ -200,7 +200,7 @@ int ps_circuit_search(ps_ablator *a, const ps_search_opts *o, ps_search_result *
     size_t base_bytes = 0;
     for (int64_t i = 0; i < a->ps->n; i++) base_bytes += ps_cache_floats(mc, a->ps->p[i].T, 0) * sizeof(float);
     for (int64_t i = 0; o->mlp_means_under_heads && i < o->ref->n; i++) base_bytes += ps_cache_floats(mc, o->ref->p[i].T, 0) * sizeof(float);
-    if (rc == 0 && base_bytes <= PS_SEARCH_BASE_BUDGET) {
+    if (rc == 0 && !o->naive && base_bytes <= PS_SEARCH_BASE_BUDGET) {
         s.base = calloc((size_t)(a->ps->n ? a->ps->n : 1), sizeof *s.base);
         s.ref_base = o->mlp_means_under_heads ? calloc((size_t)o->ref->n, sizeof *s.ref_base) : NULL;
         if (!s.base || (o->mlp_means_under_heads && !s.ref_base)) rc = ps_fail(e, PS_EXIT_RUNTIME, "out of memory");
