@@ -55,15 +55,20 @@ else
     echo "note: no h5py for $py; the file's values are checked by test_ablation_run instead"
 fi
 
-# --- the naive engine (every row from the embedding) gives the same numbers ---------------------------
-if "$bin" run "$cfg" -o "$tmp/naive.h5" --naive --quiet 2>"$tmp/err" && $py -c 'import h5py' 2>/dev/null; then
-    $py - "$tmp/abl.h5" "$tmp/naive.h5" <<'EOF' && pass "--naive equals the fast run" || fail "--naive differs from the fast run"
+# same_values A.h5 B.h5 TOL: every /results table's values within TOL (NaN where both are NaN)
+same_values() {
+    $py - "$1" "$2" "$3" <<'EOF'
 import sys, h5py, numpy as np
 a, b = h5py.File(sys.argv[1], "r"), h5py.File(sys.argv[2], "r")
 d = max(float(np.nanmax(np.abs(a["results/" + k + "/values"][()] - b["results/" + k + "/values"][()]))) for k in b["results"])
-print(f"fast vs naive: max abs diff {d:.3g} over {len(b['results'])} tables")
-sys.exit(0 if d <= 1e-4 else 1)
+print(f"{sys.argv[1]} vs {sys.argv[2]}: max abs diff {d:.3g} over {len(b['results'])} tables")
+sys.exit(0 if d <= float(sys.argv[3]) else 1)
 EOF
+}
+
+# --- the naive engine (every row from the embedding) gives the same numbers ---------------------------
+if "$bin" run "$cfg" -o "$tmp/naive.h5" --naive --quiet 2>"$tmp/err" && $py -c 'import h5py' 2>/dev/null; then
+    same_values "$tmp/abl.h5" "$tmp/naive.h5" 1e-4 && pass "--naive equals the fast run" || fail "--naive differs from the fast run"
 elif [ -s "$tmp/err" ]; then
     fail "--naive run: $(cat "$tmp/err")"
 fi
@@ -88,13 +93,8 @@ ok=1
 for i in 0 1; do "$bin" run "$tmp/shardable.json" -o "$tmp/s$i.h5" --shard $i/2 --quiet 2>"$tmp/err" || { ok=0; fail "shard $i: $(cat "$tmp/err")"; }; done
 if [ $ok = 1 ] && "$bin" merge "$tmp/merged.h5" "$tmp/s0.h5" "$tmp/s1.h5" 2>"$tmp/err" && "$bin" run "$tmp/shardable.json" -o "$tmp/one.h5" --quiet 2>/dev/null; then
     if $py -c 'import h5py' 2>/dev/null; then
-        $py - "$tmp/merged.h5" "$tmp/one.h5" <<'EOF' && pass "two shards merged = one run (resample draws and template means per prompt)" || fail "shards differ from one run"
-import sys, h5py, numpy as np
-a, b = h5py.File(sys.argv[1], "r"), h5py.File(sys.argv[2], "r")
-d = max(float(np.max(np.abs(a["results/" + k + "/values"][()] - b["results/" + k + "/values"][()]))) for k in b["results"])
-print(f"merged vs single run: max abs diff {d:.3g}")
-sys.exit(0 if d <= 1e-5 else 1)
-EOF
+        same_values "$tmp/merged.h5" "$tmp/one.h5" 1e-5 && pass "two shards merged = one run (resample draws and template means per prompt)" \
+            || fail "shards differ from one run"
     else pass "two shards merged"; fi
 else
     fail "merge: $(cat "$tmp/err")"
