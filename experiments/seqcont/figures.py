@@ -124,8 +124,10 @@ def fig_attention(f, out, top_heads):
     plt.close(fig)
 
 
-def fig_ov(f, out, vb):
-    g = f["results/ov_digits"]
+def fig_ov(f, out, vb, name="ov_digits", fname="ov_scores.png", head=None):
+    """Copy and next scores per head of the ov_scores table `name`, and the top tokens of `head` (layer, head;
+    default: the best "next" head)."""
+    g = f["results/" + name]
     v = g["values"][:]                                    # (layer, head, token, quantity)
     tl, ql = labels(g, "token"), labels(g, "quantity")
     lay, hd = list(g["layer"][:]), list(g["head"][:])
@@ -143,14 +145,15 @@ def fig_ov(f, out, vb):
         ax.set_ylabel("layer")
         ax.set_title(f"OV {name.split('_')[0]} score (% top-{int(g.attrs['top_k'])})")
     fig.colorbar(im, ax=axes[:2].tolist())
-    best = np.unravel_index(np.nanargmax(v[:, :, sc, ql.index("next_hit")]), v.shape[:2])
+    best = np.unravel_index(np.nanargmax(v[:, :, sc, ql.index("next_hit")]), v.shape[:2]) if head is None \
+        else (lay.index(head[0]), hd.index(head[1]))
     tops = [i for i, n in enumerate(ql) if n.startswith("top")]
     cells = [[tl[t]] + [vb.get(int(v[best][t, k]), str(int(v[best][t, k]))) for k in tops] for t in range(sc)]
     axes[2].axis("off")
     tab = axes[2].table(cellText=[[q(c) for c in r] for r in cells], colLabels=["input"] + [ql[k] for k in tops], loc="center")
     tab.scale(1, 1.2)
     axes[2].set_title(f"L{lay[best[0]]}H{hd[best[1]]}: top tokens of its OV circuit")
-    fig.savefig(os.path.join(out, "ov_scores.png"), dpi=120, bbox_inches="tight")
+    fig.savefig(os.path.join(out, fname), dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 
