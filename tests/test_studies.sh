@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# The studies of experiments/one_is_1/ and experiments/ioi/: each config on a few prompts of the demo model, then
+# its figure script; asserts the figures and tables exist and a few numeric facts of the stored tables.
+set -u
+bin=${PS_BIN:?PS_BIN must point at the patchsweep binary}
+src=${PS_SRC:?}
+shared=${PS_SHARED:-$src/../shared/data}
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+fails=0
+fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
+pass() { echo "ok: $*"; }
+py=python3
+[ -x /usr/bin/python3 ] && py=/usr/bin/python3
+if ! $py -c 'import h5py, numpy, matplotlib' 2>/dev/null; then echo "studies: skipped (no h5py/numpy/matplotlib)"; exit 77; fi
+
+# small CONFIG OUT: the study config with absolute paths and its dataset cut to 8 prompts
+small() {
+    $py - "$1" "$2" "$shared" <<'PY'
+import json, os, sys
+cfg_path, out, shared = sys.argv[1:]
+d = os.path.dirname(os.path.abspath(cfg_path))
+c = json.load(open(cfg_path))
+c["model"] = os.path.normpath(os.path.join(d, c["model"]))
+ds = c["dataset"]
+fix = lambda p: os.path.join(shared, p.split("shared/data/", 1)[1]) if "shared/data/" in p else os.path.join(d, p)
+ds["path"] = fix(ds["path"])
+if "corrupted" in ds:
+    ds["corrupted"]["path"] = fix(ds["corrupted"]["path"])
+ds["limit"] = 8
+json.dump(c, open(out, "w"))
+PY
+}
+
+# --- One is 1 ---------------------------------------------------------------------------------------
+if [ -f "$shared/seqcont/data/numerals/numerals_prompts_done.jsonl" ]; then
+    small "$src/experiments/one_is_1/numerals.json" "$tmp/one.json"
+    if "$bin" run "$tmp/one.json" -o "$tmp/one.h5" --quiet 2>"$tmp/err"; then pass "one_is_1: run"; else fail "one_is_1 run: $(cat "$tmp/err")"; fi
+    if $py "$src/experiments/one_is_1/figures.py" "$tmp/one.h5" -o "$tmp/one" >"$tmp/one.out" 2>&1; then
+        n=$(ls "$tmp/one"/*.png 2>/dev/null | wc -l)
+        [ "$n" -eq 8 ] && [ -s "$tmp/one/table1_heads.txt" ] && pass "one_is_1: 8 figures and Table 1" || fail "one_is_1: $n figures, want 8: $(ls "$tmp/one")"
+    else fail "one_is_1 figures.py: $(cat "$tmp/one.out")"; fi
+    $py - "$tmp/one.h5" "$tmp/one/table1_heads.txt" <<'PY' && pass "one_is_1: DLA parts sum to the logit difference; Table 1 ranks every head; scatter inputs" || fail "one_is_1 facts"
+import sys, h5py, numpy as np
+f = h5py.File(sys.argv[1], "r")
+d = f["results/dla"]
+comp = [c.decode() for c in d["component_label"][:]]
+var = [v.decode() for v in d["variant_label"][:]]
+parts = [i for i, c in enumerate(comp) if c in ("embed", "pos_embed", "final_bias") or c.endswith(("_attn_out", "_mlp_out"))]
+total = d["values"][:, var.index("exact")][:, parts].sum(axis=1)
+err = np.max(np.abs(total - f["baseline/clean_metric"][:]))
+assert err < 1e-3, err
+rows = [l for l in open(sys.argv[2]).read().splitlines()[2:] if l.strip()]
+g = f["results/heads"]
+assert len(rows) == g["mean"].size, (len(rows), g["mean"].shape)
+scores = [float(r.split()[2]) for r in rows]
+assert scores == sorted(scores, reverse=True) and abs(scores[0] - np.nanmax(g["mean_normalized"][:])) < 1e-4
+a = f["results/attention"]["values"][:]
+assert np.nanmin(a) >= 0 and np.allclose(np.nansum(a, axis=-1)[..., :8], 1, atol=1e-4)
+print(f"  DLA sum error {err:.2e}, {len(rows)} heads ranked")
+PY
+elif [ "${CI:-}" = "true" ]; then fail "shared seqcont data missing with CI=true"
+else echo "skip: one_is_1 (no $shared/seqcont)"; fi
+
+# --- IOI ---------------------------------------------------------------------------------------------
+small "$src/experiments/ioi/demo.json" "$tmp/ioi.json"
+if "$bin" run "$tmp/ioi.json" -o "$tmp/ioi.h5" --quiet 2>"$tmp/err"; then pass "ioi: run"; else fail "ioi run: $(cat "$tmp/err")"; fi
+if $py "$src/experiments/ioi/figures.py" "$tmp/ioi.h5" -o "$tmp/ioi" >"$tmp/ioi.out" 2>&1; then
+    n=$(ls "$tmp/ioi"/*.png 2>/dev/null | wc -l)
+    [ "$n" -eq 9 ] && pass "ioi: 9 figures" || fail "ioi: $n figures, want 9: $(ls "$tmp/ioi")"
+else fail "ioi figures.py: $(cat "$tmp/ioi.out")"; fi
+$py - "$tmp/ioi.h5" <<'PY' && pass "ioi: 8 prompts; path patching tables per sender head; the roles IO, S1, S2 found" || fail "ioi facts"
+import importlib.util, os, sys, h5py, numpy as np
+spec = importlib.util.spec_from_file_location("ioi_figures", os.path.join(os.environ["PS_SRC"], "experiments/ioi/figures.py"))
+ioi = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(ioi)   # its own import of the seqcont readers ("figures") stays distinct
+roles = ioi.roles
+f = h5py.File(sys.argv[1], "r")
+assert f["prompts/length"].shape == (8,)
+for n in ("path_resid", "path_nm_q", "path_sinh_q", "path_sinh_v"):
+    m = f["results/" + n]["mean_normalized"]
+    assert m.dims[0].label == "layer" and m.dims[-1].label == "head" and np.all(np.isfinite(m[:])), n
+# senders lie below the last receiver's layer (ARENA): S-inhibition receivers in layer 1 leave layer 0 only
+assert list(f["results/path_sinh_v/layer"][:]) == [0]
+for i in range(8):
+    r = roles(f, i)
+    assert r["S1"] < r["S2"] and r["IO"] != r["S1"], r
+PY
+
+if [ "$fails" -ne 0 ]; then echo "studies: $fails failure(s)"; exit 1; fi
+echo "studies: all passed"
