@@ -1,17 +1,8 @@
 #!/usr/bin/env bash
 # The studies of experiments/one_is_1/ and experiments/ioi/: each config on a few prompts of the demo model, then
 # its figure script; asserts the figures and tables exist and a few numeric facts of the stored tables.
-set -u
-bin=${PS_BIN:?PS_BIN must point at the patchsweep binary}
-src=${PS_SRC:?}
+. "$(dirname "$0")/bin_env.sh"
 shared=${PS_SHARED:-$src/../shared/data}
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-fails=0
-fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
-pass() { echo "ok: $*"; }
-py=python3
-[ -x /usr/bin/python3 ] && py=/usr/bin/python3
 if ! $py -c 'import h5py, numpy, matplotlib' 2>/dev/null; then echo "studies: skipped (no h5py/numpy/matplotlib)"; exit 77; fi
 
 # small CONFIG OUT: the study config with absolute paths and its dataset cut to 8 prompts
