@@ -28,9 +28,10 @@ int64_t ps_dla_n_components(const ps_model_config *mc, int neurons);
 char **ps_dla_labels(const ps_model_config *mc, int neurons);
 void ps_labels_free(char **labels, int64_t n);
 // A table of kind "dla" for n_rows prompts (values NaN until filled).
-int ps_dla_table_init(ps_table *t, const char *name, const ps_model_config *mc, int64_t n_rows, int neurons, ps_error *e);
+int ps_dla_table_init(ps_table *t, const char *name, const ps_model_config *mc, int64_t n_rows, int neurons, int answer_only,
+                      ps_error *e);
 // One prompt: c is its run (resid, attn_out, mlp_out, z, mlp_post and lnf_scale are read), pos the metric
-// position. out: (2, K) as in the table. Streamed models are fine (layers are fetched with ps_model_layer).
+// position; wrong = -1 decomposes the answer's logit alone (kind dla's "answer_only"). out: (2, K) as in the table. Streamed models are fine (layers are fetched with ps_model_layer).
 int ps_dla_prompt(const ps_model *m, const ps_cache *c, int64_t pos, int32_t answer, int32_t wrong, int neurons, float *out,
                   ps_error *e);
 

@@ -39,7 +39,8 @@
 //         the clean run with the senders from the corrupted one, ARENA's IOI vs ABC).
 //   Analyses (kind "dla", "logit_lens" or "attention", ps_analysis.h) take no site/by/direction/neurons; they
 //   read the baseline run named by "run": "clean" (default) or "corrupted", at the metric position (dla,
-//   logit_lens: "top_k", default 5; dla: "per_neuron": false) or at "positions" as queries over "layers" x
+//   logit_lens: "top_k", default 5; dla: "per_neuron": false, "answer_only": false:
+//   the answer's logit alone, e.g. a head's output on the answer's unembedding) or at "positions" as queries over "layers" x
 //   "heads" (attention; absent = all). ov_scores (weights and first-layer residuals, one row for the run):
 //   "tokens": ["Monday", ...] (required; each one token as the tokenizer reads it), "layers", "heads",
 //   "top_k" (default 5), "negative": false, "input": "isolated" (default) | "prompts".
@@ -175,6 +176,7 @@ typedef struct {
     int run_corrupted;    // "run": "clean" (0, default) | "corrupted"
     int64_t top_k;        // logit_lens: top tokens stored per stage (default 5, 0..1000)
     int per_neuron;       // dla: also every neuron (default false)
+    int answer_only;      // dla: decompose the answer's logit alone, not answer - wrong (default false)
     char **tokens; int64_t n_tokens; // ov_scores: the member tokens in order (owned), each one token
     int negative;         // ov_scores: -W_O (negative copying heads)
     int ov_prompts;       // ov_scores "input": "isolated" (0, default: each member after the BOS) | "prompts" (every

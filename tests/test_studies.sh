@@ -31,7 +31,7 @@ if [ -f "$shared/seqcont/data/numerals/numerals_prompts_done.jsonl" ]; then
         n=$(ls "$tmp/one"/*.png 2>/dev/null | wc -l)
         [ "$n" -eq 8 ] && [ -s "$tmp/one/table1_heads.txt" ] && pass "one_is_1: 8 figures and Table 1" || fail "one_is_1: $n figures, want 8: $(ls "$tmp/one")"
     else fail "one_is_1 figures.py: $(cat "$tmp/one.out")"; fi
-    $py - "$tmp/one.h5" "$tmp/one/table1_heads.txt" <<'PY' && pass "one_is_1: DLA parts sum to the logit difference; Table 1 ranks every head; scatter inputs" || fail "one_is_1 facts"
+    $py - "$tmp/one.h5" "$tmp/one/table1_heads.txt" <<'PY' && pass "one_is_1: DLA parts sum to the logit difference (answer_only: to the answer logit); Table 1 ranks every head; scatter inputs" || fail "one_is_1 facts"
 import sys, h5py, numpy as np
 f = h5py.File(sys.argv[1], "r")
 d = f["results/dla"]
@@ -41,6 +41,11 @@ parts = [i for i, c in enumerate(comp) if c in ("embed", "pos_embed", "final_bia
 total = d["values"][:, var.index("exact")][:, parts].sum(axis=1)
 err = np.max(np.abs(total - f["baseline/clean_metric"][:]))
 assert err < 1e-3, err
+# answer_only: the same parts of the answer's logit alone sum to the clean run's answer logit
+d = f["results/dla_answer"]
+assert d.attrs["target"] in (b"answer", "answer")
+err_a = np.max(np.abs(d["values"][:, var.index("exact")][:, parts].sum(axis=1) - f["baseline/clean_answer_logit"][:]))
+assert err_a < 1e-3, err_a
 rows = [l for l in open(sys.argv[2]).read().splitlines()[2:] if l.strip()]
 g = f["results/heads"]
 assert len(rows) == g["mean"].size, (len(rows), g["mean"].shape)

@@ -6,8 +6,8 @@ patchsweep results file written by experiments/one_is_1/numerals.json (or its nu
   table1_heads.txt                Table 1: heads ranked by mean normalized z patching (also printed)
   attention.png                   Figures 2, 9-11: the attention patterns of the named heads on prompt 0
   scatter.png                     Figure 3: per prompt, a head's attention from the last token to the previous
-                                  number vs its direct logit attribution (its output on the answer-minus-wrong
-                                  unembedding, through the final norm: the dla table's exact per-head part)
+                                  number vs its output on the answer's unembedding through the final norm
+                                  (dla_answer's exact per-head part; without it, dla's: answer - wrong)
   ov_<set>.png                    Figures 4-5: OV copy/next scores per head and a head's top-5 tokens
   neurons.png                     Figure 7: patching each neuron's mlp_post, mean normalized recovery
 
@@ -72,8 +72,10 @@ def fig_attention(f, out, heads):
 
 
 def scatter_data(f, head):
-    """Per prompt: attention from the last token to the previous number, and the head's exact DLA."""
-    a, d = f["results/attention"], f["results/dla"]
+    """Per prompt: attention from the last token to the previous number, and the head's exact DLA (of the answer's
+    logit alone when the file has dla_answer, else of the logit difference)."""
+    a = f["results/attention"]
+    d = f["results/dla_answer" if "dla_answer" in f["results"] else "dla"]
     lay, hd, qs = list(a["layer"][:]), list(a["head"][:]), list(a["query"][:])
     comp, var = labels(d, "component"), labels(d, "variant")
     l, h = head
@@ -90,7 +92,8 @@ def fig_scatter(f, out, head):
     fig, ax = plt.subplots(figsize=(5, 4))
     ax.scatter(x, y, s=14)
     ax.set_xlabel(f"attention of {head[0]}.{head[1]} from the last token to the previous number")
-    ax.set_ylabel(f"{head[0]}.{head[1]} output on W_U[answer] - W_U[wrong] (DLA, exact)")
+    target = "W_U[answer]" if "dla_answer" in f["results"] else "W_U[answer] - W_U[wrong]"
+    ax.set_ylabel(f"{head[0]}.{head[1]} output on {target} (DLA, exact)")
     ax.set_title(f"Writing direction of head {head[0]}.{head[1]} ({len(x)} prompts, r = {r:.2f})")
     fig.tight_layout()
     fig.savefig(os.path.join(out, "scatter.png"), dpi=120)

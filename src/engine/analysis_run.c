@@ -36,12 +36,14 @@ static int metric_chunk(ps_producer_ctx *cx, ps_product *const *items, int64_t n
 }
 
 static int dla_init(const ps_model_config *mc, const ps_prompt_set *ps, ps_product *p, ps_error *e) {
-    if (ps_dla_table_init(p->t, p->ex->name, mc, ps->n, p->ex->per_neuron, e) != 0) return -1;
+    if (ps_dla_table_init(p->t, p->ex->name, mc, ps->n, p->ex->per_neuron, p->ex->answer_only, e) != 0) return -1;
     return note_run(p, e);
 }
 
 static int dla_row(const ps_model *m, const ps_cache *c, const ps_prompt *pr, const ps_experiment *ex, float *row, ps_error *e) {
-    return ps_dla_prompt(m, c, pr->score_pos, pr->answer_id, pr->wrong_id, ex->per_neuron, row, e);
+    if (!ex->answer_only && pr->wrong_id < 0)
+        return ps_fail(e, PS_EXIT_BADINPUT, "dla %s: a prompt has no wrong answer (\"answer_only\": true decomposes the answer's logit)", ex->name);
+    return ps_dla_prompt(m, c, pr->score_pos, pr->answer_id, ex->answer_only ? -1 : pr->wrong_id, ex->per_neuron, row, e);
 }
 
 static int dla_chunk(ps_producer_ctx *cx, ps_product *const *items, int64_t n, const ps_chunk *ch, ps_error *e) {

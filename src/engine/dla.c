@@ -52,7 +52,8 @@ oom:
     return NULL;
 }
 
-int ps_dla_table_init(ps_table *t, const char *name, const ps_model_config *mc, int64_t n_rows, int neurons, ps_error *e) {
+int ps_dla_table_init(ps_table *t, const char *name, const ps_model_config *mc, int64_t n_rows, int neurons, int answer_only,
+                      ps_error *e) {
     int64_t K = ps_dla_n_components(mc, neurons);
     char **lab = ps_dla_labels(mc, neurons);
     int64_t *val = malloc((size_t)K * sizeof *val);
@@ -70,7 +71,9 @@ int ps_dla_table_init(ps_table *t, const char *name, const ps_model_config *mc, 
     ps_labels_free(lab, K);
     free(val);
     if (rc == 0 && (ps_table_attr_str(t, "tl", "TransformerLens logit_attrs: centred (LayerNorm), / cached final-norm scale, no norm weight", e) ||
-                    ps_table_attr_str(t, "exact", "with the final norm's weight at its cached scale; parts + final_bias = logit diff", e) ||
+                    ps_table_attr_str(t, "exact", answer_only ? "with the final norm's weight at its cached scale; parts + final_bias = the answer's logit"
+                                                        : "with the final norm's weight at its cached scale; parts + final_bias = logit diff", e) ||
+                    ps_table_attr_str(t, "target", answer_only ? "answer" : "answer - wrong", e) ||
                     ps_table_attr_i64(t, "neurons", neurons, e))) {
         ps_table_free(t);
         return -1;
@@ -96,7 +99,7 @@ int ps_dla_prompt(const ps_model *m, const ps_cache *c, int64_t pos, int32_t ans
     const int64_t T = c->T, K = ps_dla_n_components(mc, neurons);
     const int bias = has_biases(mc);
     if (pos < 0 || pos >= T) return ps_fail(e, PS_EXIT_BADINPUT, "dla: position %lld outside the prompt's %lld tokens", (long long)pos, (long long)T);
-    if (answer < 0 || answer >= V || wrong < 0 || wrong >= V)
+    if (answer < 0 || answer >= V || wrong < -1 || wrong >= V)
         return ps_fail(e, PS_EXIT_BADINPUT, "dla: answer %d or wrong %d outside the vocabulary (%lld)", answer, wrong, (long long)V);
     if (!c->z || !c->attn_out || !c->mlp_out || !c->lnf_scale || (neurons && !c->mlp_post))
         return ps_fail(e, PS_EXIT_RUNTIME, "dla: the cache lacks an array it reads");
@@ -105,12 +108,12 @@ int ps_dla_prompt(const ps_model *m, const ps_cache *c, int64_t pos, int32_t ans
     if (!u) return ps_fail(e, PS_EXIT_RUNTIME, "dla: out of memory");
     double *g = u + 2 * C;
     // u[v] (C): the direction a residual vector is dotted with in variant v, the final norm folded in.
-    const float *wa = m->w.w_u + (int64_t)answer * C, *ww = m->w.w_u + (int64_t)wrong * C;
+    const float *wa = m->w.w_u + (int64_t)answer * C, *ww = wrong >= 0 ? m->w.w_u + (int64_t)wrong * C : NULL;   // NULL: answer alone
     const double s = c->lnf_scale[pos];
     for (int v = 0; v < 2; v++) {
         double *uv = u + v * C, mean = 0;
         for (int64_t i = 0; i < C; i++) {
-            uv[i] = (double)wa[i] - ww[i];
+            uv[i] = (double)wa[i] - (ww ? ww[i] : 0.0f);
             if (v == 1) uv[i] *= m->w.lnf_w[i];
             mean += uv[i];
         }
@@ -151,9 +154,9 @@ int ps_dla_prompt(const ps_model *m, const ps_cache *c, int64_t pos, int32_t ans
             }
         }
         if (v == 1) {
-            double fb = m->w.b_u ? (double)m->w.b_u[answer] - m->w.b_u[wrong] : 0.0;   // b_u: NULL for Llama
+            double fb = m->w.b_u ? (double)m->w.b_u[answer] - (wrong >= 0 ? m->w.b_u[wrong] : 0.0f) : 0.0;   // b_u: NULL for Llama
             if (m->w.lnf_b)
-                for (int64_t i = 0; i < C; i++) fb += (double)m->w.lnf_b[i] * ((double)wa[i] - ww[i]);
+                for (int64_t i = 0; i < C; i++) fb += (double)m->w.lnf_b[i] * ((double)wa[i] - (ww ? ww[i] : 0.0f));
             o[k_fb] = (float)fb;
         }
     }

@@ -464,7 +464,7 @@ static int load_path_patch(ps_cfg_ctx *x, const cJSON *obj, const char *p, ps_ex
 // Keys of the analyses (dla, logit_lens, attention, ov_scores, head_scores) and edge_attribution: each kind its own.
 static int load_analysis(ps_cfg_ctx *x, const cJSON *obj, const char *p, ps_experiment *ex) {
     static const char *const keys[] = {"name", "kind", "site", "by", "direction", "neurons", "layers", "heads", "positions",
-                                       "run", "top_k", "per_neuron", "tokens", "negative", "input", "method", "steps"};
+                                       "run", "top_k", "per_neuron", "answer_only", "tokens", "negative", "input", "method", "steps"};
     if (ps_cfg_check_keys(x, obj, p, keys, COUNT(keys))) return -1;
     char kp[PATH_MAX_LEN];
     ex->top_k = ex->steps = 5;
@@ -473,7 +473,7 @@ static int load_analysis(ps_cfg_ctx *x, const cJSON *obj, const char *p, ps_expe
     const struct { const char *key, *kinds; int ok; } own[] = {   // each key and the kinds that take it
         {"site", "patch_sweep", 0}, {"by", "patch_sweep", 0}, {"direction", "patch_sweep", 0}, {"neurons", "patch_sweep", 0},
         {"layers", "attention or ov_scores", is_att || is_ov}, {"heads", "attention or ov_scores", is_att || is_ov},
-        {"positions", "attention", is_att}, {"top_k", "logit_lens or ov_scores", is_lens || is_ov}, {"per_neuron", "dla", is_dla},
+        {"positions", "attention", is_att}, {"top_k", "logit_lens or ov_scores", is_lens || is_ov}, {"per_neuron", "dla", is_dla}, {"answer_only", "dla", is_dla},
         {"tokens", "ov_scores", is_ov}, {"negative", "ov_scores", is_ov}, {"input", "ov_scores", is_ov}, {"run", "dla, logit_lens or attention", is_att || is_lens || is_dla},
         {"method", "edge_attribution", is_edge}, {"steps", "edge_attribution", is_edge}};
     for (size_t k = 0; k < COUNT(own); k++)
@@ -499,6 +499,7 @@ static int load_analysis(ps_cfg_ctx *x, const cJSON *obj, const char *p, ps_expe
     int method = PS_EDGE_EAP;
     if (ps_cfg_get_enum(x, obj, "run", p, runs, 2, &ex->run_corrupted) || ps_cfg_get_enum(x, obj, "input", p, inputs, 2, &ex->ov_prompts) ||
         ps_cfg_get_int(x, obj, "top_k", p, 0, 1000, &ex->top_k) || ps_cfg_get_bool(x, obj, "per_neuron", p, &ex->per_neuron) ||
+        ps_cfg_get_bool(x, obj, "answer_only", p, &ex->answer_only) ||
         ps_cfg_get_bool(x, obj, "negative", p, &ex->negative) || ps_cfg_get_enum(x, obj, "method", p, methods, 3, &method) ||
         ps_cfg_get_int(x, obj, "steps", p, 1, PS_MAX_IG_STEPS, &ex->steps) ||
         ps_cfg_get_list(x, obj, "layers", p, 0, &ex->layers, &ex->n_layers, &no_roles) ||
