@@ -19,6 +19,9 @@ ds["path"] = fix(ds["path"])
 if "corrupted" in ds:
     ds["corrupted"]["path"] = fix(ds["corrupted"]["path"])
 ds["limit"] = 8
+for ex in c["experiments"]:            # the ablations' reference prompts (the means), 8 as well
+    if "reference" in ex:
+        ex["reference"]["path"], ex["reference"]["limit"] = fix(ex["reference"]["path"]), 8
 json.dump(c, open(out, "w"))
 PY
 }
@@ -31,7 +34,7 @@ if [ -f "$shared/seqcont/data/numerals/numerals_prompts_done.jsonl" ]; then
         n=$(ls "$tmp/one"/*.png 2>/dev/null | wc -l)
         [ "$n" -eq 8 ] && [ -s "$tmp/one/table1_heads.txt" ] && pass "one_is_1: 8 figures and Table 1" || fail "one_is_1: $n figures, want 8: $(ls "$tmp/one")"
     else fail "one_is_1 figures.py: $(cat "$tmp/one.out")"; fi
-    $py - "$tmp/one.h5" "$tmp/one/table1_heads.txt" <<'PY' && pass "one_is_1: DLA parts sum to the logit difference (answer_only: to the answer logit); Table 1 ranks every head; scatter inputs" || fail "one_is_1 facts"
+    $py - "$tmp/one.h5" "$tmp/one/table1_heads.txt" "$tmp/one/table2_circuits.txt" <<'PY' && pass "one_is_1: DLA parts sum to the logit difference (answer_only: to the answer logit); Table 1 ranks every head; scatter inputs; Tables 2a/2b" || fail "one_is_1 facts"
 import sys, h5py, numpy as np
 f = h5py.File(sys.argv[1], "r")
 d = f["results/dla"]
@@ -53,6 +56,11 @@ scores = [float(r.split()[2]) for r in rows]
 assert scores == sorted(scores, reverse=True) and abs(scores[0] - np.nanmax(g["mean_normalized"][:])) < 1e-4
 a = f["results/attention"]["values"][:]
 assert np.nanmin(a) >= 0 and np.allclose(np.nansum(a, axis=-1)[..., :8], 1, atol=1e-4)
+# Tables 2a/2b: the search's circuit and score, then every component of ablate_each scored
+t2 = open(sys.argv[3]).read().splitlines()
+assert t2[0].startswith("Table 2a") and "circuit:" in t2[1] and abs(float(t2[2].split()[1]) - f["results/circuit"].attrs["final_score"]) < 0.01
+k = [i for i, l in enumerate(t2) if l.startswith("Table 2b")][0]
+assert len(t2) - k - 2 == f["results/ablate_each/mean"].shape[0], t2
 print(f"  DLA sum error {err:.2e}, {len(rows)} heads ranked")
 PY
 elif [ "${CI:-}" = "true" ]; then fail "shared seqcont data missing with CI=true"

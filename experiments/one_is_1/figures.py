@@ -10,6 +10,8 @@ patchsweep results file written by experiments/one_is_1/numerals.json (or its nu
                                   (dla_answer's exact per-head part; without it, dla's: answer - wrong)
   ov_<set>.png                    Figures 4-5: OV copy/next scores per head and a head's top-5 tokens
   neurons.png                     Figure 7: patching each neuron's mlp_post, mean normalized recovery
+  table2_circuits.txt             Tables 2a/2b: the mean-ablation circuit and its score, each component's
+                                  score when mean-ablated alone (also printed)
 
 Usage: python3 experiments/one_is_1/figures.py RESULTS.h5 [-o OUTDIR] [--heads 9.1,6.1] [--scatter-head 9.1]
 Without --heads the four heads first in Table 1 are drawn; without --scatter-head, the head that attends most
@@ -118,6 +120,31 @@ def fig_neurons(f, out):
     plt.close(fig)
 
 
+def tables2(f, out):
+    """Tables 2a/2b: every circuit_search table's circuit and score, and every ablation table's cells scored as
+    seqcont does (100 x mean metric with the cell mean-ablated / mean clean metric), best kept first."""
+    clean = float(np.nanmean(f["baseline/clean_metric"][:]))
+    a, b = [], []
+    for n in f["results"]:
+        g = f["results/" + n]
+        kind = s(g.attrs.get("kind", ""))
+        if kind == "circuit_search":
+            a += [f"Table 2a ({n}): circuit found by {s(g.attrs['method'])}-ablation pruning, "
+                     f"threshold {float(g.attrs['threshold']):g}", f"  circuit: {s(g.attrs['circuit'])}",
+                     f"  score:   {float(g.attrs['final_score']):.2f}"]
+        elif kind == "ablation":
+            cells = labels(g, "component")
+            sc = 100 * g["mean"][:] / clean
+            b += [f"Table 2b ({n}): circuit score with each cell {s(g.attrs['method'])}-ablated "
+                     f"({g['values'].shape[0]} prompts)", f"  {'cell':>12}  {'score':>7}"]
+            b += [f"  {cells[i]:>12}  {sc[i]:7.2f}" for i in np.argsort(sc)]
+    text = a + b
+    if text:
+        open(os.path.join(out, "table2_circuits.txt"), "w").write("\n".join(text) + "\n")
+        print("\n".join(text))
+    return text
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("results")
@@ -147,7 +174,7 @@ def main():
         for name in (n for n in f["results"] if f["results"][n].attrs.get("kind") in (b"ov_scores", "ov_scores")):
             fig_ov(f, a.out, vb, name=name, fname=name + ".png", head=sh)
         fig_neurons(f, a.out)
-        print("Tables 2a/2b (mean-ablation circuit scores) wait for the ablation kind")
+        tables2(f, a.out)
     print(f"figures.py: wrote the figures and table1_heads.txt under {a.out}")
 
 
