@@ -61,7 +61,7 @@ typedef struct {
     const float *w_q, *w_k, *w_v, *w_o, *w_in, *w_up, *w_out;
 } ps_layer_weights;
 
-typedef struct ps_weight_stream ps_weight_stream; // opaque (model.c): mapped checkpoint + one layer's buffer
+typedef struct ps_weight_stream ps_weight_stream; // opaque (model.c): mapped checkpoint + converted layers (owned)
 
 typedef struct {
     ps_model_config cfg;
@@ -91,9 +91,26 @@ int ps_model_load(ps_model *m, const char *dir, ps_error *e);
 typedef enum { PS_WEIGHTS_AUTO = 0, PS_WEIGHTS_RESIDENT = 1, PS_WEIGHTS_STREAMED = 2 } ps_weights_mode;
 int ps_model_load_mode(ps_model *m, const char *dir, ps_weights_mode mode, ps_error *e);
 
-// Layer l's matrices. Streamed models convert the layer on demand into the model's one layer buffer, so the
-// views stay valid until the next call for another layer (the forward asks for layers in order).
+// Layer l's matrices. Streamed models convert a layer when it is first asked for and keep the fp32 copy
+// while the weights cache's byte budget allows (then later calls for it, e.g. the baselines' one call per
+// prompt, convert nothing); a layer that does not fit goes to one scratch buffer. The views stay valid until
+// the next call for another layer (the forward asks for layers in order). Conversion is exact, so a kept
+// layer and a reconverted one hold the same bits. Not safe to call from two threads at once.
 int ps_model_layer(const ps_model *m, int64_t l, ps_layer_weights *lw, ps_error *e);
+
+// The byte budget for kept converted layers (streamed models; nothing for resident ones). Default: half the
+// RAM less the resident fp32 weights. Drops the layers kept so far (the caller holds no views across it).
+void ps_model_set_weights_cache(ps_model *m, size_t bytes);
+
+// What streaming costs: filled, and 1 returned, for a streamed model; zeroed, and 0, for a resident one.
+typedef struct {
+    size_t layer_bytes;          // fp32 bytes of one converted layer (its matrices)
+    size_t file_bytes_per_layer; // the same matrices in the checkpoint's dtype
+    size_t budget, kept_bytes;   // the weights cache's budget and what the kept layers take now
+    int64_t layers_kept;         // layers the budget keeps (of n_layers)
+    int64_t conversions, hits;   // layer conversions so far, and calls served without converting
+} ps_stream_info;
+int ps_model_stream_info(const ps_model *m, ps_stream_info *info);
 void ps_model_free(ps_model *m);
 
 // "GPT-2", "Llama", "GPT-NeoX": the family as the plan, the logs and the results file name it.

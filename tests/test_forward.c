@@ -132,6 +132,34 @@ static void test_model(const char *name) {
             tu_close(nm, sc.memory, solo[p].memory, (int64_t)solo[p].n_floats, 0.0f, 0.0f);
             ps_cache_free(&sc);
         }
+        // The weights cache: none kept, one layer kept, all kept. Every prompt's activations stay bitwise the
+        // resident ones, and a layer kept is converted once however many calls use it.
+        ps_stream_info si;
+        TU_CHECK(ps_model_stream_info(&ms, &si) == 1 && si.layer_bytes > 0, "%s: no stream info", name);
+        const int64_t L = ms.cfg.n_layers;
+        const size_t budgets[3] = {0, si.layer_bytes, (size_t)L * si.layer_bytes};
+        const int64_t kept[3] = {0, 1, L};
+        for (int b = 0; b < 3; b++) {
+            ps_model_set_weights_cache(&ms, budgets[b]);
+            ps_model_stream_info(&ms, &si);
+            const int64_t conv0 = si.conversions;
+            for (int p = 0; p < np; p++) {
+                ps_cache sc;
+                ps_cache_init(&sc, &ms.cfg, T[p], PS_CACHE_ALL, &e);
+                ps_row row = {.tokens = tok[p], .T = T[p], .cache = &sc};
+                if (ps_cpu_forward(&ms, &row, 1, &e) != 0) TU_CHECK(0, "%s: streamed forward: %s", name, e.msg);
+                TU_CHECK(memcmp(sc.memory, solo[p].memory, solo[p].n_floats * sizeof(float)) == 0,
+                         "%s p%d: streamed with %lld layers kept differs from resident (bitwise)", name, p, (long long)kept[b]);
+                ps_cache_free(&sc);
+            }
+            ps_model_stream_info(&ms, &si);
+            TU_CHECK(si.layers_kept == kept[b] && (int64_t)(si.kept_bytes / si.layer_bytes) == kept[b],
+                     "%s: budget %zu keeps %lld layers, want %lld", name, budgets[b], (long long)si.layers_kept, (long long)kept[b]);
+            // Layer 0 is the one kept with a one-layer budget; the others convert again on every call.
+            const int64_t want = kept[b] + (int64_t)np * (L - kept[b]);
+            TU_CHECK(si.conversions - conv0 == want, "%s: %lld layers kept: %lld conversions for %d prompts, want %lld", name,
+                     (long long)kept[b], (long long)(si.conversions - conv0), np, (long long)want);
+        }
         ps_model_free(&ms);
     }
     for (int p = 0; p < np; p++) {

@@ -115,10 +115,31 @@ static void restore_done(ps_run_results *rr, const ps_run_results *restored, con
     for (int64_t s = 0; s < rr->n_tables; s++) ps_table_add_counters(&rr->tables[s], &restored->tables[s]);
 }
 
+// The streamed weights' part of the plan: what the cache keeps, and what converting the rest costs each pass,
+// timed on one layer here (the forward converts every layer not kept on each backend call).
+static void print_stream_plan(const ps_model *m, const ps_stream_info *si) {
+    const int64_t L = m->cfg.n_layers;
+    ps_layer_weights lw;
+    ps_error e = {0};
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    const int ok = ps_model_layer(m, L - 1, &lw, &e) == 0;
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    const double per = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
+    printf("  streamed weights   %lld layers x %.1f MiB fp32 (%.1f MiB %s in the file); cache %.0f MiB keeps %lld of %lld layers\n",
+           (long long)L, (double)si->layer_bytes / 1048576.0, (double)si->file_bytes_per_layer / 1048576.0, m->file_dtype,
+           (double)si->budget / 1048576.0, (long long)si->layers_kept, (long long)L);
+    if (ok)
+        printf("                     conversion %.3f s a layer (timed here): %.1f s once for the kept layers + %.1f s every forward call\n"
+               "                     for the %lld others%s\n",
+               per, per * (double)si->layers_kept, per * (double)(L - si->layers_kept), (long long)(L - si->layers_kept),
+               si->layers_kept < L ? " (--weights-cache-mb raises the budget; --weights resident keeps all)" : "");
+}
+
 int ps_cli_run(int argc, char **argv) {
     const char *cfg_path = NULL, *out = NULL;
     int prog = isatty(2), naive = 0, dry = 0, force = 0, shard_i = 0, shard_n = 1;
-    int64_t chunk_prompts = 16, cuda_cache_mb = 0;
+    int64_t chunk_prompts = 16, cuda_cache_mb = 0, weights_cache_mb = -1; // -1: the loader's default
     double progress_every = 60; // seconds between progress lines when stderr is a log, not a terminal
     uint64_t u;
     ps_error ae = {0};
@@ -144,6 +165,10 @@ int ps_cli_run(int argc, char **argv) {
             if (ps_cli_parse_u64(argv[++i], (uint64_t)1 << 30, &u) != 0 || u < 1)
                 return ps_cli_bad_usage("--cuda-cache-mb takes a number of MiB from 1 to 1073741824");
             cuda_cache_mb = (int64_t)u;
+        } else if (!strcmp(argv[i], "--weights-cache-mb") && i + 1 < argc) { // this machine's too: no identity
+            if (ps_cli_parse_u64(argv[++i], (uint64_t)1 << 30, &u) != 0)
+                return ps_cli_bad_usage("--weights-cache-mb takes a number of MiB from 0 (keep none) to 1073741824");
+            weights_cache_mb = (int64_t)u;
         } else if (!strcmp(argv[i], "--weights") && i + 1 < argc) {
             const char *w = argv[++i];
             if (!strcmp(w, "auto")) weights = PS_WEIGHTS_AUTO;
@@ -194,6 +219,7 @@ int ps_cli_run(int argc, char **argv) {
                      cfg.path, cfg.model);
     if (rc == 0 && ps_tokenizer_load(&tok, cfg.tokenizer ? cfg.tokenizer : cfg.model, &e) != 0) rc = -1;
     if (rc == 0 && ps_model_load_mode(&m, cfg.model, weights, &e) != 0) rc = -1;
+    if (rc == 0 && weights_cache_mb >= 0) ps_model_set_weights_cache(&m, (size_t)weights_cache_mb << 20);
     // A dry run plans even where the configured device is absent (the backend stands in with the CPU).
     const ps_backend_opts bo = {.kind = cfg.backend, .precision = cfg.precision, .threads = cfg.threads,
                                 .cuda_cache_mb = cuda_cache_mb, .plan_only = dry};
@@ -321,6 +347,8 @@ int ps_cli_run(int argc, char **argv) {
         printf("  memory             %.1f MiB weights (%s) + %.1f MiB activation caches at once, %s (%lld layers x d_model %lld)\n",
                (double)weights / 1048576.0, ps_precision_name(prec), (double)rr.peak_cache_bytes / 1048576.0, ps_arch_name(m.cfg.arch),
                (long long)m.cfg.n_layers, (long long)m.cfg.d_model);
+        ps_stream_info si;
+        if (be.kind == PS_BACKEND_CPU && ps_model_stream_info(&m, &si)) print_stream_plan(&m, &si);
         if (rate > 0) {
             printf("  estimated time     %.1f s at this machine's measured %.1f GFLOP/s (%s GEMM; attention and overheads not counted)\n",
                    (fl + rr.baseline_flops) * 1e-9 / rate, rate, ps_precision_name(prec));
@@ -357,6 +385,11 @@ int ps_cli_run(int argc, char **argv) {
         fprintf(stderr, "patchsweep: compute %.3f s, %.3f GFLOP (%.2f GFLOP/s), %lld patches run, %lld known without running%s\n",
                 rr.seconds, this_flops * 1e-9, rr.seconds > 0 ? this_flops * 1e-9 / rr.seconds : 0.0, (long long)this_run,
                 (long long)this_skipped, n_done > 0 ? " (this run; the resumed prompts' compute is not counted)" : "");
+        ps_stream_info si;
+        if (be.kind == PS_BACKEND_CPU && ps_model_stream_info(&m, &si))
+            fprintf(stderr, "patchsweep: streamed weights: %lld layer conversions, %lld calls served by kept layers (%lld of %lld kept, %.0f MiB)\n",
+                    (long long)si.conversions, (long long)si.hits, (long long)(si.kept_bytes / si.layer_bytes), (long long)m.cfg.n_layers,
+                    (double)si.kept_bytes / 1048576.0);
     }
     ps_journal_close(jr);
     ps_cli_unlock_output(&lock);

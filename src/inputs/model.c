@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 
 // ---- the tensor-spec table ----
@@ -206,10 +207,14 @@ struct ps_weight_stream {
     tspec specs[MAX_SPECS];
     int n_specs;
     const ps_tensor **found;  // (n_specs, L) file tensor per spec and layer
-    float *buf;               // one layer of every streamed matrix
+    size_t layer_floats;      // one converted layer of every streamed matrix (each on a 64-byte boundary)
+    size_t slot_off[MAX_SPECS]; // each streamed matrix's offset in a layer buffer
+    float **kept;             // (L) converted layers kept for later calls; NULL where not kept
+    size_t budget, kept_bytes; // byte budget of the kept layers, and what they take
+    float *scratch;           // the last converted layer that is not kept (allocated when first needed)
+    int64_t scratch_layer;    // layer now in scratch; -1 none
+    int64_t conversions, hits;
     float *tmp; int64_t tmp_len;
-    int64_t loaded;           // layer now in buf; -1 none
-    float *slot_buf[MAX_SPECS];
     int which[7];             // spec index of w_q, w_k, w_v, w_o, w_in, w_up, w_out; -1 when absent
 };
 
@@ -370,17 +375,18 @@ int ps_model_load_mode(ps_model *m, const char *dir, ps_weights_mode mode, ps_er
         // Keep the mapping, the table and the tensors found; one buffer holds a layer of every streamed matrix.
         ps_weight_stream *ws = calloc(1, sizeof *ws);
         if (!ws) { ps_fail(e, PS_EXIT_RUNTIME, "%s: out of memory", dir); goto out; }
-        size_t per_layer = 0;
-        for (int i = 0; i < n_specs; i++)
-            if (streamable(&specs[i])) per_layer += ((size_t)specs[i].rows * (size_t)specs[i].cols + 15) & ~(size_t)15;
-        ws->buf = aligned_alloc(64, (per_layer ? per_layer : 16) * sizeof(float));
-        if (!ws->buf) { free(ws); ps_fail(e, PS_EXIT_RUNTIME, "%s: out of memory for a layer buffer", dir); goto out; }
-        size_t at = 0;
+        ws->kept = calloc((size_t)(L ? L : 1), sizeof *ws->kept);
+        if (!ws->kept) { free(ws); ps_fail(e, PS_EXIT_RUNTIME, "%s: out of memory", dir); goto out; }
         for (int i = 0; i < n_specs; i++)
             if (streamable(&specs[i])) {
-                ws->slot_buf[i] = ws->buf + at;
-                at += ((size_t)specs[i].rows * (size_t)specs[i].cols + 15) & ~(size_t)15;
+                ws->slot_off[i] = ws->layer_floats;
+                ws->layer_floats += ((size_t)specs[i].rows * (size_t)specs[i].cols + 15) & ~(size_t)15;
             }
+        if (!ws->layer_floats) ws->layer_floats = 16;
+        ws->scratch_layer = -1;
+        // Default: converted layers are kept in what is left of half the RAM after the resident weights.
+        size_t half = physical_ram() / 2, resident = m->n_floats * sizeof(float);
+        ws->budget = half > resident ? half - resident : 0;
         ws->st = st;
         memset(&st, 0, sizeof st);
         memcpy(ws->specs, specs, sizeof specs);
@@ -390,7 +396,6 @@ int ps_model_load_mode(ps_model *m, const char *dir, ps_weights_mode mode, ps_er
         ws->tmp = tmp;
         ws->tmp_len = tmp_len;
         tmp = NULL;
-        ws->loaded = -1;
         float **fields[] = {&m->w.w_q, &m->w.w_k, &m->w.w_v, &m->w.w_o, &m->w.w_in, &m->w.w_up, &m->w.w_out};
         for (int k = 0; k < 7; k++) {
             ws->which[k] = -1;
@@ -427,19 +432,81 @@ int ps_model_layer(const ps_model *m, int64_t l, ps_layer_weights *lw, ps_error 
         lw->w_out = w->w_out + l * M * C;
         return 0;
     }
-    if (ws->loaded != l) {
-        ws->loaded = -1;
-        for (int i = 0; i < ws->n_specs; i++) {
-            const tspec *s = &ws->specs[i];
-            if (!streamable(s)) continue;
-            if (convert(s, ws->found[(size_t)i * (size_t)c->n_layers + (size_t)l], ws->slot_buf[i], ws->tmp, ws->tmp_len, e) != 0)
-                return -1;
+    float *base;
+    if (ws->kept[l]) base = ws->kept[l], ws->hits++;
+    else if (ws->scratch_layer == l) base = ws->scratch, ws->hits++;
+    else {
+        // Keep the layer while the budget allows, else convert it into the scratch buffer. Kept layers are never
+        // evicted: the forward walks the layers in a cycle, which an LRU smaller than the model would miss on
+        // every call, whereas a fixed set of kept layers hits on each of them every pass.
+        const size_t bytes = ws->layer_floats * sizeof(float);
+        float *dst = ws->kept_bytes + bytes <= ws->budget ? aligned_alloc(64, bytes) : NULL;
+        const int keep = dst != NULL; // a refused allocation only means the layer is not kept
+        if (!keep) {
+            if (!ws->scratch && !(ws->scratch = aligned_alloc(64, bytes)))
+                return ps_fail(e, PS_EXIT_RUNTIME, "%s: out of memory for a layer buffer (%.1f MiB)", m->dir, (double)bytes / 1048576.0);
+            dst = ws->scratch;
+            ws->scratch_layer = -1;
         }
-        ws->loaded = l;
+        for (int i = 0; i < ws->n_specs; i++) {
+            if (!streamable(&ws->specs[i])) continue;
+            if (convert(&ws->specs[i], ws->found[(size_t)i * (size_t)c->n_layers + (size_t)l], dst + ws->slot_off[i], ws->tmp,
+                        ws->tmp_len, e) != 0) {
+                if (keep) free(dst);
+                return -1;
+            }
+        }
+        ws->conversions++;
+        if (keep) {
+            ws->kept[l] = dst;
+            ws->kept_bytes += bytes;
+            // The file's pages of a kept layer are not read again: let them leave this process's resident memory.
+            const long pg = sysconf(_SC_PAGE_SIZE);
+            for (int i = 0; pg > 0 && i < ws->n_specs; i++) {
+                if (!streamable(&ws->specs[i])) continue;
+                const ps_tensor *t = ws->found[(size_t)i * (size_t)c->n_layers + (size_t)l];
+                uintptr_t lo = ((uintptr_t)t->data + (uintptr_t)pg - 1) / (uintptr_t)pg * (uintptr_t)pg;
+                uintptr_t hi = ((uintptr_t)t->data + t->nbytes) / (uintptr_t)pg * (uintptr_t)pg;
+                if (hi > lo) madvise((void *)lo, hi - lo, MADV_DONTNEED); // only advice: a failure changes nothing
+            }
+        } else {
+            ws->scratch_layer = l;
+        }
+        base = dst;
     }
     const float **outs[] = {&lw->w_q, &lw->w_k, &lw->w_v, &lw->w_o, &lw->w_in, &lw->w_up, &lw->w_out};
-    for (int k = 0; k < 7; k++) *outs[k] = ws->which[k] >= 0 ? ws->slot_buf[ws->which[k]] : NULL;
+    for (int k = 0; k < 7; k++) *outs[k] = ws->which[k] >= 0 ? base + ws->slot_off[ws->which[k]] : NULL;
     return 0;
+}
+
+static void drop_kept(ps_weight_stream *ws, int64_t L) {
+    for (int64_t l = 0; l < L; l++) {
+        free(ws->kept[l]);
+        ws->kept[l] = NULL;
+    }
+    ws->kept_bytes = 0;
+}
+
+void ps_model_set_weights_cache(ps_model *m, size_t bytes) {
+    if (!m->stream) return;
+    drop_kept(m->stream, m->cfg.n_layers);
+    m->stream->budget = bytes;
+}
+
+int ps_model_stream_info(const ps_model *m, ps_stream_info *info) {
+    memset(info, 0, sizeof *info);
+    const ps_weight_stream *ws = m->stream;
+    if (!ws) return 0;
+    info->layer_bytes = ws->layer_floats * sizeof(float);
+    info->budget = ws->budget;
+    info->kept_bytes = ws->kept_bytes;
+    int64_t fit = (int64_t)(ws->budget / info->layer_bytes);
+    info->layers_kept = fit < m->cfg.n_layers ? fit : m->cfg.n_layers;
+    for (int i = 0; i < ws->n_specs; i++)
+        if (streamable(&ws->specs[i])) info->file_bytes_per_layer += ws->found[(size_t)i * (size_t)m->cfg.n_layers]->nbytes;
+    info->conversions = ws->conversions;
+    info->hits = ws->hits;
+    return 1;
 }
 
 void ps_model_free(ps_model *m) {
@@ -448,7 +515,9 @@ void ps_model_free(ps_model *m) {
         ps_weight_stream *ws = m->stream;
         ps_safetensors_free(&ws->st);
         free(ws->found);
-        free(ws->buf);
+        if (ws->kept) drop_kept(ws, m->cfg.n_layers);
+        free(ws->kept);
+        free(ws->scratch);
         free(ws->tmp);
         free(ws);
     }
