@@ -490,6 +490,7 @@ static void drop_kept(ps_weight_stream *ws, int64_t L) {
 void ps_model_set_weights_cache(ps_model *m, size_t bytes) {
     if (!m->stream) return;
     drop_kept(m->stream, m->cfg.n_layers);
+    m->stream->scratch_layer = -1; // converted again, and kept if the new budget allows
     m->stream->budget = bytes;
 }
 
