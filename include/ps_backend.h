@@ -40,6 +40,9 @@ typedef struct ps_backend {
     // gemm_rate is NULL (its rate cannot be measured here). Such a backend is for planning, not results.
     const char *stand_in_for;
     int (*forward)(struct ps_backend *b, const ps_model *m, ps_row *rows, int64_t n_rows, ps_error *e);
+    // Optional (NULL: the caller runs forward once per group): rows in groups of `group` consecutive rows,
+    // each group's numbers exactly those of forward on that group alone (ps_cpu_forward_groups).
+    int (*forward_groups)(struct ps_backend *b, const ps_model *m, ps_row *rows, int64_t n_rows, int64_t group, ps_error *e);
     void (*free)(struct ps_backend *b);
     // Device copies of caches (NULL for the CPU, which has none). The contract:
     //  - A backend that keeps a device copy of a cache records it in ps_cache.handle (0 = none): when it

@@ -161,6 +161,27 @@ static void test_model(const char *name) {
             TU_CHECK(si.conversions - conv0 == want, "%s: %lld layers kept: %lld conversions for %d prompts, want %lld", name,
                      (long long)kept[b], (long long)(si.conversions - conv0), np, (long long)want);
         }
+        // Grouped rows (the baselines' call): each prompt a group of its own is bitwise its solo call, with each
+        // layer converted once for all of them (nothing kept).
+        ps_model_set_weights_cache(&ms, 0);
+        ps_model_stream_info(&ms, &si);
+        const int64_t conv_before = si.conversions;
+        ps_cache gc[MAXP];
+        ps_row grow[MAXP];
+        memset(grow, 0, sizeof grow);
+        for (int p = 0; p < np; p++) {
+            ps_cache_init(&gc[p], &ms.cfg, T[p], PS_CACHE_ALL, &e);
+            grow[p] = (ps_row){.tokens = tok[p], .T = T[p], .cache = &gc[p]};
+        }
+        if (ps_cpu_forward_groups(&ms, grow, np, 1, &e) != 0) TU_CHECK(0, "%s: grouped forward: %s", name, e.msg);
+        ps_model_stream_info(&ms, &si);
+        TU_CHECK(si.conversions - conv_before == L, "%s: grouped forward of %d prompts converted %lld layers, want %lld", name, np,
+                 (long long)(si.conversions - conv_before), (long long)L);
+        for (int p = 0; p < np; p++) {
+            TU_CHECK(memcmp(gc[p].memory, solo[p].memory, solo[p].n_floats * sizeof(float)) == 0,
+                     "%s p%d: grouped forward differs from the prompt's own call (bitwise)", name, p);
+            ps_cache_free(&gc[p]);
+        }
         ps_model_free(&ms);
     }
     for (int p = 0; p < np; p++) {

@@ -15,6 +15,10 @@ static int cpu_forward(ps_backend *b, const ps_model *m, ps_row *rows, int64_t n
     return ps_cpu_forward_ws(m, rows, n_rows, (ps_cpu_workspace *)b->impl, e);
 }
 
+static int cpu_forward_groups(ps_backend *b, const ps_model *m, ps_row *rows, int64_t n_rows, int64_t group, ps_error *e) {
+    return ps_cpu_forward_groups(m, rows, n_rows, group, e);
+}
+
 // Through the loaded BLAS (ps_blas_init's choice unless one was loaded before).
 double ps_cpu_gemm_rate(int64_t M, int64_t K, int64_t N, double seconds, int row_blocks) {
     float *a = malloc((size_t)(M * K) * sizeof(float)), *w = malloc((size_t)(K * N) * sizeof(float)),
@@ -67,6 +71,7 @@ static int cpu_init(ps_backend *b, ps_precision prec, ps_error *e) {
     snprintf(b->device, sizeof b->device, "CPU (%d threads)", b->threads);
     b->caps = PS_CAPS_CPU;
     b->forward = cpu_forward;
+    b->forward_groups = cpu_forward_groups;
     b->free = cpu_free;
     b->gemm_rate = cpu_gemm_rate;
     b->impl = calloc(1, sizeof(ps_cpu_workspace));

@@ -576,25 +576,60 @@ static int unembed_step(batch *b, ps_cpu_workspace *wsp, ps_error *e) {
     return 0;
 }
 
+// Layer l for one batch. The layer's matrices are asked for once per layer (*have), and only when a row is
+// active, so a streamed layer is converted once for every batch that steps through it.
+static int layer_step(batch *b, const ps_model *m, int64_t l, ps_layer_weights *lw, int *have, ps_error *e) {
+    const int64_t first_new = b->n_active;
+    while (b->n_active < b->n_rows && b->slots[b->n_active].row->start_layer <= l) b->n_active++;
+    b->NA = b->n_active ? b->slots[b->n_active - 1].off + b->slots[b->n_active - 1].n : 0;
+    join_rows(b, first_new, l);
+    if (b->NA == 0) return 0;
+    if (!*have && ps_model_layer(m, l, lw, e) != 0) return -1; // (converted now if the model is streamed)
+    *have = 1;
+    for (int64_t r = 0; r < b->n_active; r++) b->slots[r].plan = ps_plan_layer(b->cfg, b->slots[r].row, l, b->slots[r].dirty);
+    ps_cpu_hook(b->cfg, PS_SITE_RESID_PRE, l, b->x, b->cfg->d_model, NULL, b->slots, b->n_active);
+    store_rows(b->slots, b->n_active, offsetof(ps_cache, resid_pre), l, b->x, b->cfg->d_model);
+    qkv_step(b, l, lw);
+    attention_step(b, l, lw);
+    mlp_step(b, l, lw);
+    return 0;
+}
+
 int ps_cpu_forward_ws(const ps_model *m, ps_row *rows, int64_t n_rows, ps_cpu_workspace *wsp, ps_error *e) {
     if (n_rows <= 0) return 0;
     ps_blas_set_num_threads(1);
     batch b;
     if (batch_setup(&b, m, rows, n_rows, wsp, e) != 0) return -1;
     for (int64_t l = 0; l < m->cfg.n_layers; l++) {
-        const int64_t first_new = b.n_active;
-        while (b.n_active < n_rows && b.slots[b.n_active].row->start_layer <= l) b.n_active++;
-        b.NA = b.n_active ? b.slots[b.n_active - 1].off + b.slots[b.n_active - 1].n : 0;
-        join_rows(&b, first_new, l);
-        if (b.NA == 0) continue;
-        ps_layer_weights lw; // this layer's matrices (converted now if the model is streamed)
-        if (ps_model_layer(m, l, &lw, e) != 0) return -1;
-        for (int64_t r = 0; r < b.n_active; r++) b.slots[r].plan = ps_plan_layer(b.cfg, b.slots[r].row, l, b.slots[r].dirty);
-        ps_cpu_hook(b.cfg, PS_SITE_RESID_PRE, l, b.x, b.cfg->d_model, NULL, b.slots, b.n_active);
-        store_rows(b.slots, b.n_active, offsetof(ps_cache, resid_pre), l, b.x, b.cfg->d_model);
-        qkv_step(&b, l, &lw);
-        attention_step(&b, l, &lw);
-        mlp_step(&b, l, &lw);
+        ps_layer_weights lw;
+        int have = 0;
+        if (layer_step(&b, m, l, &lw, &have, e) != 0) return -1;
     }
     return unembed_step(&b, wsp, e);
+}
+
+int ps_cpu_forward_groups(const ps_model *m, ps_row *rows, int64_t n_rows, int64_t group, ps_error *e) {
+    if (n_rows <= 0) return 0;
+    if (group <= 0 || group > n_rows) group = n_rows;
+    const int64_t G = (n_rows + group - 1) / group;
+    ps_cpu_workspace *wsp = calloc((size_t)G, sizeof *wsp);
+    batch *b = calloc((size_t)G, sizeof *b);
+    int rc = 0;
+    if (!wsp || !b) rc = ps_fail(e, PS_EXIT_RUNTIME, "forward: out of memory for %lld groups of rows", (long long)G);
+    ps_blas_set_num_threads(1);
+    // Each group is its own batch with its own workspace: the same GEMM shapes and inputs as a call of its own.
+    for (int64_t g = 0; rc == 0 && g < G; g++) {
+        const int64_t n = n_rows - g * group < group ? n_rows - g * group : group;
+        rc = batch_setup(&b[g], m, rows + g * group, n, &wsp[g], e);
+    }
+    for (int64_t l = 0; rc == 0 && l < m->cfg.n_layers; l++) {
+        ps_layer_weights lw;
+        int have = 0;
+        for (int64_t g = 0; rc == 0 && g < G; g++) rc = layer_step(&b[g], m, l, &lw, &have, e);
+    }
+    for (int64_t g = 0; rc == 0 && g < G; g++) rc = unembed_step(&b[g], &wsp[g], e);
+    for (int64_t g = 0; wsp && g < G; g++) ps_cpu_workspace_free(&wsp[g]);
+    free(wsp);
+    free(b);
+    return rc;
 }
