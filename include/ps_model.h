@@ -109,6 +109,7 @@ typedef struct {
     size_t budget, kept_bytes;   // the weights cache's budget and what the kept layers take now
     int64_t layers_kept;         // layers the budget keeps (of n_layers)
     int64_t conversions, hits;   // layer conversions so far, and calls served without converting
+    double convert_seconds;      // the time those conversions took
 } ps_stream_info;
 int ps_model_stream_info(const ps_model *m, ps_stream_info *info);
 void ps_model_free(ps_model *m);

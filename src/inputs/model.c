@@ -9,6 +9,7 @@
 #include <unistd.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <time.h>
 
 // ---- the tensor-spec table ----
 
@@ -190,9 +191,12 @@ static int convert(const tspec *s, const ps_tensor *t, float *dst, float *tmp, i
         for (int64_t o0 = 0; o0 < Cc; o0 += blk) {
             int64_t nb = Cc - o0 < blk ? Cc - o0 : blk;
             if (ps_tensor_to_f32_range(t, o0 * R, nb * R, tmp, e)) return -1;
-            for (int64_t i = 0; i < R; i++) {
-                float *d = dst + i * Cc + o0;
-                for (int64_t o = 0; o < nb; o++) d[o] = tmp[o * R + i];
+            // 16 columns of the block at a time: reading one column down all nb rows would stride by R floats,
+            // and a power-of-two stride maps every row to one cache set (measured here: 68 -> 50 ms a 1024-wide layer).
+            for (int64_t i0 = 0; i0 < R; i0 += 16) {
+                const int64_t i1 = R - i0 < 16 ? R : i0 + 16;
+                for (int64_t o = 0; o < nb; o++)
+                    for (int64_t i = i0; i < i1; i++) dst[i * Cc + o0 + o] = tmp[o * R + i];
             }
         }
         return 0;
@@ -214,6 +218,7 @@ struct ps_weight_stream {
     float *scratch;           // the last converted layer that is not kept (allocated when first needed)
     int64_t scratch_layer;    // layer now in scratch; -1 none
     int64_t conversions, hits;
+    double convert_seconds;   // spent converting, all conversions together
     float *tmp; int64_t tmp_len;
     int which[7];             // spec index of w_q, w_k, w_v, w_o, w_in, w_up, w_out; -1 when absent
 };
@@ -448,6 +453,8 @@ int ps_model_layer(const ps_model *m, int64_t l, ps_layer_weights *lw, ps_error 
             dst = ws->scratch;
             ws->scratch_layer = -1;
         }
+        struct timespec t0, t1;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
         for (int i = 0; i < ws->n_specs; i++) {
             if (!streamable(&ws->specs[i])) continue;
             if (convert(&ws->specs[i], ws->found[(size_t)i * (size_t)c->n_layers + (size_t)l], dst + ws->slot_off[i], ws->tmp,
@@ -456,6 +463,8 @@ int ps_model_layer(const ps_model *m, int64_t l, ps_layer_weights *lw, ps_error 
                 return -1;
             }
         }
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        ws->convert_seconds += (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
         ws->conversions++;
         if (keep) {
             ws->kept[l] = dst;
@@ -507,6 +516,7 @@ int ps_model_stream_info(const ps_model *m, ps_stream_info *info) {
         if (streamable(&ws->specs[i])) info->file_bytes_per_layer += ws->found[(size_t)i * (size_t)m->cfg.n_layers]->nbytes;
     info->conversions = ws->conversions;
     info->hits = ws->hits;
+    info->convert_seconds = ws->convert_seconds;
     return 1;
 }
 
