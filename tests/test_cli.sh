@@ -65,6 +65,19 @@ if "$bin" run "$tmp/run.json" -o "$tmp/fast.h5" --quiet 2>"$tmp/err"; then pass 
 [ -f "$tmp/fast.h5" ] && [ ! -e "$tmp/fast.h5.partial" ] && pass "results file complete, no .partial" || fail "results file"
 "$bin" inspect "$tmp/fast.h5" >"$tmp/inspect" 2>&1 && grep -q "resid_pre" "$tmp/inspect" && pass "inspect" || fail "inspect: $(head -5 "$tmp/inspect")"
 "$bin" run "$tmp/run.json" -o "$tmp/naive.h5" --quiet --naive 2>"$tmp/err" || fail "naive run: $(cat "$tmp/err")"
+# Streamed weights, with no layer kept and with all kept, give the resident run's values bit for bit (the
+# baselines' grouped call included).
+if $py -c 'import h5py, numpy' 2>/dev/null; then
+    for mb in 0 4096; do
+        if "$bin" run "$tmp/run.json" -o "$tmp/streamed$mb.h5" --quiet --weights streamed --weights-cache-mb $mb 2>"$tmp/err" &&
+            grep -q "streamed weights: .* layer conversions" "$tmp/err" &&
+            $py "$src/tests/h5_same_values.py" "$tmp/fast.h5" "$tmp/streamed$mb.h5" >"$tmp/same" 2>&1; then
+            pass "streamed weights (--weights-cache-mb $mb) equal resident bit for bit"
+        else
+            fail "streamed weights (--weights-cache-mb $mb): $(cat "$tmp/err" "$tmp/same" 2>/dev/null | head -5)"
+        fi
+    done
+fi
 
 if $py -c 'import h5py, numpy' 2>/dev/null; then
     $py - "$tmp/fast.h5" "$tmp/naive.h5" <<'EOF' && pass "fast engine equals naive engine; file schema" || fail "fast vs naive / schema"
