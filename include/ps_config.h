@@ -194,11 +194,18 @@ typedef struct {
     char *ref_path;                        // its resolved file (owned)
     int64_t seed;                          // resample draws (default 0)
     int mlp_means_under;                   // "mlp_means": "under_head_ablation" (1; seqcont) or "reference" (0, default)
-    double threshold;                      // circuit_search: points (default 20)
+    double threshold;                      // circuit_search: points (default 20); edge_circuit: a score threshold
     int one_pass;                          // circuit_search: "passes": "one_each" (1) or "until_stable" (0, default)
     int64_t speculate;                     // circuit_search: candidates per batch (0: the library's default)
     int64_t means_of;                      // kind "reference_means" (added by the loader after the experiments, one per
                                            // mean-ablating experiment, named "NAME.reference_means"): that experiment's index
+    // kind "edge_circuit" (ps_circuit.h): the edges by name, or chosen from an edge_attribution experiment's
+    // mean scores by top_n or threshold; pruned either way, as EAP-IG's evaluate_graph does
+    char **edge_names; int64_t n_edge_names;   // owned; "a0.h1->a1.h0<q>"
+    char *scores_from;           // owned: the name of an edge_attribution experiment of the same run, or NULL
+    int64_t top_n;               // with scores_from and no threshold: the n edges of highest score
+    int has_threshold;           // with scores_from: the edges whose score is >= threshold (the field above)
+    int signed_scores;           // 0 (default): rank |score|, EAP-IG's absolute=True
 } ps_experiment;
 
 typedef struct {

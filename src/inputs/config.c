@@ -28,7 +28,7 @@ static const char *const multitoken_names[] = {"first_diff", "sum_logprob"};
 static const char *const align_names[] = {"error"};
 // Producers of result tables an experiment's "kind" may name (ps_table.h).
 static const char *const kind_names[] = {"patch_sweep", "path_patch", "attribution", "edge_attribution", "dla", "logit_lens",
-                                         "attention", "ov_scores", "head_scores", "ablation", "circuit_search"};
+                                         "attention", "ov_scores", "head_scores", "ablation", "circuit_search", "edge_circuit"};
 
 const char *ps_site_name(ps_site s) { return (unsigned)s < PS_SITE_COUNT ? site_names[s] : "?"; }
 const char *ps_layout_name(ps_layout l) { return (unsigned)l < PS_BY_COUNT ? layout_names[l] : "?"; }
@@ -81,6 +81,9 @@ static void experiment_free(ps_experiment *x) {
     free(x->sender_list);
     free(x->receivers);
     ps_cfg_ablation_free(x);
+    for (int64_t i = 0; x->edge_names && i < x->n_edge_names; i++) free(x->edge_names[i]);
+    free(x->edge_names);
+    free(x->scores_from);
 }
 
 void ps_config_free(ps_config *c) {
