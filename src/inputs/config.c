@@ -551,6 +551,7 @@ static int load_experiment(ps_cfg_ctx *x, const cJSON *obj, const char *p, ps_co
     // Each kind has its own keys.
     if (!strcmp(ex->kind, "path_patch")) return load_path_patch(x, obj, p, ex);
     if (!strcmp(ex->kind, "ablation") || !strcmp(ex->kind, "circuit_search")) return ps_cfg_load_ablation(x, obj, p, ex);
+    if (!strcmp(ex->kind, "edge_circuit")) return ps_cfg_load_edge_circuit(x, obj, p, ex);
     if (strcmp(ex->kind, "patch_sweep") != 0 && strcmp(ex->kind, "attribution") != 0) return load_analysis(x, obj, p, ex);
     if (ps_cfg_check_keys(x, obj, p, keys, COUNT(keys))) return -1;
 
@@ -689,6 +690,7 @@ static int load_root(ps_cfg_ctx *x, const cJSON *root, ps_config *c) {
             if (load_experiment(x, it, p, c, i)) return -1;
         }
     }
+    if (ps_cfg_check_circuits(x, c)) return -1;
     return ps_cfg_add_means_tables(x, c);
 }
 
