@@ -72,6 +72,9 @@
 //   Datasets (the main one and references) may name a "template" field: the item's template group.
 //   For every ablation or circuit_search experiment with "with": "mean", the loader appends an experiment
 //   {"name": "NAME.reference_means", "kind": "reference_means"}: the table of the means the run used.
+//   An "edge_circuit" experiment (ps_circuit.h) takes "edges": ["input->a0.h1<v>", ...] (EAP-IG's edge names),
+//      or "scores_from": the name of an edge_attribution experiment with "top_n": n or "threshold": t, and
+//      "absolute": true (default: rank |score|).
 //   An inline item may carry "roles": {"S2": 10, "IO": 2}: token indices in its clean prompt as
 //   `patchsweep tokenize` shows them (BOS included when prepended), like ARENA's word_idx.
 //   heads is accepted only by layer_head/layer_pos_head, neurons only by layer_neuron, positions only by
@@ -156,7 +159,7 @@ typedef struct { ps_abl_comp *c; int64_t n; char *label; } ps_abl_cell;
 typedef struct {
     char *name;                  // unique; becomes /results/<name>
     char *kind;                  // owned; the producer of its table: "patch_sweep" (default), "path_patch", "attribution",
-                                 // "edge_attribution", "dla", "logit_lens", "attention", "ov_scores", "head_scores"
+                                 // "edge_attribution", "edge_circuit", "dla", "logit_lens", "attention", "ov_scores", "head_scores"
     char *canonical;             // owned: its config object as canonical JSON (keys sorted): what the run identity hashes
     ps_site site;
     ps_layout layout;

@@ -1,8 +1,9 @@
 // Kind "edge_circuit" (ps_producer.h, ps_circuit.h): one circuit of EAP-IG's graph, given as edge names or chosen
 // from an edge_attribution experiment's mean scores (top_n or threshold), pruned, and evaluated per prompt.
 // It runs once, after the last chunk, so the scores it chooses from are every prompt's mean; it reruns each
-// prompt's clean and corrupted baselines for their caches. Table: one row, cells (prompt, value), value = the
-// metric and the faithfulness (metric - corrupted) / (clean - corrupted) of the run's baselines.
+// prompt's clean and corrupted baselines for their caches. Table: one row, cells (item, value): item = the prompt
+// ("prompt" names per-prompt tables' leading axis), value = the metric and the faithfulness
+// (metric - corrupted) / (clean - corrupted) of the run's baselines.
 #include "engine_internal.h"
 #include "ps_circuit.h"
 
@@ -33,7 +34,7 @@ static int ec_init(const ps_model_config *mc, const ps_prompt_set *ps, ps_produc
     if (!pv) return ps_fail(e, PS_EXIT_RUNTIME, "out of memory");
     for (int64_t i = 0; i < ps->n; i++) pv[i] = i;
     const char *vl[2] = {"metric", "faithfulness"};
-    ps_axis axes[2] = {{.name = "prompt", .len = ps->n, .value = pv}, {.name = "value", .len = 2, .value = vv, .label = (char **)vl}};
+    ps_axis axes[2] = {{.name = "item", .len = ps->n, .value = pv}, {.name = "value", .len = 2, .value = vv, .label = (char **)vl}};
     int rc = ps_table_init(p->t, ex->name, "edge_circuit", 0, 1, 2, axes, 0, e);
     free(pv);
     if (rc != 0) return -1;
