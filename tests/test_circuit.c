@@ -98,6 +98,18 @@ static void test_model(const char *name) {
         free(want_kept);
         free(want);
     }
+    // The whole graph is the model and the empty one its corrupted run (EAP-IG's evaluate_baseline).
+    {
+        float *all = gu_f32(&gs, "all.metric", &n), *none = gu_f32(&gs, "none.metric", &n), *cl = gu_f32(&gs, "clean_metric", &n),
+              *co = gu_f32(&gs, "corrupted_metric", &n);
+        for (int64_t i = 0; all && none && cl && co && i < f.ps.n; i++)
+            TU_CHECK(rel_err(all[i], cl[i]) <= 1e-5 && rel_err(none[i], co[i]) <= 1e-5, "%s pair %lld: all %g clean %g, none %g corrupted %g",
+                     name, (long long)i, all[i], cl[i], none[i], co[i]);
+        free(all);
+        free(none);
+        free(cl);
+        free(co);
+    }
     printf("%s: %d circuits x %lld pairs vs EAP-IG's prune and evaluate_graph: masks and kept counts equal, max rel err %.2e\n", name,
            N_CIRCUITS, (long long)f.ps.n, worst);
 
@@ -167,9 +179,44 @@ static void test_prune_shapes(void) {
     free(m);
 }
 
+// Grouped-query attention (k and v per key/value head, which EAP-IG cannot hold) and the kl metric, through the
+// engine: every edge is the model (kl 0, faithfulness 1), none of them the corrupted run.
+static void test_full_and_empty(const char *name, ps_metric_kind metric) {
+    pf_fixture f;
+    if (pf_load_or_fail(&f, name) != 0) return;
+    ps_graph g;
+    ps_graph_init(&g, &f.m.cfg, 1);
+    ps_experiment ex[3] = {{.name = "eap", .kind = "edge_attribution"},
+                           {.name = "all", .kind = "edge_circuit", .scores_from = "eap", .top_n = g.n_edges},
+                           {.name = "none", .kind = "edge_circuit", .scores_from = "eap", .top_n = 0}};
+    ps_backend be;
+    ps_run_results rr;
+    ps_engine_opts o = {0};
+    ps_error e = {0};
+    if (ps_backend_init(&be, PS_BACKEND_CPU, PS_PREC_FP32, 0, &f.m, &e) != 0) { TU_CHECK(0, "%s: %s", name, e.msg); pf_free(&f); return; }
+    if (ps_engine_run(&f.m, &be, &f.ps, ex, 3, metric, &o, &rr, &e) == 0) {
+        const ps_attr *k = ps_table_attr(&rr.tables[1], "n_edges_kept");
+        TU_CHECK(k && k->i == g.n_edges, "%s: all kept %lld of %lld", name, k ? (long long)k->i : -1LL, (long long)g.n_edges);
+        for (int64_t i = 0; i < f.ps.n; i++) {
+            const double a = rr.tables[1].values[2 * i], z = rr.tables[2].values[2 * i];
+            TU_CHECK(rel_err(a, rr.base.clean[i]) <= 1e-5, "%s %s pair %lld: all %g, clean %g", name, ps_metric_name(metric), (long long)i, a,
+                     rr.base.clean[i]);
+            TU_CHECK(rel_err(z, rr.base.corrupted[i]) <= 1e-4, "%s %s pair %lld: none %g, corrupted %g", name, ps_metric_name(metric),
+                     (long long)i, z, rr.base.corrupted[i]);
+        }
+        ps_run_results_free(&rr);
+    } else {
+        TU_CHECK(0, "%s: %s", name, e.msg);
+    }
+    ps_backend_free(&be);
+    pf_free(&f);
+}
+
 int main(void) {
     test_prune_shapes();
     test_model("gpt2-tiny-a");
     test_model("llama-tiny-a");
+    test_full_and_empty("llama-tiny-b", PS_METRIC_LOGIT_DIFF);
+    test_full_and_empty("gpt2-tiny-a", PS_METRIC_KL);
     return tu_done("circuit");
 }

@@ -94,7 +94,7 @@ static int eval_prompt(ps_producer_ctx *cx, const ps_graph *g, const uint8_t *in
     if (!logits) { ps_fail(e, PS_EXIT_RUNTIME, "out of memory"); goto done; }
     ps_row r[2];
     for (int k = 0; k < 2; k++) {
-        if (ps_cache_init(&cache[k], mc, p->T, 0, e) != 0) goto done;
+        if (ps_cache_init(&cache[k], mc, p->T, k == 0 && cx->metric == PS_METRIC_KL ? PS_CACHE_LOGITS : 0, e) != 0) goto done;
         r[k] = (ps_row){.tokens = k ? p->corrupted : p->clean, .T = p->T, .cache = &cache[k]};
     }
     if (ps_engine_rows(cx->m, cx->be, r, 2, NULL, NULL, e) != 0) goto done;
