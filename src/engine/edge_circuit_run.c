@@ -1,9 +1,10 @@
 // Kind "edge_circuit" (ps_producer.h, ps_circuit.h): one circuit of EAP-IG's graph, given as edge names or chosen
 // from an edge_attribution experiment's mean scores (top_n or threshold), pruned, and evaluated per prompt.
-// It runs once, after the last chunk, so the scores it chooses from are every prompt's mean; it reruns each
-// prompt's clean and corrupted baselines for their caches. Table: one row, cells (item, value): item = the prompt
-// ("prompt" names per-prompt tables' leading axis), value = the metric and the faithfulness
-// (metric - corrupted) / (clean - corrupted) of the run's baselines.
+// It runs once, after the last chunk, so the scores it chooses from are every prompt's mean (--shard refuses
+// tables that are not per prompt, so every prompt is this run's); it reruns each prompt's clean and corrupted
+// baselines for their caches. Table: one row, cells (item, value): item = the prompt ("prompt" names per-prompt
+// tables' leading axis), value = the metric and the faithfulness (metric - corrupted) / (clean - corrupted) of
+// the run's baselines.
 #include "engine_internal.h"
 #include "ps_circuit.h"
 
@@ -137,11 +138,6 @@ static int ec_once(ps_producer_ctx *cx, ps_product *const *items, int64_t n, ps_
             const ps_row full = {.tokens = cx->ps->p[pi].clean, .T = cx->ps->p[pi].T};
             t->flops += (double)(2 * mc->n_layers + 3) * ps_row_flops(mc, &full);
             if (cx->o->dry_run) continue;
-            if (cx->o->todo) { // only the prompts this run owns
-                int own = 0;
-                for (int64_t k = 0; k < cx->o->n_todo && !own; k++) own = cx->o->todo[k] == pi;
-                if (!own) continue;
-            }
             if ((rc = ps_producer_stopped(cx, e)) != 0) break;
             double m;
             if ((rc = eval_prompt(cx, &g, in_graph, pi, &m, e)) != 0) break;
