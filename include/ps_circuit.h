@@ -32,6 +32,11 @@ int ps_circuit_edge_by_name(const ps_graph *g, const char *name, int64_t *s, int
 int ps_circuit_eval(const ps_model *m, ps_backend *be, const ps_graph *g, const uint8_t *in_graph, const ps_prompt *p,
                     const ps_cache *clean, const ps_cache *corr, const ps_metric_request *rq, float *logits, ps_error *e);
 
+// K circuits of one prompt at once, their rows batched in each pass: in_graph (K) masks, logits (K, n_out, width).
+int ps_circuit_eval_many(const ps_model *m, ps_backend *be, const ps_graph *g, const uint8_t *const *in_graph, int64_t K,
+                         const ps_prompt *p, const ps_cache *clean, const ps_cache *corr, const ps_metric_request *rq, float *logits,
+                         ps_error *e);
+
 // Kind "edge_circuit" (src/engine/edge_circuit.c).
 extern const ps_producer ps_edge_circuit_producer;
 

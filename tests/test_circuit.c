@@ -46,7 +46,7 @@ static void test_model(const char *name) {
     float *scores = gu_f32(&ss, "eap", &n);
     const int scores_ok = scores && n == N;
     TU_CHECK(scores_ok, "%s: EAP-IG's scores: %lld, the graph %lld", name, (long long)n, (long long)N);
-    uint8_t *in_graph = malloc((size_t)N);
+    uint8_t *in_graph = malloc((size_t)N), *masks = malloc((size_t)(N_CIRCUITS * N)); // masks: every circuit's, for the batch
     ps_backend be;
     ps_cache *caches = calloc((size_t)(2 * f.ps.n), sizeof *caches);
     const int backend_ok = ps_backend_init(&be, PS_BACKEND_CPU, PS_PREC_FP32, 0, &f.m, &e) == 0;
@@ -54,7 +54,7 @@ static void test_model(const char *name) {
     for (int64_t i = 0; backend_ok && caches && i < f.ps.n; i++)
         TU_CHECK(baselines(&f.m, &be, &f.ps.p[i], caches + 2 * i, &e) == 0, "%s: baselines: %s", name, e.msg);
     double worst = 0;
-    for (int c = 0; backend_ok && caches && in_graph && scores_ok && c < N_CIRCUITS; c++) {
+    for (int c = 0; backend_ok && caches && in_graph && masks && scores_ok && c < N_CIRCUITS; c++) {
         const circuit_spec *cs = &CIRCUITS[c];
         char key[64];
         if (cs->how == 0) {
@@ -69,6 +69,7 @@ static void test_model(const char *name) {
             free(thr);
         }
         const int64_t kept = ps_circuit_prune(&g, in_graph);
+        memcpy(masks + c * N, in_graph, (size_t)N);
         snprintf(key, sizeof key, "%s.in_graph", cs->name);
         float *want_mask = gu_f32(&gs, key, &n);
         snprintf(key, sizeof key, "%s.n_kept", cs->name);
@@ -98,6 +99,30 @@ static void test_model(const char *name) {
         free(want_kept);
         free(want);
     }
+    // All seven circuits of a prompt at once, as rows of one batch per pass: the same numbers.
+    double worst_batch = 0;
+    for (int64_t i = 0; backend_ok && caches && masks && scores_ok && i < f.ps.n; i++) {
+        const ps_prompt *p = &f.ps.p[i];
+        ps_metric_request rq;
+        ps_metric_request_for(PS_METRIC_LOGIT_DIFF, p, &rq);
+        float logits[N_CIRCUITS * PS_MAX_OUT_POS * 2];
+        const uint8_t *ms[N_CIRCUITS];
+        for (int c = 0; c < N_CIRCUITS; c++) ms[c] = masks + c * N;
+        if (ps_circuit_eval_many(&f.m, &be, &g, ms, N_CIRCUITS, p, caches + 2 * i, caches + 2 * i + 1, &rq, logits, &e) != 0) {
+            TU_CHECK(0, "%s: batched circuits: %s", name, e.msg);
+            continue;
+        }
+        for (int c = 0; c < N_CIRCUITS; c++) {
+            char key[64];
+            snprintf(key, sizeof key, "%s.metric", CIRCUITS[c].name);
+            float *want = gu_f32(&gs, key, &n);
+            const double got = ps_metric_value(PS_METRIC_LOGIT_DIFF, p, &rq, logits + c * rq.n_out * rq.n_cols, f.m.cfg.d_vocab, NULL);
+            const double err = want ? rel_err(got, want[i]) : 1;
+            if (err > worst_batch) worst_batch = err;
+            TU_CHECK(err <= 1e-4, "%s %s pair %lld batched: %.7g, EAP-IG %.7g", name, CIRCUITS[c].name, (long long)i, got, want ? want[i] : NAN);
+            free(want);
+        }
+    }
     // The whole graph is the model and the empty one its corrupted run (EAP-IG's evaluate_baseline).
     {
         float *all = gu_f32(&gs, "all.metric", &n), *none = gu_f32(&gs, "none.metric", &n), *cl = gu_f32(&gs, "clean_metric", &n),
@@ -110,8 +135,8 @@ static void test_model(const char *name) {
         free(cl);
         free(co);
     }
-    printf("%s: %d circuits x %lld pairs vs EAP-IG's prune and evaluate_graph: masks and kept counts equal, max rel err %.2e\n", name,
-           N_CIRCUITS, (long long)f.ps.n, worst);
+    printf("%s: %d circuits x %lld pairs vs EAP-IG's prune and evaluate_graph: masks and kept counts equal, max rel err %.2e (batched %.2e)\n",
+           name, N_CIRCUITS, (long long)f.ps.n, worst, worst_batch);
 
     // The kind through the engine: top_n 25 of its own EAP scores, and the same circuit's kept edges by name.
     float *mask = gu_f32(&gs, "top25.in_graph", &n), *want = gu_f32(&gs, "top25.metric", &n);
@@ -153,6 +178,7 @@ static void test_model(const char *name) {
     free(caches);
     if (backend_ok) ps_backend_free(&be);
     free(in_graph);
+    free(masks);
     free(scores);
     ps_safetensors_free(&gs);
     ps_safetensors_free(&ss);

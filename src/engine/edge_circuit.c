@@ -14,7 +14,8 @@
 //    mlp_out - c);
 //  - the logits read resid_post of the last layer: add c there (after that layer's MLP patch).
 // Each is EAP-IG's input construction exactly in real arithmetic; in fp32 they differ by rounding (1e-6 seen).
-// Up to 2 L + 1 forward passes per circuit and prompt; steps whose destinations miss no edge are skipped.
+// Up to 2 L + 1 forward passes per circuit and prompt, the circuits of one prompt batched as rows of each pass;
+// steps whose destinations miss no edge are skipped.
 #include "engine_internal.h"
 #include "ps_blas.h"
 #include "ps_circuit.h"
@@ -30,7 +31,7 @@ typedef struct {
     const uint8_t *in_graph;
     const ps_prompt *p;
     int64_t T;
-    float *corr_out;  // (n_sources, T, C) the corrupted run's source outputs
+    const float *corr_out; // (n_sources, T, C) the corrupted run's source outputs (shared by the circuits)
     float *run_out;   // (n_sources, T, C) this run's, final for the sources done so far
     float *c;         // (T, C) one destination's correction
     float *xn0, *xn1, *sc; // (T, C), (T, C), (T): ln1 of this run's stream and of the corrected one
@@ -84,13 +85,18 @@ static void add_patch(circ *w, ps_site site, int64_t l, const float *ref) {
                                             .ref = {ref, w->T, NULL}};
 }
 
-// One forward pass of the clean tokens with the patches so far, its activations into w->work.
-static int pass(circ *w, ps_error *e) {
-    if (w->be->release_cache) w->be->release_cache(w->be, &w->work);
-    ps_row r = {.tokens = w->p->clean, .T = w->T, .patches = w->patches, .n_patches = w->n_patches, .cache = &w->work};
-    if (ps_engine_rows(w->m, w->be, &r, 1, NULL, NULL, e) != 0) return -1;
-    w->cur = &w->work;
-    return 0;
+// One forward pass of the clean tokens per circuit k with need[k], each with its patches so far, in one batch;
+// their activations into each circuit's work cache.
+static int pass_many(circ *ws, int64_t K, const int *need, ps_row *rows, ps_error *e) {
+    int64_t n = 0;
+    for (int64_t k = 0; k < K; k++) {
+        if (!need[k]) continue;
+        circ *w = &ws[k];
+        if (w->be->release_cache) w->be->release_cache(w->be, &w->work);
+        rows[n++] = (ps_row){.tokens = w->p->clean, .T = w->T, .patches = w->patches, .n_patches = w->n_patches, .cache = &w->work};
+        w->cur = &w->work;
+    }
+    return n ? ps_engine_rows(ws[0].m, ws[0].be, rows, n, NULL, NULL, e) : 0;
 }
 
 // Layer l's q/k/v corrections from w->cur (whose resid_pre of layer l is final) as add patches; 1 when any.
@@ -128,67 +134,104 @@ static int attn_step(circ *w, int64_t l, float *ref, int *any, ps_error *e) {
     return 0;
 }
 
-int ps_circuit_eval(const ps_model *m, ps_backend *be, const ps_graph *g, const uint8_t *in_graph, const ps_prompt *p,
-                    const ps_cache *clean, const ps_cache *corr, const ps_metric_request *rq, float *logits, ps_error *e) {
+// One circuit's buffers; corr_out is shared (borrowed).
+static int circ_init(circ *w, const ps_model *m, ps_backend *be, const ps_graph *g, const uint8_t *in_graph, const ps_prompt *p,
+                     const ps_cache *clean, float *corr_out, ps_error *e) {
     const ps_model_config *mc = &m->cfg;
-    const int64_t L = mc->n_layers, T = p->T, C = mc->d_model, TC = T * C, S = g->n_sources;
+    const int64_t L = mc->n_layers, T = p->T, TC = T * mc->d_model, S = g->n_sources;
+    *w = (circ){.m = m, .be = be, .g = g, .in_graph = in_graph, .p = p, .T = T, .cur = clean, .corr_out = corr_out};
+    w->run_out = malloc((size_t)(S * TC) * sizeof(float));
+    w->c = malloc((size_t)TC * sizeof(float));
+    w->xn0 = malloc((size_t)TC * sizeof(float));
+    w->xn1 = malloc((size_t)TC * sizeof(float));
+    w->sc = malloc((size_t)T * sizeof(float));
+    w->refs = malloc((size_t)(L * layer_ref_floats(mc, T) + TC) * sizeof(float));
+    w->patches = calloc((size_t)(5 * L + 1), sizeof *w->patches);
+    if (!w->run_out || !w->c || !w->xn0 || !w->xn1 || !w->sc || !w->refs || !w->patches)
+        return ps_fail(e, PS_EXIT_RUNTIME, "edge_circuit: out of memory for a prompt of %lld tokens", (long long)T);
+    if (ps_cache_init(&w->work, mc, T, 0, e) != 0) return -1;
+    return source_outputs(w, clean, w->run_out, -1, 0, 0, e);
+}
+
+static void circ_free(circ *w) {
+    if (w->be && w->be->release_cache) w->be->release_cache(w->be, &w->work);
+    ps_cache_free(&w->work);
+    free(w->run_out);
+    free(w->c);
+    free(w->xn0);
+    free(w->xn1);
+    free(w->sc);
+    free(w->refs);
+    free(w->patches);
+}
+
+int ps_circuit_eval_many(const ps_model *m, ps_backend *be, const ps_graph *g, const uint8_t *const *in_graph, int64_t K,
+                         const ps_prompt *p, const ps_cache *clean, const ps_cache *corr, const ps_metric_request *rq, float *logits,
+                         ps_error *e) {
+    const ps_model_config *mc = &m->cfg;
+    const int64_t L = mc->n_layers, T = p->T, TC = T * mc->d_model, S = g->n_sources;
+    const int64_t per_layer = layer_ref_floats(mc, T), width = rq->n_cols ? rq->n_cols : mc->d_vocab;
     if (mc->parallel_residual)
         return ps_fail(e, PS_EXIT_BADINPUT, "edge_circuit: parallel attention and MLP blocks (GPT-NeoX) are not supported");
-    circ w = {.m = m, .be = be, .g = g, .in_graph = in_graph, .p = p, .T = T, .cur = clean};
-    const int64_t per_layer = layer_ref_floats(mc, T);
+    circ *ws = calloc((size_t)K, sizeof *ws);
+    ps_row *rows = calloc((size_t)K, sizeof *rows);
+    int *need = calloc((size_t)K, sizeof *need);
+    float *corr_out = malloc((size_t)(S * TC) * sizeof(float));
     int rc = -1;
-    w.corr_out = malloc((size_t)(S * TC) * sizeof(float));
-    w.run_out = malloc((size_t)(S * TC) * sizeof(float));
-    w.c = malloc((size_t)TC * sizeof(float));
-    w.xn0 = malloc((size_t)TC * sizeof(float));
-    w.xn1 = malloc((size_t)TC * sizeof(float));
-    w.sc = malloc((size_t)T * sizeof(float));
-    w.refs = malloc((size_t)(L * per_layer + TC) * sizeof(float));
-    w.patches = calloc((size_t)(5 * L + 1), sizeof *w.patches);
-    if (!w.corr_out || !w.run_out || !w.c || !w.xn0 || !w.xn1 || !w.sc || !w.refs || !w.patches) {
-        ps_fail(e, PS_EXIT_RUNTIME, "edge_circuit: out of memory for a prompt of %lld tokens", (long long)T);
+    if (!ws || !rows || !need || !corr_out) {
+        ps_fail(e, PS_EXIT_RUNTIME, "edge_circuit: out of memory for %lld circuits", (long long)K);
         goto done;
     }
-    if (ps_cache_init(&w.work, mc, T, 0, e) != 0) goto done;
-    if (source_outputs(&w, corr, w.corr_out, -1, 0, 0, e) != 0 || source_outputs(&w, clean, w.run_out, -1, 0, 0, e) != 0) goto done;
+    circ w0 = {.m = m, .g = g, .T = T};
+    if (source_outputs(&w0, corr, corr_out, -1, 0, 0, e) != 0) goto done;
     for (int64_t l = 0; l < L; l++)
-        if (source_outputs(&w, corr, w.corr_out, l, 1, 1, e) != 0) goto done;
+        if (source_outputs(&w0, corr, corr_out, l, 1, 1, e) != 0) goto done;
+    for (int64_t k = 0; k < K; k++)
+        if (circ_init(&ws[k], m, be, g, in_graph[k], p, clean, corr_out, e) != 0) goto done;
     for (int64_t l = 0; l < L; l++) {
-        float *ref = w.refs + l * per_layer;
-        float *mlp_plus = ref + T * (mc->n_heads + 2 * mc->n_kv_heads) * mc->d_head, *mlp_minus = mlp_plus + TC;
-        int any;
-        // Heads of layer l: their inputs from this run's stream before layer l, their outputs after the patches.
-        if (attn_step(&w, l, ref, &any, e) != 0) goto done;
-        if (any && pass(&w, e) != 0) goto done;
-        if (source_outputs(&w, w.cur, w.run_out, l, 1, 0, e) != 0) goto done;
+        // Heads of layer l: their inputs from each circuit's stream before layer l, their outputs after the patches.
+        for (int64_t k = 0; k < K; k++)
+            if (attn_step(&ws[k], l, ws[k].refs + l * per_layer, &need[k], e) != 0) goto done;
+        if (pass_many(ws, K, need, rows, e) != 0) goto done;
         // The MLP of layer l reads input, the heads of layers <= l and the MLPs before it.
-        if (correction(&w, ps_graph_dest(g, PS_DEST_MLP, l, -1))) {
-            memcpy(mlp_plus, w.c, (size_t)TC * sizeof(float));
-            for (int64_t i = 0; i < TC; i++) mlp_minus[i] = -w.c[i];
-            add_patch(&w, PS_SITE_RESID_MID, l, mlp_plus);
-            add_patch(&w, PS_SITE_RESID_POST, l, mlp_minus);
-            if (pass(&w, e) != 0) goto done;
+        for (int64_t k = 0; k < K; k++) {
+            circ *w = &ws[k];
+            float *mlp_plus = w->refs + l * per_layer + T * (mc->n_heads + 2 * mc->n_kv_heads) * mc->d_head, *mlp_minus = mlp_plus + TC;
+            if (source_outputs(w, w->cur, w->run_out, l, 1, 0, e) != 0) goto done;
+            need[k] = correction(w, ps_graph_dest(g, PS_DEST_MLP, l, -1));
+            if (!need[k]) continue;
+            memcpy(mlp_plus, w->c, (size_t)TC * sizeof(float));
+            for (int64_t i = 0; i < TC; i++) mlp_minus[i] = -w->c[i];
+            add_patch(w, PS_SITE_RESID_MID, l, mlp_plus);
+            add_patch(w, PS_SITE_RESID_POST, l, mlp_minus);
         }
-        if (source_outputs(&w, w.cur, w.run_out, l, 0, 1, e) != 0) goto done;
+        if (pass_many(ws, K, need, rows, e) != 0) goto done;
+        for (int64_t k = 0; k < K; k++)
+            if (source_outputs(&ws[k], ws[k].cur, ws[k].run_out, l, 0, 1, e) != 0) goto done;
     }
-    if (correction(&w, g->n_dests - 1)) {
-        float *lg = w.refs + L * per_layer;
-        memcpy(lg, w.c, (size_t)TC * sizeof(float));
-        add_patch(&w, PS_SITE_RESID_POST, L - 1, lg);
+    // The logits read the last resid_post; one row per circuit, unembedded only where the metric reads.
+    for (int64_t k = 0; k < K; k++) {
+        circ *w = &ws[k];
+        if (correction(w, g->n_dests - 1)) {
+            float *lg = w->refs + L * per_layer;
+            memcpy(lg, w->c, (size_t)TC * sizeof(float));
+            add_patch(w, PS_SITE_RESID_POST, L - 1, lg);
+        }
+        rows[k] = (ps_row){.tokens = p->clean, .T = T, .base = clean, .patches = w->patches, .n_patches = w->n_patches,
+                           .out_pos = rq->out_pos, .n_out = rq->n_out, .cols = rq->n_cols ? rq->cols : NULL, .n_cols = rq->n_cols,
+                           .logits = logits + k * rq->n_out * width};
     }
-    ps_row r = {.tokens = p->clean, .T = T, .base = clean, .patches = w.patches, .n_patches = w.n_patches, .out_pos = rq->out_pos,
-                .n_out = rq->n_out, .cols = rq->n_cols ? rq->cols : NULL, .n_cols = rq->n_cols, .logits = logits};
-    rc = ps_engine_rows(m, be, &r, 1, NULL, NULL, e);
+    rc = ps_engine_rows(m, be, rows, K, NULL, NULL, e);
 done:
-    if (be->release_cache) be->release_cache(be, &w.work);
-    ps_cache_free(&w.work);
-    free(w.corr_out);
-    free(w.run_out);
-    free(w.c);
-    free(w.xn0);
-    free(w.xn1);
-    free(w.sc);
-    free(w.refs);
-    free(w.patches);
+    for (int64_t k = 0; ws && k < K; k++) circ_free(&ws[k]);
+    free(ws);
+    free(rows);
+    free(need);
+    free(corr_out);
     return rc;
+}
+
+int ps_circuit_eval(const ps_model *m, ps_backend *be, const ps_graph *g, const uint8_t *in_graph, const ps_prompt *p,
+                    const ps_cache *clean, const ps_cache *corr, const ps_metric_request *rq, float *logits, ps_error *e) {
+    return ps_circuit_eval_many(m, be, g, &in_graph, 1, p, clean, corr, rq, logits, e);
 }
