@@ -73,8 +73,8 @@
 //   For every ablation or circuit_search experiment with "with": "mean", the loader appends an experiment
 //   {"name": "NAME.reference_means", "kind": "reference_means"}: the table of the means the run used.
 //   An "edge_circuit" experiment (ps_circuit.h) takes "edges": ["input->a0.h1<v>", ...] (EAP-IG's edge names),
-//      or "scores_from": the name of an edge_attribution experiment with "top_n": n or "threshold": t, and
-//      "absolute": true (default: rank |score|).
+//      or "scores_from": the name of an edge_attribution experiment with "top_n": n (or a list of n: one circuit
+//      each, evaluated as rows of one batch) or "threshold": t, and "absolute": true (default: rank |score|).
 //   An inline item may carry "roles": {"S2": 10, "IO": 2}: token indices in its clean prompt as
 //   `patchsweep tokenize` shows them (BOS included when prepended), like ARENA's word_idx.
 //   heads is accepted only by layer_head/layer_pos_head, neurons only by layer_neuron, positions only by
@@ -207,6 +207,7 @@ typedef struct {
     char **edge_names; int64_t n_edge_names;   // owned; "a0.h1->a1.h0<q>"
     char *scores_from;           // owned: the name of an edge_attribution experiment of the same run, or NULL
     int64_t top_n;               // with scores_from and no threshold: the n edges of highest score
+    int64_t *top_ns; int64_t n_top_ns;     // owned: "top_n": [n, ...], one circuit each (NULL: top_n alone)
     int has_threshold;           // with scores_from: the edges whose score is >= threshold (the field above)
     int signed_scores;           // 0 (default): rank |score|, EAP-IG's absolute=True
 } ps_experiment;

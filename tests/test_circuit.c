@@ -150,17 +150,35 @@ static void test_model(const char *name) {
             snprintf(buf, sizeof buf, "%s->%s", a, b);
             names[n_names++] = strdup(buf);
         }
-    ps_experiment ex[3] = {{.name = "eap", .kind = "edge_attribution"},
+    int64_t tops[3] = {80, 25, 0};
+    ps_experiment ex[4] = {{.name = "eap", .kind = "edge_attribution"},
                            {.name = "top25", .kind = "edge_circuit", .scores_from = "eap", .top_n = 25},
-                           {.name = "listed", .kind = "edge_circuit", .edge_names = names, .n_edge_names = n_names}};
+                           {.name = "listed", .kind = "edge_circuit", .edge_names = names, .n_edge_names = n_names},
+                           {.name = "tops", .kind = "edge_circuit", .scores_from = "eap", .top_ns = tops, .n_top_ns = 3}};
     ps_run_results rr;
     ps_engine_opts o = {0};
-    if (backend_ok && want && names && ps_engine_run(&f.m, &be, &f.ps, ex, 3, PS_METRIC_LOGIT_DIFF, &o, &rr, &e) == 0) {
+    if (backend_ok && want && names && ps_engine_run(&f.m, &be, &f.ps, ex, 4, PS_METRIC_LOGIT_DIFF, &o, &rr, &e) == 0) {
+        // Three circuits in one experiment (rows of one batch per pass): EAP-IG's top80, top25, none.
+        static const char *const keys[3] = {"top80", "top25", "none"};
+        static const int64_t kept_want[3] = {80, 19, 0};
+        const ps_table *t = &rr.tables[3];
+        TU_CHECK(t->n_axes == 3 && t->axes[0].len == 3 && !strcmp(t->axes[0].label[1], "top25"), "%s: the circuit axis", name);
+        for (int c = 0; c < 3 && t->n_axes == 3; c++) {
+            char key[64];
+            snprintf(key, sizeof key, "%s.metric", keys[c]);
+            float *wc = gu_f32(&gs, key, &n);
+            for (int64_t i = 0; wc && i < f.ps.n; i++) {
+                const float *v = t->values + (c * f.ps.n + i) * 3;
+                TU_CHECK(rel_err(v[0], wc[i]) <= 1e-4 && v[2] == (float)kept_want[c], "%s tops %s pair %lld: %.7g (kept %g), EAP-IG %.7g (kept %lld)",
+                         name, keys[c], (long long)i, v[0], v[2], wc[i], (long long)kept_want[c]);
+            }
+            free(wc);
+        }
         for (int x = 1; x < 3; x++) {
             const ps_attr *k = ps_table_attr(&rr.tables[x], "n_edges_kept");
             TU_CHECK(k && k->i == 19, "%s %s: kept %lld, EAP-IG 19", name, ex[x].name, k ? (long long)k->i : -1LL);
             for (int64_t i = 0; i < f.ps.n; i++) {
-                const double got = rr.tables[x].values[2 * i], fa = rr.tables[x].values[2 * i + 1];
+                const double got = rr.tables[x].values[3 * i], fa = rr.tables[x].values[3 * i + 1];
                 const double c = rr.base.clean[i], k2 = rr.base.corrupted[i];
                 TU_CHECK(rel_err(got, want[i]) <= 1e-4, "%s %s pair %lld: %.7g, EAP-IG %.7g", name, ex[x].name, (long long)i, got, want[i]);
                 TU_CHECK(fabs(fa - (got - k2) / (c - k2)) <= 1e-5, "%s %s pair %lld: faithfulness %g", name, ex[x].name, (long long)i, fa);
@@ -224,7 +242,7 @@ static void test_full_and_empty(const char *name, ps_metric_kind metric) {
         const ps_attr *k = ps_table_attr(&rr.tables[1], "n_edges_kept");
         TU_CHECK(k && k->i == g.n_edges, "%s: all kept %lld of %lld", name, k ? (long long)k->i : -1LL, (long long)g.n_edges);
         for (int64_t i = 0; i < f.ps.n; i++) {
-            const double a = rr.tables[1].values[2 * i], z = rr.tables[2].values[2 * i];
+            const double a = rr.tables[1].values[3 * i], z = rr.tables[2].values[3 * i];
             TU_CHECK(rel_err(a, rr.base.clean[i]) <= 1e-5, "%s %s pair %lld: all %g, clean %g", name, ps_metric_name(metric), (long long)i, a,
                      rr.base.clean[i]);
             TU_CHECK(rel_err(z, rr.base.corrupted[i]) <= 1e-4, "%s %s pair %lld: none %g, corrupted %g", name, ps_metric_name(metric),

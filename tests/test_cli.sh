@@ -124,7 +124,7 @@ cat >"$tmp/grad.json" <<JSON
                  {"name": "attr_z", "kind": "attribution", "site": "z"},
                  {"name": "attr_resid_noise", "kind": "attribution", "site": "resid_pre", "direction": "noise"},
                  {"name": "eap", "kind": "edge_attribution"},
-                 {"name": "circ", "kind": "edge_circuit", "scores_from": "eap", "top_n": 50},
+                 {"name": "circ", "kind": "edge_circuit", "scores_from": "eap", "top_n": [50, 10]},
                  {"name": "circ_listed", "kind": "edge_circuit", "edges": ["input->logits"]}]}
 JSON
 if "$bin" run "$tmp/grad.json" -o "$tmp/grad.h5" --quiet 2>"$tmp/err"; then
@@ -147,9 +147,10 @@ assert np.all(np.isfinite(r["attr_resid_noise"]["values"][...][:, 0, :2]))
 # Circuits: metric and faithfulness per prompt; input -> logits alone is the clean embedding through the
 # corrupted rest of the model.
 c, l = r["circ"], r["circ_listed"]
-assert c["values"].shape == (2, 2) and np.all(np.isfinite(c["values"][...])), c["values"].shape
-assert 0 <= int(c.attrs["n_edges_kept"]) <= int(c.attrs["n_edges_requested"]) == 50
-assert int(l.attrs["n_edges_kept"]) == 1 and np.all(np.isfinite(l["values"][...]))
+assert c["values"].shape == (2, 2, 3) and np.all(np.isfinite(c["values"][...])), c["values"].shape
+assert list(c["circuit"][...]) == [50, 10] and [d.label for d in c["values"].dims] == ["circuit", "item", "value"]
+assert np.all(c["values"][0, :, 2] <= 50) and np.all(c["values"][1, :, 2] <= 10)
+assert int(l.attrs["n_edges_kept"]) == 1 and np.all(np.isfinite(l["values"][...])) and l["values"].shape == (1, 2, 3)
 PY
         if $py -c 'import matplotlib' 2>/dev/null; then
             $py "$src/experiments/plot.py" "$tmp/grad.h5" -o "$tmp/gpng" >/dev/null 2>"$tmp/err" && [ -s "$tmp/gpng/attr_z_vs_patch_z.png" ] \

@@ -708,7 +708,7 @@ static void test_attribution_kind(void) {
     const char *circ = "{\"model\": \"m\", \"dataset\": [{\"clean\": \"a\", \"corrupted\": \"b\", \"answer\": \"c\", \"wrong\": \"d\"}],\n"
                        " \"experiments\": [{\"name\": \"eap\", \"kind\": \"edge_attribution\"},\n"
                        "   {\"name\": \"c1\", \"kind\": \"edge_circuit\", \"edges\": [\"input->logits\", \"a0.h1->a1.h0<q>\"]},\n"
-                       "   {\"name\": \"c2\", \"kind\": \"edge_circuit\", \"scores_from\": \"eap\", \"top_n\": 100},\n"
+                       "   {\"name\": \"c2\", \"kind\": \"edge_circuit\", \"scores_from\": \"eap\", \"top_n\": [100, 5]},\n"
                        "   {\"name\": \"c3\", \"kind\": \"edge_circuit\", \"scores_from\": \"eap\", \"threshold\": 0.25, \"absolute\": false}]}";
     if (load_ok(&c, write_tmp("circ.json", circ, strlen(circ))) == 0) {
         INTEQ(c.n_experiments, 4);
@@ -716,6 +716,8 @@ static void test_attribution_kind(void) {
         STREQ(c.experiments[1].edge_names[1], "a0.h1->a1.h0<q>");
         STREQ(c.experiments[2].scores_from, "eap");
         INTEQ(c.experiments[2].top_n, 100);
+        INTEQ(c.experiments[2].n_top_ns, 2);
+        INTEQ(c.experiments[2].top_ns[1], 5);
         INTEQ(c.experiments[2].signed_scores, 0);
         INTEQ(c.experiments[3].has_threshold, 1);
         TU_CHECK(c.experiments[3].threshold == 0.25, "threshold %g", c.experiments[3].threshold);
@@ -730,8 +732,8 @@ static void test_attribution_kind(void) {
                     "experiments[1].edges[0]: expected an edge name such as \"a0.h1->a1.h0<q>\", got \"m0\"");
     expect_exp_fail("circ4.json", "{\"name\": \"x\", \"kind\": \"edge_circuit\", \"edges\": [\"m0->logits\"], \"top_n\": 3}",
                     "experiments[1].edges: top_n, threshold and absolute choose edges from scores_from; a listed circuit takes none");
-    expect_exp_fail("circ5.json", "{\"name\": \"x\", \"kind\": \"edge_circuit\", \"scores_from\": \"e\", \"top_n\": -1}",
-                    "experiments[1].top_n: expected an integer >= 0, got -1");
+    expect_exp_fail("circ5.json", "{\"name\": \"x\", \"kind\": \"edge_circuit\", \"scores_from\": \"e\", \"top_n\": [3, -1]}",
+                    "experiments[1].top_n[1]: expected an integer >= 0, got -1");
     expect_exp_fail("circ6.json", "{\"name\": \"x\", \"kind\": \"edge_circuit\", \"scores_from\": \"e\", \"top_n\": 5}",
                     "experiments[1].scores_from: no experiment is named \"e\"");
 }

@@ -1,10 +1,11 @@
 // Kind edge_circuit's keys (ps_config.h): "edges" (a list of EAP-IG edge names), or "scores_from" (an
-// edge_attribution experiment of the same run) with "top_n" or "threshold" and "absolute". The names are
+// edge_attribution experiment of the same run) with "top_n" (a count or a list) or "threshold", and "absolute". The names are
 // checked against the model's graph when the run starts (the producer's init).
 #include "config_internal.h"
 #include "ps_json.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -14,9 +15,25 @@ int ps_cfg_load_edge_circuit(ps_cfg_ctx *x, const cJSON *obj, const char *p, ps_
     char kp[PATH_MAX_LEN], got[200];
     const cJSON *ev = ps_cfg_member(obj, "edges");
     int absolute = 1;
-    if (ps_cfg_get_str(x, obj, "scores_from", p, 0, &ex->scores_from) || ps_cfg_get_int(x, obj, "top_n", p, 0, INT64_MAX, &ex->top_n) ||
-        ps_cfg_get_bool(x, obj, "absolute", p, &absolute))
-        return -1;
+    if (ps_cfg_get_str(x, obj, "scores_from", p, 0, &ex->scores_from) || ps_cfg_get_bool(x, obj, "absolute", p, &absolute)) return -1;
+    // top_n: a count, or a list of counts (one circuit each).
+    const cJSON *nv = ps_cfg_member(obj, "top_n");
+    ps_cfg_key_path(kp, p, "top_n");
+    const int n_list = nv && cJSON_IsArray(nv) ? cJSON_GetArraySize(nv) : nv ? 1 : 0;
+    if (nv && cJSON_IsArray(nv) && n_list < 1) return ps_cfg_bad(x, kp, "expected a count of edges or a non-empty list of counts");
+    if (n_list && !(ex->top_ns = malloc((size_t)n_list * sizeof *ex->top_ns))) return ps_cfg_nomem(x);
+    for (int i = 0; i < n_list; i++) {
+        const cJSON *it = cJSON_IsArray(nv) ? cJSON_GetArrayItem(nv, i) : nv;
+        char ip[PATH_MAX_LEN];
+        if (cJSON_IsArray(nv)) ps_cfg_index_path(ip, kp, i);
+        else snprintf(ip, sizeof ip, "%s", kp);
+        if (ps_cfg_as_int(it, &ex->top_ns[i]) || ex->top_ns[i] < 0) {
+            ps_json_describe(it, got, sizeof got);
+            return ps_cfg_bad(x, ip, "expected an integer >= 0, got %s", got);
+        }
+    }
+    ex->n_top_ns = n_list;
+    if (n_list) ex->top_n = ex->top_ns[0];
     ex->signed_scores = !absolute;
     const cJSON *tv = ps_cfg_member(obj, "threshold");
     ps_cfg_key_path(kp, p, "threshold");
