@@ -72,6 +72,9 @@
 //   Datasets (the main one and references) may name a "template" field: the item's template group.
 //   For every ablation or circuit_search experiment with "with": "mean", the loader appends an experiment
 //   {"name": "NAME.reference_means", "kind": "reference_means"}: the table of the means the run used.
+//   An "edge_circuit" experiment (ps_circuit.h) takes "edges": ["input->a0.h1<v>", ...] (EAP-IG's edge names),
+//      or "scores_from": the name of an edge_attribution experiment with "top_n": n (or a list of n: one circuit
+//      each, evaluated as rows of one batch) or "threshold": t, and "absolute": true (default: rank |score|).
 //   An inline item may carry "roles": {"S2": 10, "IO": 2}: token indices in its clean prompt as
 //   `patchsweep tokenize` shows them (BOS included when prepended), like ARENA's word_idx.
 //   heads is accepted only by layer_head/layer_pos_head, neurons only by layer_neuron, positions only by
@@ -156,7 +159,7 @@ typedef struct { ps_abl_comp *c; int64_t n; char *label; } ps_abl_cell;
 typedef struct {
     char *name;                  // unique; becomes /results/<name>
     char *kind;                  // owned; the producer of its table: "patch_sweep" (default), "path_patch", "attribution",
-                                 // "edge_attribution", "dla", "logit_lens", "attention", "ov_scores", "head_scores"
+                                 // "edge_attribution", "edge_circuit", "dla", "logit_lens", "attention", "ov_scores", "head_scores"
     char *canonical;             // owned: its config object as canonical JSON (keys sorted): what the run identity hashes
     ps_site site;
     ps_layout layout;
@@ -194,11 +197,19 @@ typedef struct {
     char *ref_path;                        // its resolved file (owned)
     int64_t seed;                          // resample draws (default 0)
     int mlp_means_under;                   // "mlp_means": "under_head_ablation" (1; seqcont) or "reference" (0, default)
-    double threshold;                      // circuit_search: points (default 20)
+    double threshold;                      // circuit_search: points (default 20); edge_circuit: a score threshold
     int one_pass;                          // circuit_search: "passes": "one_each" (1) or "until_stable" (0, default)
     int64_t speculate;                     // circuit_search: candidates per batch (0: the library's default)
     int64_t means_of;                      // kind "reference_means" (added by the loader after the experiments, one per
                                            // mean-ablating experiment, named "NAME.reference_means"): that experiment's index
+    // kind "edge_circuit" (ps_circuit.h): the edges by name, or chosen from an edge_attribution experiment's
+    // mean scores by top_n or threshold; pruned either way, as EAP-IG's evaluate_graph does
+    char **edge_names; int64_t n_edge_names;   // owned; "a0.h1->a1.h0<q>"
+    char *scores_from;           // owned: the name of an edge_attribution experiment of the same run, or NULL
+    int64_t top_n;               // with scores_from and no threshold: the n edges of highest score
+    int64_t *top_ns; int64_t n_top_ns;     // owned: "top_n": [n, ...], one circuit each (NULL: top_n alone)
+    int has_threshold;           // with scores_from: the edges whose score is >= threshold (the field above)
+    int signed_scores;           // 0 (default): rank |score|, EAP-IG's absolute=True
 } ps_experiment;
 
 typedef struct {

@@ -136,7 +136,9 @@ cat >"$tmp/grad.json" <<JSON
  "experiments": [{"name": "patch_z", "site": "z"},
                  {"name": "attr_z", "kind": "attribution", "site": "z"},
                  {"name": "attr_resid_noise", "kind": "attribution", "site": "resid_pre", "direction": "noise"},
-                 {"name": "eap", "kind": "edge_attribution"}]}
+                 {"name": "eap", "kind": "edge_attribution"},
+                 {"name": "circ", "kind": "edge_circuit", "scores_from": "eap", "top_n": [50, 10]},
+                 {"name": "circ_listed", "kind": "edge_circuit", "edges": ["input->logits"]}]}
 JSON
 if "$bin" run "$tmp/grad.json" -o "$tmp/grad.h5" --quiet 2>"$tmp/err"; then
     if $py -c 'import h5py' 2>/dev/null; then
@@ -155,6 +157,13 @@ n = int(e.attrs["n_edges"])
 assert np.isfinite(e["values"][0]).sum() == n and np.isfinite(e["mean"][...]).sum() == n
 # Noising resid_pre at layer 0 of the clean run: every position's estimate starts from the clean metric.
 assert np.all(np.isfinite(r["attr_resid_noise"]["values"][...][:, 0, :2]))
+# Circuits: metric and faithfulness per prompt; input -> logits alone is the clean embedding through the
+# corrupted rest of the model.
+c, l = r["circ"], r["circ_listed"]
+assert c["values"].shape == (2, 2, 3) and np.all(np.isfinite(c["values"][...])), c["values"].shape
+assert list(c["circuit"][...]) == [50, 10] and [d.label for d in c["values"].dims] == ["circuit", "item", "value"]
+assert np.all(c["values"][0, :, 2] <= 50) and np.all(c["values"][1, :, 2] <= 10)
+assert int(l.attrs["n_edges_kept"]) == 1 and np.all(np.isfinite(l["values"][...])) and l["values"].shape == (1, 2, 3)
 PY
         if $py -c 'import matplotlib' 2>/dev/null; then
             $py "$src/experiments/plot.py" "$tmp/grad.h5" -o "$tmp/gpng" >/dev/null 2>"$tmp/err" && [ -s "$tmp/gpng/attr_z_vs_patch_z.png" ] \

@@ -703,6 +703,39 @@ static void test_attribution_kind(void) {
                     "experiments[1].steps: expected an integer from 1 to 1000, got 0");
     expect_exp_fail("edges3.json", "{\"name\": \"x\", \"site\": \"z\", \"method\": \"EAP\"}",
                     "experiments[1].method: unknown key 'method' (valid keys: name, kind, site, by, direction, layers, heads, neurons, positions)");
+
+    // edge_circuit: listed edges, or chosen from an edge_attribution experiment's scores by top_n or threshold.
+    const char *circ = "{\"model\": \"m\", \"dataset\": [{\"clean\": \"a\", \"corrupted\": \"b\", \"answer\": \"c\", \"wrong\": \"d\"}],\n"
+                       " \"experiments\": [{\"name\": \"eap\", \"kind\": \"edge_attribution\"},\n"
+                       "   {\"name\": \"c1\", \"kind\": \"edge_circuit\", \"edges\": [\"input->logits\", \"a0.h1->a1.h0<q>\"]},\n"
+                       "   {\"name\": \"c2\", \"kind\": \"edge_circuit\", \"scores_from\": \"eap\", \"top_n\": [100, 5]},\n"
+                       "   {\"name\": \"c3\", \"kind\": \"edge_circuit\", \"scores_from\": \"eap\", \"threshold\": 0.25, \"absolute\": false}]}";
+    if (load_ok(&c, write_tmp("circ.json", circ, strlen(circ))) == 0) {
+        INTEQ(c.n_experiments, 4);
+        INTEQ(c.experiments[1].n_edge_names, 2);
+        STREQ(c.experiments[1].edge_names[1], "a0.h1->a1.h0<q>");
+        STREQ(c.experiments[2].scores_from, "eap");
+        INTEQ(c.experiments[2].top_n, 100);
+        INTEQ(c.experiments[2].n_top_ns, 2);
+        INTEQ(c.experiments[2].top_ns[1], 5);
+        INTEQ(c.experiments[2].signed_scores, 0);
+        INTEQ(c.experiments[3].has_threshold, 1);
+        TU_CHECK(c.experiments[3].threshold == 0.25, "threshold %g", c.experiments[3].threshold);
+        INTEQ(c.experiments[3].signed_scores, 1);
+        ps_config_free(&c);
+    }
+    expect_exp_fail("circ1.json", "{\"name\": \"x\", \"kind\": \"edge_circuit\"}",
+                    "experiments[1]: give either edges (a list of edge names) or scores_from (an edge_attribution experiment)");
+    expect_exp_fail("circ2.json", "{\"name\": \"x\", \"kind\": \"edge_circuit\", \"scores_from\": \"e\"}",
+                    "experiments[1]: with scores_from give one of top_n or threshold");
+    expect_exp_fail("circ3.json", "{\"name\": \"x\", \"kind\": \"edge_circuit\", \"edges\": [\"m0\"]}",
+                    "experiments[1].edges[0]: expected an edge name such as \"a0.h1->a1.h0<q>\", got \"m0\"");
+    expect_exp_fail("circ4.json", "{\"name\": \"x\", \"kind\": \"edge_circuit\", \"edges\": [\"m0->logits\"], \"top_n\": 3}",
+                    "experiments[1].edges: top_n, threshold and absolute choose edges from scores_from; a listed circuit takes none");
+    expect_exp_fail("circ5.json", "{\"name\": \"x\", \"kind\": \"edge_circuit\", \"scores_from\": \"e\", \"top_n\": [3, -1]}",
+                    "experiments[1].top_n[1]: expected an integer >= 0, got -1");
+    expect_exp_fail("circ6.json", "{\"name\": \"x\", \"kind\": \"edge_circuit\", \"scores_from\": \"e\", \"top_n\": 5}",
+                    "experiments[1].scores_from: no experiment is named \"e\"");
 }
 
 int main(void) {

@@ -1,5 +1,6 @@
 // The registry of experiment kinds (ps_producer.h) and what every producer shares: progress and stop requests.
 #include "ps_producer.h"
+#include "ps_circuit.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -18,6 +19,7 @@ static const ps_producer *const producers[] = {
     &ps_edge_attribution_producer,
     &ps_ablation_producer,
     &ps_circuit_search_producer,
+    &ps_edge_circuit_producer,
     &ps_reference_means_producer,   // last: after the experiments whose means it records
 };
 

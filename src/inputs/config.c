@@ -28,7 +28,7 @@ static const char *const multitoken_names[] = {"first_diff", "sum_logprob"};
 static const char *const align_names[] = {"error"};
 // Producers of result tables an experiment's "kind" may name (ps_table.h).
 static const char *const kind_names[] = {"patch_sweep", "path_patch", "attribution", "edge_attribution", "dla", "logit_lens",
-                                         "attention", "ov_scores", "head_scores", "ablation", "circuit_search"};
+                                         "attention", "ov_scores", "head_scores", "ablation", "circuit_search", "edge_circuit"};
 
 const char *ps_site_name(ps_site s) { return (unsigned)s < PS_SITE_COUNT ? site_names[s] : "?"; }
 const char *ps_layout_name(ps_layout l) { return (unsigned)l < PS_BY_COUNT ? layout_names[l] : "?"; }
@@ -81,6 +81,10 @@ static void experiment_free(ps_experiment *x) {
     free(x->sender_list);
     free(x->receivers);
     ps_cfg_ablation_free(x);
+    for (int64_t i = 0; x->edge_names && i < x->n_edge_names; i++) free(x->edge_names[i]);
+    free(x->edge_names);
+    free(x->scores_from);
+    free(x->top_ns);
 }
 
 void ps_config_free(ps_config *c) {
@@ -548,6 +552,7 @@ static int load_experiment(ps_cfg_ctx *x, const cJSON *obj, const char *p, ps_co
     // Each kind has its own keys.
     if (!strcmp(ex->kind, "path_patch")) return load_path_patch(x, obj, p, ex);
     if (!strcmp(ex->kind, "ablation") || !strcmp(ex->kind, "circuit_search")) return ps_cfg_load_ablation(x, obj, p, ex);
+    if (!strcmp(ex->kind, "edge_circuit")) return ps_cfg_load_edge_circuit(x, obj, p, ex);
     if (strcmp(ex->kind, "patch_sweep") != 0 && strcmp(ex->kind, "attribution") != 0) return load_analysis(x, obj, p, ex);
     if (ps_cfg_check_keys(x, obj, p, keys, COUNT(keys))) return -1;
 
@@ -686,6 +691,7 @@ static int load_root(ps_cfg_ctx *x, const cJSON *root, ps_config *c) {
             if (load_experiment(x, it, p, c, i)) return -1;
         }
     }
+    if (ps_cfg_check_circuits(x, c)) return -1;
     return ps_cfg_add_means_tables(x, c);
 }
 

@@ -1,5 +1,6 @@
 // The config loader's checking helpers, shared by config.c and the files that load one experiment kind's keys
-// (config_ablation.c). Every error names the config file and the JSON path, exit status 2 (PS_EXIT_BADINPUT).
+// (config_ablation.c, config_circuit.c). Every error names the config file and the JSON path, exit status 2
+// (PS_EXIT_BADINPUT).
 #ifndef PS_CONFIG_INTERNAL_H
 #define PS_CONFIG_INTERNAL_H
 
@@ -49,5 +50,10 @@ void ps_cfg_ablation_free(ps_experiment *ex);
 // Appends one "reference_means" experiment per mean-ablating experiment (after all of them, so the indices in
 // messages stay the config's).
 int ps_cfg_add_means_tables(ps_cfg_ctx *x, ps_config *c);
+
+// Kind "edge_circuit" (config_circuit.c): its keys after name and kind; once every experiment is loaded, each
+// scores_from must name an edge_attribution experiment of the config.
+int ps_cfg_load_edge_circuit(ps_cfg_ctx *x, const cJSON *obj, const char *p, ps_experiment *ex);
+int ps_cfg_check_circuits(ps_cfg_ctx *x, const ps_config *c);
 
 #endif

@@ -1,0 +1,237 @@
+// Evaluating a circuit given as a set of edges (ps_circuit.h) with EAP-IG's evaluate_graph semantics, through
+// the intervention model: add patches on ps_engine_rows, layer by layer.
+//
+// The route. Destination v's input must be x_v = (this run's residual stream where v reads it) + c_v, with
+// c_v = sum over v's missing edges u -> v of (corrupted - this run's output of u). This run's outputs of layer l's
+// sources depend on the corrections of layers <= l, so the layers are built in order, each from a forward pass
+// that carries every patch found so far (its cache gives the sources' outputs that are now final):
+//  - a head's q (k, v) input is read through ln1, which is not linear, so c_v cannot be added to the residual
+//    stream that all heads share. Per head h it is applied where it is exact: q_h' = ln1(x + c_qh) W_Q[h] + b_Q[h]
+//    is this run's q_h plus (ln1(x + c_qh) - ln1(x)) W_Q[h] (the bias cancels), an add patch at hook_q of
+//    head h's columns (hook_k, hook_v of a key/value head alike); rotary acts after hook_q and sees q_h';
+//  - an MLP's input (hook_mlp_in in EAP-IG) is ln2 of resid_mid: add c at resid_mid and -c at resid_post, so the
+//    MLP reads resid_mid + c while the residual stream after the layer is unchanged (resid_post = resid_mid + c +
+//    mlp_out - c);
+//  - the logits read resid_post of the last layer: add c there (after that layer's MLP patch).
+// Each is EAP-IG's input construction exactly in real arithmetic; in fp32 they differ by rounding (1e-6 seen).
+// Up to 2 L + 1 forward passes per circuit and prompt, the circuits of one prompt batched as rows of each pass;
+// steps whose destinations miss no edge are skipped.
+#include "engine_internal.h"
+#include "ps_blas.h"
+#include "ps_circuit.h"
+
+#include <cblas.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    const ps_model *m;
+    ps_backend *be;
+    const ps_graph *g;
+    const uint8_t *in_graph;
+    const ps_prompt *p;
+    int64_t T;
+    const float *corr_out; // (n_sources, T, C) the corrupted run's source outputs (shared by the circuits)
+    float *run_out;   // (n_sources, T, C) this run's, final for the sources done so far
+    float *c;         // (T, C) one destination's correction
+    float *xn0, *xn1, *sc; // (T, C), (T, C), (T): ln1 of this run's stream and of the corrected one
+    float *refs;      // per layer: q (T, H D), k (T, Hkv D), v (T, Hkv D), mlp +c (T, C), -c (T, C); then the logits' (T, C)
+    ps_patch *patches; int64_t n_patches;
+    ps_cache work;    // the latest pass's activations
+    const ps_cache *cur;
+} circ;
+
+static int64_t layer_ref_floats(const ps_model_config *mc, int64_t T) {
+    return T * (mc->n_heads * mc->d_head + 2 * mc->n_kv_heads * mc->d_head + 2 * mc->d_model);
+}
+
+// Source outputs of a run (heads: z_h @ W_O[h], no bias, as hook_result) for the sources of layer l
+// (l = -1: the input, resid_pre of layer 0); heads and/or MLP.
+static int source_outputs(circ *w, const ps_cache *r, float *out, int64_t l, int heads, int mlp, ps_error *e) {
+    const ps_model_config *mc = &w->m->cfg;
+    const int64_t C = mc->d_model, H = mc->n_heads, D = mc->d_head, T = w->T, QD = H * D, TC = T * C;
+    if (l < 0) { memcpy(out, r->resid_pre, (size_t)TC * sizeof(float)); return 0; }
+    ps_layer_weights lw;
+    if (ps_model_layer(w->m, l, &lw, e) != 0) return -1;
+    const int64_t s0 = ps_graph_source(w->g, l, 0);
+    for (int64_t h = 0; heads && h < H; h++)
+        ps_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)T, (int)C, (int)D, 1.0f, r->z + l * T * QD + h * D, (int)QD,
+                 lw.w_o + h * D * C, (int)C, 0.0f, out + (s0 + h) * TC, (int)C);
+    if (mlp) memcpy(out + (s0 + H) * TC, r->mlp_out + l * TC, (size_t)TC * sizeof(float));
+    return 0;
+}
+
+// w->c = destination d's correction; returns whether any edge into d is missing.
+static int correction(circ *w, int64_t d) {
+    const int64_t TC = w->T * w->m->cfg.d_model, Dn = w->g->n_dests;
+    int any = 0;
+    memset(w->c, 0, (size_t)TC * sizeof(float));
+    for (int64_t s = 0; s < w->g->n_sources; s++) {
+        if (!ps_graph_edge(w->g, s, d) || w->in_graph[s * Dn + d]) continue;
+        any = 1;
+        const float *a = w->corr_out + s * TC, *b = w->run_out + s * TC;
+        for (int64_t i = 0; i < TC; i++) w->c[i] += a[i] - b[i];
+    }
+    return any;
+}
+
+static void norm(const ps_model_config *mc, float *out, float *scale, const float *x, const float *wt, const float *b, int64_t T) {
+    if (mc->arch == PS_ARCH_LLAMA) ps_cpu_rmsnorm(out, scale, x, wt, T, mc->d_model, mc->eps);
+    else ps_cpu_layernorm(out, scale, x, wt, b, T, mc->d_model, mc->eps);
+}
+
+static void add_patch(circ *w, ps_site site, int64_t l, const float *ref) {
+    w->patches[w->n_patches++] = (ps_patch){.site = site, .layer = l, .head = -1, .pos = -1, .neuron = -1, .op = PS_OP_ADD,
+                                            .ref = {ref, w->T, NULL}};
+}
+
+// One forward pass of the clean tokens per circuit k with need[k], each with its patches so far, in one batch;
+// their activations into each circuit's work cache.
+static int pass_many(circ *ws, int64_t K, const int *need, ps_row *rows, ps_error *e) {
+    int64_t n = 0;
+    for (int64_t k = 0; k < K; k++) {
+        if (!need[k]) continue;
+        circ *w = &ws[k];
+        if (w->be->release_cache) w->be->release_cache(w->be, &w->work);
+        rows[n++] = (ps_row){.tokens = w->p->clean, .T = w->T, .patches = w->patches, .n_patches = w->n_patches, .cache = &w->work};
+        w->cur = &w->work;
+    }
+    return n ? ps_engine_rows(ws[0].m, ws[0].be, rows, n, NULL, NULL, e) : 0;
+}
+
+// Layer l's q/k/v corrections from w->cur (whose resid_pre of layer l is final) as add patches; 1 when any.
+static int attn_step(circ *w, int64_t l, float *ref, int *any, ps_error *e) {
+    const ps_model_config *mc = &w->m->cfg;
+    const int64_t C = mc->d_model, H = mc->n_heads, Hkv = mc->n_kv_heads, D = mc->d_head, T = w->T, TC = T * C;
+    const int64_t QD = H * D, KD = Hkv * D;
+    ps_layer_weights lw;
+    if (ps_model_layer(w->m, l, &lw, e) != 0) return -1;
+    const float *x = w->cur->resid_pre + l * TC, *lnw = w->m->w.ln1_w + l * C, *lnb = w->m->w.ln1_b ? w->m->w.ln1_b + l * C : NULL;
+    float *dq = ref, *dk = ref + T * QD, *dv = dk + T * KD;
+    memset(ref, 0, (size_t)(T * (QD + 2 * KD)) * sizeof(float));
+    norm(mc, w->xn0, w->sc, x, lnw, lnb, T);
+    *any = 0;
+    const ps_dest_kind kinds[3] = {PS_DEST_Q, PS_DEST_K, PS_DEST_V};
+    float *outs[3] = {dq, dk, dv};
+    const float *W[3] = {lw.w_q, lw.w_k, lw.w_v};
+    const int64_t ld[3] = {QD, KD, KD}, nh[3] = {H, Hkv, Hkv};
+    for (int k = 0; k < 3; k++)
+        for (int64_t h = 0; h < nh[k]; h++) {
+            if (!correction(w, ps_graph_dest(w->g, kinds[k], l, h))) continue;
+            *any = 1;
+            for (int64_t i = 0; i < TC; i++) w->c[i] += x[i];
+            norm(mc, w->xn1, w->sc, w->c, lnw, lnb, T);
+            for (int64_t i = 0; i < TC; i++) w->xn1[i] -= w->xn0[i];
+            // delta (T, D) = (ln(x + c) - ln(x)) @ W[:, h D : (h+1) D]
+            ps_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)T, (int)D, (int)C, 1.0f, w->xn1, (int)C, W[k] + h * D, (int)ld[k],
+                     0.0f, outs[k] + h * D, (int)ld[k]);
+        }
+    if (*any) {
+        add_patch(w, PS_SITE_Q, l, dq);
+        add_patch(w, PS_SITE_K, l, dk);
+        add_patch(w, PS_SITE_V, l, dv);
+    }
+    return 0;
+}
+
+// One circuit's buffers; corr_out is shared (borrowed).
+static int circ_init(circ *w, const ps_model *m, ps_backend *be, const ps_graph *g, const uint8_t *in_graph, const ps_prompt *p,
+                     const ps_cache *clean, float *corr_out, ps_error *e) {
+    const ps_model_config *mc = &m->cfg;
+    const int64_t L = mc->n_layers, T = p->T, TC = T * mc->d_model, S = g->n_sources;
+    *w = (circ){.m = m, .be = be, .g = g, .in_graph = in_graph, .p = p, .T = T, .cur = clean, .corr_out = corr_out};
+    w->run_out = malloc((size_t)(S * TC) * sizeof(float));
+    w->c = malloc((size_t)TC * sizeof(float));
+    w->xn0 = malloc((size_t)TC * sizeof(float));
+    w->xn1 = malloc((size_t)TC * sizeof(float));
+    w->sc = malloc((size_t)T * sizeof(float));
+    w->refs = malloc((size_t)(L * layer_ref_floats(mc, T) + TC) * sizeof(float));
+    w->patches = calloc((size_t)(5 * L + 1), sizeof *w->patches);
+    if (!w->run_out || !w->c || !w->xn0 || !w->xn1 || !w->sc || !w->refs || !w->patches)
+        return ps_fail(e, PS_EXIT_RUNTIME, "edge_circuit: out of memory for a prompt of %lld tokens", (long long)T);
+    if (ps_cache_init(&w->work, mc, T, 0, e) != 0) return -1;
+    return source_outputs(w, clean, w->run_out, -1, 0, 0, e);
+}
+
+static void circ_free(circ *w) {
+    if (w->be && w->be->release_cache) w->be->release_cache(w->be, &w->work);
+    ps_cache_free(&w->work);
+    free(w->run_out);
+    free(w->c);
+    free(w->xn0);
+    free(w->xn1);
+    free(w->sc);
+    free(w->refs);
+    free(w->patches);
+}
+
+int ps_circuit_eval_many(const ps_model *m, ps_backend *be, const ps_graph *g, const uint8_t *const *in_graph, int64_t K,
+                         const ps_prompt *p, const ps_cache *clean, const ps_cache *corr, const ps_metric_request *rq, float *logits,
+                         ps_error *e) {
+    const ps_model_config *mc = &m->cfg;
+    const int64_t L = mc->n_layers, T = p->T, TC = T * mc->d_model, S = g->n_sources;
+    const int64_t per_layer = layer_ref_floats(mc, T), width = rq->n_cols ? rq->n_cols : mc->d_vocab;
+    if (mc->parallel_residual)
+        return ps_fail(e, PS_EXIT_BADINPUT, "edge_circuit: parallel attention and MLP blocks (GPT-NeoX) are not supported");
+    circ *ws = calloc((size_t)K, sizeof *ws);
+    ps_row *rows = calloc((size_t)K, sizeof *rows);
+    int *need = calloc((size_t)K, sizeof *need);
+    float *corr_out = malloc((size_t)(S * TC) * sizeof(float));
+    int rc = -1;
+    if (!ws || !rows || !need || !corr_out) {
+        ps_fail(e, PS_EXIT_RUNTIME, "edge_circuit: out of memory for %lld circuits", (long long)K);
+        goto done;
+    }
+    circ w0 = {.m = m, .g = g, .T = T};
+    if (source_outputs(&w0, corr, corr_out, -1, 0, 0, e) != 0) goto done;
+    for (int64_t l = 0; l < L; l++)
+        if (source_outputs(&w0, corr, corr_out, l, 1, 1, e) != 0) goto done;
+    for (int64_t k = 0; k < K; k++)
+        if (circ_init(&ws[k], m, be, g, in_graph[k], p, clean, corr_out, e) != 0) goto done;
+    for (int64_t l = 0; l < L; l++) {
+        // Heads of layer l: their inputs from each circuit's stream before layer l, their outputs after the patches.
+        for (int64_t k = 0; k < K; k++)
+            if (attn_step(&ws[k], l, ws[k].refs + l * per_layer, &need[k], e) != 0) goto done;
+        if (pass_many(ws, K, need, rows, e) != 0) goto done;
+        // The MLP of layer l reads input, the heads of layers <= l and the MLPs before it.
+        for (int64_t k = 0; k < K; k++) {
+            circ *w = &ws[k];
+            float *mlp_plus = w->refs + l * per_layer + T * (mc->n_heads + 2 * mc->n_kv_heads) * mc->d_head, *mlp_minus = mlp_plus + TC;
+            if (source_outputs(w, w->cur, w->run_out, l, 1, 0, e) != 0) goto done;
+            need[k] = correction(w, ps_graph_dest(g, PS_DEST_MLP, l, -1));
+            if (!need[k]) continue;
+            memcpy(mlp_plus, w->c, (size_t)TC * sizeof(float));
+            for (int64_t i = 0; i < TC; i++) mlp_minus[i] = -w->c[i];
+            add_patch(w, PS_SITE_RESID_MID, l, mlp_plus);
+            add_patch(w, PS_SITE_RESID_POST, l, mlp_minus);
+        }
+        if (pass_many(ws, K, need, rows, e) != 0) goto done;
+        for (int64_t k = 0; k < K; k++)
+            if (source_outputs(&ws[k], ws[k].cur, ws[k].run_out, l, 0, 1, e) != 0) goto done;
+    }
+    // The logits read the last resid_post; one row per circuit, unembedded only where the metric reads.
+    for (int64_t k = 0; k < K; k++) {
+        circ *w = &ws[k];
+        if (correction(w, g->n_dests - 1)) {
+            float *lg = w->refs + L * per_layer;
+            memcpy(lg, w->c, (size_t)TC * sizeof(float));
+            add_patch(w, PS_SITE_RESID_POST, L - 1, lg);
+        }
+        rows[k] = (ps_row){.tokens = p->clean, .T = T, .base = clean, .patches = w->patches, .n_patches = w->n_patches,
+                           .out_pos = rq->out_pos, .n_out = rq->n_out, .cols = rq->n_cols ? rq->cols : NULL, .n_cols = rq->n_cols,
+                           .logits = logits + k * rq->n_out * width};
+    }
+    rc = ps_engine_rows(m, be, rows, K, NULL, NULL, e);
+done:
+    for (int64_t k = 0; ws && k < K; k++) circ_free(&ws[k]);
+    free(ws);
+    free(rows);
+    free(need);
+    free(corr_out);
+    return rc;
+}
+
+int ps_circuit_eval(const ps_model *m, ps_backend *be, const ps_graph *g, const uint8_t *in_graph, const ps_prompt *p,
+                    const ps_cache *clean, const ps_cache *corr, const ps_metric_request *rq, float *logits, ps_error *e) {
+    return ps_circuit_eval_many(m, be, g, &in_graph, 1, p, clean, corr, rq, logits, e);
+}

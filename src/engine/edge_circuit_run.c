@@ -1,0 +1,207 @@
+// Kind "edge_circuit" (ps_producer.h, ps_circuit.h): circuits of EAP-IG's graph, given as edge names or chosen
+// from an edge_attribution experiment's mean scores (top_n, one circuit per count, or threshold), pruned, and
+// evaluated per prompt, a prompt's circuits as rows of one batch.
+// It runs once, after the last chunk, so the scores it chooses from are every prompt's mean (--shard refuses
+// tables that are not per prompt, so every prompt is this run's); it reruns each prompt's clean and corrupted
+// baselines for their caches. Table: one row, cells (circuit, item, value): item = the prompt ("prompt" names
+// per-prompt tables' leading axis), value = the metric, the faithfulness (metric - corrupted) / (clean -
+// corrupted) of the run's baselines, and the circuit's kept edge count.
+#include "engine_internal.h"
+#include "ps_circuit.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static ps_graph graph_of(const ps_model_config *mc) {
+    ps_graph g;
+    ps_graph_init(&g, mc, 1);
+    return g;
+}
+
+// Circuits of an experiment: one per top_n count, else one.
+static int64_t n_circuits(const ps_experiment *ex) { return ex->top_ns ? ex->n_top_ns : 1; }
+enum { V_METRIC = 0, V_FAITH, V_KEPT, N_VALUES };
+
+static int ec_init(const ps_model_config *mc, const ps_prompt_set *ps, ps_product *p, ps_error *e) {
+    const ps_experiment *ex = p->ex;
+    const ps_graph g = graph_of(mc);
+    const int64_t K = n_circuits(ex);
+    if (mc->parallel_residual)
+        return ps_fail(e, PS_EXIT_BADINPUT, "%s: edge_circuit needs sequential blocks (this model's attention and MLP are parallel)", ex->name);
+    if (!ex->scores_from == !ex->edge_names)
+        return ps_fail(e, PS_EXIT_BADINPUT, "%s: give either edges or scores_from", ex->name);
+    for (int64_t i = 0; i < ex->n_edge_names; i++) {
+        int64_t s, d;
+        if (ps_circuit_edge_by_name(&g, ex->edge_names[i], &s, &d) != 0)
+            return ps_fail(e, PS_EXIT_BADINPUT, "%s: edges[%lld]: \"%s\" is no edge of the graph (e.g. \"a0.h1->a1.h0<q>\", \"m0->logits\")",
+                           ex->name, (long long)i, ex->edge_names[i]);
+    }
+    // Axis circuit: the edges asked for (top_n, the listed count, -1 for a threshold), labelled top<n>, listed, threshold.
+    int64_t *cv = malloc((size_t)K * sizeof(int64_t)), *pv = malloc((size_t)ps->n * sizeof(int64_t)), vv[N_VALUES] = {0, 1, 2};
+    char **cl = calloc((size_t)K, sizeof *cl);
+    int rc = -1;
+    if (!cv || !pv || !cl) { ps_fail(e, PS_EXIT_RUNTIME, "out of memory"); goto done; }
+    for (int64_t k = 0; k < K; k++) {
+        char buf[48];
+        cv[k] = ex->scores_from ? (ex->has_threshold ? -1 : ex->top_ns ? ex->top_ns[k] : ex->top_n) : ex->n_edge_names;
+        if (!ex->scores_from) snprintf(buf, sizeof buf, "listed");
+        else if (ex->has_threshold) snprintf(buf, sizeof buf, "threshold");
+        else snprintf(buf, sizeof buf, "top%lld", (long long)cv[k]);
+        if (!(cl[k] = strdup(buf))) { ps_fail(e, PS_EXIT_RUNTIME, "out of memory"); goto done; }
+    }
+    for (int64_t i = 0; i < ps->n; i++) pv[i] = i;
+    const char *vl[N_VALUES] = {"metric", "faithfulness", "n_edges_kept"};
+    ps_axis axes[3] = {{.name = "circuit", .len = K, .value = cv, .label = cl},
+                       {.name = "item", .len = ps->n, .value = pv},
+                       {.name = "value", .len = N_VALUES, .value = vv, .label = (char **)vl}};
+    if (ps_table_init(p->t, ex->name, "edge_circuit", 0, 1, 3, axes, 0, e) != 0) goto done;
+    if ((K == 1 && ps_table_attr_i64(p->t, "n_edges_requested", cv[0], e) != 0) ||
+        (ex->scores_from && ps_table_attr_str(p->t, "scores_from", ex->scores_from, e) != 0) ||
+        (ex->has_threshold && ps_table_attr_f64(p->t, "threshold", ex->threshold, e) != 0) ||
+        ps_table_attr_str(p->t, "faithfulness", "(metric - corrupted) / (clean - corrupted), the run's baselines", e) != 0)
+        goto done;
+    rc = 0;
+done:
+    for (int64_t k = 0; cl && k < K; k++) free(cl[k]);
+    free(cl);
+    free(cv);
+    free(pv);
+    return rc;
+}
+
+// The mean score over the prompts that have one (EAP-IG's scores are the mean over its data) of the
+// edge_attribution experiment ex->scores_from, into mean (n_sources x n_dests).
+static int mean_scores(ps_producer_ctx *cx, const ps_experiment *ex, int64_t N, float *mean, ps_error *e) {
+    const ps_table *t = NULL;
+    for (int64_t k = 0; k < cx->rr->n_products; k++)
+        if (!strcmp(cx->rr->products[k].ex->name, ex->scores_from)) t = cx->rr->products[k].t;
+    if (!t || strcmp(t->kind, "edge_attribution") != 0 || t->n_cells != N)
+        return ps_fail(e, PS_EXIT_BADINPUT, "%s: scores_from: \"%s\" is no edge_attribution experiment of this run", ex->name,
+                       ex->scores_from);
+    for (int64_t c = 0; c < N; c++) {
+        double s = 0;
+        int64_t n = 0;
+        for (int64_t r = 0; r < t->n_rows; r++) {
+            const float v = t->values[r * N + c];
+            if (!isnan(v)) { s += v; n++; }
+        }
+        mean[c] = n ? (float)(s / (double)n) : NAN;
+    }
+    return 0;
+}
+
+// Circuit k of experiment ex (before pruning) into in_graph; mean: the scores (with scores_from).
+static int choose(const ps_experiment *ex, const ps_graph *g, int64_t k, const float *mean, uint8_t *in_graph, ps_error *e) {
+    memset(in_graph, 0, (size_t)(g->n_sources * g->n_dests));
+    for (int64_t i = 0; i < ex->n_edge_names; i++) {
+        int64_t s, d;
+        if (ps_circuit_edge_by_name(g, ex->edge_names[i], &s, &d) == 0) in_graph[s * g->n_dests + d] = 1;
+    }
+    if (!ex->scores_from) return 0;
+    if (ex->has_threshold) {
+        ps_circuit_threshold(g, mean, (float)ex->threshold, !ex->signed_scores, in_graph);
+        return 0;
+    }
+    if (ps_circuit_topn(g, mean, ex->top_ns ? ex->top_ns[k] : ex->top_n, !ex->signed_scores, in_graph) != 0)
+        return ps_fail(e, PS_EXIT_RUNTIME, "out of memory");
+    return 0;
+}
+
+// One prompt: its baselines' caches, the K circuits' logits (one batch per pass), their metrics.
+static int eval_prompt(ps_producer_ctx *cx, const ps_graph *g, const uint8_t *const *masks, int64_t K, int64_t pi, double *metric,
+                       ps_error *e) {
+    const ps_model_config *mc = &cx->m->cfg;
+    const ps_prompt *p = &cx->ps->p[pi];
+    ps_cache cache[2] = {{0}, {0}};
+    ps_metric_request rq;
+    ps_metric_request_for(cx->metric, p, &rq);
+    const int64_t width = rq.n_cols ? rq.n_cols : mc->d_vocab;
+    float *logits = malloc((size_t)(K * rq.n_out * width) * sizeof(float)), *lp = NULL;
+    int rc = -1;
+    if (!logits) { ps_fail(e, PS_EXIT_RUNTIME, "out of memory"); goto done; }
+    ps_row r[2];
+    for (int k = 0; k < 2; k++) {
+        if (ps_cache_init(&cache[k], mc, p->T, k == 0 && cx->metric == PS_METRIC_KL ? PS_CACHE_LOGITS : 0, e) != 0) goto done;
+        r[k] = (ps_row){.tokens = k ? p->corrupted : p->clean, .T = p->T, .cache = &cache[k]};
+    }
+    if (ps_engine_rows(cx->m, cx->be, r, 2, NULL, NULL, e) != 0) goto done;
+    if (cx->metric == PS_METRIC_KL) { // the clean run's log-softmax at score_pos
+        const int64_t V = mc->d_vocab;
+        const float *z = cache[0].logits + p->score_pos * V;
+        if (!(lp = malloc((size_t)V * sizeof(float)))) { ps_fail(e, PS_EXIT_RUNTIME, "out of memory"); goto done; }
+        double mx = z[0], s = 0;
+        for (int64_t v = 1; v < V; v++) mx = z[v] > mx ? z[v] : mx;
+        for (int64_t v = 0; v < V; v++) s += exp(z[v] - mx);
+        for (int64_t v = 0; v < V; v++) lp[v] = (float)(z[v] - mx - log(s));
+    }
+    if (ps_circuit_eval_many(cx->m, cx->be, g, masks, K, p, &cache[0], &cache[1], &rq, logits, e) != 0) goto done;
+    for (int64_t k = 0; k < K; k++) metric[k] = ps_metric_value(cx->metric, p, &rq, logits + k * rq.n_out * width, mc->d_vocab, lp);
+    rc = 0;
+done:
+    for (int k = 0; k < 2; k++) {
+        if (cx->be->release_cache) cx->be->release_cache(cx->be, &cache[k]);
+        ps_cache_free(&cache[k]);
+    }
+    free(logits);
+    free(lp);
+    return rc;
+}
+
+// One experiment's circuits: chosen, pruned, evaluated on every prompt.
+static int ec_experiment(ps_producer_ctx *cx, ps_product *it, const ps_graph *g, ps_error *e) {
+    const ps_model_config *mc = &cx->m->cfg;
+    const ps_experiment *ex = it->ex;
+    ps_table *t = it->t;
+    const int64_t K = n_circuits(ex), N = g->n_sources * g->n_dests, n = cx->ps->n;
+    uint8_t *masks = malloc((size_t)(K * N));
+    const uint8_t **ms = malloc((size_t)K * sizeof *ms);
+    float *mean = ex->scores_from ? malloc((size_t)N * sizeof(float)) : NULL;
+    int64_t *kept = malloc((size_t)K * sizeof *kept);
+    double *metric = malloc((size_t)K * sizeof *metric);
+    int rc = -1;
+    if (!masks || !ms || (ex->scores_from && !mean) || !kept || !metric) { ps_fail(e, PS_EXIT_RUNTIME, "out of memory for edge sets"); goto done; }
+    if (ex->scores_from && mean_scores(cx, ex, N, mean, e) != 0) goto done;
+    for (int64_t k = 0; k < K; k++) {
+        ms[k] = masks + k * N;
+        if (choose(ex, g, k, mean, masks + k * N, e) != 0) goto done;
+        if ((kept[k] = ps_circuit_prune(g, masks + k * N)) < 0) { ps_fail(e, PS_EXIT_RUNTIME, "out of memory pruning an edge set"); goto done; }
+    }
+    if (K == 1 && ps_table_attr_i64(t, "n_edges_kept", kept[0], e) != 0) goto done;
+    for (int64_t pi = 0; pi < n; pi++) {
+        // Each pass is a forward of the prompt per circuit: up to 2 L + 1 of them, and the two baselines.
+        const ps_row full = {.tokens = cx->ps->p[pi].clean, .T = cx->ps->p[pi].T};
+        t->flops += (double)(K * (2 * mc->n_layers + 1) + 2) * ps_row_flops(mc, &full);
+        if (cx->o->dry_run) continue;
+        if (ps_producer_stopped(cx, e) != 0) goto done;
+        if (eval_prompt(cx, g, ms, K, pi, metric, e) != 0) goto done;
+        const double c = cx->rr->base.clean[pi], x = cx->rr->base.corrupted[pi];
+        for (int64_t k = 0; k < K; k++) {
+            float *v = t->values + (k * n + pi) * N_VALUES;
+            v[V_METRIC] = (float)metric[k];
+            v[V_FAITH] = (float)((metric[k] - x) / (c - x));
+            v[V_KEPT] = (float)kept[k];
+        }
+        ps_producer_progress(cx, 0);
+    }
+    rc = 0;
+done:
+    free(masks);
+    free(ms);
+    free(mean);
+    free(kept);
+    free(metric);
+    return rc;
+}
+
+static int ec_once(ps_producer_ctx *cx, ps_product *const *items, int64_t n, ps_error *e) {
+    const ps_graph g = graph_of(&cx->m->cfg);
+    for (int64_t s = 0; s < n; s++)
+        if (ec_experiment(cx, items[s], &g, e) != 0) return -1;
+    return 0;
+}
+
+const ps_producer ps_edge_circuit_producer = {
+    .kind = "edge_circuit", .per_prompt = 0, .init = ec_init, .once = ec_once,
+};

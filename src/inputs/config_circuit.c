@@ -1,0 +1,86 @@
+// Kind edge_circuit's keys (ps_config.h): "edges" (a list of EAP-IG edge names), or "scores_from" (an
+// edge_attribution experiment of the same run) with "top_n" (a count or a list) or "threshold", and "absolute". The names are
+// checked against the model's graph when the run starts (the producer's init).
+#include "config_internal.h"
+#include "ps_json.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+int ps_cfg_load_edge_circuit(ps_cfg_ctx *x, const cJSON *obj, const char *p, ps_experiment *ex) {
+    static const char *const keys[] = {"name", "kind", "edges", "scores_from", "top_n", "threshold", "absolute"};
+    if (ps_cfg_check_keys(x, obj, p, keys, COUNT(keys))) return -1;
+    char kp[PATH_MAX_LEN], got[200];
+    const cJSON *ev = ps_cfg_member(obj, "edges");
+    int absolute = 1;
+    if (ps_cfg_get_str(x, obj, "scores_from", p, 0, &ex->scores_from) || ps_cfg_get_bool(x, obj, "absolute", p, &absolute)) return -1;
+    // top_n: a count, or a list of counts (one circuit each).
+    const cJSON *nv = ps_cfg_member(obj, "top_n");
+    ps_cfg_key_path(kp, p, "top_n");
+    const int n_list = nv && cJSON_IsArray(nv) ? cJSON_GetArraySize(nv) : nv ? 1 : 0;
+    if (nv && cJSON_IsArray(nv) && n_list < 1) return ps_cfg_bad(x, kp, "expected a count of edges or a non-empty list of counts");
+    if (n_list && !(ex->top_ns = malloc((size_t)n_list * sizeof *ex->top_ns))) return ps_cfg_nomem(x);
+    for (int i = 0; i < n_list; i++) {
+        const cJSON *it = cJSON_IsArray(nv) ? cJSON_GetArrayItem(nv, i) : nv;
+        char ip[PATH_MAX_LEN];
+        if (cJSON_IsArray(nv)) ps_cfg_index_path(ip, kp, i);
+        else snprintf(ip, sizeof ip, "%s", kp);
+        if (ps_cfg_as_int(it, &ex->top_ns[i]) || ex->top_ns[i] < 0) {
+            ps_json_describe(it, got, sizeof got);
+            return ps_cfg_bad(x, ip, "expected an integer >= 0, got %s", got);
+        }
+    }
+    ex->n_top_ns = n_list;
+    if (n_list) ex->top_n = ex->top_ns[0];
+    ex->signed_scores = !absolute;
+    const cJSON *tv = ps_cfg_member(obj, "threshold");
+    ps_cfg_key_path(kp, p, "threshold");
+    if (tv && (!cJSON_IsNumber(tv) || !isfinite(tv->valuedouble))) {
+        ps_json_describe(tv, got, sizeof got);
+        return ps_cfg_bad(x, kp, "expected a number, got %s", got);
+    }
+    if (tv) {
+        ex->has_threshold = 1;
+        ex->threshold = tv->valuedouble;
+    }
+    ps_cfg_key_path(kp, p, "edges");
+    if (!ev == !ex->scores_from)
+        return ps_cfg_bad(x, ev ? kp : p, "give either edges (a list of edge names) or scores_from (an edge_attribution experiment)");
+    if (ev) {
+        if (ps_cfg_member(obj, "top_n") || tv || ps_cfg_member(obj, "absolute"))
+            return ps_cfg_bad(x, kp, "top_n, threshold and absolute choose edges from scores_from; a listed circuit takes none");
+        if (!cJSON_IsArray(ev) || cJSON_GetArraySize(ev) < 1) return ps_cfg_bad(x, kp, "expected a non-empty list of edge names");
+        if (!(ex->edge_names = calloc((size_t)cJSON_GetArraySize(ev), sizeof *ex->edge_names))) return ps_cfg_nomem(x);
+        for (const cJSON *it = ev->child; it; it = it->next) {
+            char ip[PATH_MAX_LEN];
+            ps_cfg_index_path(ip, kp, ex->n_edge_names);
+            ps_json_describe(it, got, sizeof got);
+            if (!cJSON_IsString(it) || !strstr(it->valuestring, "->"))
+                return ps_cfg_bad(x, ip, "expected an edge name such as \"a0.h1->a1.h0<q>\", got %s", got);
+            if (!(ex->edge_names[ex->n_edge_names++] = strdup(it->valuestring))) return ps_cfg_nomem(x);
+        }
+        return 0;
+    }
+    ps_cfg_key_path(kp, p, "top_n");
+    if (!ps_cfg_member(obj, "top_n") == !tv) return ps_cfg_bad(x, tv ? kp : p, "with scores_from give one of top_n or threshold");
+    return 0;
+}
+
+int ps_cfg_check_circuits(ps_cfg_ctx *x, const ps_config *c) {
+    for (int64_t i = 0; i < c->n_experiments; i++) {
+        const ps_experiment *ex = &c->experiments[i];
+        if (!ex->scores_from) continue;
+        int64_t j = 0;
+        while (j < c->n_experiments && strcmp(c->experiments[j].name, ex->scores_from) != 0) j++;
+        if (j < c->n_experiments && !strcmp(c->experiments[j].kind, "edge_attribution")) continue;
+        char ip[PATH_MAX_LEN], kp[PATH_MAX_LEN];
+        ps_cfg_index_path(ip, "experiments", i);
+        ps_cfg_key_path(kp, ip, "scores_from");
+        if (j == c->n_experiments) return ps_cfg_bad(x, kp, "no experiment is named \"%s\"", ex->scores_from);
+        return ps_cfg_bad(x, kp, "\"%s\" is a %s experiment; scores come from an edge_attribution one", ex->scores_from,
+                          c->experiments[j].kind);
+    }
+    return 0;
+}

@@ -1,0 +1,266 @@
+// Circuits as sets of edges (ps_circuit.h, kind edge_circuit) against hannamw/EAP-IG's own apply_topn,
+// apply_threshold, prune and evaluate_graph (tests/golden/run_eap_ig_circuits.py): the pruned masks and kept counts
+// exactly, the metric of every pair at 1e-4; then the kind through the engine, from scores and from edge names.
+#include "golden_util.h"
+#include "patch_fixture.h"
+#include "ps_circuit.h"
+#include "ps_producer.h"
+#include "testutil.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct { const char *name; int how; int64_t n; int absolute; } circuit_spec; // how: 0 all, 1 top-n, 2 threshold
+static const circuit_spec CIRCUITS[] = {{"all", 0, 0, 1}, {"none", 1, 0, 1},      {"top5", 1, 5, 1}, {"top25", 1, 25, 1},
+                                        {"top80", 1, 80, 1}, {"signed20", 1, 20, 0}, {"thr30", 2, 0, 1}};
+enum { N_CIRCUITS = sizeof CIRCUITS / sizeof CIRCUITS[0] };
+
+// The prompt's clean and corrupted runs, every activation cached.
+static int baselines(const ps_model *m, ps_backend *be, const ps_prompt *p, ps_cache c[2], ps_error *e) {
+    ps_row r[2];
+    for (int k = 0; k < 2; k++) {
+        if (ps_cache_init(&c[k], &m->cfg, p->T, 0, e) != 0) return -1;
+        r[k] = (ps_row){.tokens = k ? p->corrupted : p->clean, .T = p->T, .cache = &c[k]};
+    }
+    return ps_engine_rows(m, be, r, 2, NULL, NULL, e);
+}
+
+static double rel_err(double got, double want) { return fabs(got - want) / (1.0 + fabs(want)); }
+
+static void test_model(const char *name) {
+    pf_fixture f;
+    if (pf_load_or_fail(&f, name) != 0) return;
+    char rel[256];
+    ps_safetensors gs, ss;
+    ps_error e = {0};
+    snprintf(rel, sizeof rel, "tests/data/%s/golden_eap_ig_circuits.safetensors", name);
+    if (ps_safetensors_open(&gs, tu_src(rel), &e) != 0) { TU_CHECK(0, "%s: %s", name, e.msg); pf_free(&f); return; }
+    snprintf(rel, sizeof rel, "tests/data/%s/golden_eap_ig.safetensors", name);
+    if (ps_safetensors_open(&ss, tu_src(rel), &e) != 0) { TU_CHECK(0, "%s: %s", name, e.msg); ps_safetensors_free(&gs); pf_free(&f); return; }
+    ps_graph g;
+    ps_graph_init(&g, &f.m.cfg, 1);
+    const int64_t N = g.n_sources * g.n_dests;
+    int64_t n = 0;
+    float *scores = gu_f32(&ss, "eap", &n);
+    const int scores_ok = scores && n == N;
+    TU_CHECK(scores_ok, "%s: EAP-IG's scores: %lld, the graph %lld", name, (long long)n, (long long)N);
+    uint8_t *in_graph = malloc((size_t)N), *masks = malloc((size_t)(N_CIRCUITS * N)); // masks: every circuit's, for the batch
+    ps_backend be;
+    ps_cache *caches = calloc((size_t)(2 * f.ps.n), sizeof *caches);
+    const int backend_ok = ps_backend_init(&be, PS_BACKEND_CPU, PS_PREC_FP32, 0, &f.m, &e) == 0;
+    TU_CHECK(backend_ok, "%s: backend: %s", name, e.msg);
+    for (int64_t i = 0; backend_ok && caches && i < f.ps.n; i++)
+        TU_CHECK(baselines(&f.m, &be, &f.ps.p[i], caches + 2 * i, &e) == 0, "%s: baselines: %s", name, e.msg);
+    double worst = 0;
+    for (int c = 0; backend_ok && caches && in_graph && masks && scores_ok && c < N_CIRCUITS; c++) {
+        const circuit_spec *cs = &CIRCUITS[c];
+        char key[64];
+        if (cs->how == 0) {
+            for (int64_t i = 0; i < N; i++) in_graph[i] = (uint8_t)ps_graph_edge(&g, i / g.n_dests, i % g.n_dests);
+        } else if (cs->how == 1) {
+            TU_CHECK(ps_circuit_topn(&g, scores, cs->n, cs->absolute, in_graph) == 0, "topn");
+        } else {
+            snprintf(key, sizeof key, "%s.threshold", cs->name);
+            float *thr = gu_f32(&gs, key, &n);
+            TU_CHECK(thr && n == 1, "%s: %s", name, key);
+            if (thr) ps_circuit_threshold(&g, scores, thr[0], cs->absolute, in_graph);
+            free(thr);
+        }
+        const int64_t kept = ps_circuit_prune(&g, in_graph);
+        memcpy(masks + c * N, in_graph, (size_t)N);
+        snprintf(key, sizeof key, "%s.in_graph", cs->name);
+        float *want_mask = gu_f32(&gs, key, &n);
+        snprintf(key, sizeof key, "%s.n_kept", cs->name);
+        float *want_kept = gu_f32(&gs, key, &n);
+        TU_CHECK(want_kept && kept == (int64_t)want_kept[0], "%s %s: kept %lld edges, EAP-IG %g", name, cs->name, (long long)kept,
+                 want_kept ? want_kept[0] : -1.0);
+        int64_t diff = 0;
+        for (int64_t i = 0; want_mask && i < N; i++) diff += in_graph[i] != (want_mask[i] != 0);
+        TU_CHECK(want_mask && diff == 0, "%s %s: %lld edges differ from EAP-IG's pruned mask", name, cs->name, (long long)diff);
+        snprintf(key, sizeof key, "%s.metric", cs->name);
+        float *want = gu_f32(&gs, key, &n);
+        TU_CHECK(want && n == f.ps.n, "%s: %s", name, key);
+        for (int64_t i = 0; want && n == f.ps.n && i < f.ps.n; i++) {
+            const ps_prompt *p = &f.ps.p[i];
+            ps_metric_request rq;
+            ps_metric_request_for(PS_METRIC_LOGIT_DIFF, p, &rq);
+            float logits[PS_MAX_OUT_POS * 2];
+            if (ps_circuit_eval(&f.m, &be, &g, in_graph, p, caches + 2 * i, caches + 2 * i + 1, &rq, logits, &e) != 0) {
+                TU_CHECK(0, "%s %s: %s", name, cs->name, e.msg);
+                continue;
+            }
+            const double got = ps_metric_value(PS_METRIC_LOGIT_DIFF, p, &rq, logits, f.m.cfg.d_vocab, NULL), err = rel_err(got, want[i]);
+            if (err > worst) worst = err;
+            TU_CHECK(err <= 1e-4, "%s %s pair %lld: metric %.7g, EAP-IG's evaluate_graph %.7g", name, cs->name, (long long)i, got, want[i]);
+        }
+        free(want_mask);
+        free(want_kept);
+        free(want);
+    }
+    // All seven circuits of a prompt at once, as rows of one batch per pass: the same numbers.
+    double worst_batch = 0;
+    for (int64_t i = 0; backend_ok && caches && masks && scores_ok && i < f.ps.n; i++) {
+        const ps_prompt *p = &f.ps.p[i];
+        ps_metric_request rq;
+        ps_metric_request_for(PS_METRIC_LOGIT_DIFF, p, &rq);
+        float logits[N_CIRCUITS * PS_MAX_OUT_POS * 2];
+        const uint8_t *ms[N_CIRCUITS];
+        for (int c = 0; c < N_CIRCUITS; c++) ms[c] = masks + c * N;
+        if (ps_circuit_eval_many(&f.m, &be, &g, ms, N_CIRCUITS, p, caches + 2 * i, caches + 2 * i + 1, &rq, logits, &e) != 0) {
+            TU_CHECK(0, "%s: batched circuits: %s", name, e.msg);
+            continue;
+        }
+        for (int c = 0; c < N_CIRCUITS; c++) {
+            char key[64];
+            snprintf(key, sizeof key, "%s.metric", CIRCUITS[c].name);
+            float *want = gu_f32(&gs, key, &n);
+            const double got = ps_metric_value(PS_METRIC_LOGIT_DIFF, p, &rq, logits + c * rq.n_out * rq.n_cols, f.m.cfg.d_vocab, NULL);
+            const double err = want ? rel_err(got, want[i]) : 1;
+            if (err > worst_batch) worst_batch = err;
+            TU_CHECK(err <= 1e-4, "%s %s pair %lld batched: %.7g, EAP-IG %.7g", name, CIRCUITS[c].name, (long long)i, got, want ? want[i] : NAN);
+            free(want);
+        }
+    }
+    // The whole graph is the model and the empty one its corrupted run (EAP-IG's evaluate_baseline).
+    {
+        float *all = gu_f32(&gs, "all.metric", &n), *none = gu_f32(&gs, "none.metric", &n), *cl = gu_f32(&gs, "clean_metric", &n),
+              *co = gu_f32(&gs, "corrupted_metric", &n);
+        for (int64_t i = 0; all && none && cl && co && i < f.ps.n; i++)
+            TU_CHECK(rel_err(all[i], cl[i]) <= 1e-5 && rel_err(none[i], co[i]) <= 1e-5, "%s pair %lld: all %g clean %g, none %g corrupted %g",
+                     name, (long long)i, all[i], cl[i], none[i], co[i]);
+        free(all);
+        free(none);
+        free(cl);
+        free(co);
+    }
+    printf("%s: %d circuits x %lld pairs vs EAP-IG's prune and evaluate_graph: masks and kept counts equal, max rel err %.2e (batched %.2e)\n",
+           name, N_CIRCUITS, (long long)f.ps.n, worst, worst_batch);
+
+    // The kind through the engine: top_n 25 of its own EAP scores, and the same circuit's kept edges by name.
+    float *mask = gu_f32(&gs, "top25.in_graph", &n), *want = gu_f32(&gs, "top25.metric", &n);
+    char **names = calloc((size_t)N, sizeof *names);
+    int64_t n_names = 0;
+    for (int64_t i = 0; mask && names && i < N; i++)
+        if (mask[i] != 0) {
+            char a[64], b[64], buf[140];
+            ps_graph_source_name(&g, i / g.n_dests, a, sizeof a);
+            ps_graph_dest_name(&g, i % g.n_dests, b, sizeof b);
+            snprintf(buf, sizeof buf, "%s->%s", a, b);
+            names[n_names++] = strdup(buf);
+        }
+    int64_t tops[3] = {80, 25, 0};
+    ps_experiment ex[4] = {{.name = "eap", .kind = "edge_attribution"},
+                           {.name = "top25", .kind = "edge_circuit", .scores_from = "eap", .top_n = 25},
+                           {.name = "listed", .kind = "edge_circuit", .edge_names = names, .n_edge_names = n_names},
+                           {.name = "tops", .kind = "edge_circuit", .scores_from = "eap", .top_ns = tops, .n_top_ns = 3}};
+    ps_run_results rr;
+    ps_engine_opts o = {0};
+    if (backend_ok && want && names && ps_engine_run(&f.m, &be, &f.ps, ex, 4, PS_METRIC_LOGIT_DIFF, &o, &rr, &e) == 0) {
+        // Three circuits in one experiment (rows of one batch per pass): EAP-IG's top80, top25, none.
+        static const char *const keys[3] = {"top80", "top25", "none"};
+        static const int64_t kept_want[3] = {80, 19, 0};
+        const ps_table *t = &rr.tables[3];
+        TU_CHECK(t->n_axes == 3 && t->axes[0].len == 3 && !strcmp(t->axes[0].label[1], "top25"), "%s: the circuit axis", name);
+        for (int c = 0; c < 3 && t->n_axes == 3; c++) {
+            char key[64];
+            snprintf(key, sizeof key, "%s.metric", keys[c]);
+            float *wc = gu_f32(&gs, key, &n);
+            for (int64_t i = 0; wc && i < f.ps.n; i++) {
+                const float *v = t->values + (c * f.ps.n + i) * 3;
+                TU_CHECK(rel_err(v[0], wc[i]) <= 1e-4 && v[2] == (float)kept_want[c], "%s tops %s pair %lld: %.7g (kept %g), EAP-IG %.7g (kept %lld)",
+                         name, keys[c], (long long)i, v[0], v[2], wc[i], (long long)kept_want[c]);
+            }
+            free(wc);
+        }
+        for (int x = 1; x < 3; x++) {
+            const ps_attr *k = ps_table_attr(&rr.tables[x], "n_edges_kept");
+            TU_CHECK(k && k->i == 19, "%s %s: kept %lld, EAP-IG 19", name, ex[x].name, k ? (long long)k->i : -1LL);
+            for (int64_t i = 0; i < f.ps.n; i++) {
+                const double got = rr.tables[x].values[3 * i], fa = rr.tables[x].values[3 * i + 1];
+                const double c = rr.base.clean[i], k2 = rr.base.corrupted[i];
+                TU_CHECK(rel_err(got, want[i]) <= 1e-4, "%s %s pair %lld: %.7g, EAP-IG %.7g", name, ex[x].name, (long long)i, got, want[i]);
+                TU_CHECK(fabs(fa - (got - k2) / (c - k2)) <= 1e-5, "%s %s pair %lld: faithfulness %g", name, ex[x].name, (long long)i, fa);
+            }
+        }
+        ps_run_results_free(&rr);
+    } else {
+        TU_CHECK(0, "%s: edge_circuit run: %s", name, e.msg);
+    }
+    for (int64_t i = 0; names && i < n_names; i++) free(names[i]);
+    free(names);
+    free(mask);
+    free(want);
+    for (int64_t i = 0; caches && i < 2 * f.ps.n; i++) ps_cache_free(&caches[i]);
+    free(caches);
+    if (backend_ok) ps_backend_free(&be);
+    free(in_graph);
+    free(masks);
+    free(scores);
+    ps_safetensors_free(&gs);
+    ps_safetensors_free(&ss);
+    pf_free(&f);
+}
+
+// Pruning on a GPT-2-small-shaped graph: an edge into a head that feeds nothing is dropped; a chain input -> head ->
+// logits is kept; an edge from a head that reads nothing is dropped.
+static void test_prune_shapes(void) {
+    const ps_model_config mc = {.arch = PS_ARCH_GPT2, .n_layers = 12, .d_model = 768, .n_heads = 12, .n_kv_heads = 12, .d_head = 64};
+    ps_graph g;
+    ps_graph_init(&g, &mc, 1);
+    uint8_t *m = calloc((size_t)(g.n_sources * g.n_dests), 1);
+    if (!m) { TU_CHECK(0, "out of memory"); return; }
+    const int64_t a3 = ps_graph_source(&g, 3, 2), logits = g.n_dests - 1;
+    m[0 * g.n_dests + ps_graph_dest(&g, PS_DEST_V, 3, 2)] = 1;                         // input -> a3.h2<v>
+    m[a3 * g.n_dests + logits] = 1;                                                    // a3.h2 -> logits
+    m[0 * g.n_dests + ps_graph_dest(&g, PS_DEST_Q, 5, 1)] = 1;                         // input -> a5.h1<q>: a5.h1 feeds nothing
+    m[ps_graph_source(&g, 7, -1) * g.n_dests + logits] = 1;                            // m7 -> logits: m7 reads nothing
+    TU_CHECK(ps_circuit_prune(&g, m) == 2, "kept %lld, want 2", (long long)ps_circuit_count(&g, m));
+    int64_t s, d;
+    TU_CHECK(ps_circuit_edge_by_name(&g, "a3.h2->logits", &s, &d) == 0 && s == a3 && d == logits, "edge by name");
+    TU_CHECK(ps_circuit_edge_by_name(&g, "a3.h2->a2.h0<q>", &s, &d) != 0, "a backward edge is refused");
+    free(m);
+}
+
+// Grouped-query attention (k and v per key/value head, which EAP-IG cannot hold) and the kl metric, through the
+// engine: every edge is the model (kl 0, faithfulness 1), none of them the corrupted run.
+static void test_full_and_empty(const char *name, ps_metric_kind metric) {
+    pf_fixture f;
+    if (pf_load_or_fail(&f, name) != 0) return;
+    ps_graph g;
+    ps_graph_init(&g, &f.m.cfg, 1);
+    ps_experiment ex[3] = {{.name = "eap", .kind = "edge_attribution"},
+                           {.name = "all", .kind = "edge_circuit", .scores_from = "eap", .top_n = g.n_edges},
+                           {.name = "none", .kind = "edge_circuit", .scores_from = "eap", .top_n = 0}};
+    ps_backend be;
+    ps_run_results rr;
+    ps_engine_opts o = {0};
+    ps_error e = {0};
+    if (ps_backend_init(&be, PS_BACKEND_CPU, PS_PREC_FP32, 0, &f.m, &e) != 0) { TU_CHECK(0, "%s: %s", name, e.msg); pf_free(&f); return; }
+    if (ps_engine_run(&f.m, &be, &f.ps, ex, 3, metric, &o, &rr, &e) == 0) {
+        const ps_attr *k = ps_table_attr(&rr.tables[1], "n_edges_kept");
+        TU_CHECK(k && k->i == g.n_edges, "%s: all kept %lld of %lld", name, k ? (long long)k->i : -1LL, (long long)g.n_edges);
+        for (int64_t i = 0; i < f.ps.n; i++) {
+            const double a = rr.tables[1].values[3 * i], z = rr.tables[2].values[3 * i];
+            TU_CHECK(rel_err(a, rr.base.clean[i]) <= 1e-5, "%s %s pair %lld: all %g, clean %g", name, ps_metric_name(metric), (long long)i, a,
+                     rr.base.clean[i]);
+            TU_CHECK(rel_err(z, rr.base.corrupted[i]) <= 1e-4, "%s %s pair %lld: none %g, corrupted %g", name, ps_metric_name(metric),
+                     (long long)i, z, rr.base.corrupted[i]);
+        }
+        ps_run_results_free(&rr);
+    } else {
+        TU_CHECK(0, "%s: %s", name, e.msg);
+    }
+    ps_backend_free(&be);
+    pf_free(&f);
+}
+
+int main(void) {
+    test_prune_shapes();
+    test_model("gpt2-tiny-a");
+    test_model("llama-tiny-a");
+    test_full_and_empty("llama-tiny-b", PS_METRIC_LOGIT_DIFF);
+    test_full_and_empty("gpt2-tiny-a", PS_METRIC_KL);
+    return tu_done("circuit");
+}
