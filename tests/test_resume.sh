@@ -98,7 +98,9 @@ else fail "resumed run differs from the uninterrupted one"; fi
 # --- SIGTERM (what Slurm sends) -------------------------------------------------------------------
 "$bin" run "$tmp/cfg.json" -o "$tmp/term.h5" --quiet --chunk-prompts 1 2>"$tmp/err" &
 pid=$!
-sleep "$(awk -v d="$ms" 'BEGIN { printf "%.3f", d / 3000 }')"
+# Once the run is under way (its journal holds a chunk): before main() runs, while the dynamic loader maps
+# the CUDA libraries, a signal can only take its default action.
+for _ in $(seq 200); do [ -s "$tmp/term.h5.journal" ] && break; kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
 kill -TERM "$pid" 2>/dev/null
 wait "$pid"
 rc=$?

@@ -183,6 +183,10 @@ int ps_cli_run(int argc, char **argv) {
         else return ps_cli_bad_usage("run takes one CONFIG");
     }
     if (!cfg_path) return ps_cli_bad_usage("run needs CONFIG.json");
+    // From here a SIGINT/SIGTERM (Slurm's) only asks to stop: loading and hashing finish, the engine stops at its
+    // first check, and the run exits 130/143 saying how to resume (never killed by the default action mid-setup).
+    signal(SIGINT, on_signal);
+    signal(SIGTERM, on_signal);
     ps_error e = {0};
     ps_config cfg;
     if (ps_config_load(&cfg, cfg_path, &e) != 0) return ps_cli_die(&e);
@@ -302,8 +306,6 @@ int ps_cli_run(int argc, char **argv) {
             fprintf(stderr, "patchsweep: %lld prompts (%lld to run%s), %lld experiments, model %s (%s, %lld layers), backend %s\n",
                     (long long)ps.n, (long long)(n_todo - n_done), shard_n > 1 ? " in this shard" : "", (long long)cfg.n_experiments,
                     ps_escape(cfg.model, em, sizeof em), ps_arch_name(m.cfg.arch), (long long)m.cfg.n_layers, be.device);
-        signal(SIGINT, on_signal);
-        signal(SIGTERM, on_signal);
         // A terminal gets the engine's own updating line; a log (Slurm's) gets a plain line every progress_every s.
         chunk_ctx cc = {.jr = jr};
         ps_cli_progress_start(&cc.prog, !isatty(2) && !dry ? progress_every : -1, n_todo - n_done);
