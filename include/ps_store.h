@@ -28,6 +28,7 @@ typedef struct {
     const char *metric;          // "logit_diff", ...
     const char *identity;        // sha256 of version, weights, tokenizer, config text and shard: what resume checks
     const char *run_identity;    // the same without the shard: what merge requires all shards to share
+    const char *inputs_json;     // every input file: JSON [{"kind", "path", "sha256", "bytes"}]; NULL: not written
     int64_t shard_index, shard_count; // this file holds the prompts i with i % shard_count == shard_index
 } ps_run_info;
 
@@ -69,6 +70,10 @@ int ps_store_close(ps_store *s, int complete, ps_error *e);
 // "INCOMPLETE"; one of the layout before schema_version is read with a note). A missing file, or one that is
 // not HDF5 or has no /run group: PS_EXIT_BADINPUT naming it.
 int ps_store_inspect(const char *path, ps_error *e);
+
+// Checks the sha256 of every dataset of a complete results file (what ps_store_close wrote as attribute sha256):
+// 0, or PS_EXIT_BADINPUT "PATH: /DATASET: checksum mismatch ..." (or: no checksums, unreadable: corrupt).
+int ps_store_verify(const char *path, ps_error *e);
 
 // The /run identity attribute of a complete results file (status "complete") of this schema; -1 otherwise.
 int ps_store_read_identity(const char *path, char identity[65], ps_error *e);

@@ -286,6 +286,9 @@ int main(int argc, char **argv) {
         return argc < 2 ? PS_EXIT_BADINPUT : 0;
     }
     const char *cmd = argv[1];
+    // A file over the size limit (ulimit -f, a quota) is then a write error (EFBIG) with our one-line message and a
+    // clean exit, as a full disk (ENOSPC) is, instead of a signal that kills the run mid-write.
+    signal(SIGXFSZ, SIG_IGN);
     if (!strcmp(cmd, "run")) return ps_cli_run(argc - 2, argv + 2);
     if (!strcmp(cmd, "tokenize")) return cmd_tokenize(argc - 2, argv + 2);
     if (!strcmp(cmd, "generate")) return cmd_generate(argc - 2, argv + 2);

@@ -253,7 +253,11 @@ int ps_cli_run(int argc, char **argv) {
             char old[65] = "";
             ps_error re = {0};
             int complete = ps_store_read_identity(out, old, &re) == 0;
-            if (complete && !strcmp(old, ident)) {
+            if ((!complete && re.code == PS_EXIT_BADINPUT && strstr(re.msg, ": corrupt: ")) ||
+                (complete && !strcmp(old, ident) && ps_store_verify(out, &re) != 0)) {
+                // The same run, but its bytes are not what was written: not "complete", and not silently redone.
+                rc = ps_fail(&e, PS_EXIT_BADINPUT, "%s; --force recomputes it", re.msg);
+            } else if (complete && !strcmp(old, ident)) {
                 char eo[1024];
                 fprintf(stderr, "patchsweep: %s is complete for this config, model and version; nothing to do (--force recomputes)\n",
                         ps_escape(out, eo, sizeof eo));

@@ -234,6 +234,28 @@ int ps_h5_read_attr_str(hid_t obj, const char *name, char *buf, size_t n) {
     return rc;
 }
 
+// A variable-length string attribute of any length (the inputs list), malloc'd; NULL when missing or not one.
+char *ps_h5_read_attr_alloc(hid_t obj, const char *name) {
+    if (H5Aexists(obj, name) <= 0) return NULL;
+    hid_t a = H5Aopen(obj, name, H5P_DEFAULT);
+    if (a < 0) return NULL;
+    hid_t t = H5Aget_type(a), sp = H5Aget_space(a);
+    char *out = NULL;
+    if (t >= 0 && sp >= 0 && H5Tget_class(t) == H5T_STRING && H5Tis_variable_str(t) > 0 && H5Sget_simple_extent_npoints(sp) == 1) {
+        hid_t mt = ps_h5_vlstr_type();
+        char *v = NULL;
+        if (H5Aread(a, mt, &v) >= 0) {
+            out = strdup(v ? v : "");
+            ps_h5_vlen_reclaim(mt, sp, H5P_DEFAULT, &v);
+        }
+        H5Tclose(mt);
+    }
+    if (t >= 0) H5Tclose(t);
+    if (sp >= 0) H5Sclose(sp);
+    H5Aclose(a);
+    return out;
+}
+
 int ps_h5_read_attr_f64(hid_t obj, const char *name, double *v) {
     *v = NAN;
     if (H5Aexists(obj, name) <= 0) return -1;
@@ -253,8 +275,13 @@ void *ps_h5_read(hid_t loc, const char *name, hid_t mtype, int *rank, hsize_t di
     hid_t sp = H5Dget_space(d);
     *rank = H5Sget_simple_extent_ndims(sp);
     H5Sget_simple_extent_dims(sp, dims, NULL);
-    hssize_t n = H5Sget_simple_extent_npoints(sp);
+    hssize_t n = *rank >= 0 && *rank <= H5S_MAX_RANK ? H5Sget_simple_extent_npoints(sp) : -1;
     H5Sclose(sp);
+    // The element count comes from the file: bounded by what the file can hold before it sizes an allocation.
+    if (n < 0 || (int64_t)n > ps_h5_max_bytes(d) / (int64_t)H5Tget_size(mtype)) {
+        H5Dclose(d);
+        return NULL;
+    }
     void *buf = calloc((size_t)(n > 0 ? n : 1), H5Tget_size(mtype));
     if (buf && n > 0 && H5Dread(d, mtype, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf) < 0) {
         free(buf);
@@ -273,13 +300,26 @@ char **ps_h5_read_strs(hid_t loc, const char *name, int64_t *count) {
     if (d < 0) return NULL;
     hid_t sp = H5Dget_space(d);
     hssize_t n = H5Sget_simple_extent_npoints(sp);
+    hid_t ft = H5Dget_type(d);
+    const int is_vlstr = ft >= 0 && H5Tget_class(ft) == H5T_STRING && H5Tis_variable_str(ft) > 0;
+    if (ft >= 0) H5Tclose(ft);
+    // Only variable-length strings (what the store writes), and no more of them than the file can hold.
+    if (!is_vlstr || n < 0 || (int64_t)n > ps_h5_max_bytes(d) / (int64_t)sizeof(char *)) {
+        H5Sclose(sp);
+        H5Dclose(d);
+        return NULL;
+    }
     hid_t mt = ps_h5_vlstr_type();
     char **raw = calloc((size_t)(n > 0 ? n : 1), sizeof *raw), **out = NULL;
     if (raw && n > 0 && H5Dread(d, mt, H5S_ALL, H5S_ALL, H5P_DEFAULT, raw) >= 0) {
         out = calloc((size_t)n, sizeof *out);
-        for (hssize_t i = 0; out && i < n; i++) out[i] = strdup(raw[i] ? raw[i] : "");
+        for (hssize_t i = 0; out && i < n; i++)
+            if (!(out[i] = strdup(raw[i] ? raw[i] : ""))) {
+                ps_h5_free_strs(out, (size_t)i);
+                out = NULL;
+            }
         ps_h5_vlen_reclaim(mt, sp, H5P_DEFAULT, raw);
-        *count = (int64_t)n;
+        if (out) *count = (int64_t)n;
     }
     free(raw);
     H5Tclose(mt);

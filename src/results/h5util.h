@@ -31,6 +31,7 @@ int ps_h5_attr_str(hid_t obj, const char *name, const char *val);
 int ps_h5_attr_i64(hid_t obj, const char *name, int64_t v);
 int ps_h5_attr_f64(hid_t obj, const char *name, double v);
 int ps_h5_read_attr_str(hid_t obj, const char *name, char *buf, size_t n); // numbers as text; "" and -1 when missing
+char *ps_h5_read_attr_alloc(hid_t obj, const char *name);                 // a whole string attribute; NULL when missing
 int ps_h5_read_attr_f64(hid_t obj, const char *name, double *v);           // NaN and -1 when missing
 
 // Datasets. ps_h5_write returns the open dataset (caller closes) or -1; large float arrays are chunked and
@@ -53,5 +54,23 @@ char **ps_h5_list(hid_t g, int64_t *n);
 int64_t ps_h5_schema_version(hid_t file);
 
 double ps_h5_nanmean(const float *x, int64_t n);
+
+// In-memory files (h5file.c): libhdf5 cannot recover from a failed write, so results files are core-driver images
+// written out by ps_h5_save with plain write()/fsync() (a full disk is one errno line, path removed).
+hid_t ps_h5_mem_create(const char *name, hid_t fcpl);  // a new empty file in memory (fcpl may be H5P_DEFAULT)
+hid_t ps_h5_mem_open(const char *path);                // path's bytes read into memory; changes stay there
+int64_t ps_h5_image_size(hid_t f);                     // bytes the image takes; -1 on failure
+int ps_h5_save(hid_t f, const char *path, int seal, ps_error *e); // PS_EXIT_RUNTIME "PATH: cannot write results file: ..."
+// A complete file's seal: its userblock (PS_H5_USERBLOCK bytes, set in the store's fcpl) holds the sha256 of every
+// byte after it. ps_h5_check_seal: 1 no seal, 0 it matches, -1 it does not (PS_EXIT_BADINPUT, before libhdf5 reads).
+#define PS_H5_USERBLOCK 512
+int ps_h5_check_seal(const char *path, ps_error *e);
+// The most bytes a dataset in loc's file can plausibly expand to (its size times gzip's ratio, capped): readers
+// refuse to allocate more for a size read from the file.
+int64_t ps_h5_max_bytes(hid_t loc);
+// Checksums: ps_h5_seal writes attribute sha256 on every dataset and /run checksums = "sha256"; ps_h5_verify
+// checks them all (PS_EXIT_BADINPUT naming the file and the dataset on a mismatch, a missing or unreadable one).
+int ps_h5_seal(hid_t f, const char *file, ps_error *e);
+int ps_h5_verify(hid_t f, const char *file, int64_t *n_checked, ps_error *e);
 
 #endif

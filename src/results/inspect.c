@@ -3,6 +3,8 @@
 #include "ps_store.h"
 #include "h5util.h"
 
+#include <cjson/cJSON.h>
+
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
@@ -51,6 +53,30 @@ static char **axis_strings(hid_t g, const char *axis, int64_t *n) {
     char name[300];
     snprintf(name, sizeof name, strcmp(axis, "pos") == 0 ? "pos_token" : "%s_label", axis);
     return ps_h5_read_strs(g, name, n);
+}
+
+// /run's inputs (every input file with its sha256 and size), one line each; nothing when the file has none.
+static void print_inputs(FILE *o, hid_t run) {
+    char *json = ps_h5_read_attr_alloc(run, "inputs");
+    if (!json) return;
+    cJSON *a = cJSON_Parse(json);
+    free(json);
+    if (!cJSON_IsArray(a)) {
+        fprintf(o, "  inputs:    (unreadable)\n");
+        cJSON_Delete(a);
+        return;
+    }
+    fprintf(o, "  inputs:    %d files\n", cJSON_GetArraySize(a));
+    const cJSON *it;
+    cJSON_ArrayForEach(it, a) {
+        const cJSON *kind = cJSON_GetObjectItemCaseSensitive(it, "kind"), *p = cJSON_GetObjectItemCaseSensitive(it, "path");
+        const cJSON *sha = cJSON_GetObjectItemCaseSensitive(it, "sha256"), *b = cJSON_GetObjectItemCaseSensitive(it, "bytes");
+        char ep[1024], ek[128];
+        fprintf(o, "    %-16s %s (sha256 %.16s..., %.0f bytes)\n", ps_escape(cJSON_IsString(kind) ? kind->valuestring : "?", ek, sizeof ek),
+                ps_escape(cJSON_IsString(p) ? p->valuestring : "?", ep, sizeof ep), cJSON_IsString(sha) ? sha->valuestring : "?",
+                cJSON_IsNumber(b) ? b->valuedouble : -1.0);
+    }
+    cJSON_Delete(a);
 }
 
 static void inspect_result(FILE *o, hid_t res, const char *name) {
@@ -188,6 +214,7 @@ int ps_store_inspect(const char *path, ps_error *e) {
         return ps_fail(e, PS_EXIT_BADINPUT, "%s: %s", path, strerror(err));
     }
     if (S_ISDIR(st.st_mode)) return ps_fail(e, PS_EXIT_BADINPUT, "%s: is a directory, not a results file", path);
+    if (ps_h5_check_seal(path, e) < 0) return -1; // before libhdf5 parses a byte of it
     if (H5Fis_hdf5(path) <= 0) return ps_fail(e, PS_EXIT_BADINPUT, "%s: not an HDF5 file", path);
     hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
     if (f < 0) {
@@ -200,9 +227,20 @@ int ps_store_inspect(const char *path, ps_error *e) {
     }
     FILE *o = stdout;
     hid_t run = H5Gopen2(f, "run", H5P_DEFAULT);
+    if (run < 0) {
+        H5Fclose(f);
+        return ps_fail(e, PS_EXIT_BADINPUT, "%s: /run: cannot open (the file is corrupt)", path);
+    }
     char status[64], buf[1024], buf2[1024];
     ps_h5_read_attr_str(run, "status", status, sizeof status);
     int complete = strcmp(status, "complete") == 0;
+    // A complete file's checksums are checked before anything is printed: a corrupt one is one line, exit 2.
+    int64_t n_checked = -1;
+    if (complete && ps_h5_read_attr_str(run, "checksums", buf, sizeof buf) == 0 && ps_h5_verify(f, path, &n_checked, e) != 0) {
+        H5Gclose(run);
+        H5Fclose(f);
+        return -1;
+    }
     fprintf(o, "%s\n", path);
     if (!complete)
         fprintf(o, "  *** INCOMPLETE (status=%s): the run was interrupted; results below may be missing ***\n",
@@ -237,6 +275,9 @@ int ps_store_inspect(const char *path, ps_error *e) {
     char metric[128];
     attr_or_dash(run, "metric", metric, sizeof metric);
     fprintf(o, "  metric:    %s\n", metric);
+    if (n_checked >= 0) fprintf(o, "  checksums: sha256 of %lld datasets verified\n", (long long)n_checked);
+    else if (complete) fprintf(o, "  checksums: none (written by an older patchsweep: not verified)\n");
+    print_inputs(o, run);
     H5Gclose(run);
 
     if (H5Lexists(f, "prompts", H5P_DEFAULT) > 0) {
@@ -244,18 +285,19 @@ int ps_store_inspect(const char *path, ps_error *e) {
         int rank = 0;
         hsize_t dims[H5S_MAX_RANK];
         int64_t n = 0, nt = 0;
+        int64_t nct = 0;
         int64_t *len = ps_h5_read(g, "length", H5T_NATIVE_INT64, &rank, dims, &n);
         char **tok = ps_h5_read_strs(g, "clean_tokens", &nt);
-        char **ctok = ps_h5_read_strs(g, "corrupted_tokens", &nt);
+        char **ctok = ps_h5_read_strs(g, "corrupted_tokens", &nct);
         int64_t na = 0, nw = 0;
         char **ans = ps_h5_read_strs(g, "answer_text", &na), **wr = ps_h5_read_strs(g, "wrong_text", &nw);
         hsize_t tdims[H5S_MAX_RANK] = {0, 0};
         if (H5Lexists(g, "clean_tokens", H5P_DEFAULT) > 0) {
             hid_t d = H5Dopen2(g, "clean_tokens", H5P_DEFAULT);
-            hid_t sp = H5Dget_space(d);
-            H5Sget_simple_extent_dims(sp, tdims, NULL);
-            H5Sclose(sp);
-            H5Dclose(d);
+            hid_t sp = d >= 0 ? H5Dget_space(d) : -1;
+            if (sp >= 0 && H5Sget_simple_extent_ndims(sp) == 2) H5Sget_simple_extent_dims(sp, tdims, NULL);
+            if (sp >= 0) H5Sclose(sp);
+            if (d >= 0) H5Dclose(d);
         }
         int64_t T = (int64_t)tdims[1];
         int64_t lmin = 0, lmax = 0;
@@ -267,9 +309,10 @@ int ps_store_inspect(const char *path, ps_error *e) {
         int64_t L0 = len && n ? len[0] : T;
         for (int which = 0; which < 2; which++) {
             char **t = which ? ctok : tok;
+            const int64_t have = which ? nct : nt; // each array's own count: a corrupt file's may not be T_max
             if (!t || T <= 0) continue;
             fprintf(o, "  prompt 0 %-10s", which ? "corrupted:" : "clean:");
-            for (int64_t j = 0; j < L0 && j < T; j++) {
+            for (int64_t j = 0; j < L0 && j < T && j < have; j++) {
                 fputc(' ', o);
                 print_token(o, t[j]);
             }
@@ -285,8 +328,8 @@ int ps_store_inspect(const char *path, ps_error *e) {
             fputc('\n', o);
         }
         free(len);
-        ps_h5_free_strs(tok, (size_t)(tok ? tdims[0] * tdims[1] : 0));
-        ps_h5_free_strs(ctok, (size_t)(ctok ? tdims[0] * tdims[1] : 0));
+        ps_h5_free_strs(tok, (size_t)nt);
+        ps_h5_free_strs(ctok, (size_t)nct);
         ps_h5_free_strs(ans, (size_t)na);
         ps_h5_free_strs(wr, (size_t)nw);
         H5Gclose(g);

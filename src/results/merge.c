@@ -18,9 +18,20 @@ static int old_layout(ps_error *e, const char *path) {
                    path, PS_SCHEMA_VERSION);
 }
 
+int ps_store_verify(const char *path, ps_error *e) {
+    ps_h5_quiet();
+    if (ps_h5_check_seal(path, e) < 0) return -1;
+    hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    if (f < 0) return ps_fail(e, PS_EXIT_BADINPUT, "%s: not an HDF5 results file", path);
+    int rc = ps_h5_verify(f, path, NULL, e);
+    H5Fclose(f);
+    return rc;
+}
+
 int ps_store_read_identity(const char *path, char identity[65], ps_error *e) {
     ps_h5_quiet();
     identity[0] = 0;
+    if (ps_h5_check_seal(path, e) < 0) return -1; // libhdf5 never parses a corrupt file
     hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
     if (f < 0) return ps_fail(e, PS_EXIT_BADINPUT, "%s: not an HDF5 results file", path);
     char status[32] = "", id[128] = "";
@@ -37,19 +48,6 @@ int ps_store_read_identity(const char *path, char identity[65], ps_error *e) {
     if (schema != PS_SCHEMA_VERSION) return old_layout(e, path);
     memcpy(identity, id, 65);
     return 0;
-}
-
-static int copy_file(const char *from, const char *to) {
-    FILE *a = fopen(from, "rb"), *b = fopen(to, "wb");
-    if (!a || !b) { if (a) fclose(a); if (b) fclose(b); return -1; }
-    char buf[1 << 16];
-    size_t n;
-    int rc = 0;
-    while ((n = fread(buf, 1, sizeof buf, a)) > 0)
-        if (fwrite(buf, 1, n, b) != n) { rc = -1; break; }
-    fclose(a);
-    if (fclose(b) != 0) rc = -1;
-    return rc;
 }
 
 // The shards as checked: which file is shard 0, and each file's /prompts/in_run.
@@ -75,6 +73,7 @@ static int check_shards(shard_set *ss, const char *const *shards, int n_shards, 
     if (!ss->in_run) return ps_fail(e, PS_EXIT_RUNTIME, "merge: out of memory");
     int *seen = NULL, rc = 0;
     for (int k = 0; k < n_shards && rc == 0; k++) {
+        if (ps_h5_check_seal(shards[k], e) < 0) { rc = -1; break; }
         hid_t f = H5Fopen(shards[k], H5F_ACC_RDONLY, H5P_DEFAULT);
         if (f < 0) { rc = ps_fail(e, PS_EXIT_BADINPUT, "%s: not an HDF5 results file", shards[k]); break; }
         char status[32] = "", rid[128] = "", buf[64];
@@ -90,10 +89,14 @@ static int check_shards(shard_set *ss, const char *const *shards, int n_shards, 
         if (strcmp(status, "complete") != 0) rc = ps_fail(e, PS_EXIT_BADINPUT, "%s: shard is not complete (status \"%s\")", shards[k], status);
         else if (ps_h5_schema_version(f) != PS_SCHEMA_VERSION) rc = old_layout(e, shards[k]);
         else if (!rid[0]) rc = ps_fail(e, PS_EXIT_BADINPUT, "%s: no run identity: not a patchsweep shard", shards[k]);
+        else if (ps_h5_verify(f, shards[k], NULL, e) != 0) rc = -1; // nothing corrupt is copied into the merge
         else if (k == 0) {
             snprintf(ss->run_id, sizeof ss->run_id, "%s", rid);
             ss->count = cnt;
-            if (!(seen = calloc((size_t)(cnt > 0 ? cnt : 1), sizeof(int)))) rc = ps_fail(e, PS_EXIT_RUNTIME, "merge: out of memory");
+            // The count sizes an allocation: it must be one the given files can cover.
+            if (cnt < 1 || cnt > n_shards)
+                rc = ps_fail(e, PS_EXIT_BADINPUT, "%s: /run shard_count %lld: %d shard files given, so some are missing", shards[k], (long long)cnt, n_shards);
+            else if (!(seen = calloc((size_t)cnt, sizeof(int)))) rc = ps_fail(e, PS_EXIT_RUNTIME, "merge: out of memory");
         } else if (strcmp(rid, ss->run_id) != 0)
             rc = ps_fail(e, PS_EXIT_BADINPUT, "%s: a shard of another run (config, model, tokenizer or version differ from %s)", shards[k], shards[0]);
         else if (cnt != ss->count)
@@ -107,7 +110,7 @@ static int check_shards(shard_set *ss, const char *const *shards, int n_shards, 
             hsize_t d1[H5S_MAX_RANK];
             int64_t np = 0;
             ss->in_run[k] = ps_h5_read(f, "prompts/in_run", H5T_NATIVE_UINT8, &r1, d1, &np);
-            if (!ss->in_run[k] || np <= 0 || (ss->n_prompts >= 0 && np != ss->n_prompts))
+            if (!ss->in_run[k] || np <= 0 || r1 != 1 || (ss->n_prompts >= 0 && np != ss->n_prompts))
                 rc = ps_fail(e, PS_EXIT_BADINPUT, "%s: /prompts/in_run missing or of another size", shards[k]);
             ss->n_prompts = np;
         }
@@ -148,6 +151,10 @@ static int merge_rows(hid_t f, const hid_t *sf, const shard_set *ss, const char 
     int64_t n = 0;
     float *merged = ps_h5_read(f, path, H5T_NATIVE_FLOAT, &rank, dims, &n);
     if (!merged) return 0; // optional dataset (e.g. normalized) absent
+    if (rank < 1 || (int64_t)dims[0] != ss->n_prompts) {
+        free(merged);
+        return ps_fail(e, PS_EXIT_BADINPUT, "%s: /%s: first axis is not the %lld prompts", shards[ss->first], path, (long long)ss->n_prompts);
+    }
     const size_t row = (size_t)(n / ss->n_prompts);
     int rc = 0;
     for (int k = 0; rc == 0 && k < ss->n_shards; k++) {
@@ -175,6 +182,21 @@ static int merge_table(hid_t f, const hid_t *sf, const shard_set *ss, const char
     float *v = ps_h5_read(f, p, H5T_NATIVE_FLOAT, &rank, dims, &n);
     if (!v) return 0;
     const int64_t cells = n / ss->n_prompts;
+    // The means read cells values per row and exist (where present) with exactly cells entries.
+    for (int k = 0; k < 2; k++) {
+        char q[300];
+        snprintf(q, sizeof q, "results/%s/%s", name, k ? "mean_normalized" : "mean");
+        int r2;
+        hsize_t d2[H5S_MAX_RANK];
+        int64_t m2 = 0;
+        float *x = ps_h5_read(f, q, H5T_NATIVE_FLOAT, &r2, d2, &m2);
+        const int bad = x && m2 != cells;
+        free(x);
+        if (bad) {
+            free(v);
+            return ps_fail(e, PS_EXIT_BADINPUT, "%s: /%s: %lld entries, but values have %lld cells per prompt", partial, q, (long long)m2, (long long)cells);
+        }
+    }
     snprintf(p, sizeof p, "results/%s/mean_normalized", name);
     const int has_mnorm = H5Lexists(f, p, H5P_DEFAULT) > 0;
     float *mean = malloc((size_t)(cells ? cells : 1) * sizeof(float)), *mnorm = malloc((size_t)(cells ? cells : 1) * sizeof(float));
@@ -239,10 +261,11 @@ int ps_store_merge(const char *out, const char *const *shards, int n_shards, ps_
     hid_t *sf = calloc((size_t)n_shards, sizeof(hid_t));
     if (rc == 0 && (!partial || !sf)) rc = ps_fail(e, PS_EXIT_RUNTIME, "merge: out of memory");
     if (partial) snprintf(partial, pl, "%s.partial", out);
+    // Shard 0's file, in memory: merged there, sealed with fresh checksums and written out in one piece (h5file.c).
     hid_t f = -1;
-    if (rc == 0 && copy_file(shards[ss.first], partial) != 0) rc = ps_fail(e, PS_EXIT_RUNTIME, "%s: cannot write", partial);
-    if (rc == 0 && (f = H5Fopen(partial, H5F_ACC_RDWR, H5P_DEFAULT)) < 0) rc = ps_fail(e, PS_EXIT_RUNTIME, "%s: cannot open", partial);
-    for (int k = 0; rc == 0 && k < n_shards; k++) sf[k] = H5Fopen(shards[k], H5F_ACC_RDONLY, H5P_DEFAULT);
+    if (rc == 0 && (f = ps_h5_mem_open(shards[ss.first])) < 0) rc = ps_h5_fail(e, shards[ss.first], "cannot read");
+    for (int k = 0; rc == 0 && k < n_shards; k++)
+        if ((sf[k] = H5Fopen(shards[k], H5F_ACC_RDONLY, H5P_DEFAULT)) < 0) rc = ps_h5_fail(e, shards[k], "cannot open");
     int64_t n_res = 0;
     char **names = NULL;
     if (rc == 0 && H5Lexists(f, "results", H5P_DEFAULT) > 0) {
@@ -274,8 +297,12 @@ int ps_store_merge(const char *out, const char *const *shards, int n_shards, ps_
     int r1;
     hsize_t d1[H5S_MAX_RANK];
     int64_t nb = 0;
-    float *clean = rc == 0 ? ps_h5_read(f, "baseline/clean_metric", H5T_NATIVE_FLOAT, &r1, d1, &nb) : NULL;
+    int64_t nc = 0;
+    float *clean = rc == 0 ? ps_h5_read(f, "baseline/clean_metric", H5T_NATIVE_FLOAT, &r1, d1, &nc) : NULL;
     float *corr = rc == 0 ? ps_h5_read(f, "baseline/corrupted_metric", H5T_NATIVE_FLOAT, &r1, d1, &nb) : NULL;
+    if (rc == 0 && clean && corr && (nc != ss.n_prompts || nb != ss.n_prompts))
+        rc = ps_fail(e, PS_EXIT_BADINPUT, "%s: /baseline: %lld and %lld metrics for %lld prompts", shards[ss.first], (long long)nc,
+                     (long long)nb, (long long)ss.n_prompts);
     for (int64_t r = 0; rc == 0 && clean && corr && r < n_res; r++)
         if (!shared_t[r]) rc = merge_table(f, sf, &ss, partial, names[r], clean, corr, e);
     if (rc == 0 && clean && corr) {
@@ -288,6 +315,8 @@ int ps_store_merge(const char *out, const char *const *shards, int n_shards, ps_
     free(clean);
     free(corr);
     if (rc == 0) rc = finish_run(f, &ss, partial, e);
+    if (rc == 0) rc = ps_h5_seal(f, partial, e);
+    if (rc == 0) rc = ps_h5_save(f, partial, 1, e);
     for (int k = 0; sf && k < n_shards; k++) if (sf[k] > 0) H5Fclose(sf[k]);
     if (f >= 0) H5Fclose(f);
     if (rc == 0 && rename(partial, out) != 0) rc = ps_fail(e, PS_EXIT_RUNTIME, "%s: cannot rename to %s", partial, out);

@@ -42,10 +42,15 @@ static int mkdir_p(const char *dir) {
     return ok ? 0 : -1;
 }
 
-// Flushing after each write keeps the .partial file readable (`inspect`, h5py, plot.py --partial) with what was
-// done so far when the process is killed before ps_store_close.
+// The file is built in memory (h5file.c). After each block the image goes to the .partial, so a process killed
+// before ps_store_close leaves a file that is readable (`inspect`, h5py, plot.py --partial) with what was done so
+// far; past PS_STORE_PARTIAL_MAX bytes only ps_store_close writes it (rewriting a big image per table costs more
+// than it saves: the journal, not this file, is what a killed run resumes from).
+#define PS_STORE_PARTIAL_MAX ((int64_t)64 << 20)
 static int flush(ps_store *s, ps_error *e) {
-    return H5Fflush(s->file, H5F_SCOPE_GLOBAL) < 0 ? ps_h5_fail(e, s->partial, "cannot flush") : 0;
+    const int64_t n = ps_h5_image_size(s->file);
+    if (n < 0) return ps_h5_fail(e, s->partial, "cannot flush");
+    return n <= PS_STORE_PARTIAL_MAX ? ps_h5_save(s->file, s->partial, 0, e) : 0;
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -81,7 +86,7 @@ int ps_store_open(ps_store **out, const char *path, ps_error *e) {
     // Track creation order so `inspect` and h5py list experiments in the order they ran.
     hid_t fcpl = H5Pcreate(H5P_FILE_CREATE);
     H5Pset_link_creation_order(fcpl, H5P_CRT_ORDER_TRACKED | H5P_CRT_ORDER_INDEXED);
-    s->file = H5Fcreate(s->partial, H5F_ACC_TRUNC, fcpl, H5P_DEFAULT);
+    s->file = ps_h5_mem_create(s->partial, fcpl);
     H5Pclose(fcpl);
     if (s->file < 0) {
         ps_h5_fail(e, s->partial, "cannot create results file");
@@ -137,6 +142,7 @@ int ps_store_write_run(ps_store *s, const ps_run_info *r, ps_error *e) {
     bad |= ps_h5_attr_str(run, "metric", r->metric);
     if (r->identity) bad |= ps_h5_attr_str(run, "identity", r->identity);
     if (r->run_identity) bad |= ps_h5_attr_str(run, "run_identity", r->run_identity);
+    if (r->inputs_json) bad |= ps_h5_attr_str(run, "inputs", r->inputs_json);
     bad |= ps_h5_attr_i64(run, "shard_index", r->shard_count > 0 ? r->shard_index : 0);
     bad |= ps_h5_attr_i64(run, "shard_count", r->shard_count > 0 ? r->shard_count : 1);
     if (bad) {
@@ -384,11 +390,16 @@ int ps_store_close(ps_store *s, int complete, ps_error *e) {
             if (run < 0 || ps_h5_attr_str(run, "status", "complete") < 0) rc = ps_h5_fail(e, s->partial, "/run: cannot set status");
             if (run >= 0) H5Gclose(run);
         }
-        if (rc == 0 && H5Fflush(s->file, H5F_SCOPE_GLOBAL) < 0) rc = ps_h5_fail(e, s->partial, "cannot flush");
-        if (H5Fclose(s->file) < 0 && rc == 0) rc = ps_h5_fail(e, s->partial, "cannot close");
+        // A complete file carries a sha256 of every dataset: run, merge and inspect check them before trusting it.
+        if (rc == 0 && complete) rc = ps_h5_seal(s->file, s->partial, e);
+        // The image reaches the disk here with plain write()/fsync(); a full disk fails with errno's one line and
+        // removes the .partial (the file in memory always closes, so nothing is left open at exit).
+        if (rc == 0) rc = ps_h5_save(s->file, s->partial, complete, e);
+        H5Fclose(s->file);
         // rename() replaces an existing PATH atomically, so a reader never sees a half-written complete file.
         if (rc == 0 && complete && rename(s->partial, s->path) != 0)
             rc = ps_fail(e, PS_EXIT_RUNTIME, "%s: cannot rename to %s: %s", s->partial, s->path, strerror(errno));
+        if (rc != 0 && complete) unlink(s->partial); // nothing half-written or stale that a reader could open
     }
     ps_h5_free_strs(s->tok0, (size_t)s->T_max);
     free(s->path);
