@@ -368,9 +368,10 @@ int main(void) {
     snprintf(old, sizeof old, "%s/old.h5", dir);
     snprintf(cmd, sizeof cmd, "cp '%s' '%s'", ref, old);
     hid_t of = tu_sh_status(cmd) == 0 ? H5Fopen(old, H5F_ACC_RDWR, H5P_DEFAULT) : -1;
-    TU_CHECK(of >= 0 && H5Adelete_by_name(of, "run", "schema_version", H5P_DEFAULT) >= 0, "cannot make an old-layout file");
+    TU_CHECK(of >= 0 && H5Adelete_by_name(of, "run", "schema_version", H5P_DEFAULT) >= 0 &&
+                 H5Adelete_by_name(of, "run", "checksums", H5P_DEFAULT) >= 0, "cannot make an old-layout file");
     if (of >= 0) H5Fclose(of);
-    // The old binary wrote no seal (the userblock's sha256 of the file): an edited file with one is corrupt.
+    // The old binary wrote no checksums and no seal (the userblock's sha256 of the file): an edited file with one is corrupt.
     FILE *oldf = fopen(old, "r+b");
     static const char zeros[512];
     TU_CHECK(oldf && fwrite(zeros, 1, sizeof zeros, oldf) == sizeof zeros && fclose(oldf) == 0, "cannot clear the seal of %s", old);

@@ -228,7 +228,7 @@ int ps_h5_seal(hid_t f, const char *file, ps_error *e) {
     return rc;
 }
 
-int ps_h5_verify(hid_t f, const char *file, int64_t *n_checked, ps_error *e) {
+int ps_h5_verify(hid_t f, const char *file, int sealed, int64_t *n_checked, ps_error *e) {
     if (n_checked) *n_checked = 0;
     char kind[64] = "";
     hid_t run = H5Gopen2(f, "run", H5P_DEFAULT);
@@ -238,6 +238,8 @@ int ps_h5_verify(hid_t f, const char *file, int64_t *n_checked, ps_error *e) {
     }
     if (strcmp(kind, "sha256") != 0)
         return ps_fail(e, PS_EXIT_BADINPUT, "%s: /run: no checksums (written by an older patchsweep, or corrupt): cannot be trusted as complete", file);
+    // Every file written with checksums is sealed too: a seal gone (its first bytes changed) is corruption.
+    if (!sealed) return ps_fail(e, PS_EXIT_BADINPUT, "%s: userblock: the seal is missing (the file is corrupt or was edited)", file);
     seal_ctx c = {1, file, e, 0, 0};
     if (walk(f, &c) != 0) return -1;
     if (n_checked) *n_checked = c.n;

@@ -71,6 +71,6 @@ int64_t ps_h5_max_bytes(hid_t loc);
 // Checksums: ps_h5_seal writes attribute sha256 on every dataset and /run checksums = "sha256"; ps_h5_verify
 // checks them all (PS_EXIT_BADINPUT naming the file and the dataset on a mismatch, a missing or unreadable one).
 int ps_h5_seal(hid_t f, const char *file, ps_error *e);
-int ps_h5_verify(hid_t f, const char *file, int64_t *n_checked, ps_error *e);
+int ps_h5_verify(hid_t f, const char *file, int sealed, int64_t *n_checked, ps_error *e); // sealed: check_seal gave 0
 
 #endif

@@ -214,7 +214,8 @@ int ps_store_inspect(const char *path, ps_error *e) {
         return ps_fail(e, PS_EXIT_BADINPUT, "%s: %s", path, strerror(err));
     }
     if (S_ISDIR(st.st_mode)) return ps_fail(e, PS_EXIT_BADINPUT, "%s: is a directory, not a results file", path);
-    if (ps_h5_check_seal(path, e) < 0) return -1; // before libhdf5 parses a byte of it
+    const int seal = ps_h5_check_seal(path, e); // before libhdf5 parses a byte of it
+    if (seal < 0) return -1;
     if (H5Fis_hdf5(path) <= 0) return ps_fail(e, PS_EXIT_BADINPUT, "%s: not an HDF5 file", path);
     hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
     if (f < 0) {
@@ -236,7 +237,7 @@ int ps_store_inspect(const char *path, ps_error *e) {
     int complete = strcmp(status, "complete") == 0;
     // A complete file's checksums are checked before anything is printed: a corrupt one is one line, exit 2.
     int64_t n_checked = -1;
-    if (complete && ps_h5_read_attr_str(run, "checksums", buf, sizeof buf) == 0 && ps_h5_verify(f, path, &n_checked, e) != 0) {
+    if (complete && ps_h5_read_attr_str(run, "checksums", buf, sizeof buf) == 0 && ps_h5_verify(f, path, seal == 0, &n_checked, e) != 0) {
         H5Gclose(run);
         H5Fclose(f);
         return -1;

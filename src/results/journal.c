@@ -93,13 +93,36 @@ static size_t payload_size(int64_t n, const ps_table *tables, int64_t n_tables) 
     return (size_t)n * 8 + (size_t)n * per_prompt * 4 + counted * 24;
 }
 
-// Applies one record's payload; returns -1 when it does not fit the shape.
+// Applies one record's payload: 0 applied; -1 when it does not fit the shape (the journal ends there); 1 when it
+// holds a prompt already restored (*dup): a record written twice would count its patches and FLOPs twice, so it
+// is skipped whole (its other prompts, if any, are recomputed).
 static int apply_record(const unsigned char *pl, size_t len, int64_t n, ps_baseline *base, ps_table *tables,
-                        int64_t n_tables, uint8_t *done, int64_t *n_done) {
-    if (len != payload_size(n, tables, n_tables)) return -1;
+                        int64_t n_tables, uint8_t *done, int64_t *n_done, int64_t *dup) {
+    if (n > base->n || len != payload_size(n, tables, n_tables)) return -1; // (n bounded first: no overflow)
+    int64_t idx_buf;
+    const unsigned char *ip = pl;
+    for (int64_t i = 0; i < n; i++) {
+        memcpy(&idx_buf, ip + 8 * i, 8);
+        if (idx_buf < 0 || idx_buf >= base->n) return -1;
+    }
+    for (int64_t i = 0; i < n; i++) { // done[p] = 2: seen in this record (a prompt twice in one record is a repeat too)
+        memcpy(&idx_buf, ip + 8 * i, 8);
+        if (done[idx_buf]) {
+            *dup = idx_buf;
+            for (int64_t k = 0; k < i; k++) {
+                int64_t q;
+                memcpy(&q, ip + 8 * k, 8);
+                if (done[q] == 2) done[q] = 0;
+            }
+            return 1;
+        }
+        done[idx_buf] = 2;
+    }
+    for (int64_t i = 0; i < n; i++) {
+        memcpy(&idx_buf, ip + 8 * i, 8);
+        done[idx_buf] = 0; // set for real below
+    }
     const int64_t *idx = (const int64_t *)pl;
-    for (int64_t i = 0; i < n; i++)
-        if (idx[i] < 0 || idx[i] >= base->n) return -1;
     const float *f = (const float *)(pl + (size_t)n * 8);
     float *bl[PS_BASELINE_COLS];
     ps_baseline_columns(base, bl);
@@ -191,6 +214,7 @@ int ps_journal_open(ps_journal **jp, const char *path, const char identity[65], 
         }
         free(old);
         good = (off_t)hlen;
+        int64_t n_records = 0;
         for (;;) {
             unsigned char rh[20];
             if (pread(fd, rh, 20, good) != 20 || memcmp(rh, REC_MAGIC, 4) != 0) break;
@@ -202,9 +226,16 @@ int ps_journal_open(ps_journal **jp, const char *path, const char identity[65], 
             if (!pl || pread(fd, pl, (size_t)len + 8, good + 20) != len + 8) { free(pl); break; }
             uint64_t sum;
             memcpy(&sum, pl + len, 8);
-            int ok = sum == fnv1a(pl, (size_t)len) && apply_record(pl, (size_t)len, n, base, tables, n_tables, done, n_done) == 0;
+            int64_t dup = -1;
+            int ar = sum == fnv1a(pl, (size_t)len) ? apply_record(pl, (size_t)len, n, base, tables, n_tables, done, n_done, &dup) : -1;
             free(pl);
-            if (!ok) break;
+            if (ar < 0) break;
+            n_records++;
+            if (ar == 1) {
+                char ep[1024];
+                fprintf(stderr, "patchsweep: %s: record %lld (at byte %lld) repeats prompt %lld, already restored; skipped\n",
+                        ps_escape(path, ep, sizeof ep), (long long)n_records, (long long)good, (long long)dup);
+            }
             good += 20 + len + 8;
         }
         // Drop a torn tail so the next record follows the last good one.

@@ -20,10 +20,11 @@ static int old_layout(ps_error *e, const char *path) {
 
 int ps_store_verify(const char *path, ps_error *e) {
     ps_h5_quiet();
-    if (ps_h5_check_seal(path, e) < 0) return -1;
+    const int seal = ps_h5_check_seal(path, e);
+    if (seal < 0) return -1;
     hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
     if (f < 0) return ps_fail(e, PS_EXIT_BADINPUT, "%s: not an HDF5 results file", path);
-    int rc = ps_h5_verify(f, path, NULL, e);
+    int rc = ps_h5_verify(f, path, seal == 0, NULL, e);
     H5Fclose(f);
     return rc;
 }
@@ -73,7 +74,8 @@ static int check_shards(shard_set *ss, const char *const *shards, int n_shards, 
     if (!ss->in_run) return ps_fail(e, PS_EXIT_RUNTIME, "merge: out of memory");
     int *seen = NULL, rc = 0;
     for (int k = 0; k < n_shards && rc == 0; k++) {
-        if (ps_h5_check_seal(shards[k], e) < 0) { rc = -1; break; }
+        const int seal = ps_h5_check_seal(shards[k], e);
+        if (seal < 0) { rc = -1; break; }
         hid_t f = H5Fopen(shards[k], H5F_ACC_RDONLY, H5P_DEFAULT);
         if (f < 0) { rc = ps_fail(e, PS_EXIT_BADINPUT, "%s: not an HDF5 results file", shards[k]); break; }
         char status[32] = "", rid[128] = "", buf[64];
@@ -89,7 +91,7 @@ static int check_shards(shard_set *ss, const char *const *shards, int n_shards, 
         if (strcmp(status, "complete") != 0) rc = ps_fail(e, PS_EXIT_BADINPUT, "%s: shard is not complete (status \"%s\")", shards[k], status);
         else if (ps_h5_schema_version(f) != PS_SCHEMA_VERSION) rc = old_layout(e, shards[k]);
         else if (!rid[0]) rc = ps_fail(e, PS_EXIT_BADINPUT, "%s: no run identity: not a patchsweep shard", shards[k]);
-        else if (ps_h5_verify(f, shards[k], NULL, e) != 0) rc = -1; // nothing corrupt is copied into the merge
+        else if (ps_h5_verify(f, shards[k], seal == 0, NULL, e) != 0) rc = -1; // nothing corrupt is copied into the merge
         else if (k == 0) {
             snprintf(ss->run_id, sizeof ss->run_id, "%s", rid);
             ss->count = cnt;

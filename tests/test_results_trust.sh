@@ -1,0 +1,142 @@
+#!/usr/bin/env bash
+# Results that can be trusted: a full disk while the results file is written (one line, exit 1, journal kept, a
+# rerun completes), corrupt results files (bytes flipped anywhere, a dataset changed under a valid seal) refused by
+# inspect, run and merge with one line (exit 2), /run inputs, and a journal record written twice not replayed.
+# shellcheck source=tests/bin_env.sh
+. "$(dirname "$0")/bin_env.sh"
+$py -c 'import h5py' 2>/dev/null || { [ "${CI:-}" = "true" ] && { echo "FAIL: h5py missing with CI=true"; exit 1; }; echo "SKIP: h5py missing"; exit 77; }
+
+items=""
+for a in $(seq 1 8); do
+    items="$items{\"clean\": \"$a $((a + 1)) $((a + 2)) $((a + 3))\", \"corrupted\": \"$a $((a + 1)) $((a + 2)) $((a + 2))\", \"answer\": \" $((a + 4))\", \"wrong\": \" $((a + 3))\"},"
+done
+cat >"$tmp/cfg.json" <<JSON
+{"model": "$demo", "threads": 1,
+ "dataset": [$items {"clean": "A B C D", "corrupted": "A B C C", "answer": " E", "wrong": " D"}],
+ "experiments": [{"name": "resid_pre", "site": "resid_pre", "by": "layer_pos"},
+                 {"name": "neurons", "site": "mlp_post", "by": "layer_neuron"}]}
+JSON
+one_line() { [ "$(wc -l <"$1")" -eq 1 ]; }
+"$bin" run "$tmp/cfg.json" -o "$tmp/ref.h5" --quiet 2>"$tmp/err" || { echo "FAIL: reference run: $(cat "$tmp/err")"; exit 1; }
+
+# --- 1. a full disk while the results file is written ----------------------------------------------------------
+# ulimit -f (KiB): the journal (about 75 KiB) fits, the results file (about 220 KiB) does not: EFBIG as ENOSPC.
+(ulimit -f 150; exec "$bin" run "$tmp/cfg.json" -o "$tmp/full.h5" --quiet) 2>"$tmp/err"
+rc=$?
+if [ "$rc" -eq 1 ] && one_line "$tmp/err" && grep -q "full.h5.partial: cannot write results file: File too large" "$tmp/err" &&
+    [ ! -e "$tmp/full.h5" ] && [ ! -e "$tmp/full.h5.partial" ] && [ -s "$tmp/full.h5.journal" ]; then
+    pass "full disk: exit 1, one line ($(cat "$tmp/err")), no results file or .partial, journal kept"
+else fail "full disk: exit $rc: $(cat "$tmp/err"); left: $(ls "$tmp" | grep full)"; fi
+"$bin" run "$tmp/cfg.json" -o "$tmp/full.h5" --quiet 2>"$tmp/err" && grep -q "resuming: 9 of 9 prompts already done" "$tmp/err" &&
+    $py "$src/tests/h5_same_values.py" "$tmp/ref.h5" "$tmp/full.h5" >/dev/null && [ ! -e "$tmp/full.h5.journal" ] &&
+    pass "rerun with space: resumed from the journal, values equal one uninterrupted run" || fail "rerun after full disk: $(cat "$tmp/err")"
+
+# --- 2. corrupt results files ----------------------------------------------------------------------------------
+"$bin" inspect "$tmp/ref.h5" >"$tmp/out" 2>"$tmp/err" && grep -q "checksums: sha256 of [0-9]* datasets verified" "$tmp/out" &&
+    pass "inspect verifies every dataset's sha256: $(grep checksums "$tmp/out")" || fail "inspect of the reference: $(cat "$tmp/err")"
+# One byte flipped: in the first DIMENSION_LIST attribute (libhdf5's attribute iteration crashed there), and at 200
+# spread positions. Every one: exit 2, exactly one line naming the file, no crash.
+$py - "$tmp/ref.h5" "$tmp" "$bin" <<'PY' >"$tmp/flips" 2>&1
+import subprocess, sys
+src, d, bin_ = sys.argv[1:4]
+data = open(src, "rb").read()
+at = data.find(b"DIMENSION_LIST")
+pos = list(range(at - 8, at + 40)) + list(range(0, len(data), max(1, len(data) // 200)))
+bad = []
+for p in pos:
+    b = bytearray(data); b[p] ^= 0x5A
+    open(f"{d}/flip.h5", "wb").write(b)
+    r = subprocess.run([bin_, "inspect", f"{d}/flip.h5"], capture_output=True, timeout=60)
+    err = r.stderr.decode(errors="replace").splitlines()
+    ok = (r.returncode == 2 and len(err) == 1 and "flip.h5" in err[0]) or (r.returncode == 0 and 81 <= p < 512)  # the userblock past the seal line is padding
+    if not ok: bad.append((p, r.returncode, err[:2]))
+print(f"{len(pos)} flips, {len(bad)} bad: {bad[:5]}")
+sys.exit(1 if bad else 0)
+PY
+[ $? -eq 0 ] && pass "one byte flipped (DIMENSION_LIST and 200 positions): $(cat "$tmp/flips"), each exit 2 with one line" || fail "flips: $(cat "$tmp/flips")"
+"$bin" inspect "$tmp/flip.h5" 2>&1 | sed 's/^/    /'
+
+# A value changed and the seal recomputed (as a tool that knows the seal but not the datasets would): the dataset's
+# own sha256 names it.
+cp "$tmp/ref.h5" "$tmp/edit.h5"
+$py - "$tmp/edit.h5" <<'PY'
+import hashlib, sys, h5py
+p = sys.argv[1]
+with h5py.File(p, "r+") as f:
+    v = f["results/neurons/values"]; x = v[()]; x[0, 0, 0] += 1.0; v[...] = x
+b = bytearray(open(p, "rb").read())
+line = b"PSRESULT sha256 " + hashlib.sha256(bytes(b[512:])).hexdigest().encode() + b"\n"
+b[:512] = line + bytes(512 - len(line))
+open(p, "wb").write(b)
+PY
+"$bin" inspect "$tmp/edit.h5" >/dev/null 2>"$tmp/err"; rc=$?
+[ "$rc" -eq 2 ] && one_line "$tmp/err" && grep -q "edit.h5: /results/neurons/values: checksum mismatch" "$tmp/err" &&
+    pass "a changed dataset: inspect exit 2: $(cat "$tmp/err")" || fail "changed dataset: exit $rc: $(cat "$tmp/err")"
+
+# run: a corrupt complete output of the same run is not "complete ... nothing to do".
+for f in flip edit; do
+    cp "$tmp/$f.h5" "$tmp/run_$f.h5"
+    "$bin" run "$tmp/cfg.json" -o "$tmp/run_$f.h5" --quiet 2>"$tmp/err"; rc=$?
+    [ "$rc" -eq 2 ] && one_line "$tmp/err" && grep -q "run_$f.h5.*--force recomputes" "$tmp/err" && ! grep -q "nothing to do" "$tmp/err" &&
+        pass "run on a corrupt output ($f): exit 2: $(cat "$tmp/err")" || fail "run on corrupt $f: exit $rc: $(cat "$tmp/err")"
+done
+"$bin" run "$tmp/cfg.json" -o "$tmp/run_edit.h5" --quiet --force 2>"$tmp/err" && "$bin" inspect "$tmp/run_edit.h5" >/dev/null &&
+    pass "--force recomputes a corrupt output" || fail "--force over a corrupt output: $(cat "$tmp/err")"
+
+# merge: a corrupt shard is refused, nothing written.
+"$bin" run "$tmp/cfg.json" -o "$tmp/s0.h5" --shard 0/2 --quiet 2>/dev/null && "$bin" run "$tmp/cfg.json" -o "$tmp/s1.h5" --shard 1/2 --quiet 2>/dev/null ||
+    fail "shard runs"
+"$bin" merge "$tmp/m.h5" "$tmp/s0.h5" "$tmp/s1.h5" 2>"$tmp/err" && "$bin" inspect "$tmp/m.h5" >/dev/null &&
+    $py "$src/tests/h5_same_values.py" "$tmp/ref.h5" "$tmp/m.h5" >/dev/null && pass "merge of good shards: sealed, verified, equal to one run" ||
+    fail "merge of good shards: $(cat "$tmp/err")"
+$py -c "
+import sys; p = sys.argv[1]; b = bytearray(open(p, 'rb').read()); b[len(b) // 2] ^= 1; open(p, 'wb').write(b)" "$tmp/s1.h5"
+"$bin" merge "$tmp/m2.h5" "$tmp/s0.h5" "$tmp/s1.h5" 2>"$tmp/err"; rc=$?
+[ "$rc" -eq 2 ] && one_line "$tmp/err" && grep -q "s1.h5: corrupt" "$tmp/err" && [ ! -e "$tmp/m2.h5" ] && [ ! -e "$tmp/m2.h5.partial" ] &&
+    pass "merge of a corrupt shard: exit 2: $(cat "$tmp/err")" || fail "merge corrupt shard: exit $rc: $(cat "$tmp/err")"
+
+# --- 3. /run inputs ---------------------------------------------------------------------------------------------
+"$bin" inspect "$tmp/ref.h5" >"$tmp/out" 2>&1
+$py - "$tmp/ref.h5" <<'PY' >"$tmp/inputs" 2>&1
+import hashlib, json, os, sys, h5py
+ins = json.loads(h5py.File(sys.argv[1], "r")["run"].attrs["inputs"])
+assert len(ins) >= 3, ins
+for i in ins:
+    data = open(i["path"], "rb").read()
+    assert i["sha256"] == hashlib.sha256(data).hexdigest() and i["bytes"] == len(data), i
+print(len(ins), sorted({i["kind"] for i in ins}))
+PY
+[ $? -eq 0 ] && grep -q "inputs:    [0-9]* files" "$tmp/out" && grep -q "weights file .*model.safetensors (sha256 " "$tmp/out" &&
+    pass "/run inputs: every input file's path, sha256 and bytes, shown by inspect: $(cat "$tmp/inputs")" || fail "inputs: $(cat "$tmp/inputs") $(cat "$tmp/out")"
+
+# --- 4. a journal record written twice ------------------------------------------------------------------------
+(ulimit -f 150; exec "$bin" run "$tmp/cfg.json" -o "$tmp/dup.h5" --quiet --chunk-prompts 2) 2>/dev/null
+[ -s "$tmp/dup.h5.journal" ] || fail "no journal to duplicate a record in"
+$py - "$tmp/dup.h5.journal" <<'PY'
+import struct, sys
+p = sys.argv[1]; b = open(p, "rb").read()
+n_prompts, n_tables = struct.unpack_from("<qq", b, 72); at = 88
+for _ in range(n_tables):
+    at += 16
+    for _ in range(2): (l,) = struct.unpack_from("<q", b, at); at += 8 + l
+first = at
+while b[at:at + 4] == b"PSRC":
+    (length,) = struct.unpack_from("<q", b, at + 12)
+    if at + 20 + length + 8 > len(b): break
+    at += 20 + length + 8
+(length,) = struct.unpack_from("<q", b, first + 12)
+assert at > first
+open(p, "wb").write(b[:at] + b[first:first + 20 + length + 8])   # the first record again, with its valid checksum
+PY
+"$bin" run "$tmp/cfg.json" -o "$tmp/dup.h5" --quiet 2>"$tmp/err"; rc=$?
+run_ok=$($py -c "
+import sys, h5py
+a, b = h5py.File(sys.argv[1], 'r'), h5py.File(sys.argv[2], 'r')
+print(all(a['results'][n].attrs['patches_run'] == b['results'][n].attrs['patches_run'] for n in a['results']))" "$tmp/ref.h5" "$tmp/dup.h5" 2>&1)
+[ "$rc" -eq 0 ] && grep -q "dup.h5.journal: record [0-9]* (at byte [0-9]*) repeats prompt 0, already restored; skipped" "$tmp/err" && [ "$run_ok" = True ] &&
+    $py "$src/tests/h5_same_values.py" "$tmp/ref.h5" "$tmp/dup.h5" >/dev/null &&
+    pass "a duplicated journal record is skipped ($(grep repeats "$tmp/err")); values and patches_run equal one run" ||
+    fail "duplicated record: exit $rc, patches_run equal: $run_ok: $(cat "$tmp/err")"
+
+[ "$fails" -eq 0 ] && echo "all results-trust tests passed" || echo "$fails failed"
+[ "$fails" -eq 0 ]
