@@ -73,7 +73,8 @@ static void seal_hex(const unsigned char *p, size_t n, char hex[65]) {
 }
 
 // The image goes to path (truncated), then fsync: a full disk is ENOSPC/EFBIG here, and path is removed so no
-// half-written file is left behind. seal: the userblock gets the image's sha256 (a complete file).
+// half-written file is left behind. seal: the userblock gets the image's sha256 (every file the store or merge
+// writes, a .partial too, so inspect reads none of ours unchecked).
 int ps_h5_save(hid_t f, const char *path, int seal, ps_error *e) {
     int64_t n = ps_h5_image_size(f);
     if (n <= 0) return ps_h5_fail(e, path, "cannot build the file image");

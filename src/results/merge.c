@@ -18,13 +18,22 @@ static int old_layout(ps_error *e, const char *path) {
                    path, PS_SCHEMA_VERSION);
 }
 
+// A file without the seal is not parsed by run or merge (libhdf5 is not robust against corrupt files, and nothing
+// in it could be verified): one line saying how to get a file that can.
+static int no_seal(ps_error *e, const char *path) {
+    return ps_fail(e, PS_EXIT_BADINPUT,
+                   "%s: no seal (not a patchsweep results file, or one an older patchsweep wrote): it cannot be verified; regenerate it with `patchsweep run CONFIG --force`",
+                   path);
+}
+
 int ps_store_verify(const char *path, ps_error *e) {
     ps_h5_quiet();
     const int seal = ps_h5_check_seal(path, e);
     if (seal < 0) return -1;
+    if (seal > 0) return no_seal(e, path);
     hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
     if (f < 0) return ps_fail(e, PS_EXIT_BADINPUT, "%s: not an HDF5 results file", path);
-    int rc = ps_h5_verify(f, path, seal == 0, NULL, e);
+    int rc = ps_h5_verify(f, path, 1, NULL, e);
     H5Fclose(f);
     return rc;
 }
@@ -32,7 +41,9 @@ int ps_store_verify(const char *path, ps_error *e) {
 int ps_store_read_identity(const char *path, char identity[65], ps_error *e) {
     ps_h5_quiet();
     identity[0] = 0;
-    if (ps_h5_check_seal(path, e) < 0) return -1; // libhdf5 never parses a corrupt file
+    const int seal = ps_h5_check_seal(path, e); // libhdf5 never parses a corrupt file, nor one it cannot check
+    if (seal < 0) return -1;
+    if (seal > 0) return no_seal(e, path);
     hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
     if (f < 0) return ps_fail(e, PS_EXIT_BADINPUT, "%s: not an HDF5 results file", path);
     char status[32] = "", id[128] = "";
@@ -74,8 +85,11 @@ static int check_shards(shard_set *ss, const char *const *shards, int n_shards, 
     if (!ss->in_run) return ps_fail(e, PS_EXIT_RUNTIME, "merge: out of memory");
     int *seen = NULL, rc = 0;
     for (int k = 0; k < n_shards && rc == 0; k++) {
+        // Only a sealed file reaches libhdf5 here: a shard must be verified anyway, and libhdf5 is not robust against
+        // corrupt files (an older patchsweep's shards are rerun, not merged).
         const int seal = ps_h5_check_seal(shards[k], e);
         if (seal < 0) { rc = -1; break; }
+        if (seal > 0) { rc = no_seal(e, shards[k]); break; }
         hid_t f = H5Fopen(shards[k], H5F_ACC_RDONLY, H5P_DEFAULT);
         if (f < 0) { rc = ps_fail(e, PS_EXIT_BADINPUT, "%s: not an HDF5 results file", shards[k]); break; }
         char status[32] = "", rid[128] = "", buf[64];

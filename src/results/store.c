@@ -50,7 +50,7 @@ static int mkdir_p(const char *dir) {
 static int flush(ps_store *s, ps_error *e) {
     const int64_t n = ps_h5_image_size(s->file);
     if (n < 0) return ps_h5_fail(e, s->partial, "cannot flush");
-    return n <= PS_STORE_PARTIAL_MAX ? ps_h5_save(s->file, s->partial, 0, e) : 0;
+    return n <= PS_STORE_PARTIAL_MAX ? ps_h5_save(s->file, s->partial, 1, e) : 0;
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -394,7 +394,7 @@ int ps_store_close(ps_store *s, int complete, ps_error *e) {
         if (rc == 0 && complete) rc = ps_h5_seal(s->file, s->partial, e);
         // The image reaches the disk here with plain write()/fsync(); a full disk fails with errno's one line and
         // removes the .partial (the file in memory always closes, so nothing is left open at exit).
-        if (rc == 0) rc = ps_h5_save(s->file, s->partial, complete, e);
+        if (rc == 0) rc = ps_h5_save(s->file, s->partial, 1, e);
         H5Fclose(s->file);
         // rename() replaces an existing PATH atomically, so a reader never sees a half-written complete file.
         if (rc == 0 && complete && rename(s->partial, s->path) != 0)

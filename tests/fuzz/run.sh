@@ -15,13 +15,15 @@ root=$(cd "$here/../.." && pwd)
 src=${FUZZ_SRC:-$root/src}
 inc=$(cd "$src/../include" 2>/dev/null && pwd) || inc=$root/include
 cc=${FUZZ_CC:-clang}
-all_targets="fuzz_config fuzz_dataset fuzz_model_config fuzz_safetensors fuzz_tokenizer_json fuzz_tokenizer_model fuzz_tokenizer_vocab"
+all_targets="fuzz_config fuzz_dataset fuzz_model_config fuzz_safetensors fuzz_tokenizer_json fuzz_tokenizer_model fuzz_tokenizer_vocab
+    fuzz_results fuzz_merge fuzz_journal"
 targets=${FUZZ_TARGETS:-$all_targets}
 
 # The readers under test (a file missing from the tree fails the run: the list is out of date). They go into one
 # static archive, so each target pulls in only the objects it needs and one module that does not compile fails only
 # its targets.
-readers="util/common util/json inputs/config inputs/dataset inputs/safetensors inputs/model inputs/tokenizer inputs/tokenizer_hf inputs/tokenizer_sp"
+readers="util/common util/json inputs/config inputs/dataset inputs/safetensors inputs/model inputs/tokenizer inputs/tokenizer_hf inputs/tokenizer_sp
+    results/table results/h5util results/h5file results/inspect results/merge results/journal"
 
 if ! command -v "$cc" >/dev/null 2>&1; then
     echo "SKIP: $cc not found (apt-get install clang libclang-rt-14-dev)"
@@ -42,9 +44,12 @@ if ! "$cc" -fsanitize=fuzzer,address,undefined "$work/probe.c" -o "$work/probe" 
 fi
 
 # shellcheck disable=SC2054  # the commas are -fsanitize's
-cflags=(-g -O1 -std=c11 -D_GNU_SOURCE -Wall -Wno-unused-parameter -Wno-unused-function "-I$inc"
+# libhdf5 (the results readers): Debian's serial build, found by pkg-config.
+read -r -a h5_cflags <<<"$(pkg-config --cflags hdf5 2>/dev/null)"
+read -r -a h5_libs <<<"$(pkg-config --libs hdf5 2>/dev/null)"
+cflags=(-g -O1 -std=c11 -D_GNU_SOURCE -Wall -Wno-unused-parameter -Wno-unused-function "-I$inc" "${h5_cflags[@]}"
     -fsanitize=address,undefined -fno-sanitize-recover=undefined)
-libs=(-lcjson -lpcre2-8 -lcrypto -lm -lpthread)
+libs=(-lcjson -lpcre2-8 -lcrypto -lm -lpthread "${h5_libs[@]}" -lhdf5_hl)
 # The targets' per-process input directories go under the work directory, so crashed runs leave nothing behind.
 mkdir -p "$work/tmp"
 export TMPDIR="$work/tmp"
