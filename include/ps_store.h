@@ -69,7 +69,9 @@ int ps_store_close(ps_store *s, int complete, ps_error *e);
 // `patchsweep inspect FILE`: prints a summary of a results file to stdout (an unfinished file is flagged
 // "INCOMPLETE"; one of the layout before schema_version is read with a note). A missing file, or one that is
 // not HDF5 or has no /run group: PS_EXIT_BADINPUT naming it.
+// Built in a child process: a file that crashes libhdf5 is PS_EXIT_BADINPUT "PATH: corrupt: libhdf5 crashed ...".
 int ps_store_inspect(const char *path, ps_error *e);
+int ps_store_inspect_in_process(const char *path, ps_error *e); // the same without the child (the fuzz target)
 
 // Checks the sha256 of every dataset of a complete results file (what ps_store_close wrote as attribute sha256):
 // 0, or PS_EXIT_BADINPUT "PATH: /DATASET: checksum mismatch ..." (or: no checksums, unreadable: corrupt).

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 // A core-driver file access list: in memory, grown 1 MiB at a time, never written back by libhdf5.
@@ -273,5 +274,59 @@ int ps_h5_check_seal(const char *path, ps_error *e) {
         free(buf);
     }
     close(fd);
+    return rc;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// fn in a child process (libhdf5 can crash on a corrupt or crafted file; see inspect.c): its ps_error and result
+// bytes come back through a pipe, and a child killed by a signal is PS_EXIT_BADINPUT "PATH: corrupt: ...".
+int ps_h5_guarded(const char *path, int (*fn)(void *arg, void *result, ps_error *e), void *arg, void *result, size_t result_len,
+                  ps_error *e) {
+    int p[2];
+    if (pipe(p) != 0) return ps_fail(e, PS_EXIT_RUNTIME, "%s: pipe: %s", path, strerror(errno));
+    fflush(stdout);
+    fflush(stderr);
+    pid_t pid = fork();
+    if (pid < 0) {
+        close(p[0]);
+        close(p[1]);
+        return ps_fail(e, PS_EXIT_RUNTIME, "%s: fork: %s", path, strerror(errno));
+    }
+    if (pid == 0) {
+        close(p[0]);
+        ps_error ce = {0};
+        int rc = fn(arg, result, &ce);
+        int ok = write_all(p[1], (const unsigned char *)&rc, sizeof rc) == 0 && write_all(p[1], (const unsigned char *)&ce, sizeof ce) == 0 &&
+                 (!result_len || write_all(p[1], result, result_len) == 0);
+        _exit(ok ? 0 : 1);
+    }
+    close(p[1]);
+    int rc = -1;
+    ps_error ce = {0};
+    size_t want = sizeof rc + sizeof ce + result_len, got = 0;
+    unsigned char *buf = malloc(want);
+    while (buf && got < want) {
+        ssize_t r = read(p[0], buf + got, want - got);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) break;
+        got += (size_t)r;
+    }
+    close(p[0]);
+    int st = 0;
+    while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {}
+    if (WIFSIGNALED(st)) {
+        rc = ps_fail(e, PS_EXIT_BADINPUT, "%s: corrupt: libhdf5 crashed reading it (signal %d)", path, WTERMSIG(st));
+    } else if (!buf || got != want) {
+        rc = ps_fail(e, PS_EXIT_RUNTIME, "%s: cannot read (the checking process failed)", path);
+    } else {
+        memcpy(&rc, buf, sizeof rc);
+        memcpy(&ce, buf + sizeof rc, sizeof ce);
+        if (result_len) memcpy(result, buf + sizeof rc + sizeof ce, result_len);
+        if (rc != 0) {
+            ce.msg[PS_ERR_MAX - 1] = 0;
+            ps_fail(e, ce.code ? ce.code : PS_EXIT_RUNTIME, "%s", ce.msg);
+        }
+    }
+    free(buf);
     return rc;
 }

@@ -65,6 +65,10 @@ int ps_h5_save(hid_t f, const char *path, int seal, ps_error *e); // PS_EXIT_RUN
 // byte after it. ps_h5_check_seal: 1 no seal, 0 it matches, -1 it does not (PS_EXIT_BADINPUT, before libhdf5 reads).
 #define PS_H5_USERBLOCK 512
 int ps_h5_check_seal(const char *path, ps_error *e);
+// Runs fn(arg, result, e) in a child process; result (result_len bytes) and e come back. A crash there (libhdf5 on a
+// corrupt file) is PS_EXIT_BADINPUT "PATH: corrupt: libhdf5 crashed reading it (signal N)".
+int ps_h5_guarded(const char *path, int (*fn)(void *arg, void *result, ps_error *e), void *arg, void *result, size_t result_len,
+                  ps_error *e);
 // The most bytes a dataset in loc's file can plausibly expand to (its size times gzip's ratio, capped): readers
 // refuse to allocate more for a size read from the file.
 int64_t ps_h5_max_bytes(hid_t loc);

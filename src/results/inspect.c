@@ -11,6 +11,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 // Same as ps_h5_read_attr_str, but "-" when missing or empty: for display.
 static const char *attr_or_dash(hid_t obj, const char *name, char *buf, size_t n) {
@@ -201,7 +203,7 @@ static void inspect_result(FILE *o, hid_t res, const char *name) {
     H5Gclose(g);
 }
 
-int ps_store_inspect(const char *path, ps_error *e) {
+int ps_store_inspect_in_process(const char *path, ps_error *e) {
     ps_h5_quiet();
     struct stat st;
     if (stat(path, &st) != 0) {
@@ -366,4 +368,82 @@ int ps_store_inspect(const char *path, ps_error *e) {
     fflush(o);
     H5Fclose(f);
     return 0;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// libhdf5 (1.10) crashes on some corrupt files (the global heap of variable-length strings, attribute messages): the
+// seal catches every changed byte of a file patchsweep wrote, but an unsealed file (an older patchsweep's, or any
+// other) or a crafted one reaches it. So the summary is built in a child process and printed only when the child
+// finished: a crash there is one line, exit 2, never a signal.
+
+static int read_all(int fd, char **buf, size_t *len) {
+    size_t cap = 1 << 14;
+    *len = 0;
+    *buf = malloc(cap);
+    if (!*buf) return -1;
+    for (;;) {
+        if (*len == cap) {
+            char *nb = realloc(*buf, cap *= 2);
+            if (!nb) return -1;
+            *buf = nb;
+        }
+        ssize_t r = read(fd, *buf + *len, cap - *len);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) return r < 0 ? -1 : 0;
+        *len += (size_t)r;
+    }
+}
+
+int ps_store_inspect(const char *path, ps_error *e) {
+    int out[2], err[2];
+    if (pipe(out) != 0) return ps_fail(e, PS_EXIT_RUNTIME, "%s: cannot inspect: pipe: %s", path, strerror(errno));
+    if (pipe(err) != 0) {
+        close(out[0]); close(out[1]);
+        return ps_fail(e, PS_EXIT_RUNTIME, "%s: cannot inspect: pipe: %s", path, strerror(errno));
+    }
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid < 0) {
+        close(out[0]); close(out[1]); close(err[0]); close(err[1]);
+        return ps_fail(e, PS_EXIT_RUNTIME, "%s: cannot inspect: fork: %s", path, strerror(errno));
+    }
+    if (pid == 0) {
+        close(out[0]);
+        close(err[0]);
+        if (dup2(out[1], 1) < 0) _exit(PS_EXIT_RUNTIME);
+        ps_error ce = {0};
+        int rc = ps_store_inspect_in_process(path, &ce);
+        fflush(stdout);
+        if (rc != 0 && write(err[1], &ce, sizeof ce) != (ssize_t)sizeof ce) _exit(PS_EXIT_RUNTIME);
+        _exit(rc == 0 ? 0 : PS_EXIT_BADINPUT);
+    }
+    close(out[1]);
+    close(err[1]);
+    char *text = NULL;
+    size_t n = 0;
+    int rd = read_all(out[0], &text, &n);
+    close(out[0]);
+    ps_error ce = {0};
+    ssize_t got = read(err[0], &ce, sizeof ce);
+    close(err[0]);
+    int st = 0;
+    while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {}
+    int rc = 0;
+    if (WIFSIGNALED(st))
+        rc = ps_fail(e, PS_EXIT_BADINPUT, "%s: corrupt: libhdf5 crashed reading it (signal %d); nothing of it is shown", path, WTERMSIG(st));
+    else if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+        if (got == (ssize_t)sizeof ce && ce.code) {
+            ce.msg[PS_ERR_MAX - 1] = 0;
+            rc = ps_fail(e, ce.code, "%s", ce.msg);
+        } else {
+            rc = ps_fail(e, PS_EXIT_RUNTIME, "%s: cannot inspect (exit %d)", path, WIFEXITED(st) ? WEXITSTATUS(st) : -1);
+        }
+    } else if (rd != 0) {
+        rc = ps_fail(e, PS_EXIT_RUNTIME, "%s: cannot inspect: out of memory", path);
+    } else if (n && fwrite(text, 1, n, stdout) != n) {
+        rc = ps_fail(e, PS_EXIT_RUNTIME, "%s: cannot write the summary: %s", path, strerror(errno));
+    }
+    fflush(stdout);
+    free(text);
+    return rc;
 }

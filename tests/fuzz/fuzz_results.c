@@ -1,6 +1,7 @@
-// libFuzzer target: the results-file readers, inspect's path (ps_store_inspect: seal, checksums, /run, /prompts,
-// /baseline, every table) and run's (ps_store_read_identity, ps_store_verify). The input is the file's bytes.
-// Seeds are written with no seal and no /run checksums (as an older patchsweep's files are) so libhdf5 parses them.
+// libFuzzer target: the results-file reader, inspect's path in this process (ps_store_inspect_in_process: seal,
+// checksums of every dataset, /run, /prompts, /baseline, every table). The input is the file's bytes. (run's and
+// merge's checks are the same seal and checksum code, run in a child process.) Seeds include files with no seal
+// and no /run checksums (as an older patchsweep's files are) so that mutations reach libhdf5 and the readers.
 #include "fuzz_util.h"
 #include "ps_store.h"
 
@@ -10,26 +11,11 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
     return 0;
 }
 
-static void check_error(int rc, const ps_error *e) {
-    if (rc == 0) return;
-    FUZZ_FAIL_IF((e->code != PS_EXIT_BADINPUT && e->code != PS_EXIT_RUNTIME) || !e->msg[0] || strchr(e->msg, '\n'));
-}
-
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     const char *p = fuzz_write(0, "r.h5", data, size);
     ps_error e = {0};
-    int rc = ps_store_inspect(p, &e);
+    int rc = ps_store_inspect_in_process(p, &e);
     fuzz_note("inspect", rc, e.msg);
-    check_error(rc, &e);
-    char id[65];
-    e = (ps_error){0};
-    rc = ps_store_read_identity(p, id, &e);
-    fuzz_note("read_identity", rc, e.msg);
-    check_error(rc, &e);
-    FUZZ_FAIL_IF(rc == 0 && strlen(id) != 64);
-    e = (ps_error){0};
-    rc = ps_store_verify(p, &e);
-    fuzz_note("verify", rc, e.msg);
-    check_error(rc, &e);
+    if (rc != 0) FUZZ_FAIL_IF((e.code != PS_EXIT_BADINPUT && e.code != PS_EXIT_RUNTIME) || !e.msg[0] || strchr(e.msg, '\n'));
     return 0;
 }
