@@ -13,3 +13,12 @@ trap 'rm -rf "$tmp"' EXIT
 fails=0
 fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
 pass() { echo "ok: $*"; }
+# The dataset items "a a+1 a+2 a+3" -> " a+4" (corrupted: last token repeated) for a = 1..N, then one "A B C D" item:
+# a JSON list's body for a config's "dataset".
+count_items() {
+    local a out=""
+    for a in $(seq 1 "$1"); do
+        out="$out{\"clean\": \"$a $((a + 1)) $((a + 2)) $((a + 3))\", \"corrupted\": \"$a $((a + 1)) $((a + 2)) $((a + 2))\", \"answer\": \" $((a + 4))\", \"wrong\": \" $((a + 3))\"},"
+    done
+    printf '%s {"clean": "A B C D", "corrupted": "A B C C", "answer": " E", "wrong": " D"}' "$out"
+}

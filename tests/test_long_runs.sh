@@ -5,13 +5,9 @@
 # shellcheck source=tests/bin_env.sh
 . "$(dirname "$0")/bin_env.sh"
 
-items=""
-for a in $(seq 1 12); do
-    items="$items{\"clean\": \"$a $((a + 1)) $((a + 2)) $((a + 3))\", \"corrupted\": \"$a $((a + 1)) $((a + 2)) $((a + 2))\", \"answer\": \" $((a + 4))\", \"wrong\": \" $((a + 3))\"},"
-done
 cat >"$tmp/cfg.json" <<JSON
 {"model": "$demo", "threads": 1,
- "dataset": [$items {"clean": "A B C D", "corrupted": "A B C C", "answer": " E", "wrong": " D"}],
+ "dataset": [$(count_items 12)],
  "experiments": [{"name": "resid_pre", "site": "resid_pre"}, {"name": "heads", "site": "z", "by": "layer_head"}]}
 JSON
 

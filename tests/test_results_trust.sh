@@ -6,13 +6,9 @@
 . "$(dirname "$0")/bin_env.sh"
 $py -c 'import h5py' 2>/dev/null || { [ "${CI:-}" = "true" ] && { echo "FAIL: h5py missing with CI=true"; exit 1; }; echo "SKIP: h5py missing"; exit 77; }
 
-items=""
-for a in $(seq 1 8); do
-    items="$items{\"clean\": \"$a $((a + 1)) $((a + 2)) $((a + 3))\", \"corrupted\": \"$a $((a + 1)) $((a + 2)) $((a + 2))\", \"answer\": \" $((a + 4))\", \"wrong\": \" $((a + 3))\"},"
-done
 cat >"$tmp/cfg.json" <<JSON
 {"model": "$demo", "threads": 1,
- "dataset": [$items {"clean": "A B C D", "corrupted": "A B C C", "answer": " E", "wrong": " D"}],
+ "dataset": [$(count_items 8)],
  "experiments": [{"name": "resid_pre", "site": "resid_pre", "by": "layer_pos"},
                  {"name": "neurons", "site": "mlp_post", "by": "layer_neuron"}]}
 JSON

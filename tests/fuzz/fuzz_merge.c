@@ -1,10 +1,26 @@
 // libFuzzer target: `merge`'s reading path (ps_store_merge: shard checks, per-prompt rows, means, counters) on two
 // shard files. The input is shard 0's bytes, the 8 bytes "PSSHARD1", shard 1's bytes (no marker: one shard file).
+// Each file is sealed here (the userblock's sha256 recomputed over the mutated bytes, as a crafted file would be), so
+// mutations get past the seal to the checksums and the merge itself; fuzz_results covers the seal check.
 // A successful merge's output must pass ps_store_verify (it is sealed and checksummed as written).
 #include "fuzz_util.h"
 #include "ps_store.h"
 
 static const char MARK[8] = {'P', 'S', 'S', 'H', 'A', 'R', 'D', '1'};
+
+// A copy of n bytes with a valid seal in its first 512 (when it is long enough to have one).
+static uint8_t *sealed(const uint8_t *d, size_t n) {
+    uint8_t *c = malloc(n ? n : 1);
+    if (!c) abort();
+    memcpy(c, d, n);
+    if (n > 512) {
+        char hex[65];
+        ps_sha256_hex(c + 512, n - 512, hex);
+        memset(c, 0, 512);
+        snprintf((char *)c, 512, "PSRESULT sha256 %s\n", hex);
+    }
+    return c;
+}
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     const uint8_t *m = NULL;
@@ -12,12 +28,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         if (data[i] == 'P' && memcmp(data + i, MARK, 8) == 0) { m = data + i; break; }
     const size_t n0 = m ? (size_t)(m - data) : size;
     const char *s[2];
-    s[0] = fuzz_write(0, "s0.h5", data, n0);
+    uint8_t *c0 = sealed(data, n0), *c1 = m ? sealed(m + 8, size - n0 - 8) : NULL;
+    s[0] = fuzz_write(0, "s0.h5", c0, n0);
     int n = 1;
     if (m) {
-        s[1] = fuzz_write(1, "s1.h5", m + 8, size - n0 - 8);
+        s[1] = fuzz_write(1, "s1.h5", c1, size - n0 - 8);
         n = 2;
     }
+    free(c0);
+    free(c1);
     char out[600];
     snprintf(out, sizeof out, "%s/m.h5", fuzz_tmpdir());
     ps_error e = {0};
