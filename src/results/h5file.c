@@ -10,7 +10,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -69,10 +68,6 @@ static int write_all(int fd, const unsigned char *p, size_t n) {
 // libhdf5 crashes on some corrupt object headers (a flipped byte in an attribute message, seen in H5Aexists).
 static const char SEAL_MAGIC[] = "PSRESULT sha256 ";
 
-static void seal_hex(const unsigned char *p, size_t n, char hex[65]) {
-    ps_sha256_hex(p, n, hex);
-}
-
 // The image goes to path (truncated), then fsync: a full disk is ENOSPC/EFBIG here, and path is removed so no
 // half-written file is left behind. seal: the userblock gets the image's sha256 (every file the store or merge
 // writes, a .partial too, so inspect reads none of ours unchecked).
@@ -97,7 +92,7 @@ int ps_h5_save(hid_t f, const char *path, int seal, ps_error *e) {
     unsigned char ub[PS_H5_USERBLOCK] = {0};
     if (seal) {
         char hex[65];
-        seal_hex(img + at, (size_t)(n - at), hex);
+        ps_sha256_hex(img + at, (size_t)(n - at), hex);
         snprintf((char *)ub, sizeof ub, "%s%s\n", SEAL_MAGIC, hex);
     }
     int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644), rc = 0;
@@ -266,7 +261,7 @@ int ps_h5_check_seal(const char *path, ps_error *e) {
         } else if (pread(fd, buf, n, PS_H5_USERBLOCK) != (ssize_t)n) {
             rc = ps_fail(e, PS_EXIT_RUNTIME, "%s: cannot read: %s", path, strerror(errno));
         } else {
-            seal_hex(buf, n, hex);
+            ps_sha256_hex(buf, n, hex);
             const char *want = head + sizeof SEAL_MAGIC - 1;
             rc = strncmp(want, hex, 64) == 0 && want[64] == '\n' ? 0 : -1;
             if (rc) ps_fail(e, PS_EXIT_BADINPUT, "%s: corrupt: its bytes do not match the sha256 written with it (userblock), so it is not read", path);
@@ -319,8 +314,10 @@ int ps_h5_guarded(const char *path, int (*fn)(void *arg, void *result, ps_error 
     while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {}
     if (WIFSIGNALED(st)) {
         rc = ps_fail(e, PS_EXIT_BADINPUT, "%s: corrupt: libhdf5 crashed reading it (signal %d)", path, WTERMSIG(st));
-    } else if (!buf || got != want) {
-        rc = ps_fail(e, PS_EXIT_RUNTIME, "%s: cannot read (the checking process failed)", path);
+    } else if (!buf) {
+        rc = ps_fail(e, PS_EXIT_RUNTIME, "%s: out of memory", path);
+    } else if (got != want) { // died without a word: a crash a sanitizer (or an allocator) turned into an exit status
+        rc = ps_fail(e, PS_EXIT_BADINPUT, "%s: corrupt: libhdf5 crashed reading it (exit %d)", path, WIFEXITED(st) ? WEXITSTATUS(st) : -1);
     } else {
         memcpy(&rc, buf, sizeof rc);
         memcpy(&ce, buf + sizeof rc, sizeof ce);

@@ -439,8 +439,9 @@ int ps_store_inspect(const char *path, ps_error *e) {
         if (got == (ssize_t)sizeof ce && ce.code) {
             ce.msg[PS_ERR_MAX - 1] = 0;
             rc = ps_fail(e, ce.code, "%s", ce.msg);
-        } else {
-            rc = ps_fail(e, PS_EXIT_RUNTIME, "%s: cannot inspect (exit %d)", path, WIFEXITED(st) ? WEXITSTATUS(st) : -1);
+        } else { // died without a word: a crash a sanitizer (or an allocator) turned into an exit status
+            rc = ps_fail(e, PS_EXIT_BADINPUT, "%s: corrupt: libhdf5 crashed reading it (exit %d); nothing of it is shown", path,
+                         WIFEXITED(st) ? WEXITSTATUS(st) : -1);
         }
     } else if (rd != 0) {
         rc = ps_fail(e, PS_EXIT_RUNTIME, "%s: cannot inspect: out of memory", path);
