@@ -234,6 +234,37 @@ int ps_h5_read_attr_str(hid_t obj, const char *name, char *buf, size_t n) {
     return rc;
 }
 
+// Dim dim's label (H5DSset_label's attribute DIMENSION_LABELS, one string per dim) into buf; -1 when it has none.
+// Read here rather than with H5DSget_label, which trusts the attribute to hold exactly rank strings and overruns
+// its buffer on a corrupt file (found by fuzz_results).
+int ps_h5_dim_label(hid_t d, unsigned dim, char *buf, size_t n) {
+    buf[0] = 0;
+    if (H5Aexists(d, "DIMENSION_LABELS") <= 0) return -1;
+    hid_t sp = H5Dget_space(d), a = H5Aopen(d, "DIMENSION_LABELS", H5P_DEFAULT);
+    hid_t asp = a >= 0 ? H5Aget_space(a) : -1, t = a >= 0 ? H5Aget_type(a) : -1;
+    int rc = -1;
+    const int rank = sp >= 0 ? H5Sget_simple_extent_ndims(sp) : -1;
+    const hssize_t count = asp >= 0 ? H5Sget_simple_extent_npoints(asp) : -1;
+    if (rank > 0 && (hssize_t)rank == count && (int)dim < rank && t >= 0 && H5Tget_class(t) == H5T_STRING &&
+        H5Tis_variable_str(t) > 0) {
+        char *v[H5S_MAX_RANK] = {0};
+        hid_t mt = ps_h5_vlstr_type();
+        if (H5Aread(a, mt, v) >= 0) {
+            if (v[dim] && v[dim][0]) {
+                snprintf(buf, n, "%s", v[dim]);
+                rc = 0;
+            }
+            ps_h5_vlen_reclaim(mt, asp, H5P_DEFAULT, v);
+        }
+        H5Tclose(mt);
+    }
+    if (t >= 0) H5Tclose(t);
+    if (asp >= 0) H5Sclose(asp);
+    if (a >= 0) H5Aclose(a);
+    if (sp >= 0) H5Sclose(sp);
+    return rc;
+}
+
 // A variable-length string attribute of any length (the inputs list), malloc'd; NULL when missing or not one.
 char *ps_h5_read_attr_alloc(hid_t obj, const char *name) {
     if (H5Aexists(obj, name) <= 0) return NULL;

@@ -42,6 +42,7 @@ hid_t ps_h5_write_strs(hid_t loc, const char *name, int rank, const hsize_t *dim
 int ps_h5_close_ok(hid_t d); // closes d when it is open: 0, or -1 when it never opened
 hid_t ps_h5_scale_write(hid_t loc, const char *name, int64_t n, const int64_t *values);
 int ps_h5_attach(hid_t d, hid_t scale, unsigned dim, const char *label);
+int ps_h5_dim_label(hid_t d, unsigned dim, char *buf, size_t n); // dim's label; -1 when none (bounded, unlike H5DSget_label)
 // Whole dataset converted to mtype (malloc'd; NULL when absent or unreadable), its rank, dims and element count.
 void *ps_h5_read(hid_t loc, const char *name, hid_t mtype, int *rank, hsize_t dims[H5S_MAX_RANK], int64_t *count);
 char **ps_h5_read_strs(hid_t loc, const char *name, int64_t *count); // free with ps_h5_free_strs

@@ -114,7 +114,7 @@ static void inspect_result(FILE *o, hid_t res, const char *name) {
     fprintf(o, "    shape:");
     for (int d = 0; d < rank; d++) {
         labels[d][0] = 0;
-        if (vd >= 0 && H5DSget_label(vd, (unsigned)d, labels[d], sizeof labels[d]) <= 0)
+        if (vd < 0 || ps_h5_dim_label(vd, (unsigned)d, labels[d], sizeof labels[d]) != 0)
             snprintf(labels[d], sizeof labels[d], "dim%d", d);
         fprintf(o, "%s %s %llu", d ? " x" : "", labels[d], (unsigned long long)dims[d]);
     }

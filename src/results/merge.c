@@ -159,7 +159,7 @@ static int check_per_prompt(hid_t f, const char *file, const char *name, ps_erro
     ps_h5_read_attr_str(g, "kind", kind, sizeof kind);
     hid_t d = H5Dopen2(g, "values", H5P_DEFAULT);
     if (d >= 0) {
-        H5DSget_label(d, 0, label, sizeof label);
+        ps_h5_dim_label(d, 0, label, sizeof label);
         H5Dclose(d);
     }
     H5Gclose(g);
