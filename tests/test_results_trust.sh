@@ -78,6 +78,12 @@ for f in "$src"/tests/data/corrupt_h5/*.h5; do
         pass "a file that crashes libhdf5: inspect exit 2: $(cat "$tmp/err")" || fail "libhdf5 crash file $f: exit $rc: $(cat "$tmp/err")"
 done
 
+# A sealed file (as crafted) on which libhdf5 loops forever (found by fuzz_merge): merge's checking child is stopped
+# after 30 s, one line, exit 2, nothing written.
+"$bin" merge "$tmp/hang_m.h5" "$src/tests/data/corrupt_h5/hang/libhdf5_loop.h5" 2>"$tmp/err"; rc=$?
+[ "$rc" -eq 2 ] && one_line "$tmp/err" && grep -q "libhdf5_loop.h5: corrupt: libhdf5 did not finish reading it in 30 s" "$tmp/err" &&
+    [ ! -e "$tmp/hang_m.h5" ] && pass "a file libhdf5 loops on: merge exit 2 after 30 s: $(cat "$tmp/err")" || fail "hang file: exit $rc: $(cat "$tmp/err")"
+
 # run: a corrupt complete output of the same run is not "complete ... nothing to do".
 for f in flip edit; do
     cp "$tmp/$f.h5" "$tmp/run_$f.h5"

@@ -9,7 +9,9 @@
 #include <openssl/evp.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <signal.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -273,6 +275,21 @@ int ps_h5_check_seal(const char *path, ps_error *e) {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
+// How long a reading child may take before it is stopped (SIGALRM): libhdf5 can also loop forever on a crafted
+// file. 30 s, plus 1 s per 50 MB of file (hashing every dataset runs at several hundred MB/s).
+unsigned ps_h5_child_seconds(const char *path) {
+    struct stat st;
+    const int64_t size = stat(path, &st) == 0 ? (int64_t)st.st_size : 0;
+    return 30u + (unsigned)(size / (50 << 20));
+}
+
+// The one line for a reading child killed by a signal.
+int ps_h5_child_died(ps_error *e, const char *path, int sig, unsigned limit) {
+    if (sig == SIGALRM)
+        return ps_fail(e, PS_EXIT_BADINPUT, "%s: corrupt: libhdf5 did not finish reading it in %u s", path, limit);
+    return ps_fail(e, PS_EXIT_BADINPUT, "%s: corrupt: libhdf5 crashed reading it (signal %d)", path, sig);
+}
+
 // fn in a child process (libhdf5 can crash on a corrupt or crafted file; see inspect.c): its ps_error and result
 // bytes come back through a pipe, and a child killed by a signal is PS_EXIT_BADINPUT "PATH: corrupt: ...".
 int ps_h5_guarded(const char *path, int (*fn)(void *arg, void *result, ps_error *e), void *arg, void *result, size_t result_len,
@@ -292,6 +309,8 @@ int ps_h5_guarded(const char *path, int (*fn)(void *arg, void *result, ps_error 
         // glibc's and libhdf5's own complaints ("free(): invalid pointer") would break the one-line promise.
         int devnull = open("/dev/null", O_WRONLY);
         if (devnull >= 0) dup2(devnull, 2);
+        signal(SIGALRM, SIG_DFL);
+        alarm(ps_h5_child_seconds(path));
         ps_error ce = {0};
         int rc = fn(arg, result, &ce);
         int ok = write_all(p[1], (const unsigned char *)&rc, sizeof rc) == 0 && write_all(p[1], (const unsigned char *)&ce, sizeof ce) == 0 &&
@@ -313,7 +332,7 @@ int ps_h5_guarded(const char *path, int (*fn)(void *arg, void *result, ps_error 
     int st = 0;
     while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {}
     if (WIFSIGNALED(st)) {
-        rc = ps_fail(e, PS_EXIT_BADINPUT, "%s: corrupt: libhdf5 crashed reading it (signal %d)", path, WTERMSIG(st));
+        rc = ps_h5_child_died(e, path, WTERMSIG(st), ps_h5_child_seconds(path));
     } else if (!buf) {
         rc = ps_fail(e, PS_EXIT_RUNTIME, "%s: out of memory", path);
     } else if (got != want) { // died without a word: a crash a sanitizer (or an allocator) turned into an exit status

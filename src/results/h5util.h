@@ -68,6 +68,8 @@ int ps_h5_save(hid_t f, const char *path, int seal, ps_error *e); // PS_EXIT_RUN
 int ps_h5_check_seal(const char *path, ps_error *e);
 // Runs fn(arg, result, e) in a child process; result (result_len bytes) and e come back. A crash there (libhdf5 on a
 // corrupt file) is PS_EXIT_BADINPUT "PATH: corrupt: libhdf5 crashed reading it (signal N)".
+unsigned ps_h5_child_seconds(const char *path);                       // a reading child's time limit (SIGALRM)
+int ps_h5_child_died(ps_error *e, const char *path, int sig, unsigned limit); // its one line: crashed, or too slow
 int ps_h5_guarded(const char *path, int (*fn)(void *arg, void *result, ps_error *e), void *arg, void *result, size_t result_len,
                   ps_error *e);
 // The most bytes a dataset in loc's file can plausibly expand to (its size times gzip's ratio, capped): readers

@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -415,6 +416,8 @@ int ps_store_inspect(const char *path, ps_error *e) {
         // glibc's and libhdf5's own complaints ("free(): invalid pointer") would break the one-line promise.
         int devnull = open("/dev/null", O_WRONLY);
         if (devnull >= 0) dup2(devnull, 2);
+        signal(SIGALRM, SIG_DFL);
+        alarm(ps_h5_child_seconds(path)); // libhdf5 can loop forever on a crafted file
         ps_error ce = {0};
         int rc = ps_store_inspect_in_process(path, &ce);
         fflush(stdout);
@@ -434,7 +437,7 @@ int ps_store_inspect(const char *path, ps_error *e) {
     while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {}
     int rc = 0;
     if (WIFSIGNALED(st))
-        rc = ps_fail(e, PS_EXIT_BADINPUT, "%s: corrupt: libhdf5 crashed reading it (signal %d); nothing of it is shown", path, WTERMSIG(st));
+        rc = ps_h5_child_died(e, path, WTERMSIG(st), ps_h5_child_seconds(path));
     else if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
         if (got == (ssize_t)sizeof ce && ce.code) {
             ce.msg[PS_ERR_MAX - 1] = 0;

@@ -25,7 +25,8 @@ hdf5_targets="fuzz_results fuzz_merge"
 # The readers under test (a file missing from the tree fails the run: the list is out of date). They go into one
 # static archive, so each target pulls in only the objects it needs and one module that does not compile fails only
 # its targets.
-readers="util/common util/json inputs/config inputs/dataset inputs/safetensors inputs/model inputs/tokenizer inputs/tokenizer_hf inputs/tokenizer_sp
+readers="util/common util/json inputs/config inputs/config_ablation inputs/config_dataset inputs/dataset inputs/safetensors inputs/model
+    inputs/model_config inputs/tokenizer inputs/tokenizer_hf inputs/tokenizer_sp
     results/table results/h5util results/h5file results/inspect results/merge results/journal"
 
 if ! command -v "$cc" >/dev/null 2>&1; then
@@ -116,12 +117,13 @@ for t in $targets; do
         # libhdf5 (not ours, not instrumented) crashes on corrupt files, which is why patchsweep checks seals and reads
         # in a child process. Fuzzing goes on past a crash (-fork) and each reproducer is then replayed: one whose
         # first frame outside the sanitizers and libc is in libhdf5 is counted as libhdf5's, any other fails.
-        "$bin" "${fuzz_flags[@]}" -fork=1 -ignore_crashes=1 -ignore_ooms=1 -ignore_timeouts=1 -max_total_time="$secs" \
+        # (-timeout=60: past the 30 s a reading child gets before it is stopped, ps_h5_child_seconds)
+        "$bin" "${fuzz_flags[@]}" -timeout=60 -fork=1 -ignore_crashes=1 -ignore_ooms=1 -ignore_timeouts=1 -max_total_time="$secs" \
             "${dict[@]}" -artifact_prefix="$work/artifacts/$t/" "${extra_args[@]}" "$work/corpus/$t" >"$log" 2>&1
         ours=0 theirs=0 gone=0
         for a in "$work/artifacts/$t"/*; do
             [ -f "$a" ] || continue
-            "$bin" -timeout=20 -rss_limit_mb=2048 -malloc_limit_mb=2048 "$a" >"$a.log" 2>&1
+            "$bin" -timeout=60 -rss_limit_mb=2048 -malloc_limit_mb=2048 "$a" >"$a.log" 2>&1
             top=$(grep -E '^ +#[0-9]+ ' "$a.log" | grep -vE 'sanitizer|fuzzer::|__asan|__interceptor|__lsan|in (malloc|calloc|realloc|free|strdup)|libc\.so|/string/|memcpy|memmove' | head -1)
             if [ -z "$top" ]; then gone=$((gone + 1))   # (a timeout or out-of-memory that does not reproduce alone)
             elif printf '%s' "$top" | grep -q 'libhdf5'; then theirs=$((theirs + 1)); else
