@@ -3,16 +3,7 @@
 # results file's tables against the library goldens (tests/data/demo/golden_ablation.json, where h5py exists),
 # inspect, a resumed run, --shard (an ablation shards, a search does not), and bad input (one line naming the
 # config path, exit status 2, no results file).
-set -u
-bin=${PS_BIN:?PS_BIN must point at the patchsweep binary}
-src=${PS_SRC:?}
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-fails=0
-fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
-pass() { echo "ok: $*"; }
-py=python3
-[ -x /usr/bin/python3 ] && py=/usr/bin/python3
+. "$(dirname "$0")/bin_env.sh"
 data=$src/tests/data/seqcont
 cfg=$data/ablation.json
 
