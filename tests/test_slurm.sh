@@ -9,7 +9,7 @@ set -uo pipefail
 bin=${PS_BIN:?}
 src=${PS_SRC:?}
 shared=${PS_SHARED:-$src/../shared/data}
-limit_s=${PS_SLURM_TEST_LIMIT:-600}
+limit_s=${PS_SLURM_TEST_LIMIT:-800}
 
 skip() { echo "SKIP: $*"; exit 77; }
 [ "$(id -u)" -eq 0 ] || skip "needs root to start munged, slurmctld and slurmd"
@@ -103,9 +103,15 @@ done
 sinfo -h -o %T | grep -qE '^idle' || { logs; fail "the node never became idle"; exit 1; }
 pass "one-node cluster up (slurmctld :$ctl_port, slurmd :$d_port, $cpus CPUs)"
 
-# --- the workload: the demo model on the seqcont numerals prompts, long enough that every shard outlives
-# the first check of the time limit (slurmctld checks every 30 s): about 40-60 s each with two at once. The
-# demo config itself finishes in under a second.
+# --- the workload: the demo model on the seqcont numerals prompts, heavy enough that every shard outlives one of
+# slurmctld's time-limit checks (every 30 s) even on an idle machine: six sweeps, each three times (about 33 s a
+# shard alone here, 2026-12-01). The demo config itself finishes in under a second.
+exps=""
+for r in 1 2 3; do
+    for sb in resid_pre:layer_pos z:layer_pos_head mlp_post:layer_neuron q:layer_pos_head k:layer_pos_head v:layer_pos_head; do
+        exps="$exps${exps:+, }{\"name\": \"e$r${sb%%:*}\", \"site\": \"${sb%%:*}\", \"by\": \"${sb##*:}\"}"
+    done
+done
 cat >"$tmp/work/sweep.json" <<EOF
 {
   "model": "$src/models/demo",
@@ -116,11 +122,7 @@ cat >"$tmp/work/sweep.json" <<EOF
     "corrupted": {"path": "$shared/seqcont/data/numerals/randDS_numerals.jsonl", "field": "text"},
     "limit": 190
   },
-  "experiments": [
-    {"name": "resid_pre", "site": "resid_pre", "by": "layer_pos"},
-    {"name": "z", "site": "z", "by": "layer_pos_head"},
-    {"name": "neurons", "site": "mlp_post", "by": "layer_neuron"}
-  ]
+  "experiments": [$exps]
 }
 EOF
 cd "$tmp/work" || exit 1
@@ -128,9 +130,9 @@ cd "$tmp/work" || exit 1
 "$bin" run sweep.json -o ref.h5 --quiet 2>"$tmp/ref.err" &
 ref_pid=$!
 
-# The array: 1-minute limit with the script's own --signal (B:TERM) moved to 50 s before it, so the signal
-# comes 10-40 s in (slurmctld checks limits every 30 s); the GPU gres is dropped (this node has none).
-sub=$(sbatch --parsable --array=0-3 --time=1 --signal=B:TERM@50 --gres=none --cpus-per-task=1 \
+# The array: 1-minute limit with the script's own --signal (B:TERM) moved to 59 s before it, so the signal
+# comes at slurmctld's first time-limit check after the first second (checks every 30 s), within every shard's run; the GPU gres is dropped (this node has none).
+sub=$(sbatch --parsable --array=0-3 --time=1 --signal=B:TERM@59 --gres=none --cpus-per-task=1 \
     --export=ALL,CONFIG=sweep.json,PATCHSWEEP="$bin",OUTDIR=shards "$src/experiments/slurm/sweep.sbatch" 2>&1) \
     || { echo "$sub"; logs; fail "sbatch of sweep.sbatch refused"; exit 1; }
 arr=${sub%%;*}
