@@ -2,6 +2,7 @@
 // mirroring HF tokenizers' code, and the tables built once the vocabulary is loaded (loaders: tokenizer_hf.c,
 // tokenizer_sp.c).
 #include "tokenizer_internal.h"
+#include "unicode_nfc.h"
 
 #include <stdio.h>
 
@@ -448,20 +449,11 @@ static int encode_raw(const ps_tokenizer *t, scratch *s, const char *x, size_t n
         if (op->kind == NORM_PREPEND) { // HF prepends only to non-empty text
             ok = sbuf_put(&nx, op->a, cur.n ? strlen(op->a) : 0) && sbuf_put(&nx, cur.p, cur.n);
         } else if (op->kind == NORM_NFC) {
-            // Identity below U+0300 (see parse_normalizer); the composition tables beyond are not implemented.
-            for (size_t i = 0; i < cur.n; i++) {
-                const unsigned char c = (unsigned char)cur.p[i];
-                if (c >= 0xCC) { // a lead byte of U+0300 or above (valid UTF-8, checked on entry)
-                    uint32_t cp = 0;
-                    const int len = c < 0xE0 ? 2 : c < 0xF0 ? 3 : 4;
-                    cp = c & (len == 2 ? 0x1F : len == 3 ? 0x0F : 0x07);
-                    for (int k = 1; k < len && i + (size_t)k < cur.n; k++) cp = cp << 6 | ((unsigned char)cur.p[i + k] & 0x3F);
-                    free(cur.p);
-                    return ps_fail(e, PS_EXIT_BADINPUT, "text: U+%04X: the tokenizer's NFC normalizer is implemented only for text "
-                                   "below U+0300 (which it leaves unchanged)", (unsigned)cp);
-                }
-            }
-            ok = sbuf_put(&nx, cur.p, cur.n);
+            size_t len = 0;
+            nx.p = ps_utf8_nfc(cur.p, cur.n, &len);
+            nx.n = len;
+            nx.cap = len + 1;
+            ok = nx.p != NULL;
         } else {
             ok = replace_all(&nx, cur.p, cur.n, op->a, op->b);
         }

@@ -3,6 +3,7 @@
 #include "tokenizer_internal.h"
 
 #include "ps_json.h"
+#include "unicode_nfc.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -181,8 +182,7 @@ static int parse_normalizer(ps_tokenizer *t, const cJSON *o, const char *where, 
         }
         return 0;
     }
-    // GPT-NeoX's (Pythia's) normalizer. Below U+0300 every character is its own NFC form and none composes
-    // with what follows, so NFC leaves such text unchanged; other text is refused when encoded (encode_raw).
+    // GPT-NeoX's (Pythia's) normalizer: Unicode 9.0 NFC, as HF tokenizers has it (unicode_nfc.c).
     if (strcmp(ty, "NFC") == 0) return ps_tok_add_norm(t, NORM_NFC, "", NULL, e);
     if (strcmp(ty, "Prepend") == 0) {
         const char *p;
@@ -372,6 +372,8 @@ static int load_tokenizer_json(ps_tokenizer *t, const cJSON *root, ps_error *e) 
     if (added && !cJSON_IsNull(added) && !cJSON_IsArray(added))
         return ps_fail(e, PS_EXIT_BADINPUT, "%s: added_tokens: expected an array", t->path);
     int64_t max_added = -1;
+    bool nfc_only = true;
+    for (int k = 0; k < t->n_norm; k++) nfc_only = nfc_only && t->norm[k].kind == NORM_NFC;
     int i = 0;
     for (const cJSON *c = added ? added->child : NULL; c; c = c->next, i++) {
         int64_t id;
@@ -382,10 +384,11 @@ static int load_tokenizer_json(ps_tokenizer *t, const cJSON *root, ps_error *e) 
             return ps_fail(e, PS_EXIT_BADINPUT, "%s: added_tokens[%d].content: expected a non-empty string", t->path, i);
         if (json_bool(c, "single_word", false))
             return ps_fail(e, PS_EXIT_BADINPUT, "%s: added_tokens[%d].single_word: true is not supported", t->path, i);
-        // HF matches such tokens in normalized text by patterns it derives in ways not reproduced here.
-        if (t->n_norm && json_bool(c, "normalized", !json_bool(c, "special", false)))
-            return ps_fail(e, PS_EXIT_BADINPUT, "%s: added_tokens[%d].normalized: true together with a normalizer is "
-                           "not supported", t->path, i);
+        // HF matches such tokens in the normalized text by their content normalized: done here for NFC alone
+        // (Pythia's whitespace tokens); other normalizers' effect on a token is not reproduced.
+        if (t->n_norm && !nfc_only && json_bool(c, "normalized", !json_bool(c, "special", false)))
+            return ps_fail(e, PS_EXIT_BADINPUT, "%s: added_tokens[%d].normalized: true together with a normalizer other "
+                           "than NFC is not supported", t->path, i);
         if (id > max_added) max_added = id;
     }
     if (load_vocab_object(t, cJSON_GetObjectItemCaseSensitive(model, "vocab"), "model.vocab", max_added, e)) return -1;
@@ -403,9 +406,14 @@ static int load_tokenizer_json(ps_tokenizer *t, const cJSON *root, ps_error *e) 
         } else if (ps_tok_vocab_set(t, (int32_t)id, content, strlen(content), F_ADDED | (special ? F_SPECIAL : 0), e)) {
             return -1;
         }
-        if (ps_tok_add_added(t, (int32_t)id, content, special, json_bool(c, "normalized", !special),
-                      json_bool(c, "lstrip", false), json_bool(c, "rstrip", false), e))
-            return -1;
+        bool normalized = json_bool(c, "normalized", !special);
+        char *match = NULL; // what the token matches: its content, NFC'd when it is matched in normalized text
+        size_t match_len;
+        if (normalized && t->n_norm && !(match = ps_utf8_nfc(content, strlen(content), &match_len))) return oom(e);
+        int rc = ps_tok_add_added(t, (int32_t)id, match ? match : content, special, normalized,
+                                  json_bool(c, "lstrip", false), json_bool(c, "rstrip", false), e);
+        free(match);
+        if (rc) return -1;
     }
 
     const cJSON *merges = cJSON_GetObjectItemCaseSensitive(model, "merges");
