@@ -6,8 +6,9 @@
 `tokenizers` on a small synthetic corpus (make_tokenizer_goldens.py's edge cases and random texts, no shared
 data): normalizer NFC, byte-level BPE, pre_tokenizer ByteLevel(add_prefix_space=False), ByteLevel
 post-processor and decoder, special tokens <|endoftext|> = 0 (Pythia's BOS/EOS) and <|padding|> = 1, 2000 ids,
-then, as in GPT-NeoX-20B's tokenizer.json, 23 non-special added tokens of 24 down to 2 spaces with
-"normalized": true (ids 2000..2022; Pythia's are 50254..50276), which HF matches in the NFC-normalized text.
+then, like GPT-NeoX-20B's whitespace tokens (its id 50276 is two spaces, "normalized": true; the exact set was
+not at hand), 23 non-special added tokens of 24 down to 2 spaces with "normalized": true (ids 2000..2022), which
+HF matches in the NFC-normalized text.
 
 Writes, under --out:
 - neox/tokenizer.json, and neox_golden.jsonl: the ids tokenizers.Tokenizer.from_file(that file).encode(text)
