@@ -45,9 +45,20 @@ static void unembed_backward(bwd *b, const ps_logit_grad *lg) {
     if (b->g->logits) memset(b->g->logits, 0, (size_t)(T * V) * sizeof(float));
     for (int64_t o = 0; o < lg->n_out; o++) {
         const int64_t t = lg->pos[o];
-        // logits[t] = xn[t] @ W_U^T + b_U  =>  dxn[t] += dlogits[o] @ W_U (W_U: (V, C))
-        ps_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, 1, (int)C, (int)V, 1.0f, lg->dlogits + o * V, (int)V, b->w->w_u,
-                 (int)C, 1.0f, b->dxn + t * C, (int)C);
+        const float *dl = lg->dlogits + o * V;
+        // logits[t] = xn[t] @ W_U^T + b_U  =>  dxn[t] += dlogits[o] @ W_U (W_U: (V, C)). A sparse row (logit_diff's two
+        // tokens) reads only its rows of W_U: the whole matrix (154 MB for GPT-2 small) made this one row-vector
+        // product cost a third of a forward pass.
+        int64_t nnz = 0;
+        for (int64_t j = 0; j < V; j++) nnz += dl[j] != 0.0f;
+        if (nnz * 16 < V) {
+            for (int64_t j = 0; j < V; j++)
+                if (dl[j] != 0.0f)
+                    for (int64_t c = 0; c < C; c++) b->dxn[t * C + c] += dl[j] * b->w->w_u[j * C + c];
+        } else {
+            ps_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, 1, (int)C, (int)V, 1.0f, dl, (int)V, b->w->w_u, (int)C, 1.0f,
+                     b->dxn + t * C, (int)C);
+        }
         if (b->g->logits)
             for (int64_t j = 0; j < V; j++) b->g->logits[t * V + j] += lg->dlogits[o * V + j];
     }
