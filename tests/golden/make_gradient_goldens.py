@@ -331,7 +331,7 @@ def write_json(desc, path):
 
 
 def run_models(make, doc):
-    """The scripts' command line: model names (default all six), --out DIR."""
+    """The scripts' command line: model names (default all nine), --out DIR."""
     ap = argparse.ArgumentParser(description=doc.split("\n")[0])
     ap.add_argument("models", nargs="*")
     ap.add_argument("--out", default=os.path.join(mg.REPO, "tests", "data"))
