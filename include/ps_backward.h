@@ -16,10 +16,11 @@ typedef struct {
 // Fills grad (made by the caller with ps_cache_init for this model and fwd->T, any flags; overwritten) with the
 // metric's gradient at every array grad holds, in the forward cache's layout: attn_scores with PS_CACHE_SCORES,
 // result with PS_CACHE_RESULT, logits with PS_CACHE_LOGITS (lg's rows, zero elsewhere). fwd is the run's cache,
-// any flags: the backward reads the residual stream, the norm scales, q/k/v (rot_q/rot_k for Llama), pattern and
-// the MLP's activations, never scores, result or logits. Each hook is its own node, as TransformerLens hooks are:
-// ln*.hook_scale's gradient is the metric's through x / scale alone, resid_mid's is the total over both of its
-// uses, pattern's is nonzero above the diagonal too (z sums over every key) while attn_scores' is zero there.
+// any flags: the backward reads the residual stream, the norm scales, q/k/v (rot_q/rot_k for Llama and GPT-NeoX),
+// pattern and the MLP's activations, never scores, result or logits. Each hook is its own node, as TransformerLens
+// hooks are: ln*.hook_scale's gradient is the metric's through x / scale alone, resid_mid's is the total over both
+// of its uses (a parallel-residual GPT-NeoX block has none: there resid_pre's sums the residual, ln1 and ln2
+// paths), pattern's is nonzero above the diagonal too (z sums over every key) while attn_scores' is zero there.
 // Working memory beyond the two caches: one (T, C) buffer. Streamed models convert each layer
 // once (ps_model_layer), last layer first.
 int ps_cpu_backward(const ps_model *m, const ps_cache *fwd, const ps_logit_grad *lg, ps_cache *grad, ps_error *e);

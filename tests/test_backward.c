@@ -193,7 +193,7 @@ static void test_finite_difference(const char *name) {
         const ps_site sites[] = {PS_SITE_RESID_PRE, PS_SITE_Q, PS_SITE_K, PS_SITE_V, PS_SITE_Z, PS_SITE_MLP_POST, PS_SITE_RESID_MID};
         uint32_t seed = 12345;
         for (size_t s = 0; s < sizeof sites / sizeof sites[0]; s++)
-            for (int64_t l = 0; l < m.cfg.n_layers; l++) {
+            for (int64_t l = 0; l < m.cfg.n_layers && !(sites[s] == PS_SITE_RESID_MID && m.cfg.parallel_residual); l++) {
                 const int64_t W = ps_site_width(&m.cfg, sites[s], T);
                 float *u = malloc((size_t)(T * W) * sizeof(float)), *up = malloc((size_t)(T * W) * sizeof(float)),
                       *um = malloc((size_t)(T * W) * sizeof(float));
@@ -250,7 +250,7 @@ static void test_attribution(const char *name) {
     for (int d = 0; d < 2; d++)
         for (int s = 0; s < PS_SITE_COUNT; s++)
             for (int l = 0; l < PS_BY_COUNT; l++) {
-                if (!ps_layout_fits((ps_site)s, (ps_layout)l)) continue;
+                if (!ps_layout_fits((ps_site)s, (ps_layout)l) || !ps_array_in_model(&f.m.cfg, ps_site_array((ps_site)s))) continue;
                 for (int k = 0; k < 2; k++) { // attribution, then the activation patching it estimates
                     memset(&ex[nx], 0, sizeof ex[nx]);
                     snprintf(names[nx], 64, "%s.%s.%s.%s", k ? "patch" : "attr", d ? "noise" : "denoise", ps_site_name((ps_site)s),
@@ -477,39 +477,15 @@ static void test_graph_size(void) {
     ps_run_results_free(&rr);
 }
 
-// The backward pass covers GPT-2 and Llama; a GPT-NeoX model is refused with one line (checked here).
-static int neox(const char *name) {
-    if (strncmp(name, "neox", 4) != 0) return 0;
-    ps_model m;
-    ps_error e = {0};
-    char rel[256];
-    snprintf(rel, sizeof rel, "tests/data/%s", name);
-    if (ps_model_load(&m, tu_src(rel), &e) != 0) { TU_CHECK(0, "%s: load: %s", name, e.msg); return 1; }
-    ps_cache f, g;
-    int rc = ps_cache_init(&f, &m.cfg, 4, 0, &e) || ps_cache_init(&g, &m.cfg, 4, 0, &e);
-    const int64_t pos = 3;
-    float *dl = calloc((size_t)m.cfg.d_vocab, sizeof(float));
-    const ps_logit_grad lg = {.n_out = 1, .pos = &pos, .dlogits = dl};
-    ps_error be = {0};
-    TU_CHECK(rc == 0 && ps_cpu_backward(&m, &f, &lg, &g, &be) != 0 && be.code == PS_EXIT_BADINPUT && strstr(be.msg, "GPT-NeoX"),
-             "%s: the backward pass must refuse GPT-NeoX (got: %s)", name, be.msg);
-    free(dl);
-    ps_cache_free(&f);
-    ps_cache_free(&g);
-    ps_model_free(&m);
-    return 1;
-}
-static void gradients_gl(const char *name) { if (!neox(name)) test_gradients(name); }
-static void attribution_gl(const char *name) { if (!neox(name)) test_attribution(name); }
-static void eap_gl(const char *name) { if (!neox(name)) test_eap(name); }
-
 int main(void) {
     test_graph_size();
     test_metric_grads();
-    TU_CHECK(gu_for_each_model(gradients_gl) >= 3, "too few models");
+    TU_CHECK(gu_for_each_model(test_gradients) >= 3, "too few models");
     test_finite_difference("gpt2-tiny-a");
     test_finite_difference("llama-tiny-b");
-    TU_CHECK(gu_for_each_model(attribution_gl) >= 3, "too few models");
-    TU_CHECK(gu_for_each_model(eap_gl) >= 3, "too few models");
+    test_finite_difference("neox-tiny-a"); // parallel residual, rotary on a quarter of each head
+    test_finite_difference("neox-tiny-b"); // sequential, full rotary
+    TU_CHECK(gu_for_each_model(test_attribution) >= 3, "too few models");
+    TU_CHECK(gu_for_each_model(test_eap) >= 3, "too few models");
     return tu_done("backward");
 }

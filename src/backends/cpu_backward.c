@@ -2,7 +2,8 @@
 // prompt's run, each step's backward reading what the forward cached (llm.c's forward/backward pairs).
 // Unembedding -> final norm -> per layer, last first: MLP (mlp_step), attention (attention_step), its
 // inputs (qkv_step) -> embeddings. Gradients go straight into the gradient cache; the working set is one
-// layer's (T, C) buffer.
+// layer's (T, C) buffer. GPT-NeoX's parallel block (resid_post = resid_pre + attn_out + mlp_out, the MLP on
+// ln2(resid_pre)) has no resid_mid: there both branches' norm gradients meet at resid_pre.
 #include "cpu_internal.h"
 #include "ps_backward.h"
 
@@ -44,9 +45,20 @@ static void unembed_backward(bwd *b, const ps_logit_grad *lg) {
     if (b->g->logits) memset(b->g->logits, 0, (size_t)(T * V) * sizeof(float));
     for (int64_t o = 0; o < lg->n_out; o++) {
         const int64_t t = lg->pos[o];
-        // logits[t] = xn[t] @ W_U^T + b_U  =>  dxn[t] += dlogits[o] @ W_U (W_U: (V, C))
-        ps_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, 1, (int)C, (int)V, 1.0f, lg->dlogits + o * V, (int)V, b->w->w_u,
-                 (int)C, 1.0f, b->dxn + t * C, (int)C);
+        const float *dl = lg->dlogits + o * V;
+        // logits[t] = xn[t] @ W_U^T + b_U  =>  dxn[t] += dlogits[o] @ W_U (W_U: (V, C)). A sparse row (logit_diff's two
+        // tokens) reads only its rows of W_U: the whole matrix (154 MB for GPT-2 small) made this one row-vector
+        // product cost a third of a forward pass.
+        int64_t nnz = 0;
+        for (int64_t j = 0; j < V; j++) nnz += dl[j] != 0.0f;
+        if (nnz * 16 < V) {
+            for (int64_t j = 0; j < V; j++)
+                if (dl[j] != 0.0f)
+                    for (int64_t c = 0; c < C; c++) b->dxn[t * C + c] += dl[j] * b->w->w_u[j * C + c];
+        } else {
+            ps_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, 1, (int)C, (int)V, 1.0f, dl, (int)V, b->w->w_u, (int)C, 1.0f,
+                     b->dxn + t * C, (int)C);
+        }
         if (b->g->logits)
             for (int64_t j = 0; j < V; j++) b->g->logits[t * V + j] += lg->dlogits[o * V + j];
     }
@@ -55,7 +67,8 @@ static void unembed_backward(bwd *b, const ps_logit_grad *lg) {
     norm_backward(cfg, dx, b->g->lnf_scale, b->dxn, b->f->resid_post + (L - 1) * T * C, b->f->lnf_scale, b->w->lnf_w, T);
 }
 
-// mlp_step backward: from d resid_post[l] to d resid_mid[l] (mlp_out, mlp_post, mlp_pre[_linear], ln2 on the way).
+// mlp_step backward: from d resid_post[l] to d resid_mid[l] (mlp_out, mlp_post, mlp_pre[_linear], ln2 on the way);
+// for a parallel block to d resid_pre[l]'s residual and ln2 parts (qkv_step_backward adds ln1's).
 static void mlp_step_backward(bwd *b, int64_t l, const ps_layer_weights *lw) {
     const ps_model_config *cfg = b->cfg;
     const int64_t C = cfg->d_model, M = cfg->d_mlp, T = b->T;
@@ -82,10 +95,13 @@ static void mlp_step_backward(bwd *b, int64_t l, const ps_layer_weights *lw) {
         for (int64_t i = 0; i < T * M; i++) dpre[i] = dpost[i] * ps_cpu_act_backward(cfg->act, pre[i]);
         linear_backward(b->dxn, dpre, lw->w_in, T, C, M, 0.0f);
     }
-    // resid_post = resid_mid + mlp_out(ln2(resid_mid)): both branches meet at resid_mid.
-    float *dmid = g->resid_mid + l * T * C;
+    // resid_post = resid_mid + mlp_out(ln2(resid_mid)): both branches meet at resid_mid (parallel: at resid_pre,
+    // whose ln1 branch comes later).
+    const int par = cfg->parallel_residual;
+    float *dmid = (par ? g->resid_pre : g->resid_mid) + l * T * C;
+    const float *x2 = (par ? f->resid_pre : f->resid_mid) + l * T * C;
     memcpy(dmid, dpost_res, (size_t)(T * C) * sizeof(float));
-    norm_backward(cfg, dmid, g->ln2_scale + l * T, b->dxn, f->resid_mid + l * T * C, f->ln2_scale + l * T, b->w->ln2_w + l * C, T);
+    norm_backward(cfg, dmid, g->ln2_scale + l * T, b->dxn, x2, f->ln2_scale + l * T, b->w->ln2_w + l * C, T);
 }
 
 // One key/value head group's attention backward (query heads h with h / group == kvh): pattern, scores, and
@@ -138,15 +154,16 @@ static void attend_group_backward(const attn_bwd *a, int64_t kvh, float *dp) {
     }
 }
 
-// attention_step backward: from d resid_mid[l] (= d attn_out) through W_O and attention to d q, k, v.
+// attention_step backward: from d resid_mid[l] (= d attn_out; d resid_post[l] in a parallel block) through W_O
+// and attention to d q, k, v.
 static int attention_step_backward(bwd *b, int64_t l, const ps_layer_weights *lw, ps_error *e) {
     const ps_model_config *cfg = b->cfg;
     const int64_t C = cfg->d_model, H = cfg->n_heads, Hkv = cfg->n_kv_heads, D = cfg->d_head, T = b->T;
     const int64_t QD = H * D, KD = Hkv * D;
-    const int llama = cfg->arch == PS_ARCH_LLAMA;
+    const int rotary = cfg->rotary_dim > 0; // Llama and GPT-NeoX: scores read the rotated q and k
     const ps_cache *f = b->f;
     ps_cache *g = b->g;
-    const float *dmid = g->resid_mid + l * T * C;
+    const float *dmid = (cfg->parallel_residual ? g->resid_post : g->resid_mid) + l * T * C;
     float *dattn = g->attn_out + l * T * C;
     memcpy(dattn, dmid, (size_t)(T * C) * sizeof(float));
     // attn_out = sum_h result[h] + b_O: every head's result gets the whole gradient.
@@ -156,12 +173,12 @@ static int attention_step_backward(bwd *b, int64_t l, const ps_layer_weights *lw
                 memcpy(g->result + ((l * T + t) * H + h) * C, dattn + t * C, (size_t)C * sizeof(float));
     float *dz = g->z + l * T * QD;
     linear_backward(dz, dattn, lw->w_o, T, QD, C, 0.0f);
-    float *dq = (llama ? g->rot_q : g->q) + l * T * QD, *dk = (llama ? g->rot_k : g->k) + l * T * KD;
+    float *dq = (rotary ? g->rot_q : g->q) + l * T * QD, *dk = (rotary ? g->rot_k : g->k) + l * T * KD;
     float *dv = g->v + l * T * KD;
     memset(dq, 0, (size_t)(T * QD) * sizeof(float));
     memset(dk, 0, (size_t)(T * KD) * sizeof(float));
     memset(dv, 0, (size_t)(T * KD) * sizeof(float));
-    const attn_bwd a = {.q = (llama ? f->rot_q : f->q) + l * T * QD, .k = (llama ? f->rot_k : f->k) + l * T * KD,
+    const attn_bwd a = {.q = (rotary ? f->rot_q : f->q) + l * T * QD, .k = (rotary ? f->rot_k : f->k) + l * T * KD,
                         .v = f->v + l * T * KD, .pattern = f->pattern + l * H * T * T, .dz = dz, .dq = dq, .dk = dk, .dv = dv,
                         .dpattern = g->pattern + l * H * T * T, .dscores = g->attn_scores ? g->attn_scores + l * H * T * T : NULL,
                         .T = T, .H = H, .D = D, .QD = QD, .KD = KD, .group = H / Hkv, .inv_sqrt_d = 1.0f / sqrtf((float)D)};
@@ -176,8 +193,8 @@ static int attention_step_backward(bwd *b, int64_t l, const ps_layer_weights *lw
         free(dp);
     }
     if (oom) return ps_fail(e, PS_EXIT_RUNTIME, "backward: out of memory");
-    if (llama) {
-        // hook_q / hook_k are before rotary: rotate the gradients back.
+    if (rotary) {
+        // hook_q / hook_k are before rotary (of the first rotary_dim dims of a head): rotate the gradients back.
         float *gq = g->q + l * T * QD, *gk = g->k + l * T * KD;
         memcpy(gq, dq, (size_t)(T * QD) * sizeof(float));
         memcpy(gk, dk, (size_t)(T * KD) * sizeof(float));
@@ -196,18 +213,16 @@ static void qkv_step_backward(bwd *b, int64_t l, const ps_layer_weights *lw) {
     linear_backward(b->dxn, g->q + l * T * QD, lw->w_q, T, C, QD, 0.0f);
     linear_backward(b->dxn, g->k + l * T * KD, lw->w_k, T, C, KD, 1.0f);
     linear_backward(b->dxn, g->v + l * T * KD, lw->w_v, T, C, KD, 1.0f);
-    // resid_mid = resid_pre + attn(ln1(resid_pre))
+    // resid_mid = resid_pre + attn(ln1(resid_pre)); in a parallel block dpre already holds the residual and ln2
+    // parts.
     float *dpre = g->resid_pre + l * T * C;
-    memcpy(dpre, g->resid_mid + l * T * C, (size_t)(T * C) * sizeof(float));
+    if (!cfg->parallel_residual) memcpy(dpre, g->resid_mid + l * T * C, (size_t)(T * C) * sizeof(float));
     norm_backward(cfg, dpre, g->ln1_scale + l * T, b->dxn, f->resid_pre + l * T * C, f->ln1_scale + l * T, b->w->ln1_w + l * C, T);
 }
 
 int ps_cpu_backward(const ps_model *m, const ps_cache *fwd, const ps_logit_grad *lg, ps_cache *grad, ps_error *e) {
     const ps_model_config *cfg = &m->cfg;
     const int64_t L = cfg->n_layers, C = cfg->d_model, T = fwd->T;
-    // Written for GPT-2 and Llama; GPT-NeoX's parallel residual and LayerNorm'd partial-rotary heads are not.
-    if (cfg->arch != PS_ARCH_GPT2 && cfg->arch != PS_ARCH_LLAMA)
-        return ps_fail(e, PS_EXIT_BADINPUT, "the backward pass (attribution, edge_attribution) covers GPT-2 and Llama models, not GPT-NeoX yet");
     if (T <= 0 || grad->T != T || !grad->memory || !fwd->memory)
         return ps_fail(e, PS_EXIT_RUNTIME, "backward: the gradient cache is not one of %lld tokens", (long long)T);
     for (int64_t o = 0; o < lg->n_out; o++)

@@ -28,8 +28,8 @@ static double cell_sum(const ps_model_config *mc, const ps_patch *pt, const ps_c
     return acc;
 }
 
-// The base run's gradient at every hook: its logits at the metric's positions (from its final state), the
-// metric's d / d logits there, then the backward pass (engine_internal.h).
+// The base run's gradient at every hook: its logits at the metric's positions (from its final state; not for
+// logit_diff), the metric's d / d logits there, then the backward pass (engine_internal.h).
 int ps_run_gradient(ps_producer_ctx *cx, const ps_prompt *p, const int32_t *tokens, const ps_cache *base,
                     const float *clean_lp, ps_cache *g, ps_error *e) {
     const ps_model_config *mc = &cx->m->cfg;
@@ -43,8 +43,12 @@ int ps_run_gradient(ps_producer_ctx *cx, const ps_prompt *p, const int32_t *toke
         ps_fail(e, PS_EXIT_RUNTIME, "attribution: out of memory for the logits");
         goto done;
     }
-    ps_row r = {.tokens = tokens, .T = p->T, .base = base, .out_pos = rq.out_pos, .n_out = rq.n_out, .logits = logits};
-    if (ps_engine_rows(cx->m, cx->be, &r, 1, NULL, NULL, e) != 0) goto done;
+    // logit_diff's d / d logits is the same at any logits: no forward pass for them (it read the whole
+    // unembedding matrix, a third of a forward pass).
+    if (cx->metric != PS_METRIC_LOGIT_DIFF) {
+        ps_row r = {.tokens = tokens, .T = p->T, .base = base, .out_pos = rq.out_pos, .n_out = rq.n_out, .logits = logits};
+        if (ps_engine_rows(cx->m, cx->be, &r, 1, NULL, NULL, e) != 0) goto done;
+    }
     ps_metric_grad(cx->metric, p, &rq, logits, V, clean_lp, dl);
     const ps_logit_grad lg = {rq.n_out, rq.out_pos, dl};
     if (ps_cache_init(g, mc, p->T, 0, e) != 0) goto done;

@@ -114,7 +114,9 @@ static int eap_layer(eap_work *w, int64_t l, ps_error *e) {
     if (mc->arch == PS_ARCH_LLAMA)
         ps_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)T, (int)C, (int)M, 1.0f, g->mlp_pre_linear + l * T * M, (int)M, lw.w_up,
                  (int)M, 1.0f, w->dxn, (int)C);
-    norm_input_grad(mc, w->gin + (H + 2 * Hkv) * TC, w->dxn, r->resid_mid + l * TC, r->ln2_scale + l * T, wt->ln2_w + l * C, T);
+    // (A parallel-residual block's MLP reads ln2 of the stream entering the layer.)
+    const float *x2 = (mc->parallel_residual ? r->resid_pre : r->resid_mid) + l * TC;
+    norm_input_grad(mc, w->gin + (H + 2 * Hkv) * TC, w->dxn, x2, r->ln2_scale + l * T, wt->ln2_w + l * C, T);
     score_block(w, l * dests_per_layer(&w->gr), dests_per_layer(&w->gr));
     return 0;
 }

@@ -19,6 +19,10 @@ and its MLP-node gradients TL 4.3 bridge's hook_resid_mid backward hooks, which 
 EAP-IG-inputs: the gradient averaged over runs of the clean tokens whose input embeddings are
 corrupted + k/steps (clean - corrupted), k = 0..steps-1 (steps = 3); clean-corrupted: averaged over
 the clean and the corrupted run; the activation difference is EAP's in all three.
+GPT-NeoX (SplitNeox): the fused query_key_value split per head, partial rotary, exact GELU; with a
+parallel residual the MLP's input is the stream entering the layer, so a layer's heads do not feed its
+MLP (EAP-IG's graph does the same under TransformerLens's parallel_attn_mlp), and the cross-check is
+TL's hook_resid_pre gradient = hook_resid_post's + the sum of the layer's split input gradients.
 Keys: e<pair>.scores (EAP), e<pair>.ig_inputs, e<pair>.clean_corrupted: [n_src, n_dst] float32, NaN
 where no edge; one per golden_patch.safetensors pair.
 
@@ -60,14 +64,17 @@ def src_layer(n):  # (layer, 0 for heads / 1 for the MLP); input is (-1, 1)
     return (int(n[1:].split(".")[0]), 0 if n[0] == "a" else 1)
 
 
-def dst_layer(n, L):  # the position its input is read at
+def dst_layer(n, L, parallel=False):  # the position its input is read at
     if n == "logits":
         return (L, 0)
-    return (int(n[1:].split(".")[0]), 0 if n[0] == "a" else 1)
+    # a parallel block's MLP reads the stream entering the layer, as its heads do: no edge from its own heads
+    return (int(n[1:].split(".")[0]), 0 if n[0] == "a" or parallel else 1)
 
 
 class Split:
     """Plain-torch GPT-2 / Llama forward from the HF weights with EAP-IG's split node inputs."""
+
+    parallel = False
 
     def __init__(self, hf, arch):
         self.arch, c = arch, hf.config
@@ -164,6 +171,67 @@ class Split:
         return self.norm(x, sd["model.norm.weight"]) @ sd["lm_head.weight"].T, out
 
 
+class SplitNeox:
+    """Plain-torch GPT-NeoX forward from the checkpoint's tensors with EAP-IG's split node inputs: the fused
+    query_key_value split per head (interleaved: head h's rows [3hD, 3hD + D) are q, then k, then v),
+    rotate-half rotary on each head's first rotary_dim dims, exact GELU, LayerNorm, untied embed_out; with
+    use_parallel_residual the MLP reads ln2 of the stream entering the layer (its m<l> tap is there) and
+    resid_post = resid_pre + attn_out + mlp_out."""
+
+    def __init__(self, hf, folder):
+        c = self.c = hf.config
+        self.sd = {k: v.float() for k, v in load_file(os.path.join(folder, "model.safetensors")).items()}
+        self.L, self.C, self.H = c.num_hidden_layers, c.hidden_size, c.num_attention_heads
+        self.KV, self.D, self.eps = self.H, self.C // self.H, c.layer_norm_eps
+        self.parallel = bool(c.use_parallel_residual)
+        rp = c.rope_parameters
+        self.R, self.theta = int(self.D * rp["partial_rotary_factor"]), float(rp["rope_theta"])
+
+    def norm(self, x, w, b):
+        x = x - x.mean(-1, keepdim=True)
+        return x / (x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt() * w + b
+
+    def forward(self, tok, taps, embeds=None):
+        sd, H, D, R, T = self.sd, self.H, self.D, self.R, tok.shape[0]
+        inv = 1.0 / (self.theta ** (torch.arange(0, R, 2, dtype=torch.int64).float() / R))
+        ang = torch.arange(T, dtype=torch.float32)[:, None] * inv[None]
+        cos, sin = torch.cat([ang, ang], -1).cos(), torch.cat([ang, ang], -1).sin()
+
+        def rot(x):
+            xr = x[:, :R]
+            return torch.cat([xr * cos + torch.cat([-xr[:, R // 2:], xr[:, :R // 2]], -1) * sin, x[:, R:]], -1)
+        out = {}
+        resid = sd["gpt_neox.embed_in.weight"][tok] if embeds is None else embeds
+        out["input"] = resid
+        mask = torch.triu(torch.ones(T, T, dtype=torch.bool), 1)
+        for l in range(self.L):
+            p = f"gpt_neox.layers.{l}."
+            W, B = sd[p + "attention.query_key_value.weight"], sd[p + "attention.query_key_value.bias"]
+            WO, bO = sd[p + "attention.dense.weight"].T, sd[p + "attention.dense.bias"]
+            ln1 = (sd[p + "input_layernorm.weight"], sd[p + "input_layernorm.bias"])
+            ln2 = (sd[p + "post_attention_layernorm.weight"], sd[p + "post_attention_layernorm.bias"])
+
+            def proj(name, h, j):  # j: 0 q, 1 k, 2 v of head h
+                x = self.norm(resid + taps.get(name, 0), *ln1)
+                r0 = (3 * h + j) * D
+                return x @ W[r0:r0 + D].T + B[r0:r0 + D]
+            attn_out = 0
+            for h in range(H):
+                q, k, v = rot(proj(f"a{l}.h{h}<q>", h, 0)), rot(proj(f"a{l}.h{h}<k>", h, 1)), proj(f"a{l}.h{h}<v>", h, 2)
+                s_ = (q @ k.T / math.sqrt(D)).masked_fill(mask, float("-inf"))
+                out[f"a{l}.h{h}"] = (s_.softmax(-1) @ v) @ WO[h * D:(h + 1) * D]
+                attn_out = attn_out + out[f"a{l}.h{h}"]
+            mid = resid + attn_out + bO
+            x = self.norm((resid if self.parallel else mid) + taps.get(f"m{l}", 0), *ln2)
+            pre = x @ sd[p + "mlp.dense_h_to_4h.weight"].T + sd[p + "mlp.dense_h_to_4h.bias"]
+            out[f"m{l}"] = torch.nn.functional.gelu(pre) @ sd[p + "mlp.dense_4h_to_h.weight"].T + \
+                sd[p + "mlp.dense_4h_to_h.bias"]
+            resid = mid + out[f"m{l}"]
+        x = self.norm(resid + taps.get("logits", 0), sd["gpt_neox.final_layer_norm.weight"],
+                      sd["gpt_neox.final_layer_norm.bias"])
+        return x @ sd["embed_out.weight"].T, out
+
+
 def input_grads(sp, tok, a, w, embeds=None):
     """d metric / d input of every destination node on one run (autograd at zero taps)."""
     taps = {v: torch.zeros(tok.shape[0], sp.C, requires_grad=True) for v in sp.dst}
@@ -177,7 +245,7 @@ def scores_of(sp, grads, clean_out, corr_out, src, dst):
     for i, u in enumerate(src):
         d = corr_out[u] - clean_out[u]
         for j, v in enumerate(dst):
-            if src_layer(u) < dst_layer(v, sp.L):
+            if src_layer(u) < dst_layer(v, sp.L, sp.parallel):
                 S[i, j] = (d * grads[v]).sum()
     return S
 
@@ -207,10 +275,9 @@ def make(name, out_root):
     spec = next(s for s in mg.MODELS if s["name"] == name)
     arch, folder = spec["arch"], os.path.join(out_root, name)
     print(f"== {name}", flush=True)
-    hf_cls = mg.GPT2LMHeadModel if arch == "gpt2" else mg.LlamaForCausalLM
-    hf = hf_cls.from_pretrained(folder, attn_implementation="eager").eval()
+    hf = mg.HF_CLASSES[arch][1].from_pretrained(folder, attn_implementation="eager", dtype=torch.float32).eval()
     br = mg.load_bridge(folder, hf.config.vocab_size)
-    sp = Split(hf, arch)
+    sp = SplitNeox(hf, folder) if arch == "neox" else Split(hf, arch)
     src, dst = node_names(sp.L, sp.H, sp.KV)
     sp.dst = dst
     pat = load_file(os.path.join(folder, "golden_patch.safetensors"))
@@ -226,16 +293,25 @@ def make(name, out_root):
             d = (logits - hf(clean[None]).logits[0]).abs().max().item()
         if d > 1e-4:
             raise SystemExit(f"{name} {P}: split forward logits differ from HF by {d}")
-        hooks = ["ln_final.hook_scale"] + [f"blocks.{l}.hook_resid_mid" for l in range(sp.L)]
         tl = {}
         br.reset_hooks()
-        for n in [f"blocks.{sp.L - 1}.hook_resid_post"] + hooks[1:]:
+        mid = "hook_resid_pre" if sp.parallel else "hook_resid_mid"
+        for n in [f"blocks.{l}.{h}" for l in range(sp.L) for h in ("hook_resid_post", mid)]:
             br.add_hook(n, lambda g, hook, n=n: tl.__setitem__(n, g.detach()[0]), "bwd")
         lg = br(clean[None])
         (lg[0, -1, a] - lg[0, -1, w]).backward()
         br.reset_hooks()
-        pairs = [("logits", f"blocks.{sp.L - 1}.hook_resid_post")] + \
-                [(f"m{l}", f"blocks.{l}.hook_resid_mid") for l in range(sp.L)]
+        pairs = [("logits", f"blocks.{sp.L - 1}.hook_resid_post")]
+        if sp.parallel:
+            # No resid_mid: resid_pre's total gradient is the residual path's (resid_post's) plus every one of
+            # the layer's split inputs' (q, k, v of each head and the MLP all read it).
+            for l in range(sp.L):
+                tot = tl[f"blocks.{l}.hook_resid_post"] + sum(g_clean[v] for v in dst if v != "logits" and
+                                                              int(v[1:].split(".")[0]) == l)
+                g_clean[f"pre{l}"] = tot
+                pairs.append((f"pre{l}", f"blocks.{l}.hook_resid_pre"))
+        else:
+            pairs += [(f"m{l}", f"blocks.{l}.hook_resid_mid") for l in range(sp.L)]
         for v, h in pairs:
             d = (g_clean[v] - tl[h]).abs().max().item()
             if d > 1e-4 + 1e-4 * tl[h].abs().max().item():

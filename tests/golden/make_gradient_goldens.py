@@ -10,6 +10,15 @@ attribution-patching demo collects them) at every hook but one: TL 4.3's bridge 
 hook_resid_mid's backward hook on the ln2 branch only, so there the check is
 bridge resid_mid + bridge resid_post of the same layer (the residual branch) = autograd's total.
 
+GPT-NeoX (no plain-torch forward in make_goldens.py): NeoxRef below, a plain-torch legacy-TL GPT-NeoX
+forward (fused query_key_value split per head, partial rotate-half rotary of the first rotary_dim dims
+of each head, exact GELU, parallel or sequential residual, untied embed_out), checked here against
+TransformerLens's activations at every hook (1e-4) before its autograd gradients are used, and its
+gradients against the bridge's backward hooks as above; hook_rot_q/k are not TL 4.3 hooks, so their
+gradients are checked against TL's own rotation (make_goldens.neox_rot_qk's _apply_rotary_pos_emb) of
+the bridge's hook_q/k gradients (the rotation is orthogonal: d rot_q = R d q). A parallel block has no
+hook_resid_mid (as in TL).
+
 Attribution patching (TransformerLens demo conventions): for each pair of golden_patch.safetensors
 and each direction, attr = (source act - base act) . d(normalized metric)/d(act) of the base run,
 normalized metric = (m - corrupted_metric) / (clean_metric - corrupted_metric);
@@ -22,6 +31,7 @@ Regenerate (repo root, reference venv, offline is fine; golden_patch.safetensors
 """
 import argparse
 import json
+import math
 import os
 import sys
 
@@ -52,8 +62,118 @@ SITES = {  # site -> (TL hook suffix, layouts); sweep layouts as ps_layout_fits 
 }
 
 
-def grad_hooks(arch, n_layers):
-    return [h for h in mg.forward_hook_names(arch, n_layers) if not h.endswith("hook_normalized")]
+def grad_hooks(arch, n_layers, parallel=False):
+    names = mg.forward_hook_names(arch, n_layers, parallel)
+    if arch == "neox":  # legacy TL's hook_rot_q/k, after hook_k (make_goldens leaves them out: not TL 4.3 hooks)
+        names = [x for n in names for x in ([n, n.replace("hook_k", "hook_rot_q"), n.replace("hook_k", "hook_rot_k")]
+                                             if n.endswith("attn.hook_k") else [n])]
+    return [h for h in names if not h.endswith("hook_normalized")]
+
+
+class NeoxRef:
+    """Plain-torch GPT-NeoX forward with legacy HookedTransformer hook semantics (raw HF weights)."""
+
+    def __init__(self, hf_model, folder):
+        self.c = hf_model.config
+        # the checkpoint's own tensors (fp16 ones computed in fp32, as patchsweep does)
+        self.sd = {k: v.float() for k, v in load_file(os.path.join(folder, "model.safetensors")).items()}
+
+    def forward(self, tokens, hooks=None, cache=None):
+        hooks = hooks or {}
+        c, sd = self.c, self.sd
+
+        def h(name, x):
+            if name in hooks:
+                x = hooks[name](x.clone())
+            if cache is not None:
+                cache[name] = x
+            return x
+
+        C, H = c.hidden_size, c.num_attention_heads
+        dh = C // H
+        rp = c.rope_parameters
+        rot, theta = int(dh * rp["partial_rotary_factor"]), float(rp["rope_theta"])
+        n = tokens.shape[0]
+
+        def ln(x, pre, w):
+            x = x - x.mean(-1, keepdim=True)
+            scale = h(pre + ".hook_scale", (x.pow(2).mean(-1, keepdim=True) + c.layer_norm_eps).sqrt())
+            return h(pre + ".hook_normalized", x / scale) * sd[w + ".weight"] + sd[w + ".bias"]
+
+        inv = 1.0 / (theta ** (torch.arange(0, rot, 2, dtype=torch.int64).float() / rot))
+        ang = torch.arange(n, dtype=torch.float32)[:, None] * inv[None]
+        cos, sin = torch.cat([ang, ang], -1).cos()[:, None], torch.cat([ang, ang], -1).sin()[:, None]
+
+        def rotate(x):  # rotate-half on the first rot dims of each head, the rest passed through
+            xr, xp = x[..., :rot], x[..., rot:]
+            x1, x2 = xr[..., : rot // 2], xr[..., rot // 2:]
+            return torch.cat([xr * cos + torch.cat([-x2, x1], -1) * sin, xp], -1)
+
+        resid = h("hook_embed", sd["gpt_neox.embed_in.weight"][tokens])
+        mask = torch.triu(torch.ones(n, n, dtype=torch.bool), 1)
+        for L in range(c.num_hidden_layers):
+            b, p = f"blocks.{L}.", f"gpt_neox.layers.{L}."
+            resid = h(b + "hook_resid_pre", resid)
+            x = ln(resid, b + "ln1", p + "input_layernorm")
+            qkv = (x @ sd[p + "attention.query_key_value.weight"].T + sd[p + "attention.query_key_value.bias"])
+            qkv = qkv.reshape(n, H, 3 * dh)  # interleaved per head: head 0's q, k, v, then head 1's ...
+            q = h(b + "attn.hook_q", qkv[..., :dh])
+            k = h(b + "attn.hook_k", qkv[..., dh:2 * dh])
+            v = h(b + "attn.hook_v", qkv[..., 2 * dh:])
+            q, k = h(b + "attn.hook_rot_q", rotate(q)), h(b + "attn.hook_rot_k", rotate(k))
+            scores = torch.einsum("qhd,khd->hqk", q, k) / math.sqrt(dh)
+            scores = h(b + "attn.hook_attn_scores", scores.masked_fill(mask, float("-inf")))
+            pattern = h(b + "attn.hook_pattern", scores.softmax(-1))
+            z = h(b + "attn.hook_z", torch.einsum("hqk,khd->qhd", pattern, v))
+            W_O = sd[p + "attention.dense.weight"].T.reshape(H, dh, C)
+            result = h(b + "attn.hook_result", torch.einsum("qhd,hdm->qhm", z, W_O))
+            attn_out = h(b + "hook_attn_out", result.sum(1) + sd[p + "attention.dense.bias"])
+            if c.use_parallel_residual:
+                x2 = ln(resid, b + "ln2", p + "post_attention_layernorm")
+            else:
+                resid = h(b + "hook_resid_mid", resid + attn_out)
+                x2 = ln(resid, b + "ln2", p + "post_attention_layernorm")
+            pre = h(b + "mlp.hook_pre", x2 @ sd[p + "mlp.dense_h_to_4h.weight"].T + sd[p + "mlp.dense_h_to_4h.bias"])
+            post = h(b + "mlp.hook_post", torch.nn.functional.gelu(pre))
+            mlp_out = h(b + "hook_mlp_out", post @ sd[p + "mlp.dense_4h_to_h.weight"].T + sd[p + "mlp.dense_4h_to_h.bias"])
+            resid = h(b + "hook_resid_post", resid + attn_out + mlp_out if c.use_parallel_residual else resid + mlp_out)
+        x = ln(resid, "ln_final", "gpt_neox.final_layer_norm")
+        return x @ sd["embed_out.weight"].T
+
+
+def check_neox_forward(name, br, ref, names, toks):
+    """NeoxRef's activations against TransformerLens's at every hook (rot_q/k: TL's own rotation)."""
+    acts = {}
+    with torch.no_grad():
+        lg = ref.forward(toks[0], cache=acts)
+        tl_lg, cache = br.run_with_cache(toks)
+    want = {n: cache[n][0] for n in names if n in cache}
+    for L in range(br.cfg.n_layers):
+        want[f"blocks.{L}.attn.hook_rot_q"], want[f"blocks.{L}.attn.hook_rot_k"] = mg.neox_rot_qk(br, cache, L)
+    want["logits"], acts["logits"] = tl_lg[0], lg
+    worst = 0.0
+    for n, w in want.items():
+        d = mg.maxdiff(acts[n], w)
+        if d > 1e-4 + 1e-4 * w[torch.isfinite(w)].abs().max().item():
+            raise SystemExit(f"{name}: NeoxRef {n} differs from TL by {d}")
+        worst = max(worst, d)
+    if set(names) - set(want):
+        raise SystemExit(f"{name}: TL has no {sorted(set(names) - set(want))}")
+    return worst
+
+
+def bridge_grads_neox(br, names, toks, metric):
+    """bridge_grads, with hook_rot_q/k's gradients from the bridge's hook_q/k gradients by TL's own rotation
+    (orthogonal R: rot_q = R q gives d q = R^T d rot_q, so d rot_q = R d q), TL's cos/sin of the layer."""
+    g = bridge_grads(br, [n for n in names if "hook_rot_" not in n], toks, metric)
+    with torch.no_grad():
+        _, cache = br.run_with_cache(toks)
+    for L in range(br.cfg.n_layers):
+        b = f"blocks.{L}.attn."
+        c = {b + "hook_q": g[b + "hook_q"][None], b + "hook_k": g[b + "hook_k"][None],
+             b + "hook_cos": cache[b + "hook_cos"], b + "hook_sin": cache[b + "hook_sin"]}
+        g[b + "hook_rot_q"], g[b + "hook_rot_k"] = mg.neox_rot_qk(br, c, L)
+    return g
 
 
 def bridge_grads(br, names, toks, metric):
@@ -113,14 +233,19 @@ def make(name, out_root):
     spec = next(s for s in mg.MODELS if s["name"] == name)
     arch = spec["arch"]
     folder = os.path.join(out_root, name)
-    print(f"== {name}", flush=True)
-    hf_cls = mg.GPT2LMHeadModel if arch == "gpt2" else mg.LlamaForCausalLM
-    hf = hf_cls.from_pretrained(folder, attn_implementation="eager").eval()
-    br = mg.load_bridge(folder, hf.config.vocab_size)
-    ref = mg.Ref(hf, arch)
-    L = br.cfg.n_layers
-    names = grad_hooks(arch, L)
     pat = load_file(os.path.join(folder, "golden_patch.safetensors"))
+    print(f"== {name}", flush=True)
+    hf = mg.HF_CLASSES[arch][1].from_pretrained(folder, attn_implementation="eager", dtype=torch.float32).eval()
+    br = mg.load_bridge(folder, hf.config.vocab_size)
+    L = br.cfg.n_layers
+    parallel = arch == "neox" and hf.config.use_parallel_residual
+    names = grad_hooks(arch, L, parallel)
+    ref, tl_grads = mg.Ref(hf, arch), bridge_grads
+    if arch == "neox":
+        ref, tl_grads = NeoxRef(hf, folder), bridge_grads_neox
+        fw = max(check_neox_forward(name, br, ref, names, pat[f"p{i}.{w}_tokens"].long()[None])
+                 for i, w in GRAD_RUNS)
+        print(f"  NeoxRef vs TL activations max|diff| = {fw:.3g}", flush=True)
     n_pairs = sum(1 for k in pat if k.endswith(".clean_tokens"))
     out, worst_ref = {}, 0.0
 
@@ -133,7 +258,7 @@ def make(name, out_root):
         toks = pat[P + which + "_tokens"].long()[None]
         a, w = int(pat[P + "answer"][0]), int(pat[P + "wrong"][0])
         m, rg, _ = ref_run(ref, names, toks, metric_of(a, w))
-        worst_ref = max(worst_ref, check_against_tl(name, f"g{r}", bridge_grads(br, names, toks, metric_of(a, w)), rg))
+        worst_ref = max(worst_ref, check_against_tl(name, f"g{r}", tl_grads(br, names, toks, metric_of(a, w)), rg))
         for n in names:
             out[f"g{r}.{n}"] = rg[n].to(torch.float32).contiguous()
         out[f"g{r}.tokens"] = toks[0].to(torch.int32)
@@ -154,12 +279,14 @@ def make(name, out_root):
         for which in ("clean", "corrupted"):
             toks = pat[P + which + "_tokens"].long()[None]
             _, g, act = ref_run(ref, names, toks, norm_metric)
-            worst_ref = max(worst_ref, check_against_tl(name, P + which, bridge_grads(br, names, toks, norm_metric), g))
+            worst_ref = max(worst_ref, check_against_tl(name, P + which, tl_grads(br, names, toks, norm_metric), g))
             runs[which] = (g, act)
         for direction, base, src in (("denoise", "corrupted", "clean"), ("noise", "clean", "corrupted")):
             g, act = runs[base]
             _, src_act = runs[src]
             for site, (suffix, layouts) in SITES.items():
+                if parallel and site == "resid_mid":
+                    continue  # no hook_resid_mid in a parallel block
                 hk = [f"blocks.{l}.{suffix}" for l in range(L)]
                 d = torch.stack([(src_act[h] - act[h]) * g[h] for h in hk])
                 hs = n_kv if site in ("k", "v") else br.cfg.n_heads
@@ -204,7 +331,7 @@ def write_json(desc, path):
 
 
 def run_models(make, doc):
-    """The scripts' command line: model names (default all six), --out DIR."""
+    """The scripts' command line: model names (default all nine), --out DIR."""
     ap = argparse.ArgumentParser(description=doc.split("\n")[0])
     ap.add_argument("models", nargs="*")
     ap.add_argument("--out", default=os.path.join(mg.REPO, "tests", "data"))
