@@ -112,6 +112,7 @@ float ps_cpu_act(ps_act act, float x) {
 
 #ifdef PS_CPU_PROFILE
 #include <stdio.h>
+#include <stdlib.h>
 #include <time.h>
 static double prof_s[PS_PROF_N], gemm_s[5], gemm_gflop[5];
 static const char *const prof_name[PS_PROF_N] = {"gemm", "attention", "norm", "activation", "copies", "hooks", "unembed",
@@ -127,12 +128,41 @@ void ps_prof_gemm(int64_t n, int64_t in, int64_t out, double t0) {
     gemm_s[b] += ps_prof_now() - t0;
     gemm_gflop[b] += 2e-9 * (double)n * (double)in * (double)out;
 }
+// The floor's GEMM rate in CPU time: the best of bench/sweeps' three shapes on this BLAS, one thread.
+static double gemm_rate_cpu(void) {
+    static const int shapes[3][3] = {{256, 768, 3072}, {256, 3072, 768}, {256, 768, 2304}};
+    double best = 0;
+    for (int sh = 0; sh < 3; sh++) {
+        const int M = shapes[sh][0], K = shapes[sh][1], N = shapes[sh][2];
+        float *a = malloc((size_t)M * K * sizeof(float)), *b = malloc((size_t)K * N * sizeof(float)), *c = malloc((size_t)M * N * sizeof(float));
+        if (!a || !b || !c) { free(a); free(b); free(c); continue; }
+        for (int64_t i = 0; i < (int64_t)M * K; i++) a[i] = (float)(i % 7) * 0.1f;
+        for (int64_t i = 0; i < (int64_t)K * N; i++) b[i] = (float)(i % 5) * 0.1f;
+        for (int rep = 0; rep < 3; rep++) {
+            const double t0 = ps_prof_now();
+            int64_t it = 0;
+            do {
+                ps_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, K, 1.0f, a, K, b, N, 0.0f, c, N);
+                it++;
+            } while (ps_prof_now() - t0 < 0.3);
+            const double r = 2e-9 * M * (double)K * N * (double)it / (ps_prof_now() - t0);
+            if (r > best) best = r;
+        }
+        free(a); free(b); free(c);
+    }
+    return best;
+}
+
 __attribute__((destructor)) static void prof_print(void) {
+    if (prof_s[PS_PROF_FORWARD] <= 0) return;
     for (int i = 0; i < PS_PROF_N; i++) fprintf(stderr, "profile: %-24s %8.3f s cpu\n", prof_name[i], prof_s[i]);
     static const char *const bucket[5] = {"<8", "8-31", "32-127", "128-511", ">=512"};
     for (int b = 0; b < 5; b++)
         fprintf(stderr, "profile: linear rows %-8s %8.3f s %10.2f GFLOP %7.1f GFLOP/s\n", bucket[b], gemm_s[b], gemm_gflop[b],
                 gemm_s[b] > 0 ? gemm_gflop[b] / gemm_s[b] : 0.0);
+    ps_blas_set_num_threads(1);
+    fprintf(stderr, "profile: gemm rate %.1f GFLOP/s cpu (best of 256x768x3072, 256x3072x768, 256x768x2304, one thread)\n",
+            gemm_rate_cpu());
 }
 #endif
 
