@@ -14,7 +14,7 @@
 static void store(float *cache_arr, int64_t l, const ps_cpu_slot *rs, const float *buf, int64_t width) {
     if (!cache_arr) return;
     const int64_t T = rs->row->T;
-    memcpy(cache_arr + l * T * width, buf + rs->off * width, (size_t)(rs->n * width) * sizeof(float));
+    PS_PROF(PS_PROF_COPY, memcpy(cache_arr + l * T * width, buf + rs->off * width, (size_t)(rs->n * width) * sizeof(float)));
 }
 
 // store() for every active row that keeps a cache; field is the ps_cache array (offsetof).
@@ -29,8 +29,14 @@ static void store_rows(const ps_cpu_slot *slots, int64_t n_active, size_t field,
 static void from_base(float *buf, const ps_cpu_slot *rs, const float *base_arr, int64_t l, int64_t width, int64_t t0, int64_t t1) {
     const ps_row *row = rs->row;
     if (t1 <= t0) return;
-    memcpy(buf + (rs->off + t0 - row->start_pos) * width, base_arr + (l * row->T + t0) * width,
-           (size_t)((t1 - t0) * width) * sizeof(float));
+    PS_PROF(PS_PROF_COPY, memcpy(buf + (rs->off + t0 - row->start_pos) * width, base_arr + (l * row->T + t0) * width,
+                                 (size_t)((t1 - t0) * width) * sizeof(float)));
+}
+
+// ps_cpu_hook, timed when profiling.
+static void hook(const ps_model_config *cfg, ps_site site, int64_t l, float *buf, int64_t ld, const int64_t *map,
+                 const ps_cpu_slot *slots, int64_t n_active) {
+    PS_PROF(PS_PROF_HOOK, ps_cpu_hook(cfg, site, l, buf, ld, map, slots, n_active));
 }
 
 // Which token of which row each row of the compacted buffers holds, at layer l.
@@ -46,22 +52,22 @@ static void from_base_rows(float *buf, int64_t width, const compact_rows *cr, in
         const ps_row *row = cr->slots[cr->kslot[k]].row;
         const float *arr = *(const float *const *)((const char *)row->base + field);
         const int64_t t = cr->posbuf[cr->idx[k]];
-        memcpy(buf + k * width, arr + (cr->l * row->T + t) * width, (size_t)width * sizeof(float));
+        PS_PROF(PS_PROF_COPY, memcpy(buf + k * width, arr + (cr->l * row->T + t) * width, (size_t)width * sizeof(float)));
     }
 }
 
 // dst[k] = src[idx[k]] and back, for (width)-float token rows.
 static void gather(float *dst, const float *src, const int64_t *idx, int64_t n, int64_t width) {
-    for (int64_t k = 0; k < n; k++) memcpy(dst + k * width, src + idx[k] * width, (size_t)width * sizeof(float));
+    PS_PROF(PS_PROF_COPY, for (int64_t k = 0; k < n; k++) memcpy(dst + k * width, src + idx[k] * width, (size_t)width * sizeof(float)));
 }
 static void scatter(float *dst, const float *src, const int64_t *idx, int64_t n, int64_t width) {
-    for (int64_t k = 0; k < n; k++) memcpy(dst + idx[k] * width, src + k * width, (size_t)width * sizeof(float));
+    PS_PROF(PS_PROF_COPY, for (int64_t k = 0; k < n; k++) memcpy(dst + idx[k] * width, src + k * width, (size_t)width * sizeof(float)));
 }
 
 // The model's norm: RMSNorm for Llama, LayerNorm for GPT-2 (b is NULL for Llama).
 static void norm(const ps_model_config *cfg, float *out, float *scale, const float *x, const float *w, const float *b, int64_t N) {
-    if (cfg->arch == PS_ARCH_LLAMA) ps_cpu_rmsnorm(out, scale, x, w, N, cfg->d_model, cfg->eps);
-    else ps_cpu_layernorm(out, scale, x, w, b, N, cfg->d_model, cfg->eps);
+    PS_PROF(PS_PROF_NORM, if (cfg->arch == PS_ARCH_LLAMA) ps_cpu_rmsnorm(out, scale, x, w, N, cfg->d_model, cfg->eps);
+                          else ps_cpu_layernorm(out, scale, x, w, b, N, cfg->d_model, cfg->eps));
 }
 
 // a . b with eight interleaved partial sums (a fixed order any vector width reproduces).
@@ -72,6 +78,14 @@ static inline float dot(const float *a, const float *b, int64_t n) {
         for (int i = 0; i < 8; i++) acc[i] += a[d + i] * b[d + i];
     for (int i = 0; d < n; d++, i++) acc[i] += a[d] * b[d];
     return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+}
+
+// acc[0, W) += p[j] v[j * ld + (0, W)] for j in [0, n), in order of j. W is a constant at the call site,
+// so the compiler keeps acc in vector registers.
+static inline __attribute__((always_inline)) void weighted_rows(float *acc, const float *p, const float *v, int64_t ld, int64_t n,
+                                                                const int W) {
+    for (int64_t j = 0; j < n; j++)
+        for (int i = 0; i < W; i++) acc[i] += p[j] * v[j * ld + i];
 }
 
 // One layer's attention inputs and outputs, for attend_head.
@@ -117,12 +131,26 @@ PS_CLONES static void attend_head(const attn_layer *a, const ps_cpu_slot *rs, in
             float *dst = cc->pattern + ((l * H + h) * T + t) * T;
             for (int64_t j = 0; j < T; j++) dst[j] = j <= t ? sc[j] : 0.0f;
         }
+        // z_t = sum_j p_j v_j, 16 dims at a time where D allows: the 16 partial sums stay in registers
+        // instead of a load and a store of z per key. Each dim still sums over j in order from 0: the same
+        // bits as the plain loop.
         float *zt = a->z + (rs->off + t - s) * QD + h * D;
-        for (int64_t d = 0; d < D; d++) zt[d] = 0;
-        for (int64_t j = 0; j <= t; j++) {
-            const float *vj = j < s ? vbase + j * KD + g * D : a->v + (rs->off + j - s) * KD + g * D;
-            const float pj = sc[j];
-            for (int64_t d = 0; d < D; d++) zt[d] += pj * vj[d];
+        const float *vnew = a->v + rs->off * KD + g * D; // key j >= s: row j - s
+        const int64_t n_old = t < s ? t + 1 : s, n_new = t + 1 - n_old;
+        if (D % 16 == 0) {
+            for (int64_t d0 = 0; d0 < D; d0 += 16) {
+                float acc[16] = {0};
+                if (n_old) weighted_rows(acc, sc, vbase + g * D + d0, KD, n_old, 16);
+                weighted_rows(acc, sc + n_old, vnew + d0, KD, n_new, 16);
+                memcpy(zt + d0, acc, sizeof acc);
+            }
+        } else {
+            for (int64_t d = 0; d < D; d++) zt[d] = 0;
+            for (int64_t j = 0; j <= t; j++) {
+                const float *vj = j < s ? vbase + j * KD + g * D : a->v + (rs->off + j - s) * KD + g * D;
+                const float pj = sc[j];
+                for (int64_t d = 0; d < D; d++) zt[d] += pj * vj[d];
+            }
         }
     }
 }
@@ -335,9 +363,9 @@ static void qkv_step(batch *b, int64_t l, const ps_layer_weights *lw) {
             from_base(v, rs, bc->v, l, KD, t0, t1);
         }
     }
-    ps_cpu_hook(cfg, PS_SITE_Q, l, q, QD, NULL, slots, n_active);
-    ps_cpu_hook(cfg, PS_SITE_K, l, k, KD, NULL, slots, n_active);
-    ps_cpu_hook(cfg, PS_SITE_V, l, v, KD, NULL, slots, n_active);
+    hook(cfg, PS_SITE_Q, l, q, QD, NULL, slots, n_active);
+    hook(cfg, PS_SITE_K, l, k, KD, NULL, slots, n_active);
+    hook(cfg, PS_SITE_V, l, v, KD, NULL, slots, n_active);
     store_rows(slots, n_active, offsetof(ps_cache, q), l, q, QD);
     store_rows(slots, n_active, offsetof(ps_cache, k), l, k, KD);
     store_rows(slots, n_active, offsetof(ps_cache, v), l, v, KD);
@@ -371,6 +399,9 @@ static void attention_step(batch *b, int64_t l, const ps_layer_weights *lw) {
     }
     const attn_layer al = {.cfg = cfg, .q = q, .k = k, .v = v, .z = z, .l = l, .H = H, .D = D, .QD = QD, .KD = KD, .group = group,
                            .rotary = cfg->rotary_dim > 0, .inv_sqrt_d = 1.0f / sqrtf((float)D)};
+#ifdef PS_CPU_PROFILE
+    const double prof_t0 = ps_prof_now();
+#endif
 #pragma omp parallel if (n_active * H * T_max * T_max * D >= PS_PAR_MIN)
     {
         float *sc = malloc((size_t)T_max * sizeof(float));
@@ -380,7 +411,10 @@ static void attention_step(batch *b, int64_t l, const ps_layer_weights *lw) {
                 if (slots[r].plan.attn) attend_head(&al, &slots[r], h, sc);
         free(sc);
     }
-    ps_cpu_hook(cfg, PS_SITE_Z, l, z, QD, NULL, slots, n_active);
+#ifdef PS_CPU_PROFILE
+    ps_prof_add(PS_PROF_ATTN, prof_t0);
+#endif
+    hook(cfg, PS_SITE_Z, l, z, QD, NULL, slots, n_active);
     for (int64_t r = 0; r < n_active; r++) {
         ps_cache *cc = slots[r].row->cache;
         if (!cc) continue;
@@ -442,11 +476,11 @@ static void mlp_step(batch *b, int64_t l, const ps_layer_weights *lw) {
     ps_cpu_linear(y, zp, lw->w_o, w->b_o ? w->b_o + l * C : NULL, upto[0], QD, C);
     if (!cfg->parallel_residual) {
         from_base_rows(y, C, &cr, upto[0], upto[1], offsetof(ps_cache, attn_out));
-        ps_cpu_hook(cfg, PS_SITE_ATTN_OUT, l, y, C, pmap, slots, n_active);
+        hook(cfg, PS_SITE_ATTN_OUT, l, y, C, pmap, slots, n_active);
         store_rows(slots, n_active, offsetof(ps_cache, attn_out), l, y, C);
         for (int64_t i = 0; i < upto[1] * C; i++) xp[i] += y[i];
         from_base_rows(xp, C, &cr, upto[1], upto[4], offsetof(ps_cache, resid_mid));
-        ps_cpu_hook(cfg, PS_SITE_RESID_MID, l, xp, C, pmap, slots, n_active);
+        hook(cfg, PS_SITE_RESID_MID, l, xp, C, pmap, slots, n_active);
         store_rows(slots, n_active, offsetof(ps_cache, resid_mid), l, xp, C);
         norm(cfg, xn, scale, xp, w->ln2_w + l * C, w->ln2_b ? w->ln2_b + l * C : NULL, nm);
     } else {
@@ -454,7 +488,7 @@ static void mlp_step(batch *b, int64_t l, const ps_layer_weights *lw) {
         // resid_pre + attn_out + mlp_out, so there is no resid_mid (no site: ps_row_check refuses it). Rows
         // entering at mlp_post or mlp_out still add base's attn_out, so they take it with the late attn_out rows.
         from_base_rows(y, C, &cr, upto[0], upto[4], offsetof(ps_cache, attn_out));
-        ps_cpu_hook(cfg, PS_SITE_ATTN_OUT, l, y, C, pmap, slots, n_active);
+        hook(cfg, PS_SITE_ATTN_OUT, l, y, C, pmap, slots, n_active);
         store_rows(slots, n_active, offsetof(ps_cache, attn_out), l, y, C);
         norm(cfg, xn, scale, xp, w->ln2_w + l * C, w->ln2_b ? w->ln2_b + l * C : NULL, nm);
         for (int64_t i = 0; i < upto[4] * C; i++) xp[i] += y[i];
@@ -464,6 +498,9 @@ static void mlp_step(batch *b, int64_t l, const ps_layer_weights *lw) {
     // MLP block
     ps_cpu_linear(h1, xn, lw->w_in, w->b_in ? w->b_in + l * M : NULL, nm, C, M);
     if (llama) ps_cpu_linear(h3, xn, lw->w_up, NULL, nm, C, M);
+#ifdef PS_CPU_PROFILE
+    const double prof_t0 = ps_prof_now();
+#endif
     if (cfg->act == PS_ACT_GELU_NEW && !llama) {
         // per >= 1: an OpenMP loop's trip count divides by its step even when the loop is empty.
         const int64_t n = nm * M, nt = omp_get_max_threads(), per = n >= PS_PAR_MIN ? (n + nt - 1) / nt : (n ? n : 1);
@@ -476,18 +513,21 @@ static void mlp_step(batch *b, int64_t l, const ps_layer_weights *lw) {
             h2[i] = llama ? a * h3[i] : a;
         }
     }
+#ifdef PS_CPU_PROFILE
+    ps_prof_add(PS_PROF_ACT, prof_t0);
+#endif
     from_base_rows(h2, M, &cr, upto[2], upto[3], offsetof(ps_cache, mlp_post));
-    ps_cpu_hook(cfg, PS_SITE_MLP_POST, l, h2, M, pmap, slots, n_active);
+    hook(cfg, PS_SITE_MLP_POST, l, h2, M, pmap, slots, n_active);
     store_rows(slots, n_active, offsetof(ps_cache, mlp_pre), l, h1, M);
     if (llama) store_rows(slots, n_active, offsetof(ps_cache, mlp_pre_linear), l, h3, M);
     store_rows(slots, n_active, offsetof(ps_cache, mlp_post), l, h2, M);
     ps_cpu_linear(y, h2, lw->w_out, w->b_out ? w->b_out + l * C : NULL, upto[3], M, C);
     from_base_rows(y, C, &cr, upto[3], upto[4], offsetof(ps_cache, mlp_out));
-    ps_cpu_hook(cfg, PS_SITE_MLP_OUT, l, y, C, pmap, slots, n_active);
+    hook(cfg, PS_SITE_MLP_OUT, l, y, C, pmap, slots, n_active);
     store_rows(slots, n_active, offsetof(ps_cache, mlp_out), l, y, C);
     for (int64_t i = 0; i < upto[4] * C; i++) xp[i] += y[i];
     from_base_rows(xp, C, &cr, upto[4], np, offsetof(ps_cache, resid_post));
-    ps_cpu_hook(cfg, PS_SITE_RESID_POST, l, xp, C, pmap, slots, n_active);
+    hook(cfg, PS_SITE_RESID_POST, l, xp, C, pmap, slots, n_active);
     store_rows(slots, n_active, offsetof(ps_cache, resid_post), l, xp, C);
     if (compact) {
         scatter(x, xc, idx, np, C);
@@ -514,7 +554,7 @@ static int unembed_step(batch *b, ps_cpu_workspace *wsp, ps_error *e) {
         const ps_cpu_slot *rs = &slots[r];
         memcpy(x + rs->off * C, rs->row->base->resid_post + ((L - 1) * rs->row->T + rs->row->start_pos) * C,
                (size_t)(rs->n * C) * sizeof(float));
-        ps_cpu_hook(cfg, PS_SITE_RESID_POST, L - 1, x, C, NULL, rs, 1);
+        hook(cfg, PS_SITE_RESID_POST, L - 1, x, C, NULL, rs, 1);
     }
 
     // Final norm and unembedding, only at the positions asked for (all of them for cache rows).
@@ -551,28 +591,86 @@ static int unembed_step(batch *b, ps_cpu_workspace *wsp, ps_error *e) {
         at += row->n_out;
     }
     norm(cfg, xo, NULL, xo, w->lnf_w, w->lnf_b, n_out_total);
+#ifdef PS_CPU_PROFILE
+    const double prof_t0 = ps_prof_now();
+#endif
     at = 0;
     for (int64_t r = 0; r < n_rows; r++) {
         ps_row *row = slots[r].row;
         if (!row->n_out) continue;
         if (!row->cols) {
-            ps_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)row->n_out, (int)V, (int)C, 1.0f, xo + at * C, (int)C,
-                        w->w_u, (int)C, 0.0f, row->logits, (int)V);
-            if (w->b_u)
-                for (int64_t o = 0; o < row->n_out; o++)
-                    for (int64_t j = 0; j < V; j++) row->logits[o * V + j] += w->b_u[j];
+            // whole-vocabulary rows: full_logits(), after every batch of the call
         } else {
             for (int64_t o = 0; o < row->n_out; o++)
                 for (int64_t c = 0; c < row->n_cols; c++) {
                     const float *wu = w->w_u + (int64_t)row->cols[c] * C;
-                    const float *xv = xo + (at + o) * C;
-                    float acc = 0;
-                    for (int64_t d = 0; d < C; d++) acc += xv[d] * wu[d];
+                    const float acc = dot(xo + (at + o) * C, wu, C);
                     row->logits[o * row->n_cols + c] = acc + (w->b_u ? w->b_u[row->cols[c]] : 0.0f);
                 }
         }
         at += row->n_out;
     }
+#ifdef PS_CPU_PROFILE
+    ps_prof_add(PS_PROF_UNEMBED, prof_t0);
+#endif
+    return 0;
+}
+
+// The whole-vocabulary logits of every row without cols, of all nb batches of a call, in one GEMM over
+// their final-norm rows (each batch's workspace part 3, as unembed_step left it): the unembedding is read
+// once, not once per row (a one-row GEMM read all 150 MB of GPT-2's for each baseline prompt). Column blocks
+// on the threads: each logit is the same dot product however the columns are split.
+static int full_logits(const ps_model *m, const batch *bs, ps_cpu_workspace *wss, int64_t nb, ps_error *e) {
+    const ps_weights *w = &m->w;
+    const int64_t C = m->cfg.d_model, V = m->cfg.d_vocab;
+    int64_t n = 0;
+    for (int64_t g = 0; g < nb; g++)
+        for (int64_t r = 0; r < bs[g].n_rows; r++)
+            if (!bs[g].slots[r].row->cols) n += bs[g].slots[r].row->n_out;
+    if (n == 0) return 0;
+#ifdef PS_CPU_PROFILE
+    const double prof_t0 = ps_prof_now();
+#endif
+    float *xs = malloc((size_t)(n * C) * sizeof(float)), *ls = malloc((size_t)(n * V) * sizeof(float));
+    if (!xs || !ls) {
+        free(xs);
+        free(ls);
+        return ps_fail(e, PS_EXIT_RUNTIME, "forward: out of memory for %lld rows of logits", (long long)n);
+    }
+    int64_t k = 0;
+    for (int64_t g = 0; g < nb; g++) {
+        const float *xo = wss[g].part[3];
+        int64_t at = 0;
+        for (int64_t r = 0; r < bs[g].n_rows; r++) {
+            const ps_row *row = bs[g].slots[r].row;
+            if (!row->cols) {
+                memcpy(xs + k * C, xo + at * C, (size_t)(row->n_out * C) * sizeof(float));
+                k += row->n_out;
+            }
+            at += row->n_out;
+        }
+    }
+    const int nt = omp_get_max_threads();
+    const int64_t per = nt > 1 && n * V * C >= PS_GEMM_PAR_MIN ? ((V + nt - 1) / nt + 63) / 64 * 64 : V;
+#pragma omp parallel for schedule(static) if (per < V)
+    for (int64_t j0 = 0; j0 < V; j0 += per) {
+        const int64_t nj = j0 + per <= V ? per : V - j0;
+        ps_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, (int)nj, (int)C, 1.0f, xs, (int)C, w->w_u + j0 * C, (int)C,
+                 0.0f, ls + j0, (int)V);
+    }
+    k = 0;
+    for (int64_t g = 0; g < nb; g++)
+        for (int64_t r = 0; r < bs[g].n_rows; r++) {
+            ps_row *row = bs[g].slots[r].row;
+            if (row->cols) continue;
+            for (int64_t o = 0; o < row->n_out; o++, k++)
+                for (int64_t j = 0; j < V; j++) row->logits[o * V + j] = ls[k * V + j] + (w->b_u ? w->b_u[j] : 0.0f);
+        }
+    free(xs);
+    free(ls);
+#ifdef PS_CPU_PROFILE
+    ps_prof_add(PS_PROF_UNEMBED, prof_t0);
+#endif
     return 0;
 }
 
@@ -587,7 +685,7 @@ static int layer_step(batch *b, const ps_model *m, int64_t l, ps_layer_weights *
     if (!*have && ps_model_layer(m, l, lw, e) != 0) return -1; // (converted now if the model is streamed)
     *have = 1;
     for (int64_t r = 0; r < b->n_active; r++) b->slots[r].plan = ps_plan_layer(b->cfg, b->slots[r].row, l, b->slots[r].dirty);
-    ps_cpu_hook(b->cfg, PS_SITE_RESID_PRE, l, b->x, b->cfg->d_model, NULL, b->slots, b->n_active);
+    hook(b->cfg, PS_SITE_RESID_PRE, l, b->x, b->cfg->d_model, NULL, b->slots, b->n_active);
     store_rows(b->slots, b->n_active, offsetof(ps_cache, resid_pre), l, b->x, b->cfg->d_model);
     qkv_step(b, l, lw);
     attention_step(b, l, lw);
@@ -595,7 +693,19 @@ static int layer_step(batch *b, const ps_model *m, int64_t l, ps_layer_weights *
     return 0;
 }
 
+#ifdef PS_CPU_PROFILE
+static int forward_ws(const ps_model *m, ps_row *rows, int64_t n_rows, ps_cpu_workspace *wsp, ps_error *e);
 int ps_cpu_forward_ws(const ps_model *m, ps_row *rows, int64_t n_rows, ps_cpu_workspace *wsp, ps_error *e) {
+    const double t0 = ps_prof_now();
+    const int rc = forward_ws(m, rows, n_rows, wsp, e);
+    ps_prof_add(PS_PROF_FORWARD, t0);
+    if (n_rows > 0 && rows[0].cache) ps_prof_add(PS_PROF_BASELINE, t0);
+    return rc;
+}
+static int forward_ws(const ps_model *m, ps_row *rows, int64_t n_rows, ps_cpu_workspace *wsp, ps_error *e) {
+#else
+int ps_cpu_forward_ws(const ps_model *m, ps_row *rows, int64_t n_rows, ps_cpu_workspace *wsp, ps_error *e) {
+#endif
     if (n_rows <= 0) return 0;
     ps_blas_set_num_threads(1);
     batch b;
@@ -605,10 +715,23 @@ int ps_cpu_forward_ws(const ps_model *m, ps_row *rows, int64_t n_rows, ps_cpu_wo
         int have = 0;
         if (layer_step(&b, m, l, &lw, &have, e) != 0) return -1;
     }
-    return unembed_step(&b, wsp, e);
+    if (unembed_step(&b, wsp, e) != 0) return -1;
+    return full_logits(m, &b, wsp, 1, e);
 }
 
+#ifdef PS_CPU_PROFILE
+static int forward_groups(const ps_model *m, ps_row *rows, int64_t n_rows, int64_t group, ps_error *e);
 int ps_cpu_forward_groups(const ps_model *m, ps_row *rows, int64_t n_rows, int64_t group, ps_error *e) {
+    const double t0 = ps_prof_now();
+    const int rc = forward_groups(m, rows, n_rows, group, e);
+    ps_prof_add(PS_PROF_FORWARD, t0);
+    ps_prof_add(PS_PROF_BASELINE, t0);
+    return rc;
+}
+static int forward_groups(const ps_model *m, ps_row *rows, int64_t n_rows, int64_t group, ps_error *e) {
+#else
+int ps_cpu_forward_groups(const ps_model *m, ps_row *rows, int64_t n_rows, int64_t group, ps_error *e) {
+#endif
     if (n_rows <= 0) return 0;
     if (group <= 0 || group > n_rows) group = n_rows;
     const int64_t G = (n_rows + group - 1) / group;
@@ -628,6 +751,7 @@ int ps_cpu_forward_groups(const ps_model *m, ps_row *rows, int64_t n_rows, int64
         for (int64_t g = 0; rc == 0 && g < G; g++) rc = layer_step(&b[g], m, l, &lw, &have, e);
     }
     for (int64_t g = 0; rc == 0 && g < G; g++) rc = unembed_step(&b[g], &wsp[g], e);
+    if (rc == 0) rc = full_logits(m, b, wsp, G, e);
     for (int64_t g = 0; wsp && g < G; g++) ps_cpu_workspace_free(&wsp[g]);
     free(wsp);
     free(b);

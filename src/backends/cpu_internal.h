@@ -15,13 +15,26 @@
 // parallelizes around it with OpenMP.
 #include "ps_blas.h"
 
-// x86-64 builds carry an AVX2 copy of the hottest loops besides the baseline one, chosen at load time
-// (the binary stays portable). Neither uses FMA, and the sums' order is written out, so both give the
-// same bits.
+// x86-64 builds carry AVX-512 and AVX2 copies of the hottest loops besides the baseline one, chosen at
+// load time (the binary stays portable). None uses FMA (ISO C mode: no contraction), and the sums' order
+// is written out, so all give the same bits.
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
-#define PS_CLONES __attribute__((target_clones("avx2", "default")))
+#define PS_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define PS_CLONES
+// Per-step CPU-time counters of the forward pass, for profiling only: compiled in with -DPS_CPU_PROFILE
+// (never by default), printed to stderr at exit. Single-threaded runs (threads 1) give exact shares.
+#ifdef PS_CPU_PROFILE
+enum { PS_PROF_GEMM, PS_PROF_ATTN, PS_PROF_NORM, PS_PROF_ACT, PS_PROF_COPY, PS_PROF_HOOK, PS_PROF_UNEMBED, PS_PROF_BASELINE,
+       PS_PROF_FORWARD, PS_PROF_N };
+double ps_prof_now(void);
+void ps_prof_add(int step, double t0);
+void ps_prof_gemm(int64_t n, int64_t in, int64_t out, double t0);
+#define PS_PROF(step, stmt) do { const double ps_prof_t0 = ps_prof_now(); stmt; ps_prof_add(step, ps_prof_t0); } while (0)
+#else
+#define PS_PROF(step, stmt) do { stmt; } while (0)
+#endif
+
 #endif
 
 // out[i] = gelu_new(in[i]) (cpu_ops.c): a fifth of a GPT-2 sweep's non-GEMM time, so vectorized.
@@ -46,5 +59,18 @@ void ps_cpu_pattern_hook(const ps_model_config *cfg, const ps_row *row, int64_t 
 // Fills every capture of the rows from their base caches (the positions and layers a row does not
 // recompute); the forward then overwrites what it computes.
 void ps_cpu_captures_from_base(const ps_model_config *cfg, const ps_cpu_slot *slots, int64_t n_rows);
+
+// Per-step CPU-time counters of the forward pass, for profiling only: compiled in with -DPS_CPU_PROFILE
+// (never by default), printed to stderr at exit. Single-threaded runs (threads 1) give exact shares.
+#ifdef PS_CPU_PROFILE
+enum { PS_PROF_GEMM, PS_PROF_ATTN, PS_PROF_NORM, PS_PROF_ACT, PS_PROF_COPY, PS_PROF_HOOK, PS_PROF_UNEMBED, PS_PROF_BASELINE,
+       PS_PROF_FORWARD, PS_PROF_N };
+double ps_prof_now(void);
+void ps_prof_add(int step, double t0);
+void ps_prof_gemm(int64_t n, int64_t in, int64_t out, double t0);
+#define PS_PROF(step, stmt) do { const double ps_prof_t0 = ps_prof_now(); stmt; ps_prof_add(step, ps_prof_t0); } while (0)
+#else
+#define PS_PROF(step, stmt) do { stmt; } while (0)
+#endif
 
 #endif

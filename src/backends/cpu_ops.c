@@ -8,32 +8,47 @@
 #include <omp.h>
 #include <string.h>
 
+// The norms' sums, in double with eight interleaved partial sums: a fixed order that any vector width
+// reproduces, so the compiler vectorizes them (a single running sum cannot be reordered, and was half a
+// sweep's norm time). sum of (x[c] - shift)^p for p = 1 or 2.
+static inline double sum8(const float *x, int64_t n, double shift, int p) {
+    double acc[8] = {0};
+    int64_t c = 0;
+    for (; c + 8 <= n; c += 8)
+        for (int k = 0; k < 8; k++) {
+            const double d = (double)x[c + k] - shift;
+            acc[k] += p == 1 ? d : d * d;
+        }
+    for (int k = 0; c < n; c++, k++) {
+        const double d = (double)x[c] - shift;
+        acc[k] += p == 1 ? d : d * d;
+    }
+    return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+}
+
+// One row of each norm (cloned for AVX2 / AVX-512: no FMA, the same bits as the baseline code).
+PS_CLONES static void layernorm_row(float *out, float *scale, const float *xi, const float *w, const float *b, int64_t C, float eps) {
+    const double mean = sum8(xi, C, 0.0, 1) / (double)C;
+    const double var = sum8(xi, C, mean, 2) / (double)C;
+    const float s = (float)sqrt(var + eps);
+    if (scale) *scale = s;
+    for (int64_t c = 0; c < C; c++) out[c] = (float)((xi[c] - mean) / s) * w[c] + b[c];
+}
+
+PS_CLONES static void rmsnorm_row(float *out, float *scale, const float *xi, const float *w, int64_t C, float eps) {
+    const float s = (float)sqrt(sum8(xi, C, 0.0, 2) / (double)C + eps);
+    if (scale) *scale = s;
+    for (int64_t c = 0; c < C; c++) out[c] = (xi[c] / s) * w[c];
+}
+
 void ps_cpu_layernorm(float *out, float *scale, const float *x, const float *w, const float *b, int64_t N, int64_t C, float eps) {
 #pragma omp parallel for schedule(static) if (N * C >= PS_PAR_MIN)
-    for (int64_t i = 0; i < N; i++) {
-        const float *xi = x + i * C;
-        double mean = 0;
-        for (int64_t c = 0; c < C; c++) mean += xi[c];
-        mean /= (double)C;
-        double var = 0;
-        for (int64_t c = 0; c < C; c++) { double d = xi[c] - mean; var += d * d; }
-        var /= (double)C;
-        float s = (float)sqrt(var + eps);
-        if (scale) scale[i] = s;
-        for (int64_t c = 0; c < C; c++) out[i * C + c] = (float)((xi[c] - mean) / s) * w[c] + b[c];
-    }
+    for (int64_t i = 0; i < N; i++) layernorm_row(out + i * C, scale ? scale + i : NULL, x + i * C, w, b, C, eps);
 }
 
 void ps_cpu_rmsnorm(float *out, float *scale, const float *x, const float *w, int64_t N, int64_t C, float eps) {
 #pragma omp parallel for schedule(static) if (N * C >= PS_PAR_MIN)
-    for (int64_t i = 0; i < N; i++) {
-        const float *xi = x + i * C;
-        double ss = 0;
-        for (int64_t c = 0; c < C; c++) ss += (double)xi[c] * xi[c];
-        float s = (float)sqrt(ss / (double)C + eps);
-        if (scale) scale[i] = s;
-        for (int64_t c = 0; c < C; c++) out[i * C + c] = (xi[c] / s) * w[c];
-    }
+    for (int64_t i = 0; i < N; i++) rmsnorm_row(out + i * C, scale ? scale + i : NULL, x + i * C, w, C, eps);
 }
 
 // Hugging Face's rotate_half layout: pairs (i, i + R/2) of each head's first R = rot_dim dims, angle
@@ -95,23 +110,87 @@ float ps_cpu_act(ps_act act, float x) {
     return x;
 }
 
+#ifdef PS_CPU_PROFILE
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+static double prof_s[PS_PROF_N], gemm_s[5], gemm_gflop[5];
+static const char *const prof_name[PS_PROF_N] = {"gemm", "attention", "norm", "activation", "copies", "hooks", "unembed",
+                                                 "baselines (cache rows)", "forward total"};
+double ps_prof_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+void ps_prof_add(int step, double t0) { prof_s[step] += ps_prof_now() - t0; }
+void ps_prof_gemm(int64_t n, int64_t in, int64_t out, double t0) {
+    const int b = n < 8 ? 0 : n < 32 ? 1 : n < 128 ? 2 : n < 512 ? 3 : 4;
+    gemm_s[b] += ps_prof_now() - t0;
+    gemm_gflop[b] += 2e-9 * (double)n * (double)in * (double)out;
+}
+// The floor's GEMM rate in CPU time: the best of bench/sweeps' three shapes on this BLAS, one thread.
+static double gemm_rate_cpu(void) {
+    static const int shapes[3][3] = {{256, 768, 3072}, {256, 3072, 768}, {256, 768, 2304}};
+    double best = 0;
+    for (int sh = 0; sh < 3; sh++) {
+        const int M = shapes[sh][0], K = shapes[sh][1], N = shapes[sh][2];
+        float *a = malloc((size_t)M * K * sizeof(float)), *b = malloc((size_t)K * N * sizeof(float)), *c = malloc((size_t)M * N * sizeof(float));
+        if (!a || !b || !c) { free(a); free(b); free(c); continue; }
+        for (int64_t i = 0; i < (int64_t)M * K; i++) a[i] = (float)(i % 7) * 0.1f;
+        for (int64_t i = 0; i < (int64_t)K * N; i++) b[i] = (float)(i % 5) * 0.1f;
+        for (int rep = 0; rep < 3; rep++) {
+            const double t0 = ps_prof_now();
+            int64_t it = 0;
+            do {
+                ps_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, K, 1.0f, a, K, b, N, 0.0f, c, N);
+                it++;
+            } while (ps_prof_now() - t0 < 0.3);
+            const double r = 2e-9 * M * (double)K * N * (double)it / (ps_prof_now() - t0);
+            if (r > best) best = r;
+        }
+        free(a); free(b); free(c);
+    }
+    return best;
+}
+
+__attribute__((destructor)) static void prof_print(void) {
+    if (prof_s[PS_PROF_FORWARD] <= 0) return;
+    for (int i = 0; i < PS_PROF_N; i++) fprintf(stderr, "profile: %-24s %8.3f s cpu\n", prof_name[i], prof_s[i]);
+    static const char *const bucket[5] = {"<8", "8-31", "32-127", "128-511", ">=512"};
+    for (int b = 0; b < 5; b++)
+        fprintf(stderr, "profile: linear rows %-8s %8.3f s %10.2f GFLOP %7.1f GFLOP/s\n", bucket[b], gemm_s[b], gemm_gflop[b],
+                gemm_s[b] > 0 ? gemm_gflop[b] / gemm_s[b] : 0.0);
+    ps_blas_set_num_threads(1);
+    fprintf(stderr, "profile: gemm rate %.1f GFLOP/s cpu (best of 256x768x3072, 256x3072x768, 256x768x2304, one thread)\n",
+            gemm_rate_cpu());
+}
+#endif
+
 // y (N, out) = x (N, in) @ W (in, out) [+ bias]
 // Parallel over blocks of rows, each thread calling a single-threaded GEMM on its own block: OpenBLAS's
 // own thread pool and OpenMP's workers, each spinning while the other ran, left a third of the CPU idle.
+// The bias is written into y first and the GEMM adds to it (beta 1): one pass over y instead of BLAS's
+// zeroing (beta 0) and a second pass adding the bias.
 void ps_cpu_linear(float *y, const float *x, const float *W, const float *bias, int64_t N, int64_t in, int64_t out) {
     if (N <= 0) return;
+#ifdef PS_CPU_PROFILE
+    const double prof_t0 = ps_prof_now();
+#endif
     ps_blas_set_num_threads(1);
     const int nt = omp_get_max_threads();
     const int64_t per = nt > 1 && N * in * out >= PS_GEMM_PAR_MIN ? ((N + nt - 1) / nt + 15) / 16 * 16 : N;
 #pragma omp parallel for schedule(static) if (per < N)
     for (int64_t i0 = 0; i0 < N; i0 += per) {
         const int64_t n = i0 + per <= N ? per : N - i0;
-        ps_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)n, (int)out, (int)in, 1.0f, x + i0 * in, (int)in, W,
-                    (int)out, 0.0f, y + i0 * out, (int)out);
         if (bias)
-            for (int64_t i = i0; i < i0 + n; i++)
-                for (int64_t j = 0; j < out; j++) y[i * out + j] += bias[j];
+            for (int64_t i = i0; i < i0 + n; i++) memcpy(y + i * out, bias, (size_t)out * sizeof(float));
+        ps_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)n, (int)out, (int)in, 1.0f, x + i0 * in, (int)in, W,
+                 (int)out, bias ? 1.0f : 0.0f, y + i0 * out, (int)out);
     }
+#ifdef PS_CPU_PROFILE
+    ps_prof_gemm(N, in, out, prof_t0);
+    ps_prof_add(PS_PROF_GEMM, prof_t0);
+#endif
 }
 
 PS_CLONES void ps_cpu_gelu_new_n(float *out, const float *in, int64_t n) {
