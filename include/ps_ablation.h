@@ -164,7 +164,9 @@ typedef struct {
     double threshold;            // a component goes when 100 - score < threshold (points)
     int one_iter;                // 1: one backward and one forward pass
     int mlp_means_under_heads;   // 1: seqcont's MLP means, under the candidate's head ablation
-    int64_t speculate;           // candidates scored per batch (0: 8); the result does not depend on it
+    int64_t speculate;           // candidates scored per batch (0: about 32 prompt rows a batch, 1..8 candidates);
+                                 // the result does not depend on it
+    size_t base_budget;          // bytes of the current circuit's runs held to start rows at their layer (0: 2 GiB)
     const ps_prompt_set *ref;    // the reference prompts (for mlp_means_under_heads)
     int naive;                   // 1: every row and reference run from the embedding (no base runs; the oracle)
 } ps_search_opts;

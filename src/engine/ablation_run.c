@@ -358,7 +358,7 @@ static int search_once(ps_producer_ctx *cx, ps_product *const *prods, int64_t n_
                         .seed = (uint64_t)ex->seed, .draws = s->draws, .batch_rows = cx->o->batch_rows};
         if ((rc = ps_ablator_init(&a, s->what, e)) != 0) break;
         const ps_search_opts o = {.threshold = ex->threshold, .one_iter = ex->one_pass, .mlp_means_under_heads = ex->mlp_means_under,
-                                  .speculate = ex->speculate, .ref = a.ref, .naive = cx->o->naive};
+                                  .speculate = ex->speculate, .ref = a.ref, .naive = cx->o->naive, .base_budget = cx->o->cache_budget};
         ps_search_result r;
         ps_table t;
         if ((rc = ps_circuit_search(&a, &o, &r, e)) == 0) {
