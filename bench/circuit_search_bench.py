@@ -8,6 +8,7 @@ the ratio and whether the two traces agree step for step. See bench/README.md.""
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -51,16 +52,18 @@ def main():
           f"threshold {a.threshold}, {a.threads} threads, {os.cpu_count()} CPUs, load average {load0[0]:.2f}", flush=True)
 
     out = os.path.join(work, "search.h5")
-    t0 = time.time()
+    # Wall time and CPU time (user + system over every thread: what a loaded machine distorts least).
+    r0, t0 = resource.getrusage(resource.RUSAGE_CHILDREN), time.time()
     subprocess.run([os.path.join(a.build, "patchsweep"), "run", cpath, "-o", out, "--force", "--quiet"], check=True)
-    t_ps = time.time() - t0
+    r1, t_ps = resource.getrusage(resource.RUSAGE_CHILDREN), time.time() - t0
+    c_ps = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
     import h5py
     with h5py.File(out, "r") as f:
         v = f["results/search/values"][()]
         labels = [x.decode() if isinstance(x, bytes) else str(x) for x in f["results/search/step_label"][()]]
         circuit = f["results/search"].attrs["circuit"]
         circuit = circuit.decode() if isinstance(circuit, bytes) else str(circuit)
-    print(f"patchsweep: {t_ps:.2f} s, {len(labels)} steps, circuit {circuit}", flush=True)
+    print(f"patchsweep: {t_ps:.2f} s wall, {c_ps:.2f} s CPU, {len(labels)} steps, circuit {circuit}", flush=True)
 
     from make_ablation_goldens import Model, seqcont_search, torch  # the reference loop (TransformerLens hooks)
     from tokenizers import Tokenizer
@@ -73,16 +76,16 @@ def main():
     ans = [tok.encode(rows[i]["corr"]).ids[0] for i in pick]
     wrong = [tok.encode(rows[i]["incorr"]).ids[0] for i in pick]
     mdl = Model(folder, json.load(open(os.path.join(folder, "config.json")))["vocab_size"])
-    t0 = time.time()
+    c0, t0 = time.process_time(), time.time()
     res = seqcont_search(mdl, toks, ans, wrong, ref, a.threshold)
-    t_tl = time.time() - t0
+    t_tl, c_tl = time.time() - t0, time.process_time() - c0
     steps = res["steps"]
     same = len(steps) == len(labels) and all(labels[i] == s["cand"] and int(v[i, 3]) == int(s["removed"]) for i, s in enumerate(steps))
     err = max((abs(float(v[i, 2]) - s["score"]) for i, s in enumerate(steps) if i < len(labels)), default=0.0)
-    print(f"torch (TransformerLens hooks, seqcont's loop): {t_tl:.2f} s, {len(steps)} steps", flush=True)
+    print(f"torch (TransformerLens hooks, seqcont's loop): {t_tl:.2f} s wall, {c_tl:.2f} s CPU, {len(steps)} steps", flush=True)
     load1 = os.getloadavg()
     print(f"load average after: {load1[0]:.2f}")
-    print(f"speedup_vs_torch={t_tl / t_ps:.1f} prompts={n} same_trace={same} max_score_diff={err:.2g}")
+    print(f"speedup_vs_torch={t_tl / t_ps:.1f} cpu_speedup_vs_torch={c_tl / c_ps:.1f} prompts={n} same_trace={same} max_score_diff={err:.2g}")
     return 0 if same else 1
 
 

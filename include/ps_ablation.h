@@ -131,12 +131,42 @@ int ps_ablator_ref_runs(const ps_ablator *a, const ps_prompt_set *ref, const ps_
 typedef struct { double mean, circuit_score, faithfulness; } ps_abl_scores;
 ps_abl_scores ps_abl_scores_of(const ps_ablator *a, const float *values);
 
+// Completeness and minimality of a kept circuit C (ablation_scores.c; the IOI paper, Wang et al. 2022, and ARENA's
+// IOI exercises). F(X) = the mean metric over the prompts with X kept (everything outside X ablated with the
+// ablator's method); F(M) the unablated model's; F(M\K) the model with only K's components ablated (where C holds
+// them: a component C keeps only at some positions is ablated only there).
+//   completeness(K) = |F(C\K) - F(M\K)|                     (the paper's, for each listed K subset of C)
+//   minimality(v)   = |F(C\(K_v + {v})) - F(C\K_v)| / F(M)  (ARENA's plot: a fraction of the full model's metric;
+//                     abs_change is the paper's unnormalised |...|), for every v in C, K_v per v (default empty)
+// A subset of C's components by index (borrowed).
+typedef struct { const int64_t *idx; int64_t n; } ps_comp_subset;
+// The rows: sets[PS_CR_C] = C, sets[PS_CR_M] = nothing ablated, then C\K_j and M\K_j for each K_j, then
+// C\K_v and C\(K_v + v) for each v of C (when minimality). Every set's MLP means are C's (mlp_means).
+typedef struct {
+    ps_abl_set *sets; int64_t n_sets;   // owned
+    ps_component *comps;                // owned: the sets' components (copies of C's, positions borrowed from C)
+    int64_t n_k, n_v;                   // n_v: C->n with minimality, else 0
+} ps_circuit_rows;
+enum { PS_CR_C = 0, PS_CR_M = 1 };
+static inline int64_t ps_cr_c_minus_k(int64_t j) { return 2 + 2 * j; }
+static inline int64_t ps_cr_m_minus_k(int64_t j) { return 3 + 2 * j; }
+static inline int64_t ps_cr_c_minus_kv(const ps_circuit_rows *r, int64_t v) { return 2 + 2 * r->n_k + 2 * v; }   // + 1: C\(K_v+v)
+// ks: (n_k) the K's of completeness; kv: NULL (no minimality) or (C->n) each component's K. Bad input when a K
+// holds an index twice or outside C, or K_v holds v. r is initialised here (ps_circuit_rows_free).
+int ps_circuit_rows_init(const ps_abl_set *C, const ps_comp_subset *ks, int64_t n_k, const ps_comp_subset *kv, ps_circuit_rows *r,
+                         ps_error *e);
+void ps_circuit_rows_free(ps_circuit_rows *r);
+// From F (n_sets): the mean metric of each row's set: completeness (n_k); minimality (n_v, 2): abs_change, minimality.
+void ps_circuit_scores(const ps_circuit_rows *r, const double *F, double *completeness, double *minimality);
+
 // seqcont's iterative node pruning (apartresearch/seqcont_circuits, src/iter_node_pruning/).
 typedef struct {
     double threshold;            // a component goes when 100 - score < threshold (points)
     int one_iter;                // 1: one backward and one forward pass
     int mlp_means_under_heads;   // 1: seqcont's MLP means, under the candidate's head ablation
-    int64_t speculate;           // candidates scored per batch (0: 8); the result does not depend on it
+    int64_t speculate;           // candidates scored per batch (0: about 32 prompt rows a batch, 1..8 candidates);
+                                 // the result does not depend on it
+    size_t base_budget;          // bytes of the current circuit's runs held to start rows at their layer (0: 2 GiB)
     const ps_prompt_set *ref;    // the reference prompts (for mlp_means_under_heads)
     int naive;                   // 1: every row and reference run from the embedding (no base runs; the oracle)
 } ps_search_opts;

@@ -200,6 +200,13 @@ typedef struct {
     double threshold;                      // circuit_search: points (default 20); edge_circuit: a score threshold
     int one_pass;                          // circuit_search: "passes": "one_each" (1) or "until_stable" (0, default)
     int64_t speculate;                     // circuit_search: candidates per batch (0: the library's default)
+    // "ablation" with "keep": completeness and minimality (ps_ablation.h). The K's as lists of the circuit's
+    // component names (the loader expands "classes"); each cell's label is the K's as written.
+    ps_abl_cell *compl_k; int64_t n_compl_k; // owned: "completeness": [K, ...]
+    int minimality;                        // "minimality": true, or an object of K's per component
+    ps_abl_cell *min_k; int64_t n_min_k;   // owned: (n_min_k) K_v of the components named (label: v), others empty
+    int64_t scores_of;                     // kind "circuit_scores" (added by the loader, "NAME.completeness" and
+    int scores_minimality;                 // "NAME.minimality"): that experiment's index; 1: the minimality table
     int64_t means_of;                      // kind "reference_means" (added by the loader after the experiments, one per
                                            // mean-ablating experiment, named "NAME.reference_means"): that experiment's index
     // kind "edge_circuit" (ps_circuit.h): the edges by name, or chosen from an edge_attribution experiment's

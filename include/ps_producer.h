@@ -80,5 +80,7 @@ extern const ps_producer ps_ablation_producer;
 extern const ps_producer ps_circuit_search_producer;
 // The reference means a mean-ablating experiment used (its "NAME.reference_means" table, src/engine/ablation_run.c).
 extern const ps_producer ps_reference_means_producer;
+// Completeness and minimality of an ablation's kept circuit ("NAME.completeness", "NAME.minimality", ablation_run.c).
+extern const ps_producer ps_circuit_scores_producer;
 
 #endif

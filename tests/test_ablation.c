@@ -2,7 +2,8 @@
 // tests/golden/make_ablation_goldens.py): every case's per-prompt logit diffs and circuit score (zero, mean
 // per position / over all positions / per template group and position, resample, corrupted; component sets
 // ablated and circuits kept) at 1e-4, and the demo model's pruning trace step for step, for several
-// speculative batch sizes (the trace must not depend on them).
+// speculative batch sizes (the trace must not depend on them); and a kept circuit's completeness and minimality
+// (golden_circuit_scores.json) with mean and zero ablation.
 #include "ps_ablation.h"
 #include "ps_json.h"
 #include "testutil.h"
@@ -175,13 +176,17 @@ static void check_search(fixture *f, const cJSON *golden) {
     ps_error e = {0};
     const cJSON *steps = get(golden, "steps");
     const int64_t n_want = cJSON_GetArraySize(steps);
-    const int64_t spec[3] = {1, 3, 16};
-    for (int s = 0; s < 3; s++) {
+    // The last configuration holds only the scored prompts' base runs (its budget too small for the reference
+    // prompts' too): the MLP means then come from full reference runs.
+    const int64_t spec[4] = {1, 3, 16, 3};
+    size_t ps_bytes = 0;
+    for (int64_t i = 0; i < f->ps.n; i++) ps_bytes += ps_cache_floats(&f->m.cfg, f->ps.p[i].T, 0) * sizeof(float);
+    for (int s = 0; s < 4; s++) {
         ps_ablator a = {.m = &f->m, .be = &f->be, .ps = &f->ps, .metric = PS_METRIC_LOGIT_DIFF, .method = PS_ABL_MEAN,
                         .means = &f->means[0]};
         if (ps_ablator_init(&a, "demo", &e) != 0) { TU_CHECK(0, "%s", e.msg); return; }
         ps_search_opts o = {.threshold = get(golden, "threshold")->valuedouble, .mlp_means_under_heads = 1, .speculate = spec[s],
-                            .ref = &f->ref};
+                            .ref = &f->ref, .base_budget = s == 3 ? ps_bytes : 0};
         ps_search_result r;
         if (ps_circuit_search(&a, &o, &r, &e) != 0) { TU_CHECK(0, "search: %s", e.msg); ps_ablator_free(&a); return; }
         int64_t same = 0;
@@ -212,9 +217,9 @@ static void check_search(fixture *f, const cJSON *golden) {
         TU_CHECK(!strcmp(heads, wheads), "speculate %lld: final heads %s, reference %s", (long long)spec[s], heads, wheads);
         const double fe = fabs(r.final_score - get(golden, "final_score")->valuedouble);
         TU_CHECK(fe <= 1e-3, "final score %.6f, reference %.6f", r.final_score, get(golden, "final_score")->valuedouble);
-        printf("demo: circuit search (speculate %lld): %lld/%lld steps equal to the reference (candidate, pass, removed), max score err %.3g points, "
+        printf("demo: circuit search (speculate %lld%s): %lld/%lld steps equal to the reference (candidate, pass, removed), max score err %.3g points, "
                "%lld passes, %lld candidates scored, final %s score %.4f (err %.3g)\n",
-               (long long)spec[s], (long long)same, (long long)n_want, max_err, (long long)r.n_passes, (long long)r.candidates_scored, heads,
+               (long long)spec[s], s == 3 ? ", base runs of the scored prompts only" : "", (long long)same, (long long)n_want, max_err, (long long)r.n_passes, (long long)r.candidates_scored, heads,
                r.final_score, fe);
         if (s == 0) {
             // The trace as a result table: a step axis labelled by candidate, the fields per step.
@@ -282,6 +287,108 @@ static void check_bad_input(fixture *f) {
     free(p);
 }
 
+// Completeness and minimality (golden_circuit_scores.json): the circuit's rows scored, F of every row and the
+// scores against TransformerLens's get_score / get_minimality_score at 1e-4.
+static int64_t name_index(const cJSON *circuit, const char *n) {
+    int64_t i = 0;
+    const cJSON *c;
+    cJSON_ArrayForEach(c, circuit) { if (!strcmp(c->string, n)) return i; i++; }
+    return -1;
+}
+static int64_t k_of(const cJSON *circuit, const cJSON *classes, const cJSON *k, int64_t *idx) {
+    int64_t n = 0;
+    const cJSON *x, *y;
+    cJSON_ArrayForEach(x, k) {
+        const cJSON *cl = get(classes, x->valuestring);
+        if (cl) cJSON_ArrayForEach(y, cl) idx[n++] = name_index(circuit, y->valuestring);
+        else idx[n++] = name_index(circuit, x->valuestring);
+    }
+    return n;
+}
+
+static void check_circuit_scores(const char *name, const char *dir) {
+    char path[700];
+    snprintf(path, sizeof path, "%s/%s/golden_circuit_scores.json", tu_src("tests/data"), name);
+    ps_error e = {0};
+    cJSON *doc = ps_json_parse_file(path, &e);
+    if (!doc) { TU_CHECK(0, "%s", e.msg); return; }
+    fixture f;
+    if (fixture_init(&f, dir, doc) != 0) { fixture_free(&f); cJSON_Delete(doc); return; }
+    const cJSON *circuit = get(doc, "circuit"), *classes = get(doc, "classes");
+    ps_component comps[16];
+    int64_t pos[16 * 8], nc;
+    cJSON *arr = cJSON_CreateArray(), *it;
+    cJSON_ArrayForEach(it, circuit) cJSON_AddItemToArray(arr, cJSON_Duplicate(it, 1));
+    comps_of(arr, comps, pos, &nc);
+    cJSON_Delete(arr);
+    const ps_abl_set C = {.c = comps, .n = nc, .keep = 1};
+    int64_t idx[64], at = 0;
+    ps_comp_subset ks[8], kv[16];
+    int64_t n_k = 0;
+    cJSON_ArrayForEach(it, get(doc, "completeness")) {
+        ks[n_k] = (ps_comp_subset){.idx = idx + at, .n = k_of(circuit, classes, it, idx + at)};
+        at += ks[n_k++].n;
+    }
+    for (int64_t v = 0; v < nc; v++) {
+        const cJSON *k = NULL;
+        cJSON_ArrayForEach(it, get(doc, "minimality")) if (name_index(circuit, it->string) == v) k = it;
+        kv[v] = (ps_comp_subset){.idx = idx + at, .n = k ? k_of(circuit, classes, k, idx + at) : 0};
+        at += kv[v].n;
+    }
+    ps_circuit_rows r;
+    if (ps_circuit_rows_init(&C, ks, n_k, kv, &r, &e) != 0) { TU_CHECK(0, "%s: rows: %s", name, e.msg); goto out; }
+    const cJSON *cs;
+    cJSON_ArrayForEach(cs, get(doc, "cases")) {
+        const int mean = !strcmp(get(cs, "method")->valuestring, "mean");
+        ps_ablator a = {.m = &f.m, .be = &f.be, .ps = &f.ps, .metric = PS_METRIC_LOGIT_DIFF, .method = mean ? PS_ABL_MEAN : PS_ABL_ZERO,
+                        .means = mean ? &f.means[0] : NULL};
+        if (ps_ablator_init(&a, name, &e) != 0) { TU_CHECK(0, "%s: %s", name, e.msg); continue; }
+        float *vals = xcalloc((size_t)(r.n_sets * f.ps.n), sizeof(float));
+        double F[64], compl[8], mini[32];
+        if (ps_ablator_score(&a, r.sets, r.n_sets, vals, &e) != 0) TU_CHECK(0, "%s: %s", name, e.msg);
+        for (int64_t s = 0; s < r.n_sets; s++) F[s] = ps_abl_scores_of(&a, vals + s * f.ps.n).mean;
+        ps_circuit_scores(&r, F, compl, mini);
+        // got / want: F(M), F(C), then per K (F(C\K), F(M\K), completeness), per v (F(C\K), F(C\(K+v)), abs, minimality).
+        float got[128], want[128];
+        int64_t n = 0;
+        got[n] = (float)F[PS_CR_M]; want[n++] = (float)get(cs, "F_M")->valuedouble;
+        got[n] = (float)F[PS_CR_C]; want[n++] = (float)get(cs, "F_C")->valuedouble;
+        for (int64_t j = 0; j < n_k; j++) {
+            const cJSON *w = cJSON_GetArrayItem(get(cs, "completeness"), (int)j);
+            got[n] = (float)F[ps_cr_c_minus_k(j)]; want[n++] = (float)get(w, "F_C_minus_K")->valuedouble;
+            got[n] = (float)F[ps_cr_m_minus_k(j)]; want[n++] = (float)get(w, "F_M_minus_K")->valuedouble;
+            got[n] = (float)compl[j]; want[n++] = (float)get(w, "completeness")->valuedouble;
+        }
+        for (int64_t v = 0; v < nc; v++) {
+            const cJSON *w = cJSON_GetArrayItem(get(cs, "minimality"), (int)v);
+            got[n] = (float)F[ps_cr_c_minus_kv(&r, v)]; want[n++] = (float)get(w, "F_C_minus_K")->valuedouble;
+            got[n] = (float)F[ps_cr_c_minus_kv(&r, v) + 1]; want[n++] = (float)get(w, "F_C_minus_K_v")->valuedouble;
+            got[n] = (float)mini[2 * v]; want[n++] = (float)get(w, "abs_change")->valuedouble;
+            got[n] = (float)mini[2 * v + 1]; want[n++] = (float)get(w, "minimality")->valuedouble;
+        }
+        char lab[160];
+        snprintf(lab, sizeof lab, "%s: %s ablation: F(M), F(C), completeness of %lld K's and minimality of %lld components", name,
+                 get(cs, "method")->valuestring, (long long)n_k, (long long)nc);
+        if (tu_close(lab, got, want, n, TOL, TOL) != 0) TU_CHECK(0, "%s", lab);
+        free(vals);
+        ps_ablator_free(&a);
+    }
+    // A K naming a component twice, and K_v holding v: refused.
+    const int64_t twice[2] = {0, 0};
+    ps_comp_subset bad = {.idx = twice, .n = 2};
+    ps_circuit_rows r2;
+    memset(&e, 0, sizeof e);
+    TU_CHECK(ps_circuit_rows_init(&C, &bad, 1, NULL, &r2, &e) == -1 && e.code == PS_EXIT_BADINPUT, "%s: a K with a component twice accepted", name);
+    ps_comp_subset selfk[16];
+    for (int64_t v = 0; v < nc; v++) selfk[v] = (ps_comp_subset){.idx = &twice[0], .n = v == 0};
+    memset(&e, 0, sizeof e);
+    TU_CHECK(ps_circuit_rows_init(&C, NULL, 0, selfk, &r2, &e) == -1 && e.code == PS_EXIT_BADINPUT, "%s: K_v holding v accepted", name);
+    ps_circuit_rows_free(&r);
+out:
+    fixture_free(&f);
+    cJSON_Delete(doc);
+}
+
 static void run_model(const char *name, const char *dir) {
     char path[700];
     snprintf(path, sizeof path, "%s/%s/golden_ablation.json", tu_src("tests/data"), name);
@@ -296,6 +403,7 @@ static void run_model(const char *name, const char *dir) {
     }
     fixture_free(&f);
     cJSON_Delete(doc);
+    check_circuit_scores(name, dir);
 }
 
 int main(void) {

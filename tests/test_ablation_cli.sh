@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The ablation and circuit_search kinds through the patchsweep binary: run tests/data/seqcont/ablation.json, the
 # results file's tables against the library goldens (tests/data/demo/golden_ablation.json, where h5py exists),
-# inspect, a resumed run, --shard (an ablation shards, a search does not), and bad input (one line naming the
+# inspect, a resumed run, --shard (an ablation shards, a search does not), completeness and minimality
+# (tests/data/demo/golden_circuit_scores.json), and bad input (one line naming the
 # config path, exit status 2, no results file).
 . "$(dirname "$0")/bin_env.sh"
 data=$src/tests/data/seqcont
@@ -91,6 +92,48 @@ else
     fail "merge: $(cat "$tmp/err")"
 fi
 
+# --- completeness and minimality through the binary, against golden_circuit_scores.json -----------------
+$py - "$cfg" "$tmp/scores.json" "$data" <<'EOF'
+import json, sys
+c = json.load(open(sys.argv[1]))
+c["model"] = sys.argv[3] + "/" + c["model"]
+c["dataset"]["path"] = sys.argv[3] + "/" + c["dataset"]["path"]
+ref = [x for x in c["experiments"] if x["kind"] == "ablation" and x.get("with", "mean") == "mean"
+       and x.get("grouping", "per_position") == "per_position"][0]["reference"]
+ref["path"] = sys.argv[3] + "/" + ref["path"]
+keep = ["h0.0", {"name": "h1.1", "positions": ["end"]}, "h1.0", "mlp0"]
+extra = {"classes": {"movers": ["h1.1", "h1.0"]}, "completeness": ["h0.0", "movers", ["mlp0", "h1.1"]],
+         "minimality": {"h1.1": ["h0.0"], "mlp0": "movers"}}
+c["experiments"] = [dict(name="cm", kind="ablation", keep=keep, reference=ref, **extra),
+                    dict(name="cz", kind="ablation", keep=keep, **{"with": "zero"}, **extra)]
+json.dump(c, open(sys.argv[2], "w"))
+EOF
+if "$bin" run "$tmp/scores.json" -o "$tmp/scores.h5" --quiet 2>"$tmp/err"; then pass "run with completeness and minimality"; else fail "scores run: $(cat "$tmp/err")"; fi
+"$bin" inspect "$tmp/scores.h5" >"$tmp/inspect" 2>&1 || fail "inspect: $(cat "$tmp/inspect")"
+for want in "cm.completeness: circuit_scores" "shape: K 3 x field 3" "cz.minimality: circuit_scores" "shape: component 4 x field 4" \
+            "shape: prompt 12 x component 16" "component 5 'M\\\\K[movers]'"; do
+    grep -qF -- "$want" "$tmp/inspect" && pass "inspect shows '$want'" || fail "inspect lacks '$want'"
+done
+if $py -c 'import h5py, numpy' 2>/dev/null; then
+    if $py - "$tmp/scores.h5" "$src/tests/data/demo/golden_circuit_scores.json" <<'EOF'
+import sys, json, h5py, numpy as np
+f, g = h5py.File(sys.argv[1], "r"), json.load(open(sys.argv[2]))
+worst, n = 0.0, 0
+for case, name in zip(g["cases"], ["cm", "cz"]):
+    got = np.concatenate([f[f"results/{name}.completeness/values"][()].ravel(), f[f"results/{name}.minimality/values"][()].ravel()])
+    want = np.array([x[k] for x in case["completeness"] for k in ("F_C_minus_K", "F_M_minus_K", "completeness")] +
+                    [x[k] for x in case["minimality"] for k in ("F_C_minus_K", "F_C_minus_K_v", "abs_change", "minimality")])
+    worst = max(worst, float(np.max(np.abs(got - want) / (1e-4 + 1e-4 * np.abs(want)))))
+    n += want.size
+print(f"completeness and minimality in the file vs TransformerLens: {n} values, max err / tolerance {worst:.3g}")
+sys.exit(0 if n == 2 * 25 and worst <= 1 else 1)
+EOF
+    then pass "completeness and minimality tables equal the goldens"; else fail "completeness and minimality tables differ from the goldens"; fi
+fi
+out=$("$bin" run "$tmp/scores.json" -o "$tmp/sh.h5" --shard 0/2 --quiet 2>&1 >/dev/null); rc=$?
+[ "$rc" -eq 2 ] && grep -q "cm.completeness (kind circuit_scores): its values are not per prompt" <<<"$out" && pass "--shard refuses the scores ($out)" \
+    || fail "--shard with circuit scores: exit $rc: $out"
+
 # --- bad input: one line naming the config path, exit 2, no results file ----------------------------
 expect_bad() {
     local name=$1 pattern=$2 conf=$3
@@ -134,6 +177,25 @@ mk circ '[{"name": "k", "kind": "ablation", "keep": {"path": "@DATA/../../../../
 if [ -f "$data/../../../../shared/data/seqcont/results/numerals_circuit_thres_0.8.json" ]; then
     expect_bad "the paper's GPT-2 circuit on the 4-layer demo model" "circ.json: experiments[0] (k): keep[1]: h1.5: the model has heads 0..3 per layer" "$tmp/circ.json"
 fi
+
+# completeness / minimality
+sc='"keep": ["h0.0", "h1.1", "mlp0"], "with": "zero"'
+mk k1 "[{\"name\": \"k\", \"kind\": \"ablation\", $sc, \"completeness\": [[\"h0.0\", \"h2.2\"]]}]"
+expect_bad "a K outside the circuit" "k1.json: experiments[0] (k): completeness[0]: \"h2.2\" is not a component of the kept circuit" "$tmp/k1.json"
+mk k2 "[{\"name\": \"k\", \"kind\": \"ablation\", $sc, \"completeness\": [\"nm\"]}]"
+expect_bad "an unknown class" "k2.json: experiments[0].completeness[0]: expected a component of the circuit" "$tmp/k2.json"
+mk k3 "[{\"name\": \"k\", \"kind\": \"ablation\", $sc, \"minimality\": {\"h1.1\": [\"h1.1\"]}}]"
+expect_bad "K_v holding v" "k3.json: experiments[0] (k): minimality.h1.1: K holds h1.1 itself" "$tmp/k3.json"
+mk k4 "[{\"name\": \"k\", \"kind\": \"ablation\", \"components\": [\"h0.0\"], \"with\": \"zero\", \"completeness\": [\"h0.0\"]}]"
+expect_bad "completeness without keep" "k4.json: experiments[0].completeness: scores a kept circuit: needs \"keep\"" "$tmp/k4.json"
+mk k5 "[{\"name\": \"k\", \"kind\": \"ablation\", $sc, \"minimality\": 3}]"
+expect_bad "minimality neither true nor an object" "k5.json: experiments[0].minimality: expected true" "$tmp/k5.json"
+mk k6 "[{\"name\": \"k\", \"kind\": \"ablation\", $sc, \"classes\": {\"h1.1\": [\"h0.0\"]}, \"completeness\": [\"h0.0\"]}]"
+expect_bad "a class named like a component" "k6.json: experiments[0].classes.h1.1: a class name cannot be a component's name" "$tmp/k6.json"
+mk k7 "[{\"name\": \"k\", \"kind\": \"ablation\", $sc, \"minimality\": {\"h3.3\": []}}]"
+expect_bad "minimality of a component outside the circuit" "k7.json: experiments[0] (k): minimality.h3.3: \"h3.3\" is not a component of the kept circuit" "$tmp/k7.json"
+mk k8 "[{\"name\": \"k\", \"kind\": \"ablation\", \"keep\": [\"h0.0\", \"h1.1\"], \"reference\": $ref, \"mlp_means\": \"under_head_ablation\", \"completeness\": [\"h0.0\"]}]"
+expect_bad "completeness with seqcont's MLP means" "k8.json: experiments[0].completeness: takes MLP means over the reference run" "$tmp/k8.json"
 
 [ "$fails" -eq 0 ] && echo "ablation_cli: all passed" || echo "ablation_cli: $fails failed"
 [ "$fails" -eq 0 ]

@@ -23,13 +23,19 @@ typedef struct {
     int means_ready;
     ps_ref_means mlp_means;      // mlp_means under_head_ablation of a kept circuit
     int mlp_means_ready;
+    ps_circuit_rows rows;        // completeness / minimality: sets is rows.sets (owned there), labels owned here
+    int has_rows;
+    char **labels;               // (n_sets) with has_rows
 } abl_state;
 
 static void abl_free(void *v) {
     abl_state *s = v;
     if (!s) return;
     free(s->comps);
-    free(s->sets);
+    if (s->has_rows) ps_circuit_rows_free(&s->rows);
+    else free(s->sets);
+    for (int64_t i = 0; s->labels && i < s->n_sets; i++) free(s->labels[i]);
+    free(s->labels);
     free(s->prompt_group);
     free(s->ref_group);
     free(s->draws);
@@ -97,6 +103,93 @@ static int build_sets(const ps_model_config *mc, const ps_experiment *ex, abl_st
     return 0;
 }
 
+// A K of completeness or minimality (component names) as indices into the kept circuit C (sets[0]).
+static int k_indices(const abl_state *s, const ps_abl_cell *k, const char *where, int64_t *idx, ps_error *e) {
+    const ps_abl_set *C = &s->sets[0];
+    for (int64_t j = 0; j < k->n; j++) {
+        ps_component c;
+        int64_t i = -1;
+        if (ps_component_parse(k->c[j].name, &c) == 0)
+            for (i = 0; i < C->n; i++)
+                if (C->c[i].kind == c.kind && C->c[i].layer == c.layer && C->c[i].index == c.index) break;
+        if (i < 0 || i == C->n) return ps_fail(e, PS_EXIT_BADINPUT, "%s: \"%s\" is not a component of the kept circuit", where, k->c[j].name);
+        idx[j] = i;
+    }
+    return 0;
+}
+
+static char *label_of(const char *fmt, const char *arg) {
+    const size_t n = strlen(fmt) + strlen(arg) + 1;
+    char *l = malloc(n);
+    if (l) snprintf(l, n, fmt, arg);
+    return l;
+}
+
+// Completeness and minimality: the kept circuit's rows (ps_circuit_rows) replace the one keep cell.
+static int build_score_rows(const ps_experiment *ex, abl_state *s, ps_error *e) {
+    const ps_abl_set *C = &s->sets[0];   // (its components live in s->comps)
+    const int64_t nv = ex->minimality ? C->n : 0;
+    int64_t n_idx = 0;
+    for (int64_t j = 0; j < ex->n_compl_k; j++) n_idx += ex->compl_k[j].n;
+    for (int64_t j = 0; j < ex->n_min_k; j++) n_idx += ex->min_k[j].n;
+    int64_t *idx = malloc((size_t)(n_idx ? n_idx : 1) * sizeof *idx);
+    ps_comp_subset *ks = calloc((size_t)(ex->n_compl_k + nv + 1), sizeof *ks), *kv = ks + ex->n_compl_k;
+    int rc = idx && ks ? 0 : ps_fail(e, PS_EXIT_RUNTIME, "out of memory for %s", s->what);
+    int64_t at = 0;
+    for (int64_t j = 0; rc == 0 && j < ex->n_compl_k; j++) {
+        char where[300];
+        snprintf(where, sizeof where, "%s: completeness[%lld]", s->what, (long long)j);
+        ks[j] = (ps_comp_subset){.idx = idx + at, .n = ex->compl_k[j].n};
+        rc = k_indices(s, &ex->compl_k[j], where, idx + at, e);
+        at += ex->compl_k[j].n;
+    }
+    for (int64_t j = 0; rc == 0 && j < ex->n_min_k; j++) {
+        // The component whose K this is, then the K.
+        char where[300];
+        snprintf(where, sizeof where, "%s: minimality.%s", s->what, ex->min_k[j].label);
+        const ps_abl_cell one = {.c = &(ps_abl_comp){.name = ex->min_k[j].label}, .n = 1};
+        int64_t v = -1;
+        if ((rc = k_indices(s, &one, where, &v, e)) != 0) break;
+        kv[v] = (ps_comp_subset){.idx = idx + at, .n = ex->min_k[j].n};
+        if ((rc = k_indices(s, &ex->min_k[j], where, idx + at, e)) != 0) break;
+        for (int64_t q = 0; q < ex->min_k[j].n; q++)
+            if (idx[at + q] == v) rc = ps_fail(e, PS_EXIT_BADINPUT, "%s: K holds %s itself", where, ex->min_k[j].label);
+        at += ex->min_k[j].n;
+    }
+    if (rc == 0 && ps_circuit_rows_init(C, ks, ex->n_compl_k, ex->minimality ? kv : NULL, &s->rows, e) != 0) {
+        char msg[sizeof e->msg];
+        snprintf(msg, sizeof msg, "%s", e->msg);
+        ps_fail(e, PS_EXIT_BADINPUT, "%s: %s", s->what, msg);
+        rc = -1;
+    }
+    free(idx);
+    free(ks);
+    if (rc != 0) return -1;
+    free(s->sets);   // C pointed here: the circuit is rows.sets[PS_CR_C] from now on
+    C = &s->rows.sets[PS_CR_C];
+    s->sets = s->rows.sets;
+    s->n_sets = s->rows.n_sets;
+    s->has_rows = 1;
+    if (!(s->labels = calloc((size_t)s->n_sets, sizeof *s->labels))) return ps_fail(e, PS_EXIT_RUNTIME, "out of memory for %s", s->what);
+    s->labels[PS_CR_C] = label_of("%s", "keep");
+    s->labels[PS_CR_M] = label_of("%s", "M");
+    for (int64_t j = 0; j < ex->n_compl_k; j++) {
+        char lab[300];
+        snprintf(lab, sizeof lab, "[%s]", ex->compl_k[j].label);
+        s->labels[ps_cr_c_minus_k(j)] = label_of("C\\K%s", lab);
+        s->labels[ps_cr_m_minus_k(j)] = label_of("M\\K%s", lab);
+    }
+    for (int64_t v = 0; v < nv; v++) {
+        char lab[64];
+        ps_component_label(&C->c[v], lab, sizeof lab);
+        s->labels[ps_cr_c_minus_kv(&s->rows, v)] = label_of("C\\K_v[%s]", lab);
+        s->labels[ps_cr_c_minus_kv(&s->rows, v) + 1] = label_of("C\\(K_v+v)[%s]", lab);
+    }
+    for (int64_t i = 0; i < s->n_sets; i++)
+        if (!s->labels[i]) return ps_fail(e, PS_EXIT_RUNTIME, "out of memory for %s", s->what);
+    return 0;
+}
+
 static int abl_init_common(const ps_model_config *mc, const ps_prompt_set *ps, ps_product *p, ps_error *e) {
     const ps_experiment *ex = p->ex;
     abl_state *s = calloc(1, sizeof *s);
@@ -158,11 +251,12 @@ static int abl_init(const ps_model_config *mc, const ps_prompt_set *ps, ps_produ
     if (build_sets(mc, ex, s, e) != 0) return -1;
     if (ex->mlp_means_under && !ex->keep)
         return ps_fail(e, PS_EXIT_BADINPUT, "%s: mlp_means: under_head_ablation is the MLP means of a kept circuit (\"keep\")", s->what);
-    ps_axis ax = {.name = "component", .len = ex->n_cells};
-    ax.value = malloc((size_t)ex->n_cells * sizeof(int64_t));
-    ax.label = malloc((size_t)ex->n_cells * sizeof(char *));
+    if ((ex->n_compl_k > 0 || ex->minimality) && build_score_rows(ex, s, e) != 0) return -1;
+    ps_axis ax = {.name = "component", .len = s->n_sets};
+    ax.value = malloc((size_t)s->n_sets * sizeof(int64_t));
+    ax.label = malloc((size_t)s->n_sets * sizeof(char *));
     int rc = ax.value && ax.label ? 0 : ps_fail(e, PS_EXIT_RUNTIME, "out of memory");
-    for (int64_t c = 0; rc == 0 && c < ex->n_cells; c++) { ax.value[c] = c; ax.label[c] = ex->cells[c].label; }
+    for (int64_t c = 0; rc == 0 && c < s->n_sets; c++) { ax.value[c] = c; ax.label[c] = s->has_rows ? s->labels[c] : ex->cells[c].label; }
     if (rc == 0) rc = ps_table_init(p->t, ex->name, "ablation", 1, ps->n, 1, &ax, 1, e);
     free(ax.value);
     free(ax.label);
@@ -264,7 +358,7 @@ static int search_once(ps_producer_ctx *cx, ps_product *const *prods, int64_t n_
                         .seed = (uint64_t)ex->seed, .draws = s->draws, .batch_rows = cx->o->batch_rows};
         if ((rc = ps_ablator_init(&a, s->what, e)) != 0) break;
         const ps_search_opts o = {.threshold = ex->threshold, .one_iter = ex->one_pass, .mlp_means_under_heads = ex->mlp_means_under,
-                                  .speculate = ex->speculate, .ref = a.ref, .naive = cx->o->naive};
+                                  .speculate = ex->speculate, .ref = a.ref, .naive = cx->o->naive, .base_budget = cx->o->cache_budget};
         ps_search_result r;
         ps_table t;
         if ((rc = ps_circuit_search(&a, &o, &r, e)) == 0) {
@@ -358,4 +452,99 @@ static int means_once(ps_producer_ctx *cx, ps_product *const *prods, int64_t n_p
 
 const ps_producer ps_reference_means_producer = {
     .kind = "reference_means", .per_prompt = 0, .init = means_init, .once = means_once, .free_state = NULL,
+};
+
+// ---- circuit_scores: completeness and minimality from an ablation's rows over every prompt (not per prompt) ----
+
+// Completeness: axes K x field; minimality: component (each v of the circuit) x field.
+static const char *const compl_fields[3] = {"F_C_minus_K", "F_M_minus_K", "completeness"};
+static const char *const min_fields[4] = {"F_C_minus_K", "F_C_minus_K_v", "abs_change", "minimality"};
+
+static int scores_init(const ps_model_config *mc, const ps_prompt_set *ps, ps_product *p, ps_error *e) {
+    (void)mc; (void)ps;
+    const ps_experiment *ex = p->ex, *parent = p->ex - (p->idx - ex->scores_of);   // experiments are one array
+    const int mini = ex->scores_minimality;
+    const int64_t n = mini ? parent->cells[0].n : parent->n_compl_k, nf = mini ? 4 : 3;
+    ps_axis ax[2] = {{.name = mini ? "component" : "K", .len = n}, {.name = "field", .len = nf, .label = (char **)(mini ? min_fields : compl_fields)}};
+    int64_t *vals = malloc((size_t)(n + nf) * sizeof *vals);
+    char **labels = calloc((size_t)(n ? n : 1), sizeof *labels);
+    int rc = vals && labels ? 0 : ps_fail(e, PS_EXIT_RUNTIME, "out of memory");
+    for (int64_t i = 0; rc == 0 && i < n + nf; i++) vals[i] = i < n ? i : i - n;
+    for (int64_t i = 0; rc == 0 && i < n; i++) labels[i] = mini ? parent->cells[0].c[i].name : parent->compl_k[i].label;
+    ax[0].value = vals;
+    ax[0].label = labels;
+    ax[1].value = vals + n;
+    if (rc == 0) rc = ps_table_init(p->t, ex->name, "circuit_scores", 0, 1, 2, ax, 0, e);
+    // Minimality's K per component, as one attribute ("h1.1: h0.0+mlp0; ..."; empty K's left out).
+    size_t klen = 1;
+    for (int64_t j = 0; j < parent->n_min_k; j++) {
+        klen += strlen(parent->min_k[j].label) + 4;
+        for (int64_t q = 0; q < parent->min_k[j].n; q++) klen += strlen(parent->min_k[j].c[q].name) + 1;
+    }
+    char *kattr = rc == 0 ? calloc(klen, 1) : NULL;
+    for (int64_t j = 0, at = 0; kattr && j < parent->n_min_k; j++) {
+        at += snprintf(kattr + at, klen - (size_t)at, "%s%s:", j ? "; " : "", parent->min_k[j].label);
+        for (int64_t q = 0; q < parent->min_k[j].n; q++)
+            at += snprintf(kattr + at, klen - (size_t)at, "%s%s", q ? "+" : " ", parent->min_k[j].c[q].name);
+    }
+    if (rc == 0 && !kattr) rc = ps_fail(e, PS_EXIT_RUNTIME, "out of memory");
+    if (rc == 0 && (ps_table_attr_str(p->t, "of", parent->name, e) || set_attrs(p->t, parent, NULL, e) ||
+                    ps_table_attr_str(p->t, "F", "mean metric over the prompts, everything outside the set kept ablated (of's rows)", e) ||
+                    ps_table_attr_str(p->t, mini ? "minimality" : "completeness",
+                                      mini ? "|F(C\\(K_v+{v})) - F(C\\K_v)| / F(M) (ARENA); abs_change: the same without / F(M) (Wang et al. 2022)"
+                                           : "|F(C\\K) - F(M\\K)| (Wang et al. 2022); M\\K: K ablated where C holds it, nothing else", e) ||
+                    (mini && ps_table_attr_str(p->t, "K_v", kattr[0] ? kattr : "(every K_v empty)", e))))
+        rc = -1;
+    free(kattr);
+    free(vals);
+    free(labels);
+    return rc;
+}
+
+static int scores_once(ps_producer_ctx *cx, ps_product *const *prods, int64_t n_prods, ps_error *e) {
+    for (int64_t k = 0; k < n_prods; k++) {
+        const ps_product *p = prods[k];
+        if (cx->o->dry_run) continue;
+        const ps_product *parent = &cx->rr->products[p->ex->scores_of];
+        const abl_state *s = parent->state;
+        const ps_table *pt = parent->t;
+        if (!s || !s->has_rows || pt->n_cells != s->n_sets) return ps_fail(e, PS_EXIT_RUNTIME, "%s: its rows are missing", p->t->name);
+        // F of every row's set: the mean over the prompts that have it.
+        double *F = malloc((size_t)s->n_sets * sizeof *F), *out = malloc((size_t)(2 * (s->rows.n_k + 2 * s->rows.n_v) + 2) * sizeof *out);
+        if (!F || !out) { free(F); free(out); return ps_fail(e, PS_EXIT_RUNTIME, "out of memory"); }
+        for (int64_t c = 0; c < s->n_sets; c++) {
+            double sum = 0;
+            int64_t cnt = 0;
+            for (int64_t i = 0; i < pt->n_rows; i++) {
+                const float v = pt->values[i * pt->n_cells + c];
+                if (v == v) { sum += v; cnt++; }
+            }
+            F[c] = cnt ? sum / (double)cnt : NAN;
+        }
+        ps_table *t = p->t;
+        double *compl = out, *mini = out + s->rows.n_k;
+        ps_circuit_scores(&s->rows, F, compl, mini);
+        if (!p->ex->scores_minimality)
+            for (int64_t j = 0; j < s->rows.n_k; j++) {
+                t->values[j * 3 + 0] = (float)F[ps_cr_c_minus_k(j)];
+                t->values[j * 3 + 1] = (float)F[ps_cr_m_minus_k(j)];
+                t->values[j * 3 + 2] = (float)compl[j];
+            }
+        else
+            for (int64_t v = 0; v < s->rows.n_v; v++) {
+                t->values[v * 4 + 0] = (float)F[ps_cr_c_minus_kv(&s->rows, v)];
+                t->values[v * 4 + 1] = (float)F[ps_cr_c_minus_kv(&s->rows, v) + 1];
+                t->values[v * 4 + 2] = (float)mini[2 * v];
+                t->values[v * 4 + 3] = (float)mini[2 * v + 1];
+            }
+        const int rc = ps_table_attr_f64(t, "F_C", F[PS_CR_C], e) || ps_table_attr_f64(t, "F_M", F[PS_CR_M], e);
+        free(F);
+        free(out);
+        if (rc) return -1;
+    }
+    return 0;
+}
+
+const ps_producer ps_circuit_scores_producer = {
+    .kind = "circuit_scores", .per_prompt = 0, .init = scores_init, .once = scores_once, .free_state = NULL,
 };

@@ -80,43 +80,38 @@ int ps_means_accumulate(const ps_model *m, ps_backend *be, const ps_prompt_set *
             return ps_fail(e, PS_EXIT_RUNTIME, "out of memory for reference means");
         }
     }
-    // Cache rows in small batches: the caches of one batch are held at once. From a base: capture rows of the
-    // sites at layers >= from (rows start where their patches first change the base run).
+    // Rows in small batches capturing only the sites wanted at layers >= from (no whole activation caches: the
+    // search takes these means once per candidate). From a base, rows start where their patches first change
+    // the base run; without one they are full forwards.
     enum { BATCH = 32 };
     const int64_t from = mb ? mb->from_layer : 0;
     int n_sites = 0;
     for (int s = 0; s < PS_MS_COUNT; s++) n_sites += (sites >> s) & 1;
-    const int64_t n_cap = mb ? (L - from) * n_sites : 0;
+    const int64_t n_cap = (L - from) * n_sites;
     size_t cap_floats = 0;
-    for (int s = 0; mb && s < PS_MS_COUNT; s++)
+    for (int s = 0; s < PS_MS_COUNT; s++)
         if (sites & (1u << s)) cap_floats += (size_t)((L - from) * ref->T_max * out->width[s]);
-    ps_cache caches[BATCH];
     ps_row rows_[BATCH];
     ps_patch *patches = patch_cap > 0 ? malloc((size_t)(BATCH * patch_cap) * sizeof *patches) : NULL;
-    ps_capture *caps = n_cap > 0 ? malloc((size_t)(BATCH * n_cap) * sizeof *caps) : NULL;
-    float *cap_buf = n_cap > 0 ? malloc((size_t)BATCH * cap_floats * sizeof(float)) : NULL;
+    ps_capture *caps = malloc((size_t)(BATCH * (n_cap ? n_cap : 1)) * sizeof *caps);
+    float *cap_buf = malloc((size_t)BATCH * (cap_floats ? cap_floats : 1) * sizeof(float));
     int rc = 0;
-    if ((patch_cap > 0 && !patches) || (n_cap > 0 && (!caps || !cap_buf))) rc = ps_fail(e, PS_EXIT_RUNTIME, "out of memory for reference means");
+    if ((patch_cap > 0 && !patches) || !caps || !cap_buf) rc = ps_fail(e, PS_EXIT_RUNTIME, "out of memory for reference means");
     for (int64_t i0 = 0; rc == 0 && i0 < ref->n; i0 += BATCH) {
         const int64_t nb = ref->n - i0 < BATCH ? ref->n - i0 : BATCH;
-        memset(caches, 0, sizeof caches);
         for (int64_t b = 0; b < nb && rc == 0; b++) {
             const ps_prompt *p = &ref->p[i0 + b];
-            if (mb) {
-                // caps[b * n_cap + (l - from) * n_sites + k]: site k (in PS_MS order) of layer l
-                float *buf = cap_buf + (size_t)b * cap_floats;
-                int64_t c = 0;
-                for (int64_t l = from; l < L; l++)
-                    for (int s = 0; s < PS_MS_COUNT; s++)
-                        if (sites & (1u << s)) {
-                            caps[b * n_cap + c++] = (ps_capture){.site = ms_site[s], .layer = l, .out = buf};
-                            buf += p->T * out->width[s];
-                        }
-                rows_[b] = (ps_row){.tokens = p->clean, .T = p->T, .base = &mb->base[i0 + b], .captures = caps + b * n_cap, .n_captures = n_cap};
-            } else {
-                rows_[b] = (ps_row){.tokens = p->clean, .T = p->T, .cache = &caches[b]};
-                if (ps_cache_init(&caches[b], mc, p->T, 0, e) != 0) { rc = -1; break; }
-            }
+            // caps[b * n_cap + (l - from) * n_sites + k]: site k (in PS_MS order) of layer l
+            float *buf = cap_buf + (size_t)b * cap_floats;
+            int64_t c = 0;
+            for (int64_t l = from; l < L; l++)
+                for (int s = 0; s < PS_MS_COUNT; s++)
+                    if (sites & (1u << s)) {
+                        caps[b * n_cap + c++] = (ps_capture){.site = ms_site[s], .layer = l, .out = buf};
+                        buf += p->T * out->width[s];
+                    }
+            rows_[b] = (ps_row){.tokens = p->clean, .T = p->T, .base = mb ? &mb->base[i0 + b] : NULL, .captures = caps + b * n_cap,
+                                .n_captures = n_cap};
             if (patch_fn) {
                 const int64_t np = patch_fn(ctx, i0 + b, p, patches + b * patch_cap, patch_cap);
                 if (np < 0) { rc = -1; break; }
@@ -127,28 +122,22 @@ int ps_means_accumulate(const ps_model *m, ps_backend *be, const ps_prompt_set *
         const ps_rows_opts ro = {.naive = mb ? 0 : 1, .batch_rows = BATCH};
         if (rc == 0) rc = ps_engine_rows(m, be, rows_, nb, &ro, NULL, e);
         for (int64_t b = 0; rc == 0 && b < nb; b++) {
-            const ps_cache *c = &caches[b];
             const int64_t g = group_of ? group_of[i0 + b] : 0, T = ref->p[i0 + b].T;
             int k = 0;
             for (int s = 0; s < PS_MS_COUNT; s++) {
                 if (!sum[s]) continue;
                 const int64_t w = out->width[s];
-                const float *arr = mb ? NULL : ps_cache_site(c, ms_site[s]);
                 for (int64_t l = from; l < L; l++) {
                     double *dst = sum[s] + (l * G + g) * rows * w;
-                    const float *capd = mb ? caps[b * n_cap + (l - from) * n_sites + k].out : NULL;
+                    const float *capd = caps[b * n_cap + (l - from) * n_sites + k].out;
                     for (int64_t t = 0; t < T; t++) {
-                        const float *x = mb ? capd + t * w : arr + ps_site_at(mc, ms_site[s], T, l, t, 0);
+                        const float *x = capd + t * w;
                         double *d = dst + (per_pos ? t : 0) * w;
                         for (int64_t j = 0; j < w; j++) d[j] += x[j];
                     }
                 }
                 k++;
             }
-        }
-        for (int64_t b = 0; b < nb; b++) {
-            if (be->release_cache) be->release_cache(be, &caches[b]);
-            ps_cache_free(&caches[b]);
         }
     }
     free(patches);

@@ -20,6 +20,7 @@ static const ps_producer *const producers[] = {
     &ps_ablation_producer,
     &ps_circuit_search_producer,
     &ps_edge_circuit_producer,
+    &ps_circuit_scores_producer,    // after the ablations whose rows it scores
     &ps_reference_means_producer,   // last: after the experiments whose means it records
 };
 

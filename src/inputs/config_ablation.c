@@ -27,6 +27,16 @@ void ps_cfg_ablation_free(ps_experiment *ex) {
         free(ex->cells[i].label);
     }
     free(ex->cells);
+    for (int k = 0; k < 2; k++) {
+        ps_abl_cell *cl = k ? ex->min_k : ex->compl_k;
+        const int64_t n = k ? ex->n_min_k : ex->n_compl_k;
+        for (int64_t i = 0; cl && i < n; i++) {
+            for (int64_t j = 0; j < cl[i].n; j++) comp_free(&cl[i].c[j]);
+            free(cl[i].c);
+            free(cl[i].label);
+        }
+        free(cl);
+    }
     free(ex->keep_path);
     ps_items_free(ex->ref_items, ex->n_ref_items);
     free(ex->ref_path);
@@ -151,9 +161,135 @@ static int load_keep(ps_cfg_ctx *x, const cJSON *v, const char *p, ps_experiment
     return rc;
 }
 
+// One set K of completeness or minimality: a component or class name, or a list of them (classes: the
+// experiment's "classes" object, {"name movers": ["h9.9", ...], ...}); expanded to component names in cell.
+static int load_k(ps_cfg_ctx *x, const cJSON *v, const char *p, const cJSON *classes, const char *label, ps_abl_cell *cell) {
+    const int n = cJSON_IsArray(v) ? cJSON_GetArraySize(v) : 1;
+    char got[200];
+    int64_t total = 0;
+    for (int k = 0; k < n; k++) {
+        const cJSON *it = cJSON_IsArray(v) ? cJSON_GetArrayItem(v, k) : v;
+        char ip[PATH_MAX_LEN];
+        if (cJSON_IsArray(v)) ps_cfg_index_path(ip, p, k); else snprintf(ip, sizeof ip, "%s", p);
+        const cJSON *cls = cJSON_IsString(it) ? cJSON_GetObjectItemCaseSensitive(classes, it->valuestring) : NULL;
+        if (!cJSON_IsString(it) || (!cls && !comp_name_ok(it->valuestring))) {
+            ps_json_describe(it, got, sizeof got);
+            return ps_cfg_bad(x, ip, "expected a component of the circuit (\"h9.1\", \"mlp3\"), a name in \"classes\", "
+                              "or a list of them, got %s", got);
+        }
+        total += cls ? cJSON_GetArraySize(cls) : 1;
+    }
+    if (!(cell->c = calloc((size_t)(total ? total : 1), sizeof *cell->c))) return ps_cfg_nomem(x);
+    for (int k = 0; k < n; k++) {
+        const cJSON *it = cJSON_IsArray(v) ? cJSON_GetArrayItem(v, k) : v;
+        const cJSON *cls = cJSON_GetObjectItemCaseSensitive(classes, it->valuestring);
+        const int m = cls ? cJSON_GetArraySize(cls) : 1;
+        for (int j = 0; j < m; j++) {
+            const char *name = cls ? cJSON_GetArrayItem(cls, j)->valuestring : it->valuestring;
+            for (int64_t q = 0; q < cell->n; q++)
+                if (!strcmp(cell->c[q].name, name)) {
+                    char ip[PATH_MAX_LEN];
+                    if (cJSON_IsArray(v)) ps_cfg_index_path(ip, p, k); else snprintf(ip, sizeof ip, "%s", p);
+                    return ps_cfg_bad(x, ip, "\"%s\" is in this set twice", name);
+                }
+            if (!(cell->c[cell->n].name = strdup(name))) return ps_cfg_nomem(x);
+            cell->n++;
+        }
+    }
+    if (label) return (cell->label = strdup(label)) ? 0 : ps_cfg_nomem(x);
+    // The label as written: names joined by "+".
+    size_t len = 1;
+    for (int k = 0; k < n; k++) len += strlen((cJSON_IsArray(v) ? cJSON_GetArrayItem(v, k) : v)->valuestring) + 1;
+    if (!(cell->label = calloc(len, 1))) return ps_cfg_nomem(x);
+    for (int k = 0; k < n; k++) {
+        if (k) strcat(cell->label, "+");
+        strcat(cell->label, (cJSON_IsArray(v) ? cJSON_GetArrayItem(v, k) : v)->valuestring);
+    }
+    return 0;
+}
+
+// "classes", "completeness" and "minimality" of a kept circuit.
+static int load_circuit_scores(ps_cfg_ctx *x, const cJSON *obj, const char *p, ps_experiment *ex) {
+    const cJSON *classes = ps_cfg_member(obj, "classes"), *compl = ps_cfg_member(obj, "completeness"),
+                *mini = ps_cfg_member(obj, "minimality");
+    char kp[PATH_MAX_LEN], got[200];
+    if ((classes || compl || mini) && !ex->keep) {
+        ps_cfg_key_path(kp, p, classes ? "classes" : compl ? "completeness" : "minimality");
+        return ps_cfg_bad(x, kp, "scores a kept circuit: needs \"keep\"");
+    }
+    if ((compl || mini) && ex->mlp_means_under) {
+        ps_cfg_key_path(kp, p, compl ? "completeness" : "minimality");
+        return ps_cfg_bad(x, kp, "takes MLP means over the reference run (\"mlp_means\": \"reference\"), not under_head_ablation");
+    }
+    ps_cfg_key_path(kp, p, "classes");
+    if (classes && !cJSON_IsObject(classes)) {
+        ps_json_describe(classes, got, sizeof got);
+        return ps_cfg_bad(x, kp, "expected {\"class name\": [\"h9.9\", ...], ...}, got %s", got);
+    }
+    const cJSON *cl;
+    cJSON_ArrayForEach(cl, classes) {
+        char cp[PATH_MAX_LEN];
+        ps_cfg_key_path(cp, kp, cl->string);
+        if (comp_name_ok(cl->string)) return ps_cfg_bad(x, cp, "a class name cannot be a component's name");
+        if (!cJSON_IsArray(cl) || cJSON_GetArraySize(cl) == 0) {
+            ps_json_describe(cl, got, sizeof got);
+            return ps_cfg_bad(x, cp, "expected a non-empty list of the circuit's components, got %s", got);
+        }
+        for (int k = 0; k < cJSON_GetArraySize(cl); k++) {
+            const cJSON *it = cJSON_GetArrayItem(cl, k);
+            if (!cJSON_IsString(it) || !comp_name_ok(it->valuestring)) {
+                char ip[PATH_MAX_LEN];
+                ps_cfg_index_path(ip, cp, k);
+                ps_json_describe(it, got, sizeof got);
+                return ps_cfg_bad(x, ip, "expected a component of the circuit (\"h9.1\", \"mlp3\"), got %s", got);
+            }
+        }
+    }
+    if (compl) {
+        ps_cfg_key_path(kp, p, "completeness");
+        const int n = cJSON_IsArray(compl) ? cJSON_GetArraySize(compl) : 0;
+        if (n == 0) {
+            ps_json_describe(compl, got, sizeof got);
+            return ps_cfg_bad(x, kp, "expected a non-empty list of sets K (each a component, a class, or a list of them), got %s", got);
+        }
+        if (!(ex->compl_k = calloc((size_t)n, sizeof *ex->compl_k))) return ps_cfg_nomem(x);
+        for (int i = 0; i < n; i++) {
+            char ip[PATH_MAX_LEN];
+            ps_cfg_index_path(ip, kp, i);
+            ex->n_compl_k = i + 1;
+            if (load_k(x, cJSON_GetArrayItem(compl, i), ip, classes, NULL, &ex->compl_k[i])) return -1;
+        }
+    }
+    if (mini) {
+        ps_cfg_key_path(kp, p, "minimality");
+        if (cJSON_IsBool(mini)) { ex->minimality = cJSON_IsTrue(mini); return 0; }
+        if (!cJSON_IsObject(mini)) {
+            ps_json_describe(mini, got, sizeof got);
+            return ps_cfg_bad(x, kp, "expected true, or {\"h9.9\": K, ...}: the set K each component's score starts from "
+                              "(default empty), got %s", got);
+        }
+        ex->minimality = 1;
+        const int n = cJSON_GetArraySize(mini);
+        if (!(ex->min_k = calloc((size_t)(n ? n : 1), sizeof *ex->min_k))) return ps_cfg_nomem(x);
+        int i = 0;
+        const cJSON *it;
+        cJSON_ArrayForEach(it, mini) {
+            char ip[PATH_MAX_LEN];
+            ps_cfg_key_path(ip, kp, it->string);
+            if (!comp_name_ok(it->string)) return ps_cfg_bad(x, ip, "expected a component of the circuit as the key (\"h9.1\", \"mlp3\")");
+            ex->n_min_k = i + 1;
+            if (cJSON_IsArray(it) && cJSON_GetArraySize(it) == 0) {   // K empty
+                if (!(ex->min_k[i].label = strdup(it->string)) || !(ex->min_k[i].c = calloc(1, sizeof *ex->min_k[i].c))) return ps_cfg_nomem(x);
+            } else if (load_k(x, it, ip, classes, it->string, &ex->min_k[i])) return -1;
+            i++;
+        }
+    }
+    return 0;
+}
+
 int ps_cfg_load_ablation(ps_cfg_ctx *x, const cJSON *obj, const char *p, ps_experiment *ex) {
     static const char *const abl_keys[] = {"name", "kind", "components", "keep", "positions", "with", "grouping", "reference",
-                                           "seed", "mlp_means"};
+                                           "seed", "mlp_means", "classes", "completeness", "minimality"};
     static const char *const search_keys[] = {"name", "kind", "with", "grouping", "reference", "seed", "mlp_means", "threshold",
                                               "passes", "speculate"};
     const int search = !strcmp(ex->kind, "circuit_search");
@@ -214,8 +350,10 @@ int ps_cfg_load_ablation(ps_cfg_ctx *x, const cJSON *obj, const char *p, ps_expe
     if (ps_cfg_get_list(x, obj, "positions", p, 1, &ex->positions, &ex->n_positions, &ex->position_role)) return -1;
     if (keep) {
         ps_cfg_key_path(kp, p, "keep");
-        return load_keep(x, keep, kp, ex);
+        if (load_keep(x, keep, kp, ex)) return -1;
     }
+    if (load_circuit_scores(x, obj, p, ex)) return -1;
+    if (keep) return 0;
     ps_cfg_key_path(kp, p, "components");
     const int n = cJSON_IsArray(comps) ? cJSON_GetArraySize(comps) : 0;
     if (n == 0) {
@@ -236,17 +374,48 @@ int ps_cfg_load_ablation(ps_cfg_ctx *x, const cJSON *obj, const char *p, ps_expe
     return 0;
 }
 
+// A table the loader adds after the experiments: name "PARENT.suffix" of the given kind, unless a configured
+// experiment already has the name.
+static ps_experiment *add_derived(ps_cfg_ctx *x, ps_config *c, int64_t n0, int64_t parent, const char *suffix, const char *kind) {
+    ps_experiment *m = &c->experiments[c->n_experiments];
+    memset(m, 0, sizeof *m);
+    const size_t len = strlen(c->experiments[parent].name) + strlen(suffix) + 1;
+    m->name = malloc(len);
+    m->kind = strdup(kind);
+    c->n_experiments++;   // counted now, so ps_config_free releases what exists
+    if (!m->name || !m->kind) { ps_cfg_nomem(x); return NULL; }
+    snprintf(m->name, len, "%s%s", c->experiments[parent].name, suffix);
+    for (int64_t j = 0; j < n0; j++)
+        if (!strcmp(c->experiments[j].name, m->name)) {
+            char p[PATH_MAX_LEN];
+            ps_cfg_index_path(p, "experiments", j);
+            ps_cfg_bad(x, p, "\"%s\" is the name of experiments[%lld]'s table of %s; choose another", m->name, (long long)parent, kind);
+            return NULL;
+        }
+    return m;
+}
+
 int ps_cfg_add_means_tables(ps_cfg_ctx *x, ps_config *c) {
     int64_t n_add = 0;
     for (int64_t i = 0; i < c->n_experiments; i++) {
         const ps_experiment *ex = &c->experiments[i];
         n_add += ex->kind && (!strcmp(ex->kind, "ablation") || !strcmp(ex->kind, "circuit_search")) && ex->abl_with == 1;
+        n_add += (ex->n_compl_k > 0) + (ex->minimality != 0);
     }
     if (!n_add) return 0;
     ps_experiment *all = realloc(c->experiments, (size_t)(c->n_experiments + n_add) * sizeof *all);
     if (!all) return ps_cfg_nomem(x);
     c->experiments = all;
     const int64_t n0 = c->n_experiments;
+    // Completeness and minimality: tables over every prompt's rows of the parent (kind "circuit_scores").
+    for (int64_t i = 0; i < n0; i++)
+        for (int k = 0; k < 2; k++) {
+            if (!(k ? all[i].minimality : all[i].n_compl_k > 0)) continue;
+            ps_experiment *m = add_derived(x, c, n0, i, k ? ".minimality" : ".completeness", "circuit_scores");
+            if (!m) return -1;
+            m->scores_of = i;
+            m->scores_minimality = k;
+        }
     for (int64_t i = 0; i < n0; i++) {
         const ps_experiment *ex = &all[i];
         if (!ex->kind || (strcmp(ex->kind, "ablation") && strcmp(ex->kind, "circuit_search")) || ex->abl_with != 1) continue;

@@ -11,8 +11,12 @@ circuits (everything else ablated; heads kept only at the end position), with ze
 / resample / corrupted values. The demo model (models/demo) gets a subset of the seqcont numerals prompts
 and randDS prompts and the full pruning trace at threshold 20.
 
+Also golden_circuit_scores.json: completeness |F(C\\K) - F(M\\K)| and ARENA's minimality |F(C\\(K+v)) - F(C\\K)| / F(M)
+of one kept circuit (with a named class), mean (per position) and zero ablation, the same hooks.
+
 Regenerate (from the repo root; needs the reference venv, offline):
-    ~/.cache/ps-venv/bin/python tests/golden/make_ablation_goldens.py
+    ~/.cache/ps-venv/bin/python tests/golden/make_ablation_goldens.py          # everything
+    ~/.cache/ps-venv/bin/python tests/golden/make_ablation_goldens.py scores   # only golden_circuit_scores.json
 Needs PS_SHARED (default ../shared/data) for the seqcont prompts.
 """
 import json
@@ -312,9 +316,92 @@ def demo(n_per=4, n_ref=12, threshold=20):
                    "resample_from": draws, "cases": cases, "search": search})
 
 
-if __name__ == "__main__":
+# Completeness and minimality (the IOI paper, Wang et al. 2022; ARENA's IOI exercises, get_score and
+# get_minimality_score): F(X) = the mean logit diff with everything outside X ablated (add_mean_ablation_hook on
+# C minus K), F(M\K) = the model with only K ablated, where C holds it (h1.1 only at the end position).
+CIRCUIT = {"h0.0": {"kind": "head", "layer": 0, "index": 0}, "h1.1": {"kind": "head", "layer": 1, "index": 1, "pos": [-1]},
+           "h1.0": {"kind": "head", "layer": 1, "index": 0}, "mlp0": {"kind": "mlp", "layer": 0, "index": -1}}
+CLASSES = {"movers": ["h1.1", "h1.0"]}
+COMPLETENESS = [["h0.0"], ["movers"], ["mlp0", "h1.1"]]
+MINIMALITY = {"h1.1": ["h0.0"], "mlp0": ["movers"]}   # K_v; the others' empty
+
+
+def expand(k):
+    out = []
+    for x in k:
+        out += CLASSES.get(x, [x])
+    return out
+
+
+def circuit_scores(mdl, toks, ans, wrong, ref, method):
+    N = toks.shape[0]
+    means = means_of(mdl, ref, [0] * ref.shape[0], 1, "per_position") if method == "mean" else None
+    g = torch.zeros(N, dtype=torch.long)
+
+    def F(names, keep):
+        hooks = run_case(mdl, toks, g, method, means, None, [CIRCUIT[n] for n in names], keep)
+        return sum(logit_diff(mdl.logits(toks, hooks), ans, wrong)) / N
+
+    C = list(CIRCUIT)
+    f_m, f_c = F([], False), F(C, True)
+    compl = []
+    for k in COMPLETENESS:
+        K = expand(k)
+        a, b = F([c for c in C if c not in K], True), F(K, False)
+        compl.append({"K": "+".join(k), "names": K, "F_C_minus_K": a, "F_M_minus_K": b, "completeness": abs(a - b)})
+    mini = []
+    for v in C:
+        K = expand(MINIMALITY.get(v, []))
+        assert v not in K
+        a, b = F([c for c in C if c not in K], True), F([c for c in C if c not in K and c != v], True)
+        mini.append({"v": v, "K": K, "F_C_minus_K": a, "F_C_minus_K_v": b, "abs_change": abs(a - b), "minimality": abs(a - b) / f_m})
+    return {"method": method, "group": "per_position" if method == "mean" else "", "F_M": f_m, "F_C": f_c,
+            "completeness": compl, "minimality": mini}
+
+
+def write_scores(name, mdl, toks, ans, wrong, ref):
+    doc = {"generator": "tests/golden/make_ablation_goldens.py", "versions": versions(), "seed": SEED,
+           "prompts": toks.tolist(), "answer": ans, "wrong": wrong, "ref": ref.tolist(),
+           "groups": [0] * toks.shape[0], "ref_groups": [0] * ref.shape[0],
+           "circuit": CIRCUIT, "classes": CLASSES, "completeness": COMPLETENESS, "minimality": MINIMALITY,
+           "cases": [circuit_scores(mdl, toks, ans, wrong, ref, m) for m in ["mean", "zero"]]}
+    path = os.path.join(REPO, "tests", "data", name, "golden_circuit_scores.json")
+    with open(path, "w") as f:
+        json.dump(doc, f, indent=1)
+        f.write("\n")
+    print(f"{name}: circuit scores -> {path}", flush=True)
+
+
+def tiny_scores(name, N=6, N_REF=8, T=8):
+    folder = os.path.join(REPO, "tests", "data", name)
+    vocab = json.load(open(os.path.join(folder, "config.json")))["vocab_size"]
+    mdl = Model(folder, vocab)
+    g = torch.Generator().manual_seed(SEED + 1 + sum(map(ord, name)))
+    toks = torch.randint(0, vocab, (N, T), generator=g)
+    ref = torch.randint(0, vocab, (N_REF, T), generator=g)
+    ans = torch.randint(0, vocab, (N,), generator=g).tolist()
+    wrong = [(a + 1 + i) % vocab for i, a in enumerate(ans)]
+    write_scores(name, mdl, toks, ans, wrong, ref)
+
+
+def demo_scores():
+    """The demo golden's prompts and reference prompts (those tests/data/seqcont/ablation.json runs)."""
+    folder = os.path.join(REPO, "models", "demo")
+    d = json.load(open(os.path.join(REPO, "tests", "data", "demo", "golden_ablation.json")))
+    vocab = json.load(open(os.path.join(folder, "config.json")))["vocab_size"]
+    write_scores("demo", Model(folder, vocab), torch.tensor(d["prompts"]), d["answer"], d["wrong"], torch.tensor(d["ref"]))
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["scores"]:
+    for m in ["gpt2-tiny-a", "llama-tiny-a"]:
+        tiny_scores(m)
+    demo_scores()
+elif __name__ == "__main__":
     print(f"torch {torch.__version__}, transformer_lens {pkg_version('transformer_lens')}", flush=True)
     for m in ["gpt2-tiny-a", "llama-tiny-a"]:
         tiny(m)
     os.makedirs(os.path.join(REPO, "tests", "data", "demo"), exist_ok=True)
     demo()
+    for m in ["gpt2-tiny-a", "llama-tiny-a"]:
+        tiny_scores(m)
+    demo_scores()
