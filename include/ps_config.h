@@ -250,6 +250,7 @@ void ps_items_free(ps_item *items, int64_t n);
 
 // Names as written in the config (static strings; "?" for out-of-range values).
 const char *ps_site_name(ps_site s);          // "resid_pre", ..., "mlp_post"
+const char *ps_config_kind_name(size_t i);    // the i-th experiment "kind" a config may name; NULL past the end
 const char *ps_layout_name(ps_layout l);      // "layer_pos", "layer_head", ...
 const char *ps_metric_name(ps_metric_kind m); // "logit_diff", ...
 const char *ps_direction_name(ps_direction d);

@@ -44,6 +44,8 @@ typedef struct ps_product {
 
 typedef struct ps_producer {
     const char *kind;            // the config's experiment "kind" and the table's kind attribute
+    int derived;                 // 1: only the config makes it, beside another experiment (NAME.reference_means);
+                                 // never a "kind" a user names (tests/test_table.c checks both lists agree)
     int per_prompt;              // 1: chunk() fills the chunk's prompts' rows; 0: once() fills one row
     // Checks p->ex against the model and the prompts (bad input: exit status 2 naming experiments[idx] and the
     // field), lays out p->t (ps_table_init: NaN values) and may set p->state. Runs without a backend: resume
@@ -58,6 +60,8 @@ typedef struct ps_producer {
 
 // The producer of a kind; NULL when there is none.
 const ps_producer *ps_producer_for(const char *kind);
+// The registry's i-th producer, in run order; NULL past the end.
+const ps_producer *ps_producer_at(size_t i);
 
 // Progress on stderr when o->progress (at most twice a second; final: the closing line).
 void ps_producer_progress(ps_producer_ctx *cx, int final);

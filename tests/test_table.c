@@ -4,6 +4,7 @@
 // the journal, run as 2 shards and merged; each file equals the uninterrupted one exactly. inspect names
 // its kind and axes, plot.py draws it, and a table that is not per prompt is refused by the shard paths.
 #include "ps_journal.h"
+#include "ps_producer.h"
 #include "ps_store.h"
 #include "testutil.h"
 
@@ -166,7 +167,29 @@ static void journal_child(const char *jpath, const char ident[65], int tell, int
     _exit(0);
 }
 
+// The kinds a config accepts (src/inputs/config.c) and the producers registered (src/engine/producer.c) are
+// two lists: every accepted kind must have a producer, and every producer a user may not name must be one
+// the config makes itself (derived), else a kind would parse and then fail at run time, or never be reachable.
+static void test_kind_lists(void) {
+    size_t n_cfg = 0, n_prod = 0;
+    for (const char *k; (k = ps_config_kind_name(n_cfg)); n_cfg++) {
+        const ps_producer *pr = ps_producer_for(k);
+        TU_CHECK(pr != NULL, "config kind \"%s\" has no producer", k);
+        TU_CHECK(!pr || !pr->derived, "config kind \"%s\" is a derived producer", k);
+    }
+    for (const ps_producer *pr; (pr = ps_producer_at(n_prod)); n_prod++) {
+        int named = 0;
+        for (size_t i = 0; i < n_cfg; i++) named |= !strcmp(ps_config_kind_name(i), pr->kind);
+        TU_CHECK(named != pr->derived, "producer \"%s\": %s", pr->kind,
+                 pr->derived ? "derived, yet a config may name it" : "not derived, yet no config may name it");
+        TU_CHECK(pr->per_prompt ? pr->chunk != NULL : pr->once != NULL, "producer \"%s\" lacks its compute step", pr->kind);
+    }
+    printf("kinds: %zu a config may name, %zu producers\n", n_cfg, n_prod);
+    TU_CHECK(n_cfg >= 12 && n_prod > n_cfg, "kind lists too short: %zu, %zu", n_cfg, n_prod);
+}
+
 int main(void) {
+    test_kind_lists();
     H5open();
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
     char dir[] = "/tmp/ps_test_table_XXXXXX";

@@ -451,7 +451,7 @@ static int means_once(ps_producer_ctx *cx, ps_product *const *prods, int64_t n_p
 }
 
 const ps_producer ps_reference_means_producer = {
-    .kind = "reference_means", .per_prompt = 0, .init = means_init, .once = means_once, .free_state = NULL,
+    .kind = "reference_means", .derived = 1, .per_prompt = 0, .init = means_init, .once = means_once, .free_state = NULL,
 };
 
 // ---- circuit_scores: completeness and minimality from an ablation's rows over every prompt (not per prompt) ----
@@ -546,5 +546,5 @@ static int scores_once(ps_producer_ctx *cx, ps_product *const *prods, int64_t n_
 }
 
 const ps_producer ps_circuit_scores_producer = {
-    .kind = "circuit_scores", .per_prompt = 0, .init = scores_init, .once = scores_once, .free_state = NULL,
+    .kind = "circuit_scores", .derived = 1, .per_prompt = 0, .init = scores_init, .once = scores_once, .free_state = NULL,
 };

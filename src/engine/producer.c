@@ -24,6 +24,8 @@ static const ps_producer *const producers[] = {
     &ps_reference_means_producer,   // last: after the experiments whose means it records
 };
 
+const ps_producer *ps_producer_at(size_t i) { return i < sizeof producers / sizeof producers[0] ? producers[i] : NULL; }
+
 const ps_producer *ps_producer_for(const char *kind) {
     for (size_t i = 0; i < sizeof producers / sizeof producers[0]; i++)
         if (!strcmp(producers[i]->kind, kind)) return producers[i];

@@ -30,6 +30,8 @@ static const char *const align_names[] = {"error"};
 static const char *const kind_names[] = {"patch_sweep", "path_patch", "attribution", "edge_attribution", "dla", "logit_lens",
                                          "attention", "ov_scores", "head_scores", "ablation", "circuit_search", "edge_circuit"};
 
+const char *ps_config_kind_name(size_t i) { return i < COUNT(kind_names) ? kind_names[i] : NULL; }
+
 const char *ps_site_name(ps_site s) { return (unsigned)s < PS_SITE_COUNT ? site_names[s] : "?"; }
 const char *ps_layout_name(ps_layout l) { return (unsigned)l < PS_BY_COUNT ? layout_names[l] : "?"; }
 const char *ps_metric_name(ps_metric_kind m) { return (unsigned)m < COUNT(metric_names) ? metric_names[m] : "?"; }
