@@ -46,6 +46,10 @@
 //   "top_k" (default 5), "negative": false, "input": "isolated" (default) | "prompts".
 //   head_scores (ARENA's current/previous/first/duplicate/induction detectors on repeated random tokens) takes
 //   no keys beyond name and kind.
+//   neurons (a small Neuroscope: MLP neurons' hook_mlp_post over every prompt position, ps_analysis.h):
+//   "neurons": ["9.934", "10.1721"] (LAYER.NEURON, required), "top_k": activations kept per neuron (default 10),
+//   "window": context tokens each side of the top token in its label (default 4, 0..64), "run". The loader
+//   appends {"name": "NAME.top", "kind": "neuron_top"}: the top-k (prompt, position) pairs of each neuron.
 //   An "edge_attribution" experiment (EAP-IG's graph: every head's q/k/v inputs and output, MLPs, input,
 //      logits) takes only "method": "EAP" (default) | "EAP-IG-inputs" (with "steps": 1..1000, default 5) |
 //      "clean-corrupted".
@@ -200,6 +204,9 @@ typedef struct {
     double threshold;                      // circuit_search: points (default 20); edge_circuit: a score threshold
     int one_pass;                          // circuit_search: "passes": "one_each" (1) or "until_stable" (0, default)
     int64_t speculate;                     // circuit_search: candidates per batch (0: the library's default)
+    int64_t *neuron_layer;       // kind neurons: (n_neurons) each neuron's layer (owned); neurons[] holds its index
+    int64_t window;              // kind neurons: context tokens each side in the top table's labels (default 4)
+    int64_t top_of;              // kind "neuron_top" (added by the loader, "NAME.top"): the neurons experiment's index
     int64_t means_of;                      // kind "reference_means" (added by the loader after the experiments, one per
                                            // mean-ablating experiment, named "NAME.reference_means"): that experiment's index
     // kind "edge_circuit" (ps_circuit.h): the edges by name, or chosen from an edge_attribution experiment's

@@ -1,7 +1,7 @@
 // The analyses against TransformerLens (tests/data/*/golden_analysis.safetensors, tests/golden/make_analysis_goldens.py)
 // on every tiny model: direct logit attribution in TransformerLens's convention (logit_attrs of decompose_resid,
 // stack_head_results and stack_neuron_results), the exact variant summing to the model's logit difference, the
-// logit lens in both conventions, and the attention table's layout.
+// logit lens in both conventions, the attention table's layout, and the neurons' activations and top-k.
 #include "golden_util.h"
 #include "ps_analysis.h"
 #include "ps_forward.h"
@@ -292,6 +292,93 @@ done:
     free(tok); free(want); free(acc); free(got);
 }
 
+// The small Neuroscope: chosen neurons' hook_mlp_post at every position of each golden prompt against
+// TransformerLens's, the ranking on TL's own activations equal to the golden's exactly (its ties included), and
+// the ranking on ours the same up to near-ties (activations within the tolerance may swap).
+static void test_neurons(const char *name, const ps_model *m, const ps_safetensors *g) {
+    const ps_model_config *mc = &m->cfg;
+    int64_t nn = 0, na = 0, nt = 0, nta = 0;
+    int32_t *nrn = gu_i32(g, "nrn.neurons", &nn), *top = gu_i32(g, "nrn.top", &nt);
+    float *want = gu_f32(g, "nrn.acts", &na), *want_act = gu_f32(g, "nrn.top_act", &nta);
+    int32_t *seq[8] = {0};
+    int64_t len[8] = {0}, P = 0, T_max = 0, n = nn / 2, layer[8], index[8];
+    for (; P < 8; P++) {
+        char key[32];
+        snprintf(key, sizeof key, "nrn.prompt%lld", (long long)P);
+        if (!(seq[P] = gu_i32(g, key, &len[P]))) break;
+        if (len[P] > T_max) T_max = len[P];
+    }
+    const int64_t K = n > 0 ? nt / (2 * n) : 0;
+    float *got = malloc((size_t)((P * n * T_max) > 0 ? P * n * T_max : 1) * sizeof *got);
+    ps_error e = {0};
+    ps_table t = {0}, tt = {0};
+    char nm[160];
+    if (!nrn || !top || !want || !want_act || P < 2 || n < 1 || n > 8 || na != P * n * T_max || nta != n * K || !got) {
+        TU_CHECK(0, "%s: neuron goldens missing or misshapen", name);
+        goto done;
+    }
+    for (int64_t i = 0; i < n; i++) { layer[i] = nrn[2 * i]; index[i] = nrn[2 * i + 1]; }
+    if (ps_neurons_table_init(&t, "nrn", mc, P, layer, index, n, T_max, &e) != 0) { TU_CHECK(0, "%s: neurons table: %s", name, e.msg); goto done; }
+    for (int64_t j = 0; j < P; j++) {
+        ps_cache c = {0};
+        ps_row row = {.tokens = seq[j], .T = len[j], .cache = &c};
+        if (ps_cache_init(&c, mc, len[j], 0, &e) != 0 || ps_cpu_forward(m, &row, 1, &e) != 0) { TU_CHECK(0, "%s: neurons forward: %s", name, e.msg); ps_cache_free(&c); goto done; }
+        ps_neurons_prompt(mc, &c, layer, index, n, len[j], T_max, t.values + j * t.n_cells);
+        ps_cache_free(&c);
+    }
+    memcpy(got, t.values, (size_t)(P * n * T_max) * sizeof *got);
+    snprintf(nm, sizeof nm, "%s neurons hook_mlp_post vs TL (NaN past each prompt)", name);
+    tu_close(nm, got, want, P * n * T_max, 1e-4f, 1e-4f);
+    int64_t pr[16], po[16];
+    float ac[16];
+    int bad_tl = 0, bad_ours = 0;
+    for (int64_t i = 0; i < n && K <= 16; i++) {
+        ps_neuron_top_rank(want, P, n, T_max, i, K, pr, po, ac);
+        for (int64_t r = 0; r < K; r++) bad_tl += pr[r] != top[(i * K + r) * 2] || po[r] != top[(i * K + r) * 2 + 1] || ac[r] != want_act[i * K + r];
+        ps_neuron_top_rank(got, P, n, T_max, i, K, pr, po, ac);
+        for (int64_t r = 0; r < K; r++) {
+            const float w = want_act[i * K + r];
+            if (fabsf(ac[r] - w) > 1e-4f + 1e-4f * fabsf(w)) { bad_ours++; continue; }
+            if (pr[r] == top[(i * K + r) * 2] && po[r] == top[(i * K + r) * 2 + 1]) continue;
+            // A different cell: allowed only where the golden itself has a near-tie at this activation.
+            const float tw = want[(pr[r] * n + i) * T_max + po[r]];
+            bad_ours += isnan(tw) || fabsf(tw - w) > 1e-4f + 1e-4f * fabsf(w);
+        }
+    }
+    TU_CHECK(bad_tl == 0, "%s: %d top-k entries ranked from TL's activations differ from the golden's order", name, bad_tl);
+    TU_CHECK(bad_ours == 0, "%s: %d top-k entries from our activations differ from TL's (beyond near-ties)", name, bad_ours);
+    // The top table: fields and labels (token ids: no tokenizer here), window 1.
+    const int32_t *toks[8];
+    int64_t Tp[8];
+    for (int64_t j = 0; j < P; j++) { toks[j] = seq[j]; Tp[j] = len[j]; }
+    if (ps_neuron_top_table_init(&tt, "nrn.top", mc, layer, index, n, K, &e) != 0 || ps_neuron_top_fill(&tt, NULL, toks, Tp, P, want, n, T_max, layer, index, 1, &e) != 0) {
+        TU_CHECK(0, "%s: top table: %s", name, e.msg);
+        goto done;
+    }
+    const float *r0 = tt.values;   // neuron 0, rank 0
+    const int64_t q = top[0], p = top[1];
+    char lab[128];
+    if (p > 0) snprintf(lab, sizeof lab, "<%d>[[<%d>]]", seq[q][p - 1], seq[q][p]);
+    else snprintf(lab, sizeof lab, "[[<%d>]]", seq[q][p]);
+    if (p + 1 < len[q]) snprintf(lab + strlen(lab), sizeof lab - strlen(lab), "<%d>", seq[q][p + 1]);
+    TU_CHECK(r0[0] == (float)layer[0] && r0[1] == (float)index[0] && r0[2] == 0 && r0[3] == want_act[0] && r0[4] == (float)q &&
+             r0[5] == (float)p && r0[6] == (float)seq[q][p], "%s: the top table's first entry holds the wrong fields", name);
+    TU_CHECK(tt.axes[0].label && tt.axes[0].label[0] && !strcmp(tt.axes[0].label[0], lab), "%s: top label \"%s\", want \"%s\"", name,
+             tt.axes[0].label && tt.axes[0].label[0] ? tt.axes[0].label[0] : "(none)", lab);
+    // A neuron outside the model is refused.
+    ps_table bt = {0};
+    int64_t bl[1] = {0}, bi[1] = {mc->d_mlp};
+    e = (ps_error){0};
+    TU_CHECK(ps_neurons_table_init(&bt, "nrn", mc, 1, bl, bi, 1, 4, &e) != 0 && e.code == PS_EXIT_BADINPUT, "%s: neuron %lld of a %lld-neuron MLP accepted", name, (long long)bi[0], (long long)mc->d_mlp);
+    ps_table_free(&bt);
+    printf("%s neurons: %lld neurons x %lld prompts vs TL, top-%lld order exact on TL's activations\n", name, (long long)n, (long long)P, (long long)K);
+done:
+    ps_table_free(&t);
+    ps_table_free(&tt);
+    for (int64_t j = 0; j < 8; j++) free(seq[j]);
+    free(nrn); free(top); free(want); free(want_act); free(got);
+}
+
 static void test_model(const char *name) {
     char dir[512], gpath[600];
     snprintf(dir, sizeof dir, "%s/%s", tu_src("tests/data"), name);
@@ -340,6 +427,7 @@ static void test_model(const char *name) {
     test_ov(name, &m, &g);
     test_ov_prompts(name, &m, &g);
     test_head_scores(name, &m, &g);
+    test_neurons(name, &m, &g);
     // Bad input is refused with the reason.
     ps_cache c = {0};
     int32_t tok[3] = {1, 2, 3};

@@ -1,11 +1,12 @@
 // The analyses' producers (ps_producer.h): kinds dla, logit_lens and attention read each prompt's baseline run
 // (clean, or corrupted with "run": "corrupted") from the chunk's caches and fill its row of their table with the
 // functions of dla.c, lens.c and attention.c, with no forward pass of their own; ov_scores (ov.c) runs its member
-// tokens once and fills one row.
+// tokens once and fills one row; neurons (neurons.c) reads each prompt's run and ranks them all at the end.
 #include "ps_analysis.h"
 #include "ps_producer.h"
 #include "ps_tokenizer.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -323,3 +324,85 @@ static int hs_once(ps_producer_ctx *cx, ps_product *const *items, int64_t n, ps_
 }
 
 const ps_producer ps_head_scores_producer = {.kind = "head_scores", .per_prompt = 0, .init = hs_init, .once = hs_once};
+
+// ---- neurons and NAME.top ------------------------------------------------------------------------------
+// neurons fills each prompt's row from the chunk's run; NAME.top ranks every prompt's row once at the end. A
+// prompt this run did not compute (its row restored from the journal after the run) is run again here, so the
+// ranking covers the whole dataset on a resumed run too.
+
+static const ps_experiment *top_parent(const ps_product *p) { return p->ex - (p->idx - p->ex->top_of); }   // experiments are one array
+
+static int nrn_init(const ps_model_config *mc, const ps_prompt_set *ps, ps_product *p, ps_error *e) {
+    const ps_experiment *ex = p->ex;
+    ps_error e2 = {0};
+    if (ps_neurons_table_init(p->t, ex->name, mc, ps->n, ex->neuron_layer, ex->neurons, ex->n_neurons, ps->T_max, &e2) != 0)
+        return ps_fail(e, e2.code, "experiments[%lld]%s%s", (long long)p->idx, e2.code == PS_EXIT_BADINPUT ? "." : ": ", e2.msg);
+    return note_run(p, e);
+}
+
+static int nrn_chunk(ps_producer_ctx *cx, ps_product *const *items, int64_t n, const ps_chunk *ch, ps_error *e) {
+    (void)e;
+    if (cx->o->dry_run) return 0;
+    for (int64_t k = 0; k < n; k++) {
+        const ps_experiment *ex = items[k]->ex;
+        ps_table *t = items[k]->t;
+        for (int64_t i = 0; i < ch->n; i++)
+            ps_neurons_prompt(&cx->m->cfg, run_of(items[k], ch, i), ex->neuron_layer, ex->neurons, ex->n_neurons,
+                              cx->ps->p[ch->prompts[i]].T_prompt, cx->ps->T_max, t->values + ch->prompts[i] * t->n_cells);
+    }
+    return 0;
+}
+
+const ps_producer ps_neurons_producer = {.kind = "neurons", .per_prompt = 1, .init = nrn_init, .chunk = nrn_chunk};
+
+static int top_init(const ps_model_config *mc, const ps_prompt_set *ps, ps_product *p, ps_error *e) {
+    (void)ps;
+    const ps_experiment *par = top_parent(p);
+    ps_error e2 = {0};
+    if (ps_neuron_top_table_init(p->t, p->ex->name, mc, par->neuron_layer, par->neurons, par->n_neurons, par->top_k, &e2) != 0)
+        return ps_fail(e, e2.code, "experiments[%lld] (%s): %s", (long long)p->ex->top_of, par->name, e2.msg);
+    return ps_table_attr_str(p->t, "of", par->name, e) || ps_table_attr_i64(p->t, "window", par->window, e) ||
+           ps_table_attr_str(p->t, "run", par->run_corrupted ? "corrupted" : "clean", e) ? -1 : 0;
+}
+
+static int top_once(ps_producer_ctx *cx, ps_product *const *items, int64_t n_items, ps_error *e) {
+    if (cx->o->dry_run) return 0;
+    const ps_prompt_set *ps = cx->ps;
+    for (int64_t k = 0; k < n_items; k++) {
+        const ps_experiment *par = top_parent(items[k]);
+        const ps_table *src = &cx->rr->tables[items[k]->ex->top_of];
+        const int64_t n = par->n_neurons, T_max = ps->T_max, W = src->n_cells;
+        float *acts = malloc((size_t)(ps->n * W) * sizeof *acts);
+        const int32_t **tokens = malloc((size_t)ps->n * sizeof *tokens);
+        int64_t *T_prompt = malloc((size_t)ps->n * sizeof *T_prompt), *redo = malloc((size_t)ps->n * sizeof *redo), n_redo = 0;
+        int rc = acts && tokens && T_prompt && redo ? 0 : ps_fail(e, PS_EXIT_RUNTIME, "out of memory for %s", items[k]->ex->name);
+        for (int64_t i = 0; rc == 0 && i < ps->n; i++) {
+            tokens[i] = par->run_corrupted ? ps->p[i].corrupted : ps->p[i].clean;
+            T_prompt[i] = ps->p[i].T_prompt;
+            memcpy(acts + i * W, src->values + i * W, (size_t)W * sizeof *acts);
+            if (isnan(acts[i * W])) redo[n_redo++] = i;   // position 0 exists in every prompt: a row not computed here
+        }
+        // The prompts not run in this process, again, in small batches.
+        const int64_t B = 8;
+        for (int64_t b0 = 0; rc == 0 && b0 < n_redo; b0 += B) {
+            const int64_t nb = n_redo - b0 < B ? n_redo - b0 : B;
+            const int32_t *seq[8];
+            int64_t len[8];
+            ps_cache caches[8];
+            memset(caches, 0, sizeof caches);
+            for (int64_t j = 0; j < nb; j++) { seq[j] = tokens[redo[b0 + j]]; len[j] = ps->p[redo[b0 + j]].T; }
+            if ((rc = ps_producer_stopped(cx, e)) == 0 && (rc = run_cached(cx, seq, len, nb, caches, e)) == 0)
+                for (int64_t j = 0; j < nb; j++)
+                    ps_neurons_prompt(&cx->m->cfg, &caches[j], par->neuron_layer, par->neurons, n, T_prompt[redo[b0 + j]], T_max,
+                                      acts + redo[b0 + j] * W);
+            for (int64_t j = 0; j < nb; j++) ps_cache_free(&caches[j]);
+        }
+        if (rc == 0) rc = ps_neuron_top_fill(items[k]->t, ps->tok, tokens, T_prompt, ps->n, acts, n, T_max, par->neuron_layer,
+                                             par->neurons, par->window, e);
+        free(acts); free(tokens); free(T_prompt); free(redo);
+        if (rc != 0) return -1;
+    }
+    return 0;
+}
+
+const ps_producer ps_neuron_top_producer = {.kind = "neuron_top", .per_prompt = 0, .init = top_init, .once = top_once};
