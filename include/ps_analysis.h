@@ -4,6 +4,7 @@
 #ifndef PS_ANALYSIS_H
 #define PS_ANALYSIS_H
 
+#include "ps_ablation.h"
 #include "ps_cache.h"
 #include "ps_table.h"
 #include "ps_tokenizer.h"
@@ -35,6 +36,10 @@ int ps_dla_table_init(ps_table *t, const char *name, const ps_model_config *mc, 
 // position; wrong = -1 decomposes the answer's logit alone (kind dla's "answer_only"). out: (2, K) as in the table. Streamed models are fine (layers are fetched with ps_model_layer).
 int ps_dla_prompt(const ps_model *m, const ps_cache *c, int64_t pos, int32_t answer, int32_t wrong, int neurons, float *out,
                   ps_error *e);
+// The same for every prompt of a->ps (an initialised ablator, ps_ablation.h) run with `set` ablated, each at its
+// metric position (answer_only: the answer's logit alone): out (a->ps->n, 2, K). The parts are those of the ablated
+// run, with its own final-norm scale (TransformerLens's logit_attrs on the ablated cache; the IOI backup name movers).
+int ps_dla_ablated(const ps_ablator *a, const ps_abl_set *set, int neurons, int answer_only, float *out, ps_error *e);
 
 // ---- Logit lens (lens.c) -------------------------------------------------------------------------------
 // The accumulated residual stream at one position, stage by stage: "<l>_pre", "<l>_mid" for each layer,

@@ -50,6 +50,10 @@
 //   "neurons": ["9.934", "10.1721"] (LAYER.NEURON, required), "top_k": activations kept per neuron (default 10),
 //   "window": context tokens each side of the top token in its label (default 4, 0..64), "run". The loader
 //   appends {"name": "NAME.top", "kind": "neuron_top"}: the top-k (prompt, position) pairs of each neuron.
+//   dla's "ablate": an ablation block {"components": ["h9.9", {"name": "h9.6", "positions": ["end"]}], "with":
+//   "zero" | "mean" | "resample" | "corrupted", "reference", "grouping" (per_position, all_positions), "seed",
+//   "positions"} (or "keep"): the clean prompts run with every listed component ablated at once, then decomposed
+//   (the IOI backup name movers: compare with a dla experiment without it). Stored in cells like an ablation's.
 //   An "edge_attribution" experiment (EAP-IG's graph: every head's q/k/v inputs and output, MLPs, input,
 //      logits) takes only "method": "EAP" (default) | "EAP-IG-inputs" (with "steps": 1..1000, default 5) |
 //      "clean-corrupted".

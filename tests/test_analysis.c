@@ -1,9 +1,11 @@
 // The analyses against TransformerLens (tests/data/*/golden_analysis.safetensors, tests/golden/make_analysis_goldens.py)
 // on every tiny model: direct logit attribution in TransformerLens's convention (logit_attrs of decompose_resid,
 // stack_head_results and stack_neuron_results), the exact variant summing to the model's logit difference, the
-// logit lens in both conventions, the attention table's layout, and the neurons' activations and top-k.
+// logit lens in both conventions, the attention table's layout, the neurons' activations and top-k, and DLA of a run
+// with heads ablated.
 #include "golden_util.h"
 #include "ps_analysis.h"
+#include "ps_backend.h"
 #include "ps_forward.h"
 #include "testutil.h"
 
@@ -379,6 +381,74 @@ done:
     free(nrn); free(top); free(want); free(want_act); free(got);
 }
 
+// DLA of an ablated run (the IOI backup name movers): each golden prompt run through the ablation library's rows
+// with head (L-1, 0) zeroed at the last position and head (0, H-1) at every position, then decomposed; against
+// TransformerLens's logit_attrs on the cache of the same run with hooks on hook_z, and the exact parts' sum against
+// that run's logit difference.
+static void test_dla_ablated(const char *name, const ps_model *m, const ps_safetensors *g) {
+    const ps_model_config *mc = &m->cfg;
+    const int64_t L = mc->n_layers, H = mc->n_heads, K = ps_dla_n_components(mc, 0);
+    const int pos = mc->arch == PS_ARCH_GPT2, k_heads = 1 + pos + 2 * (int)L;
+    ps_backend be;
+    ps_error e = {0};
+    if (ps_backend_init(&be, PS_BACKEND_CPU, PS_PREC_FP32, 1, m, &e) != 0) { TU_CHECK(0, "%s: backend: %s", name, e.msg); return; }
+    ps_component comps[2];
+    char c0[32], c1[32];
+    snprintf(c0, sizeof c0, "h%lld.0", (long long)(L - 1));
+    snprintf(c1, sizeof c1, "h0.%lld", (long long)(H - 1));
+    const int64_t last[1] = {-1};
+    TU_CHECK(ps_component_parse(c0, &comps[0]) == 0 && ps_component_parse(c1, &comps[1]) == 0, "%s: components", name);
+    comps[0].pos = last;
+    comps[0].n_pos = 1;
+    const ps_abl_set set = {.c = comps, .n = 2};
+    float worst = 0;
+    int tested = 0;
+    for (int p = 0;; p++) {
+        char key[64], nm[160];
+        int64_t T = 0, n3 = 0, nr = 0, nh = 0, nv = 0;
+        snprintf(key, sizeof key, "p%d.tokens", p);
+        int32_t *tok = gu_i32(g, key, &T);
+        if (!tok) break;
+        snprintf(key, sizeof key, "p%d.meta", p);
+        int32_t *meta = gu_i32(g, key, &n3);
+        snprintf(key, sizeof key, "abl.p%d.dla_resid", p);
+        float *wr = gu_f32(g, key, &nr);
+        snprintf(key, sizeof key, "abl.p%d.dla_heads", p);
+        float *wh = gu_f32(g, key, &nh);
+        snprintf(key, sizeof key, "abl.p%d.logits", p);
+        float *lg = gu_f32(g, key, &nv);
+        float *out = malloc((size_t)(2 * K) * sizeof *out);
+        if (!meta || !wr || !wh || !lg || nr != k_heads || nh != L * H || !out) {
+            TU_CHECK(0, "%s p%d: ablated dla goldens missing or misshapen", name, p);
+        } else {
+            ps_prompt pr = {.clean = tok, .corrupted = tok, .T = T, .T_prompt = T, .score_pos = meta[0], .answer_id = meta[1], .wrong_id = meta[2]};
+            ps_prompt_set ps = {.p = &pr, .n = 1, .T_max = T, .bos = -1};
+            ps_ablator a = {.m = m, .be = &be, .ps = &ps, .metric = PS_METRIC_LOGIT_DIFF, .method = PS_ABL_ZERO};
+            if (ps_ablator_init(&a, "test", &e) != 0 || ps_dla_ablated(&a, &set, 0, 0, out, &e) != 0) {
+                TU_CHECK(0, "%s p%d: ablated dla: %s", name, p, e.msg);
+            } else {
+                snprintf(nm, sizeof nm, "%s p%d ablated-run dla tl embed/attn_out/mlp_out vs TL with hooks", name, p);
+                tu_close(nm, out, wr, nr, 1e-4f, 1e-4f);
+                snprintf(nm, sizeof nm, "%s p%d ablated-run dla tl heads vs TL with hooks", name, p);
+                tu_close(nm, out + k_heads, wh, nh, 1e-4f, 1e-4f);
+                for (int64_t i = 0; i < nh; i++) worst = fmaxf(worst, fabsf(out[k_heads + i] - wh[i]));
+                // Head (0, H-1) is zero everywhere, (L-1, 0) where the metric is read at the last position.
+                TU_CHECK(out[k_heads + H - 1] == 0 && (meta[0] != T - 1 || out[k_heads + (L - 1) * H] == 0), "%s p%d: an ablated head has a nonzero attribution", name, p);
+                const int64_t k_fb = k_heads + L * H + (mc->arch != PS_ARCH_LLAMA) * L;
+                float got = sum_range(out + K, 0, k_heads) + out[K + k_fb], want = lg[meta[1]] - lg[meta[2]];
+                snprintf(nm, sizeof nm, "%s p%d ablated-run dla exact sum vs TL's ablated logit diff", name, p);
+                tu_close(nm, &got, &want, 1, 1e-4f, 1e-4f);
+                tested++;
+            }
+            ps_ablator_free(&a);
+        }
+        free(out); free(tok); free(meta); free(wr); free(wh); free(lg);
+    }
+    TU_CHECK(tested == 3, "%s: %d ablated-run prompts tested, want 3", name, tested);
+    printf("%s dla of the ablated run: %d prompts, heads max_abs_err=%.3g vs TL with hooks\n", name, tested, worst);
+    ps_backend_free(&be);
+}
+
 static void test_model(const char *name) {
     char dir[512], gpath[600];
     snprintf(dir, sizeof dir, "%s/%s", tu_src("tests/data"), name);
@@ -428,6 +498,7 @@ static void test_model(const char *name) {
     test_ov_prompts(name, &m, &g);
     test_head_scores(name, &m, &g);
     test_neurons(name, &m, &g);
+    test_dla_ablated(name, &m, &g);
     // Bad input is refused with the reason.
     ps_cache c = {0};
     int32_t tok[3] = {1, 2, 3};

@@ -42,9 +42,32 @@ static int load_neurons(ps_cfg_ctx *x, const cJSON *obj, const char *p, ps_exper
 }
 
 // Keys of the analyses (dla, logit_lens, attention, ov_scores, head_scores) and edge_attribution: each kind its own.
+// dla's "ablate": the run decomposed is the clean one with these components ablated (the IOI backup name movers):
+// the ablation kind's block, read by its loader, every component listed ablated at once.
+static int load_dla_ablate(ps_cfg_ctx *x, const cJSON *ab, const char *p, ps_experiment *ex) {
+    static const char *const keys[] = {"components", "keep", "positions", "with", "grouping", "reference", "seed"};
+    char kp[PATH_MAX_LEN], sub[PATH_MAX_LEN];
+    ps_cfg_key_path(kp, p, "ablate");
+    if (!cJSON_IsObject(ab)) {
+        char got[200];
+        ps_json_describe(ab, got, sizeof got);
+        return ps_cfg_bad(x, kp, "expected an ablation block {\"components\": [\"h9.9\", ...], \"with\": \"zero\"}, got %s", got);
+    }
+    if (ps_cfg_check_keys(x, ab, kp, keys, COUNT(keys)) || ps_cfg_load_ablation(x, ab, kp, ex)) return -1;
+    if (ex->run_corrupted) {
+        ps_cfg_key_path(sub, p, "run");
+        return ps_cfg_bad(x, sub, "with \"ablate\" the run decomposed is the clean prompts' ablated run");
+    }
+    if (ex->abl_group == 2) {   // PS_GROUP_PER_TEMPLATE_POSITION
+        ps_cfg_key_path(sub, kp, "grouping");
+        return ps_cfg_bad(x, sub, "dla's ablate takes per_position or all_positions means");
+    }
+    return 0;
+}
+
 int ps_cfg_load_analysis(ps_cfg_ctx *x, const cJSON *obj, const char *p, ps_experiment *ex) {
     static const char *const keys[] = {"name", "kind", "site", "by", "direction", "neurons", "layers", "heads", "positions",
-                                       "run", "top_k", "per_neuron", "answer_only", "tokens", "negative", "input", "method", "steps", "window"};
+                                       "run", "top_k", "per_neuron", "answer_only", "tokens", "negative", "input", "method", "steps", "window", "ablate"};
     if (ps_cfg_check_keys(x, obj, p, keys, COUNT(keys))) return -1;
     char kp[PATH_MAX_LEN];
     ex->top_k = ex->steps = 5;
@@ -53,7 +76,7 @@ int ps_cfg_load_analysis(ps_cfg_ctx *x, const cJSON *obj, const char *p, ps_expe
     int is_ov = !strcmp(ex->kind, "ov_scores"), is_edge = !strcmp(ex->kind, "edge_attribution"), is_nrn = !strcmp(ex->kind, "neurons");
     if (is_nrn) ex->top_k = 10;
     const struct { const char *key, *kinds; int ok; } own[] = {   // each key and the kinds that take it
-        {"site", "patch_sweep", 0}, {"by", "patch_sweep", 0}, {"direction", "patch_sweep", 0}, {"neurons", "patch_sweep or neurons", is_nrn}, {"window", "neurons", is_nrn},
+        {"site", "patch_sweep", 0}, {"by", "patch_sweep", 0}, {"direction", "patch_sweep", 0}, {"neurons", "patch_sweep or neurons", is_nrn}, {"ablate", "dla", is_dla}, {"window", "neurons", is_nrn},
         {"layers", "attention or ov_scores", is_att || is_ov}, {"heads", "attention or ov_scores", is_att || is_ov},
         {"positions", "attention", is_att}, {"top_k", "logit_lens, ov_scores or neurons", is_lens || is_ov || is_nrn}, {"per_neuron", "dla", is_dla}, {"answer_only", "dla", is_dla},
         {"tokens", "ov_scores", is_ov}, {"negative", "ov_scores", is_ov}, {"input", "ov_scores", is_ov}, {"run", "dla, logit_lens, attention or neurons", is_att || is_lens || is_dla || is_nrn},
@@ -93,6 +116,7 @@ int ps_cfg_load_analysis(ps_cfg_ctx *x, const cJSON *obj, const char *p, ps_expe
         ps_cfg_key_path(kp, p, "top_k");
         return ps_cfg_bad(x, kp, "expected at least 1 (the activations stored per neuron)");
     }
+    if (ps_cfg_member(obj, "ablate") && load_dla_ablate(x, ps_cfg_member(obj, "ablate"), p, ex)) return -1;
     ex->method = (ps_edge_method)method;
     ps_cfg_key_path(kp, p, "steps");
     return ps_cfg_member(obj, "steps") && method != PS_EDGE_EAP_IG_INPUTS ? ps_cfg_bad(x, kp, "only used with method EAP-IG-inputs") : 0;

@@ -7,7 +7,8 @@ which recomputes the final norm per stage, TL >= 2.18; and the cached-scale vari
 recompute_ln=False, then the final norm's weight and bias, which is what older TL gave on folded weights), and
 the OV-circuit logits the copy/next scores are read from (plain torch on TL's weights and norm modules), and chosen
 neurons' blocks.l.mlp.hook_post over a few prompts with each neuron's top activations (sorted in Python: activation
-descending, ties to the lower prompt, then the lower position).
+descending, ties to the lower prompt, then the lower position), and the DLA of each prompt run with two heads zero-ablated
+(hooks on hook_z, the IOI backup-name-mover experiment).
 
 Regenerate (from the repo root; needs the reference venv, offline is fine; ~20 s):
     ~/.cache/ps-venv/bin/python tests/golden/make_analysis_goldens.py              # all nine models
@@ -77,6 +78,26 @@ def make(name, out_root):
                 scaled = scaled + lnf_b
             out[f"p{i}.lens_cached"] = (scaled @ W_U + b_U).float()
             out[f"p{i}.logits"] = logits[0, pos].float()
+            # DLA of an ablated run (the IOI backup name movers, as TransformerLens's Exploratory Analysis demo and
+            # ARENA do it): head (L-1, 0) zeroed at the last position and head (0, H-1) at every position, through
+            # hooks on hook_z held by br.hooks() while run_with_cache records (the bridge's run_with_cache ignores
+            # fwd_hooks); then the same logit_attrs on the ablated cache (its own final-norm scale).
+            H = br.cfg.n_heads
+            def zero_last(z, hook):
+                z[:, -1, 0] = 0
+                return z
+            def zero_all(z, hook):
+                z[:, :, H - 1] = 0
+                return z
+            with br.hooks(fwd_hooks=[(f"blocks.{L - 1}.attn.hook_z", zero_last), ("blocks.0.attn.hook_z", zero_all)]):
+                alogits, acache = br.run_with_cache(tokens)
+            if acache[f"blocks.{L - 1}.attn.hook_z"][0, -1, 0].abs().max() != 0 or acache["blocks.0.attn.hook_z"][0, :, H - 1].abs().max() != 0:
+                sys.exit(f"{name}: the ablated cache does not hold the zeroed z")
+            aresid = acache.decompose_resid(layer=-1, pos_slice=pos)
+            aheads = acache.stack_head_results(layer=-1, pos_slice=pos)
+            out[f"abl.p{i}.dla_resid"] = acache.logit_attrs(aresid, **kw).reshape(-1).float()
+            out[f"abl.p{i}.dla_heads"] = acache.logit_attrs(aheads, **kw).reshape(-1).float()
+            out[f"abl.p{i}.logits"] = alogits[0, pos].float()
         out[f"p{i}.tokens"] = tokens[0].to(torch.int32)
         out[f"p{i}.meta"] = torch.tensor([pos, answer, wrong], dtype=torch.int32)   # metric position, answer, wrong
         meta["prompts"].append(dict(tokens=tokens[0].tolist(), pos=pos, answer=answer, wrong=wrong))
