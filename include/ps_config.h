@@ -167,7 +167,8 @@ typedef struct { ps_abl_comp *c; int64_t n; char *label; } ps_abl_cell;
 typedef struct {
     char *name;                  // unique; becomes /results/<name>
     char *kind;                  // owned; the producer of its table: "patch_sweep" (default), "path_patch", "attribution",
-                                 // "edge_attribution", "edge_circuit", "dla", "logit_lens", "attention", "ov_scores", "head_scores"
+                                 // "edge_attribution", "edge_circuit", "dla", "logit_lens", "attention", "ov_scores", "head_scores",
+                                 // "neurons" (and the loader's "reference_means", "neuron_top")
     char *canonical;             // owned: its config object as canonical JSON (keys sorted): what the run identity hashes
     ps_site site;
     ps_layout layout;
