@@ -492,16 +492,17 @@ static int top_once(ps_producer_ctx *cx, ps_product *const *items, int64_t n_ite
     const ps_prompt_set *ps = cx->ps;
     for (int64_t k = 0; k < n_items; k++) {
         const ps_experiment *par = top_parent(items[k]);
-        const ps_table *src = &cx->rr->tables[items[k]->ex->top_of];
+        // The neurons table itself: its rows this run did not compute (NaN until the journal's are restored after
+        // the run) are filled here with the same numbers, so no copy of a possibly large table is made.
+        ps_table *src = &cx->rr->tables[items[k]->ex->top_of];
         const int64_t n = par->n_neurons, T_max = ps->T_max, W = src->n_cells;
-        float *acts = malloc((size_t)(ps->n * W) * sizeof *acts);
+        float *acts = src->values;
         const int32_t **tokens = malloc((size_t)ps->n * sizeof *tokens);
         int64_t *T_prompt = malloc((size_t)ps->n * sizeof *T_prompt), *redo = malloc((size_t)ps->n * sizeof *redo), n_redo = 0;
         int rc = acts && tokens && T_prompt && redo ? 0 : ps_fail(e, PS_EXIT_RUNTIME, "out of memory for %s", items[k]->ex->name);
         for (int64_t i = 0; rc == 0 && i < ps->n; i++) {
             tokens[i] = par->run_corrupted ? ps->p[i].corrupted : ps->p[i].clean;
             T_prompt[i] = ps->p[i].T_prompt;
-            memcpy(acts + i * W, src->values + i * W, (size_t)W * sizeof *acts);
             if (isnan(acts[i * W])) redo[n_redo++] = i;   // position 0 exists in every prompt: a row not computed here
         }
         // The prompts not run in this process, again, in small batches.
@@ -521,7 +522,7 @@ static int top_once(ps_producer_ctx *cx, ps_product *const *items, int64_t n_ite
         }
         if (rc == 0) rc = ps_neuron_top_fill(items[k]->t, ps->tok, tokens, T_prompt, ps->n, acts, n, T_max, par->neuron_layer,
                                              par->neurons, par->window, e);
-        free(acts); free(tokens); free(T_prompt); free(redo);
+        free(tokens); free(T_prompt); free(redo);
         if (rc != 0) return -1;
     }
     return 0;
