@@ -1,11 +1,13 @@
 // Analyses that read a prompt's activation cache (and the weights) rather than patch it: direct logit
-// attribution, the logit lens, attention patterns, OV copy/next scores. Each lays out its result table
+// attribution, the logit lens, attention patterns, OV copy/next scores, neuron activations. Each lays out its result table
 // (ps_table.h) and fills one prompt's row of it; the engine's producers call these per chunk of prompts.
 #ifndef PS_ANALYSIS_H
 #define PS_ANALYSIS_H
 
+#include "ps_ablation.h"
 #include "ps_cache.h"
 #include "ps_table.h"
+#include "ps_tokenizer.h"
 
 // ---- Direct logit attribution (dla.c) ------------------------------------------------------------------
 // The logit difference answer - wrong at one position, split over what writes the final residual stream
@@ -34,6 +36,10 @@ int ps_dla_table_init(ps_table *t, const char *name, const ps_model_config *mc, 
 // position; wrong = -1 decomposes the answer's logit alone (kind dla's "answer_only"). out: (2, K) as in the table. Streamed models are fine (layers are fetched with ps_model_layer).
 int ps_dla_prompt(const ps_model *m, const ps_cache *c, int64_t pos, int32_t answer, int32_t wrong, int neurons, float *out,
                   ps_error *e);
+// The same for every prompt of a->ps (an initialised ablator, ps_ablation.h) run with `set` ablated, each at its
+// metric position (answer_only: the answer's logit alone): out (a->ps->n, 2, K). The parts are those of the ablated
+// run, with its own final-norm scale (TransformerLens's logit_attrs on the ablated cache; the IOI backup name movers).
+int ps_dla_ablated(const ps_ablator *a, const ps_abl_set *set, int neurons, int answer_only, float *out, ps_error *e);
 
 // ---- Logit lens (lens.c) -------------------------------------------------------------------------------
 // The accumulated residual stream at one position, stage by stage: "<l>_pre", "<l>_mid" for each layer,
@@ -98,5 +104,31 @@ int ps_ov_table_init(ps_table *t, const char *name, const ps_model_config *mc, c
 // tokens those of its mean OV logits; the "score" row's rates are over every occurrence (the IOI paper counts
 // each name position of each prompt). A member that never occurs is NaN.
 int ps_ov_fill(const ps_model *m, ps_table *t, const float *resid, int64_t n_rows, const int64_t *member_of, float sign, ps_error *e);
+
+// ---- Neurons: a small Neuroscope (neurons.c) -----------------------------------------------------------
+// Chosen MLP neurons (layer[i], index[i]) at blocks.l.mlp.hook_post (TransformerLens's hook_mlp_post; for Llama
+// the gated act(gate) * up that W_out reads). A table of kind "neurons" per prompt: neuron (n; value
+// layer * d_mlp + index, label "9.934") x pos (T_max): every position of the prompt (BOS included, not the
+// teacher-forced answer tokens), NaN past it.
+int ps_neurons_table_init(ps_table *t, const char *name, const ps_model_config *mc, int64_t n_rows, const int64_t *layer,
+                          const int64_t *index, int64_t n, int64_t T_max, ps_error *e);
+// One prompt's row (n, T_max) from its run c (c->mlp_post), positions below T_prompt.
+void ps_neurons_prompt(const ps_model_config *mc, const ps_cache *c, const int64_t *layer, const int64_t *index, int64_t n,
+                       int64_t T_prompt, int64_t T_max, float *out);
+// Neuron i's k highest activations in acts (n_prompts, n, T_max; NaN cells skipped), in order: activation
+// descending, ties to the lower prompt, then the lower position. Fewer cells than k: prompt/pos -1, act NaN.
+// -1 only when out of memory.
+int ps_neuron_top_rank(const float *acts, int64_t n_prompts, int64_t n, int64_t T_max, int64_t i, int64_t k, int64_t *prompt,
+                       int64_t *pos, float *act);
+// The table "NAME.top" of kind "neuron_top" (not per prompt): entry (n * k: neuron i's rank r at i * k + r) x
+// field ("layer", "neuron", "rank", "activation", "prompt", "pos", "token": the token id). Each entry's label is
+// its context: tokens pos - window .. pos + window of the prompt, the top token in [[ ]].
+#define PS_NEURON_TOP_FIELDS 7
+int ps_neuron_top_table_init(ps_table *t, const char *name, const ps_model_config *mc, const int64_t *layer, const int64_t *index,
+                             int64_t n, int64_t k, ps_error *e);
+// Fills it from acts (as above) and the prompts' tokens (tokens[q], T_prompt[q]); tok NULL: labels of token ids.
+int ps_neuron_top_fill(ps_table *t, const ps_tokenizer *tok, const int32_t *const *tokens, const int64_t *T_prompt, int64_t n_prompts,
+                       const float *acts, int64_t n, int64_t T_max, const int64_t *layer, const int64_t *index, int64_t window,
+                       ps_error *e);
 
 #endif

@@ -46,6 +46,14 @@
 //   "top_k" (default 5), "negative": false, "input": "isolated" (default) | "prompts".
 //   head_scores (ARENA's current/previous/first/duplicate/induction detectors on repeated random tokens) takes
 //   no keys beyond name and kind.
+//   neurons (a small Neuroscope: MLP neurons' hook_mlp_post over every prompt position, ps_analysis.h):
+//   "neurons": ["9.934", "10.1721"] (LAYER.NEURON, required), "top_k": activations kept per neuron (default 10),
+//   "window": context tokens each side of the top token in its label (default 4, 0..64), "run". The loader
+//   appends {"name": "NAME.top", "kind": "neuron_top"}: the top-k (prompt, position) pairs of each neuron.
+//   dla's "ablate": an ablation block {"components": ["h9.9", {"name": "h9.6", "positions": ["end"]}], "with":
+//   "zero" | "mean" | "resample" | "corrupted", "reference", "grouping" (per_position, all_positions), "seed",
+//   "positions"} (or "keep"): the clean prompts run with every listed component ablated at once, then decomposed
+//   (the IOI backup name movers: compare with a dla experiment without it). Stored in cells like an ablation's.
 //   An "edge_attribution" experiment (EAP-IG's graph: every head's q/k/v inputs and output, MLPs, input,
 //      logits) takes only "method": "EAP" (default) | "EAP-IG-inputs" (with "steps": 1..1000, default 5) |
 //      "clean-corrupted".
@@ -159,7 +167,8 @@ typedef struct { ps_abl_comp *c; int64_t n; char *label; } ps_abl_cell;
 typedef struct {
     char *name;                  // unique; becomes /results/<name>
     char *kind;                  // owned; the producer of its table: "patch_sweep" (default), "path_patch", "attribution",
-                                 // "edge_attribution", "edge_circuit", "dla", "logit_lens", "attention", "ov_scores", "head_scores"
+                                 // "edge_attribution", "edge_circuit", "dla", "logit_lens", "attention", "ov_scores", "head_scores",
+                                 // "neurons" (and the loader's "reference_means", "neuron_top")
     char *canonical;             // owned: its config object as canonical JSON (keys sorted): what the run identity hashes
     ps_site site;
     ps_layout layout;
@@ -207,6 +216,9 @@ typedef struct {
     ps_abl_cell *min_k; int64_t n_min_k;   // owned: (n_min_k) K_v of the components named (label: v), others empty
     int64_t scores_of;                     // kind "circuit_scores" (added by the loader, "NAME.completeness" and
     int scores_minimality;                 // "NAME.minimality"): that experiment's index; 1: the minimality table
+    int64_t *neuron_layer;       // kind neurons: (n_neurons) each neuron's layer (owned); neurons[] holds its index
+    int64_t window;              // kind neurons: context tokens each side in the top table's labels (default 4)
+    int64_t top_of;              // kind "neuron_top" (added by the loader, "NAME.top"): the neurons experiment's index
     int64_t means_of;                      // kind "reference_means" (added by the loader after the experiments, one per
                                            // mean-ablating experiment, named "NAME.reference_means"): that experiment's index
     // kind "edge_circuit" (ps_circuit.h): the edges by name, or chosen from an edge_attribution experiment's

@@ -75,6 +75,8 @@ extern const ps_producer ps_path_patch_producer;
 // The analyses (src/engine/analysis_run.c, ps_analysis.h).
 extern const ps_producer ps_dla_producer, ps_logit_lens_producer, ps_attention_producer, ps_ov_scores_producer,
     ps_head_scores_producer;
+// Neuron activations per prompt and each experiment's NAME.top ranking, once (src/engine/analysis_run.c).
+extern const ps_producer ps_neurons_producer, ps_neuron_top_producer;
 // Attribution patching: the sweeps' cells from one backward pass per prompt (src/engine/attribution.c).
 extern const ps_producer ps_attribution_producer;
 // Edge attribution patching (EAP) on EAP-IG's graph (src/engine/edge_attribution.c).

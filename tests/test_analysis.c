@@ -1,9 +1,11 @@
 // The analyses against TransformerLens (tests/data/*/golden_analysis.safetensors, tests/golden/make_analysis_goldens.py)
 // on every tiny model: direct logit attribution in TransformerLens's convention (logit_attrs of decompose_resid,
 // stack_head_results and stack_neuron_results), the exact variant summing to the model's logit difference, the
-// logit lens in both conventions, and the attention table's layout.
+// logit lens in both conventions, the attention table's layout, the neurons' activations and top-k, and DLA of a run
+// with heads ablated.
 #include "golden_util.h"
 #include "ps_analysis.h"
+#include "ps_backend.h"
 #include "ps_forward.h"
 #include "testutil.h"
 
@@ -292,6 +294,161 @@ done:
     free(tok); free(want); free(acc); free(got);
 }
 
+// The small Neuroscope: chosen neurons' hook_mlp_post at every position of each golden prompt against
+// TransformerLens's, the ranking on TL's own activations equal to the golden's exactly (its ties included), and
+// the ranking on ours the same up to near-ties (activations within the tolerance may swap).
+static void test_neurons(const char *name, const ps_model *m, const ps_safetensors *g) {
+    const ps_model_config *mc = &m->cfg;
+    int64_t nn = 0, na = 0, nt = 0, nta = 0;
+    int32_t *nrn = gu_i32(g, "nrn.neurons", &nn), *top = gu_i32(g, "nrn.top", &nt);
+    float *want = gu_f32(g, "nrn.acts", &na), *want_act = gu_f32(g, "nrn.top_act", &nta);
+    int32_t *seq[8] = {0};
+    int64_t len[8] = {0}, P = 0, T_max = 0, n = nn / 2, layer[8], index[8];
+    for (; P < 8; P++) {
+        char key[32];
+        snprintf(key, sizeof key, "nrn.prompt%lld", (long long)P);
+        if (!(seq[P] = gu_i32(g, key, &len[P]))) break;
+        if (len[P] > T_max) T_max = len[P];
+    }
+    const int64_t K = n > 0 ? nt / (2 * n) : 0;
+    float *got = malloc((size_t)((P * n * T_max) > 0 ? P * n * T_max : 1) * sizeof *got);
+    ps_error e = {0};
+    ps_table t = {0}, tt = {0};
+    char nm[160];
+    if (!nrn || !top || !want || !want_act || P < 2 || n < 1 || n > 8 || na != P * n * T_max || nta != n * K || !got) {
+        TU_CHECK(0, "%s: neuron goldens missing or misshapen", name);
+        goto done;
+    }
+    for (int64_t i = 0; i < n; i++) { layer[i] = nrn[2 * i]; index[i] = nrn[2 * i + 1]; }
+    if (ps_neurons_table_init(&t, "nrn", mc, P, layer, index, n, T_max, &e) != 0) { TU_CHECK(0, "%s: neurons table: %s", name, e.msg); goto done; }
+    for (int64_t j = 0; j < P; j++) {
+        ps_cache c = {0};
+        ps_row row = {.tokens = seq[j], .T = len[j], .cache = &c};
+        if (ps_cache_init(&c, mc, len[j], 0, &e) != 0 || ps_cpu_forward(m, &row, 1, &e) != 0) { TU_CHECK(0, "%s: neurons forward: %s", name, e.msg); ps_cache_free(&c); goto done; }
+        ps_neurons_prompt(mc, &c, layer, index, n, len[j], T_max, t.values + j * t.n_cells);
+        ps_cache_free(&c);
+    }
+    memcpy(got, t.values, (size_t)(P * n * T_max) * sizeof *got);
+    snprintf(nm, sizeof nm, "%s neurons hook_mlp_post vs TL (NaN past each prompt)", name);
+    tu_close(nm, got, want, P * n * T_max, 1e-4f, 1e-4f);
+    int64_t pr[16], po[16];
+    float ac[16];
+    int bad_tl = 0, bad_ours = 0;
+    for (int64_t i = 0; i < n && K <= 16; i++) {
+        ps_neuron_top_rank(want, P, n, T_max, i, K, pr, po, ac);
+        for (int64_t r = 0; r < K; r++) bad_tl += pr[r] != top[(i * K + r) * 2] || po[r] != top[(i * K + r) * 2 + 1] || ac[r] != want_act[i * K + r];
+        ps_neuron_top_rank(got, P, n, T_max, i, K, pr, po, ac);
+        for (int64_t r = 0; r < K; r++) {
+            const float w = want_act[i * K + r];
+            if (fabsf(ac[r] - w) > 1e-4f + 1e-4f * fabsf(w)) { bad_ours++; continue; }
+            if (pr[r] == top[(i * K + r) * 2] && po[r] == top[(i * K + r) * 2 + 1]) continue;
+            // A different cell: allowed only where the golden itself has a near-tie at this activation.
+            const float tw = want[(pr[r] * n + i) * T_max + po[r]];
+            bad_ours += isnan(tw) || fabsf(tw - w) > 1e-4f + 1e-4f * fabsf(w);
+        }
+    }
+    TU_CHECK(bad_tl == 0, "%s: %d top-k entries ranked from TL's activations differ from the golden's order", name, bad_tl);
+    TU_CHECK(bad_ours == 0, "%s: %d top-k entries from our activations differ from TL's (beyond near-ties)", name, bad_ours);
+    // The top table: fields and labels (token ids: no tokenizer here), window 1.
+    const int32_t *toks[8];
+    int64_t Tp[8];
+    for (int64_t j = 0; j < P; j++) { toks[j] = seq[j]; Tp[j] = len[j]; }
+    if (ps_neuron_top_table_init(&tt, "nrn.top", mc, layer, index, n, K, &e) != 0 || ps_neuron_top_fill(&tt, NULL, toks, Tp, P, want, n, T_max, layer, index, 1, &e) != 0) {
+        TU_CHECK(0, "%s: top table: %s", name, e.msg);
+        goto done;
+    }
+    const float *r0 = tt.values;   // neuron 0, rank 0
+    const int64_t q = top[0], p = top[1];
+    char lab[128];
+    if (p > 0) snprintf(lab, sizeof lab, "<%d>[[<%d>]]", seq[q][p - 1], seq[q][p]);
+    else snprintf(lab, sizeof lab, "[[<%d>]]", seq[q][p]);
+    if (p + 1 < len[q]) snprintf(lab + strlen(lab), sizeof lab - strlen(lab), "<%d>", seq[q][p + 1]);
+    TU_CHECK(r0[0] == (float)layer[0] && r0[1] == (float)index[0] && r0[2] == 0 && r0[3] == want_act[0] && r0[4] == (float)q &&
+             r0[5] == (float)p && r0[6] == (float)seq[q][p], "%s: the top table's first entry holds the wrong fields", name);
+    TU_CHECK(tt.axes[0].label && tt.axes[0].label[0] && !strcmp(tt.axes[0].label[0], lab), "%s: top label \"%s\", want \"%s\"", name,
+             tt.axes[0].label && tt.axes[0].label[0] ? tt.axes[0].label[0] : "(none)", lab);
+    // A neuron outside the model is refused.
+    ps_table bt = {0};
+    int64_t bl[1] = {0}, bi[1] = {mc->d_mlp};
+    e = (ps_error){0};
+    TU_CHECK(ps_neurons_table_init(&bt, "nrn", mc, 1, bl, bi, 1, 4, &e) != 0 && e.code == PS_EXIT_BADINPUT, "%s: neuron %lld of a %lld-neuron MLP accepted", name, (long long)bi[0], (long long)mc->d_mlp);
+    ps_table_free(&bt);
+    printf("%s neurons: %lld neurons x %lld prompts vs TL, top-%lld order exact on TL's activations\n", name, (long long)n, (long long)P, (long long)K);
+done:
+    ps_table_free(&t);
+    ps_table_free(&tt);
+    for (int64_t j = 0; j < 8; j++) free(seq[j]);
+    free(nrn); free(top); free(want); free(want_act); free(got);
+}
+
+// DLA of an ablated run (the IOI backup name movers): each golden prompt run through the ablation library's rows
+// with head (L-1, 0) zeroed at the last position and head (0, H-1) at every position, then decomposed; against
+// TransformerLens's logit_attrs on the cache of the same run with hooks on hook_z, and the exact parts' sum against
+// that run's logit difference.
+static void test_dla_ablated(const char *name, const ps_model *m, const ps_safetensors *g) {
+    const ps_model_config *mc = &m->cfg;
+    const int64_t L = mc->n_layers, H = mc->n_heads, K = ps_dla_n_components(mc, 0);
+    const int pos = mc->arch == PS_ARCH_GPT2, k_heads = 1 + pos + 2 * (int)L;
+    ps_backend be;
+    ps_error e = {0};
+    if (ps_backend_init(&be, PS_BACKEND_CPU, PS_PREC_FP32, 1, m, &e) != 0) { TU_CHECK(0, "%s: backend: %s", name, e.msg); return; }
+    ps_component comps[2];
+    char c0[32], c1[32];
+    snprintf(c0, sizeof c0, "h%lld.0", (long long)(L - 1));
+    snprintf(c1, sizeof c1, "h0.%lld", (long long)(H - 1));
+    const int64_t last[1] = {-1};
+    TU_CHECK(ps_component_parse(c0, &comps[0]) == 0 && ps_component_parse(c1, &comps[1]) == 0, "%s: components", name);
+    comps[0].pos = last;
+    comps[0].n_pos = 1;
+    const ps_abl_set set = {.c = comps, .n = 2};
+    float worst = 0;
+    int tested = 0;
+    for (int p = 0;; p++) {
+        char key[64], nm[160];
+        int64_t T = 0, n3 = 0, nr = 0, nh = 0, nv = 0;
+        snprintf(key, sizeof key, "p%d.tokens", p);
+        int32_t *tok = gu_i32(g, key, &T);
+        if (!tok) break;
+        snprintf(key, sizeof key, "p%d.meta", p);
+        int32_t *meta = gu_i32(g, key, &n3);
+        snprintf(key, sizeof key, "abl.p%d.dla_resid", p);
+        float *wr = gu_f32(g, key, &nr);
+        snprintf(key, sizeof key, "abl.p%d.dla_heads", p);
+        float *wh = gu_f32(g, key, &nh);
+        snprintf(key, sizeof key, "abl.p%d.logits", p);
+        float *lg = gu_f32(g, key, &nv);
+        float *out = malloc((size_t)(2 * K) * sizeof *out);
+        if (!meta || !wr || !wh || !lg || nr != k_heads || nh != L * H || !out) {
+            TU_CHECK(0, "%s p%d: ablated dla goldens missing or misshapen", name, p);
+        } else {
+            ps_prompt pr = {.clean = tok, .corrupted = tok, .T = T, .T_prompt = T, .score_pos = meta[0], .answer_id = meta[1], .wrong_id = meta[2]};
+            ps_prompt_set ps = {.p = &pr, .n = 1, .T_max = T, .bos = -1};
+            ps_ablator a = {.m = m, .be = &be, .ps = &ps, .metric = PS_METRIC_LOGIT_DIFF, .method = PS_ABL_ZERO};
+            if (ps_ablator_init(&a, "test", &e) != 0 || ps_dla_ablated(&a, &set, 0, 0, out, &e) != 0) {
+                TU_CHECK(0, "%s p%d: ablated dla: %s", name, p, e.msg);
+            } else {
+                snprintf(nm, sizeof nm, "%s p%d ablated-run dla tl embed/attn_out/mlp_out vs TL with hooks", name, p);
+                tu_close(nm, out, wr, nr, 1e-4f, 1e-4f);
+                snprintf(nm, sizeof nm, "%s p%d ablated-run dla tl heads vs TL with hooks", name, p);
+                tu_close(nm, out + k_heads, wh, nh, 1e-4f, 1e-4f);
+                for (int64_t i = 0; i < nh; i++) worst = fmaxf(worst, fabsf(out[k_heads + i] - wh[i]));
+                // Head (0, H-1) is zero everywhere, (L-1, 0) where the metric is read at the last position.
+                TU_CHECK(out[k_heads + H - 1] == 0 && (meta[0] != T - 1 || out[k_heads + (L - 1) * H] == 0), "%s p%d: an ablated head has a nonzero attribution", name, p);
+                const int64_t k_fb = k_heads + L * H + (mc->arch != PS_ARCH_LLAMA) * L;
+                float got = sum_range(out + K, 0, k_heads) + out[K + k_fb], want = lg[meta[1]] - lg[meta[2]];
+                snprintf(nm, sizeof nm, "%s p%d ablated-run dla exact sum vs TL's ablated logit diff", name, p);
+                tu_close(nm, &got, &want, 1, 1e-4f, 1e-4f);
+                tested++;
+            }
+            ps_ablator_free(&a);
+        }
+        free(out); free(tok); free(meta); free(wr); free(wh); free(lg);
+    }
+    TU_CHECK(tested == 3, "%s: %d ablated-run prompts tested, want 3", name, tested);
+    printf("%s dla of the ablated run: %d prompts, heads max_abs_err=%.3g vs TL with hooks\n", name, tested, worst);
+    ps_backend_free(&be);
+}
+
 static void test_model(const char *name) {
     char dir[512], gpath[600];
     snprintf(dir, sizeof dir, "%s/%s", tu_src("tests/data"), name);
@@ -340,6 +497,8 @@ static void test_model(const char *name) {
     test_ov(name, &m, &g);
     test_ov_prompts(name, &m, &g);
     test_head_scores(name, &m, &g);
+    test_neurons(name, &m, &g);
+    test_dla_ablated(name, &m, &g);
     // Bad input is refused with the reason.
     ps_cache c = {0};
     int32_t tok[3] = {1, 2, 3};

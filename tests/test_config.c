@@ -344,7 +344,7 @@ static void test_analyses(void) {
     expect_exp_fail("an2.json", "{\"name\": \"x\", \"kind\": \"logit_lens\", \"heads\": [0]}",
                     "experiments[1].heads: only used with kind attention or ov_scores (this experiment is logit_lens)");
     expect_exp_fail("an3.json", "{\"name\": \"x\", \"kind\": \"dla\", \"top_k\": 2}",
-                    "experiments[1].top_k: only used with kind logit_lens or ov_scores (this experiment is dla)");
+                    "experiments[1].top_k: only used with kind logit_lens, ov_scores or neurons (this experiment is dla)");
     expect_exp_fail("an4.json", "{\"name\": \"x\", \"site\": \"z\", \"run\": \"clean\"}",
                     "experiments[1].run: unknown key 'run' (valid keys: name, kind, site, by, direction, layers, heads, neurons, positions)");
     expect_exp_fail("an5.json", "{\"name\": \"x\", \"kind\": \"logit_lens\", \"top_k\": -1}",
@@ -356,7 +356,7 @@ static void test_analyses(void) {
     expect_exp_fail("an9.json", "{\"name\": \"x\", \"kind\": \"ov_scores\", \"tokens\": [\" 1\", 2]}",
                     "experiments[1].tokens[1]: expected a non-empty token string, got 2");
     expect_exp_fail("an10.json", "{\"name\": \"x\", \"kind\": \"ov_scores\", \"tokens\": [\" 1\"], \"run\": \"clean\"}",
-                    "experiments[1].run: only used with kind dla, logit_lens or attention (this experiment is ov_scores)");
+                    "experiments[1].run: only used with kind dla, logit_lens, attention or neurons (this experiment is ov_scores)");
     expect_exp_fail("an11.json", "{\"name\": \"x\", \"kind\": \"head_scores\", \"layers\": [0]}",
                     "experiments[1].layers: only used with kind attention or ov_scores (this experiment is head_scores)");
     expect_exp_fail("an7.json", "{\"name\": \"x\", \"kind\": \"dlaa\"}",

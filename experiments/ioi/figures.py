@@ -9,6 +9,8 @@ experiments/ioi/demo.json:
   dla_layers.png, dla_heads.png   direct logit attribution (name movers write the IO - S direction)
   attention_roles.png mean attention from the last token to IO, S1 and S2, per head
   head_scores.png     previous-token, duplicate-token and induction scores (the early induction heads)
+  backup_name_movers.png  each head's DLA in the clean run vs with the name movers ablated (a dla table with
+                      "ablate"), and the change per head (ARENA's backup name movers; exact DLA)
 
 Usage: python3 experiments/ioi/figures.py RESULTS.h5 [-o OUTDIR]
 Tables are read through their axes and labels (experiments/README.md); roles are found from the stored tokens.
@@ -54,6 +56,68 @@ def fig_tables(f, out, names, fname, titles):
     fig.tight_layout()
     fig.savefig(os.path.join(out, fname), dpi=120)
     plt.close(fig)
+
+
+def heads_of(g, variant="exact"):
+    """(layer, head) grid of a dla table's mean per-head parts (components L<l>H<h>) in one variant."""
+    comp = [c.decode() if isinstance(c, bytes) else c for c in g["component_label"][:]]
+    var = [v.decode() if isinstance(v, bytes) else v for v in g["variant_label"][:]]
+    m = g["mean"][var.index(variant)]
+    heads = [(int(c[1:].split("H")[0]), int(c.split("H")[1]), k) for k, c in enumerate(comp)
+             if c.startswith("L") and "H" in c and c[1:].split("H")[0].isdigit()]
+    L, H = max(l for l, _, _ in heads) + 1, max(h for _, h, _ in heads) + 1
+    grid = np.full((L, H), np.nan)
+    for l, h, k in heads:
+        grid[l, h] = m[k]
+    return grid
+
+
+def fig_backup(f, out, name):
+    """ARENA's backup name movers: each head's direct logit attribution in the clean run (dla) against the run with
+    the name movers ablated (a dla table with "ablate"), and the change per head. The exact variant (its parts sum to
+    the logit difference, so the naive prediction, clean minus the ablated heads' parts, is consistent); on
+    ARENA's folded GPT-2 TransformerLens's convention is the same thing."""
+    g, c = f["results/" + name], f["results/dla"]
+    clean, abl = heads_of(c), heads_of(g)
+    ablated = s(g.attrs.get("ablated", ""))
+    marked = {tuple(int(x) for x in h[1:].split(".")) for h in ablated.split() if h.startswith("h")}
+    var = [v.decode() if isinstance(v, bytes) else v for v in g["variant_label"][:]]
+    comp = [x.decode() if isinstance(x, bytes) else x for x in g["component_label"][:]]
+    parts = [k for k, x in enumerate(comp) if x in ("embed", "pos_embed", "final_bias") or x.endswith(("_attn_out", "_mlp_out"))]
+    ld_clean = float(np.nanmean(f["baseline/clean_metric"][:]))
+    ld_abl = float(np.nanmean(g["values"][:, var.index("exact")][:, parts].sum(axis=1)))
+    naive = ld_clean - sum(clean[l, h] for l, h in marked)
+    fig, (a0, a1) = plt.subplots(1, 2, figsize=(10, 4.2))
+    lim = np.nanmax(np.abs(np.concatenate([clean.ravel(), abl.ravel()]))) * 1.1 or 1
+    a0.plot([-lim, lim], [-lim, lim], color="grey", lw=0.8, ls="--")
+    for l in range(clean.shape[0]):
+        for h in range(clean.shape[1]):
+            a0.scatter(clean[l, h], abl[l, h], s=22, color="tab:red" if (l, h) in marked else "tab:blue")
+            if max(abs(clean[l, h]), abs(abl[l, h])) > 0.08 * lim or (l, h) in marked:   # the crowd near 0 unlabelled
+                a0.annotate(f"{l}.{h}", (clean[l, h], abl[l, h]), fontsize=7, xytext=(3, 2), textcoords="offset points")
+    a0.set_xlim(-lim, lim)
+    a0.set_ylim(-lim, lim)
+    a0.set_xlabel("clean run: direct logit attribution per head")
+    a0.set_ylabel("name movers ablated: direct logit attribution")
+    a0.set_title(f"ablated {ablated} ({s(g.attrs.get('ablation_method', ''))})\nlogit diff {ld_clean:.2f} -> {ld_abl:.2f} "
+                 f"(naive prediction {naive:.2f})", fontsize=9)
+    d = abl - clean
+    dl = np.nanmax(np.abs(d)) or 1
+    im = a1.imshow(d, cmap="RdBu", vmin=-dl, vmax=dl)
+    for l in range(d.shape[0]):
+        for h in range(d.shape[1]):
+            a1.text(h, l, f"{d[l, h]:.2f}", ha="center", va="center", fontsize=7, fontweight="bold" if (l, h) in marked else "normal")
+    a1.set_xticks(range(d.shape[1]))
+    a1.set_yticks(range(d.shape[0]))
+    a1.set_xlabel("head")
+    a1.set_ylabel("layer")
+    a1.set_title("change in DLA per head (ablated - clean); ablated heads in bold", fontsize=9)
+    fig.colorbar(im, ax=a1)
+    fig.suptitle(f"Backup name movers ({g['values'].shape[0]} prompts, exact DLA at the final norm's cached scale, mean over prompts)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "backup_name_movers.png"), dpi=120)
+    plt.close(fig)
+    return ld_clean, ld_abl, naive, d
 
 
 def roles(f, i):
@@ -112,6 +176,10 @@ def main():
         fig_dla(f, a.out)
         fig_attention_roles(f, a.out)
         fig_head_scores(f, a.out)
+        for n in (n for n in f["results"] if s(f["results"][n].attrs.get("kind", "")) == "dla" and "ablated" in f["results"][n].attrs):
+            ld, la, nv, d = fig_backup(f, a.out, n)
+            print(f"backup name movers ({n}): logit diff {ld:.3f} clean, {la:.3f} ablated, naive prediction {nv:.3f}; "
+                  f"largest DLA rise {np.nanmax(d):.3f}")
     print(f"figures.py: wrote the IOI figures under {a.out}")
 
 

@@ -10,6 +10,8 @@ patchsweep results file written by experiments/one_is_1/numerals.json (or its nu
                                   (dla_answer's exact per-head part; without it, dla's: answer - wrong)
   ov_<set>.png                    Figures 4-5: OV copy/next scores per head and a head's top-5 tokens
   neurons.png                     Figure 7: patching each neuron's mlp_post, mean normalized recovery
+  neuroscope_<name>.png           Figure 8: each chosen neuron's top-activating prompts (kind neurons and its
+                                  NAME.top), the tokens coloured by the neuron's activation, the top one boxed
   table2_circuits.txt             Tables 2a/2b: the mean-ablation circuit and its score, each component's
                                   score when mean-ablated alone (also printed)
 
@@ -120,6 +122,54 @@ def fig_neurons(f, out):
     plt.close(fig)
 
 
+def fig_neuroscope(f, out, name, shown=8, before=8, after=3):
+    """Figure 8: a small Neuroscope. For each neuron of the kind-neurons table `name`, its top-activating prompts
+    (from NAME.top, best first), the tokens around the top one coloured by the neuron's activation there
+    (white = 0 or below, red = the neuron's largest), the top token boxed."""
+    g, t = f["results/" + name], f["results/" + name + ".top"]
+    acts = g["values"][:]                                 # (prompt, neuron, pos)
+    nlab = labels(g, "neuron")
+    fields = labels(t, "field")
+    tv = t["values"][0] if t["values"].ndim == 3 else t["values"][:]   # (entry, field)
+    k = int(t.attrs["top_k"])
+    side = "corrupted" if s(g.attrs.get("run", "clean")) == "corrupted" else "clean"
+    toks = f[f"prompts/{side}_tokens"]
+    rows = min(k, shown)
+    fig, axes = plt.subplots(len(nlab), 1, figsize=(11, 0.42 * rows * len(nlab) + 0.9 * len(nlab)), squeeze=False)
+    cmap = plt.get_cmap("Reds")
+    fig.canvas.draw()
+    rend = fig.canvas.get_renderer()
+    for i, ax in enumerate(axes[:, 0]):
+        ent = tv[i * k:(i + 1) * k]
+        ok = ~np.isnan(ent[:, fields.index("prompt")])
+        top = float(np.nanmax(ent[:, fields.index("activation")])) if ok.any() else 1.0
+        scale = top if top > 0 else 1.0
+        ax.set_xlim(0, 1)
+        ax.set_ylim(rows + 0.2, -0.8)
+        ax.axis("off")
+        ax.set_title(f"neuron {nlab[i]}: top {int(ok.sum())} of {acts.shape[0]} prompts x positions "
+                     f"(max {top:.3f}; colour = activation / max)", fontsize=9, loc="left")
+        for r in range(rows):
+            if not ok[r]:
+                continue
+            p, pos = int(ent[r, fields.index("prompt")]), int(ent[r, fields.index("pos")])
+            n = int(f["prompts/prompt_length"][p]) if "prompt_length" in f["prompts"] else int(f["prompts/length"][p])
+            ax.text(0.0, r, f"{ent[r, fields.index('activation')]:7.3f}  p{p}", fontsize=8, family="monospace", va="center")
+            x = 0.13
+            for j in range(max(0, pos - before), min(n, pos + after + 1)):
+                a = acts[p, i, j]
+                col = cmap(0.85 * max(0.0, a / scale)) if np.isfinite(a) else (1, 1, 1, 1)
+                txt = ax.text(x, r, q(s(toks[p][j])), fontsize=8, family="monospace", va="center",
+                              fontweight="bold" if j == pos else "normal",
+                              bbox=dict(boxstyle="square,pad=0.15", fc=col, ec="black" if j == pos else col, lw=0.8))
+                bb = txt.get_window_extent(renderer=rend).transformed(ax.transData.inverted())
+                x = bb.x1 + 0.004
+    fig.suptitle(f"Top-activating prompts per neuron ({name}: hook_mlp_post, {side} run)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, f"neuroscope_{name}.png"), dpi=130)
+    plt.close(fig)
+
+
 def tables2(f, out):
     """Tables 2a/2b: every circuit_search table's circuit and score, and every ablation table's cells scored as
     seqcont does (100 x mean metric with the cell mean-ablated / mean clean metric), best kept first."""
@@ -174,6 +224,8 @@ def main():
         for name in (n for n in f["results"] if f["results"][n].attrs.get("kind") in (b"ov_scores", "ov_scores")):
             fig_ov(f, a.out, vb, name=name, fname=name + ".png", head=sh)
         fig_neurons(f, a.out)
+        for name in (n for n in f["results"] if s(f["results"][n].attrs.get("kind", "")) == "neurons"):
+            fig_neuroscope(f, a.out, name)
         tables2(f, a.out)
     print(f"figures.py: wrote the figures and table1_heads.txt under {a.out}")
 

@@ -1,11 +1,13 @@
 // The analyses' producers (ps_producer.h): kinds dla, logit_lens and attention read each prompt's baseline run
-// (clean, or corrupted with "run": "corrupted") from the chunk's caches and fill its row of their table with the
+// (clean, or corrupted with "run": "corrupted"; dla with "ablate": the clean prompts run again with components
+// ablated, by the ablation library) from the chunk's caches and fill its row of their table with the
 // functions of dla.c, lens.c and attention.c, with no forward pass of their own; ov_scores (ov.c) runs its member
-// tokens once and fills one row.
+// tokens once and fills one row; neurons (neurons.c) reads each prompt's run and ranks them all at the end.
 #include "ps_analysis.h"
 #include "ps_producer.h"
 #include "ps_tokenizer.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,9 +37,77 @@ static int metric_chunk(ps_producer_ctx *cx, ps_product *const *items, int64_t n
     return 0;
 }
 
+// dla with "ablate": the config's components as one ablated set, the means (computed on first use) or resample draws.
+typedef struct {
+    char what[200];              // "experiments[i] (name)"
+    ps_component *comps;         // (set.n) owned; positions borrowed from the config
+    ps_abl_set set;
+    int64_t *draws;              // (ps->n) resample: drawn once over every prompt
+    ps_ref_means means;
+    int means_ready;
+} dla_abl;
+
+static void dla_free(void *v) {
+    dla_abl *s = v;
+    if (!s) return;
+    free(s->comps);
+    free(s->draws);
+    ps_ref_means_free(&s->means);
+    free(s);
+}
+
+static const ps_prompt_set *dla_ref(const ps_prompt_set *ps, const ps_product *p) {
+    return ps->ref && p->idx < ps->n_ref && ps->ref[p->idx].n > 0 ? &ps->ref[p->idx] : NULL;
+}
+
+static int dla_abl_init(const ps_model_config *mc, const ps_prompt_set *ps, ps_product *p, ps_error *e) {
+    const ps_experiment *ex = p->ex;
+    dla_abl *s = calloc(1, sizeof *s);
+    if (!s) return ps_fail(e, PS_EXIT_RUNTIME, "out of memory for %s", ex->name);
+    p->state = s;
+    snprintf(s->what, sizeof s->what, "experiments[%lld] (%s): ablate", (long long)p->idx, ex->name);
+    int64_t n = 0;
+    for (int64_t c = 0; c < ex->n_cells; c++) n += ex->cells[c].n;
+    if (!(s->comps = calloc((size_t)(n ? n : 1), sizeof *s->comps))) return ps_fail(e, PS_EXIT_RUNTIME, "out of memory for %s", ex->name);
+    s->set = (ps_abl_set){.c = s->comps, .n = n, .keep = ex->keep};
+    for (int64_t c = 0, k = 0; c < ex->n_cells; c++)
+        for (int64_t j = 0; j < ex->cells[c].n; j++, k++) {
+            const ps_abl_comp *ac = &ex->cells[c].c[j];
+            char where[300];
+            snprintf(where, sizeof where, "%s.%s[%lld]", s->what, ex->keep ? "keep" : "components", (long long)(ex->keep ? j : c));
+            if (ps_component_parse(ac->name, &s->comps[k]) != 0) return ps_fail(e, PS_EXIT_BADINPUT, "%s: \"%s\" is not a component", where, ac->name);
+            if (ps_component_check(mc, &s->comps[k], where, e) != 0) return -1;
+            if (ex->keep && s->comps[k].kind == PS_COMP_NEURON)
+                return ps_fail(e, PS_EXIT_BADINPUT, "%s: %s: a kept circuit holds heads and MLPs; neurons can only be ablated", where, ac->name);
+            const int own = ac->positions != NULL;
+            s->comps[k].pos = own ? ac->positions : ex->positions;
+            s->comps[k].n_pos = own ? ac->n_positions : ex->n_positions;
+            s->comps[k].pos_role = own ? ac->position_role : ex->position_role;
+        }
+    const ps_prompt_set *ref = dla_ref(ps, p);
+    if ((ex->abl_with == PS_ABL_MEAN || ex->abl_with == PS_ABL_RESAMPLE) && !ref)
+        return ps_fail(e, PS_EXIT_BADINPUT, "%s.reference: required with \"with\": \"%s\"", s->what, ps_abl_method_name(ex->abl_with));
+    if (ex->abl_with == PS_ABL_RESAMPLE) {
+        if (!(s->draws = malloc((size_t)(ps->n ? ps->n : 1) * sizeof *s->draws))) return ps_fail(e, PS_EXIT_RUNTIME, "out of memory");
+        char where[260];
+        snprintf(where, sizeof where, "%s.reference", s->what);
+        if (ps_abl_resample_draws(ps, ref, (uint64_t)ex->seed, where, s->draws, e) != 0) return -1;
+    }
+    char list[1024] = "";
+    for (int64_t k = 0; k < n && strlen(list) + 40 < sizeof list; k++) {
+        char c[64];
+        ps_component_label(&s->comps[k], c, sizeof c);
+        snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", k ? " " : "", c);
+    }
+    return ps_table_attr_str(p->t, ex->keep ? "ablated_outside" : "ablated", list, e) ||
+           ps_table_attr_str(p->t, "ablation_method", ps_abl_method_name(ex->abl_with), e) ||
+           (ex->abl_with == PS_ABL_MEAN && ps_table_attr_str(p->t, "ablation_group", ps_mean_group_name(ex->abl_group), e)) ? -1 : 0;
+}
+
 static int dla_init(const ps_model_config *mc, const ps_prompt_set *ps, ps_product *p, ps_error *e) {
     if (ps_dla_table_init(p->t, p->ex->name, mc, ps->n, p->ex->per_neuron, p->ex->answer_only, e) != 0) return -1;
-    return note_run(p, e);
+    if (note_run(p, e) != 0) return -1;
+    return p->ex->n_cells > 0 ? dla_abl_init(mc, ps, p, e) : 0;
 }
 
 static int dla_row(const ps_model *m, const ps_cache *c, const ps_prompt *pr, const ps_experiment *ex, float *row, ps_error *e) {
@@ -46,11 +116,64 @@ static int dla_row(const ps_model *m, const ps_cache *c, const ps_prompt *pr, co
     return ps_dla_prompt(m, c, pr->score_pos, pr->answer_id, ex->answer_only ? -1 : pr->wrong_id, ex->per_neuron, row, e);
 }
 
-static int dla_chunk(ps_producer_ctx *cx, ps_product *const *items, int64_t n, const ps_chunk *ch, ps_error *e) {
-    return metric_chunk(cx, items, n, ch, dla_row, e);
+// The chunk's prompts run with the set ablated, through the ablation library's rows.
+static int dla_abl_chunk(ps_producer_ctx *cx, ps_product *p, const ps_chunk *ch, ps_error *e) {
+    const ps_experiment *ex = p->ex;
+    dla_abl *s = p->state;
+    ps_table *t = p->t;
+    if (!ex->answer_only)
+        for (int64_t i = 0; i < ch->n; i++)
+            if (cx->ps->p[ch->prompts[i]].wrong_id < 0)
+                return ps_fail(e, PS_EXIT_BADINPUT, "dla %s: a prompt has no wrong answer (\"answer_only\": true decomposes the answer's logit)", ex->name);
+    if (ex->abl_with == PS_ABL_MEAN && !s->means_ready) {
+        char where[260];
+        snprintf(where, sizeof where, "%s.reference", s->what);
+        if (ps_ref_means_compute(cx->m, cx->be, dla_ref(cx->ps, p), (ps_mean_group)ex->abl_group, NULL, 1, where, &s->means, e) != 0) return -1;
+        s->means_ready = 1;
+    }
+    ps_prompt_set sub = {.n = ch->n};
+    sub.p = malloc((size_t)(ch->n ? ch->n : 1) * sizeof *sub.p);
+    int64_t *draws = malloc((size_t)(ch->n ? ch->n : 1) * sizeof *draws), *groups = calloc((size_t)(ch->n ? ch->n : 1), sizeof *groups);
+    const int64_t K = t->n_cells / 2;
+    float *vals = malloc((size_t)(ch->n * 2 * K) * sizeof *vals);
+    int rc = sub.p && draws && groups && vals ? 0 : ps_fail(e, PS_EXIT_RUNTIME, "out of memory for a chunk of %lld prompts", (long long)ch->n);
+    for (int64_t i = 0; rc == 0 && i < ch->n; i++) {
+        sub.p[i] = cx->ps->p[ch->prompts[i]];
+        if (sub.p[i].T > sub.T_max) sub.T_max = sub.p[i].T;
+        draws[i] = s->draws ? s->draws[ch->prompts[i]] : 0;
+    }
+    ps_ablator a = {.m = cx->m, .be = cx->be, .ps = &sub, .metric = cx->metric, .method = (ps_abl_method)ex->abl_with,
+                    .means = s->means_ready ? &s->means : NULL, .group_of = groups, .ref = dla_ref(cx->ps, p),
+                    .seed = (uint64_t)ex->seed, .draws = s->draws ? draws : NULL, .batch_rows = cx->o->batch_rows,
+                    .base = cx->o->naive ? NULL : ch->clean};
+    if (rc == 0 && (rc = ps_ablator_init(&a, s->what, e)) == 0) {
+        rc = ps_dla_ablated(&a, &s->set, ex->per_neuron, ex->answer_only, vals, e);
+        for (int64_t i = 0; rc == 0 && i < ch->n; i++) memcpy(t->values + ch->prompts[i] * t->n_cells, vals + i * 2 * K, (size_t)(2 * K) * sizeof *vals);
+        t->patches_run += a.stats.rows_run;
+        t->flops += a.stats.flops;
+        cx->rr->rows_planned += a.stats.rows_run;
+        ps_ablator_free(&a);
+    }
+    free(sub.p); free(draws); free(groups); free(vals);
+    return rc;
 }
 
-const ps_producer ps_dla_producer = {.kind = "dla", .per_prompt = 1, .init = dla_init, .chunk = dla_chunk};
+static int dla_chunk(ps_producer_ctx *cx, ps_product *const *items, int64_t n, const ps_chunk *ch, ps_error *e) {
+    for (int64_t k = 0; k < n; k++) {
+        if (cx->o->dry_run) {
+            if (items[k]->ex->n_cells > 0) cx->rr->rows_planned += 2 * ch->n;
+            continue;
+        }
+        if (items[k]->ex->n_cells > 0) {
+            if (ps_producer_stopped(cx, e) != 0 || dla_abl_chunk(cx, items[k], ch, e) != 0) return -1;
+        } else if (metric_chunk(cx, items + k, 1, ch, dla_row, e) != 0) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+const ps_producer ps_dla_producer = {.kind = "dla", .per_prompt = 1, .init = dla_init, .chunk = dla_chunk, .free_state = dla_free};
 
 static int lens_init(const ps_model_config *mc, const ps_prompt_set *ps, ps_product *p, ps_error *e) {
     if (ps_lens_table_init(p->t, p->ex->name, mc, ps->n, p->ex->top_k, e) != 0) return -1;
@@ -323,3 +446,86 @@ static int hs_once(ps_producer_ctx *cx, ps_product *const *items, int64_t n, ps_
 }
 
 const ps_producer ps_head_scores_producer = {.kind = "head_scores", .per_prompt = 0, .init = hs_init, .once = hs_once};
+
+// ---- neurons and NAME.top ------------------------------------------------------------------------------
+// neurons fills each prompt's row from the chunk's run; NAME.top ranks every prompt's row once at the end. A
+// prompt this run did not compute (its row restored from the journal after the run) is run again here, so the
+// ranking covers the whole dataset on a resumed run too.
+
+static const ps_experiment *top_parent(const ps_product *p) { return p->ex - (p->idx - p->ex->top_of); }   // experiments are one array
+
+static int nrn_init(const ps_model_config *mc, const ps_prompt_set *ps, ps_product *p, ps_error *e) {
+    const ps_experiment *ex = p->ex;
+    ps_error e2 = {0};
+    if (ps_neurons_table_init(p->t, ex->name, mc, ps->n, ex->neuron_layer, ex->neurons, ex->n_neurons, ps->T_max, &e2) != 0)
+        return ps_fail(e, e2.code, "experiments[%lld]%s%s", (long long)p->idx, e2.code == PS_EXIT_BADINPUT ? "." : ": ", e2.msg);
+    return note_run(p, e);
+}
+
+static int nrn_chunk(ps_producer_ctx *cx, ps_product *const *items, int64_t n, const ps_chunk *ch, ps_error *e) {
+    (void)e;
+    if (cx->o->dry_run) return 0;
+    for (int64_t k = 0; k < n; k++) {
+        const ps_experiment *ex = items[k]->ex;
+        ps_table *t = items[k]->t;
+        for (int64_t i = 0; i < ch->n; i++)
+            ps_neurons_prompt(&cx->m->cfg, run_of(items[k], ch, i), ex->neuron_layer, ex->neurons, ex->n_neurons,
+                              cx->ps->p[ch->prompts[i]].T_prompt, cx->ps->T_max, t->values + ch->prompts[i] * t->n_cells);
+    }
+    return 0;
+}
+
+const ps_producer ps_neurons_producer = {.kind = "neurons", .per_prompt = 1, .init = nrn_init, .chunk = nrn_chunk};
+
+static int top_init(const ps_model_config *mc, const ps_prompt_set *ps, ps_product *p, ps_error *e) {
+    (void)ps;
+    const ps_experiment *par = top_parent(p);
+    ps_error e2 = {0};
+    if (ps_neuron_top_table_init(p->t, p->ex->name, mc, par->neuron_layer, par->neurons, par->n_neurons, par->top_k, &e2) != 0)
+        return ps_fail(e, e2.code, "experiments[%lld] (%s): %s", (long long)p->ex->top_of, par->name, e2.msg);
+    return ps_table_attr_str(p->t, "of", par->name, e) || ps_table_attr_i64(p->t, "window", par->window, e) ||
+           ps_table_attr_str(p->t, "run", par->run_corrupted ? "corrupted" : "clean", e) ? -1 : 0;
+}
+
+static int top_once(ps_producer_ctx *cx, ps_product *const *items, int64_t n_items, ps_error *e) {
+    if (cx->o->dry_run) return 0;
+    const ps_prompt_set *ps = cx->ps;
+    for (int64_t k = 0; k < n_items; k++) {
+        const ps_experiment *par = top_parent(items[k]);
+        // The neurons table itself: its rows this run did not compute (NaN until the journal's are restored after
+        // the run) are filled here with the same numbers, so no copy of a possibly large table is made.
+        ps_table *src = &cx->rr->tables[items[k]->ex->top_of];
+        const int64_t n = par->n_neurons, T_max = ps->T_max, W = src->n_cells;
+        float *acts = src->values;
+        const int32_t **tokens = malloc((size_t)ps->n * sizeof *tokens);
+        int64_t *T_prompt = malloc((size_t)ps->n * sizeof *T_prompt), *redo = malloc((size_t)ps->n * sizeof *redo), n_redo = 0;
+        int rc = acts && tokens && T_prompt && redo ? 0 : ps_fail(e, PS_EXIT_RUNTIME, "out of memory for %s", items[k]->ex->name);
+        for (int64_t i = 0; rc == 0 && i < ps->n; i++) {
+            tokens[i] = par->run_corrupted ? ps->p[i].corrupted : ps->p[i].clean;
+            T_prompt[i] = ps->p[i].T_prompt;
+            if (isnan(acts[i * W])) redo[n_redo++] = i;   // position 0 exists in every prompt: a row not computed here
+        }
+        // The prompts not run in this process, again, in small batches.
+        const int64_t B = 8;
+        for (int64_t b0 = 0; rc == 0 && b0 < n_redo; b0 += B) {
+            const int64_t nb = n_redo - b0 < B ? n_redo - b0 : B;
+            const int32_t *seq[8];
+            int64_t len[8];
+            ps_cache caches[8];
+            memset(caches, 0, sizeof caches);
+            for (int64_t j = 0; j < nb; j++) { seq[j] = tokens[redo[b0 + j]]; len[j] = ps->p[redo[b0 + j]].T; }
+            if ((rc = ps_producer_stopped(cx, e)) == 0 && (rc = run_cached(cx, seq, len, nb, caches, e)) == 0)
+                for (int64_t j = 0; j < nb; j++)
+                    ps_neurons_prompt(&cx->m->cfg, &caches[j], par->neuron_layer, par->neurons, n, T_prompt[redo[b0 + j]], T_max,
+                                      acts + redo[b0 + j] * W);
+            for (int64_t j = 0; j < nb; j++) ps_cache_free(&caches[j]);
+        }
+        if (rc == 0) rc = ps_neuron_top_fill(items[k]->t, ps->tok, tokens, T_prompt, ps->n, acts, n, T_max, par->neuron_layer,
+                                             par->neurons, par->window, e);
+        free(tokens); free(T_prompt); free(redo);
+        if (rc != 0) return -1;
+    }
+    return 0;
+}
+
+const ps_producer ps_neuron_top_producer = {.kind = "neuron_top", .derived = 1, .per_prompt = 0, .init = top_init, .once = top_once};

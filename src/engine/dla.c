@@ -1,6 +1,7 @@
 // Direct logit attribution: the logit difference at one position split over the components that write the
 // final residual stream (embeddings, attention and MLP outputs, heads, neurons, biases), in TransformerLens's
-// convention and in the exact one that sums to the logit difference (ps_analysis.h has the definitions).
+// convention and in the exact one that sums to the logit difference (ps_analysis.h has the definitions), of a
+// prompt's run or of its run with components ablated.
 #include "ps_analysis.h"
 
 #include <math.h>
@@ -162,5 +163,26 @@ int ps_dla_prompt(const ps_model *m, const ps_cache *c, int64_t pos, int32_t ans
     }
 done:
     free(u);
+    return rc;
+}
+
+int ps_dla_ablated(const ps_ablator *a, const ps_abl_set *set, int neurons, int answer_only, float *out, ps_error *e) {
+    const int64_t n = a->ps->n, K = ps_dla_n_components(&a->m->cfg, neurons);
+    ps_cache *caches = calloc((size_t)(n ? n : 1), sizeof *caches);
+    if (!caches) return ps_fail(e, PS_EXIT_RUNTIME, "dla: out of memory for %lld ablated runs", (long long)n);
+    if (ps_ablator_runs(a, set, caches, e) != 0) {   // it holds no cache then
+        free(caches);
+        return -1;
+    }
+    int rc = 0;
+    for (int64_t i = 0; rc == 0 && i < n; i++) {
+        const ps_prompt *p = &a->ps->p[i];
+        rc = ps_dla_prompt(a->m, &caches[i], p->score_pos, p->answer_id, answer_only ? -1 : p->wrong_id, neurons, out + i * 2 * K, e);
+    }
+    for (int64_t i = 0; i < n; i++) {
+        if (a->be && a->be->release_cache) a->be->release_cache(a->be, &caches[i]);
+        ps_cache_free(&caches[i]);
+    }
+    free(caches);
     return rc;
 }

@@ -21,8 +21,13 @@ int ps_ov_logits(const ps_model *m, const float *resid, int64_t n, int64_t l, in
     if (ps_model_layer(m, l, &lw, e) != 0) return -1;
     const int gpt2 = mc->arch != PS_ARCH_LLAMA; // LayerNorm and biases: GPT-2 and GPT-NeoX
     const int64_t g = h / (H / Hkv);   // the key/value head query head h reads
-    float *x = malloc((size_t)(2 * C + D) * sizeof *x), scale;
-    if (!x) return ps_fail(e, PS_EXIT_RUNTIME, "ov_scores: out of memory");
+    // xs (n, C): every row's normalized head output, unembedded by one GEMM (a GEMV per row is several times slower).
+    float *x = malloc((size_t)(2 * C + D) * sizeof *x), *xs = malloc((size_t)((n ? n : 1) * C) * sizeof *xs), scale;
+    if (!x || !xs) {
+        free(x);
+        free(xs);
+        return ps_fail(e, PS_EXIT_RUNTIME, "ov_scores: out of memory");
+    }
     float *o = x + C, *v = x + 2 * C;
     for (int64_t r = 0; r < n; r++) {
         const float *in = resid + r * C;
@@ -40,13 +45,14 @@ int ps_ov_logits(const ps_model *m, const float *resid, int64_t n, int64_t l, in
             for (int64_t d = 0; d < D; d++) a += (double)v[d] * lw.w_o[(h * D + d) * C + c];
             o[c] = (float)(sign * a);
         }
-        if (gpt2) ps_cpu_layernorm(x, &scale, o, m->w.lnf_w, m->w.lnf_b, 1, C, mc->eps);
-        else ps_cpu_rmsnorm(x, &scale, o, m->w.lnf_w, 1, C, mc->eps);
-        ps_sgemm(101, 111, 112, 1, (int)V, (int)C, 1.0f, x, (int)C, m->w.w_u, (int)C, 0.0f, logits + r * V, (int)V);
-        if (m->w.b_u)
-            for (int64_t t = 0; t < V; t++) logits[r * V + t] += m->w.b_u[t];
+        if (gpt2) ps_cpu_layernorm(xs + r * C, &scale, o, m->w.lnf_w, m->w.lnf_b, 1, C, mc->eps);
+        else ps_cpu_rmsnorm(xs + r * C, &scale, o, m->w.lnf_w, 1, C, mc->eps);
     }
+    if (n > 0) ps_sgemm(101, 111, 112, (int)n, (int)V, (int)C, 1.0f, xs, (int)C, m->w.w_u, (int)C, 0.0f, logits, (int)V);
+    for (int64_t r = 0; m->w.b_u && r < n; r++)
+        for (int64_t t = 0; t < V; t++) logits[r * V + t] += m->w.b_u[t];
     free(x);
+    free(xs);
     return 0;
 }
 

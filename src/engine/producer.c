@@ -15,6 +15,8 @@ static const ps_producer *const producers[] = {
     &ps_attention_producer,
     &ps_ov_scores_producer,
     &ps_head_scores_producer,
+    &ps_neurons_producer,
+    &ps_neuron_top_producer,
     &ps_attribution_producer,
     &ps_edge_attribution_producer,
     &ps_ablation_producer,

@@ -28,7 +28,7 @@ static const char *const multitoken_names[] = {"first_diff", "sum_logprob"};
 static const char *const align_names[] = {"error"};
 // Producers of result tables an experiment's "kind" may name (ps_table.h).
 static const char *const kind_names[] = {"patch_sweep", "path_patch", "attribution", "edge_attribution", "dla", "logit_lens",
-                                         "attention", "ov_scores", "head_scores", "ablation", "circuit_search", "edge_circuit"};
+                                         "attention", "ov_scores", "head_scores", "neurons", "ablation", "circuit_search", "edge_circuit"};
 
 const char *ps_config_kind_name(size_t i) { return i < COUNT(kind_names) ? kind_names[i] : NULL; }
 
@@ -73,6 +73,7 @@ static void experiment_free(ps_experiment *x) {
     free(x->layers);
     free(x->heads);
     free(x->neurons);
+    free(x->neuron_layer);
     if (x->position_role)
         for (int64_t i = 0; i < x->n_positions; i++) free(x->position_role[i]);
     free(x->position_role);
@@ -467,56 +468,6 @@ static int load_path_patch(ps_cfg_ctx *x, const cJSON *obj, const char *p, ps_ex
     return 0;
 }
 
-// Keys of the analyses (dla, logit_lens, attention, ov_scores, head_scores) and edge_attribution: each kind its own.
-static int load_analysis(ps_cfg_ctx *x, const cJSON *obj, const char *p, ps_experiment *ex) {
-    static const char *const keys[] = {"name", "kind", "site", "by", "direction", "neurons", "layers", "heads", "positions",
-                                       "run", "top_k", "per_neuron", "answer_only", "tokens", "negative", "input", "method", "steps"};
-    if (ps_cfg_check_keys(x, obj, p, keys, COUNT(keys))) return -1;
-    char kp[PATH_MAX_LEN];
-    ex->top_k = ex->steps = 5;
-    int is_att = !strcmp(ex->kind, "attention"), is_lens = !strcmp(ex->kind, "logit_lens"), is_dla = !strcmp(ex->kind, "dla");
-    int is_ov = !strcmp(ex->kind, "ov_scores"), is_edge = !strcmp(ex->kind, "edge_attribution");
-    const struct { const char *key, *kinds; int ok; } own[] = {   // each key and the kinds that take it
-        {"site", "patch_sweep", 0}, {"by", "patch_sweep", 0}, {"direction", "patch_sweep", 0}, {"neurons", "patch_sweep", 0},
-        {"layers", "attention or ov_scores", is_att || is_ov}, {"heads", "attention or ov_scores", is_att || is_ov},
-        {"positions", "attention", is_att}, {"top_k", "logit_lens or ov_scores", is_lens || is_ov}, {"per_neuron", "dla", is_dla}, {"answer_only", "dla", is_dla},
-        {"tokens", "ov_scores", is_ov}, {"negative", "ov_scores", is_ov}, {"input", "ov_scores", is_ov}, {"run", "dla, logit_lens or attention", is_att || is_lens || is_dla},
-        {"method", "edge_attribution", is_edge}, {"steps", "edge_attribution", is_edge}};
-    for (size_t k = 0; k < COUNT(own); k++)
-        if (!own[k].ok && ps_cfg_member(obj, own[k].key)) {
-            ps_cfg_key_path(kp, p, own[k].key);
-            return ps_cfg_bad(x, kp, "only used with kind %s (this experiment is %s)", own[k].kinds, ex->kind);
-        }
-    const cJSON *tv = ps_cfg_member(obj, "tokens");
-    ps_cfg_key_path(kp, p, "tokens");
-    if (is_ov && !tv) return ps_cfg_bad(x, kp, "required key missing (the member tokens in order, e.g. [\" 1\", \" 2\", \" 3\"])");
-    if (tv && (!cJSON_IsArray(tv) || cJSON_GetArraySize(tv) < 1)) return ps_cfg_bad(x, kp, "expected a non-empty list of token strings");
-    if (tv && !(ex->tokens = calloc((size_t)cJSON_GetArraySize(tv), sizeof *ex->tokens))) return ps_cfg_nomem(x);
-    for (const cJSON *it = tv ? tv->child : NULL; it; it = it->next) {
-        char ip[PATH_MAX_LEN + 24], got[200];
-        snprintf(ip, sizeof ip, "%s[%lld]", kp, (long long)ex->n_tokens);
-        ps_json_describe(it, got, sizeof got);
-        if (!cJSON_IsString(it) || !it->valuestring[0]) return ps_cfg_bad(x, ip, "expected a non-empty token string, got %s", got);
-        if (!(ex->tokens[ex->n_tokens++] = strdup(it->valuestring))) return ps_cfg_nomem(x);
-    }
-    static const char *const runs[] = {"clean", "corrupted"}, *const inputs[] = {"isolated", "prompts"};
-    static const char *const methods[] = {"EAP", "EAP-IG-inputs", "clean-corrupted"};   // edge_attribution
-    char **no_roles = NULL;
-    int method = PS_EDGE_EAP;
-    if (ps_cfg_get_enum(x, obj, "run", p, runs, 2, &ex->run_corrupted) || ps_cfg_get_enum(x, obj, "input", p, inputs, 2, &ex->ov_prompts) ||
-        ps_cfg_get_int(x, obj, "top_k", p, 0, 1000, &ex->top_k) || ps_cfg_get_bool(x, obj, "per_neuron", p, &ex->per_neuron) ||
-        ps_cfg_get_bool(x, obj, "answer_only", p, &ex->answer_only) ||
-        ps_cfg_get_bool(x, obj, "negative", p, &ex->negative) || ps_cfg_get_enum(x, obj, "method", p, methods, 3, &method) ||
-        ps_cfg_get_int(x, obj, "steps", p, 1, PS_MAX_IG_STEPS, &ex->steps) ||
-        ps_cfg_get_list(x, obj, "layers", p, 0, &ex->layers, &ex->n_layers, &no_roles) ||
-        ps_cfg_get_list(x, obj, "heads", p, 0, &ex->heads, &ex->n_heads, &no_roles) ||
-        ps_cfg_get_list(x, obj, "positions", p, 1, &ex->positions, &ex->n_positions, &ex->position_role))
-        return -1;
-    ex->method = (ps_edge_method)method;
-    ps_cfg_key_path(kp, p, "steps");
-    return ps_cfg_member(obj, "steps") && method != PS_EDGE_EAP_IG_INPUTS ? ps_cfg_bad(x, kp, "only used with method EAP-IG-inputs") : 0;
-}
-
 static int load_experiment(ps_cfg_ctx *x, const cJSON *obj, const char *p, ps_config *c, int64_t idx) {
     static const char *const keys[] = {"name", "kind", "site", "by", "direction", "layers", "heads", "neurons", "positions"};
     char got[200], kp[PATH_MAX_LEN];
@@ -555,7 +506,7 @@ static int load_experiment(ps_cfg_ctx *x, const cJSON *obj, const char *p, ps_co
     if (!strcmp(ex->kind, "path_patch")) return load_path_patch(x, obj, p, ex);
     if (!strcmp(ex->kind, "ablation") || !strcmp(ex->kind, "circuit_search")) return ps_cfg_load_ablation(x, obj, p, ex);
     if (!strcmp(ex->kind, "edge_circuit")) return ps_cfg_load_edge_circuit(x, obj, p, ex);
-    if (strcmp(ex->kind, "patch_sweep") != 0 && strcmp(ex->kind, "attribution") != 0) return load_analysis(x, obj, p, ex);
+    if (strcmp(ex->kind, "patch_sweep") != 0 && strcmp(ex->kind, "attribution") != 0) return ps_cfg_load_analysis(x, obj, p, ex);
     if (ps_cfg_check_keys(x, obj, p, keys, COUNT(keys))) return -1;
 
     const cJSON *sv = ps_cfg_member(obj, "site");
@@ -694,7 +645,8 @@ static int load_root(ps_cfg_ctx *x, const cJSON *root, ps_config *c) {
         }
     }
     if (ps_cfg_check_circuits(x, c)) return -1;
-    return ps_cfg_add_means_tables(x, c);
+    if (ps_cfg_add_means_tables(x, c)) return -1;
+    return ps_cfg_add_neuron_tops(x, c);
 }
 
 int ps_config_load(ps_config *c, const char *path, ps_error *e) {

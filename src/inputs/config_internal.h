@@ -51,6 +51,11 @@ void ps_cfg_ablation_free(ps_experiment *ex);
 // messages stay the config's).
 int ps_cfg_add_means_tables(ps_cfg_ctx *x, ps_config *c);
 
+// The analyses' kinds and edge_attribution (config_analysis.c): the keys after name and kind.
+int ps_cfg_load_analysis(ps_cfg_ctx *x, const cJSON *obj, const char *p, ps_experiment *ex);
+// Appends one "neuron_top" experiment "NAME.top" per neurons experiment (after every other, like the means tables).
+int ps_cfg_add_neuron_tops(ps_cfg_ctx *x, ps_config *c);
+
 // Kind "edge_circuit" (config_circuit.c): its keys after name and kind; once every experiment is loaded, each
 // scores_from must name an edge_attribution experiment of the config.
 int ps_cfg_load_edge_circuit(ps_cfg_ctx *x, const cJSON *obj, const char *p, ps_experiment *ex);

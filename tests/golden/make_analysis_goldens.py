@@ -5,7 +5,10 @@ stack_head_results, stack_neuron_results, each through logit_attrs, i.e. apply_l
 cached final-norm scale, no norm weight) and the logit lens (accumulated_resid(incl_mid=True, apply_ln=True),
 which recomputes the final norm per stage, TL >= 2.18; and the cached-scale variant, apply_ln_to_stack with
 recompute_ln=False, then the final norm's weight and bias, which is what older TL gave on folded weights), and
-the OV-circuit logits the copy/next scores are read from (plain torch on TL's weights and norm modules).
+the OV-circuit logits the copy/next scores are read from (plain torch on TL's weights and norm modules), and chosen
+neurons' blocks.l.mlp.hook_post over a few prompts with each neuron's top activations (sorted in Python: activation
+descending, ties to the lower prompt, then the lower position), and the DLA of each prompt run with two heads zero-ablated
+(hooks on hook_z, the IOI backup-name-mover experiment).
 
 Regenerate (from the repo root; needs the reference venv, offline is fine; ~20 s):
     ~/.cache/ps-venv/bin/python tests/golden/make_analysis_goldens.py              # all nine models
@@ -28,6 +31,10 @@ SEED = 14
 OV_FIRST, OV_N, OV_BOS = 10, 8, 3   # OV scores: members 10..17 (a "sequence": next of 10 is 11), each after token 3
 HS_BATCH, HS_N = 3, 7                # head detectors: 3 sequences, each 7 random tokens repeated after a BOS
 OV_PROMPTS = [[3, 10, 11, 12, 13, 40], [3, 14, 15, 16, 40, 10, 17, 11]]   # prompts with members at known positions
+# Neurons (the small Neuroscope): prompts after token 3 as BOS, of different lengths, the second repeated as the
+# fourth (exact ties across prompts; so is position 0 everywhere), and the top NRN_K of each neuron.
+NRN_PROMPTS = [[3, 20, 21, 22, 23, 24, 25], [3, 30, 31, 32], [3, 40, 41, 42, 43, 44, 45, 46, 47], [3, 30, 31, 32], [3, 50, 51]]
+NRN_K = 6
 
 
 def make(name, out_root):
@@ -71,6 +78,26 @@ def make(name, out_root):
                 scaled = scaled + lnf_b
             out[f"p{i}.lens_cached"] = (scaled @ W_U + b_U).float()
             out[f"p{i}.logits"] = logits[0, pos].float()
+            # DLA of an ablated run (the IOI backup name movers, as TransformerLens's Exploratory Analysis demo and
+            # ARENA do it): head (L-1, 0) zeroed at the last position and head (0, H-1) at every position, through
+            # hooks on hook_z held by br.hooks() while run_with_cache records (the bridge's run_with_cache ignores
+            # fwd_hooks); then the same logit_attrs on the ablated cache (its own final-norm scale).
+            H = br.cfg.n_heads
+            def zero_last(z, hook):
+                z[:, -1, 0] = 0
+                return z
+            def zero_all(z, hook):
+                z[:, :, H - 1] = 0
+                return z
+            with br.hooks(fwd_hooks=[(f"blocks.{L - 1}.attn.hook_z", zero_last), ("blocks.0.attn.hook_z", zero_all)]):
+                alogits, acache = br.run_with_cache(tokens)
+            if acache[f"blocks.{L - 1}.attn.hook_z"][0, -1, 0].abs().max() != 0 or acache["blocks.0.attn.hook_z"][0, :, H - 1].abs().max() != 0:
+                sys.exit(f"{name}: the ablated cache does not hold the zeroed z")
+            aresid = acache.decompose_resid(layer=-1, pos_slice=pos)
+            aheads = acache.stack_head_results(layer=-1, pos_slice=pos)
+            out[f"abl.p{i}.dla_resid"] = acache.logit_attrs(aresid, **kw).reshape(-1).float()
+            out[f"abl.p{i}.dla_heads"] = acache.logit_attrs(aheads, **kw).reshape(-1).float()
+            out[f"abl.p{i}.logits"] = alogits[0, pos].float()
         out[f"p{i}.tokens"] = tokens[0].to(torch.int32)
         out[f"p{i}.meta"] = torch.tensor([pos, answer, wrong], dtype=torch.int32)   # metric position, answer, wrong
         meta["prompts"].append(dict(tokens=tokens[0].tolist(), pos=pos, answer=answer, wrong=wrong))
@@ -136,6 +163,32 @@ def make(name, out_root):
         pat = hc[f"blocks.{l}.attn.hook_pattern"]                                    # (batch, H, T, T)
         diag = lambda off: pat.diagonal(offset=off, dim1=-2, dim2=-1).mean((0, -1))   # noqa: E731
         scores[l] = torch.stack([diag(0), diag(-1), pat[..., 0].mean((0, -1)), diag(-HS_N), diag(1 - HS_N)], -1)
+    # Neurons: blocks.l.mlp.hook_post (for Llama TL's act(gate) * up) at every position of each prompt, run one by one;
+    # one neuron of layer 0 with the highest activation at the BOS (so ties at position 0 reach its top), two others.
+    nrn_caches = []
+    with torch.no_grad():
+        for j, seq in enumerate(NRN_PROMPTS):
+            _, pc = br.run_with_cache(torch.tensor([seq]))
+            nrn_caches.append({l: pc[f"blocks.{l}.mlp.hook_post"][0].float() for l in range(L)})
+            out[f"nrn.prompt{j}"] = torch.tensor(seq, dtype=torch.int32)
+    M = nrn_caches[0][0].shape[-1]
+    neurons = [(0, int(nrn_caches[0][0][0].argmax())), (L - 1, 1), (L - 1, M - 1)]
+    T_max = max(map(len, NRN_PROMPTS))
+    acts = torch.full((len(NRN_PROMPTS), len(neurons), T_max), float("nan"))
+    for j, seq in enumerate(NRN_PROMPTS):
+        for i, (l, n) in enumerate(neurons):
+            acts[j, i, :len(seq)] = nrn_caches[j][l][:, n]
+    top = torch.empty(len(neurons), NRN_K, 2, dtype=torch.int32)
+    top_act = torch.empty(len(neurons), NRN_K)
+    for i in range(len(neurons)):
+        cells = [(-float(acts[j, i, t]), j, t) for j, seq in enumerate(NRN_PROMPTS) for t in range(len(seq))]
+        for r, (a, j, t) in enumerate(sorted(cells)[:NRN_K]):   # activation descending; ties: lower prompt, then position
+            top[i, r] = torch.tensor([j, t])
+            top_act[i, r] = -a
+    out["nrn.neurons"] = torch.tensor(neurons, dtype=torch.int32)
+    out["nrn.acts"] = acts
+    out["nrn.top"] = top
+    out["nrn.top_act"] = top_act
     out["hs.tokens"] = rep.to(torch.int32)
     out["hs.scores"] = scores.float()
     out["ov.tokens"] = members.to(torch.int32)
