@@ -3,11 +3,16 @@
 // give the same answer: today both refuse GPT-NeoX) and on random GPT-2 / Llama (GQA) models: every hook's gradient
 // at 1e-4 (abs + rel, fp32), for sequence lengths 1, 7 and n_ctx, with the metric reading logits at three
 // positions (one twice), for gradient caches with every optional array and with none, and for a forward cache the
-// GPU made (its device copy reused). Without a GPU it checks the CPU backend leaves backward NULL (the engine
-// then runs the reference), then skips. Unrun on a GPU so far.
+// GPU made (its device copy reused); and through the engine, attribution and edge attribution tables on CUDA
+// against the CPU backend's. Without a GPU it checks the CPU backend leaves backward NULL (the engine then runs
+// the reference), then skips. Unrun on a GPU so far.
 #include "gpu_common.h"
+#include "golden_util.h"
+#include "patch_fixture.h"
+#include "ps_producer.h"
 
 #include <dirent.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -107,6 +112,75 @@ static void run_model(const ps_model *m, const char *label) {
     ps_backend_free(&b);
 }
 
+// Through the engine: attribution on every site and layout in both directions, and edge attribution (EAP,
+// EAP-IG-inputs with 3 steps, clean-corrupted), on the CPU backend and on CUDA (ps_backend.backward): every cell of
+// every table at 1e-4 abs + rel (NaN where the other has NaN: non-edges).
+static void test_engine(const char *name) {
+    pf_fixture f;
+    if (pf_load_or_fail(&f, name) != 0) return;
+    if (f.m.cfg.arch != PS_ARCH_GPT2 && f.m.cfg.arch != PS_ARCH_LLAMA) { pf_free(&f); return; }  // no backward yet
+    enum { MAXX = 2 * PS_SITE_COUNT * PS_BY_COUNT + 3 };
+    ps_experiment ex[MAXX];
+    char names[MAXX][64];
+    int nx = 0;
+    for (int d = 0; d < 2; d++)
+        for (int s = 0; s < PS_SITE_COUNT; s++)
+            for (int l = 0; l < PS_BY_COUNT; l++) {
+                if (!ps_layout_fits((ps_site)s, (ps_layout)l)) continue;
+                snprintf(names[nx], 64, "attr.%s.%s.%s", d ? "noise" : "denoise", ps_site_name((ps_site)s), ps_layout_name((ps_layout)l));
+                ex[nx] = (ps_experiment){.name = names[nx], .kind = "attribution", .site = (ps_site)s, .layout = (ps_layout)l,
+                                         .direction = d ? PS_DIR_NOISE : PS_DIR_DENOISE};
+                nx++;
+            }
+    ex[nx++] = (ps_experiment){.name = "eap", .kind = "edge_attribution"};
+    ex[nx++] = (ps_experiment){.name = "ig", .kind = "edge_attribution", .method = PS_EDGE_EAP_IG_INPUTS, .steps = 3};
+    ex[nx++] = (ps_experiment){.name = "cc", .kind = "edge_attribution", .method = PS_EDGE_CLEAN_CORRUPTED};
+    ps_backend cpu, gpu;
+    ps_run_results rc, rg;
+    ps_engine_opts o = {0};
+    ps_error e = {0};
+    const ps_backend_opts bo = {.kind = PS_BACKEND_CUDA, .precision = PS_PREC_FP32};
+    if (ps_backend_init(&cpu, PS_BACKEND_CPU, PS_PREC_FP32, 0, &f.m, &e) != 0 ||
+        ps_engine_run(&f.m, &cpu, &f.ps, ex, nx, PS_METRIC_LOGIT_DIFF, &o, &rc, &e) != 0) {
+        TU_CHECK(0, "%s: cpu attribution run: %s", name, e.msg);
+        pf_free(&f);
+        return;
+    }
+    if (ps_backend_init_opts(&gpu, &bo, &f.m, &e) != 0 || ps_engine_run(&f.m, &gpu, &f.ps, ex, nx, PS_METRIC_LOGIT_DIFF, &o, &rg, &e) != 0) {
+        TU_CHECK(0, "%s: cuda attribution run: %s", name, e.msg);
+    } else {
+        double worst = 0;
+        int64_t cells = 0;
+        for (int x = 0; x < nx; x++) {
+            const ps_table *tc = &rc.tables[x], *tg = &rg.tables[x];
+            if (tc->n_cells != tg->n_cells || tc->n_rows != tg->n_rows) {
+                TU_CHECK(0, "%s %s: tables of different shapes", name, ex[x].name);
+                continue;
+            }
+            int bad = 0;
+            for (int64_t k = 0; k < tc->n_rows * tc->n_cells; k++) {
+                const float w = tc->values[k], g = tg->values[k];
+                if (isnan(w) || isnan(g)) {
+                    if (!(isnan(w) && isnan(g)) && bad++ < 5) TU_CHECK(0, "%s %s[%lld]: cuda %g, cpu %g", name, ex[x].name, (long long)k, g, w);
+                    continue;
+                }
+                const double err = fabs((double)g - w);
+                if (err > worst) worst = err;
+                cells++;
+                if (!(err <= 1e-4 + 1e-4 * fabs(w)) && bad++ < 5)
+                    TU_CHECK(0, "%s %s[%lld]: cuda %.7g, cpu %.7g", name, ex[x].name, (long long)k, g, w);
+            }
+        }
+        printf("%s: %d attribution / edge attribution tables, %lld cells, cuda vs cpu: max |err| %.2e\n", name, nx,
+               (long long)cells, worst);
+        ps_run_results_free(&rg);
+        ps_backend_free(&gpu);
+    }
+    ps_run_results_free(&rc);
+    ps_backend_free(&cpu);
+    pf_free(&f);
+}
+
 int main(void) {
     {
         // Without a GPU too: the CPU backend has no backward of its own, so the engine runs ps_cpu_backward.
@@ -149,5 +223,6 @@ int main(void) {
     }
     if (dir) closedir(dir);
     printf("%d tiny models' gradients compared on the CUDA backend\n", tested);
+    gu_for_each_model(test_engine);
     return tu_done("gpu backward");
 }
