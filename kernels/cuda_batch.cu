@@ -4,10 +4,14 @@
 // engine plans whole patched layers for it: the same numbers, more arithmetic. Interventions (every ps_op, head
 // masks) and captures are applied at the same hooks and in the same order as cpu_patch.c. Narrowing would mirror
 // cpu_forward.c's plan_layer and its compacted Q/K/V and W_O+MLP steps; tests/gpu/test_gpu_sweeps.c compares
-// with the CPU's narrowed run. Unrun: no GPU has executed this file yet.
+// with the CPU's narrowed run. Families: GPT-2, Llama (rotary, SwiGLU), GPT-NeoX (partial rotary, parallel or
+// sequential residual). Unrun: no GPU has executed this file yet (GPT-NeoX's path included).
 #include "ps_cuda_internal.h"
 
 #include <stdio.h>
+
+// Bump allocation of one workspace (ps_cu_take).
+static size_t take(size_t *at, size_t bytes) { return ps_cu_take(at, bytes); }
 
 // ---------------------------------------------------------------------------------------------
 // The forward pass
@@ -312,30 +316,30 @@ int ps_cu_run_batch(ps_cu_backend *im, const ps_model *m, ps_row *rows, int64_t 
         const int64_t widest = C > QD ? (C > M ? C : M) : (QD > M ? QD : M);
         const int64_t n_half_rows = N > n_out_total ? N : n_out_total;
         size_t at = 0;
-        const size_t o_x = ps_cu_take(&at, (size_t)(N * C) * 4), o_xn = ps_cu_take(&at, (size_t)(N * C) * 4),
-                     o_y = ps_cu_take(&at, (size_t)(N * C) * 4), o_q = ps_cu_take(&at, (size_t)(N * QD) * 4),
-                     o_k = ps_cu_take(&at, (size_t)(N * KD) * 4), o_v = ps_cu_take(&at, (size_t)(N * KD) * 4),
-                     o_z = ps_cu_take(&at, (size_t)(N * QD) * 4), o_h1 = ps_cu_take(&at, (size_t)(N * M) * 4),
-                     o_h2 = ps_cu_take(&at, (size_t)(N * M) * 4), o_h3 = ps_cu_take(&at, llama ? (size_t)(N * M) * 4 : 0),
-                     o_scale = ps_cu_take(&at, (size_t)N * 4), o_cos = ps_cu_take(&at, rotary ? (size_t)(N * (R / 2)) * 4 : 0),
-                     o_sin = ps_cu_take(&at, rotary ? (size_t)(N * (R / 2)) * 4 : 0),
-                     o_xo = ps_cu_take(&at, (size_t)(n_out_total * C) * 4),
-                     o_half = ps_cu_take(&at, im->ctx.prec == PS_PREC_FP32 ? 0 : (size_t)(n_half_rows * widest) * 2),
-                     o_ref = ps_cu_take(&at, xt.ref_floats * 4), o_cap = ps_cu_take(&at, xt.cap_floats * 4);
+        const size_t o_x = take(&at, (size_t)(N * C) * 4), o_xn = take(&at, (size_t)(N * C) * 4),
+                     o_y = take(&at, (size_t)(N * C) * 4), o_q = take(&at, (size_t)(N * QD) * 4),
+                     o_k = take(&at, (size_t)(N * KD) * 4), o_v = take(&at, (size_t)(N * KD) * 4),
+                     o_z = take(&at, (size_t)(N * QD) * 4), o_h1 = take(&at, (size_t)(N * M) * 4),
+                     o_h2 = take(&at, (size_t)(N * M) * 4), o_h3 = take(&at, llama ? (size_t)(N * M) * 4 : 0),
+                     o_scale = take(&at, (size_t)N * 4), o_cos = take(&at, rotary ? (size_t)(N * (R / 2)) * 4 : 0),
+                     o_sin = take(&at, rotary ? (size_t)(N * (R / 2)) * 4 : 0),
+                     o_xo = take(&at, (size_t)(n_out_total * C) * 4),
+                     o_half = take(&at, im->ctx.prec == PS_PREC_FP32 ? 0 : (size_t)(n_half_rows * widest) * 2),
+                     o_ref = take(&at, xt.ref_floats * 4), o_cap = take(&at, xt.cap_floats * 4);
         const size_t lout_bytes = (size_t)(n_full * V + n_cols_out) * 4;
-        const size_t o_lout = ps_cu_take(&at, lout_bytes);
+        const size_t o_lout = take(&at, lout_bytes);
         // Descriptors: laid out identically in the host staging buffer and copied in one transfer.
         const int64_t n_pcap = xt.any_pattern_cap ? n_rows * L : 0;
         size_t mat = 0;
-        const size_t m_rows = ps_cu_take(&mat, (size_t)n_rows * sizeof(ps_cu_row)),
-                     m_patch = ps_cu_take(&mat, (size_t)n_patch * sizeof(ps_cu_patch)),
-                     m_tokrow = ps_cu_take(&mat, (size_t)N * 4), m_tokens = ps_cu_take(&mat, (size_t)N * 4),
-                     m_pos = ps_cu_take(&mat, (size_t)N * 8), m_idx = ps_cu_take(&mat, (size_t)n_out_total * 8),
-                     m_cols = ps_cu_take(&mat, (size_t)n_cols_tab * 4),
-                     m_jobs = ps_cu_take(&mat, (size_t)n_cols_jobs * sizeof(ps_cu_unembed_job)),
-                     m_map = ps_cu_take(&mat, (size_t)xt.n_map * 8), m_pcap = ps_cu_take(&mat, (size_t)n_pcap * sizeof(float *));
+        const size_t m_rows = take(&mat, (size_t)n_rows * sizeof(ps_cu_row)),
+                     m_patch = take(&mat, (size_t)n_patch * sizeof(ps_cu_patch)),
+                     m_tokrow = take(&mat, (size_t)N * 4), m_tokens = take(&mat, (size_t)N * 4),
+                     m_pos = take(&mat, (size_t)N * 8), m_idx = take(&mat, (size_t)n_out_total * 8),
+                     m_cols = take(&mat, (size_t)n_cols_tab * 4),
+                     m_jobs = take(&mat, (size_t)n_cols_jobs * sizeof(ps_cu_unembed_job)),
+                     m_map = take(&mat, (size_t)xt.n_map * 8), m_pcap = take(&mat, (size_t)n_pcap * sizeof(float *));
         const size_t meta_bytes = ps_cu_align_up(mat, 256);
-        const size_t o_meta = ps_cu_take(&at, meta_bytes);
+        const size_t o_meta = take(&at, meta_bytes);
         TRY(ps_cu_ensure_ws(im, at, e));
         const size_t flag_at = ps_cu_align_up(lout_bytes, 256);  // the overflow flag's copy, after the logits
         TRY(ps_cu_ensure_host(im, meta_bytes > flag_at + 256 ? meta_bytes : flag_at + 256, e));
