@@ -45,8 +45,8 @@ typedef struct ps_backend {
     // each group's numbers exactly those of forward on that group alone (ps_cpu_forward_groups).
     int (*forward_groups)(struct ps_backend *b, const ps_model *m, ps_row *rows, int64_t n_rows, int64_t group, ps_error *e);
     // Optional (NULL: the caller runs ps_cpu_backward, the reference): the metric's gradient at every hook of one
-    // prompt's run, with ps_cpu_backward's contract (ps_backward.h) and its numbers within rounding. The CUDA
-    // backend's reads fwd through its device copy (the handle contract below) and binds no handle to grad.
+    // prompt's run, with ps_cpu_backward's contract (ps_backward.h) and its numbers within rounding. CUDA's
+    // reads fwd through its device copy (the handle contract below) and binds no handle to grad.
     int (*backward)(struct ps_backend *b, const ps_model *m, const ps_cache *fwd, const ps_logit_grad *lg, ps_cache *grad,
                     ps_error *e);
     void (*free)(struct ps_backend *b);
