@@ -5,6 +5,7 @@
 #ifndef PS_BACKEND_H
 #define PS_BACKEND_H
 
+#include "ps_backward.h"
 #include "ps_plan.h"
 
 // Capability bits (ps_backend.caps; the PS_CAP_* of ps_plan.h): the row features a backend implements.
@@ -43,6 +44,11 @@ typedef struct ps_backend {
     // Optional (NULL: the caller runs forward once per group): rows in groups of `group` consecutive rows,
     // each group's numbers exactly those of forward on that group alone (ps_cpu_forward_groups).
     int (*forward_groups)(struct ps_backend *b, const ps_model *m, ps_row *rows, int64_t n_rows, int64_t group, ps_error *e);
+    // Optional (NULL: the caller runs ps_cpu_backward, the reference): the metric's gradient at every hook of one
+    // prompt's run, with ps_cpu_backward's contract (ps_backward.h) and its numbers within rounding. CUDA's
+    // reads fwd through its device copy (the handle contract below) and binds no handle to grad.
+    int (*backward)(struct ps_backend *b, const ps_model *m, const ps_cache *fwd, const ps_logit_grad *lg, ps_cache *grad,
+                    ps_error *e);
     void (*free)(struct ps_backend *b);
     // Device copies of caches (NULL for the CPU, which has none). The contract:
     //  - A backend that keeps a device copy of a cache records it in ps_cache.handle (0 = none): when it

@@ -31,6 +31,14 @@ int ps_cuda_test_rmsnorm(float *out, float *scale, const float *x, const float *
                          ps_error *e);
 // x: (T, n_heads, D), rotated in place at positions pos (T), like ps_cpu_rotary.
 int ps_cuda_test_rotary(float *x, int64_t T, int64_t n_heads, int64_t D, const int64_t *pos, float theta, ps_error *e);
+// The same for the first rot_dim dims of each head (GPT-NeoX's partial rotary), or, with backward, the transposed
+// rotation (ps_cpu_rotary_backward).
+int ps_cuda_test_rotary_dims(float *x, int64_t T, int64_t n_heads, int64_t D, int64_t rot_dim, const int64_t *pos,
+                             float theta, int backward, ps_error *e);
+// dx (N, C) += the norm's backward (RMSNorm when rms, else LayerNorm), dscale (N, may be NULL) its scale's own
+// gradient, like ps_cpu_layernorm_backward / ps_cpu_rmsnorm_backward.
+int ps_cuda_test_norm_backward(int rms, float *dx, float *dscale, const float *dout, const float *x, const float *scale,
+                               const float *w, int64_t N, int64_t C, ps_error *e);
 // out[i] = ps_cpu_act(act, x[i]).
 int ps_cuda_test_act(float *out, const float *x, int64_t n, ps_act act, ps_error *e);
 // The fused MLP activation: h1 += bias (per column, bias may be NULL); h2 = act(h1), times h3 when h3 is non-NULL.

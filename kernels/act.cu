@@ -2,16 +2,6 @@
 // gate (act(gate) * up). Same float formulas as ps_cpu_act. Also the plain bias add used after other GEMMs.
 #include "ps_cuda_internal.h"
 
-static __device__ __forceinline__ float act_f(ps_act act, float x) {
-    switch (act) {
-    case PS_ACT_GELU_NEW: return 0.5f * x * (1.0f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x)));
-    case PS_ACT_GELU: return 0.5f * x * (1.0f + erff(x * 0.7071067811865476f));
-    case PS_ACT_RELU: return x > 0 ? x : 0;
-    case PS_ACT_SILU: return x / (1.0f + expf(-x));
-    }
-    return x;
-}
-
 // h1 (N, M) += bias; h2 = act(h1) [* h3]. h2 may alias h1 only when the pre-activation is not needed.
 static __global__ void mlp_act_kernel(float *h2, float *h1, const float *h3, const float *bias, int64_t n, int64_t M,
                                       ps_act act) {
@@ -21,7 +11,7 @@ static __global__ void mlp_act_kernel(float *h2, float *h1, const float *h3, con
             h += bias[i % M];
             h1[i] = h;  // hook_pre includes the bias, as in forward_cpu.c
         }
-        const float a = act_f(act, h);
+        const float a = ps_cu_act_f(act, h);
         h2[i] = h3 ? a * h3[i] : a;
     }
 }

@@ -1,6 +1,7 @@
 // The CUDA backend as a ps_backend: set-up (device checks, stream, cuBLAS, weights, the cache budget),
-// tear-down, the forward entry point and the GEMM rate. The work is in cuda_memory.cu (device memory and the
-// copies of caches), cuda_weights.cu (the upload) and cuda_batch.cu (the forward over a batch).
+// tear-down, the forward and backward entry points and the GEMM rate. The work is in cuda_memory.cu (device
+// memory and the copies of caches), cuda_weights.cu (the upload), cuda_batch.cu (the forward over a batch) and
+// cuda_backward.cu (the backward pass of one prompt).
 // Unrun: no GPU has executed this backend yet; it is checked by compiling and by reading (README, "unverified").
 #include "ps_cuda_internal.h"
 
@@ -14,6 +15,14 @@ static int cuda_forward(ps_backend *b, const ps_model *m, ps_row *rows, int64_t 
         m->cfg.d_vocab != im->ctx.cfg.d_vocab)
         return ps_fail(e, PS_EXIT_RUNTIME, "CUDA backend: forward called with a different model than it was made for");
     return ps_cu_forward_rows(im, m, rows, n_rows, e);
+}
+
+// ps_backend.backward (cuda_backward.cu). Unrun, like the rest of this backend.
+static int cuda_backward(ps_backend *b, const ps_model *m, const ps_cache *fwd, const ps_logit_grad *lg, ps_cache *grad,
+                         ps_error *e) {
+    ps_cu_backend *im = (ps_cu_backend *)b->impl;
+    if (!im) return ps_fail(e, PS_EXIT_RUNTIME, "CUDA backend: not initialised");
+    return ps_cu_backward(im, m, fwd, lg, grad, e);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -104,17 +113,15 @@ static void cuda_release_cache(ps_backend *b, ps_cache *c) {
 
 static int backend_init(ps_backend *b, const ps_backend_opts *o, const ps_model *m, ps_error *e) {
     const ps_precision prec = o->precision;
-    // GPT-NeoX's partial rotary and parallel residual have no kernels yet: refuse rather than compute a Llama/GPT-2 block.
-    if (m->cfg.arch == PS_ARCH_NEOX)
-        return ps_fail(e, PS_EXIT_BADINPUT, "the cuda backend does not implement GPT-NeoX (Pythia) models yet");
     char why[256];
     if (ps_cuda_device_count(why, sizeof why) <= 0) return ps_fail(e, PS_EXIT_RUNTIME, "no CUDA device found (%s)", why);
     if (prec != PS_PREC_FP32 && prec != PS_PREC_FP16 && prec != PS_PREC_BF16)
         return ps_fail(e, PS_EXIT_BADINPUT, "CUDA backend: unknown precision %d", (int)prec);
     const ps_model_config *cfg = &m->cfg;
-    if (cfg->n_kv_heads <= 0 || cfg->n_heads % cfg->n_kv_heads || cfg->d_head % 2 || cfg->n_heads > 65535)
-        return ps_fail(e, PS_EXIT_BADINPUT, "CUDA backend: unsupported head layout (H=%lld, Hkv=%lld, D=%lld)",
-                       (long long)cfg->n_heads, (long long)cfg->n_kv_heads, (long long)cfg->d_head);
+    if (cfg->n_kv_heads <= 0 || cfg->n_heads % cfg->n_kv_heads || cfg->d_head % 2 || cfg->n_heads > 65535 ||
+        cfg->rotary_dim < 0 || cfg->rotary_dim % 2 || cfg->rotary_dim > cfg->d_head)
+        return ps_fail(e, PS_EXIT_BADINPUT, "CUDA backend: unsupported head layout (H=%lld, Hkv=%lld, D=%lld, rotary_dim=%lld)",
+                       (long long)cfg->n_heads, (long long)cfg->n_kv_heads, (long long)cfg->d_head, (long long)cfg->rotary_dim);
     CUDA_CHECK(e, cudaSetDevice(0));
     cudaDeviceProp prop;
     CUDA_CHECK(e, cudaGetDeviceProperties(&prop, 0));
@@ -169,6 +176,7 @@ static int backend_init(ps_backend *b, const ps_backend_opts *o, const ps_model 
     b->caps = PS_CAPS_CUDA;
     snprintf(b->device, sizeof b->device, "%.127s", prop.name);
     b->forward = cuda_forward;
+    b->backward = cuda_backward;
     b->free = cuda_free;
     b->release_cache = cuda_release_cache;
     b->gemm_rate = cuda_gemm_rate;

@@ -4,17 +4,14 @@
 // engine plans whole patched layers for it: the same numbers, more arithmetic. Interventions (every ps_op, head
 // masks) and captures are applied at the same hooks and in the same order as cpu_patch.c. Narrowing would mirror
 // cpu_forward.c's plan_layer and its compacted Q/K/V and W_O+MLP steps; tests/gpu/test_gpu_sweeps.c compares
-// with the CPU's narrowed run. Unrun: no GPU has executed this file yet.
+// with the CPU's narrowed run. Families: GPT-2, Llama (rotary, SwiGLU), GPT-NeoX (partial rotary, parallel or
+// sequential residual). Unrun: no GPU has executed this file yet (GPT-NeoX's path included).
 #include "ps_cuda_internal.h"
 
 #include <stdio.h>
 
-// Bump allocation of one workspace: the offset of bytes at *at (256-byte aligned).
-static size_t take(size_t *at, size_t bytes) {
-    const size_t o = ps_cu_align_up(*at, 256);
-    *at = o + bytes;
-    return o;
-}
+// Bump allocation of one workspace (ps_cu_take).
+static size_t take(size_t *at, size_t bytes) { return ps_cu_take(at, bytes); }
 
 // ---------------------------------------------------------------------------------------------
 // The forward pass
@@ -92,7 +89,7 @@ static int check_rows(const ps_model_config *cfg, ps_row *rows, int64_t n_rows, 
                                    (long long)r, row->cols[c], (long long)V);
         const int from_base = row->start_layer > 0 || row->start_pos > 0;
         if (from_base && (row->base->T != row->T || !row->base->resid_pre || !row->base->resid_post || !row->base->v ||
-                          !(cfg->arch == PS_ARCH_LLAMA ? row->base->rot_k : row->base->k)))
+                          !(cfg->rotary_dim > 0 ? row->base->rot_k : row->base->k)))
             return ps_fail(e, PS_EXIT_RUNTIME, "forward: row %lld: its base cache does not match it (T=%lld, row T=%lld)",
                            (long long)r, (long long)row->base->T, (long long)row->T);
         if (row->cache && row->cache->T != row->T)
@@ -251,6 +248,9 @@ int ps_cu_run_batch(ps_cu_backend *im, const ps_model *m, ps_row *rows, int64_t 
     const int64_t L = cfg->n_layers, C = cfg->d_model, H = cfg->n_heads, Hkv = cfg->n_kv_heads, D = cfg->d_head,
                   M = cfg->d_mlp, V = cfg->d_vocab;
     const int llama = cfg->arch == PS_ARCH_LLAMA;
+    // Rotary models (Llama: every dim of a head; GPT-NeoX: the first rotary_dim) attend with rot_q/rot_k.
+    const int rotary = cfg->rotary_dim > 0;
+    const int64_t R = cfg->rotary_dim;
     const int64_t QD = H * D, KD = Hkv * D;
     if (n_rows <= 0) return 0;
     PS_TRY(check_rows(cfg, rows, n_rows, e));
@@ -321,8 +321,8 @@ int ps_cu_run_batch(ps_cu_backend *im, const ps_model *m, ps_row *rows, int64_t 
                      o_k = take(&at, (size_t)(N * KD) * 4), o_v = take(&at, (size_t)(N * KD) * 4),
                      o_z = take(&at, (size_t)(N * QD) * 4), o_h1 = take(&at, (size_t)(N * M) * 4),
                      o_h2 = take(&at, (size_t)(N * M) * 4), o_h3 = take(&at, llama ? (size_t)(N * M) * 4 : 0),
-                     o_scale = take(&at, (size_t)N * 4), o_cos = take(&at, llama ? (size_t)(N * (D / 2)) * 4 : 0),
-                     o_sin = take(&at, llama ? (size_t)(N * (D / 2)) * 4 : 0),
+                     o_scale = take(&at, (size_t)N * 4), o_cos = take(&at, rotary ? (size_t)(N * (R / 2)) * 4 : 0),
+                     o_sin = take(&at, rotary ? (size_t)(N * (R / 2)) * 4 : 0),
                      o_xo = take(&at, (size_t)(n_out_total * C) * 4),
                      o_half = take(&at, im->ctx.prec == PS_PREC_FP32 ? 0 : (size_t)(n_half_rows * widest) * 2),
                      o_ref = take(&at, xt.ref_floats * 4), o_cap = take(&at, xt.cap_floats * 4);
@@ -385,7 +385,7 @@ int ps_cu_run_batch(ps_cu_backend *im, const ps_model *m, ps_row *rows, int64_t 
                 d.base_resid_pre = ps_cu_arr_of(cfg, PS_ARR_RESID_PRE, T, ps_cu_cache_field(im, base_off[r], b, b->resid_pre));
                 d.base_resid_post = ps_cu_arr_of(cfg, PS_ARR_RESID_POST, T, ps_cu_cache_field(im, base_off[r], b, b->resid_post));
                 if (row->start_pos > 0) {
-                    const ps_array ka = llama ? PS_ARR_ROT_K : PS_ARR_K;
+                    const ps_array ka = rotary ? PS_ARR_ROT_K : PS_ARR_K;
                     d.base_k = ps_cu_arr_of(cfg, ka, T, ps_cu_cache_field(im, base_off[r], b, ps_cache_array(b, ka)));
                     d.base_v = ps_cu_arr_of(cfg, PS_ARR_V, T, ps_cu_cache_field(im, base_off[r], b, b->v));
                 }
@@ -463,11 +463,11 @@ int ps_cu_run_batch(ps_cu_backend *im, const ps_model *m, ps_row *rows, int64_t 
         bt.q = (float *)(ws + o_q); bt.k = (float *)(ws + o_k); bt.v = (float *)(ws + o_v); bt.z = (float *)(ws + o_z);
         bt.h1 = (float *)(ws + o_h1); bt.h2 = (float *)(ws + o_h2); bt.h3 = llama ? (float *)(ws + o_h3) : NULL;
         bt.scale = (float *)(ws + o_scale);
-        bt.rope_cos = llama ? (float *)(ws + o_cos) : NULL;
-        bt.rope_sin = llama ? (float *)(ws + o_sin) : NULL;
+        bt.rope_cos = rotary ? (float *)(ws + o_cos) : NULL;
+        bt.rope_sin = rotary ? (float *)(ws + o_sin) : NULL;
         const ps_cu_weights *w = &c->w;
         const hooks_t hk = {c, &bt, has, &xt, slots, cap_dev, L};
-        if (llama) TRY(ps_cu_op_rope_table(c, &bt, e));
+        if (rotary) TRY(ps_cu_op_rope_table(c, &bt, e));
 
         int64_t n_active = 0;
         for (int64_t l = 0; l < L; l++) {
@@ -506,7 +506,7 @@ int ps_cu_run_batch(ps_cu_backend *im, const ps_model *m, ps_row *rows, int64_t 
             STORE(PS_ARR_Q, bt.q);
             STORE(PS_ARR_K, bt.k);
             STORE(PS_ARR_V, bt.v);
-            if (llama) {
+            if (rotary) {
                 TRY(ps_cu_op_rotary(c, &bt, bt.q, NA, H, e));
                 TRY(ps_cu_op_rotary(c, &bt, bt.k, NA, Hkv, e));
                 STORE(PS_ARR_ROT_Q, bt.q);
@@ -524,11 +524,22 @@ int ps_cu_run_batch(ps_cu_backend *im, const ps_model *m, ps_row *rows, int64_t 
                 TRY(ps_cu_gemm_per_head(c, res.p + l * res.layer, bt.z + hrows[r].off * QD,
                                         ps_cu_mat_at(w->w_o, (size_t)(l * QD * C)), T, H, D, C, e));
             }
-            BLOCK_OUT(bt.z, QD, ps_cu_mat_at(w->w_o, (size_t)(l * QD * C)), w->b_o ? w->b_o + l * C : NULL,
-                      PS_SITE_ATTN_OUT, PS_ARR_ATTN_OUT, PS_SITE_RESID_MID, PS_ARR_RESID_MID);
-
-            // MLP block (the bias of the first layer is fused into the activation kernel)
-            TRY(ps_cu_op_norm(c, 2, l, bt.xn, bt.scale, bt.x, NA, e));
+            if (!cfg->parallel_residual) {
+                BLOCK_OUT(bt.z, QD, ps_cu_mat_at(w->w_o, (size_t)(l * QD * C)), w->b_o ? w->b_o + l * C : NULL,
+                          PS_SITE_ATTN_OUT, PS_ARR_ATTN_OUT, PS_SITE_RESID_MID, PS_ARR_RESID_MID);
+                // MLP block (the bias of the first layer is fused into the activation kernel)
+                TRY(ps_cu_op_norm(c, 2, l, bt.xn, bt.scale, bt.x, NA, e));
+            } else {
+                // GPT-NeoX's parallel block (cpu_forward.c's mlp_step): the MLP reads ln2 of the stream entering the
+                // layer and resid_post = resid_pre + attn_out + mlp_out; there is no resid_mid (ps_row_check refuses
+                // its site; the cache has no such array, so nothing is stored).
+                TRY(ps_cu_op_linear(c, bt.y, bt.z, ps_cu_mat_at(w->w_o, (size_t)(l * QD * C)), w->b_o ? w->b_o + l * C : NULL,
+                                    NA, QD, C, e));
+                PATCH(PS_SITE_ATTN_OUT, bt.y);
+                STORE(PS_ARR_ATTN_OUT, bt.y);
+                TRY(ps_cu_op_norm(c, 2, l, bt.xn, bt.scale, bt.x, NA, e));
+                TRY(ps_cu_op_residual(c, &bt, NA, e));
+            }
             STORE(PS_ARR_LN2_SCALE, bt.scale);
             TRY(ps_cu_gemm(c, bt.h1, bt.xn, ps_cu_mat_at(w->w_in, (size_t)(l * C * M)), NA, C, M, 0, e));
             if (llama) TRY(ps_cu_gemm(c, bt.h3, bt.xn, ps_cu_mat_at(w->w_up, (size_t)(l * C * M)), NA, C, M, 0, e));

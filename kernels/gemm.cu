@@ -61,12 +61,17 @@ static int gemm_input(ps_cu_ctx *c, const void **B, const float *x, int64_t n, p
 
 int ps_cu_gemm(ps_cu_ctx *c, float *y, const float *x, ps_cu_mat W, int64_t N, int64_t in, int64_t out, int trans_w,
                ps_error *e) {
-    PS_REQUIRE(e, N >= 0 && in > 0 && out > 0);
+    return ps_cu_gemm_beta(c, y, x, W, N, in, out, trans_w, 0.0f, e);
+}
+
+int ps_cu_gemm_beta(ps_cu_ctx *c, float *y, const float *x, ps_cu_mat W, int64_t N, int64_t in, int64_t out, int trans_w,
+                    float beta, ps_error *e) {
+    PS_REQUIRE(e, N >= 0 && in > 0 && out > 0 && (beta == 0.0f || beta == 1.0f));
     if (N == 0) return 0;
     PS_REQUIRE(e, y && x && W.p);
     const void *B;
     PS_TRY(gemm_input(c, &B, x, N * in, W.dt, e));
-    const float alpha = 1.0f, beta = 0.0f;
+    const float alpha = 1.0f;
     const cudaDataType_t t = cu_type(W.dt);
     // Row-major y = x @ W is column-major y^T = W^T x^T: W (in, out) row-major is W^T column-major with ld = out.
     // trans_w: W (out, in) row-major is column-major (in x out) with ld = in; op T makes it (out x in).

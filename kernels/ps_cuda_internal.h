@@ -20,6 +20,7 @@
 
 extern "C" {
 #include "ps_backend.h"
+#include "ps_backward.h"
 #include "ps_cuda.h"
 }
 #include "ps_cuda_check.h"
@@ -90,6 +91,12 @@ typedef struct {
 } ps_cu_backend;
 
 static inline size_t ps_cu_align_up(size_t n, size_t a) { return (n + a - 1) / a * a; }
+// Bump allocation of one workspace: the offset of bytes at *at (256-byte aligned).
+static inline size_t ps_cu_take(size_t *at, size_t bytes) {
+    const size_t o = ps_cu_align_up(*at, 256);
+    *at = o + bytes;
+    return o;
+}
 
 // cuda_memory.cu: the copies of caches. place: the arena offset of c's device copy, bound to c (handle) when
 // new. An input (a base run, a patch source) is uploaded unless its copy is valid; an output (a cache row)
@@ -118,6 +125,10 @@ int ps_cu_upload_weights(ps_cu_backend *im, const ps_model *m, ps_error *e);
 // cuda_batch.cu: one forward over rows, all on the device at once (PS_CUDA_OOM when it does not fit).
 int ps_cu_run_batch(ps_cu_backend *im, const ps_model *m, ps_row *rows, int64_t n_rows, ps_error *e);
 
+// cuda_backward.cu: ps_backend.backward, ps_cpu_backward's contract (ps_backward.h) for one prompt's run.
+int ps_cu_backward(ps_cu_backend *im, const ps_model *m, const ps_cache *fwd, const ps_logit_grad *lg, ps_cache *grad,
+                   ps_error *e);
+
 // ---------------------------------------------------------------------------------------------
 // The batch on the device
 
@@ -144,7 +155,7 @@ typedef struct {
     int64_t off, n, T, start_pos;
     int32_t from_base;              // joins from base's resid_pre instead of the embedding
     int32_t pb, pe;                 // its patches: [pb, pe) of the patch table, in the row's order
-    ps_cu_arr base_k;               // base's rot_k (Llama) or k; p NULL when start_pos == 0
+    ps_cu_arr base_k;               // base's rot_k (rotary models: Llama, GPT-NeoX) or k; p NULL when start_pos == 0
     ps_cu_arr base_v;
     ps_cu_arr base_resid_pre;       // when from_base
     ps_cu_arr base_resid_post;      // for rows that start past the last layer
@@ -179,7 +190,7 @@ typedef struct {
     const int32_t *tokens;          // device (N): token id
     const int64_t *pos;             // device (N): position in its row
     float *x, *xn, *y, *q, *k, *v, *z, *h1, *h2, *h3, *scale;   // per-token workspace, as in cpu_forward.c
-    float *rope_cos, *rope_sin;     // (N, D/2), Llama
+    float *rope_cos, *rope_sin;     // (N, rotary_dim/2), Llama and GPT-NeoX
 } ps_cu_batch;
 
 // ---------------------------------------------------------------------------------------------
@@ -225,6 +236,17 @@ static __device__ __forceinline__ float ps_block_max(float v, float *red) {
     }
     __syncthreads();
     return red[0];
+}
+
+// The MLP activation (ps_cpu_act's formulas; GELU-new with tanhf where the CPU uses a rational tanh within 4e-7).
+static __device__ __forceinline__ float ps_cu_act_f(ps_act act, float x) {
+    switch (act) {
+    case PS_ACT_GELU_NEW: return 0.5f * x * (1.0f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x)));
+    case PS_ACT_GELU: return 0.5f * x * (1.0f + erff(x * 0.7071067811865476f));
+    case PS_ACT_RELU: return x > 0 ? x : 0;
+    case PS_ACT_SILU: return x / (1.0f + expf(-x));
+    }
+    return x;
 }
 
 // x under intervention op at one element (cpu_patch.c's op_apply, element by element; same float arithmetic).
@@ -273,18 +295,19 @@ static inline void ps_cu_tmp_free(ps_cu_tmp *t) {
 // layernorm.cu
 int ps_cu_layernorm_launch(cudaStream_t st, float *out, float *scale, const float *x, const float *w, const float *b,
                            int64_t N, int64_t C, float eps, ps_error *e);
-// Norm of the model's kind (LayerNorm for GPT-2, RMSNorm for Llama); which: 1 = ln1, 2 = ln2, 0 = ln_final.
+// Norm of the model's kind (LayerNorm for GPT-2 and GPT-NeoX, RMSNorm for Llama); which: 1 = ln1, 2 = ln2, 0 = ln_final.
 int ps_cu_op_norm(ps_cu_ctx *c, int which, int64_t l, float *out, float *scale, const float *x, int64_t N, ps_error *e);
 
 // rmsnorm.cu
 int ps_cu_rmsnorm_launch(cudaStream_t st, float *out, float *scale, const float *x, const float *w, int64_t N,
                          int64_t C, float eps, ps_error *e);
 
-// rotary.cu
-int ps_cu_rope_table_launch(cudaStream_t st, float *cos_t, float *sin_t, const int64_t *pos, int64_t N, int64_t D,
-                            float theta, ps_error *e);
+// rotary.cu: the first R = rotary_dim dims of each head of width D (R = D for Llama, D * rotary_pct for
+// GPT-NeoX). Tables (N, R/2); sign -1 makes the transposed rotation's table (the backward).
+int ps_cu_rope_table_launch(cudaStream_t st, float *cos_t, float *sin_t, const int64_t *pos, int64_t N, int64_t R,
+                            float theta, float sign, ps_error *e);
 int ps_cu_rotary_launch(cudaStream_t st, float *x, const float *cos_t, const float *sin_t, int64_t N, int64_t n_heads,
-                        int64_t D, ps_error *e);
+                        int64_t D, int64_t R, ps_error *e);
 int ps_cu_op_rope_table(ps_cu_ctx *c, ps_cu_batch *bt, ps_error *e);
 int ps_cu_op_rotary(ps_cu_ctx *c, ps_cu_batch *bt, float *x, int64_t N, int64_t n_heads, ps_error *e);
 
@@ -330,6 +353,9 @@ int ps_cu_op_join(ps_cu_ctx *c, ps_cu_batch *bt, int64_t tok0, int64_t tok1, int
 // gemm.cu: y (N, out) = x (N, in) @ W (in, out), or x @ W^T when trans_w (W stored (out, in)); fp32 accumulate.
 int ps_cu_gemm(ps_cu_ctx *c, float *y, const float *x, ps_cu_mat W, int64_t N, int64_t in, int64_t out, int trans_w,
                ps_error *e);
+// The same with y = beta y + ... (beta 0 or 1: a backward pass accumulating its gradients).
+int ps_cu_gemm_beta(ps_cu_ctx *c, float *y, const float *x, ps_cu_mat W, int64_t N, int64_t in, int64_t out, int trans_w,
+                    float beta, ps_error *e);
 // result[t, h, :] = z[t, h, :] @ W_O[h] for one row (T tokens), per head (strided batched).
 int ps_cu_gemm_per_head(ps_cu_ctx *c, float *result, const float *z, ps_cu_mat w_o, int64_t T, int64_t H, int64_t D,
                         int64_t C, ps_error *e);
@@ -354,5 +380,42 @@ int ps_cu_unembed_cols_launch(cudaStream_t st, float *out, const float *xo, cons
                               int *overflow, ps_error *e);
 // All V logits of n rows of xn (normed): out (n, V) = xn @ w_u^T + b_u.
 int ps_cu_op_logits_full(ps_cu_ctx *c, float *out, const float *xn, int64_t n, ps_error *e);
+
+// ---------------------------------------------------------------------------------------------
+// The backward pass's ops (cpu_backward.c's steps, for one prompt of T tokens; every gradient fp32)
+
+// norm_backward.cu: dx (N, C) += through the norm (LayerNorm, or RMSNorm when rms); dscale (N, may be NULL) = the
+// gradient at the scale as its own node. x, scale: the forward's input and cached scale.
+int ps_cu_norm_backward_launch(cudaStream_t st, int rms, float *dx, float *dscale, const float *dout, const float *x,
+                               const float *scale, const float *w, int64_t N, int64_t C, ps_error *e);
+// The model's norm (which: 1 = ln1, 2 = ln2 of layer l, 0 = ln_final).
+int ps_cu_op_norm_backward(ps_cu_ctx *c, int which, int64_t l, float *dx, float *dscale, const float *dout,
+                           const float *x, const float *scale, int64_t N, ps_error *e);
+
+// act_backward.cu: dpre = dpost * act'(pre); gated (lin, dlin non-NULL): dpre *= lin, dlin = dpost * act(pre).
+int ps_cu_mlp_act_backward_launch(cudaStream_t st, float *dpre, float *dlin, const float *dpost, const float *pre,
+                                  const float *lin, int64_t n, ps_act act, ps_error *e);
+int ps_cu_op_mlp_act_backward(ps_cu_ctx *c, float *dpre, float *dlin, const float *dpost, const float *pre,
+                              const float *lin, int64_t T, ps_error *e);
+
+// attention_backward.cu: one layer of one prompt. q (T, H*D), k/v (T, Hkv*D) (rotated q/k for rotary models),
+// pattern (H, T, T), dz (T, H*D) in; dq, dk, dv (overwritten), dpattern and dscores (H, T, T) out.
+int ps_cu_attention_backward_launch(cudaStream_t st, const float *q, const float *k, const float *v,
+                                    const float *pattern, const float *dz, float *dq, float *dk, float *dv,
+                                    float *dpattern, float *dscores, int64_t T, int64_t H, int64_t Hkv, int64_t D,
+                                    ps_error *e);
+int ps_cu_op_attention_backward(ps_cu_ctx *c, const float *q, const float *k, const float *v, const float *pattern,
+                                const float *dz, float *dq, float *dk, float *dv, float *dpattern, float *dscores,
+                                int64_t T, ps_error *e);
+// hook_result's gradient at layer l: every head's (T, C) slice = dattn (T, C).
+int ps_cu_result_backward_launch(cudaStream_t st, ps_cu_arr dresult, int64_t l, const float *dattn, int64_t T,
+                                 int64_t H, int64_t C, ps_error *e);
+
+// unembed_backward.cu: dst[pos[o], :] += src[o, :] in o's order; and the unembedding's backward (dxn (T, C) +=
+// dlogits (n, V) @ W_U at pos, through tmp (n, C); dlogits_cache (T, V) += dlogits at pos when non-NULL).
+int ps_cu_rows_add_at_launch(cudaStream_t st, float *dst, const float *src, const int64_t *pos, int64_t n,
+                             int64_t width, ps_error *e);
+int ps_cu_op_unembed_backward(ps_cu_ctx *c, float *dxn, float *dlogits_cache, float *tmp, const float *dlogits,
+                              const int64_t *pos, int64_t n, ps_error *e);
 
 #endif

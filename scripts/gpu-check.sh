@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The prepared GPU check, one command on a bare GPU machine (no network, no Debian packages): unpacks
 # .gpu-bundle/ (made here by scripts/gpu-bundle.sh), probes the GPU, runs the gpu test suite, the CUDA
-# forward under compute-sanitizer, bench/sweeps --backend cuda and a Llama-2-7B-shaped sweep. Every step has
+# forward and backward under compute-sanitizer, bench/sweeps --backend cuda and a Llama-2-7B-shaped sweep. Every step has
 # its own time limit so the summary always comes back; logs and summary.json go to OUTDIR (at most 8 files).
 #
 #   scripts/gpu-check.sh OUTDIR [--budget SECONDS]   (default 450: under 8 minutes with the start-up)
@@ -83,16 +83,19 @@ fi
 export PS_SRC=$repo PS_BIN=$b/bin/patchsweep OMP_NUM_THREADS=${OMP_NUM_THREADS:-8}
 export PS_SHARED=$b/shared-data
 
-# --- 1. the gpu suite: every kernel, every tiny model, every sweep kind through the engine -------------
+# --- 1. the gpu suite: every kernel, every tiny model (GPT-2, Llama, GPT-NeoX), every sweep kind through the
+# engine, and the backward pass against ps_cpu_backward ----------------------------------------------------
 for t in gpu_kernels gpu_forward gpu_ops gpu_sweeps; do
     step "$t" 150 "$b/bin/test_$t"
 done
+step gpu_backward 90 "$b/bin/test_gpu_backward"
 # The scale driver: a Llama-2-7B layer at T = 2048, attention at T = 12288, GPT-2-small fp16/bf16 errors.
 step gpu_scale 90 "$b/bin/test_gpu_scale"
 
 # --- 2. compute-sanitizer on the forward test (memcheck, racecheck) ------------------------------------
 if command -v compute-sanitizer >/dev/null && [ $have_gpu = 1 ]; then
     step memcheck 90 compute-sanitizer --tool memcheck --error-exitcode 1 "$b/bin/test_gpu_forward"
+    step memcheck_backward 60 compute-sanitizer --tool memcheck --error-exitcode 1 "$b/bin/test_gpu_backward"
     step racecheck 90 compute-sanitizer --tool racecheck --error-exitcode 1 "$b/bin/test_gpu_kernels"
 else
     summary+=("{\"step\": \"sanitizer\", \"status\": \"skip\", \"why\": \"no compute-sanitizer or no GPU\"}")

@@ -52,7 +52,8 @@ int ps_run_gradient(ps_producer_ctx *cx, const ps_prompt *p, const int32_t *toke
     ps_metric_grad(cx->metric, p, &rq, logits, V, clean_lp, dl);
     const ps_logit_grad lg = {rq.n_out, rq.out_pos, dl};
     if (ps_cache_init(g, mc, p->T, 0, e) != 0) goto done;
-    rc = ps_cpu_backward(cx->m, base, &lg, g, e);
+    // The backend's own backward pass where it has one (CUDA), else the CPU reference.
+    rc = cx->be->backward ? cx->be->backward(cx->be, cx->m, base, &lg, g, e) : ps_cpu_backward(cx->m, base, &lg, g, e);
 done:
     free(logits);
     free(dl);

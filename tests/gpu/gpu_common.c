@@ -35,7 +35,8 @@ int gpu_random_model(ps_model *m, ps_arch arch, int64_t L, int64_t H, int64_t Hk
                      int64_t n_ctx, uint64_t seed) {
     memset(m, 0, sizeof *m);
     ps_model_config *c = &m->cfg;
-    const int gpt2 = arch == PS_ARCH_GPT2;
+    const int gpt2 = arch == PS_ARCH_GPT2, neox = arch == PS_ARCH_NEOX, llama = arch == PS_ARCH_LLAMA;
+    const int biased = gpt2 || neox;  // LayerNorm biases and linear biases (GPT-2, GPT-NeoX)
     c->arch = arch;
     c->n_layers = L;
     c->d_model = H * D;
@@ -46,9 +47,12 @@ int gpu_random_model(ps_model *m, ps_arch arch, int64_t L, int64_t H, int64_t Hk
     c->d_vocab = V;
     c->n_ctx = n_ctx;
     c->eps = 1e-5f;
-    c->act = gpt2 ? PS_ACT_GELU_NEW : PS_ACT_SILU;
+    c->act = gpt2 ? PS_ACT_GELU_NEW : neox ? PS_ACT_GELU : PS_ACT_SILU;
     c->rope_theta = 10000.0f;
-    c->rotary_dim = gpt2 ? 0 : D;
+    // GPT-NeoX: partial rotary (a quarter of each head, even) and a parallel residual; a caller may turn the
+    // latter off (cfg.parallel_residual = 0) for the sequential layout.
+    c->rotary_dim = gpt2 ? 0 : neox ? (D / 4 >= 2 ? D / 4 / 2 * 2 : 2) : D;
+    c->parallel_residual = neox;
     c->bos_id = c->eos_id = -1;
     c->tie_word_embeddings = gpt2;
     strcpy(c->dtype, "float32");
@@ -59,26 +63,26 @@ int gpu_random_model(ps_model *m, ps_arch arch, int64_t L, int64_t H, int64_t Hk
         {&w->wte, V * C, 1, 0},
         {&w->wpe, gpt2 ? n_ctx * C : 0, 1, 0},
         {&w->ln1_w, L * C, 0, 1},
-        {&w->ln1_b, gpt2 ? L * C : 0, 0, 2},
+        {&w->ln1_b, biased ? L * C : 0, 0, 2},
         {&w->w_q, L * C * QD, C, 0},
         {&w->w_k, L * C * KD, C, 0},
         {&w->w_v, L * C * KD, C, 0},
-        {&w->b_q, gpt2 ? L * QD : 0, 0, 2},
-        {&w->b_k, gpt2 ? L * KD : 0, 0, 2},
-        {&w->b_v, gpt2 ? L * KD : 0, 0, 2},
+        {&w->b_q, biased ? L * QD : 0, 0, 2},
+        {&w->b_k, biased ? L * KD : 0, 0, 2},
+        {&w->b_v, biased ? L * KD : 0, 0, 2},
         {&w->w_o, L * QD * C, QD, 0},
-        {&w->b_o, gpt2 ? L * C : 0, 0, 2},
+        {&w->b_o, biased ? L * C : 0, 0, 2},
         {&w->ln2_w, L * C, 0, 1},
-        {&w->ln2_b, gpt2 ? L * C : 0, 0, 2},
+        {&w->ln2_b, biased ? L * C : 0, 0, 2},
         {&w->w_in, L * C * M, C, 0},
-        {&w->w_up, gpt2 ? 0 : L * C * M, C, 0},
-        {&w->b_in, gpt2 ? L * M : 0, 0, 2},
+        {&w->w_up, llama ? L * C * M : 0, C, 0},
+        {&w->b_in, biased ? L * M : 0, 0, 2},
         {&w->w_out, L * M * C, M, 0},
-        {&w->b_out, gpt2 ? L * C : 0, 0, 2},
+        {&w->b_out, biased ? L * C : 0, 0, 2},
         {&w->lnf_w, C, 0, 1},
-        {&w->lnf_b, gpt2 ? C : 0, 0, 2},
+        {&w->lnf_b, biased ? C : 0, 0, 2},
         {&w->w_u, gpt2 ? 0 : V * C, C, 0},
-        {&w->b_u, gpt2 ? V : 0, 0, 2},
+        {&w->b_u, biased ? V : 0, 0, 2},
     };
     const size_t n_spec = sizeof spec / sizeof spec[0];
     size_t total = 0;
@@ -177,6 +181,8 @@ static int make_specs(row_spec *sp, const ps_model_config *cfg, int64_t T) {
     const int64_t L = cfg->n_layers, H = cfg->n_heads, Hkv = cfg->n_kv_heads, M = cfg->d_mlp;
     int n = 0;
     for (int s = 0; s < PS_SITE_COUNT; s++) {
+        // A parallel-residual GPT-NeoX has no resid_mid (ps_row_check refuses its site).
+        if (!ps_array_in_model(cfg, ps_site_array((ps_site)s))) continue;
         row_spec *r = &sp[n++];
         memset(r, 0, sizeof *r);
         const int64_t l = s % L;

@@ -1,4 +1,5 @@
-// The CUDA backend against ps_cpu_forward on the tiny checkpoints in tests/data/ (gpt2-tiny-*, llama-tiny-*):
+// The CUDA backend against ps_cpu_forward on the tiny checkpoints in tests/data/ (gpt2-tiny-*, llama-tiny-*,
+// neox-tiny-*: partial rotary, parallel and sequential residual):
 // full cache rows and batches of patched rows with start_layer/start_pos > 0, in fp32 (1e-4) and fp16/bf16
 // (gpu_tol_for). Without a GPU it first checks that asking for CUDA fails cleanly (and "auto" falls back to
 // the CPU), then skips.
@@ -39,7 +40,7 @@ static void check_no_device_paths(void) {
 }
 
 static int is_model_dir(const char *name) {
-    return strncmp(name, "gpt2-tiny-", 10) == 0 || strncmp(name, "llama-tiny-", 11) == 0;
+    return strncmp(name, "gpt2-tiny-", 10) == 0 || strncmp(name, "llama-tiny-", 11) == 0 || strncmp(name, "neox-tiny-", 10) == 0;
 }
 
 static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }

@@ -32,6 +32,8 @@ static ps_patch P(ps_op op, ps_site site, int64_t l, int64_t head, int64_t pos, 
 
 static int make_specs(op_spec *sp, const ps_model_config *cfg, int64_t T) {
     const int64_t L = cfg->n_layers, H = cfg->n_heads, Hkv = cfg->n_kv_heads, M = cfg->d_mlp, l1 = L > 1 ? 1 : 0;
+    // A parallel-residual GPT-NeoX has no resid_mid: its rows use resid_post at the same layer instead.
+    const ps_site MID = ps_array_in_model(cfg, PS_ARR_RESID_MID) ? PS_SITE_RESID_MID : PS_SITE_RESID_POST;
     int n = 0;
     op_spec *s;
 #define NEW(name) (s = &sp[n++], memset(s, 0, sizeof *s), s->what = (name))
@@ -67,11 +69,11 @@ static int make_specs(op_spec *sp, const ps_model_config *cfg, int64_t T) {
     s->src_clean[s->n_p++] = 1;
     s->p[s->n_p++] = P(PS_OP_ZERO, PS_SITE_Z, 0, H - 1, -1, -1);
     NEW("replace, scale, add at one hook");
-    s->p[s->n_p] = P(PS_OP_REPLACE, PS_SITE_RESID_MID, l1, -1, -1, -1);
+    s->p[s->n_p] = P(PS_OP_REPLACE, MID, l1, -1, -1, -1);
     s->src_clean[s->n_p++] = 1;
-    s->p[s->n_p] = P(PS_OP_SCALE, PS_SITE_RESID_MID, l1, -1, T - 1, -1);
+    s->p[s->n_p] = P(PS_OP_SCALE, MID, l1, -1, T - 1, -1);
     s->p[s->n_p++].factor = 0.25f;
-    s->p[s->n_p] = P(PS_OP_ADD, PS_SITE_RESID_MID, l1, -1, -1, -1);
+    s->p[s->n_p] = P(PS_OP_ADD, MID, l1, -1, -1, -1);
     s->ref_kind[s->n_p++] = 1;
     s->start_layer = l1;
     NEW("freeze v, kv head mask");
@@ -106,7 +108,7 @@ static int make_specs(op_spec *sp, const ps_model_config *cfg, int64_t T) {
     s->start_layer = L;
     s->start_pos = T - 1;
     s->c[s->n_c++] = (ps_capture){PS_SITE_RESID_POST, L - 1, NULL};
-    s->c[s->n_c++] = (ps_capture){PS_SITE_RESID_MID, L - 1, NULL};
+    s->c[s->n_c++] = (ps_capture){MID, L - 1, NULL};
 #undef NEW
     return n;
 }
@@ -271,11 +273,20 @@ int main(void) {
         run_model(&m, "random llama (GQA)");
         gpu_free_model(&m);
     }
+    // GPT-NeoX: partial rotary (2 of 8 dims), an odd head count, parallel and then sequential residual.
+    if (gpu_random_model(&m, PS_ARCH_NEOX, 2, 3, 3, 8, 40, 37, 24, 13) == 0) {
+        run_model(&m, "random neox (parallel)");
+        m.cfg.parallel_residual = 0;
+        run_model(&m, "random neox (sequential)");
+        gpu_free_model(&m);
+    }
     const char *data = tu_src("tests/data");
     DIR *dir = opendir(data);
     struct dirent *de;
     while (dir && (de = readdir(dir))) {
-        if (strncmp(de->d_name, "gpt2-tiny-", 10) && strncmp(de->d_name, "llama-tiny-", 11)) continue;
+        if (strncmp(de->d_name, "gpt2-tiny-", 10) && strncmp(de->d_name, "llama-tiny-", 11) &&
+            strncmp(de->d_name, "neox-tiny-", 10))
+            continue;
         char path[4096];
         snprintf(path, sizeof path, "%s/%s", data, de->d_name);
         ps_error e = {0};

@@ -1,6 +1,7 @@
 // Each CUDA kernel against the CPU building block of the same arithmetic, on random inputs of odd sizes;
 // attention and patching through whole forwards of small random models (head sizes 48, 64, 80, 128;
-// sequence lengths 1, 7, 129; GPT-2 and Llama with grouped-query attention).
+// sequence lengths 1, 7, 129; GPT-2, Llama with grouped-query attention, GPT-NeoX with partial rotary and
+// both residual layouts); the backward pass's norm and rotary kernels.
 // Tolerances: 1e-4 (absolute + relative) in fp32. GEMMs with fp16/bf16 weights are checked against a double
 // reference computed from inputs rounded the same way, so the bound there is fp32 accumulation (1e-4 relative
 // to the row's scale); whole forwards in fp16/bf16 use gpu_tol_for (documented there).
@@ -62,6 +63,58 @@ static void test_rotary(void) {
                 snprintf(name, sizeof name, "rotary T=%lld D=%lld theta=%g", (long long)T, (long long)D, thetas[c]);
                 tu_close(name, xg, xc, T * nh * D, 1e-4f, 1e-4f);
                 free(xc); free(xg); free(pos);
+            }
+}
+
+// GPT-NeoX's partial rotary (the first rot_dim dims of a head) and the transposed rotation (the backward).
+static void test_rotary_dims(void) {
+    const int64_t Ts[] = {1, 7, 129}, Ds[] = {48, 64, 80, 128};
+    for (size_t a = 0; a < 3; a++)
+        for (size_t b = 0; b < 4; b++)
+            for (int k = 0; k < 3; k++)
+                for (int bwd = 0; bwd < 2; bwd++) {
+                    const int64_t T = Ts[a], D = Ds[b], nh = 5, R = k == 0 ? D / 4 / 2 * 2 : k == 1 ? D / 2 : D;
+                    float *xc = rand_array(T * nh * D, 2.0f, 0.0f), *xg = malloc((size_t)(T * nh * D) * 4);
+                    memcpy(xg, xc, (size_t)(T * nh * D) * 4);
+                    int64_t *pos = malloc((size_t)T * sizeof *pos);
+                    for (int64_t i = 0; i < T; i++) pos[i] = 1 + 3 * i;
+                    ps_error e = {0};
+                    if (bwd) ps_cpu_rotary_backward(xc, T, nh, D, R, pos, 10000.0f);
+                    else ps_cpu_rotary(xc, T, nh, D, R, pos, 10000.0f);
+                    TU_CHECK(ps_cuda_test_rotary_dims(xg, T, nh, D, R, pos, 10000.0f, bwd, &e) == 0, "rotary: %s", e.msg);
+                    char name[128];
+                    snprintf(name, sizeof name, "rotary%s T=%lld D=%lld rot_dim=%lld", bwd ? " backward" : "", (long long)T,
+                             (long long)D, (long long)R);
+                    tu_close(name, xg, xc, T * nh * D, 1e-4f, 1e-4f);
+                    free(xc); free(xg); free(pos);
+                }
+}
+
+// LayerNorm's and RMSNorm's backward (dx accumulated onto a nonzero start, the scale's own gradient).
+static void test_norm_backward(void) {
+    const int64_t Ns[] = {1, 7, 129}, Cs[] = {48, 64, 80, 128, 777};
+    for (size_t a = 0; a < 3; a++)
+        for (size_t b = 0; b < 5; b++)
+            for (int rms = 0; rms < 2; rms++) {
+                const int64_t N = Ns[a], C = Cs[b];
+                float *x = rand_array(N * C, 3.0f, 0.5f), *w = rand_array(C, 0.5f, 1.0f), *bias = rand_array(C, 0.2f, 0.0f);
+                float *dout = rand_array(N * C, 1.0f, 0.0f), *dxc = rand_array(N * C, 0.5f, 0.0f);
+                float *dxg = malloc((size_t)(N * C) * 4), *out = malloc((size_t)(N * C) * 4), *sc = malloc((size_t)N * 4);
+                float *dsc = malloc((size_t)N * 4), *dsg = malloc((size_t)N * 4);
+                memcpy(dxg, dxc, (size_t)(N * C) * 4);
+                if (rms) ps_cpu_rmsnorm(out, sc, x, w, N, C, 1e-6f);
+                else ps_cpu_layernorm(out, sc, x, w, bias, N, C, 1e-5f);
+                if (rms) ps_cpu_rmsnorm_backward(dxc, dsc, dout, x, sc, w, N, C);
+                else ps_cpu_layernorm_backward(dxc, dsc, dout, x, sc, w, N, C);
+                ps_error e = {0};
+                TU_CHECK(ps_cuda_test_norm_backward(rms, dxg, dsg, dout, x, sc, w, N, C, &e) == 0, "norm backward: %s", e.msg);
+                char name[128];
+                snprintf(name, sizeof name, "%s backward N=%lld C=%lld dx", rms ? "rmsnorm" : "layernorm", (long long)N, (long long)C);
+                tu_close(name, dxg, dxc, N * C, 1e-4f, 1e-4f);
+                snprintf(name, sizeof name, "%s backward N=%lld C=%lld dscale", rms ? "rmsnorm" : "layernorm", (long long)N,
+                         (long long)C);
+                tu_close(name, dsg, dsc, N, 1e-4f, 1e-4f);
+                free(x); free(w); free(bias); free(dout); free(dxc); free(dxg); free(out); free(sc); free(dsc); free(dsg);
             }
 }
 
@@ -159,15 +212,18 @@ static void test_forward_random(void) {
     const int64_t Ds[] = {48, 64, 80, 128};
     const int64_t Ts[] = {1, 7, 129};
     for (size_t d = 0; d < 4; d++)
-        for (int arch = 0; arch < 2; arch++) {
-            const int64_t D = Ds[d], H = arch ? 4 : 3, Hkv = arch ? 2 : 3, C = H * D;
+        for (int arch = 0; arch < 3; arch++) {
+            // GPT-2 (3 heads), Llama (4 heads, 2 kv heads), GPT-NeoX (5 heads, partial rotary; parallel residual
+            // for D = 48 and 80, sequential for 64 and 128).
+            const int64_t D = Ds[d], H = arch == 1 ? 4 : arch == 2 ? 5 : 3, Hkv = arch == 1 ? 2 : H, C = H * D;
             ps_model m;
             if (gpu_random_model(&m, (ps_arch)arch, 2, H, Hkv, D, 2 * C + 3, 101, 160, 777 + d) != 0) {
                 TU_CHECK(0, "random model: out of memory");
                 continue;
             }
+            if (arch == PS_ARCH_NEOX) m.cfg.parallel_residual = d % 2 == 0;
             char label[64];
-            snprintf(label, sizeof label, "random %s D=%lld", arch ? "llama" : "gpt2", (long long)D);
+            snprintf(label, sizeof label, "random %s D=%lld", arch == 1 ? "llama" : arch == 2 ? "neox" : "gpt2", (long long)D);
             gpu_compare_model(&m, label, PS_PREC_FP32, Ts, 3);
             if (D == 64) {
                 gpu_compare_model(&m, label, PS_PREC_FP16, Ts, 3);
@@ -181,6 +237,8 @@ int main(void) {
     gpu_require_device();
     test_norms();
     test_rotary();
+    test_rotary_dims();
+    test_norm_backward();
     test_act();
     test_gemm();
     test_residual();
