@@ -126,10 +126,10 @@ PY
 $py - "$tmp/dup.h5.journal" <<'PY'
 import struct, sys
 p = sys.argv[1]; b = open(p, "rb").read()
-n_prompts, n_tables = struct.unpack_from("<qq", b, 72); at = 88
+n_prompts, n_tables = struct.unpack_from("<qq", b, 136); at = 152
 for _ in range(n_tables):
     at += 16
-    for _ in range(2): (l,) = struct.unpack_from("<q", b, at); at += 8 + l
+    for _ in range(3): (l,) = struct.unpack_from("<q", b, at); at += 8 + l
 first = at
 while b[at:at + 4] == b"PSRC":
     (length,) = struct.unpack_from("<q", b, at + 12)
