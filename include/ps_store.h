@@ -95,6 +95,10 @@ void ps_stored_run_free(ps_stored_run *s);
 // `patchsweep merge OUT SHARD...`: combines shard files of one run into the file a single run writes.
 // Refuses (exit 2) shards of different runs, a missing or duplicated shard, an incomplete shard file, a file of
 // the layout before schema_version, or a table whose values are not per prompt.
+// libhdf5 reads the shards only in a child process (their checksums verified there first), which builds the merged
+// file in memory and sends its bytes back; this process writes them (OUT.partial, fsync, rename). A shard that crashes
+// libhdf5 anywhere in the merge is PS_EXIT_BADINPUT, one line, nothing written.
 int ps_store_merge(const char *out, const char *const *shards, int n_shards, ps_error *e);
+int ps_store_merge_in_process(const char *out, const char *const *shards, int n_shards, ps_error *e); // no child (fuzz target)
 
 #endif

@@ -141,7 +141,7 @@ int ps_cli_reuse_assemble(ps_reuse_plan *p, const ps_config *cfg, ps_run_results
     const int64_t n = cfg->n_experiments;
     if (!(all->tables = calloc((size_t)(n ? n : 1), sizeof *all->tables))) return ps_fail(e, PS_EXIT_RUNTIME, "out of memory");
     // The baselines: this run's where it computed anything (the same numbers: the run-wide identity matched), else the file's.
-    if (p->n_sub > 0) { all->base = computed->base; memset(&computed->base, 0, sizeof computed->base); }
+    if (computed->base.n > 0) { all->base = computed->base; memset(&computed->base, 0, sizeof computed->base); }
     else { all->base = p->stored.base; memset(&p->stored.base, 0, sizeof p->stored.base); }
     for (int64_t i = 0, k = 0; i < n; i++) {
         ps_table *src = p->stored_of[i] >= 0 ? &p->stored.tables[p->stored_of[i]] : &computed->tables[k++];

@@ -294,7 +294,8 @@ int ps_cli_run(int argc, char **argv) {
     const ps_experiment *exps = dry ? cfg.experiments : plan.sub;
     const int64_t n_exps = dry ? cfg.n_experiments : plan.n_sub;
     const ps_prompt_set *psx = dry ? &ps : &plan.ps_sub;
-    const int compute = dry || plan.n_sub > 0; // nothing to compute: every table is reused (or dropped)
+    // Nothing to compute when every table is reused (or dropped); without a finished output the baselines always run.
+    const int compute = dry || plan.n_sub > 0 || !have_stored;
     if (rc == 0 && !already) {
         // Which prompts this run owns (its shard), minus those a journal already holds.
         done = calloc((size_t)ps.n, 1);

@@ -367,6 +367,8 @@ static int merge_in_child(void *arg, unsigned char **bytes, size_t *n_bytes, ps_
     return rc;
 }
 
+static int write_merged(const char *out, const unsigned char *bytes, size_t n, ps_error *e);
+
 int ps_store_merge(const char *out, const char *const *shards, int n_shards, ps_error *e) {
     if (n_shards < 1) return ps_fail(e, PS_EXIT_BADINPUT, "merge: no shard files given");
     // The child's time and reply are bounded by what the shard files can hold (their float arrays gzip'd).
@@ -389,7 +391,24 @@ int ps_store_merge(const char *out, const char *const *shards, int n_shards, ps_
     unsigned char *bytes = NULL;
     size_t n = 0;
     if (ps_h5_guarded_buf(label, seconds, merge_in_child, &ma, &bytes, &n, (size_t)(max < cap ? max : cap), e) != 0) return -1;
-    // Written here from the reply: OUT.partial with write/fsync, then renamed, so no file looks complete before it is.
+    int rc = write_merged(out, bytes, n, e);
+    free(bytes);
+    return rc;
+}
+
+int ps_store_merge_in_process(const char *out, const char *const *shards, int n_shards, ps_error *e) {
+    if (n_shards < 1) return ps_fail(e, PS_EXIT_BADINPUT, "merge: no shard files given");
+    merge_args ma = {out, shards, n_shards};
+    unsigned char *bytes = NULL;
+    size_t n = 0;
+    int rc = merge_in_child(&ma, &bytes, &n, e);
+    if (rc == 0) rc = write_merged(out, bytes, n, e);
+    free(bytes);
+    return rc;
+}
+
+// OUT.partial with write/fsync, then renamed, so no file looks complete before it is.
+static int write_merged(const char *out, const unsigned char *bytes, size_t n, ps_error *e) {
     size_t pl = strlen(out) + 16;
     char *partial = malloc(pl);
     int rc = 0;
@@ -399,6 +418,5 @@ int ps_store_merge(const char *out, const char *const *shards, int n_shards, ps_
     if (rc == 0 && rename(partial, out) != 0) rc = ps_fail(e, PS_EXIT_RUNTIME, "%s: cannot rename to %s", partial, out);
     if (rc != 0 && partial) unlink(partial);
     free(partial);
-    free(bytes);
     return rc;
 }
