@@ -124,6 +124,17 @@ if [ "$rc" -eq 143 ]; then
 elif [ "$rc" -eq 0 ]; then echo "note: the run finished before SIGTERM arrived"
 else fail "SIGTERM: exit $rc: $(cat "$tmp/kerr")"; fi
 
+# --- a journal of another experiment list (killed before any output existed): started afresh, saying so ---------------
+rm -f "$tmp/j.h5" "$tmp/j.h5.journal"
+( trap '' XFSZ; ulimit -f 8; exec "$bin" run "$tmp/c2.json" -o "$tmp/j.h5" --quiet --chunk-prompts 1 ) 2>/dev/null
+if [ -s "$tmp/j.h5.journal" ] && [ ! -e "$tmp/j.h5" ]; then
+    "$bin" run "$tmp/c3.json" -o "$tmp/j.h5" --quiet 2>"$tmp/err"
+    rc=$?
+    [ "$rc" -eq 0 ] && grep -qx "patchsweep: $tmp/j.h5.journal was written for another list of experiments; its finished prompts are recomputed" "$tmp/err" &&
+        same "$tmp/fresh3.h5" "$tmp/j.h5" && pass "a journal of another experiment list starts afresh: equal to a fresh run" ||
+        fail "journal of another list: exit $rc: $(cat "$tmp/err") $(cat "$tmp/same.out")"
+else fail "no partial journal of the 2-experiment run"; fi
+
 # --- a changed run-wide input is still refused ----------------------------------------------------------------------
 "$py" -c '
 import json, sys
