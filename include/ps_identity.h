@@ -53,8 +53,13 @@ void ps_identity_digest(const ps_identity *id, char hex[65]);
 // sha256 over the parts of one kind (one part: its own sha256, so a single weights file keeps its plain hash);
 // "" when there is none.
 void ps_identity_digest_kind(const ps_identity *id, const char *kind, char hex[65]);
-// The inputs as a JSON list, [{"kind", "path", "sha256", "bytes"}, ...] for files only (malloc'd; NULL: out of memory).
-char *ps_identity_inputs_json(const ps_identity *id);
+// The inputs as a JSON list, [{"kind", "path", "sha256", "bytes"}, ...] for files only, id's then more's (NULL:
+// none) (malloc'd; NULL: out of memory).
+char *ps_identity_inputs_json(const ps_identity *id, const ps_identity *more);
+// The first top-level key whose value differs between two canonical JSON objects (keys sorted, no whitespace, as
+// ps_json_canonical writes them), present in one only included, into field; 0 when one was found, -1 when none
+// (equal, or not both objects).
+int ps_canonical_first_diff(const char *a, const char *b, char *field, size_t cap);
 
 // Records id (as identity hex) in the cache as what the journal or results file beside it holds.
 int ps_hash_cache_record(ps_hash_cache *c, const ps_identity *id, const char hex[65], ps_error *e);

@@ -16,6 +16,12 @@ typedef struct ps_journal ps_journal; // opaque: file descriptor, shape, counter
 // (NaN values, zero counters) with the run's shapes; base->n is the number of prompts.
 int ps_journal_open(ps_journal **j, const char *path, const char identity[65], int force, ps_baseline *base,
                     ps_table *tables, int64_t n_tables, uint8_t *done, int64_t *n_done, ps_error *e);
+// The same with the run-wide identity apart (base_identity: what a finished output's reused tables share with this
+// run): a journal of the same base_identity but another identity (another list of experiments to compute) starts
+// afresh, saying so on stderr, instead of failing; another base_identity fails as above. The header records each
+// table's attribute "identity".
+int ps_journal_open_base(ps_journal **j, const char *path, const char identity[65], const char base_identity[65], int force,
+                         ps_baseline *base, ps_table *tables, int64_t n_tables, uint8_t *done, int64_t *n_done, ps_error *e);
 // Appends the results of these prompts (their baseline and the row of every per-prompt table) and the
 // counters the tables accumulated since the last append (the tables passed here start from zero: a run's
 // own, not the restored ones). The record is built now and written and fsync'd by the journal's writer

@@ -28,6 +28,7 @@ typedef struct {
     const char *metric;          // "logit_diff", ...
     const char *identity;        // sha256 of version, weights, tokenizer, config text and shard: what resume checks
     const char *run_identity;    // the same without the shard: what merge requires all shards to share
+    const char *base_identity;   // the run-wide identity with the shard, experiments aside: what reusing a table needs
     const char *inputs_json;     // every input file: JSON [{"kind", "path", "sha256", "bytes"}]; NULL: not written
     int64_t shard_index, shard_count; // this file holds the prompts i with i % shard_count == shard_index
 } ps_run_info;
@@ -80,9 +81,24 @@ int ps_store_verify(const char *path, ps_error *e);
 // The /run identity attribute of a complete results file (status "complete") of this schema; -1 otherwise.
 int ps_store_read_identity(const char *path, char identity[65], ps_error *e);
 
+// A complete results file read back (readback.c) for reusing its tables: verified (seal and every dataset's
+// sha256) and read in a child process, so a crafted file that crashes libhdf5 is one line, PS_EXIT_BADINPUT.
+typedef struct {
+    char base_identity[65];          // /run base_identity; "" when absent (written before per-experiment identities)
+    ps_baseline base;                // the baseline columns
+    ps_table *tables; int64_t n_tables; // every /results table, in file order: axes, labels, values, counters and its
+                                     // attributes (identity and config among them); derived datasets are not read
+} ps_stored_run;
+int ps_store_read_run(const char *path, ps_stored_run *s, ps_error *e);
+void ps_stored_run_free(ps_stored_run *s);
+
 // `patchsweep merge OUT SHARD...`: combines shard files of one run into the file a single run writes.
 // Refuses (exit 2) shards of different runs, a missing or duplicated shard, an incomplete shard file, a file of
 // the layout before schema_version, or a table whose values are not per prompt.
+// libhdf5 reads the shards only in a child process (their checksums verified there first), which builds the merged
+// file in memory and sends its bytes back; this process writes them (OUT.partial, fsync, rename). A shard that crashes
+// libhdf5 anywhere in the merge is PS_EXIT_BADINPUT, one line, nothing written.
 int ps_store_merge(const char *out, const char *const *shards, int n_shards, ps_error *e);
+int ps_store_merge_in_process(const char *out, const char *const *shards, int n_shards, ps_error *e); // no child (fuzz target)
 
 #endif

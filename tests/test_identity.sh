@@ -142,7 +142,10 @@ JSON
 pp "$tmp/pp1.json" false
 pp "$tmp/pp2.json" true
 "$bin" run "$tmp/pp1.json" -o "$tmp/pp.h5" --quiet 2>"$tmp/err" || fail "path_patch run: $(cat "$tmp/err")"
-refuses "path_patch's freeze_mlps changed after a finished run" "config" "$tmp/pp2.json" "$tmp/pp.h5"
+"$bin" run "$tmp/pp2.json" -o "$tmp/pp.h5" --quiet 2>"$tmp/err" &&
+    grep -q '^patchsweep: experiment "pp": config changed (field "freeze_mlps"), recomputing$' "$tmp/err" &&
+    pass "path_patch's freeze_mlps changed after a finished run: recomputed, naming the field" ||
+    fail "freeze_mlps changed: $(cat "$tmp/err")"
 
 # --- the hash cache: used on the next run, keyed by the file's stat ------------------------------------------------
 hc="$tmp/w.h5.hashes"

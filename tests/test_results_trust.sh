@@ -100,11 +100,58 @@ done
 "$bin" merge "$tmp/m.h5" "$tmp/s0.h5" "$tmp/s1.h5" 2>"$tmp/err" && "$bin" inspect "$tmp/m.h5" >/dev/null &&
     $py "$src/tests/h5_same_values.py" "$tmp/ref.h5" "$tmp/m.h5" >/dev/null && pass "merge of good shards: sealed, verified, equal to one run" ||
     fail "merge of good shards: $(cat "$tmp/err")"
+cp "$tmp/s1.h5" "$tmp/s1_good.h5"
 $py -c "
 import sys; p = sys.argv[1]; b = bytearray(open(p, 'rb').read()); b[len(b) // 2] ^= 1; open(p, 'wb').write(b)" "$tmp/s1.h5"
 "$bin" merge "$tmp/m2.h5" "$tmp/s0.h5" "$tmp/s1.h5" 2>"$tmp/err"; rc=$?
 [ "$rc" -eq 2 ] && one_line "$tmp/err" && grep -q "s1.h5: corrupt" "$tmp/err" && [ ! -e "$tmp/m2.h5" ] && [ ! -e "$tmp/m2.h5.partial" ] &&
     pass "merge of a corrupt shard: exit 2: $(cat "$tmp/err")" || fail "merge corrupt shard: exit $rc: $(cat "$tmp/err")"
+
+# Crafted shards: a metadata byte changed, then the seal recomputed as our writer computes it (the datasets' bytes are
+# untouched, so every dataset's sha256 attribute stays valid). libhdf5 reads shards only in merge's child process; this
+# process writes the merged file from the child's reply, so whatever the crafted byte does to libhdf5 (a refusal, a
+# crash, a loop) is exit 2 and one line with nothing written, or a merge that succeeds.
+craft() { # SRC DST OFFSET XOR: one byte changed, the userblock's sha256 recomputed
+    $py - "$@" <<'PY'
+import hashlib, sys
+src, dst, off, x = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+b = bytearray(open(src, "rb").read())
+b[off] ^= x
+line = b"PSRESULT sha256 " + hashlib.sha256(bytes(b[512:])).hexdigest().encode() + b"\n"
+b[:512] = line + bytes(512 - len(line))
+open(dst, "wb").write(b)
+PY
+}
+# The root group's link "prompts" renamed "qrompts": every checksum verifies, and the shard is still not a shard.
+off=$($py -c "import sys; print(open(sys.argv[1], 'rb').read().index(b'prompts'))" "$tmp/s1_good.h5")
+craft "$tmp/s1_good.h5" "$tmp/s1_craft.h5" "$off" 1
+"$bin" inspect "$tmp/s1_craft.h5" >/dev/null 2>&1 && echo "note: inspect reads the crafted shard (its checksums are valid)"
+"$bin" merge "$tmp/m3.h5" "$tmp/s0.h5" "$tmp/s1_craft.h5" 2>"$tmp/err"; rc=$?
+[ "$rc" -eq 2 ] && one_line "$tmp/err" && grep -q "s1_craft.h5: /prompts/in_run missing" "$tmp/err" && [ ! -e "$tmp/m3.h5" ] && [ ! -e "$tmp/m3.h5.partial" ] &&
+    pass "a crafted shard with valid checksums: merge exit 2: $(cat "$tmp/err")" || fail "crafted shard: exit $rc: $(cat "$tmp/err")"
+# A file that crashes libhdf5's reads (inspect, above), sealed as a crafted shard: refused in the child.
+craft "$src/tests/data/corrupt_h5/libhdf5_segv.h5" "$tmp/s1_segv.h5" 600 0
+"$bin" merge "$tmp/m4.h5" "$tmp/s0.h5" "$tmp/s1_segv.h5" 2>"$tmp/err"; rc=$?
+[ "$rc" -eq 2 ] && one_line "$tmp/err" && grep -q "s1_segv.h5" "$tmp/err" && [ ! -e "$tmp/m4.h5" ] && [ ! -e "$tmp/m4.h5.partial" ] &&
+    pass "a sealed shard made from a file that crashes libhdf5: merge exit 2: $(cat "$tmp/err")" || fail "sealed libhdf5 crash shard: exit $rc: $(cat "$tmp/err")"
+# Bytes in and around the dimension-scale attributes (DIMENSION_LIST, DIMENSION_LABELS), each changed and resealed.
+n_craft=0; n_refused=0
+for off in $($py -c "
+import re, sys
+b = open(sys.argv[1], 'rb').read()
+offs = sorted({m.start() + d for pat in (b'DIMENSION_LIST', b'DIMENSION_LABELS') for m in list(re.finditer(pat, b))[:2] for d in range(-24, 24, 3)})
+print(' '.join(map(str, offs)))" "$tmp/s1_good.h5"); do
+    craft "$tmp/s1_good.h5" "$tmp/s1_x.h5" "$off" 255
+    rm -f "$tmp/mx.h5"
+    "$bin" merge "$tmp/mx.h5" "$tmp/s0.h5" "$tmp/s1_x.h5" >/dev/null 2>"$tmp/err"; rc=$?
+    n_craft=$((n_craft + 1))
+    if [ "$rc" -eq 2 ]; then
+        n_refused=$((n_refused + 1))
+        { one_line "$tmp/err" && [ ! -e "$tmp/mx.h5" ] && [ ! -e "$tmp/mx.h5.partial" ]; } || fail "crafted byte $off: exit 2 but: $(cat "$tmp/err")"
+    elif [ "$rc" -ne 0 ]; then fail "crafted byte $off: exit $rc: $(cat "$tmp/err")"; fi
+done
+[ "$n_craft" -ge 40 ] && pass "$n_craft crafted shards (dimension-scale attribute bytes, resealed): $n_refused refused with one line, the rest merged, none crashed" ||
+    fail "only $n_craft crafted shards"
 
 # --- 3. /run inputs ---------------------------------------------------------------------------------------------
 "$bin" inspect "$tmp/ref.h5" >"$tmp/out" 2>&1
@@ -126,10 +173,10 @@ PY
 $py - "$tmp/dup.h5.journal" <<'PY'
 import struct, sys
 p = sys.argv[1]; b = open(p, "rb").read()
-n_prompts, n_tables = struct.unpack_from("<qq", b, 72); at = 88
+n_prompts, n_tables = struct.unpack_from("<qq", b, 136); at = 152
 for _ in range(n_tables):
     at += 16
-    for _ in range(2): (l,) = struct.unpack_from("<q", b, at); at += 8 + l
+    for _ in range(3): (l,) = struct.unpack_from("<q", b, at); at += 8 + l
 first = at
 while b[at:at + 4] == b"PSRC":
     (length,) = struct.unpack_from("<q", b, at + 12)

@@ -45,8 +45,9 @@ static void items_digest(const ps_config *cfg, char hex[65], int *oom) {
     free(b.s);
 }
 
-// The config's meaning as canonical JSON (keys sorted, defaults filled in, paths absolute). Not in it: output
-// (where results go, not what they are) and the dataset's own spelling (its items are, by digest).
+// The run-wide part of the config's meaning as canonical JSON (keys sorted, defaults filled in, paths absolute).
+// Not in it: output (where results go, not what they are), the dataset's own spelling (its items are, by digest)
+// and the experiments, each of which has its own identity (experiment_ids).
 static char *canonical_config(const ps_config *cfg) {
     char items[65];
     int oom = 0;
@@ -58,17 +59,6 @@ static char *canonical_config(const ps_config *cfg) {
     ps_jbuf_key(&b, "batch_rows", 0); ps_jbuf_int(&b, cfg->batch_rows);
     ps_jbuf_key(&b, "corrupted_path", 0); jbuf_path(&b, cfg->corrupted_path);
     ps_jbuf_key(&b, "dataset_path", 0); jbuf_path(&b, cfg->dataset_path);
-    ps_jbuf_key(&b, "experiments", 0); ps_jbuf_raw(&b, "[");
-    // Each experiment as its config object means it (canonical JSON: every key of every kind, in one order)
-    // with its kind resolved, so no kind's keys can be left out of the identity.
-    for (int64_t i = 0; i < cfg->n_experiments; i++) {
-        const ps_experiment *x = &cfg->experiments[i];
-        ps_jbuf_raw(&b, i ? ",{" : "{");
-        ps_jbuf_key(&b, "kind", 1); ps_jbuf_str(&b, x->kind ? x->kind : "patch_sweep");
-        ps_jbuf_key(&b, "spec", 0); ps_jbuf_raw(&b, x->canonical ? x->canonical : "null");
-        ps_jbuf_raw(&b, "}");
-    }
-    ps_jbuf_raw(&b, "]");
     ps_jbuf_key(&b, "items_sha256", 0); ps_jbuf_str(&b, items);
     ps_jbuf_key(&b, "metric", 0); ps_jbuf_str(&b, ps_metric_name(cfg->metric));
     ps_jbuf_key(&b, "model", 0); jbuf_path(&b, cfg->model);
@@ -127,10 +117,47 @@ static int add_model_files(ps_identity *id, ps_hash_cache *c, const char *dir, p
     return rc;
 }
 
-int ps_cli_identity(ps_identity *id, ps_hash_cache *c, const ps_config *cfg, const ps_tokenizer *tok, const ps_backend *be,
-                    int shard_i, int shard_n, char ident[65], char run_id[65], ps_error *e) {
-    memset(id, 0, sizeof *id);
-    char numerics[128], shard[64];
+// One experiment's own identity: the run-wide identity, its kind, its config object as canonical JSON and the
+// files only it reads (reference set, circuit file).
+static int experiment_own(const ps_experiment *x, ps_hash_cache *c, const char run_wide[65], ps_identity *files,
+                          char hex[65], ps_error *e) {
+    ps_identity own = {0};
+    int rc = ps_identity_add_text(&own, "run", "run-wide identity", run_wide, e);
+    if (rc == 0) rc = ps_identity_add_text(&own, "kind", x->kind ? x->kind : "patch_sweep", x->kind ? x->kind : "patch_sweep", e);
+    if (rc == 0) rc = ps_identity_add_text(&own, "spec", x->name, x->canonical ? x->canonical : "null", e);
+    struct { const char *kind, *path; } f[2] = {{"reference dataset file", x->ref_path}, {"circuit file", x->keep_path}};
+    for (int k = 0; rc == 0 && k < 2; k++) {
+        if (!f[k].path) continue;
+        rc = ps_identity_add_file(&own, c, f[k].kind, f[k].path, BIG_FILE_BYTES, e);
+        if (rc == 0) rc = ps_identity_add_file(files, c, f[k].kind, f[k].path, BIG_FILE_BYTES, e);
+    }
+    if (rc == 0) ps_identity_digest(&own, hex);
+    ps_identity_free(&own);
+    return rc;
+}
+
+// The experiment another one reads while it runs (its index), or -1: a table of reference means records its
+// parent's means; an edge circuit chosen from scores reads that edge_attribution experiment.
+int64_t ps_cli_experiment_dependency(const ps_config *cfg, int64_t i) {
+    const ps_experiment *x = &cfg->experiments[i];
+    if (x->kind && !strcmp(x->kind, "reference_means")) return x->means_of;
+    for (int64_t j = 0; x->scores_from && j < cfg->n_experiments; j++)
+        if (j != i && !strcmp(cfg->experiments[j].name, x->scores_from)) return j;
+    return -1;
+}
+
+void ps_cli_ident_free(ps_cli_ident *ci) {
+    ps_identity_free(&ci->id);
+    free(ci->exp);
+    free(ci->inputs_json);
+    memset(ci, 0, sizeof *ci);
+}
+
+int ps_cli_identity(ps_cli_ident *ci, ps_hash_cache *c, const ps_config *cfg, const ps_tokenizer *tok, const ps_backend *be,
+                    int shard_i, int shard_n, ps_error *e) {
+    memset(ci, 0, sizeof *ci);
+    ps_identity *id = &ci->id, files = {0};
+    char numerics[128], shard[64], run_wide[65];
     // The settings that change numbers as the backend resolved them (auto, 0 threads = all cores).
     snprintf(numerics, sizeof numerics, "backend %s, precision %s, threads %d", be->name, ps_precision_name(be->precision),
              be->threads);
@@ -138,23 +165,44 @@ int ps_cli_identity(ps_identity *id, ps_hash_cache *c, const ps_config *cfg, con
     int rc = canon ? 0 : ps_fail(e, PS_EXIT_RUNTIME, "%s: out of memory", cfg->path);
     if (rc == 0) rc = ps_identity_add_text(id, "patchsweep version", PS_VERSION, PS_VERSION, e);
     if (rc == 0) rc = ps_identity_add_text(id, "numerics", numerics, numerics, e);
-    if (rc == 0) rc = ps_identity_add_text(id, "config", "its parsed values; output, whitespace and key order aside", canon, e);
+    if (rc == 0) rc = ps_identity_add_text(id, "config", "its parsed values; output, experiments, whitespace and key order aside", canon, e);
     if (rc == 0 && cfg->dataset_path) rc = ps_identity_add_file(id, c, "dataset file", cfg->dataset_path, BIG_FILE_BYTES, e);
     if (rc == 0 && cfg->corrupted_path)
         rc = ps_identity_add_file(id, c, "dataset file", cfg->corrupted_path, BIG_FILE_BYTES, e);
-    for (int64_t i = 0; rc == 0 && i < cfg->n_experiments; i++) {
-        const ps_experiment *x = &cfg->experiments[i];
-        if (x->ref_path) rc = ps_identity_add_file(id, c, "reference dataset file", x->ref_path, BIG_FILE_BYTES, e);
-        if (rc == 0 && x->keep_path) rc = ps_identity_add_file(id, c, "circuit file", x->keep_path, BIG_FILE_BYTES, e);
-    }
     if (rc == 0) rc = add_tokenizer_files(id, c, tok, e);
     if (rc == 0) rc = add_model_files(id, c, cfg->model, e);
     free(canon);
-    if (rc != 0) { ps_identity_free(id); return -1; }
-    // merge requires every shard to share run_id; resume and a finished output check ident, which adds the shard.
-    ps_identity_digest(id, run_id);
+    if (rc == 0) ps_identity_digest(id, run_wide);
+    // Each experiment: its own parts, then (one level) the own identity of the experiment it reads.
+    const int64_t n = cfg->n_experiments;
+    char (*own)[65] = calloc((size_t)(n ? n : 1), 65);
+    ci->exp = calloc((size_t)(n ? n : 1), 65);
+    ci->n_exp = n;
+    if (rc == 0 && (!own || !ci->exp)) rc = ps_fail(e, PS_EXIT_RUNTIME, "%s: out of memory", cfg->path);
+    for (int64_t i = 0; rc == 0 && i < n; i++) rc = experiment_own(&cfg->experiments[i], c, run_wide, &files, own[i], e);
+    for (int64_t i = 0; rc == 0 && i < n; i++) {
+        const int64_t d = ps_cli_experiment_dependency(cfg, i);
+        char buf[200];
+        snprintf(buf, sizeof buf, "%s\nreads %s", own[i], d >= 0 ? own[d] : "-");
+        ps_sha256_hex(buf, strlen(buf), ci->exp[i]);
+    }
+    // The inputs /run lists: the run-wide files, then the experiments' own.
+    if (rc == 0 && !(ci->inputs_json = ps_identity_inputs_json(id, &files))) rc = ps_fail(e, PS_EXIT_RUNTIME, "out of memory");
+    free(own);
+    ps_identity_free(&files);
+    if (rc != 0) { ps_cli_ident_free(ci); return -1; }
     snprintf(shard, sizeof shard, "%d/%d", shard_i, shard_n);
-    if (ps_identity_add_text(id, "shard", shard, shard, e)) { ps_identity_free(id); return -1; }
-    ps_identity_digest(id, ident);
+    if (ps_identity_add_text(id, "shard", shard, shard, e)) { ps_cli_ident_free(ci); return -1; }
+    ps_identity_digest(id, ci->base);
+    // run_id (merge: every shard's) and ident (a finished output: "nothing to do") add every experiment's identity.
+    size_t len = 80 + (size_t)n * 65;
+    char *buf = malloc(len);
+    if (!buf) { ps_cli_ident_free(ci); return ps_fail(e, PS_EXIT_RUNTIME, "out of memory"); }
+    for (int with_shard = 0; with_shard < 2; with_shard++) {
+        size_t k = (size_t)snprintf(buf, len, "%s\n", with_shard ? ci->base : run_wide);
+        for (int64_t i = 0; i < n; i++) k += (size_t)snprintf(buf + k, len - k, "%s\n", ci->exp[i]);
+        ps_sha256_hex(buf, k, with_shard ? ci->ident : ci->run_id);
+    }
+    free(buf);
     return 0;
 }

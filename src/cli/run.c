@@ -212,12 +212,18 @@ int ps_cli_run(int argc, char **argv) {
     ps_journal *jr = NULL;
     uint8_t *done = NULL;
     int64_t *todo = NULL, n_todo = 0, n_done = 0;
-    char tok_sha[65] = "", ident[65] = "", run_id[65] = "";
+    char tok_sha[65] = "";
     char *jpath = NULL, *hpath = NULL;
     ps_hash_cache *hc = NULL;
-    ps_identity id = {0};
-    char *inputs = NULL;
-    int rc = 0, interrupted = 0, already = 0;
+    ps_cli_ident ci;
+    memset(&ci, 0, sizeof ci);
+    ps_reuse_plan plan;      // which experiments this run computes; the rest come from the finished output
+    memset(&plan, 0, sizeof plan);
+    ps_stored_run stored;    // that output's tables, read back in a child process
+    memset(&stored, 0, sizeof stored);
+    ps_run_results all;      // the run's results in config order: reused and computed tables
+    memset(&all, 0, sizeof all);
+    int rc = 0, interrupted = 0, already = 0, have_stored = 0;
     double this_flops = 0;
     int64_t this_run = 0, this_skipped = 0;
     struct stat msb;
@@ -238,13 +244,12 @@ int ps_cli_run(int argc, char **argv) {
         if (!(hpath = beside(out, ".hashes")) || !(jpath = beside(out, ".journal")))
             rc = ps_fail(&e, PS_EXIT_RUNTIME, "out of memory");
         if (rc == 0 && (ps_hash_cache_load(&hc, hpath, &e) != 0 ||
-                        ps_cli_identity(&id, hc, &cfg, tok, &be, shard_i, shard_n, ident, run_id, &e) != 0))
+                        ps_cli_identity(&ci, hc, &cfg, tok, &be, shard_i, shard_n, &e) != 0))
             rc = -1;
         if (rc == 0) {
             // /run's weights_sha256 and tokenizer_sha256: one file's own hash, or the hash over all of them.
-            ps_identity_digest_kind(&id, "weights file", m.weights_sha256);
-            ps_identity_digest_kind(&id, "tokenizer file", tok_sha);
-            if (!(inputs = ps_identity_inputs_json(&id))) rc = ps_fail(&e, PS_EXIT_RUNTIME, "out of memory");
+            ps_identity_digest_kind(&ci.id, "weights file", m.weights_sha256);
+            ps_identity_digest_kind(&ci.id, "tokenizer file", tok_sha);
         }
     }
     if (rc == 0 && !dry) {
@@ -254,45 +259,61 @@ int ps_cli_run(int argc, char **argv) {
             ps_error re = {0};
             int complete = ps_store_read_identity(out, old, &re) == 0;
             if ((!complete && re.code == PS_EXIT_BADINPUT && strstr(re.msg, ": corrupt: ")) ||
-                (complete && !strcmp(old, ident) && ps_store_verify(out, &re) != 0)) {
+                (complete && !strcmp(old, ci.ident) && ps_store_verify(out, &re) != 0)) {
                 // The same run, but its bytes are not what was written: not "complete", and not silently redone.
                 rc = ps_fail(&e, PS_EXIT_BADINPUT, "%s; --force recomputes it", re.msg);
-            } else if (complete && !strcmp(old, ident)) {
+            } else if (complete && !strcmp(old, ci.ident)) {
                 char eo[1024];
                 fprintf(stderr, "patchsweep: %s is complete for this config, model and version; nothing to do (--force recomputes)\n",
                         ps_escape(out, eo, sizeof eo));
                 already = 1;
+            } else if (complete && ps_store_read_run(out, &stored, &re) != 0) {
+                rc = ps_fail(&e, PS_EXIT_BADINPUT, "%s; --force recomputes it", re.msg);
+            } else if (complete && !strcmp(stored.base_identity, ci.base)) {
+                have_stored = 1; // the same run-wide inputs: its experiments that still match are reused
             } else {
+                ps_stored_run_free(&stored);
                 char generic[PS_ERR_MAX];
                 snprintf(generic, sizeof generic, "%s: exists and holds another run (config, model, tokenizer, version or shard differ); use --force to overwrite",
                          out);
-                rc = refuse_changed(hc, complete ? old : "-", &id, out, generic, &e);
+                rc = refuse_changed(hc, complete ? old : "-", &ci.id, out, generic, &e);
             }
-        } else if (file_exists(jpath) && !force) {
+        }
+        if (rc == 0 && !already && file_exists(jpath) && !force) {
             // The journal's header holds only the identity; the cache recorded the parts of the run that wrote it
             // (nothing recorded, or the same parts: ps_journal_open compares the header itself).
             char why[1536];
-            if (ps_hash_cache_explain(hc, NULL, &id, why, sizeof why) == 0)
+            if (ps_hash_cache_explain(hc, NULL, &ci.id, why, sizeof why) == 0)
                 rc = ps_fail(&e, PS_EXIT_BADINPUT, "%s since the journal %s was written; --force recomputes", why, jpath);
         }
     }
-    if (rc == 0 && already && ps_hash_cache_record(hc, &id, ident, &e) != 0) rc = -1;
+    if (rc == 0 && already && ps_hash_cache_record(hc, &ci.id, ci.ident, &e) != 0) rc = -1;
+    // What this run computes: everything in a dry run or without a finished output to reuse from.
+    if (rc == 0 && !already && !dry && ps_cli_reuse_plan(&plan, &cfg, &ps, &ci, have_stored ? &stored : NULL, out, &e) != 0) rc = -1;
+    if (rc == 0 && !already && !dry && ps_hash_cache_record(hc, &ci.id, ci.ident, &e) != 0) rc = -1; // what OUT will hold
+    const ps_experiment *exps = dry ? cfg.experiments : plan.sub;
+    const int64_t n_exps = dry ? cfg.n_experiments : plan.n_sub;
+    const ps_prompt_set *psx = dry ? &ps : &plan.ps_sub;
+    // Nothing to compute when every table is reused (or dropped); without a finished output the baselines always run.
+    const int compute = dry || plan.n_sub > 0 || !have_stored;
     if (rc == 0 && !already) {
         // Which prompts this run owns (its shard), minus those a journal already holds.
         done = calloc((size_t)ps.n, 1);
         todo = malloc((size_t)ps.n * sizeof(int64_t));
         if (!done || !todo) rc = ps_fail(&e, PS_EXIT_RUNTIME, "out of memory");
         // The tables' shapes: the journal's header, and what --shard can split.
-        if (rc == 0 && ps_run_results_init(&restored, &m.cfg, &ps, cfg.experiments, cfg.n_experiments, &e) != 0) rc = -1;
+        if (rc == 0 && ps_run_results_init(&restored, &m.cfg, psx, exps, n_exps, &e) != 0) rc = -1;
+        if (rc == 0 && !dry && ps_cli_tag_tables(restored.tables, restored.n_tables, &plan, &cfg, &ci, &e) != 0) rc = -1;
         if (rc == 0 && shard_n > 1 && ps_tables_check_shardable(restored.tables, restored.n_tables, &e) != 0) {
             char orig[PS_ERR_MAX];
             memcpy(orig, e.msg, sizeof orig);
             snprintf(e.msg, sizeof e.msg, "%s: --shard: %.1900s", cfg_path, orig);
             rc = -1;
         }
-        if (rc == 0 && !dry) { // (the output's directory exists: ps_cli_lock_output made it)
-            if (ps_journal_open(&jr, jpath, ident, force, &restored.base, restored.tables, restored.n_tables, done, &n_done, &e) != 0 ||
-                ps_hash_cache_record(hc, &id, ident, &e) != 0) // what the journal holds now
+        if (rc == 0 && !dry && compute) { // (the output's directory exists: ps_cli_lock_output made it)
+            if (ps_journal_open_base(&jr, jpath, plan.jident, ci.base, force, &restored.base, restored.tables, restored.n_tables, done,
+                                     &n_done, &e) != 0 ||
+                ps_hash_cache_record(hc, &ci.id, ci.ident, &e) != 0) // what the journal holds now
                 rc = -1;
             ps_hash_cache_save(hc); // now, not at the end: a killed run's resume finds the hashes
             if (rc == 0 && n_done > 0) {
@@ -304,11 +325,11 @@ int ps_cli_run(int argc, char **argv) {
         for (int64_t i = 0; rc == 0 && i < ps.n; i++)
             if (i % shard_n == shard_i) todo[n_todo++] = i;
     }
-    if (rc == 0 && !already) {
+    if (rc == 0 && !already && compute) {
         char em[1024];
         if (prog || dry)
             fprintf(stderr, "patchsweep: %lld prompts (%lld to run%s), %lld experiments, model %s (%s, %lld layers), backend %s\n",
-                    (long long)ps.n, (long long)(n_todo - n_done), shard_n > 1 ? " in this shard" : "", (long long)cfg.n_experiments,
+                    (long long)ps.n, (long long)(n_todo - n_done), shard_n > 1 ? " in this shard" : "", (long long)n_exps,
                     ps_escape(cfg.model, em, sizeof em), ps_arch_name(m.cfg.arch), (long long)m.cfg.n_layers, be.device);
         // A terminal gets the engine's own updating line; a log (Slurm's) gets a plain line every progress_every s.
         chunk_ctx cc = {.jr = jr};
@@ -316,7 +337,7 @@ int ps_cli_run(int argc, char **argv) {
         ps_engine_opts o = {.naive = naive, .batch_rows = cfg.batch_rows, .progress = prog && isatty(2) && !dry, .todo = todo,
                             .n_todo = n_todo, .skip = done, .dry_run = dry, .stop = &stop_requested, .chunk_prompts = chunk_prompts,
                             .on_chunk = journal_chunk, .chunk_ctx = &cc};
-        if (ps_engine_run(&m, &be, &ps, cfg.experiments, cfg.n_experiments, cfg.metric, &o, &rr, &e) != 0) {
+        if (ps_engine_run(&m, &be, psx, exps, n_exps, cfg.metric, &o, &rr, &e) != 0) {
             rc = -1;
             interrupted = stop_requested;
         } else if (ps_journal_sync(jr, &e) != 0) { // the last chunk's record, written while nothing else ran
@@ -366,19 +387,23 @@ int ps_cli_run(int argc, char **argv) {
             printf("  estimated time     unknown (%s)\n", elsewhere ? "no device here to measure" : "the backend's GEMM rate could not be measured");
         }
     } else if (rc == 0 && !already) {
-        run_totals(&rr, &this_flops, &this_run, &this_skipped); // this run's compute, before the journal's is added
-        restore_done(&rr, &restored, done);
+        if (compute) {
+            run_totals(&rr, &this_flops, &this_run, &this_skipped); // this run's compute, before the journal's is added
+            restore_done(&rr, &restored, done);
+            if (ps_cli_tag_tables(rr.tables, rr.n_tables, &plan, &cfg, &ci, &e) != 0) rc = -1;
+        }
+        if (rc == 0 && ps_cli_reuse_assemble(&plan, &cfg, &rr, &all, &e) != 0) rc = -1;
         // Every table here scores the run's metric (patching sweeps); the file says which.
-        for (int64_t s = 0; rc == 0 && s < rr.n_tables; s++)
-            if (rr.tables[s].metric_valued && ps_table_attr_str(&rr.tables[s], "metric", ps_metric_name(cfg.metric), &e) != 0) rc = -1;
-        ps_engine_finish(&rr);
+        for (int64_t s = 0; rc == 0 && s < all.n_tables; s++)
+            if (all.tables[s].metric_valued && ps_table_attr_str(&all.tables[s], "metric", ps_metric_name(cfg.metric), &e) != 0) rc = -1;
+        ps_engine_finish(&all);
         uint8_t *in_run = calloc((size_t)ps.n, 1);
         if (!in_run) rc = ps_fail(&e, PS_EXIT_RUNTIME, "out of memory");
         for (int64_t i = 0; rc == 0 && i < ps.n; i++) in_run[i] = (uint8_t)(i % shard_n == shard_i);
-        if (rc == 0 && (rc = check_meaningful(&rr, in_run, &cfg, &e)) != 0 && jpath) unlink(jpath); // nothing worth resuming
-        ps_shard_info sh = {.index = shard_i, .count = shard_n, .identity = ident, .run_identity = run_id, .in_run = in_run,
-                           .inputs_json = inputs};
-        if (rc == 0 && ps_cli_write_results(out, &cfg, &m, tok, tok_sha, &be, be.threads, &ps, &rr, &sh, &e) != 0) rc = -1;
+        if (rc == 0 && (rc = check_meaningful(&all, in_run, &cfg, &e)) != 0 && jpath) unlink(jpath); // nothing worth resuming
+        ps_shard_info sh = {.index = shard_i, .count = shard_n, .identity = ci.ident, .run_identity = ci.run_id,
+                           .base_identity = ci.base, .in_run = in_run, .inputs_json = ci.inputs_json};
+        if (rc == 0 && ps_cli_write_results(out, &cfg, &m, tok, tok_sha, &be, be.threads, &ps, &all, &sh, &e) != 0) rc = -1;
         free(in_run);
         if (rc == 0 && jpath) unlink(jpath); // everything is in the results file now
     }
@@ -387,13 +412,15 @@ int ps_cli_run(int argc, char **argv) {
         int64_t cnt = 0;
         char eo[1024];
         for (int64_t i = 0; i < ps.n; i++)
-            if (!isnan(rr.base.clean[i])) { mc += rr.base.clean[i]; mx += rr.base.corrupted[i]; cnt++; }
+            if (!isnan(all.base.clean[i])) { mc += all.base.clean[i]; mx += all.base.corrupted[i]; cnt++; }
         fprintf(stderr, "patchsweep: wrote %s (%lld prompts; mean %s clean %.4f, corrupted %.4f)\n", ps_escape(out, eo, sizeof eo),
                 (long long)cnt, ps_metric_name(cfg.metric), cnt ? mc / (double)cnt : NAN, cnt ? mx / (double)cnt : NAN);
         // This run's compute only: the journal's chunks were computed (and timed) by an earlier run.
         fprintf(stderr, "patchsweep: compute %.3f s, %.3f GFLOP (%.2f GFLOP/s), %lld patches run, %lld known without running%s\n",
                 rr.seconds, this_flops * 1e-9, rr.seconds > 0 ? this_flops * 1e-9 / rr.seconds : 0.0, (long long)this_run,
-                (long long)this_skipped, n_done > 0 ? " (this run; the resumed prompts' compute is not counted)" : "");
+                (long long)this_skipped,
+                n_done > 0 ? " (this run; the resumed prompts' compute is not counted)"
+                : plan.n_sub < cfg.n_experiments ? " (this run; the reused tables' compute is not counted)" : "");
         ps_stream_info si;
         if (be.kind == PS_BACKEND_CPU && ps_model_stream_info(&m, &si))
             fprintf(stderr, "patchsweep: streamed weights: %lld layer conversions, %lld calls served by kept layers (%lld of %lld kept, %.0f MiB)\n",
@@ -406,9 +433,11 @@ int ps_cli_run(int argc, char **argv) {
     if (hc && rc != 0 && !file_exists(out) && !file_exists(jpath)) unlink(hpath);
     else ps_hash_cache_save(hc); // a refused run's fresh hashes too (nothing is recorded for it)
     ps_hash_cache_free(hc);
-    ps_identity_free(&id);
+    ps_cli_ident_free(&ci);
     free(hpath);
-    free(inputs);
+    ps_run_results_free(&all);
+    ps_cli_reuse_free(&plan);
+    ps_stored_run_free(&stored);
     ps_run_results_free(&rr);
     ps_run_results_free(&restored);
     ps_prompt_set_free(&ps);

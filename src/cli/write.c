@@ -54,6 +54,7 @@ int ps_cli_write_results(const char *out_path, const ps_config *cfg, const ps_mo
         .threads = threads, .prepend_bos = cfg->prepend_bos,
         .bos_id = cfg->prepend_bos ? (ps_tokenizer_bos_id(tok) >= 0 ? ps_tokenizer_bos_id(tok) : m->cfg.bos_id) : -1,
         .metric = ps_metric_name(cfg->metric), .identity = sh->identity, .run_identity = sh->run_identity,
+        .base_identity = sh->base_identity,
         .shard_index = sh->index, .shard_count = sh->count, .inputs_json = sh->inputs_json,
     };
     int rc = ps_store_write_run(st, &ri, e);

@@ -70,15 +70,16 @@ static int write_all(int fd, const unsigned char *p, size_t n) {
 // libhdf5 crashes on some corrupt object headers (a flipped byte in an attribute message, seen in H5Aexists).
 static const char SEAL_MAGIC[] = "PSRESULT sha256 ";
 
-// The image goes to path (truncated), then fsync: a full disk is ENOSPC/EFBIG here, and path is removed so no
-// half-written file is left behind. seal: the userblock gets the image's sha256 (every file the store or merge
-// writes, a .partial too, so inspect reads none of ours unchecked).
-int ps_h5_save(hid_t f, const char *path, int seal, ps_error *e) {
+// The file's bytes as they go to disk: our userblock (with seal: the image's sha256) and the image from its superblock.
+int ps_h5_file_bytes(hid_t f, const char *path, int seal, unsigned char **out, size_t *out_len, ps_error *e) {
+    *out = NULL;
+    *out_len = 0;
     int64_t n = ps_h5_image_size(f);
     if (n <= 0) return ps_h5_fail(e, path, "cannot build the file image");
-    unsigned char *img = malloc((size_t)n);
+    unsigned char *img = malloc((size_t)n + PS_H5_USERBLOCK);
     if (!img) return ps_fail(e, PS_EXIT_RUNTIME, "%s: out of memory (%lld bytes)", path, (long long)n);
-    if (H5Fget_file_image(f, img, (size_t)n) != (ssize_t)n) {
+    unsigned char *body = img + PS_H5_USERBLOCK;
+    if (H5Fget_file_image(f, body, (size_t)n) != (ssize_t)n) {
         free(img);
         return ps_h5_fail(e, path, "cannot build the file image");
     }
@@ -86,25 +87,44 @@ int ps_h5_save(hid_t f, const char *path, int seal, ps_error *e) {
     // gets our own userblock in front (libhdf5 finds the superblock at 512 and takes addresses from there).
     static const unsigned char sig[8] = {0x89, 'H', 'D', 'F', '\r', '\n', 0x1a, '\n'};
     int64_t at = 0;
-    while (at + 8 <= n && memcmp(img + at, sig, 8) != 0) at = at ? 2 * at : 512;
+    while (at + 8 <= n && memcmp(body + at, sig, 8) != 0) at = at ? 2 * at : 512;
     if (at + 8 > n) {
         free(img);
         return ps_fail(e, PS_EXIT_RUNTIME, "%s: the file image has no HDF5 superblock", path);
     }
-    unsigned char ub[PS_H5_USERBLOCK] = {0};
+    if (at) memmove(body, body + at, (size_t)(n - at));
+    memset(img, 0, PS_H5_USERBLOCK);
     if (seal) {
         char hex[65];
-        ps_sha256_hex(img + at, (size_t)(n - at), hex);
-        snprintf((char *)ub, sizeof ub, "%s%s\n", SEAL_MAGIC, hex);
+        ps_sha256_hex(body, (size_t)(n - at), hex);
+        snprintf((char *)img, PS_H5_USERBLOCK, "%s%s\n", SEAL_MAGIC, hex);
     }
+    *out = img;
+    *out_len = (size_t)(PS_H5_USERBLOCK + n - at);
+    return 0;
+}
+
+// bytes to path (truncated), then fsync: a full disk is ENOSPC/EFBIG here, and path is removed so no half-written
+// file is left behind.
+int ps_h5_write_bytes(const char *path, const unsigned char *bytes, size_t n, ps_error *e) {
     int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644), rc = 0;
-    if (fd < 0 || write_all(fd, ub, sizeof ub) != 0 || write_all(fd, img + at, (size_t)(n - at)) != 0 || fsync(fd) != 0) {
+    if (fd < 0 || write_all(fd, bytes, n) != 0 || fsync(fd) != 0) {
         int err = errno;
         rc = ps_fail(e, PS_EXIT_RUNTIME, "%s: cannot write results file: %s", path, strerror(err));
     }
     if (fd >= 0 && close(fd) != 0 && rc == 0) rc = ps_fail(e, PS_EXIT_RUNTIME, "%s: cannot write results file: %s", path, strerror(errno));
     if (rc != 0) unlink(path);
-    free(img);
+    return rc;
+}
+
+// seal: the userblock gets the image's sha256 (every file the store or merge writes, a .partial too, so inspect
+// reads none of ours unchecked).
+int ps_h5_save(hid_t f, const char *path, int seal, ps_error *e) {
+    unsigned char *b = NULL;
+    size_t n = 0;
+    if (ps_h5_file_bytes(f, path, seal, &b, &n, e) != 0) return -1;
+    int rc = ps_h5_write_bytes(path, b, n, e);
+    free(b);
     return rc;
 }
 
@@ -290,10 +310,13 @@ int ps_h5_child_died(ps_error *e, const char *path, int sig, unsigned limit) {
     return ps_fail(e, PS_EXIT_BADINPUT, "%s: corrupt: libhdf5 crashed reading it (signal %d)", path, sig);
 }
 
-// fn in a child process (libhdf5 can crash on a corrupt or crafted file; see inspect.c): its ps_error and result
-// bytes come back through a pipe, and a child killed by a signal is PS_EXIT_BADINPUT "PATH: corrupt: ...".
-int ps_h5_guarded(const char *path, int (*fn)(void *arg, void *result, ps_error *e), void *arg, void *result, size_t result_len,
-                  ps_error *e) {
+// fn in a child process (libhdf5 can crash on a corrupt or crafted file; see inspect.c): its ps_error and the bytes
+// it returns come back through a pipe, and a child killed by a signal is PS_EXIT_BADINPUT "PATH: corrupt: ...".
+// The reply: rc, ps_error, then (rc == 0) a uint64 length and that many bytes.
+int ps_h5_guarded_buf(const char *path, unsigned seconds, int (*fn)(void *arg, unsigned char **out, size_t *out_len, ps_error *e),
+                      void *arg, unsigned char **out, size_t *out_len, size_t max_len, ps_error *e) {
+    *out = NULL;
+    *out_len = 0;
     int p[2];
     if (pipe(p) != 0) return ps_fail(e, PS_EXIT_RUNTIME, "%s: pipe: %s", path, strerror(errno));
     fflush(stdout);
@@ -310,42 +333,95 @@ int ps_h5_guarded(const char *path, int (*fn)(void *arg, void *result, ps_error 
         int devnull = open("/dev/null", O_WRONLY);
         if (devnull >= 0) dup2(devnull, 2);
         signal(SIGALRM, SIG_DFL);
-        alarm(ps_h5_child_seconds(path));
+        alarm(seconds);
         ps_error ce = {0};
-        int rc = fn(arg, result, &ce);
+        unsigned char *buf = NULL;
+        size_t len = 0;
+        int rc = fn(arg, &buf, &len, &ce);
+        const uint64_t l64 = rc == 0 ? (uint64_t)len : 0;
         int ok = write_all(p[1], (const unsigned char *)&rc, sizeof rc) == 0 && write_all(p[1], (const unsigned char *)&ce, sizeof ce) == 0 &&
-                 (!result_len || write_all(p[1], result, result_len) == 0);
+                 write_all(p[1], (const unsigned char *)&l64, sizeof l64) == 0 && (!l64 || write_all(p[1], buf, len) == 0);
         _exit(ok ? 0 : 1);
     }
     close(p[1]);
     int rc = -1;
     ps_error ce = {0};
-    size_t want = sizeof rc + sizeof ce + result_len, got = 0;
-    unsigned char *buf = malloc(want);
-    while (buf && got < want) {
-        ssize_t r = read(p[0], buf + got, want - got);
+    uint64_t l64 = 0;
+    unsigned char head[sizeof rc + sizeof ce + sizeof l64];
+    size_t got = 0, want = sizeof head;
+    unsigned char *buf = NULL;
+    int complete = 0, too_big = 0;
+    while (got < want) {
+        ssize_t r = read(p[0], head + got, want - got);
         if (r < 0 && errno == EINTR) continue;
         if (r <= 0) break;
         got += (size_t)r;
+    }
+    if (got == want) {
+        memcpy(&l64, head + sizeof rc + sizeof ce, sizeof l64);
+        if (l64 > max_len) too_big = 1;
+        else if (!(buf = malloc(l64 ? (size_t)l64 : 1))) too_big = 2;
+        size_t g = 0;
+        while (buf && g < l64) {
+            ssize_t r = read(p[0], buf + g, (size_t)l64 - g);
+            if (r < 0 && errno == EINTR) continue;
+            if (r <= 0) break;
+            g += (size_t)r;
+        }
+        complete = buf && g == l64;
     }
     close(p[0]);
     int st = 0;
     while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {}
     if (WIFSIGNALED(st)) {
-        rc = ps_h5_child_died(e, path, WTERMSIG(st), ps_h5_child_seconds(path));
-    } else if (!buf) {
+        rc = ps_h5_child_died(e, path, WTERMSIG(st), seconds);
+    } else if (too_big == 2) {
         rc = ps_fail(e, PS_EXIT_RUNTIME, "%s: out of memory", path);
-    } else if (got != want) { // died without a word: a crash a sanitizer (or an allocator) turned into an exit status
+    } else if (too_big) {
+        rc = ps_fail(e, PS_EXIT_BADINPUT, "%s: corrupt: reading it gave %llu bytes, more than it can hold", path, (unsigned long long)l64);
+    } else if (!complete) { // died without a word: a crash a sanitizer (or an allocator) turned into an exit status
         rc = ps_fail(e, PS_EXIT_BADINPUT, "%s: corrupt: libhdf5 crashed reading it (exit %d)", path, WIFEXITED(st) ? WEXITSTATUS(st) : -1);
     } else {
-        memcpy(&rc, buf, sizeof rc);
-        memcpy(&ce, buf + sizeof rc, sizeof ce);
-        if (result_len) memcpy(result, buf + sizeof rc + sizeof ce, result_len);
+        memcpy(&rc, head, sizeof rc);
+        memcpy(&ce, head + sizeof rc, sizeof ce);
         if (rc != 0) {
             ce.msg[PS_ERR_MAX - 1] = 0;
             ps_fail(e, ce.code ? ce.code : PS_EXIT_RUNTIME, "%s", ce.msg);
+        } else {
+            *out = buf;
+            *out_len = (size_t)l64;
+            buf = NULL;
         }
     }
+    free(buf);
+    return rc;
+}
+
+// The fixed-size form: fn fills result_len bytes.
+typedef struct {
+    int (*fn)(void *arg, void *result, ps_error *e);
+    void *arg;
+    size_t result_len;
+} fixed_call;
+
+static int fixed_cb(void *arg, unsigned char **out, size_t *out_len, ps_error *e) {
+    fixed_call *c = arg;
+    unsigned char *r = calloc(1, c->result_len ? c->result_len : 1);
+    if (!r) return ps_fail(e, PS_EXIT_RUNTIME, "out of memory");
+    int rc = c->fn(c->arg, r, e);
+    *out = r;
+    *out_len = c->result_len;
+    return rc;
+}
+
+int ps_h5_guarded(const char *path, int (*fn)(void *arg, void *result, ps_error *e), void *arg, void *result, size_t result_len,
+                  ps_error *e) {
+    fixed_call c = {fn, arg, result_len};
+    unsigned char *buf = NULL;
+    size_t len = 0;
+    int rc = ps_h5_guarded_buf(path, ps_h5_child_seconds(path), fixed_cb, &c, &buf, &len, result_len, e);
+    if (rc == 0 && len != result_len) rc = ps_fail(e, PS_EXIT_BADINPUT, "%s: corrupt: libhdf5 crashed reading it (short reply)", path);
+    if (rc == 0 && result_len) memcpy(result, buf, result_len);
     free(buf);
     return rc;
 }

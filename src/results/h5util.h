@@ -62,6 +62,10 @@ hid_t ps_h5_mem_create(const char *name, hid_t fcpl);  // a new empty file in me
 hid_t ps_h5_mem_open(const char *path);                // path's bytes read into memory; changes stay there
 int64_t ps_h5_image_size(hid_t f);                     // bytes the image takes; -1 on failure
 int ps_h5_save(hid_t f, const char *path, int seal, ps_error *e); // PS_EXIT_RUNTIME "PATH: cannot write results file: ..."
+// The two halves of ps_h5_save: the file's bytes (userblock with the seal, then the image; *out malloc'd), and
+// bytes written to path with write()/fsync() (removed when that fails).
+int ps_h5_file_bytes(hid_t f, const char *path, int seal, unsigned char **out, size_t *out_len, ps_error *e);
+int ps_h5_write_bytes(const char *path, const unsigned char *bytes, size_t n, ps_error *e);
 // A complete file's seal: its userblock (PS_H5_USERBLOCK bytes, set in the store's fcpl) holds the sha256 of every
 // byte after it. ps_h5_check_seal: 1 no seal, 0 it matches, -1 it does not (PS_EXIT_BADINPUT, before libhdf5 reads).
 #define PS_H5_USERBLOCK 512
@@ -72,6 +76,10 @@ unsigned ps_h5_child_seconds(const char *path);                       // a readi
 int ps_h5_child_died(ps_error *e, const char *path, int sig, unsigned limit); // its one line: crashed, or too slow
 int ps_h5_guarded(const char *path, int (*fn)(void *arg, void *result, ps_error *e), void *arg, void *result, size_t result_len,
                   ps_error *e);
+// The same for a reply of any length: fn sets *out (malloc'd) and *out_len; the caller gets them (free *out) when
+// it succeeds. A reply over max_len bytes is PS_EXIT_BADINPUT. The child is stopped after seconds (SIGALRM).
+int ps_h5_guarded_buf(const char *path, unsigned seconds, int (*fn)(void *arg, unsigned char **out, size_t *out_len, ps_error *e),
+                      void *arg, unsigned char **out, size_t *out_len, size_t max_len, ps_error *e);
 // The most bytes a dataset in loc's file can plausibly expand to (its size times gzip's ratio, capped): readers
 // refuse to allocate more for a size read from the file.
 int64_t ps_h5_max_bytes(hid_t loc);
@@ -79,5 +87,7 @@ int64_t ps_h5_max_bytes(hid_t loc);
 // checks them all (PS_EXIT_BADINPUT naming the file and the dataset on a mismatch, a missing or unreadable one).
 int ps_h5_seal(hid_t f, const char *file, ps_error *e);
 int ps_h5_verify(hid_t f, const char *file, int sealed, int64_t *n_checked, ps_error *e); // sealed: check_seal gave 0
+// The seal, then every dataset's sha256, of the file at path (merge.c): to be called only in a child (libhdf5).
+int ps_h5_verify_path(const char *path, ps_error *e);
 
 #endif

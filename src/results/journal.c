@@ -1,6 +1,8 @@
 // The resume journal: an append-only file of checksummed records, one per finished chunk of prompts.
-// Layout (little-endian host order): header = magic "PSJRNL02", identity (64 hex chars), n_prompts, n_tables
-// (int64), then per table: per_prompt, n_cells (int64), name and kind (each an int64 length and its bytes);
+// Layout (little-endian host order): header = magic "PSJRNL03", identity (64 hex chars: the run-wide identity and
+// the experiments this run computes), base identity (64: the run-wide one alone), n_prompts, n_tables (int64), then
+// per table: per_prompt, n_cells (int64), name, kind and identity (each an int64 length and its bytes; the identity
+// is the table's attribute "identity", "" when it has none);
 // record = magic "PSRC", n (int64), payload bytes (int64), payload, FNV-1a 64 checksum of the payload.
 // Payload = n prompt indices, then per prompt its 6 baseline floats and the row of every per-prompt table, then
 // per per-prompt table the counters (run, skipped as int64; flops as double). Tables that are not per prompt are
@@ -34,7 +36,7 @@ struct ps_journal {
     int err;                                     // errno of the first failed write (0: none)
 };
 
-static const char HEAD_MAGIC[8] = {'P', 'S', 'J', 'R', 'N', 'L', '0', '2'};
+static const char HEAD_MAGIC[8] = {'P', 'S', 'J', 'R', 'N', 'L', '0', '3'};
 static const char REC_MAGIC[4] = {'P', 'S', 'R', 'C'};
 
 static uint64_t fnv1a(const unsigned char *p, size_t n) {
@@ -54,24 +56,31 @@ static int write_all(int fd, const void *buf, size_t n) {
     return 0;
 }
 
-// The header: identity and the shape of every table (a run of another shape is another run).
-static unsigned char *make_header(const char identity[65], int64_t n_prompts, const ps_table *tables, int64_t n_tables,
-                                  size_t *len) {
-    size_t n = 8 + 64 + 16;
-    for (int64_t t = 0; t < n_tables; t++) n += 16 + 16 + strlen(tables[t].name) + strlen(tables[t].kind);
+// The header: identities and the shape of every table (a run of another shape is another run).
+static const char *table_identity(const ps_table *t) {
+    const ps_attr *a = ps_table_attr(t, "identity");
+    return a && a->type == PS_ATTR_STR && a->s ? a->s : "";
+}
+
+static unsigned char *make_header(const char identity[65], const char base_identity[65], int64_t n_prompts,
+                                  const ps_table *tables, int64_t n_tables, size_t *len) {
+    size_t n = 8 + 128 + 16;
+    for (int64_t t = 0; t < n_tables; t++)
+        n += 16 + 24 + strlen(tables[t].name) + strlen(tables[t].kind) + strlen(table_identity(&tables[t]));
     unsigned char *h = calloc(1, n);
     if (!h) return NULL;
     memcpy(h, HEAD_MAGIC, 8);
     memcpy(h + 8, identity, 64);
+    memcpy(h + 72, base_identity, 64);
     int64_t v[2] = {n_prompts, n_tables};
-    memcpy(h + 72, v, 16);
-    unsigned char *c = h + 88;
+    memcpy(h + 136, v, 16);
+    unsigned char *c = h + 152;
     for (int64_t t = 0; t < n_tables; t++) {
         const int64_t shape[2] = {tables[t].per_prompt, tables[t].n_cells};
         memcpy(c, shape, 16);
         c += 16;
-        const char *str[2] = {tables[t].name, tables[t].kind};
-        for (int k = 0; k < 2; k++) {
+        const char *str[3] = {tables[t].name, tables[t].kind, table_identity(&tables[t])};
+        for (int k = 0; k < 3; k++) {
             const int64_t l = (int64_t)strlen(str[k]);
             memcpy(c, &l, 8);
             memcpy(c + 8, str[k], (size_t)l);
@@ -189,30 +198,49 @@ static int wait_idle(ps_journal *j, ps_error *e) {
 
 int ps_journal_open(ps_journal **jp, const char *path, const char identity[65], int force, ps_baseline *base,
                     ps_table *tables, int64_t n_tables, uint8_t *done, int64_t *n_done, ps_error *e) {
+    return ps_journal_open_base(jp, path, identity, identity, force, base, tables, n_tables, done, n_done, e);
+}
+
+int ps_journal_open_base(ps_journal **jp, const char *path, const char identity[65], const char base_identity[65], int force,
+                         ps_baseline *base, ps_table *tables, int64_t n_tables, uint8_t *done, int64_t *n_done, ps_error *e) {
     *jp = NULL;
     *n_done = 0;
     size_t hlen = 0;
-    unsigned char *head = make_header(identity, base->n, tables, n_tables, &hlen);
+    unsigned char *head = make_header(identity, base_identity, base->n, tables, n_tables, &hlen);
     if (!head) return ps_fail(e, PS_EXIT_RUNTIME, "%s: out of memory", path);
     int fd = open(path, O_RDWR | O_CREAT, 0644);
     if (fd < 0) { free(head); return ps_fail(e, PS_EXIT_RUNTIME, "%s: cannot open journal: %s", path, strerror(errno)); }
     struct stat st;
     fstat(fd, &st);
     off_t good = 0; // end of the last complete record
-    if (st.st_size > 0 && !force) {
-        unsigned char *old = malloc(hlen);
-        ssize_t r = old ? pread(fd, old, hlen, 0) : -1;
-        if (r != (ssize_t)hlen || memcmp(old, HEAD_MAGIC, 8) != 0) {
+    int afresh = force || st.st_size == 0;
+    if (!afresh) {
+        unsigned char *old = malloc(hlen > 136 ? hlen : 136);
+        ssize_t r = old ? pread(fd, old, hlen > 136 ? hlen : 136, 0) : -1;
+        if (r < 136 || memcmp(old, HEAD_MAGIC, 8) != 0) {
             free(old); free(head); close(fd);
             return ps_fail(e, PS_EXIT_BADINPUT, "%s: not a patchsweep journal (remove it or use --force)", path);
         }
-        if (memcmp(old, head, hlen) != 0) {
+        // Another run-wide identity, or the same identity with other tables: another run. The same run-wide identity
+        // with another identity: another list of experiments to compute.
+        const int same_ident = memcmp(old + 8, head + 8, 64) == 0;
+        if (memcmp(old + 72, head + 72, 64) != 0 || (same_ident && (r != (ssize_t)hlen || memcmp(old, head, hlen) != 0))) {
             free(old); free(head); close(fd);
             return ps_fail(e, PS_EXIT_BADINPUT,
                            "%s: a journal of a different run (config, model, tokenizer, version or shard differ); use --force to start afresh",
                            path);
         }
+        if (r != (ssize_t)hlen || memcmp(old, head, hlen) != 0) {
+            // The same run-wide inputs, another list of experiments to compute: its records do not fit this run's
+            // tables, so it starts afresh (the experiments finished in the output file are reused all the same).
+            char ep[1024];
+            fprintf(stderr, "patchsweep: %s was written for another list of experiments; its finished prompts are recomputed\n",
+                    ps_escape(path, ep, sizeof ep));
+            afresh = 1;
+        }
         free(old);
+    }
+    if (!afresh) {
         good = (off_t)hlen;
         int64_t n_records = 0;
         for (;;) {
@@ -243,7 +271,8 @@ int ps_journal_open(ps_journal **jp, const char *path, const char identity[65], 
             free(head); close(fd);
             return ps_fail(e, PS_EXIT_RUNTIME, "%s: cannot truncate journal: %s", path, strerror(errno));
         }
-    } else {
+    }
+    if (afresh) {
         if (ftruncate(fd, 0) != 0 || write_all(fd, head, hlen) != 0 || fsync(fd) != 0) {
             free(head); close(fd);
             return ps_fail(e, PS_EXIT_RUNTIME, "%s: cannot write journal: %s", path, strerror(errno));

@@ -1,5 +1,6 @@
 // `patchsweep merge OUT SHARD...` and the identity resume checks: shards of one run (prompts i with
-// i % N == k) combined into the file a single run writes. Every per-prompt dataset (the baseline columns and each
+// i % N == k) combined into the file a single run writes, built in a child process that alone lets libhdf5 read
+// the shards (a crafted shard that passes every checksum and still crashes libhdf5 is one line, exit 2). Every per-prompt dataset (the baseline columns and each
 // table's values and normalized) takes each prompt's row from the shard that ran it; the means are recomputed
 // with the run's own arithmetic (ps_cell_means) and the counters summed. Nothing here knows a table's producer.
 #include "ps_store.h"
@@ -26,7 +27,7 @@ static int no_seal(ps_error *e, const char *path) {
                    path);
 }
 
-static int verify_in_process(const char *path, ps_error *e) {
+int ps_h5_verify_path(const char *path, ps_error *e) {
     ps_h5_quiet();
     const int seal = ps_h5_check_seal(path, e);
     if (seal < 0) return -1;
@@ -64,7 +65,7 @@ static int read_identity_in_process(const char *path, char identity[65], ps_erro
 
 // run's checks of an existing output, each in a child process (ps_h5_guarded): a crafted or corrupt file that
 // passes the seal and crashes libhdf5 is one line, exit 2.
-static int verify_cb(void *arg, void *result, ps_error *e) { (void)result; return verify_in_process(arg, e); }
+static int verify_cb(void *arg, void *result, ps_error *e) { (void)result; return ps_h5_verify_path(arg, e); }
 static int identity_cb(void *arg, void *result, ps_error *e) { return read_identity_in_process(arg, result, e); }
 
 int ps_store_verify(const char *path, ps_error *e) { return ps_h5_guarded(path, verify_cb, (void *)path, NULL, 0, e); }
@@ -279,9 +280,20 @@ static int finish_run(hid_t f, const shard_set *ss, const char *partial, ps_erro
     return rc;
 }
 
-int ps_store_merge(const char *out, const char *const *shards, int n_shards, ps_error *e) {
+// The merge itself, in a child process (ps_store_merge): every shard is read there, the merged file is built there
+// in memory, and its bytes are the reply. Nothing in this process hands a shard's bytes to libhdf5.
+typedef struct {
+    const char *out;
+    const char *const *shards;
+    int n_shards;
+} merge_args;
+
+static int merge_in_child(void *arg, unsigned char **bytes, size_t *n_bytes, ps_error *e) {
+    const merge_args *ma = arg;
+    const char *out = ma->out;
+    const char *const *shards = ma->shards;
+    const int n_shards = ma->n_shards;
     ps_h5_quiet();
-    if (n_shards < 1) return ps_fail(e, PS_EXIT_BADINPUT, "merge: no shard files given");
     shard_set ss;
     int rc = check_shards(&ss, shards, n_shards, e);
     size_t pl = strlen(out) + 16;
@@ -344,15 +356,67 @@ int ps_store_merge(const char *out, const char *const *shards, int n_shards, ps_
     free(corr);
     if (rc == 0) rc = finish_run(f, &ss, partial, e);
     if (rc == 0) rc = ps_h5_seal(f, partial, e);
-    if (rc == 0) rc = ps_h5_save(f, partial, 1, e);
+    if (rc == 0) rc = ps_h5_file_bytes(f, partial, 1, bytes, n_bytes, e);
     for (int k = 0; sf && k < n_shards; k++) if (sf[k] > 0) H5Fclose(sf[k]);
     if (f >= 0) H5Fclose(f);
-    if (rc == 0 && rename(partial, out) != 0) rc = ps_fail(e, PS_EXIT_RUNTIME, "%s: cannot rename to %s", partial, out);
-    if (rc != 0 && partial) unlink(partial);
     ps_h5_free_strs(names, (size_t)n_res);
     free(shared_t);
     shard_set_free(&ss);
     free(sf);
+    free(partial);
+    return rc;
+}
+
+static int write_merged(const char *out, const unsigned char *bytes, size_t n, ps_error *e);
+
+int ps_store_merge(const char *out, const char *const *shards, int n_shards, ps_error *e) {
+    if (n_shards < 1) return ps_fail(e, PS_EXIT_BADINPUT, "merge: no shard files given");
+    // The child's time and reply are bounded by what the shard files can hold (their float arrays gzip'd).
+    unsigned seconds = 30;
+    uint64_t total = 0;
+    char label[1024];
+    int at = snprintf(label, sizeof label, "merge: the shard files");
+    for (int k = 0; k < n_shards; k++) {
+        seconds += ps_h5_child_seconds(shards[k]);
+        int64_t size = 0;
+        ps_error oe = {0};
+        int fd = ps_open_regular(shards[k], &size, &oe);
+        if (fd < 0) return ps_fail(e, oe.code ? oe.code : PS_EXIT_BADINPUT, "%s", oe.msg);
+        close(fd);
+        total += (uint64_t)size;
+        if (at < (int)sizeof label - 1) at += snprintf(label + at, sizeof label - (size_t)at, "%s %s", k ? "," : "", shards[k]);
+    }
+    const uint64_t cap = (uint64_t)1 << 36, max = total * 1100 + ((uint64_t)1 << 20);
+    merge_args ma = {out, shards, n_shards};
+    unsigned char *bytes = NULL;
+    size_t n = 0;
+    if (ps_h5_guarded_buf(label, seconds, merge_in_child, &ma, &bytes, &n, (size_t)(max < cap ? max : cap), e) != 0) return -1;
+    int rc = write_merged(out, bytes, n, e);
+    free(bytes);
+    return rc;
+}
+
+int ps_store_merge_in_process(const char *out, const char *const *shards, int n_shards, ps_error *e) {
+    if (n_shards < 1) return ps_fail(e, PS_EXIT_BADINPUT, "merge: no shard files given");
+    merge_args ma = {out, shards, n_shards};
+    unsigned char *bytes = NULL;
+    size_t n = 0;
+    int rc = merge_in_child(&ma, &bytes, &n, e);
+    if (rc == 0) rc = write_merged(out, bytes, n, e);
+    free(bytes);
+    return rc;
+}
+
+// OUT.partial with write/fsync, then renamed, so no file looks complete before it is.
+static int write_merged(const char *out, const unsigned char *bytes, size_t n, ps_error *e) {
+    size_t pl = strlen(out) + 16;
+    char *partial = malloc(pl);
+    int rc = 0;
+    if (!partial) rc = ps_fail(e, PS_EXIT_RUNTIME, "merge: out of memory");
+    else snprintf(partial, pl, "%s.partial", out);
+    if (rc == 0) rc = ps_h5_write_bytes(partial, bytes, n, e);
+    if (rc == 0 && rename(partial, out) != 0) rc = ps_fail(e, PS_EXIT_RUNTIME, "%s: cannot rename to %s", partial, out);
+    if (rc != 0 && partial) unlink(partial);
     free(partial);
     return rc;
 }

@@ -142,6 +142,7 @@ int ps_store_write_run(ps_store *s, const ps_run_info *r, ps_error *e) {
     bad |= ps_h5_attr_str(run, "metric", r->metric);
     if (r->identity) bad |= ps_h5_attr_str(run, "identity", r->identity);
     if (r->run_identity) bad |= ps_h5_attr_str(run, "run_identity", r->run_identity);
+    if (r->base_identity) bad |= ps_h5_attr_str(run, "base_identity", r->base_identity);
     if (r->inputs_json) bad |= ps_h5_attr_str(run, "inputs", r->inputs_json);
     bad |= ps_h5_attr_i64(run, "shard_index", r->shard_count > 0 ? r->shard_index : 0);
     bad |= ps_h5_attr_i64(run, "shard_count", r->shard_count > 0 ? r->shard_count : 1);

@@ -263,12 +263,12 @@ void ps_identity_digest_kind(const ps_identity *id, const char *kind, char hex[6
     else digest_parts(id, kind, hex);
 }
 
-char *ps_identity_inputs_json(const ps_identity *id) {
+char *ps_identity_inputs_json(const ps_identity *id, const ps_identity *more) {
     ps_jbuf b = {0};
     ps_jbuf_raw(&b, "[");
     int first = 1;
-    for (int64_t i = 0; i < id->n; i++) {
-        const ps_id_part *p = &id->p[i];
+    for (int64_t j = 0; j < id->n + (more ? more->n : 0); j++) {
+        const ps_id_part *p = j < id->n ? &id->p[j] : &more->p[j - id->n];
         if (p->bytes < 0) continue;
         ps_jbuf_raw(&b, first ? "{" : ",{");
         ps_jbuf_key(&b, "kind", 1); ps_jbuf_str(&b, p->kind);
@@ -363,4 +363,65 @@ void ps_jbuf_ints(ps_jbuf *b, const int64_t *v, int64_t n) {
         ps_jbuf_int(b, v[i]);
     }
     jbuf_put(b, "]", 1);
+}
+
+// ---- what differs between two canonical JSON objects ----
+
+typedef struct { const char *key, *val; size_t key_n, val_n; } jmember;
+
+// The top-level members of a canonical object (no whitespace); -1 when s is not one. *m: malloc'd.
+static int split_object(const char *s, jmember **m, int64_t *n) {
+    *m = NULL;
+    *n = 0;
+    int64_t cap = 0;
+    if (!s || *s != '{') return -1;
+    const char *q = s + 1;
+    if (*q == '}') return 0;
+    for (;;) {
+        if (*q != '"') return -1;
+        const char *k = ++q;
+        while (*q && *q != '"') q += *q == '\\' && q[1] ? 2 : 1;
+        if (*q != '"' || q[1] != ':') return -1;
+        jmember x = {.key = k, .key_n = (size_t)(q - k)};
+        q += 2;
+        x.val = q;
+        int depth = 0, in_str = 0;
+        for (; *q; q++) {
+            if (in_str) { if (*q == '\\' && q[1]) q++; else if (*q == '"') in_str = 0; continue; }
+            if (*q == '"') in_str = 1;
+            else if (*q == '{' || *q == '[') depth++;
+            else if (*q == '}' || *q == ']') { if (depth == 0) break; depth--; }
+            else if (*q == ',' && depth == 0) break;
+        }
+        if (!*q) return -1;
+        x.val_n = (size_t)(q - x.val);
+        if (grow((void **)m, &cap, *n + 1, sizeof **m)) return -1;
+        (*m)[(*n)++] = x;
+        if (*q == '}') return 0;
+        q++;
+    }
+}
+
+int ps_canonical_first_diff(const char *a, const char *b, char *field, size_t cap) {
+    jmember *ma = NULL, *mb = NULL;
+    int64_t na = 0, nb = 0;
+    int rc = -1;
+    if (split_object(a, &ma, &na) == 0 && split_object(b, &mb, &nb) == 0) {
+        for (int pass = 0; pass < 2 && rc; pass++) {
+            const jmember *x = pass ? mb : ma, *y = pass ? ma : mb;
+            const int64_t nx = pass ? nb : na, ny = pass ? na : nb;
+            for (int64_t i = 0; i < nx && rc; i++) {
+                const jmember *hit = NULL;
+                for (int64_t j = 0; j < ny && !hit; j++)
+                    if (y[j].key_n == x[i].key_n && !memcmp(y[j].key, x[i].key, x[i].key_n)) hit = &y[j];
+                if (!hit || hit->val_n != x[i].val_n || memcmp(hit->val, x[i].val, x[i].val_n)) {
+                    snprintf(field, cap, "%.*s", (int)x[i].key_n, x[i].key);
+                    rc = 0;
+                }
+            }
+        }
+    }
+    free(ma);
+    free(mb);
+    return rc;
 }

@@ -1,5 +1,5 @@
-// libFuzzer target: `merge`'s reading path (ps_store_merge: shard checks, per-prompt rows, means, counters) on two
-// shard files. The input is shard 0's bytes, the 8 bytes "PSSHARD1", shard 1's bytes (no marker: one shard file).
+// libFuzzer target: `merge`'s reading path (ps_store_merge_in_process, what ps_store_merge runs in its child: shard
+// checks, per-prompt rows, means, counters) on two shard files. The input is shard 0's bytes, the 8 bytes "PSSHARD1", shard 1's bytes (no marker: one shard file).
 // Each file is sealed here (the userblock's sha256 recomputed over the mutated bytes, as a crafted file would be), so
 // mutations get past the seal to the checksums and the merge itself; fuzz_results covers the seal check.
 // A successful merge's output must pass ps_store_verify (it is sealed and checksummed as written).
@@ -40,7 +40,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     char out[600];
     snprintf(out, sizeof out, "%s/m.h5", fuzz_tmpdir());
     ps_error e = {0};
-    int rc = ps_store_merge(out, s, n, &e);
+    int rc = ps_store_merge_in_process(out, s, n, &e); // (ps_store_merge runs this in a child, which would hide findings)
     fuzz_note("merge", rc, e.msg);
     if (rc != 0) {
         FUZZ_FAIL_IF((e.code != PS_EXIT_BADINPUT && e.code != PS_EXIT_RUNTIME) || !e.msg[0]);

@@ -48,9 +48,9 @@ def fnv(b):
     h = 1469598103934665603
     for c in b: h = ((h ^ c) * 1099511628211) & (2**64 - 1)
     return h
-head = b"PSJRNL02" + b"a" * 64 + struct.pack("<qq", 4, 2)
-for name, pp, cells in ((b"t", 1, 3), (b"u", 0, 1)):
-    head += struct.pack("<qq", pp, cells) + struct.pack("<q", len(name)) + name + struct.pack("<q", 1) + b"k"
+head = b"PSJRNL03" + b"a" * 64 + b"a" * 64 + struct.pack("<qq", 4, 2)   # identity, run-wide identity
+for name, pp, cells in ((b"t", 1, 3), (b"u", 0, 1)):   # the tables carry no identity attribute ("")
+    head += struct.pack("<qq", pp, cells) + struct.pack("<q", len(name)) + name + struct.pack("<q", 1) + b"k" + struct.pack("<q", 0)
 def record(prompts):
     pl = struct.pack(f"<{len(prompts)}q", *prompts)
     for p in prompts: pl += struct.pack("<9f", *(float(p + k) for k in range(9)))  # 6 baseline + 3 cells
