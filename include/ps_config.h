@@ -74,7 +74,8 @@
 //   {"name": "NAME.reference_means", "kind": "reference_means"}: the table of the means the run used.
 //   An "edge_circuit" experiment (ps_circuit.h) takes "edges": ["input->a0.h1<v>", ...] (EAP-IG's edge names),
 //      or "scores_from": the name of an edge_attribution experiment with "top_n": n (or a list of n: one circuit
-//      each, evaluated as rows of one batch) or "threshold": t, and "absolute": true (default: rank |score|).
+//      each, evaluated as rows of one batch), "greedy": n (or a list; EAP-IG's apply_greedy: from the logits up)
+//      or "threshold": t, and "absolute": true (default: rank |score|).
 //   An inline item may carry "roles": {"S2": 10, "IO": 2}: token indices in its clean prompt as
 //   `patchsweep tokenize` shows them (BOS included when prepended), like ARENA's word_idx.
 //   heads is accepted only by layer_head/layer_pos_head, neurons only by layer_neuron, positions only by
@@ -210,6 +211,9 @@ typedef struct {
     int64_t *top_ns; int64_t n_top_ns;     // owned: "top_n": [n, ...], one circuit each (NULL: top_n alone)
     int has_threshold;           // with scores_from: the edges whose score is >= threshold (the field above)
     int signed_scores;           // 0 (default): rank |score|, EAP-IG's absolute=True
+    int greedy;                  // "greedy": n (or a list): top_n/top_ns are counts of EAP-IG's apply_greedy
+    int edge_with;               // "with": the missing edges' values: 0 corrupted (default), 1 zero, 2 mean (over "reference"
+                                 // above, "grouping" abl_group: per_position or all_positions)
 } ps_experiment;
 
 typedef struct {

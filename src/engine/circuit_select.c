@@ -1,5 +1,5 @@
 // Choosing an edge set from scores and pruning it, with hannamw/EAP-IG's Graph semantics (apply_topn,
-// apply_threshold, prune) on the graph of ps_graph.h (ps_circuit.h).
+// apply_threshold, apply_greedy, prune) on the graph of ps_graph.h (ps_circuit.h).
 #include "ps_circuit.h"
 
 #include <math.h>
@@ -40,6 +40,90 @@ void ps_circuit_threshold(const ps_graph *g, const float *scores, float threshol
         const float s = absolute ? fabsf(scores[i]) : scores[i];
         in_graph[i] = ps_graph_edge(g, i / g->n_dests, i % g->n_dests) && s >= threshold;
     }
+}
+
+// apply_greedy's candidates: a max-heap of edges by key, then by the order their destination joined (EAP-IG's
+// heapq.merge keeps the earlier stream first on ties), then by index (EAP-IG sorts a node's parent edges from a
+// Python set, whose order is not defined).
+typedef struct { float key; int64_t group, idx; } cand;
+
+static int cand_before(const cand *a, const cand *b) {
+    if (a->key != b->key) return a->key > b->key;
+    if (a->group != b->group) return a->group < b->group;
+    return a->idx < b->idx;
+}
+
+static void heap_push(cand *h, int64_t *n, cand c) {
+    int64_t i = (*n)++;
+    while (i > 0 && cand_before(&c, &h[(i - 1) / 2])) {
+        h[i] = h[(i - 1) / 2];
+        i = (i - 1) / 2;
+    }
+    h[i] = c;
+}
+
+static cand heap_pop(cand *h, int64_t *n) {
+    const cand top = h[0], last = h[--*n];
+    int64_t i = 0;
+    for (;;) {
+        int64_t c = 2 * i + 1;
+        if (c >= *n) break;
+        if (c + 1 < *n && cand_before(&h[c + 1], &h[c])) c++;
+        if (!cand_before(&h[c], &last)) break;
+        h[i] = h[c];
+        i = c;
+    }
+    if (*n > 0) h[i] = last;
+    return top;
+}
+
+// Destination d joins the candidates: every real edge into it, in one group.
+static void push_dest(const ps_graph *g, const float *scores, int absolute, int64_t d, int64_t group, uint8_t *active, cand *h,
+                      int64_t *n) {
+    if (active[d]) return;
+    active[d] = 1;
+    for (int64_t s = 0; s < g->n_sources; s++)
+        if (ps_graph_edge(g, s, d)) {
+            float v = scores[s * g->n_dests + d];
+            if (isnan(v)) v = -INFINITY;
+            heap_push(h, n, (cand){absolute ? fabsf(v) : v, group, s * g->n_dests + d});
+        }
+}
+
+int ps_circuit_greedy(const ps_graph *g, const float *scores, int64_t n, int absolute, uint8_t *in_graph) {
+    const int64_t S = g->n_sources, Dn = g->n_dests, H = g->n_heads, Hkv = g->n_kv_heads;
+    memset(in_graph, 0, (size_t)(S * Dn));
+    cand *h = malloc((size_t)g->n_edges * sizeof *h);
+    uint8_t *node = calloc((size_t)S, 1), *active = calloc((size_t)Dn, 1);
+    int64_t nh = 0, group = 0;
+    if (!h || !node || !active) {
+        free(h);
+        free(node);
+        free(active);
+        return -1;
+    }
+    push_dest(g, scores, absolute, Dn - 1, group++, active, h, &nh);  // the logits are always in the graph
+    for (int64_t k = 0; k < n && nh > 0; k++) {
+        const cand c = heap_pop(h, &nh);
+        const int64_t s = c.idx / Dn;
+        in_graph[c.idx] = 1;
+        if (node[s] || s == 0) { node[s] = 1; continue; }  // the input node reads nothing
+        node[s] = 1;
+        // The new node's inputs: a head's q, k and v (k and v of its key/value head), or an MLP's input.
+        const int64_t l = (s - 1) / (H + 1), hh = (s - 1) % (H + 1), gr = group++;
+        if (hh == H) {
+            push_dest(g, scores, absolute, ps_graph_dest(g, PS_DEST_MLP, l, -1), gr, active, h, &nh);
+        } else {
+            const int64_t j = hh / (H / Hkv);
+            push_dest(g, scores, absolute, ps_graph_dest(g, PS_DEST_Q, l, hh), gr, active, h, &nh);
+            push_dest(g, scores, absolute, ps_graph_dest(g, PS_DEST_K, l, j), gr, active, h, &nh);
+            push_dest(g, scores, absolute, ps_graph_dest(g, PS_DEST_V, l, j), gr, active, h, &nh);
+        }
+    }
+    free(h);
+    free(node);
+    free(active);
+    return 0;
 }
 
 int64_t ps_circuit_count(const ps_graph *g, const uint8_t *in_graph) {

@@ -1,5 +1,5 @@
 // Kind "edge_circuit" (ps_producer.h, ps_circuit.h): circuits of EAP-IG's graph, given as edge names or chosen
-// from an edge_attribution experiment's mean scores (top_n, one circuit per count, or threshold), pruned, and
+// from an edge_attribution experiment's mean scores (top_n or greedy, one circuit per count, or threshold), pruned, and
 // evaluated per prompt, a prompt's circuits as rows of one batch.
 // It runs once, after the last chunk, so the scores it chooses from are every prompt's mean (--shard refuses
 // tables that are not per prompt, so every prompt is this run's); it reruns each prompt's clean and corrupted
@@ -7,6 +7,7 @@
 // per-prompt tables' leading axis), value = the metric, the faithfulness (metric - corrupted) / (clean -
 // corrupted) of the run's baselines, and the circuit's kept edge count.
 #include "engine_internal.h"
+#include "ps_ablation.h"
 #include "ps_circuit.h"
 
 #include <math.h>
@@ -18,6 +19,11 @@ static ps_graph graph_of(const ps_model_config *mc) {
     ps_graph g;
     ps_graph_init(&g, mc, 1);
     return g;
+}
+
+// The experiment's reference prompts (with "with": "mean"), or NULL.
+static const ps_prompt_set *ref_of(const ps_prompt_set *ps, const ps_product *p) {
+    return ps->ref && p->idx < ps->n_ref && ps->ref[p->idx].n > 0 ? &ps->ref[p->idx] : NULL;
 }
 
 // Circuits of an experiment: one per top_n count, else one.
@@ -38,7 +44,19 @@ static int ec_init(const ps_model_config *mc, const ps_prompt_set *ps, ps_produc
             return ps_fail(e, PS_EXIT_BADINPUT, "%s: edges[%lld]: \"%s\" is no edge of the graph (e.g. \"a0.h1->a1.h0<q>\", \"m0->logits\")",
                            ex->name, (long long)i, ex->edge_names[i]);
     }
-    // Axis circuit: the edges asked for (top_n, the listed count, -1 for a threshold), labelled top<n>, listed, threshold.
+    const ps_prompt_set *ref = ref_of(ps, p);
+    if (ex->edge_with == PS_EDGE_MEAN && !ref)
+        return ps_fail(e, PS_EXIT_BADINPUT, "experiments[%lld] (%s): reference: required with \"with\": \"mean\"", (long long)p->idx, ex->name);
+    // Means per position need the prompts and the reference prompts of one length (checked before any run).
+    for (int64_t i = 0; ref && ex->abl_group == PS_GROUP_PER_POSITION && i < ps->n + ref->n; i++) {
+        const int64_t T = i < ps->n ? ps->p[i].T : ref->p[i - ps->n].T;
+        if (T != ref->p[0].T)
+            return ps_fail(e, PS_EXIT_BADINPUT, "experiments[%lld] (%s): reference: per_position means need one length: reference item 0 has %lld "
+                           "tokens, %s item %lld has %lld (\"grouping\": \"all_positions\" takes any)", (long long)p->idx, ex->name, (long long)ref->p[0].T, i < ps->n ? "dataset" : "reference",
+                           (long long)(i < ps->n ? i : i - ps->n), (long long)T);
+    }
+    // Axis circuit: the edges asked for (top_n or greedy, the listed count, -1 for a threshold), labelled top<n>,
+    // greedy<n>, listed, threshold.
     int64_t *cv = malloc((size_t)K * sizeof(int64_t)), *pv = malloc((size_t)ps->n * sizeof(int64_t)), vv[N_VALUES] = {0, 1, 2};
     char **cl = calloc((size_t)K, sizeof *cl);
     int rc = -1;
@@ -48,7 +66,7 @@ static int ec_init(const ps_model_config *mc, const ps_prompt_set *ps, ps_produc
         cv[k] = ex->scores_from ? (ex->has_threshold ? -1 : ex->top_ns ? ex->top_ns[k] : ex->top_n) : ex->n_edge_names;
         if (!ex->scores_from) snprintf(buf, sizeof buf, "listed");
         else if (ex->has_threshold) snprintf(buf, sizeof buf, "threshold");
-        else snprintf(buf, sizeof buf, "top%lld", (long long)cv[k]);
+        else snprintf(buf, sizeof buf, "%s%lld", ex->greedy ? "greedy" : "top", (long long)cv[k]);
         if (!(cl[k] = strdup(buf))) { ps_fail(e, PS_EXIT_RUNTIME, "out of memory"); goto done; }
     }
     for (int64_t i = 0; i < ps->n; i++) pv[i] = i;
@@ -60,7 +78,10 @@ static int ec_init(const ps_model_config *mc, const ps_prompt_set *ps, ps_produc
     if ((K == 1 && ps_table_attr_i64(p->t, "n_edges_requested", cv[0], e) != 0) ||
         (ex->scores_from && ps_table_attr_str(p->t, "scores_from", ex->scores_from, e) != 0) ||
         (ex->has_threshold && ps_table_attr_f64(p->t, "threshold", ex->threshold, e) != 0) ||
-        ps_table_attr_str(p->t, "faithfulness", "(metric - corrupted) / (clean - corrupted), the run's baselines", e) != 0)
+        ps_table_attr_str(p->t, "faithfulness", "(metric - corrupted) / (clean - corrupted), the run's baselines", e) != 0 ||
+        ps_table_attr_str(p->t, "with", ex->edge_with == PS_EDGE_ZERO ? "zero" : ex->edge_with == PS_EDGE_MEAN ? "mean" : "corrupted", e) != 0 ||
+        (ref && (ps_table_attr_str(p->t, "grouping", ps_mean_group_name((ps_mean_group)ex->abl_group), e) != 0 ||
+                 ps_table_attr_str(p->t, "reference", ex->ref_path ? ex->ref_path : "", e) != 0)))
         goto done;
     rc = 0;
 done:
@@ -104,23 +125,32 @@ static int choose(const ps_experiment *ex, const ps_graph *g, int64_t k, const f
         ps_circuit_threshold(g, mean, (float)ex->threshold, !ex->signed_scores, in_graph);
         return 0;
     }
-    if (ps_circuit_topn(g, mean, ex->top_ns ? ex->top_ns[k] : ex->top_n, !ex->signed_scores, in_graph) != 0)
+    const int64_t n = ex->top_ns ? ex->top_ns[k] : ex->top_n;
+    if ((ex->greedy ? ps_circuit_greedy(g, mean, n, !ex->signed_scores, in_graph) : ps_circuit_topn(g, mean, n, !ex->signed_scores, in_graph)) != 0)
         return ps_fail(e, PS_EXIT_RUNTIME, "out of memory");
     return 0;
 }
 
-// One prompt: its baselines' caches, the K circuits' logits (one batch per pass), their metrics.
-static int eval_prompt(ps_producer_ctx *cx, const ps_graph *g, const uint8_t *const *masks, int64_t K, int64_t pi, double *metric,
-                       ps_error *e) {
+// One prompt: its baselines' caches, the K circuits' logits (one batch per pass), their metrics. means: with
+// "with": "mean", (n_sources, rows, C) the mean source values (rows 1: every position's).
+static int eval_prompt(ps_producer_ctx *cx, const ps_experiment *ex, const ps_graph *g, const uint8_t *const *masks, int64_t K,
+                       int64_t pi, const float *means, int64_t rows, double *metric, ps_error *e) {
     const ps_model_config *mc = &cx->m->cfg;
     const ps_prompt *p = &cx->ps->p[pi];
     ps_cache cache[2] = {{0}, {0}};
     ps_metric_request rq;
     ps_metric_request_for(cx->metric, p, &rq);
     const int64_t width = rq.n_cols ? rq.n_cols : mc->d_vocab;
-    float *logits = malloc((size_t)(K * rq.n_out * width) * sizeof(float)), *lp = NULL;
+    const int64_t TC = p->T * mc->d_model, S = g->n_sources;
+    float *logits = malloc((size_t)(K * rq.n_out * width) * sizeof(float)), *lp = NULL, *values = NULL;
     int rc = -1;
     if (!logits) { ps_fail(e, PS_EXIT_RUNTIME, "out of memory"); goto done; }
+    if (ex->edge_with != PS_EDGE_CORRUPTED) { // zeros, or the means at each position
+        if (!(values = calloc((size_t)(S * TC), sizeof(float)))) { ps_fail(e, PS_EXIT_RUNTIME, "out of memory"); goto done; }
+        for (int64_t s = 0; means && s < S; s++)
+            for (int64_t t = 0; t < p->T; t++)
+                memcpy(values + s * TC + t * mc->d_model, means + (s * rows + (rows == 1 ? 0 : t)) * mc->d_model, (size_t)mc->d_model * sizeof(float));
+    }
     ps_row r[2];
     for (int k = 0; k < 2; k++) {
         if (ps_cache_init(&cache[k], mc, p->T, k == 0 && cx->metric == PS_METRIC_KL ? PS_CACHE_LOGITS : 0, e) != 0) goto done;
@@ -136,7 +166,9 @@ static int eval_prompt(ps_producer_ctx *cx, const ps_graph *g, const uint8_t *co
         for (int64_t v = 0; v < V; v++) s += exp(z[v] - mx);
         for (int64_t v = 0; v < V; v++) lp[v] = (float)(z[v] - mx - log(s));
     }
-    if (ps_circuit_eval_many(cx->m, cx->be, g, masks, K, p, &cache[0], &cache[1], &rq, logits, e) != 0) goto done;
+    if ((values ? ps_circuit_eval_values(cx->m, cx->be, g, masks, K, p, &cache[0], values, &rq, logits, e)
+                : ps_circuit_eval_many(cx->m, cx->be, g, masks, K, p, &cache[0], &cache[1], &rq, logits, e)) != 0)
+        goto done;
     for (int64_t k = 0; k < K; k++) metric[k] = ps_metric_value(cx->metric, p, &rq, logits + k * rq.n_out * width, mc->d_vocab, lp);
     rc = 0;
 done:
@@ -146,6 +178,7 @@ done:
     }
     free(logits);
     free(lp);
+    free(values);
     return rc;
 }
 
@@ -158,8 +191,9 @@ static int ec_experiment(ps_producer_ctx *cx, ps_product *it, const ps_graph *g,
     uint8_t *masks = malloc((size_t)(K * N));
     const uint8_t **ms = malloc((size_t)K * sizeof *ms);
     float *mean = ex->scores_from ? malloc((size_t)N * sizeof(float)) : NULL;
-    int64_t *kept = malloc((size_t)K * sizeof *kept);
+    int64_t *kept = malloc((size_t)K * sizeof *kept), rows = 0;
     double *metric = malloc((size_t)K * sizeof *metric);
+    float *means = NULL;
     int rc = -1;
     if (!masks || !ms || (ex->scores_from && !mean) || !kept || !metric) { ps_fail(e, PS_EXIT_RUNTIME, "out of memory for edge sets"); goto done; }
     if (ex->scores_from && mean_scores(cx, ex, N, mean, e) != 0) goto done;
@@ -169,13 +203,16 @@ static int ec_experiment(ps_producer_ctx *cx, ps_product *it, const ps_graph *g,
         if ((kept[k] = ps_circuit_prune(g, masks + k * N)) < 0) { ps_fail(e, PS_EXIT_RUNTIME, "out of memory pruning an edge set"); goto done; }
     }
     if (K == 1 && ps_table_attr_i64(t, "n_edges_kept", kept[0], e) != 0) goto done;
+    if (ex->edge_with == PS_EDGE_MEAN && !cx->o->dry_run &&
+        ps_circuit_mean_values(cx->m, cx->be, g, ref_of(cx->ps, it), ex->abl_group == PS_GROUP_ALL_POSITIONS, ex->name, &means, &rows, e) != 0)
+        goto done;
     for (int64_t pi = 0; pi < n; pi++) {
         // Each pass is a forward of the prompt per circuit: up to 2 L + 1 of them, and the two baselines.
         const ps_row full = {.tokens = cx->ps->p[pi].clean, .T = cx->ps->p[pi].T};
         t->flops += (double)(K * (2 * mc->n_layers + 1) + 2) * ps_row_flops(mc, &full);
         if (cx->o->dry_run) continue;
         if (ps_producer_stopped(cx, e) != 0) goto done;
-        if (eval_prompt(cx, g, ms, K, pi, metric, e) != 0) goto done;
+        if (eval_prompt(cx, ex, g, ms, K, pi, means, rows, metric, e) != 0) goto done;
         const double c = cx->rr->base.clean[pi], x = cx->rr->base.corrupted[pi];
         for (int64_t k = 0; k < K; k++) {
             float *v = t->values + (k * n + pi) * N_VALUES;
@@ -192,6 +229,7 @@ done:
     free(mean);
     free(kept);
     free(metric);
+    free(means);
     return rc;
 }
 

@@ -1,6 +1,7 @@
 // Kind edge_circuit's keys (ps_config.h): "edges" (a list of EAP-IG edge names), or "scores_from" (an
-// edge_attribution experiment of the same run) with "top_n" (a count or a list) or "threshold", and "absolute". The names are
-// checked against the model's graph when the run starts (the producer's init).
+// edge_attribution experiment of the same run) with "top_n" or "greedy" (a count or a list) or "threshold", and
+// "absolute"; "with" (corrupted, zero, mean), "reference" and "grouping" (mean). The names are checked against the
+// model's graph when the run starts (the producer's init).
 #include "config_internal.h"
 #include "ps_json.h"
 
@@ -10,15 +11,39 @@
 #include <string.h>
 
 int ps_cfg_load_edge_circuit(ps_cfg_ctx *x, const cJSON *obj, const char *p, ps_experiment *ex) {
-    static const char *const keys[] = {"name", "kind", "edges", "scores_from", "top_n", "threshold", "absolute"};
+    static const char *const keys[] = {"name", "kind", "edges", "scores_from", "top_n", "greedy", "threshold", "absolute",
+                                       "with", "reference", "grouping"};
+    // "with": the missing edges' values, EAP-IG's interventions patching, zero, mean.
+    static const char *const with_names[] = {"corrupted", "zero", "mean"}, *const group_names[] = {"per_position", "all_positions"};
     if (ps_cfg_check_keys(x, obj, p, keys, COUNT(keys))) return -1;
     char kp[PATH_MAX_LEN], got[200];
+    int with = 0;
+    if (ps_cfg_get_enum(x, obj, "with", p, with_names, COUNT(with_names), &with) ||
+        ps_cfg_get_enum(x, obj, "grouping", p, group_names, COUNT(group_names), &ex->abl_group))
+        return -1;
+    ex->edge_with = with;
+    const cJSON *ref = ps_cfg_member(obj, "reference");
+    ps_cfg_key_path(kp, p, "reference");
+    if (ref && !cJSON_IsObject(ref)) {
+        ps_json_describe(ref, got, sizeof got);
+        return ps_cfg_bad(x, kp, "expected a dataset block {\"path\": ..., \"fields\": {\"clean\": ...}, \"limit\": ...}, got %s", got);
+    }
+    if (!ref && with == 2) return ps_cfg_bad(x, kp, "required with \"with\": \"mean\" (the prompts the means are taken over)");
+    if (ref && with != 2) return ps_cfg_bad(x, kp, "only used with \"with\": \"mean\"");
+    if (ps_cfg_member(obj, "grouping") && with != 2) {
+        ps_cfg_key_path(kp, p, "grouping");
+        return ps_cfg_bad(x, kp, "only used with \"with\": \"mean\"");
+    }
+    if (ref && ps_cfg_load_dataset(x, ref, kp, 1, &ex->ref_items, &ex->n_ref_items, &ex->ref_path, &(char *){NULL})) return -1;
     const cJSON *ev = ps_cfg_member(obj, "edges");
     int absolute = 1;
     if (ps_cfg_get_str(x, obj, "scores_from", p, 0, &ex->scores_from) || ps_cfg_get_bool(x, obj, "absolute", p, &absolute)) return -1;
-    // top_n: a count, or a list of counts (one circuit each).
-    const cJSON *nv = ps_cfg_member(obj, "top_n");
-    ps_cfg_key_path(kp, p, "top_n");
+    // top_n or greedy: a count, or a list of counts (one circuit each).
+    const cJSON *tn = ps_cfg_member(obj, "top_n"), *gv = ps_cfg_member(obj, "greedy"), *nv = tn ? tn : gv;
+    ps_cfg_key_path(kp, p, "greedy");
+    if (tn && gv) return ps_cfg_bad(x, kp, "give one of top_n and greedy");
+    ex->greedy = gv != NULL;
+    ps_cfg_key_path(kp, p, gv ? "greedy" : "top_n");
     const int n_list = nv && cJSON_IsArray(nv) ? cJSON_GetArraySize(nv) : nv ? 1 : 0;
     if (nv && cJSON_IsArray(nv) && n_list < 1) return ps_cfg_bad(x, kp, "expected a count of edges or a non-empty list of counts");
     if (n_list && !(ex->top_ns = malloc((size_t)n_list * sizeof *ex->top_ns))) return ps_cfg_nomem(x);
@@ -49,8 +74,8 @@ int ps_cfg_load_edge_circuit(ps_cfg_ctx *x, const cJSON *obj, const char *p, ps_
     if (!ev == !ex->scores_from)
         return ps_cfg_bad(x, ev ? kp : p, "give either edges (a list of edge names) or scores_from (an edge_attribution experiment)");
     if (ev) {
-        if (ps_cfg_member(obj, "top_n") || tv || ps_cfg_member(obj, "absolute"))
-            return ps_cfg_bad(x, kp, "top_n, threshold and absolute choose edges from scores_from; a listed circuit takes none");
+        if (nv || tv || ps_cfg_member(obj, "absolute"))
+            return ps_cfg_bad(x, kp, "top_n, greedy, threshold and absolute choose edges from scores_from; a listed circuit takes none");
         if (!cJSON_IsArray(ev) || cJSON_GetArraySize(ev) < 1) return ps_cfg_bad(x, kp, "expected a non-empty list of edge names");
         if (!(ex->edge_names = calloc((size_t)cJSON_GetArraySize(ev), sizeof *ex->edge_names))) return ps_cfg_nomem(x);
         for (const cJSON *it = ev->child; it; it = it->next) {
@@ -63,8 +88,8 @@ int ps_cfg_load_edge_circuit(ps_cfg_ctx *x, const cJSON *obj, const char *p, ps_
         }
         return 0;
     }
-    ps_cfg_key_path(kp, p, "top_n");
-    if (!ps_cfg_member(obj, "top_n") == !tv) return ps_cfg_bad(x, tv ? kp : p, "with scores_from give one of top_n or threshold");
+    ps_cfg_key_path(kp, p, gv ? "greedy" : "top_n");
+    if (!nv == !tv) return ps_cfg_bad(x, tv ? kp : p, "with scores_from give one of top_n, greedy or threshold");
     return 0;
 }
 
