@@ -77,6 +77,8 @@ static int ec_init(const ps_model_config *mc, const ps_prompt_set *ps, ps_produc
     if (ps_table_init(p->t, ex->name, "edge_circuit", 0, 1, 3, axes, 0, e) != 0) goto done;
     if ((K == 1 && ps_table_attr_i64(p->t, "n_edges_requested", cv[0], e) != 0) ||
         (ex->scores_from && ps_table_attr_str(p->t, "scores_from", ex->scores_from, e) != 0) ||
+        (ex->scores_from && ps_table_attr_str(p->t, "selection", ex->has_threshold ? "threshold" : ex->greedy ? "greedy" : "top_n", e) != 0) ||
+        (ex->scores_from && ps_table_attr_i64(p->t, "absolute", !ex->signed_scores, e) != 0) ||
         (ex->has_threshold && ps_table_attr_f64(p->t, "threshold", ex->threshold, e) != 0) ||
         ps_table_attr_str(p->t, "faithfulness", "(metric - corrupted) / (clean - corrupted), the run's baselines", e) != 0 ||
         ps_table_attr_str(p->t, "with", ex->edge_with == PS_EDGE_ZERO ? "zero" : ex->edge_with == PS_EDGE_MEAN ? "mean" : "corrupted", e) != 0 ||
