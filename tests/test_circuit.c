@@ -155,14 +155,19 @@ static void test_model(const char *name) {
             names[n_names++] = strdup(buf);
         }
     int64_t tops[3] = {80, 25, 0}, greedy[2] = {50, 25};
-    ps_experiment ex[5] = {{.name = "eap", .kind = "edge_attribution"},
+    char graph_json[512];
+    snprintf(rel, sizeof rel, "tests/data/%s/golden_eap_ig_graph.json", name);
+    snprintf(graph_json, sizeof graph_json, "%s", tu_src(rel));
+    ps_experiment ex[6] = {{.name = "eap", .kind = "edge_attribution"},
                            {.name = "top25", .kind = "edge_circuit", .scores_from = "eap", .top_n = 25},
                            {.name = "listed", .kind = "edge_circuit", .edge_names = names, .n_edge_names = n_names},
                            {.name = "tops", .kind = "edge_circuit", .scores_from = "eap", .top_ns = tops, .n_top_ns = 3},
-                           {.name = "greedy", .kind = "edge_circuit", .scores_from = "eap", .top_ns = greedy, .n_top_ns = 2, .greedy = 1}};
+                           {.name = "greedy", .kind = "edge_circuit", .scores_from = "eap", .top_ns = greedy, .n_top_ns = 2, .greedy = 1},
+                           // The same three top-n circuits from the scores as EAP-IG's Graph.to_json wrote them.
+                           {.name = "file", .kind = "edge_circuit", .scores_path = graph_json, .top_ns = tops, .n_top_ns = 3}};
     ps_run_results rr;
     ps_engine_opts o = {0};
-    if (backend_ok && want && names && ps_engine_run(&f.m, &be, &f.ps, ex, 5, PS_METRIC_LOGIT_DIFF, &o, &rr, &e) == 0) {
+    if (backend_ok && want && names && ps_engine_run(&f.m, &be, &f.ps, ex, 6, PS_METRIC_LOGIT_DIFF, &o, &rr, &e) == 0) {
         // greedy 50 and 25 (labelled greedy50, greedy25): EAP-IG's apply_greedy, its kept counts.
         const ps_table *tg = &rr.tables[4];
         TU_CHECK(tg->n_axes == 3 && tg->axes[0].len == 2 && !strcmp(tg->axes[0].label[0], "greedy50"), "%s: the greedy circuit axis", name);
@@ -180,10 +185,12 @@ static void test_model(const char *name) {
             free(wc);
             free(wk);
         }
-        // Three circuits in one experiment (rows of one batch per pass): EAP-IG's top80, top25, none.
+        // Three circuits in one experiment (rows of one batch per pass): EAP-IG's top80, top25, none; from the
+        // edge_attribution experiment (tables[3]) and from EAP-IG's graph file (tables[5]).
         static const char *const keys[3] = {"top80", "top25", "none"};
         static const int64_t kept_want[3] = {80, 19, 0};
-        const ps_table *t = &rr.tables[3];
+        for (int tt = 3; tt <= 5; tt += 2) {
+        const ps_table *t = &rr.tables[tt];
         TU_CHECK(t->n_axes == 3 && t->axes[0].len == 3 && !strcmp(t->axes[0].label[1], "top25"), "%s: the circuit axis", name);
         for (int c = 0; c < 3 && t->n_axes == 3; c++) {
             char key[64];
@@ -191,10 +198,11 @@ static void test_model(const char *name) {
             float *wc = gu_f32(&gs, key, &n);
             for (int64_t i = 0; wc && i < f.ps.n; i++) {
                 const float *v = t->values + (c * f.ps.n + i) * 3;
-                TU_CHECK(rel_err(v[0], wc[i]) <= 1e-4 && v[2] == (float)kept_want[c], "%s tops %s pair %lld: %.7g (kept %g), EAP-IG %.7g (kept %lld)",
-                         name, keys[c], (long long)i, v[0], v[2], wc[i], (long long)kept_want[c]);
+                TU_CHECK(rel_err(v[0], wc[i]) <= 1e-4 && v[2] == (float)kept_want[c], "%s %s %s pair %lld: %.7g (kept %g), EAP-IG %.7g (kept %lld)",
+                         name, ex[tt].name, keys[c], (long long)i, v[0], v[2], wc[i], (long long)kept_want[c]);
             }
             free(wc);
+        }
         }
         for (int x = 1; x < 3; x++) {
             const ps_attr *k = ps_table_attr(&rr.tables[x], "n_edges_kept");
@@ -242,6 +250,29 @@ static void test_prune_shapes(void) {
     int64_t s, d;
     TU_CHECK(ps_circuit_edge_by_name(&g, "a3.h2->logits", &s, &d) == 0 && s == a3 && d == logits, "edge by name");
     TU_CHECK(ps_circuit_edge_by_name(&g, "a3.h2->a2.h0<q>", &s, &d) != 0, "a backward edge is refused");
+    static const char *const bad[] = {"a3.h12->logits", "m12->logits", "a3.h2->a5.h0<x>", "a3.h2->logits ", "logits->m3", "a3h2->logits",
+                                      "input->a1.h0<q>x", "a-1.h0->logits"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        TU_CHECK(ps_circuit_edge_by_name(&g, bad[i], &s, &d) != 0, "\"%s\" is refused", bad[i]);
+    // Every edge's name parses back to it (GPT-2 small, and a grouped-query graph: k/v per key/value head).
+    const ps_model_config gqa = {.arch = PS_ARCH_LLAMA, .n_layers = 3, .d_model = 64, .n_heads = 8, .n_kv_heads = 2, .d_head = 8};
+    for (int k = 0; k < 2; k++) {
+        ps_graph gg;
+        ps_graph_init(&gg, k ? &gqa : &mc, 1);
+        int64_t bad_rt = 0, n_real = 0;
+        for (int64_t a = 0; a < gg.n_sources; a++)
+            for (int64_t b = 0; b < gg.n_dests; b++) {
+                if (!ps_graph_edge(&gg, a, b)) continue;
+                char x[64], y[64], nm[140];
+                ps_graph_source_name(&gg, a, x, sizeof x);
+                ps_graph_dest_name(&gg, b, y, sizeof y);
+                snprintf(nm, sizeof nm, "%s->%s", x, y);
+                n_real++;
+                bad_rt += ps_circuit_edge_by_name(&gg, nm, &s, &d) != 0 || s != a || d != b;
+            }
+        TU_CHECK(bad_rt == 0 && n_real == gg.n_edges, "graph %d: %lld of %lld edge names do not parse back", k, (long long)bad_rt,
+                 (long long)n_real);
+    }
     free(m);
 }
 

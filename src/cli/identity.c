@@ -146,6 +146,7 @@ int ps_cli_identity(ps_identity *id, ps_hash_cache *c, const ps_config *cfg, con
         const ps_experiment *x = &cfg->experiments[i];
         if (x->ref_path) rc = ps_identity_add_file(id, c, "reference dataset file", x->ref_path, BIG_FILE_BYTES, e);
         if (rc == 0 && x->keep_path) rc = ps_identity_add_file(id, c, "circuit file", x->keep_path, BIG_FILE_BYTES, e);
+        if (rc == 0 && x->scores_path) rc = ps_identity_add_file(id, c, "edge scores file", x->scores_path, BIG_FILE_BYTES, e);
     }
     if (rc == 0) rc = add_tokenizer_files(id, c, tok, e);
     if (rc == 0) rc = add_model_files(id, c, cfg->model, e);

@@ -188,19 +188,53 @@ int64_t ps_circuit_prune(const ps_graph *g, uint8_t *in_graph) {
     return ps_circuit_count(g, in_graph);
 }
 
-int ps_circuit_edge_by_name(const ps_graph *g, const char *name, int64_t *s, int64_t *d) {
-    const char *arrow = strstr(name, "->");
-    if (!arrow) return -1;
-    char buf[64];
-    const size_t n_src = (size_t)(arrow - name);
-    *s = *d = -1;
-    for (int64_t i = 0; i < g->n_sources && *s < 0; i++) {
-        ps_graph_source_name(g, i, buf, sizeof buf);
-        if (strlen(buf) == n_src && !strncmp(buf, name, n_src)) *s = i;
+// A non-negative decimal at *p (no sign, no leading '+'), advancing *p; -1 when there is none.
+static int64_t number(const char **p) {
+    int64_t v = 0;
+    if (**p < '0' || **p > '9') return -1;
+    while (**p >= '0' && **p <= '9') {
+        v = v * 10 + (**p - '0');
+        if (v > (int64_t)1 << 40) return -1;
+        (*p)++;
     }
-    for (int64_t i = 0; i < g->n_dests && *d < 0; i++) {
-        ps_graph_dest_name(g, i, buf, sizeof buf);
-        if (!strcmp(buf, arrow + 2)) *d = i;
+    return v;
+}
+
+// "a3.h2" (kind 'a'), "m3" ('m') or "input"/"logits" at *p, advancing it: kind, layer, head.
+static char node_name(const char **p, int64_t *l, int64_t *h) {
+    *l = *h = -1;
+    if (!strncmp(*p, "input", 5)) { *p += 5; return 'i'; }
+    if (!strncmp(*p, "logits", 6)) { *p += 6; return 'o'; }
+    const char k = **p;
+    if (k != 'a' && k != 'm') return 0;
+    (*p)++;
+    if ((*l = number(p)) < 0) return 0;
+    if (k == 'a') {
+        if (strncmp(*p, ".h", 2)) return 0;
+        *p += 2;
+        if ((*h = number(p)) < 0) return 0;
+    }
+    return k;
+}
+
+// Parsed, not searched: a 7B graph's 1.6M edges are looked up one by one when read from a scores file.
+int ps_circuit_edge_by_name(const ps_graph *g, const char *name, int64_t *s, int64_t *d) {
+    const char *p = name;
+    int64_t l, h;
+    *s = *d = -1;
+    const char ks = node_name(&p, &l, &h);
+    if (!ks || ks == 'o' || strncmp(p, "->", 2)) return -1;
+    p += 2;
+    if (ks == 'i') *s = 0;
+    else if (l < g->n_layers && (ks == 'm' || h < g->n_heads)) *s = ps_graph_source(g, l, ks == 'm' ? -1 : h);
+    const char kd = node_name(&p, &l, &h);
+    if (kd == 'o' && !*p) *d = g->n_dests - 1;
+    else if (kd == 'm' && !*p && l < g->n_layers) *d = ps_graph_dest(g, PS_DEST_MLP, l, -1);
+    else if (kd == 'a' && l < g->n_layers && p[0] == '<' && p[1] && p[2] == '>' && !p[3]) {
+        const char q = p[1];
+        const int64_t nh = q == 'q' ? g->n_heads : g->n_kv_heads;
+        if ((q == 'q' || q == 'k' || q == 'v') && h < nh)
+            *d = ps_graph_dest(g, q == 'q' ? PS_DEST_Q : q == 'k' ? PS_DEST_K : PS_DEST_V, l, h);
     }
     return *s >= 0 && *d >= 0 && ps_graph_edge(g, *s, *d) ? 0 : -1;
 }

@@ -11,7 +11,7 @@ more shim: the bridge's hook_mlp_in gets a copy of the residual stream, as TL 2.
     ~/.cache/ps-venv/bin/python tests/golden/run_eap_ig_circuits.py --eap-ig /tmp/EAP-IG [models...]
 Keys, per circuit c (the list in the json, "circuits"): c.in_graph [n_forward, n_backward] (1 = edge kept after
 evaluate_graph's own prune), c.n_kept [1], c.metric [n_pairs], c.threshold [1] (threshold circuits); and clean_metric, corrupted_metric [n_pairs]
-(evaluate_baseline); for the circuits of INTERVENED also c.zero.metric, c.mean_positional.metric, c.mean.metric, and
+(evaluate_baseline); golden_eap_ig_graph.json: the same scores written by EAP-IG's Graph.to_json; for the circuits of INTERVENED also c.zero.metric, c.mean_positional.metric, c.mean.metric, and
 the reference prompts ref<T>.tokens [3, T] (int32). Metric: logits[0, -1, answer] - logits[0, -1, wrong], as run_eap_ig.py.
 """
 import argparse
@@ -98,6 +98,10 @@ def make(name, out_root, graph_mod, evaluate, utils, commit):
         a, w = label
         return logits[0, -1, a] - logits[0, -1, w]
     out = {}
+    # The scores as EAP-IG writes a graph to disk (Graph.to_json): the file edge_circuit's scores_file reads.
+    g = graph_mod.Graph.from_model(br)
+    g.scores[:] = scores
+    g.to_json(os.path.join(folder, "golden_eap_ig_graph.json"))
     clean, corrupted = evaluate.evaluate_baseline(br, data, metric, quiet=True), \
         evaluate.evaluate_baseline(br, data, metric, run_corrupted=True, quiet=True)
     out["clean_metric"], out["corrupted_metric"] = clean.float(), corrupted.float()
