@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Draws edge_circuit circuits as graphs (for experiments/plot.py): the circuit is rebuilt from its table's
-attributes (scores_from: the edge_attribution table of the same file, whose mean scores it chose from; selection
+attributes (scores_from: the edge_attribution table of the same file, whose mean scores it chose from, or
+scores_file: EAP-IG's graph JSON, when it is still where the run read it; selection
 top_n / greedy / threshold; absolute) and its circuit axis (top<n>, greedy<n>), pruned of dangling nodes as
 EAP-IG's Graph.prune does, and handed to graphviz's `dot` (Debian: graphviz): nodes input, a{l}.h{h}, m{l}, logits
 in one row per layer (heads, then the MLP), edge width by |score|, colour by sign (blue positive, red negative),
@@ -157,26 +158,56 @@ def dot_source(mask, scores, src, dst, title):
     return "\n".join(lines)
 
 
+def file_scores(path):
+    """(scores, src, dst) of a graph JSON written by EAP-IG's Graph.to_json (edge_circuit's scores_file), its
+    nodes in EAP-IG's order; None when the file is gone or has no cfg."""
+    import json
+    try:
+        with open(path) as f:
+            d = json.load(f)
+        L, H = int(d["cfg"]["n_layers"]), int(d["cfg"]["n_heads"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    src = ["input"] + [n for l in range(L) for n in [f"a{l}.h{h}" for h in range(H)] + [f"m{l}"]]
+    dst = [n for l in range(L) for n in [f"a{l}.h{h}<{q}>" for q in "qkv" for h in range(H)] + [f"m{l}"]] + ["logits"]
+    si, di = {n: i for i, n in enumerate(src)}, {n: i for i, n in enumerate(dst)}
+    scores = np.full((len(src), len(dst)), np.nan)
+    for name, e in d.get("edges", {}).items():
+        a, _, b = name.partition("->")
+        if a in si and b in di:
+            scores[si[a], di[b]] = e["score"] if isinstance(e, dict) else e
+    return scores, src, dst
+
+
 def plot_circuits(results, outdir):
     """One PNG per circuit of every edge_circuit table chosen from scores in the file: <table>_<circuit>_graph.png."""
     written = []
     for name in results:
         g = results[name]
-        if as_str(g.attrs.get("kind", "")) != "edge_circuit" or "scores_from" not in g.attrs or "values" not in g:
-            continue
-        sf = as_str(g.attrs["scores_from"])
-        if sf not in results or "mean" not in results[sf]:
-            print(f"plot.py: {g.name}: its scores ({sf}) are not in the file, no graph drawn", file=sys.stderr)
+        if as_str(g.attrs.get("kind", "")) != "edge_circuit" or "values" not in g or \
+                ("scores_from" not in g.attrs and "scores_file" not in g.attrs):
             continue
         if shutil.which("dot") is None:
             print("plot.py: graphviz's dot is not installed (Debian: graphviz): no circuit graphs", file=sys.stderr)
             return written
-        sd = results[sf]["mean"]
-        scores = sd[()].astype(np.float64)
-        src, dst = labels(sd, 0), labels(sd, 1)
-        if src is None or dst is None or any(node_of(x) is None for x in src + dst):
-            print(f"plot.py: {results[sf].name}: no graph node names on its axes, no graph drawn", file=sys.stderr)
-            continue
+        if "scores_file" in g.attrs:
+            got = file_scores(as_str(g.attrs["scores_file"]))
+            if got is None:
+                print(f"plot.py: {g.name}: its scores_file {as_str(g.attrs['scores_file'])} is not readable here, no graph drawn",
+                      file=sys.stderr)
+                continue
+            scores, src, dst = got
+        else:
+            sf = as_str(g.attrs["scores_from"])
+            if sf not in results or "mean" not in results[sf]:
+                print(f"plot.py: {g.name}: its scores ({sf}) are not in the file, no graph drawn", file=sys.stderr)
+                continue
+            sd = results[sf]["mean"]
+            scores = sd[()].astype(np.float64)
+            src, dst = labels(sd, 0), labels(sd, 1)
+            if src is None or dst is None or any(node_of(x) is None for x in src + dst):
+                print(f"plot.py: {results[sf].name}: no graph node names on its axes, no graph drawn", file=sys.stderr)
+                continue
         real = real_edges(src, dst)
         selection = as_str(g.attrs.get("selection", "top_n"))
         absolute = int(g.attrs.get("absolute", 1)) != 0
