@@ -12,6 +12,7 @@ each time, the ratios and the largest difference of the two sides' values."""
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -29,8 +30,11 @@ def run_ps(exe, cfg, work, name):
     with open(path, "w") as f:
         json.dump(cfg, f, indent=1)
     t0 = time.time()
-    subprocess.run([exe, "run", path, "-o", out, "--force", "--quiet"], check=True)
-    return time.time() - t0, out
+    r = subprocess.run([exe, "run", path, "-o", out, "--force", "--quiet"], check=True, stderr=subprocess.PIPE, text=True)
+    t = time.time() - t0
+    m = re.search(r"compute ([0-9.]+) s", r.stderr)
+    print(f"  patchsweep {name}: whole process {t:.2f} s, its compute line {m.group(1) if m else '?'} s", flush=True)
+    return t, out
 
 
 def main():

@@ -15,8 +15,11 @@
 //    mlp_out - c);
 //  - the logits read resid_post of the last layer: add c there (after that layer's MLP patch).
 // Each is EAP-IG's input construction exactly in real arithmetic; in fp32 they differ by rounding (1e-6 seen).
-// Up to 2 L + 1 forward passes per circuit and prompt, the circuits of one prompt batched as rows of each pass;
-// steps whose destinations miss no edge are skipped.
+// Up to 2 L passes per circuit and prompt, the circuits of one prompt batched as rows of each pass; the passes of
+// layer l start at layer l from the circuit's state (captured by the pass before), so they cost about L full
+// forwards in all (a pass cannot stop at its layer: it runs to the last one); the logits row is an unembedding
+// from the state. Steps whose destinations miss no edge are skipped. EAP-IG's hooks need 2 forwards: a row that
+// could stop after a layer (and cache rows that start from a base) would bring this route near that.
 #include "engine_internal.h"
 #include "ps_ablation.h"
 #include "ps_blas.h"
@@ -39,8 +42,12 @@ typedef struct {
     float *xn0, *xn1, *sc; // (T, C), (T, C), (T): ln1 of this run's stream and of the corrected one
     float *refs;      // per layer: q (T, H D), k (T, Hkv D), v (T, Hkv D), mlp +c (T, C), -c (T, C); then the logits' (T, C)
     ps_patch *patches; int64_t n_patches;
-    ps_cache work;    // the latest pass's activations
-    const ps_cache *cur;
+    ps_cache st[2];   // the latest pass's resid_pre, z, mlp_out and resid_post at every layer, alternately
+    int next;         // the st the next pass captures into
+    const ps_cache *cur; // the run's state so far: the clean cache, then the latest st
+    ps_capture *caps; // (4 L) into st[0], then (4 L) into st[1]
+    int64_t first;    // patches[first..]: those of the layer being built (earlier ones act through cur)
+    float dummy;      // the one logit a pass asks for
 } circ;
 
 static int64_t layer_ref_floats(const ps_model_config *mc, int64_t T) {
@@ -93,18 +100,30 @@ static void add_patch(circ *w, ps_site site, int64_t l, const float *ref) {
                                             .ref = {ref, w->T, NULL}};
 }
 
-// One forward pass of the clean tokens per circuit k with need[k], each with its patches so far, in one batch;
-// their activations into each circuit's work cache.
+// One pass of the clean tokens per circuit k with need[k], in one batch. A row starts at the layer being built
+// from the circuit's state (cur: every earlier patch is in its resid_pre there) with that layer's patches only,
+// and captures the sites the next steps read at every layer into the other state (ps_captures_from_base fills
+// the layers below its start from cur). It asks for one logit at position 0 so that it starts there (at a later
+// position it would read keys and values the state does not hold).
 static int pass_many(circ *ws, int64_t K, const int *need, ps_row *rows, ps_error *e) {
     int64_t n = 0;
+    static const int64_t pos0 = 0;
+    static const int32_t col0 = 0;
+    const int64_t L = ws[0].m->cfg.n_layers;
     for (int64_t k = 0; k < K; k++) {
         if (!need[k]) continue;
         circ *w = &ws[k];
-        if (w->be->release_cache) w->be->release_cache(w->be, &w->work);
-        rows[n++] = (ps_row){.tokens = w->p->clean, .T = w->T, .patches = w->patches, .n_patches = w->n_patches, .cache = &w->work};
-        w->cur = &w->work;
+        rows[n++] = (ps_row){.tokens = w->p->clean, .T = w->T, .base = w->cur, .patches = w->patches + w->first,
+                             .n_patches = w->n_patches - w->first, .captures = w->caps + w->next * 4 * L, .n_captures = 4 * L,
+                             .out_pos = &pos0, .n_out = 1, .cols = &col0, .n_cols = 1, .logits = &w->dummy};
     }
-    return n ? ps_engine_rows(ws[0].m, ws[0].be, rows, n, NULL, NULL, e) : 0;
+    if (n && ps_engine_rows(ws[0].m, ws[0].be, rows, n, NULL, NULL, e) != 0) return -1;
+    for (int64_t k = 0; k < K; k++)
+        if (need[k]) {
+            ws[k].cur = &ws[k].st[ws[k].next];
+            ws[k].next ^= 1;
+        }
+    return 0;
 }
 
 // Layer l's q/k/v corrections from w->cur (whose resid_pre of layer l is final) as add patches; 1 when any.
@@ -155,16 +174,24 @@ static int circ_init(circ *w, const ps_model *m, ps_backend *be, const ps_graph 
     w->sc = malloc((size_t)T * sizeof(float));
     w->refs = malloc((size_t)(L * layer_ref_floats(mc, T) + TC) * sizeof(float));
     w->patches = calloc((size_t)(5 * L + 1), sizeof *w->patches);
-    if (!w->run_out || !w->c || !w->xn0 || !w->xn1 || !w->sc || !w->refs || !w->patches)
+    w->caps = calloc((size_t)(8 * L), sizeof *w->caps);
+    if (!w->run_out || !w->c || !w->xn0 || !w->xn1 || !w->sc || !w->refs || !w->patches || !w->caps)
         return ps_fail(e, PS_EXIT_RUNTIME, "edge_circuit: out of memory for a prompt of %lld tokens", (long long)T);
-    if (ps_cache_init(&w->work, mc, T, 0, e) != 0) return -1;
+    static const ps_site sites[4] = {PS_SITE_RESID_PRE, PS_SITE_Z, PS_SITE_MLP_OUT, PS_SITE_RESID_POST};
+    for (int b = 0; b < 2; b++) {
+        if (ps_cache_init(&w->st[b], mc, T, 0, e) != 0) return -1;
+        for (int64_t l = 0; l < L; l++)
+            for (int k = 0; k < 4; k++)
+                w->caps[(b * L + l) * 4 + k] = (ps_capture){.site = sites[k], .layer = l,
+                                                            .out = ps_cache_site(&w->st[b], sites[k]) + ps_site_at(mc, sites[k], T, l, 0, 0)};
+    }
     embed_rows(m, p->clean, T, w->run_out);
     return 0;
 }
 
 static void circ_free(circ *w) {
-    if (w->be && w->be->release_cache) w->be->release_cache(w->be, &w->work);
-    ps_cache_free(&w->work);
+    for (int b = 0; b < 2; b++) ps_cache_free(&w->st[b]);
+    free(w->caps);
     free(w->run_out);
     free(w->c);
     free(w->xn0);
@@ -214,8 +241,10 @@ int ps_circuit_eval_values(const ps_model *m, ps_backend *be, const ps_graph *g,
         if (circ_init(&ws[k], m, be, g, in_graph[k], p, clean, values, e) != 0) goto done;
     for (int64_t l = 0; l < L; l++) {
         // Heads of layer l: their inputs from each circuit's stream before layer l, their outputs after the patches.
-        for (int64_t k = 0; k < K; k++)
+        for (int64_t k = 0; k < K; k++) {
+            ws[k].first = ws[k].n_patches;
             if (attn_step(&ws[k], l, ws[k].refs + l * per_layer, &need[k], e) != 0) goto done;
+        }
         if (pass_many(ws, K, need, rows, e) != 0) goto done;
         // The MLP of layer l reads input, the heads of layers <= l and the MLPs before it.
         for (int64_t k = 0; k < K; k++) {
@@ -233,15 +262,17 @@ int ps_circuit_eval_values(const ps_model *m, ps_backend *be, const ps_graph *g,
         for (int64_t k = 0; k < K; k++)
             if (source_outputs(&ws[k], ws[k].cur, ws[k].run_out, l, 0, 1, e) != 0) goto done;
     }
-    // The logits read the last resid_post; one row per circuit, unembedded only where the metric reads.
+    // The logits read the last resid_post; one row per circuit from its state, unembedded only where the metric
+    // reads.
     for (int64_t k = 0; k < K; k++) {
         circ *w = &ws[k];
+        w->first = w->n_patches;
         if (correction(w, g->n_dests - 1)) {
             float *lg = w->refs + L * per_layer;
             memcpy(lg, w->c, (size_t)TC * sizeof(float));
             add_patch(w, PS_SITE_RESID_POST, L - 1, lg);
         }
-        rows[k] = (ps_row){.tokens = p->clean, .T = T, .base = clean, .patches = w->patches, .n_patches = w->n_patches,
+        rows[k] = (ps_row){.tokens = p->clean, .T = T, .base = w->cur, .patches = w->patches + w->first, .n_patches = w->n_patches - w->first,
                            .out_pos = rq->out_pos, .n_out = rq->n_out, .cols = rq->n_cols ? rq->cols : NULL, .n_cols = rq->n_cols,
                            .logits = logits + k * rq->n_out * width};
     }
