@@ -7,7 +7,9 @@ the table's HDF5 dimension scales (integer values, string labels), titles from i
 producer's table is drawn without knowing it in advance: 1 axis: bars; 2 axes: a heatmap; more: one heatmap
 per index of the leading axes (small multiples). Each attribution table with a patch_sweep table of the same
 site, layout, direction and shape also gets <attr>_vs_<patch>.png: a scatter of every cell and, for two axes,
-side-by-side heatmaps. Schema: experiments/README.md.
+side-by-side heatmaps. A path_patch table (attribute arena_normalized) is drawn as ARENA does, normalized - 1.
+Every edge_circuit circuit chosen from an edge_attribution table of the file is drawn as a graph
+(experiments/plot_graph.py, graphviz's dot). Schema: experiments/README.md.
 """
 import argparse
 import math
@@ -21,6 +23,9 @@ matplotlib.use("Agg")
 import h5py  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import plot_graph  # noqa: E402
 
 NAN_COLOUR = "#d9d9d9"  # "not applicable" cells (a prompt shorter than the position, ...)
 MAX_FACETS = 48
@@ -146,6 +151,11 @@ def plot_experiment(name, group, want_normalized, n_prompts, outdir):
     data = ds[()].astype(np.float64)
     axes = [Axis(ds, d) for d in range(ds.ndim)]
     title, subtitle, cbar_label = describe(name, group, normalized, n_prompts)
+    if normalized and as_str(group.attrs.get("arena_normalized", "")) == "normalized - 1":
+        # Path patching as ARENA draws it: 0 = unharmed, -1 = destroyed, centred at 0 like every heatmap here.
+        data = data - 1.0
+        title = title.replace("), normalized ", "), ARENA's normalized ") + " - 1"
+        cbar_label = "normalized - 1\n(0 = unharmed, -1 = destroyed)"
     vmin, vmax = sym_limits(data)
 
     if data.ndim == 0:
@@ -408,6 +418,7 @@ def main(argv=None):
                 written.append(plot_experiment(name, grp, args.normalized, n_prompts, outdir))
             for attr, patch in attribution_pairs(results) if results else []:
                 written.append(plot_attribution_vs_patching(results, attr, patch, args.normalized, outdir))
+            written += plot_graph.plot_circuits(results, outdir) if results else []
     for w in written:
         print(w)
     return 0

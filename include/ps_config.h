@@ -82,7 +82,9 @@
 //   {"name": "NAME.reference_means", "kind": "reference_means"}: the table of the means the run used.
 //   An "edge_circuit" experiment (ps_circuit.h) takes "edges": ["input->a0.h1<v>", ...] (EAP-IG's edge names),
 //      or "scores_from": the name of an edge_attribution experiment with "top_n": n (or a list of n: one circuit
-//      each, evaluated as rows of one batch) or "threshold": t, and "absolute": true (default: rank |score|).
+//      each, evaluated as rows of one batch), or "scores_file": a graph JSON of EAP-IG's Graph.to_json with the same
+//      choices; "greedy": n (or a list; EAP-IG's apply_greedy: from the logits up)
+//      or "threshold": t, and "absolute": true (default: rank |score|).
 //   An inline item may carry "roles": {"S2": 10, "IO": 2}: token indices in its clean prompt as
 //   `patchsweep tokenize` shows them (BOS included when prepended), like ARENA's word_idx.
 //   heads is accepted only by layer_head/layer_pos_head, neurons only by layer_neuron, positions only by
@@ -229,6 +231,10 @@ typedef struct {
     int64_t *top_ns; int64_t n_top_ns;     // owned: "top_n": [n, ...], one circuit each (NULL: top_n alone)
     int has_threshold;           // with scores_from: the edges whose score is >= threshold (the field above)
     int signed_scores;           // 0 (default): rank |score|, EAP-IG's absolute=True
+    char *scores_path;           // owned: "scores_file": EAP-IG's Graph.to_json file whose edge scores choose the edges
+    int greedy;                  // "greedy": n (or a list): top_n/top_ns are counts of EAP-IG's apply_greedy
+    int edge_with;               // "with": the missing edges' values: 0 corrupted (default), 1 zero, 2 mean (over "reference"
+                                 // above, "grouping" abl_group: per_position or all_positions)
 } ps_experiment;
 
 typedef struct {
@@ -256,6 +262,14 @@ typedef struct {
 // zeroed or loaded config, and twice.
 int ps_config_load(ps_config *c, const char *path, ps_error *e);
 void ps_config_free(ps_config *c);
+
+// The edge scores of a file written by hannamw/EAP-IG's Graph.to_json ({"cfg": {"n_layers", "n_heads", ...},
+// "edges": {"input->a0.h0<q>": {"score": s, "in_graph": b}, ...}}; a bare number for {"score": s} is accepted):
+// names[i] and score[i] (owned; free with ps_edge_scores_free); n_layers/n_heads from its cfg, -1 when absent.
+// Errors (exit 2) name the file and the key.
+typedef struct { char **names; double *score; int64_t n, n_layers, n_heads; } ps_edge_scores;
+int ps_edge_scores_read(const char *path, ps_edge_scores *out, ps_error *e);
+void ps_edge_scores_free(ps_edge_scores *s);
 
 // Frees n items and the array (NULL is fine).
 void ps_items_free(ps_item *items, int64_t n);

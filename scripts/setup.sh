@@ -9,7 +9,7 @@ shift || true
 # libopenblas-dev: cblas.h and OpenBLAS, libblis4-serial: BLIS; both loaded at run time (src/backends/blas.c).
 pkgs=(build-essential meson ninja-build pkg-config libcjson-dev libhdf5-dev libopenblas-dev libpcre2-dev
       libssl-dev libblis4-serial python3 python3-h5py python3-matplotlib python3-numpy clang libclang-rt-14-dev
-      slurm-wlm munge)
+      slurm-wlm munge graphviz)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

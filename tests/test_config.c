@@ -725,17 +725,22 @@ static void test_attribution_kind(void) {
         ps_config_free(&c);
     }
     expect_exp_fail("circ1.json", "{\"name\": \"x\", \"kind\": \"edge_circuit\"}",
-                    "experiments[1]: give either edges (a list of edge names) or scores_from (an edge_attribution experiment)");
+                    "experiments[1]: give either edges (a list of edge names), scores_from (an edge_attribution experiment) or scores_file "
+                    "(EAP-IG's graph JSON)");
     expect_exp_fail("circ2.json", "{\"name\": \"x\", \"kind\": \"edge_circuit\", \"scores_from\": \"e\"}",
-                    "experiments[1]: with scores_from give one of top_n or threshold");
+                    "experiments[1]: with scores give one of top_n, greedy or threshold");
     expect_exp_fail("circ3.json", "{\"name\": \"x\", \"kind\": \"edge_circuit\", \"edges\": [\"m0\"]}",
                     "experiments[1].edges[0]: expected an edge name such as \"a0.h1->a1.h0<q>\", got \"m0\"");
     expect_exp_fail("circ4.json", "{\"name\": \"x\", \"kind\": \"edge_circuit\", \"edges\": [\"m0->logits\"], \"top_n\": 3}",
-                    "experiments[1].edges: top_n, threshold and absolute choose edges from scores_from; a listed circuit takes none");
+                    "experiments[1].edges: top_n, greedy, threshold and absolute choose edges from scores; a listed circuit takes none");
     expect_exp_fail("circ5.json", "{\"name\": \"x\", \"kind\": \"edge_circuit\", \"scores_from\": \"e\", \"top_n\": [3, -1]}",
                     "experiments[1].top_n[1]: expected an integer >= 0, got -1");
     expect_exp_fail("circ6.json", "{\"name\": \"x\", \"kind\": \"edge_circuit\", \"scores_from\": \"e\", \"top_n\": 5}",
                     "experiments[1].scores_from: no experiment is named \"e\"");
+    expect_exp_fail("circ7.json", "{\"name\": \"x\", \"kind\": \"edge_circuit\", \"scores_from\": \"e\", \"top_n\": 5, \"greedy\": 5}",
+                    "experiments[1].greedy: give one of top_n and greedy");
+    expect_exp_fail("circ8.json", "{\"name\": \"x\", \"kind\": \"edge_circuit\", \"edges\": [\"m0->logits\"], \"with\": \"mean\"}",
+                    "experiments[1].reference: required with \"with\": \"mean\" (the prompts the means are taken over)");
 }
 
 int main(void) {

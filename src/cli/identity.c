@@ -118,15 +118,16 @@ static int add_model_files(ps_identity *id, ps_hash_cache *c, const char *dir, p
 }
 
 // One experiment's own identity: the run-wide identity, its kind, its config object as canonical JSON and the
-// files only it reads (reference set, circuit file).
+// files only it reads (reference set, circuit file, edge scores file).
 static int experiment_own(const ps_experiment *x, ps_hash_cache *c, const char run_wide[65], ps_identity *files,
                           char hex[65], ps_error *e) {
     ps_identity own = {0};
     int rc = ps_identity_add_text(&own, "run", "run-wide identity", run_wide, e);
     if (rc == 0) rc = ps_identity_add_text(&own, "kind", x->kind ? x->kind : "patch_sweep", x->kind ? x->kind : "patch_sweep", e);
     if (rc == 0) rc = ps_identity_add_text(&own, "spec", x->name, x->canonical ? x->canonical : "null", e);
-    struct { const char *kind, *path; } f[2] = {{"reference dataset file", x->ref_path}, {"circuit file", x->keep_path}};
-    for (int k = 0; rc == 0 && k < 2; k++) {
+    struct { const char *kind, *path; } f[3] = {
+        {"reference dataset file", x->ref_path}, {"circuit file", x->keep_path}, {"edge scores file", x->scores_path}};
+    for (int k = 0; rc == 0 && k < 3; k++) {
         if (!f[k].path) continue;
         rc = ps_identity_add_file(&own, c, f[k].kind, f[k].path, BIG_FILE_BYTES, e);
         if (rc == 0) rc = ps_identity_add_file(files, c, f[k].kind, f[k].path, BIG_FILE_BYTES, e);

@@ -87,6 +87,7 @@ static void experiment_free(ps_experiment *x) {
     for (int64_t i = 0; x->edge_names && i < x->n_edge_names; i++) free(x->edge_names[i]);
     free(x->edge_names);
     free(x->scores_from);
+    free(x->scores_path);
     free(x->top_ns);
 }
 
