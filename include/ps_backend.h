@@ -41,9 +41,11 @@ typedef struct ps_backend {
     // gemm_rate is NULL (its rate cannot be measured here). Such a backend is for planning, not results.
     const char *stand_in_for;
     int (*forward)(struct ps_backend *b, const ps_model *m, ps_row *rows, int64_t n_rows, ps_error *e);
-    // Optional (NULL: the caller runs forward once per group): rows in groups of `group` consecutive rows,
-    // each group's numbers exactly those of forward on that group alone (ps_cpu_forward_groups).
-    int (*forward_groups)(struct ps_backend *b, const ps_model *m, ps_row *rows, int64_t n_rows, int64_t group, ps_error *e);
+    // Optional (NULL: the caller runs forward once per group): rows in groups of consecutive rows, group g
+    // ending before row ends[g], each group's numbers exactly those of forward on that group alone
+    // (ps_cpu_forward_groups).
+    int (*forward_groups)(struct ps_backend *b, const ps_model *m, ps_row *rows, int64_t n_rows, const int64_t *ends,
+                          int64_t n_groups, ps_error *e);
     // Optional (NULL: the caller runs ps_cpu_backward, the reference): the metric's gradient at every hook of one
     // prompt's run, with ps_cpu_backward's contract (ps_backward.h) and its numbers within rounding. CUDA's
     // reads fwd through its device copy (the handle contract below) and binds no handle to grad.

@@ -102,11 +102,12 @@ typedef struct {
 int ps_cpu_forward_ws(const ps_model *m, ps_row *rows, int64_t n_rows, ps_cpu_workspace *w, ps_error *e);
 void ps_cpu_workspace_free(ps_cpu_workspace *w);
 
-// Rows in groups of `group` consecutive rows (the last may be shorter; group <= 0: one group): each group's
-// numbers are bitwise those of ps_cpu_forward on that group alone (its own batch and buffers, the same
-// GEMMs), but all groups go through a layer together, so a streamed model converts each layer once per call
-// instead of once per group. The baselines run every prompt of a chunk this way.
-int ps_cpu_forward_groups(const ps_model *m, ps_row *rows, int64_t n_rows, int64_t group, ps_error *e);
+// Rows in groups of consecutive rows, group g ending before row ends[g] (increasing, the last == n_rows;
+// ends NULL: one group): each group's numbers are bitwise those of ps_cpu_forward on that group alone (its
+// own batch and buffers, the same GEMMs), but all groups go through a layer together, so a streamed model
+// converts each layer once per call instead of once per group. The baselines run every prompt of a chunk
+// this way, and the sweeps their prompts' batches when the weights are streamed.
+int ps_cpu_forward_groups(const ps_model *m, ps_row *rows, int64_t n_rows, const int64_t *ends, int64_t n_groups, ps_error *e);
 
 // Small building blocks the CUDA kernels are tested against (same arithmetic, fp32).
 void ps_cpu_layernorm(float *out, float *scale, const float *x, const float *w, const float *b, int64_t N, int64_t C, float eps);

@@ -155,8 +155,8 @@ static void test_model(const char *name) {
             ps_model_stream_info(&ms, &si);
             TU_CHECK(si.layers_kept == kept[b] && (int64_t)(si.kept_bytes / si.layer_bytes) == kept[b],
                      "%s: budget %zu keeps %lld layers, want %lld", name, budgets[b], (long long)si.layers_kept, (long long)kept[b]);
-            // Layer 0 is the one kept with a one-layer budget; the others convert again on every call, unless
-            // only one is left out (it stays in the scratch buffer).
+            // The last layer is the one kept with a one-layer budget; the others convert again on every call,
+            // unless only one is left out (it stays in the scratch buffer).
             const int64_t want = kept[b] + (L - kept[b] > 1 ? (int64_t)np * (L - kept[b]) : L - kept[b]);
             TU_CHECK(si.conversions - conv0 == want, "%s: %lld layers kept: %lld conversions for %d prompts, want %lld", name,
                      (long long)kept[b], (long long)(si.conversions - conv0), np, (long long)want);
@@ -173,7 +173,9 @@ static void test_model(const char *name) {
             ps_cache_init(&gc[p], &ms.cfg, T[p], PS_CACHE_ALL, &e);
             grow[p] = (ps_row){.tokens = tok[p], .T = T[p], .cache = &gc[p]};
         }
-        if (ps_cpu_forward_groups(&ms, grow, np, 1, &e) != 0) TU_CHECK(0, "%s: grouped forward: %s", name, e.msg);
+        int64_t gends[MAXP];
+        for (int p = 0; p < np; p++) gends[p] = p + 1;
+        if (ps_cpu_forward_groups(&ms, grow, np, gends, np, &e) != 0) TU_CHECK(0, "%s: grouped forward: %s", name, e.msg);
         ps_model_stream_info(&ms, &si);
         TU_CHECK(si.conversions - conv_before == L, "%s: grouped forward of %d prompts converted %lld layers, want %lld", name, np,
                  (long long)(si.conversions - conv_before), (long long)L);

@@ -15,8 +15,9 @@ static int cpu_forward(ps_backend *b, const ps_model *m, ps_row *rows, int64_t n
     return ps_cpu_forward_ws(m, rows, n_rows, (ps_cpu_workspace *)b->impl, e);
 }
 
-static int cpu_forward_groups(ps_backend *b, const ps_model *m, ps_row *rows, int64_t n_rows, int64_t group, ps_error *e) {
-    return ps_cpu_forward_groups(m, rows, n_rows, group, e);
+static int cpu_forward_groups(ps_backend *b, const ps_model *m, ps_row *rows, int64_t n_rows, const int64_t *ends,
+                              int64_t n_groups, ps_error *e) {
+    return ps_cpu_forward_groups(m, rows, n_rows, ends, n_groups, e);
 }
 
 // Through the loaded BLAS (ps_blas_init's choice unless one was loaded before).

@@ -720,21 +720,24 @@ int ps_cpu_forward_ws(const ps_model *m, ps_row *rows, int64_t n_rows, ps_cpu_wo
 }
 
 #ifdef PS_CPU_PROFILE
-static int forward_groups(const ps_model *m, ps_row *rows, int64_t n_rows, int64_t group, ps_error *e);
-int ps_cpu_forward_groups(const ps_model *m, ps_row *rows, int64_t n_rows, int64_t group, ps_error *e) {
+static int forward_groups(const ps_model *m, ps_row *rows, int64_t n_rows, const int64_t *ends, int64_t G, ps_error *e);
+int ps_cpu_forward_groups(const ps_model *m, ps_row *rows, int64_t n_rows, const int64_t *ends, int64_t G, ps_error *e) {
     const double t0 = ps_prof_now();
-    const int rc = forward_groups(m, rows, n_rows, group, e);
+    const int rc = forward_groups(m, rows, n_rows, ends, G, e);
     ps_prof_add(PS_PROF_FORWARD, t0);
     ps_prof_add(PS_PROF_BASELINE, t0);
     return rc;
 }
-static int forward_groups(const ps_model *m, ps_row *rows, int64_t n_rows, int64_t group, ps_error *e) {
+static int forward_groups(const ps_model *m, ps_row *rows, int64_t n_rows, const int64_t *ends, int64_t G, ps_error *e) {
 #else
-int ps_cpu_forward_groups(const ps_model *m, ps_row *rows, int64_t n_rows, int64_t group, ps_error *e) {
+int ps_cpu_forward_groups(const ps_model *m, ps_row *rows, int64_t n_rows, const int64_t *ends, int64_t G, ps_error *e) {
 #endif
     if (n_rows <= 0) return 0;
-    if (group <= 0 || group > n_rows) group = n_rows;
-    const int64_t G = (n_rows + group - 1) / group;
+    if (!ends || G <= 0) G = 1, ends = &n_rows;
+    for (int64_t g = 0; g < G; g++)
+        if (ends[g] <= (g ? ends[g - 1] : 0) || ends[g] > n_rows || (g == G - 1 && ends[g] != n_rows))
+            return ps_fail(e, PS_EXIT_RUNTIME, "forward: group %lld of %lld ends at row %lld of %lld (internal error)", (long long)g,
+                           (long long)G, (long long)ends[g], (long long)n_rows);
     ps_cpu_workspace *wsp = calloc((size_t)G, sizeof *wsp);
     batch *b = calloc((size_t)G, sizeof *b);
     int rc = 0;
@@ -742,8 +745,8 @@ int ps_cpu_forward_groups(const ps_model *m, ps_row *rows, int64_t n_rows, int64
     ps_blas_set_num_threads(1);
     // Each group is its own batch with its own workspace: the same GEMM shapes and inputs as a call of its own.
     for (int64_t g = 0; rc == 0 && g < G; g++) {
-        const int64_t n = n_rows - g * group < group ? n_rows - g * group : group;
-        rc = batch_setup(&b[g], m, rows + g * group, n, &wsp[g], e);
+        const int64_t r0 = g ? ends[g - 1] : 0;
+        rc = batch_setup(&b[g], m, rows + r0, ends[g] - r0, &wsp[g], e);
     }
     for (int64_t l = 0; rc == 0 && l < m->cfg.n_layers; l++) {
         ps_layer_weights lw;

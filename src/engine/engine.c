@@ -51,9 +51,12 @@ static int run_baselines(ps_producer_ctx *c, const int64_t *chunk, int64_t nc, p
     for (int64_t i = 0; rc == 0 && i < 2 * nc; i++) c->rr->baseline_flops += ps_row_flops(mc, &brow[i]);
     // Each prompt's clean and corrupted runs as a group of their own, so their numbers do not depend on the
     // chunk; grouped in one call where the backend can (a streamed layer is then converted once per chunk).
-    if (rc == 0 && c->be->forward_groups) rc = c->be->forward_groups(c->be, c->m, brow, 2 * nc, 2, e);
+    int64_t *ends = rc == 0 && c->be->forward_groups ? malloc((size_t)(nc ? nc : 1) * sizeof *ends) : NULL;
+    for (int64_t i = 0; ends && i < nc; i++) ends[i] = 2 * (i + 1);
+    if (rc == 0 && ends) rc = c->be->forward_groups(c->be, c->m, brow, 2 * nc, ends, nc, e);
     else
         for (int64_t i = 0; rc == 0 && i < nc; i++) rc = c->be->forward(c->be, c->m, brow + 2 * i, 2, e);
+    free(ends);
     for (int64_t i = 0; rc == 0 && i < nc; i++) {
         const int64_t pi = chunk[i];
         const ps_prompt *p = &ps->p[pi];

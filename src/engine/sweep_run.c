@@ -17,9 +17,14 @@ typedef struct {
     size_t logit_off;
 } row_tag;
 
+// A backend call's rows. Ungrouped, it holds one prompt's rows (a batch never mixes prompts). Grouped
+// (streamed weights), it holds several prompts' batches, each a group of its own in one forward_groups call:
+// every group is exactly the batch that prompt would have alone, so its numbers are too, while a streamed
+// layer is converted once per call instead of once per prompt.
 typedef struct {
     ps_row *rows; ps_patch *patches; row_tag *tags;
     int64_t n, cap;
+    int64_t *ends, n_groups;             // grouped: the closed groups' ends (cap), in rows
     float *logits; size_t logits_cap, logits_used;
 } batch;
 
@@ -29,37 +34,71 @@ static int batch_init(batch *b, int64_t cap, size_t logits_cap, ps_error *e) {
     b->rows = calloc((size_t)cap, sizeof *b->rows);
     b->patches = calloc((size_t)cap, sizeof *b->patches);
     b->tags = calloc((size_t)cap, sizeof *b->tags);
+    b->ends = calloc((size_t)cap, sizeof *b->ends);
     b->logits_cap = logits_cap;
     b->logits = malloc(logits_cap * sizeof(float));
-    if (!b->rows || !b->patches || !b->tags || !b->logits) return ps_fail(e, PS_EXIT_RUNTIME, "out of memory for a batch");
+    if (!b->rows || !b->patches || !b->tags || !b->ends || !b->logits) return ps_fail(e, PS_EXIT_RUNTIME, "out of memory for a batch");
     return 0;
 }
 
 static void batch_free(batch *b) {
-    free(b->rows); free(b->patches); free(b->tags); free(b->logits);
+    free(b->rows); free(b->patches); free(b->tags); free(b->ends); free(b->logits);
 }
 
-static int batch_flush(ps_producer_ctx *c, batch *b, const float *clean_lp, ps_error *e) {
-    if (b->n == 0) return 0;
-    for (int64_t r = 0; r < b->n; r++) b->tags[r].t->flops += ps_row_flops(&c->m->cfg, &b->rows[r]);
-    c->rr->rows_planned += b->n;
-    if (!c->o->dry_run) {
-        if (ps_producer_stopped(c, e)) return -1;
-        if (c->be->forward(c->be, c->m, b->rows, b->n, e) != 0) return -1;
-        const int64_t V = c->m->cfg.d_vocab;
-        for (int64_t r = 0; r < b->n; r++) {
-            const row_tag *tg = &b->tags[r];
-            const ps_prompt *p = &c->ps->p[tg->prompt];
-            const float *lp = clean_lp ? clean_lp + tg->local * V : NULL;
-            double v = ps_metric_value(c->metric, p, &tg->rq, b->logits + tg->logit_off, V, lp);
-            tg->t->values[tg->prompt * tg->t->n_cells + tg->cell] = (float)v;
+// Closes the group of the rows added since the last group's end (grouped batches only).
+static void batch_close_group(batch *b) {
+    const int64_t start = b->n_groups ? b->ends[b->n_groups - 1] : 0;
+    if (b->n > start) b->ends[b->n_groups++] = b->n;
+}
+
+// Runs the batch's first n rows: all of them (ungrouped), or the closed groups (grouped). Rows after them,
+// the open group of the prompt being planned, move to the front with their logits.
+static int batch_run(ps_producer_ctx *c, batch *b, int64_t n, int grouped, const float *clean_lp, ps_error *e) {
+    if (n > 0) {
+        for (int64_t r = 0; r < n; r++) b->tags[r].t->flops += ps_row_flops(&c->m->cfg, &b->rows[r]);
+        c->rr->rows_planned += n;
+        if (!c->o->dry_run) {
+            if (ps_producer_stopped(c, e)) return -1;
+            const int rc = grouped ? c->be->forward_groups(c->be, c->m, b->rows, n, b->ends, b->n_groups, e)
+                                   : c->be->forward(c->be, c->m, b->rows, n, e);
+            if (rc != 0) return -1;
+            const int64_t V = c->m->cfg.d_vocab;
+            for (int64_t r = 0; r < n; r++) {
+                const row_tag *tg = &b->tags[r];
+                const ps_prompt *p = &c->ps->p[tg->prompt];
+                const float *lp = clean_lp ? clean_lp + tg->local * V : NULL;
+                double v = ps_metric_value(c->metric, p, &tg->rq, b->logits + tg->logit_off, V, lp);
+                tg->t->values[tg->prompt * tg->t->n_cells + tg->cell] = (float)v;
+            }
+        }
+        c->done += n;
+        ps_producer_progress(c, 0);
+    }
+    const size_t off0 = n < b->n ? b->tags[n].logit_off : b->logits_used;
+    const int64_t left = b->n - n;
+    if (left > 0 && n > 0) {
+        memmove(b->rows, b->rows + n, (size_t)left * sizeof *b->rows);
+        memmove(b->patches, b->patches + n, (size_t)left * sizeof *b->patches);
+        memmove(b->tags, b->tags + n, (size_t)left * sizeof *b->tags);
+        memmove(b->logits, b->logits + off0, (b->logits_used - off0) * sizeof(float));
+        for (int64_t k = 0; k < left; k++) {
+            b->tags[k].logit_off -= off0;
+            b->rows[k].patches = &b->patches[k];
+            b->rows[k].out_pos = b->tags[k].rq.out_pos;
+            b->rows[k].cols = b->tags[k].rq.n_cols ? b->tags[k].rq.cols : NULL;
+            b->rows[k].logits = b->logits + b->tags[k].logit_off;
         }
     }
-    c->done += b->n;
-    ps_producer_progress(c, 0);
-    b->n = 0;
-    b->logits_used = 0;
+    b->n = left;
+    b->logits_used -= off0;
+    b->n_groups = 0;
     return 0;
+}
+
+// Runs everything the batch holds (its open group closed first).
+static int batch_flush(ps_producer_ctx *c, batch *b, int grouped, const float *clean_lp, ps_error *e) {
+    if (grouped) batch_close_group(b);
+    return batch_run(c, b, b->n, grouped, clean_lp, e);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -75,9 +114,12 @@ static int run_sweeps(ps_producer_ctx *c, batch *b, ps_product *const *items, in
     const ps_baseline *bl = &c->rr->base;
     // Rows say which positions their patch can change when the backend can use it (never in the oracle).
     const int narrow = !o->naive && (c->be->caps & PS_CAP_NARROW);
-    // Prompt-major, and a batch never mixes prompts: a prompt's rows form the same batches whatever the
-    // chunking, sharding or resuming, so its numbers are bitwise reproducible.
+    // Prompt-major, and a prompt's rows form the same batches whatever the chunking, sharding or resuming,
+    // so its numbers are bitwise reproducible: batches of cap rows (fewer where the logits would overflow)
+    // from the prompt's first row. Streamed weights put several prompts' batches in one call (batch).
+    const int grouped = !o->naive && c->m->stream && c->be->forward_groups;
     for (int64_t i = 0; i < nc; i++) {
+        int64_t first = b->n;   // the prompt's rows not yet in a batch start here
         const int64_t pi = chunk[i];
         const ps_prompt *p = &c->ps->p[pi];
         ps_metric_request rq;
@@ -104,8 +146,14 @@ static int run_sweeps(ps_producer_ctx *c, batch *b, ps_product *const *items, in
                 }
                 if (ps_row_check(mc, &r0, c->be->caps, c->be->name, e) != 0) return -1;
                 sw->t->patches_run++;
-                if (b->n == b->cap || b->logits_used + need > b->logits_cap)
-                    if (batch_flush(c, b, ch->clean_logprobs, e) != 0) return -1;
+                while (b->n == b->cap || b->logits_used + need > b->logits_cap) {
+                    // Full. Other prompts' groups before this prompt's open one run first, and its rows move
+                    // to the front, to go on as if alone; a prompt's full batch runs as it would alone.
+                    const int rc = grouped && first > 0 ? batch_run(c, b, first, 1, ch->clean_logprobs, e)
+                                                        : batch_flush(c, b, grouped, ch->clean_logprobs, e);
+                    if (rc != 0) return -1;
+                    first = 0;
+                }
                 int64_t k = b->n++;
                 row_tag *tg = &b->tags[k];
                 tg->t = sw->t; tg->prompt = pi; tg->local = i; tg->cell = cell;
@@ -122,9 +170,10 @@ static int run_sweeps(ps_producer_ctx *c, batch *b, ps_product *const *items, in
                 r->logits = b->logits + tg->logit_off;
             }
         }
-        if (batch_flush(c, b, ch->clean_logprobs, e) != 0) return -1;
+        if (grouped) batch_close_group(b);
+        else if (batch_flush(c, b, 0, ch->clean_logprobs, e) != 0) return -1;
     }
-    return batch_flush(c, b, ch->clean_logprobs, e);
+    return batch_flush(c, b, grouped, ch->clean_logprobs, e);
 }
 
 

@@ -409,11 +409,15 @@ int ps_tensor_to_f32_range(const ps_tensor *t, int64_t start, int64_t count, flo
         }
         return 0;
     case PS_DT_BF16:
-        for (int64_t i = 0; i < count; i++) {
-            uint16_t h;
-            memcpy(&h, src + 2 * i, 2);
-            uint32_t bits = (uint32_t)h << 16;
-            memcpy(&out[i], &bits, 4);
+        // Through aligned blocks in L1: the widening loop then vectorizes (an element-wise memcpy did not, and
+        // was most of a streamed layer's conversion time).
+        for (int64_t i0 = 0; i0 < count; i0 += 1024) {
+            uint16_t h[1024];
+            uint32_t bits[1024];
+            const int64_t n = count - i0 < 1024 ? count - i0 : 1024;
+            memcpy(h, src + 2 * (size_t)i0, (size_t)n * 2);
+            for (int64_t i = 0; i < n; i++) bits[i] = (uint32_t)h[i] << 16;
+            memcpy(out + i0, bits, (size_t)n * 4);
         }
         return 0;
     case PS_DT_F64:
