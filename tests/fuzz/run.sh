@@ -25,7 +25,7 @@ hdf5_targets="fuzz_results fuzz_merge"
 # The readers under test (a file missing from the tree fails the run: the list is out of date). They go into one
 # static archive, so each target pulls in only the objects it needs and one module that does not compile fails only
 # its targets.
-readers="util/common util/json inputs/config inputs/config_ablation inputs/config_circuit inputs/config_dataset inputs/dataset inputs/safetensors inputs/model
+readers="util/common util/json inputs/config inputs/config_ablation inputs/config_circuit inputs/config_dataset inputs/config_analysis inputs/dataset inputs/safetensors inputs/model
     inputs/model_config inputs/tokenizer inputs/tokenizer_hf inputs/tokenizer_sp inputs/unicode_nfc inputs/unicode_nfc_table
     results/table results/h5util results/h5file results/inspect results/merge results/journal"
 
