@@ -22,19 +22,6 @@
 #define PS_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define PS_CLONES
-// Per-step CPU-time counters of the forward pass, for profiling only: compiled in with -DPS_CPU_PROFILE
-// (never by default), printed to stderr at exit. Single-threaded runs (threads 1) give exact shares.
-#ifdef PS_CPU_PROFILE
-enum { PS_PROF_GEMM, PS_PROF_ATTN, PS_PROF_NORM, PS_PROF_ACT, PS_PROF_COPY, PS_PROF_HOOK, PS_PROF_UNEMBED, PS_PROF_BASELINE,
-       PS_PROF_FORWARD, PS_PROF_N };
-double ps_prof_now(void);
-void ps_prof_add(int step, double t0);
-void ps_prof_gemm(int64_t n, int64_t in, int64_t out, double t0);
-#define PS_PROF(step, stmt) do { const double ps_prof_t0 = ps_prof_now(); stmt; ps_prof_add(step, ps_prof_t0); } while (0)
-#else
-#define PS_PROF(step, stmt) do { stmt; } while (0)
-#endif
-
 #endif
 
 // out[i] = gelu_new(in[i]) (cpu_ops.c): a fifth of a GPT-2 sweep's non-GEMM time, so vectorized.
