@@ -132,6 +132,26 @@ void ps_cfg_index_path(char *out, const char *parent, int64_t i) {
     snprintf(out, PATH_MAX_LEN, "%.480s[%lld]", parent, (long long)i);
 }
 
+ps_experiment *ps_cfg_add_derived(ps_cfg_ctx *x, ps_config *c, int64_t n0, int64_t parent, const char *suffix, const char *kind,
+                                  const char *what) {
+    ps_experiment *m = &c->experiments[c->n_experiments];
+    memset(m, 0, sizeof *m);
+    const size_t len = strlen(c->experiments[parent].name) + strlen(suffix) + 1;
+    m->name = malloc(len);
+    m->kind = strdup(kind);
+    c->n_experiments++;   // counted now, so ps_config_free releases what exists
+    if (!m->name || !m->kind) { ps_cfg_nomem(x); return NULL; }
+    snprintf(m->name, len, "%s%s", c->experiments[parent].name, suffix);
+    for (int64_t j = 0; j < n0; j++)
+        if (!strcmp(c->experiments[j].name, m->name)) {
+            char p[PATH_MAX_LEN];
+            ps_cfg_index_path(p, "experiments", j);
+            ps_cfg_bad(x, p, "\"%s\" is the name of experiments[%lld]'s table of %s; choose another", m->name, (long long)parent, what);
+            return NULL;
+        }
+    return m;
+}
+
 // Every key of obj must be one of keys, at most once.
 int ps_cfg_check_keys(ps_cfg_ctx *x, const cJSON *obj, const char *path, const char *const *keys, int nkeys) {
     for (const cJSON *it = obj->child; it; it = it->next) {

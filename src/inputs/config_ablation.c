@@ -376,25 +376,6 @@ int ps_cfg_load_ablation(ps_cfg_ctx *x, const cJSON *obj, const char *p, ps_expe
 
 // A table the loader adds after the experiments: name "PARENT.suffix" of the given kind, unless a configured
 // experiment already has the name.
-static ps_experiment *add_derived(ps_cfg_ctx *x, ps_config *c, int64_t n0, int64_t parent, const char *suffix, const char *kind) {
-    ps_experiment *m = &c->experiments[c->n_experiments];
-    memset(m, 0, sizeof *m);
-    const size_t len = strlen(c->experiments[parent].name) + strlen(suffix) + 1;
-    m->name = malloc(len);
-    m->kind = strdup(kind);
-    c->n_experiments++;   // counted now, so ps_config_free releases what exists
-    if (!m->name || !m->kind) { ps_cfg_nomem(x); return NULL; }
-    snprintf(m->name, len, "%s%s", c->experiments[parent].name, suffix);
-    for (int64_t j = 0; j < n0; j++)
-        if (!strcmp(c->experiments[j].name, m->name)) {
-            char p[PATH_MAX_LEN];
-            ps_cfg_index_path(p, "experiments", j);
-            ps_cfg_bad(x, p, "\"%s\" is the name of experiments[%lld]'s table of %s; choose another", m->name, (long long)parent, kind);
-            return NULL;
-        }
-    return m;
-}
-
 int ps_cfg_add_means_tables(ps_cfg_ctx *x, ps_config *c) {
     int64_t n_add = 0;
     for (int64_t i = 0; i < c->n_experiments; i++) {
@@ -411,7 +392,7 @@ int ps_cfg_add_means_tables(ps_cfg_ctx *x, ps_config *c) {
     for (int64_t i = 0; i < n0; i++)
         for (int k = 0; k < 2; k++) {
             if (!(k ? all[i].minimality : all[i].n_compl_k > 0)) continue;
-            ps_experiment *m = add_derived(x, c, n0, i, k ? ".minimality" : ".completeness", "circuit_scores");
+            ps_experiment *m = ps_cfg_add_derived(x, c, n0, i, k ? ".minimality" : ".completeness", "circuit_scores", "circuit_scores");
             if (!m) return -1;
             m->scores_of = i;
             m->scores_minimality = k;
@@ -419,22 +400,9 @@ int ps_cfg_add_means_tables(ps_cfg_ctx *x, ps_config *c) {
     for (int64_t i = 0; i < n0; i++) {
         const ps_experiment *ex = &all[i];
         if (!ex->kind || (strcmp(ex->kind, "ablation") && strcmp(ex->kind, "circuit_search")) || ex->abl_with != 1) continue;
-        ps_experiment *m = &all[c->n_experiments];
-        memset(m, 0, sizeof *m);
-        const size_t len = strlen(ex->name) + sizeof ".reference_means";
-        m->name = malloc(len);
-        m->kind = strdup("reference_means");
-        c->n_experiments++;   // counted now, so ps_config_free releases what exists
-        if (!m->name || !m->kind) return ps_cfg_nomem(x);
-        snprintf(m->name, len, "%s.reference_means", ex->name);
+        ps_experiment *m = ps_cfg_add_derived(x, c, n0, i, ".reference_means", "reference_means", "reference means");
+        if (!m) return -1;
         m->means_of = i;
-        for (int64_t j = 0; j < n0; j++)
-            if (!strcmp(all[j].name, m->name)) {
-                char p[PATH_MAX_LEN];
-                ps_cfg_index_path(p, "experiments", j);
-                return ps_cfg_bad(x, p, "\"%s\" is the name of experiments[%lld]'s table of reference means; choose another",
-                                  m->name, (long long)i);
-            }
     }
     return 0;
 }

@@ -133,22 +133,9 @@ int ps_cfg_add_neuron_tops(ps_cfg_ctx *x, ps_config *c) {
     for (int64_t i = 0; i < n0; i++) {
         const ps_experiment *ex = &all[i];
         if (!ex->kind || strcmp(ex->kind, "neurons")) continue;
-        ps_experiment *t = &all[c->n_experiments];
-        memset(t, 0, sizeof *t);
-        const size_t len = strlen(ex->name) + sizeof ".top";
-        t->name = malloc(len);
-        t->kind = strdup("neuron_top");
-        c->n_experiments++;   // counted now, so ps_config_free releases what exists
-        if (!t->name || !t->kind) return ps_cfg_nomem(x);
-        snprintf(t->name, len, "%s.top", ex->name);
+        ps_experiment *t = ps_cfg_add_derived(x, c, n0, i, ".top", "neuron_top", "top activations");
+        if (!t) return -1;
         t->top_of = i;
-        for (int64_t j = 0; j < c->n_experiments - 1; j++)
-            if (!strcmp(all[j].name, t->name)) {
-                char p[PATH_MAX_LEN];
-                ps_cfg_index_path(p, "experiments", j < n0 ? j : i);
-                return ps_cfg_bad(x, p, "\"%s\" is the name of experiments[%lld]'s table of top activations; choose another",
-                                  t->name, (long long)i);
-            }
     }
     return 0;
 }

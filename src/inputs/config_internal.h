@@ -49,6 +49,11 @@ int ps_cfg_load_ablation(ps_cfg_ctx *x, const cJSON *obj, const char *p, ps_expe
 void ps_cfg_ablation_free(ps_experiment *ex);
 // Appends one "reference_means" experiment per mean-ablating experiment (after all of them, so the indices in
 // messages stay the config's).
+// A table the loader adds beside experiments[parent] (room for it already allocated in c->experiments): named
+// parent's name + suffix, of kind `kind`, zeroed otherwise; NULL with x's error set when out of memory or when
+// one of the first n0 experiments already has that name (the message calls the table one "of <what>").
+ps_experiment *ps_cfg_add_derived(ps_cfg_ctx *x, ps_config *c, int64_t n0, int64_t parent, const char *suffix, const char *kind,
+                                  const char *what);
 int ps_cfg_add_means_tables(ps_cfg_ctx *x, ps_config *c);
 
 // The analyses' kinds and edge_attribution (config_analysis.c): the keys after name and kind.
