@@ -143,17 +143,57 @@ static uint64_t xorshift64s(uint64_t *s) {
     return *s * 0x2545F4914F6CDD1Dull;
 }
 
-// Runs one cache row per prompt of set ps (clean or corrupted tokens) into caches (owned by the caller).
+// Prompts per backend call of the runs that record caches (and of the means' rows) unless batch_rows says: fixed
+// blocks by prompt index, so the numbers do not depend on timing or memory.
+#define PS_ABL_BLOCK 32
+
+int64_t ps_abl_block(const ps_ablator *a) { return a->batch_rows > 0 ? a->batch_rows : PS_ABL_BLOCK; }
+
+// Runs every prompt `which` names (NULL: 0..n) of ps into caches[0..n), blocks of ps_abl_block prompts a call, each
+// with the patches of `set` (NULL: none; heads_only as ps_abl_build_patches; with heads_only no resample/corrupted
+// sources), clean or corrupted tokens. reuse: the caches are initialised (for these prompts' lengths) and are
+// overwritten; else they are initialised here. On error none is held (reused ones are freed too).
+static int run_rows(const ps_ablator *a, const ps_prompt_set *ps, const int64_t *which, int64_t n, int corrupted, const ps_abl_set *set,
+                    int heads_only, int reuse, ps_cache *caches, ps_error *e) {
+    const ps_model_config *mc = &a->m->cfg;
+    const int64_t blk = ps_abl_block(a), bound = set ? ps_abl_patch_bound(mc, set, ps->T_max) : 0;
+    ps_row *rows = calloc((size_t)blk, sizeof *rows);
+    ps_patch *patches = bound ? malloc((size_t)(blk * bound) * sizeof *patches) : NULL;
+    int rc = rows && (!bound || patches) ? 0 : ps_fail(e, PS_EXIT_RUNTIME, "out of memory for ablation runs");
+    int64_t held = reuse ? n : 0;
+    const ps_rows_opts ro = {.naive = 1, .batch_rows = blk};
+    for (int64_t i0 = 0; rc == 0 && i0 < n; i0 += blk) {
+        const int64_t nb = n - i0 < blk ? n - i0 : blk;
+        for (int64_t b = 0; rc == 0 && b < nb; b++) {
+            const int64_t i = which ? which[i0 + b] : i0 + b;
+            const ps_prompt *p = &ps->p[i];
+            if (!reuse) {
+                if (ps_cache_init(&caches[i0 + b], mc, p->T, 0, e) != 0) { rc = -1; break; }
+                held = i0 + b + 1;
+            }
+            rows[b] = (ps_row){.tokens = corrupted ? p->corrupted : p->clean, .T = p->T, .cache = &caches[i0 + b]};
+            if (!set) continue;
+            const int64_t g = !heads_only && a->group_of && a->means && a->means->group == PS_GROUP_PER_TEMPLATE_POSITION ? a->group_of[i] : 0;
+            const int64_t np = ps_abl_build_patches(a, set, p, g, !heads_only && a->src ? &a->src[i] : NULL, heads_only, patches + b * bound);
+            if (np < 0) rc = ps_fail(e, PS_EXIT_BADINPUT, "prompt %lld: too long for an ablation row", (long long)i);
+            rows[b].patches = patches + b * bound;
+            rows[b].n_patches = np < 0 ? 0 : np;
+        }
+        if (rc == 0) rc = ps_engine_rows(a->m, a->be, rows, nb, &ro, NULL, e);
+    }
+    free(rows);
+    free(patches);
+    if (rc != 0)
+        for (int64_t i = 0; i < held; i++) {
+            if (a->be->release_cache) a->be->release_cache(a->be, &caches[i]);
+            ps_cache_free(&caches[i]);
+        }
+    return rc;
+}
+
 static int run_caches(const ps_ablator *a, const ps_prompt_set *ps, const int64_t *which, int64_t n, int corrupted,
                       ps_cache *caches, ps_error *e) {
-    const ps_rows_opts ro = {.naive = 1};
-    for (int64_t i = 0; i < n; i++) {
-        const ps_prompt *p = &ps->p[which ? which[i] : i];
-        if (ps_cache_init(&caches[i], &a->m->cfg, p->T, 0, e) != 0) return -1;
-        ps_row r = {.tokens = corrupted ? p->corrupted : p->clean, .T = p->T, .cache = &caches[i]};
-        if (ps_engine_rows(a->m, a->be, &r, 1, &ro, NULL, e) != 0) return -1;
-    }
-    return 0;
+    return run_rows(a, ps, which, n, corrupted, NULL, 0, 0, caches, e);
 }
 
 int ps_abl_resample_draws(const ps_prompt_set *ps, const ps_prompt_set *ref, uint64_t seed, const char *where, int64_t *from,
@@ -278,35 +318,13 @@ int ps_ablator_score(ps_ablator *a, const ps_abl_set *sets, int64_t n_sets, floa
     return rc;
 }
 
-// Every prompt of ps run with set's patches (heads_only: only its head ablations, the reference runs; else all,
-// from the ablator's own prompts' sources) into caches (ps->n). On error none is held.
-static int run_set(const ps_ablator *a, const ps_prompt_set *ps, const ps_abl_set *set, int heads_only, ps_cache *caches, ps_error *e) {
-    const int64_t bound = ps_abl_patch_bound(&a->m->cfg, set, ps->T_max);
-    ps_patch *patches = malloc((size_t)bound * sizeof *patches);
-    if (!patches) return ps_fail(e, PS_EXIT_RUNTIME, "out of memory for ablation runs");
-    int64_t done = 0;
-    int rc = 0;
-    const ps_rows_opts ro = {.naive = 1};
-    for (; rc == 0 && done < ps->n; done++) {
-        const ps_prompt *p = &ps->p[done];
-        const int64_t g = !heads_only && a->group_of && a->means && a->means->group == PS_GROUP_PER_TEMPLATE_POSITION ? a->group_of[done] : 0;
-        if (ps_cache_init(&caches[done], &a->m->cfg, p->T, 0, e) != 0) { rc = -1; break; }
-        const int64_t np = ps_abl_build_patches(a, set, p, g, !heads_only && a->src ? &a->src[done] : NULL, heads_only, patches);
-        ps_row r = {.tokens = p->clean, .T = p->T, .cache = &caches[done], .patches = patches, .n_patches = np < 0 ? 0 : np};
-        if (np < 0) rc = ps_fail(e, PS_EXIT_BADINPUT, "prompt %lld: too long for an ablation row", (long long)done);
-        else rc = ps_engine_rows(a->m, a->be, &r, 1, &ro, NULL, e);
-    }   // on a failed row the loop's increment still counts its (initialised) cache
-    free(patches);
-    if (rc != 0)
-        for (int64_t i = 0; i < done; i++) {
-            if (a->be->release_cache) a->be->release_cache(a->be, &caches[i]);
-            ps_cache_free(&caches[i]);
-        }
-    return rc;
+int ps_abl_run_set(const ps_ablator *a, const ps_prompt_set *ps, const ps_abl_set *set, int heads_only, int reuse, ps_cache *caches,
+                   ps_error *e) {
+    return run_rows(a, ps, NULL, ps->n, 0, set, heads_only, reuse, caches, e);
 }
 
 int ps_ablator_runs(const ps_ablator *a, const ps_abl_set *set, ps_cache *caches, ps_error *e) {
-    return run_set(a, a->ps, set, 0, caches, e);
+    return ps_abl_run_set(a, a->ps, set, 0, 0, caches, e);
 }
 
 ps_abl_scores ps_abl_scores_of(const ps_ablator *a, const float *values) {
@@ -338,7 +356,7 @@ int ps_ablator_mlp_means_under_from(const ps_ablator *a, const ps_prompt_set *re
     under_ctx u = {a, keep};
     const ps_means_base mb = {ref_base, from_layer, below};
     if (ps_means_accumulate(a->m, a->be, ref, NULL, sites, under_patches, &u, ps_abl_patch_bound(&a->m->cfg, keep, ref->T_max),
-                            ref_base ? &mb : NULL, "reference", out, e) != 0) {
+                            ref_base ? &mb : NULL, ps_abl_block(a), "reference", out, e) != 0) {
         ps_ref_means_free(out);
         return -1;
     }
@@ -351,5 +369,5 @@ int ps_ablator_mlp_means_under(const ps_ablator *a, const ps_prompt_set *ref, co
 }
 
 int ps_ablator_ref_runs(const ps_ablator *a, const ps_prompt_set *ref, const ps_abl_set *keep, ps_cache *caches, ps_error *e) {
-    return run_set(a, ref, keep, 1, caches, e);
+    return ps_abl_run_set(a, ref, keep, 1, 0, caches, e);
 }

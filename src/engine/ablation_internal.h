@@ -14,15 +14,26 @@ int64_t ps_abl_patch_bound(const ps_model_config *mc, const ps_abl_set *set, int
 int64_t ps_abl_build_patches(const ps_ablator *a, const ps_abl_set *set, const ps_prompt *p, int64_t g, const ps_cache *src,
                              int heads_only, ps_patch *out);
 
+// Prompts per backend call of the runs that record caches and of the means' rows: a->batch_rows, else 32.
+int64_t ps_abl_block(const ps_ablator *a);
+
+// Every prompt of ps run with set's patches (heads_only: only its head ablations, the reference runs; else all,
+// from the ablator's own prompts' sources) into caches (ps->n), ps_abl_block prompts a backend call. reuse: the
+// caches are initialised for these prompts (a previous run's, overwritten); else initialised here. On error none
+// is held (reused ones freed too).
+int ps_abl_run_set(const ps_ablator *a, const ps_prompt_set *ps, const ps_abl_set *set, int heads_only, int reuse, ps_cache *caches,
+                   ps_error *e);
+
 // Means over ref's prompts of the sites in `sites` (bits 1 << PS_MS_*), each run with the patches
 // patch_fn writes for it (NULL: none; the count returned, -1 = error). out->group, n_groups set by the caller.
 // mb (NULL: every row a full forward): runs of the reference prompts (base, (ref->n)) whose patches equal
 // patch_fn's below from_layer, and their means (below, with the same sites): layers below from_layer are
-// below's, the others are taken from rows that start where their patches first change base.
+// below's, the others are taken from rows that start where their patches first change base. batch: prompts per
+// backend call (0: 32), fixed blocks by index.
 typedef int64_t (*ps_means_patch_fn)(void *ctx, int64_t i, const ps_prompt *p, ps_patch *out, int64_t cap);
 typedef struct { const ps_cache *base; int64_t from_layer; const ps_ref_means *below; } ps_means_base;
 int ps_means_accumulate(const ps_model *m, ps_backend *be, const ps_prompt_set *ref, const int64_t *group_of,
                         unsigned sites, ps_means_patch_fn patch_fn, void *ctx, int64_t patch_cap, const ps_means_base *mb,
-                        const char *where, ps_ref_means *out, ps_error *e);
+                        int64_t batch, const char *where, ps_ref_means *out, ps_error *e);
 
 #endif

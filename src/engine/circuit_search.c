@@ -19,14 +19,19 @@ typedef struct {
     float *values;                // (k, n_prompts)
     ps_search_result *out;
     int64_t cap_steps;
-    // The current circuit's runs (a->base while set) and its MLP means under its head ablation: rebuilt after a
-    // removal. A candidate differs from the circuit from its own layer on, so its rows start there, and an MLP
-    // candidate leaves the head set, and so those means, as they are.
-    ps_cache *base;               // (n_prompts) NULL when they would not fit the budget
+    // The current circuit's runs (a->base while set) and its MLP means under its head ablation, each rebuilt only
+    // when a set reads it. A candidate differs from the circuit from its own layer on, so its rows start there;
+    // an MLP removal leaves the head set, and so the reference runs and those means, as they are; a head removal
+    // at layer l leaves the means of the layers below l as they are. Sets read the MLP means only of the MLP
+    // layers they ablate: while the circuit keeps every MLP at and above a head candidate's layer, its means
+    // are not needed.
+    ps_cache *base;               // (n_prompts) NULL when they would not fit the budget; allocated once, re-run in place
     ps_cache *ref_base;           // (ref->n) the reference prompts under the circuit's head ablation (mlp_means_under_heads)
-    int base_ok;
+    int base_init, ref_init;      // the caches are allocated
+    int base_ok, ref_ok;          // they hold the current circuit's runs
     ps_ref_means cur_mm;
     int cur_mm_ok;
+    int64_t mm_valid;             // cur_mm's layers [0, mm_valid) are the current circuit's
 } search;
 
 // Bytes of base runs the search holds at most unless told (beyond them rows run from the embedding). The
@@ -47,42 +52,87 @@ static int64_t circuit_set(const search *s, int drop_kind, int64_t dl, int64_t d
     return n;
 }
 
-static void drop_current(search *s) {
-    if (s->base_ok)
-        for (int64_t i = 0; i < s->a->ps->n; i++) {
-            if (s->a->be->release_cache) s->a->be->release_cache(s->a->be, &s->base[i]);
-            ps_cache_free(&s->base[i]);
-        }
-    for (int64_t i = 0; s->base_ok && s->ref_base && i < s->o->ref->n; i++) {
-        if (s->a->be->release_cache) s->a->be->release_cache(s->a->be, &s->ref_base[i]);
-        ps_cache_free(&s->ref_base[i]);
-    }
+static void release(search *s, ps_cache *c, int64_t n) {
+    for (int64_t i = 0; s->a->be->release_cache && i < n; i++) s->a->be->release_cache(s->a->be, &c[i]);
+}
+
+// A removal (kind -1: the end): the runs it changes are stale (their device copies released; the host memory
+// is kept for the next runs).
+static void drop_current(search *s, int kind, int64_t layer) {
+    if (s->base_ok) release(s, s->base, s->a->ps->n);
     s->base_ok = 0;
     s->a->base = NULL;
+    if (kind != PS_COMP_MLP) {
+        if (s->ref_ok) release(s, s->ref_base, s->o->ref->n);
+        s->ref_ok = 0;
+        if (layer < s->mm_valid) s->mm_valid = layer < 0 ? 0 : layer;
+    }
+}
+
+static void free_runs(search *s) {
+    drop_current(s, -1, -1);
+    for (int64_t i = 0; s->base_init && i < s->a->ps->n; i++) ps_cache_free(&s->base[i]);
+    for (int64_t i = 0; s->ref_init && i < s->o->ref->n; i++) ps_cache_free(&s->ref_base[i]);
+    s->base_init = s->ref_init = 0;
     if (s->cur_mm_ok) ps_ref_means_free(&s->cur_mm);
     s->cur_mm_ok = 0;
 }
 
-// The current circuit's MLP means (under its head ablation) and runs, when missing.
-static int need_current(search *s, ps_error *e) {
+// 1 when the circuit without `cand` (NULL: the circuit) mean-ablates layer m's MLP, i.e. reads its mean.
+static int mlp_read(const search *s, const ps_component *cand, int64_t m) {
+    return !s->mlp[m] || (cand && cand->kind == PS_COMP_MLP && cand->layer == m);
+}
+
+// 1 + the highest layer in [0, below) whose MLP mean that set reads; 0 when none.
+static int64_t mlp_read_end(const search *s, const ps_component *cand, int64_t below) {
+    for (int64_t m = below; m > 0; m--)
+        if (mlp_read(s, cand, m - 1)) return m;
+    return 0;
+}
+
+// The current circuit's MLP means, valid at least for layers [0, upto) (0: none needed).
+static int need_mm(search *s, int64_t upto, ps_error *e) {
+    if (!s->o->mlp_means_under_heads || upto <= 0 || (s->cur_mm_ok && upto <= s->mm_valid)) return 0;
+    if (s->cur_mm_ok) ps_ref_means_free(&s->cur_mm);
+    s->cur_mm_ok = 0;
     const int64_t per_set = s->L * s->H + s->L;
     ps_component *c = s->comps + 63 * per_set;   // the last slot: a batch uses at most 63 others
-    ps_abl_set set = {.c = c, .n = circuit_set(s, -1, -1, -1, c), .keep = 1};
-    if (s->o->mlp_means_under_heads && !s->cur_mm_ok) {
-        if (ps_ablator_mlp_means_under(s->a, s->o->ref, &set, &s->cur_mm, e) != 0) return -1;
-        s->cur_mm_ok = 1;
-    }
-    set.mlp_means = s->cur_mm_ok ? &s->cur_mm : NULL;
+    const ps_abl_set set = {.c = c, .n = circuit_set(s, -1, -1, -1, c), .keep = 1};
+    if (ps_ablator_mlp_means_under(s->a, s->o->ref, &set, &s->cur_mm, e) != 0) return -1;
+    s->cur_mm_ok = 1;
+    s->mm_valid = s->L;
+    return 0;
+}
+
+// The current circuit's runs of the scored prompts (and their MLP means), when missing.
+static int need_current(search *s, ps_error *e) {
+    if (need_mm(s, mlp_read_end(s, NULL, s->L), e) != 0) return -1;
     if (s->base && !s->base_ok) {
+        const int64_t per_set = s->L * s->H + s->L;
+        ps_component *c = s->comps + 63 * per_set;
+        const ps_abl_set set = {.c = c, .n = circuit_set(s, -1, -1, -1, c), .keep = 1, .mlp_means = s->cur_mm_ok ? &s->cur_mm : NULL};
         s->a->base = NULL;
-        if (ps_ablator_runs(s->a, &set, s->base, e) != 0) return -1;
-        if (s->ref_base && ps_ablator_ref_runs(s->a, s->o->ref, &set, s->ref_base, e) != 0) {
-            for (int64_t i = 0; i < s->a->ps->n; i++) ps_cache_free(&s->base[i]);
+        if (ps_abl_run_set(s->a, s->a->ps, &set, 0, s->base_init, s->base, e) != 0) {
+            s->base_init = 0;   // run_set freed them
             return -1;
         }
-        s->base_ok = 1;
+        s->base_init = s->base_ok = 1;
     }
     s->a->base = s->base_ok ? s->base : NULL;
+    return 0;
+}
+
+// The reference prompts' runs under the current circuit's head ablation, when missing.
+static int need_ref(search *s, ps_error *e) {
+    if (!s->ref_base || s->ref_ok) return 0;
+    const int64_t per_set = s->L * s->H + s->L;
+    ps_component *c = s->comps + 63 * per_set;
+    const ps_abl_set set = {.c = c, .n = circuit_set(s, -1, -1, -1, c), .keep = 1};
+    if (ps_abl_run_set(s->a, s->o->ref, &set, 1, s->ref_init, s->ref_base, e) != 0) {
+        s->ref_init = 0;
+        return -1;
+    }
+    s->ref_init = s->ref_ok = 1;
     return 0;
 }
 
@@ -96,22 +146,29 @@ static int score_candidates(search *s, const ps_component *cands, int64_t k, dou
         ps_component *c = s->comps + j * per_set;
         const int64_t nc = circuit_set(s, (int)cands[j].kind, cands[j].layer, cands[j].index, c);
         sets[j] = (ps_abl_set){.c = c, .n = nc, .keep = 1};
-        if (s->o->mlp_means_under_heads && cands[j].kind == PS_COMP_MLP) sets[j].mlp_means = &s->cur_mm;   // same heads
-        else if (s->o->mlp_means_under_heads) {
-            // seqcont's add_ablation_hook_MLP_head takes the MLP means with the set's heads hooked.
-            // From the circuit's reference runs when held: a head of layer l changes the MLP means from layer l on.
-            const int rc = s->base_ok && s->ref_base
-                               ? ps_ablator_mlp_means_under_from(s->a, s->o->ref, &sets[j], s->ref_base, cands[j].layer, &s->cur_mm,
-                                                                 &s->mlp_means[j], e)
-                               : ps_ablator_mlp_means_under(s->a, s->o->ref, &sets[j], &s->mlp_means[j], e);
-            if (rc != 0) {
-                for (int64_t i = 0; i < j; i++)
-                    if (own[i]) ps_ref_means_free(&s->mlp_means[i]);
-                return -1;
-            }
-            own[j] = 1;
-            sets[j].mlp_means = &s->mlp_means[j];
+        if (!s->o->mlp_means_under_heads) continue;
+        // An MLP candidate keeps the circuit's heads, so its MLP means are the circuit's; so are a head candidate's
+        // below its layer (a head of layer l changes the MLP means from layer l on).
+        const int64_t from = cands[j].kind == PS_COMP_MLP ? s->L : cands[j].layer;
+        if (mlp_read_end(s, &cands[j], s->L) <= from) {
+            if (need_mm(s, mlp_read_end(s, &cands[j], from), e) != 0) goto fail;
+            sets[j].mlp_means = s->cur_mm_ok ? &s->cur_mm : NULL;
+            continue;
         }
+        // seqcont's add_ablation_hook_MLP_head takes the MLP means with the set's heads hooked: from the circuit's
+        // reference runs when held (rows from the candidate's layer; the layers below copied from the circuit's means
+        // where those are valid, else captured from the runs).
+        int rc = need_ref(s, e);
+        if (rc == 0 && s->ref_ok) {
+            const int below = s->cur_mm_ok && from <= s->mm_valid;
+            rc = ps_ablator_mlp_means_under_from(s->a, s->o->ref, &sets[j], s->ref_base, below ? from : 0, below ? &s->cur_mm : NULL,
+                                                 &s->mlp_means[j], e);
+        } else if (rc == 0) {
+            rc = ps_ablator_mlp_means_under(s->a, s->o->ref, &sets[j], &s->mlp_means[j], e);
+        }
+        if (rc != 0) goto fail;
+        own[j] = 1;
+        sets[j].mlp_means = &s->mlp_means[j];
     }
     int rc = ps_ablator_score(s->a, sets, k, s->values, e);
     for (int64_t j = 0; j < k; j++) {
@@ -120,6 +177,10 @@ static int score_candidates(search *s, const ps_component *cands, int64_t k, dou
     }
     s->out->candidates_scored += k;
     return rc;
+fail:
+    for (int64_t i = 0; i < k; i++)
+        if (own[i]) ps_ref_means_free(&s->mlp_means[i]);
+    return -1;
 }
 
 static int add_step(search *s, const ps_search_step *st, ps_error *e) {
@@ -176,7 +237,7 @@ static int run_pass(search *s, int64_t pass, int backward, double *current, ps_e
                 // The removal takes effect at once: the rest of this batch assumed it had not.
                 if (cand[i + j].kind == PS_COMP_HEAD) s->head[cand[i + j].layer * H + cand[i + j].index] = 0;
                 else s->mlp[cand[i + j].layer] = 0;
-                drop_current(s);
+                drop_current(s, (int)cand[i + j].kind, cand[i + j].layer);
                 *current = score[j];
                 changed = 1;
                 j++;
@@ -236,7 +297,7 @@ int ps_circuit_search(ps_ablator *a, const ps_search_opts *o, ps_search_result *
         if (rc == 0) rc = ps_ablator_score(a, &set, 1, s.values, e);
         if (rc == 0) out->final_score = ps_abl_scores_of(a, s.values).circuit_score;
     }
-    drop_current(&s);
+    free_runs(&s);
     free(s.base);
     free(s.ref_base);
     free(s.comps); free(s.mlp_means); free(s.values);

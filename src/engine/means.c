@@ -30,7 +30,7 @@ void ps_ref_means_free(ps_ref_means *rm) {
 
 int ps_means_accumulate(const ps_model *m, ps_backend *be, const ps_prompt_set *ref, const int64_t *group_of,
                         unsigned sites, ps_means_patch_fn patch_fn, void *ctx, int64_t patch_cap, const ps_means_base *mb,
-                        const char *where, ps_ref_means *out, ps_error *e) {
+                        int64_t batch, const char *where, ps_ref_means *out, ps_error *e) {
     const ps_model_config *mc = &m->cfg;
     const int64_t L = mc->n_layers, G = out->n_groups > 0 ? out->n_groups : 1;
     const int per_pos = out->group != PS_GROUP_ALL_POSITIONS;
@@ -83,7 +83,7 @@ int ps_means_accumulate(const ps_model *m, ps_backend *be, const ps_prompt_set *
     // Rows in small batches capturing only the sites wanted at layers >= from (no whole activation caches: the
     // search takes these means once per candidate). From a base, rows start where their patches first change
     // the base run; without one they are full forwards.
-    enum { BATCH = 32 };
+    const int64_t BATCH = batch > 0 ? batch : 32;
     const int64_t from = mb ? mb->from_layer : 0;
     int n_sites = 0;
     for (int s = 0; s < PS_MS_COUNT; s++) n_sites += (sites >> s) & 1;
@@ -91,12 +91,12 @@ int ps_means_accumulate(const ps_model *m, ps_backend *be, const ps_prompt_set *
     size_t cap_floats = 0;
     for (int s = 0; s < PS_MS_COUNT; s++)
         if (sites & (1u << s)) cap_floats += (size_t)((L - from) * ref->T_max * out->width[s]);
-    ps_row rows_[BATCH];
+    ps_row *rows_ = malloc((size_t)BATCH * sizeof *rows_);
     ps_patch *patches = patch_cap > 0 ? malloc((size_t)(BATCH * patch_cap) * sizeof *patches) : NULL;
     ps_capture *caps = malloc((size_t)(BATCH * (n_cap ? n_cap : 1)) * sizeof *caps);
     float *cap_buf = malloc((size_t)BATCH * (cap_floats ? cap_floats : 1) * sizeof(float));
     int rc = 0;
-    if ((patch_cap > 0 && !patches) || !caps || !cap_buf) rc = ps_fail(e, PS_EXIT_RUNTIME, "out of memory for reference means");
+    if ((patch_cap > 0 && !patches) || !caps || !cap_buf || !rows_) rc = ps_fail(e, PS_EXIT_RUNTIME, "out of memory for reference means");
     for (int64_t i0 = 0; rc == 0 && i0 < ref->n; i0 += BATCH) {
         const int64_t nb = ref->n - i0 < BATCH ? ref->n - i0 : BATCH;
         for (int64_t b = 0; b < nb && rc == 0; b++) {
@@ -140,6 +140,7 @@ int ps_means_accumulate(const ps_model *m, ps_backend *be, const ps_prompt_set *
             }
         }
     }
+    free(rows_);
     free(patches);
     free(caps);
     free(cap_buf);
@@ -173,7 +174,7 @@ int ps_ref_means_compute(const ps_model *m, ps_backend *be, const ps_prompt_set 
     out->n_groups = group == PS_GROUP_PER_TEMPLATE_POSITION ? n_groups : 1;
     if (group != PS_GROUP_PER_TEMPLATE_POSITION) group_of = NULL;
     const unsigned all = (1u << PS_MS_Z) | (1u << PS_MS_MLP_OUT) | (1u << PS_MS_MLP_POST);
-    if (ps_means_accumulate(m, be, ref, group_of, all, NULL, NULL, 0, NULL, where, out, e) != 0) {
+    if (ps_means_accumulate(m, be, ref, group_of, all, NULL, NULL, 0, NULL, 0, where, out, e) != 0) {
         ps_ref_means_free(out);
         return -1;
     }
