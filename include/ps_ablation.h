@@ -168,7 +168,8 @@ typedef struct {
                                  // the result does not depend on it
     size_t base_budget;          // bytes of the current circuit's runs held to start rows at their layer (0: 2 GiB)
     const ps_prompt_set *ref;    // the reference prompts (for mlp_means_under_heads)
-    int naive;                   // 1: every row and reference run from the embedding (no base runs; the oracle)
+    int naive;                   // 1: every row and reference run from the embedding, every set's MLP means afresh (no base runs,
+                                 // nothing reused or skipped; the oracle)
 } ps_search_opts;
 
 typedef struct {

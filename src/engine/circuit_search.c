@@ -92,7 +92,8 @@ static int64_t mlp_read_end(const search *s, const ps_component *cand, int64_t b
 
 // The current circuit's MLP means, valid at least for layers [0, upto) (0: none needed).
 static int need_mm(search *s, int64_t upto, ps_error *e) {
-    if (!s->o->mlp_means_under_heads || upto <= 0 || (s->cur_mm_ok && upto <= s->mm_valid)) return 0;
+    if (s->o->naive) upto = s->L;   // the oracle: the circuit's means afresh each time, every layer
+    if (!s->o->mlp_means_under_heads || upto <= 0 || (s->cur_mm_ok && upto <= s->mm_valid && !s->o->naive)) return 0;
     if (s->cur_mm_ok) ps_ref_means_free(&s->cur_mm);
     s->cur_mm_ok = 0;
     const int64_t per_set = s->L * s->H + s->L;
@@ -147,6 +148,13 @@ static int score_candidates(search *s, const ps_component *cands, int64_t k, dou
         const int64_t nc = circuit_set(s, (int)cands[j].kind, cands[j].layer, cands[j].index, c);
         sets[j] = (ps_abl_set){.c = c, .n = nc, .keep = 1};
         if (!s->o->mlp_means_under_heads) continue;
+        // The oracle: every set's MLP means from full reference runs under its own heads, read or not (seqcont's way).
+        if (s->o->naive) {
+            if (ps_ablator_mlp_means_under(s->a, s->o->ref, &sets[j], &s->mlp_means[j], e) != 0) goto fail;
+            own[j] = 1;
+            sets[j].mlp_means = &s->mlp_means[j];
+            continue;
+        }
         // An MLP candidate keeps the circuit's heads, so its MLP means are the circuit's; so are a head candidate's
         // below its layer (a head of layer l changes the MLP means from layer l on).
         const int64_t from = cands[j].kind == PS_COMP_MLP ? s->L : cands[j].layer;
