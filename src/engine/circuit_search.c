@@ -165,10 +165,10 @@ static int score_candidates(search *s, const ps_component *cands, int64_t k, dou
         }
         // seqcont's add_ablation_hook_MLP_head takes the MLP means with the set's heads hooked: from the circuit's
         // reference runs when held (rows from the candidate's layer; the layers below copied from the circuit's means
-        // where those are valid, else captured from the runs).
+        // when those are valid where the set reads them, else captured from the runs).
         int rc = need_ref(s, e);
         if (rc == 0 && s->ref_ok) {
-            const int below = s->cur_mm_ok && from <= s->mm_valid;
+            const int below = s->cur_mm_ok && mlp_read_end(s, &cands[j], from) <= s->mm_valid;
             rc = ps_ablator_mlp_means_under_from(s->a, s->o->ref, &sets[j], s->ref_base, below ? from : 0, below ? &s->cur_mm : NULL,
                                                  &s->mlp_means[j], e);
         } else if (rc == 0) {
