@@ -56,7 +56,13 @@ typedef struct ps_producer {
     // The others: after the last chunk.
     int (*once)(ps_producer_ctx *cx, ps_product *const *items, int64_t n, ps_error *e);
     void (*free_state)(void *state);
+    // Which of a chunk's baseline caches an experiment's chunk() reads: PS_READS_CLEAN | PS_READS_CORRUPTED.
+    // NULL: both. When no experiment of the run reads one, that run's baselines are computed without a cache
+    // (their logits and metrics only): the analyses read the clean run alone.
+    unsigned (*reads)(const ps_experiment *ex);
 } ps_producer;
+
+enum { PS_READS_CLEAN = 1, PS_READS_CORRUPTED = 2 };
 
 // The producer of a kind; NULL when there is none.
 const ps_producer *ps_producer_for(const char *kind);

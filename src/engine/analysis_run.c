@@ -16,6 +16,9 @@ static const ps_cache *run_of(const ps_product *p, const ps_chunk *ch, int64_t i
     return p->ex->run_corrupted ? &ch->corrupted[i] : &ch->clean[i];
 }
 
+// The baseline cache a read-out reads: its run's ("run": "corrupted" or the clean one).
+static unsigned reads_run(const ps_experiment *ex) { return ex->run_corrupted ? PS_READS_CORRUPTED : PS_READS_CLEAN; }
+
 static int note_run(ps_product *p, ps_error *e) {
     return ps_table_attr_str(p->t, "run", p->ex->run_corrupted ? "corrupted" : "clean", e);
 }
@@ -173,7 +176,11 @@ static int dla_chunk(ps_producer_ctx *cx, ps_product *const *items, int64_t n, c
     return 0;
 }
 
-const ps_producer ps_dla_producer = {.kind = "dla", .per_prompt = 1, .init = dla_init, .chunk = dla_chunk, .free_state = dla_free};
+// With "ablate" the ablated runs start from the clean baseline's cache (ps_ablator.base).
+static unsigned dla_reads(const ps_experiment *ex) { return ex->n_cells > 0 ? PS_READS_CLEAN : reads_run(ex); }
+
+const ps_producer ps_dla_producer = {.kind = "dla", .per_prompt = 1, .init = dla_init, .chunk = dla_chunk, .free_state = dla_free,
+                                     .reads = dla_reads};
 
 static int lens_init(const ps_model_config *mc, const ps_prompt_set *ps, ps_product *p, ps_error *e) {
     if (ps_lens_table_init(p->t, p->ex->name, mc, ps->n, p->ex->top_k, e) != 0) return -1;
@@ -188,7 +195,7 @@ static int lens_chunk(ps_producer_ctx *cx, ps_product *const *items, int64_t n, 
     return metric_chunk(cx, items, n, ch, lens_row, e);
 }
 
-const ps_producer ps_logit_lens_producer = {.kind = "logit_lens", .per_prompt = 1, .init = lens_init, .chunk = lens_chunk};
+const ps_producer ps_logit_lens_producer = {.kind = "logit_lens", .per_prompt = 1, .init = lens_init, .chunk = lens_chunk, .reads = reads_run};
 
 // ---- attention -------------------------------------------------------------------------------------------
 
@@ -242,7 +249,7 @@ static int att_chunk(ps_producer_ctx *cx, ps_product *const *items, int64_t n, c
     return 0;
 }
 
-const ps_producer ps_attention_producer = {.kind = "attention", .per_prompt = 1, .init = att_init, .chunk = att_chunk};
+const ps_producer ps_attention_producer = {.kind = "attention", .per_prompt = 1, .init = att_init, .chunk = att_chunk, .reads = reads_run};
 
 // ---- ov_scores -------------------------------------------------------------------------------------------
 // Not per prompt: each member token is run alone (after the prompts' BOS when they have one), or the clean
@@ -475,7 +482,7 @@ static int nrn_chunk(ps_producer_ctx *cx, ps_product *const *items, int64_t n, c
     return 0;
 }
 
-const ps_producer ps_neurons_producer = {.kind = "neurons", .per_prompt = 1, .init = nrn_init, .chunk = nrn_chunk};
+const ps_producer ps_neurons_producer = {.kind = "neurons", .per_prompt = 1, .init = nrn_init, .chunk = nrn_chunk, .reads = reads_run};
 
 static int top_init(const ps_model_config *mc, const ps_prompt_set *ps, ps_product *p, ps_error *e) {
     (void)ps;
