@@ -51,7 +51,9 @@ typedef struct ps_producer {
     // field), lays out p->t (ps_table_init: NaN values) and may set p->state. Runs without a backend: resume
     // and merge lay out tables this way.
     int (*init)(const ps_model_config *mc, const ps_prompt_set *ps, ps_product *p, ps_error *e);
-    // Per-prompt producers: every experiment of this kind at once (n items), for one chunk.
+    // Per-prompt producers: every experiment of this kind at once (n items), for one chunk. A producer that is not
+    // per prompt may also read each chunk's runs here (NULL: none), for its once(); the prompts a chunk skips
+    // (resumed, another shard's) are then its own to run.
     int (*chunk)(ps_producer_ctx *cx, ps_product *const *items, int64_t n, const ps_chunk *ch, ps_error *e);
     // The others: after the last chunk.
     int (*once)(ps_producer_ctx *cx, ps_product *const *items, int64_t n, ps_error *e);

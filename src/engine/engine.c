@@ -201,7 +201,7 @@ int ps_engine_run(const ps_model *m, ps_backend *be, const ps_prompt_set *ps, co
     unsigned reads = 0;
     for (int64_t s = 0; s < out->n_products; s++) {
         const ps_product *p = &out->products[s];
-        if (p->pr->per_prompt) reads |= p->pr->reads ? p->pr->reads(p->ex) : PS_READS_CLEAN | PS_READS_CORRUPTED;
+        if (p->pr->chunk) reads |= p->pr->reads ? p->pr->reads(p->ex) : PS_READS_CLEAN | PS_READS_CORRUPTED;
     }
     const size_t cached_runs = (size_t)(!!(reads & PS_READS_CLEAN) + !!(reads & PS_READS_CORRUPTED));
     int rc = 0;
@@ -234,7 +234,7 @@ int ps_engine_run(const ps_model *m, ps_backend *be, const ps_prompt_set *ps, co
             const int64_t done_after = c.done + per_prompt_cells * nc;
             for (int64_t k = 0; rc == 0 && k < g.n_groups; k++) {
                 ps_product *const *items = g.items + g.first[k];
-                if (items[0]->pr->per_prompt) rc = items[0]->pr->chunk(&c, items, g.first[k + 1] - g.first[k], &ch, e);
+                if (items[0]->pr->chunk) rc = items[0]->pr->chunk(&c, items, g.first[k + 1] - g.first[k], &ch, e);
             }
             if (c.done < done_after) c.done = done_after; // producers that count coarsely
             ps_producer_progress(&c, 0);

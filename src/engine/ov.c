@@ -29,22 +29,33 @@ int ps_ov_logits(const ps_model *m, const float *resid, int64_t n, int64_t l, in
         return ps_fail(e, PS_EXIT_RUNTIME, "ov_scores: out of memory");
     }
     float *o = x + C, *v = x + 2 * C;
+    // Double accumulators, each summed in index order; the loops run along the weights' rows (contiguous).
+    double *acc = malloc((size_t)(C > D ? C : D) * sizeof *acc);
+    if (!acc) {
+        free(x);
+        free(xs);
+        return ps_fail(e, PS_EXIT_RUNTIME, "ov_scores: out of memory");
+    }
     for (int64_t r = 0; r < n; r++) {
         const float *in = resid + r * C;
         if (gpt2) ps_cpu_layernorm(x, &scale, in, m->w.ln1_w + l * C, m->w.ln1_b + l * C, 1, C, mc->eps);
         else ps_cpu_rmsnorm(x, &scale, in, m->w.ln1_w + l * C, 1, C, mc->eps);
         // v (D) = x @ W_V[:, g*D:(g+1)*D] + b_V; w_v is (C, Hkv*D).
-        for (int64_t d = 0; d < D; d++) {
-            double a = gpt2 ? m->w.b_v[l * Hkv * D + g * D + d] : 0.0;
-            for (int64_t c = 0; c < C; c++) a += (double)x[c] * lw.w_v[c * Hkv * D + g * D + d];
-            v[d] = (float)a;
-        }
-        // o (C) = sign * v @ W_O[h*D:(h+1)*D, :]; w_o is (H*D, C).
+        for (int64_t d = 0; d < D; d++) acc[d] = gpt2 ? m->w.b_v[l * Hkv * D + g * D + d] : 0.0;
         for (int64_t c = 0; c < C; c++) {
-            double a = 0;
-            for (int64_t d = 0; d < D; d++) a += (double)v[d] * lw.w_o[(h * D + d) * C + c];
-            o[c] = (float)(sign * a);
+            const float *wr = lw.w_v + c * Hkv * D + g * D;
+            const double xc = x[c];
+            for (int64_t d = 0; d < D; d++) acc[d] += xc * wr[d];
         }
+        for (int64_t d = 0; d < D; d++) v[d] = (float)acc[d];
+        // o (C) = sign * v @ W_O[h*D:(h+1)*D, :]; w_o is (H*D, C).
+        for (int64_t c = 0; c < C; c++) acc[c] = 0;
+        for (int64_t d = 0; d < D; d++) {
+            const float *wr = lw.w_o + (h * D + d) * C;
+            const double vd = v[d];
+            for (int64_t c = 0; c < C; c++) acc[c] += vd * wr[c];
+        }
+        for (int64_t c = 0; c < C; c++) o[c] = (float)(sign * acc[c]);
         if (gpt2) ps_cpu_layernorm(xs + r * C, &scale, o, m->w.lnf_w, m->w.lnf_b, 1, C, mc->eps);
         else ps_cpu_rmsnorm(xs + r * C, &scale, o, m->w.lnf_w, 1, C, mc->eps);
     }
@@ -53,6 +64,7 @@ int ps_ov_logits(const ps_model *m, const float *resid, int64_t n, int64_t l, in
         for (int64_t t = 0; t < V; t++) logits[r * V + t] += m->w.b_u[t];
     free(x);
     free(xs);
+    free(acc);
     return 0;
 }
 
