@@ -11,7 +11,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-int ps_ov_logits(const ps_model *m, const float *resid, int64_t n, int64_t l, int64_t h, float sign, float *logits, ps_error *e) {
+// xn (n, C): rows after layer l's ln1 (ln1_rows). Fails only on a head outside the model or out of memory.
+static int ov_logits_normed(const ps_model *m, const float *xn, int64_t n, int64_t l, int64_t h, float sign, float *logits, ps_error *e) {
     const ps_model_config *mc = &m->cfg;
     const int64_t C = mc->d_model, D = mc->d_head, H = mc->n_heads, Hkv = mc->n_kv_heads, V = mc->d_vocab;
     if (l < 0 || l >= mc->n_layers || h < 0 || h >= H)
@@ -22,29 +23,23 @@ int ps_ov_logits(const ps_model *m, const float *resid, int64_t n, int64_t l, in
     const int gpt2 = mc->arch != PS_ARCH_LLAMA; // LayerNorm and biases: GPT-2 and GPT-NeoX
     const int64_t g = h / (H / Hkv);   // the key/value head query head h reads
     // xs (n, C): every row's normalized head output, unembedded by one GEMM (a GEMV per row is several times slower).
-    float *x = malloc((size_t)(2 * C + D) * sizeof *x), *xs = malloc((size_t)((n ? n : 1) * C) * sizeof *xs), scale;
-    if (!x || !xs) {
-        free(x);
-        free(xs);
-        return ps_fail(e, PS_EXIT_RUNTIME, "ov_scores: out of memory");
-    }
-    float *o = x + C, *v = x + 2 * C;
+    float *x = malloc((size_t)(C + D) * sizeof *x), *xs = malloc((size_t)((n ? n : 1) * C) * sizeof *xs), scale;
     // Double accumulators, each summed in index order; the loops run along the weights' rows (contiguous).
     double *acc = malloc((size_t)(C > D ? C : D) * sizeof *acc);
-    if (!acc) {
+    if (!x || !xs || !acc) {
         free(x);
         free(xs);
+        free(acc);
         return ps_fail(e, PS_EXIT_RUNTIME, "ov_scores: out of memory");
     }
+    float *o = x, *v = x + C;
     for (int64_t r = 0; r < n; r++) {
-        const float *in = resid + r * C;
-        if (gpt2) ps_cpu_layernorm(x, &scale, in, m->w.ln1_w + l * C, m->w.ln1_b + l * C, 1, C, mc->eps);
-        else ps_cpu_rmsnorm(x, &scale, in, m->w.ln1_w + l * C, 1, C, mc->eps);
+        const float *xr = xn + r * C;
         // v (D) = x @ W_V[:, g*D:(g+1)*D] + b_V; w_v is (C, Hkv*D).
         for (int64_t d = 0; d < D; d++) acc[d] = gpt2 ? m->w.b_v[l * Hkv * D + g * D + d] : 0.0;
         for (int64_t c = 0; c < C; c++) {
             const float *wr = lw.w_v + c * Hkv * D + g * D;
-            const double xc = x[c];
+            const double xc = xr[c];
             for (int64_t d = 0; d < D; d++) acc[d] += xc * wr[d];
         }
         for (int64_t d = 0; d < D; d++) v[d] = (float)acc[d];
@@ -66,6 +61,28 @@ int ps_ov_logits(const ps_model *m, const float *resid, int64_t n, int64_t l, in
     free(xs);
     free(acc);
     return 0;
+}
+
+// xn (n, C) = layer l's ln1 of each row of resid (a row at a time, as the forward pass normalizes).
+static void ln1_rows(const ps_model *m, const float *resid, int64_t n, int64_t l, float *xn) {
+    const ps_model_config *mc = &m->cfg;
+    const int64_t C = mc->d_model;
+    float scale;
+    for (int64_t r = 0; r < n; r++) {
+        if (mc->arch != PS_ARCH_LLAMA) ps_cpu_layernorm(xn + r * C, &scale, resid + r * C, m->w.ln1_w + l * C, m->w.ln1_b + l * C, 1, C, mc->eps);
+        else ps_cpu_rmsnorm(xn + r * C, &scale, resid + r * C, m->w.ln1_w + l * C, 1, C, mc->eps);
+    }
+}
+
+int ps_ov_logits(const ps_model *m, const float *resid, int64_t n, int64_t l, int64_t h, float sign, float *logits, ps_error *e) {
+    const ps_model_config *mc = &m->cfg;
+    if (l < 0 || l >= mc->n_layers) return ov_logits_normed(m, resid, 0, l, h, sign, logits, e);   // its message
+    float *xn = malloc((size_t)((n ? n : 1) * mc->d_model) * sizeof *xn);
+    if (!xn) return ps_fail(e, PS_EXIT_RUNTIME, "ov_scores: out of memory");
+    ln1_rows(m, resid, n, l, xn);
+    int rc = ov_logits_normed(m, xn, n, l, h, sign, logits, e);
+    free(xn);
+    return rc;
 }
 
 static const char *const ov_quantities[PS_OV_QUANTITIES] = {"copy_hit", "next_hit", "copy_rank", "next_rank"};
@@ -119,13 +136,6 @@ done:
     return rc;
 }
 
-// Rank of token `tok` in l (V): how many tokens have a larger logit (0 = top).
-static int64_t rank_of(const float *l, int64_t V, int64_t tok) {
-    int64_t r = 0;
-    for (int64_t v = 0; v < V; v++) r += l[v] > l[tok];
-    return r;
-}
-
 int ps_ov_fill(const ps_model *m, ps_table *t, const float *resid, int64_t n_rows, const int64_t *member_of, float sign, ps_error *e) {
     const ps_model_config *mc = &m->cfg;
     const int64_t V = mc->d_vocab;
@@ -133,27 +143,36 @@ int ps_ov_fill(const ps_model *m, ps_table *t, const float *resid, int64_t n_row
     const int64_t n = am->len - 1, top_k = aq->len - PS_OV_QUANTITIES, Q = aq->len;
     if (!member_of && n_rows != n) return ps_fail(e, PS_EXIT_RUNTIME, "ov_scores: %lld rows for %lld members", (long long)n_rows, (long long)n);
     float *lg = malloc((size_t)((n_rows + n) * V) * sizeof *lg);
+    float *xn = malloc((size_t)((n_rows ? n_rows : 1) * mc->d_model) * sizeof *xn);   // (n_rows, C): the rows after a layer's ln1
     int64_t *top = malloc((size_t)top_k * sizeof *top);
     double *acc = malloc((size_t)(5 * n) * sizeof *acc);   // per member: occurrences, copy hits, next hits, rank sums
-    if (!lg || !top || !acc) { free(lg); free(top); free(acc); return ps_fail(e, PS_EXIT_RUNTIME, "ov_scores: out of memory"); }
+    if (!lg || !xn || !top || !acc) { free(lg); free(xn); free(top); free(acc); return ps_fail(e, PS_EXIT_RUNTIME, "ov_scores: out of memory"); }
     float *mean = lg + n_rows * V;   // (n, V): each member's OV logits averaged over its occurrences
     int rc = 0;
-    for (int64_t li = 0; li < al->len && rc == 0; li++)
+    for (int64_t li = 0; li < al->len && rc == 0; li++) {
+        if (al->value[li] >= 0 && al->value[li] < mc->n_layers) ln1_rows(m, resid, n_rows, al->value[li], xn);
         for (int64_t hi = 0; hi < ah->len && rc == 0; hi++) {
-            if ((rc = ps_ov_logits(m, resid, n_rows, al->value[li], ah->value[hi], sign, lg, e)) != 0) break;
+            if ((rc = ov_logits_normed(m, xn, n_rows, al->value[li], ah->value[hi], sign, lg, e)) != 0) break;
             memset(acc, 0, (size_t)(5 * n) * sizeof *acc);
             memset(mean, 0, (size_t)(n * V) * sizeof *mean);
             for (int64_t r = 0; r < n_rows; r++) {
                 const int64_t i = member_of ? member_of[r] : r, nxt = i + 1 < n ? am->value[i + 1] : -1;
                 const float *l = lg + r * V;
-                const int64_t rs = rank_of(l, V, am->value[i]), rn = nxt >= 0 ? rank_of(l, V, nxt) : 0;
+                // The member's and the next member's ranks (tokens with a larger logit) and the running sum, in one pass.
+                const float ls = l[am->value[i]], ln = nxt >= 0 ? l[nxt] : INFINITY;
+                int64_t rs = 0, rn = 0;
+                float *mi = mean + i * V;
+                for (int64_t v = 0; v < V; v++) {
+                    rs += l[v] > ls;
+                    rn += l[v] > ln;
+                    mi[v] += l[v];
+                }
                 double *a = acc + 5 * i;
                 a[0] += 1;
                 a[1] += rs < top_k;
                 a[2] += nxt >= 0 && rn < top_k;
                 a[3] += (double)rs;
                 a[4] += (double)rn;
-                for (int64_t v = 0; v < V; v++) mean[i * V + v] += l[v];
             }
             float *cell = t->values + (li * ah->len + hi) * am->len * Q;
             double occ = 0, occ_next = 0, copy = 0, next = 0;
@@ -186,7 +205,9 @@ int ps_ov_fill(const ps_model *m, ps_table *t, const float *resid, int64_t n_row
             if (occ > 0) sc[0] = (float)(100.0 * copy / occ);
             if (occ_next > 0) sc[1] = (float)(100.0 * next / occ_next);
         }
+    }
     free(lg);
+    free(xn);
     free(top);
     free(acc);
     return rc;
