@@ -1,6 +1,7 @@
 // Experiment kinds ("producers"): each kind lays out the result table of every experiment of its kind and
 // computes its values. The engine runs them all from one loop. Per-prompt producers run chunk by chunk, from the
-// chunk's clean and corrupted runs (full activation caches), after the chunk's baselines; the journal, resume
+// chunk's clean and corrupted runs (full activation caches of the runs some experiment reads: ps_producer.reads),
+// after the chunk's baselines; the journal, resume
 // and shards then apply to their tables with no per-kind code. Producers whose values are not per prompt (a
 // circuit search, copy scores from the weights) run once, after the last chunk.
 //
@@ -24,7 +25,7 @@ typedef struct ps_producer_ctx {
     double t_start, t_last;
 } ps_producer_ctx;
 
-// One chunk of prompts, their baselines run with every activation cached.
+// One chunk of prompts, their baselines run with every activation cached (a run no experiment reads: zeroed caches).
 typedef struct {
     const int64_t *prompts; int64_t n;   // indices into ps
     const ps_cache *clean, *corrupted;   // (n)
