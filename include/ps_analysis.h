@@ -111,7 +111,8 @@ int ps_ov_table_init(ps_table *t, const char *name, const ps_model_config *mc, c
 // member_of[r] (an index into the token axis); member_of NULL: row i is member i (n_rows = the members). With
 // several occurrences a member's hits are the fraction of its occurrences hit, its ranks the mean rank, its top
 // tokens those of its mean OV logits; the "score" row's rates are over every occurrence (the IOI paper counts
-// each name position of each prompt). A member that never occurs is NaN.
+// each name position of each prompt). A member that never occurs is NaN. A layer's heads run on the OpenMP threads
+// (resident models): the same numbers as on one.
 int ps_ov_fill(const ps_model *m, ps_table *t, const float *resid, int64_t n_rows, const int64_t *member_of, float sign, ps_error *e);
 
 // ---- Neurons: a small Neuroscope (neurons.c) -----------------------------------------------------------

@@ -172,6 +172,11 @@ c["experiments"] = [x for x in c["experiments"] if x["kind"] not in ("ov_scores"
 json.dump(c, open(sys.argv[3], "w"), indent=1)
 PY
 "$bin" run "$tmp/acfg.json" -o "$tmp/aref.h5" --quiet 2>"$tmp/err" || fail "analyses: reference run: $(cat "$tmp/err")"
+# The logit lens's prompts and the OV heads run on the OpenMP threads: the same numbers as on one.
+sed 's/"threads": 1/"threads": 2/' "$tmp/acfg.json" >"$tmp/acfg2.json"
+if "$bin" run "$tmp/acfg2.json" -o "$tmp/a2.h5" --quiet 2>"$tmp/err" && compare "$tmp/a2.h5" "$tmp/aref.h5"; then
+    pass "analyses: 2 threads equal 1 thread, bitwise"
+else fail "analyses: 2 threads differ from 1 or failed: $(cat "$tmp/err")"; fi
 for sig in TERM KILL; do
     rm -f "$tmp/a$sig.h5" "$tmp/a$sig.h5.journal"
     "$bin" run "$tmp/acfg.json" -o "$tmp/a$sig.h5" --quiet --chunk-prompts 1 2>/dev/null &

@@ -50,15 +50,28 @@ static int rerun_baseline(ps_producer_ctx *cx, int64_t pi, int corrupted, ps_cac
 typedef int (*at_metric_fn)(const ps_model *m, const ps_cache *c, const ps_prompt *pr, const ps_product *p, float *row,
                             ps_error *e);
 
-static int metric_chunk(ps_producer_ctx *cx, ps_product *const *items, int64_t n, const ps_chunk *ch, at_metric_fn fn, ps_error *e) {
+// par: the prompts on the run's threads (fn keeps no shared state; resident models only, a streamed layer is fetched
+// into one shared buffer). Each prompt's row is computed alone either way: the same numbers.
+static int metric_chunk(ps_producer_ctx *cx, ps_product *const *items, int64_t n, const ps_chunk *ch, at_metric_fn fn, int par,
+                        ps_error *e) {
     if (cx->o->dry_run) return 0;
-    for (int64_t k = 0; k < n; k++) {
+    par = par && !cx->m->stream && ch->n > 1;
+    int64_t failed = 0;   // 1 + the first failing prompt (its message in e), 0 while none fails
+    for (int64_t k = 0; k < n && !failed; k++) {
         ps_table *t = items[k]->t;
-        for (int64_t i = 0; i < ch->n; i++)
-            if (fn(cx->m, run_of(items[k], ch, i), &cx->ps->p[ch->prompts[i]], items[k], t->values + ch->prompts[i] * t->n_cells, e) != 0)
-                return -1;
+#pragma omp parallel for schedule(dynamic, 1) if (par)
+        for (int64_t i = 0; i < ch->n; i++) {
+            ps_error e_own = {0};
+            if (fn(cx->m, run_of(items[k], ch, i), &cx->ps->p[ch->prompts[i]], items[k], t->values + ch->prompts[i] * t->n_cells, &e_own) != 0) {
+#pragma omp critical(ps_metric_chunk_error)
+                if (!failed || ch->prompts[i] < failed - 1) {   // the first prompt's message, as one thread would report
+                    *e = e_own;
+                    failed = ch->prompts[i] + 1;
+                }
+            }
+        }
     }
-    return 0;
+    return failed ? -1 : 0;
 }
 
 // A dla experiment's state: its pairs' directions (ps_dla_memo) and, with "ablate", the config's components as one
@@ -197,7 +210,7 @@ static int dla_chunk(ps_producer_ctx *cx, ps_product *const *items, int64_t n, c
         }
         if (items[k]->ex->n_cells > 0) {
             if (ps_producer_stopped(cx, e) != 0 || dla_abl_chunk(cx, items[k], ch, e) != 0) return -1;
-        } else if (metric_chunk(cx, items + k, 1, ch, dla_row, e) != 0) {
+        } else if (metric_chunk(cx, items + k, 1, ch, dla_row, 0, e) != 0) {   // serial: the memo grows
             return -1;
         }
     }
@@ -220,7 +233,7 @@ static int lens_row(const ps_model *m, const ps_cache *c, const ps_prompt *pr, c
 }
 
 static int lens_chunk(ps_producer_ctx *cx, ps_product *const *items, int64_t n, const ps_chunk *ch, ps_error *e) {
-    return metric_chunk(cx, items, n, ch, lens_row, e);
+    return metric_chunk(cx, items, n, ch, lens_row, 1, e);
 }
 
 const ps_producer ps_logit_lens_producer = {.kind = "logit_lens", .per_prompt = 1, .init = lens_init, .chunk = lens_chunk, .reads = reads_run};

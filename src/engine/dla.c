@@ -173,7 +173,8 @@ static int dirs_make(const ps_model *m, int32_t answer, int32_t wrong, int neuro
     return 0;
 }
 
-// The pair's directions from the memo, made (and kept while there is room) when absent; *own: the caller frees d.
+// The pair's directions (*d) from the memo, made (and kept while there is room) when absent; made and not kept, they
+// are tmp's, which the caller frees (dirs_free; a kept tmp is zeroed).
 static int dirs_get(const ps_model *m, ps_dla_memo *mm, int32_t answer, int32_t wrong, int neurons, dla_dirs **d, dla_dirs *tmp,
                     ps_error *e) {
     for (int64_t i = 0; mm && i < mm->n; i++)
