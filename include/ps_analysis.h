@@ -36,6 +36,15 @@ int ps_dla_table_init(ps_table *t, const char *name, const ps_model_config *mc, 
 // position; wrong = -1 decomposes the answer's logit alone (kind dla's "answer_only"). out: (2, K) as in the table. Streamed models are fine (layers are fetched with ps_model_layer).
 int ps_dla_prompt(const ps_model *m, const ps_cache *c, int64_t pos, int32_t answer, int32_t wrong, int neurons, float *out,
                   ps_error *e);
+// The same, keeping each (answer, wrong) pair's directions and their projections through W_O and W_out (which cost
+// more than the prompt's own dot products) in memo for the next prompt with that pair. A prompt's numbers are the
+// same with or without the memo and whatever it holds; memo NULL: ps_dla_prompt. The memo keeps pairs up to
+// max_bytes (then computes the others each time); it belongs to one model. NULL on OOM; free with ps_dla_memo_free.
+typedef struct ps_dla_memo ps_dla_memo;
+ps_dla_memo *ps_dla_memo_new(const ps_model_config *mc, size_t max_bytes);
+void ps_dla_memo_free(ps_dla_memo *memo);
+int ps_dla_prompt_memo(const ps_model *m, ps_dla_memo *memo, const ps_cache *c, int64_t pos, int32_t answer, int32_t wrong,
+                       int neurons, float *out, ps_error *e);
 // The same for every prompt of a->ps (an initialised ablator, ps_ablation.h) run with `set` ablated, each at its
 // metric position (answer_only: the answer's logit alone): out (a->ps->n, 2, K). The parts are those of the ablated
 // run, with its own final-norm scale (TransformerLens's logit_attrs on the ablated cache; the IOI backup name movers).
@@ -102,7 +111,8 @@ int ps_ov_table_init(ps_table *t, const char *name, const ps_model_config *mc, c
 // member_of[r] (an index into the token axis); member_of NULL: row i is member i (n_rows = the members). With
 // several occurrences a member's hits are the fraction of its occurrences hit, its ranks the mean rank, its top
 // tokens those of its mean OV logits; the "score" row's rates are over every occurrence (the IOI paper counts
-// each name position of each prompt). A member that never occurs is NaN.
+// each name position of each prompt). A member that never occurs is NaN. A layer's heads run on the OpenMP threads
+// (resident models): the same numbers as on one.
 int ps_ov_fill(const ps_model *m, ps_table *t, const float *resid, int64_t n_rows, const int64_t *member_of, float sign, ps_error *e);
 
 // ---- Neurons: a small Neuroscope (neurons.c) -----------------------------------------------------------

@@ -1,6 +1,7 @@
 // Experiment kinds ("producers"): each kind lays out the result table of every experiment of its kind and
 // computes its values. The engine runs them all from one loop. Per-prompt producers run chunk by chunk, from the
-// chunk's clean and corrupted runs (full activation caches), after the chunk's baselines; the journal, resume
+// chunk's clean and corrupted runs (full activation caches of the runs some experiment reads: ps_producer.reads),
+// after the chunk's baselines; the journal, resume
 // and shards then apply to their tables with no per-kind code. Producers whose values are not per prompt (a
 // circuit search, copy scores from the weights) run once, after the last chunk.
 //
@@ -24,7 +25,7 @@ typedef struct ps_producer_ctx {
     double t_start, t_last;
 } ps_producer_ctx;
 
-// One chunk of prompts, their baselines run with every activation cached.
+// One chunk of prompts, their baselines run with every activation cached (a run no experiment reads: zeroed caches).
 typedef struct {
     const int64_t *prompts; int64_t n;   // indices into ps
     const ps_cache *clean, *corrupted;   // (n)
@@ -51,12 +52,20 @@ typedef struct ps_producer {
     // field), lays out p->t (ps_table_init: NaN values) and may set p->state. Runs without a backend: resume
     // and merge lay out tables this way.
     int (*init)(const ps_model_config *mc, const ps_prompt_set *ps, ps_product *p, ps_error *e);
-    // Per-prompt producers: every experiment of this kind at once (n items), for one chunk.
+    // Per-prompt producers: every experiment of this kind at once (n items), for one chunk. A producer that is not
+    // per prompt may also read each chunk's runs here (NULL: none), for its once(); the prompts a chunk skips
+    // (resumed, another shard's) are then its own to run.
     int (*chunk)(ps_producer_ctx *cx, ps_product *const *items, int64_t n, const ps_chunk *ch, ps_error *e);
     // The others: after the last chunk.
     int (*once)(ps_producer_ctx *cx, ps_product *const *items, int64_t n, ps_error *e);
     void (*free_state)(void *state);
+    // Which of a chunk's baseline caches an experiment's chunk() reads: PS_READS_CLEAN | PS_READS_CORRUPTED.
+    // NULL: both. When no experiment of the run reads one, that run's baselines are computed without a cache
+    // (their logits and metrics only): the analyses read the clean run alone.
+    unsigned (*reads)(const ps_experiment *ex);
 } ps_producer;
+
+enum { PS_READS_CLEAN = 1, PS_READS_CORRUPTED = 2 };
 
 // The producer of a kind; NULL when there is none.
 const ps_producer *ps_producer_for(const char *kind);

@@ -10,6 +10,7 @@
 #include "testutil.h"
 
 #include <math.h>
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -193,6 +194,22 @@ static void test_ov(const char *name, const ps_model *m, const ps_safetensors *g
             bad += fabsf(cell[n * Q] - 100.0f * (float)copy / (float)n) > 1e-4f || fabsf(cell[n * Q + 1] - 100.0f * (float)next / (float)(n - 1)) > 1e-4f;
         }
     TU_CHECK(bad == 0, "%s: %d ov table entries differ from the golden logits' ranks and hit rates", name, bad);
+    {   // The heads filled on 3 threads: the same table, bitwise.
+        ps_table t3 = {0};
+        const int nt = omp_get_max_threads();
+        omp_set_num_threads(3);
+        if (ps_ov_table_init(&t3, "ov", mc, NULL, 0, NULL, 0, tok, NULL, n, top_k, &e) != 0 || ps_ov_fill(m, &t3, want_resid, n, NULL, 1.0f, &e) != 0) {
+            TU_CHECK(0, "%s: ov table on 3 threads: %s", name, e.msg);
+        } else {
+            int64_t diff = 0, first = -1;
+            for (int64_t i = 0; i < t.n_cells; i++)
+                if (memcmp(&t.values[i], &t3.values[i], sizeof(float)) != 0) { diff++; if (first < 0) first = i; }
+            TU_CHECK(diff == 0, "%s: ov table on 3 threads: %lld of %lld cells differ from 1 thread's (first: cell %lld, %g vs %g)", name,
+                     (long long)diff, (long long)t.n_cells, (long long)first, first >= 0 ? t.values[first] : 0.0, first >= 0 ? t3.values[first] : 0.0);
+        }
+        omp_set_num_threads(nt);
+        ps_table_free(&t3);
+    }
     printf("%s ov scores: %lld heads x %lld members, logits max_abs_err=%.3g vs torch on TL weights, hits and rates ok\n", name,
            (long long)(L * H), (long long)n, max_err);
 done:

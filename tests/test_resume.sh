@@ -152,6 +152,51 @@ if [ $? -eq 2 ] && grep -q "twice" "$tmp/err"; then pass "a duplicated shard fai
 if [ $? -eq 2 ] && grep -q "another run" "$tmp/err"; then pass "a shard of another config fails (exit 2)"
 else fail "foreign shard: $(cat "$tmp/err")"; fi
 
+# --- the read-out analyses: interrupted, resumed and sharded runs equal one run ------------------------------
+# ov_scores over the prompts and neuron_top read every prompt's run: the prompts a process did not run itself (the
+# journal's, another shard's) are run again as their baselines ran, so the tables are bitwise the same.
+$py - "$tmp/cfg.json" "$tmp/acfg.json" "$tmp/scfg.json" <<'PY'
+import json, sys
+c = json.load(open(sys.argv[1]))
+c["experiments"] = [
+    {"name": "dla", "kind": "dla", "per_neuron": True},
+    {"name": "lens", "kind": "logit_lens", "top_k": 3},
+    {"name": "att", "kind": "attention", "positions": [-1]},
+    {"name": "ov", "kind": "ov_scores", "tokens": [" 1", " 2", " 3", " 4", " 5", " 6", " 7", " 8", " 9"], "input": "prompts", "top_k": 3},
+    {"name": "ov_alone", "kind": "ov_scores", "tokens": [" 1", " 2", " 3"], "top_k": 3},
+    {"name": "nrn", "kind": "neurons", "neurons": ["1.5", "3.440"], "top_k": 4, "window": 2},
+    {"name": "dla_corrupted", "kind": "dla", "run": "corrupted"},
+]
+json.dump(c, open(sys.argv[2], "w"), indent=1)
+c["experiments"] = [x for x in c["experiments"] if x["kind"] not in ("ov_scores", "neurons")]   # --shard splits per-prompt tables only
+json.dump(c, open(sys.argv[3], "w"), indent=1)
+PY
+"$bin" run "$tmp/acfg.json" -o "$tmp/aref.h5" --quiet 2>"$tmp/err" || fail "analyses: reference run: $(cat "$tmp/err")"
+# The logit lens's prompts and the OV heads run on the OpenMP threads: the same numbers as on one.
+sed 's/"threads": 1/"threads": 2/' "$tmp/acfg.json" >"$tmp/acfg2.json"
+if "$bin" run "$tmp/acfg2.json" -o "$tmp/a2.h5" --quiet 2>"$tmp/err" && compare "$tmp/a2.h5" "$tmp/aref.h5"; then
+    pass "analyses: 2 threads equal 1 thread, bitwise"
+else fail "analyses: 2 threads differ from 1 or failed: $(cat "$tmp/err")"; fi
+for sig in TERM KILL; do
+    rm -f "$tmp/a$sig.h5" "$tmp/a$sig.h5.journal"
+    "$bin" run "$tmp/acfg.json" -o "$tmp/a$sig.h5" --quiet --chunk-prompts 1 2>/dev/null &
+    pid=$!
+    for _ in $(seq 200); do [ -s "$tmp/a$sig.h5.journal" ] && break; kill -0 "$pid" 2>/dev/null || break; sleep 0.02; done
+    kill -$sig "$pid" 2>/dev/null
+    wait "$pid" 2>/dev/null
+    [ -e "$tmp/a$sig.h5" ] && echo "note: the analyses run finished before SIG$sig arrived"
+    if "$bin" run "$tmp/acfg.json" -o "$tmp/a$sig.h5" --quiet --chunk-prompts 3 2>"$tmp/err" && compare "$tmp/a$sig.h5" "$tmp/aref.h5"; then
+        pass "analyses: SIG$sig, then resumed: equal to an uninterrupted run"
+    else fail "analyses: resume after SIG$sig differs or failed: $(cat "$tmp/err")"; fi
+done
+"$bin" run "$tmp/scfg.json" -o "$tmp/sref.h5" --quiet 2>"$tmp/err" || fail "analyses: reference run: $(cat "$tmp/err")"
+for i in 0 1 2; do
+    "$bin" run "$tmp/scfg.json" -o "$tmp/ashard$i.h5" --quiet --shard "$i/3" 2>"$tmp/err" || fail "analyses shard $i: $(cat "$tmp/err")"
+done
+if "$bin" merge "$tmp/amerged.h5" "$tmp"/ashard{1,2,0}.h5 2>"$tmp/err" && compare "$tmp/amerged.h5" "$tmp/sref.h5"; then
+    pass "analyses: 3 shards merged equal one run"
+else fail "analyses: merged shards differ from one run: $(cat "$tmp/err")"; fi
+
 # --- dry run ------------------------------------------------------------------------------------------
 if "$bin" run "$tmp/cfg.json" -o "$tmp/dry.h5" --dry-run >"$tmp/plan" 2>&1 && grep -q "estimated time" "$tmp/plan" &&
     grep -q "GFLOP" "$tmp/plan" && [ ! -e "$tmp/dry.h5" ] && [ ! -e "$tmp/dry.h5.journal" ]; then

@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import resource
 import tempfile
 import time
 
@@ -61,13 +62,14 @@ def run_patchsweep(a, work, n):
     cpath = os.path.join(work, "analyses.json")
     json.dump(cfg, open(cpath, "w"), indent=1)
     out = os.path.join(work, "analyses.h5")
-    t0 = time.time()
+    t0, c0 = time.time(), resource.getrusage(resource.RUSAGE_CHILDREN)
     subprocess.run([os.path.join(a.build, "patchsweep"), "run", cpath, "-o", out, "--force", "--quiet"], check=True)
-    return time.time() - t0, out
+    c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.time() - t0, (c1.ru_utime - c0.ru_utime) + (c1.ru_stime - c0.ru_stime), out
 
 
 def run_tl(a, pick, tok):
-    """The same analyses with TransformerLens; returns its compute time (model load excluded) and its numbers."""
+    """The same analyses with TransformerLens; returns its compute time and CPU time (model load excluded) and its numbers."""
     from make_goldens import load_bridge, torch
     torch.set_num_threads(a.threads)
     folder = os.path.join(REPO, "models", "demo")
@@ -85,7 +87,7 @@ def run_tl(a, pick, tok):
     lnf_w, lnf_b = br.ln_final.weight.detach(), br.ln_final.bias.detach()
     res = {"dla": {}, "dla_neurons": {}, "lens": {}, "att": {}, "nrn": {}}
     occ_resid, occ_member = [], []
-    t0 = time.time()
+    t0, c0 = time.time(), time.process_time()   # process_time: every thread of this process (torch's included)
     with torch.no_grad():
         # One pass per batch of equal-length prompts (the metric at the last position), every per-prompt analysis
         # from its cache.
@@ -162,7 +164,7 @@ def run_tl(a, pick, tok):
         for k in range(len(NEURONS)):
             cells = sorted((-float(res["nrn"][i][k, t]), i, t) for i in range(len(seqs)) for t in range(len(seqs[i])))
             res["top"].append([(i, t) for _, i, t in cells[:NRN_K]])
-    return time.time() - t0, res
+    return time.time() - t0, time.process_time() - c0, res
 
 
 def compare(out, res):
@@ -217,16 +219,18 @@ def main():
     print(f"analyses bench: demo model, {n} seqcont numerals prompts ({same} with corrupted = clean: randDS tokenizes to "
           f"another length), {len(experiments())} analyses, {a.threads} threads, {os.cpu_count()} CPUs, load average {load0[0]:.2f}",
           flush=True)
-    t_ps, out = run_patchsweep(a, work, n)
-    print(f"patchsweep (one run, whole process: load, tokenize, baselines, analyses, HDF5): {t_ps:.2f} s", flush=True)
-    t_tl, res = run_tl(a, pick, tok)
-    print(f"TransformerLens (one run, model load excluded, batch {a.batch}): {t_tl:.2f} s", flush=True)
+    t_ps, cpu_ps, out = run_patchsweep(a, work, n)
+    print(f"patchsweep (one run, whole process: load, tokenize, baselines, analyses, HDF5): {t_ps:.2f} s (CPU {cpu_ps:.2f} s)", flush=True)
+    t_tl, cpu_tl, res = run_tl(a, pick, tok)
+    print(f"TransformerLens (one run, model load excluded, batch {a.batch}): {t_tl:.2f} s (CPU {cpu_tl:.2f} s)", flush=True)
     d, same_top = compare(out, res)
     print("max |patchsweep - TransformerLens|: " + ", ".join(f"{k} {v:.2g}" for k, v in d.items()) +
           f"; neuroscope top-{NRN_K} equal for {same_top} of {len(NEURONS)} neurons")
     load1 = os.getloadavg()
     print(f"load average after: {load1[0]:.2f}")
     ok = all(v < 1e-3 for k, v in d.items() if not k.startswith("ov")) and same_top == len(NEURONS)
+    # On a loaded machine the wall times wait for other processes' CPU: the CPU ratio is the steadier figure there.
+    print(f"cpu_time_ratio={cpu_tl / cpu_ps:.1f} (TransformerLens CPU / patchsweep CPU)")
     print(f"speedup_vs_transformerlens={t_tl / t_ps:.1f} prompts={n} max_abs_diff={max(v for k, v in d.items() if not k.startswith('ov')):.2g} agree={ok}")
     return 0 if ok else 1
 

@@ -16,29 +16,68 @@ static const ps_cache *run_of(const ps_product *p, const ps_chunk *ch, int64_t i
     return p->ex->run_corrupted ? &ch->corrupted[i] : &ch->clean[i];
 }
 
+// The baseline cache a read-out reads: its run's ("run": "corrupted" or the clean one).
+static unsigned reads_run(const ps_experiment *ex) { return ex->run_corrupted ? PS_READS_CORRUPTED : PS_READS_CLEAN; }
+
 static int note_run(ps_product *p, ps_error *e) {
     return ps_table_attr_str(p->t, "run", p->ex->run_corrupted ? "corrupted" : "clean", e);
+}
+
+// Prompt pi's baseline pair run again as the engine runs it (engine.c, run_baselines: its clean and corrupted rows
+// as one batch of their own, the metric's output positions), the clean or the corrupted one (which) with every
+// activation cached in c (the caller frees it, also on failure). So a row this process did not compute (restored
+// from the journal, another shard's) is read from the same numbers bitwise, on the CPU.
+static int rerun_baseline(ps_producer_ctx *cx, int64_t pi, int corrupted, ps_cache *c, ps_error *e) {
+    const ps_prompt *p = &cx->ps->p[pi];
+    const int64_t V = cx->m->cfg.d_vocab;
+    ps_metric_request rq;
+    ps_metric_request_for(cx->metric, p, &rq);
+    float *lg = malloc((size_t)(2 * rq.n_out * V + 1) * sizeof *lg);
+    if (!lg) return ps_fail(e, PS_EXIT_RUNTIME, "out of memory for a prompt's run");
+    int rc = ps_cache_init(c, &cx->m->cfg, p->T, 0, e);
+    ps_row rows[2];
+    for (int k = 0; k < 2; k++)
+        rows[k] = (ps_row){.tokens = k == 0 ? p->clean : p->corrupted, .T = p->T, .cache = k == corrupted ? c : NULL,
+                           .out_pos = rq.out_pos, .n_out = rq.n_out, .logits = lg + k * rq.n_out * V};
+    if (rc == 0) rc = cx->be->forward(cx->be, cx->m, rows, 2, e);
+    free(lg);
+    return rc;
 }
 
 // ---- dla and logit_lens: one prompt's row at its metric position ---------------------------------------
 
 // Fills one prompt's row of an experiment's table from its run c.
-typedef int (*at_metric_fn)(const ps_model *m, const ps_cache *c, const ps_prompt *pr, const ps_experiment *ex, float *row,
+typedef int (*at_metric_fn)(const ps_model *m, const ps_cache *c, const ps_prompt *pr, const ps_product *p, float *row,
                             ps_error *e);
 
-static int metric_chunk(ps_producer_ctx *cx, ps_product *const *items, int64_t n, const ps_chunk *ch, at_metric_fn fn, ps_error *e) {
+// par: the prompts on the run's threads (fn keeps no shared state; resident models only, a streamed layer is fetched
+// into one shared buffer). Each prompt's row is computed alone either way: the same numbers.
+static int metric_chunk(ps_producer_ctx *cx, ps_product *const *items, int64_t n, const ps_chunk *ch, at_metric_fn fn, int par,
+                        ps_error *e) {
     if (cx->o->dry_run) return 0;
-    for (int64_t k = 0; k < n; k++) {
+    par = par && !cx->m->stream && ch->n > 1;
+    int64_t failed = 0;   // 1 + the first failing prompt (its message in e), 0 while none fails
+    for (int64_t k = 0; k < n && !failed; k++) {
         ps_table *t = items[k]->t;
-        for (int64_t i = 0; i < ch->n; i++)
-            if (fn(cx->m, run_of(items[k], ch, i), &cx->ps->p[ch->prompts[i]], items[k]->ex, t->values + ch->prompts[i] * t->n_cells, e) != 0)
-                return -1;
+#pragma omp parallel for schedule(dynamic, 1) if (par)
+        for (int64_t i = 0; i < ch->n; i++) {
+            ps_error e_own = {0};
+            if (fn(cx->m, run_of(items[k], ch, i), &cx->ps->p[ch->prompts[i]], items[k], t->values + ch->prompts[i] * t->n_cells, &e_own) != 0) {
+#pragma omp critical(ps_metric_chunk_error)
+                if (!failed || ch->prompts[i] < failed - 1) {   // the first prompt's message, as one thread would report
+                    *e = e_own;
+                    failed = ch->prompts[i] + 1;
+                }
+            }
+        }
     }
-    return 0;
+    return failed ? -1 : 0;
 }
 
-// dla with "ablate": the config's components as one ablated set, the means (computed on first use) or resample draws.
+// A dla experiment's state: its pairs' directions (ps_dla_memo) and, with "ablate", the config's components as one
+// ablated set, the means (computed on first use) or resample draws.
 typedef struct {
+    ps_dla_memo *memo;
     char what[200];              // "experiments[i] (name)"
     ps_component *comps;         // (set.n) owned; positions borrowed from the config
     ps_abl_set set;
@@ -50,6 +89,7 @@ typedef struct {
 static void dla_free(void *v) {
     dla_abl *s = v;
     if (!s) return;
+    ps_dla_memo_free(s->memo);
     free(s->comps);
     free(s->draws);
     ps_ref_means_free(&s->means);
@@ -62,9 +102,7 @@ static const ps_prompt_set *dla_ref(const ps_prompt_set *ps, const ps_product *p
 
 static int dla_abl_init(const ps_model_config *mc, const ps_prompt_set *ps, ps_product *p, ps_error *e) {
     const ps_experiment *ex = p->ex;
-    dla_abl *s = calloc(1, sizeof *s);
-    if (!s) return ps_fail(e, PS_EXIT_RUNTIME, "out of memory for %s", ex->name);
-    p->state = s;
+    dla_abl *s = p->state;
     snprintf(s->what, sizeof s->what, "experiments[%lld] (%s): ablate", (long long)p->idx, ex->name);
     int64_t n = 0;
     for (int64_t c = 0; c < ex->n_cells; c++) n += ex->cells[c].n;
@@ -107,13 +145,19 @@ static int dla_abl_init(const ps_model_config *mc, const ps_prompt_set *ps, ps_p
 static int dla_init(const ps_model_config *mc, const ps_prompt_set *ps, ps_product *p, ps_error *e) {
     if (ps_dla_table_init(p->t, p->ex->name, mc, ps->n, p->ex->per_neuron, p->ex->answer_only, e) != 0) return -1;
     if (note_run(p, e) != 0) return -1;
+    dla_abl *s = calloc(1, sizeof *s);
+    if (!s) return ps_fail(e, PS_EXIT_RUNTIME, "out of memory for %s", p->ex->name);
+    p->state = s;
+    if (!p->ex->n_cells && !(s->memo = ps_dla_memo_new(mc, (size_t)64 << 20))) return ps_fail(e, PS_EXIT_RUNTIME, "out of memory for %s", p->ex->name);
     return p->ex->n_cells > 0 ? dla_abl_init(mc, ps, p, e) : 0;
 }
 
-static int dla_row(const ps_model *m, const ps_cache *c, const ps_prompt *pr, const ps_experiment *ex, float *row, ps_error *e) {
+static int dla_row(const ps_model *m, const ps_cache *c, const ps_prompt *pr, const ps_product *p, float *row, ps_error *e) {
+    const ps_experiment *ex = p->ex;
+    const dla_abl *s = p->state;
     if (!ex->answer_only && pr->wrong_id < 0)
         return ps_fail(e, PS_EXIT_BADINPUT, "dla %s: a prompt has no wrong answer (\"answer_only\": true decomposes the answer's logit)", ex->name);
-    return ps_dla_prompt(m, c, pr->score_pos, pr->answer_id, ex->answer_only ? -1 : pr->wrong_id, ex->per_neuron, row, e);
+    return ps_dla_prompt_memo(m, s->memo, c, pr->score_pos, pr->answer_id, ex->answer_only ? -1 : pr->wrong_id, ex->per_neuron, row, e);
 }
 
 // The chunk's prompts run with the set ablated, through the ablation library's rows.
@@ -166,29 +210,33 @@ static int dla_chunk(ps_producer_ctx *cx, ps_product *const *items, int64_t n, c
         }
         if (items[k]->ex->n_cells > 0) {
             if (ps_producer_stopped(cx, e) != 0 || dla_abl_chunk(cx, items[k], ch, e) != 0) return -1;
-        } else if (metric_chunk(cx, items + k, 1, ch, dla_row, e) != 0) {
+        } else if (metric_chunk(cx, items + k, 1, ch, dla_row, 0, e) != 0) {   // serial: the memo grows
             return -1;
         }
     }
     return 0;
 }
 
-const ps_producer ps_dla_producer = {.kind = "dla", .per_prompt = 1, .init = dla_init, .chunk = dla_chunk, .free_state = dla_free};
+// With "ablate" the ablated runs start from the clean baseline's cache (ps_ablator.base).
+static unsigned dla_reads(const ps_experiment *ex) { return ex->n_cells > 0 ? PS_READS_CLEAN : reads_run(ex); }
+
+const ps_producer ps_dla_producer = {.kind = "dla", .per_prompt = 1, .init = dla_init, .chunk = dla_chunk, .free_state = dla_free,
+                                     .reads = dla_reads};
 
 static int lens_init(const ps_model_config *mc, const ps_prompt_set *ps, ps_product *p, ps_error *e) {
     if (ps_lens_table_init(p->t, p->ex->name, mc, ps->n, p->ex->top_k, e) != 0) return -1;
     return note_run(p, e);
 }
 
-static int lens_row(const ps_model *m, const ps_cache *c, const ps_prompt *pr, const ps_experiment *ex, float *row, ps_error *e) {
-    return ps_lens_prompt(m, c, pr->score_pos, pr->answer_id, pr->wrong_id, ex->top_k, row, e);
+static int lens_row(const ps_model *m, const ps_cache *c, const ps_prompt *pr, const ps_product *p, float *row, ps_error *e) {
+    return ps_lens_prompt(m, c, pr->score_pos, pr->answer_id, pr->wrong_id, p->ex->top_k, row, e);
 }
 
 static int lens_chunk(ps_producer_ctx *cx, ps_product *const *items, int64_t n, const ps_chunk *ch, ps_error *e) {
-    return metric_chunk(cx, items, n, ch, lens_row, e);
+    return metric_chunk(cx, items, n, ch, lens_row, 1, e);
 }
 
-const ps_producer ps_logit_lens_producer = {.kind = "logit_lens", .per_prompt = 1, .init = lens_init, .chunk = lens_chunk};
+const ps_producer ps_logit_lens_producer = {.kind = "logit_lens", .per_prompt = 1, .init = lens_init, .chunk = lens_chunk, .reads = reads_run};
 
 // ---- attention -------------------------------------------------------------------------------------------
 
@@ -242,7 +290,7 @@ static int att_chunk(ps_producer_ctx *cx, ps_product *const *items, int64_t n, c
     return 0;
 }
 
-const ps_producer ps_attention_producer = {.kind = "attention", .per_prompt = 1, .init = att_init, .chunk = att_chunk};
+const ps_producer ps_attention_producer = {.kind = "attention", .per_prompt = 1, .init = att_init, .chunk = att_chunk, .reads = reads_run};
 
 // ---- ov_scores -------------------------------------------------------------------------------------------
 // Not per prompt: each member token is run alone (after the prompts' BOS when they have one), or the clean
@@ -252,14 +300,62 @@ const ps_producer ps_attention_producer = {.kind = "attention", .per_prompt = 1,
 typedef struct {
     int32_t *tok;    // (n) member token ids
     int64_t n;
+    // "input": "prompts": each prompt's occurrences, gathered from the chunks' clean runs: rows[q] (cnt[q], C)
+    // first-layer residuals, member[q] (cnt[q]) which member each is; got[q] once gathered.
+    int64_t n_prompts;
+    float **rows;
+    int64_t **member, *cnt;
+    uint8_t *got;
 } ov_state;
 
 static void ov_free(void *state) {
     ov_state *s = state;
     if (!s) return;
+    for (int64_t q = 0; s->got && q < s->n_prompts; q++) {
+        free(s->rows[q]);
+        free(s->member[q]);
+    }
+    free(s->rows); free(s->member); free(s->cnt); free(s->got);
     free(s->tok);
     free(s);
 }
+
+// Prompt q's occurrences of members (positions before T_prompt, in order) from its clean run c.
+static int ov_gather(ov_state *s, const ps_prompt *pr, const ps_cache *c, int64_t q, int64_t C, ps_error *e) {
+    int64_t n = 0;
+    for (int64_t t = 0; t < pr->T_prompt; t++)
+        for (int64_t k = 0; k < s->n; k++)
+            if (pr->clean[t] == s->tok[k]) { n++; break; }
+    free(s->rows[q]);
+    free(s->member[q]);
+    s->rows[q] = malloc((size_t)(n ? n * C : 1) * sizeof(float));
+    s->member[q] = malloc((size_t)(n ? n : 1) * sizeof(int64_t));
+    if (!s->rows[q] || !s->member[q]) return ps_fail(e, PS_EXIT_RUNTIME, "ov_scores: out of memory");
+    n = 0;
+    for (int64_t t = 0; t < pr->T_prompt; t++)
+        for (int64_t k = 0; k < s->n; k++)
+            if (pr->clean[t] == s->tok[k]) {
+                memcpy(s->rows[q] + n * C, c->resid_post + t * C, (size_t)C * sizeof(float));   // layer 0
+                s->member[q][n++] = k;
+                break;
+            }
+    s->cnt[q] = n;
+    s->got[q] = 1;
+    return 0;
+}
+
+// The chunk's clean runs, for the experiments that read the prompts.
+static int ov_chunk(ps_producer_ctx *cx, ps_product *const *items, int64_t n, const ps_chunk *ch, ps_error *e) {
+    if (cx->o->dry_run) return 0;
+    for (int64_t k = 0; k < n; k++) {
+        if (!items[k]->ex->ov_prompts) continue;
+        for (int64_t i = 0; i < ch->n; i++)
+            if (ov_gather(items[k]->state, &cx->ps->p[ch->prompts[i]], &ch->clean[i], ch->prompts[i], cx->m->cfg.d_model, e) != 0) return -1;
+    }
+    return 0;
+}
+
+static unsigned ov_reads(const ps_experiment *ex) { return ex->ov_prompts ? PS_READS_CLEAN : 0; }
 
 static int ov_init(const ps_model_config *mc, const ps_prompt_set *ps, ps_product *p, ps_error *e) {
     const ps_experiment *ex = p->ex;
@@ -271,6 +367,15 @@ static int ov_init(const ps_model_config *mc, const ps_prompt_set *ps, ps_produc
     }
     p->state = s;
     s->n = ex->n_tokens;
+    if (ex->ov_prompts) {
+        const size_t np = (size_t)(ps->n ? ps->n : 1);
+        s->n_prompts = ps->n;
+        s->rows = calloc(np, sizeof *s->rows);
+        s->member = calloc(np, sizeof *s->member);
+        s->cnt = calloc(np, sizeof *s->cnt);
+        s->got = calloc(np, 1);
+        if (!s->rows || !s->member || !s->cnt || !s->got) return ps_fail(e, PS_EXIT_RUNTIME, "out of memory for %s", ex->name);
+    }
     for (int64_t i = 0; i < ex->n_tokens; i++) {
         int32_t *ids = NULL;
         int64_t n = 0;
@@ -319,52 +424,84 @@ static int run_cached(ps_producer_ctx *cx, const int32_t *const *seq, const int6
     return rc;
 }
 
-// The first-layer residuals the scores read: each member alone after the BOS (isolated), or every occurrence of a
-// member in the clean prompts, prompt by prompt in order (member_of: which member each row is). Caller frees.
-static int ov_inputs(ps_producer_ctx *cx, const ov_state *s, int prompts, float **resid, int64_t **member_of, int64_t *n_rows, ps_error *e) {
-    const ps_model_config *mc = &cx->m->cfg;
-    const ps_prompt_set *ps = cx->ps;
-    const int64_t C = mc->d_model, n = prompts ? ps->n : s->n, B = 8;   // sequences run at once
-    int32_t *pair = malloc((size_t)(2 * s->n) * sizeof *pair);
-    const int32_t **seq = malloc((size_t)n * sizeof *seq);
-    int64_t *len = malloc((size_t)n * sizeof *len), cap = prompts ? 64 : s->n;
-    ps_cache *caches = calloc((size_t)B, sizeof *caches);
-    *resid = malloc((size_t)(cap * C) * sizeof **resid);
-    *member_of = malloc((size_t)cap * sizeof **member_of);
-    *n_rows = 0;
-    int rc = pair && seq && len && caches && *resid && *member_of ? 0 : ps_fail(e, PS_EXIT_RUNTIME, "ov_scores: out of memory");
+// Full runs of n token sequences (seq[i], len[i]) that record blocks.0.hook_resid_post alone: out[i] (len[i], C)
+// each, caller-owned. Every layer still runs (a row has no last layer of its own), but nothing else is stored.
+static int run_resid0(ps_producer_ctx *cx, const int32_t *const *seq, const int64_t *len, int64_t n, float *const *out, ps_error *e) {
+    const int64_t V = cx->m->cfg.d_vocab;
+    ps_row *rows = calloc((size_t)n, sizeof *rows);
+    ps_capture *cap = calloc((size_t)n, sizeof *cap);
+    int64_t *out_pos = malloc((size_t)n * sizeof *out_pos);
+    float *logits = malloc((size_t)(n * V) * sizeof *logits);
+    int rc = rows && cap && out_pos && logits ? 0 : ps_fail(e, PS_EXIT_RUNTIME, "ov_scores: out of memory");
     for (int64_t i = 0; rc == 0 && i < n; i++) {
-        if (prompts) { seq[i] = ps->p[i].clean; len[i] = ps->p[i].T; continue; }
-        const int64_t T = ps->bos >= 0 ? 2 : 1;
-        pair[2 * i] = ps->bos;
+        out_pos[i] = len[i] - 1;
+        cap[i] = (ps_capture){.site = PS_SITE_RESID_POST, .layer = 0, .out = out[i]};
+        rows[i] = (ps_row){.tokens = seq[i], .T = len[i], .captures = &cap[i], .n_captures = 1, .out_pos = &out_pos[i], .n_out = 1,
+                           .logits = logits + i * V};
+    }
+    const ps_rows_opts ro = {.naive = 1, .batch_rows = cx->o->batch_rows};
+    ps_rows_stats st = {0};
+    if (rc == 0) rc = ps_engine_rows(cx->m, cx->be, rows, n, &ro, &st, e);
+    free(rows); free(cap); free(out_pos); free(logits);
+    return rc;
+}
+
+// The first-layer residuals of the members run alone after the BOS ("input": "isolated"): row i is member i. Caller frees.
+static int ov_inputs(ps_producer_ctx *cx, const ov_state *s, float **resid, int64_t **member_of, int64_t *n_rows, ps_error *e) {
+    const int64_t C = cx->m->cfg.d_model, n = s->n, T = cx->ps->bos >= 0 ? 2 : 1;
+    int32_t *pair = malloc((size_t)(2 * n) * sizeof *pair);
+    const int32_t **seq = malloc((size_t)n * sizeof *seq);
+    int64_t *len = malloc((size_t)n * sizeof *len);
+    float **r0 = calloc((size_t)n, sizeof *r0);   // (n) blocks.0.hook_resid_post of each sequence, (T, C) each
+    *resid = malloc((size_t)(n * C) * sizeof **resid);
+    *member_of = malloc((size_t)n * sizeof **member_of);
+    *n_rows = 0;
+    int rc = pair && seq && len && r0 && *resid && *member_of ? 0 : ps_fail(e, PS_EXIT_RUNTIME, "ov_scores: out of memory");
+    for (int64_t i = 0; rc == 0 && i < n; i++) {
+        pair[2 * i] = cx->ps->bos;
         pair[2 * i + T - 1] = s->tok[i];
         seq[i] = pair + 2 * i;
         len[i] = T;
+        if (!(r0[i] = malloc((size_t)(T * C) * sizeof(float)))) rc = ps_fail(e, PS_EXIT_RUNTIME, "ov_scores: out of memory");
     }
-    for (int64_t b0 = 0; rc == 0 && b0 < n; b0 += B) {
-        const int64_t nb = n - b0 < B ? n - b0 : B;
-        if ((rc = ps_producer_stopped(cx, e)) != 0 || (rc = run_cached(cx, seq + b0, len + b0, nb, caches, e)) != 0) break;
-        for (int64_t j = 0; j < nb; j++) {
-            const int64_t i = b0 + j, T_scan = prompts ? ps->p[i].T_prompt : len[i];
-            for (int64_t t = prompts ? 0 : len[i] - 1; t < T_scan && rc == 0; t++)
-                for (int64_t k = 0; k < s->n; k++) {
-                    if (seq[i][t] != s->tok[k] || (!prompts && k != i)) continue;   // isolated: row i is member i
-                    if (*n_rows == cap) {
-                        cap *= 2;
-                        float *r2 = realloc(*resid, (size_t)(cap * C) * sizeof **resid);
-                        int64_t *m2 = realloc(*member_of, (size_t)cap * sizeof **member_of);
-                        if (r2) *resid = r2;
-                        if (m2) *member_of = m2;
-                        if (!r2 || !m2) { rc = ps_fail(e, PS_EXIT_RUNTIME, "ov_scores: out of memory"); break; }
-                    }
-                    memcpy(*resid + *n_rows * C, caches[j].resid_post + t * C, (size_t)C * sizeof(float));   // layer 0
-                    (*member_of)[(*n_rows)++] = k;
-                    break;
-                }
-        }
-        for (int64_t j = 0; j < B; j++) ps_cache_free(&caches[j]);
+    // In batches of 8 sequences (as before the prompts' residuals came from the chunks: the same numbers).
+    for (int64_t b0 = 0; rc == 0 && b0 < n; b0 += 8) {
+        const int64_t nb = n - b0 < 8 ? n - b0 : 8;
+        if ((rc = ps_producer_stopped(cx, e)) != 0 || (rc = run_resid0(cx, seq + b0, len + b0, nb, r0 + b0, e)) != 0) break;
     }
-    free(pair); free(seq); free(len); free(caches);
+    for (int64_t i = 0; rc == 0 && i < n; i++) {
+        memcpy(*resid + i * C, r0[i] + (T - 1) * C, (size_t)C * sizeof(float));
+        (*member_of)[i] = i;
+    }
+    *n_rows = rc == 0 ? n : 0;
+    for (int64_t i = 0; r0 && i < n; i++) free(r0[i]);
+    free(pair); free(seq); free(len); free(r0);
+    return rc;
+}
+
+// "input": "prompts": every prompt's occurrences in prompt order, from the chunks' clean runs; a prompt this process did
+// not run (its rows restored from a journal, another shard's) is run again as its baseline was. Caller frees.
+static int ov_prompt_inputs(ps_producer_ctx *cx, ov_state *s, float **resid, int64_t **member_of, int64_t *n_rows, ps_error *e) {
+    const int64_t C = cx->m->cfg.d_model;
+    int rc = 0;
+    for (int64_t q = 0; rc == 0 && q < s->n_prompts; q++) {
+        if (s->got[q]) continue;
+        ps_cache c = {0};
+        if ((rc = ps_producer_stopped(cx, e)) == 0 && (rc = rerun_baseline(cx, q, 0, &c, e)) == 0) rc = ov_gather(s, &cx->ps->p[q], &c, q, C, e);
+        if (cx->be->release_cache) cx->be->release_cache(cx->be, &c);
+        ps_cache_free(&c);
+    }
+    int64_t total = 0;
+    for (int64_t q = 0; q < s->n_prompts; q++) total += s->cnt[q];
+    *n_rows = 0;
+    *resid = malloc((size_t)(total ? total * C : 1) * sizeof **resid);
+    *member_of = malloc((size_t)(total ? total : 1) * sizeof **member_of);
+    if (rc == 0 && (!*resid || !*member_of)) rc = ps_fail(e, PS_EXIT_RUNTIME, "ov_scores: out of memory");
+    for (int64_t q = 0; rc == 0 && q < s->n_prompts; q++) {
+        memcpy(*resid + *n_rows * C, s->rows[q], (size_t)(s->cnt[q] * C) * sizeof(float));
+        memcpy(*member_of + *n_rows, s->member[q], (size_t)s->cnt[q] * sizeof(int64_t));
+        *n_rows += s->cnt[q];
+    }
     return rc;
 }
 
@@ -374,7 +511,8 @@ static int ov_once(ps_producer_ctx *cx, ps_product *const *items, int64_t n, ps_
         const ps_experiment *ex = items[k]->ex;
         float *resid = NULL;
         int64_t *member_of = NULL, n_rows = 0;
-        int rc = ov_inputs(cx, items[k]->state, ex->ov_prompts, &resid, &member_of, &n_rows, e);
+        int rc = ex->ov_prompts ? ov_prompt_inputs(cx, items[k]->state, &resid, &member_of, &n_rows, e)
+                                : ov_inputs(cx, items[k]->state, &resid, &member_of, &n_rows, e);
         if (rc == 0) rc = ps_ov_fill(cx->m, items[k]->t, resid, n_rows, member_of, ex->negative ? -1.0f : 1.0f, e);
         if (rc == 0) rc = ps_table_attr_i64(items[k]->t, "occurrences", n_rows, e);
         free(resid);
@@ -384,7 +522,8 @@ static int ov_once(ps_producer_ctx *cx, ps_product *const *items, int64_t n, ps_
     return 0;
 }
 
-const ps_producer ps_ov_scores_producer = {.kind = "ov_scores", .per_prompt = 0, .init = ov_init, .once = ov_once, .free_state = ov_free};
+const ps_producer ps_ov_scores_producer = {.kind = "ov_scores", .per_prompt = 0, .init = ov_init, .chunk = ov_chunk, .once = ov_once,
+                                           .free_state = ov_free, .reads = ov_reads};
 
 // ---- head_scores -------------------------------------------------------------------------------------
 // ARENA's setting: 10 sequences of N = 50 uniform random tokens (fewer where the context is shorter), each
@@ -475,7 +614,7 @@ static int nrn_chunk(ps_producer_ctx *cx, ps_product *const *items, int64_t n, c
     return 0;
 }
 
-const ps_producer ps_neurons_producer = {.kind = "neurons", .per_prompt = 1, .init = nrn_init, .chunk = nrn_chunk};
+const ps_producer ps_neurons_producer = {.kind = "neurons", .per_prompt = 1, .init = nrn_init, .chunk = nrn_chunk, .reads = reads_run};
 
 static int top_init(const ps_model_config *mc, const ps_prompt_set *ps, ps_product *p, ps_error *e) {
     (void)ps;
@@ -505,20 +644,14 @@ static int top_once(ps_producer_ctx *cx, ps_product *const *items, int64_t n_ite
             T_prompt[i] = ps->p[i].T_prompt;
             if (isnan(acts[i * W])) redo[n_redo++] = i;   // position 0 exists in every prompt: a row not computed here
         }
-        // The prompts not run in this process, again, in small batches.
-        const int64_t B = 8;
-        for (int64_t b0 = 0; rc == 0 && b0 < n_redo; b0 += B) {
-            const int64_t nb = n_redo - b0 < B ? n_redo - b0 : B;
-            const int32_t *seq[8];
-            int64_t len[8];
-            ps_cache caches[8];
-            memset(caches, 0, sizeof caches);
-            for (int64_t j = 0; j < nb; j++) { seq[j] = tokens[redo[b0 + j]]; len[j] = ps->p[redo[b0 + j]].T; }
-            if ((rc = ps_producer_stopped(cx, e)) == 0 && (rc = run_cached(cx, seq, len, nb, caches, e)) == 0)
-                for (int64_t j = 0; j < nb; j++)
-                    ps_neurons_prompt(&cx->m->cfg, &caches[j], par->neuron_layer, par->neurons, n, T_prompt[redo[b0 + j]], T_max,
-                                      acts + redo[b0 + j] * W);
-            for (int64_t j = 0; j < nb; j++) ps_cache_free(&caches[j]);
+        // The prompts not run in this process, again as their baselines ran (so the ranking's numbers are those of an
+        // uninterrupted run's rows).
+        for (int64_t j = 0; rc == 0 && j < n_redo; j++) {
+            ps_cache c = {0};
+            if ((rc = ps_producer_stopped(cx, e)) == 0 && (rc = rerun_baseline(cx, redo[j], par->run_corrupted, &c, e)) == 0)
+                ps_neurons_prompt(&cx->m->cfg, &c, par->neuron_layer, par->neurons, n, T_prompt[redo[j]], T_max, acts + redo[j] * W);
+            if (cx->be->release_cache) cx->be->release_cache(cx->be, &c);
+            ps_cache_free(&c);
         }
         if (rc == 0) rc = ps_neuron_top_fill(items[k]->t, ps->tok, tokens, T_prompt, ps->n, acts, n, T_max, par->neuron_layer,
                                              par->neurons, par->window, e);

@@ -93,26 +93,55 @@ static void project(double *g, const float *W, const double *u, int64_t rows, in
     for (int64_t r = 0; r < rows; r++) g[r] = dot(W + r * C, u, C);
 }
 
-int ps_dla_prompt(const ps_model *m, const ps_cache *c, int64_t pos, int32_t answer, int32_t wrong, int neurons, float *out,
-                  ps_error *e) {
+// What a prompt's decomposition needs of its (answer, wrong) pair, before the final-norm scale: per variant the
+// direction u (C) a residual vector is dotted with (the norm's weight folded in for "exact", centred for
+// LayerNorm), its projections through every layer's W_O (L, H*D) and W_out (L, M), the dot products with b_O
+// and b_out (L each), and the final bias term. A prompt divides by its own scale: sum x_i u_i / s.
+typedef struct {
+    int32_t answer, wrong;
+    int neurons;
+    double *u, *g_o, *g_out, *b_o, *b_out;   // (2, C), (2, L, H*D), (2, L, M) or NULL, (2, L), (2, L); in one block
+    double fb;
+} dla_dirs;
+
+struct ps_dla_memo {
+    dla_dirs *d;
+    int64_t n, cap, max_n;
+};
+
+ps_dla_memo *ps_dla_memo_new(const ps_model_config *mc, size_t max_bytes) {
+    ps_dla_memo *mm = calloc(1, sizeof *mm);
+    if (!mm) return NULL;
+    const size_t per = (size_t)(2 * (mc->d_model + mc->n_layers * (mc->n_heads * mc->d_head + mc->d_mlp + 2))) * sizeof(double);
+    mm->max_n = (int64_t)(max_bytes / (per ? per : 1));
+    return mm;
+}
+
+void ps_dla_memo_free(ps_dla_memo *mm) {
+    if (!mm) return;
+    for (int64_t i = 0; i < mm->n; i++) free(mm->d[i].u);
+    free(mm->d);
+    free(mm);
+}
+
+static void dirs_free(dla_dirs *d) { free(d->u); }
+
+// Fills d for (answer, wrong) (wrong -1: the answer alone).
+static int dirs_make(const ps_model *m, int32_t answer, int32_t wrong, int neurons, dla_dirs *d, ps_error *e) {
     const ps_model_config *mc = &m->cfg;
-    const int64_t C = mc->d_model, L = mc->n_layers, H = mc->n_heads, D = mc->d_head, M = mc->d_mlp, V = mc->d_vocab;
-    const int64_t T = c->T, K = ps_dla_n_components(mc, neurons);
+    const int64_t C = mc->d_model, L = mc->n_layers, HD = mc->n_heads * mc->d_head, M = mc->d_mlp;
     const int bias = has_biases(mc);
-    if (pos < 0 || pos >= T) return ps_fail(e, PS_EXIT_BADINPUT, "dla: position %lld outside the prompt's %lld tokens", (long long)pos, (long long)T);
-    if (answer < 0 || answer >= V || wrong < -1 || wrong >= V)
-        return ps_fail(e, PS_EXIT_BADINPUT, "dla: answer %d or wrong %d outside the vocabulary (%lld)", answer, wrong, (long long)V);
-    if (!c->z || !c->attn_out || !c->mlp_out || !c->lnf_scale || (neurons && !c->mlp_post))
-        return ps_fail(e, PS_EXIT_RUNTIME, "dla: the cache lacks an array it reads");
-    int64_t G = H * D > M ? H * D : M;
-    double *u = malloc((size_t)(2 * C + G) * sizeof *u);
-    if (!u) return ps_fail(e, PS_EXIT_RUNTIME, "dla: out of memory");
-    double *g = u + 2 * C;
-    // u[v] (C): the direction a residual vector is dotted with in variant v, the final norm folded in.
+    *d = (dla_dirs){.answer = answer, .wrong = wrong, .neurons = neurons};
+    double *blk = malloc((size_t)(2 * (C + L * HD + (neurons ? L * M : 0) + 2 * L)) * sizeof *blk);
+    if (!blk) return ps_fail(e, PS_EXIT_RUNTIME, "dla: out of memory");
+    d->u = blk;
+    d->g_o = d->u + 2 * C;
+    d->g_out = neurons ? d->g_o + 2 * L * HD : NULL;
+    d->b_o = d->g_o + 2 * L * HD + (neurons ? 2 * L * M : 0);
+    d->b_out = d->b_o + 2 * L;
     const float *wa = m->w.w_u + (int64_t)answer * C, *ww = wrong >= 0 ? m->w.w_u + (int64_t)wrong * C : NULL;   // NULL: answer alone
-    const double s = c->lnf_scale[pos];
     for (int v = 0; v < 2; v++) {
-        double *uv = u + v * C, mean = 0;
+        double *uv = d->u + v * C, mean = 0;
         for (int64_t i = 0; i < C; i++) {
             uv[i] = (double)wa[i] - (ww ? ww[i] : 0.0f);
             if (v == 1) uv[i] *= m->w.lnf_w[i];
@@ -120,50 +149,107 @@ int ps_dla_prompt(const ps_model *m, const ps_cache *c, int64_t pos, int32_t ans
         }
         mean /= (double)C;
         // Centring x before the dot product equals centring the direction: sum (x_i - mean x) u_i = x . (u - mean u).
-        for (int64_t i = 0; i < C; i++) uv[i] = (bias ? uv[i] - mean : uv[i]) / s;
+        if (bias)
+            for (int64_t i = 0; i < C; i++) uv[i] -= mean;
     }
+    for (int64_t l = 0; l < L; l++) {
+        ps_layer_weights lw;
+        if (ps_model_layer(m, l, &lw, e) != 0) {
+            dirs_free(d);
+            return -1;
+        }
+        for (int v = 0; v < 2; v++) {
+            const double *uv = d->u + v * C;
+            project(d->g_o + (v * L + l) * HD, lw.w_o, uv, HD, C);   // w_o: (H*D, C)
+            if (neurons) project(d->g_out + (v * L + l) * M, lw.w_out, uv, M, C);   // w_out: (M, C)
+            d->b_o[v * L + l] = bias ? dot(m->w.b_o + l * C, uv, C) : NAN;
+            d->b_out[v * L + l] = bias && neurons ? dot(m->w.b_out + l * C, uv, C) : NAN;
+        }
+    }
+    double fb = m->w.b_u ? (double)m->w.b_u[answer] - (wrong >= 0 ? m->w.b_u[wrong] : 0.0f) : 0.0;   // b_u: NULL for Llama
+    if (m->w.lnf_b)
+        for (int64_t i = 0; i < C; i++) fb += (double)m->w.lnf_b[i] * ((double)wa[i] - (ww ? ww[i] : 0.0f));
+    d->fb = fb;
+    return 0;
+}
+
+// The pair's directions (*d) from the memo, made (and kept while there is room) when absent; made and not kept, they
+// are tmp's, which the caller frees (dirs_free; a kept tmp is zeroed).
+static int dirs_get(const ps_model *m, ps_dla_memo *mm, int32_t answer, int32_t wrong, int neurons, dla_dirs **d, dla_dirs *tmp,
+                    ps_error *e) {
+    for (int64_t i = 0; mm && i < mm->n; i++)
+        if (mm->d[i].answer == answer && mm->d[i].wrong == wrong && mm->d[i].neurons == neurons) {
+            *d = &mm->d[i];
+            return 0;
+        }
+    if (dirs_make(m, answer, wrong, neurons, tmp, e) != 0) return -1;
+    *d = tmp;
+    if (!mm || mm->n >= mm->max_n) return 0;
+    if (mm->n == mm->cap) {
+        int64_t cap = mm->cap ? 2 * mm->cap : 16;
+        dla_dirs *nd = realloc(mm->d, (size_t)cap * sizeof *nd);
+        if (!nd) return 0;   // not kept: the numbers are the same
+        mm->d = nd;
+        mm->cap = cap;
+    }
+    mm->d[mm->n] = *tmp;
+    *d = &mm->d[mm->n++];
+    memset(tmp, 0, sizeof *tmp);
+    return 0;
+}
+
+int ps_dla_prompt_memo(const ps_model *m, ps_dla_memo *memo, const ps_cache *c, int64_t pos, int32_t answer, int32_t wrong, int neurons,
+                       float *out, ps_error *e) {
+    const ps_model_config *mc = &m->cfg;
+    const int64_t C = mc->d_model, L = mc->n_layers, H = mc->n_heads, D = mc->d_head, M = mc->d_mlp, V = mc->d_vocab;
+    const int64_t T = c->T, K = ps_dla_n_components(mc, neurons), HD = H * D;
+    const int bias = has_biases(mc);
+    if (pos < 0 || pos >= T) return ps_fail(e, PS_EXIT_BADINPUT, "dla: position %lld outside the prompt's %lld tokens", (long long)pos, (long long)T);
+    if (answer < 0 || answer >= V || wrong < -1 || wrong >= V)
+        return ps_fail(e, PS_EXIT_BADINPUT, "dla: answer %d or wrong %d outside the vocabulary (%lld)", answer, wrong, (long long)V);
+    if (!c->z || !c->attn_out || !c->mlp_out || !c->lnf_scale || (neurons && !c->mlp_post))
+        return ps_fail(e, PS_EXIT_RUNTIME, "dla: the cache lacks an array it reads");
+    dla_dirs tmp = {0}, *d = NULL;
+    if (dirs_get(m, memo, answer, wrong, neurons, &d, &tmp, e) != 0) return -1;
+    const double s = c->lnf_scale[pos];
     for (int64_t i = 0; i < 2 * K; i++) out[i] = NAN;
-    int rc = 0;
     for (int v = 0; v < 2; v++) {
-        const double *uv = u + v * C;
+        const double *uv = d->u + v * C;
         float *o = out + v * K;
         int64_t k = 0;
-        o[k++] = (float)dot(c->embed + pos * C, uv, C);
-        if (has_pos_embed(mc)) o[k++] = (float)dot(c->pos_embed + pos * C, uv, C);
+        o[k++] = (float)(dot(c->embed + pos * C, uv, C) / s);
+        if (has_pos_embed(mc)) o[k++] = (float)(dot(c->pos_embed + pos * C, uv, C) / s);
         for (int64_t l = 0; l < L; l++) {
-            o[k++] = (float)dot(c->attn_out + (l * T + pos) * C, uv, C);
-            o[k++] = (float)dot(c->mlp_out + (l * T + pos) * C, uv, C);
+            o[k++] = (float)(dot(c->attn_out + (l * T + pos) * C, uv, C) / s);
+            o[k++] = (float)(dot(c->mlp_out + (l * T + pos) * C, uv, C) / s);
         }
         int64_t k_heads = k, k_bo = k_heads + L * H;
         int64_t k_fb = k_bo + bias * L, k_neur = k_fb + 1, k_bout = k_neur + L * M;
         for (int64_t l = 0; l < L; l++) {
-            ps_layer_weights lw;
-            if ((rc = ps_model_layer(m, l, &lw, e)) != 0) goto done;
-            project(g, lw.w_o, uv, H * D, C);   // w_o: (H*D, C)
-            const float *z = c->z + (l * T + pos) * H * D;
+            const double *g = d->g_o + (v * L + l) * HD;
+            const float *z = c->z + (l * T + pos) * HD;
             for (int64_t h = 0; h < H; h++) {
                 double a = 0;
-                for (int64_t d = 0; d < D; d++) a += (double)z[h * D + d] * g[h * D + d];
-                o[k_heads + l * H + h] = (float)a;
+                for (int64_t j = 0; j < D; j++) a += (double)z[h * D + j] * g[h * D + j];
+                o[k_heads + l * H + h] = (float)(a / s);
             }
-            if (bias) o[k_bo + l] = (float)dot(m->w.b_o + l * C, uv, C);
+            if (bias) o[k_bo + l] = (float)(d->b_o[v * L + l] / s);
             if (neurons) {
-                project(g, lw.w_out, uv, M, C);   // w_out: (M, C)
+                const double *gn = d->g_out + (v * L + l) * M;
                 const float *post = c->mlp_post + (l * T + pos) * M;
-                for (int64_t n = 0; n < M; n++) o[k_neur + l * M + n] = (float)((double)post[n] * g[n]);
-                if (bias) o[k_bout + l] = (float)dot(m->w.b_out + l * C, uv, C);
+                for (int64_t n = 0; n < M; n++) o[k_neur + l * M + n] = (float)((double)post[n] * gn[n] / s);
+                if (bias) o[k_bout + l] = (float)(d->b_out[v * L + l] / s);
             }
         }
-        if (v == 1) {
-            double fb = m->w.b_u ? (double)m->w.b_u[answer] - (wrong >= 0 ? m->w.b_u[wrong] : 0.0f) : 0.0;   // b_u: NULL for Llama
-            if (m->w.lnf_b)
-                for (int64_t i = 0; i < C; i++) fb += (double)m->w.lnf_b[i] * ((double)wa[i] - (ww ? ww[i] : 0.0f));
-            o[k_fb] = (float)fb;
-        }
+        if (v == 1) o[k_fb] = (float)d->fb;
     }
-done:
-    free(u);
-    return rc;
+    dirs_free(&tmp);
+    return 0;
+}
+
+int ps_dla_prompt(const ps_model *m, const ps_cache *c, int64_t pos, int32_t answer, int32_t wrong, int neurons, float *out,
+                  ps_error *e) {
+    return ps_dla_prompt_memo(m, NULL, c, pos, answer, wrong, neurons, out, e);
 }
 
 int ps_dla_ablated(const ps_ablator *a, const ps_abl_set *set, int neurons, int answer_only, float *out, ps_error *e) {
@@ -174,11 +260,13 @@ int ps_dla_ablated(const ps_ablator *a, const ps_abl_set *set, int neurons, int 
         free(caches);
         return -1;
     }
-    int rc = 0;
+    ps_dla_memo *memo = ps_dla_memo_new(&a->m->cfg, (size_t)64 << 20);
+    int rc = memo ? 0 : ps_fail(e, PS_EXIT_RUNTIME, "dla: out of memory");
     for (int64_t i = 0; rc == 0 && i < n; i++) {
         const ps_prompt *p = &a->ps->p[i];
-        rc = ps_dla_prompt(a->m, &caches[i], p->score_pos, p->answer_id, answer_only ? -1 : p->wrong_id, neurons, out + i * 2 * K, e);
+        rc = ps_dla_prompt_memo(a->m, memo, &caches[i], p->score_pos, p->answer_id, answer_only ? -1 : p->wrong_id, neurons, out + i * 2 * K, e);
     }
+    ps_dla_memo_free(memo);
     for (int64_t i = 0; i < n; i++) {
         if (a->be && a->be->release_cache) a->be->release_cache(a->be, &caches[i]);
         ps_cache_free(&caches[i]);

@@ -1,4 +1,5 @@
-// The engine's run: chunks of prompts whose clean and corrupted baselines run with every activation cached, then
+// The engine's run: chunks of prompts whose clean and corrupted baselines run with every activation cached (a
+// run's cache only where some experiment reads it), then
 // every experiment's producer (ps_producer.h) on the chunk, the journal's callback, and the producers that run
 // once. prompts.c tokenizes the dataset; sweep.c and sweep_run.c are the patching sweeps' producer.
 #include "engine_internal.h"
@@ -20,9 +21,10 @@ static double now_s(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-// Runs the clean and corrupted baselines of a chunk with every activation cached.
+// Runs the clean and corrupted baselines of a chunk, each with every activation cached where some experiment
+// reads that run's cache (reads: PS_READS_*), else logits only (the cache stays zeroed).
 static int run_baselines(ps_producer_ctx *c, const int64_t *chunk, int64_t nc, ps_cache *clean, ps_cache *corr, float *clean_lp,
-                         ps_error *e) {
+                         unsigned reads, ps_error *e) {
     const ps_model_config *mc = &c->m->cfg;
     const int64_t V = mc->d_vocab;
     const ps_prompt_set *ps = c->ps;
@@ -35,14 +37,15 @@ static int run_baselines(ps_producer_ctx *c, const int64_t *chunk, int64_t nc, p
     if (!bl_logits || !brow || !brq) rc = ps_fail(e, PS_EXIT_RUNTIME, "out of memory for %lld prompts' baselines", (long long)nc);
     for (int64_t i = 0; rc == 0 && i < nc; i++) {
         const ps_prompt *p = &ps->p[chunk[i]];
-        if (ps_cache_init(&clean[i], mc, p->T, 0, e) || ps_cache_init(&corr[i], mc, p->T, 0, e)) { rc = -1; break; }
+        if (((reads & PS_READS_CLEAN) && ps_cache_init(&clean[i], mc, p->T, 0, e)) ||
+            ((reads & PS_READS_CORRUPTED) && ps_cache_init(&corr[i], mc, p->T, 0, e))) { rc = -1; break; }
         ps_metric_request_for(c->metric, p, &brq[i]);
         brq[i].n_cols = 0;
         for (int k = 0; k < 2; k++) {
             ps_row *r = &brow[2 * i + k];
             r->tokens = k == 0 ? p->clean : p->corrupted;
             r->T = p->T;
-            r->cache = k == 0 ? &clean[i] : &corr[i];
+            r->cache = (reads & (k == 0 ? PS_READS_CLEAN : PS_READS_CORRUPTED)) ? (k == 0 ? &clean[i] : &corr[i]) : NULL;
             r->out_pos = brq[i].out_pos;
             r->n_out = brq[i].n_out;
             r->logits = bl_logits + (2 * i + k) * max_out * V;
@@ -194,6 +197,13 @@ int ps_engine_run(const ps_model *m, ps_backend *be, const ps_prompt_set *ps, co
         if (out->tables[s].per_prompt) per_prompt_cells += out->tables[s].n_cells;
     c.total = per_prompt_cells * n_todo;
     const size_t budget = o->cache_budget ? o->cache_budget : ((size_t)2 << 30);
+    // The baseline caches some per-prompt experiment reads (a producer that does not say: both).
+    unsigned reads = 0;
+    for (int64_t s = 0; s < out->n_products; s++) {
+        const ps_product *p = &out->products[s];
+        if (p->pr->chunk) reads |= p->pr->reads ? p->pr->reads(p->ex) : PS_READS_CLEAN | PS_READS_CORRUPTED;
+    }
+    const size_t cached_runs = (size_t)(!!(reads & PS_READS_CLEAN) + !!(reads & PS_READS_CORRUPTED));
     int rc = 0;
 
     for (int64_t c0 = 0; c0 < n_todo && rc == 0;) {
@@ -201,7 +211,7 @@ int ps_engine_run(const ps_model *m, ps_backend *be, const ps_prompt_set *ps, co
         int64_t c1 = c0;
         size_t bytes = 0;
         while (c1 < n_todo && (o->chunk_prompts <= 0 || c1 - c0 < o->chunk_prompts)) {
-            size_t nb = 2 * ps_cache_floats(mc, ps->p[todo[c1]].T, 0) * sizeof(float);
+            size_t nb = cached_runs * ps_cache_floats(mc, ps->p[todo[c1]].T, 0) * sizeof(float);
             if (c1 > c0 && bytes + nb > budget) break;
             bytes += nb;
             c1++;
@@ -219,12 +229,12 @@ int ps_engine_run(const ps_model *m, ps_backend *be, const ps_prompt_set *ps, co
             rc = ps_fail(e, PS_EXIT_RUNTIME, "out of memory for %lld prompts' caches", (long long)nc);
         if (rc == 0 && nc > 0) {
             rc = ps_producer_stopped(&c, e);
-            if (rc == 0) rc = run_baselines(&c, chunk, nc, clean, corr, clean_lp, e);
+            if (rc == 0) rc = run_baselines(&c, chunk, nc, clean, corr, clean_lp, reads, e);
             const ps_chunk ch = {.prompts = chunk, .n = nc, .clean = clean, .corrupted = corr, .clean_logprobs = clean_lp};
             const int64_t done_after = c.done + per_prompt_cells * nc;
             for (int64_t k = 0; rc == 0 && k < g.n_groups; k++) {
                 ps_product *const *items = g.items + g.first[k];
-                if (items[0]->pr->per_prompt) rc = items[0]->pr->chunk(&c, items, g.first[k + 1] - g.first[k], &ch, e);
+                if (items[0]->pr->chunk) rc = items[0]->pr->chunk(&c, items, g.first[k + 1] - g.first[k], &ch, e);
             }
             if (c.done < done_after) c.done = done_after; // producers that count coarsely
             ps_producer_progress(&c, 0);
