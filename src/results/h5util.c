@@ -133,7 +133,7 @@ hid_t ps_h5_write(hid_t loc, const char *name, hid_t ftype, hid_t mtype, int ran
         }
         H5Pset_chunk(dcpl, rank, chunk);
         H5Pset_shuffle(dcpl);
-        H5Pset_deflate(dcpl, 4);
+        H5Pset_deflate(dcpl, 1);
     }
     hid_t d = H5Dcreate2(loc, name, ftype, sp, H5P_DEFAULT, dcpl, H5P_DEFAULT);
     H5Pclose(dcpl);
