@@ -106,8 +106,11 @@ unsigned ps_row_caps(const ps_row *row) {
         const ps_patch *pt = &row->patches[p];
         if ((int)pt->op >= 0 && pt->op < PS_OP_COUNT) c |= OP_CAP[pt->op];
         if (pt->head_mask) c |= PS_CAP_HEAD_MASK;
+        if (pt->site == PS_SITE_RESULT) c |= PS_CAP_RESULT;
     }
     if (row->n_captures) c |= PS_CAP_CAPTURE;
+    for (int64_t k = 0; k < row->n_captures; k++)
+        if (row->captures[k].site == PS_SITE_RESULT) c |= PS_CAP_RESULT;
     return c;
 }
 
@@ -122,6 +125,7 @@ static const char *cap_name(unsigned bit) {
     case PS_CAP_FREEZE: return "frozen hooks";
     case PS_CAP_HEAD_MASK: return "head masks";
     case PS_CAP_CAPTURE: return "captures";
+    case PS_CAP_RESULT: return "interventions at hook_result (heads after W_O)";
     default: return "?";
     }
 }
@@ -180,6 +184,10 @@ int ps_row_check(const ps_model_config *mc, const ps_row *row, unsigned caps, co
                            (long long)mc->n_layers);
         if (!ps_array_in_model(mc, ps_site_array(cp->site)))
             return ps_fail(e, PS_EXIT_BADINPUT, "capture %lld (%s): %s", (long long)k, ps_site_name(cp->site), ps_site_absent_why(mc, cp->site));
+        // Positions and layers a row does not recompute are copied from base (hook_result only in caches that ask for it).
+        if (row->base && !ps_cache_site(row->base, cp->site))
+            return ps_fail(e, PS_EXIT_BADINPUT, "capture %lld (%s): the row's base run does not hold that hook", (long long)k,
+                           ps_site_name(cp->site));
     }
     if (row->n_captures && row->narrow)
         return ps_fail(e, PS_EXIT_RUNTIME, "a row with captures cannot be narrowed");
