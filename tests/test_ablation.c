@@ -216,7 +216,7 @@ static void check_search(fixture *f, const cJSON *golden) {
     // prompts' too): the MLP means then come from full reference runs.
     const int64_t spec[4] = {1, 3, 16, 3};
     size_t ps_bytes = 0;
-    for (int64_t i = 0; i < f->ps.n; i++) ps_bytes += ps_cache_floats(&f->m.cfg, f->ps.p[i].T, 0) * sizeof(float);
+    for (int64_t i = 0; i < f->ps.n; i++) ps_bytes += ps_cache_floats(&f->m.cfg, f->ps.p[i].T, g_result ? PS_CACHE_RESULT : 0) * sizeof(float);
     for (int s = 0; s < 4; s++) {
         ps_ablator a = {.m = &f->m, .be = &f->be, .ps = &f->ps, .metric = PS_METRIC_LOGIT_DIFF, .method = PS_ABL_MEAN,
                         .heads_at_result = g_result, .means = &f->means[0]};

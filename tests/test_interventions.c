@@ -401,6 +401,24 @@ static void against_naive(const char *model) {
             zp.src = &corr;
             memset(&e2, 0, sizeof e2);
             TU_CHECK(ps_engine_rows(&f.m, &lim, &r, 1, NULL, NULL, &e2) == 0, "%s: replace on a replace-only backend: %s", model, e2.msg);
+            // The CUDA backend's capabilities: a zero of hook_result (and a capture of it) is refused, bad input.
+            lim.caps = PS_CAPS_CUDA;
+            lim.name = "cuda";
+            ps_patch rp = mk(PS_OP_ZERO, PS_SITE_RESULT, 0, 0, -1);
+            r.patches = &rp;
+            memset(&e2, 0, sizeof e2);
+            TU_CHECK(ps_engine_rows(&f.m, &lim, &r, 1, NULL, NULL, &e2) != 0 && e2.code == PS_EXIT_BADINPUT &&
+                         strstr(e2.msg, "the cuda backend does not implement interventions at hook_result"),
+                     "%s: CUDA's caps must refuse hook_result (got \"%s\")", model, e2.msg);
+            printf("  refused as it should: %s\n", e2.msg);
+            float *cap = xcalloc((size_t)(p->T * ps_site_width(&f.m.cfg, PS_SITE_RESULT, p->T)), sizeof(float));
+            ps_capture cp = {.site = PS_SITE_RESULT, .layer = 0, .out = cap};
+            ps_row rc2 = {.tokens = p->corrupted, .T = p->T, .captures = &cp, .n_captures = 1, .out_pos = &out, .n_out = 1, .logits = lg};
+            ps_rows_opts nv = {.naive = 1};
+            memset(&e2, 0, sizeof e2);
+            TU_CHECK(ps_engine_rows(&f.m, &lim, &rc2, 1, &nv, NULL, &e2) != 0 && strstr(e2.msg, "hook_result"),
+                     "%s: CUDA's caps must refuse a capture of hook_result (got \"%s\")", model, e2.msg);
+            free(cap);
             ps_cache_free(&corr);
         }
     }

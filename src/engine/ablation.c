@@ -296,7 +296,8 @@ static int run_set(const ps_ablator *a, const ps_prompt_set *ps, const ps_abl_se
     for (; rc == 0 && done < ps->n; done++) {
         const ps_prompt *p = &ps->p[done];
         const int64_t g = !heads_only && a->group_of && a->means && a->means->group == PS_GROUP_PER_TEMPLATE_POSITION ? a->group_of[done] : 0;
-        if (ps_cache_init(&caches[done], &a->m->cfg, p->T, 0, e) != 0) { rc = -1; break; }
+        // With heads at hook_result the runs hold it: rows starting from them compare their result patches with it.
+        if (ps_cache_init(&caches[done], &a->m->cfg, p->T, a->heads_at_result ? PS_CACHE_RESULT : 0, e) != 0) { rc = -1; break; }
         const int64_t np = ps_abl_build_patches(a, set, p, g, !heads_only && a->src ? &a->src[done] : NULL, heads_only, patches);
         ps_row r = {.tokens = p->clean, .T = p->T, .cache = &caches[done], .patches = patches, .n_patches = np < 0 ? 0 : np};
         if (np < 0) rc = ps_fail(e, PS_EXIT_BADINPUT, "prompt %lld: too long for an ablation row", (long long)done);
