@@ -14,7 +14,8 @@ typedef enum { PS_COMP_HEAD = 0, PS_COMP_MLP, PS_COMP_NEURON } ps_comp_kind;
 typedef struct {
     ps_comp_kind kind;
     int64_t layer;
-    int64_t index;              // head (at hook_z) or neuron (at hook_mlp_post); -1 for an MLP layer (hook_mlp_out)
+    int64_t index;              // head (at hook_z, or hook_result: ps_ablator.heads_at_result) or neuron (at hook_mlp_post);
+                                // -1 for an MLP layer (hook_mlp_out)
     const int64_t *pos;         // NULL: every position; else (n_pos), negative counts from the end of the prompt
     int64_t n_pos;
     char *const *pos_role;      // NULL or (n_pos): a role name where pos[k] names one ("end" is pos -1)
@@ -33,8 +34,8 @@ typedef enum { PS_GROUP_PER_POSITION = 0, PS_GROUP_ALL_POSITIONS, PS_GROUP_PER_T
 const char *ps_abl_method_name(ps_abl_method m);   // "zero", "mean", "resample", "corrupted"
 const char *ps_mean_group_name(ps_mean_group g);   // "per_position", "all_positions", "per_template_position"
 
-// The sites means are kept for.
-enum { PS_MS_Z = 0, PS_MS_MLP_OUT, PS_MS_MLP_POST, PS_MS_COUNT };
+// The sites means are kept for (hook_result only for heads ablated there).
+enum { PS_MS_Z = 0, PS_MS_MLP_OUT, PS_MS_MLP_POST, PS_MS_RESULT, PS_MS_COUNT };
 
 // Mean activations over a reference prompt set, per group and position (computed once per run).
 typedef struct {
@@ -42,7 +43,7 @@ typedef struct {
     int64_t n_groups;           // 1 unless per_template_position
     int64_t rows;               // positions per group: the reference prompts' length, or 1 (all_positions)
     int64_t n_ref;
-    int64_t width[PS_MS_COUNT]; // H*D, C, M
+    int64_t width[PS_MS_COUNT]; // H*D, C, M, H*C (result: 0 when not computed)
     float *site[PS_MS_COUNT];   // owned: (L, n_groups, rows, width[s]); NULL for a site not computed
     int64_t *group_count;       // owned: (n_groups) reference prompts in each group
 } ps_ref_means;
@@ -56,6 +57,10 @@ ps_view ps_ref_means_view(const ps_ref_means *rm, int s, int64_t l, int64_t g);
 // (bad input otherwise, naming `where`). Sums in double, in prompt order.
 int ps_ref_means_compute(const ps_model *m, ps_backend *be, const ps_prompt_set *ref, ps_mean_group group,
                          const int64_t *group_of, int64_t n_groups, const char *where, ps_ref_means *out, ps_error *e);
+// The same with heads_at_result: hook_result (L, G, rows, H*C) in place of hook_z (CPU backend: PS_CAP_RESULT).
+int ps_ref_means_compute_heads(const ps_model *m, ps_backend *be, const ps_prompt_set *ref, ps_mean_group group,
+                               const int64_t *group_of, int64_t n_groups, int heads_at_result, const char *where, ps_ref_means *out,
+                               ps_error *e);
 void ps_ref_means_free(ps_ref_means *rm);
 
 // A set of components to ablate, or (keep = 1) a circuit to keep: then every head and MLP layer of the
@@ -76,6 +81,7 @@ typedef struct {
     const ps_prompt_set *ps;      // the prompts scored (borrowed)
     ps_metric_kind metric;        // logit_diff, prob_diff or logprob (KL is refused)
     ps_abl_method method;
+    int heads_at_result;          // 1: heads ablated at hook_result (after W_O; means need PS_MS_RESULT), 0: at hook_z
     const ps_ref_means *means;    // mean (borrowed)
     const int64_t *group_of;      // (ps->n) per_template_position: each prompt's group (borrowed)
     const ps_prompt_set *ref;     // resample: the prompts taken from (borrowed)
@@ -109,7 +115,7 @@ void ps_ablator_free(ps_ablator *a);
 int ps_ablator_score(ps_ablator *a, const ps_abl_set *sets, int64_t n_sets, float *values, ps_error *e);
 
 // Every prompt run with `set` ablated, each activation recorded: caches (ps->n), initialised here (free each with
-// ps_cache_free; on error none is held).
+// ps_cache_free; on error none is held); with heads_at_result they hold hook_result too (PS_CACHE_RESULT).
 int ps_ablator_runs(const ps_ablator *a, const ps_abl_set *set, ps_cache *caches, ps_error *e);
 
 // seqcont's MLP means: hook_mlp_out / hook_mlp_post means over the reference prompts run with every head

@@ -73,7 +73,9 @@
 //         mean per template and position; templates come from the "template" field of the dataset and of the
 //         reference, named in their "fields"; every prompt's template needs reference prompts),
 //      "seed": resample's draws (default 0), "mlp_means": "reference" (default) | "under_head_ablation" (seqcont's
-//         code: MLP means over the reference run with the heads outside the circuit mean-ablated);
+//         code: MLP means over the reference run with the heads outside the circuit mean-ablated),
+//      "head_site": "z" (default: heads ablated before W_O, as seqcont and ARENA) | "result" (at hook_result, each
+//         head's output after W_O; means, resampled and corrupted values of hook_result; CPU backend only);
 //      circuit_search only: "threshold": points (default 20: remove when 100 - score < 20), "passes":
 //         "until_stable" (default) | "one_each", "speculate": candidates scored per batch (the result does not
 //         depend on it). circuit_search takes no components, keep or positions.
@@ -120,6 +122,8 @@ typedef enum {
     PS_SITE_ATTN_OUT, PS_SITE_MLP_OUT,
     PS_SITE_Q, PS_SITE_K, PS_SITE_V, PS_SITE_PATTERN, PS_SITE_Z,
     PS_SITE_MLP_POST,   // neurons
+    PS_SITE_RESULT,     // blocks.l.attn.hook_result: each head's output after W_O (T, H, C); attn_out = sum_h + b_O.
+                        // Read by ablations ("head_site": "result") on the CPU backend; sweeps refuse it
     PS_SITE_COUNT
 } ps_site;
 
@@ -208,6 +212,7 @@ typedef struct {
     char *ref_path;                        // its resolved file (owned)
     int64_t seed;                          // resample draws (default 0)
     int mlp_means_under;                   // "mlp_means": "under_head_ablation" (1; seqcont) or "reference" (0, default)
+    int heads_at_result;                   // "head_site": "result" (1: heads ablated at hook_result, after W_O) or "z" (0, default)
     double threshold;                      // circuit_search: points (default 20); edge_circuit: a score threshold
     int one_pass;                          // circuit_search: "passes": "one_each" (1) or "until_stable" (0, default)
     int64_t speculate;                     // circuit_search: candidates per batch (0: the library's default)

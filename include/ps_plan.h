@@ -19,7 +19,8 @@ enum {
     PS_CAP_FREEZE = 1 << 6,
     PS_CAP_HEAD_MASK = 1 << 7,  // ps_patch.head_mask
     PS_CAP_CAPTURE = 1 << 8,    // ps_row.captures
-    PS_CAP_ALL = (1 << 9) - 1,
+    PS_CAP_RESULT = 1 << 9,     // patches or captures at PS_SITE_RESULT (per-head outputs after W_O)
+    PS_CAP_ALL = (1 << 10) - 1,
 };
 
 // What a row computes at one layer.

@@ -134,6 +134,51 @@ out=$("$bin" run "$tmp/scores.json" -o "$tmp/sh.h5" --shard 0/2 --quiet 2>&1 >/d
 [ "$rc" -eq 2 ] && grep -q "cm.completeness (kind circuit_scores): its values are not per prompt" <<<"$out" && pass "--shard refuses the scores ($out)" \
     || fail "--shard with circuit scores: exit $rc: $out"
 
+# --- heads at hook_result ("head_site": "result") against the same experiments at hook_z -----------------
+# The same linear map for these ablations (result_h = z_h W_O[h]): every pair within 1e-5 abs+rel, the searches
+# step for step. (TransformerLens at result is the golden of test_ablation; this is the binary's end to end.)
+$py - "$cfg" "$tmp/result.json" "$data" <<'EOF'
+import copy, json, sys
+c = json.load(open(sys.argv[1]))
+c["model"] = sys.argv[3] + "/" + c["model"]
+c["dataset"]["path"] = sys.argv[3] + "/" + c["dataset"]["path"]
+keep = ("zero_sets", "mean_per_position_sets", "mean_per_template_position_keep1", "resample_keep2", "corrupted_sets", "search")
+xs = [x for x in c["experiments"] if x["name"] in keep]
+for x in xs:
+    if "reference" in x:
+        x["reference"]["path"] = sys.argv[3] + "/" + x["reference"]["path"]
+    if x["kind"] == "circuit_search":
+        x["passes"] = "one_each"
+c["experiments"] = xs + [dict(copy.deepcopy(x), name=x["name"] + "_r", head_site="result") for x in xs]
+json.dump(c, open(sys.argv[2], "w"))
+EOF
+if "$bin" run "$tmp/result.json" -o "$tmp/result.h5" --quiet 2>"$tmp/err"; then pass "run with heads at hook_result"; else fail "result run: $(cat "$tmp/err")"; fi
+"$bin" inspect "$tmp/result.h5" >"$tmp/inspect" 2>&1 || fail "inspect: $(cat "$tmp/inspect")"
+for want in "mean_per_position_sets_r.reference_means: reference_means" "shape: layer 4 x group 1 x pos 24 x unit 1152" "head_site result"; do
+    grep -qF -- "$want" "$tmp/inspect" && pass "inspect shows '$want'" || fail "inspect lacks '$want'"
+done
+if $py -c 'import h5py, numpy' 2>/dev/null; then
+    if $py - "$tmp/result.h5" <<'EOF'
+import sys, h5py, numpy as np
+f = h5py.File(sys.argv[1], "r")
+worst, n = 0.0, 0
+for k in f["results"]:
+    if not k.endswith("_r"):
+        continue
+    a, b = f["results/" + k + "/values"][()], f["results/" + k[:-2] + "/values"][()]
+    if k.startswith("search"):
+        same = a.shape == b.shape and np.array_equal(a[:, 3], b[:, 3]) and np.allclose(a[:, 2], b[:, 2], rtol=1e-4, atol=1e-4)
+        print(f"search at result vs at z: {a.shape[0]} steps, same removals: {same}, max score diff {np.max(np.abs(a[:, 2] - b[:, 2])):.3g}")
+        worst = worst if same else 1e9
+        continue
+    worst = max(worst, float(np.max(np.abs(a - b) / (1e-5 + 1e-5 * np.abs(b)))))
+    n += 1
+print(f"hook_result vs hook_z: {n} ablation tables, max err / tolerance (1e-5) {worst:.3g}")
+sys.exit(0 if n == 5 and worst <= 1 else 1)
+EOF
+    then pass "ablations at hook_result equal those at hook_z"; else fail "ablations at hook_result differ from those at hook_z"; fi
+fi
+
 # --- bad input: one line naming the config path, exit 2, no results file ----------------------------
 expect_bad() {
     local name=$1 pattern=$2 conf=$3
@@ -196,6 +241,18 @@ mk k7 "[{\"name\": \"k\", \"kind\": \"ablation\", $sc, \"minimality\": {\"h3.3\"
 expect_bad "minimality of a component outside the circuit" "k7.json: experiments[0] (k): minimality.h3.3: \"h3.3\" is not a component of the kept circuit" "$tmp/k7.json"
 mk k8 "[{\"name\": \"k\", \"kind\": \"ablation\", \"keep\": [\"h0.0\", \"h1.1\"], \"reference\": $ref, \"mlp_means\": \"under_head_ablation\", \"completeness\": [\"h0.0\"]}]"
 expect_bad "completeness with seqcont's MLP means" "k8.json: experiments[0].completeness: takes MLP means over the reference run" "$tmp/k8.json"
+
+# hook_result where it is not implemented, or wrong
+mk hs1 "[{\"name\": \"k\", \"kind\": \"ablation\", \"components\": [\"h0.1\"], \"with\": \"zero\", \"head_site\": \"results\"}]"
+expect_bad "a misspelt head site" "hs1.json: experiments[0].head_site:" "$tmp/hs1.json"
+mk hs2 "[{\"name\": \"k\", \"kind\": \"ablation\", \"components\": [\"h0.4\"], \"with\": \"zero\", \"head_site\": \"result\"}]"
+expect_bad "a head the model lacks, at result" "hs2.json: experiments[0] (k): components[0]: h0.4: the model has heads 0..3" "$tmp/hs2.json"
+mk hs3 '[{"name": "k", "site": "result"}]'
+expect_bad "a patch sweep at result" "hs3.json: experiments[0].site: patch_sweep does not patch hook_result" "$tmp/hs3.json"
+mk hs4 '[{"name": "k", "kind": "attribution", "site": "result", "by": "layer_head"}]'
+expect_bad "attribution at result" "hs4.json: experiments[0].site: attribution does not patch hook_result" "$tmp/hs4.json"
+mk hs5 '[{"name": "k", "kind": "dla", "ablate": {"components": ["h0.1"], "with": "zero", "head_site": "result"}}]'
+expect_bad "dla's ablate at result" "hs5.json: experiments[0].ablate.head_site: unknown key" "$tmp/hs5.json"
 
 [ "$fails" -eq 0 ] && echo "ablation_cli: all passed" || echo "ablation_cli: $fails failed"
 [ "$fails" -eq 0 ]

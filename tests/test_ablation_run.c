@@ -130,6 +130,7 @@ static void check_means(const ps_model *m, ps_backend *be, const ps_prompt_set *
             for (int64_t r = 0; r < R; r++) {
                 float *d = want + (l * R + r) * U;
                 for (int s = 0; s < PS_MS_COUNT; s++) {
+                    if (!rm.site[s]) continue;   // hook_result: only for heads ablated there
                     memcpy(d, rm.site[s] + (l * R + r) * rm.width[s], (size_t)rm.width[s] * sizeof(float));
                     d += rm.width[s];
                 }

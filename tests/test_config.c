@@ -422,7 +422,7 @@ static void test_bad(void) {
     // Enums.
     expect_exp_fail("enum1.json", "{\"name\": \"x\", \"site\": \"resid\"}",
                     "experiments[1].site: expected one of resid_pre, resid_mid, resid_post, attn_out, mlp_out, z, q, k, v, "
-                    "pattern, mlp_post, got \"resid\"");
+                    "pattern, mlp_post, result, got \"resid\"");
     expect_fail("enum2.json", "{\"model\": \"m\", \"metric\": \"logitdiff\", \"dataset\": [" ITEM "]}", 0,
                 "metric: expected one of logit_diff, prob_diff, logprob, kl, got \"logitdiff\"");
     expect_fail("enum3.json", "{\"model\": \"m\", \"backend\": true, \"dataset\": [" ITEM "]}", 0,

@@ -35,13 +35,15 @@ static void test_ablation(void) {
     write_tmp("circ.json", circ, strlen(circ));
     const char *text = "{\"model\": \"m\", \"dataset\": [{\"clean\": \"a\", \"corrupted\": \"b\", \"answer\": \"c\", \"wrong\": \"d\", \"template\": \"t\"}],\n"
                        " \"experiments\": [{\"name\": \"k\", \"kind\": \"ablation\", \"keep\": {\"path\": \"circ.json\"}, \"with\": \"zero\"},\n"
-                       "  {\"name\": \"s\", \"kind\": \"circuit_search\", \"with\": \"zero\", \"threshold\": 2.5, \"passes\": \"one_each\", \"speculate\": 4}]}";
+                       "  {\"name\": \"s\", \"kind\": \"circuit_search\", \"with\": \"zero\", \"threshold\": 2.5, \"passes\": \"one_each\", \"speculate\": 4,\n"
+                       "   \"head_site\": \"result\"}]}";
     if (load_ok(&c, write_tmp("abl.json", text, strlen(text))) == 0) {
         const ps_experiment *k = &c.experiments[0], *s = &c.experiments[1];
         TU_CHECK(k->keep && k->n_cells == 1 && k->cells[0].n == 4 && !strcmp(k->cells[0].c[1].name, "h2.3") &&
                      !strcmp(k->cells[0].c[3].name, "mlp1") && k->keep_path, "keep from circ.json");
         STREQ(c.items[0].group, "t");
         TU_CHECK(s->threshold == 2.5 && s->one_pass == 1 && s->speculate == 4, "search settings");
+        TU_CHECK(s->heads_at_result == 1 && k->heads_at_result == 0, "head_site: result (search), z by default (ablation)");
         ps_config_free(&c);
     }
     const char *pre = "experiments[1].";
@@ -65,8 +67,10 @@ static void test_ablation(void) {
     snprintf(want, sizeof want, "%sreference.fields.answer: unknown key 'answer' (valid keys: clean, template)", pre);
     expect_exp_fail("reference answer field",
                     "{\"name\": \"x\", \"kind\": \"circuit_search\", \"reference\": {\"path\": \"ref.jsonl\", \"fields\": {\"answer\": \"a\"}}}", want);
-    snprintf(want, sizeof want, "%scomponents: unknown key 'components' (valid keys: name, kind, with, grouping, reference, seed, mlp_means, threshold, passes, speculate)", pre);
+    snprintf(want, sizeof want, "%scomponents: unknown key 'components' (valid keys: name, kind, with, grouping, reference, seed, mlp_means, threshold, passes, speculate, head_site)", pre);
     expect_exp_fail("search components", "{\"name\": \"x\", \"kind\": \"circuit_search\", \"components\": [\"h0.1\"]}", want);
+    snprintf(want, sizeof want, "%shead_site: expected one of z, result, got \"hook_result\"", pre);
+    expect_exp_fail("abl head_site", "{\"name\": \"x\", \"kind\": \"ablation\", \"components\": [\"h0.1\"], \"with\": \"zero\", \"head_site\": \"hook_result\"}", want);
     printf("ablation and circuit_search experiments: ok\n");
 }
 

@@ -1,6 +1,7 @@
 // Interventions (ps_patch operations, captures, frozen hooks, head masks) through the engine's row
 // planner: every operation against the naive engine (a full forward per row from the embedding, the same
-// patch list, nothing skipped or narrowed) on every tiny model, the skip cases (rows known to equal base
+// patch list, nothing skipped or narrowed) on every tiny model and at every site (hook_result too, which must
+// also agree with the same operation at hook_z where they are the same linear map), the skip cases (rows known to equal base
 // without running), the capability refusal; and zero/mean ablation and frozen hooks of hook_z against
 // TransformerLens (tests/data/<model>/golden_interventions.json, tests/golden/make_intervention_goldens.py).
 #include "golden_util.h"
@@ -36,7 +37,8 @@ static int64_t rng_below(uint64_t *s, int64_t n) { return (int64_t)(rng_next(s) 
 static int cache_run(ps_backend *be, const ps_model *m, const int32_t *tokens, int64_t T, const ps_patch *patches,
                      int64_t n_patches, ps_cache *c) {
     ps_error e = {0};
-    if (ps_cache_init(c, &m->cfg, T, 0, &e) != 0) { TU_CHECK(0, "%s", e.msg); return -1; }
+    // hook_result too: result patches compare with base's and replace from it like every other site's.
+    if (ps_cache_init(c, &m->cfg, T, PS_CACHE_RESULT, &e) != 0) { TU_CHECK(0, "%s", e.msg); return -1; }
     ps_row r = {.tokens = tokens, .T = T, .cache = c, .patches = patches, .n_patches = n_patches};
     ps_rows_opts o = {.naive = 1};
     if (ps_engine_rows(m, be, &r, 1, &o, NULL, &e) != 0) { TU_CHECK(0, "cache run: %s", e.msg); return -1; }
@@ -62,10 +64,11 @@ static void acc_add(acc *a, const float *got, const float *want, int64_t n) {
     a->n += n;
 }
 
-enum { A_ZERO, A_MEAN, A_ADD, A_SCALE, A_PATTERN, A_FREEZE, A_MULTI, A_CAPTURE, A_SKIP, A_ALGEBRA, A_N };
+enum { A_ZERO, A_MEAN, A_ADD, A_SCALE, A_PATTERN, A_FREEZE, A_MULTI, A_CAPTURE, A_SKIP, A_ALGEBRA, A_RESULT_Z, A_N };
 static const char *ACC_NAMES[A_N] = {"zero", "mean (row-t, one row, mapped)", "add", "scale", "pattern ops",
                                      "frozen hooks + captures (path patching)", "multi-patch", "captures", "skip cases",
-                                     "zero+add = mean, scale 0 = zero, scale 2 = add self"};
+                                     "zero+add = mean, scale 0 = zero, scale 2 = add self",
+                                     "hook_result = hook_z @ W_O per head (zero, scale, replace, head masks)"};
 
 // One test row: its patches and captures.
 typedef struct {
@@ -163,7 +166,7 @@ static ps_patch mk(ps_op op, ps_site s, int64_t l, int64_t unit, int64_t pos) {
 }
 
 static const ps_site SITES[] = {PS_SITE_RESID_PRE, PS_SITE_RESID_MID, PS_SITE_RESID_POST, PS_SITE_ATTN_OUT, PS_SITE_MLP_OUT,
-                                PS_SITE_Q, PS_SITE_K, PS_SITE_V, PS_SITE_Z, PS_SITE_PATTERN, PS_SITE_MLP_POST};
+                                PS_SITE_Q, PS_SITE_K, PS_SITE_V, PS_SITE_Z, PS_SITE_PATTERN, PS_SITE_MLP_POST, PS_SITE_RESULT};
 enum { N_SITES = sizeof SITES / sizeof SITES[0] };
 
 // Against the naive engine: every op at every site on every prompt of the patching fixture.
@@ -265,6 +268,22 @@ static void against_naive(const char *model) {
                 s0.p[0].factor = 0.0f;
                 snprintf(label, sizeof label, "%s p%lld %s l%lld scale 0 vs zero", model, (long long)pi, ps_site_name(site), (long long)l);
                 same_result(&x, &s0, &z0, &a[A_ALGEBRA], label);
+                if (site == PS_SITE_RESULT) {
+                    // result_h = z_h W_O[h] is linear in z_h: zero, scale and replace from a run agree at either hook
+                    // (up to the rounding of the per-head sum against the fused W_O GEMM).
+                    const ps_op ops[3] = {PS_OP_ZERO, PS_OP_SCALE, PS_OP_REPLACE};
+                    for (int k = 0; k < 3; k++) {
+                        tcase r = {.p = {mk(ops[k], PS_SITE_RESULT, l, k == 1 ? -1 : u, k == 2 ? t : -1)}, .np = 1},
+                              zc = {.p = {mk(ops[k], PS_SITE_Z, l, k == 1 ? -1 : u, k == 2 ? t : -1)}, .np = 1};
+                        if (k == 1) {
+                            r.p[0].head_mask = zc.p[0].head_mask = ps_heads_except(H, u);
+                            r.p[0].factor = zc.p[0].factor = -0.75f;
+                        }
+                        r.p[0].src = zc.p[0].src = &clean;
+                        snprintf(label, sizeof label, "%s p%lld l%lld %s at result vs z", model, (long long)pi, (long long)l, ps_op_name(ops[k]));
+                        same_result(&x, &r, &zc, &a[A_RESULT_Z], label);
+                    }
+                }
                 if (site == PS_SITE_RESID_PRE && l == 0) {
                     tcase s2 = {.p = {mk(PS_OP_SCALE, site, 0, -1, -1)}, .np = 1}, ad = {.p = {mk(PS_OP_ADD, site, 0, -1, -1)}, .np = 1};
                     s2.p[0].factor = 2.0f;
@@ -382,6 +401,24 @@ static void against_naive(const char *model) {
             zp.src = &corr;
             memset(&e2, 0, sizeof e2);
             TU_CHECK(ps_engine_rows(&f.m, &lim, &r, 1, NULL, NULL, &e2) == 0, "%s: replace on a replace-only backend: %s", model, e2.msg);
+            // The CUDA backend's capabilities: a zero of hook_result (and a capture of it) is refused, bad input.
+            lim.caps = PS_CAPS_CUDA;
+            lim.name = "cuda";
+            ps_patch rp = mk(PS_OP_ZERO, PS_SITE_RESULT, 0, 0, -1);
+            r.patches = &rp;
+            memset(&e2, 0, sizeof e2);
+            TU_CHECK(ps_engine_rows(&f.m, &lim, &r, 1, NULL, NULL, &e2) != 0 && e2.code == PS_EXIT_BADINPUT &&
+                         strstr(e2.msg, "the cuda backend does not implement interventions at hook_result"),
+                     "%s: CUDA's caps must refuse hook_result (got \"%s\")", model, e2.msg);
+            printf("  refused as it should: %s\n", e2.msg);
+            float *cap = xcalloc((size_t)(p->T * ps_site_width(&f.m.cfg, PS_SITE_RESULT, p->T)), sizeof(float));
+            ps_capture cp = {.site = PS_SITE_RESULT, .layer = 0, .out = cap};
+            ps_row rc2 = {.tokens = p->corrupted, .T = p->T, .captures = &cp, .n_captures = 1, .out_pos = &out, .n_out = 1, .logits = lg};
+            ps_rows_opts nv = {.naive = 1};
+            memset(&e2, 0, sizeof e2);
+            TU_CHECK(ps_engine_rows(&f.m, &lim, &rc2, 1, &nv, NULL, &e2) != 0 && strstr(e2.msg, "hook_result"),
+                     "%s: CUDA's caps must refuse a capture of hook_result (got \"%s\")", model, e2.msg);
+            free(cap);
             ps_cache_free(&corr);
         }
     }

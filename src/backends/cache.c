@@ -39,7 +39,7 @@ static const ps_array SITE_ARRAY[PS_SITE_COUNT] = {
     [PS_SITE_RESID_PRE] = PS_ARR_RESID_PRE, [PS_SITE_RESID_MID] = PS_ARR_RESID_MID, [PS_SITE_RESID_POST] = PS_ARR_RESID_POST,
     [PS_SITE_ATTN_OUT] = PS_ARR_ATTN_OUT,   [PS_SITE_MLP_OUT] = PS_ARR_MLP_OUT,     [PS_SITE_Q] = PS_ARR_Q,
     [PS_SITE_K] = PS_ARR_K,                 [PS_SITE_V] = PS_ARR_V,                 [PS_SITE_PATTERN] = PS_ARR_PATTERN,
-    [PS_SITE_Z] = PS_ARR_Z,                 [PS_SITE_MLP_POST] = PS_ARR_MLP_POST,
+    [PS_SITE_Z] = PS_ARR_Z,                 [PS_SITE_MLP_POST] = PS_ARR_MLP_POST,   [PS_SITE_RESULT] = PS_ARR_RESULT,
 };
 
 ps_array ps_site_array(ps_site s) { return (int)s >= 0 && s < PS_SITE_COUNT ? SITE_ARRAY[s] : PS_ARR_COUNT; }

@@ -432,7 +432,7 @@ static void attention_step(batch *b, int64_t l, const ps_layer_weights *lw) {
 }
 
 // W_O and the MLP with their patches, then the residual stream of what a narrowed row did not recompute.
-static void mlp_step(batch *b, int64_t l, const ps_layer_weights *lw) {
+static int mlp_step(batch *b, int64_t l, const ps_layer_weights *lw) {
     const ps_model_config *cfg = b->cfg;
     const ps_weights *w = b->w;
     const int64_t C = cfg->d_model, H = cfg->n_heads, D = cfg->d_head, M = cfg->d_mlp;
@@ -474,6 +474,8 @@ static void mlp_step(batch *b, int64_t l, const ps_layer_weights *lw) {
     const compact_rows cr = {idx, kslot, posbuf, slots, l};
     const int64_t nm = upto[2]; // tokens the MLP's input matrices run on
     ps_cpu_linear(y, zp, lw->w_o, w->b_o ? w->b_o + l * C : NULL, upto[0], QD, C);
+    // Rows that patch or capture hook_result: per-head outputs, their hook, attn_out as their sum (cpu_result.c).
+    if (ps_cpu_result_step(cfg, lw->w_o, w->b_o ? w->b_o + l * C : NULL, l, zp, y, upto[0], pmap, NA, slots, n_active) != 0) return -1;
     if (!cfg->parallel_residual) {
         from_base_rows(y, C, &cr, upto[0], upto[1], offsetof(ps_cache, attn_out));
         hook(cfg, PS_SITE_ATTN_OUT, l, y, C, pmap, slots, n_active);
@@ -539,6 +541,7 @@ static void mlp_step(batch *b, int64_t l, const ps_layer_weights *lw) {
         }
     }
     for (int64_t r = 0; r < n_active; r++) slots[r].dirty = slots[r].plan.post_end;
+    return 0;
 }
 
 // Rows that start past the last layer, then the final norm and the unembedding at the positions asked
@@ -689,7 +692,7 @@ static int layer_step(batch *b, const ps_model *m, int64_t l, ps_layer_weights *
     store_rows(b->slots, b->n_active, offsetof(ps_cache, resid_pre), l, b->x, b->cfg->d_model);
     qkv_step(b, l, lw);
     attention_step(b, l, lw);
-    mlp_step(b, l, lw);
+    if (mlp_step(b, l, lw) != 0) return ps_fail(e, PS_EXIT_RUNTIME, "forward: out of memory for layer %lld's hook_result", (long long)l);
     return 0;
 }
 

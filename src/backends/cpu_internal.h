@@ -41,6 +41,12 @@ typedef struct {
 // then its captures. Not for pattern (ps_cpu_pattern_hook).
 void ps_cpu_hook(const ps_model_config *cfg, ps_site site, int64_t l, float *buf, int64_t ld, const int64_t *map,
                  const ps_cpu_slot *slots, int64_t n_active);
+// hook_result at layer l (cpu_result.c): for every row with patches or captures there, the per-head outputs
+// z_h @ W_O[h] of its tokens among the n_wo rows of zp (the W_O input, (.., H*D); pmap: workspace token -> row
+// of zp, or NULL for the identity; NA workspace tokens), the hook, and attn_out's rows of y rewritten as their
+// sum + b_O (b_o NULL: none). Rows without such patches are left as the fused GEMM made them. -1: out of memory.
+int ps_cpu_result_step(const ps_model_config *cfg, const float *w_o, const float *b_o, int64_t l, const float *zp, float *y,
+                       int64_t n_wo, const int64_t *pmap, int64_t NA, const ps_cpu_slot *slots, int64_t n_active);
 // The pattern hook of one (row, layer l, head h, query t): probs holds the t + 1 probabilities.
 void ps_cpu_pattern_hook(const ps_model_config *cfg, const ps_row *row, int64_t l, int64_t h, int64_t t, float *probs);
 // Fills every capture of the rows from their base caches (the positions and layers a row does not

@@ -26,6 +26,15 @@ int ps_post_at(const ps_row *row, const ps_layer_plan *p, int64_t t) {
     return t >= row->start_pos && t < p->post_end && (!p->outs_only || is_out(row, t));
 }
 
+// 1 when the row patches or captures hook_result at layer l: the CPU backend then runs W_O per head too.
+static int at_result(const ps_row *row, int64_t l) {
+    for (int64_t p = 0; p < row->n_patches; p++)
+        if (row->patches[p].site == PS_SITE_RESULT && row->patches[p].layer == l) return 1;
+    for (int64_t k = 0; k < row->n_captures; k++)
+        if (row->captures[k].site == PS_SITE_RESULT && row->captures[k].layer == l) return 1;
+    return 0;
+}
+
 double ps_row_flops(const ps_model_config *mc, const ps_row *row) {
     const double C = (double)mc->d_model, QD = (double)(mc->n_heads * mc->d_head), KD = (double)(mc->n_kv_heads * mc->d_head),
                  M = (double)mc->d_mlp;
@@ -43,6 +52,7 @@ double ps_row_flops(const ps_model_config *mc, const ps_row *row) {
         // W_O unless entering after it; the MLP's input matrices unless entering after them; W_out likewise.
         const double post = (p.late == 0 ? QD * C : 0) + (p.late <= 2 ? C * M * (mlp_mats - 1) : 0) + (p.late <= 3 ? M * C : 0);
         f += 2 * (double)(p.qkv_end - row->start_pos) * C * (QD + 2 * KD) + 2 * n_post * post + 4 * keys * QD;
+        if (p.late == 0 && at_result(row, l)) f += 2 * n_post * QD * C; // W_O again, head by head (cpu_result.c)
         dirty = p.post_end;
     }
     const double cols = row->cols ? (double)row->n_cols : (double)mc->d_vocab;
@@ -106,8 +116,11 @@ unsigned ps_row_caps(const ps_row *row) {
         const ps_patch *pt = &row->patches[p];
         if ((int)pt->op >= 0 && pt->op < PS_OP_COUNT) c |= OP_CAP[pt->op];
         if (pt->head_mask) c |= PS_CAP_HEAD_MASK;
+        if (pt->site == PS_SITE_RESULT) c |= PS_CAP_RESULT;
     }
     if (row->n_captures) c |= PS_CAP_CAPTURE;
+    for (int64_t k = 0; k < row->n_captures; k++)
+        if (row->captures[k].site == PS_SITE_RESULT) c |= PS_CAP_RESULT;
     return c;
 }
 
@@ -122,6 +135,7 @@ static const char *cap_name(unsigned bit) {
     case PS_CAP_FREEZE: return "frozen hooks";
     case PS_CAP_HEAD_MASK: return "head masks";
     case PS_CAP_CAPTURE: return "captures";
+    case PS_CAP_RESULT: return "interventions at hook_result (heads after W_O)";
     default: return "?";
     }
 }
@@ -180,6 +194,10 @@ int ps_row_check(const ps_model_config *mc, const ps_row *row, unsigned caps, co
                            (long long)mc->n_layers);
         if (!ps_array_in_model(mc, ps_site_array(cp->site)))
             return ps_fail(e, PS_EXIT_BADINPUT, "capture %lld (%s): %s", (long long)k, ps_site_name(cp->site), ps_site_absent_why(mc, cp->site));
+        // Positions and layers a row does not recompute are copied from base (hook_result only in caches that ask for it).
+        if (row->base && !ps_cache_site(row->base, cp->site))
+            return ps_fail(e, PS_EXIT_BADINPUT, "capture %lld (%s): the row's base run does not hold that hook", (long long)k,
+                           ps_site_name(cp->site));
     }
     if (row->n_captures && row->narrow)
         return ps_fail(e, PS_EXIT_RUNTIME, "a row with captures cannot be narrowed");

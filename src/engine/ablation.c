@@ -1,4 +1,4 @@
-// Ablation rows: a set of components (heads at hook_z, MLP layers at hook_mlp_out, neurons at hook_mlp_post)
+// Ablation rows: a set of components (heads at hook_z or hook_result, MLP layers at hook_mlp_out, neurons at hook_mlp_post)
 // ablated, or everything outside a kept circuit, with zero / mean / resample / corrupted values, each prompt
 // one row through ps_engine_rows; the metric per prompt and the circuit scores built on it.
 #include "ablation_internal.h"
@@ -67,11 +67,12 @@ static ps_patch make_patch(const ps_ablator *a, const ps_abl_set *set, ps_site s
                            const ps_cache *src) {
     const ps_model_config *mc = &a->m->cfg;
     ps_patch pt = {.site = site, .layer = l, .head = -1, .pos = pos, .neuron = -1};
-    const int ms = site == PS_SITE_Z ? PS_MS_Z : site == PS_SITE_MLP_OUT ? PS_MS_MLP_OUT : PS_MS_MLP_POST;
+    const int ms = site == PS_SITE_Z ? PS_MS_Z : site == PS_SITE_RESULT ? PS_MS_RESULT : site == PS_SITE_MLP_OUT ? PS_MS_MLP_OUT : PS_MS_MLP_POST;
+    const int head = ms == PS_MS_Z || ms == PS_MS_RESULT;
     switch (a->method) {
     case PS_ABL_ZERO: pt.op = PS_OP_ZERO; break;
     case PS_ABL_MEAN: {
-        const ps_ref_means *rm = (ms != PS_MS_Z && set->mlp_means) ? set->mlp_means : a->means;
+        const ps_ref_means *rm = (!head && set->mlp_means) ? set->mlp_means : a->means;
         pt.op = PS_OP_MEAN;
         pt.ref = ps_ref_means_view(rm, ms, l, g);
         break;
@@ -92,6 +93,7 @@ int64_t ps_abl_build_patches(const ps_ablator *a, const ps_abl_set *set, const p
     const ps_model_config *mc = &a->m->cfg;
     const int64_t L = mc->n_layers, H = mc->n_heads, T = p->T;
     const uint64_t all_heads = H >= 64 ? ~0ull : ((1ull << H) - 1);
+    const ps_site head_site = a->heads_at_result ? PS_SITE_RESULT : PS_SITE_Z;
     uint8_t at[4096];
     uint64_t hm[4096];
     uint8_t mm[4096];
@@ -116,7 +118,7 @@ int64_t ps_abl_build_patches(const ps_ablator *a, const ps_abl_set *set, const p
         for (int64_t t = same_h ? -1 : 0; t < (same_h ? 0 : T); t++) {
             const uint64_t mask = hm[t < 0 ? 0 : t];
             if (!mask) continue;
-            out[n] = make_patch(a, set, PS_SITE_Z, l, t, g, src);
+            out[n] = make_patch(a, set, head_site, l, t, g, src);
             out[n++].head_mask = mask;
         }
         if (heads_only) continue;
@@ -168,7 +170,9 @@ static int run_rows(const ps_ablator *a, const ps_prompt_set *ps, const int64_t 
             const int64_t i = which ? which[i0 + b] : i0 + b;
             const ps_prompt *p = &ps->p[i];
             if (!reuse) {
-                if (ps_cache_init(&caches[i0 + b], mc, p->T, 0, e) != 0) { rc = -1; break; }
+                // Heads ablated at hook_result read their source's result (H x d_model a position and layer); rows starting
+                // from these runs compare their result patches with it.
+                if (ps_cache_init(&caches[i0 + b], mc, p->T, a->heads_at_result ? PS_CACHE_RESULT : 0, e) != 0) { rc = -1; break; }
                 held = i0 + b + 1;
             }
             rows[b] = (ps_row){.tokens = corrupted ? p->corrupted : p->clean, .T = p->T, .cache = &caches[i0 + b]};
@@ -222,6 +226,9 @@ int ps_ablator_init(ps_ablator *a, const char *where, ps_error *e) {
         return ps_fail(e, PS_EXIT_BADINPUT, "%s: ablations score logit_diff, prob_diff or logprob, not kl", where);
     if (a->method == PS_ABL_MEAN) {
         if (!a->means) return ps_fail(e, PS_EXIT_BADINPUT, "%s: mean ablation needs a \"reference\" dataset", where);
+        if (!a->means->site[a->heads_at_result ? PS_MS_RESULT : PS_MS_Z])
+            return ps_fail(e, PS_EXIT_RUNTIME, "%s: the reference means hold no %s means for the heads", where,
+                           a->heads_at_result ? "hook_result" : "hook_z");
         for (int64_t i = 0; a->means->group != PS_GROUP_ALL_POSITIONS && i < ps->n; i++)
             if (ps->p[i].T != a->means->rows)
                 return ps_fail(e, PS_EXIT_BADINPUT, "%s: %s means are over %lld-token reference prompts but prompt %lld has %lld tokens",

@@ -225,8 +225,8 @@ static int need_means(ps_producer_ctx *cx, const ps_product *p, abl_state *s, ps
     if (ex->abl_with != PS_ABL_MEAN || s->means_ready) return 0;
     char where[260];
     snprintf(where, sizeof where, "%s: reference", s->what);
-    if (ps_ref_means_compute(cx->m, cx->be, ref_of(cx->ps, p), (ps_mean_group)ex->abl_group, s->ref_group, s->n_groups ? s->n_groups : 1,
-                             where, &s->means, e) != 0)
+    if (ps_ref_means_compute_heads(cx->m, cx->be, ref_of(cx->ps, p), (ps_mean_group)ex->abl_group, s->ref_group, s->n_groups ? s->n_groups : 1,
+                                   ex->heads_at_result, where, &s->means, e) != 0)
         return -1;
     s->means_ready = 1;
     return 0;
@@ -239,6 +239,7 @@ static int set_attrs(ps_table *t, const ps_experiment *ex, const ps_prompt_set *
     if (rc == 0 && ref) rc = ps_table_attr_str(t, "reference", ex->ref_path ? ex->ref_path : "", e) ||
                              ps_table_attr_i64(t, "reference_prompts", ref->n, e);
     if (rc == 0 && ex->abl_with == PS_ABL_RESAMPLE) rc = ps_table_attr_i64(t, "seed", ex->seed, e);
+    if (rc == 0 && ex->heads_at_result) rc = ps_table_attr_str(t, "head_site", "result", e);
     return rc ? -1 : 0;
 }
 
@@ -293,7 +294,7 @@ static int abl_chunk(ps_producer_ctx *cx, ps_product *const *prods, int64_t n_pr
             draws[i] = s->draws ? s->draws[ch->prompts[i]] : 0;
         }
         ps_ablator a = {.m = cx->m, .be = cx->be, .ps = &sub, .metric = cx->metric, .method = (ps_abl_method)ex->abl_with,
-                        .means = s->means_ready ? &s->means : NULL, .group_of = groups, .ref = ref_of(cx->ps, p),
+                        .heads_at_result = ex->heads_at_result, .means = s->means_ready ? &s->means : NULL, .group_of = groups, .ref = ref_of(cx->ps, p),
                         .seed = (uint64_t)ex->seed, .draws = s->draws ? draws : NULL, .batch_rows = cx->o->batch_rows,
                         // The chunk's clean runs: a row starts at its first ablation (the unablated metric is then
                         // only an unembedding); --naive runs every row from the embedding.
@@ -354,7 +355,7 @@ static int search_once(ps_producer_ctx *cx, ps_product *const *prods, int64_t n_
         if (cx->o->dry_run) continue;
         if ((rc = ps_producer_stopped(cx, e)) != 0 || (rc = need_means(cx, p, s, e)) != 0) break;
         ps_ablator a = {.m = cx->m, .be = cx->be, .ps = cx->ps, .metric = cx->metric, .method = (ps_abl_method)ex->abl_with,
-                        .means = s->means_ready ? &s->means : NULL, .group_of = s->prompt_group, .ref = ref_of(cx->ps, p),
+                        .heads_at_result = ex->heads_at_result, .means = s->means_ready ? &s->means : NULL, .group_of = s->prompt_group, .ref = ref_of(cx->ps, p),
                         .seed = (uint64_t)ex->seed, .draws = s->draws, .batch_rows = cx->o->batch_rows};
         if ((rc = ps_ablator_init(&a, s->what, e)) != 0) break;
         const ps_search_opts o = {.threshold = ex->threshold, .one_iter = ex->one_pass, .mlp_means_under_heads = ex->mlp_means_under,
@@ -402,7 +403,8 @@ static int means_init(const ps_model_config *mc, const ps_prompt_set *ps, ps_pro
     const ps_experiment *parent = p->ex - (p->idx - ex->means_of);   // experiments are one array
     if (parent->abl_group != PS_GROUP_PER_TEMPLATE_POSITION) G = 1;
     const int64_t rows = parent->abl_group == PS_GROUP_ALL_POSITIONS ? 1 : ref->p[0].T;
-    const int64_t units = mc->n_heads * mc->d_head + mc->d_model + mc->d_mlp, lens[4] = {mc->n_layers, G, rows, units};
+    const int64_t hw = parent->heads_at_result ? mc->n_heads * mc->d_model : mc->n_heads * mc->d_head;   // hook_result or hook_z
+    const int64_t units = hw + mc->d_model + mc->d_mlp, lens[4] = {mc->n_layers, G, rows, units};
     static const char *const names[4] = {"layer", "group", "pos", "unit"};
     ps_axis ax[4] = {{0}};
     int rc = 0;
@@ -414,9 +416,9 @@ static int means_init(const ps_model_config *mc, const ps_prompt_set *ps, ps_pro
     if (rc == 0) rc = ps_table_init(p->t, ex->name, "reference_means", 0, 1, 4, ax, 0, e);
     for (int k = 0; k < 4; k++) free(ax[k].value);
     char units_doc[200];
-    snprintf(units_doc, sizeof units_doc, "hook_z [0, %lld) (head h, dim d at h*%lld+d), hook_mlp_out [%lld, %lld), mlp hook_post [%lld, %lld)",
-             (long long)(mc->n_heads * mc->d_head), (long long)mc->d_head, (long long)(mc->n_heads * mc->d_head),
-             (long long)(mc->n_heads * mc->d_head + mc->d_model), (long long)(mc->n_heads * mc->d_head + mc->d_model), (long long)units);
+    snprintf(units_doc, sizeof units_doc, "%s [0, %lld) (head h, dim d at h*%lld+d), hook_mlp_out [%lld, %lld), mlp hook_post [%lld, %lld)",
+             parent->heads_at_result ? "hook_result" : "hook_z", (long long)hw, (long long)(hw / mc->n_heads), (long long)hw,
+             (long long)(hw + mc->d_model), (long long)(hw + mc->d_model), (long long)units);
     if (rc == 0 && (ps_table_attr_str(p->t, "of", parent->name, e) || ps_table_attr_str(p->t, "units", units_doc, e) ||
                     set_attrs(p->t, parent, ref, e) ||
                     ps_table_attr_str(p->t, "note", "plain means over the reference run; mlp_means under_head_ablation ones depend on the circuit and are not stored", e)))
@@ -440,7 +442,11 @@ static int means_once(ps_producer_ctx *cx, ps_product *const *prods, int64_t n_p
             for (int64_t g = 0; g < G; g++)
                 for (int64_t r = 0; r < R; r++) {
                     float *dst = t->values + ((l * G + g) * R + r) * U;
-                    for (int ms = 0; ms < PS_MS_COUNT; ms++) {
+                    // The heads' site first (hook_result or hook_z: the other is not computed), then the MLP's.
+                    static const int order[PS_MS_COUNT] = {PS_MS_RESULT, PS_MS_Z, PS_MS_MLP_OUT, PS_MS_MLP_POST};
+                    for (int o = 0; o < PS_MS_COUNT; o++) {
+                        const int ms = order[o];
+                        if (!rm->site[ms]) continue;
                         const int64_t w = rm->width[ms];
                         memcpy(dst, rm->site[ms] + ((l * G + g) * R + r) * w, (size_t)w * sizeof(float));
                         dst += w;

@@ -274,8 +274,9 @@ int ps_circuit_search(ps_ablator *a, const ps_search_opts *o, ps_search_result *
     if (!out->head_kept || !out->mlp_kept || !s.comps || !s.mlp_means || !s.values) rc = ps_fail(e, PS_EXIT_RUNTIME, "out of memory");
     size_t ps_bytes = 0, ref_bytes = 0;
     const size_t budget = o->base_budget ? o->base_budget : PS_SEARCH_BASE_BUDGET;
-    for (int64_t i = 0; i < a->ps->n; i++) ps_bytes += ps_cache_floats(mc, a->ps->p[i].T, 0) * sizeof(float);
-    for (int64_t i = 0; o->mlp_means_under_heads && i < o->ref->n; i++) ref_bytes += ps_cache_floats(mc, o->ref->p[i].T, 0) * sizeof(float);
+    const unsigned fl = a->heads_at_result ? PS_CACHE_RESULT : 0;   // the runs hold hook_result then (ablation.c's run_set)
+    for (int64_t i = 0; i < a->ps->n; i++) ps_bytes += ps_cache_floats(mc, a->ps->p[i].T, fl) * sizeof(float);
+    for (int64_t i = 0; o->mlp_means_under_heads && i < o->ref->n; i++) ref_bytes += ps_cache_floats(mc, o->ref->p[i].T, fl) * sizeof(float);
     if (rc == 0 && !o->naive && ps_bytes <= budget) {
         s.base = calloc((size_t)(a->ps->n ? a->ps->n : 1), sizeof *s.base);
         const int ref_too = o->mlp_means_under_heads && ps_bytes + ref_bytes <= budget;

@@ -21,6 +21,9 @@ static int any_nonzero(const float *x, int64_t n) {
 static int changes_at(const ps_model_config *mc, const ps_patch *pt, const ps_cache *base, int64_t t) {
     const int64_t T = base->T, units = ps_site_units(mc, pt->site), unit = ps_site_unit(mc, pt->site, T);
     const float *arr = ps_cache_site(base, pt->site);
+    // A base or source without the hook (hook_result is held only when asked for): assume it changes (a source
+    // without it is then refused by ps_row_check).
+    if (!arr || ((pt->op == PS_OP_REPLACE || pt->op == PS_OP_FREEZE) && (!pt->src || !ps_cache_site(pt->src, pt->site)))) return 1;
     int64_t ref_row = -1;
     if (pt->op == PS_OP_MEAN || pt->op == PS_OP_ADD) {
         ref_row = ps_view_row(&pt->ref, t);
@@ -64,7 +67,7 @@ static int64_t first_change(const ps_model_config *mc, const ps_patch *pt, const
 static ps_entry site_entry(ps_site s) {
     switch (s) {
     case PS_SITE_Q: case PS_SITE_PATTERN: return PS_ENTER_QUERIES;
-    case PS_SITE_Z: return PS_ENTER_WO;
+    case PS_SITE_Z: case PS_SITE_RESULT: return PS_ENTER_WO;
     case PS_SITE_ATTN_OUT: return PS_ENTER_ATTN_OUT;
     case PS_SITE_RESID_MID: return PS_ENTER_RESID_MID;
     case PS_SITE_MLP_POST: return PS_ENTER_MLP_POST;

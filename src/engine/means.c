@@ -1,4 +1,4 @@
-// Reference means for mean ablation: hook_z, hook_mlp_out and hook_mlp_post averaged over a reference
+// Reference means for mean ablation: hook_z (or hook_result), hook_mlp_out and hook_mlp_post averaged over a reference
 // prompt set, per position (seqcont), over all positions, or per template group and position (IOI/ARENA),
 // computed once per run (optionally under other ablations: seqcont's MLP means).
 #include "ablation_internal.h"
@@ -7,7 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const ps_site ms_site[PS_MS_COUNT] = {PS_SITE_Z, PS_SITE_MLP_OUT, PS_SITE_MLP_POST};
+static const ps_site ms_site[PS_MS_COUNT] = {PS_SITE_Z, PS_SITE_MLP_OUT, PS_SITE_MLP_POST, PS_SITE_RESULT};
 
 const char *ps_mean_group_name(ps_mean_group g) {
     static const char *const names[] = {"per_position", "all_positions", "per_template_position"};
@@ -69,6 +69,7 @@ int ps_means_accumulate(const ps_model *m, ps_backend *be, const ps_prompt_set *
     out->width[PS_MS_Z] = mc->n_heads * mc->d_head;
     out->width[PS_MS_MLP_OUT] = mc->d_model;
     out->width[PS_MS_MLP_POST] = mc->d_mlp;
+    out->width[PS_MS_RESULT] = sites & (1u << PS_MS_RESULT) ? mc->n_heads * mc->d_model : 0;
     double *sum[PS_MS_COUNT] = {0};
     for (int s = 0; s < PS_MS_COUNT; s++) {
         if (!(sites & (1u << s))) continue;
@@ -167,16 +168,22 @@ int ps_means_accumulate(const ps_model *m, ps_backend *be, const ps_prompt_set *
     return rc;
 }
 
-int ps_ref_means_compute(const ps_model *m, ps_backend *be, const ps_prompt_set *ref, ps_mean_group group,
-                         const int64_t *group_of, int64_t n_groups, const char *where, ps_ref_means *out, ps_error *e) {
+int ps_ref_means_compute_heads(const ps_model *m, ps_backend *be, const ps_prompt_set *ref, ps_mean_group group,
+                               const int64_t *group_of, int64_t n_groups, int heads_at_result, const char *where, ps_ref_means *out,
+                               ps_error *e) {
     memset(out, 0, sizeof *out);
     out->group = group;
     out->n_groups = group == PS_GROUP_PER_TEMPLATE_POSITION ? n_groups : 1;
     if (group != PS_GROUP_PER_TEMPLATE_POSITION) group_of = NULL;
-    const unsigned all = (1u << PS_MS_Z) | (1u << PS_MS_MLP_OUT) | (1u << PS_MS_MLP_POST);
+    const unsigned all = (1u << (heads_at_result ? PS_MS_RESULT : PS_MS_Z)) | (1u << PS_MS_MLP_OUT) | (1u << PS_MS_MLP_POST);
     if (ps_means_accumulate(m, be, ref, group_of, all, NULL, NULL, 0, NULL, 0, where, out, e) != 0) {
         ps_ref_means_free(out);
         return -1;
     }
     return 0;
+}
+
+int ps_ref_means_compute(const ps_model *m, ps_backend *be, const ps_prompt_set *ref, ps_mean_group group,
+                         const int64_t *group_of, int64_t n_groups, const char *where, ps_ref_means *out, ps_error *e) {
+    return ps_ref_means_compute_heads(m, be, ref, group, group_of, n_groups, 0, where, out, e);
 }

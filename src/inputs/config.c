@@ -14,11 +14,11 @@
 // ---- names ----
 
 static const char *const site_names[PS_SITE_COUNT] = {
-    "resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "q", "k", "v", "pattern", "z", "mlp_post"};
+    "resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "q", "k", "v", "pattern", "z", "mlp_post", "result"};
 // The order the config documentation lists them in (enum order differs).
 static const int site_order[PS_SITE_COUNT] = {
     PS_SITE_RESID_PRE, PS_SITE_RESID_MID, PS_SITE_RESID_POST, PS_SITE_ATTN_OUT, PS_SITE_MLP_OUT,
-    PS_SITE_Z, PS_SITE_Q, PS_SITE_K, PS_SITE_V, PS_SITE_PATTERN, PS_SITE_MLP_POST};
+    PS_SITE_Z, PS_SITE_Q, PS_SITE_K, PS_SITE_V, PS_SITE_PATTERN, PS_SITE_MLP_POST, PS_SITE_RESULT};
 static const char *const layout_names[PS_BY_COUNT] = {"layer_pos", "layer_head", "layer_pos_head", "layer_neuron", "layer"};
 static const char *const metric_names[] = {"logit_diff", "prob_diff", "logprob", "kl"};
 static const char *const direction_names[] = {"denoise", "noise"};
@@ -536,6 +536,9 @@ static int load_experiment(ps_cfg_ctx *x, const cJSON *obj, const char *p, ps_co
     int site = 0;
     if (ps_cfg_pick(x, sv, kp, site_names, site_order, PS_SITE_COUNT, &site)) return -1;
     ex->site = (ps_site)site;
+    if (ex->site == PS_SITE_RESULT) // no sweep layout, baseline caches or backward pass holds per-head outputs yet
+        return ps_cfg_bad(x, kp, "%s does not patch hook_result (each head's output after W_O); patch heads at z, or ablate "
+                          "them at result with an ablation experiment's \"head_site\": \"result\"", ex->kind);
 
     int layout = (int)ps_default_layout(ex->site);
     const cJSON *bv = ps_cfg_member(obj, "by");

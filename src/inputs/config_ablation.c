@@ -11,6 +11,7 @@ static const char *const with_names[] = {"zero", "mean", "resample", "corrupted"
 static const char *const group_names[] = {"per_position", "all_positions", "per_template_position"};  // ps_mean_group
 static const char *const mlp_means_names[] = {"reference", "under_head_ablation"};
 static const char *const passes_names[] = {"until_stable", "one_each"};
+static const char *const head_site_names[] = {"z", "result"};   // heads_at_result 0, 1
 
 static void comp_free(ps_abl_comp *c) {
     free(c->name);
@@ -289,9 +290,9 @@ static int load_circuit_scores(ps_cfg_ctx *x, const cJSON *obj, const char *p, p
 
 int ps_cfg_load_ablation(ps_cfg_ctx *x, const cJSON *obj, const char *p, ps_experiment *ex) {
     static const char *const abl_keys[] = {"name", "kind", "components", "keep", "positions", "with", "grouping", "reference",
-                                           "seed", "mlp_means", "classes", "completeness", "minimality"};
+                                           "seed", "mlp_means", "classes", "completeness", "minimality", "head_site"};
     static const char *const search_keys[] = {"name", "kind", "with", "grouping", "reference", "seed", "mlp_means", "threshold",
-                                              "passes", "speculate"};
+                                              "passes", "speculate", "head_site"};
     const int search = !strcmp(ex->kind, "circuit_search");
     if (search ? ps_cfg_check_keys(x, obj, p, search_keys, COUNT(search_keys)) : ps_cfg_check_keys(x, obj, p, abl_keys, COUNT(abl_keys)))
         return -1;
@@ -302,6 +303,7 @@ int ps_cfg_load_ablation(ps_cfg_ctx *x, const cJSON *obj, const char *p, ps_expe
         ps_cfg_get_enum(x, obj, "grouping", p, group_names, COUNT(group_names), &ex->abl_group) ||
         ps_cfg_get_enum(x, obj, "mlp_means", p, mlp_means_names, COUNT(mlp_means_names), &ex->mlp_means_under) ||
         ps_cfg_get_enum(x, obj, "passes", p, passes_names, COUNT(passes_names), &v) ||
+        ps_cfg_get_enum(x, obj, "head_site", p, head_site_names, COUNT(head_site_names), &ex->heads_at_result) ||
         ps_cfg_get_int(x, obj, "seed", p, 0, INT64_MAX, &ex->seed) ||
         ps_cfg_get_int(x, obj, "speculate", p, 1, 4096, &ex->speculate))
         return -1;

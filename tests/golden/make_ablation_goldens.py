@@ -17,6 +17,7 @@ of one kept circuit (with a named class), mean (per position) and zero ablation,
 Regenerate (from the repo root; needs the reference venv, offline):
     ~/.cache/ps-venv/bin/python tests/golden/make_ablation_goldens.py          # everything
     ~/.cache/ps-venv/bin/python tests/golden/make_ablation_goldens.py scores   # only golden_circuit_scores.json
+    ~/.cache/ps-venv/bin/python tests/golden/make_ablation_goldens.py result   # only golden_ablation_result.json (heads at hook_result)
 Needs PS_SHARED (default ../shared/data) for the seqcont prompts.
 """
 import json
@@ -65,14 +66,15 @@ class Model:
 
 
 def hz(l): return f"blocks.{l}.attn.hook_z"
+def hr(l): return f"blocks.{l}.attn.hook_result"  # per-head outputs after W_O (load_bridge sets use_attn_result)
 def hmo(l): return f"blocks.{l}.hook_mlp_out"
 def hmp(l): return f"blocks.{l}.mlp.hook_post"
 
 
-def means_of(mdl, ref, groups, n_groups, how, hooks=()):
-    """means[name]: (n_groups, T or 1, ...) of every z / mlp_out / mlp_post, seqcont's einops.reduce over the
-    batch of each template group (per position), or also over positions."""
-    names = [f(l) for l in range(mdl.L) for f in (hz, hmo, hmp)]
+def means_of(mdl, ref, groups, n_groups, how, hooks=(), head=hz):
+    """means[name]: (n_groups, T or 1, ...) of every z (or result: head=hr) / mlp_out / mlp_post, seqcont's
+    einops.reduce over the batch of each template group (per position), or also over positions."""
+    names = [f(l) for l in range(mdl.L) for f in (head, hmo, hmp)]
     # TransformerBridge.run_with_cache ignores fwd_hooks (checked: TL 4.3); br.hooks() applies them, as
     # seqcont's permanent z hook is on while get_MLPs_actv_mean runs.
     with torch.no_grad(), mdl.br.hooks(fwd_hooks=list(hooks)):
@@ -109,8 +111,8 @@ def masks(mdl, comps, keep, T):
     return hm, mm, neu
 
 
-def run_case(mdl, toks, groups, method, means, src_caches, comps, keep, mlp_means=None):
-    """Logit diffs (per prompt) with the set ablated: a torch.where hook per z / mlp_out / mlp_post."""
+def run_case(mdl, toks, groups, method, means, src_caches, comps, keep, mlp_means=None, head=hz):
+    """Logit diffs (per prompt) with the set ablated: a torch.where hook per z (or result) / mlp_out / mlp_post."""
     N, T = toks.shape
     hm, mm, neu = masks(mdl, comps, keep, T)
     mlp_means = mlp_means or means
@@ -125,14 +127,14 @@ def run_case(mdl, toks, groups, method, means, src_caches, comps, keep, mlp_mean
     hooks = []
     for l in range(mdl.L):
         def fz(a, hook, l=l):
-            v = value(hz(l), l, means)
+            v = value(head(l), l, means)
             m = hm[l].unsqueeze(0).unsqueeze(-1)
             return torch.where(m, torch.zeros_like(a) if v is None else v.expand_as(a), a)
         def fm(a, hook, l=l):
             v = value(hmo(l), l, mlp_means)
             m = mm[l].unsqueeze(0).unsqueeze(-1)
             return torch.where(m, torch.zeros_like(a) if v is None else v.expand_as(a), a)
-        hooks += [(hz(l), fz), (hmo(l), fm)]
+        hooks += [(head(l), fz), (hmo(l), fm)]
         if l in neu:
             def fn(a, hook, l=l):
                 v = value(hmp(l), l, mlp_means)
@@ -150,13 +152,13 @@ def logit_diff(logits, ans, wrong):
     return (logits[range(n), -1, ans] - logits[range(n), -1, wrong]).tolist()
 
 
-def seqcont_search(mdl, toks, ans, wrong, ref, threshold):
+def seqcont_search(mdl, toks, ans, wrong, ref, threshold, head=hz, one_iter=False):
     """find_circuit_backw / find_circuit_forw / the while loop of run_node_ablation.py, generalised from
     12 x 12 to the model's layers and heads; scores are 100 * mean logit diff / the full model's."""
     L, H = mdl.L, mdl.H
     N = toks.shape[0]
     zeros = [0] * N
-    head_means = means_of(mdl, ref, [0] * ref.shape[0], 1, "per_position")
+    head_means = means_of(mdl, ref, [0] * ref.shape[0], 1, "per_position", head=head)
     orig = torch.tensor(logit_diff(mdl.logits(toks, []), ans, wrong)).mean().item()
 
     def score(heads, mlps):
@@ -164,9 +166,10 @@ def seqcont_search(mdl, toks, ans, wrong, ref, threshold):
                 [{"kind": "mlp", "layer": l, "index": -1} for l in mlps]
         # add_ablation_hook_MLP_head: the z hook first, then the MLP means taken with it on.
         zhooks = [hk for hk in run_case(mdl, ref, [0] * ref.shape[0], "mean", head_means, None,
-                                        [c for c in comps if c["kind"] == "head"], True) if hk[0].endswith("hook_z")]
-        mm = means_of(mdl, ref, [0] * ref.shape[0], 1, "per_position", hooks=zhooks)
-        hooks = run_case(mdl, toks, zeros, "mean", head_means, None, comps, True, mlp_means=mm)
+                                        [c for c in comps if c["kind"] == "head"], True, head=head)
+                  if hk[0].endswith(head(0).split(".")[-1])]
+        mm = means_of(mdl, ref, [0] * ref.shape[0], 1, "per_position", hooks=zhooks, head=head)
+        hooks = run_case(mdl, toks, zeros, "mean", head_means, None, comps, True, mlp_means=mm, head=head)
         new = torch.tensor(logit_diff(mdl.logits(toks, hooks), ans, wrong)).mean().item()
         return 100 * new / orig
 
@@ -211,21 +214,21 @@ def seqcont_search(mdl, toks, ans, wrong, ref, threshold):
         if (heads, mlps) == old: break
         old = (list(heads), list(mlps))
         heads, mlps = forw(p, list(heads), list(mlps)); p += 1
-        if (heads, mlps) == old: break
-    return {"threshold": threshold, "orig_score": orig, "steps": steps, "passes": p,
+        if (heads, mlps) == old or one_iter: break
+    return {"threshold": threshold, "one_iter": one_iter, "orig_score": orig, "steps": steps, "passes": p,
             "heads": [f"h{l}.{h}" for (l, h) in sorted(heads)], "mlps": sorted(mlps),
             "final_score": score(heads, mlps)}
 
 
-def cases_for(mdl, toks, corr, ans, wrong, ref, groups, ref_groups, comps_sets):
+def cases_for(mdl, toks, corr, ans, wrong, ref, groups, ref_groups, comps_sets, head=hz):
     N, T = toks.shape
     out = []
     full = logit_diff(mdl.logits(toks, []), ans, wrong)
-    names = [f(l) for l in range(mdl.L) for f in (hz, hmo, hmp)]
+    names = [f(l) for l in range(mdl.L) for f in (head, hmo, hmp)]
     grouped = {
-        "per_position": means_of(mdl, ref, [0] * ref.shape[0], 1, "per_position"),
-        "all_positions": means_of(mdl, ref, [0] * ref.shape[0], 1, "all_positions"),
-        "per_template_position": means_of(mdl, ref, ref_groups, max(ref_groups) + 1, "per_position"),
+        "per_position": means_of(mdl, ref, [0] * ref.shape[0], 1, "per_position", head=head),
+        "all_positions": means_of(mdl, ref, [0] * ref.shape[0], 1, "all_positions", head=head),
+        "per_template_position": means_of(mdl, ref, ref_groups, max(ref_groups) + 1, "per_position", head=head),
     }
     draws = resample_draws([T] * N, [ref.shape[1]] * ref.shape[0], SEED)
     rc = mdl.cache(ref, names)
@@ -238,7 +241,7 @@ def cases_for(mdl, toks, corr, ans, wrong, ref, groups, ref_groups, comps_sets):
             g = torch.tensor(groups if grp == "per_template_position" else [0] * N)
             means = grouped.get(grp)
             src = res_src if method == "resample" else cor_src
-            hooks = run_case(mdl, toks, g, method, means, src, comps, keep)
+            hooks = run_case(mdl, toks, g, method, means, src, comps, keep, head=head)
             vals = logit_diff(mdl.logits(toks, hooks), ans, wrong)
             out.append({"set": label, "keep": keep, "components": comps, "method": method, "group": grp,
                         "values": rounded(vals),
@@ -333,13 +336,13 @@ def expand(k):
     return out
 
 
-def circuit_scores(mdl, toks, ans, wrong, ref, method):
+def circuit_scores(mdl, toks, ans, wrong, ref, method, head=hz):
     N = toks.shape[0]
-    means = means_of(mdl, ref, [0] * ref.shape[0], 1, "per_position") if method == "mean" else None
+    means = means_of(mdl, ref, [0] * ref.shape[0], 1, "per_position", head=head) if method == "mean" else None
     g = torch.zeros(N, dtype=torch.long)
 
     def F(names, keep):
-        hooks = run_case(mdl, toks, g, method, means, None, [CIRCUIT[n] for n in names], keep)
+        hooks = run_case(mdl, toks, g, method, means, None, [CIRCUIT[n] for n in names], keep, head=head)
         return sum(logit_diff(mdl.logits(toks, hooks), ans, wrong)) / N
 
     C = list(CIRCUIT)
@@ -359,12 +362,16 @@ def circuit_scores(mdl, toks, ans, wrong, ref, method):
             "completeness": compl, "minimality": mini}
 
 
-def write_scores(name, mdl, toks, ans, wrong, ref):
-    doc = {"generator": "tests/golden/make_ablation_goldens.py", "versions": versions(), "seed": SEED,
+def scores_doc(mdl, toks, ans, wrong, ref, head=hz):
+    return {"generator": "tests/golden/make_ablation_goldens.py", "versions": versions(), "seed": SEED,
            "prompts": toks.tolist(), "answer": ans, "wrong": wrong, "ref": ref.tolist(),
            "groups": [0] * toks.shape[0], "ref_groups": [0] * ref.shape[0],
            "circuit": CIRCUIT, "classes": CLASSES, "completeness": COMPLETENESS, "minimality": MINIMALITY,
-           "cases": [circuit_scores(mdl, toks, ans, wrong, ref, m) for m in ["mean", "zero"]]}
+           "cases": [circuit_scores(mdl, toks, ans, wrong, ref, m, head=head) for m in ["mean", "zero"]]}
+
+
+def write_scores(name, mdl, toks, ans, wrong, ref):
+    doc = scores_doc(mdl, toks, ans, wrong, ref)
     path = os.path.join(REPO, "tests", "data", name, "golden_circuit_scores.json")
     with open(path, "w") as f:
         json.dump(doc, f, indent=1)
@@ -392,7 +399,59 @@ def demo_scores():
     write_scores("demo", Model(folder, vocab), torch.tensor(d["prompts"]), d["answer"], d["wrong"], torch.tensor(d["ref"]))
 
 
-if __name__ == "__main__" and sys.argv[1:] == ["scores"]:
+# Heads ablated at hook_result (TransformerLens's blocks.l.attn.hook_result with use_attn_result, set by
+# load_bridge: each head's output after W_O, (pos, head, d_model); attn_out = their sum + b_O). The same hooks
+# on hook_result instead of hook_z, with means / resampled / corrupted values of hook_result (TL's cache). The
+# TransformerBridge's hook_result propagates to attn_out (checked: zero, scale and a random add on it change the
+# logits; a constant add cancels in GPT-2's LayerNorm). Cases: the component sets with heads, every method;
+# the kept circuit's completeness / minimality (the golden_circuit_scores prompts); seqcont's search.
+# z_max_diff records the largest |logit diff at result - at z| over the cases (the same linear map: a record;
+# the C test checks its own agreement; TL at result is the golden).
+HEAD_SETS = [x for x in SETS if any(c["kind"] == "head" for c in x[1])]
+
+
+def tiny_result(name, N=6, N_REF=8, T=8, threshold=20):
+    folder = os.path.join(REPO, "tests", "data", name)
+    vocab = json.load(open(os.path.join(folder, "config.json")))["vocab_size"]
+    mdl = Model(folder, vocab)
+    g = torch.Generator().manual_seed(SEED + sum(map(ord, name)))   # the prompts of golden_ablation.json
+    toks = torch.randint(0, vocab, (N, T), generator=g)
+    corr = torch.randint(0, vocab, (N, T), generator=g)
+    ref = torch.randint(0, vocab, (N_REF, T), generator=g)
+    ans = torch.randint(0, vocab, (N,), generator=g).tolist()
+    wrong = [(a + 1 + i) % vocab for i, a in enumerate(ans)]
+    groups = [i % 2 for i in range(N)]
+    ref_groups = [i % 2 for i in range(N_REF)]
+    full, draws, cases = cases_for(mdl, toks, corr, ans, wrong, ref, groups, ref_groups, HEAD_SETS, head=hr)
+    _, _, zcases = cases_for(mdl, toks, corr, ans, wrong, ref, groups, ref_groups, HEAD_SETS, head=hz)
+    zdiff = max(abs(a - b) for c, z in zip(cases, zcases) for a, b in zip(c["values"], z["values"]))
+    g = torch.Generator().manual_seed(SEED + 1 + sum(map(ord, name)))   # the prompts of golden_circuit_scores.json
+    s_toks = torch.randint(0, vocab, (N, T), generator=g)
+    s_ref = torch.randint(0, vocab, (N_REF, T), generator=g)
+    s_ans = torch.randint(0, vocab, (N,), generator=g).tolist()
+    s_wrong = [(a + 1 + i) % vocab for i, a in enumerate(s_ans)]
+    doc = {"generator": "tests/golden/make_ablation_goldens.py (tiny_result)", "versions": versions(), "seed": SEED,
+           "head_site": "result", "hook": "blocks.L.attn.hook_result", "z_max_diff": zdiff,
+           "prompts": toks.tolist(), "corrupted": corr.tolist(), "answer": ans, "wrong": wrong, "ref": ref.tolist(),
+           "groups": groups, "ref_groups": ref_groups, "full": rounded(full), "resample_from": draws, "cases": cases,
+           # One backward and one forward pass ("passes": "one_each"): on these random models seqcont's loop need not
+           # end (a pass that empties the head list starts the next from the full model, as its code does).
+           "search": seqcont_search(mdl, toks, ans, wrong, ref, threshold, head=hr, one_iter=True),
+           "scores": scores_doc(mdl, s_toks, s_ans, s_wrong, s_ref, head=hr)}
+    path = os.path.join(REPO, "tests", "data", name, "golden_ablation_result.json")
+    with open(path, "w") as f:
+        json.dump(doc, f, indent=1)
+        f.write("\n")
+    print(f"{name}: {len(cases)} hook_result cases (max |result - z| {zdiff:.3g}), search of {len(doc['search']['steps'])} steps -> {path}",
+          flush=True)
+
+
+RESULT_MODELS = ["gpt2-tiny-a", "llama-tiny-a", "neox-tiny-a"]
+
+if __name__ == "__main__" and sys.argv[1:] == ["result"]:
+    for m in RESULT_MODELS:
+        tiny_result(m)
+elif __name__ == "__main__" and sys.argv[1:] == ["scores"]:
     for m in ["gpt2-tiny-a", "llama-tiny-a"]:
         tiny_scores(m)
     demo_scores()
@@ -405,3 +464,5 @@ elif __name__ == "__main__":
     for m in ["gpt2-tiny-a", "llama-tiny-a"]:
         tiny_scores(m)
     demo_scores()
+    for m in RESULT_MODELS:
+        tiny_result(m)

@@ -183,6 +183,7 @@ static int make_specs(row_spec *sp, const ps_model_config *cfg, int64_t T) {
     for (int s = 0; s < PS_SITE_COUNT; s++) {
         // A parallel-residual GPT-NeoX has no resid_mid (ps_row_check refuses its site).
         if (!ps_array_in_model(cfg, ps_site_array((ps_site)s))) continue;
+        if (s == PS_SITE_RESULT) continue;   // not in PS_CAPS_CUDA: the engine refuses such rows on CUDA
         row_spec *r = &sp[n++];
         memset(r, 0, sizeof *r);
         const int64_t l = s % L;
