@@ -423,9 +423,11 @@ int ps_cli_run(int argc, char **argv) {
                 : plan.n_sub < cfg.n_experiments ? " (this run; the reused tables' compute is not counted)" : "");
         ps_stream_info si;
         if (be.kind == PS_BACKEND_CPU && ps_model_stream_info(&m, &si))
-            fprintf(stderr, "patchsweep: streamed weights: %lld layer conversions, %lld calls served by kept layers (%lld of %lld kept, %.0f MiB)\n",
-                    (long long)si.conversions, (long long)si.hits, (long long)(si.kept_bytes / si.layer_bytes), (long long)m.cfg.n_layers,
-                    (double)si.kept_bytes / 1048576.0);
+            fprintf(stderr, "patchsweep: streamed weights: %lld layer conversions (%.2f s, %.3f s a layer), %lld calls served by kept layers "
+                    "(%lld of %lld kept, %.0f MiB); %lld rows fused into the baselines' pass, %lld planned otherwise and run again\n",
+                    (long long)si.conversions, si.convert_seconds, si.conversions ? si.convert_seconds / (double)si.conversions : 0.0,
+                    (long long)si.hits, (long long)(si.kept_bytes / si.layer_bytes), (long long)m.cfg.n_layers,
+                    (double)si.kept_bytes / 1048576.0, (long long)rr.rows_fused, (long long)rr.rows_fused_wasted);
     }
     ps_journal_close(jr);
     ps_cli_unlock_output(&lock);
