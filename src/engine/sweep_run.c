@@ -46,6 +46,7 @@ struct ps_sweep_pass {
     int unpredictable;                   // a patch the prediction cannot plan: nothing is fused
     int64_t next;                        // VERIFY: the predicted group the next real group is compared with
     int64_t matched;                     // VERIFY: predicted rows whose logits were taken
+    size_t token_bytes, work_bytes, work_budget; // PREDICT: the forward's workspace a token, the predicted rows' and the limit
     const int32_t *tokens, *other;       // PREDICT: the row's tokens and its patch source's
 };
 
@@ -82,7 +83,14 @@ static void record_groups(batch *b, int64_t n) {
     for (int64_t g = 0; g < b->n_groups && !sp->full; g++) {
         const int64_t r0 = g ? b->ends[g - 1] : 0, r1 = b->ends[g];
         const size_t need = (r1 < b->n ? b->tags[r1].logit_off : b->logits_used) - b->tags[r0].logit_off;
-        if (rec->n + (r1 - r0) > rec->cap || rec->logits_used + need > rec->logits_cap) { sp->full = 1; break; }
+        size_t tokens = 0;
+        for (int64_t r = r0; r < r1; r++) tokens += (size_t)(b->rows[r].T - b->rows[r].start_pos);
+        if (rec->n + (r1 - r0) > rec->cap || rec->logits_used + need > rec->logits_cap ||
+            sp->work_bytes + tokens * sp->token_bytes > sp->work_budget) {
+            sp->full = 1;
+            break;
+        }
+        sp->work_bytes += tokens * sp->token_bytes;
         for (int64_t r = r0; r < r1; r++) {
             const int64_t k = rec->n++;
             rec->tags[k] = b->tags[r];
@@ -147,22 +155,23 @@ static int run_unpredicted(ps_producer_ctx *c, batch *b, int64_t n, ps_error *e)
 }
 
 // PREDICT: where patch pt first changes the base run, from the tokens alone (ctx: the pass, whose `other` is
-// the patch source's tokens). The embedding and layer 0's q, k and v of a position depend on its token only;
-// every other activation on the tokens up to it (causal attention). So a replace patch changes position t when
-// those tokens differ. When a run's activations differ where its tokens do not (or agree where they differ),
-// the real plan disagrees and that group runs again: slower, never different.
+// the patch source's tokens). Before layer 0's attention (the embedding, q, k, v; with a parallel residual the
+// MLP too) a position's activations depend on its own token only; after it, on the tokens up to it, except
+// the first query's pattern, which is 1 whatever the tokens. So a replace patch changes position t when those
+// tokens differ. Where a run's activations differ and its tokens do not, or agree where they differ (say a
+// ReLU that is 0 in both runs), the real plan disagrees and that group runs again: slower, never different.
 static int64_t predicted_change(const ps_model_config *mc, const ps_patch *pt, const ps_cache *base, void *ctx) {
-    (void)mc;
     ps_sweep_pass *sp = ctx;
     if (pt->op != PS_OP_REPLACE) { sp->unpredictable = 1; return -1; }
-    const int local = pt->layer == 0 && (pt->site == PS_SITE_RESID_PRE || pt->site == PS_SITE_Q || pt->site == PS_SITE_K ||
-                                         pt->site == PS_SITE_V);
+    const ps_site s = pt->site;
+    const int local = pt->layer == 0 && (s == PS_SITE_RESID_PRE || s == PS_SITE_Q || s == PS_SITE_K || s == PS_SITE_V ||
+                                         (mc->parallel_residual && (s == PS_SITE_MLP_POST || s == PS_SITE_MLP_OUT)));
     const int64_t T = base->T, t0 = pt->pos < 0 ? 0 : pt->pos, t1 = pt->pos < 0 ? T : pt->pos + 1;
     int prefix_differs = 0;
     for (int64_t t = 0; t < t1; t++) {
         const int differs = sp->tokens[t] != sp->other[t];
         prefix_differs |= differs;
-        if (t >= t0 && (local ? differs : prefix_differs)) return t;
+        if (t >= t0 && (local ? differs : prefix_differs) && !(s == PS_SITE_PATTERN && t == 0)) return t;
     }
     return -1;
 }
@@ -326,9 +335,17 @@ int ps_sweep_fused_predict(ps_producer_ctx *cx, ps_product *const *items, int64_
     *out = NULL;
     ps_sweep_pass *sp = calloc(1, sizeof *sp);
     if (!sp) return ps_fail(e, PS_EXIT_RUNTIME, "out of memory for a batch");
+    // Up to 16 batches' rows, in workspaces (the CPU forward's buffers, cpu_forward.c) of at most half the
+    // activation-cache budget (256 MiB at least): the fused call holds every group's at once.
+    const ps_model_config *mc = &cx->m->cfg;
+    const int64_t QD = mc->n_heads * mc->d_head, KD = mc->n_kv_heads * mc->d_head;
+    sp->token_bytes = sizeof(float) * (size_t)(4 * mc->d_model + 4 * QD + 4 * KD + 3 * mc->d_mlp + 1) + 4 * sizeof(int64_t);
+    sp->work_budget = (cx->o->cache_budget ? cx->o->cache_budget : ((size_t)2 << 30)) / 2;
+    if (sp->work_budget < ((size_t)256 << 20)) sp->work_budget = (size_t)256 << 20;
     batch b;
-    int rc = batch_for(cx, &sp->rec, e);
-    if (rc == 0) rc = batch_for(cx, &b, e);
+    int rc = batch_for(cx, &b, e);
+    const size_t lcap = 16 * b.logits_cap < ((size_t)64 << 20) ? 16 * b.logits_cap : b.logits_cap > ((size_t)64 << 20) ? b.logits_cap : ((size_t)64 << 20);
+    if (rc == 0) rc = batch_init(&sp->rec, 16 * b.cap, lcap, e);
     if (rc == 0) {
         b.mode = PREDICT;
         b.pass = sp;
