@@ -132,6 +132,35 @@ static void check_dir(const char *label, const char *dir, pf_fixture *f, int gol
     ps_model_free(&str);
 }
 
+// The bf16 copy's layer matrices, as streamed layers convert them (bf16 blocks transposed), against the fp32
+// model's own (converted by the generic path), with their low 16 bits cleared: exactly equal.
+static void check_bf16_layers(const char *model, const ps_model *f32, const char *bdir) {
+    ps_model b;
+    ps_error e = {0};
+    if (ps_model_load_mode(&b, bdir, PS_WEIGHTS_STREAMED, &e) != 0) { TU_CHECK(0, "%s: %s", model, e.msg); return; }
+    const ps_model_config *c = &f32->cfg;
+    const int64_t C = c->d_model, M = c->d_mlp, QD = c->n_heads * c->d_head, KD = c->n_kv_heads * c->d_head;
+    const int64_t n[7] = {C * QD, C * KD, C * KD, QD * C, C * M, C * M, M * C};
+    int64_t checked = 0, bad = 0;
+    for (int64_t l = 0; l < c->n_layers; l++) {
+        ps_layer_weights want, got;
+        if (ps_model_layer(f32, l, &want, &e) != 0 || ps_model_layer(&b, l, &got, &e) != 0) { TU_CHECK(0, "%s: %s", model, e.msg); break; }
+        const float *w[7] = {want.w_q, want.w_k, want.w_v, want.w_o, want.w_in, want.w_up, want.w_out};
+        const float *g[7] = {got.w_q, got.w_k, got.w_v, got.w_o, got.w_in, got.w_up, got.w_out};
+        for (int k = 0; k < 7; k++) {
+            if (!w[k] || !g[k]) { TU_CHECK(!w[k] && !g[k], "%s layer %lld: matrix %d present in one model only", model, (long long)l, k); continue; }
+            for (int64_t i = 0; i < n[k]; i++, checked++)
+                if ((stf_f32_bits(w[k][i]) & 0xffff0000u) != stf_f32_bits(g[k][i]) && bad++ < 3)
+                    printf("%s layer %lld matrix %d [%lld]: bf16 %g, fp32 %g\n", model, (long long)l, k, (long long)i, g[k][i], w[k][i]);
+        }
+    }
+    printf("%s: %lld bf16 weights of the streamed layers checked against the fp32 file's, %lld differ\n", model, (long long)checked,
+           (long long)bad);
+    TU_CHECK(checked > 0 && bad == 0, "%s: %lld of %lld bf16 weights differ from the fp32 ones truncated", model, (long long)bad,
+             (long long)checked);
+    ps_model_free(&b);
+}
+
 static void test_model(const char *model) {
     pf_fixture f;
     if (pf_load_or_fail(&f, model) != 0) return;
@@ -141,6 +170,7 @@ static void test_model(const char *model) {
     // were computed in its dtype, which the fp32 engine only approximates).
     check_dir(model, dir, &f, strcmp(f.m.file_dtype, "float32") == 0);
     const char *bdir = bf16_copy(model, dir);
+    if (bdir && !strcmp(f.m.file_dtype, "float32")) check_bf16_layers(model, &f.m, bdir);
     if (bdir) {
         char label[128];
         snprintf(label, sizeof label, "%s as bf16", model);

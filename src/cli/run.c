@@ -115,9 +115,10 @@ static void restore_done(ps_run_results *rr, const ps_run_results *restored, con
     for (int64_t s = 0; s < rr->n_tables; s++) ps_table_add_counters(&rr->tables[s], &restored->tables[s]);
 }
 
-// The streamed weights' part of the plan: what the cache keeps, and what converting the rest costs on every
+// The streamed weights' part of the plan: what the cache keeps, and what converting the rest costs on every pass over the layers
 // forward call, at the rate the dry run's baselines converted layers (or, when they converted none, timed here).
-static void print_stream_plan(const ps_model *m, const ps_stream_info *si) {
+// rows: the sweep rows planned; fused_rows: how many of a chunk's the baselines' pass takes (PS_FUSED_BATCHES batches).
+static void print_stream_plan(const ps_model *m, const ps_stream_info *si, int64_t rows, int64_t fused_rows) {
     const int64_t L = m->cfg.n_layers;
     double per = si->conversions ? si->convert_seconds / (double)si->conversions : 0;
     if (!si->conversions) {
@@ -134,9 +135,17 @@ static void print_stream_plan(const ps_model *m, const ps_stream_info *si) {
            (double)si->budget / 1048576.0, (long long)si->layers_kept, (long long)L);
     if (per >= 0)
         printf("                     conversion %.3f s a layer (measured here): %.1f s once for the kept layers + %.1f s on every\n"
-               "                     forward call for the %lld others%s\n",
+               "                     pass over the layers for the %lld others%s\n",
                per, per * (double)si->layers_kept, per * (double)(L - si->layers_kept), (long long)(L - si->layers_kept),
                si->layers_kept < L ? " (--weights-cache-mb raises the budget; --weights resident keeps all)" : "");
+    // The sweeps' rows join the baselines' call (the fused pass), up to fused_rows of them a chunk; each batch
+    // beyond is a pass of its own.
+    const int64_t passes = 1 + (rows > fused_rows ? (rows - fused_rows + fused_rows / PS_FUSED_BATCHES - 1) / (fused_rows / PS_FUSED_BATCHES) : 0);
+    printf("  passes             %lld over the layers for one chunk of prompts (the baselines with up to %lld sweep rows fused, %lld\n"
+           "                     rows planned)%s",
+           (long long)passes, (long long)fused_rows, (long long)rows, per >= 0 ? "" : "\n");
+    if (per >= 0)
+        printf(": estimated conversion %.1f s\n", per * (double)si->layers_kept + per * (double)(L - si->layers_kept) * (double)passes);
 }
 
 int ps_cli_run(int argc, char **argv) {
@@ -378,7 +387,8 @@ int ps_cli_run(int argc, char **argv) {
                (double)weights / 1048576.0, ps_precision_name(prec), (double)rr.peak_cache_bytes / 1048576.0, ps_arch_name(m.cfg.arch),
                (long long)m.cfg.n_layers, (long long)m.cfg.d_model);
         ps_stream_info si;
-        if (be.kind == PS_BACKEND_CPU && ps_model_stream_info(&m, &si)) print_stream_plan(&m, &si);
+        if (be.kind == PS_BACKEND_CPU && ps_model_stream_info(&m, &si))
+            print_stream_plan(&m, &si, rr.rows_planned, PS_FUSED_BATCHES * (cfg.batch_rows > 0 ? cfg.batch_rows : 512));
         if (rate > 0) {
             printf("  estimated time     %.1f s at this machine's measured %.1f GFLOP/s (%s GEMM; attention and overheads not counted)\n",
                    (fl + rr.baseline_flops) * 1e-9 / rate, rate, ps_precision_name(prec));

@@ -335,7 +335,7 @@ int ps_sweep_fused_predict(ps_producer_ctx *cx, ps_product *const *items, int64_
     *out = NULL;
     ps_sweep_pass *sp = calloc(1, sizeof *sp);
     if (!sp) return ps_fail(e, PS_EXIT_RUNTIME, "out of memory for a batch");
-    // Up to 16 batches' rows, in workspaces (the CPU forward's buffers, cpu_forward.c) of at most half the
+    // Up to PS_FUSED_BATCHES batches' rows, in workspaces (the CPU forward's buffers, cpu_forward.c) of at most half the
     // activation-cache budget (256 MiB at least): the fused call holds every group's at once.
     const ps_model_config *mc = &cx->m->cfg;
     const int64_t QD = mc->n_heads * mc->d_head, KD = mc->n_kv_heads * mc->d_head;
@@ -344,8 +344,8 @@ int ps_sweep_fused_predict(ps_producer_ctx *cx, ps_product *const *items, int64_
     if (sp->work_budget < ((size_t)256 << 20)) sp->work_budget = (size_t)256 << 20;
     batch b;
     int rc = batch_for(cx, &b, e);
-    const size_t lcap = 16 * b.logits_cap < ((size_t)64 << 20) ? 16 * b.logits_cap : b.logits_cap > ((size_t)64 << 20) ? b.logits_cap : ((size_t)64 << 20);
-    if (rc == 0) rc = batch_init(&sp->rec, 16 * b.cap, lcap, e);
+    const size_t lcap = PS_FUSED_BATCHES * b.logits_cap < ((size_t)64 << 20) ? PS_FUSED_BATCHES * b.logits_cap : b.logits_cap > ((size_t)64 << 20) ? b.logits_cap : ((size_t)64 << 20);
+    if (rc == 0) rc = batch_init(&sp->rec, PS_FUSED_BATCHES * b.cap, lcap, e);
     if (rc == 0) {
         b.mode = PREDICT;
         b.pass = sp;
