@@ -115,8 +115,8 @@ static void restore_done(ps_run_results *rr, const ps_run_results *restored, con
     for (int64_t s = 0; s < rr->n_tables; s++) ps_table_add_counters(&rr->tables[s], &restored->tables[s]);
 }
 
-// The streamed weights' part of the plan: what the cache keeps, and what converting the rest costs on every pass over the layers
-// forward call, at the rate the dry run's baselines converted layers (or, when they converted none, timed here).
+// The streamed weights' part of the plan: what the cache keeps, and what converting the rest costs on every pass
+// over the layers, at the rate the dry run's baselines converted layers (or, when they converted none, timed here).
 // rows: the sweep rows planned; fused_rows: how many of a chunk's the baselines' pass takes (PS_FUSED_BATCHES batches).
 static void print_stream_plan(const ps_model *m, const ps_stream_info *si, int64_t rows, int64_t fused_rows) {
     const int64_t L = m->cfg.n_layers;
