@@ -67,18 +67,19 @@ static const char *bf16_copy(const char *model, const char *dir) {
 }
 
 // Runs f's experiments on m; 0 on success (else a failure is recorded).
-static int run(const char *what, const ps_model *m, pf_fixture *f, const ps_engine_opts *o, ps_run_results *r) {
+static int run(const char *what, const ps_model *m, pf_fixture *f, const ps_engine_opts *o, ps_metric_kind metric, ps_run_results *r) {
     ps_error e = {0};
     ps_backend be;
     if (ps_backend_init(&be, PS_BACKEND_CPU, PS_PREC_FP32, 1, m, &e) != 0) { TU_CHECK(0, "%s: %s", what, e.msg); return -1; }
-    const int rc = ps_engine_run(m, &be, &f->ps, f->ex, f->n_ex, PS_METRIC_LOGIT_DIFF, o, r, &e);
+    const int rc = ps_engine_run(m, &be, &f->ps, f->ex, f->n_ex, metric, o, r, &e);
     ps_backend_free(&be);
     TU_CHECK(rc == 0, "%s: %s", what, e.msg);
     return rc;
 }
 
 // Streamed (fused, and not) against resident weights on the checkpoint in dir, bitwise, for the default batches
-// and for batches of 7 rows in chunks of one prompt (groups that close mid-prompt, fused passes that fill).
+// and for batches of 7 rows in chunks of one prompt (groups that close mid-prompt, fused passes that fill), and
+// for the whole-vocabulary metrics (kl reads the clean baseline's log-probabilities, computed after the call).
 static void check_dir(const char *label, const char *dir, pf_fixture *f, int goldens) {
     ps_model res, str;
     ps_error e = {0};
@@ -90,27 +91,29 @@ static void check_dir(const char *label, const char *dir, pf_fixture *f, int gol
     }
     const int64_t L = str.cfg.n_layers;
     ps_model_set_weights_cache(&str, 0); // every pass over the layers converts them all
-    const ps_engine_opts variants[2] = {{0}, {.batch_rows = 7, .cache_budget = 1}};
-    for (int v = 0; v < 2; v++) {
+    const ps_engine_opts variants[4] = {{0}, {.batch_rows = 7, .cache_budget = 1}, {0}, {0}};
+    const ps_metric_kind metrics[4] = {PS_METRIC_LOGIT_DIFF, PS_METRIC_LOGIT_DIFF, PS_METRIC_KL, PS_METRIC_LOGPROB};
+    for (int v = 0; v < 4; v++) {
         ps_engine_opts o = variants[v], two = variants[v];
         two.no_fuse = 1;
         ps_run_results rr, rf, r2;
         char what[200];
-        snprintf(what, sizeof what, "%s%s", label, v ? " batch_rows=7, one prompt a chunk" : "");
-        if (run(what, &res, f, &o, &rr) != 0) { ps_model_free(&res); ps_model_free(&str); return; }
+        static const char *vname[4] = {"", " batch_rows=7, one prompt a chunk", " kl", " logprob"};
+        snprintf(what, sizeof what, "%s%s", label, vname[v]);
+        if (run(what, &res, f, &o, metrics[v], &rr) != 0) { ps_model_free(&res); ps_model_free(&str); return; }
         ps_stream_info s0, s1, s2;
         ps_model_stream_info(&str, &s0);
-        if (run(what, &str, f, &o, &rf) == 0) {
+        if (run(what, &str, f, &o, metrics[v], &rf) == 0) {
             ps_model_stream_info(&str, &s1);
-            if (run(what, &str, f, &two, &r2) == 0) {
+            if (run(what, &str, f, &two, metrics[v], &r2) == 0) {
                 ps_model_stream_info(&str, &s2);
                 char nm[320];
                 snprintf(nm, sizeof nm, "%s: streamed fused vs the two-call path (bitwise)", what);
                 pf_compare_runs(nm, &rf, &r2, f->ps.n, 0.0f);
                 snprintf(nm, sizeof nm, "%s: streamed fused vs resident (bitwise)", what);
                 pf_compare_runs(nm, &rf, &rr, f->ps.n, 0.0f);
-                if (goldens) pf_compare_with_goldens(label, f, &rf, "streamed fused", 1e-4f);
-                const int64_t chunks = v ? f->ps.n : 1, c_fused = s1.conversions - s0.conversions, c_two = s2.conversions - s1.conversions;
+                if (goldens && v == 0) pf_compare_with_goldens(label, f, &rf, "streamed fused", 1e-4f);
+                const int64_t chunks = v == 1 ? f->ps.n : 1, c_fused = s1.conversions - s0.conversions, c_two = s2.conversions - s1.conversions;
                 printf("%s: %lld of %lld rows fused (%lld run again); %lld layer conversions fused, %lld in two calls\n", what,
                        (long long)rf.rows_fused, (long long)rf.rows_planned, (long long)rf.rows_fused_wasted, (long long)c_fused,
                        (long long)c_two);
