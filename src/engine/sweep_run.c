@@ -41,7 +41,7 @@ typedef struct {
 // own (every group computes alone); any other group runs now, as without the fused pass.
 enum { RUN = 0, PREDICT = 1, VERIFY = 2 };
 struct ps_sweep_pass {
-    batch rec;                           // the predicted groups (rec.ends, rec.n_groups), at most one batch's worth
+    batch rec;                           // the predicted groups (rec.ends, rec.n_groups), PS_FUSED_BATCHES batches' worth at most
     int full;                            // a group did not fit: later groups are not predicted
     int unpredictable;                   // a patch the prediction cannot plan: nothing is fused
     int64_t next;                        // VERIFY: the predicted group the next real group is compared with
@@ -76,8 +76,9 @@ static void batch_close_group(batch *b) {
 // The logits a row asks for.
 static size_t row_logits(const ps_row *r, int64_t V) { return (size_t)r->n_out * (size_t)(r->n_cols ? r->n_cols : V); }
 
-// PREDICT: appends the closed groups of the batch's first n rows to the pass, while they fit in one batch.
-static void record_groups(batch *b, int64_t n) {
+// PREDICT: appends the batch's closed groups to the pass while they fit (its rows and logits, PS_FUSED_BATCHES
+// batches' worth, and the workspace budget); after the first that does not, nothing more.
+static void record_groups(batch *b) {
     ps_sweep_pass *sp = b->pass;
     batch *rec = &sp->rec;
     for (int64_t g = 0; g < b->n_groups && !sp->full; g++) {
@@ -105,7 +106,6 @@ static void record_groups(batch *b, int64_t n) {
         rec->logits_used += need;
         rec->ends[rec->n_groups++] = rec->n;
     }
-    (void)n;
 }
 
 // 1 when rows a and b are the same cell with the same plan.
@@ -179,7 +179,7 @@ static int64_t predicted_change(const ps_model_config *mc, const ps_patch *pt, c
 // Runs the batch's first n rows: all of them (ungrouped), or the closed groups (grouped). Rows after them,
 // the open group of the prompt being planned, move to the front with their logits.
 static int batch_run(ps_producer_ctx *c, batch *b, int64_t n, int grouped, const float *clean_lp, ps_error *e) {
-    if (n > 0 && b->mode == PREDICT) record_groups(b, n);
+    if (n > 0 && b->mode == PREDICT) record_groups(b);
     else if (n > 0) {
         for (int64_t r = 0; r < n; r++) b->tags[r].t->flops += ps_row_flops(&c->m->cfg, &b->rows[r]);
         c->rr->rows_planned += n;
@@ -335,8 +335,8 @@ int ps_sweep_fused_predict(ps_producer_ctx *cx, ps_product *const *items, int64_
     *out = NULL;
     ps_sweep_pass *sp = calloc(1, sizeof *sp);
     if (!sp) return ps_fail(e, PS_EXIT_RUNTIME, "out of memory for a batch");
-    // Up to PS_FUSED_BATCHES batches' rows, in workspaces (the CPU forward's buffers, cpu_forward.c) of at most half the
-    // activation-cache budget (256 MiB at least): the fused call holds every group's at once.
+    // Up to PS_FUSED_BATCHES batches' rows, in workspaces (the CPU forward's buffers, cpu_forward.c) of at most
+    // half the activation-cache budget (256 MiB at least): the fused call holds every group's at once.
     const ps_model_config *mc = &cx->m->cfg;
     const int64_t QD = mc->n_heads * mc->d_head, KD = mc->n_kv_heads * mc->d_head;
     sp->token_bytes = sizeof(float) * (size_t)(4 * mc->d_model + 4 * QD + 4 * KD + 3 * mc->d_mlp + 1) + 4 * sizeof(int64_t);
@@ -344,14 +344,16 @@ int ps_sweep_fused_predict(ps_producer_ctx *cx, ps_product *const *items, int64_
     if (sp->work_budget < ((size_t)256 << 20)) sp->work_budget = (size_t)256 << 20;
     batch b;
     int rc = batch_for(cx, &b, e);
-    const size_t lcap = PS_FUSED_BATCHES * b.logits_cap < ((size_t)64 << 20) ? PS_FUSED_BATCHES * b.logits_cap : b.logits_cap > ((size_t)64 << 20) ? b.logits_cap : ((size_t)64 << 20);
+    // Logits: PS_FUSED_BATCHES batches' worth, but no more than 64 Mi floats unless one batch takes more.
+    size_t lcap = PS_FUSED_BATCHES * b.logits_cap;
+    if (lcap > ((size_t)64 << 20)) lcap = b.logits_cap > ((size_t)64 << 20) ? b.logits_cap : ((size_t)64 << 20);
     if (rc == 0) rc = batch_init(&sp->rec, PS_FUSED_BATCHES * b.cap, lcap, e);
     if (rc == 0) {
         b.mode = PREDICT;
         b.pass = sp;
         rc = run_sweeps(cx, &b, items, n, ch, e);
-        batch_free(&b);
     }
+    batch_free(&b);
     if (rc != 0 || sp->unpredictable || sp->rec.n == 0) {
         ps_sweep_fused_free(sp);
         return rc;
@@ -376,8 +378,8 @@ int ps_sweep_fused_chunk(ps_producer_ctx *cx, ps_product *const *items, int64_t 
         b.mode = VERIFY;
         b.pass = sp;
         rc = run_sweeps(cx, &b, items, n, ch, e);
-        batch_free(&b);
     }
+    batch_free(&b);
     cx->rr->rows_fused_wasted += sp->rec.n - sp->matched;
     return rc;
 }
