@@ -72,6 +72,7 @@ typedef struct {
     const uint8_t *skip; // (n_prompts) or NULL: owned prompts already done (resume); chunks are still formed over
                          // todo, so a resumed run computes exactly the batches an uninterrupted one does
     int dry_run;         // run the baselines, plan every sweep row, count FLOPs, but run no sweep row
+    int no_fuse;         // streamed weights: the sweeps' rows in calls after the baselines' call, not in it (tests)
     volatile int *stop;  // when it becomes non-zero the run stops at the next batch (signals)
     ps_chunk_fn on_chunk; void *chunk_ctx;
 } ps_engine_opts;
@@ -91,11 +92,16 @@ typedef struct {
 // A run's results: the baseline, one table per experiment (tables[i] is experiments[i]'s) and what the
 // experiment's producer (ps_producer.h) keeps for it (products[i]; a patching sweep's state is its ps_sweep).
 struct ps_product;
+// Batches of a chunk's sweep rows that streamed weights run in the baselines' own call (the fused pass).
+#define PS_FUSED_BATCHES 16
 typedef struct ps_run_results {
     ps_baseline base;
     ps_table *tables; int64_t n_tables;         // owned
     struct ps_product *products; int64_t n_products; // owned; products[i].t == &tables[i]
     int64_t rows_planned;       // rows the producers ran (or, in a dry run, would run)
+    int64_t rows_fused;         // streamed weights: sweep rows whose logits came from the baselines' call (fused pass:
+                                // up to PS_FUSED_BATCHES batches of a chunk's rows)
+    int64_t rows_fused_wasted;  // rows computed in that call whose plan turned out otherwise (run again)
     size_t peak_cache_bytes;    // activation caches held at once
     double baseline_flops;      // the clean and corrupted runs
     double seconds;             // wall time of ps_engine_run

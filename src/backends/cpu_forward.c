@@ -622,7 +622,8 @@ static int unembed_step(batch *b, ps_cpu_workspace *wsp, ps_error *e) {
 // The whole-vocabulary logits of every row without cols, of all nb batches of a call, in one GEMM over
 // their final-norm rows (each batch's workspace part 3, as unembed_step left it): the unembedding is read
 // once, not once per row (a one-row GEMM read all 150 MB of GPT-2's for each baseline prompt). Column blocks
-// on the threads: each logit is the same dot product however the columns are split.
+// on the threads: each logit is the same dot product however the columns are split; but not however many rows
+// the GEMM has, so callers pass batches whose numbers must not depend on each other one at a time.
 static int full_logits(const ps_model *m, const batch *bs, ps_cpu_workspace *wss, int64_t nb, ps_error *e) {
     const ps_weights *w = &m->w;
     const int64_t C = m->cfg.d_model, V = m->cfg.d_vocab;
@@ -757,7 +758,10 @@ int ps_cpu_forward_groups(const ps_model *m, ps_row *rows, int64_t n_rows, const
         for (int64_t g = 0; rc == 0 && g < G; g++) rc = layer_step(&b[g], m, l, &lw, &have, e);
     }
     for (int64_t g = 0; rc == 0 && g < G; g++) rc = unembed_step(&b[g], &wsp[g], e);
-    if (rc == 0) rc = full_logits(m, b, wsp, G, e);
+    // The whole-vocabulary logits group by group: the BLAS's bits for a row can depend on how many rows
+    // its GEMM has (OpenBLAS's small-matrix kernels), so one GEMM over every group's rows made a group's
+    // logits depend on the others in the call (the chunk's prompts, the fused pass's rows).
+    for (int64_t g = 0; rc == 0 && g < G; g++) rc = full_logits(m, &b[g], &wsp[g], 1, e);
     for (int64_t g = 0; wsp && g < G; g++) ps_cpu_workspace_free(&wsp[g]);
     free(wsp);
     free(b);

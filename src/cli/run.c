@@ -115,9 +115,10 @@ static void restore_done(ps_run_results *rr, const ps_run_results *restored, con
     for (int64_t s = 0; s < rr->n_tables; s++) ps_table_add_counters(&rr->tables[s], &restored->tables[s]);
 }
 
-// The streamed weights' part of the plan: what the cache keeps, and what converting the rest costs on every
-// forward call, at the rate the dry run's baselines converted layers (or, when they converted none, timed here).
-static void print_stream_plan(const ps_model *m, const ps_stream_info *si) {
+// The streamed weights' part of the plan: what the cache keeps, and what converting the rest costs on every pass
+// over the layers, at the rate the dry run's baselines converted layers (or, when they converted none, timed here).
+// rows: the sweep rows planned; fused_rows: how many of a chunk's the baselines' pass takes (PS_FUSED_BATCHES batches).
+static void print_stream_plan(const ps_model *m, const ps_stream_info *si, int64_t rows, int64_t fused_rows) {
     const int64_t L = m->cfg.n_layers;
     double per = si->conversions ? si->convert_seconds / (double)si->conversions : 0;
     if (!si->conversions) {
@@ -134,9 +135,17 @@ static void print_stream_plan(const ps_model *m, const ps_stream_info *si) {
            (double)si->budget / 1048576.0, (long long)si->layers_kept, (long long)L);
     if (per >= 0)
         printf("                     conversion %.3f s a layer (measured here): %.1f s once for the kept layers + %.1f s on every\n"
-               "                     forward call for the %lld others%s\n",
+               "                     pass over the layers for the %lld others%s\n",
                per, per * (double)si->layers_kept, per * (double)(L - si->layers_kept), (long long)(L - si->layers_kept),
                si->layers_kept < L ? " (--weights-cache-mb raises the budget; --weights resident keeps all)" : "");
+    // The sweeps' rows join the baselines' call (the fused pass), up to fused_rows of them a chunk; each batch
+    // beyond is a pass of its own.
+    const int64_t passes = 1 + (rows > fused_rows ? (rows - fused_rows + fused_rows / PS_FUSED_BATCHES - 1) / (fused_rows / PS_FUSED_BATCHES) : 0);
+    printf("  passes             %lld over the layers for one chunk of prompts (the baselines with up to %lld sweep rows fused, %lld\n"
+           "                     rows planned)%s",
+           (long long)passes, (long long)fused_rows, (long long)rows, per >= 0 ? "" : "\n");
+    if (per >= 0)
+        printf(": estimated conversion %.1f s\n", per * (double)si->layers_kept + per * (double)(L - si->layers_kept) * (double)passes);
 }
 
 int ps_cli_run(int argc, char **argv) {
@@ -378,7 +387,8 @@ int ps_cli_run(int argc, char **argv) {
                (double)weights / 1048576.0, ps_precision_name(prec), (double)rr.peak_cache_bytes / 1048576.0, ps_arch_name(m.cfg.arch),
                (long long)m.cfg.n_layers, (long long)m.cfg.d_model);
         ps_stream_info si;
-        if (be.kind == PS_BACKEND_CPU && ps_model_stream_info(&m, &si)) print_stream_plan(&m, &si);
+        if (be.kind == PS_BACKEND_CPU && ps_model_stream_info(&m, &si))
+            print_stream_plan(&m, &si, rr.rows_planned, PS_FUSED_BATCHES * (cfg.batch_rows > 0 ? cfg.batch_rows : 512));
         if (rate > 0) {
             printf("  estimated time     %.1f s at this machine's measured %.1f GFLOP/s (%s GEMM; attention and overheads not counted)\n",
                    (fl + rr.baseline_flops) * 1e-9 / rate, rate, ps_precision_name(prec));
@@ -423,9 +433,11 @@ int ps_cli_run(int argc, char **argv) {
                 : plan.n_sub < cfg.n_experiments ? " (this run; the reused tables' compute is not counted)" : "");
         ps_stream_info si;
         if (be.kind == PS_BACKEND_CPU && ps_model_stream_info(&m, &si))
-            fprintf(stderr, "patchsweep: streamed weights: %lld layer conversions, %lld calls served by kept layers (%lld of %lld kept, %.0f MiB)\n",
-                    (long long)si.conversions, (long long)si.hits, (long long)(si.kept_bytes / si.layer_bytes), (long long)m.cfg.n_layers,
-                    (double)si.kept_bytes / 1048576.0);
+            fprintf(stderr, "patchsweep: streamed weights: %lld layer conversions (%.2f s, %.3f s a layer), %lld calls served by kept layers "
+                    "(%lld of %lld kept, %.0f MiB); %lld rows fused into the baselines' pass, %lld planned otherwise and run again\n",
+                    (long long)si.conversions, si.convert_seconds, si.conversions ? si.convert_seconds / (double)si.conversions : 0.0,
+                    (long long)si.hits, (long long)(si.kept_bytes / si.layer_bytes), (long long)m.cfg.n_layers,
+                    (double)si.kept_bytes / 1048576.0, (long long)rr.rows_fused, (long long)rr.rows_fused_wasted);
     }
     ps_journal_close(jr);
     ps_cli_unlock_output(&lock);

@@ -21,10 +21,22 @@ static double now_s(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-// Runs the clean and corrupted baselines of a chunk, each with every activation cached where some experiment
-// reads that run's cache (reads: PS_READS_*), else logits only (the cache stays zeroed).
+// The chunk's clean and corrupted caches (before anything plans rows that read them): every activation of a run
+// some experiment reads (reads: PS_READS_*); the other run's cache stays zeroed (its baseline runs logits only).
+static int init_caches(ps_producer_ctx *c, const int64_t *chunk, int64_t nc, ps_cache *clean, ps_cache *corr, unsigned reads,
+                       ps_error *e) {
+    for (int64_t i = 0; i < nc; i++) {
+        const int64_t T = c->ps->p[chunk[i]].T;
+        if (((reads & PS_READS_CLEAN) && ps_cache_init(&clean[i], &c->m->cfg, T, 0, e)) ||
+            ((reads & PS_READS_CORRUPTED) && ps_cache_init(&corr[i], &c->m->cfg, T, 0, e))) return -1;
+    }
+    return 0;
+}
+
+// Runs the clean and corrupted baselines of a chunk into init_caches' caches (logits only for a run no experiment
+// reads). sp: a fused pass's sweep rows (or NULL), run as further groups of the baselines' call (sweep_run.c).
 static int run_baselines(ps_producer_ctx *c, const int64_t *chunk, int64_t nc, ps_cache *clean, ps_cache *corr, float *clean_lp,
-                         unsigned reads, ps_error *e) {
+                         unsigned reads, ps_sweep_pass *sp, ps_error *e) {
     const ps_model_config *mc = &c->m->cfg;
     const int64_t V = mc->d_vocab;
     const ps_prompt_set *ps = c->ps;
@@ -37,8 +49,6 @@ static int run_baselines(ps_producer_ctx *c, const int64_t *chunk, int64_t nc, p
     if (!bl_logits || !brow || !brq) rc = ps_fail(e, PS_EXIT_RUNTIME, "out of memory for %lld prompts' baselines", (long long)nc);
     for (int64_t i = 0; rc == 0 && i < nc; i++) {
         const ps_prompt *p = &ps->p[chunk[i]];
-        if (((reads & PS_READS_CLEAN) && ps_cache_init(&clean[i], mc, p->T, 0, e)) ||
-            ((reads & PS_READS_CORRUPTED) && ps_cache_init(&corr[i], mc, p->T, 0, e))) { rc = -1; break; }
         ps_metric_request_for(c->metric, p, &brq[i]);
         brq[i].n_cols = 0;
         for (int k = 0; k < 2; k++) {
@@ -54,11 +64,24 @@ static int run_baselines(ps_producer_ctx *c, const int64_t *chunk, int64_t nc, p
     for (int64_t i = 0; rc == 0 && i < 2 * nc; i++) c->rr->baseline_flops += ps_row_flops(mc, &brow[i]);
     // Each prompt's clean and corrupted runs as a group of their own, so their numbers do not depend on the
     // chunk; grouped in one call where the backend can (a streamed layer is then converted once per chunk).
-    int64_t *ends = rc == 0 && c->be->forward_groups ? malloc((size_t)(nc ? nc : 1) * sizeof *ends) : NULL;
+    ps_row *fr = NULL;
+    const int64_t *fe = NULL;
+    int64_t nfr = 0, nfg = 0;
+    if (sp) ps_sweep_fused_rows(sp, &fr, &nfr, &fe, &nfg);
+    int64_t *ends = rc == 0 && c->be->forward_groups ? malloc((size_t)(nc + nfg ? nc + nfg : 1) * sizeof *ends) : NULL;
+    ps_row *all = ends && nfr ? malloc((size_t)(2 * nc + nfr) * sizeof *all) : NULL;
+    if (ends && nfr && !all) rc = ps_fail(e, PS_EXIT_RUNTIME, "out of memory for %lld prompts' baselines", (long long)nc);
     for (int64_t i = 0; ends && i < nc; i++) ends[i] = 2 * (i + 1);
-    if (rc == 0 && ends) rc = c->be->forward_groups(c->be, c->m, brow, 2 * nc, ends, nc, e);
+    if (all) {
+        // The fused pass: the sweep's groups after the baselines', layer by layer across all of them.
+        memcpy(all, brow, (size_t)(2 * nc) * sizeof *all);
+        memcpy(all + 2 * nc, fr, (size_t)nfr * sizeof *all);
+        for (int64_t g = 0; g < nfg; g++) ends[nc + g] = 2 * nc + fe[g];
+        rc = c->be->forward_groups(c->be, c->m, all, 2 * nc + nfr, ends, nc + nfg, e);
+    } else if (rc == 0 && ends) rc = c->be->forward_groups(c->be, c->m, brow, 2 * nc, ends, nc, e);
     else
         for (int64_t i = 0; rc == 0 && i < nc; i++) rc = c->be->forward(c->be, c->m, brow + 2 * i, 2, e);
+    free(all);
     free(ends);
     for (int64_t i = 0; rc == 0 && i < nc; i++) {
         const int64_t pi = chunk[i];
@@ -204,6 +227,8 @@ int ps_engine_run(const ps_model *m, ps_backend *be, const ps_prompt_set *ps, co
         if (p->pr->chunk) reads |= p->pr->reads ? p->pr->reads(p->ex) : PS_READS_CLEAN | PS_READS_CORRUPTED;
     }
     const size_t cached_runs = (size_t)(!!(reads & PS_READS_CLEAN) + !!(reads & PS_READS_CORRUPTED));
+    // The fused pass only pays where each pass over the layers converts them (streamed weights, grouped calls).
+    const int fuse = !o->naive && !o->dry_run && !o->no_fuse && m->stream && be->forward_groups;
     int rc = 0;
 
     for (int64_t c0 = 0; c0 < n_todo && rc == 0;) {
@@ -229,13 +254,24 @@ int ps_engine_run(const ps_model *m, ps_backend *be, const ps_prompt_set *ps, co
             rc = ps_fail(e, PS_EXIT_RUNTIME, "out of memory for %lld prompts' caches", (long long)nc);
         if (rc == 0 && nc > 0) {
             rc = ps_producer_stopped(&c, e);
-            if (rc == 0) rc = run_baselines(&c, chunk, nc, clean, corr, clean_lp, reads, e);
+            if (rc == 0) rc = init_caches(&c, chunk, nc, clean, corr, reads, e);
             const ps_chunk ch = {.prompts = chunk, .n = nc, .clean = clean, .corrupted = corr, .clean_logprobs = clean_lp};
+            // Streamed weights: the sweeps' rows join the baselines' call where they can be planned from the tokens.
+            ps_sweep_pass *sp = NULL;
+            int64_t sweeps = -1;
+            for (int64_t k = 0; k < g.n_groups; k++)
+                if (g.items[g.first[k]]->pr == &ps_patch_sweep_producer) sweeps = k;
+            if (rc == 0 && sweeps >= 0 && fuse)
+                rc = ps_sweep_fused_predict(&c, g.items + g.first[sweeps], g.first[sweeps + 1] - g.first[sweeps], &ch, &sp, e);
+            if (rc == 0) rc = run_baselines(&c, chunk, nc, clean, corr, clean_lp, reads, sp, e);
             const int64_t done_after = c.done + per_prompt_cells * nc;
             for (int64_t k = 0; rc == 0 && k < g.n_groups; k++) {
                 ps_product *const *items = g.items + g.first[k];
-                if (items[0]->pr->chunk) rc = items[0]->pr->chunk(&c, items, g.first[k + 1] - g.first[k], &ch, e);
+                const int64_t ni = g.first[k + 1] - g.first[k];
+                if (k == sweeps && sp) rc = ps_sweep_fused_chunk(&c, items, ni, &ch, sp, e);
+                else if (items[0]->pr->chunk) rc = items[0]->pr->chunk(&c, items, ni, &ch, e);
             }
+            ps_sweep_fused_free(sp);
             if (c.done < done_after) c.done = done_after; // producers that count coarsely
             ps_producer_progress(&c, 0);
         }

@@ -77,7 +77,14 @@ static ps_entry site_entry(ps_site s) {
     }
 }
 
-int ps_plan_row(const ps_model_config *mc, ps_row *r, int narrow_ok) {
+static int64_t first_change_cb(const ps_model_config *mc, const ps_patch *pt, const ps_cache *base, void *ctx) {
+    (void)ctx;
+    return first_change(mc, pt, base);
+}
+
+int ps_plan_row(const ps_model_config *mc, ps_row *r, int narrow_ok) { return ps_plan_row_by(mc, r, narrow_ok, first_change_cb, NULL); }
+
+int ps_plan_row_by(const ps_model_config *mc, ps_row *r, int narrow_ok, ps_first_change_fn fc_fn, void *ctx) {
     r->start_layer = r->start_pos = 0;
     r->narrow = 0;
     r->entry = PS_ENTER_LAYER;
@@ -90,7 +97,7 @@ int ps_plan_row(const ps_model_config *mc, ps_row *r, int narrow_ok) {
     const ps_patch *only = NULL;
     for (int64_t p = 0; p < r->n_patches; p++) {
         const ps_patch *pt = &r->patches[p];
-        const int64_t fc = first_change(mc, pt, r->base);
+        const int64_t fc = fc_fn(mc, pt, r->base, ctx);
         if (fc < 0) continue;
         n_changing++;
         only = pt;
