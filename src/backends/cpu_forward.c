@@ -26,11 +26,39 @@ static void store_rows(const ps_cpu_slot *slots, int64_t n_active, size_t field,
 }
 
 // Copies positions [t0, t1) of a row from a base cache array (L, T, width) at layer l into buf.
-static void from_base(float *buf, const ps_cpu_slot *rs, const float *base_arr, int64_t l, int64_t width, int64_t t0, int64_t t1) {
+static void copy_base(float *buf, const ps_cpu_slot *rs, const float *base_arr, int64_t l, int64_t width, int64_t t0, int64_t t1) {
     const ps_row *row = rs->row;
     if (t1 <= t0) return;
-    PS_PROF(PS_PROF_COPY, memcpy(buf + (rs->off + t0 - row->start_pos) * width, base_arr + (l * row->T + t0) * width,
-                                 (size_t)((t1 - t0) * width) * sizeof(float)));
+    memcpy(buf + (rs->off + t0 - row->start_pos) * width, base_arr + (l * row->T + t0) * width, (size_t)((t1 - t0) * width) * sizeof(float));
+}
+static void from_base(float *buf, const ps_cpu_slot *rs, const float *base_arr, int64_t l, int64_t width, int64_t t0, int64_t t1) {
+    PS_PROF(PS_PROF_COPY, copy_base(buf, rs, base_arr, l, width, t0, t1));
+}
+
+// Base's Q, K, V at the positions from qkv_end on of every row that attends (NA: the batch's tokens), rows on
+// the threads.
+static void qkv_from_base(float *q, float *k, float *v, const ps_cpu_slot *slots, int64_t n_active, int64_t NA, int64_t l,
+                          int64_t QD, int64_t KD) {
+#pragma omp parallel for schedule(static) if (NA * (QD + 2 * KD) >= PS_PAR_MIN)
+    for (int64_t r = 0; r < n_active; r++) {
+        const ps_cpu_slot *rs = &slots[r];
+        const ps_cache *bc = rs->row->base;
+        const int64_t t0 = rs->plan.qkv_end, t1 = rs->row->T;
+        if (t0 >= t1 || !rs->plan.attn) continue;
+        copy_base(q, rs, bc->q, l, QD, t0, t1);
+        copy_base(k, rs, bc->k, l, KD, t0, t1);
+        copy_base(v, rs, bc->v, l, KD, t0, t1);
+    }
+}
+
+// Base's resid_post at the positions a narrowed row did not recompute, rows on the threads.
+static void post_from_base(float *x, const ps_cpu_slot *slots, int64_t n_active, int64_t NA, int64_t l, int64_t C) {
+#pragma omp parallel for schedule(static) if (NA * C >= PS_PAR_MIN)
+    for (int64_t r = 0; r < n_active; r++) {
+        const ps_cpu_slot *rs = &slots[r];
+        for (int64_t t = rs->row->start_pos; t < rs->row->T; t++)
+            if (!ps_post_at(rs->row, &rs->plan, t)) copy_base(x, rs, rs->row->base->resid_post, l, C, t, t + 1);
+    }
 }
 
 // ps_cpu_hook, timed when profiling.
@@ -380,15 +408,7 @@ static void qkv_step(batch *b, int64_t l, const ps_layer_weights *lw) {
         scatter(q, qc, idx, nq, QD);
         scatter(k, kc, idx, nq, KD);
         scatter(v, vc, idx, nq, KD);
-        for (int64_t r = 0; r < n_active; r++) {
-            const ps_cpu_slot *rs = &slots[r];
-            const ps_cache *bc = rs->row->base;
-            const int64_t t0 = rs->plan.qkv_end, t1 = rs->row->T;
-            if (t0 >= t1 || !rs->plan.attn) continue;
-            from_base(q, rs, bc->q, l, QD, t0, t1);
-            from_base(k, rs, bc->k, l, KD, t0, t1);
-            from_base(v, rs, bc->v, l, KD, t0, t1);
-        }
+        PS_PROF(PS_PROF_COPY, qkv_from_base(q, k, v, slots, n_active, NA, l, QD, KD));
     }
     hook(cfg, PS_SITE_Q, l, q, QD, NULL, slots, n_active);
     hook(cfg, PS_SITE_K, l, k, KD, NULL, slots, n_active);
@@ -559,11 +579,7 @@ static void mlp_step(batch *b, int64_t l, const ps_layer_weights *lw) {
     if (compact) {
         scatter(x, xc, idx, np, C);
         // Positions a narrowed row did not recompute keep base's residual stream.
-        for (int64_t r = 0; r < n_active; r++) {
-            const ps_cpu_slot *rs = &slots[r];
-            for (int64_t t = rs->row->start_pos; t < rs->row->T; t++)
-                if (!ps_post_at(rs->row, &rs->plan, t)) from_base(x, rs, rs->row->base->resid_post, l, C, t, t + 1);
-        }
+        PS_PROF(PS_PROF_COPY, post_from_base(x, slots, n_active, NA, l, C));
     }
     for (int64_t r = 0; r < n_active; r++) slots[r].dirty = slots[r].plan.post_end;
 }
