@@ -29,14 +29,11 @@ static void store_rows(const ps_cpu_slot *slots, int64_t n_active, size_t field,
 static void copy_base(float *buf, const ps_cpu_slot *rs, const float *base_arr, int64_t l, int64_t width, int64_t t0, int64_t t1) {
     const ps_row *row = rs->row;
     if (t1 <= t0) return;
-    memcpy(buf + (rs->off + t0 - row->start_pos) * width, base_arr + (l * row->T + t0) * width, (size_t)((t1 - t0) * width) * sizeof(float));
-}
-static void from_base(float *buf, const ps_cpu_slot *rs, const float *base_arr, int64_t l, int64_t width, int64_t t0, int64_t t1) {
-    PS_PROF(PS_PROF_COPY, copy_base(buf, rs, base_arr, l, width, t0, t1));
+    memcpy(buf + (rs->off + t0 - row->start_pos) * width, base_arr + (l * row->T + t0) * width,
+           (size_t)((t1 - t0) * width) * sizeof(float));
 }
 
-// Base's Q, K, V at the positions from qkv_end on of every row that attends (NA: the batch's tokens), rows on
-// the threads.
+// Base's Q, K, V from qkv_end on in every row that attends (NA: the batch's tokens), rows on the threads.
 static void qkv_from_base(float *q, float *k, float *v, const ps_cpu_slot *slots, int64_t n_active, int64_t NA, int64_t l,
                           int64_t QD, int64_t KD) {
 #pragma omp parallel for schedule(static) if (NA * (QD + 2 * KD) >= PS_PAR_MIN)
@@ -90,8 +87,8 @@ static void from_base_rows(float *buf, int64_t width, const compact_rows *cr, in
     PS_PROF(PS_PROF_COPY, from_base_rows_(buf, width, cr, k0, k1, field));
 }
 
-// dst[k] = src[idx[k]] and back, for (width)-float token rows.
-// Row k of n (width floats each) from src row si[k] to dst row di[k]; a NULL index is k itself.
+// Row k of n (width floats each) from src row si[k] to dst row di[k]; a NULL index is k itself. gather:
+// dst[k] = src[idx[k]], scatter: the way back.
 static void move_rows(float *dst, const int64_t *di, const float *src, const int64_t *si, int64_t n, int64_t width) {
 #pragma omp parallel for schedule(static) if (n * width >= PS_PAR_MIN)
     for (int64_t k = 0; k < n; k++)
@@ -346,7 +343,8 @@ static void join_rows(batch *b, int64_t first_new, int64_t l) {
     const int64_t C = cfg->d_model;
     ps_cpu_slot *slots = b->slots;
     float *x = b->x;
-    const int64_t n_new = b->n_active - first_new, tokens = n_new ? slots[b->n_active - 1].off + slots[b->n_active - 1].n - slots[first_new].off : 0;
+    const int64_t tokens = b->n_active > first_new
+                               ? slots[b->n_active - 1].off + slots[b->n_active - 1].n - slots[first_new].off : 0;
 #pragma omp parallel for schedule(static) if (tokens * C >= PS_PAR_MIN)
     for (int64_t r = first_new; r < b->n_active; r++) {
         ps_cpu_slot *rs = &slots[r];
@@ -442,7 +440,7 @@ static void attention_step(batch *b, int64_t l, const ps_layer_weights *lw) {
     const int64_t group = H / Hkv, T_max = b->T_max;
     for (int64_t r = 0; r < n_active; r++) {
         const ps_cpu_slot *rs = &slots[r];
-        if (!rs->plan.attn) from_base(z, rs, rs->row->base->z, l, QD, rs->row->start_pos, rs->plan.post_end);
+        if (!rs->plan.attn) PS_PROF(PS_PROF_COPY, copy_base(z, rs, rs->row->base->z, l, QD, rs->row->start_pos, rs->plan.post_end));
     }
     const attn_layer al = {.cfg = cfg, .q = q, .k = k, .v = v, .z = z, .l = l, .H = H, .D = D, .QD = QD, .KD = KD, .group = group,
                            .rotary = cfg->rotary_dim > 0, .inv_sqrt_d = 1.0f / sqrtf((float)D)};
