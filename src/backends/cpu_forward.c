@@ -25,6 +25,11 @@ static void store_rows(const ps_cpu_slot *slots, int64_t n_active, size_t field,
     }
 }
 
+// Copies and residual sums from this many floats (1 MiB) on run on the threads (on one they were a serial
+// stretch of every layer, the other thread spinning); smaller ones on one: memory bound, and each region is a
+// barrier where, on a busy machine, one thread waits for the other to be scheduled again.
+#define PS_COPY_PAR_MIN ((int64_t)1 << 18)
+
 // Copies positions [t0, t1) of a row from a base cache array (L, T, width) at layer l into buf.
 static void copy_base(float *buf, const ps_cpu_slot *rs, const float *base_arr, int64_t l, int64_t width, int64_t t0, int64_t t1) {
     const ps_row *row = rs->row;
@@ -36,7 +41,7 @@ static void copy_base(float *buf, const ps_cpu_slot *rs, const float *base_arr, 
 // Base's Q, K, V from qkv_end on in every row that attends (NA: the batch's tokens), rows on the threads.
 static void qkv_from_base(float *q, float *k, float *v, const ps_cpu_slot *slots, int64_t n_active, int64_t NA, int64_t l,
                           int64_t QD, int64_t KD) {
-#pragma omp parallel for schedule(static) if (NA * (QD + 2 * KD) >= PS_PAR_MIN)
+#pragma omp parallel for schedule(static) if (NA * (QD + 2 * KD) >= PS_COPY_PAR_MIN)
     for (int64_t r = 0; r < n_active; r++) {
         const ps_cpu_slot *rs = &slots[r];
         const ps_cache *bc = rs->row->base;
@@ -50,7 +55,7 @@ static void qkv_from_base(float *q, float *k, float *v, const ps_cpu_slot *slots
 
 // Base's resid_post at the positions a narrowed row did not recompute, rows on the threads.
 static void post_from_base(float *x, const ps_cpu_slot *slots, int64_t n_active, int64_t NA, int64_t l, int64_t C) {
-#pragma omp parallel for schedule(static) if (NA * C >= PS_PAR_MIN)
+#pragma omp parallel for schedule(static) if (NA * C >= PS_COPY_PAR_MIN)
     for (int64_t r = 0; r < n_active; r++) {
         const ps_cpu_slot *rs = &slots[r];
         for (int64_t t = rs->row->start_pos; t < rs->row->T; t++)
@@ -72,10 +77,8 @@ typedef struct {
 } compact_rows;
 
 // Compacted rows [k0, k1) of buf take base's value of a (L, T, width) ps_cache array (field: offsetof).
-// The copies below run on the threads when large: on one they were a serial stretch of every layer with
-// the other thread spinning.
 static void from_base_rows_(float *buf, int64_t width, const compact_rows *cr, int64_t k0, int64_t k1, size_t field) {
-#pragma omp parallel for schedule(static) if ((k1 - k0) * width >= PS_PAR_MIN)
+#pragma omp parallel for schedule(static) if ((k1 - k0) * width >= PS_COPY_PAR_MIN)
     for (int64_t k = k0; k < k1; k++) {
         const ps_row *row = cr->slots[cr->kslot[k]].row;
         const float *arr = *(const float *const *)((const char *)row->base + field);
@@ -90,7 +93,7 @@ static void from_base_rows(float *buf, int64_t width, const compact_rows *cr, in
 // Row k of n (width floats each) from src row si[k] to dst row di[k]; a NULL index is k itself. gather:
 // dst[k] = src[idx[k]], scatter: the way back.
 static void move_rows(float *dst, const int64_t *di, const float *src, const int64_t *si, int64_t n, int64_t width) {
-#pragma omp parallel for schedule(static) if (n * width >= PS_PAR_MIN)
+#pragma omp parallel for schedule(static) if (n * width >= PS_COPY_PAR_MIN)
     for (int64_t k = 0; k < n; k++)
         memcpy(dst + (di ? di[k] : k) * width, src + (si ? si[k] : k) * width, (size_t)width * sizeof(float));
 }
@@ -103,7 +106,7 @@ static void scatter(float *dst, const float *src, const int64_t *idx, int64_t n,
 
 // x[0, n) += y[0, n): the residual stream's sums.
 static void add_into(float *x, const float *y, int64_t n) {
-#pragma omp parallel for schedule(static) if (n >= PS_PAR_MIN)
+#pragma omp parallel for schedule(static) if (n >= PS_COPY_PAR_MIN)
     for (int64_t i = 0; i < n; i++) x[i] += y[i];
 }
 
@@ -345,7 +348,7 @@ static void join_rows(batch *b, int64_t first_new, int64_t l) {
     float *x = b->x;
     const int64_t tokens = b->n_active > first_new
                                ? slots[b->n_active - 1].off + slots[b->n_active - 1].n - slots[first_new].off : 0;
-#pragma omp parallel for schedule(static) if (tokens * C >= PS_PAR_MIN)
+#pragma omp parallel for schedule(static) if (tokens * C >= PS_COPY_PAR_MIN)
     for (int64_t r = first_new; r < b->n_active; r++) {
         ps_cpu_slot *rs = &slots[r];
         const ps_row *row = rs->row;
