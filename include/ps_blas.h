@@ -6,6 +6,7 @@
 #include "ps_common.h"
 
 #include <stddef.h>
+#include <stdint.h>
 
 // What cpuid (and XGETBV: whether the OS saves the wider registers) says; 1 = present. Not the model string.
 typedef struct {
@@ -56,6 +57,29 @@ const char *ps_blas_describe(void);
 // forward pass without ps_backend_init, e.g. tests); if that fails it prints why and aborts: no GEMM can run.
 void ps_sgemm(int order, int transa, int transb, int M, int N, int K, float alpha, const float *A, int lda,
               const float *B, int ldb, float beta, float *C, int ldc);
+// One GEMM of ps_sgemm_par, row-major: C (M, N) = A (M, K) @ B [+ bias (N), on every row], B (K, N), or with
+// trans_b B (N, K) used transposed (the unembedding's W_U). lda, ldb, ldc: row strides. bias may be NULL; C is
+// output only (beta 0), or, with a bias, written with it first and the GEMM adds to it (one pass over C).
+typedef struct {
+    float *C;
+    const float *A, *B, *bias;
+    int64_t M, N, K, lda, ldb, ldc;
+    int trans_b;
+} ps_gemm;
+
+// GEMMs (multiply-adds) below this run whole on one thread.
+#define PS_SGEMM_PAR_MIN ((int64_t)1 << 22)
+
+// The n GEMMs (independent: no C is another's A or B) in ONE OpenMP parallel region over the threads of
+// omp_get_max_threads(), one fork and one join for all n. Each GEMM of PS_SGEMM_PAR_MIN multiply-adds or more
+// is cut into one block per thread, each a single-threaded BLAS call: by columns of C when M < N (each thread
+// then packs its slice of B and all of A; by rows each would pack all of B, the larger operand), in slices
+// of 16 columns (the AVX-512 kernels' unroll along C's columns); else by rows, as even as 4-row multiples
+// allow. Smaller ones go whole to one thread each, in turn. Each element of C is the same dot product, in the
+// same order over K, however C is cut (OpenBLAS Cooperlake: bitwise equal to one call at the forward pass's
+// shapes, measured). Sets the BLAS to one thread.
+void ps_sgemm_par(const ps_gemm *g, int n);
+
 // The BLAS's own thread count (1 inside the CPU backend's OpenMP blocks); a no-op for a single-threaded build.
 void ps_blas_set_num_threads(int n);
 

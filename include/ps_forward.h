@@ -116,8 +116,8 @@ void ps_cpu_rmsnorm(float *out, float *scale, const float *x, const float *w, in
 // D for Llama); the rest pass through.
 void ps_cpu_rotary(float *x, int64_t T, int64_t n_heads, int64_t D, int64_t rot_dim, const int64_t *pos, float theta);
 float ps_cpu_act(ps_act act, float x);
-// y (N, out) = x (N, in) @ W (in, out) [+ bias], the backend's GEMM: blocks of rows over the OpenMP threads,
-// each a single-threaded OpenBLAS call (it sets OpenBLAS to one thread).
+// y (N, out) = x (N, in) @ W (in, out) [+ bias], the backend's GEMM: one block per OpenMP thread (ps_sgemm_par),
+// each a single-threaded BLAS call (it sets the BLAS to one thread).
 void ps_cpu_linear(float *y, const float *x, const float *W, const float *bias, int64_t N, int64_t in, int64_t out);
 
 #endif

@@ -6,6 +6,7 @@
 
 #include <dlfcn.h>
 #include <math.h>
+#include <omp.h>
 #include <pthread.h>
 #include <stddef.h>
 #include <stdatomic.h>
@@ -354,4 +355,49 @@ void ps_sgemm(int order, int transa, int transb, int M, int N, int K, float alph
 void ps_blas_set_num_threads(int n) {
     ensure_loaded();
     if (g_lib.set_threads) g_lib.set_threads(n);
+}
+
+// ---------------------------------------------------------------------------------------------
+// GEMMs over the OpenMP threads
+
+// Boundary b of `parts` near-equal pieces of [0, n), rounded to multiples of align (0 and n at the ends).
+static int64_t cut(int64_t n, int parts, int b, int64_t align) {
+    if (b >= parts) return n;
+    const int64_t c = (n * b / parts + align / 2) / align * align;
+    return c < n ? c : n;
+}
+
+// Rows [r0, r1) x columns [c0, c1) of g's C, one single-threaded BLAS call.
+static void gemm_block(const ps_gemm *g, int64_t r0, int64_t r1, int64_t c0, int64_t c1) {
+    if (r1 <= r0 || c1 <= c0) return;
+    float *C = g->C + r0 * g->ldc + c0;
+    if (g->bias)
+        for (int64_t i = 0; i < r1 - r0; i++) memcpy(C + i * g->ldc, g->bias + c0, (size_t)(c1 - c0) * sizeof(float));
+    const float *B = g->trans_b ? g->B + c0 * g->ldb : g->B + c0;
+    g_lib.sgemm(101, 111, g->trans_b ? 112 : 111, (int)(r1 - r0), (int)(c1 - c0), (int)g->K, 1.0f, g->A + r0 * g->lda,
+                (int)g->lda, B, (int)g->ldb, g->bias ? 1.0f : 0.0f, C, (int)g->ldc);
+}
+
+void ps_sgemm_par(const ps_gemm *g, int n) {
+    ensure_loaded();
+    if (g_lib.set_threads) g_lib.set_threads(1);
+    int big = 0;
+    for (int i = 0; i < n; i++) big |= g[i].M * g[i].N * g[i].K >= PS_SGEMM_PAR_MIN;
+#pragma omp parallel if (big && omp_get_max_threads() > 1)
+    {
+        const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+        int solo = 0; // the small GEMMs so far: the next goes to thread solo % nt (every thread counts alike)
+        for (int i = 0; i < n; i++) {
+            const ps_gemm *x = &g[i];
+            if (nt == 1) {
+                gemm_block(x, 0, x->M, 0, x->N);
+            } else if (x->M * x->N * x->K < PS_SGEMM_PAR_MIN) {
+                if (solo++ % nt == t) gemm_block(x, 0, x->M, 0, x->N);
+            } else if (x->M < x->N) {
+                gemm_block(x, 0, x->M, cut(x->N, nt, t, 16), cut(x->N, nt, t + 1, 16));
+            } else {
+                gemm_block(x, cut(x->M, nt, t, 4), cut(x->M, nt, t + 1, 4), 0, x->N);
+            }
+        }
+    }
 }

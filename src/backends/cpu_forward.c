@@ -25,12 +25,42 @@ static void store_rows(const ps_cpu_slot *slots, int64_t n_active, size_t field,
     }
 }
 
+// Copies and residual sums from this many floats (1 MiB) on run on the threads (on one they were a serial
+// stretch of every layer, the other thread spinning); smaller ones on one: memory bound, and each region is a
+// barrier where, on a busy machine, one thread waits for the other to be scheduled again.
+#define PS_COPY_PAR_MIN ((int64_t)1 << 18)
+
 // Copies positions [t0, t1) of a row from a base cache array (L, T, width) at layer l into buf.
-static void from_base(float *buf, const ps_cpu_slot *rs, const float *base_arr, int64_t l, int64_t width, int64_t t0, int64_t t1) {
+static void copy_base(float *buf, const ps_cpu_slot *rs, const float *base_arr, int64_t l, int64_t width, int64_t t0, int64_t t1) {
     const ps_row *row = rs->row;
     if (t1 <= t0) return;
-    PS_PROF(PS_PROF_COPY, memcpy(buf + (rs->off + t0 - row->start_pos) * width, base_arr + (l * row->T + t0) * width,
-                                 (size_t)((t1 - t0) * width) * sizeof(float)));
+    memcpy(buf + (rs->off + t0 - row->start_pos) * width, base_arr + (l * row->T + t0) * width,
+           (size_t)((t1 - t0) * width) * sizeof(float));
+}
+
+// Base's Q, K, V from qkv_end on in every row that attends (NA: the batch's tokens), rows on the threads.
+static void qkv_from_base(float *q, float *k, float *v, const ps_cpu_slot *slots, int64_t n_active, int64_t NA, int64_t l,
+                          int64_t QD, int64_t KD) {
+#pragma omp parallel for schedule(static) if (NA * (QD + 2 * KD) >= PS_COPY_PAR_MIN)
+    for (int64_t r = 0; r < n_active; r++) {
+        const ps_cpu_slot *rs = &slots[r];
+        const ps_cache *bc = rs->row->base;
+        const int64_t t0 = rs->plan.qkv_end, t1 = rs->row->T;
+        if (t0 >= t1 || !rs->plan.attn) continue;
+        copy_base(q, rs, bc->q, l, QD, t0, t1);
+        copy_base(k, rs, bc->k, l, KD, t0, t1);
+        copy_base(v, rs, bc->v, l, KD, t0, t1);
+    }
+}
+
+// Base's resid_post at the positions a narrowed row did not recompute, rows on the threads.
+static void post_from_base(float *x, const ps_cpu_slot *slots, int64_t n_active, int64_t NA, int64_t l, int64_t C) {
+#pragma omp parallel for schedule(static) if (NA * C >= PS_COPY_PAR_MIN)
+    for (int64_t r = 0; r < n_active; r++) {
+        const ps_cpu_slot *rs = &slots[r];
+        for (int64_t t = rs->row->start_pos; t < rs->row->T; t++)
+            if (!ps_post_at(rs->row, &rs->plan, t)) copy_base(x, rs, rs->row->base->resid_post, l, C, t, t + 1);
+    }
 }
 
 // ps_cpu_hook, timed when profiling.
@@ -47,21 +77,37 @@ typedef struct {
 } compact_rows;
 
 // Compacted rows [k0, k1) of buf take base's value of a (L, T, width) ps_cache array (field: offsetof).
-static void from_base_rows(float *buf, int64_t width, const compact_rows *cr, int64_t k0, int64_t k1, size_t field) {
+static void from_base_rows_(float *buf, int64_t width, const compact_rows *cr, int64_t k0, int64_t k1, size_t field) {
+#pragma omp parallel for schedule(static) if ((k1 - k0) * width >= PS_COPY_PAR_MIN)
     for (int64_t k = k0; k < k1; k++) {
         const ps_row *row = cr->slots[cr->kslot[k]].row;
         const float *arr = *(const float *const *)((const char *)row->base + field);
         const int64_t t = cr->posbuf[cr->idx[k]];
-        PS_PROF(PS_PROF_COPY, memcpy(buf + k * width, arr + (cr->l * row->T + t) * width, (size_t)width * sizeof(float)));
+        memcpy(buf + k * width, arr + (cr->l * row->T + t) * width, (size_t)width * sizeof(float));
     }
 }
+static void from_base_rows(float *buf, int64_t width, const compact_rows *cr, int64_t k0, int64_t k1, size_t field) {
+    PS_PROF(PS_PROF_COPY, from_base_rows_(buf, width, cr, k0, k1, field));
+}
 
-// dst[k] = src[idx[k]] and back, for (width)-float token rows.
+// Row k of n (width floats each) from src row si[k] to dst row di[k]; a NULL index is k itself. gather:
+// dst[k] = src[idx[k]], scatter: the way back.
+static void move_rows(float *dst, const int64_t *di, const float *src, const int64_t *si, int64_t n, int64_t width) {
+#pragma omp parallel for schedule(static) if (n * width >= PS_COPY_PAR_MIN)
+    for (int64_t k = 0; k < n; k++)
+        memcpy(dst + (di ? di[k] : k) * width, src + (si ? si[k] : k) * width, (size_t)width * sizeof(float));
+}
 static void gather(float *dst, const float *src, const int64_t *idx, int64_t n, int64_t width) {
-    PS_PROF(PS_PROF_COPY, for (int64_t k = 0; k < n; k++) memcpy(dst + k * width, src + idx[k] * width, (size_t)width * sizeof(float)));
+    PS_PROF(PS_PROF_COPY, move_rows(dst, NULL, src, idx, n, width));
 }
 static void scatter(float *dst, const float *src, const int64_t *idx, int64_t n, int64_t width) {
-    PS_PROF(PS_PROF_COPY, for (int64_t k = 0; k < n; k++) memcpy(dst + idx[k] * width, src + k * width, (size_t)width * sizeof(float)));
+    PS_PROF(PS_PROF_COPY, move_rows(dst, idx, src, NULL, n, width));
+}
+
+// x[0, n) += y[0, n): the residual stream's sums.
+static void add_into(float *x, const float *y, int64_t n) {
+#pragma omp parallel for schedule(static) if (n >= PS_COPY_PAR_MIN)
+    for (int64_t i = 0; i < n; i++) x[i] += y[i];
 }
 
 // The model's norm: RMSNorm for Llama, LayerNorm for GPT-2 (b is NULL for Llama).
@@ -300,6 +346,9 @@ static void join_rows(batch *b, int64_t first_new, int64_t l) {
     const int64_t C = cfg->d_model;
     ps_cpu_slot *slots = b->slots;
     float *x = b->x;
+    const int64_t tokens = b->n_active > first_new
+                               ? slots[b->n_active - 1].off + slots[b->n_active - 1].n - slots[first_new].off : 0;
+#pragma omp parallel for schedule(static) if (tokens * C >= PS_COPY_PAR_MIN)
     for (int64_t r = first_new; r < b->n_active; r++) {
         ps_cpu_slot *rs = &slots[r];
         const ps_row *row = rs->row;
@@ -323,6 +372,17 @@ static void join_rows(batch *b, int64_t first_new, int64_t l) {
     }
 }
 
+// q, k, v (n, QD / KD) = xn (n, C) @ W_Q, W_K, W_V of layer l [+ biases]: one parallel region for the three.
+static void qkv_linear(float *q, float *k, float *v, const float *xn, const ps_layer_weights *lw, const ps_weights *w, int64_t l,
+                       int64_t n, int64_t C, int64_t QD, int64_t KD) {
+    const ps_gemm g[3] = {
+        {.C = q, .A = xn, .B = lw->w_q, .bias = w->b_q ? w->b_q + l * QD : NULL, .M = n, .N = QD, .K = C, .lda = C, .ldb = QD, .ldc = QD},
+        {.C = k, .A = xn, .B = lw->w_k, .bias = w->b_k ? w->b_k + l * KD : NULL, .M = n, .N = KD, .K = C, .lda = C, .ldb = KD, .ldc = KD},
+        {.C = v, .A = xn, .B = lw->w_v, .bias = w->b_v ? w->b_v + l * KD : NULL, .M = n, .N = KD, .K = C, .lda = C, .ldb = KD, .ldc = KD},
+    };
+    if (n > 0) ps_cpu_linear_n(g, 3);
+}
+
 // Attention's inputs: LN1 and Q/K/V only where the residual stream changed (the rest is base's), then
 // the q/k/v patches and, for Llama and GPT-NeoX, rotary (GPT-NeoX's on the first rotary_dim dims of a head).
 static void qkv_step(batch *b, int64_t l, const ps_layer_weights *lw) {
@@ -341,27 +401,15 @@ static void qkv_step(batch *b, int64_t l, const ps_layer_weights *lw) {
     if (nq == NA) {
         norm(cfg, xn, scale, x, w->ln1_w + l * C, w->ln1_b ? w->ln1_b + l * C : NULL, NA);
         store_rows(slots, n_active, offsetof(ps_cache, ln1_scale), l, scale, 1);
-        ps_cpu_linear(q, xn, lw->w_q, w->b_q ? w->b_q + l * QD : NULL, NA, C, QD);
-        ps_cpu_linear(k, xn, lw->w_k, w->b_k ? w->b_k + l * KD : NULL, NA, C, KD);
-        ps_cpu_linear(v, xn, lw->w_v, w->b_v ? w->b_v + l * KD : NULL, NA, C, KD);
+        qkv_linear(q, k, v, xn, lw, w, l, NA, C, QD, KD);
     } else {
         gather(xc, x, idx, nq, C);
         norm(cfg, xn, NULL, xc, w->ln1_w + l * C, w->ln1_b ? w->ln1_b + l * C : NULL, nq);
-        ps_cpu_linear(qc, xn, lw->w_q, w->b_q ? w->b_q + l * QD : NULL, nq, C, QD);
-        ps_cpu_linear(kc, xn, lw->w_k, w->b_k ? w->b_k + l * KD : NULL, nq, C, KD);
-        ps_cpu_linear(vc, xn, lw->w_v, w->b_v ? w->b_v + l * KD : NULL, nq, C, KD);
+        qkv_linear(qc, kc, vc, xn, lw, w, l, nq, C, QD, KD);
         scatter(q, qc, idx, nq, QD);
         scatter(k, kc, idx, nq, KD);
         scatter(v, vc, idx, nq, KD);
-        for (int64_t r = 0; r < n_active; r++) {
-            const ps_cpu_slot *rs = &slots[r];
-            const ps_cache *bc = rs->row->base;
-            const int64_t t0 = rs->plan.qkv_end, t1 = rs->row->T;
-            if (t0 >= t1 || !rs->plan.attn) continue;
-            from_base(q, rs, bc->q, l, QD, t0, t1);
-            from_base(k, rs, bc->k, l, KD, t0, t1);
-            from_base(v, rs, bc->v, l, KD, t0, t1);
-        }
+        PS_PROF(PS_PROF_COPY, qkv_from_base(q, k, v, slots, n_active, NA, l, QD, KD));
     }
     hook(cfg, PS_SITE_Q, l, q, QD, NULL, slots, n_active);
     hook(cfg, PS_SITE_K, l, k, KD, NULL, slots, n_active);
@@ -395,7 +443,7 @@ static void attention_step(batch *b, int64_t l, const ps_layer_weights *lw) {
     const int64_t group = H / Hkv, T_max = b->T_max;
     for (int64_t r = 0; r < n_active; r++) {
         const ps_cpu_slot *rs = &slots[r];
-        if (!rs->plan.attn) from_base(z, rs, rs->row->base->z, l, QD, rs->row->start_pos, rs->plan.post_end);
+        if (!rs->plan.attn) PS_PROF(PS_PROF_COPY, copy_base(z, rs, rs->row->base->z, l, QD, rs->row->start_pos, rs->plan.post_end));
     }
     const attn_layer al = {.cfg = cfg, .q = q, .k = k, .v = v, .z = z, .l = l, .H = H, .D = D, .QD = QD, .KD = KD, .group = group,
                            .rotary = cfg->rotary_dim > 0, .inv_sqrt_d = 1.0f / sqrtf((float)D)};
@@ -480,7 +528,7 @@ static int mlp_step(batch *b, int64_t l, const ps_layer_weights *lw) {
         from_base_rows(y, C, &cr, upto[0], upto[1], offsetof(ps_cache, attn_out));
         hook(cfg, PS_SITE_ATTN_OUT, l, y, C, pmap, slots, n_active);
         store_rows(slots, n_active, offsetof(ps_cache, attn_out), l, y, C);
-        for (int64_t i = 0; i < upto[1] * C; i++) xp[i] += y[i];
+        add_into(xp, y, upto[1] * C);
         from_base_rows(xp, C, &cr, upto[1], upto[4], offsetof(ps_cache, resid_mid));
         hook(cfg, PS_SITE_RESID_MID, l, xp, C, pmap, slots, n_active);
         store_rows(slots, n_active, offsetof(ps_cache, resid_mid), l, xp, C);
@@ -493,7 +541,7 @@ static int mlp_step(batch *b, int64_t l, const ps_layer_weights *lw) {
         hook(cfg, PS_SITE_ATTN_OUT, l, y, C, pmap, slots, n_active);
         store_rows(slots, n_active, offsetof(ps_cache, attn_out), l, y, C);
         norm(cfg, xn, scale, xp, w->ln2_w + l * C, w->ln2_b ? w->ln2_b + l * C : NULL, nm);
-        for (int64_t i = 0; i < upto[4] * C; i++) xp[i] += y[i];
+        add_into(xp, y, upto[4] * C);
     }
     store_rows(slots, n_active, offsetof(ps_cache, ln2_scale), l, scale, 1);
 
@@ -527,18 +575,14 @@ static int mlp_step(batch *b, int64_t l, const ps_layer_weights *lw) {
     from_base_rows(y, C, &cr, upto[3], upto[4], offsetof(ps_cache, mlp_out));
     hook(cfg, PS_SITE_MLP_OUT, l, y, C, pmap, slots, n_active);
     store_rows(slots, n_active, offsetof(ps_cache, mlp_out), l, y, C);
-    for (int64_t i = 0; i < upto[4] * C; i++) xp[i] += y[i];
+    add_into(xp, y, upto[4] * C);
     from_base_rows(xp, C, &cr, upto[4], np, offsetof(ps_cache, resid_post));
     hook(cfg, PS_SITE_RESID_POST, l, xp, C, pmap, slots, n_active);
     store_rows(slots, n_active, offsetof(ps_cache, resid_post), l, xp, C);
     if (compact) {
         scatter(x, xc, idx, np, C);
         // Positions a narrowed row did not recompute keep base's residual stream.
-        for (int64_t r = 0; r < n_active; r++) {
-            const ps_cpu_slot *rs = &slots[r];
-            for (int64_t t = rs->row->start_pos; t < rs->row->T; t++)
-                if (!ps_post_at(rs->row, &rs->plan, t)) from_base(x, rs, rs->row->base->resid_post, l, C, t, t + 1);
-        }
+        PS_PROF(PS_PROF_COPY, post_from_base(x, slots, n_active, NA, l, C));
     }
     for (int64_t r = 0; r < n_active; r++) slots[r].dirty = slots[r].plan.post_end;
     return 0;
@@ -576,8 +620,9 @@ static int unembed_step(batch *b, ps_cpu_workspace *wsp, ps_error *e) {
             float *xr = x + rs->off * C;
             norm(cfg, xn, row->cache->lnf_scale, xr, w->lnf_w, w->lnf_b, row->T);
             if (row->cache->logits) {
-                ps_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)row->T, (int)V, (int)C, 1.0f, xn, (int)C, w->w_u,
-                            (int)C, 0.0f, row->cache->logits, (int)V);
+                const ps_gemm g = {.C = row->cache->logits, .A = xn, .B = w->w_u, .M = row->T, .N = V, .K = C, .lda = C,
+                                   .ldb = C, .ldc = V, .trans_b = 1};
+                ps_sgemm_par(&g, 1); // column blocks on the threads
                 if (w->b_u)
                     for (int64_t t = 0; t < row->T; t++)
                         for (int64_t j = 0; j < V; j++) row->cache->logits[t * V + j] += w->b_u[j];
@@ -654,14 +699,8 @@ static int full_logits(const ps_model *m, const batch *bs, ps_cpu_workspace *wss
             at += row->n_out;
         }
     }
-    const int nt = omp_get_max_threads();
-    const int64_t per = nt > 1 && n * V * C >= PS_GEMM_PAR_MIN ? ((V + nt - 1) / nt + 63) / 64 * 64 : V;
-#pragma omp parallel for schedule(static) if (per < V)
-    for (int64_t j0 = 0; j0 < V; j0 += per) {
-        const int64_t nj = j0 + per <= V ? per : V - j0;
-        ps_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, (int)nj, (int)C, 1.0f, xs, (int)C, w->w_u + j0 * C, (int)C,
-                 0.0f, ls + j0, (int)V);
-    }
+    const ps_gemm g = {.C = ls, .A = xs, .B = w->w_u, .M = n, .N = V, .K = C, .lda = C, .ldb = C, .ldc = V, .trans_b = 1};
+    ps_sgemm_par(&g, 1);
     k = 0;
     for (int64_t g = 0; g < nb; g++)
         for (int64_t r = 0; r < bs[g].n_rows; r++) {

@@ -8,8 +8,6 @@
 // Loops smaller than this run on one thread: a parallel region's start and barrier cost more than the
 // work, and on a busy machine a barrier waits for whichever thread was descheduled.
 #define PS_PAR_MIN ((int64_t)1 << 16)
-// GEMMs (multiply-adds) below this run on one thread.
-#define PS_GEMM_PAR_MIN ((int64_t)1 << 22)
 
 // BLAS (ps_blas.h: the library chosen at run time); the CPU backend runs it single-threaded and
 // parallelizes around it with OpenMP.
@@ -23,6 +21,9 @@
 #else
 #define PS_CLONES
 #endif
+
+// ps_sgemm_par (ps_blas.h) on GEMMs of the forward pass, timed when profiling (by rows: all share M and K).
+void ps_cpu_linear_n(const ps_gemm *g, int n);
 
 // out[i] = gelu_new(in[i]) (cpu_ops.c): a fifth of a GPT-2 sweep's non-GEMM time, so vectorized.
 void ps_cpu_gelu_new_n(float *out, const float *in, int64_t n);
