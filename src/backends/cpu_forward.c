@@ -59,7 +59,8 @@ static void post_from_base(float *x, const ps_cpu_slot *slots, int64_t n_active,
     for (int64_t r = 0; r < n_active; r++) {
         const ps_cpu_slot *rs = &slots[r];
         for (int64_t t = rs->row->start_pos; t < rs->row->T; t++)
-            if (!ps_post_at(rs->row, &rs->plan, t)) copy_base(x, rs, rs->row->base->resid_post, l, C, t, t + 1);
+            // Only narrowed rows have a base to keep (rows from the embedding have none).
+            if (rs->row->narrow && !ps_post_at(rs->row, &rs->plan, t)) copy_base(x, rs, rs->row->base->resid_post, l, C, t, t + 1);
     }
 }
 
@@ -717,6 +718,22 @@ static int full_logits(const ps_model *m, const batch *bs, ps_cpu_workspace *wss
     return 0;
 }
 
+// In the last layer a row that keeps no cache and captures nothing there needs queries, W_O and the MLP only
+// at its out_pos (keys and values still at every position), as a narrowed row's plan already says: each
+// position's arithmetic is unchanged. Not in a batch with a cache row (cache rows store whole layers from the
+// uncompacted buffers).
+static void last_layer_outs_only(batch *b, int64_t l) {
+    if (l != b->cfg->n_layers - 1) return;
+    for (int64_t r = 0; r < b->n_rows; r++)
+        if (b->slots[r].row->cache) return;
+    for (int64_t r = 0; r < b->n_active; r++) {
+        const ps_row *row = b->slots[r].row;
+        int captured = 0;
+        for (int64_t k = 0; k < row->n_captures; k++) captured |= row->captures[k].layer == l;
+        if (!captured) b->slots[r].plan.outs_only = 1;
+    }
+}
+
 // Layer l for one batch. The layer's matrices are asked for once per layer (*have), and only when a row is
 // active, so a streamed layer is converted once for every batch that steps through it.
 static int layer_step(batch *b, const ps_model *m, int64_t l, ps_layer_weights *lw, int *have, ps_error *e) {
@@ -728,6 +745,7 @@ static int layer_step(batch *b, const ps_model *m, int64_t l, ps_layer_weights *
     if (!*have && ps_model_layer(m, l, lw, e) != 0) return -1; // (converted now if the model is streamed)
     *have = 1;
     for (int64_t r = 0; r < b->n_active; r++) b->slots[r].plan = ps_plan_layer(b->cfg, b->slots[r].row, l, b->slots[r].dirty);
+    last_layer_outs_only(b, l);
     hook(b->cfg, PS_SITE_RESID_PRE, l, b->x, b->cfg->d_model, NULL, b->slots, b->n_active);
     store_rows(b->slots, b->n_active, offsetof(ps_cache, resid_pre), l, b->x, b->cfg->d_model);
     qkv_step(b, l, lw);

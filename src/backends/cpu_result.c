@@ -45,7 +45,7 @@ int ps_cpu_result_step(const ps_model_config *cfg, const float *w_o, const float
         }
     }
     // result[j, h, :] = z[j, h, :] @ W_O[h]  (W_O[h]: rows h*D .. h*D + D of the (H*D, C) matrix)
-#pragma omp parallel for schedule(static) if (n * QD * C >= PS_GEMM_PAR_MIN)
+#pragma omp parallel for schedule(static) if (n * QD * C >= PS_SGEMM_PAR_MIN)
     for (int64_t h = 0; h < H; h++)
         ps_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)n, (int)C, (int)D, 1.0f, zg + h * D, (int)QD, w_o + h * D * C,
                  (int)C, 0.0f, res + h * C, (int)HC);
