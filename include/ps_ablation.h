@@ -193,6 +193,8 @@ typedef struct {
     double final_score;          // the final circuit's score
     int64_t n_passes;
     int64_t candidates_scored;   // including speculative ones discarded
+    int64_t cycle_from;          // -1; else pass n_passes would start from the circuit pass cycle_from started from (same
+                                 // direction): seqcont's loop would repeat passes cycle_from .. n_passes-1 for ever, so it stopped
 } ps_search_result;
 
 // Runs the search from the full model with the ablator's method and means.

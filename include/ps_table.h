@@ -7,7 +7,7 @@
 #include "ps_common.h"
 
 #define PS_TABLE_MAX_AXES 6
-#define PS_TABLE_MAX_ATTRS 16
+#define PS_TABLE_MAX_ATTRS 24
 
 // One labelled axis after the prompt axis: "layer", "pos", "head", "neuron", "component", "edge", "token",
 // "step", ... Every axis has integer labels (HDF5 dimension scale /results/<name>/<axis>); string labels

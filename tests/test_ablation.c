@@ -280,6 +280,32 @@ static void check_search(fixture *f, const cJSON *golden) {
         ps_search_result_free(&r);
         ps_ablator_free(&a);
     }
+    if (!cJSON_IsTrue(get(golden, "one_iter"))) return;
+    // The same search until stable. seqcont's loop restarts an emptied head list from the full model and, on these
+    // random models, never ends (its run was stopped after 11 minutes): ours must end, its first passes those of
+    // the reference's one pass each, and record why it stopped.
+    ps_ablator a = {.m = &f->m, .be = &f->be, .ps = &f->ps, .metric = PS_METRIC_LOGIT_DIFF, .method = PS_ABL_MEAN,
+                    .heads_at_result = g_result, .means = &f->means[0]};
+    if (ps_ablator_init(&a, "demo", &e) != 0) { TU_CHECK(0, "%s", e.msg); return; }
+    ps_search_opts o = {.threshold = get(golden, "threshold")->valuedouble, .mlp_means_under_heads = 1, .ref = &f->ref};
+    ps_search_result r;
+    if (ps_circuit_search(&a, &o, &r, &e) != 0) { TU_CHECK(0, "search until stable: %s", e.msg); ps_ablator_free(&a); return; }
+    int64_t same = 0;
+    for (int64_t i = 0; i < r.n_steps && i < n_want; i++) {
+        const cJSON *w = cJSON_GetArrayItem(steps, (int)i);
+        char lab[64];
+        ps_component_label(&r.steps[i].cand, lab, sizeof lab);
+        same += !strcmp(lab, get(w, "cand")->valuestring) && r.steps[i].removed == cJSON_IsTrue(get(w, "removed"));
+    }
+    printf("%s: search until stable: %lld passes, %lld steps (first %lld equal to the one-pass-each reference), stopped: %s%lld\n",
+           g_result ? "heads at hook_result" : "demo", (long long)r.n_passes, (long long)r.n_steps, (long long)same,
+           r.cycle_from >= 0 ? "cycle back to pass " : "no change, cycle_from ", (long long)r.cycle_from);
+    TU_CHECK(r.n_steps >= n_want && same == n_want, "search until stable: its first %lld steps differ from the reference's passes (%lld equal)",
+             (long long)n_want, (long long)same);
+    // A cycle is detected at the start of a pass whose circuit a pass of the same direction started from.
+    if (r.cycle_from >= 0) TU_CHECK(r.cycle_from % 2 == r.n_passes % 2, "cycle_from %lld of %lld passes", (long long)r.cycle_from, (long long)r.n_passes);
+    ps_search_result_free(&r);
+    ps_ablator_free(&a);
 }
 
 // Bad input at the library level: a component the model lacks, per_position means over reference prompts of

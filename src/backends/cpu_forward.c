@@ -117,91 +117,6 @@ static void norm(const ps_model_config *cfg, float *out, float *scale, const flo
                           else ps_cpu_layernorm(out, scale, x, w, b, N, cfg->d_model, cfg->eps));
 }
 
-// a . b with eight interleaved partial sums (a fixed order any vector width reproduces).
-static inline float dot(const float *a, const float *b, int64_t n) {
-    float acc[8] = {0};
-    int64_t d = 0;
-    for (; d + 8 <= n; d += 8)
-        for (int i = 0; i < 8; i++) acc[i] += a[d + i] * b[d + i];
-    for (int i = 0; d < n; d++, i++) acc[i] += a[d] * b[d];
-    return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-}
-
-// acc[0, W) += p[j] v[j * ld + (0, W)] for j in [0, n), in order of j. W is a constant at the call site,
-// so the compiler keeps acc in vector registers.
-static inline __attribute__((always_inline)) void weighted_rows(float *acc, const float *p, const float *v, int64_t ld, int64_t n,
-                                                                const int W) {
-    for (int64_t j = 0; j < n; j++)
-        for (int i = 0; i < W; i++) acc[i] += p[j] * v[j * ld + i];
-}
-
-// One layer's attention inputs and outputs, for attend_head.
-typedef struct {
-    const ps_model_config *cfg;
-    const float *q, *k, *v; // (N, QD), (N, KD), (N, KD) this batch's tokens (rotated for Llama and GPT-NeoX)
-    float *z;               // (N, QD)
-    int64_t l, H, D, QD, KD, group;
-    int rotary;             // keys before start_pos are base's rot_k rather than k
-    float inv_sqrt_d;
-} attn_layer;
-
-// Causal attention of one head of one row at the row's query positions: keys before start_pos come from
-// the base run's cache; pattern patches replace a query's probabilities. sc: (T) scratch.
-PS_CLONES static void attend_head(const attn_layer *a, const ps_cpu_slot *rs, int64_t h, float *sc) {
-    const ps_row *row = rs->row;
-    const int64_t l = a->l, H = a->H, D = a->D, QD = a->QD, KD = a->KD;
-    const int64_t T = row->T, s = row->start_pos, g = h / a->group;
-    const float *kbase = NULL, *vbase = NULL;
-    if (s > 0) {
-        kbase = (a->rotary ? row->base->rot_k : row->base->k) + l * T * KD;
-        vbase = row->base->v + l * T * KD;
-    }
-    ps_cache *cc = row->cache;
-    for (int64_t t = s; t < T; t++) {
-        if (!ps_post_at(row, &rs->plan, t)) continue;
-        const float *qt = a->q + (rs->off + t - s) * QD + h * D;
-        for (int64_t j = 0; j <= t; j++) {
-            const float *kj = j < s ? kbase + j * KD + g * D : a->k + (rs->off + j - s) * KD + g * D;
-            sc[j] = dot(qt, kj, D) * a->inv_sqrt_d;
-        }
-        if (cc && cc->attn_scores) {
-            float *dst = cc->attn_scores + ((l * H + h) * T + t) * T;
-            for (int64_t j = 0; j < T; j++) dst[j] = j <= t ? sc[j] : -INFINITY;
-        }
-        float mx = sc[0];
-        for (int64_t j = 1; j <= t; j++) mx = sc[j] > mx ? sc[j] : mx;
-        double sum = 0;
-        for (int64_t j = 0; j <= t; j++) { sc[j] = expf(sc[j] - mx); sum += sc[j]; }
-        for (int64_t j = 0; j <= t; j++) sc[j] = (float)(sc[j] / sum);
-        ps_cpu_pattern_hook(a->cfg, row, l, h, t, sc);
-        if (cc) {
-            float *dst = cc->pattern + ((l * H + h) * T + t) * T;
-            for (int64_t j = 0; j < T; j++) dst[j] = j <= t ? sc[j] : 0.0f;
-        }
-        // z_t = sum_j p_j v_j, 16 dims at a time where D allows: the 16 partial sums stay in registers
-        // instead of a load and a store of z per key. Each dim still sums over j in order from 0: the same
-        // bits as the plain loop.
-        float *zt = a->z + (rs->off + t - s) * QD + h * D;
-        const float *vnew = a->v + rs->off * KD + g * D; // key j >= s: row j - s
-        const int64_t n_old = t < s ? t + 1 : s, n_new = t + 1 - n_old;
-        if (D % 16 == 0) {
-            for (int64_t d0 = 0; d0 < D; d0 += 16) {
-                float acc[16] = {0};
-                if (n_old) weighted_rows(acc, sc, vbase + g * D + d0, KD, n_old, 16);
-                weighted_rows(acc, sc + n_old, vnew + d0, KD, n_new, 16);
-                memcpy(zt + d0, acc, sizeof acc);
-            }
-        } else {
-            for (int64_t d = 0; d < D; d++) zt[d] = 0;
-            for (int64_t j = 0; j <= t; j++) {
-                const float *vj = j < s ? vbase + j * KD + g * D : a->v + (rs->off + j - s) * KD + g * D;
-                const float pj = sc[j];
-                for (int64_t d = 0; d < D; d++) zt[d] += pj * vj[d];
-            }
-        }
-    }
-}
-
 static int cmp_start_layer(const void *a, const void *b) {
     const ps_cpu_slot *x = a, *y = b;
     if (x->row->start_layer != y->row->start_layer) return x->row->start_layer < y->row->start_layer ? -1 : 1;
@@ -446,7 +361,7 @@ static void attention_step(batch *b, int64_t l, const ps_layer_weights *lw) {
         const ps_cpu_slot *rs = &slots[r];
         if (!rs->plan.attn) PS_PROF(PS_PROF_COPY, copy_base(z, rs, rs->row->base->z, l, QD, rs->row->start_pos, rs->plan.post_end));
     }
-    const attn_layer al = {.cfg = cfg, .q = q, .k = k, .v = v, .z = z, .l = l, .H = H, .D = D, .QD = QD, .KD = KD, .group = group,
+    const ps_cpu_attn_layer al = {.cfg = cfg, .q = q, .k = k, .v = v, .z = z, .l = l, .H = H, .D = D, .QD = QD, .KD = KD, .group = group,
                            .rotary = cfg->rotary_dim > 0, .inv_sqrt_d = 1.0f / sqrtf((float)D)};
 #ifdef PS_CPU_PROFILE
     const double prof_t0 = ps_prof_now();
@@ -457,7 +372,7 @@ static void attention_step(batch *b, int64_t l, const ps_layer_weights *lw) {
 #pragma omp for schedule(dynamic, 1) collapse(2)
         for (int64_t r = 0; r < n_active; r++)
             for (int64_t h = 0; h < H; h++)
-                if (slots[r].plan.attn) attend_head(&al, &slots[r], h, sc);
+                if (slots[r].plan.attn) ps_cpu_attend_head(&al, &slots[r], h, sc);
         free(sc);
     }
 #ifdef PS_CPU_PROFILE
@@ -653,7 +568,7 @@ static int unembed_step(batch *b, ps_cpu_workspace *wsp, ps_error *e) {
             for (int64_t o = 0; o < row->n_out; o++)
                 for (int64_t c = 0; c < row->n_cols; c++) {
                     const float *wu = w->w_u + (int64_t)row->cols[c] * C;
-                    const float acc = dot(xo + (at + o) * C, wu, C);
+                    const float acc = ps_cpu_dot(xo + (at + o) * C, wu, C);
                     row->logits[o * row->n_cols + c] = acc + (w->b_u ? w->b_u[row->cols[c]] : 0.0f);
                 }
         }

@@ -67,4 +67,28 @@ void ps_prof_gemm(int64_t n, int64_t in, int64_t out, double t0);
 #define PS_PROF(step, stmt) do { stmt; } while (0)
 #endif
 
+// a . b with eight interleaved partial sums (a fixed order any vector width reproduces).
+static inline float ps_cpu_dot(const float *a, const float *b, int64_t n) {
+    float acc[8] = {0};
+    int64_t d = 0;
+    for (; d + 8 <= n; d += 8)
+        for (int i = 0; i < 8; i++) acc[i] += a[d + i] * b[d + i];
+    for (int i = 0; d < n; d++, i++) acc[i] += a[d] * b[d];
+    return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+}
+
+// One layer's attention inputs and outputs, for ps_cpu_attend_head.
+typedef struct {
+    const ps_model_config *cfg;
+    const float *q, *k, *v; // (N, QD), (N, KD), (N, KD) this batch's tokens (rotated for Llama and GPT-NeoX)
+    float *z;               // (N, QD)
+    int64_t l, H, D, QD, KD, group;
+    int rotary;             // keys before start_pos are base's rot_k rather than k
+    float inv_sqrt_d;
+} ps_cpu_attn_layer;
+
+// Causal attention of one head h of one row at the row's query positions (cpu_attend.c): keys before start_pos
+// come from the base run's cache; pattern patches replace a query's probabilities. sc: (T) scratch.
+void ps_cpu_attend_head(const ps_cpu_attn_layer *a, const ps_cpu_slot *rs, int64_t h, float *sc);
+
 #endif

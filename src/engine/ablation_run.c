@@ -325,8 +325,14 @@ static int abl_chunk(ps_producer_ctx *cx, ps_product *const *prods, int64_t n_pr
     return rc;
 }
 
+// Rows start from the chunk's clean runs; resample and corrupted sources are the ablator's own runs.
+static unsigned abl_reads(const ps_experiment *ex) {
+    (void)ex;
+    return PS_READS_CLEAN;
+}
+
 const ps_producer ps_ablation_producer = {
-    .kind = "ablation", .per_prompt = 1, .init = abl_init, .chunk = abl_chunk, .free_state = abl_free,
+    .kind = "ablation", .per_prompt = 1, .init = abl_init, .chunk = abl_chunk, .free_state = abl_free, .reads = abl_reads,
 };
 
 // ---- circuit_search: once, over every prompt ----

@@ -92,9 +92,16 @@ int ps_search_table(const ps_search_result *r, const ps_search_opts *o, const ps
             if (r->head_kept[l * mc->n_heads + h]) len += (size_t)snprintf(circ + len, cap - len, "%sh%lld.%lld", len ? " " : "", (long long)l, (long long)h);
     for (int64_t l = 0; l < mc->n_layers; l++)
         if (r->mlp_kept[l]) len += (size_t)snprintf(circ + len, cap - len, "%smlp%lld", len ? " " : "", (long long)l);
+    // Why the passes ended; a cycle (seqcont's loop would never end) names the pass the next one would repeat.
+    char stopped[96];
+    if (r->cycle_from >= 0)
+        snprintf(stopped, sizeof stopped, "cycle: pass %lld would repeat pass %lld", (long long)r->n_passes, (long long)r->cycle_from);
+    else
+        snprintf(stopped, sizeof stopped, "%s", o->one_iter ? "one pass each" : "a pass changed nothing");
     rc = ps_table_attr_f64(t, "threshold", o->threshold, e) || ps_table_attr_str(t, "circuit", circ, e) ||
          ps_table_attr_f64(t, "final_score", r->final_score, e) || ps_table_attr_i64(t, "passes", r->n_passes, e) ||
          ps_table_attr_i64(t, "candidates_scored", r->candidates_scored, e) ||
+         ps_table_attr_str(t, "stopped", stopped, e) ||
          ps_table_attr_str(t, "mlp_means", o->mlp_means_under_heads ? "under_head_ablation" : "clean", e) ||
          ps_table_attr_str(t, "rule", "remove when 100 - score < threshold; backward L-1..0 (MLP, heads), forward 0..L-1 (heads, MLP)", e)
              ? -1 : 0;

@@ -289,14 +289,29 @@ int ps_circuit_search(ps_ablator *a, const ps_search_opts *o, ps_search_result *
         memset(s.head, 1, (size_t)(s.L * s.H));
         memset(s.mlp, 1, (size_t)s.L);
         // run_node_ablation.py: backward, stop if unchanged, forward, stop if unchanged, repeat (or once each).
+        // seqcont's loop restarts an emptied head (or MLP) list from the full model, so on some models its passes
+        // cycle for ever. A pass is a function of the circuit it starts from and its direction: a start seen
+        // before in a pass of the same direction repeats all that followed it, so the search stops there.
+        const size_t per = (size_t)(s.L * s.H + s.L);
+        uint8_t *seen = NULL;
+        out->cycle_from = -1;
         double current = 100.0;
         for (int64_t pass = 0;; pass++) {
+            uint8_t *grown = realloc(seen, (size_t)(pass + 1) * per);
+            if (!grown) { rc = ps_fail(e, PS_EXIT_RUNTIME, "out of memory"); break; }
+            seen = grown;
+            memcpy(seen + (size_t)pass * per, s.head, (size_t)(s.L * s.H));
+            memcpy(seen + (size_t)pass * per + (size_t)(s.L * s.H), s.mlp, (size_t)s.L);
+            for (int64_t q = pass % 2; q < pass && out->cycle_from < 0; q += 2)
+                if (memcmp(seen + (size_t)q * per, seen + (size_t)pass * per, per) == 0) out->cycle_from = q;
+            if (out->cycle_from >= 0) break;
             const int ch = run_pass(&s, pass, pass % 2 == 0, &current, e);
             out->n_passes = pass + 1;
             if (ch < 0) { rc = -1; break; }
             if (!ch) break;
             if (o->one_iter && pass == 1) break;
         }
+        free(seen);
     }
     if (rc == 0) {
         // The final circuit's own score (seqcont returns the last candidate's), from its own means and runs.
