@@ -36,6 +36,8 @@ typedef struct {
 ps_layer_plan ps_plan_layer(const ps_model_config *cfg, const ps_row *row, int64_t l, int64_t dirty);
 // 1 when position t is recomputed after attention under plan p.
 int ps_post_at(const ps_row *row, const ps_layer_plan *p, int64_t t);
+// 1 when the row patches or captures hook_result at layer l (the CPU backend then runs W_O per head too).
+int ps_row_at_result(const ps_row *row, int64_t l);
 
 // FLOPs (2 x multiply-adds) a row costs on the reference backend: every GEMM, attention and the
 // unembedding it asks for, following the narrowing above.

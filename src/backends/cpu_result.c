@@ -8,21 +8,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-// 1 when the row acts on or records hook_result at layer l.
-static int wants_result(const ps_row *row, int64_t l) {
-    for (int64_t p = 0; p < row->n_patches; p++)
-        if (row->patches[p].site == PS_SITE_RESULT && row->patches[p].layer == l) return 1;
-    for (int64_t k = 0; k < row->n_captures; k++)
-        if (row->captures[k].site == PS_SITE_RESULT && row->captures[k].layer == l) return 1;
-    return 0;
-}
-
 int ps_cpu_result_step(const ps_model_config *cfg, const float *w_o, const float *b_o, int64_t l, const float *zp, float *y,
                        int64_t n_wo, const int64_t *pmap, int64_t NA, const ps_cpu_slot *slots, int64_t n_active) {
     const int64_t H = cfg->n_heads, D = cfg->d_head, C = cfg->d_model, QD = H * D, HC = H * C;
     int64_t n = 0;
     for (int64_t r = 0; r < n_active; r++)
-        if (wants_result(slots[r].row, l)) n += slots[r].n;
+        if (ps_row_at_result(slots[r].row, l)) n += slots[r].n;
     if (n == 0) return 0;
     // The W_O rows (k of zp and y) of those rows' recomputed tokens, gathered: zg (n, QD) -> res (n, H, C).
     int64_t *rmap = malloc((size_t)NA * sizeof *rmap), *krow = malloc((size_t)n * sizeof *krow);
@@ -35,7 +26,7 @@ int ps_cpu_result_step(const ps_model_config *cfg, const float *w_o, const float
     n = 0;
     for (int64_t r = 0; r < n_active; r++) {
         const ps_cpu_slot *rs = &slots[r];
-        if (!wants_result(rs->row, l)) continue;
+        if (!ps_row_at_result(rs->row, l)) continue;
         for (int64_t i = rs->off; i < rs->off + rs->n; i++) {
             const int64_t k = pmap ? pmap[i] : i;
             if (k < 0 || k >= n_wo) continue; // not recomputed at W_O here: attn_out stays base's

@@ -26,8 +26,7 @@ int ps_post_at(const ps_row *row, const ps_layer_plan *p, int64_t t) {
     return t >= row->start_pos && t < p->post_end && (!p->outs_only || is_out(row, t));
 }
 
-// 1 when the row patches or captures hook_result at layer l: the CPU backend then runs W_O per head too.
-static int at_result(const ps_row *row, int64_t l) {
+int ps_row_at_result(const ps_row *row, int64_t l) {
     for (int64_t p = 0; p < row->n_patches; p++)
         if (row->patches[p].site == PS_SITE_RESULT && row->patches[p].layer == l) return 1;
     for (int64_t k = 0; k < row->n_captures; k++)
@@ -52,7 +51,7 @@ double ps_row_flops(const ps_model_config *mc, const ps_row *row) {
         // W_O unless entering after it; the MLP's input matrices unless entering after them; W_out likewise.
         const double post = (p.late == 0 ? QD * C : 0) + (p.late <= 2 ? C * M * (mlp_mats - 1) : 0) + (p.late <= 3 ? M * C : 0);
         f += 2 * (double)(p.qkv_end - row->start_pos) * C * (QD + 2 * KD) + 2 * n_post * post + 4 * keys * QD;
-        if (p.late == 0 && at_result(row, l)) f += 2 * n_post * QD * C; // W_O again, head by head (cpu_result.c)
+        if (p.late == 0 && ps_row_at_result(row, l)) f += 2 * n_post * QD * C; // W_O again, head by head (cpu_result.c)
         dirty = p.post_end;
     }
     const double cols = row->cols ? (double)row->n_cols : (double)mc->d_vocab;
