@@ -32,7 +32,7 @@ int ps_circuit_edge_by_name(const ps_graph *g, const char *name, int64_t *s, int
 // Runs prompt p (clean tokens) with the circuit: every destination's input is its input in this run plus the sum
 // over its missing edges (in_graph 0) of (corrupted - this run's) source output, as evaluate_graph's input
 // construction hooks. clean, corr: the prompt's unpatched caches. logits: (rq->n_out, rq->n_cols or V).
-// The route (why it is exact) is in edge_circuit.c. Needs a sequential-residual model (no parallel blocks).
+// The route (why it is exact) is in edge_circuit.c; sequential and parallel (GPT-NeoX) blocks.
 int ps_circuit_eval(const ps_model *m, ps_backend *be, const ps_graph *g, const uint8_t *in_graph, const ps_prompt *p,
                     const ps_cache *clean, const ps_cache *corr, const ps_metric_request *rq, float *logits, ps_error *e);
 

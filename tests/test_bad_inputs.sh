@@ -203,6 +203,12 @@ check 'query_key_value.weight": shape [96, 128] in the file, but'
 begin_neox "neox: resid_mid of a parallel block"
 printf '{"model": "m", "dataset": [{"clean": "#$%%&", "corrupted": "#$%%%%", "answer": "(", "wrong": ")"}], "experiments": [{"name": "mid", "site": "resid_mid", "by": "layer_pos"}]}\n' >"$d/c.json"
 check "site resid_mid: this model runs attention and the MLP in parallel"
+begin_neox "neox: edge_circuit edge from a parallel layer's heads to its MLP"
+printf '{"model": "m", "dataset": [{"clean": "#$%%&", "corrupted": "#$%%%%", "answer": "(", "wrong": ")"}], "experiments": [{"name": "circ", "kind": "edge_circuit", "edges": ["input->logits", "a1.h2->m1"]}]}\n' >"$d/c.json"
+check 'c.json: experiments[0] (circ): edges[1]: "a1.h2->m1" is no edge of this model'"'"'s graph: its attention and MLP are parallel'
+begin_neox "neox: edge_circuit edge name of no node"
+printf '{"model": "m", "dataset": [{"clean": "#$%%&", "corrupted": "#$%%%%", "answer": "(", "wrong": ")"}], "experiments": [{"name": "circ", "kind": "edge_circuit", "edges": ["a0.h9->logits"]}]}\n' >"$d/c.json"
+check 'c.json: experiments[0] (circ): edges[0]: "a0.h9->logits" is no edge of the graph'
 
 # --- safetensors headers ------------------------------------------------------------------------------------
 W=m/model.safetensors

@@ -1,6 +1,7 @@
 // Circuits as sets of edges (ps_circuit.h, kind edge_circuit) against hannamw/EAP-IG's own apply_topn,
 // apply_threshold, apply_greedy, prune and evaluate_graph (tests/golden/run_eap_ig_circuits.py): the pruned masks and kept counts
-// exactly, the metric of every pair at 1e-4; then the kind through the engine, from scores and from edge names.
+// exactly, the metric of every pair at 1e-4; then the kind through the engine, from scores and from edge names. Models:
+// gpt2-tiny-a, llama-tiny-a and the parallel-block GPT-NeoX neox-tiny-a and -c.
 #include "golden_util.h"
 #include "patch_fixture.h"
 #include "ps_ablation.h"
@@ -188,7 +189,14 @@ static void test_model(const char *name) {
         // Three circuits in one experiment (rows of one batch per pass): EAP-IG's top80, top25, none; from the
         // edge_attribution experiment (tables[3]) and from EAP-IG's graph file (tables[5]).
         static const char *const keys[3] = {"top80", "top25", "none"};
-        static const int64_t kept_want[3] = {80, 19, 0};
+        int64_t kept_want[3] = {-1, -1, -1};
+        for (int c = 0; c < 3; c++) {
+            char key[64];
+            snprintf(key, sizeof key, "%s.n_kept", keys[c]);
+            float *wk = gu_f32(&gs, key, &n);
+            if (wk && n == 1) kept_want[c] = (int64_t)wk[0];
+            free(wk);
+        }
         for (int tt = 3; tt <= 5; tt += 2) {
         const ps_table *t = &rr.tables[tt];
         TU_CHECK(t->n_axes == 3 && t->axes[0].len == 3 && !strcmp(t->axes[0].label[1], "top25"), "%s: the circuit axis", name);
@@ -206,7 +214,8 @@ static void test_model(const char *name) {
         }
         for (int x = 1; x < 3; x++) {
             const ps_attr *k = ps_table_attr(&rr.tables[x], "n_edges_kept");
-            TU_CHECK(k && k->i == 19, "%s %s: kept %lld, EAP-IG 19", name, ex[x].name, k ? (long long)k->i : -1LL);
+            TU_CHECK(k && k->i == kept_want[1], "%s %s: kept %lld, EAP-IG %lld", name, ex[x].name, k ? (long long)k->i : -1LL,
+                     (long long)kept_want[1]);
             for (int64_t i = 0; i < f.ps.n; i++) {
                 const double got = rr.tables[x].values[3 * i], fa = rr.tables[x].values[3 * i + 1];
                 const double c = rr.base.clean[i], k2 = rr.base.corrupted[i];
@@ -495,13 +504,34 @@ static void test_interventions(const char *name) {
     pf_free(&f);
 }
 
+// A parallel block (GPT-NeoX): its MLP reads the stream entering the layer, so the graph has no edge from the layer's
+// heads to it (EAP-IG's Graph.from_model with parallel_attn_mlp), and a name of one is no edge.
+static void test_parallel_names(void) {
+    const ps_model_config mc = {.arch = PS_ARCH_NEOX, .n_layers = 2, .d_model = 64, .n_heads = 4, .n_kv_heads = 4, .d_head = 16,
+                                .parallel_residual = 1};
+    ps_graph g;
+    ps_graph_init(&g, &mc, 1);
+    int64_t s, d;
+    TU_CHECK(g.n_edges == 102, "parallel graph: %lld edges, EAP-IG 102", (long long)g.n_edges);
+    TU_CHECK(ps_circuit_edge_by_name(&g, "a1.h2->m1", &s, &d) != 0, "parallel graph: a1.h2->m1 named an edge");
+    TU_CHECK(ps_circuit_edge_by_name(&g, "a0.h2->m1", &s, &d) == 0 && ps_circuit_edge_by_name(&g, "m0->m1", &s, &d) == 0,
+             "parallel graph: the edges into m1 from layer 0");
+}
+
 int main(void) {
     test_prune_shapes();
+    test_parallel_names();
     test_model("gpt2-tiny-a");
     test_model("llama-tiny-a");
+    // GPT-NeoX with parallel attention and MLP (tiny-c: an fp16 file, 5 heads).
+    test_model("neox-tiny-a");
+    test_model("neox-tiny-c");
     test_interventions("gpt2-tiny-a");
     test_interventions("llama-tiny-a");
+    test_interventions("neox-tiny-a");
+    test_interventions("neox-tiny-c");
     test_full_and_empty("llama-tiny-b", PS_METRIC_LOGIT_DIFF);
     test_full_and_empty("gpt2-tiny-a", PS_METRIC_KL);
+    test_full_and_empty("neox-tiny-a", PS_METRIC_KL);
     return tu_done("circuit");
 }

@@ -14,10 +14,15 @@
 //    MLP reads resid_mid + c while the residual stream after the layer is unchanged (resid_post = resid_mid + c +
 //    mlp_out - c);
 //  - the logits read resid_post of the last layer: add c there (after that layer's MLP patch).
+// A parallel block (GPT-NeoX: resid_post = x + attn(ln1(x)) + mlp(ln2(x)), x = resid_pre) has no resid_mid, and its
+// MLP reads no source of its own layer, so its correction c_m is final before the layer runs: one pass per layer
+// adds c_m at resid_pre (ln1 and ln2 then read x + c_m) and -c_m at attn_out (resid_post = x + c_m + attn_out -
+// c_m + mlp_out), and each head's q (k, v) patch is taken against the shifted stream, (ln1(x + c_qh) - ln1(x +
+// c_m)) W_Q[h], for every head (those missing no edge too, with c_qh = 0).
 // Each is EAP-IG's input construction exactly in real arithmetic; in fp32 they differ by rounding (1e-6 seen).
-// Up to 2 L passes per circuit and prompt, the circuits of one prompt batched as rows of each pass; the passes of
-// layer l start at layer l from the circuit's state (captured by the pass before), so they cost about L full
-// forwards in all (a pass cannot stop at its layer: it runs to the last one); the logits row is an unembedding
+// Up to 2 L passes per circuit and prompt (L with parallel blocks), the circuits of one prompt batched as rows of
+// each pass; the passes of layer l start at layer l from the circuit's state (captured by the pass before), so they
+// cost about L full forwards in all (a pass cannot stop at its layer: it runs to the last one); the logits row is an unembedding
 // from the state. Steps whose destinations miss no edge are skipped. EAP-IG's hooks need 2 forwards: a row that
 // could stop after a layer (and cache rows that start from a base) would bring this route near that.
 #include "engine_internal.h"
@@ -127,7 +132,9 @@ static int pass_many(circ *ws, int64_t K, const int *need, ps_row *rows, ps_erro
 }
 
 // Layer l's q/k/v corrections from w->cur (whose resid_pre of layer l is final) as add patches; 1 when any.
-static int attn_step(circ *w, int64_t l, float *ref, int *any, ps_error *e) {
+// shift (T, C), or NULL: what a resid_pre patch of this pass adds to the stream both ln1 and ln2 read (a
+// parallel block's MLP correction); every head's patch is then taken against ln1(x + shift).
+static int attn_step(circ *w, int64_t l, const float *shift, float *ref, int *any, ps_error *e) {
     const ps_model_config *mc = &w->m->cfg;
     const int64_t C = mc->d_model, H = mc->n_heads, Hkv = mc->n_kv_heads, D = mc->d_head, T = w->T, TC = T * C;
     const int64_t QD = H * D, KD = Hkv * D;
@@ -136,15 +143,20 @@ static int attn_step(circ *w, int64_t l, float *ref, int *any, ps_error *e) {
     const float *x = w->cur->resid_pre + l * TC, *lnw = w->m->w.ln1_w + l * C, *lnb = w->m->w.ln1_b ? w->m->w.ln1_b + l * C : NULL;
     float *dq = ref, *dk = ref + T * QD, *dv = dk + T * KD;
     memset(ref, 0, (size_t)(T * (QD + 2 * KD)) * sizeof(float));
-    norm(mc, w->xn0, w->sc, x, lnw, lnb, T);
-    *any = 0;
+    if (shift) { // xn0 = ln1(x + shift), xn1 as scratch
+        for (int64_t i = 0; i < TC; i++) w->xn1[i] = x[i] + shift[i];
+        norm(mc, w->xn0, w->sc, w->xn1, lnw, lnb, T);
+    } else {
+        norm(mc, w->xn0, w->sc, x, lnw, lnb, T);
+    }
+    *any = shift != NULL;
     const ps_dest_kind kinds[3] = {PS_DEST_Q, PS_DEST_K, PS_DEST_V};
     float *outs[3] = {dq, dk, dv};
     const float *W[3] = {lw.w_q, lw.w_k, lw.w_v};
     const int64_t ld[3] = {QD, KD, KD}, nh[3] = {H, Hkv, Hkv};
     for (int k = 0; k < 3; k++)
         for (int64_t h = 0; h < nh[k]; h++) {
-            if (!correction(w, ps_graph_dest(w->g, kinds[k], l, h))) continue;
+            if (!correction(w, ps_graph_dest(w->g, kinds[k], l, h)) && !shift) continue;
             *any = 1;
             for (int64_t i = 0; i < TC; i++) w->c[i] += x[i];
             norm(mc, w->xn1, w->sc, w->c, lnw, lnb, T);
@@ -227,8 +239,6 @@ int ps_circuit_eval_values(const ps_model *m, ps_backend *be, const ps_graph *g,
     const ps_model_config *mc = &m->cfg;
     const int64_t L = mc->n_layers, T = p->T, TC = T * mc->d_model;
     const int64_t per_layer = layer_ref_floats(mc, T), width = rq->n_cols ? rq->n_cols : mc->d_vocab;
-    if (mc->parallel_residual)
-        return ps_fail(e, PS_EXIT_BADINPUT, "edge_circuit: parallel attention and MLP blocks (GPT-NeoX) are not supported");
     circ *ws = calloc((size_t)K, sizeof *ws);
     ps_row *rows = calloc((size_t)K, sizeof *rows);
     int *need = calloc((size_t)K, sizeof *need);
@@ -239,11 +249,32 @@ int ps_circuit_eval_values(const ps_model *m, ps_backend *be, const ps_graph *g,
     }
     for (int64_t k = 0; k < K; k++)
         if (circ_init(&ws[k], m, be, g, in_graph[k], p, clean, values, e) != 0) goto done;
-    for (int64_t l = 0; l < L; l++) {
+    for (int64_t l = 0; mc->parallel_residual && l < L; l++) {
+        // A parallel block in one pass: its heads and its MLP read the stream entering the layer.
+        for (int64_t k = 0; k < K; k++) {
+            circ *w = &ws[k];
+            float *ref = w->refs + l * per_layer, *plus = ref + T * (mc->n_heads + 2 * mc->n_kv_heads) * mc->d_head, *minus = plus + TC;
+            const int mlp = correction(w, ps_graph_dest(g, PS_DEST_MLP, l, -1));
+            w->first = w->n_patches;
+            if (mlp) {
+                memcpy(plus, w->c, (size_t)TC * sizeof(float));
+                for (int64_t i = 0; i < TC; i++) minus[i] = -w->c[i];
+            }
+            if (attn_step(w, l, mlp ? plus : NULL, ref, &need[k], e) != 0) goto done;
+            if (mlp) {
+                add_patch(w, PS_SITE_RESID_PRE, l, plus);
+                add_patch(w, PS_SITE_ATTN_OUT, l, minus);
+            }
+        }
+        if (pass_many(ws, K, need, rows, e) != 0) goto done;
+        for (int64_t k = 0; k < K; k++)
+            if (source_outputs(&ws[k], ws[k].cur, ws[k].run_out, l, 1, 1, e) != 0) goto done;
+    }
+    for (int64_t l = 0; !mc->parallel_residual && l < L; l++) {
         // Heads of layer l: their inputs from each circuit's stream before layer l, their outputs after the patches.
         for (int64_t k = 0; k < K; k++) {
             ws[k].first = ws[k].n_patches;
-            if (attn_step(&ws[k], l, ws[k].refs + l * per_layer, &need[k], e) != 0) goto done;
+            if (attn_step(&ws[k], l, NULL, ws[k].refs + l * per_layer, &need[k], e) != 0) goto done;
         }
         if (pass_many(ws, K, need, rows, e) != 0) goto done;
         // The MLP of layer l reads input, the heads of layers <= l and the MLPs before it.

@@ -74,16 +74,23 @@ static int ec_init(const ps_model_config *mc, const ps_prompt_set *ps, ps_produc
     const ps_experiment *ex = p->ex;
     const ps_graph g = graph_of(mc);
     const int64_t K = n_circuits(ex);
-    if (mc->parallel_residual)
-        return ps_fail(e, PS_EXIT_BADINPUT, "%s: edge_circuit needs sequential blocks (this model's attention and MLP are parallel)", ex->name);
     if (!scored(ex) == !ex->edge_names)
         return ps_fail(e, PS_EXIT_BADINPUT, "%s: give either edges or scores_from or scores_file", ex->name);
     if (ex->scores_path && file_scores(ex, p->idx, &g, NULL, e) != 0) return -1;
     for (int64_t i = 0; i < ex->n_edge_names; i++) {
         int64_t s, d;
-        if (ps_circuit_edge_by_name(&g, ex->edge_names[i], &s, &d) != 0)
-            return ps_fail(e, PS_EXIT_BADINPUT, "%s: edges[%lld]: \"%s\" is no edge of the graph (e.g. \"a0.h1->a1.h0<q>\", \"m0->logits\")",
-                           ex->name, (long long)i, ex->edge_names[i]);
+        if (ps_circuit_edge_by_name(&g, ex->edge_names[i], &s, &d) == 0) continue;
+        char name[120];
+        ps_text_escape(ex->edge_names[i], name, sizeof name, 80);
+        // "a<l>.h<h>->m<l>" of a parallel block: a real pair of nodes, but the MLP never reads those heads.
+        long long la, h, lm;
+        int end = 0;
+        if (g.parallel && sscanf(ex->edge_names[i], "a%lld.h%lld->m%lld%n", &la, &h, &lm, &end) == 3 && !ex->edge_names[i][end] && la == lm)
+            return ps_fail(e, PS_EXIT_BADINPUT, "experiments[%lld] (%s): edges[%lld]: \"%s\" is no edge of this model's graph: its attention and "
+                           "MLP are parallel (use_parallel_residual), so m%lld reads the stream entering layer %lld, not that layer's heads",
+                           (long long)p->idx, ex->name, (long long)i, name, lm, lm);
+        return ps_fail(e, PS_EXIT_BADINPUT, "experiments[%lld] (%s): edges[%lld]: \"%s\" is no edge of the graph (e.g. \"a0.h1->a1.h0<q>\", "
+                       "\"m0->logits\")", (long long)p->idx, ex->name, (long long)i, name);
     }
     const ps_prompt_set *ref = ref_of(ps, p);
     if (ex->edge_with == PS_EDGE_MEAN && !ref)
@@ -252,9 +259,11 @@ static int ec_experiment(ps_producer_ctx *cx, ps_product *it, const ps_graph *g,
         ps_circuit_mean_values(cx->m, cx->be, g, ref_of(cx->ps, it), ex->abl_group == PS_GROUP_ALL_POSITIONS, ex->name, &means, &rows, e) != 0)
         goto done;
     for (int64_t pi = 0; pi < n; pi++) {
-        // Each pass is a forward of the prompt per circuit: up to 2 L + 1 of them, and the two baselines.
+        // Each pass is a forward of the prompt per circuit: up to 2 L + 1 of them (L + 1 with parallel blocks), and
+        // the two baselines.
         const ps_row full = {.tokens = cx->ps->p[pi].clean, .T = cx->ps->p[pi].T};
-        t->flops += (double)(K * (2 * mc->n_layers + 1) + 2) * ps_row_flops(mc, &full);
+        const int64_t passes = (mc->parallel_residual ? 1 : 2) * mc->n_layers + 1;
+        t->flops += (double)(K * passes + 2) * ps_row_flops(mc, &full);
         if (cx->o->dry_run) continue;
         if (ps_producer_stopped(cx, e) != 0) goto done;
         if (eval_prompt(cx, ex, g, ms, K, pi, means, rows, metric, e) != 0) goto done;

@@ -13,6 +13,10 @@ Keys, per circuit c (the list in the json, "circuits"): c.in_graph [n_forward, n
 evaluate_graph's own prune), c.n_kept [1], c.metric [n_pairs], c.threshold [1] (threshold circuits); and clean_metric, corrupted_metric [n_pairs]
 (evaluate_baseline); golden_eap_ig_graph.json: the same scores written by EAP-IG's Graph.to_json; for the circuits of INTERVENED also c.zero.metric, c.mean_positional.metric, c.mean.metric, and
 the reference prompts ref<T>.tokens [3, T] (int32). Metric: logits[0, -1, answer] - logits[0, -1, wrong], as run_eap_ig.py.
+
+GPT-NeoX (neox-tiny-a, -c: parallel attention and MLP, TransformerLens's parallel_attn_mlp, which EAP-IG's graph and
+evaluate_graph handle): every 'patching' and 'zero' metric is also computed without EAP-IG or TransformerLens, on
+make_eap_goldens.py's plain-torch split forward (split_eval), and the script stops if they differ by more than 1e-4.
 """
 import argparse
 import json
@@ -21,13 +25,14 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+import make_eap_goldens as eg  # noqa: E402
 import make_goldens as mg  # noqa: E402
 import make_gradient_goldens as gg  # noqa: E402
 import run_eap_ig as ri  # noqa: E402
 import torch  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
-MODELS = ["gpt2-tiny-a", "llama-tiny-a"]
+MODELS = ["gpt2-tiny-a", "llama-tiny-a", "neox-tiny-a", "neox-tiny-c"]
 # (name, selection, n or threshold, absolute). threshold: the |score| of the 30th edge, so ties are no issue.
 CIRCUITS = [("all", "all", None, True), ("none", "topn", 0, True), ("top5", "topn", 5, True), ("top25", "topn", 25, True),
             ("top80", "topn", 80, True), ("signed20", "topn", 20, False), ("thr30", "threshold", 30, True),
@@ -75,6 +80,43 @@ def clone_mlp_in(br):
         blk.hook_mlp_in.register_forward_pre_hook(lambda _m, args: (args[0].clone(),) + tuple(args[1:]))
 
 
+def split_eval(sp, src, dst, in_graph, clean, values, a, w):
+    """evaluate_graph written out on make_eap_goldens.py's split forward (each destination node reads its own copy of
+    the residual stream, through a tap added before its norm): destination v's tap is the sum over its missing edges
+    u -> v of (values[u] - this run's output of u), values = the corrupted run's outputs ('patching') or zeros
+    ('zero'). A destination of layer l reads sources of earlier layers only (a parallel block's MLP too), so L + 1
+    passes, each with the taps from the previous pass's outputs, reach the run's fixed point; the last two must agree."""
+    with torch.no_grad():
+        _, out = sp.forward(clean, {})
+        last = None
+        for _ in range(sp.L + 2):
+            taps = {}
+            for j, v in enumerate(dst):
+                t = torch.zeros(clean.shape[0], sp.C)
+                for i, u in enumerate(src):
+                    if eg.src_layer(u) < eg.dst_layer(v, sp.L, sp.parallel) and not in_graph[i, j]:
+                        t = t + values[u] - out[u]
+                taps[v] = t
+            logits, out = sp.forward(clean, taps)
+            m = float(logits[-1, a] - logits[-1, w])
+            prev, last = last, m
+        assert prev == last, f"split_eval did not reach its fixed point: {prev} then {last}"
+    return last
+
+
+def check_split(name, sp, src, dst, g, data, got, values_of):
+    """Stops when EAP-IG's metrics (got) and split_eval's differ by more than 1e-4 (abs + rel); the largest difference."""
+    worst = 0.0
+    for i, (clean, corr, (a, w)) in enumerate(data):
+        c = torch.tensor(clean[0])
+        want = split_eval(sp, src, dst, g.in_graph, c, values_of(c, torch.tensor(corr[0])), a, w)
+        d = abs(float(got[i]) - want) / (1 + abs(want))
+        if d > 1e-4:
+            raise SystemExit(f"{name}: pair {i}: EAP-IG's evaluate_graph {float(got[i])}, the plain-torch split forward {want}")
+        worst = max(worst, d)
+    return worst
+
+
 def make(name, out_root, graph_mod, evaluate, utils, commit):
     folder = os.path.join(out_root, name)
     with open(os.path.join(folder, "config.json")) as f:
@@ -107,6 +149,18 @@ def make(name, out_root, graph_mod, evaluate, utils, commit):
     out["clean_metric"], out["corrupted_metric"] = clean.float(), corrupted.float()
     for T, r in refs.items():
         out[f"ref{T}.tokens"] = r.to(torch.int32).contiguous()
+    sp, worst = None, 0.0
+    if hcfg.get("model_type") == "gpt_neox":
+        hf = mg.HF_CLASSES["neox"][1].from_pretrained(folder, attn_implementation="eager", dtype=torch.float32).eval()
+        sp = eg.SplitNeox(hf, folder)
+        src, dst = eg.node_names(sp.L, sp.H, sp.KV)
+
+        def corrupted_outputs(c, x):
+            with torch.no_grad():
+                return sp.forward(x, {})[1]
+
+        def zero_outputs(c, x):
+            return {u: torch.zeros(c.shape[0], sp.C) for u in src}
     meta = []
     for cname, how, arg, absolute in CIRCUITS:
         g = graph_mod.Graph.from_model(br)
@@ -137,11 +191,15 @@ def make(name, out_root, graph_mod, evaluate, utils, commit):
         meta.append({"name": cname, "selection": how, "n": arg if how in ("topn", "greedy") else None, "threshold": thr,
                      "absolute": absolute})
         print(f"  {cname}: kept {int(g.in_graph.sum())} edges, metric {m.tolist()}", flush=True)
+        if sp is not None:
+            worst = max(worst, check_split(name, sp, src, dst, g, data, m, corrupted_outputs))
         if cname not in INTERVENED:
             continue
         # zero: every pair at once; mean-positional: each pair with the reference prompts of its length; mean:
         # every reference prompt, through the corrected mean (mean_all_positions).
         out[f"{cname}.zero.metric"] = evaluate.evaluate_graph(br, g, data, metric, quiet=True, intervention="zero").float()
+        if sp is not None:
+            worst = max(worst, check_split(name, sp, src, dst, g, data, out[f"{cname}.zero.metric"], zero_outputs))
         pos = [evaluate.evaluate_graph(br, g, [data[i]], metric, quiet=True, intervention="mean-positional",
                                        intervention_dataloader=[([r.tolist()],) for r in refs[len(data[i][0][0])]])
                for i in range(n_pairs)]
@@ -153,6 +211,8 @@ def make(name, out_root, graph_mod, evaluate, utils, commit):
         evaluate.compute_mean_activations = orig
         print(f"    zero {out[f'{cname}.zero.metric'].tolist()}, mean-positional {out[f'{cname}.mean_positional.metric'].tolist()}, "
               f"mean {out[f'{cname}.mean.metric'].tolist()}", flush=True)
+    if sp is not None:
+        print(f"  EAP-IG vs the plain-torch split forward (patching, zero): max rel difference {worst:.2e}", flush=True)
     mg.save_st(out, os.path.join(folder, "golden_eap_ig_circuits.safetensors"))
     gg.write_json({"versions": gg.versions(), "generator": "tests/golden/run_eap_ig_circuits.py",
                    "eap_ig": {"repository": "https://github.com/hannamw/EAP-IG", "commit": commit},
@@ -165,7 +225,10 @@ def make(name, out_root, graph_mod, evaluate, utils, commit):
                                      "broken at this commit: mean_all_positions)"},
                    "scores": "golden_eap_ig.safetensors key eap (EAP-IG's get_scores_eap)",
                    "metric": "logits[0, -1, answer] - logits[0, -1, wrong], one pair per batch",
-                   "circuits": meta}, os.path.join(folder, "golden_eap_ig_circuits.json"))
+                   "circuits": meta,
+                   **({"cross_check": f"patching and zero metrics = make_eap_goldens.py's plain-torch split forward "
+                       f"(split_eval), max rel difference {worst:.2e}"} if sp is not None else {})},
+                  os.path.join(folder, "golden_eap_ig_circuits.json"))
 
 
 def main():
