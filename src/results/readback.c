@@ -280,6 +280,8 @@ static int get_table(rbuf *r, ps_table *t, int64_t n_prompts, ps_error *e, const
         cells *= ax[a].len;
     }
     if (rc == 0 && (get_i64(r) != cells || r->bad)) rc = -1;
+    // The values must be in the stream before they are allocated: the axes alone could ask for n^3 bytes.
+    if (rc == 0 && (uint64_t)cells > (r->n - r->at) / sizeof(float) / (uint64_t)n_rows) rc = -1;
     if (rc == 0 && ps_table_init(t, name, kind, per_prompt, n_rows, (int)n_axes, ax, metric_valued, e) != 0) rc = -2;
     if (rc == 0) get_floats(r, t->values, n_rows * cells);
     if (rc == 0) {
