@@ -1,4 +1,4 @@
-// HDF5 helpers the results files share (store.c writes, inspect.c and merge.c read): one-line errors with
+// HDF5 helpers the results files share (store.c writes, inspect.c, merge.c and readback.c read): one-line errors with
 // HDF5's innermost message, UTF-8-safe strings, attributes, datasets with dimension scales, whole-dataset reads.
 #include "h5util.h"
 

@@ -1,4 +1,4 @@
-// Internal to src/results/: the HDF5 helpers store.c, inspect.c and merge.c share (written once here).
+// Internal to src/results/: the HDF5 helpers store.c, inspect.c, merge.c and readback.c share (written once here).
 // Strings go in as variable-length UTF-8 with invalid bytes replaced by U+FFFD; reads return malloc'd copies.
 #ifndef PS_H5UTIL_H
 #define PS_H5UTIL_H
