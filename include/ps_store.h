@@ -90,6 +90,10 @@ typedef struct {
                                      // attributes (identity and config among them); derived datasets are not read
 } ps_stored_run;
 int ps_store_read_run(const char *path, ps_stored_run *s, ps_error *e);
+// Its two halves apart (for the fuzz target): what the child reads (the file's tables as a byte stream, *out
+// malloc'd; libhdf5 in this process), and the parse of such a stream with bounds checks (s owns nothing on failure).
+int ps_store_run_stream(const char *path, unsigned char **out, size_t *out_len, ps_error *e);
+int ps_store_parse_run(const unsigned char *bytes, size_t n, const char *path, ps_stored_run *s, ps_error *e);
 void ps_stored_run_free(ps_stored_run *s);
 
 // `patchsweep merge OUT SHARD...`: combines shard files of one run into the file a single run writes.

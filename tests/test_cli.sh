@@ -1,15 +1,8 @@
 #!/usr/bin/env bash
 # End to end through the patchsweep binary: tokenize, run, inspect, naive vs fast, plot, and bad input
 # (one line naming the file and field, exit status 2, no results file that looks complete).
-set -u
-bin=${PS_BIN:?PS_BIN must point at the patchsweep binary}
-src=${PS_SRC:?}
+. "$(dirname "$0")/bin_env.sh"
 shared=${PS_SHARED:-$src/../shared/data}
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-fails=0
-fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
-pass() { echo "ok: $*"; }
 
 # expect_bad NAME CONFIG_OR_ARGS... : exit status 2, one line on stderr containing PATTERN, no output file
 expect_status() {
@@ -22,9 +15,6 @@ expect_status() {
     if [ "$(printf '%s\n' "$out" | wc -l)" -ne 1 ]; then fail "$name: message is not one line: $out"; return; fi
     pass "$name ($out)"
 }
-
-py=python3
-[ -x /usr/bin/python3 ] && py=/usr/bin/python3
 
 # --- tokenize with the real GPT-2 tokenizer -------------------------------------------------------
 tokjson=$shared/gpt2-tokenizer/tokenizer.json
@@ -39,11 +29,6 @@ elif [ "${CI:-}" = "true" ]; then
 fi
 
 # --- a run on the demo model ------------------------------------------------------------------------
-demo=${PS_DEMO:-$src/models/demo}
-if [ ! -f "$demo/model.safetensors" ]; then
-    fail "demo model missing at $demo"
-    exit 1
-fi
 cat >"$tmp/run.json" <<EOF
 {
   "model": "$demo",

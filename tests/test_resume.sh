@@ -1,22 +1,11 @@
 #!/usr/bin/env bash
 # Overnight runs that survive: SIGKILL at 20 random moments with a resume after each, SIGTERM, refusal of
 # another run's output, shards + merge equal to one run, and --dry-run. Compares every dataset with h5py.
-set -u
-bin=${PS_BIN:?}
-src=${PS_SRC:?}
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-fails=0
-fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
-pass() { echo "ok: $*"; }
-py=python3
-[ -x /usr/bin/python3 ] && py=/usr/bin/python3
+. "$(dirname "$0")/bin_env.sh"
 if ! $py -c 'import h5py' 2>/dev/null; then
     [ "${CI:-}" = "true" ] && { echo "FAIL: h5py missing with CI=true"; exit 1; }
     echo "SKIP: h5py missing"; exit 77
 fi
-demo=${PS_DEMO:-$src/models/demo}
-[ -f "$demo/model.safetensors" ] || { echo "FAIL: demo model missing"; exit 1; }
 
 items=""
 for s in $(seq 1 40); do

@@ -34,6 +34,16 @@ int ps_row_at_result(const ps_row *row, int64_t l) {
     return 0;
 }
 
+// A row that is not narrowed but keeps no cache and captures nothing in the last layer computes that layer's
+// queries, W_O and the MLP only at its out_pos, as a narrowed row does (cpu_forward.c's last_layer_outs_only;
+// there a batch holding a cache row computes every position, which a count of one row cannot see).
+static int last_layer_outs_only(const ps_model_config *mc, const ps_row *row) {
+    if (row->cache) return 0;
+    for (int64_t k = 0; k < row->n_captures; k++)
+        if (row->captures[k].layer == mc->n_layers - 1) return 0;
+    return 1;
+}
+
 double ps_row_flops(const ps_model_config *mc, const ps_row *row) {
     const double C = (double)mc->d_model, QD = (double)(mc->n_heads * mc->d_head), KD = (double)(mc->n_kv_heads * mc->d_head),
                  M = (double)mc->d_mlp;
@@ -41,7 +51,8 @@ double ps_row_flops(const ps_model_config *mc, const ps_row *row) {
     double f = 0;
     int64_t dirty = row->narrow ? row->dirty_end : row->T;
     for (int64_t l = row->start_layer; l < mc->n_layers; l++) {
-        const ps_layer_plan p = ps_plan_layer(mc, row, l, dirty);
+        ps_layer_plan p = ps_plan_layer(mc, row, l, dirty);
+        if (l == mc->n_layers - 1 && last_layer_outs_only(mc, row)) p.outs_only = 1;
         double n_post = 0, keys = 0; // attention: each query reads every key up to itself, for scores and sum
         for (int64_t t = row->start_pos; t < row->T; t++)
             if (ps_post_at(row, &p, t)) {

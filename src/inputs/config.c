@@ -611,28 +611,25 @@ static int load_root(ps_cfg_ctx *x, const cJSON *root, ps_config *c) {
     if (ps_cfg_check_keys(x, root, "", keys, COUNT(keys))) return -1;
     if (ps_cfg_get_path(x, root, "model", "", 1, &c->model)) return -1;
     if (ps_cfg_get_path(x, root, "tokenizer", "", 0, &c->tokenizer)) return -1;
-    int v;
-    v = c->backend;
-    if (ps_cfg_get_enum(x, root, "backend", "", backend_names, COUNT(backend_names), &v)) return -1;
-    c->backend = (ps_backend_kind)v;
-    v = c->precision;
-    if (ps_cfg_get_enum(x, root, "precision", "", precision_names, COUNT(precision_names), &v)) return -1;
-    c->precision = (ps_precision)v;
+    // A top-level enum field through ps_cfg_get_enum's int (the default stays when the key is absent).
+#define GET_ENUM(key, names, field)                                                                        \
+    do {                                                                                                   \
+        int v_ = (int)(field);                                                                             \
+        if (ps_cfg_get_enum(x, root, key, "", names, COUNT(names), &v_)) return -1;                        \
+        (field) = v_;                                                                                      \
+    } while (0)
+    GET_ENUM("backend", backend_names, c->backend);
+    GET_ENUM("precision", precision_names, c->precision);
     int64_t threads = 0;
     if (ps_cfg_get_int(x, root, "threads", "", 0, 65536, &threads) || check_threads(x, threads)) return -1;
     c->threads = (int)threads;
     if (ps_cfg_get_bool(x, root, "prepend_bos", "", &c->prepend_bos)) return -1;
     if (ps_cfg_get_str(x, root, "output", "", 0, &c->output)) return -1;
     if (!c->output && !(c->output = default_output(x->file))) return ps_cfg_nomem(x);
-    v = c->metric;
-    if (ps_cfg_get_enum(x, root, "metric", "", metric_names, COUNT(metric_names), &v)) return -1;
-    c->metric = (ps_metric_kind)v;
-    v = c->multitoken;
-    if (ps_cfg_get_enum(x, root, "multi_token", "", multitoken_names, COUNT(multitoken_names), &v)) return -1;
-    c->multitoken = (ps_multitoken)v;
-    v = c->align;
-    if (ps_cfg_get_enum(x, root, "align", "", align_names, COUNT(align_names), &v)) return -1;
-    c->align = (ps_align)v;
+    GET_ENUM("metric", metric_names, c->metric);
+    GET_ENUM("multi_token", multitoken_names, c->multitoken);
+    GET_ENUM("align", align_names, c->align);
+#undef GET_ENUM
     if (ps_cfg_get_int(x, root, "batch_rows", "", 0, INT64_MAX, &c->batch_rows)) return -1;
     if (c->batch_rows > PS_MAX_BATCH_ROWS)
         return ps_cfg_bad(x, "batch_rows", "%lld is more than %d (a batch's activation caches are allocated at once; 0 lets "

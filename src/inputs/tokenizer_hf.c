@@ -167,21 +167,25 @@ static int replace_pattern(const ps_tokenizer *t, const cJSON *o, const char *wh
     return ps_fail(e, PS_EXIT_BADINPUT, "%s: %s.pattern: expected {\"String\": \"...\"}", t->path, where);
 }
 
+// A {"type": "Sequence", KEY: [...]} of normalizers or decoders: each item through parse at WHERE.KEY[i].
+typedef int (*parse_fn)(ps_tokenizer *t, const cJSON *o, const char *where, ps_error *e);
+static int parse_sequence(ps_tokenizer *t, const cJSON *o, const char *where, const char *key, parse_fn parse, ps_error *e) {
+    const cJSON *list = cJSON_GetObjectItemCaseSensitive(o, key);
+    if (!cJSON_IsArray(list)) return ps_fail(e, PS_EXIT_BADINPUT, "%s: %s.%s: expected an array", t->path, where, key);
+    char sub[256];
+    int i = 0;
+    for (const cJSON *c = list->child; c; c = c->next, i++) {
+        snprintf(sub, sizeof sub, "%s.%s[%d]", where, key, i);
+        if (parse(t, c, sub, e)) return -1;
+    }
+    return 0;
+}
+
 static int parse_normalizer(ps_tokenizer *t, const cJSON *o, const char *where, ps_error *e) {
     if (!o || cJSON_IsNull(o)) return 0;
     const cJSON *type = cJSON_GetObjectItemCaseSensitive(o, "type");
     const char *ty = cJSON_IsString(type) ? type->valuestring : "";
-    char sub[256];
-    if (strcmp(ty, "Sequence") == 0) {
-        const cJSON *list = cJSON_GetObjectItemCaseSensitive(o, "normalizers");
-        if (!cJSON_IsArray(list)) return ps_fail(e, PS_EXIT_BADINPUT, "%s: %s.normalizers: expected an array", t->path, where);
-        int i = 0;
-        for (const cJSON *c = list->child; c; c = c->next, i++) {
-            snprintf(sub, sizeof sub, "%s.normalizers[%d]", where, i);
-            if (parse_normalizer(t, c, sub, e)) return -1;
-        }
-        return 0;
-    }
+    if (strcmp(ty, "Sequence") == 0) return parse_sequence(t, o, where, "normalizers", parse_normalizer, e);
     // GPT-NeoX's (Pythia's) normalizer: Unicode 9.0 NFC, as HF tokenizers has it (unicode_nfc.c).
     if (strcmp(ty, "NFC") == 0) return ps_tok_add_norm(t, NORM_NFC, "", NULL, e);
     if (strcmp(ty, "Prepend") == 0) {
@@ -241,17 +245,7 @@ static int parse_decoder(ps_tokenizer *t, const cJSON *o, const char *where, ps_
     t->has_decoder = true;
     const cJSON *type = cJSON_GetObjectItemCaseSensitive(o, "type");
     const char *ty = cJSON_IsString(type) ? type->valuestring : "";
-    char sub[256];
-    if (strcmp(ty, "Sequence") == 0) {
-        const cJSON *list = cJSON_GetObjectItemCaseSensitive(o, "decoders");
-        if (!cJSON_IsArray(list)) return ps_fail(e, PS_EXIT_BADINPUT, "%s: %s.decoders: expected an array", t->path, where);
-        int i = 0;
-        for (const cJSON *c = list->child; c; c = c->next, i++) {
-            snprintf(sub, sizeof sub, "%s.decoders[%d]", where, i);
-            if (parse_decoder(t, c, sub, e)) return -1;
-        }
-        return 0;
-    }
+    if (strcmp(ty, "Sequence") == 0) return parse_sequence(t, o, where, "decoders", parse_decoder, e);
     dec_op op = {0};
     if (strcmp(ty, "ByteLevel") == 0) op.kind = DEC_BYTE_LEVEL;
     else if (strcmp(ty, "ByteFallback") == 0) op.kind = DEC_BYTE_FALLBACK;

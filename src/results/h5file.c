@@ -139,9 +139,14 @@ int64_t ps_h5_max_bytes(hid_t loc) {
         H5Fget_filesize(fid, &size);
         H5Fclose(fid);
     }
+    return ps_h5_expand_bound((int64_t)size);
+}
+
+int64_t ps_h5_expand_bound(int64_t file_bytes) {
     // Our largest expansion is gzip's (at most ~1032:1) on chunked float arrays; a file that claims more is corrupt.
     const int64_t cap = (int64_t)1 << 36;
-    int64_t b = (int64_t)size * 1100 + ((int64_t)1 << 20);
+    if (file_bytes < 0 || file_bytes > cap / 1100) return cap;
+    const int64_t b = file_bytes * 1100 + ((int64_t)1 << 20);
     return b < cap ? b : cap;
 }
 

@@ -1,4 +1,4 @@
-// HDF5 helpers the results files share (store.c writes, inspect.c and merge.c read): one-line errors with
+// HDF5 helpers the results files share (store.c writes, inspect.c, merge.c and readback.c read): one-line errors with
 // HDF5's innermost message, UTF-8-safe strings, attributes, datasets with dimension scales, whole-dataset reads.
 #include "h5util.h"
 
@@ -417,4 +417,41 @@ int64_t ps_h5_schema_version(hid_t file) {
         H5Gclose(run);
     }
     return (int64_t)v;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// A result table as stored (store.c writes it; readback.c, merge.c and inspect.c read it back).
+
+static const char *const own_attrs[] = {"kind", "patches_run", "patches_skipped"};
+
+int ps_h5_table_own_attr(const char *name) {
+    for (size_t i = 0; i < sizeof own_attrs / sizeof own_attrs[0]; i++)
+        if (!strcmp(name, own_attrs[i])) return 1;
+    return 0;
+}
+
+void ps_h5_axis_strs_name(const char *axis, char *buf, size_t n) {
+    snprintf(buf, n, strcmp(axis, "pos") ? "%s_label" : "pos_token", axis);
+}
+
+int64_t ps_h5_read_counter(hid_t g, const char *name) {
+    char b[64];
+    return ps_h5_read_attr_str(g, name, b, sizeof b) == 0 ? strtoll(b, NULL, 10) : 0;
+}
+
+int ps_h5_values_per_prompt(hid_t values) {
+    char label[64];
+    return values >= 0 && ps_h5_dim_label(values, 0, label, sizeof label) == 0 && !strcmp(label, "prompt");
+}
+
+int64_t *ps_h5_axis_scale(hid_t g, const char *axis, int64_t len) {
+    int rank;
+    hsize_t dims[H5S_MAX_RANK];
+    int64_t n = 0;
+    int64_t *v = ps_h5_read(g, axis, H5T_NATIVE_INT64, &rank, dims, &n);
+    if (v && (rank != 1 || n != len)) {
+        free(v);
+        return NULL;
+    }
+    return v;
 }

@@ -1,4 +1,4 @@
-// Internal to src/results/: the HDF5 helpers store.c, inspect.c and merge.c share (written once here).
+// Internal to src/results/: the HDF5 helpers store.c, inspect.c, merge.c and readback.c share (written once here).
 // Strings go in as variable-length UTF-8 with invalid bytes replaced by U+FFFD; reads return malloc'd copies.
 #ifndef PS_H5UTIL_H
 #define PS_H5UTIL_H
@@ -56,6 +56,15 @@ int64_t ps_h5_schema_version(hid_t file);
 
 double ps_h5_nanmean(const float *x, int64_t n);
 
+// A result table as stored (store.c writes it; readback.c, merge.c and inspect.c read it): group /results/<name>
+// with dataset values (dims labelled "prompt" first when per prompt, then the axes' names), per axis an int64 scale
+// of its name and optional string labels, attribute kind, the work counters and the free attributes (ps_attr).
+int ps_h5_table_own_attr(const char *name);   // 1: kind or a counter, not a free attribute
+void ps_h5_axis_strs_name(const char *axis, char *buf, size_t n); // its string labels: pos_token for pos, else <axis>_label
+int64_t ps_h5_read_counter(hid_t g, const char *name);            // patches_run, patches_skipped; 0 when absent
+int ps_h5_values_per_prompt(hid_t values);    // 1: dim 0 of the (open) values dataset is the prompt axis
+int64_t *ps_h5_axis_scale(hid_t g, const char *axis, int64_t len); // the axis's scale (malloc'd); NULL unless 1-D of len
+
 // In-memory files (h5file.c): libhdf5 cannot recover from a failed write, so results files are core-driver images
 // written out by ps_h5_save with plain write()/fsync() (a full disk is one errno line, path removed).
 hid_t ps_h5_mem_create(const char *name, hid_t fcpl);  // a new empty file in memory (fcpl may be H5P_DEFAULT)
@@ -83,11 +92,16 @@ int ps_h5_guarded_buf(const char *path, unsigned seconds, int (*fn)(void *arg, u
 // The most bytes a dataset in loc's file can plausibly expand to (its size times gzip's ratio, capped): readers
 // refuse to allocate more for a size read from the file.
 int64_t ps_h5_max_bytes(hid_t loc);
+int64_t ps_h5_expand_bound(int64_t file_bytes); // the same for files of file_bytes (a reading child's reply is bounded so)
 // Checksums: ps_h5_seal writes attribute sha256 on every dataset and /run checksums = "sha256"; ps_h5_verify
 // checks them all (PS_EXIT_BADINPUT naming the file and the dataset on a mismatch, a missing or unreadable one).
 int ps_h5_seal(hid_t f, const char *file, ps_error *e);
 int ps_h5_verify(hid_t f, const char *file, int sealed, int64_t *n_checked, ps_error *e); // sealed: check_seal gave 0
 // The seal, then every dataset's sha256, of the file at path (merge.c): to be called only in a child (libhdf5).
 int ps_h5_verify_path(const char *path, ps_error *e);
+// A complete results file of this schema opened read-only (caller closes), in a reading child: the seal checked first
+// (verify: then every dataset's sha256 too); /run's string attribute `attr` into val (n bytes; "" when absent), which
+// must then be id_len characters long unless id_len is 0. -1 otherwise (PS_EXIT_BADINPUT naming the file).
+hid_t ps_h5_open_complete(const char *path, int verify, const char *attr, char *val, size_t n, size_t id_len, ps_error *e);
 
 #endif

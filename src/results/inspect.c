@@ -45,17 +45,17 @@ typedef struct {
 static herr_t print_attr(hid_t g, const char *name, const H5A_info_t *info, void *data) {
     (void)info;
     attr_ctx *c = data;
-    if (!strcmp(name, "kind") || !strcmp(name, "patches_run") || !strcmp(name, "patches_skipped")) return 0;
+    if (ps_h5_table_own_attr(name)) return 0;
     char v[256];
     ps_h5_read_attr_str(g, name, v, sizeof v);
     fprintf(c->o, "%s%s %s", c->n++ ? ", " : " (", name, v);
     return 0;
 }
 
-// The string labels of a table's axis: pos_token for pos, else <axis>_label; NULL when it has none.
+// The string labels of a table's axis; NULL when it has none.
 static char **axis_strings(hid_t g, const char *axis, int64_t *n) {
     char name[300];
-    snprintf(name, sizeof name, strcmp(axis, "pos") == 0 ? "pos_token" : "%s_label", axis);
+    ps_h5_axis_strs_name(axis, name, sizeof name);
     return ps_h5_read_strs(g, name, n);
 }
 
@@ -119,6 +119,7 @@ static void inspect_result(FILE *o, hid_t res, const char *name) {
             snprintf(labels[d], sizeof labels[d], "dim%d", d);
         fprintf(o, "%s %s %llu", d ? " x" : "", labels[d], (unsigned long long)dims[d]);
     }
+    const int per_prompt = rank > 0 && ps_h5_values_per_prompt(vd);
     if (vd >= 0) H5Dclose(vd);
     int64_t nan_count = 0;
     for (int64_t i = 0; i < n; i++) nan_count += isnan(v[i]) != 0;
@@ -135,7 +136,6 @@ static void inspect_result(FILE *o, hid_t res, const char *name) {
     free(norm);
 
     // The top entries of the mean over prompts; a table without a prompt axis ranks its values themselves.
-    const int per_prompt = rank > 0 && strcmp(labels[0], "prompt") == 0;
     const char *which = "mean_normalized";
     int mr = 0;
     hsize_t md[H5S_MAX_RANK];
@@ -160,11 +160,7 @@ static void inspect_result(FILE *o, hid_t res, const char *name) {
         char **axs[H5S_MAX_RANK] = {0};
         int64_t axs_n[H5S_MAX_RANK] = {0};
         for (int a = 0; a < mr; a++) {
-            int r1;
-            hsize_t d1[H5S_MAX_RANK];
-            int64_t c1;
-            axv[a] = ps_h5_read(g, labels[a + off], H5T_NATIVE_INT64, &r1, d1, &c1);
-            if (axv[a] && c1 != (int64_t)md[a]) { free(axv[a]); axv[a] = NULL; }
+            axv[a] = ps_h5_axis_scale(g, labels[a + off], (int64_t)md[a]);
             axs[a] = axis_strings(g, labels[a + off], &axs_n[a]);
         }
         int64_t top[5];

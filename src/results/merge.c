@@ -39,26 +39,42 @@ int ps_h5_verify_path(const char *path, ps_error *e) {
     return rc;
 }
 
-static int read_identity_in_process(const char *path, char identity[65], ps_error *e) {
+hid_t ps_h5_open_complete(const char *path, int verify, const char *attr, char *val, size_t n, size_t id_len, ps_error *e) {
     ps_h5_quiet();
-    identity[0] = 0;
-    const int seal = ps_h5_check_seal(path, e); // libhdf5 never parses a corrupt file, nor one it cannot check
-    if (seal < 0) return -1;
-    if (seal > 0) return no_seal(e, path);
+    val[0] = 0;
+    if (verify) {
+        if (ps_h5_verify_path(path, e) != 0) return -1;
+    } else {
+        const int seal = ps_h5_check_seal(path, e); // libhdf5 never parses a corrupt file, nor one it cannot check
+        if (seal < 0) return -1;
+        if (seal > 0) return no_seal(e, path);
+    }
     hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
     if (f < 0) return ps_fail(e, PS_EXIT_BADINPUT, "%s: not an HDF5 results file", path);
-    char status[32] = "", id[128] = "";
+    char status[32] = "";
     hid_t run = H5Gopen2(f, "run", H5P_DEFAULT);
     if (run >= 0) {
         ps_h5_read_attr_str(run, "status", status, sizeof status);
-        ps_h5_read_attr_str(run, "identity", id, sizeof id);
+        if (ps_h5_read_attr_str(run, attr, val, n) != 0) val[0] = 0;
         H5Gclose(run);
     }
-    const int64_t schema = ps_h5_schema_version(f);
+    int rc = 0;
+    if (strcmp(status, "complete") != 0 || (id_len && strlen(val) != id_len))
+        rc = ps_fail(e, PS_EXIT_BADINPUT, "%s: not a complete patchsweep results file", path);
+    else if (ps_h5_schema_version(f) != PS_SCHEMA_VERSION)
+        rc = old_layout(e, path);
+    if (rc == 0) return f;
     H5Fclose(f);
-    if (strcmp(status, "complete") != 0 || strlen(id) != 64)
-        return ps_fail(e, PS_EXIT_BADINPUT, "%s: not a complete patchsweep results file", path);
-    if (schema != PS_SCHEMA_VERSION) return old_layout(e, path);
+    val[0] = 0;
+    return -1;
+}
+
+static int read_identity_in_process(const char *path, char identity[65], ps_error *e) {
+    char id[128];
+    identity[0] = 0;
+    hid_t f = ps_h5_open_complete(path, 0, "identity", id, sizeof id, 64, e);
+    if (f < 0) return -1;
+    H5Fclose(f);
     memcpy(identity, id, 65);
     return 0;
 }
@@ -153,21 +169,19 @@ static int check_shards(shard_set *ss, const char *const *shards, int n_shards, 
 
 // A table's values must have the prompt axis first to come from shards (a run refuses --shard otherwise).
 static int check_per_prompt(hid_t f, const char *file, const char *name, ps_error *e) {
-    char path[300], label[64] = "", kind[128] = "?";
+    char path[300], kind[128] = "?";
     snprintf(path, sizeof path, "results/%s", name);
     hid_t g = H5Gopen2(f, path, H5P_DEFAULT);
     if (g < 0) return ps_fail(e, PS_EXIT_BADINPUT, "%s: /%s: cannot open", file, path);
     ps_h5_read_attr_str(g, "kind", kind, sizeof kind);
     hid_t d = H5Dopen2(g, "values", H5P_DEFAULT);
-    if (d >= 0) {
-        ps_h5_dim_label(d, 0, label, sizeof label);
-        H5Dclose(d);
-    }
+    const int per_prompt = ps_h5_values_per_prompt(d);
+    if (d >= 0) H5Dclose(d);
     H5Gclose(g);
     // A table every shard computes alike (reference means: a function of the model and the reference set, both in
     // the shards' common identity) is the first shard's, as copied.
     if (!strcmp(kind, "reference_means")) return 1;
-    if (strcmp(label, "prompt") != 0)
+    if (!per_prompt)
         return ps_fail(e, PS_EXIT_BADINPUT, "%s: /%s (kind %s): values are not per prompt, so shards cannot hold it", file, path, kind);
     return 0;
 }
@@ -244,9 +258,8 @@ static int merge_table(hid_t f, const hid_t *sf, const shard_set *ss, const char
         int64_t sum = 0;
         for (int k = 0; k < ss->n_shards; k++) {
             hid_t gk = H5Gopen2(sf[k], p, H5P_DEFAULT);
-            char b[64];
             if (gk < 0) continue;
-            if (ps_h5_read_attr_str(gk, counters[c], b, sizeof b) == 0) sum += atoll(b);
+            sum += ps_h5_read_counter(gk, counters[c]);
             H5Gclose(gk);
         }
         hid_t gr = H5Gopen2(f, p, H5P_DEFAULT);
@@ -386,11 +399,11 @@ int ps_store_merge(const char *out, const char *const *shards, int n_shards, ps_
         total += (uint64_t)size;
         if (at < (int)sizeof label - 1) at += snprintf(label + at, sizeof label - (size_t)at, "%s %s", k ? "," : "", shards[k]);
     }
-    const uint64_t cap = (uint64_t)1 << 36, max = total * 1100 + ((uint64_t)1 << 20);
     merge_args ma = {out, shards, n_shards};
     unsigned char *bytes = NULL;
     size_t n = 0;
-    if (ps_h5_guarded_buf(label, seconds, merge_in_child, &ma, &bytes, &n, (size_t)(max < cap ? max : cap), e) != 0) return -1;
+    const size_t max = (size_t)ps_h5_expand_bound(total > (uint64_t)INT64_MAX ? INT64_MAX : (int64_t)total);
+    if (ps_h5_guarded_buf(label, seconds, merge_in_child, &ma, &bytes, &n, max, e) != 0) return -1;
     int rc = write_merged(out, bytes, n, e);
     free(bytes);
     return rc;

@@ -96,7 +96,7 @@ typedef struct {
 static herr_t attr_cb(hid_t g, const char *name, const H5A_info_t *info, void *data) {
     (void)info;
     attr_walk *c = data;
-    if (!strcmp(name, "kind") || !strcmp(name, "patches_run") || !strcmp(name, "patches_skipped")) return 0;
+    if (ps_h5_table_own_attr(name)) return 0;
     hid_t a = H5Aopen(g, name, H5P_DEFAULT);
     hid_t t = a >= 0 ? H5Aget_type(a) : -1;
     const H5T_class_t cls = t >= 0 ? H5Tget_class(t) : H5T_NO_CLASS;
@@ -143,7 +143,7 @@ static int put_table(wbuf *w, hid_t res, const char *name, const char *file, ps_
     hsize_t dims[H5S_MAX_RANK];
     if (rank > 0) H5Sget_simple_extent_dims(sp, dims, NULL);
     char label[256];
-    const int per_prompt = rank > 0 && ps_h5_dim_label(d, 0, label, sizeof label) == 0 && !strcmp(label, "prompt");
+    const int per_prompt = rank > 0 && ps_h5_values_per_prompt(d);
     const int n_axes = rank - per_prompt;
     int rc = 0;
     if (!kind || rank <= 0 || n_axes > PS_TABLE_MAX_AXES)
@@ -157,13 +157,9 @@ static int put_table(wbuf *w, hid_t res, const char *name, const char *file, ps_
     int64_t cells = 1;
     for (int a = 0; rc == 0 && a < n_axes; a++) {
         const unsigned dim = (unsigned)(a + per_prompt);
-        int r1;
-        hsize_t d1[H5S_MAX_RANK];
-        int64_t n = 0;
+        const int64_t n = (int64_t)dims[dim];
         int64_t *v = NULL;
-        if (ps_h5_dim_label(d, dim, label, sizeof label) != 0 ||
-            !(v = ps_h5_read(g, label, H5T_NATIVE_INT64, &r1, d1, &n)) || r1 != 1 || n != (int64_t)dims[dim]) {
-            free(v);
+        if (ps_h5_dim_label(d, dim, label, sizeof label) != 0 || !(v = ps_h5_axis_scale(g, label, n))) {
             rc = ps_fail(e, PS_EXIT_BADINPUT, "%s: /results/%s: axis %d has no scale of its length", file, name, a);
             break;
         }
@@ -172,7 +168,7 @@ static int put_table(wbuf *w, hid_t res, const char *name, const char *file, ps_
         put(w, v, (size_t)n * sizeof *v);
         free(v);
         char sname[300];
-        snprintf(sname, sizeof sname, strcmp(label, "pos") ? "%s_label" : "pos_token", label);
+        ps_h5_axis_strs_name(label, sname, sizeof sname);
         int64_t ns = 0;
         char **strs = H5Lexists(g, sname, H5P_DEFAULT) > 0 ? ps_h5_read_strs(g, sname, &ns) : NULL;
         if (strs && ns != n) rc = ps_fail(e, PS_EXIT_BADINPUT, "%s: /results/%s/%s: not one label per entry", file, name, sname);
@@ -190,9 +186,8 @@ static int put_table(wbuf *w, hid_t res, const char *name, const char *file, ps_
     if (rc == 0) {
         put_i64(w, cells);
         put(w, x, (size_t)count * sizeof *x);
-        char b[64];
-        put_i64(w, ps_h5_read_attr_str(g, "patches_run", b, sizeof b) == 0 ? strtoll(b, NULL, 10) : 0);
-        put_i64(w, ps_h5_read_attr_str(g, "patches_skipped", b, sizeof b) == 0 ? strtoll(b, NULL, 10) : 0);
+        put_i64(w, ps_h5_read_counter(g, "patches_run"));
+        put_i64(w, ps_h5_read_counter(g, "patches_skipped"));
         wbuf aw = {0};
         attr_walk c = {.g = g, .w = &aw};
         hsize_t idx = 0;
@@ -212,21 +207,13 @@ static int put_table(wbuf *w, hid_t res, const char *name, const char *file, ps_
 
 // The child: verified (seal, every dataset's sha256), complete, this schema; then /run base_identity, the baseline
 // columns and every table.
-static int read_cb(void *arg, unsigned char **out, size_t *out_len, ps_error *e) {
-    const char *path = arg;
-    if (ps_h5_verify_path(path, e) != 0) return -1;
-    hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
-    if (f < 0) return ps_fail(e, PS_EXIT_BADINPUT, "%s: not an HDF5 results file", path);
-    char status[32] = "", base[128] = "";
-    hid_t run = H5Gopen2(f, "run", H5P_DEFAULT);
-    if (run >= 0) {
-        ps_h5_read_attr_str(run, "status", status, sizeof status);
-        ps_h5_read_attr_str(run, "base_identity", base, sizeof base);
-        H5Gclose(run);
-    }
+int ps_store_run_stream(const char *path, unsigned char **out, size_t *out_len, ps_error *e) {
+    *out = NULL;
+    *out_len = 0;
+    char base[128];
+    hid_t f = ps_h5_open_complete(path, 1, "base_identity", base, sizeof base, 0, e);
+    if (f < 0) return -1;
     int rc = 0;
-    if (strcmp(status, "complete") != 0 || ps_h5_schema_version(f) != PS_SCHEMA_VERSION)
-        rc = ps_fail(e, PS_EXIT_BADINPUT, "%s: not a complete patchsweep results file of schema %d", path, PS_SCHEMA_VERSION);
     wbuf w = {0};
     put_str(&w, strlen(base) == 64 ? base : "");
     int64_t n = -1;
@@ -261,6 +248,8 @@ static int read_cb(void *arg, unsigned char **out, size_t *out_len, ps_error *e)
     return 0;
 }
 
+static int read_cb(void *arg, unsigned char **out, size_t *out_len, ps_error *e) { return ps_store_run_stream(arg, out, out_len, e); }
+
 // ---- here: the stream into tables ----
 
 static int get_table(rbuf *r, ps_table *t, int64_t n_prompts, ps_error *e, const char *path) {
@@ -291,6 +280,8 @@ static int get_table(rbuf *r, ps_table *t, int64_t n_prompts, ps_error *e, const
         cells *= ax[a].len;
     }
     if (rc == 0 && (get_i64(r) != cells || r->bad)) rc = -1;
+    // The values must be in the stream before they are allocated: the axes alone could ask for n^3 bytes.
+    if (rc == 0 && (uint64_t)cells > (r->n - r->at) / sizeof(float) / (uint64_t)n_rows) rc = -1;
     if (rc == 0 && ps_table_init(t, name, kind, per_prompt, n_rows, (int)n_axes, ax, metric_valued, e) != 0) rc = -2;
     if (rc == 0) get_floats(r, t->values, n_rows * cells);
     if (rc == 0) {
@@ -347,8 +338,15 @@ int ps_store_read_run(const char *path, ps_stored_run *s, ps_error *e) {
     if (fd < 0) return ps_fail(e, oe.code ? oe.code : PS_EXIT_BADINPUT, "%s", oe.msg);
     close(fd);
     // What the file can expand to (its gzip'd float arrays), as the child's own reads are bounded.
-    const size_t max = (size_t)size * 1100 + ((size_t)1 << 20);
+    const size_t max = (size_t)ps_h5_expand_bound(size);
     if (ps_h5_guarded_buf(path, ps_h5_child_seconds(path), read_cb, (void *)path, &buf, &len, max, e) != 0) return -1;
+    int rc = ps_store_parse_run(buf, len, path, s, e);
+    free(buf);
+    return rc;
+}
+
+int ps_store_parse_run(const unsigned char *buf, size_t len, const char *path, ps_stored_run *s, ps_error *e) {
+    memset(s, 0, sizeof *s);
     rbuf r = {buf, len, 0, 0};
     int rc = 0;
     char *base = get_str(&r);
@@ -368,7 +366,6 @@ int ps_store_read_run(const char *path, ps_stored_run *s, ps_error *e) {
         if (get_table(&r, &s->tables[t], n, e, path) != 0) rc = -1;
         else s->n_tables = t + 1;
     }
-    free(buf);
     if (rc != 0) ps_stored_run_free(s);
     return rc;
 }

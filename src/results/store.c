@@ -342,7 +342,7 @@ int ps_store_write_table(ps_store *s, const ps_table *t, ps_error *e) {
         if (!names && (ax->label || is_pos)) { failed = ax->name; break; }
         if (!names) continue;
         char sname[256];
-        snprintf(sname, sizeof sname, is_pos ? "pos_token" : "%s_label", ax->name);
+        ps_h5_axis_strs_name(ax->name, sname, sizeof sname);
         hsize_t len = (hsize_t)ax->len;
         strs[d] = ps_h5_write_strs(g, sname, 1, &len, names);
         if (strs[d] < 0 || H5DSset_scale(strs[d], sname) < 0) failed = ax->name;

@@ -28,8 +28,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     fuzz_note("config", rc, e.msg);
     if (rc != 0) {
         // The contract: an error is filled and the config owns nothing.
-        FUZZ_FAIL_IF(e.code != PS_EXIT_BADINPUT && e.code != PS_EXIT_RUNTIME);
-        FUZZ_FAIL_IF(!e.msg[0] || c.items || c.experiments || c.text || c.path);
+        FUZZ_FAIL_IF(fuzz_bad_error(&e));
+        FUZZ_FAIL_IF(c.items || c.experiments || c.text || c.path);
     } else {
         FUZZ_FAIL_IF(e.code != 0 || c.n_items < 1 || !c.items || !c.model || !c.output);
         for (int64_t i = 0; i < c.n_items; i++) {

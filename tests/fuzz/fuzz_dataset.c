@@ -46,7 +46,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     int rc = ps_dataset_load(&s, &items, &n, &e);
     fuzz_note("dataset", rc, e.msg);
     if (rc != 0) {
-        FUZZ_FAIL_IF((e.code != PS_EXIT_BADINPUT && e.code != PS_EXIT_RUNTIME) || !e.msg[0] || items || n != 0);
+        FUZZ_FAIL_IF(fuzz_bad_error(&e) || items || n != 0);
         return 0;
     }
     FUZZ_FAIL_IF(n < 1 || !items || (s.limit && n > s.limit));

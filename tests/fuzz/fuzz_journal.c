@@ -26,7 +26,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     int rc = ps_journal_open(&j, p, ident, 0, &base, t, 2, done, &n_done, &e);
     fuzz_note("journal", rc, e.msg);
     if (rc != 0) {
-        FUZZ_FAIL_IF(j || (e.code != PS_EXIT_BADINPUT && e.code != PS_EXIT_RUNTIME) || !e.msg[0]);
+        FUZZ_FAIL_IF(j || fuzz_bad_error(&e));
     } else {
         int64_t k = 0;
         for (int i = 0; i < 4; i++) {

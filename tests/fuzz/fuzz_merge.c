@@ -8,27 +8,13 @@
 
 static const char MARK[8] = {'P', 'S', 'S', 'H', 'A', 'R', 'D', '1'};
 
-// A copy of n bytes with a valid seal in its first 512 (when it is long enough to have one).
-static uint8_t *sealed(const uint8_t *d, size_t n) {
-    uint8_t *c = malloc(n ? n : 1);
-    if (!c) abort();
-    memcpy(c, d, n);
-    if (n > 512) {
-        char hex[65];
-        ps_sha256_hex(c + 512, n - 512, hex);
-        memset(c, 0, 512);
-        snprintf((char *)c, 512, "PSRESULT sha256 %s\n", hex);
-    }
-    return c;
-}
-
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     const uint8_t *m = NULL;
     for (size_t i = 0; i + 8 <= size; i++)
         if (data[i] == 'P' && memcmp(data + i, MARK, 8) == 0) { m = data + i; break; }
     const size_t n0 = m ? (size_t)(m - data) : size;
     const char *s[2];
-    uint8_t *c0 = sealed(data, n0), *c1 = m ? sealed(m + 8, size - n0 - 8) : NULL;
+    uint8_t *c0 = fuzz_sealed(data, n0), *c1 = m ? fuzz_sealed(m + 8, size - n0 - 8) : NULL;
     s[0] = fuzz_write(0, "s0.h5", c0, n0);
     int n = 1;
     if (m) {
@@ -43,7 +29,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     int rc = ps_store_merge_in_process(out, s, n, &e); // (ps_store_merge runs this in a child, which would hide findings)
     fuzz_note("merge", rc, e.msg);
     if (rc != 0) {
-        FUZZ_FAIL_IF((e.code != PS_EXIT_BADINPUT && e.code != PS_EXIT_RUNTIME) || !e.msg[0]);
+        FUZZ_FAIL_IF(fuzz_bad_error(&e));
         FUZZ_FAIL_IF(access(out, F_OK) == 0); // nothing left that looks complete
         return 0;
     }

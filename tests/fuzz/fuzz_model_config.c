@@ -11,7 +11,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     int rc = ps_model_config_load(&cfg, path, &e);
     fuzz_note("model config", rc, e.msg);
     if (rc != 0) {
-        FUZZ_FAIL_IF((e.code != PS_EXIT_BADINPUT && e.code != PS_EXIT_RUNTIME) || !e.msg[0]);
+        FUZZ_FAIL_IF(fuzz_bad_error(&e));
         return 0;
     }
     // What the engine relies on once this returns success.

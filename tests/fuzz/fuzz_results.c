@@ -16,6 +16,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     ps_error e = {0};
     int rc = ps_store_inspect_in_process(p, &e);
     fuzz_note("inspect", rc, e.msg);
-    if (rc != 0) FUZZ_FAIL_IF((e.code != PS_EXIT_BADINPUT && e.code != PS_EXIT_RUNTIME) || !e.msg[0] || strchr(e.msg, '\n'));
+    if (rc != 0) FUZZ_FAIL_IF(fuzz_bad_error(&e) || strchr(e.msg, '\n'));
     return 0;
 }

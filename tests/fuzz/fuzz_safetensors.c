@@ -31,7 +31,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     int rc = ps_safetensors_open(&st, path, &e);
     fuzz_note("safetensors", rc, e.msg);
     if (rc != 0) {
-        FUZZ_FAIL_IF((e.code != PS_EXIT_BADINPUT && e.code != PS_EXIT_RUNTIME) || !e.msg[0]);
+        FUZZ_FAIL_IF(fuzz_bad_error(&e));
         FUZZ_FAIL_IF(st.files || st.tensors);
         return 0;
     }

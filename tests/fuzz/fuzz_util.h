@@ -10,6 +10,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "ps_common.h"
+
 // A broken invariant: say which one (the reproducer then reads well in the log), then crash like a sanitizer would.
 #define FUZZ_FAIL_IF(cond)                                                                                  \
     do {                                                                                                    \
@@ -18,6 +20,12 @@
             abort();                                                                                        \
         }                                                                                                   \
     } while (0)
+
+// The error contract of every reader: a failure fills its ps_error with PS_EXIT_BADINPUT or PS_EXIT_RUNTIME and a
+// message. 1 when e breaks it.
+static int fuzz_bad_error(const ps_error *e) {
+    return (e->code != PS_EXIT_BADINPUT && e->code != PS_EXIT_RUNTIME) || !e->msg[0];
+}
 
 static char fuzz_dir[256];
 
@@ -65,6 +73,21 @@ static void fuzz_remove(const char *name) {
     char p[512];
     snprintf(p, sizeof p, "%s/%s", fuzz_tmpdir(), name);
     unlink(p);
+}
+
+// A malloc'd copy of n bytes of a results file with a valid seal in its first 512 (when it is long enough to have
+// one; h5file.c's userblock line), as a crafted file would have: mutations then get past the seal to the checksums.
+static uint8_t *fuzz_sealed(const uint8_t *d, size_t n) {
+    uint8_t *c = malloc(n ? n : 1);
+    if (!c) abort();
+    memcpy(c, d, n);
+    if (n > 512) {
+        char hex[65];
+        ps_sha256_hex(c + 512, n - 512, hex);
+        memset(c, 0, 512);
+        snprintf((char *)c, 512, "PSRESULT sha256 %s\n", hex);
+    }
+    return c;
 }
 
 // With PS_FUZZ_VERBOSE set (when replaying files by hand), prints each loader's outcome to stderr.

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Writes the seed corpora of fuzz_results, fuzz_merge and fuzz_journal (tests/fuzz/corpus/) from small runs of the
-# demo model. Usage: tests/fuzz/make_results_seeds.sh BUILD/patchsweep   (needs /usr/bin/python3 with h5py)
+# Writes the seed corpora of fuzz_results, fuzz_merge, fuzz_readback (its files; its streams: README.md) and
+# fuzz_journal (tests/fuzz/corpus/) from small runs of the demo model.
+# Usage: tests/fuzz/make_results_seeds.sh BUILD/patchsweep   (needs /usr/bin/python3 with h5py)
 # Results seeds come sealed (as written) and also unsealed with no /run checksums (an older patchsweep's file), so
 # that mutations reach libhdf5 and the readers instead of stopping at the seal.
 set -eu
@@ -42,6 +43,8 @@ put("fuzz_merge", "shards_sealed", s0 + mark + s1)
 put("fuzz_merge", "shards_unsealed", open(f"{out}/fuzz_results/s0_unsealed.h5", "rb").read() + mark +
     open(f"{out}/fuzz_results/s1_unsealed.h5", "rb").read())
 put("fuzz_merge", "one_shard", open(f"{tmp}/full.h5", "rb").read())
+put("fuzz_readback", "full.h5", open(f"{tmp}/full.h5", "rb").read())
+put("fuzz_readback", "shard1.h5", open(f"{tmp}/s1.h5", "rb").read())
 
 # The journal target's fixed shape (fuzz_journal.c): 4 prompts; "t" (kind "k", per prompt, 3 cells), "u" (not).
 def fnv(b):
@@ -63,4 +66,4 @@ put("fuzz_journal", "duplicated_record", head + r01 + r2 + r01)
 put("fuzz_journal", "torn_tail", head + r01 + r2[:-5])
 put("fuzz_journal", "prompt_twice_in_record", head + record([1, 1]))
 PY
-echo "seeds written under $here/corpus/fuzz_{results,merge,journal}"
+echo "seeds written under $here/corpus/fuzz_{results,merge,readback,journal}"

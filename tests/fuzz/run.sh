@@ -16,18 +16,18 @@ src=${FUZZ_SRC:-$root/src}
 inc=$(cd "$src/../include" 2>/dev/null && pwd) || inc=$root/include
 cc=${FUZZ_CC:-clang}
 all_targets="fuzz_config fuzz_dataset fuzz_model_config fuzz_safetensors fuzz_tokenizer_json fuzz_tokenizer_model fuzz_tokenizer_vocab
-    fuzz_results fuzz_merge fuzz_journal"
+    fuzz_results fuzz_merge fuzz_journal fuzz_readback"
 targets=${FUZZ_TARGETS:-$all_targets}
 
 # Targets whose input reaches libhdf5 (fuzzed past its crashes; see below).
-hdf5_targets="fuzz_results fuzz_merge"
+hdf5_targets="fuzz_results fuzz_merge fuzz_readback"
 
 # The readers under test (a file missing from the tree fails the run: the list is out of date). They go into one
 # static archive, so each target pulls in only the objects it needs and one module that does not compile fails only
 # its targets.
 readers="util/common util/json inputs/config inputs/config_ablation inputs/config_circuit inputs/config_dataset inputs/config_analysis inputs/dataset inputs/safetensors inputs/model
     inputs/model_config inputs/tokenizer inputs/tokenizer_hf inputs/tokenizer_sp inputs/unicode_nfc inputs/unicode_nfc_table
-    results/table results/h5util results/h5file results/inspect results/merge results/journal"
+    results/table results/h5util results/h5file results/inspect results/merge results/journal results/readback"
 
 if ! command -v "$cc" >/dev/null 2>&1; then
     echo "SKIP: $cc not found (apt-get install clang libclang-rt-14-dev)"

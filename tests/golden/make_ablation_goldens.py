@@ -265,24 +265,41 @@ def versions():
             "transformer_lens": pkg_version("transformer_lens"), "python": sys.version.split()[0]}
 
 
-def write(name, doc):
-    path = os.path.join(REPO, "tests", "data", name, "golden_ablation.json")
+def dump(name, file, doc):
+    """doc as tests/data/<name>/<file> (one space of indent, a final newline); its path."""
+    path = os.path.join(REPO, "tests", "data", name, file)
     with open(path, "w") as f:
         json.dump(doc, f, indent=1)
         f.write("\n")
+    return path
+
+
+def load_model(folder):
+    vocab = json.load(open(os.path.join(folder, "config.json")))["vocab_size"]
+    return Model(folder, vocab), vocab
+
+
+def tiny_prompts(name, vocab, N, N_REF, T, scores):
+    """A tiny model's random prompts, drawn in this order from one generator seeded by its name: those of
+    golden_ablation.json (clean, corrupted, reference, answers) or, with scores, of golden_circuit_scores.json
+    (another seed; no corrupted prompts: None). The wrong answer of prompt i is answer + 1 + i."""
+    g = torch.Generator().manual_seed(SEED + (1 if scores else 0) + sum(map(ord, name)))
+    toks = torch.randint(0, vocab, (N, T), generator=g)
+    corr = None if scores else torch.randint(0, vocab, (N, T), generator=g)
+    ref = torch.randint(0, vocab, (N_REF, T), generator=g)
+    ans = torch.randint(0, vocab, (N,), generator=g).tolist()
+    wrong = [(a + 1 + i) % vocab for i, a in enumerate(ans)]
+    return toks, corr, ref, ans, wrong
+
+
+def write(name, doc):
+    path = dump(name, "golden_ablation.json", doc)
     print(f"{name}: {len(doc['cases'])} cases -> {path}", flush=True)
 
 
 def tiny(name, N=6, N_REF=8, T=8):
-    folder = os.path.join(REPO, "tests", "data", name)
-    vocab = json.load(open(os.path.join(folder, "config.json")))["vocab_size"]
-    mdl = Model(folder, vocab)
-    g = torch.Generator().manual_seed(SEED + sum(map(ord, name)))
-    toks = torch.randint(0, vocab, (N, T), generator=g)
-    corr = torch.randint(0, vocab, (N, T), generator=g)
-    ref = torch.randint(0, vocab, (N_REF, T), generator=g)
-    ans = torch.randint(0, vocab, (N,), generator=g).tolist()
-    wrong = [(a + 1 + i) % vocab for i, a in enumerate(ans)]
+    mdl, vocab = load_model(os.path.join(REPO, "tests", "data", name))
+    toks, corr, ref, ans, wrong = tiny_prompts(name, vocab, N, N_REF, T, scores=False)
     groups = [i % 2 for i in range(N)]
     ref_groups = [i % 2 for i in range(N_REF)]
     full, draws, cases = cases_for(mdl, toks, corr, ans, wrong, ref, groups, ref_groups, SETS)
@@ -306,8 +323,7 @@ def demo(n_per=4, n_ref=12, threshold=20):
     ref = torch.tensor([enc(r["text"]) for r in refs])
     ans = [tok.encode(r["corr"]).ids[0] for r in rows]
     wrong = [tok.encode(r["incorr"]).ids[0] for r in rows]
-    vocab = json.load(open(os.path.join(folder, "config.json")))["vocab_size"]
-    mdl = Model(folder, vocab)
+    mdl, _ = load_model(folder)
     groups = [i // n_per for i in range(len(rows))]
     ref_groups = [i % 3 for i in range(n_ref)]
     full, draws, cases = cases_for(mdl, toks, ref, ans, wrong, ref, groups, ref_groups, SETS)
@@ -371,23 +387,13 @@ def scores_doc(mdl, toks, ans, wrong, ref, head=hz):
 
 
 def write_scores(name, mdl, toks, ans, wrong, ref):
-    doc = scores_doc(mdl, toks, ans, wrong, ref)
-    path = os.path.join(REPO, "tests", "data", name, "golden_circuit_scores.json")
-    with open(path, "w") as f:
-        json.dump(doc, f, indent=1)
-        f.write("\n")
+    path = dump(name, "golden_circuit_scores.json", scores_doc(mdl, toks, ans, wrong, ref))
     print(f"{name}: circuit scores -> {path}", flush=True)
 
 
 def tiny_scores(name, N=6, N_REF=8, T=8):
-    folder = os.path.join(REPO, "tests", "data", name)
-    vocab = json.load(open(os.path.join(folder, "config.json")))["vocab_size"]
-    mdl = Model(folder, vocab)
-    g = torch.Generator().manual_seed(SEED + 1 + sum(map(ord, name)))
-    toks = torch.randint(0, vocab, (N, T), generator=g)
-    ref = torch.randint(0, vocab, (N_REF, T), generator=g)
-    ans = torch.randint(0, vocab, (N,), generator=g).tolist()
-    wrong = [(a + 1 + i) % vocab for i, a in enumerate(ans)]
+    mdl, vocab = load_model(os.path.join(REPO, "tests", "data", name))
+    toks, _, ref, ans, wrong = tiny_prompts(name, vocab, N, N_REF, T, scores=True)
     write_scores(name, mdl, toks, ans, wrong, ref)
 
 
@@ -395,8 +401,7 @@ def demo_scores():
     """The demo golden's prompts and reference prompts (those tests/data/seqcont/ablation.json runs)."""
     folder = os.path.join(REPO, "models", "demo")
     d = json.load(open(os.path.join(REPO, "tests", "data", "demo", "golden_ablation.json")))
-    vocab = json.load(open(os.path.join(folder, "config.json")))["vocab_size"]
-    write_scores("demo", Model(folder, vocab), torch.tensor(d["prompts"]), d["answer"], d["wrong"], torch.tensor(d["ref"]))
+    write_scores("demo", load_model(folder)[0], torch.tensor(d["prompts"]), d["answer"], d["wrong"], torch.tensor(d["ref"]))
 
 
 # Heads ablated at hook_result (TransformerLens's blocks.l.attn.hook_result with use_attn_result, set by
@@ -411,25 +416,14 @@ HEAD_SETS = [x for x in SETS if any(c["kind"] == "head" for c in x[1])]
 
 
 def tiny_result(name, N=6, N_REF=8, T=8, threshold=20):
-    folder = os.path.join(REPO, "tests", "data", name)
-    vocab = json.load(open(os.path.join(folder, "config.json")))["vocab_size"]
-    mdl = Model(folder, vocab)
-    g = torch.Generator().manual_seed(SEED + sum(map(ord, name)))   # the prompts of golden_ablation.json
-    toks = torch.randint(0, vocab, (N, T), generator=g)
-    corr = torch.randint(0, vocab, (N, T), generator=g)
-    ref = torch.randint(0, vocab, (N_REF, T), generator=g)
-    ans = torch.randint(0, vocab, (N,), generator=g).tolist()
-    wrong = [(a + 1 + i) % vocab for i, a in enumerate(ans)]
+    mdl, vocab = load_model(os.path.join(REPO, "tests", "data", name))
+    toks, corr, ref, ans, wrong = tiny_prompts(name, vocab, N, N_REF, T, scores=False)
     groups = [i % 2 for i in range(N)]
     ref_groups = [i % 2 for i in range(N_REF)]
     full, draws, cases = cases_for(mdl, toks, corr, ans, wrong, ref, groups, ref_groups, HEAD_SETS, head=hr)
     _, _, zcases = cases_for(mdl, toks, corr, ans, wrong, ref, groups, ref_groups, HEAD_SETS, head=hz)
     zdiff = max(abs(a - b) for c, z in zip(cases, zcases) for a, b in zip(c["values"], z["values"]))
-    g = torch.Generator().manual_seed(SEED + 1 + sum(map(ord, name)))   # the prompts of golden_circuit_scores.json
-    s_toks = torch.randint(0, vocab, (N, T), generator=g)
-    s_ref = torch.randint(0, vocab, (N_REF, T), generator=g)
-    s_ans = torch.randint(0, vocab, (N,), generator=g).tolist()
-    s_wrong = [(a + 1 + i) % vocab for i, a in enumerate(s_ans)]
+    s_toks, _, s_ref, s_ans, s_wrong = tiny_prompts(name, vocab, N, N_REF, T, scores=True)
     doc = {"generator": "tests/golden/make_ablation_goldens.py (tiny_result)", "versions": versions(), "seed": SEED,
            "head_site": "result", "hook": "blocks.L.attn.hook_result", "z_max_diff": zdiff,
            "prompts": toks.tolist(), "corrupted": corr.tolist(), "answer": ans, "wrong": wrong, "ref": ref.tolist(),
@@ -438,10 +432,7 @@ def tiny_result(name, N=6, N_REF=8, T=8, threshold=20):
            # end (a pass that empties the head list starts the next from the full model, as its code does).
            "search": seqcont_search(mdl, toks, ans, wrong, ref, threshold, head=hr, one_iter=True),
            "scores": scores_doc(mdl, s_toks, s_ans, s_wrong, s_ref, head=hr)}
-    path = os.path.join(REPO, "tests", "data", name, "golden_ablation_result.json")
-    with open(path, "w") as f:
-        json.dump(doc, f, indent=1)
-        f.write("\n")
+    path = dump(name, "golden_ablation_result.json", doc)
     print(f"{name}: {len(cases)} hook_result cases (max |result - z| {zdiff:.3g}), search of {len(doc['search']['steps'])} steps -> {path}",
           flush=True)
 
