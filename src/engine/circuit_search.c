@@ -29,6 +29,7 @@ typedef struct {
     ps_cache *ref_base;           // (ref->n) the reference prompts under the circuit's head ablation (mlp_means_under_heads)
     int base_init, ref_init;      // the caches are allocated
     int base_ok, ref_ok;          // they hold the current circuit's runs
+    int64_t base_from, ref_from;  // else: they hold its runs below this layer (a removal there; rewritten from it)
     ps_ref_means cur_mm;
     int cur_mm_ok;
     int64_t mm_valid;             // cur_mm's layers [0, mm_valid) are the current circuit's
@@ -57,15 +58,19 @@ static void release(search *s, ps_cache *c, int64_t n) {
 }
 
 // A removal (kind -1: the end): the runs it changes are stale (their device copies released; the host memory
-// is kept for the next runs).
+// is kept for the next runs). A removal at layer l leaves the runs' layers below l as they are (an ablation acts
+// from its own layer on), so they are rewritten from the lowest such l (ps_abl_run_set's from).
 static void drop_current(search *s, int kind, int64_t layer) {
+    if (layer < 0) layer = 0;
     if (s->base_ok) release(s, s->base, s->a->ps->n);
+    if (s->base_ok || layer < s->base_from) s->base_from = layer;
     s->base_ok = 0;
     s->a->base = NULL;
     if (kind != PS_COMP_MLP) {
         if (s->ref_ok) release(s, s->ref_base, s->o->ref->n);
+        if (s->ref_ok || layer < s->ref_from) s->ref_from = layer;
         s->ref_ok = 0;
-        if (layer < s->mm_valid) s->mm_valid = layer < 0 ? 0 : layer;
+        if (layer < s->mm_valid) s->mm_valid = layer;
     }
 }
 
@@ -113,7 +118,7 @@ static int need_current(search *s, ps_error *e) {
         ps_component *c = s->comps + 63 * per_set;
         const ps_abl_set set = {.c = c, .n = circuit_set(s, -1, -1, -1, c), .keep = 1, .mlp_means = s->cur_mm_ok ? &s->cur_mm : NULL};
         s->a->base = NULL;
-        if (ps_abl_run_set(s->a, s->a->ps, &set, 0, s->base_init, s->base, e) != 0) {
+        if (ps_abl_run_set(s->a, s->a->ps, &set, 0, s->base_init, s->base_init ? s->base_from : 0, s->base, e) != 0) {
             s->base_init = 0;   // run_set freed them
             return -1;
         }
@@ -129,7 +134,7 @@ static int need_ref(search *s, ps_error *e) {
     const int64_t per_set = s->L * s->H + s->L;
     ps_component *c = s->comps + 63 * per_set;
     const ps_abl_set set = {.c = c, .n = circuit_set(s, -1, -1, -1, c), .keep = 1};
-    if (ps_abl_run_set(s->a, s->o->ref, &set, 1, s->ref_init, s->ref_base, e) != 0) {
+    if (ps_abl_run_set(s->a, s->o->ref, &set, 1, s->ref_init, s->ref_init ? s->ref_from : 0, s->ref_base, e) != 0) {
         s->ref_init = 0;
         return -1;
     }
@@ -209,12 +214,13 @@ static int add_step(search *s, const ps_search_step *st, ps_error *e) {
 static int run_pass(search *s, int64_t pass, int backward, double *current, ps_error *e) {
     const int64_t L = s->L, H = s->H;
     // seqcont: an empty head (or MLP) list at the start of a pass means the full model's.
+    // Every layer changes then: the held runs and means are stale from layer 0.
     int any = 0;
     for (int64_t i = 0; i < L * H; i++) any |= s->head[i];
-    if (!any) memset(s->head, 1, (size_t)(L * H));
+    if (!any) { memset(s->head, 1, (size_t)(L * H)); drop_current(s, PS_COMP_HEAD, 0); }
     any = 0;
     for (int64_t l = 0; l < L; l++) any |= s->mlp[l];
-    if (!any) memset(s->mlp, 1, (size_t)L);
+    if (!any) { memset(s->mlp, 1, (size_t)L); drop_current(s, PS_COMP_MLP, 0); }
     // Candidates in order: those in the circuit now (a removal changes no later candidate's membership).
     ps_component *cand = malloc((size_t)(L * H + L) * sizeof *cand);
     if (!cand) return ps_fail(e, PS_EXIT_RUNTIME, "out of memory");
