@@ -258,12 +258,18 @@ int ps_ablator_init(ps_ablator *a, const char *where, ps_error *e) {
         for (int64_t i = 0; i < ps->n; i++) a->resample_from[i] = -1;
         if (run_caches(a, ps, NULL, ps->n, 1, a->src, e) != 0) { ps_ablator_free(a); return -1; }
     }
+    a->full_mean = NAN;
+    if (!a->full_later && ps_ablator_full(a, e) != 0) { ps_ablator_free(a); return -1; }
+    return 0;
+}
+
+int ps_ablator_full(ps_ablator *a, ps_error *e) {
     // The unablated metric: an empty ablation set.
     const ps_abl_set none = {0};
-    if (ps_ablator_score(a, &none, 1, a->full, e) != 0) { ps_ablator_free(a); return -1; }
+    if (ps_ablator_score(a, &none, 1, a->full, e) != 0) return -1;
     double s = 0;
-    for (int64_t i = 0; i < ps->n; i++) s += a->full[i];
-    a->full_mean = ps->n ? s / (double)ps->n : NAN;
+    for (int64_t i = 0; i < a->ps->n; i++) s += a->full[i];
+    a->full_mean = a->ps->n ? s / (double)a->ps->n : NAN;
     return 0;
 }
 

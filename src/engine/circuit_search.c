@@ -95,12 +95,50 @@ static int64_t mlp_read_end(const search *s, const ps_component *cand, int64_t b
     return 0;
 }
 
+static int all_heads_kept(const search *s) {
+    for (int64_t i = 0; i < s->L * s->H; i++)
+        if (!s->head[i]) return 0;
+    return 1;
+}
+
+// A circuit that keeps every head ablates none in the reference runs, so its MLP means under the head ablation are
+// the plain reference means (the same rows in the same blocks of ps_abl_block prompts: bitwise at the default
+// block), copied into cur_mm instead of taken again.
+static int plain_mlp_means(search *s, ps_error *e) {
+    const ps_ref_means *rm = s->a->means;
+    ps_ref_means *mm = &s->cur_mm;
+    memset(mm, 0, sizeof *mm);
+    mm->group = rm->group;
+    mm->n_groups = rm->n_groups;
+    mm->rows = rm->rows;
+    mm->n_ref = rm->n_ref;
+    mm->group_count = malloc((size_t)rm->n_groups * sizeof *mm->group_count);
+    if (!mm->group_count) return ps_fail(e, PS_EXIT_RUNTIME, "out of memory for the MLP means");
+    memcpy(mm->group_count, rm->group_count, (size_t)rm->n_groups * sizeof *mm->group_count);
+    static const int sites[2] = {PS_MS_MLP_OUT, PS_MS_MLP_POST};
+    for (int k = 0; k < 2; k++) {
+        const int ms = sites[k];
+        const size_t n = (size_t)(s->L * rm->n_groups * rm->rows * rm->width[ms]);
+        mm->width[ms] = rm->width[ms];
+        if (!(mm->site[ms] = malloc(n * sizeof(float)))) { ps_ref_means_free(mm); return ps_fail(e, PS_EXIT_RUNTIME, "out of memory for the MLP means"); }
+        memcpy(mm->site[ms], rm->site[ms], n * sizeof(float));
+    }
+    return 0;
+}
+
 // The current circuit's MLP means, valid at least for layers [0, upto) (0: none needed).
 static int need_mm(search *s, int64_t upto, ps_error *e) {
     if (s->o->naive) upto = s->L;   // the oracle: the circuit's means afresh each time, every layer
     if (!s->o->mlp_means_under_heads || upto <= 0 || (s->cur_mm_ok && upto <= s->mm_valid && !s->o->naive)) return 0;
     if (s->cur_mm_ok) ps_ref_means_free(&s->cur_mm);
     s->cur_mm_ok = 0;
+    const ps_ref_means *rm = s->a->means;
+    if (!s->o->naive && all_heads_kept(s) && rm && rm->site[PS_MS_MLP_OUT] && rm->site[PS_MS_MLP_POST]) {
+        if (plain_mlp_means(s, e) != 0) return -1;
+        s->cur_mm_ok = 1;
+        s->mm_valid = s->L;
+        return 0;
+    }
     const int64_t per_set = s->L * s->H + s->L;
     ps_component *c = s->comps + 63 * per_set;   // the last slot: a batch uses at most 63 others
     const ps_abl_set set = {.c = c, .n = circuit_set(s, -1, -1, -1, c), .keep = 1};
@@ -302,7 +340,9 @@ int ps_circuit_search(ps_ablator *a, const ps_search_opts *o, ps_search_result *
         uint8_t *seen = NULL;
         out->cycle_from = -1;
         double current = 100.0;
-        for (int64_t pass = 0;; pass++) {
+        // The unablated metric from the first circuit's runs (the full model's: rows that change nothing, unembedded).
+        if (a->full_later && ((s.base && need_current(&s, e) != 0) || ps_ablator_full(a, e) != 0)) rc = -1;
+        for (int64_t pass = 0; rc == 0; pass++) {
             uint8_t *grown = realloc(seen, (size_t)(pass + 1) * per);
             if (!grown) { rc = ps_fail(e, PS_EXIT_RUNTIME, "out of memory"); break; }
             seen = grown;
