@@ -14,8 +14,8 @@
 // never approximates it with something else, so a number is either the reference's or absent.
 // PS_CAP_NARROW is the one bit that is only an optimisation: without it the engine plans whole layers,
 // which gives the same numbers (ps_row.narrow).
-// PS_CAP_CACHE_LATE: a cache row (ps_row.cache) may start at a layer s > 0 (start_pos 0, never narrowed, s below
-// the last layer + 1, base required): the backend reads base's resid_pre at layer s, recomputes every position
+// PS_CAP_CACHE_LATE: a cache row (ps_row.cache) may start at a layer 0 < s < n_layers (start_pos 0, never narrowed,
+// base required): the backend reads base's resid_pre at layer s, recomputes every position
 // from there and writes the cache's layers [s, L), its final norm and logits; it writes nothing of the cache's
 // layers below s nor its embeddings, which the caller guarantees are already base's (the usual case: cache ==
 // base, a run rewritten in place from the first layer whose patches changed). A caller whose backend lacks the
