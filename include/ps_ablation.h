@@ -92,6 +92,8 @@ typedef struct {
     const ps_cache *base;         // NULL, or (ps->n) runs of the prompts the rows may start from: a row's patches that
                                   // leave base's values as they are do not make it recompute (the circuit search's
                                   // current circuit, so a candidate's row starts at its own layer). Borrowed.
+    int full_later;               // 1: ps_ablator_init leaves full unset; the caller calls ps_ablator_full, e.g. once it
+                                  // holds base runs of the unablated model (the search's first circuit: then cheap)
     // Set by ps_ablator_init (owned):
     int64_t *resample_from;       // (ps->n) resample: the reference prompt each prompt takes activations from
     ps_cache *src;                // (ps->n) resample: that prompt's run; corrupted: the prompt's corrupted run
@@ -108,6 +110,8 @@ int ps_abl_resample_draws(const ps_prompt_set *ps, const ps_prompt_set *ref, uin
 // Fills the owned fields (resample sources: the reference prompts of the same length, xorshift64* from seed,
 // one draw per prompt in order); checks lengths (bad input naming `where`). On error owns nothing.
 int ps_ablator_init(ps_ablator *a, const char *where, ps_error *e);
+// The unablated metric (full, full_mean): ps_ablator_init's last step, from a->base's runs when set.
+int ps_ablator_full(ps_ablator *a, ps_error *e);
 void ps_ablator_free(ps_ablator *a);
 
 // The metric per prompt with each set ablated: values (n_sets, ps->n).

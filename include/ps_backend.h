@@ -14,9 +14,16 @@
 // never approximates it with something else, so a number is either the reference's or absent.
 // PS_CAP_NARROW is the one bit that is only an optimisation: without it the engine plans whole layers,
 // which gives the same numbers (ps_row.narrow).
+// PS_CAP_CACHE_LATE: a cache row (ps_row.cache) may start at a layer 0 < s < n_layers (start_pos 0, never narrowed,
+// base required): the backend reads base's resid_pre at layer s, recomputes every position
+// from there and writes the cache's layers [s, L), its final norm and logits; it writes nothing of the cache's
+// layers below s nor its embeddings, which the caller guarantees are already base's (the usual case: cache ==
+// base, a run rewritten in place from the first layer whose patches changed). A caller whose backend lacks the
+// bit runs such rows from layer 0 instead (the same numbers); the engine refuses to send them.
 #define PS_CAPS_CPU  ((unsigned)PS_CAP_ALL)      // the reference: every operation, capture and narrowing
 // kernels/: every operation, head masks, captures; no narrowing yet. Listed bit by bit, so that a bit added to
 // PS_CAP_ALL later is not claimed by CUDA until kernels/ implements it.
+// (No PS_CAP_CACHE_LATE: its device copies are whole runs, and a cache may not be both a row's output and input.)
 #define PS_CAPS_CUDA ((unsigned)(PS_CAP_REPLACE | PS_CAP_ZERO | PS_CAP_MEAN | PS_CAP_ADD | PS_CAP_SCALE | PS_CAP_FREEZE | \
                                  PS_CAP_HEAD_MASK | PS_CAP_CAPTURE))
 
@@ -64,7 +71,8 @@ typedef struct ps_backend {
     //    or another backend's) is left alone. A handle that does not match the cache's memory, size and
     //    length is never trusted: the backend uploads afresh. A failed forward leaves no copy that a later
     //    forward could read as valid.
-    //  - A batch may not use one cache both as a row's output (row->cache) and as an input: refused.
+    //  - A batch may not use one cache both as a row's output (row->cache) and as an input: refused (the CPU
+//    allows a PS_CAP_CACHE_LATE row's cache == its own base, rewritten in place).
     void (*release_cache)(struct ps_backend *b, ps_cache *c);
     // GFLOP/s of (M, K) @ (K, N) the way this backend runs its GEMMs, timed for about `seconds` (the dry
     // run's estimate); <= 0 when it cannot be measured.

@@ -66,7 +66,8 @@ typedef struct {
     int64_t start_layer, start_pos;
     const ps_patch *patches; int64_t n_patches;   // applied in this order at each hook
     const ps_capture *captures; int64_t n_captures; // rows with captures are never narrowed
-    ps_cache *cache;               // optional: receives every activation (needs start_layer = start_pos = 0)
+    ps_cache *cache;               // optional: receives every activation (needs start_pos = 0, start_layer = 0 unless
+                                   // PS_CAP_CACHE_LATE: ps_backend.h)
     const int64_t *out_pos; int64_t n_out;   // positions whose logits are wanted (each >= start_pos), <= PS_MAX_OUT_POS
     const int32_t *cols; int64_t n_cols;     // vocabulary columns wanted; NULL = all V
     float *logits;                 // (n_out, n_cols or V), written by the backend

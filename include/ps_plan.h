@@ -20,7 +20,8 @@ enum {
     PS_CAP_HEAD_MASK = 1 << 7,  // ps_patch.head_mask
     PS_CAP_CAPTURE = 1 << 8,    // ps_row.captures
     PS_CAP_RESULT = 1 << 9,     // patches or captures at PS_SITE_RESULT (per-head outputs after W_O)
-    PS_CAP_ALL = (1 << 10) - 1,
+    PS_CAP_CACHE_LATE = 1 << 10, // cache rows with start_layer > 0 (ps_backend.h: a run rewritten from a layer on)
+    PS_CAP_ALL = (1 << 11) - 1,
 };
 
 // What a row computes at one layer.

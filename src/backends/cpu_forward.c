@@ -10,7 +10,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-// Copies a row's freshly computed (n, width) slice into its cache array for layer l (cache rows start at 0).
+// Copies a row's freshly computed (n, width) slice into its cache array for layer l (cache rows start at position
+// 0; from their start layer on: the layers below are base's, already in the cache).
 static void store(float *cache_arr, int64_t l, const ps_cpu_slot *rs, const float *buf, int64_t width) {
     if (!cache_arr) return;
     const int64_t T = rs->row->T;
@@ -189,7 +190,7 @@ static int batch_setup(batch *b, const ps_model *m, ps_row *rows, int64_t n_rows
         if (row->T <= 0 || row->T > cfg->n_ctx || row->start_pos < 0 || row->start_pos >= row->T ||
             row->start_layer < 0 || row->start_layer > L ||
             ((row->start_layer > 0 || row->start_pos > 0 || row->narrow) && !row->base) ||
-            (row->cache && (row->start_layer || row->start_pos || row->narrow)) ||
+            (row->cache && (row->start_pos || row->narrow || row->start_layer >= L)) || // (PS_CAP_CACHE_LATE: start_layer > 0)
             (row->narrow && (row->dirty_end < row->start_pos || row->dirty_end > row->T)) ||
             (row->narrow && row->n_captures) || row->n_out > PS_MAX_OUT_POS) {
             return ps_fail(e, PS_EXIT_RUNTIME, "forward: row %lld is inconsistent (T=%lld start_layer=%lld start_pos=%lld)",

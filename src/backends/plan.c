@@ -129,6 +129,7 @@ unsigned ps_row_caps(const ps_row *row) {
         if (pt->site == PS_SITE_RESULT) c |= PS_CAP_RESULT;
     }
     if (row->n_captures) c |= PS_CAP_CAPTURE;
+    if (row->cache && row->start_layer > 0) c |= PS_CAP_CACHE_LATE;
     for (int64_t k = 0; k < row->n_captures; k++)
         if (row->captures[k].site == PS_SITE_RESULT) c |= PS_CAP_RESULT;
     return c;
@@ -146,6 +147,7 @@ static const char *cap_name(unsigned bit) {
     case PS_CAP_HEAD_MASK: return "head masks";
     case PS_CAP_CAPTURE: return "captures";
     case PS_CAP_RESULT: return "interventions at hook_result (heads after W_O)";
+    case PS_CAP_CACHE_LATE: return "cache rows that start past layer 0";
     default: return "?";
     }
 }

@@ -154,10 +154,14 @@ int64_t ps_abl_block(const ps_ablator *a) { return a->batch_rows > 0 ? a->batch_
 // Runs every prompt `which` names (NULL: 0..n) of ps into caches[0..n), blocks of ps_abl_block prompts a call, each
 // with the patches of `set` (NULL: none; heads_only as ps_abl_build_patches; with heads_only no resample/corrupted
 // sources), clean or corrupted tokens. reuse: the caches are initialised (for these prompts' lengths) and are
-// overwritten; else they are initialised here. On error none is held (reused ones are freed too).
+// overwritten; else they are initialised here. from (with reuse): the caches hold runs whose patches equal set's
+// below layer `from`, so they are rewritten in place from there (PS_CAP_CACHE_LATE; else from layer 0). On error
+// none is held (reused ones are freed too).
 static int run_rows(const ps_ablator *a, const ps_prompt_set *ps, const int64_t *which, int64_t n, int corrupted, const ps_abl_set *set,
-                    int heads_only, int reuse, ps_cache *caches, ps_error *e) {
+                    int heads_only, int reuse, int64_t from, ps_cache *caches, ps_error *e) {
     const ps_model_config *mc = &a->m->cfg;
+    if (!reuse || !(a->be->caps & PS_CAP_CACHE_LATE) || from < 0) from = 0;
+    if (from > mc->n_layers - 1) from = mc->n_layers - 1;   // nothing changed: the last layer again (cache rows end there)
     const int64_t blk = ps_abl_block(a), bound = set ? ps_abl_patch_bound(mc, set, ps->T_max) : 0;
     ps_row *rows = calloc((size_t)blk, sizeof *rows);
     ps_patch *patches = bound ? malloc((size_t)(blk * bound) * sizeof *patches) : NULL;
@@ -176,6 +180,7 @@ static int run_rows(const ps_ablator *a, const ps_prompt_set *ps, const int64_t 
                 held = i0 + b + 1;
             }
             rows[b] = (ps_row){.tokens = corrupted ? p->corrupted : p->clean, .T = p->T, .cache = &caches[i0 + b]};
+            if (from > 0) { rows[b].base = &caches[i0 + b]; rows[b].start_layer = from; }
             if (!set) continue;
             const int64_t g = !heads_only && a->group_of && a->means && a->means->group == PS_GROUP_PER_TEMPLATE_POSITION ? a->group_of[i] : 0;
             const int64_t np = ps_abl_build_patches(a, set, p, g, !heads_only && a->src ? &a->src[i] : NULL, heads_only, patches + b * bound);
@@ -183,7 +188,10 @@ static int run_rows(const ps_ablator *a, const ps_prompt_set *ps, const int64_t 
             rows[b].patches = patches + b * bound;
             rows[b].n_patches = np < 0 ? 0 : np;
         }
-        if (rc == 0) rc = ps_engine_rows(a->m, a->be, rows, nb, &ro, NULL, e);
+        if (rc == 0 && from == 0) rc = ps_engine_rows(a->m, a->be, rows, nb, &ro, NULL, e);
+        // Rows rewritten in place from `from` (the engine plans cache rows from layer 0): checked, then run as they are.
+        for (int64_t b = 0; rc == 0 && from > 0 && b < nb; b++) rc = ps_row_check(mc, &rows[b], a->be->caps, a->be->name, e);
+        if (rc == 0 && from > 0) rc = a->be->forward(a->be, a->m, rows, nb, e);
     }
     free(rows);
     free(patches);
@@ -197,7 +205,7 @@ static int run_rows(const ps_ablator *a, const ps_prompt_set *ps, const int64_t 
 
 static int run_caches(const ps_ablator *a, const ps_prompt_set *ps, const int64_t *which, int64_t n, int corrupted,
                       ps_cache *caches, ps_error *e) {
-    return run_rows(a, ps, which, n, corrupted, NULL, 0, 0, caches, e);
+    return run_rows(a, ps, which, n, corrupted, NULL, 0, 0, 0, caches, e);
 }
 
 int ps_abl_resample_draws(const ps_prompt_set *ps, const ps_prompt_set *ref, uint64_t seed, const char *where, int64_t *from,
@@ -250,12 +258,18 @@ int ps_ablator_init(ps_ablator *a, const char *where, ps_error *e) {
         for (int64_t i = 0; i < ps->n; i++) a->resample_from[i] = -1;
         if (run_caches(a, ps, NULL, ps->n, 1, a->src, e) != 0) { ps_ablator_free(a); return -1; }
     }
+    a->full_mean = NAN;
+    if (!a->full_later && ps_ablator_full(a, e) != 0) { ps_ablator_free(a); return -1; }
+    return 0;
+}
+
+int ps_ablator_full(ps_ablator *a, ps_error *e) {
     // The unablated metric: an empty ablation set.
     const ps_abl_set none = {0};
-    if (ps_ablator_score(a, &none, 1, a->full, e) != 0) { ps_ablator_free(a); return -1; }
+    if (ps_ablator_score(a, &none, 1, a->full, e) != 0) return -1;
     double s = 0;
-    for (int64_t i = 0; i < ps->n; i++) s += a->full[i];
-    a->full_mean = ps->n ? s / (double)ps->n : NAN;
+    for (int64_t i = 0; i < a->ps->n; i++) s += a->full[i];
+    a->full_mean = a->ps->n ? s / (double)a->ps->n : NAN;
     return 0;
 }
 
@@ -325,13 +339,13 @@ int ps_ablator_score(ps_ablator *a, const ps_abl_set *sets, int64_t n_sets, floa
     return rc;
 }
 
-int ps_abl_run_set(const ps_ablator *a, const ps_prompt_set *ps, const ps_abl_set *set, int heads_only, int reuse, ps_cache *caches,
-                   ps_error *e) {
-    return run_rows(a, ps, NULL, ps->n, 0, set, heads_only, reuse, caches, e);
+int ps_abl_run_set(const ps_ablator *a, const ps_prompt_set *ps, const ps_abl_set *set, int heads_only, int reuse, int64_t from,
+                   ps_cache *caches, ps_error *e) {
+    return run_rows(a, ps, NULL, ps->n, 0, set, heads_only, reuse, from, caches, e);
 }
 
 int ps_ablator_runs(const ps_ablator *a, const ps_abl_set *set, ps_cache *caches, ps_error *e) {
-    return ps_abl_run_set(a, a->ps, set, 0, 0, caches, e);
+    return ps_abl_run_set(a, a->ps, set, 0, 0, 0, caches, e);
 }
 
 ps_abl_scores ps_abl_scores_of(const ps_ablator *a, const float *values) {
@@ -376,5 +390,5 @@ int ps_ablator_mlp_means_under(const ps_ablator *a, const ps_prompt_set *ref, co
 }
 
 int ps_ablator_ref_runs(const ps_ablator *a, const ps_prompt_set *ref, const ps_abl_set *keep, ps_cache *caches, ps_error *e) {
-    return ps_abl_run_set(a, ref, keep, 1, 0, caches, e);
+    return ps_abl_run_set(a, ref, keep, 1, 0, 0, caches, e);
 }

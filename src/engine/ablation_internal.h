@@ -19,10 +19,12 @@ int64_t ps_abl_block(const ps_ablator *a);
 
 // Every prompt of ps run with set's patches (heads_only: only its head ablations, the reference runs; else all,
 // from the ablator's own prompts' sources) into caches (ps->n), ps_abl_block prompts a backend call. reuse: the
-// caches are initialised for these prompts (a previous run's, overwritten); else initialised here. On error none
-// is held (reused ones freed too).
-int ps_abl_run_set(const ps_ablator *a, const ps_prompt_set *ps, const ps_abl_set *set, int heads_only, int reuse, ps_cache *caches,
-                   ps_error *e);
+// caches are initialised for these prompts (a previous run's, overwritten); else initialised here. from (with
+// reuse; 0: none): the held runs' patches equal set's below layer `from`, so the runs are rewritten in place from
+// there where the backend can (PS_CAP_CACHE_LATE), bitwise what a run from layer 0 gives in these fixed blocks.
+// On error none is held (reused ones freed too).
+int ps_abl_run_set(const ps_ablator *a, const ps_prompt_set *ps, const ps_abl_set *set, int heads_only, int reuse, int64_t from,
+                   ps_cache *caches, ps_error *e);
 
 // Means over ref's prompts of the sites in `sites` (bits 1 << PS_MS_*), each run with the patches
 // patch_fn writes for it (NULL: none; the count returned, -1 = error). out->group, n_groups set by the caller.

@@ -362,7 +362,7 @@ static int search_once(ps_producer_ctx *cx, ps_product *const *prods, int64_t n_
         if ((rc = ps_producer_stopped(cx, e)) != 0 || (rc = need_means(cx, p, s, e)) != 0) break;
         ps_ablator a = {.m = cx->m, .be = cx->be, .ps = cx->ps, .metric = cx->metric, .method = (ps_abl_method)ex->abl_with,
                         .heads_at_result = ex->heads_at_result, .means = s->means_ready ? &s->means : NULL, .group_of = s->prompt_group, .ref = ref_of(cx->ps, p),
-                        .seed = (uint64_t)ex->seed, .draws = s->draws, .batch_rows = cx->o->batch_rows};
+                        .seed = (uint64_t)ex->seed, .draws = s->draws, .batch_rows = cx->o->batch_rows, .full_later = 1};
         if ((rc = ps_ablator_init(&a, s->what, e)) != 0) break;
         const ps_search_opts o = {.threshold = ex->threshold, .one_iter = ex->one_pass, .mlp_means_under_heads = ex->mlp_means_under,
                                   .speculate = ex->speculate, .ref = a.ref, .naive = cx->o->naive, .base_budget = cx->o->cache_budget};

@@ -29,6 +29,7 @@ typedef struct {
     ps_cache *ref_base;           // (ref->n) the reference prompts under the circuit's head ablation (mlp_means_under_heads)
     int base_init, ref_init;      // the caches are allocated
     int base_ok, ref_ok;          // they hold the current circuit's runs
+    int64_t base_from, ref_from;  // else: they hold its runs below this layer (a removal there; rewritten from it)
     ps_ref_means cur_mm;
     int cur_mm_ok;
     int64_t mm_valid;             // cur_mm's layers [0, mm_valid) are the current circuit's
@@ -57,15 +58,19 @@ static void release(search *s, ps_cache *c, int64_t n) {
 }
 
 // A removal (kind -1: the end): the runs it changes are stale (their device copies released; the host memory
-// is kept for the next runs).
+// is kept for the next runs). A removal at layer l leaves the runs' layers below l as they are (an ablation acts
+// from its own layer on), so they are rewritten from the lowest such l (ps_abl_run_set's from).
 static void drop_current(search *s, int kind, int64_t layer) {
+    if (layer < 0) layer = 0;
     if (s->base_ok) release(s, s->base, s->a->ps->n);
+    if (s->base_ok || layer < s->base_from) s->base_from = layer;
     s->base_ok = 0;
     s->a->base = NULL;
     if (kind != PS_COMP_MLP) {
         if (s->ref_ok) release(s, s->ref_base, s->o->ref->n);
+        if (s->ref_ok || layer < s->ref_from) s->ref_from = layer;
         s->ref_ok = 0;
-        if (layer < s->mm_valid) s->mm_valid = layer < 0 ? 0 : layer;
+        if (layer < s->mm_valid) s->mm_valid = layer;
     }
 }
 
@@ -90,12 +95,50 @@ static int64_t mlp_read_end(const search *s, const ps_component *cand, int64_t b
     return 0;
 }
 
+static int all_heads_kept(const search *s) {
+    for (int64_t i = 0; i < s->L * s->H; i++)
+        if (!s->head[i]) return 0;
+    return 1;
+}
+
+// A circuit that keeps every head ablates none in the reference runs, so its MLP means under the head ablation are
+// the plain reference means (the same rows in the same blocks of ps_abl_block prompts: bitwise at the default
+// block), copied into cur_mm instead of taken again.
+static int plain_mlp_means(search *s, ps_error *e) {
+    const ps_ref_means *rm = s->a->means;
+    ps_ref_means *mm = &s->cur_mm;
+    memset(mm, 0, sizeof *mm);
+    mm->group = rm->group;
+    mm->n_groups = rm->n_groups;
+    mm->rows = rm->rows;
+    mm->n_ref = rm->n_ref;
+    mm->group_count = malloc((size_t)rm->n_groups * sizeof *mm->group_count);
+    if (!mm->group_count) return ps_fail(e, PS_EXIT_RUNTIME, "out of memory for the MLP means");
+    memcpy(mm->group_count, rm->group_count, (size_t)rm->n_groups * sizeof *mm->group_count);
+    static const int sites[2] = {PS_MS_MLP_OUT, PS_MS_MLP_POST};
+    for (int k = 0; k < 2; k++) {
+        const int ms = sites[k];
+        const size_t n = (size_t)(s->L * rm->n_groups * rm->rows * rm->width[ms]);
+        mm->width[ms] = rm->width[ms];
+        if (!(mm->site[ms] = malloc(n * sizeof(float)))) { ps_ref_means_free(mm); return ps_fail(e, PS_EXIT_RUNTIME, "out of memory for the MLP means"); }
+        memcpy(mm->site[ms], rm->site[ms], n * sizeof(float));
+    }
+    return 0;
+}
+
 // The current circuit's MLP means, valid at least for layers [0, upto) (0: none needed).
 static int need_mm(search *s, int64_t upto, ps_error *e) {
     if (s->o->naive) upto = s->L;   // the oracle: the circuit's means afresh each time, every layer
     if (!s->o->mlp_means_under_heads || upto <= 0 || (s->cur_mm_ok && upto <= s->mm_valid && !s->o->naive)) return 0;
     if (s->cur_mm_ok) ps_ref_means_free(&s->cur_mm);
     s->cur_mm_ok = 0;
+    const ps_ref_means *rm = s->a->means;
+    if (!s->o->naive && all_heads_kept(s) && rm && rm->site[PS_MS_MLP_OUT] && rm->site[PS_MS_MLP_POST]) {
+        if (plain_mlp_means(s, e) != 0) return -1;
+        s->cur_mm_ok = 1;
+        s->mm_valid = s->L;
+        return 0;
+    }
     const int64_t per_set = s->L * s->H + s->L;
     ps_component *c = s->comps + 63 * per_set;   // the last slot: a batch uses at most 63 others
     const ps_abl_set set = {.c = c, .n = circuit_set(s, -1, -1, -1, c), .keep = 1};
@@ -113,7 +156,7 @@ static int need_current(search *s, ps_error *e) {
         ps_component *c = s->comps + 63 * per_set;
         const ps_abl_set set = {.c = c, .n = circuit_set(s, -1, -1, -1, c), .keep = 1, .mlp_means = s->cur_mm_ok ? &s->cur_mm : NULL};
         s->a->base = NULL;
-        if (ps_abl_run_set(s->a, s->a->ps, &set, 0, s->base_init, s->base, e) != 0) {
+        if (ps_abl_run_set(s->a, s->a->ps, &set, 0, s->base_init, s->base_init ? s->base_from : 0, s->base, e) != 0) {
             s->base_init = 0;   // run_set freed them
             return -1;
         }
@@ -129,7 +172,7 @@ static int need_ref(search *s, ps_error *e) {
     const int64_t per_set = s->L * s->H + s->L;
     ps_component *c = s->comps + 63 * per_set;
     const ps_abl_set set = {.c = c, .n = circuit_set(s, -1, -1, -1, c), .keep = 1};
-    if (ps_abl_run_set(s->a, s->o->ref, &set, 1, s->ref_init, s->ref_base, e) != 0) {
+    if (ps_abl_run_set(s->a, s->o->ref, &set, 1, s->ref_init, s->ref_init ? s->ref_from : 0, s->ref_base, e) != 0) {
         s->ref_init = 0;
         return -1;
     }
@@ -209,12 +252,13 @@ static int add_step(search *s, const ps_search_step *st, ps_error *e) {
 static int run_pass(search *s, int64_t pass, int backward, double *current, ps_error *e) {
     const int64_t L = s->L, H = s->H;
     // seqcont: an empty head (or MLP) list at the start of a pass means the full model's.
+    // Every layer changes then: the held runs and means are stale from layer 0.
     int any = 0;
     for (int64_t i = 0; i < L * H; i++) any |= s->head[i];
-    if (!any) memset(s->head, 1, (size_t)(L * H));
+    if (!any) { memset(s->head, 1, (size_t)(L * H)); drop_current(s, PS_COMP_HEAD, 0); }
     any = 0;
     for (int64_t l = 0; l < L; l++) any |= s->mlp[l];
-    if (!any) memset(s->mlp, 1, (size_t)L);
+    if (!any) { memset(s->mlp, 1, (size_t)L); drop_current(s, PS_COMP_MLP, 0); }
     // Candidates in order: those in the circuit now (a removal changes no later candidate's membership).
     ps_component *cand = malloc((size_t)(L * H + L) * sizeof *cand);
     if (!cand) return ps_fail(e, PS_EXIT_RUNTIME, "out of memory");
@@ -296,7 +340,9 @@ int ps_circuit_search(ps_ablator *a, const ps_search_opts *o, ps_search_result *
         uint8_t *seen = NULL;
         out->cycle_from = -1;
         double current = 100.0;
-        for (int64_t pass = 0;; pass++) {
+        // The unablated metric from the first circuit's runs (the full model's: rows that change nothing, unembedded).
+        if (a->full_later && ((s.base && need_current(&s, e) != 0) || ps_ablator_full(a, e) != 0)) rc = -1;
+        for (int64_t pass = 0; rc == 0; pass++) {
             uint8_t *grown = realloc(seen, (size_t)(pass + 1) * per);
             if (!grown) { rc = ps_fail(e, PS_EXIT_RUNTIME, "out of memory"); break; }
             seen = grown;
