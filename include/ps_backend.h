@@ -87,8 +87,9 @@ int ps_backend_init_opts(ps_backend *b, const ps_backend_opts *o, const ps_model
 int ps_backend_init(ps_backend *b, ps_backend_kind kind, ps_precision prec, int threads, const ps_model *m, ps_error *e);
 void ps_backend_free(ps_backend *b);
 
-// The CPU's fp32 GEMM rate through the loaded BLAS: row_blocks = the CPU backend's way (ps_cpu_linear), else one
-// BLAS call with the BLAS's own threads (OpenMP's thread count).
+// The CPU's fp32 GEMM rate through the loaded BLAS: row_blocks 1: the CPU backend's blocks of one GEMM (ps_cpu_linear);
+// 2: one whole single-threaded GEMM a thread at once (the CPU forward's pieces); 0: one BLAS call with the BLAS's own
+// threads (OpenMP's thread count).
 double ps_cpu_gemm_rate(int64_t M, int64_t K, int64_t N, double seconds, int row_blocks);
 
 #endif

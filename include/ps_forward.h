@@ -99,6 +99,9 @@ int ps_cpu_forward(const ps_model *m, ps_row *rows, int64_t n_rows, ps_error *e)
 typedef struct {
     void *part[4];   // row slots, per-token activations, positions, final-norm rows
     size_t cap[4];
+    void *pieces;    // the workspaces of a batch cut into pieces on the threads (cpu_pieces.c; owned), or NULL
+    int n_pieces;
+    double piece_min_flop; // FLOPs a piece takes at least; 0: the CPU forward's own (tests set less to cut tiny batches)
 } ps_cpu_workspace;
 int ps_cpu_forward_ws(const ps_model *m, ps_row *rows, int64_t n_rows, ps_cpu_workspace *w, ps_error *e);
 void ps_cpu_workspace_free(ps_cpu_workspace *w);

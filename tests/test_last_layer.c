@@ -2,11 +2,13 @@
 // row's logits must be those of the same row computed at every position (to rounding), which the forward
 // still does when a cache row shares the batch. Rows from the embedding and from a base run at the last
 // layer, with patches at every hook of the last layer, whole-vocabulary and column logits.
+// Also: a batch cut into pieces on the threads (cpu_forward.c) gives each row its numbers alone, to rounding.
 #include "golden_util.h"
 #include "patch_fixture.h"
 #include "ps_forward.h"
 #include "testutil.h"
 
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -30,6 +32,57 @@ static void same_bits(const char *what, const float *got, const float *want, int
     printf("%s: n=%lld max_abs_err=%g bitwise_mismatches=%lld out_of_tolerance=%lld\n", what, (long long)n, mx,
            (long long)diff_bits, (long long)bad);
     TU_CHECK(bad == 0, "%s: %lld of %lld logits differ from every-position rows (max %g)", what, (long long)bad, (long long)n, mx);
+}
+
+// Rows with column logits (the sweeps' rows): from the embedding, from base at every layer, and narrowed ones (a
+// z head or mlp_out scaled at one position). One batch on 2 threads, cut into pieces (the workspace's threshold
+// lowered so these tiny models' batches cut), against each row alone.
+static void test_pieces(const char *model, const pf_fixture *f, const ps_prompt *p, const ps_cache *base, const ps_patch *pt, int64_t np) {
+    const ps_model_config *mc = &f->m.cfg;
+    const int64_t L = mc->n_layers, T = p->T;
+    enum { NP = 12 };
+    const int64_t out[2] = {T - 1, T / 2};
+    const int32_t cols[2] = {p->answer_id, p->wrong_id};
+    ps_patch one[NP];
+    float got[NP * 4], want[NP * 4];
+    ps_row rows[NP];
+    for (int64_t r = 0; r < NP; r++) {
+        const int64_t k = r % L, s = (r / 2) % T;
+        ps_row *row = &rows[r];
+        *row = (ps_row){.tokens = r % 2 ? p->corrupted : p->clean, .T = T, .patches = pt, .n_patches = np, .out_pos = out,
+                        .n_out = 2, .cols = cols, .n_cols = 2};
+        if (r % 3 == 1) { // from base at layer k, the last layer's patches
+            row->base = base;
+            row->start_layer = k;
+        } else if (r % 3 == 2) { // narrowed: one position of one layer changes, entering at z or mlp_out
+            one[r] = (ps_patch){.site = r % 2 ? PS_SITE_Z : PS_SITE_MLP_OUT, .layer = k, .head = r % 2 ? 0 : -1, .pos = s,
+                                .neuron = -1, .op = PS_OP_SCALE, .factor = 0.5f};
+            *row = (ps_row){.tokens = p->clean, .T = T, .base = base, .start_layer = k, .start_pos = s, .patches = &one[r],
+                            .n_patches = 1, .out_pos = out, .n_out = 2, .cols = cols, .n_cols = 2, .narrow = 1,
+                            .entry = r % 2 ? PS_ENTER_WO : PS_ENTER_MLP_OUT, .dirty_end = s + 1};
+            if (out[1] < s) row->n_out = 1; // out_pos at or after start_pos
+        }
+    }
+    ps_error e = {0};
+    for (int64_t r = 0; r < NP; r++) {
+        ps_row alone = rows[r];
+        alone.logits = want + 4 * r;
+        TU_CHECK(ps_cpu_forward(&f->m, &alone, 1, &e) == 0, "pieces: row %lld alone: %s", (long long)r, e.msg);
+        rows[r].logits = got + 4 * r;
+    }
+    memset(got, 0, sizeof got);
+    for (int64_t r = 0; r < NP; r++)
+        if (rows[r].n_out < 2) got[4 * r + 2] = got[4 * r + 3] = want[4 * r + 2] = want[4 * r + 3] = 0;
+    ps_cpu_workspace ws = {.piece_min_flop = 1};
+    const int nt = omp_get_max_threads();
+    omp_set_num_threads(2);
+    TU_CHECK(ps_cpu_forward_ws(&f->m, rows, NP, &ws, &e) == 0, "pieces: batch: %s", e.msg);
+    omp_set_num_threads(nt);
+    TU_CHECK(ws.n_pieces >= 2, "pieces: the batch was not cut (%d pieces)", ws.n_pieces);
+    ps_cpu_workspace_free(&ws);
+    char what[96];
+    snprintf(what, sizeof what, "%s prompt 0: a batch cut into pieces vs each row alone", model);
+    same_bits(what, got, want, NP * 4);
 }
 
 static void test_model(const char *model) {
@@ -84,6 +137,7 @@ static void test_model(const char *model) {
         same_bits(what, got, want, NR * 3 * V);
         // The logits are the model's: the unpatched row against the cache row's full logits (a GEMM over every
         // position rather than one dot product a column, so to rounding).
+        if (i == 0) test_pieces(model, &f, p, &base, pt, np);
         snprintf(what, sizeof what, "%s prompt %lld unpatched vs base logits at T-1", model, (long long)i);
         tu_close(what, got + 6 * V, base.logits + (T - 1) * V, V, 1e-4f, 1e-4f);
         free(got);

@@ -21,11 +21,45 @@ static int cpu_forward_groups(ps_backend *b, const ps_model *m, ps_row *rows, in
 }
 
 // Through the loaded BLAS (ps_blas_init's choice unless one was loaded before).
+// Mode 2: every thread its own whole GEMM at once (its own A and C, the weights shared), single-threaded, as the
+// CPU forward runs a batch cut into pieces (cpu_forward.c): the rate of all of them together.
+static double gemm_rate_per_thread(int64_t M, int64_t K, int64_t N, double seconds, const float *w) {
+    const int nt = omp_get_max_threads();
+    float *a = malloc((size_t)(nt * M * K) * sizeof(float)), *c = malloc((size_t)(nt * M * N) * sizeof(float));
+    double rate = 0;
+    if (a && c) {
+        for (int64_t i = 0; i < nt * M * K; i++) a[i] = (float)(i % 7) * 0.1f;
+        ps_blas_set_num_threads(1);
+        struct timespec t0 = {0}, t1;
+        int reps = -1; // the first round warms up, untimed
+        double el = 0;
+        while (el < seconds) {
+#pragma omp parallel num_threads(nt)
+            {
+                const int t = omp_get_thread_num();
+                ps_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)M, (int)N, (int)K, 1.0f, a + t * M * K, (int)K, w,
+                         (int)N, 0.0f, c + t * M * N, (int)N);
+            }
+            if (++reps == 0) clock_gettime(CLOCK_MONOTONIC, &t0);
+            clock_gettime(CLOCK_MONOTONIC, &t1);
+            el = reps ? (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec) : 0;
+        }
+        rate = 2.0 * (double)(M * N * K) * nt * reps / el * 1e-9;
+    } else {
+        fprintf(stderr, "patchsweep: out of memory for %d %lldx%lldx%lld GEMMs\n", nt, (long long)M, (long long)K, (long long)N);
+    }
+    free(a); free(c);
+    return rate;
+}
+
 double ps_cpu_gemm_rate(int64_t M, int64_t K, int64_t N, double seconds, int row_blocks) {
     float *a = malloc((size_t)(M * K) * sizeof(float)), *w = malloc((size_t)(K * N) * sizeof(float)),
           *c = malloc((size_t)(M * N) * sizeof(float));
     double rate = 0;
-    if (a && w && c) {
+    if (a && w && c && row_blocks == 2) {
+        for (int64_t i = 0; i < K * N; i++) w[i] = (float)(i % 5) * 0.1f;
+        rate = gemm_rate_per_thread(M, K, N, seconds, w);
+    } else if (a && w && c) {
         for (int64_t i = 0; i < M * K; i++) a[i] = (float)(i % 7) * 0.1f;
         for (int64_t i = 0; i < K * N; i++) w[i] = (float)(i % 5) * 0.1f;
         if (!row_blocks) ps_blas_set_num_threads(omp_get_max_threads());

@@ -137,6 +137,8 @@ static void *ws_part(ps_cpu_workspace *w, int i, size_t bytes) {
 
 void ps_cpu_workspace_free(ps_cpu_workspace *w) {
     for (int i = 0; i < 4; i++) free(w->part[i]);
+    for (int p = 0; p < w->n_pieces; p++) ps_cpu_workspace_free((ps_cpu_workspace *)w->pieces + p); // (cpu_pieces.c)
+    free(w->pieces);
     memset(w, 0, sizeof *w);
 }
 
@@ -670,21 +672,8 @@ static int layer_step(batch *b, const ps_model *m, int64_t l, ps_layer_weights *
     return 0;
 }
 
-#ifdef PS_CPU_PROFILE
-static int forward_ws(const ps_model *m, ps_row *rows, int64_t n_rows, ps_cpu_workspace *wsp, ps_error *e);
-int ps_cpu_forward_ws(const ps_model *m, ps_row *rows, int64_t n_rows, ps_cpu_workspace *wsp, ps_error *e) {
-    const double t0 = ps_prof_now();
-    const int rc = forward_ws(m, rows, n_rows, wsp, e);
-    ps_prof_add(PS_PROF_FORWARD, t0);
-    if (n_rows > 0 && rows[0].cache) ps_prof_add(PS_PROF_BASELINE, t0);
-    return rc;
-}
-static int forward_ws(const ps_model *m, ps_row *rows, int64_t n_rows, ps_cpu_workspace *wsp, ps_error *e) {
-#else
-int ps_cpu_forward_ws(const ps_model *m, ps_row *rows, int64_t n_rows, ps_cpu_workspace *wsp, ps_error *e) {
-#endif
+int ps_cpu_forward_batch(const ps_model *m, ps_row *rows, int64_t n_rows, ps_cpu_workspace *wsp, ps_error *e) {
     if (n_rows <= 0) return 0;
-    ps_blas_set_num_threads(1);
     batch b;
     if (batch_setup(&b, m, rows, n_rows, wsp, e) != 0) return -1;
     for (int64_t l = 0; l < m->cfg.n_layers; l++) {

@@ -22,6 +22,10 @@
 #define PS_CLONES
 #endif
 
+// One batch of rows through every layer and the unembedding, each step's loops on the threads of
+// omp_get_max_threads() (cpu_forward.c); ps_cpu_forward_ws cuts big batches into such batches, one a thread.
+int ps_cpu_forward_batch(const ps_model *m, ps_row *rows, int64_t n_rows, ps_cpu_workspace *wsp, ps_error *e);
+
 // ps_sgemm_par (ps_blas.h) on GEMMs of the forward pass, timed when profiling (by rows: all share M and K).
 void ps_cpu_linear_n(const ps_gemm *g, int n);
 

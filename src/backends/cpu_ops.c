@@ -122,11 +122,19 @@ double ps_prof_now(void) {
     clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
-void ps_prof_add(int step, double t0) { prof_s[step] += ps_prof_now() - t0; }
+// Atomic: the forward's pieces (cpu_forward.c) add from every thread.
+void ps_prof_add(int step, double t0) {
+    const double dt = ps_prof_now() - t0;
+#pragma omp atomic
+    prof_s[step] += dt;
+}
 void ps_prof_gemm(int64_t n, int64_t in, int64_t out, double t0) {
     const int b = n < 8 ? 0 : n < 32 ? 1 : n < 128 ? 2 : n < 512 ? 3 : 4;
-    gemm_s[b] += ps_prof_now() - t0;
-    gemm_gflop[b] += 2e-9 * (double)n * (double)in * (double)out;
+    const double dt = ps_prof_now() - t0, gflop = 2e-9 * (double)n * (double)in * (double)out;
+#pragma omp atomic
+    gemm_s[b] += dt;
+#pragma omp atomic
+    gemm_gflop[b] += gflop;
 }
 // The floor's GEMM rate in CPU time: the best of bench/sweeps' three shapes on this BLAS, one thread.
 static double gemm_rate_cpu(void) {
