@@ -102,6 +102,13 @@ int ps_model_layer(const ps_model *m, int64_t l, ps_layer_weights *lw, ps_error 
 // RAM less the resident fp32 weights. Drops the layers kept so far (the caller holds no views across it).
 void ps_model_set_weights_cache(ps_model *m, size_t bytes);
 
+// Whether the layers asked for from now on will be asked for again in this run (streamed models; a no-op for
+// resident ones). again = 1 (the default): a layer the budget allows is kept at its first conversion. again = 0
+// (the caller knows of no later pass, e.g. the engine's last chunk with the sweeps fused into the baselines'
+// single pass): a first conversion goes to the scratch buffer and a layer is kept only when asked for a second
+// time, so a single pass allocates no kept layer at all.
+void ps_model_stream_expect(const ps_model *m, int again);
+
 // What streaming costs: filled, and 1 returned, for a streamed model; zeroed, and 0, for a resident one.
 typedef struct {
     size_t layer_bytes;          // fp32 bytes of one converted layer (its matrices)
