@@ -99,7 +99,8 @@ int ps_model_load_mode(ps_model *m, const char *dir, ps_weights_mode mode, ps_er
 int ps_model_layer(const ps_model *m, int64_t l, ps_layer_weights *lw, ps_error *e);
 
 // The byte budget for kept converted layers (streamed models; nothing for resident ones). Default: half the
-// RAM less the resident fp32 weights. Drops the layers kept so far (the caller holds no views across it).
+// RAM less the resident fp32 weights. Drops the layers kept so far (the caller holds no views across it) and
+// forgets which layers were converted (ps_model_stream_expect's "asked for again").
 void ps_model_set_weights_cache(ps_model *m, size_t bytes);
 
 // Whether the layers asked for from now on will be asked for again in this run (streamed models; a no-op for

@@ -347,7 +347,7 @@ struct ps_weight_stream {
     unsigned char *seen;      // (L) 1 once the layer was converted (into scratch or kept)
     int lazy;                 // keep a layer only when it is asked for again (ps_model_stream_expect)
     size_t budget, kept_bytes; // byte budget of the kept layers, and what they take
-    float *scratch;           // the last converted layer that is not kept (allocated at load unless all layers fit the budget)
+    float *scratch;           // the last converted layer that is not kept (allocated and faulted in at load)
     int64_t scratch_layer;    // layer now in scratch; -1 none
     int64_t conversions, hits;
     double convert_seconds;   // spent converting, all conversions together
@@ -531,11 +531,12 @@ int ps_model_load_mode(ps_model *m, const char *dir, ps_weights_mode mode, ps_er
         const size_t half = ram / 2, room = ram / 4 * 3;
         ws->budget = half > resident ? half - resident : 0;
         if (ws->budget > 0 && room < resident + file + ws->budget) ws->budget = room > resident + file ? room - resident - file : 0;
-        // The scratch buffer, faulted in now when not every layer fits the budget: fresh pages cost the kernel's
-        // zeroing (on this project's VMs ~1 s for a 7B layer's 810 MB, a tenth of its whole compute), which
-        // belongs to loading, as resident weights' pages do. Zeroed by both threads.
+        // The scratch buffer, faulted in now: fresh pages cost the kernel's zeroing (on this project's VMs ~1 s
+        // for a 7B layer's 810 MB, a tenth of its whole compute), which belongs to loading, as resident weights'
+        // pages do. Zeroed by both threads. Allocated even when the budget would keep every layer: a pass that
+        // no later pass follows (ps_model_stream_expect) converts into it.
         const size_t lbytes = ws->layer_floats * sizeof(float);
-        if (ws->budget / lbytes < (size_t)L) {
+        {
             ws->scratch = weights_alloc(lbytes);
             if (!ws->scratch) {
                 free(ws->kept); free(ws->seen); free(ws);
@@ -673,6 +674,7 @@ void ps_model_set_weights_cache(ps_model *m, size_t bytes) {
     if (!m->stream) return;
     drop_kept(m->stream, m->cfg.n_layers);
     m->stream->scratch_layer = -1; // converted again, and kept if the new budget allows
+    memset(m->stream->seen, 0, (size_t)(m->cfg.n_layers ? m->cfg.n_layers : 1)); // no layer asked for again yet
     m->stream->budget = bytes;
 }
 
