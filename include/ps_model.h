@@ -85,22 +85,32 @@ typedef struct {
 int ps_model_load(ps_model *m, const char *dir, ps_error *e);
 
 // How the per-layer matrices are held: resident fp32 (fast; 4 bytes a parameter), streamed (the checkpoint
-// stays memory-mapped in its own dtype and one layer at a time is converted to fp32: a 7B model needs
-// about 2 GB instead of 28), or auto: streamed when resident fp32 would take more than half the RAM.
+// stays memory-mapped in its own dtype and one layer at a time is converted to fp32: a Llama-2-7B-shaped
+// sweep measured 14.9 GiB peak RSS, which counts the mapped file's pages; of its own memory, fp32 embedding and
+// unembedding 1 GB and one 0.8 GB layer buffer, instead of ~28 GB), or auto: streamed when resident fp32
+// would take more than half the RAM.
 // The choice is the caller's (patchsweep run --weights); nothing reads the environment.
 typedef enum { PS_WEIGHTS_AUTO = 0, PS_WEIGHTS_RESIDENT = 1, PS_WEIGHTS_STREAMED = 2 } ps_weights_mode;
 int ps_model_load_mode(ps_model *m, const char *dir, ps_weights_mode mode, ps_error *e);
 
 // Layer l's matrices. Streamed models convert a layer when it is first asked for and keep the fp32 copy
-// while the weights cache's byte budget allows (then later calls for it, e.g. the baselines' one call per
-// prompt, convert nothing); a layer that does not fit goes to one scratch buffer. The views stay valid until
-// the next call for another layer (the forward asks for layers in order). Conversion is exact, so a kept
-// layer and a reconverted one hold the same bits. Not safe to call from two threads at once.
+// while the weights cache's byte budget allows and a later pass is expected (ps_model_stream_expect; later
+// calls for it then convert nothing); any other layer goes to one scratch buffer, allocated at load. The views
+// stay valid until the next call for another layer (the forward asks for layers in order). Conversion is
+// exact, so a kept layer and a reconverted one hold the same bits. Not safe to call from two threads at once.
 int ps_model_layer(const ps_model *m, int64_t l, ps_layer_weights *lw, ps_error *e);
 
 // The byte budget for kept converted layers (streamed models; nothing for resident ones). Default: half the
-// RAM less the resident fp32 weights. Drops the layers kept so far (the caller holds no views across it).
+// RAM less the resident fp32 weights. Drops the layers kept so far (the caller holds no views across it) and
+// forgets which layers were converted (ps_model_stream_expect's "asked for again").
 void ps_model_set_weights_cache(ps_model *m, size_t bytes);
+
+// Whether the layers asked for from now on will be asked for again in this run (streamed models; a no-op for
+// resident ones). again = 1 (the default): a layer the budget allows is kept at its first conversion. again = 0
+// (the caller knows of no later pass, e.g. the engine's last chunk with the sweeps fused into the baselines'
+// single pass): a first conversion goes to the scratch buffer and a layer is kept only when asked for a second
+// time, so a single pass allocates no kept layer at all.
+void ps_model_stream_expect(const ps_model *m, int again);
 
 // What streaming costs: filled, and 1 returned, for a streamed model; zeroed, and 0, for a resident one.
 typedef struct {

@@ -131,6 +131,38 @@ static void check_dir(const char *label, const char *dir, pf_fixture *f, int gol
         }
         ps_run_results_free(&rr);
     }
+    // The kept-layer policy (ps_model_stream_expect), with a budget for every layer: the one chunk's single fused
+    // pass keeps none (each layer converted once, into the scratch buffer); chunks of one prompt keep each layer
+    // the first chunk converts and convert nothing after. Both bitwise resident's.
+    ps_stream_info si;
+    ps_model_stream_info(&str, &si);
+    ps_model_set_weights_cache(&str, (size_t)L * si.layer_bytes);
+    const ps_engine_opts policy[2] = {{0}, {.cache_budget = 1}};
+    for (int v = 0; v < 2; v++) {
+        char what[200];
+        snprintf(what, sizeof what, "%s budget for all layers,%s", label, v ? " one prompt a chunk" : " one chunk");
+        ps_run_results rr, rf;
+        if (run(what, &res, f, &policy[v], PS_METRIC_LOGIT_DIFF, &rr) != 0) break;
+        ps_stream_info s0, s1;
+        ps_model_stream_info(&str, &s0);
+        if (run(what, &str, f, &policy[v], PS_METRIC_LOGIT_DIFF, &rf) == 0) {
+            ps_model_stream_info(&str, &s1);
+            char nm[320];
+            snprintf(nm, sizeof nm, "%s: streamed vs resident (bitwise)", what);
+            pf_compare_runs(nm, &rf, &rr, f->ps.n, 0.0f);
+            const int64_t conv = s1.conversions - s0.conversions, kept = (int64_t)(s1.kept_bytes / s1.layer_bytes);
+            printf("%s: %lld layer conversions, %lld of %lld layers kept\n", what, (long long)conv, (long long)kept, (long long)L);
+            if (v == 0 && rf.rows_fused == rf.rows_planned && rf.rows_fused_wasted == 0)
+                TU_CHECK(conv == L && kept == 0, "%s: one fused pass made %lld conversions and kept %lld layers (want %lld, 0)", what,
+                         (long long)conv, (long long)kept, (long long)L);
+            // (the last layer may still be in the scratch buffer from the run before: served from there, not converted)
+            if (v == 1)
+                TU_CHECK(conv == kept && kept >= L - 1, "%s: %lld conversions, %lld layers kept (want each conversion kept, %lld or %lld)",
+                         what, (long long)conv, (long long)kept, (long long)L - 1, (long long)L);
+            ps_run_results_free(&rf);
+        }
+        ps_run_results_free(&rr);
+    }
     ps_model_free(&res);
     ps_model_free(&str);
 }

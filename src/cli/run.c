@@ -117,8 +117,9 @@ static void restore_done(ps_run_results *rr, const ps_run_results *restored, con
 
 // The streamed weights' part of the plan: what the cache keeps, and what converting the rest costs on every pass
 // over the layers, at the rate the dry run's baselines converted layers (or, when they converted none, timed here).
-// rows: the sweep rows planned; fused_rows: how many of a chunk's the baselines' pass takes (PS_FUSED_BATCHES batches).
-static void print_stream_plan(const ps_model *m, const ps_stream_info *si, int64_t rows, int64_t fused_rows) {
+// rows: the sweep rows planned; fused_rows: how many of a chunk's the baselines' pass takes (PS_FUSED_BATCHES batches);
+// chunks: the chunks of prompts (at most chunk_prompts each).
+static void print_stream_plan(const ps_model *m, const ps_stream_info *si, int64_t rows, int64_t fused_rows, int64_t chunks) {
     const int64_t L = m->cfg.n_layers;
     double per = si->conversions ? si->convert_seconds / (double)si->conversions : 0;
     if (!si->conversions) {
@@ -146,6 +147,12 @@ static void print_stream_plan(const ps_model *m, const ps_stream_info *si, int64
            (long long)passes, (long long)fused_rows, (long long)rows, per >= 0 ? "" : "\n");
     if (per >= 0)
         printf(": estimated conversion %.1f s\n", per * (double)si->layers_kept + per * (double)(L - si->layers_kept) * (double)passes);
+    // Layers are kept only when a later pass asks for them (ps_model_stream_expect): one chunk whose sweeps all
+    // fuse into the baselines' pass converts each layer once and keeps none.
+    if (si->layers_kept > 0)
+        printf("                     layers are kept only for a later pass (another chunk, another experiment kind, sweep rows\n"
+               "                     beyond the fused pass)%s\n",
+               chunks <= 1 && passes == 1 ? ": with one chunk and one pass, a sweep-only run keeps none" : "");
 }
 
 int ps_cli_run(int argc, char **argv) {
@@ -388,7 +395,8 @@ int ps_cli_run(int argc, char **argv) {
                (long long)m.cfg.n_layers, (long long)m.cfg.d_model);
         ps_stream_info si;
         if (be.kind == PS_BACKEND_CPU && ps_model_stream_info(&m, &si))
-            print_stream_plan(&m, &si, rr.rows_planned, PS_FUSED_BATCHES * (cfg.batch_rows > 0 ? cfg.batch_rows : 512));
+            print_stream_plan(&m, &si, rr.rows_planned, PS_FUSED_BATCHES * (cfg.batch_rows > 0 ? cfg.batch_rows : 512),
+                              chunk_prompts > 0 ? (n_todo + chunk_prompts - 1) / chunk_prompts : 1);
         if (rate > 0) {
             printf("  estimated time     %.1f s at this machine's measured %.1f GFLOP/s (%s GEMM; attention and overheads not counted)\n",
                    (fl + rr.baseline_flops) * 1e-9 / rate, rate, ps_precision_name(prec));

@@ -263,6 +263,11 @@ int ps_engine_run(const ps_model *m, ps_backend *be, const ps_prompt_set *ps, co
                 if (g.items[g.first[k]]->pr == &ps_patch_sweep_producer) sweeps = k;
             if (rc == 0 && sweeps >= 0 && fuse)
                 rc = ps_sweep_fused_predict(&c, g.items + g.first[sweeps], g.first[sweeps + 1] - g.first[sweeps], &ch, &sp, e);
+            // Streamed layers are kept for a later pass only if one is known to come: another chunk, another
+            // producer, or sweeps not fused. The fused pass alone converts each layer once (a sweep that overflows
+            // it asks again, and the layers the budget allows are kept from that second conversion on). A dry
+            // run's baselines are its only pass (and so time the conversion a real run's pass pays).
+            if (m->stream) ps_model_stream_expect(m, !o->dry_run && (c1 < n_todo || g.n_groups > 1 || !sp));
             if (rc == 0) rc = run_baselines(&c, chunk, nc, clean, corr, clean_lp, reads, sp, e);
             const int64_t done_after = c.done + per_prompt_cells * nc;
             for (int64_t k = 0; rc == 0 && k < g.n_groups; k++) {
