@@ -101,7 +101,8 @@ typedef struct {
     size_t cap[4];
     void *pieces;    // the workspaces of a batch cut into pieces on the threads (cpu_pieces.c; owned), or NULL
     int n_pieces;
-    double piece_min_flop; // FLOPs a piece takes at least; 0: the CPU forward's own (tests set less to cut tiny batches)
+    double piece_min_flop; // FLOPs a piece takes at least; 0: the CPU forward's own (tests set less to cut tiny batches;
+                           // then no floor on a piece's tokens either)
 } ps_cpu_workspace;
 int ps_cpu_forward_ws(const ps_model *m, ps_row *rows, int64_t n_rows, ps_cpu_workspace *w, ps_error *e);
 void ps_cpu_workspace_free(ps_cpu_workspace *w);

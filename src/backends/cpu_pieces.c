@@ -14,12 +14,20 @@
 // the GEMMs of all their rows, each cut between the threads (ps_sgemm_par): more rows a GEMM there.
 #define PS_PIECE_MIN_FLOP 2e10
 enum { PS_PIECES_PER_THREAD = 2 };
+// And each piece must hold at least this many tokens a layer on average (its FLOPs over a layer's 2 x weights):
+// a GEMM of M rows does M/2 FLOPs a byte of its weight matrix, and a piece reads all of every matrix alone. With
+// few tokens (a 7B model's sweep over 2 prompts: ~30 a piece) the pieces are bound by reading the weights twice,
+// once a thread, where the per-step GEMMs split the columns and read them once: 87 against 110 GFLOP/s measured on
+// a 4-layer Llama-2-7B-shaped sweep (bench/streamed --llama7b's resident run). GPT-2 small's sweep batches hold
+// hundreds of tokens a piece.
+#define PS_PIECE_MIN_TOKENS 128.0
 
 // Cuts rows [0, n_rows) into consecutive pieces of near-equal FLOPs (ends[p]: the end of piece p), at most max of
 // them; returns how many (1: not worth cutting, or rows a piece cannot take). The cut depends on the rows and the
 // thread count only, so a batch's numbers are reproducible (each piece is a batch of its own: its rows' numbers
 // are those of ps_cpu_forward on that piece).
-static int64_t cut_pieces(const ps_model *m, const ps_row *rows, int64_t n_rows, double min_flop, int64_t *ends, int64_t max) {
+static int64_t cut_pieces(const ps_model *m, const ps_row *rows, int64_t n_rows, double min_flop, double min_tokens, int64_t *ends,
+                          int64_t max) {
     double total = 0;
     for (int64_t r = 0; r < n_rows; r++) {
         const ps_row *row = &rows[r];
@@ -29,7 +37,12 @@ static int64_t cut_pieces(const ps_model *m, const ps_row *rows, int64_t n_rows,
         if (row->cache || (row->n_out && !row->cols) || m->stream) return 1;
         total += ps_row_flops(&m->cfg, row);
     }
+    const ps_model_config *c = &m->cfg;
+    const double QD = (double)(c->n_heads * c->d_head), KD = (double)(c->n_kv_heads * c->d_head), C = (double)c->d_model;
+    const double layer_weights = C * (QD + 2 * KD) + QD * C + (c->arch == PS_ARCH_LLAMA ? 3.0 : 2.0) * C * (double)c->d_mlp;
+    const double by_tokens = total / (min_tokens * 2 * layer_weights * (double)(c->n_layers > 0 ? c->n_layers : 1));
     int64_t n = (int64_t)(total / min_flop);
+    if (min_tokens > 0 && n > (int64_t)by_tokens) n = (int64_t)by_tokens;
     if (n > max) n = max;
     if (n > n_rows) n = n_rows;
     if (n < 2) return 1;
@@ -94,7 +107,8 @@ int ps_cpu_forward_ws(const ps_model *m, ps_row *rows, int64_t n_rows, ps_cpu_wo
     int64_t ends[64];
     const int64_t max = (int64_t)nt * PS_PIECES_PER_THREAD;
     const double min_flop = wsp->piece_min_flop > 0 ? wsp->piece_min_flop : PS_PIECE_MIN_FLOP;
-    const int64_t n = nt > 1 ? cut_pieces(m, rows, n_rows, min_flop, ends, max < 64 ? max : 64) : 1;
+    const double min_tokens = wsp->piece_min_flop > 0 ? 0 : PS_PIECE_MIN_TOKENS; // a test's tiny batches: no token floor
+    const int64_t n = nt > 1 ? cut_pieces(m, rows, n_rows, min_flop, min_tokens, ends, max < 64 ? max : 64) : 1;
     return n > 1 ? forward_pieces(m, rows, ends, n, wsp, e) : ps_cpu_forward_batch(m, rows, n_rows, wsp, e);
 }
 
