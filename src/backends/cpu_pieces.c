@@ -9,11 +9,12 @@
 // A batch of at least this many FLOPs a thread (ps_row_flops: about 0.1 s of a core's GEMMs) is cut into pieces of
 // rows, each piece a batch of its own run whole by one thread, single-threaded: no barrier per GEMM, norm, copy
 // or attention loop (a layer had a dozen, each one a wait for the slower thread and, on a busy machine, for a
-// descheduled one), and no serial stretch of the main thread between them. Two pieces a thread, taken in turn
-// (dynamic): a thread slowed by the machine's other load does fewer. Smaller batches (a prompt's last rows) keep
+// descheduled one), and no serial stretch of the main thread between them. One piece a thread: on the idle 2-core
+// VM, z by layer x pos x head (bench/sweeps) took 27.7 s with one, 30.5-33.2 s with two (smaller GEMMs, each
+// packing its whole weight matrix), 27.3-28.5 s with no pieces; on a loaded machine two had been best. Smaller batches (a prompt's last rows) keep
 // the GEMMs of all their rows, each cut between the threads (ps_sgemm_par): more rows a GEMM there.
 #define PS_PIECE_MIN_FLOP 2e10
-enum { PS_PIECES_PER_THREAD = 2 };
+enum { PS_PIECES_PER_THREAD = 1 };
 // And each piece must hold at least this many tokens a layer on average (its FLOPs over a layer's 2 x weights):
 // a GEMM of M rows does M/2 FLOPs a byte of its weight matrix, and a piece reads all of every matrix alone. With
 // few tokens (a 7B model's sweep over 2 prompts: ~30 a piece) the pieces are bound by reading the weights twice,
