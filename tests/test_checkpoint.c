@@ -169,6 +169,65 @@ static void test_llama(int tied) {
     stf_ckpt_free(&k);
 }
 
+// bf16 Llama matrices whose sides are not multiples of 16 (40 and 52: whole 16 x 16 blocks of the conversion's
+// transpose, its AVX-512 path where the CPU has one, and the rows and columns past them), resident and streamed,
+// each against the file's values transposed by a plain loop.
+static void test_llama_odd_shapes(void) {
+    enum { OC = 40, OH = 5, OD = 8, OM = 52, OV = 10, OP = 16 };
+    const char *dir = stf_new_dir("llama_odd");
+    ckpt k;
+    memset(&k, 0, sizeof k);
+    k.dtype = "BF16";
+    stf_add(&k, "model.embed_tokens.weight", 2, OV, OC);
+    stf_add(&k, "model.layers.0.input_layernorm.weight", 1, OC, 0);
+    stf_add(&k, "model.layers.0.self_attn.q_proj.weight", 2, OH * OD, OC);
+    stf_add(&k, "model.layers.0.self_attn.k_proj.weight", 2, OH * OD, OC);
+    stf_add(&k, "model.layers.0.self_attn.v_proj.weight", 2, OH * OD, OC);
+    stf_add(&k, "model.layers.0.self_attn.o_proj.weight", 2, OC, OH * OD);
+    stf_add(&k, "model.layers.0.post_attention_layernorm.weight", 1, OC, 0);
+    stf_add(&k, "model.layers.0.mlp.gate_proj.weight", 2, OM, OC);
+    stf_add(&k, "model.layers.0.mlp.up_proj.weight", 2, OM, OC);
+    stf_add(&k, "model.layers.0.mlp.down_proj.weight", 2, OC, OM);
+    stf_add(&k, "model.norm.weight", 1, OC, 0);
+    stf_add(&k, "lm_head.weight", 2, OV, OC);
+    stf_write_st(stf_path_in(dir, "model.safetensors"), k.t, k.n, 1);
+    char cfg[2048];
+    snprintf(cfg, sizeof cfg,
+             "{\"architectures\": [\"LlamaForCausalLM\"], \"model_type\": \"llama\", \"hidden_size\": %d, \"num_hidden_layers\": 1,\n"
+             " \"num_attention_heads\": %d, \"num_key_value_heads\": %d, \"head_dim\": %d, \"intermediate_size\": %d, \"vocab_size\": %d,\n"
+             " \"max_position_embeddings\": %d, \"rms_norm_eps\": 1e-06, \"hidden_act\": \"silu\", \"dtype\": \"bfloat16\",\n"
+             " \"rope_theta\": 10000.0, \"bos_token_id\": 1, \"eos_token_id\": 2, \"tie_word_embeddings\": false}\n",
+             OC, OH, OH, OD, OM, OV, OP);
+    stf_write_text(stf_path_in(dir, "config.json"), cfg);
+    static float want[OM * OC];
+    for (int mode = 0; mode < 2; mode++) {
+        ps_model m;
+        ps_error e = {0};
+        int rc = ps_model_load_mode(&m, dir, mode ? PS_WEIGHTS_STREAMED : PS_WEIGHTS_RESIDENT, &e);
+        TU_CHECK(rc == 0, "llama odd shapes load (%s): %s", mode ? "streamed" : "resident", e.msg);
+        if (rc) continue;
+        ps_layer_weights lw;
+        rc = ps_model_layer(&m, 0, &lw, &e);
+        TU_CHECK(rc == 0, "llama odd shapes layer 0: %s", e.msg);
+        struct { const char *name; const float *got; int64_t out, in; } lin[] = {
+            {"self_attn.q_proj.weight", lw.w_q, OH * OD, OC}, {"self_attn.k_proj.weight", lw.w_k, OH * OD, OC},
+            {"self_attn.v_proj.weight", lw.w_v, OH * OD, OC}, {"self_attn.o_proj.weight", lw.w_o, OC, OH * OD},
+            {"mlp.gate_proj.weight", lw.w_in, OM, OC},        {"mlp.up_proj.weight", lw.w_up, OM, OC},
+            {"mlp.down_proj.weight", lw.w_out, OC, OM},
+        };
+        for (size_t i = 0; rc == 0 && i < sizeof lin / sizeof lin[0]; i++) {
+            char nm[128], what[160];
+            snprintf(nm, sizeof nm, "model.layers.0.%s", lin[i].name);
+            stf_transpose(stf_src_of(&k, nm), lin[i].out, lin[i].in, want);
+            snprintf(what, sizeof what, "llama odd shapes %s %s (%lld x %lld) transposed", mode ? "streamed" : "resident", lin[i].name,
+                     (long long)lin[i].out, (long long)lin[i].in);
+            stf_check_slot(what, lin[i].got, want, lin[i].out * lin[i].in);
+        }
+        ps_model_free(&m);
+    }
+    stf_ckpt_free(&k);
+}
+
 // A GPT-2 checkpoint split into two shards; the hash is the index file's.
 static void test_gpt2_sharded(void) {
     const char *dir = stf_new_dir("gpt2_sharded");
@@ -403,6 +462,7 @@ int main(void) {
     test_gpt2_sharded();
     test_llama(0);
     test_llama(1);
+    test_llama_odd_shapes();
     test_bad_models();
     test_gpt2_small_config();
     const char *abc[] = {"a", "b", "c"};
