@@ -72,3 +72,11 @@ int gu_load_json_case(const char *model, const char *golden_json, cJSON **doc, p
     }
     return 0;
 }
+
+char *gu_edge_name(const ps_graph *g, int64_t i) {
+    char a[64], b[64], buf[140];
+    ps_graph_source_name(g, i / g->n_dests, a, sizeof a);
+    ps_graph_dest_name(g, i % g->n_dests, b, sizeof b);
+    snprintf(buf, sizeof buf, "%s->%s", a, b);
+    return strdup(buf);
+}

@@ -3,6 +3,7 @@
 #define PS_GOLDEN_UTIL_H
 
 #include "ps_backend.h"
+#include "ps_graph.h"
 #include "ps_safetensors.h"
 
 struct cJSON;
@@ -23,5 +24,9 @@ int32_t *gu_i32(const ps_safetensors *st, const char *key, int64_t *n);
 // Loads tests/data/<model>/<golden_json> (the caller frees *doc with cJSON_Delete), the model and a 1-thread CPU
 // backend; on failure reports it (TU_CHECK), frees what it made and returns -1.
 int gu_load_json_case(const char *model, const char *golden_json, struct cJSON **doc, ps_model *m, ps_backend *be);
+
+// Edge i of graph g (source i / n_dests, destination i % n_dests) as a config names it, "src->dst"; the caller
+// frees it (NULL when out of memory).
+char *gu_edge_name(const ps_graph *g, int64_t i);
 
 #endif

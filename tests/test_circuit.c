@@ -148,13 +148,7 @@ static void test_model(const char *name) {
     char **names = calloc((size_t)N, sizeof *names);
     int64_t n_names = 0;
     for (int64_t i = 0; mask && names && i < N; i++)
-        if (mask[i] != 0) {
-            char a[64], b[64], buf[140];
-            ps_graph_source_name(&g, i / g.n_dests, a, sizeof a);
-            ps_graph_dest_name(&g, i % g.n_dests, b, sizeof b);
-            snprintf(buf, sizeof buf, "%s->%s", a, b);
-            names[n_names++] = strdup(buf);
-        }
+        if (mask[i] != 0) names[n_names++] = gu_edge_name(&g, i);
     int64_t tops[3] = {80, 25, 0}, greedy[2] = {50, 25};
     char graph_json[512];
     snprintf(rel, sizeof rel, "tests/data/%s/golden_eap_ig_graph.json", name);
@@ -460,13 +454,7 @@ static void test_interventions(const char *name) {
     char **names = calloc((size_t)N, sizeof *names);
     int64_t n_names = 0;
     for (int64_t i = 0; names && masks && i < N; i++)
-        if (masks[N + i]) {
-            char a[64], b[64], buf[140];
-            ps_graph_source_name(&g, i / g.n_dests, a, sizeof a);
-            ps_graph_dest_name(&g, i % g.n_dests, b, sizeof b);
-            snprintf(buf, sizeof buf, "%s->%s", a, b);
-            names[n_names++] = strdup(buf);
-        }
+        if (masks[N + i]) names[n_names++] = gu_edge_name(&g, i);
     ps_experiment ex[2] = {{.name = "zero", .kind = "edge_circuit", .edge_names = names, .n_edge_names = n_names, .edge_with = PS_EDGE_ZERO},
                            {.name = "mean", .kind = "edge_circuit", .edge_names = names, .n_edge_names = n_names, .edge_with = PS_EDGE_MEAN,
                             .abl_group = PS_GROUP_ALL_POSITIONS}};

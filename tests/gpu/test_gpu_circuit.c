@@ -31,13 +31,7 @@ static void test_model(const char *name) {
     float *mask = gu_f32(&gs, "top25.in_graph", &n);
     char **names = calloc((size_t)N, sizeof *names);
     for (int64_t i = 0; mask && names && n == N && i < N; i++)
-        if (mask[i] != 0) {
-            char a[64], b[64], buf[140];
-            ps_graph_source_name(&g, i / g.n_dests, a, sizeof a);
-            ps_graph_dest_name(&g, i % g.n_dests, b, sizeof b);
-            snprintf(buf, sizeof buf, "%s->%s", a, b);
-            names[n_names++] = strdup(buf);
-        }
+        if (mask[i] != 0) names[n_names++] = gu_edge_name(&g, i);
     int64_t tops[3] = {80, 25, 0};
     ps_experiment ex[2] = {{.name = "file", .kind = "edge_circuit", .scores_path = graph_json, .top_ns = tops, .n_top_ns = 3},
                            {.name = "listed", .kind = "edge_circuit", .edge_names = names, .n_edge_names = n_names}};
@@ -82,11 +76,7 @@ static void test_model(const char *name) {
 }
 
 int main(void) {
-    char why[256] = "";
-    if (ps_cuda_device_count(why, sizeof why) <= 0) {
-        printf("SKIP: no CUDA device (%s)\n", why);
-        return 77;
-    }
+    gpu_require_device();
     const char *models[] = {"gpt2-tiny-a", "llama-tiny-a", "neox-tiny-a", "neox-tiny-c"};
     for (int i = 0; i < 4; i++) test_model(models[i]);
     return tu_done("gpu circuit");

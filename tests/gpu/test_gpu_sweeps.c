@@ -58,11 +58,7 @@ static void test_model(const char *model) {
 }
 
 int main(void) {
-    char why[256] = "";
-    if (ps_cuda_device_count(why, sizeof why) <= 0) {
-        printf("SKIP: no CUDA device (%s)\n", why);
-        return 77;
-    }
+    gpu_require_device();
     int tested = gu_for_each_model(test_model);
     printf("%d models' sweeps compared on the CUDA backend\n", tested);
     return tu_done("gpu sweeps");
