@@ -197,6 +197,7 @@ typedef struct {
     double final_score;          // the final circuit's score
     int64_t n_passes;
     int64_t candidates_scored;   // including speculative ones discarded
+    int64_t candidates_reused;   // steps whose score was known: scored before for the same circuit (not counted above)
     int64_t cycle_from;          // -1; else pass n_passes would start from the circuit pass cycle_from started from (same
                                  // direction): seqcont's loop would repeat passes cycle_from .. n_passes-1 for ever, so it stopped
 } ps_search_result;
@@ -214,7 +215,7 @@ int ps_ablation_tables(const ps_ablator *a, const char *name, const char *const 
                        ps_table *values_t, ps_table *scores_t, ps_error *e);
 // The search trace: kind "circuit_search", one row, axes step (labelled by the candidate) x field ("pass",
 // "score_before", "score", "removed"); attributes threshold, final circuit ("h0.1 h2.3 mlp0 ..."),
-// final_score, passes, candidates_scored.
+// final_score, passes, candidates_scored, candidates_reused.
 int ps_search_table(const ps_search_result *r, const ps_search_opts *o, const ps_model_config *mc, const char *name, ps_table *t,
                     ps_error *e);
 

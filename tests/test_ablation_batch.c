@@ -5,6 +5,8 @@
 // at thresholds that keep every MLP (the golden's 20) and that remove MLPs (so the MLP means a head candidate
 // reads are taken from its layer on). Every configuration's trace must equal the oracle's step for step
 // (candidate, pass, removed) and its scores within 1e-5 points; and plain mean and zero ablation the same.
+// The fast modes read a step's score from an earlier one for the same circuit (no removal between): exactly those
+// steps the oracle's trace allows, counted from it.
 #include "ps_ablation.h"
 #include "ps_json.h"
 #include "testutil.h"
@@ -95,13 +97,29 @@ int main(void) {
     // (method, MLP means under the heads, threshold): 20 keeps every MLP; 60 and 90 remove some.
     const struct { ps_abl_method method; int under; double threshold; } cases[5] = {
         {PS_ABL_MEAN, 1, 20}, {PS_ABL_MEAN, 1, 60}, {PS_ABL_MEAN, 1, 90}, {PS_ABL_MEAN, 0, 60}, {PS_ABL_ZERO, 0, 60}};
-    int mlp_removed = 0;
+    int mlp_removed = 0, any_reusable = 0;
     for (int c = 0; c < 5; c++) {
         ps_search_result want;
         if (run(&m, &be, &ps, &ref, &means, cases[c].method, cases[c].under, cases[c].threshold, &modes[0], &want) != 0) continue;
         char wc[512];
         circuit_of(&m.cfg, &want, wc, sizeof wc);
         for (int64_t l = 0; l < m.cfg.n_layers; l++) mlp_removed |= cases[c].under && !want.mlp_kept[l];
+        // Steps whose candidate was scored before for the same circuit (no removal since): from the oracle's trace,
+        // which scores every step afresh. The fast modes must read exactly these from what they scored.
+        int64_t reusable = 0;
+        {
+            const int64_t n_comp = m.cfg.n_layers * m.cfg.n_heads + m.cfg.n_layers;
+            uint8_t *seen = calloc((size_t)n_comp, 1);
+            for (int64_t i = 0; seen && i < want.n_steps; i++) {
+                const ps_component *cd = &want.steps[i].cand;
+                const int64_t slot = cd->kind == PS_COMP_HEAD ? cd->layer * m.cfg.n_heads + cd->index : m.cfg.n_layers * m.cfg.n_heads + cd->layer;
+                reusable += seen[slot];
+                seen[slot] = 1;
+                if (want.steps[i].removed) memset(seen, 0, (size_t)n_comp);
+            }
+            free(seen);
+        }
+        any_reusable |= reusable > 0;
         for (int k = 1; k < 5; k++) {
             ps_search_result got;
             if (run(&m, &be, &ps, &ref, &means, cases[c].method, cases[c].under, cases[c].threshold, &modes[k], &got) != 0) continue;
@@ -120,9 +138,13 @@ int main(void) {
             char gc[512];
             circuit_of(&m.cfg, &got, gc, sizeof gc);
             const double fe = fabs(got.final_score - want.final_score);
-            printf("%s under=%d threshold %g, %s: %lld/%lld steps equal to the oracle's, max score diff %.3g points, final %s(diff %.3g)\n",
+            printf("%s under=%d threshold %g, %s: %lld/%lld steps equal to the oracle's, max score diff %.3g points, final %s(diff %.3g), "
+                   "%lld steps read from earlier scores (%lld expected)\n",
                    ps_abl_method_name(cases[c].method), cases[c].under, cases[c].threshold, modes[k].name, (long long)same,
-                   (long long)want.n_steps, max_err, gc, fe);
+                   (long long)want.n_steps, max_err, gc, fe, (long long)got.candidates_reused, (long long)reusable);
+            TU_CHECK(got.candidates_reused == reusable, "%s threshold %g, %s: %lld steps read from earlier scores, the trace allows %lld",
+                     ps_abl_method_name(cases[c].method), cases[c].threshold, modes[k].name, (long long)got.candidates_reused,
+                     (long long)reusable);
             TU_CHECK(got.n_steps == want.n_steps && same == want.n_steps && !strcmp(gc, wc) && fe <= SCORE_TOL * (1 + fabs(want.final_score)),
                      "%s threshold %g, %s: %lld steps (oracle %lld), first mismatch at step %lld, circuit %s vs %s",
                      ps_abl_method_name(cases[c].method), cases[c].threshold, modes[k].name, (long long)got.n_steps,
@@ -133,6 +155,7 @@ int main(void) {
     }
     // Otherwise the MLP means from a head candidate's layer on would go untested.
     TU_CHECK(mlp_removed, "no case with MLP means under the heads removes an MLP: pick higher thresholds");
+    TU_CHECK(any_reusable, "no case has a step scored before for the same circuit: the reuse goes untested");
     ps_ref_means_free(&means);
     ps_prompt_set_free(&ps);
     ps_prompt_set_free(&ref);

@@ -101,6 +101,7 @@ int ps_search_table(const ps_search_result *r, const ps_search_opts *o, const ps
     rc = ps_table_attr_f64(t, "threshold", o->threshold, e) || ps_table_attr_str(t, "circuit", circ, e) ||
          ps_table_attr_f64(t, "final_score", r->final_score, e) || ps_table_attr_i64(t, "passes", r->n_passes, e) ||
          ps_table_attr_i64(t, "candidates_scored", r->candidates_scored, e) ||
+         ps_table_attr_i64(t, "candidates_reused", r->candidates_reused, e) ||
          ps_table_attr_str(t, "stopped", stopped, e) ||
          ps_table_attr_str(t, "mlp_means", o->mlp_means_under_heads ? "under_head_ablation" : "clean", e) ||
          ps_table_attr_str(t, "rule", "remove when 100 - score < threshold; backward L-1..0 (MLP, heads), forward 0..L-1 (heads, MLP)", e)

@@ -33,12 +33,25 @@ typedef struct {
     ps_ref_means cur_mm;
     int cur_mm_ok;
     int64_t mm_valid;             // cur_mm's layers [0, mm_valid) are the current circuit's
+    // Scores already known for the current circuit: a candidate's score is a function of the circuit and the
+    // candidate alone, so one scored since the last change to the circuit (e.g. in the pass before, after its last
+    // removal) is not scored again. memo_gen[c] == gen marks memo[c] valid; every change to the circuit bumps gen.
+    double *memo;                 // (L*H + L): heads l*H + h, then MLP l at L*H + l
+    int64_t *memo_gen;            // (L*H + L)
+    int64_t gen;
 } search;
 
 // Bytes of base runs the search holds at most unless told (beyond them rows run from the embedding). The
 // scored prompts' runs come first: they let every candidate's rows start at its layer; the reference prompts'
 // (for seqcont's MLP means) only when both fit.
 #define PS_SEARCH_BASE_BUDGET ((size_t)2 << 30)
+
+// A candidate's slot in memo / memo_gen.
+static int64_t comp_slot(const search *s, const ps_component *c) {
+    return c->kind == PS_COMP_HEAD ? c->layer * s->H + c->index : s->L * s->H + c->layer;
+}
+
+static int known(const search *s, const ps_component *c) { return s->memo && s->memo_gen[comp_slot(s, c)] == s->gen; }
 
 // The circuit without `drop` (kind, layer, index; kind -1: nothing dropped) as a keep set in comps.
 static int64_t circuit_set(const search *s, int drop_kind, int64_t dl, int64_t dh, ps_component *comps) {
@@ -61,6 +74,7 @@ static void release(search *s, ps_cache *c, int64_t n) {
 // is kept for the next runs). A removal at layer l leaves the runs' layers below l as they are (an ablation acts
 // from its own layer on), so they are rewritten from the lowest such l (ps_abl_run_set's from).
 static void drop_current(search *s, int kind, int64_t layer) {
+    s->gen++; // every score known so far was for another circuit
     if (layer < 0) layer = 0;
     if (s->base_ok) release(s, s->base, s->a->ps->n);
     if (s->base_ok || layer < s->base_from) s->base_from = layer;
@@ -278,8 +292,21 @@ static int run_pass(search *s, int64_t pass, int backward, double *current, ps_e
     double score[64];
     int changed = 0;
     for (int64_t i = 0; i < n;) {
-        const int64_t k = n - i < k_max ? n - i : k_max;
-        if (score_candidates(s, cand + i, k, score, e) != 0) { free(cand); return -1; }
+        // A batch: the candidates from i whose scores for this circuit are not known yet (a known one is read, not
+        // scored: it ends the batch, since a removal there would change the circuit for those after it).
+        int64_t k = 0;
+        if (known(s, &cand[i])) {
+            score[0] = s->memo[comp_slot(s, &cand[i])];
+            k = 1;
+            s->out->candidates_reused++;
+        } else {
+            while (k < k_max && i + k < n && !known(s, &cand[i + k])) k++;
+            if (score_candidates(s, cand + i, k, score, e) != 0) { free(cand); return -1; }
+            for (int64_t j = 0; s->memo && j < k; j++) {
+                s->memo[comp_slot(s, &cand[i + j])] = score[j];
+                s->memo_gen[comp_slot(s, &cand[i + j])] = s->gen;
+            }
+        }
         int64_t j = 0;
         for (; j < k; j++) {
             const int removed = (100.0 - score[j]) < s->o->threshold;
@@ -314,8 +341,15 @@ int ps_circuit_search(ps_ablator *a, const ps_search_opts *o, ps_search_result *
     s.comps = malloc((size_t)(64 * per_set) * sizeof *s.comps);
     s.mlp_means = calloc(64, sizeof *s.mlp_means);
     s.values = malloc((size_t)(64 * (a->ps->n ? a->ps->n : 1)) * sizeof(float));
+    // The oracle (naive) scores every step afresh, as seqcont's loop does.
+    if (!o->naive) {
+        s.memo = malloc((size_t)per_set * sizeof *s.memo);
+        s.memo_gen = malloc((size_t)per_set * sizeof *s.memo_gen);
+        for (int64_t i = 0; s.memo_gen && i < per_set; i++) s.memo_gen[i] = -1;
+    }
     int rc = 0;
-    if (!out->head_kept || !out->mlp_kept || !s.comps || !s.mlp_means || !s.values) rc = ps_fail(e, PS_EXIT_RUNTIME, "out of memory");
+    if (!out->head_kept || !out->mlp_kept || !s.comps || !s.mlp_means || !s.values || (!o->naive && (!s.memo || !s.memo_gen)))
+        rc = ps_fail(e, PS_EXIT_RUNTIME, "out of memory");
     size_t ps_bytes = 0, ref_bytes = 0;
     const size_t budget = o->base_budget ? o->base_budget : PS_SEARCH_BASE_BUDGET;
     const unsigned fl = a->heads_at_result ? PS_CACHE_RESULT : 0;   // the runs hold hook_result then (ablation.c's run_set)
@@ -370,7 +404,7 @@ int ps_circuit_search(ps_ablator *a, const ps_search_opts *o, ps_search_result *
     free_runs(&s);
     free(s.base);
     free(s.ref_base);
-    free(s.comps); free(s.mlp_means); free(s.values);
+    free(s.comps); free(s.mlp_means); free(s.values); free(s.memo); free(s.memo_gen);
     if (rc != 0) ps_search_result_free(out);
     return rc;
 }
