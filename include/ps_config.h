@@ -85,7 +85,7 @@
 //   An "edge_circuit" experiment (ps_circuit.h) takes "edges": ["input->a0.h1<v>", ...] (EAP-IG's edge names),
 //      or "scores_from": the name of an edge_attribution experiment with "top_n": n (or a list of n: one circuit
 //      each, evaluated as rows of one batch), or "scores_file": a graph JSON of EAP-IG's Graph.to_json with the same
-//      choices; "greedy": n (or a list; EAP-IG's apply_greedy: from the logits up)
+//      choices (its cfg's n_layers, n_heads and parallel_attn_mlp must be the model's); "greedy": n (or a list; EAP-IG's apply_greedy: from the logits up)
 //      or "threshold": t, and "absolute": true (default: rank |score|).
 //   An inline item may carry "roles": {"S2": 10, "IO": 2}: token indices in its clean prompt as
 //   `patchsweep tokenize` shows them (BOS included when prepended), like ARENA's word_idx.
@@ -270,9 +270,9 @@ void ps_config_free(ps_config *c);
 
 // The edge scores of a file written by hannamw/EAP-IG's Graph.to_json ({"cfg": {"n_layers", "n_heads", ...},
 // "edges": {"input->a0.h0<q>": {"score": s, "in_graph": b}, ...}}; a bare number for {"score": s} is accepted):
-// names[i] and score[i] (owned; free with ps_edge_scores_free); n_layers/n_heads from its cfg, -1 when absent.
-// Errors (exit 2) name the file and the key.
-typedef struct { char **names; double *score; int64_t n, n_layers, n_heads; } ps_edge_scores;
+// names[i] and score[i] (owned; free with ps_edge_scores_free); n_layers/n_heads from its cfg, -1 when absent;
+// parallel: its cfg.parallel_attn_mlp (1 true, 0 false, -1 absent). Errors (exit 2) name the file and the key.
+typedef struct { char **names; double *score; int64_t n, n_layers, n_heads; int parallel; } ps_edge_scores;
 int ps_edge_scores_read(const char *path, ps_edge_scores *out, ps_error *e);
 void ps_edge_scores_free(ps_edge_scores *s);
 

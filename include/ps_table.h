@@ -19,6 +19,9 @@ typedef struct {
     int64_t *value;      // (len) owned: layer index, position, head, ...
     char **label;        // NULL or (len) owned strings; an entry may be NULL (no label)
 } ps_axis;
+// Frees what a owns (name, value, label and its strings) and zeroes it: also on a zeroed axis, and twice. An
+// axis a caller builds for ps_table_init (which copies it) stays the caller's; ps_table_free frees the table's own.
+void ps_axis_free(ps_axis *a);
 
 typedef enum { PS_ATTR_STR = 0, PS_ATTR_I64, PS_ATTR_F64 } ps_attr_type;
 typedef struct {

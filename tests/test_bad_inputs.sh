@@ -209,6 +209,30 @@ check 'c.json: experiments[0] (circ): edges[1]: "a1.h2->m1" is no edge of this m
 begin_neox "neox: edge_circuit edge name of no node"
 printf '{"model": "m", "dataset": [{"clean": "#$%%&", "corrupted": "#$%%%%", "answer": "(", "wrong": ")"}], "experiments": [{"name": "circ", "kind": "edge_circuit", "edges": ["a0.h9->logits"]}]}\n' >"$d/c.json"
 check 'c.json: experiments[0] (circ): edges[0]: "a0.h9->logits" is no edge of the graph'
+# EAP-IG graph files (hannamw/EAP-IG's to_json, run_eap_ig_circuits.py) of the other block layout, same shape (2 x 4):
+# a parallel graph's edges all exist in a sequential model's graph, so its cfg.parallel_attn_mlp must be checked.
+# graph_json FILE 'python over d': FILE (a graph file) edited into the case's g.json; graph_cfg: a circuit from it.
+graph_json() {
+    "$py" - "$src/tests/data/$1/golden_eap_ig_graph.json" "$d/g.json" "$2" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+exec(sys.argv[3])
+open(sys.argv[2], "w").write(json.dumps(d))
+PY
+}
+graph_cfg() {
+    printf '{"model": "m", "dataset": [{"clean": "#$%%&", "corrupted": "#$%%%%", "answer": "(", "wrong": ")"}], "experiments": [{"name": "circ", "kind": "edge_circuit", "scores_file": "g.json", "top_n": 25}]}\n' >"$d/c.json"
+}
+begin_neox "neox: edge_circuit scores_file of a sequential model's graph"; graph_json gpt2-tiny-a ''; graph_cfg
+check 'c.json: experiments[0] (circ): scores_file g.json: cfg.parallel_attn_mlp: false (a graph of sequential blocks, with the edges a<l>.h<h>->m<l>), but this model'"'"'s attention and MLP are parallel'
+begin_neox "neox sequential: edge_circuit scores_file of a parallel model's graph"; model_json 'c["use_parallel_residual"] = False'
+graph_json neox-tiny-a ''; graph_cfg
+check 'c.json: experiments[0] (circ): scores_file g.json: cfg.parallel_attn_mlp: true (a graph of parallel attention and MLP, without the edges a<l>.h<h>->m<l>), but this model'"'"'s blocks are sequential'
+begin_neox "neox: edge_circuit scores_file of a sequential graph without parallel_attn_mlp"
+graph_json gpt2-tiny-a 'del d["cfg"]["parallel_attn_mlp"]'; graph_cfg
+check 'c.json: experiments[0] (circ): scores_file g.json: edges.a0.h0->m0: no edge of this model'"'"'s graph: its attention and MLP are parallel'
+begin_neox "neox: edge_circuit scores_file parallel_attn_mlp not a bool"; graph_json neox-tiny-a 'd["cfg"]["parallel_attn_mlp"] = 1'; graph_cfg
+check 'g.json: cfg.parallel_attn_mlp: expected true or false, got 1'
 
 # --- safetensors headers ------------------------------------------------------------------------------------
 W=m/model.safetensors

@@ -31,6 +31,14 @@ static const ps_prompt_set *ref_of(const ps_prompt_set *ps, const ps_product *p)
 // Whether the experiment chooses its edges from scores (an edge_attribution experiment or a file).
 static int scored(const ps_experiment *ex) { return ex->scores_from || ex->scores_path; }
 
+// Whether name is "a<l>.h<h>->m<l>" (*layer = l): a real pair of nodes, but no edge of a parallel block, whose MLP
+// reads the stream entering the layer, not that layer's heads.
+static int own_mlp_edge(const char *name, long long *layer) {
+    long long la, h;
+    int end = 0;
+    return sscanf(name, "a%lld.h%lld->m%lld%n", &la, &h, layer, &end) == 3 && !name[end] && la == *layer;
+}
+
 // The scores of ex->scores_path (EAP-IG's Graph.to_json) into mean (n_sources x n_dests), NaN for the edges it
 // does not name (never chosen). Bad input when its cfg or an edge name does not fit the model's graph.
 static int file_scores(const ps_experiment *ex, int64_t idx, const ps_graph *g, float *mean, ps_error *e) {
@@ -48,14 +56,30 @@ static int file_scores(const ps_experiment *ex, int64_t idx, const ps_graph *g, 
                 (long long)g->n_heads);
         goto done;
     }
+    // Graphs of the two block layouts name the same nodes and differ only in the edges a<l>.h<h> -> m<l> (EAP-IG's
+    // from_model): every edge of a parallel graph is one of a sequential model's too, so only the cfg tells.
+    if (es.parallel >= 0 && es.parallel != g->parallel) {
+        ps_fail(e, PS_EXIT_BADINPUT, "experiments[%lld] (%s): scores_file %s: cfg.parallel_attn_mlp: %s, but this model's %s", (long long)idx,
+                ex->name, ex->scores_path,
+                es.parallel ? "true (a graph of parallel attention and MLP, without the edges a<l>.h<h>->m<l>)"
+                            : "false (a graph of sequential blocks, with the edges a<l>.h<h>->m<l>)",
+                g->parallel ? "attention and MLP are parallel (use_parallel_residual)" : "blocks are sequential");
+        goto done;
+    }
     for (int64_t i = 0; mean && i < g->n_sources * g->n_dests; i++) mean[i] = NAN;
     for (int64_t i = 0; i < es.n; i++) {
         int64_t s, d;
         if (ps_circuit_edge_by_name(g, es.names[i], &s, &d) != 0) {
             char name[120];
             ps_text_escape(es.names[i], name, sizeof name, 80);
-            ps_fail(e, PS_EXIT_BADINPUT, "experiments[%lld] (%s): scores_file %s: edges.%s: no edge of this model's graph", (long long)idx,
-                    ex->name, ex->scores_path, name);
+            long long l;
+            if (g->parallel && own_mlp_edge(es.names[i], &l))
+                ps_fail(e, PS_EXIT_BADINPUT, "experiments[%lld] (%s): scores_file %s: edges.%s: no edge of this model's graph: its attention "
+                        "and MLP are parallel (use_parallel_residual), so m%lld reads the stream entering layer %lld, not that layer's heads",
+                        (long long)idx, ex->name, ex->scores_path, name, l, l);
+            else
+                ps_fail(e, PS_EXIT_BADINPUT, "experiments[%lld] (%s): scores_file %s: edges.%s: no edge of this model's graph", (long long)idx,
+                        ex->name, ex->scores_path, name);
             goto done;
         }
         if (mean) mean[s * g->n_dests + d] = (float)es.score[i];
@@ -82,10 +106,8 @@ static int ec_init(const ps_model_config *mc, const ps_prompt_set *ps, ps_produc
         if (ps_circuit_edge_by_name(&g, ex->edge_names[i], &s, &d) == 0) continue;
         char name[120];
         ps_text_escape(ex->edge_names[i], name, sizeof name, 80);
-        // "a<l>.h<h>->m<l>" of a parallel block: a real pair of nodes, but the MLP never reads those heads.
-        long long la, h, lm;
-        int end = 0;
-        if (g.parallel && sscanf(ex->edge_names[i], "a%lld.h%lld->m%lld%n", &la, &h, &lm, &end) == 3 && !ex->edge_names[i][end] && la == lm)
+        long long lm;
+        if (g.parallel && own_mlp_edge(ex->edge_names[i], &lm))
             return ps_fail(e, PS_EXIT_BADINPUT, "experiments[%lld] (%s): edges[%lld]: \"%s\" is no edge of this model's graph: its attention and "
                            "MLP are parallel (use_parallel_residual), so m%lld reads the stream entering layer %lld, not that layer's heads",
                            (long long)p->idx, ex->name, (long long)i, name, lm, lm);

@@ -154,6 +154,16 @@ int ps_edge_scores_read(const char *path, ps_edge_scores *out, ps_error *e) {
         ps_fail(e, PS_EXIT_BADINPUT, "%s: cfg.%s: expected an integer >= 0", path, out->n_layers == -2 ? "n_layers" : "n_heads");
         goto done;
     }
+    // EAP-IG's graph of a model with parallel attention and MLP (TransformerLens's cfg.parallel_attn_mlp) has no
+    // edge from a layer's heads to its own MLP; the run checks it against the model's blocks.
+    const cJSON *pv = cfg ? cJSON_GetObjectItemCaseSensitive(cfg, "parallel_attn_mlp") : NULL;
+    out->parallel = pv ? cJSON_IsTrue(pv) : -1;
+    if (pv && !cJSON_IsBool(pv)) {
+        char got[200];
+        ps_json_describe(pv, got, sizeof got);
+        ps_fail(e, PS_EXIT_BADINPUT, "%s: cfg.parallel_attn_mlp: expected true or false, got %s", path, got);
+        goto done;
+    }
     const int64_t n = cJSON_GetArraySize(edges);
     out->names = calloc((size_t)(n ? n : 1), sizeof *out->names);
     out->score = malloc((size_t)(n ? n : 1) * sizeof *out->score);

@@ -306,12 +306,7 @@ static int get_table(rbuf *r, ps_table *t, int64_t n_prompts, ps_error *e, const
         }
     }
     if (rc == 0 && r->bad) rc = -1;
-    for (int a = 0; a < PS_TABLE_MAX_AXES; a++) {
-        free(ax[a].name);
-        free(ax[a].value);
-        for (int64_t i = 0; ax[a].label && i < ax[a].len; i++) free(ax[a].label[i]);
-        free(ax[a].label);
-    }
+    for (int a = 0; a < PS_TABLE_MAX_AXES; a++) ps_axis_free(&ax[a]); // ps_table_init copied them
     free(name);
     free(kind);
     if (rc == -1) ps_fail(e, PS_EXIT_BADINPUT, "%s: corrupt: a table read back from it does not parse", path);

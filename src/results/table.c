@@ -62,7 +62,7 @@ static int axis_copy(ps_axis *dst, const ps_axis *src) {
     return 0;
 }
 
-static void axis_free(ps_axis *a) {
+void ps_axis_free(ps_axis *a) {
     for (int64_t i = 0; a->label && i < a->len; i++) free(a->label[i]);
     free(a->label);
     free(a->name);
@@ -101,7 +101,7 @@ int ps_table_init(ps_table *t, const char *name, const char *kind, int per_promp
 
 void ps_table_free(ps_table *t) {
     if (!t) return;
-    for (int a = 0; a < t->n_axes; a++) axis_free(&t->axes[a]);
+    for (int a = 0; a < t->n_axes; a++) ps_axis_free(&t->axes[a]);
     for (int i = 0; i < t->n_attrs; i++) {
         free(t->attrs[i].key);
         free(t->attrs[i].s);
