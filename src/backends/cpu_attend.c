@@ -3,7 +3,8 @@
 // Short sequences (the sweeps' 12 tokens, seqcont's 23) made a loop of one dot product a score, each ending in a
 // horizontal sum, and a serial expf a probability, about a sixth of a circuit search's time; here the keys are
 // transposed once per (row, head) and 16 scores come out of one vector pass, the exponentials are vectorized, and z
-// sums several queries at once, each score and each z element in the order it had before.
+// sums all of a head's dims side by side (one chain of adds a 16 dims), each score and each z element in the order
+// it had before.
 #include "cpu_internal.h"
 
 #include <math.h>
@@ -12,14 +13,13 @@
 
 enum {
     KW = 16, // keys a vector pass scores (the scratch rows are padded to it)
-    QB = 4,  // queries whose z sums run together (independent chains: the adds' latency is hidden)
 };
 
 static int64_t pad16(int64_t n) { return (n + KW - 1) / KW * KW; }
 
 size_t ps_cpu_attend_scratch(int64_t T_max, int64_t D) {
     const int64_t Tp = pad16(T_max > 0 ? T_max : 1);
-    return (size_t)((D + QB) * Tp);
+    return (size_t)((D + 1) * Tp);
 }
 
 // 16 lanes in GCC's generic vectors: one AVX-512 register, two AVX2 or four SSE ones in the clones, each lane its own
@@ -99,38 +99,27 @@ static inline __attribute__((always_inline)) void softmax(float *p, int64_t n) {
     for (j = 0; j < n; j++) p[j] = (float)(p[j] / sum);
 }
 
-// z_t for the nb queries ts[b] (ascending) of one block, probabilities in rows p + b * Tp: z_t[d] = sum_j p_j v_j[d]
-// over j = 0..t in order from 0 (the same bits whether or not queries share a pass). Keys before s are base's
-// (vbase), the rest the batch's (vnew: key j >= s at row j - s), rows ld apart.
-static inline __attribute__((always_inline)) void z_block(float *const *zt, const int64_t *ts, int nb, const float *p, int64_t Tp,
-                                                          const float *vbase, const float *vnew, int64_t ld, int64_t s, int64_t D) {
-    if (D % 16 == 0) {
-        const int64_t t0 = ts[0];
-        for (int64_t d0 = 0; d0 < D; d0 += 16) {
-            v16 acc[QB] = {{0}};
-            // Keys every query of the block reads (j <= t0, the first query), then each query's own further keys.
-            for (int64_t j = 0; j <= t0; j++) {
-                const v16 vj = ld16((j < s ? vbase + j * ld : vnew + (j - s) * ld) + d0);
-                if (nb == QB) {
-                    for (int b = 0; b < QB; b++) acc[b] += p[b * Tp + j] * vj;
-                } else {
-                    for (int b = 0; b < nb; b++) acc[b] += p[b * Tp + j] * vj;
-                }
-            }
-            for (int b = 1; b < nb; b++)
-                for (int64_t j = t0 + 1; j <= ts[b]; j++) acc[b] += p[b * Tp + j] * ld16((j < s ? vbase + j * ld : vnew + (j - s) * ld) + d0);
-            for (int b = 0; b < nb; b++) st16(zt[b] + d0, acc[b]);
-        }
-    } else {
-        for (int b = 0; b < nb; b++) {
-            float *z = zt[b];
-            for (int64_t d = 0; d < D; d++) z[d] = 0;
-            for (int64_t j = 0; j <= ts[b]; j++) {
-                const float *vj = j < s ? vbase + j * ld : vnew + (j - s) * ld;
-                const float pj = p[b * Tp + j];
-                for (int64_t d = 0; d < D; d++) z[d] += pj * vj[d];
-            }
-        }
+// z[0, D) = sum_j p_j v_j over j = 0..t in order from 0 (keys before s: vbase + j ld, the rest vnew + (j - s) ld), the
+// NC = D / 16 chunks of 16 dims side by side: NC independent chains of adds, v_j read whole. NC is a constant at
+// the call site (acc then lives in registers).
+static inline __attribute__((always_inline)) void z_row(float *z, const float *p, int64_t t, const float *vbase, const float *vnew,
+                                                        int64_t ld, int64_t s, const int NC) {
+    v16 acc[8] = {{0}};
+    for (int64_t j = 0; j <= t; j++) {
+        const float *vj = j < s ? vbase + j * ld : vnew + (j - s) * ld;
+        const float pj = p[j];
+        for (int c = 0; c < NC; c++) acc[c] += pj * ld16(vj + 16 * c);
+    }
+    for (int c = 0; c < NC; c++) st16(z + 16 * c, acc[c]);
+}
+
+// The same sums for any D, a dim at a time.
+static inline __attribute__((always_inline)) void z_row_any(float *z, const float *p, int64_t t, const float *vbase, const float *vnew, int64_t ld, int64_t s, int64_t D) {
+    for (int64_t d = 0; d < D; d++) z[d] = 0;
+    for (int64_t j = 0; j <= t; j++) {
+        const float *vj = j < s ? vbase + j * ld : vnew + (j - s) * ld;
+        const float pj = p[j];
+        for (int64_t d = 0; d < D; d++) z[d] += pj * vj[d];
     }
 }
 
@@ -191,32 +180,36 @@ PS_CLONES void ps_cpu_attend_head(const ps_cpu_attn_layer *a, const ps_cpu_slot 
     }
     const float *knew = a->k + rs->off * KD + g * D, *vnew = a->v + rs->off * KD + g * D; // key j >= s: row j - s
     // The keys transposed, kt (D, Tp): kt[d][j] = k_j[d]; zeros past T.
-    float *kt = sc, *pr = sc + D * Tp; // pr: QB probability rows of Tp
+    float *kt = sc, *pr = sc + D * Tp; // pr: a query's scores, then its probabilities (Tp)
+    // The values are first read by the first queries' z, one row after another: ask for them all now, while the
+    // keys are transposed and scored (their loads had been a third of this function's time), when they fit in a
+    // fraction of L1 (the short sequences this is for).
+    if (T * D <= 4096)
+        for (int64_t j = 0; j < T; j++)
+            for (int64_t d = 0; d < D; d += 16) __builtin_prefetch((j < s ? vbase + j * KD : vnew + (j - s) * KD) + d);
     transpose_keys(kt, Tp, kbase, knew, KD, s, T, D);
     ps_cache *cc = row->cache;
-    int64_t ts[QB];
-    float *zt[QB];
-    int nb = 0;
     for (int64_t t = s; t < T; t++) {
-        if (ps_post_at(row, &rs->plan, t)) {
-            float *p = pr + nb * Tp;
-            scores(p, a->q + (rs->off + t - s) * QD + h * D, kt, Tp, D, t + 1, a->inv_sqrt_d);
-            if (cc && cc->attn_scores) {
-                float *dst = cc->attn_scores + ((l * H + h) * T + t) * T;
-                for (int64_t j = 0; j < T; j++) dst[j] = j <= t ? p[j] : -INFINITY;
-            }
-            softmax(p, t + 1);
-            ps_cpu_pattern_hook(a->cfg, row, l, h, t, p);
-            if (cc) {
-                float *dst = cc->pattern + ((l * H + h) * T + t) * T;
-                for (int64_t j = 0; j < T; j++) dst[j] = j <= t ? p[j] : 0.0f;
-            }
-            ts[nb] = t;
-            zt[nb++] = a->z + (rs->off + t - s) * QD + h * D;
+        if (!ps_post_at(row, &rs->plan, t)) continue;
+        scores(pr, a->q + (rs->off + t - s) * QD + h * D, kt, Tp, D, t + 1, a->inv_sqrt_d);
+        if (cc && cc->attn_scores) {
+            float *dst = cc->attn_scores + ((l * H + h) * T + t) * T;
+            for (int64_t j = 0; j < T; j++) dst[j] = j <= t ? pr[j] : -INFINITY;
         }
-        if (nb == QB || (nb && t == T - 1)) {
-            z_block(zt, ts, nb, pr, Tp, vbase, vnew, KD, s, D);
-            nb = 0;
+        softmax(pr, t + 1);
+        ps_cpu_pattern_hook(a->cfg, row, l, h, t, pr);
+        if (cc) {
+            float *dst = cc->pattern + ((l * H + h) * T + t) * T;
+            for (int64_t j = 0; j < T; j++) dst[j] = j <= t ? pr[j] : 0.0f;
+        }
+        float *zt = a->z + (rs->off + t - s) * QD + h * D;
+        switch (D) {
+        case 16: z_row(zt, pr, t, vbase, vnew, KD, s, 1); break;
+        case 32: z_row(zt, pr, t, vbase, vnew, KD, s, 2); break;
+        case 64: z_row(zt, pr, t, vbase, vnew, KD, s, 4); break;
+        case 80: z_row(zt, pr, t, vbase, vnew, KD, s, 5); break;
+        case 128: z_row(zt, pr, t, vbase, vnew, KD, s, 8); break;
+        default: z_row_any(zt, pr, t, vbase, vnew, KD, s, D);
         }
     }
 }
