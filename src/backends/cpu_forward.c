@@ -371,7 +371,7 @@ static void attention_step(batch *b, int64_t l, const ps_layer_weights *lw) {
 #endif
 #pragma omp parallel if (n_active * H * T_max * T_max * D >= PS_PAR_MIN)
     {
-        float *sc = malloc((size_t)T_max * sizeof(float));
+        float *sc = malloc(ps_cpu_attend_scratch(T_max, D) * sizeof(float));
 #pragma omp for schedule(dynamic, 1) collapse(2)
         for (int64_t r = 0; r < n_active; r++)
             for (int64_t h = 0; h < H; h++)

@@ -92,7 +92,9 @@ typedef struct {
 } ps_cpu_attn_layer;
 
 // Causal attention of one head h of one row at the row's query positions (cpu_attend.c): keys before start_pos
-// come from the base run's cache; pattern patches replace a query's probabilities. sc: (T) scratch.
+// come from the base run's cache; pattern patches replace a query's probabilities. sc: scratch of
+// ps_cpu_attend_scratch(T, D) floats (a thread's, reused across rows of up to T tokens).
 void ps_cpu_attend_head(const ps_cpu_attn_layer *a, const ps_cpu_slot *rs, int64_t h, float *sc);
+size_t ps_cpu_attend_scratch(int64_t T_max, int64_t D);
 
 #endif
