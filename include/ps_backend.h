@@ -20,6 +20,11 @@
 // layers below s nor its embeddings, which the caller guarantees are already base's (the usual case: cache ==
 // base, a run rewritten in place from the first layer whose patches changed). A caller whose backend lacks the
 // bit runs such rows from layer 0 instead (the same numbers); the engine refuses to send them.
+// PS_CAP_HEAD_DELTA: a narrowed row entering at W_O with head_delta set (ps_row) starts its layer at base's
+// attn_out plus the changed heads' (z - base z) @ W_O[h]: with a sequential block the MLP then runs from that
+// resid_mid, with a parallel one (GPT-NeoX) the MLP's input is unchanged, so the layer is base's resid_post plus
+// the change. Numbers within rounding of W_O over every head (tests/test_head_delta.c); without the bit a caller
+// leaves head_delta at 0 and the row runs W_O as before.
 #define PS_CAPS_CPU  ((unsigned)PS_CAP_ALL)      // the reference: every operation, capture and narrowing
 // kernels/: every operation, head masks, captures; no narrowing yet. Listed bit by bit, so that a bit added to
 // PS_CAP_ALL later is not claimed by CUDA until kernels/ implements it.

@@ -88,6 +88,11 @@ typedef struct {
     int narrow;
     ps_entry entry;
     int64_t dirty_end;
+    // With narrow and entry PS_ENTER_WO (a z patch, no hook_result at that layer): the backend may take the start
+    // layer's attn_out as base's plus (z - base's z) @ W_O[h] for each head h whose z changed, instead of W_O over
+    // every head; the same numbers within rounding (the sum's order differs). Needs PS_CAP_HEAD_DELTA (ps_backend.h);
+    // a caller sets it only where the backend has the bit. Ignored elsewhere.
+    int head_delta;
 } ps_row;
 
 // The reference forward pass: fp32, OpenBLAS GEMMs over all rows' tokens at once, OpenMP attention.

@@ -21,7 +21,8 @@ enum {
     PS_CAP_CAPTURE = 1 << 8,    // ps_row.captures
     PS_CAP_RESULT = 1 << 9,     // patches or captures at PS_SITE_RESULT (per-head outputs after W_O)
     PS_CAP_CACHE_LATE = 1 << 10, // cache rows with start_layer > 0 (ps_backend.h: a run rewritten from a layer on)
-    PS_CAP_ALL = (1 << 11) - 1,
+    PS_CAP_HEAD_DELTA = 1 << 11, // ps_row.head_delta (ps_backend.h: a row entering at W_O as base's attn_out + its heads' change)
+    PS_CAP_ALL = (1 << 12) - 1,
 };
 
 // What a row computes at one layer.
@@ -31,6 +32,9 @@ typedef struct {
     int outs_only;     // queries and everything after attention only at out_pos
     int64_t post_end;  // W_O and the MLP at positions [start_pos, post_end) (only out_pos among them if outs_only)
     int late;          // 0, or how many hooks after z the row enters at (1 attn_out ... 5 resid_post)
+    int delta;         // head_delta at this layer: attn_out = base's + (z - base's z) @ W_O of the changed heads, W_O
+                       // not run; late is then 1 (the MLP reads resid_mid) or, with a parallel residual, 4 (the MLP
+                       // reads resid_pre, so its output is base's)
 } ps_layer_plan;
 
 // dirty: positions [start_pos, dirty) of the residual stream entering layer l differ from base.

@@ -5,11 +5,17 @@
 #include <string.h>
 
 ps_layer_plan ps_plan_layer(const ps_model_config *cfg, const ps_row *row, int64_t l, int64_t dirty) {
-    ps_layer_plan p = {1, row->T, 0, row->T, 0};
+    ps_layer_plan p = {1, row->T, 0, row->T, 0, 0};
     if (!row->narrow) return p;
     const ps_entry en = l == row->start_layer ? row->entry : PS_ENTER_LAYER;
     p.attn = en <= PS_ENTER_QUERIES;
     p.late = en > PS_ENTER_WO ? (int)(en - PS_ENTER_WO) : 0;
+    if (en == PS_ENTER_WO && row->head_delta && !ps_row_at_result(row, l)) {
+        // base's attn_out plus the changed heads' part of W_O: then as a row entering at attn_out, or with a parallel
+        // residual at mlp_out (the MLP reads the stream entering the layer, which is base's).
+        p.delta = 1;
+        p.late = (int)((cfg->parallel_residual ? PS_ENTER_MLP_OUT : PS_ENTER_ATTN_OUT) - PS_ENTER_WO);
+    }
     p.qkv_end = en == PS_ENTER_LAYER ? dirty : row->start_pos;
     p.outs_only = l == cfg->n_layers - 1;
     p.post_end = en == PS_ENTER_LAYER ? row->T : dirty;
@@ -60,7 +66,9 @@ double ps_row_flops(const ps_model_config *mc, const ps_row *row) {
                 if (p.attn) keys += (double)(t + 1);
             }
         // W_O unless entering after it; the MLP's input matrices unless entering after them; W_out likewise.
-        const double post = (p.late == 0 ? QD * C : 0) + (p.late <= 2 ? C * M * (mlp_mats - 1) : 0) + (p.late <= 3 ? M * C : 0);
+        // head_delta: one head's (D, C) part of W_O (the fewest that change the row; a row changing more heads costs more).
+        const double post = (p.late == 0 ? QD * C : 0) + (p.delta ? (double)mc->d_head * C : 0) + (p.late <= 2 ? C * M * (mlp_mats - 1) : 0) +
+                            (p.late <= 3 ? M * C : 0);
         f += 2 * (double)(p.qkv_end - row->start_pos) * C * (QD + 2 * KD) + 2 * n_post * post + 4 * keys * QD;
         if (p.late == 0 && ps_row_at_result(row, l)) f += 2 * n_post * QD * C; // W_O again, head by head (cpu_result.c)
         dirty = p.post_end;
@@ -130,6 +138,7 @@ unsigned ps_row_caps(const ps_row *row) {
     }
     if (row->n_captures) c |= PS_CAP_CAPTURE;
     if (row->cache && row->start_layer > 0) c |= PS_CAP_CACHE_LATE;
+    if (row->narrow && row->head_delta && row->entry == PS_ENTER_WO) c |= PS_CAP_HEAD_DELTA;
     for (int64_t k = 0; k < row->n_captures; k++)
         if (row->captures[k].site == PS_SITE_RESULT) c |= PS_CAP_RESULT;
     return c;
@@ -148,6 +157,7 @@ static const char *cap_name(unsigned bit) {
     case PS_CAP_CAPTURE: return "captures";
     case PS_CAP_RESULT: return "interventions at hook_result (heads after W_O)";
     case PS_CAP_CACHE_LATE: return "cache rows that start past layer 0";
+    case PS_CAP_HEAD_DELTA: return "rows that start a layer at base's attn_out plus their heads' change (head_delta)";
     default: return "?";
     }
 }

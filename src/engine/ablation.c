@@ -324,7 +324,12 @@ int ps_ablator_score(ps_ablator *a, const ps_abl_set *sets, int64_t n_sets, floa
         if (rc != 0) break;
         // Without a base, full forwards (a kept circuit ablates from layer 0 on); with one, the engine starts
         // each row at its first patch that changes the base run's values.
-        for (int64_t b = 0; a->base && b < nb; b++) rows[b].base = &a->base[(r0 + b) % ps->n];
+        // A row that changes one head's z from base's (a head candidate of the circuit search) may then start its layer at
+        // base's attn_out plus that head's part of W_O, where the backend can (PS_CAP_HEAD_DELTA).
+        for (int64_t b = 0; a->base && b < nb; b++) {
+            rows[b].base = &a->base[(r0 + b) % ps->n];
+            rows[b].head_delta = (a->be->caps & PS_CAP_HEAD_DELTA) != 0;
+        }
         ps_rows_opts ro = {.naive = a->base ? 0 : 1, .batch_rows = per};
         ps_rows_stats st = {0};
         if ((rc = ps_engine_rows(a->m, a->be, rows, nb, &ro, &st, e)) != 0) break;
