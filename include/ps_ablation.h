@@ -180,6 +180,10 @@ typedef struct {
     const ps_prompt_set *ref;    // the reference prompts (for mlp_means_under_heads)
     int naive;                   // 1: every row and reference run from the embedding, every set's MLP means afresh (no base runs,
                                  // nothing reused or skipped; the oracle)
+    // NULL, or (ps->n) runs of the unablated model on every prompt's clean tokens (cache flags 0: the engine's clean
+    // baselines), which become the first circuit's runs instead of running them again. Their caches are the search's
+    // from the call on, used or not (it frees them); the array stays the caller's.
+    ps_cache *full_runs;
 } ps_search_opts;
 
 typedef struct {

@@ -30,6 +30,9 @@ typedef struct {
     const int64_t *prompts; int64_t n;   // indices into ps
     const ps_cache *clean, *corrupted;   // (n)
     const float *clean_logprobs;         // (n, V) the clean run's log-softmax at score_pos (metric kl), else NULL
+    // The same caches as clean, for a producer that is not per prompt to keep for its once() (moved into its own
+    // ps_cache, this slot zeroed); the engine releases and frees what is left after the chunk.
+    ps_cache *clean_to_take;
 } ps_chunk;
 
 struct ps_producer;

@@ -31,12 +31,13 @@ static int cmp_start_layer(const void *a, const void *b) {
 // op, a new row feature), the CUDA build stops here until this file implements it or check_rows refuses rows that
 // use it (and caps stays without its bit), so such a row is never run as if it were a plain one. Sizes are LP64's.
 // Implemented today: every op of ps_op (replace, freeze, zero, mean, add, scale), head masks and captures; refused
-// through ps_row_check: narrowing (PS_CAPS_CUDA has no PS_CAP_NARROW; the engine then plans whole layers).
+// through ps_row_check: narrowing (PS_CAPS_CUDA has no PS_CAP_NARROW; the engine then plans whole layers), and with it
+// head_delta, which acts only on a narrowed row (PS_CAP_HEAD_DELTA is not in PS_CAPS_CUDA either; callers leave it 0).
 static_assert(sizeof(ps_patch) == 96, "ps_patch changed: implement the new field here or refuse it in check_rows, then update this size");
 static_assert(sizeof(ps_view) == 24, "ps_view changed: implement the new field here or refuse it in check_rows, then update this size");
 static_assert(sizeof(ps_capture) == 24, "ps_capture changed: implement the new field here or refuse it in check_rows, then update this size");
 static_assert(PS_OP_COUNT == 6, "a new ps_op: implement it in ps_cu_op_value (ps_cuda_internal.h) and patch.cu, then update this count");
-static_assert(sizeof(ps_row) == 136, "ps_row changed: implement the new field here or refuse it in check_rows, then update this size");
+static_assert(sizeof(ps_row) == 144, "ps_row changed: implement the new field here or refuse it in check_rows, then update this size");
 
 // Only replace and freeze read a source cache (the other operations' src, if set, is ignored).
 static int reads_src(const ps_patch *pt) { return pt->op == PS_OP_REPLACE || pt->op == PS_OP_FREEZE; }

@@ -5,6 +5,11 @@
 
 #include "ps_ablation.h"
 
+// Bytes of base runs the circuit search holds at most unless told (beyond them rows run from the embedding). The
+// scored prompts' runs come first: they let every candidate's rows start at its layer; the reference prompts'
+// (for seqcont's MLP means) only when both fit.
+#define PS_SEARCH_BASE_BUDGET ((size_t)2 << 30)
+
 // Upper bound on the patches build_patches writes for a set and a prompt of T tokens.
 int64_t ps_abl_patch_bound(const ps_model_config *mc, const ps_abl_set *set, int64_t T);
 

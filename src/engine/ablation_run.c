@@ -1,7 +1,7 @@
 // The "ablation" and "circuit_search" experiment kinds (ps_producer.h) on the ablation library (ps_ablation.h):
 // ablation scores each chunk's prompts (per prompt, so the journal, resume and shards apply); circuit_search runs
 // seqcont's pruning once over every prompt, after the last chunk. Reference means are computed once per run.
-#include "ps_ablation.h"
+#include "ablation_internal.h"
 #include "ps_producer.h"
 
 #include <math.h>
@@ -26,7 +26,18 @@ typedef struct {
     ps_circuit_rows rows;        // completeness / minimality: sets is rows.sets (owned there), labels owned here
     int has_rows;
     char **labels;               // (n_sets) with has_rows
+    ps_cache *full_runs;         // circuit_search: (full_len = ps->n) the clean baselines taken from the chunks (n_full of
+    int64_t full_len, n_full;    // them; the others zeroed), or NULL
+    int no_full_runs;            // every prompt's would not fit the search's budget: none taken
 } abl_state;
+
+// The clean baselines a search took and did not hand on (CPU caches: nothing on a device to release).
+static void free_full_runs(abl_state *s) {
+    for (int64_t i = 0; s->full_runs && i < s->full_len; i++) ps_cache_free(&s->full_runs[i]);
+    free(s->full_runs);
+    s->full_runs = NULL;
+    s->full_len = s->n_full = 0;
+}
 
 static void abl_free(void *v) {
     abl_state *s = v;
@@ -41,6 +52,7 @@ static void abl_free(void *v) {
     free(s->draws);
     ps_ref_means_free(&s->means);
     ps_ref_means_free(&s->mlp_means);
+    free_full_runs(s);
     free(s);
 }
 
@@ -352,6 +364,33 @@ static int search_init(const ps_model_config *mc, const ps_prompt_set *ps, ps_pr
     return set_attrs(p->t, ex, ref_of(ps, p), e);
 }
 
+// The chunk's clean baselines (the unablated model's runs: every search's first circuit) kept for the run's first
+// search, when every prompt's fit the search's budget for runs. A resumed or sharded run leaves some prompts to no
+// chunk: the search then runs its first circuit itself.
+static int search_chunk(ps_producer_ctx *cx, ps_product *const *prods, int64_t n_prods, const ps_chunk *ch, ps_error *e) {
+    abl_state *s = n_prods > 0 ? prods[0]->state : NULL;
+    const ps_prompt_set *ps = cx->ps;
+    if (!s || s->no_full_runs || cx->o->dry_run || cx->o->naive || !ch->clean_to_take || prods[0]->ex->heads_at_result) return 0;
+    if (!s->full_runs) {
+        size_t bytes = 0;
+        for (int64_t i = 0; i < ps->n; i++) bytes += ps_cache_floats(&cx->m->cfg, ps->p[i].T, 0) * sizeof(float);
+        if (bytes > (cx->o->cache_budget ? cx->o->cache_budget : PS_SEARCH_BASE_BUDGET)) { s->no_full_runs = 1; return 0; }
+        if (!(s->full_runs = calloc((size_t)(ps->n ? ps->n : 1), sizeof *s->full_runs))) return ps_fail(e, PS_EXIT_RUNTIME, "out of memory");
+        s->full_len = ps->n;
+    }
+    for (int64_t i = 0; i < ch->n; i++) {
+        const int64_t pi = ch->prompts[i];
+        if (s->full_runs[pi].memory || !ch->clean_to_take[i].memory) continue;
+        s->full_runs[pi] = ch->clean_to_take[i];
+        memset(&ch->clean_to_take[i], 0, sizeof ch->clean_to_take[i]);
+        s->n_full++;
+    }
+    return 0;
+}
+
+// The search's first circuit starts from the clean baselines' runs (search_chunk), unless --naive or hook_result heads.
+static unsigned search_reads(const ps_experiment *ex) { return ex->heads_at_result ? 0 : PS_READS_CLEAN; }
+
 static int search_once(ps_producer_ctx *cx, ps_product *const *prods, int64_t n_prods, ps_error *e) {
     int rc = 0;
     for (int64_t k = 0; rc == 0 && k < n_prods; k++) {
@@ -364,11 +403,22 @@ static int search_once(ps_producer_ctx *cx, ps_product *const *prods, int64_t n_
                         .heads_at_result = ex->heads_at_result, .means = s->means_ready ? &s->means : NULL, .group_of = s->prompt_group, .ref = ref_of(cx->ps, p),
                         .seed = (uint64_t)ex->seed, .draws = s->draws, .batch_rows = cx->o->batch_rows, .full_later = 1};
         if ((rc = ps_ablator_init(&a, s->what, e)) != 0) break;
+        // The clean baselines taken from the chunks, when every prompt's is there (the search owns them from the call on).
+        ps_cache *full = s->full_runs && s->n_full == cx->ps->n ? s->full_runs : NULL;
         const ps_search_opts o = {.threshold = ex->threshold, .one_iter = ex->one_pass, .mlp_means_under_heads = ex->mlp_means_under,
-                                  .speculate = ex->speculate, .ref = a.ref, .naive = cx->o->naive, .base_budget = cx->o->cache_budget};
+                                  .speculate = ex->speculate, .ref = a.ref, .naive = cx->o->naive, .base_budget = cx->o->cache_budget,
+                                  .full_runs = full};
+        if (full) {
+            s->full_runs = NULL;   // the caches are the search's now; the array is freed after the call
+            s->full_len = s->n_full = 0;
+        } else {
+            free_full_runs(s);     // some prompts came from no chunk: the search runs its first circuit itself
+        }
         ps_search_result r;
         ps_table t;
-        if ((rc = ps_circuit_search(&a, &o, &r, e)) == 0) {
+        rc = ps_circuit_search(&a, &o, &r, e);
+        free(full);
+        if (rc == 0) {
             rc = ps_search_table(&r, &o, &cx->m->cfg, ex->name, &t, e);
             if (rc == 0 && (set_attrs(&t, ex, a.ref, e) != 0 || ps_table_attr_f64(&t, "full_mean", a.full_mean, e) != 0)) {
                 ps_table_free(&t);
@@ -389,7 +439,8 @@ static int search_once(ps_producer_ctx *cx, ps_product *const *prods, int64_t n_
 }
 
 const ps_producer ps_circuit_search_producer = {
-    .kind = "circuit_search", .per_prompt = 0, .init = search_init, .once = search_once, .free_state = abl_free,
+    .kind = "circuit_search", .per_prompt = 0, .init = search_init, .chunk = search_chunk, .once = search_once, .free_state = abl_free,
+    .reads = search_reads,
 };
 
 // ---- reference_means: the means a mean-ablating experiment used (not per prompt; alike in every shard) ----

@@ -41,11 +41,6 @@ typedef struct {
     int64_t gen;
 } search;
 
-// Bytes of base runs the search holds at most unless told (beyond them rows run from the embedding). The
-// scored prompts' runs come first: they let every candidate's rows start at its layer; the reference prompts'
-// (for seqcont's MLP means) only when both fit.
-#define PS_SEARCH_BASE_BUDGET ((size_t)2 << 30)
-
 // A candidate's slot in memo / memo_gen.
 static int64_t comp_slot(const search *s, const ps_component *c) {
     return c->kind == PS_COMP_HEAD ? c->layer * s->H + c->index : s->L * s->H + c->layer;
@@ -333,8 +328,10 @@ int ps_circuit_search(ps_ablator *a, const ps_search_opts *o, ps_search_result *
     memset(out, 0, sizeof *out);
     const ps_model_config *mc = &a->m->cfg;
     search s = {.a = a, .o = o, .L = mc->n_layers, .H = mc->n_heads, .out = out};
-    if (o->mlp_means_under_heads && (!o->ref || a->method != PS_ABL_MEAN))
+    if (o->mlp_means_under_heads && (!o->ref || a->method != PS_ABL_MEAN)) {
+        for (int64_t i = 0; o->full_runs && i < a->ps->n; i++) ps_cache_free(&o->full_runs[i]);   // (ours from the call on)
         return ps_fail(e, PS_EXIT_BADINPUT, "circuit_search: mlp_means under_head_ablation needs mean ablation and the reference prompts");
+    }
     const int64_t per_set = s.L * s.H + s.L;
     out->head_kept = malloc((size_t)(s.L * s.H));
     out->mlp_kept = malloc((size_t)s.L);
@@ -360,6 +357,18 @@ int ps_circuit_search(ps_ablator *a, const ps_search_opts *o, ps_search_result *
         const int ref_too = o->mlp_means_under_heads && ps_bytes + ref_bytes <= budget;
         s.ref_base = ref_too ? calloc((size_t)o->ref->n, sizeof *s.ref_base) : NULL;
         if (!s.base || (ref_too && !s.ref_base)) rc = ps_fail(e, PS_EXIT_RUNTIME, "out of memory");
+    }
+    // The engine's clean baselines as the first circuit's runs (the full model's, the circuit every search starts
+    // from), when the search holds runs of that layout; else freed. (They come from the baselines' own batches, so
+    // their rounding is the baselines', not that of blocks of ps_abl_block prompts: the same numbers within it.)
+    if (o->full_runs) {
+        const int use = rc == 0 && s.base && !fl;
+        for (int64_t i = 0; i < a->ps->n; i++) {
+            if (use) { s.base[i] = o->full_runs[i]; continue; }
+            if (a->be->release_cache) a->be->release_cache(a->be, &o->full_runs[i]);
+            ps_cache_free(&o->full_runs[i]);
+        }
+        if (use) s.base_init = s.base_ok = 1;
     }
     if (rc == 0) {
         s.head = out->head_kept;

@@ -255,7 +255,8 @@ int ps_engine_run(const ps_model *m, ps_backend *be, const ps_prompt_set *ps, co
         if (rc == 0 && nc > 0) {
             rc = ps_producer_stopped(&c, e);
             if (rc == 0) rc = init_caches(&c, chunk, nc, clean, corr, reads, e);
-            const ps_chunk ch = {.prompts = chunk, .n = nc, .clean = clean, .corrupted = corr, .clean_logprobs = clean_lp};
+            const ps_chunk ch = {.prompts = chunk, .n = nc, .clean = clean, .corrupted = corr, .clean_logprobs = clean_lp,
+                                 .clean_to_take = (reads & PS_READS_CLEAN) ? clean : NULL};
             // Streamed weights: the sweeps' rows join the baselines' call where they can be planned from the tokens.
             ps_sweep_pass *sp = NULL;
             int64_t sweeps = -1;
