@@ -10,7 +10,8 @@
 #include <math.h>
 #include <string.h>
 
-// 2 x multiply-adds of one row, layer by layer and position by position: Q/K/V at every recomputed position; scores
+// 2 x multiply-adds of one row, layer by layer and position by position: K/V at every recomputed position, Q at each
+// query; scores
 // and the weighted sum over keys 0..t for each query t; W_O and the MLP at each query. In the last layer the queries
 // are the out_pos unless the row is "full" there (a cache, or a capture in that layer).
 static double count(const ps_model_config *mc, int64_t T, int64_t start_layer, int64_t start_pos, const int64_t *out,
@@ -21,12 +22,12 @@ static double count(const ps_model_config *mc, int64_t T, int64_t start_layer, i
     double f = 0;
     for (int64_t l = start_layer; l < mc->n_layers; l++) {
         for (int64_t t = start_pos; t < T; t++) {
-            f += 2 * C * (QD + 2 * KD);
             int query = 1;
             if (l == mc->n_layers - 1 && !full_last) {
                 query = 0;
                 for (int64_t o = 0; o < n_out; o++) query |= out[o] == t;
             }
+            f += 2 * C * 2 * KD + (query ? 2 * C * QD : 0);   // keys and values everywhere, queries where attention runs
             if (query) f += 2 * (double)(t + 1) * QD * 2 + 2 * QD * C + 2 * mlp;
         }
     }

@@ -291,15 +291,33 @@ static void join_rows(batch *b, int64_t first_new, int64_t l) {
     }
 }
 
-// q, k, v (n, QD / KD) = xn (n, C) @ W_Q, W_K, W_V of layer l [+ biases]: one parallel region for the three.
+// q, k, v (n, QD / KD) = xn (n, C) @ W_Q, W_K, W_V of layer l [+ biases]: one parallel region for the three. xq (nq, C):
+// the rows q is wanted at (xn, nq = n: all of them).
 static void qkv_linear(float *q, float *k, float *v, const float *xn, const ps_layer_weights *lw, const ps_weights *w, int64_t l,
-                       int64_t n, int64_t C, int64_t QD, int64_t KD) {
+                       int64_t n, int64_t C, int64_t QD, int64_t KD, const float *xq, int64_t nq) {
     const ps_gemm g[3] = {
-        {.C = q, .A = xn, .B = lw->w_q, .bias = w->b_q ? w->b_q + l * QD : NULL, .M = n, .N = QD, .K = C, .lda = C, .ldb = QD, .ldc = QD},
+        {.C = q, .A = xq, .B = lw->w_q, .bias = w->b_q ? w->b_q + l * QD : NULL, .M = nq, .N = QD, .K = C, .lda = C, .ldb = QD, .ldc = QD},
         {.C = k, .A = xn, .B = lw->w_k, .bias = w->b_k ? w->b_k + l * KD : NULL, .M = n, .N = KD, .K = C, .lda = C, .ldb = KD, .ldc = KD},
         {.C = v, .A = xn, .B = lw->w_v, .bias = w->b_v ? w->b_v + l * KD : NULL, .M = n, .N = KD, .K = C, .lda = C, .ldb = KD, .ldc = KD},
     };
     if (n > 0) ps_cpu_linear_n(g, 3);
+}
+
+// Of the nq tokens idx[0..nq) whose Q/K/V a layer recomputes, those whose query it also needs: every one but the tokens
+// of rows that run only their out_pos after attention (the last layer: ps_layer_plan.outs_only) which are not among them.
+// sel[j]: the token's index in idx, tok[j]: the token. Returns their count.
+static int64_t query_tokens(const batch *b, const int64_t *idx, int64_t nq, int64_t *sel, int64_t *tok) {
+    int64_t n = 0, k = 0;
+    for (int64_t r = 0; r < b->n_active; r++) {
+        const ps_cpu_slot *rs = &b->slots[r];
+        for (int64_t t = rs->row->start_pos; t < rs->plan.qkv_end; t++, k++)
+            if (ps_post_at(rs->row, &rs->plan, t) || !rs->plan.outs_only) {
+                sel[n] = k;
+                tok[n++] = idx[k];
+            }
+    }
+    (void)nq;
+    return n;
 }
 
 // Attention's inputs: LN1 and Q/K/V only where the residual stream changed (the rest is base's), then
@@ -317,15 +335,32 @@ static void qkv_step(batch *b, int64_t l, const ps_layer_weights *lw) {
     for (int64_t r = 0; r < n_active; r++)
         for (int64_t t = slots[r].row->start_pos; t < slots[r].plan.qkv_end; t++)
             idx[nq++] = slots[r].off + t - slots[r].row->start_pos;
+    // Queries only where attention runs them (in the last layer, a narrowed or logits-only row's out_pos): their
+    // normalized rows gathered into xc (free once the norm has read it). qsel/qtok: b->map and b->kslot, which
+    // mlp_step sets afresh.
+    int64_t *qsel = b->map, *qtok = b->kslot;
+    const int64_t nqq = query_tokens(b, idx, nq, qsel, qtok);
     if (nq == NA) {
         norm(cfg, xn, scale, x, w->ln1_w + l * C, w->ln1_b ? w->ln1_b + l * C : NULL, NA);
         store_rows(slots, n_active, offsetof(ps_cache, ln1_scale), l, scale, 1);
-        qkv_linear(q, k, v, xn, lw, w, l, NA, C, QD, KD);
+        if (nqq == nq) {
+            qkv_linear(q, k, v, xn, lw, w, l, NA, C, QD, KD, xn, NA);
+        } else {
+            gather(xc, xn, qsel, nqq, C);
+            qkv_linear(qc, k, v, xn, lw, w, l, NA, C, QD, KD, xc, nqq);
+            scatter(q, qc, qtok, nqq, QD);
+        }
     } else {
         gather(xc, x, idx, nq, C);
         norm(cfg, xn, NULL, xc, w->ln1_w + l * C, w->ln1_b ? w->ln1_b + l * C : NULL, nq);
-        qkv_linear(qc, kc, vc, xn, lw, w, l, nq, C, QD, KD);
-        scatter(q, qc, idx, nq, QD);
+        if (nqq == nq) {
+            qkv_linear(qc, kc, vc, xn, lw, w, l, nq, C, QD, KD, xn, nq);
+            scatter(q, qc, idx, nq, QD);
+        } else {
+            gather(xc, xn, qsel, nqq, C);
+            qkv_linear(qc, kc, vc, xn, lw, w, l, nq, C, QD, KD, xc, nqq);
+            scatter(q, qc, qtok, nqq, QD);
+        }
         scatter(k, kc, idx, nq, KD);
         scatter(v, vc, idx, nq, KD);
         PS_PROF(PS_PROF_COPY, qkv_from_base(q, k, v, slots, n_active, NA, l, QD, KD));

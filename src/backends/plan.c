@@ -59,17 +59,19 @@ double ps_row_flops(const ps_model_config *mc, const ps_row *row) {
     for (int64_t l = row->start_layer; l < mc->n_layers; l++) {
         ps_layer_plan p = ps_plan_layer(mc, row, l, dirty);
         if (l == mc->n_layers - 1 && last_layer_outs_only(mc, row)) p.outs_only = 1;
-        double n_post = 0, keys = 0; // attention: each query reads every key up to itself, for scores and sum
+        double n_post = 0, keys = 0, n_q = 0; // attention: each query reads every key up to itself, for scores and sum
         for (int64_t t = row->start_pos; t < row->T; t++)
             if (ps_post_at(row, &p, t)) {
                 n_post += 1;
                 if (p.attn) keys += (double)(t + 1);
+                n_q += t < p.qkv_end;
             }
+        if (!p.outs_only) n_q = (double)(p.qkv_end - row->start_pos); // queries only where attention runs them (cpu_forward.c)
         // W_O unless entering after it; the MLP's input matrices unless entering after them; W_out likewise.
         // head_delta: one head's (D, C) part of W_O (the fewest that change the row; a row changing more heads costs more).
         const double post = (p.late == 0 ? QD * C : 0) + (p.delta ? (double)mc->d_head * C : 0) + (p.late <= 2 ? C * M * (mlp_mats - 1) : 0) +
                             (p.late <= 3 ? M * C : 0);
-        f += 2 * (double)(p.qkv_end - row->start_pos) * C * (QD + 2 * KD) + 2 * n_post * post + 4 * keys * QD;
+        f += 2 * (double)(p.qkv_end - row->start_pos) * C * 2 * KD + 2 * n_q * C * QD + 2 * n_post * post + 4 * keys * QD;
         if (p.late == 0 && ps_row_at_result(row, l)) f += 2 * n_post * QD * C; // W_O again, head by head (cpu_result.c)
         dirty = p.post_end;
     }
