@@ -435,32 +435,42 @@ static void attention_step(batch *b, int64_t l, const ps_layer_weights *lw) {
 
 // Rows taking the head delta (ps_layer_plan.delta) among compacted rows [k0, k1) (a row's tokens are consecutive there):
 // y, their attn_out (base's), += (z - base's z) @ W_O[h] for each head h whose z differs from base's at some token of
-// the row, one single-threaded GEMM a row and head. d: scratch of T_max x d_head floats.
-static void add_head_deltas(const batch *b, const compact_rows *cr, int64_t k0, int64_t k1, const float *w_o, float *y, float *d) {
+// the row: per head, one GEMM over every such row's tokens. d (N x d_head), prod (N x d_model): scratch. 0, or -1 when
+// out of memory.
+static int add_head_deltas(const batch *b, const compact_rows *cr, int64_t k0, int64_t k1, const float *w_o, float *y, float *d,
+                           float *prod) {
     const ps_model_config *cfg = b->cfg;
     const int64_t C = cfg->d_model, H = cfg->n_heads, D = cfg->d_head, QD = H * D, l = cr->l;
-    for (int64_t k = k0, ke; k < k1; k = ke) {
-        const int64_t r = cr->kslot[k];
-        for (ke = k; ke < k1 && cr->kslot[ke] == r; ke++) {}
-        const ps_cpu_slot *rs = &b->slots[r];
-        if (!rs->plan.delta) continue;
-        const ps_row *row = rs->row;
-        for (int64_t h = 0; h < H; h++) {
+    int any = 0;
+    for (int64_t k = k0; k < k1 && !any; k++) any = b->slots[cr->kslot[k]].plan.delta;
+    if (!any) return 0;
+    int64_t *sel = malloc((size_t)(k1 - k0) * sizeof *sel);
+    if (!sel) return -1;
+    for (int64_t h = 0; h < H; h++) {
+        int64_t n = 0;
+        for (int64_t k = k0, ke; k < k1; k = ke) {
+            const int64_t r = cr->kslot[k];
+            for (ke = k; ke < k1 && cr->kslot[ke] == r; ke++) {}
+            const ps_row *row = b->slots[r].row;
+            if (!b->slots[r].plan.delta) continue;
             int changed = 0;
-            for (int64_t j = k; j < ke && !changed; j++) {
-                const float *zt = b->z + cr->idx[j] * QD + h * D;
-                changed = memcmp(zt, row->base->z + ps_array_at(cfg, PS_ARR_Z, row->T, l, cr->posbuf[cr->idx[j]], h), (size_t)D * sizeof(float)) != 0;
-            }
-            if (!changed) continue;
-            for (int64_t j = k; j < ke; j++) {
+            for (int64_t j = k; j < ke && !changed; j++)
+                changed = memcmp(b->z + cr->idx[j] * QD + h * D, row->base->z + ps_array_at(cfg, PS_ARR_Z, row->T, l, cr->posbuf[cr->idx[j]], h),
+                                 (size_t)D * sizeof(float)) != 0;
+            for (int64_t j = k; changed && j < ke; j++, n++) {
                 const float *zt = b->z + cr->idx[j] * QD + h * D;
                 const float *bz = row->base->z + ps_array_at(cfg, PS_ARR_Z, row->T, l, cr->posbuf[cr->idx[j]], h);
-                for (int64_t i = 0; i < D; i++) d[(j - k) * D + i] = zt[i] - bz[i];
+                for (int64_t i = 0; i < D; i++) d[n * D + i] = zt[i] - bz[i];
+                sel[n] = j;
             }
-            ps_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)(ke - k), (int)C, (int)D, 1.0f, d, (int)D, w_o + h * D * C, (int)C,
-                     1.0f, y + k * C, (int)C);
         }
+        if (!n) continue;
+        ps_cpu_linear(prod, d, w_o + h * D * C, NULL, n, D, C);
+        for (int64_t i = 0; i < n; i++)
+            for (int64_t c = 0; c < C; c++) y[sel[i] * C + c] += prod[i * C + c];
     }
+    free(sel);
+    return 0;
 }
 
 // W_O and the MLP with their patches, then the residual stream of what a narrowed row did not recompute.
@@ -510,7 +520,7 @@ static int mlp_step(batch *b, int64_t l, const ps_layer_weights *lw) {
     if (ps_cpu_result_step(cfg, lw->w_o, w->b_o ? w->b_o + l * C : NULL, l, zp, y, upto[0], pmap, NA, slots, n_active) != 0) return -1;
     if (!cfg->parallel_residual) {
         from_base_rows(y, C, &cr, upto[0], upto[1], offsetof(ps_cache, attn_out));
-        add_head_deltas(b, &cr, upto[0], upto[1], lw->w_o, y, h1);   // (h1 is free until the MLP)
+        if (add_head_deltas(b, &cr, upto[0], upto[1], lw->w_o, y, h1, xn) != 0) return -1;   // (h1, xn: free until the MLP)
         hook(cfg, PS_SITE_ATTN_OUT, l, y, C, pmap, slots, n_active);
         store_rows(slots, n_active, offsetof(ps_cache, attn_out), l, y, C);
         add_into(xp, y, upto[1] * C);
@@ -523,7 +533,7 @@ static int mlp_step(batch *b, int64_t l, const ps_layer_weights *lw) {
         // resid_pre + attn_out + mlp_out, so there is no resid_mid (no site: ps_row_check refuses it). Rows
         // entering at mlp_post or mlp_out still add base's attn_out, so they take it with the late attn_out rows.
         from_base_rows(y, C, &cr, upto[0], upto[4], offsetof(ps_cache, attn_out));
-        add_head_deltas(b, &cr, upto[0], upto[4], lw->w_o, y, h1);   // (their MLP's output is base's: late 4)
+        if (add_head_deltas(b, &cr, upto[0], upto[4], lw->w_o, y, h1, xn) != 0) return -1;   // (their MLP's output is base's: late 4)
         hook(cfg, PS_SITE_ATTN_OUT, l, y, C, pmap, slots, n_active);
         store_rows(slots, n_active, offsetof(ps_cache, attn_out), l, y, C);
         norm(cfg, xn, scale, xp, w->ln2_w + l * C, w->ln2_b ? w->ln2_b + l * C : NULL, nm);
@@ -735,7 +745,7 @@ static int layer_step(batch *b, const ps_model *m, int64_t l, ps_layer_weights *
     store_rows(b->slots, b->n_active, offsetof(ps_cache, resid_pre), l, b->x, b->cfg->d_model);
     qkv_step(b, l, lw);
     attention_step(b, l, lw);
-    if (mlp_step(b, l, lw) != 0) return ps_fail(e, PS_EXIT_RUNTIME, "forward: out of memory for layer %lld's hook_result", (long long)l);
+    if (mlp_step(b, l, lw) != 0) return ps_fail(e, PS_EXIT_RUNTIME, "forward: out of memory for layer %lld's hook_result or head deltas", (long long)l);
     return 0;
 }
 
