@@ -30,8 +30,8 @@ typedef struct {
     const int64_t *prompts; int64_t n;   // indices into ps
     const ps_cache *clean, *corrupted;   // (n)
     const float *clean_logprobs;         // (n, V) the clean run's log-softmax at score_pos (metric kl), else NULL
-    // The same caches as clean, for a producer that is not per prompt to keep for its once() (moved into its own
-    // ps_cache, this slot zeroed); the engine releases and frees what is left after the chunk.
+    // keep() only (NULL in chunk()): the same caches as clean, which it may move into its own ps_cache for its once()
+    // (this slot then zeroed); the engine releases and frees what is left after the chunk.
     ps_cache *clean_to_take;
 } ps_chunk;
 
@@ -66,6 +66,9 @@ typedef struct ps_producer {
     // NULL: both. When no experiment of the run reads one, that run's baselines are computed without a cache
     // (their logits and metrics only): the analyses read the clean run alone.
     unsigned (*reads)(const ps_experiment *ex);
+    // Optional, for a producer that is not per prompt: after every producer's chunk() has read the chunk, may take its
+    // clean runs (ps_chunk.clean_to_take) for its once(). Its reads() says PS_READS_CLEAN for the engine to cache them.
+    int (*keep)(ps_producer_ctx *cx, ps_product *const *items, int64_t n, const ps_chunk *ch, ps_error *e);
 } ps_producer;
 
 enum { PS_READS_CLEAN = 1, PS_READS_CORRUPTED = 2 };

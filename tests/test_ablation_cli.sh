@@ -65,6 +65,26 @@ elif [ -s "$tmp/err" ]; then
     fail "--naive run: $(cat "$tmp/err")"
 fi
 
+# --- the search listed first: it keeps the clean baselines' runs only after the ablations have read them ------------
+python3 - "$cfg" "$tmp/first.json" <<'EOF2'
+import json, os, sys
+c = json.load(open(sys.argv[1]))
+c["experiments"] = [x for x in c["experiments"] if x["kind"] == "circuit_search"] + [x for x in c["experiments"] if x["kind"] != "circuit_search"]
+d = os.path.dirname(os.path.abspath(sys.argv[1]))
+for k in ("model",): c[k] = os.path.join(d, c[k]) if not os.path.isabs(c[k]) else c[k]
+for x in [c["dataset"]] + [e.get("reference", {}) for e in c["experiments"]]:
+    if isinstance(x, dict) and "path" in x and not os.path.isabs(x["path"]): x["path"] = os.path.join(d, x["path"])
+json.dump(c, open(sys.argv[2], "w"))
+EOF2
+if "$bin" run "$tmp/first.json" -o "$tmp/first.h5" --quiet 2>"$tmp/err"; then
+    pass "the search listed before the ablations runs"
+    if $py -c 'import h5py' 2>/dev/null; then
+        same_values "$tmp/abl.h5" "$tmp/first.h5" 1e-4 && pass "the search listed first: the same values" || fail "the search listed first: other values"
+    fi
+else
+    fail "the search listed first: $(cat "$tmp/err")"
+fi
+
 # --- resume and shards ---------------------------------------------------------------------------
 "$bin" run "$cfg" -o "$tmp/abl.h5" --quiet 2>"$tmp/err"; rc=$?
 [ "$rc" -eq 0 ] && pass "a second run of a finished file ($(head -c 120 "$tmp/err"))" || fail "second run: exit $rc $(cat "$tmp/err")"

@@ -367,7 +367,7 @@ static int search_init(const ps_model_config *mc, const ps_prompt_set *ps, ps_pr
 // The chunk's clean baselines (the unablated model's runs: every search's first circuit) kept for the run's first
 // search, when every prompt's fit the search's budget for runs. A resumed or sharded run leaves some prompts to no
 // chunk: the search then runs its first circuit itself.
-static int search_chunk(ps_producer_ctx *cx, ps_product *const *prods, int64_t n_prods, const ps_chunk *ch, ps_error *e) {
+static int search_keep(ps_producer_ctx *cx, ps_product *const *prods, int64_t n_prods, const ps_chunk *ch, ps_error *e) {
     abl_state *s = n_prods > 0 ? prods[0]->state : NULL;
     const ps_prompt_set *ps = cx->ps;
     if (!s || s->no_full_runs || cx->o->dry_run || cx->o->naive || !ch->clean_to_take || prods[0]->ex->heads_at_result) return 0;
@@ -388,7 +388,7 @@ static int search_chunk(ps_producer_ctx *cx, ps_product *const *prods, int64_t n
     return 0;
 }
 
-// The search's first circuit starts from the clean baselines' runs (search_chunk), unless --naive or hook_result heads.
+// The search's first circuit starts from the clean baselines' runs (search_keep), unless --naive or hook_result heads.
 static unsigned search_reads(const ps_experiment *ex) { return ex->heads_at_result ? 0 : PS_READS_CLEAN; }
 
 static int search_once(ps_producer_ctx *cx, ps_product *const *prods, int64_t n_prods, ps_error *e) {
@@ -439,7 +439,7 @@ static int search_once(ps_producer_ctx *cx, ps_product *const *prods, int64_t n_
 }
 
 const ps_producer ps_circuit_search_producer = {
-    .kind = "circuit_search", .per_prompt = 0, .init = search_init, .chunk = search_chunk, .once = search_once, .free_state = abl_free,
+    .kind = "circuit_search", .per_prompt = 0, .init = search_init, .keep = search_keep, .once = search_once, .free_state = abl_free,
     .reads = search_reads,
 };
 

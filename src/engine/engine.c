@@ -224,7 +224,7 @@ int ps_engine_run(const ps_model *m, ps_backend *be, const ps_prompt_set *ps, co
     unsigned reads = 0;
     for (int64_t s = 0; s < out->n_products; s++) {
         const ps_product *p = &out->products[s];
-        if (p->pr->chunk) reads |= p->pr->reads ? p->pr->reads(p->ex) : PS_READS_CLEAN | PS_READS_CORRUPTED;
+        if (p->pr->chunk || p->pr->keep) reads |= p->pr->reads ? p->pr->reads(p->ex) : PS_READS_CLEAN | PS_READS_CORRUPTED;
     }
     const size_t cached_runs = (size_t)(!!(reads & PS_READS_CLEAN) + !!(reads & PS_READS_CORRUPTED));
     // The fused pass only pays where each pass over the layers converts them (streamed weights, grouped calls).
@@ -255,8 +255,7 @@ int ps_engine_run(const ps_model *m, ps_backend *be, const ps_prompt_set *ps, co
         if (rc == 0 && nc > 0) {
             rc = ps_producer_stopped(&c, e);
             if (rc == 0) rc = init_caches(&c, chunk, nc, clean, corr, reads, e);
-            const ps_chunk ch = {.prompts = chunk, .n = nc, .clean = clean, .corrupted = corr, .clean_logprobs = clean_lp,
-                                 .clean_to_take = (reads & PS_READS_CLEAN) ? clean : NULL};
+            const ps_chunk ch = {.prompts = chunk, .n = nc, .clean = clean, .corrupted = corr, .clean_logprobs = clean_lp};
             // Streamed weights: the sweeps' rows join the baselines' call where they can be planned from the tokens.
             ps_sweep_pass *sp = NULL;
             int64_t sweeps = -1;
@@ -277,6 +276,11 @@ int ps_engine_run(const ps_model *m, ps_backend *be, const ps_prompt_set *ps, co
                 if (k == sweeps && sp) rc = ps_sweep_fused_chunk(&c, items, ni, &ch, sp, e);
                 else if (items[0]->pr->chunk) rc = items[0]->pr->chunk(&c, items, ni, &ch, e);
             }
+            // Then the producers that keep the chunk's clean runs for their once(), once nothing else reads them.
+            ps_chunk kept = ch;
+            kept.clean_to_take = (reads & PS_READS_CLEAN) ? clean : NULL;
+            for (int64_t k = 0; rc == 0 && k < g.n_groups; k++)
+                if (g.items[g.first[k]]->pr->keep) rc = g.items[g.first[k]]->pr->keep(&c, g.items + g.first[k], g.first[k + 1] - g.first[k], &kept, e);
             ps_sweep_fused_free(sp);
             if (c.done < done_after) c.done = done_after; // producers that count coarsely
             ps_producer_progress(&c, 0);
