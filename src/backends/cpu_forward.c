@@ -306,7 +306,7 @@ static void qkv_linear(float *q, float *k, float *v, const float *xn, const ps_l
 // Of the nq tokens idx[0..nq) whose Q/K/V a layer recomputes, those whose query it also needs: every one but the tokens
 // of rows that run only their out_pos after attention (the last layer: ps_layer_plan.outs_only) which are not among them.
 // sel[j]: the token's index in idx, tok[j]: the token. Returns their count.
-static int64_t query_tokens(const batch *b, const int64_t *idx, int64_t nq, int64_t *sel, int64_t *tok) {
+static int64_t query_tokens(const batch *b, const int64_t *idx, int64_t *sel, int64_t *tok) {
     int64_t n = 0, k = 0;
     for (int64_t r = 0; r < b->n_active; r++) {
         const ps_cpu_slot *rs = &b->slots[r];
@@ -316,7 +316,6 @@ static int64_t query_tokens(const batch *b, const int64_t *idx, int64_t nq, int6
                 tok[n++] = idx[k];
             }
     }
-    (void)nq;
     return n;
 }
 
@@ -339,7 +338,7 @@ static void qkv_step(batch *b, int64_t l, const ps_layer_weights *lw) {
     // normalized rows gathered into xc (free once the norm has read it). qsel/qtok: b->map and b->kslot, which
     // mlp_step sets afresh.
     int64_t *qsel = b->map, *qtok = b->kslot;
-    const int64_t nqq = query_tokens(b, idx, nq, qsel, qtok);
+    const int64_t nqq = query_tokens(b, idx, qsel, qtok);
     if (nq == NA) {
         norm(cfg, xn, scale, x, w->ln1_w + l * C, w->ln1_b ? w->ln1_b + l * C : NULL, NA);
         store_rows(slots, n_active, offsetof(ps_cache, ln1_scale), l, scale, 1);
