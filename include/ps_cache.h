@@ -39,7 +39,8 @@ typedef struct {
     float *resid_post;   // (L, T, C)       blocks.l.hook_resid_post
     float *lnf_scale;    // (T)             ln_final.hook_scale
     float *logits;       // (T, V)                                                            [PS_CACHE_LOGITS]
-    float *memory;       // owns all of the above
+    float *memory;       // owns all of the above (unless block is set)
+    void *block;         // the shared allocation memory lies in (ps_cache_init_block; counted), or NULL
     size_t n_floats;
     uint64_t handle;       // a backend's device copy of this cache (ps_backend.h: release_cache); 0 = none
 } ps_cache;
@@ -111,6 +112,12 @@ static inline float *ps_cache_site(const ps_cache *c, ps_site s) { return ps_cac
 // Allocates every array of a run of T tokens (zeroed); flags ask for the optional ones. On failure c
 // owns nothing. ps_cache_free may be called on a zeroed or freed cache.
 int ps_cache_init(ps_cache *c, const ps_model_config *cfg, int64_t T, unsigned flags, ps_error *e);
+// The same for caches c[0..n) of T[i] tokens each, in one zeroed allocation (huge pages advised, faulted in by the
+// OpenMP threads at once): many caches' fresh pages, faulted one 4 KiB page at a time by one thread while the
+// other waited, were a fifth of a 1455-prompt circuit search's main thread. Each cache holds a reference to the
+// block: ps_cache_free on each (in any order, after moving some elsewhere by struct copy) frees it with the last.
+// On failure no cache owns anything.
+int ps_cache_init_block(ps_cache *c, int64_t n, const ps_model_config *cfg, const int64_t *T, unsigned flags, ps_error *e);
 void ps_cache_free(ps_cache *c);
 
 #endif

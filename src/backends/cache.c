@@ -4,6 +4,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #define F(x) offsetof(ps_cache, x)
 #define ROTARY (PS_ARCH_BIT(PS_ARCH_LLAMA) | PS_ARCH_BIT(PS_ARCH_NEOX))
@@ -106,24 +107,69 @@ size_t ps_array_at(const ps_model_config *mc, ps_array a, int64_t T, int64_t l, 
 
 float *ps_cache_array(const ps_cache *c, ps_array a) { return *(float *const *)((const char *)c + ps_arrays[a].field); }
 
-int ps_cache_init(ps_cache *c, const ps_model_config *cfg, int64_t T, unsigned flags, ps_error *e) {
-    memset(c, 0, sizeof *c);
-    const size_t total = ps_cache_floats(cfg, T, flags);
-    c->memory = calloc(total ? total : 1, sizeof(float));
-    if (!c->memory) return ps_fail(e, PS_EXIT_RUNTIME, "activation cache: out of memory (%zu floats, T=%lld)", total, (long long)T);
+// The arrays of a cache of T tokens laid out from memory (total floats).
+static void lay_out(ps_cache *c, const ps_model_config *cfg, int64_t T, unsigned flags, float *memory, size_t total) {
+    c->memory = memory;
     c->T = T;
     c->n_floats = total;
     size_t at = 0;
     for (int a = 0; a < PS_ARR_COUNT; a++) {
         const size_t n = ps_array_floats(cfg, (ps_array)a, T, flags);
-        *(float **)((char *)c + ps_arrays[a].field) = n ? c->memory + at : NULL;
+        *(float **)((char *)c + ps_arrays[a].field) = n ? memory + at : NULL;
         at += n;
+    }
+}
+
+int ps_cache_init(ps_cache *c, const ps_model_config *cfg, int64_t T, unsigned flags, ps_error *e) {
+    memset(c, 0, sizeof *c);
+    const size_t total = ps_cache_floats(cfg, T, flags);
+    float *memory = calloc(total ? total : 1, sizeof(float));
+    if (!memory) return ps_fail(e, PS_EXIT_RUNTIME, "activation cache: out of memory (%zu floats, T=%lld)", total, (long long)T);
+    lay_out(c, cfg, T, flags, memory, total);
+    return 0;
+}
+
+// A block's head: how many caches still refer to it. The caches' floats follow, each cache 64-byte aligned.
+typedef struct { int64_t refs; } cache_block;
+enum { BLOCK_HEAD = 64, BLOCK_ALIGN = 16 /* floats */ };
+#define HUGE_PAGE ((size_t)2 << 20)
+
+int ps_cache_init_block(ps_cache *c, int64_t n, const ps_model_config *cfg, const int64_t *T, unsigned flags, ps_error *e) {
+    if (n <= 0) return 0;
+    memset(c, 0, (size_t)n * sizeof *c);
+    size_t floats = 0;
+    for (int64_t i = 0; i < n; i++) floats += (ps_cache_floats(cfg, T[i], flags) + BLOCK_ALIGN - 1) / BLOCK_ALIGN * BLOCK_ALIGN;
+    size_t bytes = BLOCK_HEAD + (floats ? floats : 1) * sizeof(float);
+    // Huge pages only for blocks of a few of them (a tiny model's few KiB stay small).
+    const int huge = bytes >= 4 * HUGE_PAGE;
+    const size_t align = huge ? HUGE_PAGE : BLOCK_HEAD; // every cache 64-byte aligned, as the head is 64 bytes
+    bytes = (bytes + align - 1) / align * align;
+    unsigned char *mem = aligned_alloc(align, bytes);
+    if (!mem) return ps_fail(e, PS_EXIT_RUNTIME, "activation caches: out of memory (%lld caches, %.1f MiB)", (long long)n, (double)bytes / 1048576.0);
+    if (huge) (void)madvise(mem, bytes, MADV_HUGEPAGE); // only advice: without THP nothing changes
+    const int64_t pieces = (int64_t)((bytes + HUGE_PAGE - 1) / HUGE_PAGE);
+#pragma omp parallel for schedule(static) if (pieces > 2)
+    for (int64_t k = 0; k < pieces; k++) {
+        const size_t a = (size_t)k * HUGE_PAGE, b = a + HUGE_PAGE < bytes ? a + HUGE_PAGE : bytes;
+        memset(mem + a, 0, b - a);
+    }
+    ((cache_block *)mem)->refs = n;
+    float *at = (float *)(mem + BLOCK_HEAD);
+    for (int64_t i = 0; i < n; i++) {
+        const size_t total = ps_cache_floats(cfg, T[i], flags);
+        lay_out(&c[i], cfg, T[i], flags, at, total);
+        c[i].block = mem;
+        at += (total + BLOCK_ALIGN - 1) / BLOCK_ALIGN * BLOCK_ALIGN;
     }
     return 0;
 }
 
 void ps_cache_free(ps_cache *c) {
     if (!c) return;
-    free(c->memory);
+    if (c->block) {
+        if (--((cache_block *)c->block)->refs == 0) free(c->block);
+    } else {
+        free(c->memory);
+    }
     memset(c, 0, sizeof *c);
 }

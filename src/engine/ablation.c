@@ -168,17 +168,20 @@ static int run_rows(const ps_ablator *a, const ps_prompt_set *ps, const int64_t 
     int rc = rows && (!bound || patches) ? 0 : ps_fail(e, PS_EXIT_RUNTIME, "out of memory for ablation runs");
     int64_t held = reuse ? n : 0;
     const ps_rows_opts ro = {.naive = 1, .batch_rows = blk};
+    int64_t *Ts = reuse ? NULL : malloc((size_t)blk * sizeof *Ts);
+    if (rc == 0 && !reuse && !Ts) rc = ps_fail(e, PS_EXIT_RUNTIME, "out of memory for ablation runs");
     for (int64_t i0 = 0; rc == 0 && i0 < n; i0 += blk) {
         const int64_t nb = n - i0 < blk ? n - i0 : blk;
+        if (!reuse) {
+            // The block's caches in one allocation. Heads ablated at hook_result read their source's result (H x
+            // d_model a position and layer); rows starting from these runs compare their result patches with it.
+            for (int64_t b = 0; b < nb; b++) Ts[b] = ps->p[which ? which[i0 + b] : i0 + b].T;
+            if (ps_cache_init_block(&caches[i0], nb, mc, Ts, a->heads_at_result ? PS_CACHE_RESULT : 0, e) != 0) { rc = -1; break; }
+            held = i0 + nb;
+        }
         for (int64_t b = 0; rc == 0 && b < nb; b++) {
             const int64_t i = which ? which[i0 + b] : i0 + b;
             const ps_prompt *p = &ps->p[i];
-            if (!reuse) {
-                // Heads ablated at hook_result read their source's result (H x d_model a position and layer); rows starting
-                // from these runs compare their result patches with it.
-                if (ps_cache_init(&caches[i0 + b], mc, p->T, a->heads_at_result ? PS_CACHE_RESULT : 0, e) != 0) { rc = -1; break; }
-                held = i0 + b + 1;
-            }
             rows[b] = (ps_row){.tokens = corrupted ? p->corrupted : p->clean, .T = p->T, .cache = &caches[i0 + b]};
             if (from > 0) { rows[b].base = &caches[i0 + b]; rows[b].start_layer = from; }
             if (!set) continue;
@@ -195,6 +198,7 @@ static int run_rows(const ps_ablator *a, const ps_prompt_set *ps, const int64_t 
     }
     free(rows);
     free(patches);
+    free(Ts);
     if (rc != 0)
         for (int64_t i = 0; i < held; i++) {
             if (a->be->release_cache) a->be->release_cache(a->be, &caches[i]);

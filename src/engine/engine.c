@@ -25,12 +25,15 @@ static double now_s(void) {
 // some experiment reads (reads: PS_READS_*); the other run's cache stays zeroed (its baseline runs logits only).
 static int init_caches(ps_producer_ctx *c, const int64_t *chunk, int64_t nc, ps_cache *clean, ps_cache *corr, unsigned reads,
                        ps_error *e) {
-    for (int64_t i = 0; i < nc; i++) {
-        const int64_t T = c->ps->p[chunk[i]].T;
-        if (((reads & PS_READS_CLEAN) && ps_cache_init(&clean[i], &c->m->cfg, T, 0, e)) ||
-            ((reads & PS_READS_CORRUPTED) && ps_cache_init(&corr[i], &c->m->cfg, T, 0, e))) return -1;
-    }
-    return 0;
+    if (!(reads & (PS_READS_CLEAN | PS_READS_CORRUPTED)) || nc <= 0) return 0;
+    int64_t *T = malloc((size_t)nc * sizeof *T);
+    if (!T) return ps_fail(e, PS_EXIT_RUNTIME, "out of memory");
+    for (int64_t i = 0; i < nc; i++) T[i] = c->ps->p[chunk[i]].T;
+    int rc = 0;
+    if ((reads & PS_READS_CLEAN) && ps_cache_init_block(clean, nc, &c->m->cfg, T, 0, e) != 0) rc = -1;
+    if (rc == 0 && (reads & PS_READS_CORRUPTED) && ps_cache_init_block(corr, nc, &c->m->cfg, T, 0, e) != 0) rc = -1;
+    free(T);
+    return rc;
 }
 
 // Runs the clean and corrupted baselines of a chunk into init_caches' caches (logits only for a run no experiment
