@@ -93,6 +93,15 @@ int pf_load_or_fail(pf_fixture *f, const char *model) {
     return -1;
 }
 
+int pf_load_cpu_or_fail(pf_fixture *f, const char *model, int threads, ps_backend *be) {
+    if (pf_load_or_fail(f, model) != 0) return -1;
+    ps_error e = {0};
+    if (ps_backend_init(be, PS_BACKEND_CPU, PS_PREC_FP32, threads, &f->m, &e) == 0) return 0;
+    TU_CHECK(0, "%s: cpu backend: %s", model, e.msg);
+    pf_free(f);
+    return -1;
+}
+
 void pf_free(pf_fixture *f) {
     ps_prompt_set_free(&f->ps);
     ps_safetensors_free(&f->g);

@@ -31,6 +31,9 @@ typedef struct {
 int pf_load(pf_fixture *f, const char *model, ps_error *e);
 // pf_load, recording a failure (TU_CHECK) and freeing what was loaded; 0 when the fixture is ready.
 int pf_load_or_fail(pf_fixture *f, const char *model);
+// pf_load_or_fail and an fp32 CPU backend of `threads` threads (0: OpenMP's default) on its model in be; on failure
+// reports it, frees both and returns -1. The caller frees be (ps_backend_free) and f (pf_free).
+int pf_load_cpu_or_fail(pf_fixture *f, const char *model, int threads, ps_backend *be);
 void pf_free(pf_fixture *f);
 // Every prompt's baseline and every sweep of rr against the goldens, at abs and rel tolerance tol.
 void pf_compare_with_goldens(const char *model, pf_fixture *f, const ps_run_results *rr, const char *mode, float tol);

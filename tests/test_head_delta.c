@@ -34,16 +34,11 @@ static void same_logits(const char *what, const float *got, const float *want, i
 
 static void test_model(const char *model) {
     pf_fixture f;
-    if (pf_load_or_fail(&f, model) != 0) return;
+    ps_backend be;
+    if (pf_load_cpu_or_fail(&f, model, 1, &be) != 0) return;
     const ps_model_config *mc = &f.m.cfg;
     const int64_t L = mc->n_layers, H = mc->n_heads, V = mc->d_vocab;
     ps_error e = {0};
-    ps_backend be;
-    if (ps_backend_init(&be, PS_BACKEND_CPU, PS_PREC_FP32, 1, &f.m, &e) != 0) {
-        TU_CHECK(0, "%s: backend: %s", model, e.msg);
-        pf_free(&f);
-        return;
-    }
     TU_CHECK(H >= 2, "%s: the test needs two heads a layer", model);
     TU_CHECK((be.caps & PS_CAP_HEAD_DELTA) && !(PS_CAPS_CUDA & PS_CAP_HEAD_DELTA), "%s: the cpu backend lacks the bit or CUDA claims it", model);
     for (int64_t i = 0; i < f.ps.n && i < 2 && H >= 2; i++) {

@@ -172,12 +172,10 @@ enum { N_SITES = sizeof SITES / sizeof SITES[0] };
 // Against the naive engine: every op at every site on every prompt of the patching fixture.
 static void against_naive(const char *model) {
     pf_fixture f;
-    if (pf_load_or_fail(&f, model) != 0) return;
+    ps_backend be;
+    if (pf_load_cpu_or_fail(&f, model, 1, &be) != 0) return;
     const ps_model_config *mc = &f.m.cfg;
     const int64_t L = mc->n_layers, H = mc->n_heads;
-    ps_backend be;
-    ps_error e = {0};
-    if (ps_backend_init(&be, PS_BACKEND_CPU, PS_PREC_FP32, 1, &f.m, &e) != 0) { TU_CHECK(0, "%s", e.msg); pf_free(&f); return; }
     acc a[A_N];
     memset(a, 0, sizeof a);
     uint64_t seed = 0x243f6a8885a308d3ull;

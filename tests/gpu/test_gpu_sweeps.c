@@ -12,14 +12,9 @@
 
 static void test_model(const char *model) {
     pf_fixture f;
-    if (pf_load_or_fail(&f, model) != 0) return;
-    ps_error e = {0};
     ps_backend cpu;
-    if (ps_backend_init(&cpu, PS_BACKEND_CPU, PS_PREC_FP32, 0, &f.m, &e) != 0) {
-        TU_CHECK(0, "%s: cpu backend: %s", model, e.msg);
-        pf_free(&f);
-        return;
-    }
+    if (pf_load_cpu_or_fail(&f, model, 0, &cpu) != 0) return;
+    ps_error e = {0};
     ps_engine_opts o = {0};
     ps_run_results rc;
     if (ps_engine_run(&f.m, &cpu, &f.ps, f.ex, f.n_ex, PS_METRIC_LOGIT_DIFF, &o, &rc, &e) != 0) {
