@@ -88,7 +88,9 @@ typedef struct {
     uint64_t seed;                // resample
     const int64_t *draws;         // resample: NULL, draw from seed; else (ps->n) each prompt's reference prompt (borrowed:
                                   // a run scoring its prompts chunk by chunk draws once over all of them)
-    int64_t batch_rows;           // rows per backend call (0: 256)
+    int64_t batch_rows;           // rows per backend call, one batch each (0: up to 1024 scored rows a call, in groups)
+    int64_t group_rows;           // with batch_rows 0: scored rows a group (0: 32), each group's numbers its own call's on
+                                  // one thread, whatever the thread count (ps_rows_opts.group_rows)
     const ps_cache *base;         // NULL, or (ps->n) runs of the prompts the rows may start from: a row's patches that
                                   // leave base's values as they are do not make it recompute (the circuit search's
                                   // current circuit, so a candidate's row starts at its own layer). Borrowed.

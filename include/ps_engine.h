@@ -132,6 +132,10 @@ void ps_run_results_free(ps_run_results *r);
 typedef struct {
     int naive;           // every row a full forward from the embedding, nothing skipped or narrowed (base cleared)
     int64_t batch_rows;  // rows per backend call (0: 512)
+    // > 0: each call's rows in groups of this many consecutive rows, each group's numbers those of a call of its
+    // own (ps_backend.forward_groups, where the backend has it; the CPU runs small groups whole, one a thread, in
+    // turn): a row's numbers then depend on its group's rows only, not on the threads or the call.
+    int64_t group_rows;
 } ps_rows_opts;
 
 typedef struct {

@@ -117,7 +117,13 @@ void ps_cpu_workspace_free(ps_cpu_workspace *w);
 // own batch and buffers, the same GEMMs), but all groups go through a layer together, so a streamed model
 // converts each layer once per call instead of once per group. The baselines run every prompt of a chunk
 // this way, and the sweeps their prompts' batches when the weights are streamed.
+// With resident weights and more than one thread, small groups (each below a piece's FLOPs, at least two a thread)
+// instead run whole, each on one thread, the threads taking them in turn: each group's numbers are then those of
+// its own call on one thread (the groups' own GEMMs, never cut between threads).
 int ps_cpu_forward_groups(const ps_model *m, ps_row *rows, int64_t n_rows, const int64_t *ends, int64_t n_groups, ps_error *e);
+// The same with the buffers of groups run on the threads kept in w (the backend's workspace) between calls.
+int ps_cpu_forward_groups_ws(const ps_model *m, ps_row *rows, int64_t n_rows, const int64_t *ends, int64_t n_groups,
+                             ps_cpu_workspace *w, ps_error *e);
 
 // Small building blocks the CUDA kernels are tested against (same arithmetic, fp32).
 void ps_cpu_layernorm(float *out, float *scale, const float *x, const float *w, const float *b, int64_t N, int64_t C, float eps);

@@ -13,6 +13,7 @@
 
 #include <cjson/cJSON.h>
 #include <math.h>
+#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,13 +46,15 @@ static void build_set(ps_prompt_set *ps, const cJSON *toks, const cJSON *ans, co
     }
 }
 
-typedef struct { const char *name; int naive; int64_t batch_rows; int small_budget; } mode;
+typedef struct { const char *name; int naive; int64_t batch_rows; int small_budget; int64_t group_rows; int threads; } mode;
 
 static int run(ps_model *m, ps_backend *be, const ps_prompt_set *ps, const ps_prompt_set *ref, const ps_ref_means *means,
                ps_abl_method method, int under, double threshold, const mode *md, ps_search_result *r) {
     ps_error e = {0};
     ps_ablator a = {.m = m, .be = be, .ps = ps, .metric = PS_METRIC_LOGIT_DIFF, .method = method, .means = method == PS_ABL_MEAN ? means : NULL,
-                    .batch_rows = md->batch_rows};
+                    .batch_rows = md->batch_rows, .group_rows = md->group_rows};
+    const int nt0 = omp_get_max_threads();
+    if (md->threads) omp_set_num_threads(md->threads);
     if (ps_ablator_init(&a, "demo", &e) != 0) { TU_CHECK(0, "%s: %s", md->name, e.msg); return -1; }
     size_t ps_bytes = 0;
     for (int64_t i = 0; i < ps->n; i++) ps_bytes += ps_cache_floats(&m->cfg, ps->p[i].T, 0) * sizeof(float);
@@ -60,6 +63,7 @@ static int run(ps_model *m, ps_backend *be, const ps_prompt_set *ps, const ps_pr
     const int rc = ps_circuit_search(&a, &o, r, &e);
     if (rc != 0) TU_CHECK(0, "%s: search: %s", md->name, e.msg);
     ps_ablator_free(&a);
+    omp_set_num_threads(nt0);
     return rc;
 }
 
@@ -92,8 +96,12 @@ int main(void) {
         TU_CHECK(0, "means: %s", e.msg);
         return tu_done("ablation_batch");
     }
-    const mode modes[5] = {{"oracle (naive)", 1, 0, 0}, {"1 prompt a call", 0, 1, 0}, {"blocks of 5", 0, 5, 0},
-                           {"default blocks", 0, 0, 0}, {"default, scored prompts' runs only", 0, 0, 1}};
+    // Groups of 3 rows (the default is 32): at two threads enough groups a call that they run on the threads, each
+    // whole on one (ps_cpu_groups_on_threads); their scores must then be bitwise those of the same groups on one.
+    enum { N_MODES = 7, ONE_THREAD = 5, TWO_THREADS = 6 };
+    const mode modes[N_MODES] = {{"oracle (naive)", 1, 0, 0, 0, 0}, {"1 prompt a call", 0, 1, 0, 0, 0}, {"blocks of 5", 0, 5, 0, 0, 0},
+                                 {"default blocks", 0, 0, 0, 0, 0}, {"default, scored prompts' runs only", 0, 0, 1, 0, 0},
+                                 {"groups of 3, one thread", 0, 0, 0, 3, 1}, {"groups of 3, two threads", 0, 0, 0, 3, 2}};
     // (method, MLP means under the heads, threshold): 20 keeps every MLP; 60 and 90 remove some.
     const struct { ps_abl_method method; int under; double threshold; } cases[5] = {
         {PS_ABL_MEAN, 1, 20}, {PS_ABL_MEAN, 1, 60}, {PS_ABL_MEAN, 1, 90}, {PS_ABL_MEAN, 0, 60}, {PS_ABL_ZERO, 0, 60}};
@@ -120,7 +128,8 @@ int main(void) {
             free(seen);
         }
         any_reusable |= reusable > 0;
-        for (int k = 1; k < 5; k++) {
+        ps_search_result one = {0};
+        for (int k = 1; k < N_MODES; k++) {
             ps_search_result got;
             if (run(&m, &be, &ps, &ref, &means, cases[c].method, cases[c].under, cases[c].threshold, &modes[k], &got) != 0) continue;
             int64_t same = 0, first_bad = -1;
@@ -149,8 +158,21 @@ int main(void) {
                      "%s threshold %g, %s: %lld steps (oracle %lld), first mismatch at step %lld, circuit %s vs %s",
                      ps_abl_method_name(cases[c].method), cases[c].threshold, modes[k].name, (long long)got.n_steps,
                      (long long)want.n_steps, (long long)first_bad, gc, wc);
+            if (k == ONE_THREAD) {
+                one = got;
+                continue;
+            }
+            if (k == TWO_THREADS) {
+                int64_t differ = 0, first = -1;
+                for (int64_t i = 0; i < got.n_steps && i < one.n_steps; i++)
+                    if (got.steps[i].score != one.steps[i].score) { differ++; if (first < 0) first = i; }
+                TU_CHECK(got.n_steps == one.n_steps && differ == 0 && got.final_score == one.final_score,
+                         "%s threshold %g: groups on two threads: %lld of %lld steps' scores differ from one thread's (first %lld)",
+                         ps_abl_method_name(cases[c].method), cases[c].threshold, (long long)differ, (long long)got.n_steps, (long long)first);
+            }
             ps_search_result_free(&got);
         }
+        ps_search_result_free(&one);
         ps_search_result_free(&want);
     }
     // Otherwise the MLP means from a head candidate's layer on would go untested.

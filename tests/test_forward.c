@@ -3,8 +3,10 @@
 // Also: a ragged batch of all prompts gives each prompt the numbers it gets alone.
 #include "golden_util.h"
 #include "ps_forward.h"
+#include "../src/backends/cpu_internal.h"
 #include "testutil.h"
 
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -114,6 +116,34 @@ static void test_model(const char *name) {
         char nm[128];
         snprintf(nm, sizeof nm, "%s p%d batched vs alone (all activations)", name, p);
         tu_close(nm, batched[p].memory, solo[p].memory, (int64_t)solo[p].n_floats, 1e-5f, 1e-5f);
+    }
+    // Groups on the threads (resident weights, two threads, one prompt a group and at least two groups a thread):
+    // each group whole on one thread, so bitwise its own call on one thread, whichever thread took it.
+    if (np >= 4) {
+        const int nt0 = omp_get_max_threads();
+        ps_cache one[MAXP], par[MAXP];
+        ps_row prow[MAXP];
+        int64_t pends[MAXP];
+        memset(prow, 0, sizeof prow);
+        omp_set_num_threads(1);
+        for (int p = 0; p < np; p++) {
+            ps_cache_init(&one[p], &m.cfg, T[p], PS_CACHE_ALL, &e);
+            ps_cache_init(&par[p], &m.cfg, T[p], PS_CACHE_ALL, &e);
+            ps_row row = {.tokens = tok[p], .T = T[p], .cache = &one[p]};
+            if (ps_cpu_forward(&m, &row, 1, &e) != 0) TU_CHECK(0, "%s: one-thread forward: %s", name, e.msg);
+            prow[p] = (ps_row){.tokens = tok[p], .T = T[p], .cache = &par[p]};
+            pends[p] = p + 1;
+        }
+        omp_set_num_threads(2);
+        TU_CHECK(ps_cpu_groups_on_threads(&m, prow, pends, np), "%s: %d one-prompt groups at two threads not run on the threads", name, np);
+        if (ps_cpu_forward_groups(&m, prow, np, pends, np, &e) != 0) TU_CHECK(0, "%s: groups on the threads: %s", name, e.msg);
+        for (int p = 0; p < np; p++) {
+            TU_CHECK(memcmp(par[p].memory, one[p].memory, one[p].n_floats * sizeof(float)) == 0,
+                     "%s p%d: group on a thread differs from its own one-thread call (bitwise)", name, p);
+            ps_cache_free(&one[p]);
+            ps_cache_free(&par[p]);
+        }
+        omp_set_num_threads(nt0);
     }
     // Streamed weights (the checkpoint stays mapped, one layer converted at a time) give the same numbers.
     ps_model ms;

@@ -17,7 +17,7 @@ static int cpu_forward(ps_backend *b, const ps_model *m, ps_row *rows, int64_t n
 
 static int cpu_forward_groups(ps_backend *b, const ps_model *m, ps_row *rows, int64_t n_rows, const int64_t *ends,
                               int64_t n_groups, ps_error *e) {
-    return ps_cpu_forward_groups(m, rows, n_rows, ends, n_groups, e);
+    return ps_cpu_forward_groups_ws(m, rows, n_rows, ends, n_groups, (ps_cpu_workspace *)b->impl, e);
 }
 
 // Through the loaded BLAS (ps_blas_init's choice unless one was loaded before).

@@ -762,17 +762,21 @@ int ps_cpu_forward_batch(const ps_model *m, ps_row *rows, int64_t n_rows, ps_cpu
 }
 
 #ifdef PS_CPU_PROFILE
-static int forward_groups(const ps_model *m, ps_row *rows, int64_t n_rows, const int64_t *ends, int64_t G, ps_error *e);
-int ps_cpu_forward_groups(const ps_model *m, ps_row *rows, int64_t n_rows, const int64_t *ends, int64_t G, ps_error *e) {
+static int forward_groups(const ps_model *m, ps_row *rows, int64_t n_rows, const int64_t *ends, int64_t G, ps_cpu_workspace *ws,
+                          ps_error *e);
+int ps_cpu_forward_groups_ws(const ps_model *m, ps_row *rows, int64_t n_rows, const int64_t *ends, int64_t G, ps_cpu_workspace *ws,
+                             ps_error *e) {
     const double t0 = ps_prof_now();
-    const int rc = forward_groups(m, rows, n_rows, ends, G, e);
+    const int rc = forward_groups(m, rows, n_rows, ends, G, ws, e);
     ps_prof_add(PS_PROF_FORWARD, t0);
-    ps_prof_add(PS_PROF_BASELINE, t0);
+    if (n_rows > 0 && rows[0].cache) ps_prof_add(PS_PROF_BASELINE, t0);
     return rc;
 }
-static int forward_groups(const ps_model *m, ps_row *rows, int64_t n_rows, const int64_t *ends, int64_t G, ps_error *e) {
+static int forward_groups(const ps_model *m, ps_row *rows, int64_t n_rows, const int64_t *ends, int64_t G, ps_cpu_workspace *ws,
+                          ps_error *e) {
 #else
-int ps_cpu_forward_groups(const ps_model *m, ps_row *rows, int64_t n_rows, const int64_t *ends, int64_t G, ps_error *e) {
+int ps_cpu_forward_groups_ws(const ps_model *m, ps_row *rows, int64_t n_rows, const int64_t *ends, int64_t G, ps_cpu_workspace *ws,
+                             ps_error *e) {
 #endif
     if (n_rows <= 0) return 0;
     if (!ends || G <= 0) G = 1, ends = &n_rows;
@@ -780,11 +784,14 @@ int ps_cpu_forward_groups(const ps_model *m, ps_row *rows, int64_t n_rows, const
         if (ends[g] <= (g ? ends[g - 1] : 0) || ends[g] > n_rows || (g == G - 1 && ends[g] != n_rows))
             return ps_fail(e, PS_EXIT_RUNTIME, "forward: group %lld of %lld ends at row %lld of %lld (internal error)", (long long)g,
                            (long long)G, (long long)ends[g], (long long)n_rows);
+    ps_blas_set_num_threads(1);
+    // Small groups of resident weights: each whole on one thread, the threads taking groups in turn (no barrier per
+    // step, and none of a small batch's serial stretches with the other thread waiting).
+    if (ps_cpu_groups_on_threads(m, rows, ends, G)) return ps_cpu_forward_pieces(m, rows, ends, G, ws, e);
     ps_cpu_workspace *wsp = calloc((size_t)G, sizeof *wsp);
     batch *b = calloc((size_t)G, sizeof *b);
     int rc = 0;
     if (!wsp || !b) rc = ps_fail(e, PS_EXIT_RUNTIME, "forward: out of memory for %lld groups of rows", (long long)G);
-    ps_blas_set_num_threads(1);
     // Each group is its own batch with its own workspace: the same GEMM shapes and inputs as a call of its own.
     for (int64_t g = 0; rc == 0 && g < G; g++) {
         const int64_t r0 = g ? ends[g - 1] : 0;
@@ -803,5 +810,12 @@ int ps_cpu_forward_groups(const ps_model *m, ps_row *rows, int64_t n_rows, const
     for (int64_t g = 0; wsp && g < G; g++) ps_cpu_workspace_free(&wsp[g]);
     free(wsp);
     free(b);
+    return rc;
+}
+
+int ps_cpu_forward_groups(const ps_model *m, ps_row *rows, int64_t n_rows, const int64_t *ends, int64_t G, ps_error *e) {
+    ps_cpu_workspace w = {0};
+    const int rc = ps_cpu_forward_groups_ws(m, rows, n_rows, ends, G, &w, e);
+    ps_cpu_workspace_free(&w);
     return rc;
 }

@@ -26,6 +26,14 @@
 // omp_get_max_threads() (cpu_forward.c); ps_cpu_forward_ws cuts big batches into such batches, one a thread.
 int ps_cpu_forward_batch(const ps_model *m, ps_row *rows, int64_t n_rows, ps_cpu_workspace *wsp, ps_error *e);
 
+// Rows [ends[p-1], ends[p]) for p < n, each a batch of its own (ps_cpu_forward_batch) run whole by one thread with
+// that thread's workspace of wsp->pieces (cpu_pieces.c); its numbers are those of its own call on one thread.
+int ps_cpu_forward_pieces(const ps_model *m, ps_row *rows, const int64_t *ends, int64_t n, ps_cpu_workspace *wsp, ps_error *e);
+// 1 when ps_cpu_forward_groups runs its G groups that way, one a thread at a time: resident weights, more than one
+// thread, at least two groups a thread and every group smaller than a piece (its steps' loops would hardly use a
+// second thread); else the groups go through each layer in turn.
+int ps_cpu_groups_on_threads(const ps_model *m, const ps_row *rows, const int64_t *ends, int64_t G);
+
 // ps_sgemm_par (ps_blas.h) on GEMMs of the forward pass, timed when profiling (by rows: all share M and K).
 void ps_cpu_linear_n(const ps_gemm *g, int n);
 

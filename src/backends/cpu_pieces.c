@@ -58,25 +58,29 @@ static int64_t cut_pieces(const ps_model *m, const ps_row *rows, int64_t n_rows,
     return n;
 }
 
-// The pieces, in turn on the threads; each thread runs its pieces' steps alone (nested regions: one thread).
-static int forward_pieces(const ps_model *m, ps_row *rows, const int64_t *ends, int64_t n, ps_cpu_workspace *wsp, ps_error *e) {
-    if (wsp->n_pieces < n) {
-        ps_cpu_workspace *more = realloc(wsp->pieces, (size_t)n * sizeof *more);
+// Pieces [ends[p-1], ends[p]) of rows, in turn on the threads, each a batch of its own run whole by one thread
+// (nested regions: one thread), with that thread's workspace (wsp->pieces[t], kept between calls): any number
+// of pieces. The first piece that failed reports its error.
+int ps_cpu_forward_pieces(const ps_model *m, ps_row *rows, const int64_t *ends, int64_t n, ps_cpu_workspace *wsp, ps_error *e) {
+    const int nt = omp_get_max_threads();
+    if (wsp->n_pieces < nt) {
+        ps_cpu_workspace *more = realloc(wsp->pieces, (size_t)nt * sizeof *more);
         if (!more) return ps_fail(e, PS_EXIT_RUNTIME, "forward: out of memory");
-        memset(more + wsp->n_pieces, 0, (size_t)(n - wsp->n_pieces) * sizeof *more);
+        memset(more + wsp->n_pieces, 0, (size_t)(nt - wsp->n_pieces) * sizeof *more);
         wsp->pieces = more;
-        wsp->n_pieces = (int)n;
+        wsp->n_pieces = nt;
     }
     ps_cpu_workspace *ws = wsp->pieces;
-    int64_t failed = n; // the first piece that failed reports its error
-#pragma omp parallel
+    int64_t failed = n;
+#pragma omp parallel num_threads(nt)
     {
         omp_set_num_threads(1); // this thread's regions inside a piece: one thread (this task's setting only)
+        ps_cpu_workspace *mine = &ws[omp_get_thread_num()];
         ps_error pe = {0};
 #pragma omp for schedule(dynamic, 1)
         for (int64_t p = 0; p < n; p++) {
             const int64_t r0 = p ? ends[p - 1] : 0;
-            if (r0 < ends[p] && ps_cpu_forward_batch(m, rows + r0, ends[p] - r0, &ws[p], &pe) != 0) {
+            if (r0 < ends[p] && ps_cpu_forward_batch(m, rows + r0, ends[p] - r0, mine, &pe) != 0) {
 #pragma omp critical(ps_forward_pieces)
                 if (p < failed) {
                     failed = p;
@@ -87,6 +91,17 @@ static int forward_pieces(const ps_model *m, ps_row *rows, const int64_t *ends, 
         }
     }
     return failed < n ? -1 : 0;
+}
+
+int ps_cpu_groups_on_threads(const ps_model *m, const ps_row *rows, const int64_t *ends, int64_t G) {
+    const int nt = omp_in_parallel() ? 1 : omp_get_max_threads();
+    if (m->stream || nt < 2 || G < 2 * (int64_t)nt) return 0;
+    for (int64_t g = 0, r = 0; g < G; g++) {
+        double f = 0;
+        for (; r < ends[g]; r++) f += ps_row_flops(&m->cfg, &rows[r]);
+        if (f >= PS_PIECE_MIN_FLOP) return 0;
+    }
+    return 1;
 }
 
 #ifdef PS_CPU_PROFILE
@@ -110,6 +125,6 @@ int ps_cpu_forward_ws(const ps_model *m, ps_row *rows, int64_t n_rows, ps_cpu_wo
     const double min_flop = wsp->piece_min_flop > 0 ? wsp->piece_min_flop : PS_PIECE_MIN_FLOP;
     const double min_tokens = wsp->piece_min_flop > 0 ? 0 : PS_PIECE_MIN_TOKENS; // a test's tiny batches: no token floor
     const int64_t n = nt > 1 ? cut_pieces(m, rows, n_rows, min_flop, min_tokens, ends, max < 64 ? max : 64) : 1;
-    return n > 1 ? forward_pieces(m, rows, ends, n, wsp, e) : ps_cpu_forward_batch(m, rows, n_rows, wsp, e);
+    return n > 1 ? ps_cpu_forward_pieces(m, rows, ends, n, wsp, e) : ps_cpu_forward_batch(m, rows, n_rows, wsp, e);
 }
 

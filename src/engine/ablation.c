@@ -149,6 +149,14 @@ static uint64_t xorshift64s(uint64_t *s) {
 // blocks by prompt index, so the numbers do not depend on timing or memory.
 #define PS_ABL_BLOCK 32
 
+// Scored rows per backend call, in groups of PS_ABL_GROUP rows that run whole on one thread each (ps_ablator_score),
+// unless batch_rows says (then one batch of that many rows a call, as before groups).
+#define PS_ABL_SCORE_ROWS 1024
+#define PS_ABL_GROUP 32
+
+// Blocks of runs a backend call (run_rows).
+#define PS_ABL_CALL_BLOCKS 8
+
 int64_t ps_abl_block(const ps_ablator *a) { return a->batch_rows > 0 ? a->batch_rows : PS_ABL_BLOCK; }
 
 // Runs every prompt `which` names (NULL: 0..n) of ps into caches[0..n), blocks of ps_abl_block prompts a call, each
@@ -162,28 +170,36 @@ static int run_rows(const ps_ablator *a, const ps_prompt_set *ps, const int64_t 
     const ps_model_config *mc = &a->m->cfg;
     if (!reuse || !(a->be->caps & PS_CAP_CACHE_LATE) || from < 0) from = 0;
     if (from > mc->n_layers - 1) from = mc->n_layers - 1;   // nothing changed: the last layer again (cache rows end there)
-    const int64_t blk = ps_abl_block(a), bound = set ? ps_abl_patch_bound(mc, set, ps->T_max) : 0;
-    ps_row *rows = calloc((size_t)blk, sizeof *rows);
-    ps_patch *patches = bound ? malloc((size_t)(blk * bound) * sizeof *patches) : NULL;
-    int rc = rows && (!bound || patches) ? 0 : ps_fail(e, PS_EXIT_RUNTIME, "out of memory for ablation runs");
+    // PS_ABL_CALL_BLOCKS blocks a backend call, each block a group of its own (the numbers of its own call, on one
+    // thread), so that the blocks run on the threads side by side.
+    const int64_t blk = ps_abl_block(a), per = blk * PS_ABL_CALL_BLOCKS, bound = set ? ps_abl_patch_bound(mc, set, ps->T_max) : 0;
+    ps_row *rows = calloc((size_t)per, sizeof *rows);
+    ps_patch *patches = bound ? malloc((size_t)(per * bound) * sizeof *patches) : NULL;
+    int64_t *ends = malloc((size_t)PS_ABL_CALL_BLOCKS * sizeof *ends);
+    int rc = rows && ends && (!bound || patches) ? 0 : ps_fail(e, PS_EXIT_RUNTIME, "out of memory for ablation runs");
     int64_t held = reuse ? n : 0;
-    const ps_rows_opts ro = {.naive = 1, .batch_rows = blk};
+    const ps_rows_opts ro = {.naive = 1, .batch_rows = per, .group_rows = blk};
     int64_t *Ts = reuse ? NULL : malloc((size_t)blk * sizeof *Ts);
     if (rc == 0 && !reuse && !Ts) rc = ps_fail(e, PS_EXIT_RUNTIME, "out of memory for ablation runs");
-    for (int64_t i0 = 0; rc == 0 && i0 < n; i0 += blk) {
-        const int64_t nb = n - i0 < blk ? n - i0 : blk;
-        if (!reuse) {
-            // The block's caches in one allocation. Heads ablated at hook_result read their source's result (H x
-            // d_model a position and layer); rows starting from these runs compare their result patches with it.
-            for (int64_t b = 0; b < nb; b++) Ts[b] = ps->p[which ? which[i0 + b] : i0 + b].T;
-            if (ps_cache_init_block(&caches[i0], nb, mc, Ts, a->heads_at_result ? PS_CACHE_RESULT : 0, e) != 0) { rc = -1; break; }
-            held = i0 + nb;
+    for (int64_t c0 = 0; rc == 0 && c0 < n; c0 += per) {
+        const int64_t nc = n - c0 < per ? n - c0 : per;
+        int64_t G = 0;
+        for (int64_t i0 = c0; rc == 0 && i0 < c0 + nc; i0 += blk) {
+            const int64_t nb = c0 + nc - i0 < blk ? c0 + nc - i0 : blk;
+            ends[G++] = i0 + nb - c0;
+            if (!reuse) {
+                // The block's caches in one allocation. Heads ablated at hook_result read their source's result (H x
+                // d_model a position and layer); rows starting from these runs compare their result patches with it.
+                for (int64_t b = 0; b < nb; b++) Ts[b] = ps->p[which ? which[i0 + b] : i0 + b].T;
+                if (ps_cache_init_block(&caches[i0], nb, mc, Ts, a->heads_at_result ? PS_CACHE_RESULT : 0, e) != 0) { rc = -1; break; }
+                held = i0 + nb;
+            }
         }
-        for (int64_t b = 0; rc == 0 && b < nb; b++) {
-            const int64_t i = which ? which[i0 + b] : i0 + b;
+        for (int64_t b = 0; rc == 0 && b < nc; b++) {
+            const int64_t i = which ? which[c0 + b] : c0 + b;
             const ps_prompt *p = &ps->p[i];
-            rows[b] = (ps_row){.tokens = corrupted ? p->corrupted : p->clean, .T = p->T, .cache = &caches[i0 + b]};
-            if (from > 0) { rows[b].base = &caches[i0 + b]; rows[b].start_layer = from; }
+            rows[b] = (ps_row){.tokens = corrupted ? p->corrupted : p->clean, .T = p->T, .cache = &caches[c0 + b]};
+            if (from > 0) { rows[b].base = &caches[c0 + b]; rows[b].start_layer = from; }
             if (!set) continue;
             const int64_t g = !heads_only && a->group_of && a->means && a->means->group == PS_GROUP_PER_TEMPLATE_POSITION ? a->group_of[i] : 0;
             const int64_t np = ps_abl_build_patches(a, set, p, g, !heads_only && a->src ? &a->src[i] : NULL, heads_only, patches + b * bound);
@@ -191,13 +207,18 @@ static int run_rows(const ps_ablator *a, const ps_prompt_set *ps, const int64_t 
             rows[b].patches = patches + b * bound;
             rows[b].n_patches = np < 0 ? 0 : np;
         }
-        if (rc == 0 && from == 0) rc = ps_engine_rows(a->m, a->be, rows, nb, &ro, NULL, e);
+        if (rc == 0 && from == 0) rc = ps_engine_rows(a->m, a->be, rows, nc, &ro, NULL, e);
         // Rows rewritten in place from `from` (the engine plans cache rows from layer 0): checked, then run as they are.
-        for (int64_t b = 0; rc == 0 && from > 0 && b < nb; b++) rc = ps_row_check(mc, &rows[b], a->be->caps, a->be->name, e);
-        if (rc == 0 && from > 0) rc = a->be->forward(a->be, a->m, rows, nb, e);
+        for (int64_t b = 0; rc == 0 && from > 0 && b < nc; b++) rc = ps_row_check(mc, &rows[b], a->be->caps, a->be->name, e);
+        if (rc == 0 && from > 0 && a->be->forward_groups) rc = a->be->forward_groups(a->be, a->m, rows, nc, ends, G, e);
+        for (int64_t g = 0; rc == 0 && from > 0 && !a->be->forward_groups && g < G; g++) {
+            const int64_t r0 = g ? ends[g - 1] : 0;
+            rc = a->be->forward(a->be, a->m, rows + r0, ends[g] - r0, e);
+        }
     }
     free(rows);
     free(patches);
+    free(ends);
     free(Ts);
     if (rc != 0)
         for (int64_t i = 0; i < held; i++) {
@@ -290,7 +311,8 @@ void ps_ablator_free(ps_ablator *a) {
 int ps_ablator_score(ps_ablator *a, const ps_abl_set *sets, int64_t n_sets, float *values, ps_error *e) {
     const ps_model_config *mc = &a->m->cfg;
     const ps_prompt_set *ps = a->ps;
-    const int64_t per = a->batch_rows > 0 ? a->batch_rows : 256, total = n_sets * ps->n;
+    const int64_t total = n_sets * ps->n;
+    int64_t per = a->batch_rows > 0 ? a->batch_rows : PS_ABL_SCORE_ROWS;
     int64_t bound = 1;
     for (int64_t s = 0; s < n_sets; s++) {
         const int64_t b = ps_abl_patch_bound(mc, &sets[s], ps->T_max);
@@ -304,6 +326,8 @@ int ps_ablator_score(ps_ablator *a, const ps_abl_set *sets, int64_t n_sets, floa
         const size_t n = (size_t)q.n_out * (size_t)(q.n_cols ? q.n_cols : mc->d_vocab);
         if (n > need) need = n;
     }
+    // Whole-vocabulary logits (prob_diff, logprob) in fewer rows a call: at most 64 MiB of them.
+    while (a->batch_rows <= 0 && per > 2 * PS_ABL_GROUP && (size_t)per * need * sizeof(float) > ((size_t)64 << 20)) per /= 2;
     ps_row *rows = calloc((size_t)per, sizeof *rows);
     ps_metric_request *rq = calloc((size_t)per, sizeof *rq);
     ps_patch *patches = malloc((size_t)(per * bound) * sizeof *patches);
@@ -312,20 +336,24 @@ int ps_ablator_score(ps_ablator *a, const ps_abl_set *sets, int64_t n_sets, floa
     if (!rows || !rq || !patches || !logits) rc = ps_fail(e, PS_EXIT_RUNTIME, "out of memory for ablation rows");
     for (int64_t r0 = 0; rc == 0 && r0 < total; r0 += per) {
         const int64_t nb = total - r0 < per ? total - r0 : per;
-        size_t off = 0;
+        // Each row's patches are its own (on the threads); the first prompt too long for its row is the one reported.
+        int64_t too_long = -1;
+#pragma omp parallel for schedule(static) if (nb >= 64)
         for (int64_t b = 0; b < nb; b++) {
             const int64_t s = (r0 + b) / ps->n, i = (r0 + b) % ps->n;
             const ps_prompt *p = &ps->p[i];
             const int64_t g = a->group_of && a->means && a->means->group == PS_GROUP_PER_TEMPLATE_POSITION ? a->group_of[i] : 0;
             ps_metric_request_for(a->metric, p, &rq[b]);
             const int64_t np = ps_abl_build_patches(a, &sets[s], p, g, a->src ? &a->src[i] : NULL, 0, patches + b * bound);
-            if (np < 0) { rc = ps_fail(e, PS_EXIT_BADINPUT, "prompt %lld: too long for an ablation row", (long long)i); break; }
-            rows[b] = (ps_row){.tokens = p->clean, .T = p->T, .patches = patches + b * bound, .n_patches = np,
+            if (np < 0) {
+#pragma omp critical(ps_abl_too_long)
+                if (too_long < 0 || i < too_long) too_long = i;
+            }
+            rows[b] = (ps_row){.tokens = p->clean, .T = p->T, .patches = patches + b * bound, .n_patches = np < 0 ? 0 : np,
                                .out_pos = rq[b].out_pos, .n_out = rq[b].n_out, .cols = rq[b].n_cols ? rq[b].cols : NULL,
-                               .n_cols = rq[b].n_cols, .logits = logits + off};
-            off += (size_t)rq[b].n_out * (size_t)(rq[b].n_cols ? rq[b].n_cols : mc->d_vocab);
+                               .n_cols = rq[b].n_cols, .logits = logits + (size_t)b * need};
         }
-        if (rc != 0) break;
+        if (too_long >= 0) { rc = ps_fail(e, PS_EXIT_BADINPUT, "prompt %lld: too long for an ablation row", (long long)too_long); break; }
         // Without a base, full forwards (a kept circuit ablates from layer 0 on); with one, the engine starts
         // each row at its first patch that changes the base run's values.
         // A row that changes one head's z from base's (a head candidate of the circuit search) may then start its layer at
@@ -334,7 +362,8 @@ int ps_ablator_score(ps_ablator *a, const ps_abl_set *sets, int64_t n_sets, floa
             rows[b].base = &a->base[(r0 + b) % ps->n];
             rows[b].head_delta = (a->be->caps & PS_CAP_HEAD_DELTA) != 0;
         }
-        ps_rows_opts ro = {.naive = a->base ? 0 : 1, .batch_rows = per};
+        // Groups of PS_ABL_GROUP rows: a row's numbers depend on its group only (ps_rows_opts.group_rows).
+        ps_rows_opts ro = {.naive = a->base ? 0 : 1, .batch_rows = per, .group_rows = a->batch_rows > 0 ? 0 : a->group_rows > 0 ? a->group_rows : PS_ABL_GROUP};
         ps_rows_stats st = {0};
         if ((rc = ps_engine_rows(a->m, a->be, rows, nb, &ro, &st, e)) != 0) break;
         a->stats.rows_run += st.rows_run;

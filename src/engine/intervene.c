@@ -136,44 +136,70 @@ int ps_plan_row_by(const ps_model_config *mc, ps_row *r, int narrow_ok, ps_first
     return 1;
 }
 
+// One row planned for ps_engine_rows: 0, or -1 with e naming the row.
+static int plan_one(const ps_model_config *mc, const ps_backend *be, ps_row *r, int64_t i, int naive, int narrow_ok,
+                    ps_rows_stats *s, ps_error *e) {
+    if (naive) r->base = NULL;
+    else if (!r->base && !r->cache)
+        return ps_fail(e, PS_EXIT_BADINPUT, "row %lld: needs the base run of its tokens (or the naive engine)", (long long)i);
+    if (!ps_plan_row(mc, r, narrow_ok)) {
+        // Nothing changes: the row runs from past the last layer (base's final state, unembedded).
+        r->start_layer = mc->n_layers;
+        r->start_pos = r->T - 1;
+        for (int64_t k = 0; k < r->n_out; k++)
+            if (r->out_pos[k] < r->start_pos) r->start_pos = r->out_pos[k];
+        s->rows_unchanged++;
+    }
+    s->rows_narrowed += r->narrow;
+    ps_error ce = {0};
+    if (ps_row_check(mc, r, be->caps, be->name, &ce) != 0) return ps_fail(e, PS_EXIT_BADINPUT, "row %lld: %s", (long long)i, ce.msg);
+    s->flops += ps_row_flops(mc, r);
+    return 0;
+}
+
 int ps_engine_rows(const ps_model *m, ps_backend *be, ps_row *rows, int64_t n_rows, const ps_rows_opts *o, ps_rows_stats *st,
                    ps_error *e) {
     const ps_model_config *mc = &m->cfg;
     const ps_rows_opts none = {0};
     if (!o) o = &none;
-    ps_rows_stats s = {0};
     // The CPU backend cannot mix cache rows with narrowed ones in one batch; cache rows are rare here.
     int any_cache = 0;
     for (int64_t i = 0; i < n_rows; i++) any_cache |= rows[i].cache != NULL;
     const int narrow_ok = !o->naive && !any_cache && (be->caps & PS_CAP_NARROW);
+    // Rows plan independently (each compares its patches with its own base), so on the threads; the first bad row
+    // (by index) is the one reported.
+    int64_t bad = n_rows;
+    ps_error bad_e = {0};
+    int64_t unchanged = 0, narrowed = 0;
+    double flops = 0;
+#pragma omp parallel for schedule(dynamic, 16) reduction(+ : unchanged, narrowed, flops) if (n_rows >= 64)
     for (int64_t i = 0; i < n_rows; i++) {
-        ps_row *r = &rows[i];
-        if (o->naive) r->base = NULL;
-        else if (!r->base && !r->cache)
-            return ps_fail(e, PS_EXIT_BADINPUT, "row %lld: needs the base run of its tokens (or the naive engine)", (long long)i);
-        if (!ps_plan_row(mc, r, narrow_ok)) {
-            // Nothing changes: the row runs from past the last layer (base's final state, unembedded).
-            r->start_layer = mc->n_layers;
-            r->start_pos = r->T - 1;
-            for (int64_t k = 0; k < r->n_out; k++)
-                if (r->out_pos[k] < r->start_pos) r->start_pos = r->out_pos[k];
-            s.rows_unchanged++;
+        ps_rows_stats rs = {0};
+        ps_error re = {0};
+        if (plan_one(mc, be, &rows[i], i, o->naive, narrow_ok, &rs, &re) != 0) {
+#pragma omp critical(ps_engine_rows_bad)
+            if (i < bad) { bad = i; bad_e = re; }
         }
-        s.rows_narrowed += r->narrow;
-        if (ps_row_check(mc, r, be->caps, be->name, e) != 0) {
-            char msg[PS_ERR_MAX];
-            snprintf(msg, sizeof msg, "%s", e->msg);
-            e->msg[0] = 0; e->code = 0;
-            return ps_fail(e, PS_EXIT_BADINPUT, "row %lld: %s", (long long)i, msg);
-        }
-        s.flops += ps_row_flops(mc, r);
+        unchanged += rs.rows_unchanged;
+        narrowed += rs.rows_narrowed;
+        flops += rs.flops;
     }
-    const int64_t per = o->batch_rows > 0 ? o->batch_rows : 512;
-    for (int64_t i = 0; i < n_rows; i += per) {
+    if (bad < n_rows) {
+        if (e) *e = bad_e;
+        return -1;
+    }
+    const ps_rows_stats s = {.rows_run = n_rows, .rows_unchanged = unchanged, .rows_narrowed = narrowed, .flops = flops};
+    const int64_t per = o->batch_rows > 0 ? o->batch_rows : 512, gr = o->group_rows > 0 && be->forward_groups ? o->group_rows : 0;
+    int64_t *ends = gr ? malloc((size_t)((per + gr - 1) / gr) * sizeof *ends) : NULL;
+    if (gr && !ends) return ps_fail(e, PS_EXIT_RUNTIME, "out of memory for %lld rows", (long long)n_rows);
+    int rc = 0;
+    for (int64_t i = 0; rc == 0 && i < n_rows; i += per) {
         const int64_t n = n_rows - i < per ? n_rows - i : per;
-        if (be->forward(be, m, rows + i, n, e) != 0) return -1;
+        int64_t G = 0;
+        for (int64_t r = gr; gr && r < n + gr; r += gr) ends[G++] = r < n ? r : n;
+        rc = gr ? be->forward_groups(be, m, rows + i, n, ends, G, e) : be->forward(be, m, rows + i, n, e);
     }
-    s.rows_run = n_rows;
-    if (st) *st = s;
-    return 0;
+    free(ends);
+    if (rc == 0 && st) *st = s;
+    return rc;
 }

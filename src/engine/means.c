@@ -92,14 +92,21 @@ int ps_means_accumulate(const ps_model *m, ps_backend *be, const ps_prompt_set *
     size_t cap_floats = 0;
     for (int s = 0; s < PS_MS_COUNT; s++)
         if (sites & (1u << s)) cap_floats += (size_t)((L - from) * ref->T_max * out->width[s]);
-    ps_row *rows_ = malloc((size_t)BATCH * sizeof *rows_);
-    ps_patch *patches = patch_cap > 0 ? malloc((size_t)(BATCH * patch_cap) * sizeof *patches) : NULL;
-    ps_capture *caps = malloc((size_t)(BATCH * (n_cap ? n_cap : 1)) * sizeof *caps);
-    float *cap_buf = malloc((size_t)BATCH * (cap_floats ? cap_floats : 1) * sizeof(float));
+    // Several blocks a backend call, each block a group of its own (its numbers its own call's, on one thread), so
+    // that small blocks run on the threads side by side; as many as 64 MiB of captures hold, at most 8. The sums
+    // then run in prompt order, as with one block a call.
+    int64_t blocks = (int64_t)(((size_t)64 << 20) / ((size_t)BATCH * (cap_floats ? cap_floats : 1) * sizeof(float)));
+    if (blocks < 1) blocks = 1;
+    if (blocks > 8) blocks = 8;
+    const int64_t PER = BATCH * blocks;
+    ps_row *rows_ = malloc((size_t)PER * sizeof *rows_);
+    ps_patch *patches = patch_cap > 0 ? malloc((size_t)(PER * patch_cap) * sizeof *patches) : NULL;
+    ps_capture *caps = malloc((size_t)(PER * (n_cap ? n_cap : 1)) * sizeof *caps);
+    float *cap_buf = malloc((size_t)PER * (cap_floats ? cap_floats : 1) * sizeof(float));
     int rc = 0;
     if ((patch_cap > 0 && !patches) || !caps || !cap_buf || !rows_) rc = ps_fail(e, PS_EXIT_RUNTIME, "out of memory for reference means");
-    for (int64_t i0 = 0; rc == 0 && i0 < ref->n; i0 += BATCH) {
-        const int64_t nb = ref->n - i0 < BATCH ? ref->n - i0 : BATCH;
+    for (int64_t i0 = 0; rc == 0 && i0 < ref->n; i0 += PER) {
+        const int64_t nb = ref->n - i0 < PER ? ref->n - i0 : PER;
         for (int64_t b = 0; b < nb && rc == 0; b++) {
             const ps_prompt *p = &ref->p[i0 + b];
             // caps[b * n_cap + (l - from) * n_sites + k]: site k (in PS_MS order) of layer l
@@ -120,7 +127,7 @@ int ps_means_accumulate(const ps_model *m, ps_backend *be, const ps_prompt_set *
                 rows_[b].n_patches = np;
             }
         }
-        const ps_rows_opts ro = {.naive = mb ? 0 : 1, .batch_rows = BATCH};
+        const ps_rows_opts ro = {.naive = mb ? 0 : 1, .batch_rows = PER, .group_rows = BATCH};
         if (rc == 0) rc = ps_engine_rows(m, be, rows_, nb, &ro, NULL, e);
         for (int64_t b = 0; rc == 0 && b < nb; b++) {
             const int64_t g = group_of ? group_of[i0 + b] : 0, T = ref->p[i0 + b].T;
