@@ -120,8 +120,9 @@ void ps_ablator_free(ps_ablator *a);
 // (With a->base, rows start where their patches first differ from it; the numbers are the same.)
 int ps_ablator_score(ps_ablator *a, const ps_abl_set *sets, int64_t n_sets, float *values, ps_error *e);
 
-// Every prompt run with `set` ablated, each activation recorded: caches (ps->n), initialised here (free each with
-// ps_cache_free; on error none is held); with heads_at_result they hold hook_result too (PS_CACHE_RESULT).
+// Every prompt run with `set` ablated, each activation recorded: caches (ps->n), initialised here (free them with
+// ps_backend_drop_caches(a->be, ...), their device copies with them; on error none is held); with heads_at_result
+// they hold hook_result too (PS_CACHE_RESULT).
 int ps_ablator_runs(const ps_ablator *a, const ps_abl_set *set, ps_cache *caches, ps_error *e);
 
 // seqcont's MLP means: hook_mlp_out / hook_mlp_post means over the reference prompts run with every head

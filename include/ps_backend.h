@@ -92,6 +92,12 @@ int ps_backend_init_opts(ps_backend *b, const ps_backend_opts *o, const ps_model
 int ps_backend_init(ps_backend *b, ps_backend_kind kind, ps_precision prec, int threads, const ps_model *m, ps_error *e);
 void ps_backend_free(ps_backend *b);
 
+// The callers' half of release_cache's contract, for c[0 .. n) (c NULL: nothing; b NULL or without release_cache: no
+// device copies). ps_backend_release_caches: each cache's device copy released, its host arrays kept (to be rewritten).
+// ps_backend_drop_caches: released, then ps_cache_free'd: the way to free caches a backend may have read or produced.
+void ps_backend_release_caches(ps_backend *b, ps_cache *c, int64_t n);
+void ps_backend_drop_caches(ps_backend *b, ps_cache *c, int64_t n);
+
 // The CPU's fp32 GEMM rate through the loaded BLAS: row_blocks 1: the CPU backend's blocks of one GEMM (ps_cpu_linear);
 // 2: one whole single-threaded GEMM a thread at once (the CPU forward's pieces); 0: one BLAS call with the BLAS's own
 // threads (OpenMP's thread count).

@@ -41,6 +41,11 @@ typedef struct {
 ps_layer_plan ps_plan_layer(const ps_model_config *cfg, const ps_row *row, int64_t l, int64_t dirty);
 // 1 when position t is recomputed after attention under plan p.
 int ps_post_at(const ps_row *row, const ps_layer_plan *p, int64_t t);
+// 1 when layer l is the last and the row keeps no cache and captures nothing there: it then needs that layer's
+// queries, W_O and the MLP only at its out_pos (keys and values still at every position), as a narrowed row's plan
+// already says; each position's arithmetic is unchanged. The CPU forward applies it only in a batch without a cache
+// row (cache rows store whole layers from the uncompacted buffers); ps_row_flops counts one row as if so.
+int ps_row_last_layer_outs_only(const ps_model_config *cfg, const ps_row *row, int64_t l);
 // 1 when the row patches or captures hook_result at layer l (the CPU backend then runs W_O per head too).
 int ps_row_at_result(const ps_row *row, int64_t l);
 

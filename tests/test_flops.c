@@ -2,7 +2,7 @@
 // whole forwards and rows starting at a later layer and position, with and without a cache, a capture in the last
 // layer or elsewhere, one or several out_pos, all or some vocabulary columns, GPT-2 and Llama shapes. A row without a
 // cache that captures nothing in the last layer computes that layer's queries, W_O and MLP only at its out_pos (keys
-// and values at every position; cpu_forward.c's last_layer_outs_only), which tests/test_last_layer.c checks gives
+// and values at every position; ps_row_last_layer_outs_only), which tests/test_last_layer.c checks gives
 // the same logits.
 #include "ps_plan.h"
 #include "testutil.h"

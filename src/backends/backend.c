@@ -150,3 +150,12 @@ void ps_backend_free(ps_backend *b) {
     if (b && b->free) b->free(b);
     if (b) memset(b, 0, sizeof *b);
 }
+
+void ps_backend_release_caches(ps_backend *b, ps_cache *c, int64_t n) {
+    for (int64_t i = 0; c && b && b->release_cache && i < n; i++) b->release_cache(b, &c[i]);
+}
+
+void ps_backend_drop_caches(ps_backend *b, ps_cache *c, int64_t n) {
+    ps_backend_release_caches(b, c, n);
+    for (int64_t i = 0; c && i < n; i++) ps_cache_free(&c[i]);
+}

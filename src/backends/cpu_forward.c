@@ -712,20 +712,14 @@ static int full_logits(const ps_model *m, const batch *bs, ps_cpu_workspace *wss
     return 0;
 }
 
-// In the last layer a row that keeps no cache and captures nothing there needs queries, W_O and the MLP only
-// at its out_pos (keys and values still at every position), as a narrowed row's plan already says: each
-// position's arithmetic is unchanged. Not in a batch with a cache row (cache rows store whole layers from the
-// uncompacted buffers).
+// The last layer's rows at out_pos only (ps_row_last_layer_outs_only), unless the batch holds a cache row (cache rows store
+// whole layers from the uncompacted buffers).
 static void last_layer_outs_only(batch *b, int64_t l) {
     if (l != b->cfg->n_layers - 1) return;
     for (int64_t r = 0; r < b->n_rows; r++)
         if (b->slots[r].row->cache) return;
-    for (int64_t r = 0; r < b->n_active; r++) {
-        const ps_row *row = b->slots[r].row;
-        int captured = 0;
-        for (int64_t k = 0; k < row->n_captures; k++) captured |= row->captures[k].layer == l;
-        if (!captured) b->slots[r].plan.outs_only = 1;
-    }
+    for (int64_t r = 0; r < b->n_active; r++)
+        if (ps_row_last_layer_outs_only(b->cfg, b->slots[r].row, l)) b->slots[r].plan.outs_only = 1;
 }
 
 // Layer l for one batch. The layer's matrices are asked for once per layer (*have), and only when a row is

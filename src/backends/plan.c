@@ -40,13 +40,10 @@ int ps_row_at_result(const ps_row *row, int64_t l) {
     return 0;
 }
 
-// A row that is not narrowed but keeps no cache and captures nothing in the last layer computes that layer's
-// queries, W_O and the MLP only at its out_pos, as a narrowed row does (cpu_forward.c's last_layer_outs_only;
-// there a batch holding a cache row computes every position, which a count of one row cannot see).
-static int last_layer_outs_only(const ps_model_config *mc, const ps_row *row) {
-    if (row->cache) return 0;
+int ps_row_last_layer_outs_only(const ps_model_config *mc, const ps_row *row, int64_t l) {
+    if (l != mc->n_layers - 1 || row->cache) return 0;
     for (int64_t k = 0; k < row->n_captures; k++)
-        if (row->captures[k].layer == mc->n_layers - 1) return 0;
+        if (row->captures[k].layer == l) return 0;
     return 1;
 }
 
@@ -58,7 +55,7 @@ double ps_row_flops(const ps_model_config *mc, const ps_row *row) {
     int64_t dirty = row->narrow ? row->dirty_end : row->T;
     for (int64_t l = row->start_layer; l < mc->n_layers; l++) {
         ps_layer_plan p = ps_plan_layer(mc, row, l, dirty);
-        if (l == mc->n_layers - 1 && last_layer_outs_only(mc, row)) p.outs_only = 1;
+        if (ps_row_last_layer_outs_only(mc, row, l)) p.outs_only = 1; // (a count of one row: as if in a batch without a cache row)
         double n_post = 0, keys = 0, n_q = 0; // attention: each query reads every key up to itself, for scores and sum
         for (int64_t t = row->start_pos; t < row->T; t++)
             if (ps_post_at(row, &p, t)) {

@@ -220,11 +220,7 @@ static int run_rows(const ps_ablator *a, const ps_prompt_set *ps, const int64_t 
     free(patches);
     free(ends);
     free(Ts);
-    if (rc != 0)
-        for (int64_t i = 0; i < held; i++) {
-            if (a->be->release_cache) a->be->release_cache(a->be, &caches[i]);
-            ps_cache_free(&caches[i]);
-        }
+    if (rc != 0) ps_backend_drop_caches(a->be, caches, held);
     return rc;
 }
 
@@ -299,11 +295,7 @@ int ps_ablator_full(ps_ablator *a, ps_error *e) {
 }
 
 void ps_ablator_free(ps_ablator *a) {
-    if (a->src)
-        for (int64_t i = 0; i < a->ps->n; i++) {
-            if (a->be->release_cache) a->be->release_cache(a->be, &a->src[i]);
-            ps_cache_free(&a->src[i]);
-        }
+    if (a->src) ps_backend_drop_caches(a->be, a->src, a->ps->n);
     free(a->src); free(a->resample_from); free(a->full);
     a->src = NULL; a->resample_from = NULL; a->full = NULL;
 }

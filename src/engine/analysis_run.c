@@ -488,8 +488,7 @@ static int ov_prompt_inputs(ps_producer_ctx *cx, ov_state *s, float **resid, int
         if (s->got[q]) continue;
         ps_cache c = {0};
         if ((rc = ps_producer_stopped(cx, e)) == 0 && (rc = rerun_baseline(cx, q, 0, &c, e)) == 0) rc = ov_gather(s, &cx->ps->p[q], &c, q, C, e);
-        if (cx->be->release_cache) cx->be->release_cache(cx->be, &c);
-        ps_cache_free(&c);
+        ps_backend_drop_caches(cx->be, &c, 1);
     }
     int64_t total = 0;
     for (int64_t q = 0; q < s->n_prompts; q++) total += s->cnt[q];
@@ -578,7 +577,7 @@ static int hs_once(ps_producer_ctx *cx, ps_product *const *items, int64_t n, ps_
     for (int64_t b = 0; rc == 0 && b < HS_SEQS; b++) ps_head_scores_add(mc, &caches[b], N, acc);
     for (int64_t k = 0; rc == 0 && k < n; k++)
         for (int64_t i = 0; i < L * H * PS_HEAD_SCORES; i++) items[k]->t->values[i] = (float)(acc[i] / HS_SEQS);
-    for (int64_t b = 0; b < HS_SEQS; b++) ps_cache_free(&caches[b]);
+    ps_backend_drop_caches(cx->be, caches, HS_SEQS); // (cache rows: a device copy each on a backend that keeps them)
     free(tok);
     free(acc);
     return rc;
@@ -650,8 +649,7 @@ static int top_once(ps_producer_ctx *cx, ps_product *const *items, int64_t n_ite
             ps_cache c = {0};
             if ((rc = ps_producer_stopped(cx, e)) == 0 && (rc = rerun_baseline(cx, redo[j], par->run_corrupted, &c, e)) == 0)
                 ps_neurons_prompt(&cx->m->cfg, &c, par->neuron_layer, par->neurons, n, T_prompt[redo[j]], T_max, acts + redo[j] * W);
-            if (cx->be->release_cache) cx->be->release_cache(cx->be, &c);
-            ps_cache_free(&c);
+            ps_backend_drop_caches(cx->be, &c, 1);
         }
         if (rc == 0) rc = ps_neuron_top_fill(items[k]->t, ps->tok, tokens, T_prompt, ps->n, acts, n, T_max, par->neuron_layer,
                                              par->neurons, par->window, e);

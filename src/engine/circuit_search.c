@@ -61,22 +61,18 @@ static int64_t circuit_set(const search *s, int drop_kind, int64_t dl, int64_t d
     return n;
 }
 
-static void release(search *s, ps_cache *c, int64_t n) {
-    for (int64_t i = 0; s->a->be->release_cache && i < n; i++) s->a->be->release_cache(s->a->be, &c[i]);
-}
-
 // A removal (kind -1: the end): the runs it changes are stale (their device copies released; the host memory
 // is kept for the next runs). A removal at layer l leaves the runs' layers below l as they are (an ablation acts
 // from its own layer on), so they are rewritten from the lowest such l (ps_abl_run_set's from).
 static void drop_current(search *s, int kind, int64_t layer) {
     s->gen++; // every score known so far was for another circuit
     if (layer < 0) layer = 0;
-    if (s->base_ok) release(s, s->base, s->a->ps->n);
+    if (s->base_ok) ps_backend_release_caches(s->a->be, s->base, s->a->ps->n);
     if (s->base_ok || layer < s->base_from) s->base_from = layer;
     s->base_ok = 0;
     s->a->base = NULL;
     if (kind != PS_COMP_MLP) {
-        if (s->ref_ok) release(s, s->ref_base, s->o->ref->n);
+        if (s->ref_ok) ps_backend_release_caches(s->a->be, s->ref_base, s->o->ref->n);
         if (s->ref_ok || layer < s->ref_from) s->ref_from = layer;
         s->ref_ok = 0;
         if (layer < s->mm_valid) s->mm_valid = layer;
@@ -85,8 +81,8 @@ static void drop_current(search *s, int kind, int64_t layer) {
 
 static void free_runs(search *s) {
     drop_current(s, -1, -1);
-    for (int64_t i = 0; s->base_init && i < s->a->ps->n; i++) ps_cache_free(&s->base[i]);
-    for (int64_t i = 0; s->ref_init && i < s->o->ref->n; i++) ps_cache_free(&s->ref_base[i]);
+    if (s->base_init) ps_backend_drop_caches(s->a->be, s->base, s->a->ps->n);
+    if (s->ref_init) ps_backend_drop_caches(s->a->be, s->ref_base, s->o->ref->n);
     s->base_init = s->ref_init = 0;
     if (s->cur_mm_ok) ps_ref_means_free(&s->cur_mm);
     s->cur_mm_ok = 0;
@@ -329,7 +325,7 @@ int ps_circuit_search(ps_ablator *a, const ps_search_opts *o, ps_search_result *
     const ps_model_config *mc = &a->m->cfg;
     search s = {.a = a, .o = o, .L = mc->n_layers, .H = mc->n_heads, .out = out};
     if (o->mlp_means_under_heads && (!o->ref || a->method != PS_ABL_MEAN)) {
-        for (int64_t i = 0; o->full_runs && i < a->ps->n; i++) ps_cache_free(&o->full_runs[i]);   // (ours from the call on)
+        ps_backend_drop_caches(a->be, o->full_runs, a->ps->n);   // (ours from the call on)
         return ps_fail(e, PS_EXIT_BADINPUT, "circuit_search: mlp_means under_head_ablation needs mean ablation and the reference prompts");
     }
     const int64_t per_set = s.L * s.H + s.L;
@@ -362,13 +358,12 @@ int ps_circuit_search(ps_ablator *a, const ps_search_opts *o, ps_search_result *
     // from), when the search holds runs of that layout; else freed. (They come from the baselines' own batches, so
     // their rounding is the baselines', not that of blocks of ps_abl_block prompts: the same numbers within it.)
     if (o->full_runs) {
-        const int use = rc == 0 && s.base && !fl;
-        for (int64_t i = 0; i < a->ps->n; i++) {
-            if (use) { s.base[i] = o->full_runs[i]; continue; }
-            if (a->be->release_cache) a->be->release_cache(a->be, &o->full_runs[i]);
-            ps_cache_free(&o->full_runs[i]);
+        if (rc == 0 && s.base && !fl) {
+            memcpy(s.base, o->full_runs, (size_t)a->ps->n * sizeof *s.base);
+            s.base_init = s.base_ok = 1;
+        } else {
+            ps_backend_drop_caches(a->be, o->full_runs, a->ps->n);
         }
-        if (use) s.base_init = s.base_ok = 1;
     }
     if (rc == 0) {
         s.head = out->head_kept;

@@ -267,10 +267,7 @@ int ps_dla_ablated(const ps_ablator *a, const ps_abl_set *set, int neurons, int 
         rc = ps_dla_prompt_memo(a->m, memo, &caches[i], p->score_pos, p->answer_id, answer_only ? -1 : p->wrong_id, neurons, out + i * 2 * K, e);
     }
     ps_dla_memo_free(memo);
-    for (int64_t i = 0; i < n; i++) {
-        if (a->be && a->be->release_cache) a->be->release_cache(a->be, &caches[i]);
-        ps_cache_free(&caches[i]);
-    }
+    ps_backend_drop_caches(a->be, caches, n);
     free(caches);
     return rc;
 }

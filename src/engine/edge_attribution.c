@@ -161,8 +161,7 @@ static int eap_ig_inputs(ps_producer_ctx *cx, eap_work *w, const ps_prompt *p, c
         rc = ps_cache_init(&run, mc, p->T, 0, e);
         if (rc == 0) rc = ps_engine_rows(cx->m, cx->be, &r, 1, NULL, NULL, e);
         if (rc == 0) rc = eap_run(cx, w, p, p->clean, &run, clean_lp, 1.0 / (double)steps, e);
-        if (cx->be->release_cache) cx->be->release_cache(cx->be, &run); // the backend's device copy, if it kept one
-        ps_cache_free(&run);
+        ps_backend_drop_caches(cx->be, &run, 1); // with the backend's device copy, if it kept one
     }
     free(shift);
     return rc;

@@ -245,10 +245,7 @@ static int eval_prompt(ps_producer_ctx *cx, const ps_experiment *ex, const ps_gr
     for (int64_t k = 0; k < K; k++) metric[k] = ps_metric_value(cx->metric, p, &rq, logits + k * rq.n_out * width, mc->d_vocab, lp);
     rc = 0;
 done:
-    for (int k = 0; k < 2; k++) {
-        if (cx->be->release_cache) cx->be->release_cache(cx->be, &cache[k]);
-        ps_cache_free(&cache[k]);
-    }
+    ps_backend_drop_caches(cx->be, cache, 2);
     free(logits);
     free(lp);
     free(values);

@@ -288,12 +288,8 @@ int ps_engine_run(const ps_model *m, ps_backend *be, const ps_prompt_set *ps, co
             if (c.done < done_after) c.done = done_after; // producers that count coarsely
             ps_producer_progress(&c, 0);
         }
-        for (int64_t i = 0; i < nc; i++) {
-            if (be->release_cache && clean) be->release_cache(be, &clean[i]);
-            if (be->release_cache && corr) be->release_cache(be, &corr[i]);
-            if (clean) ps_cache_free(&clean[i]);
-            if (corr) ps_cache_free(&corr[i]);
-        }
+        ps_backend_drop_caches(be, clean, nc);
+        ps_backend_drop_caches(be, corr, nc);
         free(clean);
         free(corr);
         free(clean_lp);
