@@ -129,22 +129,26 @@ int ps_means_accumulate(const ps_model *m, ps_backend *be, const ps_prompt_set *
         }
         const ps_rows_opts ro = {.naive = mb ? 0 : 1, .batch_rows = PER, .group_rows = BATCH};
         if (rc == 0) rc = ps_engine_rows(m, be, rows_, nb, &ro, NULL, e);
-        for (int64_t b = 0; rc == 0 && b < nb; b++) {
-            const int64_t g = group_of ? group_of[i0 + b] : 0, T = ref->p[i0 + b].T;
-            int k = 0;
-            for (int s = 0; s < PS_MS_COUNT; s++) {
-                if (!sum[s]) continue;
-                const int64_t w = out->width[s];
-                for (int64_t l = from; l < L; l++) {
-                    double *dst = sum[s] + (l * G + g) * rows * w;
-                    const float *capd = caps[b * n_cap + (l - from) * n_sites + k].out;
-                    for (int64_t t = 0; t < T; t++) {
-                        const float *x = capd + t * w;
-                        double *d = dst + (per_pos ? t : 0) * w;
-                        for (int64_t j = 0; j < w; j++) d[j] += x[j];
-                    }
+        // The sums: each (site, layer) on a thread, its prompts in order (so each element's sum is in prompt order,
+        // whatever the threads).
+        const int64_t nl = L - from;
+#pragma omp parallel for schedule(dynamic, 1) if (rc == 0 && nb * nl >= 64)
+        for (int64_t sl = 0; sl < PS_MS_COUNT * nl; sl++) {
+            const int s = (int)(sl / nl);
+            const int64_t l = from + sl % nl;
+            if (rc != 0 || !sum[s]) continue;
+            int k = 0; // site s's place among the captured sites (the captures' order)
+            for (int q = 0; q < s; q++) k += sum[q] != NULL;
+            const int64_t w = out->width[s];
+            for (int64_t b = 0; b < nb; b++) {
+                const int64_t g = group_of ? group_of[i0 + b] : 0, T = ref->p[i0 + b].T;
+                double *dst = sum[s] + (l * G + g) * rows * w;
+                const float *capd = caps[b * n_cap + (l - from) * n_sites + k].out;
+                for (int64_t t = 0; t < T; t++) {
+                    const float *x = capd + t * w;
+                    double *d = dst + (per_pos ? t : 0) * w;
+                    for (int64_t j = 0; j < w; j++) d[j] += x[j];
                 }
-                k++;
             }
         }
     }
