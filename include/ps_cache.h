@@ -42,10 +42,15 @@ typedef struct {
     float *memory;       // owns all of the above (unless block is set)
     void *block;         // the shared allocation memory lies in (ps_cache_init_block; counted), or NULL
     size_t n_floats;
+    unsigned flags;      // the PS_CACHE_* it was made with
     uint64_t handle;       // a backend's device copy of this cache (ps_backend.h: release_cache); 0 = none
 } ps_cache;
 
-enum { PS_CACHE_SCORES = 1, PS_CACHE_RESULT = 2, PS_CACHE_LOGITS = 4, PS_CACHE_ALL = 7 };
+// PS_CACHE_LEAN leaves out pattern, mlp_pre and mlp_post, which no row reads from its base unless it patches the
+// pattern or mlp_post or captures (ps_row_check refuses such a row on a lean base): a base for the circuit search's
+// rows (patches at z, hook_result and mlp_out) in half the memory. A backend reads lean bases only with
+// PS_CAP_LEAN_BASE (ps_plan.h). Not part of PS_CACHE_ALL, which asks for every optional array.
+enum { PS_CACHE_SCORES = 1, PS_CACHE_RESULT = 2, PS_CACHE_LOGITS = 4, PS_CACHE_ALL = 7, PS_CACHE_LEAN = 8 };
 
 // The arrays of a cache, in ps_cache's field order.
 typedef enum {

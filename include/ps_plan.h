@@ -22,7 +22,8 @@ enum {
     PS_CAP_RESULT = 1 << 9,     // patches or captures at PS_SITE_RESULT (per-head outputs after W_O)
     PS_CAP_CACHE_LATE = 1 << 10, // cache rows with start_layer > 0 (ps_backend.h: a run rewritten from a layer on)
     PS_CAP_HEAD_DELTA = 1 << 11, // ps_row.head_delta (ps_backend.h: a row entering at W_O as base's attn_out + its heads' change)
-    PS_CAP_ALL = (1 << 12) - 1,
+    PS_CAP_LEAN_BASE = 1 << 12,  // bases held PS_CACHE_LEAN (ps_cache.h)
+    PS_CAP_ALL = (1 << 13) - 1,
 };
 
 // What a row computes at one layer.

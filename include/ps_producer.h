@@ -71,7 +71,10 @@ typedef struct ps_producer {
     int (*keep)(ps_producer_ctx *cx, ps_product *const *items, int64_t n, const ps_chunk *ch, ps_error *e);
 } ps_producer;
 
-enum { PS_READS_CLEAN = 1, PS_READS_CORRUPTED = 2 };
+// PS_READS_CLEAN_AS_BASE (with PS_READS_CLEAN): the clean runs serve only as bases of rows without captures and
+// without patches at the pattern or mlp_post; when every reader of the clean runs says so and the backend can
+// (PS_CAP_LEAN_BASE), the engine holds them lean (PS_CACHE_LEAN): half the memory, and half the pages to fault in.
+enum { PS_READS_CLEAN = 1, PS_READS_CORRUPTED = 2, PS_READS_CLEAN_AS_BASE = 4 };
 
 // The producer of a kind; NULL when there is none.
 const ps_producer *ps_producer_for(const char *kind);

@@ -85,6 +85,22 @@ else
     fail "the search listed first: $(cat "$tmp/err")"
 fi
 
+# --- the search alone: the only reader of the clean runs, as its rows' bases, so they are held lean (PS_CACHE_LEAN) ----
+python3 - "$tmp/first.json" "$tmp/alone.json" <<'EOF2'
+import json, sys
+c = json.load(open(sys.argv[1]))
+c["experiments"] = [x for x in c["experiments"] if x["kind"] == "circuit_search"]
+json.dump(c, open(sys.argv[2], "w"))
+EOF2
+if "$bin" run "$tmp/alone.json" -o "$tmp/alone.h5" --quiet 2>"$tmp/err"; then
+    pass "the search alone (lean clean runs) runs"
+    if $py -c 'import h5py' 2>/dev/null; then
+        same_values "$tmp/abl.h5" "$tmp/alone.h5" 1e-5 && pass "the search alone: the same values" || fail "the search alone: other values"
+    fi
+else
+    fail "the search alone: $(cat "$tmp/err")"
+fi
+
 # --- resume and shards ---------------------------------------------------------------------------
 "$bin" run "$cfg" -o "$tmp/abl.h5" --quiet 2>"$tmp/err"; rc=$?
 [ "$rc" -eq 0 ] && pass "a second run of a finished file ($(head -c 120 "$tmp/err"))" || fail "second run: exit $rc $(cat "$tmp/err")"

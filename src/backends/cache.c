@@ -88,6 +88,7 @@ const char *ps_site_absent_why(const ps_model_config *mc, ps_site s) {
 size_t ps_array_floats(const ps_model_config *mc, ps_array a, int64_t T, unsigned flags) {
     const ps_array_info *ai = &ps_arrays[a];
     if (ai->flag && !(flags & ai->flag)) return 0;
+    if ((flags & PS_CACHE_LEAN) && (a == PS_ARR_PATTERN || a == PS_ARR_MLP_PRE || a == PS_ARR_MLP_POST)) return 0;
     if (!ps_array_in_model(mc, a)) return 0;
     return (size_t)((ai->per_layer ? mc->n_layers : 1) * T * ps_array_width(mc, a, T));
 }
@@ -112,6 +113,7 @@ static void lay_out(ps_cache *c, const ps_model_config *cfg, int64_t T, unsigned
     c->memory = memory;
     c->T = T;
     c->n_floats = total;
+    c->flags = flags;
     size_t at = 0;
     for (int a = 0; a < PS_ARR_COUNT; a++) {
         const size_t n = ps_array_floats(cfg, (ps_array)a, T, flags);

@@ -198,7 +198,7 @@ PS_CLONES void ps_cpu_attend_head(const ps_cpu_attn_layer *a, const ps_cpu_slot 
         }
         softmax(pr, t + 1);
         ps_cpu_pattern_hook(a->cfg, row, l, h, t, pr);
-        if (cc) {
+        if (cc && cc->pattern) {
             float *dst = cc->pattern + ((l * H + h) * T + t) * T;
             for (int64_t j = 0; j < T; j++) dst[j] = j <= t ? pr[j] : 0.0f;
         }

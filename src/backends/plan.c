@@ -138,6 +138,7 @@ unsigned ps_row_caps(const ps_row *row) {
     if (row->n_captures) c |= PS_CAP_CAPTURE;
     if (row->cache && row->start_layer > 0) c |= PS_CAP_CACHE_LATE;
     if (row->narrow && row->head_delta && row->entry == PS_ENTER_WO) c |= PS_CAP_HEAD_DELTA;
+    if (row->base && (row->base->flags & PS_CACHE_LEAN)) c |= PS_CAP_LEAN_BASE;
     for (int64_t k = 0; k < row->n_captures; k++)
         if (row->captures[k].site == PS_SITE_RESULT) c |= PS_CAP_RESULT;
     return c;
@@ -157,6 +158,7 @@ static const char *cap_name(unsigned bit) {
     case PS_CAP_RESULT: return "interventions at hook_result (heads after W_O)";
     case PS_CAP_CACHE_LATE: return "cache rows that start past layer 0";
     case PS_CAP_HEAD_DELTA: return "rows that start a layer at base's attn_out plus their heads' change (head_delta)";
+    case PS_CAP_LEAN_BASE: return "base runs held without pattern, mlp_pre and mlp_post (PS_CACHE_LEAN)";
     default: return "?";
     }
 }
@@ -167,9 +169,15 @@ int ps_row_check(const ps_model_config *mc, const ps_row *row, unsigned caps, co
         if (missing & bit)
             return ps_fail(e, PS_EXIT_BADINPUT, "the %s backend does not implement %s (use the cpu backend)", backend, cap_name(bit));
     const int64_t T = row->T;
+    const int lean = row->base && (row->base->flags & PS_CACHE_LEAN);
+    if (lean && row->n_captures)
+        return ps_fail(e, PS_EXIT_RUNTIME, "a row with captures on a lean base run (internal error: captures read the base's every hook)");
     for (int64_t p = 0; p < row->n_patches; p++) {
         const ps_patch *pt = &row->patches[p];
         const ps_array a = ps_site_array(pt->site);
+        if (lean && (pt->site == PS_SITE_PATTERN || pt->site == PS_SITE_MLP_POST))
+            return ps_fail(e, PS_EXIT_RUNTIME, "patch %lld at %s on a lean base run, which lacks that hook (internal error)", (long long)p,
+                           ps_site_name(pt->site));
         if (a == PS_ARR_COUNT || (int)pt->op < 0 || pt->op >= PS_OP_COUNT)
             return ps_fail(e, PS_EXIT_BADINPUT, "patch %lld: site %d / operation %d is not one of patchsweep's", (long long)p,
                            (int)pt->site, (int)pt->op);

@@ -389,7 +389,8 @@ static int search_keep(ps_producer_ctx *cx, ps_product *const *prods, int64_t n_
 }
 
 // The search's first circuit starts from the clean baselines' runs (search_keep), unless --naive or hook_result heads.
-static unsigned search_reads(const ps_experiment *ex) { return ex->heads_at_result ? 0 : PS_READS_CLEAN; }
+// Its rows patch z and mlp_out (heads_at_result: its own runs instead), and capture nothing.
+static unsigned search_reads(const ps_experiment *ex) { return ex->heads_at_result ? 0 : PS_READS_CLEAN | PS_READS_CLEAN_AS_BASE; }
 
 static int search_once(ps_producer_ctx *cx, ps_product *const *prods, int64_t n_prods, ps_error *e) {
     int rc = 0;

@@ -24,13 +24,13 @@ static double now_s(void) {
 // The chunk's clean and corrupted caches (before anything plans rows that read them): every activation of a run
 // some experiment reads (reads: PS_READS_*); the other run's cache stays zeroed (its baseline runs logits only).
 static int init_caches(ps_producer_ctx *c, const int64_t *chunk, int64_t nc, ps_cache *clean, ps_cache *corr, unsigned reads,
-                       ps_error *e) {
+                       unsigned clean_flags, ps_error *e) {
     if (!(reads & (PS_READS_CLEAN | PS_READS_CORRUPTED)) || nc <= 0) return 0;
     int64_t *T = malloc((size_t)nc * sizeof *T);
     if (!T) return ps_fail(e, PS_EXIT_RUNTIME, "out of memory");
     for (int64_t i = 0; i < nc; i++) T[i] = c->ps->p[chunk[i]].T;
     int rc = 0;
-    if ((reads & PS_READS_CLEAN) && ps_cache_init_block(clean, nc, &c->m->cfg, T, 0, e) != 0) rc = -1;
+    if ((reads & PS_READS_CLEAN) && ps_cache_init_block(clean, nc, &c->m->cfg, T, clean_flags, e) != 0) rc = -1;
     if (rc == 0 && (reads & PS_READS_CORRUPTED) && ps_cache_init_block(corr, nc, &c->m->cfg, T, 0, e) != 0) rc = -1;
     free(T);
     return rc;
@@ -225,10 +225,15 @@ int ps_engine_run(const ps_model *m, ps_backend *be, const ps_prompt_set *ps, co
     const size_t budget = o->cache_budget ? o->cache_budget : ((size_t)2 << 30);
     // The baseline caches some per-prompt experiment reads (a producer that does not say: both).
     unsigned reads = 0;
+    int as_base = 1; // every reader of the clean runs reads them only as its rows' bases
     for (int64_t s = 0; s < out->n_products; s++) {
         const ps_product *p = &out->products[s];
-        if (p->pr->chunk || p->pr->keep) reads |= p->pr->reads ? p->pr->reads(p->ex) : PS_READS_CLEAN | PS_READS_CORRUPTED;
+        if (!p->pr->chunk && !p->pr->keep) continue;
+        const unsigned r = p->pr->reads ? p->pr->reads(p->ex) : PS_READS_CLEAN | PS_READS_CORRUPTED;
+        reads |= r & (PS_READS_CLEAN | PS_READS_CORRUPTED);
+        if ((r & PS_READS_CLEAN) && !(r & PS_READS_CLEAN_AS_BASE)) as_base = 0;
     }
+    const unsigned clean_flags = as_base && (be->caps & PS_CAP_LEAN_BASE) ? PS_CACHE_LEAN : 0;
     const size_t cached_runs = (size_t)(!!(reads & PS_READS_CLEAN) + !!(reads & PS_READS_CORRUPTED));
     // The fused pass only pays where each pass over the layers converts them (streamed weights, grouped calls).
     const int fuse = !o->naive && !o->dry_run && !o->no_fuse && m->stream && be->forward_groups;
@@ -257,7 +262,7 @@ int ps_engine_run(const ps_model *m, ps_backend *be, const ps_prompt_set *ps, co
             rc = ps_fail(e, PS_EXIT_RUNTIME, "out of memory for %lld prompts' caches", (long long)nc);
         if (rc == 0 && nc > 0) {
             rc = ps_producer_stopped(&c, e);
-            if (rc == 0) rc = init_caches(&c, chunk, nc, clean, corr, reads, e);
+            if (rc == 0) rc = init_caches(&c, chunk, nc, clean, corr, reads, clean_flags, e);
             const ps_chunk ch = {.prompts = chunk, .n = nc, .clean = clean, .corrupted = corr, .clean_logprobs = clean_lp};
             // Streamed weights: the sweeps' rows join the baselines' call where they can be planned from the tokens.
             ps_sweep_pass *sp = NULL;
