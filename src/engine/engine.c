@@ -234,7 +234,6 @@ int ps_engine_run(const ps_model *m, ps_backend *be, const ps_prompt_set *ps, co
         if ((r & PS_READS_CLEAN) && !(r & PS_READS_CLEAN_AS_BASE)) as_base = 0;
     }
     const unsigned clean_flags = as_base && (be->caps & PS_CAP_LEAN_BASE) ? PS_CACHE_LEAN : 0;
-    const size_t cached_runs = (size_t)(!!(reads & PS_READS_CLEAN) + !!(reads & PS_READS_CORRUPTED));
     // The fused pass only pays where each pass over the layers converts them (streamed weights, grouped calls).
     const int fuse = !o->naive && !o->dry_run && !o->no_fuse && m->stream && be->forward_groups;
     int rc = 0;
@@ -244,7 +243,9 @@ int ps_engine_run(const ps_model *m, ps_backend *be, const ps_prompt_set *ps, co
         int64_t c1 = c0;
         size_t bytes = 0;
         while (c1 < n_todo && (o->chunk_prompts <= 0 || c1 - c0 < o->chunk_prompts)) {
-            size_t nb = cached_runs * ps_cache_floats(mc, ps->p[todo[c1]].T, 0) * sizeof(float);
+            const int64_t T = ps->p[todo[c1]].T;
+            size_t nb = ((reads & PS_READS_CLEAN ? ps_cache_floats(mc, T, clean_flags) : 0) +
+                         (reads & PS_READS_CORRUPTED ? ps_cache_floats(mc, T, 0) : 0)) * sizeof(float);
             if (c1 > c0 && bytes + nb > budget) break;
             bytes += nb;
             c1++;
