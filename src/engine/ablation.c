@@ -170,9 +170,10 @@ static int run_rows(const ps_ablator *a, const ps_prompt_set *ps, const int64_t 
     const ps_model_config *mc = &a->m->cfg;
     if (!reuse || !(a->be->caps & PS_CAP_CACHE_LATE) || from < 0) from = 0;
     if (from > mc->n_layers - 1) from = mc->n_layers - 1;   // nothing changed: the last layer again (cache rows end there)
-    // PS_ABL_CALL_BLOCKS blocks a backend call, each block a group of its own (the numbers of its own call, on one
-    // thread), so that the blocks run on the threads side by side.
-    const int64_t blk = ps_abl_block(a), per = blk * PS_ABL_CALL_BLOCKS, bound = set ? ps_abl_patch_bound(mc, set, ps->T_max) : 0;
+    // PS_ABL_CALL_BLOCKS blocks a backend call where the backend runs groups (the CPU), each block a group of its own
+    // (the numbers of its own call, on one thread), so that the blocks run on the threads side by side; else a block
+    // a call (a device keeps a copy of every cache row it computes).
+    const int64_t blk = ps_abl_block(a), per = blk * (a->be->forward_groups ? PS_ABL_CALL_BLOCKS : 1), bound = set ? ps_abl_patch_bound(mc, set, ps->T_max) : 0;
     ps_row *rows = calloc((size_t)per, sizeof *rows);
     ps_patch *patches = bound ? malloc((size_t)(per * bound) * sizeof *patches) : NULL;
     int64_t *ends = malloc((size_t)PS_ABL_CALL_BLOCKS * sizeof *ends);

@@ -98,6 +98,7 @@ int ps_means_accumulate(const ps_model *m, ps_backend *be, const ps_prompt_set *
     int64_t blocks = (int64_t)(((size_t)64 << 20) / ((size_t)BATCH * (cap_floats ? cap_floats : 1) * sizeof(float)));
     if (blocks < 1) blocks = 1;
     if (blocks > 8) blocks = 8;
+    if (!be->forward_groups) blocks = 1; // (without groups, a block a call as before)
     const int64_t PER = BATCH * blocks;
     ps_row *rows_ = malloc((size_t)PER * sizeof *rows_);
     ps_patch *patches = patch_cap > 0 ? malloc((size_t)(PER * patch_cap) * sizeof *patches) : NULL;
