@@ -58,6 +58,18 @@ sys.exit(0 if d <= float(sys.argv[3]) else 1)
 EOF
 }
 
+# run_same BASE TOL WHAT: runs BASE.json into BASE.h5; its tables must equal the full run's (abl.h5) within TOL.
+run_same() {
+    if "$bin" run "$1.json" -o "$1.h5" --quiet 2>"$tmp/err"; then
+        pass "$3 runs"
+        if $py -c 'import h5py' 2>/dev/null; then
+            same_values "$tmp/abl.h5" "$1.h5" "$2" && pass "$3: the same values" || fail "$3: other values"
+        fi
+    else
+        fail "$3: $(cat "$tmp/err")"
+    fi
+}
+
 # --- the naive engine (every row from the embedding) gives the same numbers ---------------------------
 if "$bin" run "$cfg" -o "$tmp/naive.h5" --naive --quiet 2>"$tmp/err" && $py -c 'import h5py' 2>/dev/null; then
     same_values "$tmp/abl.h5" "$tmp/naive.h5" 1e-4 && pass "--naive equals the fast run" || fail "--naive differs from the fast run"
@@ -76,14 +88,7 @@ for x in [c["dataset"]] + [e.get("reference", {}) for e in c["experiments"]]:
     if isinstance(x, dict) and "path" in x and not os.path.isabs(x["path"]): x["path"] = os.path.join(d, x["path"])
 json.dump(c, open(sys.argv[2], "w"))
 EOF2
-if "$bin" run "$tmp/first.json" -o "$tmp/first.h5" --quiet 2>"$tmp/err"; then
-    pass "the search listed before the ablations runs"
-    if $py -c 'import h5py' 2>/dev/null; then
-        same_values "$tmp/abl.h5" "$tmp/first.h5" 1e-4 && pass "the search listed first: the same values" || fail "the search listed first: other values"
-    fi
-else
-    fail "the search listed first: $(cat "$tmp/err")"
-fi
+run_same "$tmp/first" 1e-4 "the search listed first"
 
 # --- the search alone: the only reader of the clean runs, as its rows' bases, so they are held lean (PS_CACHE_LEAN) ----
 python3 - "$tmp/first.json" "$tmp/alone.json" <<'EOF2'
@@ -92,14 +97,7 @@ c = json.load(open(sys.argv[1]))
 c["experiments"] = [x for x in c["experiments"] if x["kind"] == "circuit_search"]
 json.dump(c, open(sys.argv[2], "w"))
 EOF2
-if "$bin" run "$tmp/alone.json" -o "$tmp/alone.h5" --quiet 2>"$tmp/err"; then
-    pass "the search alone (lean clean runs) runs"
-    if $py -c 'import h5py' 2>/dev/null; then
-        same_values "$tmp/abl.h5" "$tmp/alone.h5" 1e-5 && pass "the search alone: the same values" || fail "the search alone: other values"
-    fi
-else
-    fail "the search alone: $(cat "$tmp/err")"
-fi
+run_same "$tmp/alone" 1e-5 "the search alone (lean clean runs)"
 
 # --- resume and shards ---------------------------------------------------------------------------
 "$bin" run "$cfg" -o "$tmp/abl.h5" --quiet 2>"$tmp/err"; rc=$?

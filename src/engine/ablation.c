@@ -211,11 +211,9 @@ static int run_rows(const ps_ablator *a, const ps_prompt_set *ps, const int64_t 
         if (rc == 0 && from == 0) rc = ps_engine_rows(a->m, a->be, rows, nc, &ro, NULL, e);
         // Rows rewritten in place from `from` (the engine plans cache rows from layer 0): checked, then run as they are.
         for (int64_t b = 0; rc == 0 && from > 0 && b < nc; b++) rc = ps_row_check(mc, &rows[b], a->be->caps, a->be->name, e);
-        if (rc == 0 && from > 0 && a->be->forward_groups) rc = a->be->forward_groups(a->be, a->m, rows, nc, ends, G, e);
-        for (int64_t g = 0; rc == 0 && from > 0 && !a->be->forward_groups && g < G; g++) {
-            const int64_t r0 = g ? ends[g - 1] : 0;
-            rc = a->be->forward(a->be, a->m, rows + r0, ends[g] - r0, e);
-        }
+        // (Without forward_groups a call holds one block: G is 1.)
+        if (rc == 0 && from > 0)
+            rc = a->be->forward_groups ? a->be->forward_groups(a->be, a->m, rows, nc, ends, G, e) : a->be->forward(a->be, a->m, rows, nc, e);
     }
     free(rows);
     free(patches);
