@@ -416,7 +416,9 @@ int64_t ps_h5_schema_version(hid_t file) {
         if (ps_h5_read_attr_f64(run, "schema_version", &v) != 0) v = 0;
         H5Gclose(run);
     }
-    return (int64_t)v;
+    // The file's number, untrusted: one no schema ever had (NaN, negative, past any version) reads as "not ours" (0)
+    // rather than reaching a float-to-integer conversion that is undefined out of range.
+    return v >= 1 && v <= 1e6 ? (int64_t)v : 0;
 }
 
 // ---------------------------------------------------------------------------------------------------------------

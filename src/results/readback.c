@@ -7,6 +7,7 @@
 #include "h5util.h"
 
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,7 +21,9 @@ typedef struct {
 } wbuf;
 
 static void put(wbuf *w, const void *x, size_t n) {
-    if (w->oom) return;
+    // (n == 0: x may be NULL, e.g. a table with no free attributes, and memcpy's arguments may not be)
+    if (w->oom || n == 0) return;
+    if (n > SIZE_MAX / 2 - w->n) { w->oom = 1; return; }
     if (w->n + n > w->cap) {
         size_t nc = w->cap ? w->cap * 2 : 4096;
         while (nc < w->n + n) nc *= 2;

@@ -5,7 +5,9 @@
 # Usage: tests/fuzz/run.sh [SECONDS_PER_TARGET]   (default 20; 0 replays seeds and regressions only)
 # Env: FUZZ_TARGETS="fuzz_config fuzz_dataset" picks targets; FUZZ_CC picks the compiler (default clang);
 #      FUZZ_KEEP=1 keeps the work directory; FUZZ_ARGS adds libFuzzer flags (e.g. "-jobs=2 -workers=2");
-#      FUZZ_SRC=/path/to/src builds another copy of the sources (e.g. with a fix applied; headers from its ../include).
+#      FUZZ_SRC=/path/to/src builds another copy of the sources (e.g. with a fix applied; headers from its ../include);
+#      FUZZ_SEED=N fixes libFuzzer's seed (the test suite's run: a given tree tries the same inputs, as far as its time
+#      reaches, on every run, so a finding is the tree's, not the luck of a seed; unset: a new seed each run).
 set -u
 
 secs=${1:-20}
@@ -61,6 +63,7 @@ export ASAN_OPTIONS="detect_leaks=1:allocator_may_return_null=1:${ASAN_OPTIONS:-
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:${UBSAN_OPTIONS:-}"
 fuzz_flags=(-timeout=20 -rss_limit_mb=2048 -malloc_limit_mb=2048 -error_exitcode=1 -timeout_exitcode=1 -print_final_stats=1)
 read -r -a extra_args <<<"${FUZZ_ARGS:-}"
+case ${FUZZ_SEED:-} in '') ;; *[!0-9]*) echo "FUZZ_SEED: not a number: $FUZZ_SEED" >&2; exit 2 ;; *) extra_args+=("-seed=$FUZZ_SEED") ;; esac
 
 mkdir -p "$work/obj" "$work/bin"
 objs=()
