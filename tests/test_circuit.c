@@ -1,7 +1,9 @@
 // Circuits as sets of edges (ps_circuit.h, kind edge_circuit) against hannamw/EAP-IG's own apply_topn,
 // apply_threshold, apply_greedy, prune and evaluate_graph (tests/golden/run_eap_ig_circuits.py): the pruned masks and kept counts
 // exactly, the metric of every pair at 1e-4; then the kind through the engine, from scores and from edge names. Models:
-// gpt2-tiny-a, llama-tiny-a and the parallel-block GPT-NeoX neox-tiny-a and -c.
+// gpt2-tiny-a, llama-tiny-a and the parallel-block GPT-NeoX neox-tiny-a and -c. The same again on the device-shaped
+// backend (device_shaped.h: the engine's paths for a device, whose rows are never narrowed, and its handle contract).
+#include "device_shaped.h"
 #include "golden_util.h"
 #include "patch_fixture.h"
 #include "ps_ablation.h"
@@ -32,6 +34,24 @@ static int baselines(const ps_model *m, ps_backend *be, const ps_prompt *p, ps_c
 
 static double rel_err(double got, double want) { return fabs(got - want) / (1.0 + fabs(want)); }
 
+// The backend the goldens are checked on: the CPU, or the device-shaped one (main sets it).
+static int g_device_shaped;
+
+static int backend_init(ps_backend *be, const ps_model *m, ps_error *e) {
+    return g_device_shaped ? ds_backend_init(be, m, e) : ps_backend_init(be, PS_BACKEND_CPU, PS_PREC_FP32, 0, m, e);
+}
+
+// Frees be; on the device-shaped backend, no cache may have been read through a stale copy.
+static void backend_free(ps_backend *be, const char *name) {
+    if (g_device_shaped) {
+        const ds_stats *s = ds_backend_stats(be);
+        TU_CHECK(s->stale_reads == 0, "%s: %lld stale reads, the first: %s", name, (long long)s->stale_reads, s->first_stale);
+        printf("%s: device-shaped: %lld uploads, %lld reads of copies, %lld releases, %lld stale reads\n", name, (long long)s->uploads,
+               (long long)s->reads_of_copies, (long long)s->releases, (long long)s->stale_reads);
+    }
+    ps_backend_free(be);
+}
+
 static void test_model(const char *name) {
     pf_fixture f;
     if (pf_load_or_fail(&f, name) != 0) return;
@@ -52,7 +72,7 @@ static void test_model(const char *name) {
     uint8_t *in_graph = malloc((size_t)N), *masks = malloc((size_t)(N_CIRCUITS * N)); // masks: every circuit's, for the batch
     ps_backend be;
     ps_cache *caches = calloc((size_t)(2 * f.ps.n), sizeof *caches);
-    const int backend_ok = ps_backend_init(&be, PS_BACKEND_CPU, PS_PREC_FP32, 0, &f.m, &e) == 0;
+    const int backend_ok = backend_init(&be, &f.m, &e) == 0;
     TU_CHECK(backend_ok, "%s: backend: %s", name, e.msg);
     for (int64_t i = 0; backend_ok && caches && i < f.ps.n; i++)
         TU_CHECK(baselines(&f.m, &be, &f.ps.p[i], caches + 2 * i, &e) == 0, "%s: baselines: %s", name, e.msg);
@@ -227,7 +247,7 @@ static void test_model(const char *name) {
     free(want);
     for (int64_t i = 0; caches && i < 2 * f.ps.n; i++) ps_cache_free(&caches[i]);
     free(caches);
-    if (backend_ok) ps_backend_free(&be);
+    if (backend_ok) backend_free(&be, name);
     free(in_graph);
     free(masks);
     free(scores);
@@ -379,7 +399,7 @@ static void test_interventions(const char *name) {
     float *scores = gu_f32(&ss, "eap", &n);
     uint8_t *masks = malloc((size_t)(3 * N));
     ps_backend be;
-    const int backend_ok = ps_backend_init(&be, PS_BACKEND_CPU, PS_PREC_FP32, 0, &f.m, &e) == 0;
+    const int backend_ok = backend_init(&be, &f.m, &e) == 0;
     TU_CHECK(backend_ok && scores && n == N && masks, "%s: set-up: %s", name, e.msg);
     for (int c = 0; backend_ok && scores && n == N && masks && c < 3; c++) {
         const circuit_spec *cs = &CIRCUITS[spec[c]];
@@ -484,7 +504,7 @@ static void test_interventions(const char *name) {
     for (int64_t i = 0; names && i < n_names; i++) free(names[i]);
     free(names);
     ref_free(&all);
-    if (backend_ok) ps_backend_free(&be);
+    if (backend_ok) backend_free(&be, name);
     free(masks);
     free(scores);
     ps_safetensors_free(&gs);
@@ -518,6 +538,15 @@ int main(void) {
     test_interventions("llama-tiny-a");
     test_interventions("neox-tiny-a");
     test_interventions("neox-tiny-c");
+    g_device_shaped = 1;
+    printf("-- the same on the device-shaped backend\n");
+    test_model("gpt2-tiny-a");
+    test_model("llama-tiny-a");
+    test_model("neox-tiny-a");
+    test_model("neox-tiny-c");
+    test_interventions("gpt2-tiny-a");
+    test_interventions("neox-tiny-a");
+    g_device_shaped = 0;
     test_full_and_empty("llama-tiny-b", PS_METRIC_LOGIT_DIFF);
     test_full_and_empty("gpt2-tiny-a", PS_METRIC_KL);
     test_full_and_empty("neox-tiny-a", PS_METRIC_KL);

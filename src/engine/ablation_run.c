@@ -31,9 +31,11 @@ typedef struct {
     int no_full_runs;            // every prompt's would not fit the search's budget: none taken
 } abl_state;
 
-// The clean baselines a search took and did not hand on (CPU caches: nothing on a device to release).
-static void free_full_runs(abl_state *s) {
-    for (int64_t i = 0; s->full_runs && i < s->full_len; i++) ps_cache_free(&s->full_runs[i]);
+// The clean baselines a search took and did not hand on, released on be (their device copies) and freed. be is
+// NULL when the state is freed with the run's results, after the backend may be gone (a device arena evicts
+// entries no cache holds any more).
+static void free_full_runs(ps_backend *be, abl_state *s) {
+    if (s->full_runs) ps_backend_drop_caches(be, s->full_runs, s->full_len);
     free(s->full_runs);
     s->full_runs = NULL;
     s->full_len = s->n_full = 0;
@@ -52,7 +54,7 @@ static void abl_free(void *v) {
     free(s->draws);
     ps_ref_means_free(&s->means);
     ps_ref_means_free(&s->mlp_means);
-    free_full_runs(s);
+    free_full_runs(NULL, s);
     free(s);
 }
 
@@ -413,7 +415,7 @@ static int search_once(ps_producer_ctx *cx, ps_product *const *prods, int64_t n_
             s->full_runs = NULL;   // the caches are the search's now; the array is freed after the call
             s->full_len = s->n_full = 0;
         } else {
-            free_full_runs(s);     // some prompts came from no chunk: the search runs its first circuit itself
+            free_full_runs(cx->be, s);   // some prompts came from no chunk: the search runs its first circuit itself
         }
         ps_search_result r;
         ps_table t;

@@ -118,6 +118,8 @@ static int pass_many(circ *ws, int64_t K, const int *need, ps_row *rows, ps_erro
     for (int64_t k = 0; k < K; k++) {
         if (!need[k]) continue;
         circ *w = &ws[k];
+        // The state this pass captures into was an earlier pass's base: its device copy, if any, is stale now.
+        ps_backend_release_caches(w->be, &w->st[w->next], 1);
         rows[n++] = (ps_row){.tokens = w->p->clean, .T = w->T, .base = w->cur, .patches = w->patches + w->first,
                              .n_patches = w->n_patches - w->first, .captures = w->caps + w->next * 4 * L, .n_captures = 4 * L,
                              .out_pos = &pos0, .n_out = 1, .cols = &col0, .n_cols = 1, .logits = &w->dummy};
@@ -202,7 +204,7 @@ static int circ_init(circ *w, const ps_model *m, ps_backend *be, const ps_graph 
 }
 
 static void circ_free(circ *w) {
-    for (int b = 0; b < 2; b++) ps_cache_free(&w->st[b]);
+    ps_backend_drop_caches(w->be, w->st, 2);
     free(w->caps);
     free(w->run_out);
     free(w->c);
@@ -293,21 +295,54 @@ int ps_circuit_eval_values(const ps_model *m, ps_backend *be, const ps_graph *g,
         for (int64_t k = 0; k < K; k++)
             if (source_outputs(&ws[k], ws[k].cur, ws[k].run_out, l, 0, 1, e) != 0) goto done;
     }
-    // The logits read the last resid_post; one row per circuit from its state, unembedded only where the metric
-    // reads.
+    // The logits read the last resid_post; one row per circuit from its state. Its numbers must not depend on where
+    // the plan starts it (narrowed at resid_post where the backend narrows, from the last layer where it does not):
+    // the row carries the last layer's patches again (w->first still marks them; not those at its resid_pre, which
+    // the state's resid_pre holds: captures record values after the patches) with the logits' own, so a recomputed
+    // layer is the state's again, and it asks for position 0's logits first so that it starts at position 0, as
+    // pass_many's rows do (the state holds no keys or values for a later start to read).
+    const int64_t n_out = rq->n_out + 1;
+    if (n_out > PS_MAX_OUT_POS) {
+        ps_fail(e, PS_EXIT_BADINPUT, "edge_circuit: %lld metric positions (at most %d)", (long long)rq->n_out, PS_MAX_OUT_POS - 1);
+        goto done;
+    }
+    int64_t out_pos[PS_MAX_OUT_POS] = {0};
+    memcpy(out_pos + 1, rq->out_pos, (size_t)rq->n_out * sizeof *out_pos);
+    enum { FINAL_PATCHES = 6 };   // a layer's at most 5 (q, k, v and the MLP's two) and the logits'
+    float *lgs = malloc((size_t)(K * n_out * width) * sizeof *lgs);
+    ps_patch *fin = malloc((size_t)(K * FINAL_PATCHES) * sizeof *fin);
+    if (!lgs || !fin) {
+        free(lgs);
+        ps_fail(e, PS_EXIT_RUNTIME, "edge_circuit: out of memory for %lld circuits' logits", (long long)K);
+        goto done;
+    }
     for (int64_t k = 0; k < K; k++) {
         circ *w = &ws[k];
-        w->first = w->n_patches;
         if (correction(w, g->n_dests - 1)) {
             float *lg = w->refs + L * per_layer;
             memcpy(lg, w->c, (size_t)TC * sizeof(float));
             add_patch(w, PS_SITE_RESID_POST, L - 1, lg);
         }
-        rows[k] = (ps_row){.tokens = p->clean, .T = T, .base = w->cur, .patches = w->patches + w->first, .n_patches = w->n_patches - w->first,
-                           .out_pos = rq->out_pos, .n_out = rq->n_out, .cols = rq->n_cols ? rq->cols : NULL, .n_cols = rq->n_cols,
-                           .logits = logits + k * rq->n_out * width};
+        ps_patch *f = fin + k * FINAL_PATCHES;
+        int64_t nf = 0;
+        for (int64_t i = w->first; i < w->n_patches; i++) {
+            if (w->patches[i].site == PS_SITE_RESID_PRE) continue;
+            if (nf == FINAL_PATCHES) {   // (cannot happen: the counts above)
+                ps_fail(e, PS_EXIT_RUNTIME, "edge_circuit: more than %d patches in the last layer", FINAL_PATCHES - 1);
+                goto final_done;
+            }
+            f[nf++] = w->patches[i];
+        }
+        rows[k] = (ps_row){.tokens = p->clean, .T = T, .base = w->cur, .patches = f, .n_patches = nf,
+                           .out_pos = out_pos, .n_out = n_out, .cols = rq->n_cols ? rq->cols : NULL, .n_cols = rq->n_cols,
+                           .logits = lgs + k * n_out * width};
     }
     rc = ps_engine_rows(m, be, rows, K, NULL, NULL, e);
+final_done:
+    for (int64_t k = 0; rc == 0 && k < K; k++)
+        memcpy(logits + k * rq->n_out * width, lgs + (k * n_out + 1) * width, (size_t)(rq->n_out * width) * sizeof *lgs);
+    free(lgs);
+    free(fin);
 done:
     for (int64_t k = 0; ws && k < K; k++) circ_free(&ws[k]);
     free(ws);
