@@ -211,6 +211,10 @@ typedef struct {
 
 // Runs the search from the full model with the ablator's method and means.
 int ps_circuit_search(ps_ablator *a, const ps_search_opts *o, ps_search_result *out, ps_error *e);
+// The runs the search holds through its steps, in bytes of whole caches: every prompt's (*base_bytes) and the reference
+// prompts' for MLP means under head ablation (*ref_bytes), each 0 where o->base_budget leaves it out. (Baselines handed
+// over in o->full_runs are held as they are: lean ones in less.)
+void ps_search_run_bytes(const ps_ablator *a, const ps_search_opts *o, size_t *base_bytes, size_t *ref_bytes);
 void ps_search_result_free(ps_search_result *r);
 
 // Result tables (ablation_table.c); t is initialised here and owned by the caller (ps_table_free).

@@ -102,7 +102,8 @@ typedef struct ps_run_results {
     int64_t rows_fused;         // streamed weights: sweep rows whose logits came from the baselines' call (fused pass:
                                 // up to PS_FUSED_BATCHES batches of a chunk's rows)
     int64_t rows_fused_wasted;  // rows computed in that call whose plan turned out otherwise (run again)
-    size_t peak_cache_bytes;    // activation caches held at once
+    size_t peak_cache_bytes;    // activation caches held at once (a dry run's estimate: the same accounting)
+    size_t held_cache_bytes;    // of them, caches producers keep across chunks (a search's baselines for its first circuit)
     double baseline_flops;      // the clean and corrupted runs
     double seconds;             // wall time of ps_engine_run
 } ps_run_results;

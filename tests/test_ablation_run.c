@@ -170,6 +170,18 @@ int main(void) {
         check_cases(doc, &ps, &rr);
         check_search(get(doc, "search"), &rr);
         check_means(&m, &be, &ps, &rr, &cfg);
+        // --dry-run's memory: the same accounting as the run, the search's kept baselines included (at least every
+        // prompt's lean run; before, a dry run counted one chunk's caches and left them out).
+        ps_run_results dry = {0};
+        ps_engine_opts od = o;
+        od.dry_run = 1;
+        size_t kept = 0;
+        for (int64_t i = 0; i < ps.n; i++) kept += ps_cache_floats(&m.cfg, ps.p[i].T, PS_CACHE_LEAN) * sizeof(float);
+        TU_CHECK(ps_engine_run(&m, &be, &ps, cfg.experiments, cfg.n_experiments, cfg.metric, &od, &dry, &e) == 0, "dry run: %s", e.msg);
+        TU_CHECK(dry.peak_cache_bytes == rr.peak_cache_bytes && rr.peak_cache_bytes >= kept,
+                 "caches at once: dry run %zu bytes, run %zu, the kept runs at least %zu", dry.peak_cache_bytes, rr.peak_cache_bytes, kept);
+        printf("run: caches at once %zu bytes (dry run %zu), the prompts' lean runs %zu\n", rr.peak_cache_bytes, dry.peak_cache_bytes, kept);
+        ps_run_results_free(&dry);
     }
     ps_run_results_free(&rr);
     ps_prompt_set_free(&ps);

@@ -372,7 +372,7 @@ static int search_init(const ps_model_config *mc, const ps_prompt_set *ps, ps_pr
 static int search_keep(ps_producer_ctx *cx, ps_product *const *prods, int64_t n_prods, const ps_chunk *ch, ps_error *e) {
     abl_state *s = n_prods > 0 ? prods[0]->state : NULL;
     const ps_prompt_set *ps = cx->ps;
-    if (!s || s->no_full_runs || cx->o->dry_run || cx->o->naive || !ch->clean_to_take || prods[0]->ex->heads_at_result) return 0;
+    if (!s || s->no_full_runs || cx->o->naive || !ch->clean_to_take || prods[0]->ex->heads_at_result) return 0;
     if (!s->full_runs) {
         size_t bytes = 0;
         for (int64_t i = 0; i < ps->n; i++) bytes += ps_cache_floats(&cx->m->cfg, ps->p[i].T, 0) * sizeof(float);
@@ -383,9 +383,11 @@ static int search_keep(ps_producer_ctx *cx, ps_product *const *prods, int64_t n_
     for (int64_t i = 0; i < ch->n; i++) {
         const int64_t pi = ch->prompts[i];
         if (s->full_runs[pi].memory || !ch->clean_to_take[i].memory) continue;
+        cx->rr->held_cache_bytes += ch->clean_to_take[i].n_floats * sizeof(float);
+        s->n_full++;
+        if (cx->o->dry_run) continue;   // counted as a real run would hold it, not taken
         s->full_runs[pi] = ch->clean_to_take[i];
         memset(&ch->clean_to_take[i], 0, sizeof ch->clean_to_take[i]);
-        s->n_full++;
     }
     return 0;
 }
@@ -400,6 +402,16 @@ static int search_once(ps_producer_ctx *cx, ps_product *const *prods, int64_t n_
         const ps_product *p = prods[k];
         const ps_experiment *ex = p->ex;
         abl_state *s = p->state;
+        // The runs the search holds through its steps, counted in a dry run as in a real one: the kept baselines
+        // when every prompt's was kept (they become its first circuit's runs), else its own.
+        const ps_ablator sized = {.m = cx->m, .ps = cx->ps, .heads_at_result = ex->heads_at_result};
+        const ps_search_opts so = {.mlp_means_under_heads = ex->mlp_means_under, .ref = ref_of(cx->ps, p), .naive = cx->o->naive,
+                                   .base_budget = cx->o->cache_budget};
+        size_t base_bytes, ref_bytes;
+        ps_search_run_bytes(&sized, &so, &base_bytes, &ref_bytes);
+        if (base_bytes && s->n_full == cx->ps->n) base_bytes = cx->rr->held_cache_bytes;
+        if (base_bytes + ref_bytes > cx->rr->peak_cache_bytes) cx->rr->peak_cache_bytes = base_bytes + ref_bytes;
+        cx->rr->held_cache_bytes = 0;
         if (cx->o->dry_run) continue;
         if ((rc = ps_producer_stopped(cx, e)) != 0 || (rc = need_means(cx, p, s, e)) != 0) break;
         ps_ablator a = {.m = cx->m, .be = cx->be, .ps = cx->ps, .metric = cx->metric, .method = (ps_abl_method)ex->abl_with,

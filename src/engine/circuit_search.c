@@ -320,6 +320,19 @@ static int run_pass(search *s, int64_t pass, int backward, double *current, ps_e
     return changed;
 }
 
+void ps_search_run_bytes(const ps_ablator *a, const ps_search_opts *o, size_t *base_bytes, size_t *ref_bytes) {
+    const ps_model_config *mc = &a->m->cfg;
+    size_t ps_bytes = 0, rb = 0;
+    const size_t budget = o->base_budget ? o->base_budget : PS_SEARCH_BASE_BUDGET;
+    const unsigned fl = a->heads_at_result ? PS_CACHE_RESULT : 0;
+    for (int64_t i = 0; i < a->ps->n; i++) ps_bytes += ps_cache_floats(mc, a->ps->p[i].T, fl) * sizeof(float);
+    for (int64_t i = 0; o->mlp_means_under_heads && o->ref && i < o->ref->n; i++)
+        rb += ps_cache_floats(mc, o->ref->p[i].T, fl) * sizeof(float);
+    const int base_too = !o->naive && ps_bytes <= budget;
+    *base_bytes = base_too ? ps_bytes : 0;
+    *ref_bytes = base_too && o->mlp_means_under_heads && o->ref && ps_bytes + rb <= budget ? rb : 0;
+}
+
 int ps_circuit_search(ps_ablator *a, const ps_search_opts *o, ps_search_result *out, ps_error *e) {
     memset(out, 0, sizeof *out);
     const ps_model_config *mc = &a->m->cfg;
@@ -343,14 +356,12 @@ int ps_circuit_search(ps_ablator *a, const ps_search_opts *o, ps_search_result *
     int rc = 0;
     if (!out->head_kept || !out->mlp_kept || !s.comps || !s.mlp_means || !s.values || (!o->naive && (!s.memo || !s.memo_gen)))
         rc = ps_fail(e, PS_EXIT_RUNTIME, "out of memory");
-    size_t ps_bytes = 0, ref_bytes = 0;
-    const size_t budget = o->base_budget ? o->base_budget : PS_SEARCH_BASE_BUDGET;
     const unsigned fl = a->heads_at_result ? PS_CACHE_RESULT : 0;   // the runs hold hook_result then (ablation.c's run_set)
-    for (int64_t i = 0; i < a->ps->n; i++) ps_bytes += ps_cache_floats(mc, a->ps->p[i].T, fl) * sizeof(float);
-    for (int64_t i = 0; o->mlp_means_under_heads && i < o->ref->n; i++) ref_bytes += ps_cache_floats(mc, o->ref->p[i].T, fl) * sizeof(float);
-    if (rc == 0 && !o->naive && ps_bytes <= budget) {
+    size_t base_bytes, ref_bytes;
+    ps_search_run_bytes(a, o, &base_bytes, &ref_bytes);
+    const int ref_too = ref_bytes > 0;
+    if (rc == 0 && base_bytes > 0) {
         s.base = calloc((size_t)(a->ps->n ? a->ps->n : 1), sizeof *s.base);
-        const int ref_too = o->mlp_means_under_heads && ps_bytes + ref_bytes <= budget;
         s.ref_base = ref_too ? calloc((size_t)o->ref->n, sizeof *s.ref_base) : NULL;
         if (!s.base || (ref_too && !s.ref_base)) rc = ps_fail(e, PS_EXIT_RUNTIME, "out of memory");
     }

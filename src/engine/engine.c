@@ -250,7 +250,9 @@ int ps_engine_run(const ps_model *m, ps_backend *be, const ps_prompt_set *ps, co
             bytes += nb;
             c1++;
         }
-        if (bytes > out->peak_cache_bytes) out->peak_cache_bytes = bytes;
+        // (Caches a producer takes from the chunk move to held_cache_bytes: the chunk's and the held bytes before the
+        // producers' keep() are the chunk's peak.)
+        if (bytes + out->held_cache_bytes > out->peak_cache_bytes) out->peak_cache_bytes = bytes + out->held_cache_bytes;
         // Prompts of this chunk a previous (interrupted) run already committed are not run again.
         int64_t *chunk = malloc((size_t)(c1 - c0) * sizeof(int64_t)), nc = 0;
         if (!chunk) { rc = ps_fail(e, PS_EXIT_RUNTIME, "out of memory for a chunk of prompts"); break; }
