@@ -23,6 +23,17 @@ typedef struct {
 // Fills e (if non-NULL and still empty) and returns -1, so callers write `return ps_fail(e, 2, ...)`.
 int ps_fail(ps_error *e, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
+// The first failure of a parallel loop by index, the one the serial loop would report: each failing iteration i
+// notes its error (thread-safe), the lowest i's is kept; then take it. (src/util/parallel.c)
+typedef struct {
+    int64_t at;   // INT64_MAX while no iteration failed
+    ps_error e;
+} ps_first_error;
+#define PS_FIRST_ERROR_NONE {INT64_MAX, {0, {0}}}
+void ps_first_error_note(ps_first_error *f, int64_t i, const ps_error *e);
+// 0 when none failed; else -1 with the first failure's error copied into e (when non-NULL).
+int ps_first_error_take(const ps_first_error *f, ps_error *e);
+
 // Copies s into out (cap bytes, always NUL-terminated) with what could break a one-line message or drive a
 // terminal escaped: newline, tab and CR as \n \t \r, other control bytes, DEL, C1 controls and bytes that are
 // not valid UTF-8 as \xNN. Cut at a whole character when out is full. Returns out. ps_fail applies it to

@@ -71,7 +71,7 @@ int ps_cpu_forward_pieces(const ps_model *m, ps_row *rows, const int64_t *ends, 
         wsp->n_pieces = nt;
     }
     ps_cpu_workspace *ws = wsp->pieces;
-    int64_t failed = n;
+    ps_first_error failed = PS_FIRST_ERROR_NONE;   // by piece
 #pragma omp parallel num_threads(nt)
     {
         omp_set_num_threads(1); // this thread's regions inside a piece: one thread (this task's setting only)
@@ -81,16 +81,12 @@ int ps_cpu_forward_pieces(const ps_model *m, ps_row *rows, const int64_t *ends, 
         for (int64_t p = 0; p < n; p++) {
             const int64_t r0 = p ? ends[p - 1] : 0;
             if (r0 < ends[p] && ps_cpu_forward_batch(m, rows + r0, ends[p] - r0, mine, &pe) != 0) {
-#pragma omp critical(ps_forward_pieces)
-                if (p < failed) {
-                    failed = p;
-                    if (e) *e = pe;
-                }
+                ps_first_error_note(&failed, p, &pe);
                 pe = (ps_error){0};
             }
         }
     }
-    return failed < n ? -1 : 0;
+    return ps_first_error_take(&failed, e);
 }
 
 int ps_cpu_groups_on_threads(const ps_model *m, const ps_row *rows, const int64_t *ends, int64_t G) {

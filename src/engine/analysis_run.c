@@ -56,22 +56,17 @@ static int metric_chunk(ps_producer_ctx *cx, ps_product *const *items, int64_t n
                         ps_error *e) {
     if (cx->o->dry_run) return 0;
     par = par && !cx->m->stream && ch->n > 1;
-    int64_t failed = 0;   // 1 + the first failing prompt (its message in e), 0 while none fails
-    for (int64_t k = 0; k < n && !failed; k++) {
+    ps_first_error failed = PS_FIRST_ERROR_NONE;   // by prompt
+    for (int64_t k = 0; k < n && failed.at == INT64_MAX; k++) {
         ps_table *t = items[k]->t;
 #pragma omp parallel for schedule(dynamic, 1) if (par)
         for (int64_t i = 0; i < ch->n; i++) {
             ps_error e_own = {0};
-            if (fn(cx->m, run_of(items[k], ch, i), &cx->ps->p[ch->prompts[i]], items[k], t->values + ch->prompts[i] * t->n_cells, &e_own) != 0) {
-#pragma omp critical(ps_metric_chunk_error)
-                if (!failed || ch->prompts[i] < failed - 1) {   // the first prompt's message, as one thread would report
-                    *e = e_own;
-                    failed = ch->prompts[i] + 1;
-                }
-            }
+            if (fn(cx->m, run_of(items[k], ch, i), &cx->ps->p[ch->prompts[i]], items[k], t->values + ch->prompts[i] * t->n_cells, &e_own) != 0)
+                ps_first_error_note(&failed, ch->prompts[i], &e_own);
         }
     }
-    return failed ? -1 : 0;
+    return ps_first_error_take(&failed, e);
 }
 
 // A dla experiment's state: its pairs' directions (ps_dla_memo) and, with "ablate", the config's components as one

@@ -168,26 +168,19 @@ int ps_engine_rows(const ps_model *m, ps_backend *be, ps_row *rows, int64_t n_ro
     const int narrow_ok = !o->naive && !any_cache && (be->caps & PS_CAP_NARROW);
     // Rows plan independently (each compares its patches with its own base), so on the threads; the first bad row
     // (by index) is the one reported.
-    int64_t bad = n_rows;
-    ps_error bad_e = {0};
+    ps_first_error bad = PS_FIRST_ERROR_NONE;
     int64_t unchanged = 0, narrowed = 0;
     double flops = 0;
 #pragma omp parallel for schedule(dynamic, 16) reduction(+ : unchanged, narrowed, flops) if (n_rows >= 64)
     for (int64_t i = 0; i < n_rows; i++) {
         ps_rows_stats rs = {0};
         ps_error re = {0};
-        if (plan_one(mc, be, &rows[i], i, o->naive, narrow_ok, &rs, &re) != 0) {
-#pragma omp critical(ps_engine_rows_bad)
-            if (i < bad) { bad = i; bad_e = re; }
-        }
+        if (plan_one(mc, be, &rows[i], i, o->naive, narrow_ok, &rs, &re) != 0) ps_first_error_note(&bad, i, &re);
         unchanged += rs.rows_unchanged;
         narrowed += rs.rows_narrowed;
         flops += rs.flops;
     }
-    if (bad < n_rows) {
-        if (e) *e = bad_e;
-        return -1;
-    }
+    if (ps_first_error_take(&bad, e) != 0) return -1;
     const ps_rows_stats s = {.rows_run = n_rows, .rows_unchanged = unchanged, .rows_narrowed = narrowed, .flops = flops};
     const int64_t per = o->batch_rows > 0 ? o->batch_rows : 512, gr = o->group_rows > 0 && be->forward_groups ? o->group_rows : 0;
     int64_t *ends = gr ? malloc((size_t)((per + gr - 1) / gr) * sizeof *ends) : NULL;
