@@ -82,6 +82,9 @@ static int reads_src(const ps_patch *pt) { return pt->op == PS_OP_REPLACE || pt-
 
 static int ds_forward(ps_backend *b, const ps_model *m, ps_row *rows, int64_t n_rows, ps_error *e) {
     ds_impl *d = b->impl;
+    // As kernels/cuda_batch.cu's check_rows: a caller that bypasses the engine must not get a plain row's numbers.
+    for (int64_t r = 0; r < n_rows; r++)
+        if (ps_row_check(&m->cfg, &rows[r], b->caps, b->name, e) != 0) return -1;
     for (int64_t r = 0; r < n_rows; r++) {   // one cache both written by a row and read or written by another: refused
         const ps_cache *out = rows[r].cache;
         for (int64_t q = 0; out && q < n_rows; q++) {
