@@ -131,6 +131,25 @@ int main(void) {
              tu_src("models/demo"));
     run_both(write_tmp("mixed.json", cfg, strlen(cfg)), 4);
     run_both(tu_src("tests/data/seqcont/ablation.json"), 5);   // ablations, reference means, circuit scores and search
+    // Ablations from per-position means with a kept circuit, searches from zero (until stable, and one pass each), edge
+    // circuits with zero and mean values. (Heads ablated at hook_result need PS_CAP_RESULT, which CUDA lacks: refused.)
+    const char *sc = tu_src("tests/data/seqcont");
+    snprintf(cfg, sizeof cfg,
+             "{\"model\": \"%s\", \"metric\": \"logit_diff\",\n"
+             " \"dataset\": {\"path\": \"%s/prompts.jsonl\", \"fields\": {\"clean\": \"text\", \"corrupted\": \"corrupted\",\n"
+             "   \"answer\": \"corr\", \"wrong\": \"incorr\", \"template\": \"template\"}},\n"
+             " \"experiments\": [\n"
+             "  {\"name\": \"zero\", \"kind\": \"ablation\", \"components\": [\"h0.1\", \"h1.2\"], \"with\": \"zero\"},\n"
+             "  {\"name\": \"keep\", \"kind\": \"ablation\", \"keep\": [\"h0.0\", \"mlp1\"], \"with\": \"mean\", \"grouping\": \"per_position\",\n"
+             "   \"reference\": {\"path\": \"%s/randDS.jsonl\", \"fields\": {\"clean\": \"text\"}}},\n"
+             "  {\"name\": \"search_zero\", \"kind\": \"circuit_search\", \"with\": \"zero\", \"threshold\": 20},\n"
+             "  {\"name\": \"search_once\", \"kind\": \"circuit_search\", \"with\": \"zero\", \"threshold\": 30, \"passes\": \"one_each\"},\n"
+             "  {\"name\": \"eap\", \"kind\": \"edge_attribution\"},\n"
+             "  {\"name\": \"circ_zero\", \"kind\": \"edge_circuit\", \"scores_from\": \"eap\", \"top_n\": [30], \"with\": \"zero\"},\n"
+             "  {\"name\": \"circ_mean\", \"kind\": \"edge_circuit\", \"scores_from\": \"eap\", \"top_n\": [30], \"with\": \"mean\",\n"
+             "   \"reference\": {\"path\": \"%s/randDS.jsonl\", \"fields\": {\"clean\": \"text\"}}}]}\n",
+             tu_src("models/demo"), sc, sc, sc);
+    run_both(write_tmp("zero_mean.json", cfg, strlen(cfg)), 4);
     run_both(tu_src("experiments/ioi/demo.json"), 0);          // path patching, ablations, read-outs
     run_both(tu_src("experiments/seqcont/demo.json"), 0);      // read-outs: DLA, logit lens, attention, OV and head scores
     run_both(tu_src("experiments/one_is_1/numerals.json"), 0); // search, neurons
