@@ -313,6 +313,7 @@ int ps_circuit_eval_values(const ps_model *m, ps_backend *be, const ps_graph *g,
     ps_patch *fin = malloc((size_t)(K * FINAL_PATCHES) * sizeof *fin);
     if (!lgs || !fin) {
         free(lgs);
+        free(fin);
         ps_fail(e, PS_EXIT_RUNTIME, "edge_circuit: out of memory for %lld circuits' logits", (long long)K);
         goto done;
     }
