@@ -402,27 +402,25 @@ static int search_once(ps_producer_ctx *cx, ps_product *const *prods, int64_t n_
         const ps_product *p = prods[k];
         const ps_experiment *ex = p->ex;
         abl_state *s = p->state;
+        ps_search_opts o = {.threshold = ex->threshold, .one_iter = ex->one_pass, .mlp_means_under_heads = ex->mlp_means_under,
+                            .speculate = ex->speculate, .ref = ref_of(cx->ps, p), .naive = cx->o->naive, .base_budget = cx->o->cache_budget};
         // The runs the search holds through its steps, counted in a dry run as in a real one: the kept baselines
         // when every prompt's was kept (they become its first circuit's runs), else its own.
         const ps_ablator sized = {.m = cx->m, .ps = cx->ps, .heads_at_result = ex->heads_at_result};
-        const ps_search_opts so = {.mlp_means_under_heads = ex->mlp_means_under, .ref = ref_of(cx->ps, p), .naive = cx->o->naive,
-                                   .base_budget = cx->o->cache_budget};
         size_t base_bytes, ref_bytes;
-        ps_search_run_bytes(&sized, &so, &base_bytes, &ref_bytes);
+        ps_search_run_bytes(&sized, &o, &base_bytes, &ref_bytes);
         if (base_bytes && s->n_full == cx->ps->n) base_bytes = cx->rr->held_cache_bytes;
         if (base_bytes + ref_bytes > cx->rr->peak_cache_bytes) cx->rr->peak_cache_bytes = base_bytes + ref_bytes;
         cx->rr->held_cache_bytes = 0;
         if (cx->o->dry_run) continue;
         if ((rc = ps_producer_stopped(cx, e)) != 0 || (rc = need_means(cx, p, s, e)) != 0) break;
         ps_ablator a = {.m = cx->m, .be = cx->be, .ps = cx->ps, .metric = cx->metric, .method = (ps_abl_method)ex->abl_with,
-                        .heads_at_result = ex->heads_at_result, .means = s->means_ready ? &s->means : NULL, .group_of = s->prompt_group, .ref = ref_of(cx->ps, p),
+                        .heads_at_result = ex->heads_at_result, .means = s->means_ready ? &s->means : NULL, .group_of = s->prompt_group, .ref = o.ref,
                         .seed = (uint64_t)ex->seed, .draws = s->draws, .batch_rows = cx->o->batch_rows, .full_later = 1};
         if ((rc = ps_ablator_init(&a, s->what, e)) != 0) break;
         // The clean baselines taken from the chunks, when every prompt's is there (the search owns them from the call on).
         ps_cache *full = s->full_runs && s->n_full == cx->ps->n ? s->full_runs : NULL;
-        const ps_search_opts o = {.threshold = ex->threshold, .one_iter = ex->one_pass, .mlp_means_under_heads = ex->mlp_means_under,
-                                  .speculate = ex->speculate, .ref = a.ref, .naive = cx->o->naive, .base_budget = cx->o->cache_budget,
-                                  .full_runs = full};
+        o.full_runs = full;
         if (full) {
             s->full_runs = NULL;   // the caches are the search's now; the array is freed after the call
             s->full_len = s->n_full = 0;
