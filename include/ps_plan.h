@@ -73,4 +73,12 @@ unsigned ps_row_caps(const ps_row *row);
 // views, 64-head masks) and against a backend's caps; bad input: PS_EXIT_BADINPUT naming the patch.
 int ps_row_check(const ps_model_config *mc, const ps_row *row, unsigned caps, const char *backend, ps_error *e);
 
+// 1 when the patch reads its source cache (replace, freeze; the other operations' src, if set, is ignored): the
+// caches a backend with device copies uploads.
+int ps_patch_reads_src(const ps_patch *pt);
+// A backend that keeps device copies of caches refuses a batch whose one row's cache is also read (as a base or a
+// patch source) or written by another row (ps_backend.h): its copy is recomputed while the others would read it.
+// PS_EXIT_RUNTIME naming both rows. (Cache rows are few, so pairs are cheap.)
+int ps_rows_check_aliasing(const ps_row *rows, int64_t n_rows, ps_error *e);
+
 #endif

@@ -39,27 +39,6 @@ static_assert(sizeof(ps_capture) == 24, "ps_capture changed: implement the new f
 static_assert(PS_OP_COUNT == 6, "a new ps_op: implement it in ps_cu_op_value (ps_cuda_internal.h) and patch.cu, then update this count");
 static_assert(sizeof(ps_row) == 144, "ps_row changed: implement the new field here or refuse it in check_rows, then update this size");
 
-// Only replace and freeze read a source cache (the other operations' src, if set, is ignored).
-static int reads_src(const ps_patch *pt) { return pt->op == PS_OP_REPLACE || pt->op == PS_OP_FREEZE; }
-
-// The one cache a row writes must not be read or written by any other row of the batch: its device copy is
-// zeroed and recomputed while the others would read it (ps_backend.h). Cache rows are few, so pairs are cheap.
-static int check_aliasing(const ps_row *rows, int64_t n_rows, ps_error *e) {
-    for (int64_t r = 0; r < n_rows; r++) {
-        const ps_cache *out = rows[r].cache;
-        if (!out) continue;
-        for (int64_t q = 0; q < n_rows; q++) {
-            const ps_row *o = &rows[q];
-            int hit = (q != r && o->cache == out) || o->base == out;
-            for (int64_t p = 0; p < o->n_patches && !hit; p++) hit = reads_src(&o->patches[p]) && o->patches[p].src == out;
-            if (hit)
-                return ps_fail(e, PS_EXIT_RUNTIME, "forward: row %lld's cache is also read or written by row %lld of the same batch",
-                               (long long)r, (long long)q);
-        }
-    }
-    return 0;
-}
-
 // The same checks as ps_cpu_forward, plus the ones the device cannot afford to get wrong (sizes of caches).
 static int check_rows(const ps_model_config *cfg, ps_row *rows, int64_t n_rows, ps_error *e) {
     const int64_t L = cfg->n_layers, V = cfg->d_vocab;
@@ -98,7 +77,7 @@ static int check_rows(const ps_model_config *cfg, ps_row *rows, int64_t n_rows, 
                            (long long)row->cache->T, (long long)row->T);
         // Patches and captures (sites, layers, units, sources, reference views) were checked by ps_row_check.
     }
-    return check_aliasing(rows, n_rows, e);
+    return ps_rows_check_aliasing(rows, n_rows, e);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -307,7 +286,7 @@ int ps_cu_run_batch(ps_cu_backend *im, const ps_model *m, ps_row *rows, int64_t 
             if (row->start_layer > 0 || row->start_pos > 0)
                 TRY(ps_cu_cache_place(im, row->base, PS_CU_CACHE_INPUT, &base_off[r], e));
             for (int64_t p = 0; p < row->n_patches; p++, p_at++)
-                if (reads_src(&row->patches[p]))
+                if (ps_patch_reads_src(&row->patches[p]))
                     TRY(ps_cu_cache_place(im, row->patches[p].src, PS_CU_CACHE_INPUT, &src_off[p_at], e));
             if (row->cache) TRY(ps_cu_cache_place(im, row->cache, PS_CU_CACHE_OUTPUT, &cache_off[r], e));
         }
@@ -394,7 +373,7 @@ int ps_cu_run_batch(ps_cu_backend *im, const ps_model *m, ps_row *rows, int64_t 
             d.pb = (int32_t)p_at;
             for (int64_t p = 0; p < row->n_patches; p++, p_at++) {
                 const ps_patch *pt = &row->patches[p];
-                const float *src = reads_src(pt) ? ps_cu_cache_field(im, src_off[p_at], pt->src, ps_cache_site(pt->src, pt->site)) : NULL;
+                const float *src = ps_patch_reads_src(pt) ? ps_cu_cache_field(im, src_off[p_at], pt->src, ps_cache_site(pt->src, pt->site)) : NULL;
                 const float *ref = NULL;
                 const int64_t *map = NULL;
                 if (xt.patch_ref[p_at] >= 0) {

@@ -78,28 +78,17 @@ static int read_input(ds_impl *d, const ps_cache *c, const char *what, int64_t r
     return bind(d, c, e);
 }
 
-static int reads_src(const ps_patch *pt) { return pt->op == PS_OP_REPLACE || pt->op == PS_OP_FREEZE; }
-
 static int ds_forward(ps_backend *b, const ps_model *m, ps_row *rows, int64_t n_rows, ps_error *e) {
     ds_impl *d = b->impl;
     // As kernels/cuda_batch.cu's check_rows: a caller that bypasses the engine must not get a plain row's numbers.
     for (int64_t r = 0; r < n_rows; r++)
         if (ps_row_check(&m->cfg, &rows[r], b->caps, b->name, e) != 0) return -1;
-    for (int64_t r = 0; r < n_rows; r++) {   // one cache both written by a row and read or written by another: refused
-        const ps_cache *out = rows[r].cache;
-        for (int64_t q = 0; out && q < n_rows; q++) {
-            int hit = (q != r && rows[q].cache == out) || rows[q].base == out;
-            for (int64_t p = 0; p < rows[q].n_patches && !hit; p++) hit = reads_src(&rows[q].patches[p]) && rows[q].patches[p].src == out;
-            if (hit)
-                return ps_fail(e, PS_EXIT_RUNTIME, "forward: row %lld's cache is also read or written by row %lld of the same batch",
-                               (long long)r, (long long)q);
-        }
-    }
+    if (ps_rows_check_aliasing(rows, n_rows, e) != 0) return -1;
     for (int64_t r = 0; r < n_rows; r++) {
         const ps_row *row = &rows[r];
         if ((row->start_layer > 0 || row->start_pos > 0) && read_input(d, row->base, "base", r, e) != 0) return -1;
         for (int64_t p = 0; p < row->n_patches; p++)
-            if (reads_src(&row->patches[p]) && read_input(d, row->patches[p].src, "patch source", r, e) != 0) return -1;
+            if (ps_patch_reads_src(&row->patches[p]) && read_input(d, row->patches[p].src, "patch source", r, e) != 0) return -1;
     }
     if (d->cpu.forward(&d->cpu, m, rows, n_rows, e) != 0) return -1;
     for (int64_t r = 0; r < n_rows; r++)   // a cache row's copy is the one the device computed

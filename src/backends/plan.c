@@ -251,3 +251,21 @@ void ps_captures_from_base(const ps_model_config *cfg, const ps_row *row) {
                        (size_t)unit * sizeof(float));
     }
 }
+
+int ps_patch_reads_src(const ps_patch *pt) { return pt->op == PS_OP_REPLACE || pt->op == PS_OP_FREEZE; }
+
+int ps_rows_check_aliasing(const ps_row *rows, int64_t n_rows, ps_error *e) {
+    for (int64_t r = 0; r < n_rows; r++) {
+        const ps_cache *out = rows[r].cache;
+        if (!out) continue;
+        for (int64_t q = 0; q < n_rows; q++) {
+            const ps_row *o = &rows[q];
+            int hit = (q != r && o->cache == out) || o->base == out;
+            for (int64_t p = 0; p < o->n_patches && !hit; p++) hit = ps_patch_reads_src(&o->patches[p]) && o->patches[p].src == out;
+            if (hit)
+                return ps_fail(e, PS_EXIT_RUNTIME, "forward: row %lld's cache is also read or written by row %lld of the same batch",
+                               (long long)r, (long long)q);
+        }
+    }
+    return 0;
+}
