@@ -58,6 +58,15 @@ void ps_metric_grad(ps_metric_kind kind, const ps_prompt *p, const ps_metric_req
 
 struct ps_run_results;
 
+// Prompt i's block: the prompts whose sweep rows may share a backend call (blocks of `per` consecutive prompts by
+// index, per <= 1: each prompt its own). A row's numbers depend on the other rows of its call, so a block is never
+// split by chunks, shards or resuming, and its numbers are the same however the run is cut.
+static inline int64_t ps_prompt_block(int64_t i, int64_t per) { return per > 1 ? i / per : i; }
+// Shard `index` of `count` runs the prompts of every count-th block, from block `index`.
+static inline int ps_shard_owns(int64_t i, int64_t per, int index, int count) {
+    return ps_prompt_block(i, per) % count == index;
+}
+
 // Called after each chunk of prompts is complete (its baseline and every sweep's values are final),
 // so the caller can commit them; a non-zero return stops the run with that error.
 typedef int (*ps_chunk_fn)(void *ctx, const int64_t *prompts, int64_t n, const struct ps_run_results *rr, ps_error *e);
@@ -65,6 +74,8 @@ typedef int (*ps_chunk_fn)(void *ctx, const int64_t *prompts, int64_t n, const s
 typedef struct {
     int naive;           // oracle mode: every patch a full forward from the embedding, nothing skipped or reused
     int64_t batch_rows;  // rows per backend call (0: 512)
+    int64_t batch_prompts; // sweeps: a batch holds the rows of one block of prompts (ps_prompt_block; 0 or 1: of one
+                           // prompt); chunks end at blocks' ends, and todo must hold whole blocks (ps_shard_owns)
     int progress;        // 1: progress lines on stderr
     size_t cache_budget; // bytes of activation caches held at once (0: 2 GiB)
     int64_t chunk_prompts; // at most this many prompts per chunk (0: as many as the cache budget allows)

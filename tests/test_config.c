@@ -372,7 +372,7 @@ static void test_bad(void) {
                 "multitoken: unknown key 'multitoken' (did you mean 'multi_token'?)");
     expect_fail("unknown3.json", "{\"model\": \"m\", \"colour\": 1}", 0,
                 "colour: unknown key 'colour' (valid keys: model, tokenizer, backend, precision, threads, prepend_bos, "
-                "output, metric, multi_token, align, batch_rows, dataset, experiments)");
+                "output, metric, multi_token, align, batch_rows, batch_prompts, dataset, experiments)");
     expect_exp_fail("unknown4.json", "{\"name\": \"x\", \"site\": \"z\", \"lyers\": [0]}",
                     "experiments[1].lyers: unknown key 'lyers' (did you mean 'layers'?)");
     expect_fail("unknown5.json", "{\"model\": \"m\", \"dataset\": [" ITEM ", {\"clean\": \"a\", \"corupted\": \"b\"}]}", 0,

@@ -186,6 +186,47 @@ if "$bin" merge "$tmp/amerged.h5" "$tmp"/ashard{1,2,0}.h5 2>"$tmp/err" && compar
     pass "analyses: 3 shards merged equal one run"
 else fail "analyses: merged shards differ from one run: $(cat "$tmp/err")"; fi
 
+# --- blocks of prompts (batch_prompts): rows of 5 prompts share calls, and chunks, shards and resuming keep ---
+# blocks whole, so every way of cutting the run gives the same bits (and the values agree with one prompt a call).
+sed 's/"threads": 1,/"threads": 1,\n  "batch_prompts": 5,/' "$tmp/cfg.json" >"$tmp/bcfg.json"
+grep -q '"batch_prompts": 5' "$tmp/bcfg.json" || fail "bcfg.json: batch_prompts not set"
+"$bin" run "$tmp/bcfg.json" -o "$tmp/bref.h5" --quiet 2>"$tmp/err" || fail "batch_prompts 5: $(cat "$tmp/err")"
+for cp in 1 7; do
+    if "$bin" run "$tmp/bcfg.json" -o "$tmp/bc$cp.h5" --quiet --chunk-prompts $cp 2>"$tmp/err" && compare "$tmp/bc$cp.h5" "$tmp/bref.h5"; then
+        pass "batch_prompts 5, chunks of $cp prompts: equal to chunks of 16, bitwise"
+    else fail "batch_prompts 5, chunks of $cp: $(cat "$tmp/err")"; fi
+done
+for i in 0 1 2; do
+    "$bin" run "$tmp/bcfg.json" -o "$tmp/bshard$i.h5" --quiet --shard "$i/3" 2>"$tmp/err" || fail "batch_prompts shard $i: $(cat "$tmp/err")"
+done
+if "$bin" merge "$tmp/bmerged.h5" "$tmp"/bshard{2,0,1}.h5 2>"$tmp/err" && compare "$tmp/bmerged.h5" "$tmp/bref.h5"; then
+    pass "batch_prompts 5: 3 shards merged equal one run, bitwise"
+else fail "batch_prompts 5: merged shards differ from one run: $(cat "$tmp/err")"; fi
+$py - "$tmp/bshard1.h5" "$tmp/bref.h5" "$tmp/ref.h5" <<'PY' && pass "batch_prompts 5: shard 1/3 holds blocks 1, 4, 7 (prompts 5-9, 20-24, 35-39); values within 1e-5 of one prompt a call" || fail "batch_prompts 5: shard blocks or values"
+import sys, h5py, numpy as np
+s, b, r = (h5py.File(p, "r") for p in sys.argv[1:])
+v = s["results"]["resid_pre"]["values"][...]
+ran = [i for i in range(v.shape[0]) if not np.all(np.isnan(v[i]))]
+assert ran == [*range(5, 10), *range(20, 25), *range(35, 40)], ran
+worst = 0.0
+for name in b["results"]:
+    x, y = b["results"][name]["values"][...], r["results"][name]["values"][...]
+    assert np.array_equal(np.isnan(x), np.isnan(y)), name
+    worst = max(worst, float(np.nanmax(np.abs(x - y))))
+assert worst <= 1e-5, worst
+print(f"  max |5 prompts a call - 1 prompt a call| = {worst:.3g}")
+PY
+rm -f "$tmp/bkill.h5" "$tmp/bkill.h5.journal"
+"$bin" run "$tmp/bcfg.json" -o "$tmp/bkill.h5" --quiet --chunk-prompts 1 2>/dev/null &
+pid=$!
+for _ in $(seq 400); do [ -s "$tmp/bkill.h5.journal" ] && break; kill -0 "$pid" 2>/dev/null || break; sleep 0.01; done
+kill -KILL "$pid" 2>/dev/null
+wait "$pid" 2>/dev/null
+[ -e "$tmp/bkill.h5" ] && echo "note: the batch_prompts run finished before SIGKILL arrived"
+if "$bin" run "$tmp/bcfg.json" -o "$tmp/bkill.h5" --quiet --chunk-prompts 7 2>"$tmp/err" && compare "$tmp/bkill.h5" "$tmp/bref.h5"; then
+    pass "batch_prompts 5: SIGKILL, resumed with other chunks: equal to an uninterrupted run"
+else fail "batch_prompts 5: resume after SIGKILL differs or failed: $(cat "$tmp/err")"; fi
+
 # --- dry run ------------------------------------------------------------------------------------------
 if "$bin" run "$tmp/cfg.json" -o "$tmp/dry.h5" --dry-run >"$tmp/plan" 2>&1 && grep -q "estimated time" "$tmp/plan" &&
     grep -q "GFLOP" "$tmp/plan" && [ ! -e "$tmp/dry.h5" ] && [ ! -e "$tmp/dry.h5.journal" ]; then

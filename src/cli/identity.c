@@ -56,6 +56,8 @@ static char *canonical_config(const ps_config *cfg) {
     ps_jbuf_raw(&b, "{");
     ps_jbuf_key(&b, "align", 1); ps_jbuf_str(&b, ps_align_name(cfg->align));
     ps_jbuf_key(&b, "backend", 0); ps_jbuf_str(&b, ps_backend_name(cfg->backend));
+    // Only where set: the identities of configs without it stay what they were.
+    if (cfg->batch_prompts > 1) { ps_jbuf_key(&b, "batch_prompts", 0); ps_jbuf_int(&b, cfg->batch_prompts); }
     ps_jbuf_key(&b, "batch_rows", 0); ps_jbuf_int(&b, cfg->batch_rows);
     ps_jbuf_key(&b, "corrupted_path", 0); jbuf_path(&b, cfg->corrupted_path);
     ps_jbuf_key(&b, "dataset_path", 0); jbuf_path(&b, cfg->dataset_path);

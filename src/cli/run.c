@@ -339,7 +339,7 @@ int ps_cli_run(int argc, char **argv) {
             }
         }
         for (int64_t i = 0; rc == 0 && i < ps.n; i++)
-            if (i % shard_n == shard_i) todo[n_todo++] = i;
+            if (ps_shard_owns(i, cfg.batch_prompts, shard_i, shard_n)) todo[n_todo++] = i;
     }
     if (rc == 0 && !already && compute) {
         char em[1024];
@@ -350,7 +350,7 @@ int ps_cli_run(int argc, char **argv) {
         // A terminal gets the engine's own updating line; a log (Slurm's) gets a plain line every progress_every s.
         chunk_ctx cc = {.jr = jr};
         ps_cli_progress_start(&cc.prog, !isatty(2) && !dry ? progress_every : -1, n_todo - n_done);
-        ps_engine_opts o = {.naive = naive, .batch_rows = cfg.batch_rows, .progress = prog && isatty(2) && !dry, .todo = todo,
+        ps_engine_opts o = {.naive = naive, .batch_rows = cfg.batch_rows, .batch_prompts = cfg.batch_prompts, .progress = prog && isatty(2) && !dry, .todo = todo,
                             .n_todo = n_todo, .skip = done, .dry_run = dry, .stop = &stop_requested, .chunk_prompts = chunk_prompts,
                             .on_chunk = journal_chunk, .chunk_ctx = &cc};
         if (ps_engine_run(&m, &be, psx, exps, n_exps, cfg.metric, &o, &rr, &e) != 0) {
@@ -417,7 +417,7 @@ int ps_cli_run(int argc, char **argv) {
         ps_engine_finish(&all);
         uint8_t *in_run = calloc((size_t)ps.n, 1);
         if (!in_run) rc = ps_fail(&e, PS_EXIT_RUNTIME, "out of memory");
-        for (int64_t i = 0; rc == 0 && i < ps.n; i++) in_run[i] = (uint8_t)(i % shard_n == shard_i);
+        for (int64_t i = 0; rc == 0 && i < ps.n; i++) in_run[i] = (uint8_t)ps_shard_owns(i, cfg.batch_prompts, shard_i, shard_n);
         if (rc == 0 && (rc = check_meaningful(&all, in_run, &cfg, &e)) != 0 && jpath) unlink(jpath); // nothing worth resuming
         ps_shard_info sh = {.index = shard_i, .count = shard_n, .identity = ci.ident, .run_identity = ci.run_id,
                            .base_identity = ci.base, .in_run = in_run, .inputs_json = ci.inputs_json};

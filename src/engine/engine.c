@@ -250,6 +250,20 @@ int ps_engine_run(const ps_model *m, ps_backend *be, const ps_prompt_set *ps, co
             bytes += nb;
             c1++;
         }
+        // A chunk ends at a block's end (ps_prompt_block): back to the last block's start, or on to the first
+        // block's end where that block alone is over the limit.
+        const int64_t per = o->batch_prompts;
+        if (per > 1 && c1 < n_todo && ps_prompt_block(todo[c1], per) == ps_prompt_block(todo[c1 - 1], per)) {
+            int64_t b1 = c1;
+            while (b1 > c0 && ps_prompt_block(todo[b1 - 1], per) == ps_prompt_block(todo[c1], per)) b1--;
+            if (b1 == c0)
+                while (b1 < n_todo && ps_prompt_block(todo[b1], per) == ps_prompt_block(todo[c0], per)) b1++;
+            c1 = b1;
+            bytes = 0;
+            for (int64_t k = c0; k < c1; k++)
+                bytes += ((reads & PS_READS_CLEAN ? ps_cache_floats(mc, ps->p[todo[k]].T, clean_flags) : 0) +
+                          (reads & PS_READS_CORRUPTED ? ps_cache_floats(mc, ps->p[todo[k]].T, 0) : 0)) * sizeof(float);
+        }
         // (Caches a producer takes from the chunk move to held_cache_bytes: the chunk's and the held bytes before the
         // producers' keep() are the chunk's peak.)
         if (bytes + out->held_cache_bytes > out->peak_cache_bytes) out->peak_cache_bytes = bytes + out->held_cache_bytes;

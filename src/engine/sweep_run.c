@@ -17,10 +17,10 @@ typedef struct {
     size_t logit_off;
 } row_tag;
 
-// A backend call's rows. Ungrouped, it holds one prompt's rows (a batch never mixes prompts). Grouped
-// (streamed weights), it holds several prompts' batches, each a group of its own in one forward_groups call:
-// every group is exactly the batch that prompt would have alone, so its numbers are too, while a streamed
-// layer is converted once per call instead of once per prompt.
+// A backend call's rows. Ungrouped, it holds one block's rows (a batch never mixes blocks: ps_prompt_block).
+// Grouped (streamed weights), it holds several blocks' batches, each a group of its own in one forward_groups
+// call: every group is exactly the batch that block would have alone, so its numbers are too, while a
+// streamed layer is converted once per call instead of once per block.
 typedef struct {
     ps_row *rows; ps_patch *patches; row_tag *tags;
     int64_t n, cap;
@@ -241,14 +241,17 @@ static int run_sweeps(ps_producer_ctx *c, batch *b, ps_product *const *items, in
     const ps_baseline *bl = &c->rr->base;
     // Rows say which positions their patch can change when the backend can use it (never in the oracle).
     const int narrow = !o->naive && (c->be->caps & PS_CAP_NARROW);
-    // Prompt-major, and a prompt's rows form the same batches whatever the chunking, sharding or resuming,
-    // so its numbers are bitwise reproducible: batches of cap rows (fewer where the logits would overflow)
-    // from the prompt's first row. Streamed weights put several prompts' batches in one call (batch).
+    // Block-major (a block: one prompt, or o->batch_prompts consecutive prompts, ps_prompt_block), and a block's
+    // rows form the same batches whatever the chunking, sharding or resuming (they never split a block), so its
+    // numbers are bitwise reproducible: batches of cap rows (fewer where the logits would overflow) from the
+    // block's first row. Streamed weights put several blocks' batches in one call (batch).
     const int grouped = !o->naive && c->m->stream && c->be->forward_groups;
     const int predict = b->mode == PREDICT; // no values, no counts: only the groups, recorded
+    const int64_t per = o->naive ? 1 : o->batch_prompts;
+    int64_t first = 0;          // the block's rows not yet in a batch start here
     for (int64_t i = 0; i < nc; i++) {
-        int64_t first = b->n;   // the prompt's rows not yet in a batch start here
         const int64_t pi = chunk[i];
+        if (i == 0 || ps_prompt_block(chunk[i - 1], per) != ps_prompt_block(pi, per)) first = b->n;
         const ps_prompt *p = &c->ps->p[pi];
         ps_metric_request rq;
         ps_metric_request_for(c->metric, p, &rq);
@@ -281,8 +284,8 @@ static int run_sweeps(ps_producer_ctx *c, batch *b, ps_product *const *items, in
                 if (predict && (b->pass->unpredictable || b->pass->full)) return 0;
                 sw->t->patches_run += !predict;
                 while (b->n == b->cap || b->logits_used + need > b->logits_cap) {
-                    // Full. Other prompts' groups before this prompt's open one run first, and its rows move
-                    // to the front, to go on as if alone; a prompt's full batch runs as it would alone.
+                    // Full. Other blocks' groups before this block's open one run first, and its rows move
+                    // to the front, to go on as if alone; a block's full batch runs as it would alone.
                     const int rc = grouped && first > 0 ? batch_run(c, b, first, 1, ch->clean_logprobs, e)
                                                         : batch_flush(c, b, grouped, ch->clean_logprobs, e);
                     if (rc != 0) return -1;
@@ -304,6 +307,7 @@ static int run_sweeps(ps_producer_ctx *c, batch *b, ps_product *const *items, in
                 r->logits = b->logits + tg->logit_off;
             }
         }
+        if (i + 1 < nc && ps_prompt_block(chunk[i + 1], per) == ps_prompt_block(pi, per)) continue; // the block goes on
         if (grouped) batch_close_group(b);
         else if (batch_flush(c, b, 0, ch->clean_logprobs, e) != 0) return -1;
     }

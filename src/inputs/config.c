@@ -602,7 +602,7 @@ static int check_threads(ps_cfg_ctx *x, int64_t threads) {
 
 static int load_root(ps_cfg_ctx *x, const cJSON *root, ps_config *c) {
     static const char *const keys[] = {"model", "tokenizer", "backend", "precision", "threads", "prepend_bos", "output",
-                                       "metric", "multi_token", "align", "batch_rows", "dataset", "experiments"};
+                                       "metric", "multi_token", "align", "batch_rows", "batch_prompts", "dataset", "experiments"};
     char got[200];
     if (!cJSON_IsObject(root)) {
         ps_json_describe(root, got, sizeof got);
@@ -634,6 +634,8 @@ static int load_root(ps_cfg_ctx *x, const cJSON *root, ps_config *c) {
     if (c->batch_rows > PS_MAX_BATCH_ROWS)
         return ps_cfg_bad(x, "batch_rows", "%lld is more than %d (a batch's activation caches are allocated at once; 0 lets "
                    "the planner choose)", (long long)c->batch_rows, PS_MAX_BATCH_ROWS);
+    c->batch_prompts = 1;
+    if (ps_cfg_get_int(x, root, "batch_prompts", "", 1, PS_MAX_BATCH_PROMPTS, &c->batch_prompts)) return -1;
 
     const cJSON *ds = ps_cfg_member(root, "dataset");
     if (!ds) return ps_cfg_bad(x, "dataset", "required key missing");

@@ -1,5 +1,5 @@
 // `patchsweep merge OUT SHARD...` and the identity resume checks: shards of one run (prompts i with
-// i % N == k) combined into the file a single run writes, built in a child process that alone lets libhdf5 read
+// i % N == k, or blocks of batch_prompts prompts: in_run says which) combined into the file a single run writes, built in a child process that alone lets libhdf5 read
 // the shards (a crafted shard that passes every checksum and still crashes libhdf5 is one line, exit 2). Every per-prompt dataset (the baseline columns and each
 // table's values and normalized) takes each prompt's row from the shard that ran it; the means are recomputed
 // with the run's own arithmetic (ps_cell_means) and the counters summed. Nothing here knows a table's producer.
