@@ -174,7 +174,7 @@ def ensure_binary(build, backend):
     return exe, r.stdout.strip()
 
 
-def write_config(path, items, layers, threads, backend, only=None):
+def write_config(path, items, layers, threads, backend, only=None, batch_prompts=1):
     exps = []
     for name, _fn, _axes, fields in SWEEPS:
         if only is not None and name != only:
@@ -185,6 +185,8 @@ def write_config(path, items, layers, threads, backend, only=None):
         exps.append(e)
     cfg = {"model": MODEL_DIR, "backend": backend, "precision": "fp32", "threads": threads,
            "prepend_bos": True, "metric": "logit_diff", "dataset": items, "experiments": exps}
+    if batch_prompts > 1:
+        cfg["batch_prompts"] = batch_prompts
     with open(path, "w") as f:
         json.dump(cfg, f, indent=1)
 
@@ -403,6 +405,9 @@ def main():
                          "0: no limit)")
     ap.add_argument("--tl-fraction", type=float,
                     help="measure exactly this fraction of every sweep's cells in TransformerLens (extrapolated)")
+    ap.add_argument("--batch-prompts", type=int, default=4,
+                    help="patchsweep's batch_prompts: blocks of this many prompts share its backend calls, as "
+                         "TransformerLens's side runs all prompts in one forward (default 4; 1: a prompt a call)")
     ap.add_argument("--keep", metavar="DIR", help="keep the config and results file in DIR")
     a = ap.parse_args()
 
@@ -449,7 +454,7 @@ def main():
     work = os.path.abspath(a.keep) if a.keep else tempfile.mkdtemp(prefix="ps-bench-")
     os.makedirs(work, exist_ok=True)
     cfg_path, out_path = os.path.join(work, "bench_sweeps.json"), os.path.join(work, "bench_sweeps.h5")
-    write_config(cfg_path, items, layers, threads, a.backend)
+    write_config(cfg_path, items, layers, threads, a.backend, batch_prompts=a.batch_prompts)
 
     say("\n== patchsweep")
     # The GEMM rate before and after the run: on a shared machine it moves with the other load.
@@ -476,7 +481,7 @@ def main():
     per_ps = {}
     for name, *_ in SWEEPS:
         cfg_i, out_i = os.path.join(work, f"bench_{name}.json"), os.path.join(work, f"bench_{name}.h5")
-        write_config(cfg_i, items, layers, threads, a.backend, only=name)
+        write_config(cfg_i, items, layers, threads, a.backend, only=name, batch_prompts=a.batch_prompts)
         per_ps[name] = run_patchsweep(exe, cfg_i, out_i)
     say("  each sweep alone: " + "; ".join(f"{n} {r['compute']:.2f} s ({r['gflop']:.1f} GFLOP)" for n, r in per_ps.items()))
     gpu_rate, gpu_name, gpu_peak = None, None, None

@@ -48,6 +48,7 @@ def main():
     ap.add_argument("--build", default=os.path.join(sb.REPO, "build-prof"), help="profiling build dir (default build-prof/)")
     ap.add_argument("--keep", metavar="DIR", help="keep the config and results file in DIR")
     ap.add_argument("--threads", type=int, default=1, help="OpenMP threads (default 1: the step timers' shares are exact)")
+    ap.add_argument("--batch-prompts", type=int, default=4, help="the config's batch_prompts (as bench/sweeps; default 4)")
     ap.add_argument("--perf", action="store_true",
                     help="run under perf record and split each thread's samples (BLAS, work, libgomp, serial); "
                          "works with any build (--build build: no step timers)")
@@ -66,7 +67,7 @@ def main():
     out_dir = a.keep or tempfile.mkdtemp(prefix="ps-profile-")
     os.makedirs(out_dir, exist_ok=True)
     cfg, out = os.path.join(out_dir, "profile.json"), os.path.join(out_dir, "profile.h5")
-    sb.write_config(cfg, items, None, a.threads, "cpu", only=a.only)
+    sb.write_config(cfg, items, None, a.threads, "cpu", only=a.only, batch_prompts=a.batch_prompts)
     for f in (out, out + ".partial", out + ".journal"):
         if os.path.exists(f):
             os.remove(f)
