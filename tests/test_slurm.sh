@@ -51,7 +51,7 @@ pids+=("$(cat "$tmp/munge/pid")")
 
 # --- slurm.conf: one node, this machine, ports chosen free ------------------------------------------------
 node=$(hostname -s)
-cpus=$(nproc)
+cpus=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)  # nproc obeys OMP_NUM_THREADS, which meson sets to 1
 mem=$(($(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 / 2))
 free_port() { $py -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 ctl_port=$(free_port)
@@ -85,7 +85,7 @@ MpiDefault=none
 ReturnToService=2
 KillWait=20
 MinJobAge=600
-SchedulerParameters=defer_batch
+SchedulerParameters=defer_batch,bf_interval=5
 NodeName=$node NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem State=UNKNOWN
 PartitionName=debug Nodes=$node Default=YES MaxTime=INFINITE State=UP
 EOF
@@ -105,7 +105,10 @@ pass "one-node cluster up (slurmctld :$ctl_port, slurmd :$d_port, $cpus CPUs)"
 
 # --- the workload: the demo model on the seqcont numerals prompts, heavy enough that every shard outlives one of
 # slurmctld's time-limit checks (every 30 s) even on an idle machine: six sweeps, each three times (about 33 s a
-# shard alone here, 2026-12-01). The demo config itself finishes in under a second.
+# shard alone on the AMD VM, 2026-12-01; 70 s on the Intel VM, 2026-12-03). The demo config itself finishes in
+# under a second. Chunks of 2 prompts (RUN_ARGS): a task run lasts 1 to 30 s before the signal, and it must
+# commit a chunk in most of them to finish (with the default 16 a chunk took 23 to 35 s on the Intel VM with
+# four tasks and the reference on two cores, so most runs ended with nothing new and the test ran out of time).
 exps=""
 for r in 1 2 3; do
     for sb in resid_pre:layer_pos z:layer_pos_head mlp_post:layer_neuron q:layer_pos_head k:layer_pos_head v:layer_pos_head; do
@@ -133,7 +136,8 @@ ref_pid=$!
 # The array: 1-minute limit with the script's own --signal (B:TERM) moved to 59 s before it, so the signal
 # comes at slurmctld's first time-limit check after the first second (checks every 30 s), within every shard's run; the GPU gres is dropped (this node has none).
 sub=$(sbatch --parsable --array=0-3 --time=1 --signal=B:TERM@59 --gres=none --cpus-per-task=1 \
-    --export=ALL,CONFIG=sweep.json,PATCHSWEEP="$bin",OUTDIR=shards "$src/experiments/slurm/sweep.sbatch" 2>&1) \
+    --export=ALL,CONFIG=sweep.json,PATCHSWEEP="$bin",OUTDIR=shards,RUN_ARGS="--chunk-prompts 2" \
+    "$src/experiments/slurm/sweep.sbatch" 2>&1) \
     || { echo "$sub"; logs; fail "sbatch of sweep.sbatch refused"; exit 1; }
 arr=${sub%%;*}
 mj=$(sbatch --parsable --dependency=afterok:"$arr" --export=ALL,CONFIG=sweep.json,PATCHSWEEP="$bin",OUTDIR=shards,OUT=merged.h5 \
