@@ -14,7 +14,7 @@
 //     "multi_token": "first_diff",  first_diff | sum_logprob                (default first_diff)
 //     "align": "error",             error                                   (default error)
 //     "batch_rows": 0,              0..PS_MAX_BATCH_ROWS; planner hint, 0 = planner's choice
-//     "batch_prompts": 1,           1..PS_MAX_BATCH_PROMPTS; sweeps: blocks of this many consecutive prompts (by
+//     "batch_prompts": 1,           1..PS_MAX_BATCH_PROMPTS; baselines and sweeps: blocks of this many consecutive prompts (by
 //                                   index) whose rows share backend calls; chunks and shards take whole blocks
 //     "dataset": <dataset>,         required (see ps_dataset.h for the file formats)
 //     "experiments": [ ... ]        optional, may be empty (baseline only)
@@ -259,7 +259,7 @@ typedef struct {
     ps_multitoken multitoken;
     ps_align align;
     int64_t batch_rows;      // 0: planner's choice
-    int64_t batch_prompts;   // >= 1: a sweep batch holds the rows of one block of this many prompts (ps_prompt_block)
+    int64_t batch_prompts;   // >= 1: the baselines and a sweep batch hold the rows of one block of this many prompts (ps_prompt_block)
     ps_item *items; int64_t n_items;       // the dataset, however it was given (>= 1 item)
     ps_experiment *experiments; int64_t n_experiments;
     char *dataset_path;      // resolved dataset file, NULL when the items were inline (for the results file)

@@ -58,7 +58,7 @@ void ps_metric_grad(ps_metric_kind kind, const ps_prompt *p, const ps_metric_req
 
 struct ps_run_results;
 
-// Prompt i's block: the prompts whose sweep rows may share a backend call (blocks of `per` consecutive prompts by
+// Prompt i's block: the prompts whose baseline and sweep rows may share a backend call (blocks of `per` consecutive prompts by
 // index, per <= 1: each prompt its own). A row's numbers depend on the other rows of its call, so a block is never
 // split by chunks, shards or resuming, and its numbers are the same however the run is cut.
 static inline int64_t ps_prompt_block(int64_t i, int64_t per) { return per > 1 ? i / per : i; }
@@ -74,7 +74,7 @@ typedef int (*ps_chunk_fn)(void *ctx, const int64_t *prompts, int64_t n, const s
 typedef struct {
     int naive;           // oracle mode: every patch a full forward from the embedding, nothing skipped or reused
     int64_t batch_rows;  // rows per backend call (0: 512)
-    int64_t batch_prompts; // sweeps: a batch holds the rows of one block of prompts (ps_prompt_block; 0 or 1: of one
+    int64_t batch_prompts; // baselines and sweeps: a call's group holds the rows of one block of prompts (ps_prompt_block; 0 or 1: of one
                            // prompt); chunks end at blocks' ends, and todo must hold whole blocks (ps_shard_owns)
     int progress;        // 1: progress lines on stderr
     size_t cache_budget; // bytes of activation caches held at once (0: 2 GiB)

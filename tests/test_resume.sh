@@ -213,8 +213,13 @@ for name in b["results"]:
     x, y = b["results"][name]["values"][...], r["results"][name]["values"][...]
     assert np.array_equal(np.isnan(x), np.isnan(y)), name
     worst = max(worst, float(np.nanmax(np.abs(x - y))))
+for name in b["baseline"]:  # the baselines run in the same blocks
+    x, y = b["baseline"][name][...], r["baseline"][name][...]
+    if x.dtype.kind == "f":
+        assert not np.any(np.isnan(x)) and not np.any(np.isnan(y)), name
+        worst = max(worst, float(np.max(np.abs(x - y))))
 assert worst <= 1e-5, worst
-print(f"  max |5 prompts a call - 1 prompt a call| = {worst:.3g}")
+print(f"  max |5 prompts a call - 1 prompt a call| = {worst:.3g} (results and baselines)")
 PY
 rm -f "$tmp/bkill.h5" "$tmp/bkill.h5.journal"
 "$bin" run "$tmp/bcfg.json" -o "$tmp/bkill.h5" --quiet --chunk-prompts 1 2>/dev/null &

@@ -65,8 +65,10 @@ static int run_baselines(ps_producer_ctx *c, const int64_t *chunk, int64_t nc, p
         }
     }
     for (int64_t i = 0; rc == 0 && i < 2 * nc; i++) c->rr->baseline_flops += ps_row_flops(mc, &brow[i]);
-    // Each prompt's clean and corrupted runs as a group of their own, so their numbers do not depend on the
-    // chunk; grouped in one call where the backend can (a streamed layer is then converted once per chunk).
+    // Each block's clean and corrupted runs (a prompt's, or a batch_prompts block's: ps_prompt_block, never split
+    // by chunks, shards or resuming) as a group of their own, so their numbers do not depend on the chunk; grouped
+    // in one call where the backend can (a streamed layer is then converted once per chunk).
+    const int64_t per = c->o->naive ? 1 : c->o->batch_prompts;
     ps_row *fr = NULL;
     const int64_t *fe = NULL;
     int64_t nfr = 0, nfg = 0;
@@ -74,16 +76,21 @@ static int run_baselines(ps_producer_ctx *c, const int64_t *chunk, int64_t nc, p
     int64_t *ends = rc == 0 && c->be->forward_groups ? malloc((size_t)(nc + nfg ? nc + nfg : 1) * sizeof *ends) : NULL;
     ps_row *all = ends && nfr ? malloc((size_t)(2 * nc + nfr) * sizeof *all) : NULL;
     if (ends && nfr && !all) rc = ps_fail(e, PS_EXIT_RUNTIME, "out of memory for %lld prompts' baselines", (long long)nc);
-    for (int64_t i = 0; ends && i < nc; i++) ends[i] = 2 * (i + 1);
+    int64_t nbg = 0; // the baselines' groups
+    for (int64_t i = 0; ends && i < nc; i++)
+        if (i + 1 == nc || ps_prompt_block(chunk[i + 1], per) != ps_prompt_block(chunk[i], per)) ends[nbg++] = 2 * (i + 1);
     if (all) {
         // The fused pass: the sweep's groups after the baselines', layer by layer across all of them.
         memcpy(all, brow, (size_t)(2 * nc) * sizeof *all);
         memcpy(all + 2 * nc, fr, (size_t)nfr * sizeof *all);
-        for (int64_t g = 0; g < nfg; g++) ends[nc + g] = 2 * nc + fe[g];
-        rc = c->be->forward_groups(c->be, c->m, all, 2 * nc + nfr, ends, nc + nfg, e);
-    } else if (rc == 0 && ends) rc = c->be->forward_groups(c->be, c->m, brow, 2 * nc, ends, nc, e);
+        for (int64_t g = 0; g < nfg; g++) ends[nbg + g] = 2 * nc + fe[g];
+        rc = c->be->forward_groups(c->be, c->m, all, 2 * nc + nfr, ends, nbg + nfg, e);
+    } else if (rc == 0 && ends) rc = c->be->forward_groups(c->be, c->m, brow, 2 * nc, ends, nbg, e);
     else
-        for (int64_t i = 0; rc == 0 && i < nc; i++) rc = c->be->forward(c->be, c->m, brow + 2 * i, 2, e);
+        for (int64_t i0 = 0, i1; rc == 0 && i0 < nc; i0 = i1) {
+            for (i1 = i0 + 1; i1 < nc && ps_prompt_block(chunk[i1], per) == ps_prompt_block(chunk[i0], per); i1++) {}
+            rc = c->be->forward(c->be, c->m, brow + 2 * i0, 2 * (i1 - i0), e);
+        }
     free(all);
     free(ends);
     for (int64_t i = 0; rc == 0 && i < nc; i++) {
