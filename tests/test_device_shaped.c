@@ -65,7 +65,7 @@ static void run_both(const char *path, int64_t chunk_prompts) {
     ps_run_results rr[2];
     memset(rr, 0, sizeof rr);
     int ok[2] = {0, 0};
-    ps_engine_opts o = {.chunk_prompts = chunk_prompts};
+    ps_engine_opts o = {.chunk_prompts = chunk_prompts, .batch_prompts = cfg.batch_prompts};
     for (int k = 0; rc == 0 && k < 2; k++) {
         if ((k ? ds_backend_init(&be[k], &m, &e) : ps_backend_init(&be[k], PS_BACKEND_CPU, PS_PREC_FP32, 1, &m, &e)) != 0) {
             TU_CHECK(0, "%s: %s", path, e.msg);
@@ -130,6 +130,10 @@ int main(void) {
              "  {\"name\": \"circ_listed\", \"kind\": \"edge_circuit\", \"edges\": [\"input->logits\"]}]}\n",
              tu_src("models/demo"));
     run_both(write_tmp("mixed.json", cfg, strlen(cfg)), 4);
+    // The same in blocks of 3 prompts: the baselines' and sweeps' blocks through forward (no groups) and the CPU's groups.
+    char bcfg[2100];
+    snprintf(bcfg, sizeof bcfg, "{\"batch_prompts\": 3, %s", cfg + 1);
+    run_both(write_tmp("mixed_blocks.json", bcfg, strlen(bcfg)), 4);
     run_both(tu_src("tests/data/seqcont/ablation.json"), 5);   // ablations, reference means, circuit scores and search
     // Ablations from per-position means with a kept circuit, searches from zero (until stable, and one pass each), edge
     // circuits with zero and mean values. (Heads ablated at hook_result need PS_CAP_RESULT, which CUDA lacks: refused.)

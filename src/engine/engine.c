@@ -73,11 +73,13 @@ static int run_baselines(ps_producer_ctx *c, const int64_t *chunk, int64_t nc, p
     const int64_t *fe = NULL;
     int64_t nfr = 0, nfg = 0;
     if (sp) ps_sweep_fused_rows(sp, &fr, &nfr, &fe, &nfg);
-    int64_t *ends = rc == 0 && c->be->forward_groups ? malloc((size_t)(nc + nfg ? nc + nfg : 1) * sizeof *ends) : NULL;
-    ps_row *all = ends && nfr ? malloc((size_t)(2 * nc + nfr) * sizeof *all) : NULL;
-    if (ends && nfr && !all) rc = ps_fail(e, PS_EXIT_RUNTIME, "out of memory for %lld prompts' baselines", (long long)nc);
+    int64_t *ends = rc == 0 ? malloc((size_t)(nc + nfg ? nc + nfg : 1) * sizeof *ends) : NULL;
+    if (rc == 0 && !ends) rc = ps_fail(e, PS_EXIT_RUNTIME, "out of memory for %lld prompts' baselines", (long long)nc);
+    const int grouped = c->be->forward_groups != NULL, fused = grouped && nfr > 0;
+    ps_row *all = rc == 0 && fused ? malloc((size_t)(2 * nc + nfr) * sizeof *all) : NULL;
+    if (rc == 0 && fused && !all) rc = ps_fail(e, PS_EXIT_RUNTIME, "out of memory for %lld prompts' baselines", (long long)nc);
     int64_t nbg = 0; // the baselines' groups
-    for (int64_t i = 0; ends && i < nc; i++)
+    for (int64_t i = 0; rc == 0 && i < nc; i++)
         if (i + 1 == nc || ps_prompt_block(chunk[i + 1], per) != ps_prompt_block(chunk[i], per)) ends[nbg++] = 2 * (i + 1);
     if (all) {
         // The fused pass: the sweep's groups after the baselines', layer by layer across all of them.
@@ -85,11 +87,11 @@ static int run_baselines(ps_producer_ctx *c, const int64_t *chunk, int64_t nc, p
         memcpy(all + 2 * nc, fr, (size_t)nfr * sizeof *all);
         for (int64_t g = 0; g < nfg; g++) ends[nbg + g] = 2 * nc + fe[g];
         rc = c->be->forward_groups(c->be, c->m, all, 2 * nc + nfr, ends, nbg + nfg, e);
-    } else if (rc == 0 && ends) rc = c->be->forward_groups(c->be, c->m, brow, 2 * nc, ends, nbg, e);
+    } else if (rc == 0 && grouped) rc = c->be->forward_groups(c->be, c->m, brow, 2 * nc, ends, nbg, e);
     else
-        for (int64_t i0 = 0, i1; rc == 0 && i0 < nc; i0 = i1) {
-            for (i1 = i0 + 1; i1 < nc && ps_prompt_block(chunk[i1], per) == ps_prompt_block(chunk[i0], per); i1++) {}
-            rc = c->be->forward(c->be, c->m, brow + 2 * i0, 2 * (i1 - i0), e);
+        for (int64_t g = 0; rc == 0 && g < nbg; g++) {
+            const int64_t r0 = g ? ends[g - 1] : 0;
+            rc = c->be->forward(c->be, c->m, brow + r0, ends[g] - r0, e);
         }
     free(all);
     free(ends);
