@@ -105,7 +105,7 @@ pass "one-node cluster up (slurmctld :$ctl_port, slurmd :$d_port, $cpus CPUs)"
 
 # --- the workload: the demo model on the seqcont numerals prompts, heavy enough that every shard outlives one of
 # slurmctld's time-limit checks (every 30 s) even on an idle machine: six sweeps, each three times (about 33 s a
-# shard alone on the AMD VM, 2026-12-01; 70 s on the Intel VM, 2026-12-03). The demo config itself finishes in
+# shard alone on the AMD VM, 2026-12-01; about 70 s on the Intel VM, 2026-12-03, from its 16-prompt chunks' 23–27 s of compute). The demo config itself finishes in
 # under a second. Chunks of 2 prompts (RUN_ARGS): a task run lasts 1 to 30 s before the signal, and it must
 # commit a chunk in most of them to finish (with the default 16 a chunk took 23 to 35 s on the Intel VM with
 # four tasks and the reference on two cores, so most runs ended with nothing new and the test ran out of time).
