@@ -34,14 +34,16 @@ def main():
     pick = [i for t in ("done", "lost", "names") for i in by_t[t][:per]]
     work = a.keep or tempfile.mkdtemp(prefix="ps-bench-search-")
     os.makedirs(work, exist_ok=True)
+    # The prompts as seqcont's files hold them: no corrupted prompt (neither side runs one; patchsweep's baselines
+    # would run it otherwise). randDS, the reference set, is what the demo file pairs as corrupted.
     with open(os.path.join(work, "prompts.jsonl"), "w") as f:
         for i in pick:
-            f.write(json.dumps(rows[i]) + "\n")
+            f.write(json.dumps({k: v for k, v in rows[i].items() if k != "corrupted"}) + "\n")
     with open(os.path.join(work, "ref.jsonl"), "w") as f:
         for i in pick:
             f.write(json.dumps({"text": rows[i]["corrupted"]}) + "\n")
     cfg = {"model": os.path.join(REPO, "models", "demo"), "threads": a.threads, "metric": "logit_diff",
-           "dataset": {"path": "prompts.jsonl", "fields": {"clean": "text", "corrupted": "corrupted", "answer": "corr", "wrong": "incorr"}},
+           "dataset": {"path": "prompts.jsonl", "fields": {"clean": "text", "answer": "corr", "wrong": "incorr"}},
            "experiments": [{"name": "search", "kind": "circuit_search", "with": "mean", "grouping": "per_position",
                             "reference": {"path": "ref.jsonl", "fields": {"clean": "text"}}, "mlp_means": "under_head_ablation",
                             "threshold": a.threshold}]}

@@ -23,6 +23,10 @@
 //     {"path": "f.jsonl|f.csv|f.json", "format": "jsonl|csv|json" (default: from the extension),
 //      "fields": {"clean": "text", "answer": "corr", "template": "kind", ...}   (names in the file; default: the item keys),
 //      "corrupted": {"path": "g.jsonl", "field": "text", "format": ..., "offset": 0},  (optional)
+//         Corrupted prompts are optional where no experiment runs them (ablation and circuit_search with zero,
+//         mean or resample; analyses of the clean run): a file whose records have no "corrupted" field, with
+//         neither fields.corrupted nor a corrupted file named, has none (seqcont's own prompt files); its
+//         baselines' corrupted values are NaN and nothing is normalized by them.
 //      "offset": 0, "limit": 0}                              (records [offset, offset+limit); limit 0 = all)
 //   <experiment> is {"name": "[A-Za-z0-9_.-]+" (required, unique), "kind": "patch_sweep" (the producer of its
 //      results table; default), "path_patch" (below), "attribution" (the same cells estimated by attribution
@@ -264,6 +268,7 @@ typedef struct {
     ps_experiment *experiments; int64_t n_experiments;
     char *dataset_path;      // resolved dataset file, NULL when the items were inline (for the results file)
     char *corrupted_path;    // resolved file of corrupted prompts, NULL when they came with the items
+    int no_corrupted;        // 1: the dataset file has no corrupted prompts (items' corrupted = clean; no experiment runs them)
 } ps_config;
 
 // Reads and validates path into c (which needs no initialisation). On error returns -1 with e filled

@@ -11,6 +11,7 @@
 // Records [offset, offset + limit) become items (limit 0 = through the end); zero items is an error.
 // With a corrupted file, item from record r takes its corrupted prompt from record r + corrupted_offset
 // of that file (record numbers in the dataset file, so offset/limit do not shift the pairing).
+// Corrupted prompts may be optional (spec.no_corrupted: the ablation kinds do not run them).
 // Errors: "FILE:line N: field 'corr' missing", "FILE:line N: unterminated quoted field", "FILE: [3].corr: ..."
 #ifndef PS_DATASET_H
 #define PS_DATASET_H
@@ -31,6 +32,10 @@ typedef struct {
     int64_t offset, limit;         // >= 0
     const char *group;             // NULL, or the field naming each record's template group (every record needs it)
     const char *origin;            // prefix for errors about the spec itself, e.g. "configs/x.json: dataset"; may be NULL
+    // Non-NULL: corrupted prompts are optional (only without corrupted_path). When the first record read has no
+    // corrupted field, the dataset has none: *no_corrupted = 1, no record's corrupted field is read, and each item's
+    // corrupted is a copy of its clean (so every item stays whole); else *no_corrupted = 0 and every record needs it.
+    int *no_corrupted;
 } ps_dataset_spec;
 
 // Fills *items (malloc'd; free with ps_items_free) and *n_items >= 1. On error: -1, e filled, nothing owned.

@@ -31,6 +31,7 @@ typedef struct ps_prompt_set {
     int64_t T_max;
     const ps_tokenizer *tok;     // borrowed: the tokenizer the prompts came from (producers tokenize their own lists)
     int32_t bos;                 // the BOS prepended to every prompt, or -1 (prepend_bos false)
+    int no_corrupted;            // 1: the dataset has no corrupted prompts (corrupted = clean; never run, baselines NaN)
     // The experiments' reference sets (kinds ablation, circuit_search): ref[i] is experiments[i]'s, n 0 when it
     // has none; only clean tokens (corrupted = clean), no answers. NULL when no experiment has one. Owned.
     struct ps_prompt_set *ref; int64_t n_ref;

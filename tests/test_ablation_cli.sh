@@ -23,7 +23,7 @@ import sys, json, h5py, numpy as np
 f, g = h5py.File(sys.argv[1], "r"), json.load(open(sys.argv[2]))
 sets = {"h0.1": ("sets", 0), "mlp1": ("sets", 1), "n0.5": ("sets", 2), "h1.2@end+h0.0": ("sets", 3),
         "keep h0.0 h1.1 mlp0": ("keep1", 0), "keep h1.1@end mlp1": ("keep2", 0)}
-clean = f["baseline/clean"][()] if "baseline/clean" in f else None
+clean = f["baseline/clean_metric"][()]
 worst, worst_score, n = 0.0, 0.0, 0
 for c in g["cases"]:
     suffix, cell = sets[c["set"]]
@@ -98,6 +98,48 @@ c["experiments"] = [x for x in c["experiments"] if x["kind"] == "circuit_search"
 json.dump(c, open(sys.argv[2], "w"))
 EOF2
 run_same "$tmp/alone" 1e-5 "the search alone (lean clean runs)"
+
+# --- a dataset without corrupted prompts (seqcont's own files have none): the experiments that never run them give
+# the same values, the corrupted baselines are NaN and no corrupted token is stored; one that runs them is refused --
+python3 - "$tmp/first.json" "$tmp/nocorr.json" "$tmp/nocorr.jsonl" "$tmp/nocorr_bad.json" <<'EOF2'
+import json, sys
+c = json.load(open(sys.argv[1]))
+with open(c["dataset"]["path"]) as f, open(sys.argv[3], "w") as g:
+    for line in f:
+        if line.strip():
+            r = json.loads(line); r.pop("corrupted"); g.write(json.dumps(r) + "\n")
+c["dataset"]["path"] = sys.argv[3]
+del c["dataset"]["fields"]["corrupted"]
+c["experiments"] = [x for x in c["experiments"] if x.get("with") != "corrupted"]
+json.dump(c, open(sys.argv[2], "w"))
+c["experiments"].append({"name": "sweep", "site": "resid_pre"})
+json.dump(c, open(sys.argv[4], "w"))
+EOF2
+if "$bin" run "$tmp/nocorr.json" -o "$tmp/nocorr.h5" 2>"$tmp/err"; then
+    grep -q "no corrupted prompts" "$tmp/err" && pass "no corrupted prompts: runs ($(grep wrote "$tmp/err"))" \
+        || fail "no corrupted prompts: the summary does not say so: $(cat "$tmp/err")"
+    if $py -c 'import h5py' 2>/dev/null; then
+        $py - "$tmp/abl.h5" "$tmp/nocorr.h5" <<'EOF2' && pass "no corrupted prompts: the same values, corrupted baselines NaN" || fail "no corrupted prompts: other values"
+import sys, h5py, numpy as np
+a, b = h5py.File(sys.argv[1], "r"), h5py.File(sys.argv[2], "r")
+names = [k for k in b["results"]]
+d = max(float(np.nanmax(np.abs(a["results/" + k + "/values"][()] - b["results/" + k + "/values"][()]))) for k in names)
+clean = float(np.max(np.abs(a["baseline/clean_metric"][()] - b["baseline/clean_metric"][()])))
+nan = all(bool(np.all(np.isnan(b["baseline/corrupted_" + k][()]))) for k in ("metric", "answer_logit", "wrong_logit"))
+ids = b["prompts/corrupted_ids"][()] if "prompts/corrupted_ids" in b else None
+no_ids = ids is not None and bool(np.all(ids == -1))
+print(f"without corrupted prompts: {len(names)} tables, max abs diff {d:.3g}, clean baseline diff {clean:.3g}, "
+      f"corrupted baseline all NaN {nan}, corrupted ids all -1 {no_ids}")
+sys.exit(0 if len(names) >= 5 and d <= 1e-4 and clean <= 1e-5 and nan and no_ids else 1)
+EOF2
+    fi
+else
+    fail "no corrupted prompts: $(cat "$tmp/err")"
+fi
+out=$("$bin" run "$tmp/nocorr_bad.json" -o "$tmp/nocorr_bad.h5" 2>&1 >/dev/null); rc=$?
+[ "$rc" -eq 2 ] && [ "$(wc -l <<<"$out")" -eq 1 ] && [ ! -e "$tmp/nocorr_bad.h5" ] &&
+    grep -qF "nocorr_bad.json: experiments[" <<<"$out" && grep -qF "(kind patch_sweep) runs the corrupted prompts" <<<"$out" &&
+    pass "a sweep over a dataset without corrupted prompts is refused ($out)" || fail "a sweep without corrupted prompts: exit $rc: $out"
 
 # --- resume and shards ---------------------------------------------------------------------------
 "$bin" run "$cfg" -o "$tmp/abl.h5" --quiet 2>"$tmp/err"; rc=$?

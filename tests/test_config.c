@@ -239,6 +239,20 @@ static void test_seqcont(void) {
     }
     ps_items_free(it, n);
 
+    // The paper's file alone, as a search over it reads it: no corrupted prompts.
+    s.corrupted_path = NULL;
+    s.limit = 0;
+    int none = -1;
+    s.no_corrupted = &none;
+    rc = ps_dataset_load(&s, &it, &n, &e);
+    TU_CHECK(rc == 0, "%s", e.msg);
+    INTEQ(n, 1024);   // every record of numerals_prompts_done.jsonl
+    INTEQ(none, 1);
+    if (rc == 0 && n > 0) STREQ(it[0].corrupted, it[0].clean);
+    ps_items_free(it, n);
+    s.no_corrupted = NULL;
+    s.corrupted_path = p2;
+
     // lost lines up with randDS[512:1024]: corrupted offset 512, and dataset offset keeps the pairing by record.
     s.path = p3;
     s.corrupted_offset = 512;
@@ -485,8 +499,9 @@ static void test_bad(void) {
     snprintf(want, sizeof want, "=%s:line 3: field 'incorr' missing", mf);
     expect_fail("field.json", buf, 0, want);
     snprintf(buf, sizeof buf, "{\"model\": \"m\", \"dataset\": {\"path\": \"%s\", \"fields\": {\"clean\": \"text\", \"answer\": \"corr\", "
-             "\"wrong\": \"incorr\"}}}", small);
-    snprintf(want, sizeof want, "=%s:line 1: field 'corrupted' missing", small);
+             "\"wrong\": \"incorr\"}}, \"experiments\": [{\"name\": \"s\", \"site\": \"resid_pre\"}]}", small);
+    snprintf(want, sizeof want, "experiments[0]: \"s\" (kind patch_sweep) runs the corrupted prompts, but the records of %s have "
+             "no field 'corrupted'; name it in dataset.fields.corrupted, or give dataset.corrupted.path", small);
     expect_fail("field2.json", buf, 0, want);
     const char *bq = tu_src("tests/data/datasets/bad_quote.csv");
     snprintf(buf, sizeof buf, "{\"model\": \"m\", \"dataset\": {\"path\": \"%s\"}}", bq);
@@ -743,6 +758,94 @@ static void test_attribution_kind(void) {
                     "experiments[1].reference: required with \"with\": \"mean\" (the prompts the means are taken over)");
 }
 
+// Corrupted prompts are optional where the loader says so (spec.no_corrupted): the first record decides, for JSONL, JSON
+// and CSV alike; without the option, or once the first record has them, every record needs them.
+static void put_tmp(const char *name, const char *text) { write_tmp(name, text, strlen(text)); }
+
+static void test_no_corrupted(void) {
+    static const char *const files[][2] = {
+        {"nc.jsonl", "{\"clean\": \"a b\", \"answer\": \" c\", \"wrong\": \" d\"}\n{\"clean\": \"e f\", \"answer\": \" g\", \"wrong\": \" h\", \"corrupted\": \"x\"}\n"},
+        {"nc.json", "[{\"clean\": \"a b\", \"answer\": \" c\", \"wrong\": \" d\"}, {\"clean\": \"e f\", \"answer\": \" g\", \"wrong\": \" h\"}]"},
+        {"nc.csv", "clean,answer,wrong\na b, c, d\ne f, g, h\n"},
+    };
+    for (size_t k = 0; k < sizeof files / sizeof files[0]; k++) {
+        put_tmp(files[k][0], files[k][1]);
+        char path[512];
+        snprintf(path, sizeof path, "%s", tmp_path(files[k][0]));
+        int none = -1;
+        ps_dataset_spec s = {.path = path, .no_corrupted = &none};
+        ps_item *it = NULL;
+        int64_t n = 0;
+        ps_error e = {0};
+        int rc = ps_dataset_load(&s, &it, &n, &e);
+        TU_CHECK(rc == 0, "%s: %s", files[k][0], e.msg);
+        INTEQ(n, 2);
+        INTEQ(none, 1);
+        if (rc == 0 && n == 2) {
+            STREQ(it[0].corrupted, "a b");   // a copy of the clean prompt: a later record's field is not read
+            STREQ(it[1].corrupted, "e f");
+            STREQ(it[1].answer, " g");
+        }
+        ps_items_free(it, n);
+        s.no_corrupted = NULL;   // not optional: the first record without the field is an error
+        e = (ps_error){0};
+        rc = ps_dataset_load(&s, &it, &n, &e);
+        TU_CHECK(rc == -1 && e.code == 2, "%s without the option must fail", files[k][0]);
+        TU_CHECK(strstr(e.msg, k == 2 ? "no column 'corrupted' in the header" : "field 'corrupted' missing") != NULL, "%s: %s",
+                 files[k][0], e.msg);
+    }
+    // The first record has the field: every record needs it, and the flag says so.
+    put_tmp("nc2.jsonl", "{\"clean\": \"a\", \"corrupted\": \"b\", \"answer\": \" c\", \"wrong\": \" d\"}\n"
+                           "{\"clean\": \"e\", \"answer\": \" g\", \"wrong\": \" h\"}\n");
+    char path[512];
+    snprintf(path, sizeof path, "%s", tmp_path("nc2.jsonl"));
+    int none = -1;
+    ps_dataset_spec s = {.path = path, .no_corrupted = &none};
+    ps_item *it = NULL;
+    int64_t n = 0;
+    ps_error e = {0};
+    int rc = ps_dataset_load(&s, &it, &n, &e);
+    TU_CHECK(rc == -1 && e.code == 2, "a second record without the first's corrupted field must fail");
+    char want[600];
+    snprintf(want, sizeof want, "%s:line 2: field 'corrupted' missing", path);
+    STREQ(e.msg, want);
+    INTEQ(none, 0);
+    s.limit = 1;
+    e = (ps_error){0};
+    rc = ps_dataset_load(&s, &it, &n, &e);
+    TU_CHECK(rc == 0 && n == 1, "%s", e.msg);
+    if (rc == 0 && n == 1) STREQ(it[0].corrupted, "b");
+    ps_items_free(it, n);
+
+    // Through the config: allowed for a zero ablation, refused (naming the experiment) for a sweep.
+    put_tmp("nc_abl.json", "{\"model\": \"/m\", \"dataset\": {\"path\": \"nc.csv\"}, \"experiments\": "
+                             "[{\"name\": \"z\", \"kind\": \"ablation\", \"components\": [\"h0.1\"], \"with\": \"zero\"}]}");
+    ps_config c;
+    e = (ps_error){0};
+    rc = ps_config_load(&c, tmp_path("nc_abl.json"), &e);
+    TU_CHECK(rc == 0, "%s", e.msg);
+    if (rc == 0) {
+        INTEQ(c.no_corrupted, 1);
+        INTEQ(c.n_items, 2);
+        ps_config_free(&c);
+    }
+    put_tmp("nc_sw.json", "{\"model\": \"/m\", \"dataset\": {\"path\": \"nc.csv\"}, \"experiments\": "
+                            "[{\"name\": \"z\", \"kind\": \"ablation\", \"components\": [\"h0.1\"], \"with\": \"zero\"}, "
+                            "{\"name\": \"s\", \"site\": \"resid_pre\"}]}");
+    e = (ps_error){0};
+    rc = ps_config_load(&c, tmp_path("nc_sw.json"), &e);
+    TU_CHECK(rc == -1 && e.code == 2, "a sweep over a dataset without corrupted prompts must fail");
+    snprintf(want, sizeof want, "%s: experiments[1]: \"s\" (kind patch_sweep) runs the corrupted prompts, but the records of "
+             "%s have no field 'corrupted'; name it in dataset.fields.corrupted, or give dataset.corrupted.path",
+             tmp_path("nc_sw.json"), tmp_path("nc.csv"));
+    STREQ(e.msg, want);
+    // Naming the field makes it required, as before.
+    put_tmp("nc_named.json", "{\"model\": \"/m\", \"dataset\": {\"path\": \"nc.csv\", \"fields\": {\"corrupted\": \"corrupted\"}}}");
+    e = (ps_error){0};
+    rc = ps_config_load(&c, tmp_path("nc_named.json"), &e);
+    TU_CHECK(rc == -1 && e.code == 2 && strstr(e.msg, "no column 'corrupted'") != NULL, "a named corrupted field must be required: %s", e.msg);
+}
+
 int main(void) {
     const char *base = getenv("TMPDIR");
     snprintf(tmpdir, sizeof tmpdir, "%s/ps_test_config.XXXXXX", base && base[0] ? base : "/tmp");
@@ -760,6 +863,7 @@ int main(void) {
     test_data_files();
     test_path_patch();
     test_attribution_kind();
+    test_no_corrupted();
     char cmd[600];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
     if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", tmpdir);

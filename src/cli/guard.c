@@ -219,9 +219,9 @@ int ps_cli_check_meaningful(const float *clean, const float *corrupted, int64_t 
     for (int64_t i = 0; i < n_prompts; i++) {
         if (in_run && !in_run[i]) continue;
         owned++;
-        if (isnan(clean[i]) || isnan(corrupted[i])) nan_base++;
         // Equal up to rounding: a clean and a corrupted row in different places of one batch differ by ~1e-6.
-        else if (fabsf(clean[i] - corrupted[i]) <= 1e-5f * fmaxf(1.0f, fabsf(clean[i]) + fabsf(corrupted[i]))) same++;
+        if (isnan(clean[i]) || (corrupted && isnan(corrupted[i]))) nan_base++;
+        else if (corrupted && fabsf(clean[i] - corrupted[i]) <= 1e-5f * fmaxf(1.0f, fabsf(clean[i]) + fabsf(corrupted[i]))) same++;
         for (int64_t k = 0; k < n_tables; k++) {
             cells += n_values[k];
             for (int64_t c = 0; c < n_values[k]; c++) finite_values += !isnan(values[k][i * n_values[k] + c]);

@@ -45,7 +45,8 @@ void ps_cli_progress_chunk(ps_cli_progress *p, int64_t n, int64_t patches);
 // Is there anything to report? Over the prompts of this run (in_run NULL: all): -1 with e filled when every
 // baseline and value is NaN (exit 1, naming model_dir), or when clean and corrupted give the same metric for every
 // prompt (exit 2, naming config_path: normalization divides by their difference); else 0, with one warning line on
-// stderr when only some prompts are affected. values[k] holds n_values[k] floats per prompt.
+// stderr when only some prompts are affected. values[k] holds n_values[k] floats per prompt. corrupted NULL: a
+// dataset without corrupted prompts (only the clean baseline is checked).
 int ps_cli_check_meaningful(const float *clean, const float *corrupted, int64_t n_prompts, const uint8_t *in_run,
                             const float *const *values, const int64_t *n_values, int64_t n_tables, const char *config_path,
                             const char *model_dir, ps_error *e);

@@ -58,6 +58,8 @@ static char *canonical_config(const ps_config *cfg) {
     ps_jbuf_key(&b, "backend", 0); ps_jbuf_str(&b, ps_backend_name(cfg->backend));
     // Only where set: the identities of configs without it stay what they were.
     if (cfg->batch_prompts > 1) { ps_jbuf_key(&b, "batch_prompts", 0); ps_jbuf_int(&b, cfg->batch_prompts); }
+    // Only when set, so every identity written before it stays: without corrupted prompts their baselines are NaN.
+    if (cfg->no_corrupted) { ps_jbuf_key(&b, "no_corrupted", 0); ps_jbuf_int(&b, 1); }
     ps_jbuf_key(&b, "batch_rows", 0); ps_jbuf_int(&b, cfg->batch_rows);
     ps_jbuf_key(&b, "corrupted_path", 0); jbuf_path(&b, cfg->corrupted_path);
     ps_jbuf_key(&b, "dataset_path", 0); jbuf_path(&b, cfg->dataset_path);

@@ -25,7 +25,10 @@ static char **token_strings(const ps_tokenizer *tok, const ps_prompt_set *ps, in
     for (int64_t i = 0; s && i < n; i++)
         for (int64_t t = 0; t < T; t++) {
             const ps_prompt *p = &ps->p[i];
-            s[i * T + t] = t < p->T ? ps_tokenizer_token_text(tok, corrupted ? p->corrupted[t] : p->clean[t]) : strdup("");
+            // No corrupted prompts: empty strings, as past a prompt's end (their ids are -1).
+            s[i * T + t] = t < p->T && !(corrupted && ps->no_corrupted)
+                               ? ps_tokenizer_token_text(tok, corrupted ? p->corrupted[t] : p->clean[t])
+                               : strdup("");
             if (!s[i * T + t]) s[i * T + t] = strdup("");
         }
     return s;
@@ -72,11 +75,11 @@ int ps_cli_write_results(const char *out_path, const ps_config *cfg, const ps_mo
         plen[i] = p->T_prompt;
         for (int64_t t = 0; t < T; t++) {
             cid[i * T + t] = t < p->T ? p->clean[t] : -1;
-            xid[i * T + t] = t < p->T ? p->corrupted[t] : -1;
+            xid[i * T + t] = t < p->T && !ps->no_corrupted ? p->corrupted[t] : -1;
         }
         aid[i] = p->answer_id;
         wid[i] = p->wrong_id;
-        ct[i] = cfg->items[i].clean; xt[i] = cfg->items[i].corrupted;
+        ct[i] = cfg->items[i].clean; xt[i] = cfg->no_corrupted ? "" : cfg->items[i].corrupted;
         at[i] = cfg->items[i].answer; wt[i] = cfg->items[i].wrong;
     }
     char **cs = token_strings(tok, ps, 0), **xs = token_strings(tok, ps, 1);

@@ -45,8 +45,10 @@ static int run_baselines(ps_producer_ctx *c, const int64_t *chunk, int64_t nc, p
     const ps_prompt_set *ps = c->ps;
     ps_baseline *bl = &c->rr->base;
     const int64_t max_out = PS_MAX_OUT_POS;
-    float *bl_logits = malloc((size_t)(2 * nc * max_out * V) * sizeof(float));
-    ps_row *brow = calloc((size_t)(2 * nc), sizeof *brow);
+    // A prompt's runs: clean, then corrupted (none in a dataset without corrupted prompts: its values are NaN).
+    const int64_t nk = ps->no_corrupted ? 1 : 2;
+    float *bl_logits = malloc((size_t)(nk * nc * max_out * V) * sizeof(float));
+    ps_row *brow = calloc((size_t)(nk * nc), sizeof *brow);
     ps_metric_request *brq = calloc((size_t)nc, sizeof *brq);
     int rc = 0;
     if (!bl_logits || !brow || !brq) rc = ps_fail(e, PS_EXIT_RUNTIME, "out of memory for %lld prompts' baselines", (long long)nc);
@@ -54,17 +56,17 @@ static int run_baselines(ps_producer_ctx *c, const int64_t *chunk, int64_t nc, p
         const ps_prompt *p = &ps->p[chunk[i]];
         ps_metric_request_for(c->metric, p, &brq[i]);
         brq[i].n_cols = 0;
-        for (int k = 0; k < 2; k++) {
-            ps_row *r = &brow[2 * i + k];
+        for (int k = 0; k < nk; k++) {
+            ps_row *r = &brow[nk * i + k];
             r->tokens = k == 0 ? p->clean : p->corrupted;
             r->T = p->T;
             r->cache = (reads & (k == 0 ? PS_READS_CLEAN : PS_READS_CORRUPTED)) ? (k == 0 ? &clean[i] : &corr[i]) : NULL;
             r->out_pos = brq[i].out_pos;
             r->n_out = brq[i].n_out;
-            r->logits = bl_logits + (2 * i + k) * max_out * V;
+            r->logits = bl_logits + (nk * i + k) * max_out * V;
         }
     }
-    for (int64_t i = 0; rc == 0 && i < 2 * nc; i++) c->rr->baseline_flops += ps_row_flops(mc, &brow[i]);
+    for (int64_t i = 0; rc == 0 && i < nk * nc; i++) c->rr->baseline_flops += ps_row_flops(mc, &brow[i]);
     // Each block's clean and corrupted runs (a prompt's, or a batch_prompts block's: ps_prompt_block, never split
     // by chunks, shards or resuming) as a group of their own, so their numbers do not depend on the chunk; grouped
     // in one call where the backend can (a streamed layer is then converted once per chunk).
@@ -76,18 +78,18 @@ static int run_baselines(ps_producer_ctx *c, const int64_t *chunk, int64_t nc, p
     int64_t *ends = rc == 0 ? malloc((size_t)(nc + nfg ? nc + nfg : 1) * sizeof *ends) : NULL;
     if (rc == 0 && !ends) rc = ps_fail(e, PS_EXIT_RUNTIME, "out of memory for %lld prompts' baselines", (long long)nc);
     const int grouped = c->be->forward_groups != NULL, fused = grouped && nfr > 0;
-    ps_row *all = rc == 0 && fused ? malloc((size_t)(2 * nc + nfr) * sizeof *all) : NULL;
+    ps_row *all = rc == 0 && fused ? malloc((size_t)(nk * nc + nfr) * sizeof *all) : NULL;
     if (rc == 0 && fused && !all) rc = ps_fail(e, PS_EXIT_RUNTIME, "out of memory for %lld prompts' baselines", (long long)nc);
     int64_t nbg = 0; // the baselines' groups
     for (int64_t i = 0; rc == 0 && i < nc; i++)
-        if (i + 1 == nc || ps_prompt_block(chunk[i + 1], per) != ps_prompt_block(chunk[i], per)) ends[nbg++] = 2 * (i + 1);
+        if (i + 1 == nc || ps_prompt_block(chunk[i + 1], per) != ps_prompt_block(chunk[i], per)) ends[nbg++] = nk * (i + 1);
     if (all) {
         // The fused pass: the sweep's groups after the baselines', layer by layer across all of them.
-        memcpy(all, brow, (size_t)(2 * nc) * sizeof *all);
-        memcpy(all + 2 * nc, fr, (size_t)nfr * sizeof *all);
-        for (int64_t g = 0; g < nfg; g++) ends[nbg + g] = 2 * nc + fe[g];
-        rc = c->be->forward_groups(c->be, c->m, all, 2 * nc + nfr, ends, nbg + nfg, e);
-    } else if (rc == 0 && grouped) rc = c->be->forward_groups(c->be, c->m, brow, 2 * nc, ends, nbg, e);
+        memcpy(all, brow, (size_t)(nk * nc) * sizeof *all);
+        memcpy(all + nk * nc, fr, (size_t)nfr * sizeof *all);
+        for (int64_t g = 0; g < nfg; g++) ends[nbg + g] = nk * nc + fe[g];
+        rc = c->be->forward_groups(c->be, c->m, all, nk * nc + nfr, ends, nbg + nfg, e);
+    } else if (rc == 0 && grouped) rc = c->be->forward_groups(c->be, c->m, brow, nk * nc, ends, nbg, e);
     else
         for (int64_t g = 0; rc == 0 && g < nbg; g++) {
             const int64_t r0 = g ? ends[g - 1] : 0;
@@ -101,7 +103,7 @@ static int run_baselines(ps_producer_ctx *c, const int64_t *chunk, int64_t nc, p
         int64_t si = 0;
         for (int64_t k = 0; k < brq[i].n_out; k++)
             if (brq[i].out_pos[k] == p->score_pos) si = k;
-        const float *lc = brow[2 * i].logits, *lx = brow[2 * i + 1].logits;
+        const float *lc = brow[nk * i].logits, *lx = nk == 2 ? brow[nk * i + 1].logits : NULL;
         if (clean_lp) {
             const float *row = lc + si * V;
             double mx = row[0], sum = 0;
@@ -112,11 +114,11 @@ static int run_baselines(ps_producer_ctx *c, const int64_t *chunk, int64_t nc, p
         }
         const float *lpi = clean_lp ? clean_lp + i * V : NULL;
         bl->clean[pi] = (float)ps_metric_value(c->metric, p, &brq[i], lc, V, lpi);
-        bl->corrupted[pi] = (float)ps_metric_value(c->metric, p, &brq[i], lx, V, lpi);
+        bl->corrupted[pi] = lx ? (float)ps_metric_value(c->metric, p, &brq[i], lx, V, lpi) : NAN;
         bl->clean_answer_logit[pi] = lc[si * V + p->answer_id];
         bl->clean_wrong_logit[pi] = lc[si * V + p->wrong_id];
-        bl->corrupted_answer_logit[pi] = lx[si * V + p->answer_id];
-        bl->corrupted_wrong_logit[pi] = lx[si * V + p->wrong_id];
+        bl->corrupted_answer_logit[pi] = lx ? lx[si * V + p->answer_id] : NAN;
+        bl->corrupted_wrong_logit[pi] = lx ? lx[si * V + p->wrong_id] : NAN;
     }
     free(bl_logits);
     free(brow);
@@ -242,6 +244,7 @@ int ps_engine_run(const ps_model *m, ps_backend *be, const ps_prompt_set *ps, co
         reads |= r & (PS_READS_CLEAN | PS_READS_CORRUPTED);
         if ((r & PS_READS_CLEAN) && !(r & PS_READS_CLEAN_AS_BASE)) as_base = 0;
     }
+    if (ps->no_corrupted) reads &= ~(unsigned)PS_READS_CORRUPTED; // nothing that reads them was let in (config.c)
     const unsigned clean_flags = as_base && (be->caps & PS_CAP_LEAN_BASE) ? PS_CACHE_LEAN : 0;
     // The fused pass only pays where each pass over the layers converts them (streamed weights, grouped calls).
     const int fuse = !o->naive && !o->dry_run && !o->no_fuse && m->stream && be->forward_groups;

@@ -122,6 +122,7 @@ int ps_prompts_build(ps_prompt_set *ps, const ps_config *cfg, const ps_tokenizer
         }
     }
     ps->bos = bos;
+    ps->no_corrupted = cfg->no_corrupted;
     for (int64_t i = 0; i < cfg->n_items; i++) {
         const ps_item *it = &cfg->items[i];
         int32_t *ids[4] = {0};

@@ -642,7 +642,9 @@ static int load_root(ps_cfg_ctx *x, const cJSON *root, ps_config *c) {
     if (cJSON_IsArray(ds)) {
         if (load_inline_items(x, ds, c)) return -1;
     } else if (cJSON_IsObject(ds)) {
-        if (ps_cfg_load_dataset(x, ds, "dataset", 0, &c->items, &c->n_items, &c->dataset_path, &c->corrupted_path)) return -1;
+        if (ps_cfg_load_dataset(x, ds, "dataset", 0, &c->items, &c->n_items, &c->dataset_path, &c->corrupted_path,
+                                &c->no_corrupted))
+            return -1;
     } else {
         ps_json_describe(ds, got, sizeof got);
         return ps_cfg_bad(x, "dataset", "expected an array of items or an object with a \"path\", got %s", got);
@@ -667,7 +669,7 @@ static int load_root(ps_cfg_ctx *x, const cJSON *root, ps_config *c) {
             if (load_experiment(x, it, p, c, i)) return -1;
         }
     }
-    if (ps_cfg_check_circuits(x, c)) return -1;
+    if (ps_cfg_check_circuits(x, c) || ps_cfg_check_corrupted(x, c)) return -1;
     if (ps_cfg_add_means_tables(x, c)) return -1;
     return ps_cfg_add_neuron_tops(x, c);
 }

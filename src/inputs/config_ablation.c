@@ -328,7 +328,7 @@ int ps_cfg_load_ablation(ps_cfg_ctx *x, const cJSON *obj, const char *p, ps_expe
     if (!ref && needs_ref) return ps_cfg_bad(x, kp, "required with \"with\": \"%s\" (the prompts the %s are taken from)",
                                              with_names[ex->abl_with], ex->abl_with == 1 ? "means" : "resampled activations");
     if (ref && !needs_ref) return ps_cfg_bad(x, kp, "only used with \"with\": \"mean\" or \"resample\"");
-    if (ref && ps_cfg_load_dataset(x, ref, kp, 1, &ex->ref_items, &ex->n_ref_items, &ex->ref_path, &(char *){NULL})) return -1;
+    if (ref && ps_cfg_load_dataset(x, ref, kp, 1, &ex->ref_items, &ex->n_ref_items, &ex->ref_path, &(char *){NULL}, NULL)) return -1;
     if (ps_cfg_member(obj, "grouping") && ex->abl_with != 1) {
         ps_cfg_key_path(kp, p, "grouping");
         return ps_cfg_bad(x, kp, "only used with \"with\": \"mean\"");

@@ -35,7 +35,7 @@ int ps_cfg_load_edge_circuit(ps_cfg_ctx *x, const cJSON *obj, const char *p, ps_
         ps_cfg_key_path(kp, p, "grouping");
         return ps_cfg_bad(x, kp, "only used with \"with\": \"mean\"");
     }
-    if (ref && ps_cfg_load_dataset(x, ref, kp, 1, &ex->ref_items, &ex->n_ref_items, &ex->ref_path, &(char *){NULL})) return -1;
+    if (ref && ps_cfg_load_dataset(x, ref, kp, 1, &ex->ref_items, &ex->n_ref_items, &ex->ref_path, &(char *){NULL}, NULL)) return -1;
     const cJSON *ev = ps_cfg_member(obj, "edges");
     int absolute = 1;
     if (ps_cfg_get_str(x, obj, "scores_from", p, 0, &ex->scores_from) || ps_cfg_get_path(x, obj, "scores_file", p, 0, &ex->scores_path) ||

@@ -1,6 +1,7 @@
 // Dataset blocks of the config: the "dataset" and the reference prompts of the ablation kinds ("reference"),
 // checked key by key and read by dataset.c (the format is described in ps_config.h).
 #include "config_internal.h"
+#include "ps_ablation.h"
 #include "ps_dataset.h"
 
 #include <stdio.h>
@@ -18,7 +19,7 @@ static int format_value(ps_cfg_ctx *x, const cJSON *obj, const char *path, ps_da
 }
 
 int ps_cfg_load_dataset(ps_cfg_ctx *x, const cJSON *obj, const char *where, int reference, ps_item **items, int64_t *n_items,
-                        char **path, char **corrupted_path) {
+                        char **path, char **corrupted_path, int *no_corrupted) {
     static const char *const keys[] = {"path", "format", "fields", "corrupted", "offset", "limit"};
     static const char *const corrupted_keys[] = {"path", "field", "format", "offset"};
     static const char *const ref_keys[] = {"path", "format", "fields", "offset", "limit"};
@@ -80,6 +81,7 @@ int ps_cfg_load_dataset(ps_cfg_ctx *x, const cJSON *obj, const char *where, int 
         s.corrupted_path = *corrupted_path;
         s.corrupted_field = cfield;
     }
+    if (!reference && !names[1] && !cor) s.no_corrupted = no_corrupted;
     char origin[PATH_MAX_LEN + 16];
     snprintf(origin, sizeof origin, "%s: %s", x->file, where);
     s.origin = origin;
@@ -96,3 +98,29 @@ out:
     return rc;
 }
 
+
+// Experiments that never run the corrupted prompts nor read their baseline: the ablation kinds with zero, mean or
+// resample values, the analyses of the clean run, the weight-only scores, and the tables the loader derives.
+static int runs_corrupted(const ps_experiment *ex) {
+    const char *k = ex->kind ? ex->kind : "patch_sweep";
+    if (!strcmp(k, "ablation") || !strcmp(k, "circuit_search")) return ex->abl_with == PS_ABL_CORRUPTED;
+    if (!strcmp(k, "dla") || !strcmp(k, "logit_lens") || !strcmp(k, "attention") || !strcmp(k, "neurons")) return ex->run_corrupted;
+    static const char *const never[] = {"ov_scores", "head_scores", "circuit_scores", "reference_means", "neuron_top"};
+    for (size_t i = 0; i < COUNT(never); i++)
+        if (!strcmp(k, never[i])) return 0;
+    return 1;
+}
+
+int ps_cfg_check_corrupted(ps_cfg_ctx *x, const ps_config *c) {
+    if (!c->no_corrupted) return 0;
+    for (int64_t i = 0; i < c->n_experiments; i++) {
+        const ps_experiment *ex = &c->experiments[i];
+        if (!runs_corrupted(ex)) continue;
+        char p[PATH_MAX_LEN];
+        ps_cfg_index_path(p, "experiments", i);
+        return ps_cfg_bad(x, p, "\"%s\" (kind %s) runs the corrupted prompts, but the records of %s have no field "
+                          "'corrupted'; name it in dataset.fields.corrupted, or give dataset.corrupted.path",
+                          ex->name, ex->kind ? ex->kind : "patch_sweep", c->dataset_path ? c->dataset_path : "the dataset");
+    }
+    return 0;
+}

@@ -40,9 +40,13 @@ int ps_cfg_get_list(ps_cfg_ctx *x, const cJSON *obj, const char *key, const char
 void ps_cfg_free_roles(char ***roles, int count);
 // A dataset block {"path", "format", "fields", "offset", "limit"} (and, unless reference, "corrupted") at `where`:
 // items and the resolved file paths (owned by the caller). A reference block needs only the clean text (and
-// the template field when it names one).
+// the template field when it names one). no_corrupted (not for a reference block; may be NULL): where the block
+// names no corrupted field and no corrupted file, records without the default "corrupted" field mean a dataset
+// without corrupted prompts (*no_corrupted = 1; ps_dataset_spec).
 int ps_cfg_load_dataset(ps_cfg_ctx *x, const cJSON *obj, const char *where, int reference, ps_item **items, int64_t *n_items,
-                        char **path, char **corrupted_path);
+                        char **path, char **corrupted_path, int *no_corrupted);
+// With a dataset without corrupted prompts: an error naming the first experiment that runs them.
+int ps_cfg_check_corrupted(ps_cfg_ctx *x, const ps_config *c);
 
 // Kinds "ablation" and "circuit_search" (config_ablation.c): the keys after name and kind.
 int ps_cfg_load_ablation(ps_cfg_ctx *x, const cJSON *obj, const char *p, ps_experiment *ex);

@@ -402,6 +402,24 @@ static int table_get(const table *t, int64_t r, const char *const *names, char *
     return 0;
 }
 
+// 1 when record r has field `name` (a CSV: a column of that name); a record that cannot be read counts as having
+// it, so table_get reports what is wrong with it.
+static int table_has(const table *t, int64_t r, const char *name) {
+    if (t->fmt == PS_DATA_CSV) {
+        for (int c = 0; c < t->ncols; c++)
+            if (!strcmp(t->cols[c], name)) return 1;
+        return 0;
+    }
+    if (t->fmt == PS_DATA_JSON) {
+        const cJSON *obj = cJSON_GetArrayItem(t->root, (int)r);
+        return !cJSON_IsObject(obj) || cJSON_GetObjectItemCaseSensitive(obj, name) != NULL;
+    }
+    cJSON *obj = cJSON_ParseWithLength(t->buf + t->start[r], t->end[r] - t->start[r]);
+    const int has = !cJSON_IsObject(obj) || cJSON_GetObjectItemCaseSensitive(obj, name) != NULL;
+    cJSON_Delete(obj);
+    return has;
+}
+
 int ps_dataset_load(const ps_dataset_spec *spec, ps_item **items_out, int64_t *n_out, ps_error *e) {
     *items_out = NULL;
     *n_out = 0;
@@ -436,12 +454,14 @@ int ps_dataset_load(const ps_dataset_spec *spec, ps_item **items_out, int64_t *n
             goto out;
         }
     }
+    const int none = spec->no_corrupted && !spec->corrupted_path && !table_has(&t, spec->offset, corrupted);
+    if (spec->no_corrupted) *spec->no_corrupted = none;
     items = calloc((size_t)count, sizeof *items);
     if (!items) { oom(e, t.path); goto out; }
     for (int64_t done = 0; done < count; done++) {
         int64_t r = spec->offset + done;
         ps_item *it = &items[done];
-        const char *names[5] = {clean, spec->corrupted_path ? NULL : corrupted, answer, wrong, spec->group};
+        const char *names[5] = {clean, spec->corrupted_path || none ? NULL : corrupted, answer, wrong, spec->group};
         char *vals[5] = {0};
         if (table_get(&t, r, names, vals, 5, e)) {
             for (int k = 0; k < 5; k++) free(vals[k]);
@@ -452,6 +472,7 @@ int ps_dataset_load(const ps_dataset_spec *spec, ps_item **items_out, int64_t *n
         it->answer = vals[2];
         it->wrong = vals[3];
         it->group = vals[4];
+        if (none && !(it->corrupted = strdup(it->clean))) { oom(e, t.path); goto out; }
         if (spec->corrupted_path && table_get(&ct, r + spec->corrupted_offset, &cfield, &it->corrupted, 1, e)) goto out;
     }
     rc = 0;
