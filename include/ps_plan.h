@@ -49,6 +49,12 @@ int ps_post_at(const ps_row *row, const ps_layer_plan *p, int64_t t);
 int ps_row_last_layer_outs_only(const ps_model_config *cfg, const ps_row *row, int64_t l);
 // 1 when the row patches or captures hook_result at layer l (the CPU backend then runs W_O per head too).
 int ps_row_at_result(const ps_row *row, int64_t l);
+// 1 when the row's hook_mlp_out at layer l is overwritten at every position, whatever the MLP computed (a replace,
+// freeze, zero or mean patch over all positions: a mean- or zero-ablated MLP), and nothing reads the MLP's inner
+// activations (no capture at mlp_post or mlp_out there, no cache that stores them). A backend may then skip
+// that layer's MLP for the row: the numbers are the same, bit for bit (the CPU skips it for a batch whose rows that
+// run the MLP all have this). ps_row_flops counts such a row without it.
+int ps_row_mlp_replaced(const ps_model_config *cfg, const ps_row *row, int64_t l);
 
 // FLOPs (2 x multiply-adds) a row costs on the reference backend: every GEMM, attention and the
 // unembedding it asks for, following the narrowing above.

@@ -472,15 +472,52 @@ static int add_head_deltas(const batch *b, const compact_rows *cr, int64_t k0, i
     return 0;
 }
 
+// The MLP's matrices, activation and hook_mlp_post on the tokens that run them (upto: mlp_step's), into y.
+static void mlp_block(batch *b, int64_t l, const ps_layer_weights *lw, const compact_rows *crp, const int64_t *upto,
+                      const int64_t *pmap) {
+    const ps_model_config *cfg = b->cfg;
+    const ps_weights *w = b->w;
+    const int64_t C = cfg->d_model, M = cfg->d_mlp, n_active = b->n_active, nm = upto[2]; // nm: tokens the input matrices run on
+    const int llama = cfg->arch == PS_ARCH_LLAMA;
+    ps_cpu_slot *slots = b->slots;
+    float *xn = b->xn, *y = b->y, *h1 = b->h1, *h2 = b->h2, *h3 = b->h3;
+    const compact_rows cr = *crp;
+    ps_cpu_linear(h1, xn, lw->w_in, w->b_in ? w->b_in + l * M : NULL, nm, C, M);
+    if (llama) ps_cpu_linear(h3, xn, lw->w_up, NULL, nm, C, M);
+#ifdef PS_CPU_PROFILE
+    const double prof_t0 = ps_prof_now();
+#endif
+    if (cfg->act == PS_ACT_GELU_NEW && !llama) {
+        // per >= 1: an OpenMP loop's trip count divides by its step even when the loop is empty.
+        const int64_t n = nm * M, nt = omp_get_max_threads(), per = n >= PS_PAR_MIN ? (n + nt - 1) / nt : (n ? n : 1);
+#pragma omp parallel for schedule(static) if (per < n)
+        for (int64_t i0 = 0; i0 < n; i0 += per) ps_cpu_gelu_new_n(h2 + i0, h1 + i0, i0 + per <= n ? per : n - i0);
+    } else {
+#pragma omp parallel for schedule(static) if (nm * M >= PS_PAR_MIN)
+        for (int64_t i = 0; i < nm * M; i++) {
+            float a = ps_cpu_act(cfg->act, h1[i]);
+            h2[i] = llama ? a * h3[i] : a;
+        }
+    }
+#ifdef PS_CPU_PROFILE
+    ps_prof_add(PS_PROF_ACT, prof_t0);
+#endif
+    from_base_rows(h2, M, &cr, upto[2], upto[3], offsetof(ps_cache, mlp_post));
+    hook(cfg, PS_SITE_MLP_POST, l, h2, M, pmap, slots, n_active);
+    store_rows(slots, n_active, offsetof(ps_cache, mlp_pre), l, h1, M);
+    if (llama) store_rows(slots, n_active, offsetof(ps_cache, mlp_pre_linear), l, h3, M);
+    store_rows(slots, n_active, offsetof(ps_cache, mlp_post), l, h2, M);
+    ps_cpu_linear(y, h2, lw->w_out, w->b_out ? w->b_out + l * C : NULL, upto[3], M, C);
+}
+
 // W_O and the MLP with their patches, then the residual stream of what a narrowed row did not recompute.
 static int mlp_step(batch *b, int64_t l, const ps_layer_weights *lw) {
     const ps_model_config *cfg = b->cfg;
     const ps_weights *w = b->w;
-    const int64_t C = cfg->d_model, H = cfg->n_heads, D = cfg->d_head, M = cfg->d_mlp;
+    const int64_t C = cfg->d_model, H = cfg->n_heads, D = cfg->d_head;
     const int64_t QD = H * D, NA = b->NA, n_active = b->n_active;
-    const int llama = cfg->arch == PS_ARCH_LLAMA;
     ps_cpu_slot *slots = b->slots;
-    float *x = b->x, *xn = b->xn, *y = b->y, *z = b->z, *h1 = b->h1, *h2 = b->h2, *h3 = b->h3, *scale = b->scale;
+    float *x = b->x, *xn = b->xn, *y = b->y, *z = b->z, *h1 = b->h1, *scale = b->scale;
     float *xc = b->xc, *zc = b->zc;
     int64_t *posbuf = b->posbuf, *idx = b->idx, *map = b->map, *kslot = b->kslot;
     // W_O and the MLP, on the tokens this layer recomputes (all of them unless rows are narrowed). A row
@@ -540,33 +577,11 @@ static int mlp_step(batch *b, int64_t l, const ps_layer_weights *lw) {
     }
     store_rows(slots, n_active, offsetof(ps_cache, ln2_scale), l, scale, 1);
 
-    // MLP block
-    ps_cpu_linear(h1, xn, lw->w_in, w->b_in ? w->b_in + l * M : NULL, nm, C, M);
-    if (llama) ps_cpu_linear(h3, xn, lw->w_up, NULL, nm, C, M);
-#ifdef PS_CPU_PROFILE
-    const double prof_t0 = ps_prof_now();
-#endif
-    if (cfg->act == PS_ACT_GELU_NEW && !llama) {
-        // per >= 1: an OpenMP loop's trip count divides by its step even when the loop is empty.
-        const int64_t n = nm * M, nt = omp_get_max_threads(), per = n >= PS_PAR_MIN ? (n + nt - 1) / nt : (n ? n : 1);
-#pragma omp parallel for schedule(static) if (per < n)
-        for (int64_t i0 = 0; i0 < n; i0 += per) ps_cpu_gelu_new_n(h2 + i0, h1 + i0, i0 + per <= n ? per : n - i0);
-    } else {
-#pragma omp parallel for schedule(static) if (nm * M >= PS_PAR_MIN)
-        for (int64_t i = 0; i < nm * M; i++) {
-            float a = ps_cpu_act(cfg->act, h1[i]);
-            h2[i] = llama ? a * h3[i] : a;
-        }
-    }
-#ifdef PS_CPU_PROFILE
-    ps_prof_add(PS_PROF_ACT, prof_t0);
-#endif
-    from_base_rows(h2, M, &cr, upto[2], upto[3], offsetof(ps_cache, mlp_post));
-    hook(cfg, PS_SITE_MLP_POST, l, h2, M, pmap, slots, n_active);
-    store_rows(slots, n_active, offsetof(ps_cache, mlp_pre), l, h1, M);
-    if (llama) store_rows(slots, n_active, offsetof(ps_cache, mlp_pre_linear), l, h3, M);
-    store_rows(slots, n_active, offsetof(ps_cache, mlp_post), l, h2, M);
-    ps_cpu_linear(y, h2, lw->w_out, w->b_out ? w->b_out + l * C : NULL, upto[3], M, C);
+    // MLP block. Where every row that runs it has its output overwritten whatever it computes (a mean- or
+    // zero-ablated MLP: ps_row_mlp_replaced), it is skipped: the hook at mlp_out writes all their tokens.
+    int live = 0;
+    for (int64_t r = 0; !live && r < n_active; r++) live = slots[r].plan.late <= 3 && !ps_row_mlp_replaced(cfg, slots[r].row, l);
+    if (live) mlp_block(b, l, lw, &cr, upto, pmap);
     from_base_rows(y, C, &cr, upto[3], upto[4], offsetof(ps_cache, mlp_out));
     hook(cfg, PS_SITE_MLP_OUT, l, y, C, pmap, slots, n_active);
     store_rows(slots, n_active, offsetof(ps_cache, mlp_out), l, y, C);

@@ -40,6 +40,26 @@ int ps_row_at_result(const ps_row *row, int64_t l) {
     return 0;
 }
 
+int ps_row_mlp_replaced(const ps_model_config *cfg, const ps_row *row, int64_t l) {
+    (void)cfg;
+    if (row->cache && !(row->cache->flags & PS_CACHE_LEAN)) return 0; // it stores mlp_pre and mlp_post
+    for (int64_t k = 0; k < row->n_captures; k++) {
+        const ps_site s = row->captures[k].site;
+        if (row->captures[k].layer == l && (s == PS_SITE_MLP_POST || s == PS_SITE_MLP_OUT)) return 0;
+    }
+    for (int64_t p = 0; p < row->n_patches; p++) {
+        const ps_patch *pt = &row->patches[p];
+        if (pt->site != PS_SITE_MLP_OUT || pt->layer != l || pt->pos >= 0) continue;
+        if (((pt->op == PS_OP_REPLACE || pt->op == PS_OP_FREEZE) && pt->src) || pt->op == PS_OP_ZERO) return 1;
+        if (pt->op == PS_OP_MEAN && pt->ref.data) {
+            int every = 1; // a map entry < 0 leaves that position alone (ps_view)
+            for (int64_t t = row->start_pos; pt->ref.map && every && t < row->T; t++) every = pt->ref.map[t] >= 0;
+            if (every) return 1;
+        }
+    }
+    return 0;
+}
+
 int ps_row_last_layer_outs_only(const ps_model_config *mc, const ps_row *row, int64_t l) {
     if (l != mc->n_layers - 1 || row->cache) return 0;
     for (int64_t k = 0; k < row->n_captures; k++)
@@ -66,8 +86,9 @@ double ps_row_flops(const ps_model_config *mc, const ps_row *row) {
         if (!p.outs_only) n_q = (double)(p.qkv_end - row->start_pos); // queries only where attention runs them (cpu_forward.c)
         // W_O unless entering after it; the MLP's input matrices unless entering after them; W_out likewise.
         // head_delta: one head's (D, C) part of W_O (the fewest that change the row; a row changing more heads costs more).
-        const double post = (p.late == 0 ? QD * C : 0) + (p.delta ? (double)mc->d_head * C : 0) + (p.late <= 2 ? C * M * (mlp_mats - 1) : 0) +
-                            (p.late <= 3 ? M * C : 0);
+        const int mlp = !ps_row_mlp_replaced(mc, row, l);
+        const double post = (p.late == 0 ? QD * C : 0) + (p.delta ? (double)mc->d_head * C : 0) +
+                            (mlp && p.late <= 2 ? C * M * (mlp_mats - 1) : 0) + (mlp && p.late <= 3 ? M * C : 0);
         f += 2 * (double)(p.qkv_end - row->start_pos) * C * 2 * KD + 2 * n_q * C * QD + 2 * n_post * post + 4 * keys * QD;
         if (p.late == 0 && ps_row_at_result(row, l)) f += 2 * n_post * QD * C; // W_O again, head by head (cpu_result.c)
         dirty = p.post_end;
