@@ -482,16 +482,16 @@ static void mlp_block(batch *b, int64_t l, const ps_layer_weights *lw, const com
     ps_cpu_slot *slots = b->slots;
     float *xn = b->xn, *y = b->y, *h1 = b->h1, *h2 = b->h2, *h3 = b->h3;
     const compact_rows cr = *crp;
-    ps_cpu_linear(h1, xn, lw->w_in, w->b_in ? w->b_in + l * M : NULL, nm, C, M);
+    const int fused = cfg->act == PS_ACT_GELU_NEW && !llama; // GPT-2's: b_in added in the activation's pass
+    const float *b_in = w->b_in ? w->b_in + l * M : NULL;
+    ps_cpu_linear(h1, xn, lw->w_in, fused ? NULL : b_in, nm, C, M);
     if (llama) ps_cpu_linear(h3, xn, lw->w_up, NULL, nm, C, M);
 #ifdef PS_CPU_PROFILE
     const double prof_t0 = ps_prof_now();
 #endif
-    if (cfg->act == PS_ACT_GELU_NEW && !llama) {
-        // per >= 1: an OpenMP loop's trip count divides by its step even when the loop is empty.
-        const int64_t n = nm * M, nt = omp_get_max_threads(), per = n >= PS_PAR_MIN ? (n + nt - 1) / nt : (n ? n : 1);
-#pragma omp parallel for schedule(static) if (per < n)
-        for (int64_t i0 = 0; i0 < n; i0 += per) ps_cpu_gelu_new_n(h2 + i0, h1 + i0, i0 + per <= n ? per : n - i0);
+    if (fused) {
+#pragma omp parallel for schedule(static) if (nm * M >= PS_PAR_MIN)
+        for (int64_t t = 0; t < nm; t++) ps_cpu_bias_gelu_new_n(h2 + t * M, h1 + t * M, b_in, M);
     } else {
 #pragma omp parallel for schedule(static) if (nm * M >= PS_PAR_MIN)
         for (int64_t i = 0; i < nm * M; i++) {

@@ -37,8 +37,10 @@ int ps_cpu_groups_on_threads(const ps_model *m, const ps_row *rows, const int64_
 // ps_sgemm_par (ps_blas.h) on GEMMs of the forward pass, timed when profiling (by rows: all share M and K).
 void ps_cpu_linear_n(const ps_gemm *g, int n);
 
-// out[i] = gelu_new(in[i]) (cpu_ops.c): a fifth of a GPT-2 sweep's non-GEMM time, so vectorized.
-void ps_cpu_gelu_new_n(float *out, const float *in, int64_t n);
+// in[i] += bias[i] (bias NULL: none), then out[i] = gelu_new(in[i]) (cpu_ops.c), for one token's MLP pre-activation:
+// the bias added in the activation's pass, not copied under the GEMM's output first (the copies were a quarter of
+// the circuit search's memmove). A fifth of a GPT-2 sweep's non-GEMM time, so vectorized.
+void ps_cpu_bias_gelu_new_n(float *out, float *in, const float *bias, int64_t n);
 
 // One row of a batch in the workspace buffers.
 typedef struct {

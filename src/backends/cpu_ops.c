@@ -202,7 +202,9 @@ void ps_cpu_linear_n(const ps_gemm *g, int n) {
 #endif
 }
 
-PS_CLONES void ps_cpu_gelu_new_n(float *out, const float *in, int64_t n) {
+PS_CLONES void ps_cpu_bias_gelu_new_n(float *out, float *in, const float *bias, int64_t n) {
+    if (bias)
+        for (int64_t i = 0; i < n; i++) in[i] += bias[i];
     for (int64_t i = 0; i < n; i++) out[i] = gelu_new(in[i]);
 }
 
