@@ -54,7 +54,7 @@ int ps_row_at_result(const ps_row *row, int64_t l);
 // activations (no capture at mlp_post or mlp_out there, no cache that stores them). A backend may then skip
 // that layer's MLP for the row: the numbers are the same, bit for bit (the CPU skips it for a batch whose rows that
 // run the MLP all have this). ps_row_flops counts such a row without it.
-int ps_row_mlp_replaced(const ps_model_config *cfg, const ps_row *row, int64_t l);
+int ps_row_mlp_replaced(const ps_row *row, int64_t l);
 
 // FLOPs (2 x multiply-adds) a row costs on the reference backend: every GEMM, attention and the
 // unembedding it asks for, following the narrowing above.

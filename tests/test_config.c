@@ -762,6 +762,14 @@ static void test_attribution_kind(void) {
 // and CSV alike; without the option, or once the first record has them, every record needs them.
 static void put_tmp(const char *name, const char *text) { write_tmp(name, text, strlen(text)); }
 
+// A spec reading <tmpdir>/name (written with text; its path copied into path) with corrupted prompts optional.
+static ps_dataset_spec optional_spec(const char *name, const char *text, char *path, size_t cap, int *none) {
+    put_tmp(name, text);
+    snprintf(path, cap, "%s", tmp_path(name));
+    *none = -1;
+    return (ps_dataset_spec){.path = path, .no_corrupted = none};
+}
+
 static void test_no_corrupted(void) {
     static const char *const files[][2] = {
         {"nc.jsonl", "{\"clean\": \"a b\", \"answer\": \" c\", \"wrong\": \" d\"}\n{\"clean\": \"e f\", \"answer\": \" g\", \"wrong\": \" h\", \"corrupted\": \"x\"}\n"},
@@ -769,11 +777,9 @@ static void test_no_corrupted(void) {
         {"nc.csv", "clean,answer,wrong\na b, c, d\ne f, g, h\n"},
     };
     for (size_t k = 0; k < sizeof files / sizeof files[0]; k++) {
-        put_tmp(files[k][0], files[k][1]);
         char path[512];
-        snprintf(path, sizeof path, "%s", tmp_path(files[k][0]));
-        int none = -1;
-        ps_dataset_spec s = {.path = path, .no_corrupted = &none};
+        int none;
+        ps_dataset_spec s = optional_spec(files[k][0], files[k][1], path, sizeof path, &none);
         ps_item *it = NULL;
         int64_t n = 0;
         ps_error e = {0};
@@ -795,12 +801,12 @@ static void test_no_corrupted(void) {
                  files[k][0], e.msg);
     }
     // The first record has the field: every record needs it, and the flag says so.
-    put_tmp("nc2.jsonl", "{\"clean\": \"a\", \"corrupted\": \"b\", \"answer\": \" c\", \"wrong\": \" d\"}\n"
-                           "{\"clean\": \"e\", \"answer\": \" g\", \"wrong\": \" h\"}\n");
     char path[512];
-    snprintf(path, sizeof path, "%s", tmp_path("nc2.jsonl"));
-    int none = -1;
-    ps_dataset_spec s = {.path = path, .no_corrupted = &none};
+    int none;
+    ps_dataset_spec s = optional_spec("nc2.jsonl",
+                                      "{\"clean\": \"a\", \"corrupted\": \"b\", \"answer\": \" c\", \"wrong\": \" d\"}\n"
+                                      "{\"clean\": \"e\", \"answer\": \" g\", \"wrong\": \" h\"}\n",
+                                      path, sizeof path, &none);
     ps_item *it = NULL;
     int64_t n = 0;
     ps_error e = {0};

@@ -73,9 +73,9 @@ static void test_model(const char *model) {
             for (int k = 0; k < 3; k++)
                 rows[k] = (ps_row){.tokens = p->clean, .T = T, .patches = &pt, .n_patches = k < 2, .captures = &cap, .n_captures = k == 1,
                                    .out_pos = out_pos, .n_out = 1, .logits = lg + k * V};
-            TU_CHECK(ps_row_mlp_replaced(mc, &rows[0], l) && !ps_row_mlp_replaced(mc, &rows[1], l) && !ps_row_mlp_replaced(mc, &rows[2], l),
+            TU_CHECK(ps_row_mlp_replaced(&rows[0], l) && !ps_row_mlp_replaced(&rows[1], l) && !ps_row_mlp_replaced(&rows[2], l),
                      "%s: which rows overwrite the MLP", what);
-            TU_CHECK(!ps_row_mlp_replaced(mc, &rows[0], l == 0 ? 1 % L : 0) || L == 1, "%s: another layer's MLP counted as overwritten", what);
+            TU_CHECK(!ps_row_mlp_replaced(&rows[0], l == 0 ? 1 % L : 0) || L == 1, "%s: another layer's MLP counted as overwritten", what);
             TU_CHECK(ps_cpu_forward(&f.m, &rows[0], 1, &e) == 0 && ps_cpu_forward(&f.m, &rows[1], 1, &e) == 0, "%s: %s", what, e.msg);
             same_bits(what, lg, lg + V, V);
             // In a batch beside a row whose MLP runs: that layer's MLP runs for the batch, the row's output still overwritten.
@@ -99,20 +99,20 @@ static void test_model(const char *model) {
     {
         ps_patch pt = {.site = PS_SITE_MLP_OUT, .layer = 0, .head = -1, .pos = 1, .neuron = -1, .op = PS_OP_ZERO};
         ps_row r = {.tokens = p->clean, .T = T, .patches = &pt, .n_patches = 1};
-        TU_CHECK(!ps_row_mlp_replaced(mc, &r, 0), "%s: a zero at one position counted as overwriting", model);
+        TU_CHECK(!ps_row_mlp_replaced(&r, 0), "%s: a zero at one position counted as overwriting", model);
         for (int64_t t = 0; t < T; t++) map[t] = t == 0 ? -1 : 0;
         pt = (ps_patch){.site = PS_SITE_MLP_OUT, .layer = 0, .head = -1, .pos = -1, .neuron = -1, .op = PS_OP_MEAN,
                         .ref = {.data = mean, .rows = 1, .map = map}};
-        TU_CHECK(!ps_row_mlp_replaced(mc, &r, 0), "%s: a mean leaving position 0 alone counted as overwriting", model);
+        TU_CHECK(!ps_row_mlp_replaced(&r, 0), "%s: a mean leaving position 0 alone counted as overwriting", model);
         map[0] = 0;
-        TU_CHECK(ps_row_mlp_replaced(mc, &r, 0), "%s: a mean over every position (mapped) not counted", model);
+        TU_CHECK(ps_row_mlp_replaced(&r, 0), "%s: a mean over every position (mapped) not counted", model);
         pt.op = PS_OP_ADD;
-        TU_CHECK(!ps_row_mlp_replaced(mc, &r, 0), "%s: an add counted as overwriting", model);
+        TU_CHECK(!ps_row_mlp_replaced(&r, 0), "%s: an add counted as overwriting", model);
         pt = (ps_patch){.site = PS_SITE_MLP_OUT, .layer = 0, .head = -1, .pos = -1, .neuron = -1, .op = PS_OP_REPLACE};
-        TU_CHECK(!ps_row_mlp_replaced(mc, &r, 0), "%s: a replace without a source counted as overwriting", model);
+        TU_CHECK(!ps_row_mlp_replaced(&r, 0), "%s: a replace without a source counted as overwriting", model);
         pt.op = PS_OP_ZERO;
         r.cache = &src;
-        TU_CHECK(!ps_row_mlp_replaced(mc, &r, 0), "%s: a full cache row counted (its mlp_post is stored)", model);
+        TU_CHECK(!ps_row_mlp_replaced(&r, 0), "%s: a full cache row counted (its mlp_post is stored)", model);
     }
 out:
     ps_cache_free(&src);

@@ -580,7 +580,7 @@ static int mlp_step(batch *b, int64_t l, const ps_layer_weights *lw) {
     // MLP block. Where every row that runs it has its output overwritten whatever it computes (a mean- or
     // zero-ablated MLP: ps_row_mlp_replaced), it is skipped: the hook at mlp_out writes all their tokens.
     int live = 0;
-    for (int64_t r = 0; !live && r < n_active; r++) live = slots[r].plan.late <= 3 && !ps_row_mlp_replaced(cfg, slots[r].row, l);
+    for (int64_t r = 0; !live && r < n_active; r++) live = slots[r].plan.late <= 3 && !ps_row_mlp_replaced(slots[r].row, l);
     if (live) mlp_block(b, l, lw, &cr, upto, pmap);
     from_base_rows(y, C, &cr, upto[3], upto[4], offsetof(ps_cache, mlp_out));
     hook(cfg, PS_SITE_MLP_OUT, l, y, C, pmap, slots, n_active);

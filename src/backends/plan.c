@@ -40,8 +40,7 @@ int ps_row_at_result(const ps_row *row, int64_t l) {
     return 0;
 }
 
-int ps_row_mlp_replaced(const ps_model_config *cfg, const ps_row *row, int64_t l) {
-    (void)cfg;
+int ps_row_mlp_replaced(const ps_row *row, int64_t l) {
     if (row->cache && !(row->cache->flags & PS_CACHE_LEAN)) return 0; // it stores mlp_pre and mlp_post
     for (int64_t k = 0; k < row->n_captures; k++) {
         const ps_site s = row->captures[k].site;
@@ -86,7 +85,7 @@ double ps_row_flops(const ps_model_config *mc, const ps_row *row) {
         if (!p.outs_only) n_q = (double)(p.qkv_end - row->start_pos); // queries only where attention runs them (cpu_forward.c)
         // W_O unless entering after it; the MLP's input matrices unless entering after them; W_out likewise.
         // head_delta: one head's (D, C) part of W_O (the fewest that change the row; a row changing more heads costs more).
-        const int mlp = !ps_row_mlp_replaced(mc, row, l);
+        const int mlp = !ps_row_mlp_replaced(row, l);
         const double post = (p.late == 0 ? QD * C : 0) + (p.delta ? (double)mc->d_head * C : 0) +
                             (mlp && p.late <= 2 ? C * M * (mlp_mats - 1) : 0) + (mlp && p.late <= 3 ? M * C : 0);
         f += 2 * (double)(p.qkv_end - row->start_pos) * C * 2 * KD + 2 * n_q * C * QD + 2 * n_post * post + 4 * keys * QD;

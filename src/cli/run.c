@@ -431,12 +431,10 @@ int ps_cli_run(int argc, char **argv) {
         char eo[1024];
         for (int64_t i = 0; i < ps.n; i++)
             if (!isnan(all.base.clean[i])) { mc += all.base.clean[i]; mx += all.base.corrupted[i]; cnt++; }
-        if (cfg.no_corrupted)
-            fprintf(stderr, "patchsweep: wrote %s (%lld prompts; mean %s clean %.4f; no corrupted prompts)\n",
-                    ps_escape(out, eo, sizeof eo), (long long)cnt, ps_metric_name(cfg.metric), cnt ? mc / (double)cnt : NAN);
-        else
-            fprintf(stderr, "patchsweep: wrote %s (%lld prompts; mean %s clean %.4f, corrupted %.4f)\n", ps_escape(out, eo, sizeof eo),
-                    (long long)cnt, ps_metric_name(cfg.metric), cnt ? mc / (double)cnt : NAN, cnt ? mx / (double)cnt : NAN);
+        char corr[64] = "; no corrupted prompts";
+        if (!cfg.no_corrupted) snprintf(corr, sizeof corr, ", corrupted %.4f", cnt ? mx / (double)cnt : NAN);
+        fprintf(stderr, "patchsweep: wrote %s (%lld prompts; mean %s clean %.4f%s)\n", ps_escape(out, eo, sizeof eo),
+                (long long)cnt, ps_metric_name(cfg.metric), cnt ? mc / (double)cnt : NAN, corr);
         // This run's compute only: the journal's chunks were computed (and timed) by an earlier run.
         fprintf(stderr, "patchsweep: compute %.3f s, %.3f GFLOP (%.2f GFLOP/s), %lld patches run, %lld known without running%s\n",
                 rr.seconds, this_flops * 1e-9, rr.seconds > 0 ? this_flops * 1e-9 / rr.seconds : 0.0, (long long)this_run,
